@@ -1,0 +1,748 @@
+"""probes.yaml: the models, loading with line numbers, and the check-config summary.
+
+Every problem in a file is reported at once, one line each, as
+``probes.yaml:14: routers[0].models[2]: duplicate model "x"``. API keys never
+appear in the file: a router names the environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .durations import parse_duration
+
+__all__ = [
+    "AggregatorConfig",
+    "ApiConfig",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ConfigSummary",
+    "Message",
+    "Price",
+    "PromptConfig",
+    "RouterConfig",
+    "SLOConfig",
+    "ScheduleConfig",
+    "TimeoutsConfig",
+    "check_config_main",
+    "format_summary",
+    "load_config",
+    "parse_config",
+    "summarize",
+]
+
+SIMULATOR = "simulator"
+"""The ``base_url`` that selects routewatch's built-in router simulator."""
+
+KEYS_FROM_ENV = "API keys are read from the environment: set api_key_env to the variable's name"
+
+Loc = tuple[str | int, ...]
+
+# Headers that would put a key into the file; the probe sends the key from api_key_env.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Custom pydantic error type whose context carries several (sub-location, message)
+# pairs, so a cross-field rule can point at each offending key, not at its parent.
+_PROBLEMS = "routewatch_problems"
+_HINTS = {"api_key": KEYS_FROM_ENV}  # unknown keys that deserve more than "unknown field"
+
+
+# ---------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file; ``line`` is 1-based, None when not known."""
+
+    file: str
+    line: int | None
+    field: str | None  # e.g. "routers[0].models[2]", "(yaml)"
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config file could not be loaded; ``str()`` lists every issue, one per line."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__(issues)
+        self.issues = issues
+
+    def __str__(self) -> str:
+        return "\n".join(str(issue) for issue in self.issues)
+
+
+def format_path(loc: Loc) -> str:
+    """``("routers", 0, "prices", "a/b")`` -> ``routers[0].prices["a/b"]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, str) and _IDENTIFIER.fullmatch(part):
+            out += f".{part}" if out else part
+        elif isinstance(part, str):
+            out += f"[{json.dumps(part)}]"
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+def _problems(found: list[tuple[Loc, str]]) -> PydanticCustomError:
+    summary = "; ".join(f"{format_path(loc)}: {msg}" if loc else msg for loc, msg in found)
+    return PydanticCustomError(_PROBLEMS, "{summary}", {"summary": summary, "problems": found})
+
+
+# ---------------------------------------------------------------- field types
+
+
+def _seconds(value: object) -> object:
+    # Other types fall through so that pydantic names the type error itself.
+    return parse_duration(value) if isinstance(value, str | int | float) else value
+
+
+def _at_least(minimum: float) -> AfterValidator:
+    def check(seconds: float) -> float:
+        if seconds < minimum:
+            raise ValueError(f"must be at least {_fmt_seconds(minimum)}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+def _positive_seconds(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be longer than 0 s")
+    return seconds
+
+
+def _name(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if not _NAME.fullmatch(value):
+        raise ValueError('use only letters, digits, "_", "." and "-"')
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _model_id(value: str) -> str:
+    _non_empty(value)
+    if any(c.isspace() for c in value):
+        raise ValueError("a model id has no spaces")
+    return value
+
+
+def _window(value: str) -> str:
+    if parse_duration(value) <= 0:
+        raise ValueError("a window must be longer than 0 s")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+PositiveSeconds = Annotated[float, BeforeValidator(_seconds), AfterValidator(_positive_seconds)]
+Name = Annotated[str, AfterValidator(_name)]
+ModelId = Annotated[str, AfterValidator(_model_id)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- models
+
+
+class Price(_Section):
+    """USD per 1M tokens, for cost estimates and badges."""
+
+    input: float = Field(ge=0, description="USD per 1M input (prompt) tokens")
+    output: float = Field(ge=0, description="USD per 1M output (completion) tokens")
+
+
+class RouterConfig(_Section):
+    """One OpenAI-compatible router and the models to probe through it."""
+
+    name: Name = Field(description="label stored with every probe: letters, digits, _ . -")
+    base_url: str = Field(
+        description='"simulator" (the built-in router simulator) or an http(s) URL '
+        "ending before /chat/completions; never with credentials in it"
+    )
+    api_key_env: str | None = Field(
+        None, description="name of the environment variable holding the API key; default none"
+    )
+    models: list[ModelId] = Field(description="model ids to probe, non-empty, no repeats")
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="price per model id (each one of models); default none"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra static request headers, e.g. HTTP-Referer; default none",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        # Messages never repeat the URL: it may carry a password.
+        if value == SIMULATOR:
+            return value
+        try:
+            url = urlsplit(value)
+            url.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError('is not a valid URL: use an http(s) URL or "simulator"') from None
+        if url.username is not None or url.password is not None:
+            raise ValueError(
+                "remove the credentials from base_url: "
+                "set api_key_env to the name of the environment variable holding the key"
+            )
+        if url.scheme not in ("http", "https"):
+            got = f' (got "{url.scheme}:")' if url.scheme else ""
+            raise ValueError(f'must be an http:// or https:// URL, or "simulator"{got}')
+        if not url.hostname:
+            raise ValueError("the URL has no host name")
+        if url.path.rstrip("/").endswith("/chat/completions"):
+            raise ValueError("end the URL before /chat/completions: the probe appends it")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        # Not echoed: the usual mistake is pasting the key itself here.
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, "
+                "e.g. ORCAROUTER_API_KEY), not the key itself"
+            )
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: list[str]) -> list[str]:
+        if not models:
+            raise ValueError("list at least one model")
+        seen: set[str] = set()
+        dupes: list[tuple[Loc, str]] = []
+        for i, model in enumerate(models):
+            if model in seen:
+                dupes.append(((i,), f'duplicate model "{model}"'))
+            seen.add(model)
+        if dupes:
+            raise _problems(dupes)
+        return models
+
+    @field_validator("prices")
+    @classmethod
+    def _check_prices(cls, prices: dict[str, Price], info: ValidationInfo) -> dict[str, Price]:
+        models = info.data.get("models")
+        if models is None:  # models itself is invalid and already reported
+            return prices
+        stray = [((m,), "no such model in this router's models") for m in prices if m not in models]
+        if stray:
+            raise _problems(stray)
+        return prices
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        bad: list[tuple[Loc, str]] = []
+        for name, value in headers.items():
+            if name.lower() in _SECRET_HEADERS:
+                bad.append(((name,), KEYS_FROM_ENV))
+            elif not _HEADER_NAME.fullmatch(name):
+                bad.append(((name,), "not a valid HTTP header name"))
+            elif "\r" in value or "\n" in value:
+                bad.append(((name,), "a header value must be one line"))
+        if bad:
+            raise _problems(bad)
+        return headers
+
+
+class Message(_Section):
+    """One chat message of a canary prompt."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, AfterValidator(_non_empty)]
+
+
+class PromptConfig(_Section):
+    """A canary prompt; the probe adds a fresh nonce so no cache can answer it."""
+
+    name: Name = Field(description="label stored with every probe")
+    messages: list[Message] = Field(description="the chat, ending with a user message")
+    max_tokens: int = Field(128, ge=1, le=32768, description="answer length cap; default 128")
+    min_output_tokens: int = Field(
+        32, ge=1, description="answer length asked for, so tok/s means something; default 32"
+    )
+
+    @field_validator("messages")
+    @classmethod
+    def _check_messages(cls, messages: list[Message]) -> list[Message]:
+        if not messages:
+            raise ValueError("list at least one message")
+        last = len(messages) - 1
+        if messages[last].role != "user":
+            raise _problems(
+                [((last, "role"), f'the last message must be from "user", not "{messages[last].role}"')]
+            )
+        return messages
+
+    @field_validator("min_output_tokens")
+    @classmethod
+    def _check_min_output(cls, value: int, info: ValidationInfo) -> int:
+        max_tokens = info.data.get("max_tokens")
+        if max_tokens is not None and value > max_tokens:
+            raise ValueError(f"must not exceed max_tokens ({max_tokens})")
+        return value
+
+
+class ScheduleConfig(_Section):
+    """How often each model x prompt series is probed."""
+
+    interval: Annotated[Seconds, _at_least(0.1)] = Field(
+        60.0, description="seconds between probes of one series; default 60s"
+    )
+    jitter: Seconds = Field(
+        10.0, description="random delay up to this many seconds, below interval; default 10s"
+    )
+    concurrency: int = Field(64, ge=1, le=10000, description="probes in flight at most; default 64")
+
+    @model_validator(mode="after")
+    def _check_jitter(self) -> ScheduleConfig:
+        if self.jitter >= self.interval:
+            default = "" if "jitter" in self.model_fields_set else " (the default)"
+            raise _problems(
+                [
+                    (
+                        ("jitter",),
+                        f"{_fmt_seconds(self.jitter)}{default} must be less than "
+                        f"interval ({_fmt_seconds(self.interval)})",
+                    )
+                ]
+            )
+        return self
+
+
+class TimeoutsConfig(_Section):
+    """Per-phase limits of one probe, in seconds; none may exceed total."""
+
+    connect: PositiveSeconds = Field(5.0, description="TCP + TLS set-up; default 5s")
+    headers: PositiveSeconds = Field(30.0, description="request sent to headers; default 30s")
+    first_token: PositiveSeconds = Field(60.0, description="request sent to first token; default 60s")
+    idle: PositiveSeconds = Field(30.0, description="longest gap between chunks; default 30s")
+    total: PositiveSeconds = Field(120.0, description="whole probe; default 120s")
+
+    @model_validator(mode="after")
+    def _check_total(self) -> TimeoutsConfig:
+        over: list[tuple[Loc, str]] = []
+        for name in ("connect", "headers", "first_token", "idle"):
+            seconds: float = getattr(self, name)
+            if seconds > self.total:
+                default = "" if name in self.model_fields_set else " (the default)"
+                over.append(
+                    (
+                        (name,),
+                        f"{_fmt_seconds(seconds)}{default} exceeds total ({_fmt_seconds(self.total)})",
+                    )
+                )
+        if over:
+            raise _problems(over)
+        return self
+
+
+class SLOConfig(_Section):
+    """Targets that decide a model's status."""
+
+    ttft_p95_ms: float = Field(5000.0, gt=0, description="p95 time to first token, ms; default 5000")
+    error_rate: float = Field(0.05, ge=0, le=1, description="failed / attempted; default 0.05")
+
+
+class ApiConfig(_Section):
+    """Where the HTTP API listens."""
+
+    host: str = Field("127.0.0.1", description="listen address; default 127.0.0.1 (local only)")
+    port: int = Field(8321, ge=0, le=65535, description="listen port, 0 = any free; default 8321")
+
+
+class AggregatorConfig(_Section):
+    """Rolling stats."""
+
+    refresh: Annotated[Seconds, _at_least(0.1)] = Field(
+        15.0, description="seconds between stats refreshes; default 15s"
+    )
+    windows: list[Annotated[str, AfterValidator(_window)]] = Field(
+        default_factory=lambda: ["1h", "24h", "7d"],
+        description='rolling windows as durations; default ["1h", "24h", "7d"]',
+    )
+
+
+class Config(_Section):
+    """A whole probes.yaml. Only routers and prompts are required."""
+
+    region: Annotated[str, AfterValidator(_non_empty)] = Field(
+        "local", description="label of this prober; default local"
+    )
+    routers: list[RouterConfig] = Field(description="at least one; names unique")
+    prompts: list[PromptConfig] = Field(description="at least one; names unique")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+
+    @field_validator("routers")
+    @classmethod
+    def _check_routers(cls, routers: list[RouterConfig]) -> list[RouterConfig]:
+        if not routers:
+            raise ValueError("list at least one router")
+        _unique_names([r.name for r in routers], "router")
+        return routers
+
+    @field_validator("prompts")
+    @classmethod
+    def _check_prompts(cls, prompts: list[PromptConfig]) -> list[PromptConfig]:
+        if not prompts:
+            raise ValueError("list at least one prompt")
+        _unique_names([p.name for p in prompts], "prompt")
+        return prompts
+
+
+def _unique_names(names: list[str], kind: str) -> None:
+    first: dict[str, int] = {}
+    dupes: list[tuple[Loc, str]] = []
+    for i, name in enumerate(names):
+        if name in first:
+            dupes.append(((i, "name"), f'duplicate {kind} name "{name}" (also {kind}s[{first[name]}])'))
+        first.setdefault(name, i)
+    if dupes:
+        raise _problems(dupes)
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that also records the line of every mapping key and sequence item."""
+
+    @classmethod
+    def load_text(cls, text: str) -> tuple[Any, dict[Loc, int], list[tuple[Loc, int, int]]]:
+        """Return (data, {path: line}, [(path, line, first line)] for duplicate keys).
+
+        Raises yaml.YAMLError; data is None for an empty document.
+        """
+        loader = cls(text)  # already reads, and may reject, the text
+        try:
+            return loader._load_with_lines()
+        finally:
+            loader.dispose()
+
+    def _load_with_lines(self) -> tuple[Any, dict[Loc, int], list[tuple[Loc, int, int]]]:
+        node = self.get_single_node()
+        lines: dict[Loc, int] = {}
+        dupes: list[tuple[Loc, int, int]] = []
+        if node is None:
+            return None, lines, dupes
+        lines[()] = node.start_mark.line + 1
+        self._index(node, (), lines, dupes, set())
+        return self.construct_document(node), lines, dupes
+
+    def _index(
+        self,
+        node: yaml.Node,
+        path: Loc,
+        lines: dict[Loc, int],
+        dupes: list[tuple[Loc, int, int]],
+        active: set[int],
+    ) -> None:
+        if id(node) in active:  # a recursive alias; construction handles it
+            return
+        active.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, value_node in node.value:
+                # Merged keys (<<) fall back to this mapping's line, which is fine.
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    dupes.append((path + (key,), line, seen[key]))
+                seen[key] = lines[path + (key,)] = line  # YAML keeps the last one
+                self._index(value_node, path + (key,), lines, dupes, active)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                self._index(item, path + (i,), lines, dupes, active)
+        active.discard(id(node))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a probes.yaml; raises ConfigError naming the file as given."""
+    filename = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigIssue(filename, None, None, f"cannot read: {reason}")]) from None
+    except UnicodeDecodeError as exc:
+        message = f"cannot read: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        raise ConfigError([ConfigIssue(filename, None, None, message)]) from None
+    return parse_config(text, filename)
+
+
+def parse_config(text: str, filename: str) -> Config:
+    """Validate YAML text; raises ConfigError with every issue, ordered by line."""
+    try:
+        data, lines, dupes = _LineLoader.load_text(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_issue(filename, text, exc)]) from None
+    except ValueError as exc:  # e.g. a timestamp like 2024-13-45
+        raise ConfigError([ConfigIssue(filename, None, "(yaml)", str(exc))]) from None
+    if data is None:
+        message = 'the file is empty: it needs at least "routers" and "prompts"'
+        raise ConfigError([ConfigIssue(filename, None, None, message)])
+    issues = [
+        ConfigIssue(filename, line, format_path(loc), f"duplicate key (first at line {first}): YAML keeps only the last")
+        for loc, line, first in dupes
+    ]
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        # `from None`: pydantic's own text echoes input values, which may be secrets.
+        issues += _validation_issues(exc, filename, lines)
+        config = None
+    if issues:
+        issues.sort(key=lambda issue: issue.line or 0)
+        raise ConfigError(issues) from None
+    assert config is not None
+    return config
+
+
+def _yaml_issue(filename: str, text: str, exc: yaml.YAMLError) -> ConfigIssue:
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        return ConfigIssue(filename, line, "(yaml)", f"unacceptable character #x{exc.character:04x}: {exc.reason}")
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        message = exc.problem or "invalid YAML"
+        if exc.context:
+            where = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+            message += f" ({exc.context}{where})"
+        return ConfigIssue(filename, exc.problem_mark.line + 1, "(yaml)", message)
+    return ConfigIssue(filename, None, "(yaml)", str(exc).splitlines()[0])
+
+
+def _validation_issues(exc: ValidationError, filename: str, lines: dict[Loc, int]) -> list[ConfigIssue]:
+    found: list[tuple[Loc, str]] = []
+    for error in exc.errors(include_url=False):
+        loc: Loc = tuple(error["loc"])
+        if error["type"] == _PROBLEMS:
+            found += [(loc + sub, message) for sub, message in error["ctx"]["problems"]]
+        elif loc and loc[-1] == "[key]":  # a dict key of the wrong type
+            found.append((loc[:-1], "key: " + error["msg"]))
+        else:
+            found.append((loc, _message(error, loc)))
+    return [ConfigIssue(filename, _line_of(loc, lines), format_path(loc) or None, msg) for loc, msg in found]
+
+
+def _line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    # A missing field has no line of its own: use its nearest parent that exists.
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _message(error: Any, loc: Loc) -> str:
+    kind: str = error["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        name = loc[-1]
+        if name in _HINTS:
+            return _HINTS[str(name)]
+        parent = _model_at(loc[:-1])
+        allowed = f" (allowed: {', '.join(parent.model_fields)})" if parent else ""
+        return f'unknown field "{name}"{allowed}'
+    if kind == "model_type":
+        model = _model_at(loc)
+        fields = f" ({', '.join(model.model_fields)})" if model else ""
+        return f"expected a mapping of fields{fields}, got {_describe(error['input'])}"
+    msg: str = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The model class that validates the value at ``loc``, if it is one."""
+    current: Any = Config
+    for part in loc:
+        origin = typing.get_origin(current)
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[str(part)].annotation
+        elif origin is list:
+            current = typing.get_args(current)[0]
+        elif origin is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSummary:
+    """What a config will do per day. Token counts are estimates; cost is an upper bound."""
+
+    routers: int
+    models: int  # router x model pairs
+    prompts: int
+    series: int  # router x model x prompt, each probed once per interval
+    interval: float  # seconds between probes of one series
+    probes_per_day: float
+    input_tokens_per_day: float  # ceil(chars / 4) + 4 per message, per prompt
+    output_tokens_per_day: float  # max_tokens per probe: an upper bound
+    cost_per_day_usd: float | None  # priced models only; None without any price
+    priced_models: int
+    unpriced_models: tuple[str, ...]  # model ids, "(router)" added when several routers
+
+    @property
+    def note(self) -> str | None:
+        """Which models the cost leaves out, if any."""
+        if not self.unpriced_models:
+            return None
+        return "no price for " + ", ".join(self.unpriced_models)
+
+
+def estimate_input_tokens(prompt: PromptConfig) -> int:
+    """Rough prompt size: 4 characters a token plus 4 tokens of framing per message."""
+    chars = sum(len(m.content) for m in prompt.messages)
+    return math.ceil(chars / 4) + 4 * len(prompt.messages)
+
+
+def summarize(config: Config) -> ConfigSummary:
+    """Count series and estimate daily probes, tokens and cost."""
+    runs = 86400 / config.schedule.interval  # probes per series per day
+    input_per_run = sum(estimate_input_tokens(p) for p in config.prompts)  # one model, all prompts
+    output_per_run = sum(p.max_tokens for p in config.prompts)
+    models = sum(len(r.models) for r in config.routers)
+    cost = 0.0
+    priced = 0
+    unpriced: list[str] = []
+    for router in config.routers:
+        for model in router.models:
+            price = router.prices.get(model)
+            if price is None:
+                unpriced.append(model if len(config.routers) == 1 else f"{model} ({router.name})")
+                continue
+            priced += 1
+            cost += runs * (input_per_run * price.input + output_per_run * price.output) / 1e6
+    return ConfigSummary(
+        routers=len(config.routers),
+        models=models,
+        prompts=len(config.prompts),
+        series=models * len(config.prompts),
+        interval=config.schedule.interval,
+        probes_per_day=models * len(config.prompts) * runs,
+        input_tokens_per_day=models * input_per_run * runs,
+        output_tokens_per_day=models * output_per_run * runs,
+        cost_per_day_usd=cost if priced else None,
+        priced_models=priced,
+        unpriced_models=tuple(unpriced),
+    )
+
+
+def format_summary(config: Config, path: str | Path) -> str:
+    """A few lines for ``routewatch check-config``."""
+    s = summarize(config)
+    lines = [
+        f"{path}: OK",
+        f"  {_count(s.routers, 'router')}, {_count(s.models, 'model')}, "
+        f"{_count(s.prompts, 'prompt')} → {_count(s.series, 'series', 'series')}",
+        f"  {s.probes_per_day:,.0f} probes/day at one every {_fmt_seconds(s.interval)} per series",
+        f"  ≤ {_tokens(s.output_tokens_per_day)} output tokens/day, "
+        f"~{_tokens(s.input_tokens_per_day)} input tokens/day",
+    ]
+    if s.cost_per_day_usd is None:
+        lines.append("  cost unknown: no prices in the file")
+    else:
+        lines.append(f"  ≤ {_usd(s.cost_per_day_usd)}/day (prices for {s.priced_models} of {s.models} models)")
+    if s.note:
+        lines.append(f"  {s.note}")
+    return "\n".join(lines)
+
+
+def check_config_main(path: str) -> int:
+    """``routewatch check-config PATH``: print the summary (0) or every error to stderr (1)."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(format_summary(config, path))
+    return 0
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def _tokens(n: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+def _usd(amount: float) -> str:
+    # Cents hide a small plan's cost; show it, but never as "$0.00".
+    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4f}"

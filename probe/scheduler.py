@@ -1,0 +1,138 @@
+"""Running probes: one APScheduler job per model × prompt, a global limit.
+
+Each series (router, model, prompt) is one interval job with jitter that
+never overlaps itself (``max_instances=1``). A global semaphore caps how
+many probes are in flight, because a prober that opens too many streams at
+once measures its own queueing instead of the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from . import chat_stream
+from .loop_lag import LoopLagMonitor
+from .result import ProbeResult
+from .target import Canary, Target
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[ProbeResult], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One model on one router probed with one prompt."""
+
+    target: Target
+    canary: Canary
+
+    @property
+    def key(self) -> str:
+        """Stable id, also the scheduler job id."""
+        return f"{self.target.router}|{self.target.model}|{self.canary.name}"
+
+
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    """The HTTP client all probes share: pooled connections, probe tracing, no client-side timeouts."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        trace_configs=[chat_stream.trace_config()],
+        timeout=aiohttp.ClientTimeout(total=None),  # the probe owns every deadline
+    )
+
+
+class Prober:
+    """Runs probes under the concurrency limit and hands results to ``sink``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        timeouts: chat_stream.Timeouts,
+        region: str,
+        concurrency: int,
+        sink: Sink | None = None,
+        lag: LoopLagMonitor | None = None,
+    ) -> None:
+        self._session = session
+        self._timeouts = timeouts
+        self._region = region
+        self._sem = asyncio.Semaphore(concurrency)
+        self._sink = sink
+        self.lag = lag
+        self.completed = 0
+        self.in_flight = 0
+
+    async def probe(self, series: Series) -> ProbeResult:
+        """Probe one series once (waiting for a free slot first)."""
+        async with self._sem:
+            self.in_flight += 1
+            try:
+                result = await chat_stream.run(
+                    self._session, series.target, series.canary, self._timeouts,
+                    region=self._region, lag=self.lag,
+                )
+            finally:
+                self.in_flight -= 1
+        self.completed += 1
+        if self._sink is not None:
+            await self._sink(result)
+        return result
+
+    async def round(self, series: Sequence[Series]) -> list[ProbeResult]:
+        """Probe every series once, concurrently; results in ``series`` order."""
+        return list(await asyncio.gather(*(self.probe(s) for s in series)))
+
+
+def first_run_delay(jitter_s: float, rng: random.Random) -> float:
+    """Seconds before a series' first probe: spread over the jitter so that
+    a restart does not send every probe in the same instant."""
+    return rng.uniform(0.0, jitter_s) if jitter_s > 0 else 0.0
+
+
+def schedule(
+    scheduler: AsyncIOScheduler,
+    prober: Prober,
+    series: Sequence[Series],
+    interval_s: float,
+    jitter_s: float,
+    rng: random.Random | None = None,
+) -> None:
+    """Add one interval job per series to ``scheduler``."""
+    rng = rng or random.Random()
+    now = datetime.now(timezone.utc)
+    for s in series:
+        scheduler.add_job(
+            prober.probe,
+            IntervalTrigger(seconds=interval_s, jitter=jitter_s or None),
+            args=[s],
+            id=s.key,
+            name=s.key,
+            next_run_time=now + timedelta(seconds=first_run_delay(jitter_s, rng)),
+            max_instances=1,  # a slow probe delays its own next run, never overlaps it
+            coalesce=True,  # after a stall, run once, not once per missed slot
+            misfire_grace_time=max(1, int(interval_s)),
+        )
+
+
+async def stop(scheduler: AsyncIOScheduler, prober: Prober, limit_s: float) -> None:
+    """Stop starting probes, let those in flight finish (up to ``limit_s``), then shut down.
+
+    APScheduler cancels running coroutine jobs at shutdown; pausing first
+    keeps every probe that already sent its request from being lost.
+    """
+    scheduler.pause()
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while prober.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    scheduler.shutdown(wait=False)

@@ -1,0 +1,58 @@
+"""What one probe is aimed at, and the canary request it sends."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One model behind one router. The key is never in ``repr``."""
+
+    router: str
+    base_url: str  # ends before /chat/completions, e.g. "https://orcarouter.ai/v1"
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The chat-completions endpoint."""
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A prompt as configured: messages, token limits and its name."""
+
+    name: str
+    messages: Sequence[Mapping[str, str]]
+    max_tokens: int
+    min_output_tokens: int
+
+
+def new_nonce() -> str:
+    """A fresh random tag: no prompt cache has seen it before."""
+    return secrets.token_hex(8)
+
+
+def request_body(model: str, canary: Canary, nonce: str) -> dict[str, Any]:
+    """The streaming chat-completions body for one probe.
+
+    The nonce goes at the start of the last user message, where prefix
+    caches cannot reuse anything after it.
+    """
+    messages = [dict(m) for m in canary.messages]
+    last = messages[-1]
+    last["content"] = f"[probe {nonce}] {last['content']}"
+    return {
+        "model": model,
+        "messages": messages,
+        "max_tokens": canary.max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }

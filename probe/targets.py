@@ -1,0 +1,81 @@
+"""From configuration to the series to probe: URLs and keys resolved.
+
+A router whose ``base_url`` is ``simulator`` is routewatch's own router
+simulator, unless ``ROUTEWATCH_ROUTER_URL`` names a real router to use in
+its place. Keys are read from the environment here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .config import Config, RouterConfig
+from .scheduler import Series
+from .target import Canary, Target
+
+SIMULATOR = "simulator"
+ENV_ROUTER_URL = "ROUTEWATCH_ROUTER_URL"
+
+
+class TargetError(Exception):
+    """A router cannot be probed as configured (missing key, bad URL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouterPlan:
+    """Where one configured router's probes go, for the start-up banner."""
+
+    name: str
+    url: str
+    simulated: bool
+    key_env: str | None  # the variable the key came from, never the key
+
+
+def uses_simulator(config: Config, environ: Mapping[str, str]) -> bool:
+    """Whether any router will be served by the built-in simulator."""
+    return not environ.get(ENV_ROUTER_URL) and any(r.base_url == SIMULATOR for r in config.routers)
+
+
+def _router_url(router: RouterConfig, environ: Mapping[str, str], simulator_url: str | None) -> tuple[str, bool]:
+    if router.base_url != SIMULATOR:
+        return router.base_url, False
+    override = environ.get(ENV_ROUTER_URL, "").strip()
+    if override:
+        parts = urlsplit(override)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TargetError(f"{ENV_ROUTER_URL} must be an http(s) URL such as https://orcarouter.ai/v1")
+        if parts.username or parts.password:
+            raise TargetError(f"{ENV_ROUTER_URL} must not contain credentials; put the key in the environment")
+        return override, False
+    if simulator_url is None:
+        raise TargetError(f"router {router.name!r} uses the simulator, which is not running")
+    return simulator_url, True
+
+
+def plan(
+    config: Config, environ: Mapping[str, str], simulator_url: str | None = None
+) -> tuple[list[Series], list[RouterPlan]]:
+    """Every (router, model, prompt) series with its resolved target."""
+    series: list[Series] = []
+    routers: list[RouterPlan] = []
+    canaries = [
+        Canary(p.name, [{"role": m.role, "content": m.content} for m in p.messages], p.max_tokens, p.min_output_tokens)
+        for p in config.prompts
+    ]
+    for router in config.routers:
+        url, simulated = _router_url(router, environ, simulator_url)
+        key = None
+        if router.api_key_env and not simulated:
+            key = environ.get(router.api_key_env)
+            if not key:
+                raise TargetError(
+                    f"router {router.name!r}: environment variable {router.api_key_env} is not set "
+                    "(probes.yaml names it in api_key_env)"
+                )
+        routers.append(RouterPlan(router.name, url, simulated, router.api_key_env if key else None))
+        for model in router.models:
+            target = Target(router.name, url, model, key, dict(router.headers))
+            series.extend(Series(target, canary) for canary in canaries)
+    return series, routers

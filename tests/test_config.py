@@ -1,0 +1,309 @@
+"""probes.yaml: durations, the repository's example file, and one bad fixture per rule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from routewatch.probe.config import (
+    KEYS_FROM_ENV,
+    Config,
+    ConfigError,
+    check_config_main,
+    format_summary,
+    load_config,
+    parse_config,
+    summarize,
+)
+from routewatch.probe.durations import parse_duration
+
+TESTS = Path(__file__).parent
+REPO_CONFIG = TESTS.parent / "probes.yaml"
+
+MINIMAL = """\
+routers:
+  - name: orcarouter
+    base_url: simulator
+    models: [openai/gpt-4.1-nano]
+prompts:
+  - name: short
+    messages: [{role: user, content: "Count from 1 to 40 in words."}]
+"""
+
+
+# ---------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("60s", 60.0),
+        ("500ms", 0.5),
+        ("100ms", 0.1),
+        ("1m", 60.0),
+        ("2h", 7200.0),
+        ("7d", 604800.0),
+        ("1m30s", 90.0),
+        ("1h30m", 5400.0),
+        ("1s500ms", 1.5),
+        ("1.5h", 5400.0),
+        ("0.1s", 0.1),
+        (" 30s ", 30.0),
+        ("45", 45.0),
+        ("2.5", 2.5),
+        (30, 30.0),
+        (0.25, 0.25),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration(value: str | float, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "empty duration: expected e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds"),
+        ("abc", 'invalid duration "abc": expected e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds'),
+        ("30 s", 'invalid duration "30 s": expected e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds'),
+        ("5x", 'invalid duration "5x": expected e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds'),
+        ("s", 'invalid duration "s": expected e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds'),
+        ("30s1m", 'invalid duration "30s1m": units go from largest to smallest, each once (e.g. 1h30m, 1m30s)'),
+        ("1m1m", 'invalid duration "1m1m": units go from largest to smallest, each once (e.g. 1h30m, 1m30s)'),
+        ("-5s", 'duration must not be negative, got "-5s"'),
+        (-1, "duration must not be negative, got -1"),
+        (math.inf, "duration must be a finite number, got inf"),
+        (math.nan, "duration must be a finite number, got nan"),
+        ("nan", 'invalid duration "nan": expected e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds'),
+        (True, "expected a duration (e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds), got true"),
+    ],
+)
+def test_parse_duration_rejects(value: Any, message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        parse_duration(value)
+    assert str(excinfo.value) == message
+
+
+# ---------------------------------------------------------------- the repository's probes.yaml
+
+
+def test_repository_config_loads() -> None:
+    config = load_config(REPO_CONFIG)
+    router = config.routers[0]
+    assert router.base_url == "simulator"
+    assert router.api_key_env == "ROUTEWATCH_API_KEY"
+    assert config.schedule.interval == 30.0
+    assert config.schedule.jitter == 5.0
+    assert config.aggregator.refresh == 10.0
+
+
+def test_repository_config_summary() -> None:
+    # Expected numbers come from the raw YAML, not from the models under test.
+    raw = yaml.safe_load(REPO_CONFIG.read_text(encoding="utf-8"))
+    interval = parse_duration(raw["schedule"]["interval"])
+    runs = 86400 / interval
+    n_models = sum(len(r["models"]) for r in raw["routers"])
+    prompts = raw["prompts"]
+    input_per_run = sum(
+        math.ceil(sum(len(m["content"]) for m in p["messages"]) / 4) + 4 * len(p["messages"]) for p in prompts
+    )
+    output_per_run = sum(p["max_tokens"] for p in prompts)
+    cost = sum(
+        runs * (input_per_run * price["input"] + output_per_run * price["output"]) / 1e6
+        for r in raw["routers"]
+        for price in r.get("prices", {}).values()
+    )
+    unpriced = tuple(m for r in raw["routers"] for m in r["models"] if m not in r.get("prices", {}))
+
+    s = summarize(load_config(REPO_CONFIG))
+
+    assert (s.routers, s.models, s.prompts) == (len(raw["routers"]), n_models, len(prompts))
+    assert s.series == n_models * len(prompts)
+    assert s.probes_per_day == pytest.approx(s.series * 86400 / interval)
+    assert s.input_tokens_per_day == pytest.approx(n_models * input_per_run * runs)
+    assert s.output_tokens_per_day == pytest.approx(n_models * output_per_run * runs)
+    assert s.cost_per_day_usd == pytest.approx(cost)
+    assert s.priced_models == n_models - len(unpriced)
+    assert s.unpriced_models == unpriced
+    assert s.note == "no price for " + ", ".join(unpriced)
+
+
+def test_summary_without_prices_has_no_cost() -> None:
+    s = summarize(parse_config(MINIMAL, "probes.yaml"))
+    assert s.cost_per_day_usd is None
+    assert s.unpriced_models == ("openai/gpt-4.1-nano",)
+
+
+def test_defaults() -> None:
+    config = parse_config(MINIMAL, "probes.yaml")
+    assert config == Config.model_validate(yaml.safe_load(MINIMAL))
+    assert config.region == "local"
+    assert (config.schedule.interval, config.schedule.jitter, config.schedule.concurrency) == (60, 10, 64)
+    t = config.timeouts
+    assert (t.connect, t.headers, t.first_token, t.idle, t.total) == (5, 30, 60, 30, 120)
+    assert (config.slo.ttft_p95_ms, config.slo.error_rate) == (5000, 0.05)
+    assert (config.api.host, config.api.port) == ("127.0.0.1", 8321)
+    assert (config.aggregator.refresh, config.aggregator.windows) == (15, ["1h", "24h", "7d"])
+    assert (config.prompts[0].max_tokens, config.prompts[0].min_output_tokens) == (128, 32)
+
+
+def test_format_summary() -> None:
+    text = format_summary(load_config(REPO_CONFIG), "probes.yaml")
+    assert text == (
+        "probes.yaml: OK\n"
+        "  1 router, 5 models, 1 prompt → 5 series\n"
+        "  14,400 probes/day at one every 30 s per series\n"
+        "  ≤ 1.84M output tokens/day, ~245K input tokens/day\n"
+        "  ≤ $2.98/day (prices for 3 of 5 models)\n"
+        "  no price for meta-llama/llama-3.3-70b-instruct, deepseek/deepseek-r1"
+    )
+
+
+def test_check_config_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_config_main(str(REPO_CONFIG)) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{REPO_CONFIG}: OK\n")
+    assert err == ""
+
+
+def test_check_config_main_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(TESTS)
+    assert check_config_main("testdata/bad-multiple-errors.yaml") == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == BAD["bad-multiple-errors"] + "\n"
+
+
+# ---------------------------------------------------------------- one bad fixture per rule
+
+BAD = {
+    "bad-unknown-key": 'testdata/bad-unknown-key.yaml:9: probes: unknown field "probes" '
+    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator)",
+    "bad-unknown-nested-key": "testdata/bad-unknown-nested-key.yaml:10: timeouts.timeout: "
+    'unknown field "timeout" (allowed: connect, headers, first_token, idle, total)',
+    "bad-missing-routers": "testdata/bad-missing-routers.yaml:1: routers: required field is missing",
+    "bad-empty-models": "testdata/bad-empty-models.yaml:4: routers[0].models: list at least one model",
+    "bad-duplicate-model": "testdata/bad-duplicate-model.yaml:7: routers[0].models[2]: "
+    'duplicate model "openai/gpt-4.1-nano"',
+    "bad-duplicate-router-name": "testdata/bad-duplicate-router-name.yaml:5: routers[1].name: "
+    'duplicate router name "orcarouter" (also routers[0])',
+    "bad-price-unlisted-model": "testdata/bad-price-unlisted-model.yaml:7: "
+    "routers[0].prices[\"openai/gpt-4.1-mini\"]: no such model in this router's models",
+    "bad-negative-price": "testdata/bad-negative-price.yaml:7: "
+    'routers[0].prices["openai/gpt-4.1-nano"].input: Input should be greater than or equal to 0',
+    "bad-credentials-in-url": "testdata/bad-credentials-in-url.yaml:3: routers[0].base_url: "
+    "remove the credentials from base_url: "
+    "set api_key_env to the name of the environment variable holding the key",
+    "bad-api-key-field": f"testdata/bad-api-key-field.yaml:4: routers[0].api_key: {KEYS_FROM_ENV}",
+    "bad-authorization-header": "testdata/bad-authorization-header.yaml:7: "
+    f"routers[0].headers.Authorization: {KEYS_FROM_ENV}",
+    "bad-env-var-name": "testdata/bad-env-var-name.yaml:4: routers[0].api_key_env: "
+    "must be the name of an environment variable (letters, digits and _, e.g. ORCAROUTER_API_KEY), "
+    "not the key itself",
+    "bad-base-url-scheme": "testdata/bad-base-url-scheme.yaml:3: routers[0].base_url: "
+    'must be an http:// or https:// URL, or "simulator" (got "ftp:")',
+    "bad-duration": "testdata/bad-duration.yaml:9: schedule.interval: "
+    'invalid duration "30 seconds": expected e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds',
+    "bad-jitter-interval": "testdata/bad-jitter-interval.yaml:10: schedule.jitter: "
+    "30 s must be less than interval (30 s)",
+    "bad-timeout-total": "testdata/bad-timeout-total.yaml:9: timeouts.idle: 120 s exceeds total (90 s)",
+    "bad-last-message-not-user": "testdata/bad-last-message-not-user.yaml:10: prompts[0].messages[1].role: "
+    'the last message must be from "user", not "assistant"',
+    "bad-min-output-tokens": "testdata/bad-min-output-tokens.yaml:9: prompts[0].min_output_tokens: "
+    "must not exceed max_tokens (64)",
+    "bad-yaml-syntax": "testdata/bad-yaml-syntax.yaml:5: (yaml): "
+    "expected ',' or ']', but got ':' (while parsing a flow sequence at line 4)",
+    "bad-empty-file": 'testdata/bad-empty-file.yaml: the file is empty: it needs at least "routers" and "prompts"',
+    "bad-wrong-type": "testdata/bad-wrong-type.yaml:4: routers[0].models: Input should be a valid list",
+    "bad-duplicate-key": "testdata/bad-duplicate-key.yaml:10: schedule: "
+    "duplicate key (first at line 8): YAML keeps only the last",
+    "bad-multiple-errors": "\n".join(
+        [
+            "testdata/bad-multiple-errors.yaml:4: routers[0].base_url: "
+            'must be an http:// or https:// URL, or "simulator"',
+            "testdata/bad-multiple-errors.yaml:5: routers[0].models[1]: duplicate model \"openai/gpt-4.1-nano\"",
+            "testdata/bad-multiple-errors.yaml:8: prompts[0].messages[0].role: "
+            'the last message must be from "user", not "system"',
+            "testdata/bad-multiple-errors.yaml:9: prompts[0].max_tokens: Input should be greater than or equal to 1",
+            "testdata/bad-multiple-errors.yaml:12: schedule.concurency: "
+            'unknown field "concurency" (allowed: interval, jitter, concurrency)',
+        ]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_config(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(TESTS)  # so that messages name the file as "testdata/..."
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(f"testdata/{name}.yaml")
+    assert str(excinfo.value) == BAD[name]
+
+
+def test_every_bad_fixture_is_tested() -> None:
+    assert sorted(p.stem for p in (TESTS / "testdata").glob("bad-*.yaml")) == sorted(BAD)
+
+
+def test_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("nope.yaml")
+    assert str(excinfo.value) == "nope.yaml: cannot read: No such file or directory"
+
+
+def test_credentials_never_echoed() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(TESTS / "testdata" / "bad-credentials-in-url.yaml")
+    err = excinfo.value
+    for text in (str(err), repr(err), *(issue.message for issue in err.issues)):
+        assert "hunter2-secret" not in text
+    assert err.__cause__ is None and err.__suppress_context__
+
+
+def test_key_never_echoed() -> None:
+    for name in ("bad-api-key-field", "bad-env-var-name", "bad-authorization-header"):
+        with pytest.raises(ConfigError) as excinfo:
+            load_config(TESTS / "testdata" / f"{name}.yaml")
+        assert "0123456789abcdef" not in str(excinfo.value) + repr(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://orcarouter.ai/v1/chat/completions", "end the URL before /chat/completions: the probe appends it"),
+        ("https:///v1", "the URL has no host name"),
+        ("http://host:99999/v1", 'is not a valid URL: use an http(s) URL or "simulator"'),
+    ],
+)
+def test_bad_base_url(url: str, message: str) -> None:
+    text = MINIMAL.replace("base_url: simulator", f"base_url: {url}")
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(text, "probes.yaml")
+    assert str(excinfo.value) == f"probes.yaml:3: routers[0].base_url: {message}"
+
+
+def test_good_base_url_and_headers() -> None:
+    text = MINIMAL.replace(
+        "base_url: simulator",
+        "base_url: http://127.0.0.1:8080/v1\n    headers: {HTTP-Referer: https://status.example.com}",
+    )
+    router = parse_config(text, "probes.yaml").routers[0]
+    assert router.base_url == "http://127.0.0.1:8080/v1"
+    assert router.headers == {"HTTP-Referer": "https://status.example.com"}
+
+
+def test_default_that_breaks_a_rule_is_named() -> None:
+    text = MINIMAL + "timeouts:\n  total: 45s\n"
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(text, "probes.yaml")
+    assert str(excinfo.value) == "probes.yaml:8: timeouts.first_token: 60 s (the default) exceeds total (45 s)"
+
+
+def test_models_are_frozen() -> None:
+    config = parse_config(MINIMAL, "probes.yaml")
+    with pytest.raises(ValueError):
+        config.region = "elsewhere"  # type: ignore[misc]

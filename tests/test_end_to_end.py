@@ -1,0 +1,162 @@
+"""End to end on real parts: simulator → scheduled probes → PostgreSQL → stats API.
+
+The simulator's ground truth says what was served; the API must report the
+same number of probes, the same failures, and latencies that match what
+was injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from routewatch.aggregator.api import create_app
+from routewatch.aggregator.refresh import Aggregator
+from routewatch.aggregator.schema import ensure_schema
+from routewatch.probe.config import parse_config
+from routewatch.probe.scheduler import Prober, Series, new_session, schedule, stop
+from routewatch.probe.targets import plan
+from routewatch.probe.writer import BatchWriter
+from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+
+PROFILES = (
+    ModelProfile(model="test/fast", provider="FastCo", ttft_median_ms=40, ttft_sigma=0.2,
+                 tokens_per_s=200, output_tokens=24),
+    ModelProfile(model="test/flaky", provider="FlakyCo", ttft_median_ms=90, ttft_sigma=0.2,
+                 tokens_per_s=150, output_tokens=24, error_rate=0.3,
+                 faults={"http_500": 1.0, "http_429": 1.0, "drop": 1.0}),
+    ModelProfile(model="test/slow", provider="SlowCo", ttft_median_ms=220, ttft_sigma=0.2,
+                 tokens_per_s=100, output_tokens=24),
+)
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+
+
+def config_text(base_url: str, models: Sequence[str], interval: str, jitter: str) -> str:
+    model_list = ", ".join(models)
+    return f"""
+region: test
+routers:
+  - name: sim
+    base_url: {base_url}
+    models: [{model_list}]
+prompts:
+  - name: short
+    messages: [{{role: user, content: "Count from 1 to 40 in words."}}]
+    max_tokens: 64
+    min_output_tokens: 16
+schedule: {{interval: {interval}, jitter: {jitter}, concurrency: 16}}
+timeouts: {{connect: 2s, headers: 2s, first_token: 3s, idle: 1s, total: 5s}}
+"""
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    sim = await start_simulator(PROFILES, seed=1234)
+    yield sim
+    await sim.close()
+
+
+async def run_scheduled(series: list[Series], pool: asyncpg.Pool, interval: float, jitter: float,
+                        seconds: float) -> Prober:
+    """Probe ``series`` on the real scheduler for ``seconds``, storing every result."""
+    writer = BatchWriter(pool, flush_s=0.1)
+    writer.start()
+    async with new_session(16) as session:
+        prober = Prober(session, _timeouts(), "test", 16, sink=writer.submit)
+        scheduler = AsyncIOScheduler()
+        schedule(scheduler, prober, series, interval, jitter)
+        scheduler.start()
+        await asyncio.sleep(seconds)
+        await stop(scheduler, prober, limit_s=10)
+    await writer.close()
+    return prober
+
+
+def _timeouts():  # type: ignore[no-untyped-def]
+    return parse_config(config_text("http://127.0.0.1:1/v1", ["x"], "1s", "0s"), "t.yaml").timeouts
+
+
+async def test_scheduled_probes_reach_the_api_with_true_figures(
+    db_dsn: str, simulator: RunningSimulator, aiohttp_client
+) -> None:
+    config = parse_config(config_text(simulator.base_url, [p.model for p in PROFILES], "500ms", "100ms"), "e2e.yaml")
+    series, _ = plan(config, {})
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    try:
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+        prober = await run_scheduled(series, pool, 0.5, 0.1, seconds=8.0)
+        assert prober.completed >= 3 * 10, "the scheduler should have run about 16 rounds"
+
+        aggregator = Aggregator(pool, WINDOWS, [("sim", p.model) for p in PROFILES], 10.0)
+        await aggregator.refresh()
+        client = await aiohttp_client(create_app(aggregator))
+
+        listing = await (await client.get("/v1/models")).json()
+        assert [m["id"] for m in listing["models"]] == [p.model for p in PROFILES]
+        assert listing["window"] == "7d"
+
+        served = simulator.ground_truth.records
+        for profile in PROFILES:
+            resp = await client.get(f"/v1/models/{profile.model}/stats", params={"window": "7d"})
+            assert resp.status == 200
+            stats = await resp.json()
+            truth = [r for r in served if r.model == profile.model]
+            faulted = [r for r in truth if r.fault is not None]
+
+            # Every request the simulator served is one stored probe, no more, no less.
+            assert stats["samples"]["attempted"] == len(truth)
+            assert stats["samples"]["failed"] == len(faulted)
+            assert stats["samples"]["rate_limited"] == sum(r.fault == "http_429" for r in faulted)
+
+            # The error rate is consistent with the injected probability (binomial, 4 sigma).
+            n, p = len(truth), profile.error_rate
+            assert abs(stats["error_rate"] - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1 / n
+
+            # p50 TTFT: within 5 ms of the median TTFT the simulator actually injected
+            # (loopback HTTP adds a little), and within 20% of the profile's median.
+            injected = statistics.median(r.injected_ttft_ms for r in truth if r.fault is None)
+            assert stats["ttft_p50_ms"] == pytest.approx(injected, abs=5.0)
+            assert stats["ttft_p50_ms"] == pytest.approx(profile.ttft_median_ms, rel=0.2)
+            assert stats["ttft_p95_ms"] >= stats["ttft_p50_ms"]
+            # Output speed: the simulator sends tokens at a fixed rate.
+            assert stats["tps_p50"] == pytest.approx(profile.tokens_per_s, rel=0.1)
+            ok = stats["samples"]["ok"]
+            assert stats["tokens"]["output"] >= ok * profile.output_tokens
+            assert stats["window"] == "7d" and stats["updated_at"]
+
+        bad = await client.get("/v1/models/test/fast/stats", params={"window": "3w"})
+        assert bad.status == 400
+        assert (await bad.json())["error"]["parameter"] == "window"
+        missing = await client.get("/v1/models/nobody/none/stats")
+        assert missing.status == 404
+    finally:
+        await pool.close()
+
+
+async def test_a_probe_never_overlaps_itself(db_dsn: str) -> None:
+    """A model slower than the interval is probed back to back, never twice at once."""
+    slow = ModelProfile(model="test/glacial", provider="Slow", ttft_median_ms=600, ttft_sigma=0.0,
+                        tokens_per_s=100, output_tokens=5)
+    async with await start_simulator([slow], seed=3) as sim:
+        config = parse_config(config_text(sim.base_url, [slow.model], "200ms", "0s"), "overlap.yaml")
+        series, _ = plan(config, {})
+        pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await ensure_schema(conn)
+            await run_scheduled(series, pool, 0.2, 0.0, seconds=3.0)
+            rows = await pool.fetch("SELECT started_at, e2e_ms FROM probe_results ORDER BY started_at")
+        finally:
+            await pool.close()
+        truth = sim.ground_truth.records
+    assert 3 <= len(truth) <= 6  # ~3 s / 0.65 s per probe
+    assert len(rows) == len(truth)
+    for earlier, later in zip(truth, truth[1:]):
+        assert later.received_ns >= earlier.token_times_ns[-1], "two probes of one series overlapped"
