@@ -8,6 +8,7 @@ table; the same queries run on both).
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from importlib import resources
 
 import asyncpg
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # One chunk per day keeps a 7-day query on 7-8 chunks and lets retention drop
 # whole days.
-CHUNK_INTERVAL = "1 day"
+CHUNK_INTERVAL = timedelta(days=1)
 
 
 async def timescaledb_available(conn: asyncpg.Connection) -> bool:

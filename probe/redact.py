@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 # Bearer tokens and the common API-key shapes (sk-..., sk-or-v1-..., etc.):
 # routers sometimes echo a rejected key back in their error body.
@@ -24,3 +25,12 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     if len(text) > MAX_DETAIL_CHARS:
         text = text[: MAX_DETAIL_CHARS - 1] + "…"
     return text
+
+
+def redact_dsn(dsn: str) -> str:
+    """A database URL with its password replaced by ``***``, for humans."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -15,7 +15,6 @@ import random
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiohttp import web
@@ -28,6 +27,7 @@ from .local_postgres import LocalPostgres
 from .probe.config import Config
 from .probe.durations import parse_duration
 from .probe.loop_lag import LoopLagMonitor
+from .probe.redact import redact_dsn
 from .probe.scheduler import Prober, new_session, schedule
 from .probe.scheduler import stop as stop_scheduler
 from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
@@ -38,15 +38,6 @@ log = logging.getLogger("routewatch")
 
 ENV_DATABASE_URL = "ROUTEWATCH_DATABASE_URL"
 STATUS_EVERY_S = 30.0
-
-
-def redact_dsn(dsn: str) -> str:
-    """``dsn`` with its password replaced by ``***``."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass

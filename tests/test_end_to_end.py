@@ -83,14 +83,19 @@ def _timeouts():  # type: ignore[no-untyped-def]
 
 
 async def test_scheduled_probes_reach_the_api_with_true_figures(
-    db_dsn: str, simulator: RunningSimulator, aiohttp_client
+    db_dsn: str, db_mode: str, simulator: RunningSimulator, aiohttp_client
 ) -> None:
     config = parse_config(config_text(simulator.base_url, [p.model for p in PROFILES], "500ms", "100ms"), "e2e.yaml")
     series, _ = plan(config, {})
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
     try:
         async with pool.acquire() as conn:
-            await ensure_schema(conn)
+            assert await ensure_schema(conn) == db_mode
+            assert await ensure_schema(conn) == db_mode, "a second start must find the schema in place"
+            if db_mode == "timescaledb":
+                assert await conn.fetchval(
+                    "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'probe_results'"
+                ) == 1
         prober = await run_scheduled(series, pool, 0.5, 0.1, seconds=8.0)
         assert prober.completed >= 3 * 10, "the scheduler should have run about 16 rounds"
 
