@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .config import Config, RouterConfig
+from .config import SIMULATOR, Config, RouterConfig
 from .scheduler import Series
 from .target import Canary, Target
 
-SIMULATOR = "simulator"
 ENV_ROUTER_URL = "ROUTEWATCH_ROUTER_URL"
 
 
