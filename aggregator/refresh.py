@@ -33,7 +33,7 @@ class Snapshot:
 
 
 def _empty(key: SeriesKey) -> WindowCounts:
-    return WindowCounts(key[0], key[1], 0, 0, 0, None, None, None, None, None, 0, 0, None, None)
+    return WindowCounts(key[0], key[1], 0, 0, 0, 0, None, None, None, None, None, 0, 0, None, None)
 
 
 class Aggregator:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS probe_results (
     chunk_gap_p95_ms  double precision,
     retry_after_s     double precision,
     loop_lag_ms       double precision,
+    prober_overloaded boolean          NOT NULL DEFAULT false,
     -- The time column is part of the key because hypertables require it;
     -- the UUID alone already makes a replayed write a no-op.
     PRIMARY KEY (id, started_at),

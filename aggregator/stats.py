@@ -24,12 +24,13 @@ class WindowCounts:
     attempts: int
     ok: int
     rate_limited: int  # failures classed http_429
+    overloaded: int  # probes left out: the prober's loop lag was over its bound
     ttft_p50_ms: float | None
     ttft_p95_ms: float | None
     ttfat_p50_ms: float | None
     ttfat_p95_ms: float | None
     tps_p50: float | None
-    input_tokens: int
+    input_tokens: int  # traffic counts every probe sent, flagged or not
     output_tokens: int
     first_probe: datetime | None
     last_probe: datetime | None
@@ -85,6 +86,7 @@ class ModelStats:
                 "ok": c.ok,
                 "failed": c.attempts - c.ok,
                 "rate_limited": c.rate_limited,
+                "excluded_prober_overloaded": c.overloaded,
                 "sufficient": c.ok >= MIN_OK_SAMPLES,
                 "min_ok_for_sufficient": MIN_OK_SAMPLES,
             },

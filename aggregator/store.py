@@ -13,16 +13,19 @@ import asyncpg
 
 from .stats import WindowCounts
 
+# Rows flagged prober_overloaded were measured while the prober itself was
+# behind; they are counted apart and left out of every published figure.
 _WINDOW_COUNTS = """
 SELECT router, model,
-       count(*)                                          AS attempts,
-       count(*) FILTER (WHERE ok)                        AS ok,
-       count(*) FILTER (WHERE error_class = 'http_429')  AS rate_limited,
-       percentile_cont(0.5)  WITHIN GROUP (ORDER BY ttft_ms)  FILTER (WHERE ok) AS ttft_p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms)  FILTER (WHERE ok) AS ttft_p95,
-       percentile_cont(0.5)  WITHIN GROUP (ORDER BY ttfat_ms) FILTER (WHERE ok) AS ttfat_p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY ttfat_ms) FILTER (WHERE ok) AS ttfat_p95,
-       percentile_cont(0.5)  WITHIN GROUP (ORDER BY output_tps) FILTER (WHERE ok) AS tps_p50,
+       count(*) FILTER (WHERE NOT prober_overloaded)                             AS attempts,
+       count(*) FILTER (WHERE ok AND NOT prober_overloaded)                      AS ok,
+       count(*) FILTER (WHERE error_class = 'http_429' AND NOT prober_overloaded) AS rate_limited,
+       count(*) FILTER (WHERE prober_overloaded)                                 AS overloaded,
+       percentile_cont(0.5)  WITHIN GROUP (ORDER BY ttft_ms)    FILTER (WHERE ok AND NOT prober_overloaded) AS ttft_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms)    FILTER (WHERE ok AND NOT prober_overloaded) AS ttft_p95,
+       percentile_cont(0.5)  WITHIN GROUP (ORDER BY ttfat_ms)   FILTER (WHERE ok AND NOT prober_overloaded) AS ttfat_p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY ttfat_ms)   FILTER (WHERE ok AND NOT prober_overloaded) AS ttfat_p95,
+       percentile_cont(0.5)  WITHIN GROUP (ORDER BY output_tps) FILTER (WHERE ok AND NOT prober_overloaded) AS tps_p50,
        coalesce(sum(input_tokens), 0)  AS input_tokens,
        coalesce(sum(output_tokens), 0) AS output_tokens,
        min(started_at) AS first_probe,
@@ -43,6 +46,7 @@ async def window_counts(conn: asyncpg.Connection, start: datetime, end: datetime
             attempts=r["attempts"],
             ok=r["ok"],
             rate_limited=r["rate_limited"],
+            overloaded=r["overloaded"],
             ttft_p50_ms=r["ttft_p50"],
             ttft_p95_ms=r["ttft_p95"],
             ttfat_p50_ms=r["ttfat_p50"],

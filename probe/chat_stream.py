@@ -37,6 +37,14 @@ class Timeouts(Protocol):
     total: float
 
 
+# A canary answer is a few KB; past this the upstream is broken or hostile,
+# and reading on would only cost the prober memory and CPU.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Enough of an error body to say what went wrong, never the whole of it.
+MAX_ERROR_BODY_BYTES = 4096
+# Headers some routers use to name the upstream that served a request.
+PROVIDER_HEADERS = ("X-Provider", "X-Model-Provider")
+
 _PHASE_WAITS_FOR = {
     "connect": "connection",
     "headers": "response headers",
@@ -206,12 +214,15 @@ async def run(
     *,
     region: str,
     lag: LoopLagMonitor | None = None,
+    max_lag_ms: float | None = None,
 ) -> ProbeResult:
     """Send one streaming canary to ``target`` and measure it.
 
     ``session`` must have been created with ``trace_config()`` for
-    ``connect_ms`` to be recorded. Never raises for anything the upstream
-    does: every failure becomes a result with an ``error_class``.
+    ``connect_ms`` to be recorded. ``lag`` is the prober's loop-lag monitor;
+    a probe during which the lag exceeded ``max_lag_ms`` is flagged
+    ``prober_overloaded``. Never raises for anything the upstream does:
+    every failure becomes a result with an ``error_class``.
     """
     loop = asyncio.get_running_loop()
     headers = {"Content-Type": "application/json", **target.headers}
@@ -238,12 +249,14 @@ async def run(
                 status = resp.status
                 if status != 200:
                     retry_after = _retry_after(resp.headers) if status == 429 else None
-                    text = await resp.text(errors="replace")
+                    head = await resp.content.read(MAX_ERROR_BODY_BYTES)
+                    text = head.decode("utf-8", "replace")
                     raise _Failure(_http_error_class(status), f"HTTP {status}: {text[:200]}")
                 ctype = resp.headers.get("Content-Type", "")
                 if "text/event-stream" not in ctype:
                     raise _Failure("bad_response", f"expected text/event-stream, got {ctype or 'no content type'}")
                 stream.request_id = resp.headers.get("X-Request-Id")
+                stream.provider = next((resp.headers[h] for h in PROVIDER_HEADERS if h in resp.headers), None)
                 phases.enter("first_token", t0_loop + timeouts.first_token)
                 await _read(resp, stream, marks, phases, timeouts, loop)
     except _Failure as failure:
@@ -278,6 +291,9 @@ async def run(
             error_class, detail = "empty_response", "stream finished without output tokens"
 
     t = derive(marks, output_tokens if marks.token_times else None)
+    # Speed over a shorter answer than the canary asks for is mostly noise.
+    tps = t.output_tps if (output_tokens or 0) >= canary.min_output_tokens else None
+    worst_lag = None if lag is None else lag.worst_since(marks.t0)
     return ProbeResult(
         id=new_probe_id(),
         started_at=started_at,
@@ -298,7 +314,7 @@ async def run(
         ttft_ms=t.ttft_ms,
         ttfat_ms=t.ttfat_ms,
         e2e_ms=t.e2e_ms,
-        output_tps=t.output_tps,
+        output_tps=tps,
         input_tokens=stream.usage_input,
         output_tokens=output_tokens,
         tokens_estimated=estimated,
@@ -306,7 +322,8 @@ async def run(
         chunk_gap_max_ms=t.chunk_gap_max_ms,
         chunk_gap_p95_ms=t.chunk_gap_p95_ms,
         retry_after_s=retry_after,
-        loop_lag_ms=None if lag is None else lag.worst_since(marks.t0),
+        loop_lag_ms=worst_lag,
+        prober_overloaded=worst_lag is not None and max_lag_ms is not None and worst_lag > max_lag_ms,
     )
 
 
@@ -320,8 +337,12 @@ async def _read(
 ) -> None:
     """Read SSE until [DONE] or EOF, marking each token-bearing event."""
     reader = SSEReader()
+    received = 0
     async for chunk in resp.content.iter_any():
         t_ns = time.perf_counter_ns()
+        received += len(chunk)
+        if received > MAX_RESPONSE_BYTES:
+            raise _Failure("bad_response", f"answer larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB")
         for event in reader.feed(chunk, t_ns):
             token, answer = stream.take(event.data)
             if token:

@@ -335,6 +335,11 @@ class ScheduleConfig(_Section):
         10.0, description="random delay up to this many seconds, below interval; default 10s"
     )
     concurrency: int = Field(64, ge=1, le=10000, description="probes in flight at most; default 64")
+    max_loop_lag: PositiveSeconds = Field(
+        0.05,
+        description="a probe during which the prober's event loop fell further behind than this "
+        "is stored flagged and left out of published latency; default 50ms",
+    )
 
     @model_validator(mode="after")
     def _check_jitter(self) -> ScheduleConfig:

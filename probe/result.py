@@ -67,6 +67,9 @@ class ProbeResult:
     chunk_gap_p95_ms: float | None = None
     retry_after_s: float | None = None  # from a 429's Retry-After header
     loop_lag_ms: float | None = None  # worst prober event-loop lag during the probe
+    # The loop lag exceeded schedule.max_loop_lag: the timings measured the
+    # prober's backlog as much as the model, so stats leave this row out.
+    prober_overloaded: bool = False
 
     def as_row(self) -> tuple[Any, ...]:
         """The values in column order (``COLUMNS``), for COPY."""

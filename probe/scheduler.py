@@ -63,6 +63,7 @@ class Prober:
         concurrency: int,
         sink: Sink | None = None,
         lag: LoopLagMonitor | None = None,
+        max_lag_s: float | None = None,
     ) -> None:
         self._session = session
         self._timeouts = timeouts
@@ -70,6 +71,7 @@ class Prober:
         self._sem = asyncio.Semaphore(concurrency)
         self._sink = sink
         self.lag = lag
+        self._max_lag_ms = None if max_lag_s is None else max_lag_s * 1000
         self.completed = 0
         self.in_flight = 0
 
@@ -80,7 +82,7 @@ class Prober:
             try:
                 result = await chat_stream.run(
                     self._session, series.target, series.canary, self._timeouts,
-                    region=self._region, lag=self.lag,
+                    region=self._region, lag=self.lag, max_lag_ms=self._max_lag_ms,
                 )
             finally:
                 self.in_flight -= 1

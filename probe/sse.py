@@ -28,6 +28,7 @@ class SSEEvent:
 
     data: str
     t_ns: int  # arrival time of the chunk whose bytes completed the event
+    offset: int  # byte offset in the stream of the event's first data line
     event: str | None = None
 
 
@@ -38,22 +39,29 @@ class SSEReader:
         self._max_line = max_line_bytes
         self._buf = bytearray()
         self._data: list[bytes] = []
+        self._data_offset = 0  # stream offset of the pending event's first data line
         self._event: str | None = None
+        self._consumed = 0  # stream bytes already dropped from the front of _buf
         # A chunk that ended in CR may continue with the LF of the same CRLF.
         self._skip_lf = False
         self.comments = 0  # keep-alive and other comment lines seen
 
     def feed(self, chunk: bytes, t_ns: int) -> list[SSEEvent]:
         """Consume ``chunk`` (read at ``t_ns``); return the completed events."""
+        if not chunk:
+            return []
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
+            self._consumed += 1
         self._skip_lf = False
+        # What is left in the buffer holds no line end: search only the new bytes.
+        scan_from = len(self._buf)
         self._buf += chunk
         events: list[SSEEvent] = []
         pos = 0
         buf = self._buf
         while True:
-            m = _LINE_END.search(buf, pos)
+            m = _LINE_END.search(buf, max(pos, scan_from))
             if m is None:
                 break
             if m.group() == b"\r" and m.end() == len(buf):
@@ -63,16 +71,17 @@ class SSEReader:
             line = bytes(buf[pos : m.start()])
             if len(line) > self._max_line:
                 raise SSEProtocolError(f"SSE line longer than {self._max_line} bytes")
+            event = self._line(line, t_ns, self._consumed + pos)
             pos = m.end()
-            event = self._line(line, t_ns)
             if event is not None:
                 events.append(event)
         del buf[:pos]
+        self._consumed += pos
         if len(buf) > self._max_line:
             raise SSEProtocolError(f"SSE line longer than {self._max_line} bytes")
         return events
 
-    def _line(self, line: bytes, t_ns: int) -> SSEEvent | None:
+    def _line(self, line: bytes, t_ns: int, offset: int) -> SSEEvent | None:
         if not line:
             return self._dispatch(t_ns)
         if line[:1] == b":":
@@ -82,6 +91,8 @@ class SSEReader:
         if sep and value[:1] == b" ":
             value = value[1:]
         if field == b"data":
+            if not self._data:
+                self._data_offset = offset
             self._data.append(value)
         elif field == b"event":
             self._event = _decode(value)
@@ -94,7 +105,7 @@ class SSEReader:
             self._event = None
             return None
         data = _decode(b"\n".join(self._data))
-        event = SSEEvent(data=data, t_ns=t_ns, event=self._event)
+        event = SSEEvent(data=data, t_ns=t_ns, offset=self._data_offset, event=self._event)
         self._data = []
         self._event = None
         return event

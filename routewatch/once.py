@@ -60,7 +60,7 @@ async def _round(config: Config, console: Console) -> list[ProbeResult]:
 
             async with new_session(config.schedule.concurrency) as session:
                 prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
-                                sink=tick, lag=lag)
+                                sink=tick, lag=lag, max_lag_s=config.schedule.max_loop_lag)
                 results = await prober.round(series)
         await lag.stop()
         return results

@@ -105,7 +105,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
 
         async with new_session(config.schedule.concurrency) as session:
             prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
-                            sink=writer.submit, lag=lag)
+                            sink=writer.submit, lag=lag, max_lag_s=config.schedule.max_loop_lag)
             scheduler = AsyncIOScheduler()
             schedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
             scheduler.start()

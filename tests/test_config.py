@@ -230,7 +230,7 @@ BAD = {
             'the last message must be from "user", not "system"',
             "testdata/bad-multiple-errors.yaml:9: prompts[0].max_tokens: Input should be greater than or equal to 1",
             "testdata/bad-multiple-errors.yaml:12: schedule.concurency: "
-            'unknown field "concurency" (allowed: interval, jitter, concurrency)',
+            'unknown field "concurency" (allowed: interval, jitter, concurrency, max_loop_lag)',
         ]
     ),
 }

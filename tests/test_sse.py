@@ -1,6 +1,8 @@
 """The SSE reader: byte-exact events whatever the chunking."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routewatch.probe.sse import SSEProtocolError, SSEReader
 
@@ -70,3 +72,71 @@ def test_invalid_utf8_is_a_protocol_error() -> None:
 def test_field_without_space_and_unknown_fields() -> None:
     events = SSEReader().feed(b"id: 3\nretry: 10\nfoo: bar\ndata:x\n\n", 1)
     assert [e.data for e in events] == ["x"]
+
+
+def test_offsets_point_at_each_events_first_data_line() -> None:
+    events = SSEReader().feed(STREAM, 1)
+    for e in events:
+        assert STREAM[e.offset :].startswith(b"data:")
+    assert events[0].offset == STREAM.index(b'data: {"a"')
+
+
+def test_empty_chunk_between_cr_and_lf_keeps_one_line_end() -> None:
+    reader = SSEReader()
+    reader.feed(b"data: a\r", 1)
+    reader.feed(b"", 2)
+    (event,) = reader.feed(b"\ndata: b\n\n", 3)
+    assert event.data == "a\nb"  # one event: the LF completed the CRLF, it was not a blank line
+
+
+# --- property-based: any split of a valid stream gives the same events ---
+
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40
+)
+_line_end = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[bytes, list[str]]:
+    """A valid SSE stream with comments, multi-line data and mixed line ends, and its events."""
+    out = bytearray()
+    expected: list[str] = []
+
+    def end() -> bytes:
+        e = draw(_line_end)
+        # CR then LF would read as one CRLF, not two line ends.
+        return b"\r\n" if e == b"\n" and out.endswith(b"\r") else e
+
+    for _ in range(draw(st.integers(0, 8))):
+        if draw(st.booleans()):
+            out += b": " + draw(_text).encode()
+            out += end()
+        lines = draw(st.lists(_text, min_size=1, max_size=3))
+        for line in lines:
+            sep = draw(st.sampled_from([b"data: ", b"data:"]))
+            if sep == b"data:" and line.startswith(" "):
+                sep = b"data: "  # "data:" + " x" would lose the space by the SSE rules
+            out += sep + line.encode()
+            out += end()
+        out += end()
+        expected.append("\n".join(lines))
+    return bytes(out), expected
+
+
+def _cuts(data: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({0, len(data), *(p % (len(data) + 1) for p in points)})
+    return [data[a:b] for a, b in zip(edges, edges[1:])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.lists(st.integers(0, 10_000), max_size=12))
+def test_any_split_gives_the_same_events_and_offsets(stream: tuple[bytes, list[str]], points: list[int]) -> None:
+    data, expected = stream
+    whole = SSEReader().feed(data, 0)
+    reader = SSEReader()
+    split: list = []
+    for i, chunk in enumerate(_cuts(data, points)):
+        split.extend(reader.feed(chunk, i))
+    assert [e.data for e in whole] == expected
+    assert [(e.data, e.offset) for e in split] == [(e.data, e.offset) for e in whole]

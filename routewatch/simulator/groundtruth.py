@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # A demo simulator may run for days; keep memory bounded.
@@ -21,6 +23,9 @@ class ServedRequest:
     """The `X-Request-Id` header and chunk id sent back."""
     received_ns: int
     """When the handler started; the injected TTFT counts from here."""
+    headers_ns: int | None = None
+    """When the response headers were handed to the socket: just before `await resp.prepare` for
+    streams; for whole responses (errors, non-streaming, not_sse), when the handler returned them."""
     model: str = ""
     """Model asked for ("" until the body was read)."""
     nonce_prompt: str = ""
@@ -29,10 +34,17 @@ class ServedRequest:
     """HTTP status sent (None until decided)."""
     fault: str | None = None
     """Injected fault kind, or None."""
+    drawn_ttft_ms: float | None = None
+    """The TTFT drawn from the profile (also for requests that then got an HTTP fault)."""
     injected_ttft_ms: float | None = None
-    """The drawn TTFT, once the first token was sent; None when no token was sent."""
+    """The TTFT served, from `received_ns` to when the first token was due, set once it was sent:
+    the drawn TTFT, plus stall_s for slow_headers; for trickle the real time of its first token.
+    None when no token was sent."""
     token_times_ns: list[int] = field(default_factory=list)
-    """When each token chunk (reasoning and content) was written."""
+    """When each token-bearing event (reasoning and content) was written: `perf_counter_ns()` taken
+    immediately before the `await resp.write(...)` that completed the event. aiohttp hands the bytes
+    to the kernel inside that call, before it can yield; a stamp taken after it would add the await's
+    scheduling delay. A token is listed only once that write succeeded."""
     output_tokens: int = 0
     """Tokens sent, reasoning included (what usage.completion_tokens reports)."""
     reasoning_tokens: int = 0
@@ -73,3 +85,26 @@ class GroundTruthLog:
     def since(self, seq: int) -> list[ServedRequest]:
         """Records with a sequence number greater than `seq`."""
         return [r for r in self.records if r.seq > seq]
+
+    def clear(self) -> int:
+        """Forget every record (sequence numbers keep counting); returns how many were dropped.
+
+        Requests still in flight keep their record object but are no longer listed.
+        """
+        dropped = len(self.records)
+        self.records.clear()
+        self._by_id.clear()
+        return dropped
+
+
+def json_batches(records: list[ServedRequest], batch: int = 500) -> Iterator[bytes]:
+    """The records as one JSON array, in pieces of `batch` records.
+
+    `vars()` instead of `dataclasses.asdict`: asdict deep-copies every token list and is about
+    seven times slower; pieces let a server yield to its streams between them.
+    """
+    yield b"["
+    for start in range(0, len(records), batch):
+        body = json.dumps([vars(r) for r in records[start : start + batch]], separators=(",", ":"))
+        yield (b"," if start else b"") + body[1:-1].encode()
+    yield b"]"

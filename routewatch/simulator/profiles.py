@@ -16,8 +16,22 @@ import yaml
 HTTP_FAULTS: Mapping[str, int] = MappingProxyType(
     {"http_429": 429, "http_500": 500, "http_400": 400}
 )
-# Faults that happen inside a 200 streaming response.
-STREAM_FAULTS: tuple[str, ...] = ("drop", "malformed", "stream_error", "stall", "empty")
+# Faults that happen inside a 200 streaming response (or, for slow_headers, before it).
+STREAM_FAULTS: tuple[str, ...] = (
+    "drop",  # the connection is cut mid-stream
+    "malformed",  # an event whose JSON is cut off
+    "stream_error",  # an error event, then the stream ends without [DONE]
+    "stall",  # nothing for stall_s mid-stream, then the rest
+    "empty",  # a proper stream without a single token
+    "slow_headers",  # nothing at all, not even headers, for stall_s
+    "trickle",  # the whole stream one byte every trickle_s
+    "keepalive_forever",  # keep-alive comments for ever, never a token
+    "endless",  # tokens at the profile's rate for ever, never a finish
+    "huge",  # huge_bytes of answer as fast as the socket takes it
+    "invalid_utf8",  # one token's JSON string holds bytes that are not UTF-8
+    "long_line",  # one token's data line is long_line_bytes long and takes stall_s to arrive
+    "not_sse",  # a whole JSON completion where a stream was asked for
+)
 FAULT_KINDS: tuple[str, ...] = (*HTTP_FAULTS, *STREAM_FAULTS)
 
 
@@ -54,7 +68,13 @@ class ModelProfile:
     served_model: str | None = None
     """Model name reported in chunks; defaults to `model`."""
     stall_s: float = 3600.0
-    """How long a "stall" fault stops sending, in seconds."""
+    """How long the "stall", "slow_headers" and "long_line" faults hold the stream back, in seconds."""
+    trickle_s: float = 60.0
+    """Gap between the single bytes of a "trickle" fault, in seconds (default: one byte a minute)."""
+    huge_bytes: int = 50_000_000
+    """Answer text sent by a "huge" fault, in bytes."""
+    long_line_bytes: int = 4 * 1024 * 1024
+    """Length of the `data:` line a "long_line" fault sends, in bytes."""
 
     def __post_init__(self) -> None:
         def require(ok: bool, message: str) -> None:
@@ -71,6 +91,9 @@ class ModelProfile:
         require(0.0 <= self.error_rate <= 1.0, "error_rate must be in [0, 1]")
         require(self.keepalive_ms is None or self.keepalive_ms > 0, "keepalive_ms must be > 0")
         require(self.stall_s >= 0, "stall_s must be >= 0")
+        require(self.trickle_s >= 0, "trickle_s must be >= 0")
+        require(type(self.huge_bytes) is int and self.huge_bytes > 0, "huge_bytes must be an integer > 0")
+        require(type(self.long_line_bytes) is int and self.long_line_bytes > 0, "long_line_bytes must be an integer > 0")
         require(isinstance(self.faults, Mapping), "faults must be a mapping of kind to weight")
         for kind, weight in self.faults.items():
             require(kind in FAULT_KINDS, f"unknown fault kind {kind!r} (known: {', '.join(FAULT_KINDS)})")
