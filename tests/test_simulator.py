@@ -23,6 +23,7 @@ from routewatch.simulator import (
     load_profiles,
     start_simulator,
 )
+from routewatch.simulator.server import HANDLERS
 
 Start = Callable[..., Awaitable[RunningSimulator]]
 MS = 1_000_000
@@ -327,6 +328,254 @@ async def test_empty_answer(start: Start, session: aiohttp.ClientSession) -> Non
     assert record.output_tokens == 0 and record.injected_ttft_ms is None and record.finished
 
 
+async def read_raw(resp: aiohttp.ClientResponse, limit_bytes: int | None = None) -> list[tuple[int, bytes]]:
+    """Bytes as they arrive, each piece stamped; stops after `limit_bytes`, at EOF or on a timeout."""
+    pieces: list[tuple[int, bytes]] = []
+    try:
+        async for data in resp.content.iter_any():
+            pieces.append((time.perf_counter_ns(), data))
+            if limit_bytes is not None and sum(len(d) for _, d in pieces) >= limit_bytes:
+                break
+    except asyncio.TimeoutError:
+        pass
+    return pieces
+
+
+async def test_slow_headers(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("slow_headers", stall_s=0.3))
+    t0 = time.perf_counter_ns()
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/slow_headers")) as resp:
+        headers_at = time.perf_counter_ns()
+        stream = await read_stream(resp)
+    assert headers_at - t0 >= 300 * MS
+    assert stream.done and len(stream.token_events()) == 10
+    record = sim.ground_truth.records[-1]
+    assert record.fault == "slow_headers" and record.finished
+    assert record.headers_ns is not None and 300 * MS <= record.headers_ns - record.received_ns < 350 * MS
+    assert record.headers_ns < headers_at
+    # The TTFT is counted from the request, so the held-back headers are part of it.
+    assert record.drawn_ttft_ms == pytest.approx(40)
+    assert record.injected_ttft_ms == pytest.approx(340)
+    assert record.token_times_ns[0] - record.received_ns >= 340 * MS
+
+
+async def test_trickle_sends_one_byte_at_a_time(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("trickle", trickle_s=0.02))
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/trickle")) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+        pieces = await read_raw(resp, limit_bytes=8)
+    assert [d for _, d in pieces] == [bytes([b]) for b in b"data: {\""]
+    gaps = [(b - a) / MS for (a, _), (b, _) in zip(pieces, pieces[1:])]
+    assert min(gaps) >= 15 and statistics.median(gaps) < 40
+    await asyncio.sleep(0.05)
+    record = sim.ground_truth.records[-1]
+    assert record.fault == "trickle" and not record.finished and record.token_times_ns == []
+    assert not sim.app[HANDLERS]  # hanging up ended the handler
+
+
+async def test_trickle_delivers_the_whole_stream(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("trickle", trickle_s=0.0, output_tokens=3))
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/trickle")) as resp:
+        stream = await read_stream(resp)
+    assert stream.done and len(stream.token_events()) == 3
+    assert stream.chunks()[-1]["usage"]["completion_tokens"] == 3
+    record = sim.ground_truth.records[-1]
+    assert record.finished and record.output_tokens == 3 and len(record.token_times_ns) == 3
+    assert record.injected_ttft_ms == (record.token_times_ns[0] - record.received_ns) / 1e6
+    # A token is stamped at its event's last byte, which a reader needs before it has the event.
+    for event, sent_ns in zip(stream.token_events(), record.token_times_ns):
+        assert sent_ns <= event.at_ns + 20 * MS
+
+
+async def test_keepalive_forever(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("keepalive_forever", keepalive_ms=20, ttft_median_ms=5))
+    timeout = aiohttp.ClientTimeout(total=0.3)
+    body = chat("test/keepalive_forever")
+    async with session.post(f"{sim.base_url}/chat/completions", json=body, timeout=timeout) as resp:
+        stream = await read_stream(resp)
+    assert isinstance(stream.error, asyncio.TimeoutError)
+    comments = [e.comment for e in stream.events if e.comment is not None]
+    assert len(comments) >= 8 and set(comments) == {"OPENROUTER PROCESSING"}
+    assert [c["choices"][0]["delta"] for c in stream.chunks()] == [{"role": "assistant", "content": ""}]
+    await asyncio.sleep(0.05)
+    record = sim.ground_truth.records[-1]
+    assert record.token_times_ns == [] and record.injected_ttft_ms is None and not record.finished
+    assert not sim.app[HANDLERS]
+
+
+async def test_endless(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("endless", tokens_per_s=400))
+    timeout = aiohttp.ClientTimeout(total=0.4)
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/endless"), timeout=timeout) as resp:
+        stream = await read_stream(resp)
+    assert isinstance(stream.error, asyncio.TimeoutError) and not stream.done
+    tokens = stream.token_events()
+    assert len(tokens) > 50  # far past the profile's 10 tokens
+    assert all(c["choices"][0]["finish_reason"] is None and "usage" not in c for c in stream.chunks())
+    await asyncio.sleep(0.05)
+    record = sim.ground_truth.records[-1]
+    assert not record.finished and len(tokens) <= record.output_tokens <= len(tokens) + 2
+    assert not sim.app[HANDLERS]
+
+
+async def test_huge(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("huge", huge_bytes=3_000_500))
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/huge", max_tokens=16)) as resp:
+        body = await resp.read()
+    events = [e.removeprefix(b"data: ") for e in body.split(b"\n\n") if e]
+    assert events[-1] == b"[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    assert sum(len(t) for t in texts) == 3_000_500
+    assert max(len(t) for t in texts) == 1024
+    usage = chunks[-1]["usage"]
+    record = sim.ground_truth.records[-1]
+    # 2930 whole KiB and the rest
+    assert usage["completion_tokens"] == record.output_tokens == len(record.token_times_ns) == 2931
+    assert record.finished and record.injected_ttft_ms == pytest.approx(40)
+
+
+async def test_huge_answer_hung_up_on(
+    start: Start, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = await start(faulty("huge"))  # 50 MB by default
+    caplog.set_level(logging.WARNING)
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/huge")) as resp:
+        await read_raw(resp, limit_bytes=200_000)
+        resp.close()
+    await asyncio.sleep(0.1)
+    record = sim.ground_truth.records[-1]
+    assert not record.finished and 100 < record.output_tokens < 10_000
+    assert not sim.app[HANDLERS] and caplog.records == []
+
+
+async def test_invalid_utf8(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("invalid_utf8"))
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/invalid_utf8")) as resp:
+        body = await resp.read()
+    events = [e for e in body.split(b"\n\n") if e]
+    bad = [i for i, e in enumerate(events) if b"\xff\xfe" in e]
+    assert bad == [6]  # the role chunk, five good tokens, then the broken one
+    with pytest.raises(UnicodeDecodeError):
+        events[6].decode()
+    assert events[6].startswith(b'data: {"id":"gen-') and events[6].endswith(b'\xff\xfe"},"finish_reason":null}]}')
+    assert events[-1] == b"data: [DONE]"
+    record = sim.ground_truth.records[-1]
+    assert record.fault == "invalid_utf8" and record.finished and len(record.token_times_ns) == 10
+
+
+async def test_long_line(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("long_line", long_line_bytes=300_000, stall_s=0.3))
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/long_line")) as resp:
+        pieces = await read_raw(resp)
+    body = b"".join(d for _, d in pieces)
+    lines = body.split(b"\n")
+    long = [line for line in lines if len(line) > 1000]
+    assert [len(line) for line in long] == [300_000]
+    assert json.loads(long[0].removeprefix(b"data: "))["choices"][0]["delta"]["content"].startswith(" six")
+    # The line's first bytes come long before its end.
+    start_at = body.index(long[0])
+    offset, started_ns, ended_ns = 0, 0, 0
+    for t_ns, data in pieces:
+        if not started_ns and offset + len(data) > start_at:
+            started_ns = t_ns
+        offset += len(data)
+        if offset >= start_at + len(long[0]) + 1:
+            ended_ns = t_ns
+            break
+    assert (ended_ns - started_ns) >= 250 * MS
+    assert body.endswith(b"data: [DONE]\n\n")
+    record = sim.ground_truth.records[-1]
+    assert record.finished and len(record.token_times_ns) == 10
+    assert record.token_times_ns[5] <= ended_ns and record.token_times_ns[6] - record.token_times_ns[5] >= 2 * MS
+
+
+async def test_not_sse(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(faulty("not_sse"))
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/not_sse")) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/json")
+        body = await resp.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"].startswith("one two")
+    record = sim.ground_truth.records[-1]
+    assert (record.fault, record.status, record.token_times_ns) == ("not_sse", 200, [])
+    assert record.headers_ns is not None and record.headers_ns > record.received_ns
+
+
+async def test_stream_only_fault_is_not_injected_into_a_whole_answer(
+    start: Start, session: aiohttp.ClientSession
+) -> None:
+    sim = await start(faulty("endless"))
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/endless", stream=False)) as resp:
+        body = await resp.json()
+    assert body["usage"]["completion_tokens"] == 10
+    assert sim.ground_truth.records[-1].fault is None
+
+
+@pytest.mark.parametrize(
+    "kind, overrides",
+    [
+        ("slow_headers", {"stall_s": 60.0}),
+        ("trickle", {}),
+        ("keepalive_forever", {}),
+        ("endless", {}),
+        ("long_line", {"stall_s": 60.0}),
+        ("stall", {"stall_s": 60.0}),
+    ],
+)
+async def test_hanging_up_on_a_fault_is_quiet(
+    start: Start, caplog: pytest.LogCaptureFixture, kind: str, overrides: dict[str, Any]
+) -> None:
+    sim = await start(faulty(kind, ttft_median_ms=5, **overrides))
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.15)) as session:
+        with pytest.raises(asyncio.TimeoutError):
+            async with session.post(f"{sim.base_url}/chat/completions", json=chat(f"test/{kind}")) as resp:
+                await resp.read()
+    await asyncio.sleep(0.05)
+    assert not sim.app[HANDLERS]  # the handler was cancelled, not left running
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert sim.ground_truth.records[-1].fault == kind
+
+
+async def test_token_times_precede_arrival_closely(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(profile(tokens_per_s=100, output_tokens=30))
+    t0 = time.perf_counter_ns()
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/fast")) as resp:
+        headers_at = time.perf_counter_ns()
+        stream = await read_stream(resp)
+    record = sim.ground_truth.records[-1]
+    assert record.headers_ns is not None and t0 < record.headers_ns < headers_at
+    delays = [e.at_ns - sent for e, sent in zip(stream.token_events(), record.token_times_ns, strict=True)]
+    assert min(delays) >= 0
+    # On an idle machine loopback takes well under a millisecond; leave room for a busy one.
+    assert statistics.median(delays) < 3 * MS and max(delays) < 15 * MS
+
+
+async def test_ground_truth_delete_and_size(start: Start, session: aiohttp.ClientSession) -> None:
+    sim = await start(profile())
+    url = f"{sim.base_url}/ground-truth"
+    async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/fast")) as resp:
+        await resp.read()
+    async with session.delete(url) as resp:
+        assert (resp.status, await resp.json()) == (200, {"cleared": 1})
+    async with session.get(url) as resp:
+        assert await resp.json() == []
+    assert sim.ground_truth.by_request_id(resp.headers.get("X-Request-Id", "")) is None
+    # A benchmark's worth of records, each with its token times, still comes back quickly.
+    log = sim.ground_truth
+    for i in range(10_000):
+        log.open(f"gen-{i}", i).token_times_ns.extend(range(i, i + 64))
+    t0 = time.perf_counter()
+    async with session.get(url, params={"since": "1"}) as resp:
+        records = await resp.json()
+    assert time.perf_counter() - t0 < 2.0
+    assert len(records) == 10_000 and records[0]["seq"] == 2  # numbering goes on after a clear
+    assert records[-1]["token_times_ns"] == list(range(9_999, 9_999 + 64))
+    assert set(records[0]) >= {"headers_ns", "drawn_ttft_ms", "injected_ttft_ms", "fault", "token_times_ns"}
+
+
 async def test_bad_requests(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile())
     url = f"{sim.base_url}/chat/completions"
@@ -429,6 +678,10 @@ def test_default_profiles() -> None:
         assert sum(p.faults.values()) == pytest.approx(1)
         if "stall" in p.faults:
             assert 30 < p.stall_s < 120  # caught by the default 30 s idle timeout
+    assert {"slow_headers", "trickle", "keepalive_forever", "endless", "huge", "invalid_utf8", "long_line",
+            "not_sse"} <= set(FAULT_KINDS)
+    p = DEFAULT_PROFILES[0]
+    assert (p.trickle_s, p.huge_bytes, p.long_line_bytes) == (60.0, 50_000_000, 4 * 1024 * 1024)
 
 
 def test_load_profiles(tmp_path: Path) -> None:
@@ -440,6 +693,17 @@ def test_load_profiles(tmp_path: Path) -> None:
     small, big = load_profiles(path)
     assert small.faults == {"http_429": 0.75, "drop": 0.25}
     assert (big.model, big.include_usage) == ("acme/big", False)
+
+    path.write_text(
+        "- {model: acme/slow, provider: Acme, ttft_median_ms: 200, faults: {trickle: 1, huge: 1, long_line: 2},\n"
+        "   trickle_s: 0.5, huge_bytes: 1_000_000, long_line_bytes: 65536, stall_s: 2}\n"
+    )
+    (slow,) = load_profiles(path)
+    assert slow.faults == {"trickle": 0.25, "huge": 0.25, "long_line": 0.5}
+    assert (slow.trickle_s, slow.huge_bytes, slow.long_line_bytes, slow.stall_s) == (0.5, 1_000_000, 65536, 2)
+    path.write_text("- {model: acme/small, provider: Acme, ttft_median_ms: 200, huge_bytes: 1.5}\n")
+    with pytest.raises(ValueError, match=r"huge_bytes must be an integer"):
+        load_profiles(path)
 
     path.write_text("- {model: acme/small, provider: Acme, ttft_median_ms: 200, ttft_p50: 3}\n")
     with pytest.raises(ValueError, match=r"model 'acme/small': unknown key 'ttft_p50'"):

@@ -56,6 +56,13 @@ class ServedRequest:
     finished: bool = False
     """The response was complete (`[DONE]` for streams)."""
 
+    def note_token(self, kind: str, sent_ns: int) -> None:
+        """Count one token of `kind` ("content" or "reasoning") whose event was written at `sent_ns`."""
+        self.token_times_ns.append(sent_ns)
+        self.output_tokens += 1
+        if kind == "reasoning":
+            self.reasoning_tokens += 1
+
 
 class GroundTruthLog:
     """Records of served requests in arrival order, with lookup by request id."""
@@ -97,14 +104,20 @@ class GroundTruthLog:
         return dropped
 
 
-def json_batches(records: list[ServedRequest], batch: int = 500) -> Iterator[bytes]:
-    """The records as one JSON array, in pieces of `batch` records.
+def json_batches(records: list[ServedRequest], batch_values: int = 50_000) -> Iterator[bytes]:
+    """The records as one JSON array, in pieces of about `batch_values` token times each.
 
     `vars()` instead of `dataclasses.asdict`: asdict deep-copies every token list and is about
     seven times slower; pieces let a server yield to its streams between them.
     """
     yield b"["
-    for start in range(0, len(records), batch):
-        body = json.dumps([vars(r) for r in records[start : start + batch]], separators=(",", ":"))
-        yield (b"," if start else b"") + body[1:-1].encode()
+    batch: list[dict[str, object]] = []
+    values = 0
+    separator = b""
+    for i, record in enumerate(records):
+        batch.append(vars(record))
+        values += 16 + len(record.token_times_ns)  # a record's other fields weigh about 16 values
+        if values >= batch_values or i == len(records) - 1:
+            yield separator + json.dumps(batch, separators=(",", ":"))[1:-1].encode()
+            batch, values, separator = [], 0, b","
     yield b"]"

@@ -92,8 +92,9 @@ class ModelProfile:
         require(self.keepalive_ms is None or self.keepalive_ms > 0, "keepalive_ms must be > 0")
         require(self.stall_s >= 0, "stall_s must be >= 0")
         require(self.trickle_s >= 0, "trickle_s must be >= 0")
-        require(type(self.huge_bytes) is int and self.huge_bytes > 0, "huge_bytes must be an integer > 0")
-        require(type(self.long_line_bytes) is int and self.long_line_bytes > 0, "long_line_bytes must be an integer > 0")
+        for name in ("huge_bytes", "long_line_bytes"):
+            value = getattr(self, name)
+            require(type(value) is int and value > 0, f"{name} must be an integer > 0")
         require(isinstance(self.faults, Mapping), "faults must be a mapping of kind to weight")
         for kind, weight in self.faults.items():
             require(kind in FAULT_KINDS, f"unknown fault kind {kind!r} (known: {', '.join(FAULT_KINDS)})")

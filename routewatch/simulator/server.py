@@ -7,14 +7,15 @@ import random
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from .groundtruth import GroundTruthLog, ServedRequest
+from .clock import sleep_until
+from .groundtruth import GroundTruthLog, ServedRequest, json_batches
 from .profiles import DEFAULT_PROFILES, HTTP_FAULTS, ModelProfile
-from .responses import make_plan, whole_completion, write_stream
+from .responses import WHOLE_FAULTS, make_plan, whole_completion, write_stream
 from .sse import ChunkMaker
 from .validation import ApiError, check_authorization, parse_chat_request
 
@@ -49,6 +50,7 @@ def create_app(profiles: Iterable[ModelProfile] = DEFAULT_PROFILES, *, seed: int
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/ground-truth", ground_truth)
+    app.router.add_delete("/v1/ground-truth", clear_ground_truth)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -71,13 +73,25 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def ground_truth(request: web.Request) -> web.Response:
+async def ground_truth(request: web.Request) -> web.StreamResponse:
     """Served-request records, optionally only those after `?since=<seq>`."""
     try:
         since = int(request.query.get("since", "0"))
     except ValueError:
         return ApiError(400, "'since' must be an integer").response({})
-    return web.json_response([asdict(r) for r in request.app[GROUND_TRUTH].since(since)])
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    # Tens of thousands of token lists take a while to encode: in pieces, so streams keep their pace.
+    for piece in json_batches(request.app[GROUND_TRUTH].since(since)):
+        await resp.write(piece)
+        await asyncio.sleep(0)
+    await resp.write_eof()
+    return resp
+
+
+async def clear_ground_truth(request: web.Request) -> web.Response:
+    """Forget the records so far, e.g. between the phases of a benchmark."""
+    return web.json_response({"cleared": request.app[GROUND_TRUTH].clear()})
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -90,7 +104,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if task is not None:
         handlers.add(task)
     try:
-        return await _serve(request, record)
+        resp = await _serve(request, record)
+        if record.headers_ns is None:  # a whole response: aiohttp sends it once we return it
+            record.headers_ns = time.perf_counter_ns()
+        return resp
     finally:
         if task is not None:
             handlers.discard(task)
@@ -118,7 +135,10 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
     rng = request.app[RNG]
     fault = profile.draw_fault(rng)
     ttft_ms = profile.draw_ttft_ms(rng)
+    if not chat.stream and fault not in HTTP_FAULTS and fault not in WHOLE_FAULTS:
+        fault = None  # a stream-only fault has no effect on a whole answer, so none was injected
     record.fault = fault
+    record.drawn_ttft_ms = ttft_ms
     if fault is not None and fault in HTTP_FAULTS:
         record.status = HTTP_FAULTS[fault]
         if fault == "http_429":
@@ -144,7 +164,7 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
             request.transport.abort()
 
     record.status = 200
-    if not chat.stream:
+    if not chat.stream or fault == "not_sse":
         whole = await whole_completion(plan, chunks, record, abort)
         whole.headers.update(headers)
         return whole
@@ -152,6 +172,8 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
         headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     try:
+        await sleep_until(record.received_ns + plan.headers_delay_ns)  # slow_headers: not a byte before
+        record.headers_ns = time.perf_counter_ns()
         await resp.prepare(request)
         await write_stream(resp, plan, chunks, record, abort)
     except ConnectionResetError:

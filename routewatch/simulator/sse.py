@@ -15,6 +15,8 @@ _CONTENT_WORDS = (
     "fourteen fifteen sixteen seventeen eighteen nineteen twenty"
 ).split()
 _REASONING_WORDS = "let me count the numbers in words one by one".split()
+CONTENT_PERIOD = len(_CONTENT_WORDS)
+"""Content tokens repeat after this many."""
 
 
 def content_token(index: int) -> str:
@@ -76,7 +78,7 @@ class ChunkMaker:
         template = self._templates.get(kind)
         if template is None:
             # Split a rendered event around a marker, so both paths always produce the same bytes.
-            before, _, after = event(self.delta({kind: "\0"})).partition(b'"\\u0000"')
+            before, _, after = event(self.delta({kind: "\0"})).rpartition(b'"\\u0000"')
             template = self._templates[kind] = (before, after)
         return template[0] + json_string + template[1]
 
