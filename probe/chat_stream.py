@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -215,14 +216,17 @@ async def run(
     region: str,
     lag: LoopLagMonitor | None = None,
     max_lag_ms: float | None = None,
+    on_marks: Callable[[StreamMarks], None] | None = None,
 ) -> ProbeResult:
     """Send one streaming canary to ``target`` and measure it.
 
     ``session`` must have been created with ``trace_config()`` for
     ``connect_ms`` to be recorded. ``lag`` is the prober's loop-lag monitor;
     a probe during which the lag exceeded ``max_lag_ms`` is flagged
-    ``prober_overloaded``. Never raises for anything the upstream does:
-    every failure becomes a result with an ``error_class``.
+    ``prober_overloaded``. ``on_marks``, if given, receives the raw
+    monotonic marks (for comparing with a ground truth on the same clock).
+    Never raises for anything the upstream does: every failure becomes a
+    result with an ``error_class``.
     """
     loop = asyncio.get_running_loop()
     headers = {"Content-Type": "application/json", **target.headers}
@@ -290,6 +294,8 @@ async def run(
         elif not marks.token_times or output_tokens == 0:
             error_class, detail = "empty_response", "stream finished without output tokens"
 
+    if on_marks is not None:
+        on_marks(marks)
     t = derive(marks, output_tokens if marks.token_times else None)
     # Speed over a shorter answer than the canary asks for is mostly noise.
     tps = t.output_tps if (output_tokens or 0) >= canary.min_output_tokens else None

@@ -56,6 +56,10 @@ class LoopLagMonitor:
                 worst = lag
         return worst
 
+    def samples_since(self, t_ns: int) -> list[float]:
+        """Every lag sample (ms) taken at or after ``t_ns``, oldest first."""
+        return [lag for t, lag in self._samples if t >= t_ns]
+
     def recent_max(self, seconds: float) -> float | None:
         """Worst lag of the last ``seconds``."""
         return self.worst_since(time.perf_counter_ns() - int(seconds * 1e9))

@@ -9,6 +9,7 @@ parent-death signal is tied to the thread that starts it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -109,6 +110,11 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
             scheduler = AsyncIOScheduler()
             schedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
             scheduler.start()
+            # Everything built so far lives for the whole run: keep it out of
+            # the collector's full scans, whose pauses would stall the loop
+            # (and be flagged as prober lag) in the middle of measurements.
+            gc.collect()
+            gc.freeze()
             _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, series[0].target.model)
             status = asyncio.create_task(_report(prober, writer, lag, stop), name="status")
             await stop.wait()

@@ -9,24 +9,23 @@ the request are directly comparable.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from routewatch.probe import chat_stream
+from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.scheduler import new_session
 from routewatch.probe.target import Canary, Target
+from routewatch.probe.timing import StreamMarks
+from routewatch.simulator.process import SimulatorProcess
 
 N_PROBES = 200
+MAX_LAG_MS = 25.0
 PROFILES_YAML = """
 - model: acc/steady
   provider: Steady
@@ -49,28 +48,8 @@ class Timeouts:
 def simulator_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     profiles = tmp_path_factory.mktemp("sim") / "profiles.yaml"
     profiles.write_text(PROFILES_YAML)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "routewatch.cli", "simulate", "--port", str(port), "--profiles", str(profiles)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ},
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"simulator did not start: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.1)
-    yield base + "/v1"
-    proc.terminate()
-    proc.wait(timeout=10)
-    if proc.stderr:
-        proc.stderr.close()
+    with SimulatorProcess(profiles) as sim:
+        yield sim.base_url
 
 
 def ground_truth(base_url: str) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -83,34 +62,54 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
     canary = Canary("short", [{"role": "user", "content": "Count from 1 to 40 in words."}], 64, 16)
     target = Target("sim", simulator_url, "acc/steady")
 
+    # As `routewatch run` does after start-up: objects that live for the whole
+    # run (here, the test session's) leave the collector's scans, so a full
+    # collection does not stall the loop mid-measurement.
+    gc.collect()
+    gc.freeze()
+    lag = LoopLagMonitor(tick_s=0.005)
+    lag.start()
     async with new_session(N_PROBES) as session:
         # Started within one second, as a scheduler with jitter would.
         async def staggered(i: int) -> tuple[int, chat_stream.ProbeResult]:
             await asyncio.sleep(i / N_PROBES)
-            t = time.perf_counter_ns()  # the probe's own t0 follows within microseconds
-            r = await chat_stream.run(session, target, canary, Timeouts(), region="test")
-            return t, r
+            marks: list[StreamMarks] = []
+            r = await chat_stream.run(session, target, canary, Timeouts(), region="test",
+                                      lag=lag, max_lag_ms=MAX_LAG_MS, on_marks=marks.append)
+            return marks[0].t0, r
 
         runs = await asyncio.gather(*(staggered(i) for i in range(N_PROBES)))
+    await lag.stop()
+    gc.unfreeze()
 
     truth = await asyncio.to_thread(ground_truth, simulator_url)
     ttft_err, tps_err = [], []
-    for t_before, r in runs:
+    flagged = 0
+    for t0, r in runs:
         assert r.ok, r.error_detail
         sent = truth[r.request_id]
-        true_ttft_ms = (sent["token_times_ns"][0] - t_before) / 1e6
-        ttft_err.append(abs(r.ttft_ms - true_ttft_ms))
         times = sent["token_times_ns"]
-        true_tps = (len(times) - 1) / ((times[-1] - times[0]) / 1e9)
-        tps_err.append(abs(r.output_tps - true_tps) / true_tps)
         assert r.output_tokens == sent["output_tokens"] and r.chunks == len(times)
+        err = abs(r.ttft_ms - (times[0] - t0) / 1e6)
+        true_tps = (len(times) - 1) / ((times[-1] - times[0]) / 1e9)
+        if r.prober_overloaded:
+            # This process stalled during the probe (a GC pause late in a long
+            # test session, say): the prober flags it and stats leave it out.
+            flagged += 1
+            continue
+        # An unflagged probe carries the accuracy claim: a stall big enough to
+        # spoil its numbers would have flagged it.
+        assert err < MAX_LAG_MS, (err, r.loop_lag_ms)
+        ttft_err.append(err)
+        tps_err.append(abs(r.output_tps - true_tps) / true_tps)
+    assert len(ttft_err) >= 50, f"{flagged} of {N_PROBES} probes flagged: too few left to judge"
     ttft_err.sort()
     tps_err.sort()
     print(f"TTFT |error| ms: p50 {statistics.median(ttft_err):.3f} p99 {ttft_err[int(0.99 * len(ttft_err))]:.3f} "
-          f"max {ttft_err[-1]:.3f}; tok/s |error|: p50 {statistics.median(tps_err):.4%} max {tps_err[-1]:.4%}")
+          f"max {ttft_err[-1]:.3f}; tok/s |error|: p50 {statistics.median(tps_err):.4%} max {tps_err[-1]:.4%}; {flagged} flagged")
     # The probe stamps a token when its bytes are read; the gap to the
     # simulator's send is loopback transit plus the prober's queueing.
     assert statistics.median(ttft_err) < 2.0, ttft_err[-10:]
-    assert ttft_err[int(0.99 * len(ttft_err))] < 20.0, ttft_err[-10:]
+    assert ttft_err[int(0.99 * len(ttft_err))] < 10.0, ttft_err[-10:]
     assert statistics.median(tps_err) < 0.01
     assert tps_err[-1] < 0.05, tps_err[-10:]
