@@ -1,55 +1,31 @@
-"""Creating the schema, in TimescaleDB mode where the extension exists.
+"""Start-up schema step, kept for existing callers of ``ensure_schema``.
 
-Which mode the store runs in is decided here once and reported at start:
-``timescaledb`` (probe_results is a hypertable) or ``plain`` (an ordinary
-table; the same queries run on both).
+The schema itself lives in versioned migrations (``aggregator/migrations``,
+applied by :mod:`.migrate`); this module runs them and, in plain mode, makes
+sure the partitions for the days around now exist so that writes can start.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
-from importlib import resources
 
 import asyncpg
 
-log = logging.getLogger(__name__)
+from .maintenance import CHUNK_INTERVAL, PARTITIONS_AHEAD_DAYS, ensure_partitions, partition_day
+from .migrate import migrate, timescaledb_available, timescaledb_version
 
-# One chunk per day keeps a 7-day query on 7-8 chunks and lets retention drop
-# whole days.
-CHUNK_INTERVAL = timedelta(days=1)
-
-
-async def timescaledb_available(conn: asyncpg.Connection) -> bool:
-    """Whether the server can load TimescaleDB (installed and preloaded)."""
-    installed = await conn.fetchval(
-        "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-    )
-    if not installed:
-        return False
-    preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
-    return "timescaledb" in (preload or "")
+__all__ = ["CHUNK_INTERVAL", "ensure_schema", "timescaledb_available", "timescaledb_version"]
 
 
 async def ensure_schema(conn: asyncpg.Connection) -> str:
-    """Create missing tables; return the storage mode, ``timescaledb`` or ``plain``."""
-    sql = resources.files(__package__).joinpath("schema.sql").read_text()
-    mode = "plain"
-    async with conn.transaction():
-        # Serialise concurrent starts (prober and API processes) on one lock.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('routewatch schema'))")
-        await conn.execute(sql)
-        if await timescaledb_available(conn):
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            await conn.execute(
-                "SELECT create_hypertable('probe_results', by_range('started_at', $1::interval),"
-                " if_not_exists => TRUE, migrate_data => TRUE)",
-                CHUNK_INTERVAL,
-            )
-            mode = "timescaledb"
-    return mode
+    """Migrate to the latest schema; return the storage mode, ``timescaledb`` or ``plain``.
 
-
-async def timescaledb_version(conn: asyncpg.Connection) -> str | None:
-    """The installed TimescaleDB version, or None in plain mode."""
-    return await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    Plain mode also gets partitions from yesterday (writes from just before
+    midnight) to :data:`PARTITIONS_AHEAD_DAYS` ahead.
+    """
+    report = await migrate(conn)
+    today = partition_day(await conn.fetchval("SELECT now()"))
+    await ensure_partitions(
+        conn, report.mode, today - timedelta(days=1), today + timedelta(days=PARTITIONS_AHEAD_DAYS)
+    )
+    return report.mode

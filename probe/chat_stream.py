@@ -251,6 +251,7 @@ async def run(
             async with session.post(target.url, data=body, headers=headers, trace_request_ctx=ctx) as resp:
                 marks.headers = time.perf_counter_ns()
                 status = resp.status
+                stream.request_id = resp.headers.get("X-Request-Id")
                 if status != 200:
                     retry_after = _retry_after(resp.headers) if status == 429 else None
                     head = await resp.content.read(MAX_ERROR_BODY_BYTES)
@@ -259,7 +260,6 @@ async def run(
                 ctype = resp.headers.get("Content-Type", "")
                 if "text/event-stream" not in ctype:
                     raise _Failure("bad_response", f"expected text/event-stream, got {ctype or 'no content type'}")
-                stream.request_id = resp.headers.get("X-Request-Id")
                 stream.provider = next((resp.headers[h] for h in PROVIDER_HEADERS if h in resp.headers), None)
                 phases.enter("first_token", t0_loop + timeouts.first_token)
                 await _read(resp, stream, marks, phases, timeouts, loop)

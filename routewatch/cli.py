@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .local_postgres import LocalPostgresError, default_data_dir
 from .probe.config import Config, ConfigError, check_config_main, load_config
+from .aggregator.migrate import MigrationError
 from .probe.targets import TargetError
+from .probe.writer import SpoolInUse
 
 ENV_CONFIG = "ROUTEWATCH_CONFIG"
 ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
@@ -53,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a probes.yaml and summarise its cost")
     check.add_argument("path", nargs="?", help="the file (default: as for run)")
 
+    db = sub.add_parser("db", help="database schema and state")
+    db.add_argument("action", choices=["migrate", "status"],
+                    help="migrate: apply pending schema migrations; status: mode, size, rows, spool backlog")
+    db.add_argument("--data-dir", type=Path, help="as for run")
+
     sim = sub.add_parser("simulate", help="run the router simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8400)
@@ -79,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             profiles = load_profiles(args.profiles) if args.profiles else DEFAULT_PROFILES
             run_simulator_forever(args.host, args.port, profiles)
             return 0
+        if args.command == "db":
+            from .db_command import db_main
+
+            return db_main(args.action, args.data_dir or Path(os.environ.get(ENV_DATA_DIR) or default_data_dir()))
         path = _config_path(args.config)
         config = _load(path)
         if args.command == "once":
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host or config.api.host,
             port=config.api.port if args.port is None else args.port,
         ))
-    except (TargetError, LocalPostgresError, ValueError) as exc:
+    except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, ValueError) as exc:
         print(f"routewatch: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the API port is taken

@@ -389,10 +389,17 @@ class LocalPostgres:
         :func:`resolve_bin_dir`.
     :param run_as: account to run the server as when routewatch runs as root;
         default ``ROUTEWATCH_PG_USER``, else ``postgres``, else ``nobody``.
+    :param port: listen on this port (clients keep their URL across a
+        restart); default a free port chosen at each start.
     """
 
     def __init__(
-        self, data_dir: Path, *, bin_dir: Path | None = None, run_as: str | None = None
+        self,
+        data_dir: Path,
+        *,
+        bin_dir: Path | None = None,
+        run_as: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.pgdata = self.data_dir / "pgdata"
@@ -412,6 +419,7 @@ class LocalPostgres:
         self.bin_dir: Path = self._source_bin_dir
         self._env: dict[str, str] = {}
         self._password: str | None = None
+        self._fixed_port = port
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
@@ -469,24 +477,37 @@ class LocalPostgres:
             self._check_cluster_version()
             self._password = self._read_password()
             self._clear_foreign_pidfile()
-            for attempt in range(_BIND_ATTEMPTS):
-                self._port = _free_port()
+            attempts = 1 if self._fixed_port else _BIND_ATTEMPTS
+            for attempt in range(attempts):
+                self._port = self._fixed_port or _free_port()
                 log_offset = self.log_path.stat().st_size
                 self._spawn()
                 try:
                     self._wait_until_ready(deadline, log_offset)
                     break
                 except _PortTaken:
-                    if attempt == _BIND_ATTEMPTS - 1:
+                    if attempt == attempts - 1:
                         raise LocalPostgresError(
-                            "PostgreSQL could not bind a free port after"
-                            f" {_BIND_ATTEMPTS} attempts; see {self.log_path}"
+                            f"PostgreSQL could not bind port {self._port}"
+                            f" ({attempts} attempt(s)); see {self.log_path}"
                         ) from None
             _run_coroutine(self._ensure_database)
         except BaseException:
             self._terminate(10.0)
             raise
         atexit.register(self.stop)
+
+    def running_dsn(self) -> str | None:
+        """The URL of a server already running on this data directory (another
+        routewatch process owns it), or None when none is running."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, IndexError, ValueError):
+            return None
+        if not _pid_is_postgres(pid):
+            return None
+        return f"postgresql://{SUPERUSER}:{quote(self._read_password(), safe='')}@127.0.0.1:{port}/{DATABASE}"
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast-shutdown the server (SIGINT), SIGKILL it after ``timeout`` seconds."""

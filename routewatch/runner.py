@@ -23,12 +23,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .aggregator.api import create_app
 from .aggregator.refresh import Aggregator
-from .aggregator.schema import ensure_schema, timescaledb_version
+from .aggregator.maintenance import PartitionCache, maintenance_loop
+from .aggregator.migrate import migrate
 from .local_postgres import LocalPostgres
 from .probe.config import Config
 from .probe.durations import parse_duration
 from .probe.loop_lag import LoopLagMonitor
 from .probe.redact import redact_dsn
+from .probe.result import ProbeResult
 from .probe.scheduler import Prober, new_session, schedule
 from .probe.scheduler import stop as stop_scheduler
 from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
@@ -56,10 +58,11 @@ def run(opts: RunOptions) -> int:
     """Start everything, serve until SIGINT/SIGTERM, stop everything. Returns the exit code."""
     database_url = os.environ.get(ENV_DATABASE_URL)
     server: LocalPostgres | None = None
+    print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
     if database_url:
+        opts.data_dir.mkdir(parents=True, exist_ok=True)  # the spool lives here
         db_label = f"PostgreSQL at {redact_dsn(database_url)} (from {ENV_DATABASE_URL})"
     else:
-        print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
         server = LocalPostgres(opts.data_dir)
         server.start()
         database_url = server.dsn
@@ -83,15 +86,21 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         simulator = await start_simulator(DEFAULT_PROFILES)
     series, routers = plan(config, os.environ, simulator.base_url if simulator else None)
 
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
     try:
         async with pool.acquire() as conn:
-            mode = await ensure_schema(conn)
-            tsdb = await timescaledb_version(conn)
+            report = await migrate(conn)
+        mode, tsdb = report.mode, report.timescaledb_version
+        partitions = PartitionCache()
+
+        async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+            await partitions.ensure_for(conn, mode, (r.started_at for r in results))
+
+        maintenance = asyncio.create_task(maintenance_loop(pool, mode, partitions), name="maintenance")
         lag = LoopLagMonitor()
         lag.start()
-        writer = BatchWriter(pool)
-        writer.start()
+        writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare)
+        await writer.start()
         windows = {name: parse_duration(name) for name in config.aggregator.windows}
         configured = [(r.name, m) for r in config.routers for m in r.models]
         aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh)
@@ -122,6 +131,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
             status.cancel()
             await stop_scheduler(scheduler, prober, config.timeouts.total + 1)
         refresher.cancel()
+        maintenance.cancel()
         await runner.cleanup()
         await writer.close()
         await lag.stop()

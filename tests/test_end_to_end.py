@@ -11,6 +11,7 @@ import asyncio
 import math
 import statistics
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -63,10 +64,10 @@ async def simulator() -> AsyncIterator[RunningSimulator]:
 
 
 async def run_scheduled(series: list[Series], pool: asyncpg.Pool, interval: float, jitter: float,
-                        seconds: float) -> Prober:
+                        seconds: float, spool_dir: Path) -> Prober:
     """Probe ``series`` on the real scheduler for ``seconds``, storing every result."""
-    writer = BatchWriter(pool, flush_s=0.1)
-    writer.start()
+    writer = BatchWriter(pool, spool_dir, flush_s=0.1)
+    await writer.start()
     async with new_session(16) as session:
         prober = Prober(session, _timeouts(), "test", 16, sink=writer.submit)
         scheduler = AsyncIOScheduler()
@@ -83,7 +84,7 @@ def _timeouts():  # type: ignore[no-untyped-def]
 
 
 async def test_scheduled_probes_reach_the_api_with_true_figures(
-    db_dsn: str, db_mode: str, simulator: RunningSimulator, aiohttp_client
+    db_dsn: str, db_mode: str, simulator: RunningSimulator, aiohttp_client, tmp_path: Path
 ) -> None:
     config = parse_config(config_text(simulator.base_url, [p.model for p in PROFILES], "500ms", "100ms"), "e2e.yaml")
     series, _ = plan(config, {})
@@ -96,7 +97,7 @@ async def test_scheduled_probes_reach_the_api_with_true_figures(
                 assert await conn.fetchval(
                     "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'probe_results'"
                 ) == 1
-        prober = await run_scheduled(series, pool, 0.5, 0.1, seconds=8.0)
+        prober = await run_scheduled(series, pool, 0.5, 0.1, seconds=8.0, spool_dir=tmp_path / "spool")
         assert prober.completed >= 3 * 10, "the scheduler should have run about 16 rounds"
 
         aggregator = Aggregator(pool, WINDOWS, [("sim", p.model) for p in PROFILES], 10.0)
@@ -145,7 +146,7 @@ async def test_scheduled_probes_reach_the_api_with_true_figures(
         await pool.close()
 
 
-async def test_a_probe_never_overlaps_itself(db_dsn: str) -> None:
+async def test_a_probe_never_overlaps_itself(db_dsn: str, tmp_path: Path) -> None:
     """A model slower than the interval is probed back to back, never twice at once."""
     slow = ModelProfile(model="test/glacial", provider="Slow", ttft_median_ms=600, ttft_sigma=0.0,
                         tokens_per_s=100, output_tokens=5)
@@ -156,7 +157,7 @@ async def test_a_probe_never_overlaps_itself(db_dsn: str) -> None:
         try:
             async with pool.acquire() as conn:
                 await ensure_schema(conn)
-            await run_scheduled(series, pool, 0.2, 0.0, seconds=3.0)
+            await run_scheduled(series, pool, 0.2, 0.0, seconds=3.0, spool_dir=tmp_path / "spool")
             rows = await pool.fetch("SELECT started_at, e2e_ms FROM probe_results ORDER BY started_at")
         finally:
             await pool.close()

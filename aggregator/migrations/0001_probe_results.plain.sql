@@ -1,8 +1,13 @@
--- routewatch schema. One logical layout for TimescaleDB and plain PostgreSQL;
--- schema.py turns probe_results into a hypertable where the extension exists.
--- Every column of probe_results is one field of probe/result.py:ProbeResult.
+-- probe_results on plain PostgreSQL: a table partitioned by day on started_at.
+-- Every column is one field of probe/result.py:ProbeResult. Partitions
+-- (probe_results_pYYYYMMDD, one UTC day each) are created by
+-- aggregator/maintenance.py ahead of time and for the days of each batch;
+-- there is deliberately no DEFAULT partition: a default partition has to be
+-- scanned (and must not hold rows of the range) whenever a new day is added,
+-- so a row for a missing day fails loudly instead of piling up there.
+-- Retention drops whole partitions, which is cheap and leaves no bloat.
 
-CREATE TABLE IF NOT EXISTS probe_results (
+CREATE TABLE probe_results (
     id                uuid             NOT NULL,
     started_at        timestamptz      NOT NULL,
     region            text             NOT NULL,
@@ -32,11 +37,16 @@ CREATE TABLE IF NOT EXISTS probe_results (
     retry_after_s     double precision,
     loop_lag_ms       double precision,
     prober_overloaded boolean          NOT NULL DEFAULT false,
-    -- The time column is part of the key because hypertables require it;
-    -- the UUID alone already makes a replayed write a no-op.
+    -- A partitioned table's key must contain the partition column; the UUID
+    -- alone already makes a replayed write a no-op.
     PRIMARY KEY (id, started_at),
     CHECK (ok = (error_class IS NULL))
-);
+) PARTITION BY RANGE (started_at);
 
-CREATE INDEX IF NOT EXISTS probe_results_model_time
-    ON probe_results (model, started_at DESC);
+-- Per-model history (the API's stats for one model).
+CREATE INDEX probe_results_model_time ON probe_results (model, started_at DESC);
+
+-- Time-only ranges (short windows across all models, min/max for status).
+-- TimescaleDB creates the same index on every hypertable; declaring it here
+-- keeps the two modes' query plans alike.
+CREATE INDEX probe_results_started_at ON probe_results (started_at DESC);

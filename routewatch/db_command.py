@@ -1,0 +1,84 @@
+"""``routewatch db migrate`` and ``routewatch db status``.
+
+Both reach the same database ``routewatch run`` uses: ``ROUTEWATCH_DATABASE_URL``,
+or the embedded server in the data directory (the running one, if
+``routewatch run`` has it up, else started just for this command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import asyncpg
+
+from .aggregator.db_status import db_status, format_status
+from .aggregator.migrate import migrate
+from .local_postgres import LocalPostgres
+from .probe.spool import Spool, SpoolPosition
+from .probe.writer import CURSOR_FILE
+from .runner import ENV_DATABASE_URL
+
+
+def spool_backlog(spool_dir: Path) -> str:
+    """One line about the local spool: records not yet confirmed stored, or its size while in use."""
+    segments = sorted(spool_dir.glob("*.spool")) if spool_dir.is_dir() else []
+    size = sum(p.stat().st_size for p in segments)
+    if not segments:
+        return "empty"
+    with open(spool_dir / "lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # Opening the spool would recover its tail under a live writer.
+            return f"{size:,} bytes in {len(segments)} segment(s), in use by a running routewatch"
+        try:
+            raw = json.loads((spool_dir / CURSOR_FILE).read_text())
+            cursor: SpoolPosition | None = SpoolPosition(int(raw["segment"]), int(raw["offset"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            cursor = None
+        with Spool(spool_dir) as spool:
+            pending = spool.pending_records(cursor)
+    if not pending:
+        return f"nothing waiting ({size:,} bytes of stored results not yet reclaimed)"
+    return f"{pending:,} results waiting to be stored ({size:,} bytes); the next `routewatch run` stores them"
+
+
+def _with_database(data_dir: Path, action: str) -> str:
+    """Run ``action`` ("migrate" or "status") against the configured database; return its text."""
+    url = os.environ.get(ENV_DATABASE_URL)
+    server: LocalPostgres | None = None
+    if not url:
+        local = LocalPostgres(data_dir)
+        url = local.running_dsn()
+        if url is None:
+            server = local
+            server.start()
+            url = server.dsn
+    try:
+        return asyncio.run(_run(url, action, data_dir))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+async def _run(url: str, action: str, data_dir: Path) -> str:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        if action == "migrate":
+            report = await migrate(conn)
+            done = ", ".join(report.applied) if report.applied else "nothing to apply"
+            tsdb = f" (TimescaleDB {report.timescaledb_version})" if report.timescaledb_version else ""
+            return f"storage mode: {report.mode}{tsdb}\nschema version: {report.version}\napplied: {done}"
+        return format_status(await db_status(conn), spool_backlog(data_dir / "spool"))
+    finally:
+        await conn.close()
+
+
+def db_main(action: str, data_dir: Path) -> int:
+    """Print the result of ``action``; 0 on success."""
+    print(_with_database(data_dir, action))
+    return 0

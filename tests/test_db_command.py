@@ -1,0 +1,59 @@
+"""``routewatch db migrate`` / ``db status`` as a user runs them, and the spool line."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from routewatch.db_command import spool_backlog
+from routewatch.probe.result import ProbeResult
+from routewatch.probe.spool import Spool
+
+
+def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
+    env["ROUTEWATCH_DATABASE_URL"] = dsn
+    return subprocess.run([sys.executable, "-m", "routewatch.cli", *args, "--data-dir", str(data_dir)],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_migrate_then_status(db_dsn: str, db_mode: str, tmp_path: Path) -> None:
+    first = _cli(["db", "migrate"], db_dsn, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"storage mode: {db_mode}" in first.stdout
+    assert "applied: 0001_probe_results, 0002_rollup_hourly" in first.stdout
+    again = _cli(["db", "migrate"], db_dsn, tmp_path)
+    assert "applied: nothing to apply" in again.stdout
+
+    status = _cli(["db", "status"], db_dsn, tmp_path)
+    assert status.returncode == 0, status.stderr
+    lines = dict(line.split(":", 1) for line in status.stdout.splitlines())
+    assert lines["storage mode"].strip() == db_mode
+    assert lines["schema version"].strip() == "2"
+    assert lines["probe results"].strip().startswith("0 rows")
+    assert lines["spool backlog"].strip() == "empty"
+    password = db_dsn.split(":")[2].split("@")[0]
+    assert password not in status.stdout + status.stderr
+
+
+def _result(i: int) -> ProbeResult:
+    return ProbeResult(id=uuid.uuid4(), started_at=datetime.now(UTC) - timedelta(seconds=i), region="r",
+                       router="sim", model="m/x", prompt="short", methodology="m1", ok=True,
+                       error_class=None, error_detail=None)
+
+
+def test_spool_backlog_counts_unstored_results(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    assert spool_backlog(spool_dir) == "empty"
+    with Spool(spool_dir) as spool:
+        spool.append([_result(i) for i in range(3)])
+    assert spool_backlog(spool_dir).startswith("3 results waiting to be stored")
+    # While a writer holds the spool, it is described without being opened.
+    with open(spool_dir / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert "in use by a running routewatch" in spool_backlog(spool_dir)

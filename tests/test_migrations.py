@@ -1,0 +1,296 @@
+"""Versioned migrations against the real server, in both storage modes.
+
+Plain mode runs on every server (it is forced on a TimescaleDB server);
+timescaledb mode needs a server with TimescaleDB preloaded, e.g.
+``ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from routewatch.aggregator.maintenance import (
+    CHUNK_INTERVAL,
+    PARTITIONS_AHEAD_DAYS,
+    ensure_partitions,
+    partition_day,
+    partition_name,
+)
+from routewatch.aggregator.migrate import (
+    MIGRATION_LOCK_KEY,
+    Migration,
+    MigrationError,
+    load_migrations,
+    migrate,
+)
+from routewatch.aggregator.schema import ensure_schema
+from routewatch.probe.result import COLUMNS, ProbeResult
+from routewatch.probe.writer import write_batch
+
+LABELS = ["0001_probe_results", "0002_rollup_hourly"]
+NO_TIMESCALEDB = (
+    "this server has no TimescaleDB preloaded; run the suite with "
+    "ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin (PostgreSQL 15 + TimescaleDB) for timescaledb mode"
+)
+
+
+@pytest.fixture(params=["plain", "timescaledb"])
+def mode(request: pytest.FixtureRequest, db_mode: str) -> str:
+    """Each storage mode this server can run; plain is forced on a TimescaleDB server."""
+    if request.param == "timescaledb" and db_mode != "timescaledb":
+        pytest.skip(NO_TIMESCALEDB)
+    return str(request.param)
+
+
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(db_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+def result_at(started_at: datetime, **overrides: object) -> ProbeResult:
+    """A successful probe result at ``started_at``."""
+    fields: dict[str, object] = dict(
+        id=uuid.uuid4(), started_at=started_at, region="test", router="r", model="m/a", prompt="short",
+        methodology="m1", ok=True, error_class=None, error_detail=None, ttft_ms=100.0,
+        input_tokens=10, output_tokens=20,
+    )
+    fields.update(overrides)
+    return ProbeResult(**fields)  # type: ignore[arg-type]
+
+
+async def recorded_versions(conn: asyncpg.Connection) -> list[tuple[int, str]]:
+    rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+    return [(r["version"], r["name"]) for r in rows]
+
+
+def test_packaged_migrations_have_both_variants() -> None:
+    migrations = load_migrations()
+    assert [m.label for m in migrations] == LABELS
+    for m in migrations:
+        assert set(m.sql) == {"plain", "timescaledb"}
+        assert m.sql["plain"] != m.sql["timescaledb"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"0001_a.plain.sql": ""}, "0001_a has no timescaledb variant"),
+        ({"0001_a.sql": "", "0001_b.sql": ""}, "migration 0001 has two names"),
+        ({"0001_a.sql": "", "0001_a.plain.sql": ""}, "more than one file for plain mode"),
+        ({"1_a.sql": ""}, "'1_a.sql' is not named NNNN_name.sql"),
+        ({"0001_a.postgres.sql": ""}, "is not named"),
+    ],
+)
+def test_load_migrations_rejects_a_bad_layout(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(MigrationError, match=message):
+        load_migrations(tmp_path)
+
+
+async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, mode: str) -> None:
+    report = await migrate(conn, mode=mode)
+
+    assert (report.mode, report.version, report.applied) == (mode, 2, LABELS)
+    assert await recorded_versions(conn) == [(1, "probe_results"), (2, "rollup_hourly")]
+    assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
+    columns = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_results'::regclass AND attnum > 0"
+        " AND NOT attisdropped ORDER BY attnum"
+    )
+    assert tuple(c["attname"] for c in columns) == COLUMNS
+    rollup_columns = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_rollup_hourly'::regclass AND attnum > 0"
+        " AND NOT attisdropped ORDER BY attnum"
+    )
+    assert [c["attname"] for c in rollup_columns] == [
+        "bucket", "router", "model", "provider", "region", "prompt", "methodology", "attempts", "ok",
+        "timeouts", "http_429", "http_5xx", "other_failures", "input_tokens", "output_tokens",
+        "prober_overloaded",
+    ]
+    indexes = {r["indexname"] for r in await conn.fetch(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'probe_results'")}
+    assert "probe_results_model_time" in indexes
+
+    if mode == "timescaledb":
+        assert report.timescaledb_version
+        assert await conn.fetchval(
+            "SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_name = 'probe_results'"
+        ) == CHUNK_INTERVAL
+        settings = await conn.fetchrow(
+            "SELECT segmentby, orderby FROM timescaledb_information.hypertable_compression_settings"
+            " WHERE hypertable = 'probe_results'::regclass"
+        )
+        assert settings["segmentby"] == "model"
+        assert settings["orderby"].startswith("started_at DESC")
+        cagg = await conn.fetchrow(
+            "SELECT materialized_only FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_name = 'probe_rollup_hourly'"
+        )
+        assert cagg is not None and cagg["materialized_only"]
+        # routewatch runs refresh, retention and compression itself: no policies.
+        assert await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"
+        ) == 0
+    else:
+        assert report.timescaledb_version is None
+        assert await conn.fetchval("SELECT relkind FROM pg_class WHERE relname = 'probe_results'") == b"p"
+        assert await conn.fetchval("SELECT relkind FROM pg_class WHERE relname = 'probe_rollup_hourly'") == b"r"
+        assert "probe_results_started_at" in indexes
+
+
+async def test_rerun_applies_nothing(conn: asyncpg.Connection, mode: str) -> None:
+    await migrate(conn, mode=mode)
+    before = await conn.fetch("SELECT * FROM schema_migrations ORDER BY version")
+
+    again = await migrate(conn, mode=mode)
+
+    assert (again.mode, again.version, again.applied) == (mode, 2, [])
+    assert await conn.fetch("SELECT * FROM schema_migrations ORDER BY version") == before
+    # The session lock is released after each run.
+    assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+
+
+async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str) -> None:
+    conns = [await asyncpg.connect(db_dsn) for _ in range(3)]
+    try:
+        reports = await asyncio.gather(*(migrate(c, mode=mode) for c in conns))
+        assert {r.mode for r in reports} == {mode}
+        assert {r.version for r in reports} == {2}
+        # Exactly one of them did the work; the others waited and found nothing to do.
+        assert sorted(len(r.applied) for r in reports) == [0, 0, 2]
+        assert await recorded_versions(conns[0]) == [(1, "probe_results"), (2, "rollup_hourly")]
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_a_waiting_start_blocks_on_the_lock(db_dsn: str) -> None:
+    holder, waiter = await asyncpg.connect(db_dsn), await asyncpg.connect(db_dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        task = asyncio.create_task(migrate(waiter, mode="plain"))
+        await asyncio.sleep(0.3)
+        assert not task.done(), "migrate must wait for the lock holder"
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        assert (await asyncio.wait_for(task, 10)).applied == LABELS
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
+async def test_recorded_mode_wins_over_a_different_request(
+    conn: asyncpg.Connection, db_mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await migrate(conn, mode="plain")
+    caplog.set_level(logging.WARNING, logger="routewatch.aggregator.migrate")
+
+    report = await migrate(conn, mode="timescaledb")
+
+    assert report.mode == "plain" and report.applied == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        ("timescaledb mode was asked for, but this database was set up in plain mode; keeping plain"
+         " (changing mode needs a new database)")
+    ]
+    assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == "plain"
+
+    # With no request, the server's offer is compared instead: on a TimescaleDB
+    # server that differs from the recorded plain mode, and that is said too.
+    caplog.clear()
+    assert (await migrate(conn)).mode == "plain"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if db_mode == "timescaledb":
+        assert warnings == [
+            ("this server offers timescaledb mode, but this database was set up in plain mode; keeping plain"
+             " (changing mode needs a new database)")
+        ]
+    else:
+        assert warnings == []
+
+
+async def test_default_mode_is_what_the_server_offers(conn: asyncpg.Connection, db_mode: str) -> None:
+    assert (await migrate(conn)).mode == db_mode
+
+
+async def test_timescaledb_mode_needs_the_extension(conn: asyncpg.Connection, db_mode: str) -> None:
+    if db_mode == "timescaledb":
+        pytest.skip("this server has TimescaleDB; the check needs one without it (the default embedded server)")
+    with pytest.raises(MigrationError, match="cannot run TimescaleDB"):
+        await migrate(conn, mode="timescaledb")
+    assert await conn.fetchval("SELECT count(*) FROM routewatch_meta") == 0
+    assert await conn.fetchval("SELECT to_regclass('probe_results')") is None
+
+
+async def test_a_failing_migration_is_rolled_back_and_retried(conn: asyncpg.Connection) -> None:
+    first = load_migrations()[0]
+    broken = Migration(2, "broken", {"plain": "CREATE TABLE half (x int); SELECT 1/0;", "timescaledb": ""})
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await migrate(conn, mode="plain", migrations=[first, broken])
+    assert await recorded_versions(conn) == [(1, "probe_results")]
+    assert await conn.fetchval("SELECT to_regclass('half')") is None
+    assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+
+    fixed = Migration(2, "fixed", {"plain": "CREATE TABLE half (x int);", "timescaledb": ""})
+    report = await migrate(conn, migrations=[first, fixed])
+    assert (report.mode, report.applied) == ("plain", ["0002_fixed"])
+
+
+async def test_migrate_refuses_to_run_inside_a_transaction(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        with pytest.raises(MigrationError, match="outside"):
+            await migrate(conn, mode="plain")
+
+
+async def test_a_pre_migration_schema_is_refused(conn: asyncpg.Connection) -> None:
+    await conn.execute("CREATE TABLE probe_results (id uuid)")
+    with pytest.raises(MigrationError, match="before versioned migrations"):
+        await migrate(conn, mode="plain")
+
+
+async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mode: str) -> None:
+    await migrate(conn, mode=mode)
+    now = datetime.now(timezone.utc)
+    results = [result_at(now - timedelta(days=d, minutes=m)) for d in range(3) for m in range(5)]
+
+    if mode == "plain":
+        # No partition for these days yet: the insert fails loudly (and the
+        # writer keeps the batch), it is never silently dropped.
+        with pytest.raises(asyncpg.CheckViolationError, match="no partition of relation"):
+            await write_batch(conn, results)
+        days = sorted({partition_day(r.started_at) for r in results})
+        await ensure_partitions(conn, mode, days[0], days[-1])
+
+    assert await write_batch(conn, results) == len(results)
+    assert await write_batch(conn, results) == 0, "a replayed batch is not stored twice"
+    assert await conn.fetchval("SELECT count(*) FROM probe_results") == len(results)
+    if mode == "plain":
+        placed = await conn.fetch("SELECT DISTINCT tableoid::regclass::text AS part FROM probe_results")
+        assert {r["part"] for r in placed} == {partition_name(partition_day(r.started_at)) for r in results}
+
+
+async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: str) -> None:
+    assert await ensure_schema(conn) == db_mode
+    assert await ensure_schema(conn) == db_mode
+    assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 2
+    if db_mode == "plain":
+        today = partition_day(await conn.fetchval("SELECT now()"))
+        expected = {partition_name(today + timedelta(days=n)) for n in range(-1, PARTITIONS_AHEAD_DAYS + 1)}
+        names = {r["relname"] for r in await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'probe_results'::regclass")}
+        assert names == expected
+    # Writes for now work straight away in either mode.
+    assert await write_batch(conn, [result_at(datetime.now(timezone.utc))]) == 1
