@@ -1,7 +1,7 @@
 """The record of one probe: what was asked, what was measured, how it ended.
 
 Every field is persisted as one column of ``probe_results`` (see
-``aggregator/schema.sql``). Durations are milliseconds from ``t0`` (just before
+``aggregator/migrations/``). Durations are milliseconds from ``t0`` (just before
 the request was sent), derived once from raw monotonic marks; a phase that
 never happened is ``None`` (stored NULL), never 0.
 """

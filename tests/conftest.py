@@ -85,6 +85,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"database used: PostgreSQL {server.version} ({server.mode}),"
             f" {server.origin}, {server.display_dsn}"
         )
+        if server.mode == "timescaledb":
+            modes = "timescaledb and plain (plain forced on the TimescaleDB server)"
+        else:
+            modes = ("plain only: this server has no TimescaleDB; ROUTEWATCH_TEST_PG_BIN=<bin dir of a "
+                     "PostgreSQL with TimescaleDB> runs both")
+        terminalreporter.write_line(f"storage modes tested: {modes}")
 
 
 @pytest.fixture(scope="session")
