@@ -29,7 +29,6 @@ import asyncio
 import importlib
 import json
 import os
-import platform
 import random
 import shlex
 import sys
@@ -37,12 +36,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
+
+from machine import describe_machine, package_version
 
 from routewatch.probe import chat_stream
 from routewatch.probe.loop_lag import LoopLagMonitor
@@ -547,26 +547,12 @@ def print_table(rows: Sequence[Row]) -> None:
 
 
 def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on; the load average shows a busy shared machine."""
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "aiohttp": version("aiohttp"),
-        "openai": version("openai"),
-        "httpx": version("httpx") or version("httpx2"),
-        "numpy": version("numpy"),
-        "clock": "time.perf_counter_ns (CLOCK_MONOTONIC, shared across processes on Linux)",
-        "loadavg_start": list(os.getloadavg()),
-    }
+    """What the numbers were measured on."""
+    return describe_machine(
+        ["aiohttp", "openai", "numpy"],
+        httpx=package_version("httpx") or package_version("httpx2"),
+        clock="time.perf_counter_ns (CLOCK_MONOTONIC, shared across processes on Linux)",
+    )
 
 
 # ---------------------------------------------------------------- main

@@ -31,7 +31,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -42,12 +41,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from machine import describe_machine
+
 from routewatch.probe.result import (
     COLUMNS,
     ERROR_CLASSES,
@@ -658,25 +658,13 @@ def print_tables(modes: Sequence[ModeResult], spool: SpoolResult) -> None:
 
 def machine_info(pg: LocalPostgres) -> dict[str, Any]:
     """What the numbers were measured on."""
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "asyncpg": version("asyncpg"),
-        "postgresql": pg.version,
-        "postgresql_bin": str(pg.bin_dir),
-        "server": "LocalPostgres on 127.0.0.1 (default settings: fsync on, synchronous_commit on), same machine",
-        "disk_tmp": shutil.disk_usage(tempfile.gettempdir())._asdict(),
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return describe_machine(
+        ["asyncpg"],
+        postgresql=pg.version,
+        postgresql_bin=str(pg.bin_dir),
+        server="LocalPostgres on 127.0.0.1 (default settings: fsync on, synchronous_commit on), same machine",
+        disk_tmp=shutil.disk_usage(tempfile.gettempdir())._asdict(),
+    )
 
 
 # ---------------------------------------------------------------- main

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +41,11 @@ class PgServer:
 
 
 _used: list[PgServer] = []
+
+NO_TIMESCALEDB = (
+    "this server has no TimescaleDB preloaded; run the suite with "
+    "ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin (PostgreSQL 15 + TimescaleDB) for timescaledb mode"
+)
 
 
 def _run(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -150,3 +155,21 @@ def db_dsn(pg_server: PgServer) -> Iterator[str]:
 def db_mode(pg_server: PgServer) -> str:
     """``"timescaledb"`` or ``"plain"``: what the suite's server offers."""
     return pg_server.mode
+
+
+@pytest.fixture(params=["plain", "timescaledb"])
+def mode(request: pytest.FixtureRequest, db_mode: str) -> str:
+    """Each storage mode this server can run; plain is forced on a TimescaleDB server."""
+    if request.param == "timescaledb" and db_mode != "timescaledb":
+        pytest.skip(NO_TIMESCALEDB)
+    return str(request.param)
+
+
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's own empty database."""
+    connection = await asyncpg.connect(db_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()

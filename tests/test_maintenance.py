@@ -10,13 +10,14 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
 import pytest
+
+from conftest import NO_TIMESCALEDB
 
 from routewatch.aggregator import db_status as db_status_module
 from routewatch.aggregator.db_status import db_status, format_status
@@ -35,32 +36,12 @@ from routewatch.aggregator.migrate import migrate
 from routewatch.probe.result import ProbeResult
 from routewatch.probe.writer import write_batch
 
-NO_TIMESCALEDB = (
-    "this server has no TimescaleDB preloaded; run the suite with "
-    "ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin (PostgreSQL 15 + TimescaleDB) for timescaledb mode"
-)
 DAYS = 10
 ROWS = 4000
 # The newest seeded row is this old, so every rollup bucket is complete.
 NEWEST_AGE = timedelta(hours=2)
 FAILURES = ("timeout_ttft", "timeout_total", "http_429", "http_5xx", "connect_error", "bad_response")
 
-
-@pytest.fixture(params=["plain", "timescaledb"])
-def mode(request: pytest.FixtureRequest, db_mode: str) -> str:
-    """Each storage mode this server can run; plain is forced on a TimescaleDB server."""
-    if request.param == "timescaledb" and db_mode != "timescaledb":
-        pytest.skip(NO_TIMESCALEDB)
-    return str(request.param)
-
-
-@pytest.fixture
-async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(db_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -36,27 +35,7 @@ from routewatch.probe.result import COLUMNS, ProbeResult
 from routewatch.probe.writer import write_batch
 
 LABELS = ["0001_probe_results", "0002_rollup_hourly"]
-NO_TIMESCALEDB = (
-    "this server has no TimescaleDB preloaded; run the suite with "
-    "ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin (PostgreSQL 15 + TimescaleDB) for timescaledb mode"
-)
 
-
-@pytest.fixture(params=["plain", "timescaledb"])
-def mode(request: pytest.FixtureRequest, db_mode: str) -> str:
-    """Each storage mode this server can run; plain is forced on a TimescaleDB server."""
-    if request.param == "timescaledb" and db_mode != "timescaledb":
-        pytest.skip(NO_TIMESCALEDB)
-    return str(request.param)
-
-
-@pytest.fixture
-async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(db_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 def result_at(started_at: datetime, **overrides: object) -> ProbeResult:

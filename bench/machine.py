@@ -1,0 +1,31 @@
+"""What a benchmark ran on, for its JSON: the figures mean little without it."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+
+def package_version(dist: str) -> str | None:
+    """Installed version of ``dist``, or None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe_machine(packages: list[str], **extra: Any) -> dict[str, Any]:
+    """CPUs, platform, Python, the given packages' versions and the load
+    average (a busy shared machine shows there), plus ``extra``."""
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    info.update({name: package_version(name) for name in packages})
+    info.update(extra)
+    info["loadavg_start"] = list(os.getloadavg())
+    return info
