@@ -13,6 +13,7 @@ from .probe.config import Config, ConfigError, check_config_main, load_config
 from .aggregator.migrate import MigrationError
 from .probe.targets import TargetError
 from .probe.writer import SpoolInUse
+from .runner import DatabaseUnavailable
 
 ENV_CONFIG = "ROUTEWATCH_CONFIG"
 ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host or config.api.host,
             port=config.api.port if args.port is None else args.port,
         ))
-    except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, ValueError) as exc:
+    except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, DatabaseUnavailable, ValueError) as exc:
         print(f"routewatch: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the API port is taken

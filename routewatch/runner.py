@@ -29,7 +29,7 @@ from .local_postgres import LocalPostgres
 from .probe.config import Config
 from .probe.durations import parse_duration
 from .probe.loop_lag import LoopLagMonitor
-from .probe.redact import redact_dsn
+from .probe.redact import redact, redact_dsn
 from .probe.result import ProbeResult
 from .probe.scheduler import Prober, new_session, schedule
 from .probe.scheduler import stop as stop_scheduler
@@ -40,6 +40,12 @@ from .simulator import DEFAULT_PROFILES, start_simulator
 log = logging.getLogger("routewatch")
 
 ENV_DATABASE_URL = "ROUTEWATCH_DATABASE_URL"
+# Stands in for the simulator's URL while checking the plan, before it is started.
+SIMULATOR_PENDING = "http://127.0.0.1:0/v1"
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached at start."""
 STATUS_EVERY_S = 30.0
 
 
@@ -81,12 +87,15 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    series, routers = plan(config, os.environ, SIMULATOR_PENDING)  # fail on config before starting anything
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot reach the database, {db_label}: {redact(str(exc), [dsn])}") from None
     simulator = None
     if uses_simulator(config, os.environ):
         simulator = await start_simulator(DEFAULT_PROFILES)
-    series, routers = plan(config, os.environ, simulator.base_url if simulator else None)
-
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
+        series, routers = plan(config, os.environ, simulator.base_url)
     try:
         async with pool.acquire() as conn:
             report = await migrate(conn)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,3 +189,20 @@ def test_real_router_url_from_the_environment_is_probed(config_file: Path) -> No
     assert "simulator" not in proc.stdout
     assert proc.stdout.count("connect_error") == 4
     assert "sk-test-secret-123456" not in proc.stdout + proc.stderr
+
+
+def test_unreachable_database_is_a_clear_error_without_the_password(config_file: Path, data_dir: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        proc = subprocess.run(
+            ROUTEWATCH + ["run", "--config", str(config_file), "--data-dir", str(data_dir)],
+            env=_env(ROUTEWATCH_DATABASE_URL=f"postgresql://rw:hunter2secret@127.0.0.1:{port}/rw"),
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(
+        f"routewatch: cannot reach the database, PostgreSQL at postgresql://rw:***@127.0.0.1:{port}/rw"
+    ), proc.stderr
+    assert "hunter2secret" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
