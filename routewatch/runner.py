@@ -159,8 +159,10 @@ async def _report(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor, stop
         await asyncio.sleep(STATUS_EVERY_S)
         worst = lag.recent_max(STATUS_EVERY_S)
         log.info(
-            "probes: %d in the last %.0fs, %d stored in total, %d waiting to be stored, worst loop lag %.1f ms",
-            prober.completed - last, STATUS_EVERY_S, writer.written, writer.backlog, worst or 0.0,
+            "probes: %d in the last %.0fs, %d stored in total, %d waiting to be stored, spool %d bytes,"
+            " worst loop lag %.1f ms%s",
+            prober.completed - last, STATUS_EVERY_S, writer.written, writer.backlog, writer.spool_bytes,
+            worst or 0.0, "" if writer.database_ok else "; DATABASE UNAVAILABLE, results kept in the spool",
         )
         last = prober.completed
 
