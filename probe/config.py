@@ -13,6 +13,7 @@ import re
 import sys
 import typing
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ConfigSummary",
+    "MaintenanceWindow",
     "Message",
     "Price",
     "PromptConfig",
@@ -385,10 +387,61 @@ class TimeoutsConfig(_Section):
 
 
 class SLOConfig(_Section):
-    """Targets that decide a model's status."""
+    """Targets that decide a model's status, and the hysteresis that keeps it from flapping."""
 
     ttft_p95_ms: float = Field(5000.0, gt=0, description="p95 time to first token, ms; default 5000")
     error_rate: float = Field(0.05, ge=0, le=1, description="failed / attempted; default 0.05")
+    window: PositiveSeconds = Field(
+        900.0, description="recent span the error rate and p95 TTFT are judged over; default 15m"
+    )
+    down_after: int = Field(
+        3, ge=1, description="consecutive failed probes that make a model down; default 3"
+    )
+    up_after: int = Field(
+        2, ge=1, description="consecutive ok probes that bring a down model back; default 2"
+    )
+    min_samples: int = Field(
+        5, ge=1, description="probes in the window needed to judge the error rate, and ok probes to "
+        "judge p95 TTFT; default 5"
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    # A naive time would silently mean the prober's local zone; make the writer say which.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("add a UTC offset, e.g. 2025-06-01T02:00:00Z or 2025-06-01T04:00:00+02:00")
+    return value
+
+
+OffsetDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class MaintenanceWindow(_Section):
+    """Planned work: status changes inside it do not page (their incidents are marked suppressed)."""
+
+    start: OffsetDatetime = Field(description="ISO-8601 date and time with a UTC offset")
+    end: OffsetDatetime = Field(description="ISO-8601 date and time with a UTC offset, after start")
+    models: list[ModelId] | None = Field(
+        None, description="model ids covered, each probed by some router; default all models"
+    )
+    reason: Annotated[str, AfterValidator(_non_empty)] = Field(description="shown on the status page")
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: list[str] | None) -> list[str] | None:
+        if models is not None and not models:
+            raise ValueError("list at least one model, or leave models out to cover all")
+        return models
+
+    @model_validator(mode="after")
+    def _check_end(self) -> MaintenanceWindow:
+        if self.end <= self.start:
+            raise _problems([(("end",), f"must be after start ({self.start.isoformat()})")])
+        return self
+
+    def covers(self, model: str, at: datetime) -> bool:
+        """Whether ``at`` (timezone-aware) falls in [start, end) for ``model``."""
+        return self.start <= at < self.end and (self.models is None or model in self.models)
 
 
 class ApiConfig(_Section):
@@ -423,6 +476,9 @@ class Config(_Section):
     slo: SLOConfig = Field(default_factory=SLOConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list, description="planned maintenance windows; default none"
+    )
 
     @field_validator("routers")
     @classmethod
@@ -439,6 +495,25 @@ class Config(_Section):
             raise ValueError("list at least one prompt")
         _unique_names([p.name for p in prompts], "prompt")
         return prompts
+
+    @field_validator("maintenance")
+    @classmethod
+    def _check_maintenance(
+        cls, windows: list[MaintenanceWindow], info: ValidationInfo
+    ) -> list[MaintenanceWindow]:
+        routers = info.data.get("routers")
+        if routers is None:  # routers itself is invalid and already reported
+            return windows
+        probed = {model for router in routers for model in router.models}
+        stray: list[tuple[Loc, str]] = [
+            ((i, "models", j), f'no router probes "{model}"')
+            for i, window in enumerate(windows)
+            for j, model in enumerate(window.models or ())
+            if model not in probed
+        ]
+        if stray:
+            raise _problems(stray)
+        return windows
 
 
 def _unique_names(names: list[str], kind: str) -> None:

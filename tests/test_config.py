@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from routewatch.probe.config import (
     KEYS_FROM_ENV,
     Config,
@@ -182,7 +182,7 @@ def test_check_config_main_errors(capsys: pytest.CaptureFixture[str], monkeypatc
 
 BAD = {
     "bad-unknown-key": 'testdata/bad-unknown-key.yaml:9: probes: unknown field "probes" '
-    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator)",
+    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, maintenance)",
     "bad-unknown-nested-key": "testdata/bad-unknown-nested-key.yaml:10: timeouts.timeout: "
     'unknown field "timeout" (allowed: connect, headers, first_token, idle, total)',
     "bad-missing-routers": "testdata/bad-missing-routers.yaml:1: routers: required field is missing",
@@ -221,6 +221,20 @@ BAD = {
     "bad-wrong-type": "testdata/bad-wrong-type.yaml:4: routers[0].models: Input should be a valid list",
     "bad-duplicate-key": "testdata/bad-duplicate-key.yaml:10: schedule: "
     "duplicate key (first at line 8): YAML keeps only the last",
+    "bad-slo-window": "testdata/bad-slo-window.yaml:9: slo.window: must be longer than 0 s",
+    "bad-slo-down-after": "testdata/bad-slo-down-after.yaml:9: slo.down_after: "
+    "Input should be greater than or equal to 1",
+    "bad-slo-up-after": "testdata/bad-slo-up-after.yaml:9: slo.up_after: Input should be greater than or equal to 1",
+    "bad-slo-min-samples": "testdata/bad-slo-min-samples.yaml:9: slo.min_samples: "
+    "Input should be greater than or equal to 1",
+    "bad-maintenance-end-before-start": "testdata/bad-maintenance-end-before-start.yaml:10: maintenance[0].end: "
+    "must be after start (2025-06-01T02:00:00+00:00)",
+    "bad-maintenance-no-offset": "testdata/bad-maintenance-no-offset.yaml:9: maintenance[0].start: "
+    "add a UTC offset, e.g. 2025-06-01T02:00:00Z or 2025-06-01T04:00:00+02:00",
+    "bad-maintenance-unknown-model": "testdata/bad-maintenance-unknown-model.yaml:13: maintenance[0].models[1]: "
+    'no router probes "openai/gpt-4.1-mini"',
+    "bad-maintenance-empty-models": "testdata/bad-maintenance-empty-models.yaml:11: maintenance[0].models: "
+    "list at least one model, or leave models out to cover all",
     "bad-multiple-errors": "\n".join(
         [
             "testdata/bad-multiple-errors.yaml:4: routers[0].base_url: "
@@ -307,3 +321,53 @@ def test_models_are_frozen() -> None:
     config = parse_config(MINIMAL, "probes.yaml")
     with pytest.raises(ValueError):
         config.region = "elsewhere"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- status: SLO and maintenance
+
+
+def test_slo_defaults() -> None:
+    slo = parse_config(MINIMAL, "probes.yaml").slo
+    assert (slo.window, slo.down_after, slo.up_after, slo.min_samples) == (900.0, 3, 2, 5)
+
+
+def test_slo_window_is_a_duration() -> None:
+    config = parse_config(MINIMAL + "slo:\n  window: 1h30m\n  down_after: 4\n", "probes.yaml")
+    assert config.slo.window == 5400.0
+    assert config.slo.down_after == 4
+
+
+def test_maintenance_window() -> None:
+    text = MINIMAL + (
+        "maintenance:\n"
+        "  - start: 2025-06-01T04:00:00+02:00\n"
+        '    end: "2025-06-01T03:00:00Z"\n'
+        "    reason: database upgrade\n"
+        "  - start: 2025-06-02T02:00:00Z\n"
+        "    end: 2025-06-02T03:00:00Z\n"
+        "    models: [openai/gpt-4.1-nano]\n"
+        "    reason: provider migration\n"
+    )
+    first, second = parse_config(text, "probes.yaml").maintenance
+    assert first.start == datetime(2025, 6, 1, 2, tzinfo=UTC)
+    assert first.end == datetime(2025, 6, 1, 3, tzinfo=UTC)
+    assert first.models is None  # every model
+    assert first.covers("anything/else", datetime(2025, 6, 1, 2, 30, tzinfo=UTC))
+    assert not first.covers("x", first.end)  # end is exclusive
+    assert second.covers("openai/gpt-4.1-nano", datetime(2025, 6, 2, 2, tzinfo=UTC))
+    assert not second.covers("anthropic/claude-haiku-4.5", datetime(2025, 6, 2, 2, tzinfo=UTC))
+
+
+def test_maintenance_defaults_to_none() -> None:
+    assert parse_config(MINIMAL, "probes.yaml").maintenance == []
+
+
+def test_maintenance_model_in_a_second_router() -> None:
+    text = MINIMAL.replace(
+        "prompts:",
+        "  - name: other\n    base_url: simulator\n    models: [openai/gpt-4.1-mini]\nprompts:",
+    ) + (
+        "maintenance:\n"
+        "  - {start: 2025-06-01T02:00:00Z, end: 2025-06-01T03:00:00Z, models: [openai/gpt-4.1-mini], reason: x}\n"
+    )
+    assert parse_config(text, "probes.yaml").maintenance[0].models == ["openai/gpt-4.1-mini"]
