@@ -47,6 +47,7 @@ __all__ = [
     "PromptConfig",
     "RouterConfig",
     "SLOConfig",
+    "StorageConfig",
     "ScheduleConfig",
     "TimeoutsConfig",
     "check_config_main",
@@ -463,6 +464,20 @@ class AggregatorConfig(_Section):
     )
 
 
+class StorageConfig(_Section):
+    """How long results are kept, and the local spool's limit."""
+
+    retention: Annotated[Seconds, _at_least(86400)] = Field(
+        90 * 86400.0, description="raw probe results are dropped after this; default 90d"
+    )
+    compress_after: Annotated[Seconds, _at_least(3600)] = Field(
+        3 * 86400.0, description="TimescaleDB: chunks older than this are compressed; default 3d"
+    )
+    spool_max_mb: int = Field(
+        1024, ge=1, description="the local spool's limit in MiB (a warning at 80%); default 1024"
+    )
+
+
 class Config(_Section):
     """A whole probes.yaml. Only routers and prompts are required."""
 
@@ -476,6 +491,7 @@ class Config(_Section):
     slo: SLOConfig = Field(default_factory=SLOConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     maintenance: list[MaintenanceWindow] = Field(
         default_factory=list, description="planned maintenance windows; default none"
     )

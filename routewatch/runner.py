@@ -15,6 +15,7 @@ import os
 import random
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -105,10 +106,16 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
             await partitions.ensure_for(conn, mode, (r.started_at for r in results))
 
-        maintenance = asyncio.create_task(maintenance_loop(pool, mode, partitions), name="maintenance")
+        storage = config.storage
+        maintenance = asyncio.create_task(
+            maintenance_loop(pool, mode, partitions, retention=timedelta(seconds=storage.retention),
+                             compress_after=timedelta(seconds=storage.compress_after)),
+            name="maintenance",
+        )
         lag = LoopLagMonitor()
         lag.start()
-        writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare)
+        writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare,
+                             spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
         await writer.start()
         windows = {name: parse_duration(name) for name in config.aggregator.windows}
         configured = [(r.name, m) for r in config.routers for m in r.models]

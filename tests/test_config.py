@@ -182,7 +182,7 @@ def test_check_config_main_errors(capsys: pytest.CaptureFixture[str], monkeypatc
 
 BAD = {
     "bad-unknown-key": 'testdata/bad-unknown-key.yaml:9: probes: unknown field "probes" '
-    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, maintenance)",
+    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, storage, maintenance)",
     "bad-unknown-nested-key": "testdata/bad-unknown-nested-key.yaml:10: timeouts.timeout: "
     'unknown field "timeout" (allowed: connect, headers, first_token, idle, total)',
     "bad-missing-routers": "testdata/bad-missing-routers.yaml:1: routers: required field is missing",
@@ -235,6 +235,7 @@ BAD = {
     'no router probes "openai/gpt-4.1-mini"',
     "bad-maintenance-empty-models": "testdata/bad-maintenance-empty-models.yaml:11: maintenance[0].models: "
     "list at least one model, or leave models out to cover all",
+    "bad-storage-retention": "testdata/bad-storage-retention.yaml:9: storage.retention: must be at least 86400 s",
     "bad-multiple-errors": "\n".join(
         [
             "testdata/bad-multiple-errors.yaml:4: routers[0].base_url: "
