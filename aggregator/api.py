@@ -78,7 +78,14 @@ async def model_stats(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the process is up (stats may still be computing)."""
-    return web.json_response({"status": "ok", "refreshes": request.app[AGGREGATOR].refreshes})
+    aggregator = request.app[AGGREGATOR]
+    snap = aggregator.snapshot
+    return web.json_response({
+        "status": "ok",
+        "role": aggregator.role,
+        "refreshes": aggregator.refreshes,
+        "updated_at": snap.updated_at.isoformat() if snap else None,
+    })
 
 
 def create_app(aggregator: Aggregator) -> web.Application:

@@ -65,6 +65,7 @@ ROLLUP_LOCK_KEY = 0x7277_726F_6C6C_0001  # "rwroll"
 
 RAW_TABLE = "probe_results"
 ROLLUP = "probe_rollup_hourly"
+HIST_ROLLUP = "probe_hist_hourly"
 PARTITION_PREFIX = "probe_results_p"
 _PARTITION_NAME = re.compile(r"^probe_results_p(\d{8})$")
 
@@ -189,6 +190,8 @@ async def apply_retention(
                 await conn.execute(f"DROP TABLE {name}")
             dropped += 1
         await conn.execute(f"DELETE FROM {ROLLUP} WHERE bucket < $1", rollup_horizon)
+    # The histogram rollup is a plain table in both modes (migration 0003).
+    await conn.execute(f"DELETE FROM {HIST_ROLLUP} WHERE bucket < $1", rollup_horizon)
     if dropped:
         log.info("retention: dropped %d %s of %s older than %s", dropped,
                  "chunks" if mode == "timescaledb" else "partitions", RAW_TABLE, horizon.isoformat())

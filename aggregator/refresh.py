@@ -2,6 +2,13 @@
 
 Readers (the API) only ever see a complete ``Snapshot``; a refresh builds a
 new one and swaps it in, so no request sees half-updated figures.
+
+A refresh first brings the hourly histogram rollup up to date
+(``rollup.refresh_hist``: only the hours that received rows, plus the
+current one), then merges the hourly rows per window (``rollup.window_stats``).
+Windows are hour-aligned: ``n`` whole hours plus the current partial hour.
+``store.window_counts`` (exact percentiles over raw rows) is no longer used
+here; it stays as the exact reference.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from .stats import ModelStats, WindowCounts
-from .store import window_counts
+from .maintenance import DEFAULT_RETENTION
+from .leader import Leadership
+from .rollup import refresh_hist, window_start, window_stats
+from .stats import CellStats, ModelStats, WindowCounts
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +54,20 @@ class Aggregator:
         windows: Mapping[str, float],
         configured: Iterable[SeriesKey],
         interval_s: float,
+        *,
+        retention: timedelta = DEFAULT_RETENTION,
+        leadership: Leadership | None = None,
     ) -> None:
+        """With ``leadership``, only the process holding the refresher lock
+        rewrites rollups; the others (standbys) compute their snapshots from
+        the rollups as the leader left them. Without it, this process always
+        refreshes (a single aggregator)."""
         self._pool = pool
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
         self._interval = interval_s
+        self._retention = retention
+        self._leadership = leadership
         self.snapshot: Snapshot | None = None
         self.refreshes = 0
 
@@ -58,28 +76,42 @@ class Aggregator:
         """Seconds between refreshes."""
         return self._interval
 
+    @property
+    def role(self) -> str:
+        """``leader`` (this process refreshes the rollups) or ``standby``."""
+        return "leader" if self._leadership is None or self._leadership.is_leader else "standby"
+
     async def refresh(self) -> Snapshot:
-        """Recompute every window now and publish the result."""
-        now = datetime.now(timezone.utc)
-        stats: dict[str, dict[SeriesKey, ModelStats]] = {}
-        seen: list[SeriesKey] = list(self._configured)
+        """Bring the rollup up to date (leader only), recompute every window, publish the result."""
+        if self._leadership is not None:
+            await self._leadership.try_acquire()
         async with self._pool.acquire() as conn:
-            for name, seconds in self._windows.items():
-                start = now - timedelta(seconds=seconds)
-                counts = {(c.router, c.model): c for c in await window_counts(conn, start, now)}
-                for key in counts:
-                    if key not in seen:
-                        seen.append(key)
-                stats[name] = {
-                    key: ModelStats(key[0], key[1], name, start, now, now, counts.get(key) or _empty(key))
-                    for key in seen
-                }
-        # Keys first seen in a later window must appear in every window.
-        for name, per_model in stats.items():
-            start = now - timedelta(seconds=self._windows[name])
+            if self.role == "leader":
+                now = (await refresh_hist(conn, retention=self._retention)).now
+            else:
+                now = await conn.fetchval("SELECT now()")
+            cells = await window_stats(conn, self._windows, now)
+        seen: list[SeriesKey] = list(self._configured)
+        others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
+        seen.extend(others)
+        stats: dict[str, dict[SeriesKey, ModelStats]] = {}
+        for name, seconds in self._windows.items():
+            start = window_start(now, seconds)
+            per_window = cells.get(name, {})
+            breakdowns: dict[SeriesKey, dict[str, dict[str, CellStats]]] = {}
+            for cell_key, slice_ in per_window.items():
+                if len(cell_key) == 4:
+                    by_dim = breakdowns.setdefault((cell_key[0], cell_key[1]), {})
+                    by_dim.setdefault(cell_key[2], {})[cell_key[3]] = slice_
+            stats[name] = {}
             for key in seen:
-                if key not in per_model:
-                    per_model[key] = ModelStats(key[0], key[1], name, start, now, now, _empty(key))
+                cell = per_window.get(key)
+                stats[name][key] = ModelStats(
+                    key[0], key[1], name, start, now, now,
+                    cell.counts if cell is not None else _empty(key),
+                    cell=cell,
+                    breakdown=breakdowns.get(key, {}),
+                )
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
         self.refreshes += 1
         return self.snapshot

@@ -1,8 +1,11 @@
-"""Reading probe results back: the SQL behind the published stats.
+"""Exact stats over raw rows: the reference the rollups are measured against.
 
-All SQL the aggregator runs lives here. Percentiles are exact
-(``percentile_cont``, linear interpolation like numpy's default) over ok
-probes in the window.
+The published stats come from the hourly histogram rollups
+(``aggregator/rollup.py``). ``window_counts`` computes the same figures
+directly from ``probe_results`` with exact percentiles (``percentile_cont``,
+linear interpolation like numpy's default) over ok probes in the window: the
+naive baseline for benchmarks and the exact reference for tests. Its cost
+grows with the window's rows, which is why the aggregator no longer uses it.
 """
 
 from __future__ import annotations

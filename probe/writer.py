@@ -49,6 +49,13 @@ _INSERT_NEW = (
     f"INSERT INTO probe_results ({_COLUMN_LIST}) "
     f"SELECT {_COLUMN_LIST} FROM {_STAGING} ON CONFLICT DO NOTHING"
 )
+# One row per batch that stored something, in the same transaction: the hours
+# the rollup refresh must recompute (aggregator/rollup.py). The range is the
+# whole batch's, a superset of the rows actually inserted: cheap and safe.
+_LOG_INGEST = (
+    f"INSERT INTO probe_ingest_log (first_started, last_started, rows) "
+    f"SELECT min(started_at), max(started_at), $1 FROM {_STAGING}"
+)
 # Errors that mean "the database is not there right now", as opposed to
 # "the database refuses these rows".
 _UNAVAILABLE = (
@@ -75,7 +82,10 @@ async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) 
         await conn.execute(_CREATE_STAGING)
         await conn.copy_records_to_table(_STAGING, records=[r.as_row() for r in results], columns=COLUMNS)
         status = await conn.execute(_INSERT_NEW)
-    return int(status.split()[-1])
+        inserted = int(status.split()[-1])
+        if inserted:
+            await conn.execute(_LOG_INGEST, inserted)
+    return inserted
 
 
 class BatchWriter:

@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="API listen address (default: api.host in the config)")
     run.add_argument("--port", type=int, help="API port (default: api.port in the config; 0 picks a free one)")
 
+    serve = sub.add_parser("serve", help="aggregator and API only, no probes (a standby or extra API replica)")
+    serve.add_argument("--config", help="as for run")
+    serve.add_argument("--data-dir", type=Path, help="as for run")
+    serve.add_argument("--host", help="as for run")
+    serve.add_argument("--port", type=int, help="as for run")
+
     once = sub.add_parser("once", help="probe every configured model once and print a table (stores nothing)")
     once.add_argument("--config", help="probes.yaml to use")
 
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=data_dir,
             host=args.host or config.api.host,
             port=config.api.port if args.port is None else args.port,
+            probes=args.command == "run",
         ))
     except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, DatabaseUnavailable, ValueError) as exc:
         print(f"routewatch: {exc}", file=sys.stderr)

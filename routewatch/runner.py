@@ -25,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from .aggregator.api import create_app
 from .aggregator.refresh import Aggregator
 from .aggregator.maintenance import PartitionCache, maintenance_loop
+from .aggregator.leader import Leadership
 from .aggregator.migrate import migrate
 from .local_postgres import LocalPostgres
 from .probe.config import Config
@@ -32,7 +33,7 @@ from .probe.durations import parse_duration
 from .probe.loop_lag import LoopLagMonitor
 from .probe.redact import redact, redact_dsn
 from .probe.result import ProbeResult
-from .probe.scheduler import Prober, new_session, schedule
+from .probe.scheduler import Prober, Series, new_session, schedule
 from .probe.scheduler import stop as stop_scheduler
 from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
 from .probe.writer import BatchWriter
@@ -59,6 +60,7 @@ class RunOptions:
     data_dir: Path
     host: str
     port: int
+    probes: bool = True  # False: `routewatch serve`, aggregator and API only
 
 
 def run(opts: RunOptions) -> int:
@@ -70,10 +72,15 @@ def run(opts: RunOptions) -> int:
         opts.data_dir.mkdir(parents=True, exist_ok=True)  # the spool lives here
         db_label = f"PostgreSQL at {redact_dsn(database_url)} (from {ENV_DATABASE_URL})"
     else:
-        server = LocalPostgres(opts.data_dir)
-        server.start()
-        database_url = server.dsn
-        db_label = f"embedded PostgreSQL {server.version} in {opts.data_dir}"
+        local = LocalPostgres(opts.data_dir)
+        database_url = local.running_dsn()
+        if database_url is None:
+            server = local
+            server.start()
+            database_url = server.dsn
+            db_label = f"embedded PostgreSQL {server.version} in {opts.data_dir}"
+        else:  # another routewatch process runs it; share it, leave it running
+            db_label = f"embedded PostgreSQL {local.version} in {opts.data_dir} (run by another routewatch)"
     try:
         return asyncio.run(_serve(opts, database_url, db_label))
     finally:
@@ -94,32 +101,26 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot reach the database, {db_label}: {redact(str(exc), [dsn])}") from None
     simulator = None
-    if uses_simulator(config, os.environ):
+    if opts.probes and uses_simulator(config, os.environ):
         simulator = await start_simulator(DEFAULT_PROFILES)
         series, routers = plan(config, os.environ, simulator.base_url)
+    leadership = Leadership(dsn)
     try:
         async with pool.acquire() as conn:
             report = await migrate(conn)
         mode, tsdb = report.mode, report.timescaledb_version
         partitions = PartitionCache()
-
-        async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
-            await partitions.ensure_for(conn, mode, (r.started_at for r in results))
-
         storage = config.storage
+        retention = timedelta(seconds=storage.retention)
         maintenance = asyncio.create_task(
-            maintenance_loop(pool, mode, partitions, retention=timedelta(seconds=storage.retention),
+            maintenance_loop(pool, mode, partitions, retention=retention,
                              compress_after=timedelta(seconds=storage.compress_after)),
             name="maintenance",
         )
-        lag = LoopLagMonitor()
-        lag.start()
-        writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare,
-                             spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
-        await writer.start()
         windows = {name: parse_duration(name) for name in config.aggregator.windows}
         configured = [(r.name, m) for r in config.routers for m in r.models]
-        aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh)
+        aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh,
+                                retention=retention, leadership=leadership)
         await aggregator.refresh()
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
 
@@ -128,35 +129,58 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         site = web.TCPSite(runner, opts.host, opts.port)
         await site.start()
         api_url = f"http://{opts.host}:{runner.addresses[0][1]}"
+        example = configured[0][1]
+        if opts.probes:
+            async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+                await partitions.ensure_for(conn, mode, (r.started_at for r in results))
 
-        async with new_session(config.schedule.concurrency) as session:
-            prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
-                            sink=writer.submit, lag=lag, max_lag_s=config.schedule.max_loop_lag)
-            scheduler = AsyncIOScheduler()
-            schedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
-            scheduler.start()
-            # Everything built so far lives for the whole run: keep it out of
-            # the collector's full scans, whose pauses would stall the loop
-            # (and be flagged as prober lag) in the middle of measurements.
-            gc.collect()
-            gc.freeze()
-            _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, series[0].target.model)
-            status = asyncio.create_task(_report(prober, writer, lag, stop), name="status")
+            writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare,
+                                 spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
+            await writer.start()
+            banner = _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, example, aggregator.role)
+            await _probe_until_stopped(config, series, writer, banner, stop)
+        else:
+            print(_banner(opts, [], db_label, mode, tsdb, 0, api_url, example, aggregator.role), flush=True)
             await stop.wait()
-            print("\nstopping: finishing probes in flight and storing results …", flush=True)
-            status.cancel()
-            await stop_scheduler(scheduler, prober, config.timeouts.total + 1)
+            print("\nstopping …", flush=True)
         refresher.cancel()
         maintenance.cancel()
         await runner.cleanup()
-        await writer.close()
-        await lag.stop()
-        print(f"stored {writer.written} probe results this run; bye", flush=True)
+        if opts.probes:
+            await writer.close()
+            print(f"stored {writer.written} probe results this run; bye", flush=True)
     finally:
+        await leadership.release()
         await pool.close()
         if simulator is not None:
             await simulator.close()
     return 0
+
+
+async def _probe_until_stopped(
+    config: Config, series: list[Series], writer: BatchWriter, banner: str, stop: asyncio.Event
+) -> None:
+    """Probe on the schedule until ``stop``, then let probes in flight finish."""
+    lag = LoopLagMonitor()
+    lag.start()
+    async with new_session(config.schedule.concurrency) as session:
+        prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
+                        sink=writer.submit, lag=lag, max_lag_s=config.schedule.max_loop_lag)
+        scheduler = AsyncIOScheduler()
+        schedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
+        scheduler.start()
+        # Everything built so far lives for the whole run: keep it out of
+        # the collector's full scans, whose pauses would stall the loop
+        # (and be flagged as prober lag) in the middle of measurements.
+        gc.collect()
+        gc.freeze()
+        print(banner, flush=True)
+        status = asyncio.create_task(_report(prober, writer, lag, stop), name="status")
+        await stop.wait()
+        print("\nstopping: finishing probes in flight and storing results …", flush=True)
+        status.cancel()
+        await stop_scheduler(scheduler, prober, config.timeouts.total + 1)
+    await lag.stop()
 
 
 async def _report(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor, stop: asyncio.Event) -> None:
@@ -176,9 +200,10 @@ async def _report(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor, stop
 
 def _banner(
     opts: RunOptions, routers: list[RouterPlan], db_label: str, mode: str, tsdb: str | None,
-    n_series: int, api_url: str, example_model: str,
-) -> None:
-    lines = ["", "routewatch is running", f"  config:   {opts.config_path}"]
+    n_series: int, api_url: str, example_model: str, role: str,
+) -> str:
+    title = "routewatch is running" if opts.probes else "routewatch is serving stats (no probes in this process)"
+    lines = ["", title, f"  config:   {opts.config_path}"]
     for r in routers:
         if r.simulated:
             lines.append(f"  router:   {r.name} → built-in router simulator at {r.url}")
@@ -187,10 +212,14 @@ def _banner(
             key = f", key from ${r.key_env}" if r.key_env else ", no API key"
             lines.append(f"  router:   {r.name} → {r.url}{key}")
     store_mode = f"TimescaleDB {tsdb}" if mode == "timescaledb" else "plain PostgreSQL tables"
+    lines.append(f"  database: {db_label} ({store_mode})")
+    if opts.probes:
+        lines.append(
+            f"  probing:  {n_series} series every {opts.config.schedule.interval:g}s "
+            f"(jitter {opts.config.schedule.jitter:g}s, at most {opts.config.schedule.concurrency} at once)"
+        )
     lines += [
-        f"  database: {db_label} ({store_mode})",
-        f"  probing:  {n_series} series every {opts.config.schedule.interval:g}s "
-        f"(jitter {opts.config.schedule.jitter:g}s, at most {opts.config.schedule.concurrency} at once)",
+        f"  stats:    {role} (one process refreshes rollups; the others serve what it computed)",
         f"  API:      {api_url}",
         "",
         "  try:",
@@ -200,4 +229,4 @@ def _banner(
         "  Ctrl-C stops everything.",
         "",
     ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
