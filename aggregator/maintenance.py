@@ -192,6 +192,7 @@ async def apply_retention(
         await conn.execute(f"DELETE FROM {ROLLUP} WHERE bucket < $1", rollup_horizon)
     # The histogram rollup is a plain table in both modes (migration 0003).
     await conn.execute(f"DELETE FROM {HIST_ROLLUP} WHERE bucket < $1", rollup_horizon)
+    await conn.execute("DELETE FROM stats_history WHERE taken_at < $1", rollup_horizon)
     if dropped:
         log.info("retention: dropped %d %s of %s older than %s", dropped,
                  "chunks" if mode == "timescaledb" else "partitions", RAW_TABLE, horizon.isoformat())

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from .maintenance import DEFAULT_RETENTION
+from .history import record as record_history
 from .leader import Leadership
 from .rollup import refresh_hist, window_start, window_stats
 from .stats import CellStats, ModelStats, WindowCounts
@@ -57,17 +58,21 @@ class Aggregator:
         *,
         retention: timedelta = DEFAULT_RETENTION,
         leadership: Leadership | None = None,
+        history_every: timedelta | None = None,
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
         the rollups as the leader left them. Without it, this process always
-        refreshes (a single aggregator)."""
+        refreshes (a single aggregator). With ``history_every``, the
+        refreshing process records its snapshot in ``stats_history`` that often."""
         self._pool = pool
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
         self._interval = interval_s
         self._retention = retention
         self._leadership = leadership
+        self._history_every = history_every
+        self._history_last: datetime | None = None
         self.snapshot: Snapshot | None = None
         self.refreshes = 0
 
@@ -114,7 +119,16 @@ class Aggregator:
                 )
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
         self.refreshes += 1
+        if self._history_due(now):
+            async with self._pool.acquire() as conn:
+                await record_history(conn, now, [m for per in stats.values() for m in per.values()])
+            self._history_last = now
         return self.snapshot
+
+    def _history_due(self, now: datetime) -> bool:
+        if self._history_every is None or self.role != "leader":
+            return False
+        return self._history_last is None or now - self._history_last >= self._history_every
 
     async def run(self) -> None:
         """Refresh forever; a failed refresh keeps the last snapshot published."""

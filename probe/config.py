@@ -462,6 +462,9 @@ class AggregatorConfig(_Section):
         default_factory=lambda: ["1h", "24h", "7d"],
         description='rolling windows as durations; default ["1h", "24h", "7d"]',
     )
+    snapshot_every: Annotated[Seconds, _at_least(1)] = Field(
+        300.0, description="how often the published figures are recorded in stats_history; default 5m"
+    )
 
 
 class StorageConfig(_Section):

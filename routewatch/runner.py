@@ -120,7 +120,8 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         windows = {name: parse_duration(name) for name in config.aggregator.windows}
         configured = [(r.name, m) for r in config.routers for m in r.models]
         aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh,
-                                retention=retention, leadership=leadership)
+                                retention=retention, leadership=leadership,
+                                history_every=timedelta(seconds=config.aggregator.snapshot_every))
         await aggregator.refresh()
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
 

@@ -34,8 +34,8 @@ from routewatch.aggregator.schema import ensure_schema
 from routewatch.probe.result import COLUMNS, ProbeResult
 from routewatch.probe.writer import write_batch
 
-LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup"]
-SHARED_LABELS = {"0003_hist_rollup"}  # one NNNN_name.sql for both modes
+LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history"]
+SHARED_LABELS = {"0003_hist_rollup", "0004_stats_history"}  # one NNNN_name.sql for both modes
 
 
 
@@ -60,7 +60,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003_hist_rollup is one shared file: plain tables in both modes.
+        # 0003 and 0004 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -87,8 +87,8 @@ def test_load_migrations_rejects_a_bad_layout(tmp_path: Path, files: dict[str, s
 async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, mode: str) -> None:
     report = await migrate(conn, mode=mode)
 
-    assert (report.mode, report.version, report.applied) == (mode, 3, LABELS)
-    assert await recorded_versions(conn) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup")]
+    assert (report.mode, report.version, report.applied) == (mode, len(LABELS), LABELS)
+    assert await recorded_versions(conn) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history")]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_results'::regclass AND attnum > 0"
@@ -141,7 +141,7 @@ async def test_rerun_applies_nothing(conn: asyncpg.Connection, mode: str) -> Non
 
     again = await migrate(conn, mode=mode)
 
-    assert (again.mode, again.version, again.applied) == (mode, 3, [])
+    assert (again.mode, again.version, again.applied) == (mode, len(LABELS), [])
     assert await conn.fetch("SELECT * FROM schema_migrations ORDER BY version") == before
     # The session lock is released after each run.
     assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
@@ -152,10 +152,10 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
     try:
         reports = await asyncio.gather(*(migrate(c, mode=mode) for c in conns))
         assert {r.mode for r in reports} == {mode}
-        assert {r.version for r in reports} == {3}
+        assert {r.version for r in reports} == {len(LABELS)}
         # Exactly one of them did the work; the others waited and found nothing to do.
         assert sorted(len(r.applied) for r in reports) == [0, 0, len(LABELS)]
-        assert await recorded_versions(conns[0]) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup")]
+        assert await recorded_versions(conns[0]) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history")]
     finally:
         for c in conns:
             await c.close()
@@ -268,7 +268,7 @@ async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mod
 async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: str) -> None:
     assert await ensure_schema(conn) == db_mode
     assert await ensure_schema(conn) == db_mode
-    assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 3
+    assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == len(LABELS)
     if db_mode == "plain":
         today = partition_day(await conn.fetchval("SELECT now()"))
         expected = {partition_name(today + timedelta(days=n)) for n in range(-1, PARTITIONS_AHEAD_DAYS + 1)}
