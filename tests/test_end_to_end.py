@@ -162,7 +162,7 @@ async def test_a_probe_never_overlaps_itself(db_dsn: str, tmp_path: Path) -> Non
         finally:
             await pool.close()
         truth = sim.ground_truth.records
-    assert 3 <= len(truth) <= 6  # ~3 s / 0.65 s per probe
+    assert 2 <= len(truth) <= 6  # ~3 s / 0.65 s per probe; overlapping runs would make ~15
     assert len(rows) == len(truth)
     for earlier, later in zip(truth, truth[1:]):
         assert later.received_ns >= earlier.token_times_ns[-1], "two probes of one series overlapped"

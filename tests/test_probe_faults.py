@@ -23,6 +23,7 @@ from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.result import ERROR_CLASSES, ProbeResult
 from routewatch.probe.scheduler import new_session
 from routewatch.probe.target import Canary, Target
+from routewatch.probe.timing import StreamMarks
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
 # The margin every probe must end within, past its deciding deadline.
@@ -103,14 +104,21 @@ def check_shape(r: ProbeResult) -> None:
 
 
 async def test_healthy_stream_measures_every_phase(session, sim) -> None:
-    r, elapsed = await probe(session, sim.base_url, "ok/plain")
+    marks: list[StreamMarks] = []
+    r = await chat_stream.run(session, Target("sim", sim.base_url, "ok/plain"), CANARY, Timeouts(),
+                              region="test", on_marks=marks.append)
     check_shape(r)
     truth = sim.ground_truth.by_request_id(r.request_id)
     assert r.ok and r.http_status == 200 and truth is not None
     assert r.output_tokens == 12 and not r.tokens_estimated and r.chunks == 12
-    assert r.ttft_ms == pytest.approx(20, abs=10)
-    assert r.output_tps == pytest.approx(200, rel=0.1)
-    assert r.chunk_gap_max_ms == pytest.approx(5, abs=3)
+    # Against what the simulator sent (same process, same clock), not its plan:
+    # a busy machine delays the sending, the probe must measure the delay.
+    t0 = marks[0].t0
+    sent = truth.token_times_ns
+    assert r.ttft_ms == pytest.approx((sent[0] - t0) / 1e6, abs=3)
+    assert r.output_tps == pytest.approx((len(sent) - 1) / ((sent[-1] - sent[0]) / 1e9), rel=0.05)
+    true_gap_max = max(b - a for a, b in zip(sent, sent[1:])) / 1e6
+    assert r.chunk_gap_max_ms == pytest.approx(true_gap_max, abs=3)
     assert r.model_served == "ok/plain" and r.provider == "Good"
     assert r.connect_ms is not None  # first request on this session opened a connection
     again, _ = await probe(session, sim.base_url, "ok/plain")
