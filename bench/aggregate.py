@@ -44,6 +44,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+from benchdb import create_database, dsn_for, prepare_schema
 from machine import describe_machine
 
 from routewatch.local_postgres import LocalPostgres
@@ -149,42 +150,6 @@ def generate(series: SeriesSet, lo: int, hi: int, start: datetime, end: datetime
 
 
 # ---------------------------------------------------------------- database
-
-
-def dsn_for(dsn: str, database: str) -> str:
-    """The server's URL with another database name."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-async def create_database(admin_dsn: str, name: str) -> None:
-    """(Re)create an empty database ``name``."""
-    conn = await asyncpg.connect(dsn_for(admin_dsn, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def prepare_schema(conn: asyncpg.Connection, mode: str, start: datetime, end: datetime) -> str:
-    """Migrate in ``mode``; plain mode gets its daily partitions for the whole period."""
-    from routewatch.aggregator.maintenance import ensure_partitions
-    from routewatch.aggregator.migrate import migrate
-
-    report = await migrate(conn, mode=mode)
-    if report.mode != mode:
-        raise RuntimeError(f"migrate(mode={mode!r}) produced a {report.mode!r} schema")
-    if mode == "plain":
-        await ensure_partitions(conn, mode, start.date(), end.date() + timedelta(days=1))
-    else:
-        await conn.execute(
-            "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
-            " WHERE hypertable_name = 'probe_results'"
-        )
-    return repr(report)
 
 
 # ---------------------------------------------------------------- one case
@@ -374,7 +339,7 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
                 name = f"bench_agg_{step.database}"
                 await create_database(pg.dsn, name)
                 conn = conns[step.database] = await asyncpg.connect(dsn_for(pg.dsn, name))
-                await prepare_schema(conn, mode, end - timedelta(days=8), end)
+                await prepare_schema(conn, mode, (end - timedelta(days=8)).date(), end.date() + timedelta(days=1))
             rows, gen_s, load_s, build_s = await load_and_build(
                 conn, series, step.lo, step.hi, end, step.days, step.step_s, rng, log)
             r = CaseResult(database=step.database, series=step.series, days=step.total_days,

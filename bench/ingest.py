@@ -40,12 +40,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from benchdb import create_database, dsn_for, prepare_schema
 from machine import describe_machine
 
 from routewatch.probe.result import (
@@ -386,44 +386,6 @@ async def insert_row_by_row(conn: asyncpg.Connection, data: Sequence[ProbeResult
 
 
 # ---------------------------------------------------------------- database
-
-
-def dsn_for(dsn: str, database: str) -> str:
-    """The server's URL with another database name."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-async def create_database(admin_dsn: str, name: str) -> None:
-    """(Re)create an empty database ``name``."""
-    conn = await asyncpg.connect(dsn_for(admin_dsn, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def prepare_schema(conn: asyncpg.Connection, mode: str, start: date, end: date) -> str:
-    """Migrate in ``mode``; plain mode gets its daily partitions for the whole period."""
-    from routewatch.aggregator.maintenance import ensure_partitions
-    from routewatch.aggregator.migrate import migrate
-
-    report = await migrate(conn, mode=mode)
-    actual = getattr(report, "mode", mode)
-    if actual != mode:
-        raise RuntimeError(f"migrate(mode={mode!r}) produced a {actual!r} schema")
-    if mode == "plain":
-        await ensure_partitions(conn, mode, start, end)
-    else:
-        # routewatch's schema defines no TimescaleDB policies (it runs its own
-        # maintenance); should one appear, it must not run in the middle of a
-        # timed insert. Compression is done by hand below.
-        await conn.execute(
-            "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
-            " WHERE hypertable_name = 'probe_results'"
-        )
-    return repr(report)
 
 
 async def reset_table(conn: asyncpg.Connection) -> None:
