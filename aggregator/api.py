@@ -1,4 +1,4 @@
-"""The HTTP API the catalog pulls: models and their rolling stats.
+"""The HTTP API the catalog pulls: models, their rolling stats and their status.
 
 Read endpoints are public and served from the aggregator's last snapshot,
 so a request never touches the database.
@@ -76,6 +76,20 @@ async def model_stats(request: web.Request) -> web.Response:
     return _cached(request, snap.stats[window][(router, model_id)].as_json())
 
 
+async def status(request: web.Request) -> web.Response:
+    """GET /v1/status: every model's state, the overall state, open and recent incidents."""
+    aggregator = request.app[AGGREGATOR]
+    if not aggregator.status_enabled:
+        return _error(404, "model status is not enabled on this server (no SLO configured)")
+    if aggregator.status is None:
+        return web.json_response(
+            {"error": {"status": 503, "message": "status not computed yet"}},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
+    return _cached(request, aggregator.status.as_json())
+
+
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the process is up (stats may still be computing)."""
     aggregator = request.app[AGGREGATOR]
@@ -95,5 +109,6 @@ def create_app(aggregator: Aggregator) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     # Model ids contain '/', so the id pattern runs up to the final /stats.
     app.router.add_get(r"/v1/models/{model_id:.+}/stats", model_stats)
+    app.router.add_get("/v1/status", status)
     app.router.add_get("/healthz", healthz)
     return app

@@ -24,6 +24,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import asyncpg
 
+from .status import UPTIME_DAYS
+
 log = logging.getLogger(__name__)
 
 # One partition (plain) or chunk (TimescaleDB) per day: a 7-day window touches
@@ -193,6 +195,11 @@ async def apply_retention(
     # The histogram rollup is a plain table in both modes (migration 0003).
     await conn.execute(f"DELETE FROM {HIST_ROLLUP} WHERE bucket < $1", rollup_horizon)
     await conn.execute("DELETE FROM stats_history WHERE taken_at < $1", rollup_horizon)
+    # Status tables (migration 0005): the status page draws UPTIME_DAYS days,
+    # and closed incidents are kept as long as the raw data.
+    oldest_day = partition_day(now) - timedelta(days=UPTIME_DAYS - 1)
+    await conn.execute("DELETE FROM uptime_daily WHERE day < $1", oldest_day)
+    await conn.execute('DELETE FROM incidents WHERE "end" < $1', horizon)
     if dropped:
         log.info("retention: dropped %d %s of %s older than %s", dropped,
                  "chunks" if mode == "timescaledb" else "partitions", RAW_TABLE, horizon.isoformat())

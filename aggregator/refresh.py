@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
+
+from routewatch.probe.config import MaintenanceWindow, SLOConfig
 
 from .maintenance import DEFAULT_RETENTION
 from .history import record as record_history
 from .leader import Leadership
 from .rollup import refresh_hist, window_start, window_stats
 from .stats import CellStats, ModelStats, WindowCounts
+from .status_store import StatusReport, StatusTracker, read_report
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,18 @@ class Aggregator:
         retention: timedelta = DEFAULT_RETENTION,
         leadership: Leadership | None = None,
         history_every: timedelta | None = None,
+        slo: SLOConfig | None = None,
+        probe_interval_s: float | None = None,
+        maintenance: Sequence[MaintenanceWindow] = (),
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
         the rollups as the leader left them. Without it, this process always
         refreshes (a single aggregator). With ``history_every``, the
-        refreshing process records its snapshot in ``stats_history`` that often."""
+        refreshing process records its snapshot in ``stats_history`` that often.
+        With ``slo`` and ``probe_interval_s`` (the probe schedule interval), the
+        refreshing process also evaluates model status, incidents and daily
+        uptime (``status_store``); every process publishes them as ``status``."""
         self._pool = pool
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
@@ -73,8 +82,19 @@ class Aggregator:
         self._leadership = leadership
         self._history_every = history_every
         self._history_last: datetime | None = None
+        self._status: StatusTracker | None = None
+        if slo is not None:
+            if probe_interval_s is None:
+                raise ValueError("status needs the probe schedule interval (probe_interval_s) with slo")
+            self._status = StatusTracker(slo, probe_interval_s, maintenance, refresh_s=interval_s)
         self.snapshot: Snapshot | None = None
+        self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
+
+    @property
+    def status_enabled(self) -> bool:
+        """Whether this aggregator publishes model status (it was given an SLO)."""
+        return self._status is not None
 
     @property
     def interval_s(self) -> float:
@@ -117,6 +137,8 @@ class Aggregator:
                     cell=cell,
                     breakdown=breakdowns.get(key, {}),
                 )
+        if self._status is not None:
+            await self._refresh_status(now, [model for _, model in seen])
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
         self.refreshes += 1
         if self._history_due(now):
@@ -124,6 +146,16 @@ class Aggregator:
                 await record_history(conn, now, [m for per in stats.values() for m in per.values()])
             self._history_last = now
         return self.snapshot
+
+    async def _refresh_status(self, now: datetime, models: list[str]) -> None:
+        """Leader: evaluate and store the status; everyone: read back what is stored."""
+        assert self._status is not None
+        async with self._pool.acquire() as conn:
+            if self.role == "leader":
+                await self._status.evaluate(conn, models, now)
+            else:
+                self._status.forget()  # a later leadership starts from the tables
+            self.status = await read_report(conn)
 
     def _history_due(self, now: datetime) -> bool:
         if self._history_every is None or self.role != "leader":

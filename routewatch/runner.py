@@ -121,7 +121,9 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         configured = [(r.name, m) for r in config.routers for m in r.models]
         aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh,
                                 retention=retention, leadership=leadership,
-                                history_every=timedelta(seconds=config.aggregator.snapshot_every))
+                                history_every=timedelta(seconds=config.aggregator.snapshot_every),
+                                slo=config.slo, probe_interval_s=config.schedule.interval,
+                                maintenance=config.maintenance)
         await aggregator.refresh()
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
 

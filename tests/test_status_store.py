@@ -1,0 +1,147 @@
+"""Model status wired into the aggregator: evaluated by the leader, stored, served at /v1/status."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from routewatch.aggregator.api import create_app
+from routewatch.aggregator.refresh import Aggregator
+from routewatch.aggregator.schema import ensure_schema
+from routewatch.probe.config import SLOConfig
+from routewatch.probe.result import ProbeResult
+from routewatch.probe.writer import write_batch
+
+WINDOWS = {"1h": 3600.0}
+INTERVAL = 60.0  # probe schedule interval, seconds
+# min_samples above the probes written: only the down/up hysteresis decides here.
+SLO = SLOConfig(window=900, down_after=3, up_after=2, min_samples=50)
+BROKEN, FINE, SILENT = "t/broken", "t/fine", "t/silent"
+CONFIGURED = [("sim", BROKEN), ("sim", FINE), ("sim", SILENT)]
+
+
+def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
+    return ProbeResult(
+        id=uuid.uuid4(), started_at=started_at, region="r", router="sim", model=model,
+        prompt="short", methodology="m1", ok=ok,
+        error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
+        ttft_ms=100.0 if ok else None, output_tokens=10 if ok else None,
+    )
+
+
+def _aggregator(pool: asyncpg.Pool) -> Aggregator:
+    return Aggregator(pool, WINDOWS, CONFIGURED, 10.0, slo=SLO, probe_interval_s=INTERVAL)
+
+
+async def _states(conn: asyncpg.Connection) -> dict[str, str]:
+    return {r["model"]: r["state"] for r in await conn.fetch("SELECT model, state FROM model_status")}
+
+
+async def test_down_model_opens_an_incident_that_closes_after_up_after_ok_probes(
+    db_dsn: str, aiohttp_client
+) -> None:
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+    try:
+        now = datetime.now(UTC)
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+            earlier = [now - timedelta(seconds=s) for s in (50, 40, 30)]
+            await write_batch(conn, [_probe(BROKEN, False, t) for t in earlier]
+                              + [_probe(FINE, True, t) for t in earlier])
+        aggregator = _aggregator(pool)
+        await aggregator.refresh()
+
+        async with pool.acquire() as conn:
+            assert await _states(conn) == {BROKEN: "down", FINE: "operational", SILENT: "unknown"}
+            incidents = await conn.fetch('SELECT * FROM incidents')
+        assert len(incidents) == 1 and incidents[0]["end"] is None
+        assert incidents[0]["models"] == [BROKEN] and incidents[0]["worst_state"] == "down"
+
+        client = await aiohttp_client(create_app(aggregator))
+        resp = await client.get("/v1/status")
+        assert resp.status == 200
+        body = await resp.json()
+        assert body["overall"] == "down"
+        models = {m["id"]: m for m in body["models"]}
+        assert models[BROKEN]["state"] == "down" and "3 consecutive failed probes" in models[BROKEN]["reason"]
+        assert models[SILENT]["state"] == "unknown"
+        assert [i["models"] for i in body["incidents"]["open"]] == [[BROKEN]]
+        assert body["incidents"]["recent"] == []
+        down_since = models[BROKEN]["since"]
+
+        # A new aggregator (a restart) carries on from the stored statuses:
+        # one ok probe is not enough to bring the model back.
+        async with pool.acquire() as conn:
+            await write_batch(conn, [_probe(BROKEN, True, datetime.now(UTC)), _probe(FINE, True, datetime.now(UTC))])
+        restarted = _aggregator(pool)
+        await restarted.refresh()
+        assert restarted.status is not None
+        broken = next(m for m in restarted.status.models if m.model == BROKEN)
+        assert broken.state == "down" and broken.since.isoformat() == down_since
+        assert broken.consecutive_successes == 1
+        assert [i.id for i in restarted.status.open] == [1]
+
+        async with pool.acquire() as conn:
+            await write_batch(conn, [_probe(BROKEN, True, datetime.now(UTC)), _probe(FINE, True, datetime.now(UTC))])
+        await restarted.refresh()
+        async with pool.acquire() as conn:
+            assert (await _states(conn))[BROKEN] == "operational"
+            closed = await conn.fetchrow('SELECT * FROM incidents WHERE id = 1')
+            uptime = await conn.fetch("SELECT * FROM uptime_daily WHERE model = $1", BROKEN)
+        assert closed["end"] is not None
+        assert sum(r["down_s"] for r in uptime) > 0  # the down spell between refreshes was counted
+
+        body = await (await client.get("/v1/status")).json()  # the old instance has not refreshed
+        assert body["overall"] == "down"
+        restarted_client = await aiohttp_client(create_app(restarted))
+        body = await (await restarted_client.get("/v1/status")).json()
+        assert body["overall"] == "unknown"  # SILENT has no probe; nothing is degraded or down
+        assert body["incidents"]["open"] == []
+        assert [i["id"] for i in body["incidents"]["recent"]] == [1]
+        assert body["incidents"]["recent"][0]["end"] is not None
+    finally:
+        await pool.close()
+
+
+async def test_status_is_disabled_without_an_slo(db_dsn: str, aiohttp_client) -> None:
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+        aggregator = Aggregator(pool, WINDOWS, CONFIGURED, 10.0)
+        await aggregator.refresh()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM model_status") == 0
+        client = await aiohttp_client(create_app(aggregator))
+        resp = await client.get("/v1/status")
+        assert resp.status == 404
+    finally:
+        await pool.close()
+
+
+async def test_retention_drops_old_uptime_days_and_old_closed_incidents(db_dsn: str) -> None:
+    from routewatch.aggregator.maintenance import apply_retention
+
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        mode = await ensure_schema(conn)
+        now = datetime.now(UTC)
+        today = now.date()
+        await conn.executemany(
+            "INSERT INTO uptime_daily (model, day, operational_s) VALUES ($1, $2, 60)",
+            [(FINE, today - timedelta(days=89)), (FINE, today - timedelta(days=90))],
+        )
+        old, recent = now - timedelta(days=100), now - timedelta(days=1)
+        await conn.executemany(
+            'INSERT INTO incidents (id, start, "end", worst_state, models, suppressed, updated_at)'
+            " VALUES ($1, $2, $3, 'down', ARRAY['t/fine'], false, $2)",
+            [(1, old, old), (2, old, None), (3, recent, recent)],
+        )
+        await apply_retention(conn, mode, now=now)
+        days = [r["day"] for r in await conn.fetch("SELECT day FROM uptime_daily")]
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM incidents ORDER BY id")]
+    finally:
+        await conn.close()
+    assert days == [today - timedelta(days=89)]  # UPTIME_DAYS days, today included
+    assert ids == [2, 3]  # an open incident stays, however old
