@@ -9,6 +9,7 @@ over. No cluster code of our own: the database is the coordination point.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -25,6 +26,9 @@ class Leadership:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
+        # The refresher and the maintenance task both ask; one lock connection
+        # must never run two queries at once.
+        self._asking = asyncio.Lock()
 
     @property
     def is_leader(self) -> bool:
@@ -37,6 +41,10 @@ class Leadership:
         A broken lock connection (database restart) counts as lost: the
         lock went with the session, so it is tried again from scratch.
         """
+        async with self._asking:
+            return await self._try_acquire()
+
+    async def _try_acquire(self) -> bool:
         if self._conn is not None:
             try:
                 await self._conn.fetchval("SELECT 1", timeout=5)

@@ -24,6 +24,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import asyncpg
 
+from .leader import Leadership
+
 from .status import UPTIME_DAYS
 
 log = logging.getLogger(__name__)
@@ -375,15 +377,21 @@ async def maintenance_loop(
     interval: timedelta = MAINTENANCE_INTERVAL,
     retention: timedelta = DEFAULT_RETENTION,
     compress_after: timedelta = COMPRESS_AFTER,
+    leadership: Leadership | None = None,
 ) -> None:
     """Run maintenance and refresh the hourly rollup now, then every ``interval``.
 
     Each pass refreshes the rollup from the hour before the previous pass,
     so late rows (a replayed spool) are folded in. A failed pass is logged
     and retried at the next interval: the store stays usable meanwhile.
+    With ``leadership``, only the process holding the refresher lock runs
+    passes, so two processes never drop the same partition at once.
     """
     since: datetime | None = None
     while True:
+        if leadership is not None and not await leadership.try_acquire():
+            await asyncio.sleep(interval.total_seconds())
+            continue
         try:
             async with pool.acquire(timeout=30) as conn:
                 await run_maintenance(conn, mode, retention=retention, compress_after=compress_after)

@@ -114,7 +114,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         retention = timedelta(seconds=storage.retention)
         maintenance = asyncio.create_task(
             maintenance_loop(pool, mode, partitions, retention=retention,
-                             compress_after=timedelta(seconds=storage.compress_after)),
+                             compress_after=timedelta(seconds=storage.compress_after), leadership=leadership),
             name="maintenance",
         )
         windows = {name: parse_duration(name) for name in config.aggregator.windows}
