@@ -167,6 +167,6 @@ class Aggregator:
         while True:
             try:
                 await self.refresh()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("stats refresh failed (%s); serving the previous snapshot", exc.__class__.__name__)
             await asyncio.sleep(self._interval)

@@ -730,6 +730,10 @@ class LocalPostgres:
         }
         if self.has_timescaledb:
             settings["shared_preload_libraries"] = "timescaledb"
+            # routewatch runs its own maintenance and never relies on
+            # TimescaleDB's background jobs, which fail on PostgreSQL 15.20
+            # ("cannot drop portal"); do not start them at all.
+            settings["timescaledb.max_background_workers"] = "0"
         args = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata)]
         for name, value in settings.items():
             args += ["-c", f"{name}={value}"]

@@ -140,7 +140,15 @@ async def stored(dsn: str) -> list[str]:
 
 
 def stored_ids(dsn: str) -> list[str]:
-    return asyncio.run(stored(dsn))
+    """Stored request ids; waits up to 30 s for a server that is (re)starting."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return asyncio.run(stored(dsn))
+        except (OSError, asyncpg.CannotConnectNowError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @pytest.mark.timeout(240)
