@@ -14,6 +14,7 @@ unit. Pure functions and an immutable value class, no I/O.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -175,6 +176,7 @@ def _exact_ranks_low_q(n: int, q: float, alpha: float) -> tuple[int | None, int 
     return lower, upper
 
 
+@functools.lru_cache(maxsize=8192)  # pure; windows of many series repeat the same (n, q)
 def order_statistic_ranks(n: int, q: float, confidence: float = 0.95) -> tuple[int, int] | None:
     """1-based ranks (l, u) with P(X_(l) <= population q-quantile <= X_(u)) >= confidence.
 
@@ -469,7 +471,19 @@ class Histogram:
         if length > NUM_BUCKETS:
             raise ValueError(f"bucket count {length} exceeds {NUM_BUCKETS}")
         counts = np.frombuffer(data, dtype=_WIDTH_DTYPES[width], offset=_HEADER.size).astype(np.int64)
-        try:
-            return cls(offset, counts, zeros)
-        except ValueError as exc:
-            raise ValueError(f"malformed histogram bytes: {exc}") from None
+        # The same checks as __post_init__, minus what the format already
+        # guarantees (unsigned counts, a fresh array): windows decode
+        # hundreds of thousands of these per refresh.
+        if length:
+            if counts[0] == 0 or counts[-1] == 0:
+                raise ValueError("malformed histogram bytes: counts must be trimmed: first and last must be non-zero")
+            if offset < MIN_INDEX or offset + length - 1 > MAX_INDEX:
+                raise ValueError(f"malformed histogram bytes: buckets outside [{MIN_INDEX}, {MAX_INDEX}]")
+        elif offset != 0:
+            raise ValueError("malformed histogram bytes: an empty histogram has offset 0")
+        counts.flags.writeable = False
+        hist = object.__new__(cls)
+        object.__setattr__(hist, "offset", int(offset))
+        object.__setattr__(hist, "counts", counts)
+        object.__setattr__(hist, "zeros", int(zeros))
+        return hist
