@@ -76,20 +76,25 @@ class Prober:
         self.in_flight = 0
 
     async def probe(self, series: Series) -> ProbeResult:
-        """Probe one series once (waiting for a free slot first)."""
-        async with self._sem:
-            self.in_flight += 1
-            try:
+        """Probe one series once (waiting for a free slot first).
+
+        ``in_flight`` counts the probe until its result has been handed to
+        the sink, so that a shutdown waiting for it never cancels a finished
+        measurement on its way to the spool.
+        """
+        self.in_flight += 1
+        try:
+            async with self._sem:
                 result = await chat_stream.run(
                     self._session, series.target, series.canary, self._timeouts,
                     region=self._region, lag=self.lag, max_lag_ms=self._max_lag_ms,
                 )
-            finally:
-                self.in_flight -= 1
-        self.completed += 1
-        if self._sink is not None:
-            await self._sink(result)
-        return result
+            self.completed += 1
+            if self._sink is not None:
+                await self._sink(result)
+            return result
+        finally:
+            self.in_flight -= 1
 
     async def round(self, series: Sequence[Series]) -> list[ProbeResult]:
         """Probe every series once, concurrently; results in ``series`` order."""
