@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import os
 import random
 import shlex
@@ -42,7 +41,7 @@ from typing import Any, Protocol
 import aiohttp
 import numpy as np
 
-from machine import describe_machine, package_version
+from machine import describe_machine, package_version, write_results
 
 from routewatch.probe import chat_stream
 from routewatch.probe.loop_lag import LoopLagMonitor
@@ -620,10 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = result.pop("_rows")
     print_table(rows)
     print(f"\nrun took {result['duration_s']} s")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(json_path)
+    write_results(json_path, result)
     print(f"wrote {json_path}")
     return 1 if any(r.failed or r.unmatched for r in rows) else 0
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import shlex
 import shutil
@@ -45,7 +44,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 from benchdb import create_database, dsn_for, prepare_schema
-from machine import describe_machine
+from machine import describe_machine, write_results
 
 from routewatch.local_postgres import LocalPostgres
 from routewatch.probe.result import METHODOLOGY_VERSION
@@ -453,10 +452,7 @@ def main(argv: list[str] | None = None) -> int:
           f" (3 if a run > 5 s); naive = window_counts x 3 windows, median of {result['plan']['naive_runs']}"
           f" (1 run above {NAIVE_ONE_RUN_S:g} s)."
           f" {result['mode']} mode, PostgreSQL {pg.version}. run took {result['duration_s']} s")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(json_path)
+    write_results(json_path, result)
     print(f"wrote {json_path}")
     return 0
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import random
 import shlex
@@ -46,7 +45,7 @@ from typing import Any
 
 import asyncpg
 from benchdb import create_database, dsn_for, prepare_schema
-from machine import describe_machine
+from machine import describe_machine, write_results
 
 from routewatch.probe.result import (
     COLUMNS,
@@ -738,10 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(modes_out, spool)
     print(f"\ninserts: best of {REPEATS} rounds, each on an empty table; row-by-row on the first"
           f" {plan.row_by_row_rows:,} rows, the others on {plan.insert_rows:,}. run took {result['duration_s']} s")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(json_path)
+    write_results(json_path, result)
     print(f"wrote {json_path}")
     return 0
 

@@ -1,10 +1,12 @@
-"""What a benchmark ran on, for its JSON: the figures mean little without it."""
+"""What a benchmark ran on, and writing its JSON: the figures mean little without it."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -29,3 +31,11 @@ def describe_machine(packages: list[str], **extra: Any) -> dict[str, Any]:
     info.update(extra)
     info["loadavg_start"] = list(os.getloadavg())
     return info
+
+
+def write_results(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON to ``path`` atomically (a half-written file never replaces a good one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
