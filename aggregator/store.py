@@ -62,8 +62,3 @@ async def window_counts(conn: asyncpg.Connection, start: datetime, end: datetime
         )
         for r in rows
     ]
-
-
-async def probe_count(conn: asyncpg.Connection) -> int:
-    """Rows stored in probe_results."""
-    return await conn.fetchval("SELECT count(*) FROM probe_results")
