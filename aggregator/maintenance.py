@@ -70,6 +70,11 @@ ROLLUP_LOCK_KEY = 0x7277_726F_6C6C_0001  # "rwroll"
 RAW_TABLE = "probe_results"
 ROLLUP = "probe_rollup_hourly"
 HIST_ROLLUP = "probe_hist_hourly"
+# routewatch_meta key counting the transactions that changed HIST_ROLLUP
+# (rollup.refresh_hist, retention here): an in-memory copy of the rollup
+# (sliding.SlidingWindows) knows it missed a change when the count its
+# refresh started from is not the one it last saw.
+HIST_GENERATION_KEY = "hist_generation"
 PARTITION_PREFIX = "probe_results_p"
 _PARTITION_NAME = re.compile(r"^probe_results_p(\d{8})$")
 
@@ -91,6 +96,20 @@ class MaintenanceReport:
     dropped: int  # partitions (plain) or chunks (TimescaleDB) removed by retention
     compressed: int  # chunks compressed (TimescaleDB); always 0 in plain mode
     horizon: datetime  # raw rows before this may have been dropped
+
+
+async def bump_hist_generation(conn: asyncpg.Connection) -> int:
+    """Count one more change of the histogram rollup; returns the count before it.
+
+    Call it inside the transaction that changes the rows, so the count and
+    the rows commit together.
+    """
+    value = await conn.fetchval(
+        "INSERT INTO routewatch_meta (key, value) VALUES ($1, '1') ON CONFLICT (key)"
+        " DO UPDATE SET value = (routewatch_meta.value::bigint + 1)::text RETURNING value",
+        HIST_GENERATION_KEY,
+    )
+    return int(value) - 1
 
 
 def partition_day(ts: datetime) -> date:
@@ -195,7 +214,9 @@ async def apply_retention(
             dropped += 1
         await conn.execute(f"DELETE FROM {ROLLUP} WHERE bucket < $1", rollup_horizon)
     # The histogram rollup is a plain table in both modes (migration 0003).
-    await conn.execute(f"DELETE FROM {HIST_ROLLUP} WHERE bucket < $1", rollup_horizon)
+    async with conn.transaction():
+        if await conn.execute(f"DELETE FROM {HIST_ROLLUP} WHERE bucket < $1", rollup_horizon) != "DELETE 0":
+            await bump_hist_generation(conn)
     await conn.execute("DELETE FROM stats_history WHERE taken_at < $1", rollup_horizon)
     # Status tables (migration 0005): the status page draws UPTIME_DAYS days,
     # and closed incidents are kept as long as the raw data.

@@ -5,10 +5,13 @@ new one and swaps it in, so no request sees half-updated figures.
 
 A refresh first brings the hourly histogram rollup up to date
 (``rollup.refresh_hist``: only the hours that received rows, plus the
-current one), then merges the hourly rows per window (``rollup.window_stats``).
-Windows are hour-aligned: ``n`` whole hours plus the current partial hour.
-``store.window_counts`` (exact percentiles over raw rows) is no longer used
-here; it stays as the exact reference.
+current one). The leader then updates its in-memory window sums
+(``sliding.SlidingWindows``: what changed since the last refresh) and adds
+the current hour; a standby, which keeps no such copy, merges the hourly
+rows of each window from the table (``rollup.window_stats``). Both give the
+same figures. Windows are hour-aligned: ``n`` whole hours plus the current
+partial hour. ``store.window_counts`` (exact percentiles over raw rows) is
+not used here; it stays as the exact reference.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .maintenance import DEFAULT_RETENTION
 from .history import record as record_history
 from .leader import Leadership
 from .rollup import refresh_hist, window_start, window_stats
+from .sliding import SlidingWindows
 from .stats import CellStats, ModelStats, WindowCounts
 from .status_store import StatusReport, StatusTracker, read_report
 
@@ -87,6 +91,7 @@ class Aggregator:
             if probe_interval_s is None:
                 raise ValueError("status needs the probe schedule interval (probe_interval_s) with slo")
             self._status = StatusTracker(slo, probe_interval_s, maintenance, refresh_s=interval_s)
+        self._sliding = SlidingWindows(self._windows)
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
@@ -112,10 +117,14 @@ class Aggregator:
             await self._leadership.try_acquire()
         async with self._pool.acquire() as conn:
             if self.role == "leader":
-                now = (await refresh_hist(conn, retention=self._retention)).now
+                report = await refresh_hist(conn, retention=self._retention)
+                now = report.now
+                await self._sliding.update(conn, report)
+                cells = self._sliding.stats()
             else:
+                self._sliding.forget()  # a later leadership rebuilds it from the table
                 now = await conn.fetchval("SELECT now()")
-            cells = await window_stats(conn, self._windows, now)
+                cells = await window_stats(conn, self._windows, now)
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
         seen.extend(others)

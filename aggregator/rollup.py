@@ -32,7 +32,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -40,8 +40,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from .maintenance import DEFAULT_RETENTION, HIST_ROLLUP
-from .sketch import Histogram
+from .maintenance import DEFAULT_RETENTION, HIST_ROLLUP, bump_hist_generation
+from .sketch import Histogram, quantile_table
 from .stats import CellStats, WindowCounts
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,10 @@ class RefreshReport:
     raw_rows: int  # probe_results rows read
     series_hours: int  # probe_hist_hourly rows written
     watermark: int  # probe_ingest_log id processed up to
+    generation_before: int  # GENERATION_KEY when this refresh started
+    generation: int  # ... and after it
+    written: tuple[HourRow, ...] = ()  # the rows written (every recomputed hour, the current one included)
+    replaced: tuple[HourRow, ...] = ()  # the rows they replaced in hours before the current one
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -205,7 +209,15 @@ async def refresh_hist(
             raw.extend(await conn.fetch(_RAW, start, end))
         records = _hourly_records(raw)
 
-        await conn.execute(f"DELETE FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[])", hours)
+        past = [h for h in hours if h < current]
+        replaced = [
+            decode_row(r)
+            for r in await conn.fetch(
+                f"DELETE FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[]) RETURNING {HOUR_COLUMNS}", past
+            )
+        ] if past else []
+        await conn.execute(f"DELETE FROM {HIST_TABLE} WHERE bucket = $1", current)
+        generation_before = await bump_hist_generation(conn)
         if records:
             await conn.copy_records_to_table(HIST_TABLE, records=records, columns=_HIST_COLUMNS)
 
@@ -218,7 +230,11 @@ async def refresh_hist(
             str(snap_xmin),
             now - INGEST_LOG_KEEP,
         )
-    report = RefreshReport(now, len(logs), tuple(hours), len(skipped), len(raw), len(records), new_watermark)
+    report = RefreshReport(
+        now, len(logs), tuple(hours), len(skipped), len(raw), len(records), new_watermark,
+        generation_before, generation_before + 1,
+        tuple(decode_row(dict(zip(_HIST_COLUMNS, r, strict=True))) for r in records), tuple(replaced),
+    )
     log.debug("hist refresh: %s", report)
     return report
 
@@ -269,7 +285,13 @@ def _hourly_records(raw: Sequence[asyncpg.Record]) -> list[tuple[Any, ...]]:
 
 
 @dataclass(slots=True)
-class _Hour:
+class HourRow:
+    """One probe_hist_hourly row, decoded; or the sum of several (a window's complete hours).
+
+    ``rows`` counts the hourly rows summed in (1 for a row): a cell is
+    published in a window only when at least one row falls in it.
+    """
+
     bucket: datetime
     router: str
     model: str
@@ -287,6 +309,24 @@ class _Hour:
     ttft: Histogram
     ttfat: Histogram
     tps: Histogram
+    rows: int = 1
+
+
+HOUR_COLUMNS = (
+    "bucket, router, model, provider, region, attempts, ok, rate_limited, overloaded, errors,"
+    " input_tokens, output_tokens, first_started, last_started, ttft, ttfat, tps"
+)
+
+
+def decode_row(r: Mapping[str, Any]) -> HourRow:
+    """A probe_hist_hourly row (a record with HOUR_COLUMNS, or a dict of _HIST_COLUMNS) decoded."""
+    errors = r["errors"]
+    return HourRow(
+        r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["attempts"], r["ok"],
+        r["rate_limited"], r["overloaded"], json.loads(errors) if isinstance(errors, str) else dict(errors),
+        r["input_tokens"], r["output_tokens"], r["first_started"], r["last_started"],
+        Histogram.from_bytes(r["ttft"]), Histogram.from_bytes(r["ttfat"]), Histogram.from_bytes(r["tps"]),
+    )
 
 
 def cell_keys(router: str, model: str, provider: str, region: str) -> list[CellKey]:
@@ -294,42 +334,51 @@ def cell_keys(router: str, model: str, provider: str, region: str) -> list[CellK
     return [(router, model), (router, model, "provider", provider), (router, model, "region", region)]
 
 
-def _merge(router: str, model: str, hours: Iterable[_Hour]) -> CellStats:
-    hs = list(hours)
-    errors: Counter[str] = Counter()
-    for h in hs:
-        errors.update(h.errors)
-    ttft = Histogram.merge_all(h.ttft for h in hs)
-    ttfat = Histogram.merge_all(h.ttfat for h in hs)
-    tps = Histogram.merge_all(h.tps for h in hs)
-    firsts = [h.first for h in hs if h.first is not None]
-    lasts = [h.last for h in hs if h.last is not None]
-    counts = WindowCounts(
-        router=router,
-        model=model,
-        attempts=sum(h.attempts for h in hs),
-        ok=sum(h.ok for h in hs),
-        rate_limited=sum(h.rate_limited for h in hs),
-        overloaded=sum(h.overloaded for h in hs),
-        ttft_p50_ms=ttft.quantile(0.5),
-        ttft_p95_ms=ttft.quantile(0.95),
-        ttfat_p50_ms=ttfat.quantile(0.5),
-        ttfat_p95_ms=ttfat.quantile(0.95),
-        tps_p50=tps.quantile(0.5),
-        input_tokens=sum(h.input_tokens for h in hs),
-        output_tokens=sum(h.output_tokens for h in hs),
-        first_probe=min(firsts) if firsts else None,
-        last_probe=max(lasts) if lasts else None,
-    )
-    return CellStats(
-        counts=counts,
-        errors_by_class=dict(sorted(errors.items())),
-        ttft_p50_ci=ttft.quantile_ci(0.5),
-        ttft_p95_ci=ttft.quantile_ci(0.95),
-        ttfat_p50_ci=ttfat.quantile_ci(0.5),
-        ttfat_p95_ci=ttfat.quantile_ci(0.95),
-        tps_p50_ci=tps.quantile_ci(0.5),
-    )
+def cells_stats(groups: Mapping[CellKey, Sequence[HourRow]]) -> dict[CellKey, CellStats]:
+    """CellStats of each cell from the rows (hourly, or already summed) that make it up.
+
+    Counts add up; percentiles and their intervals come from one
+    :func:`~.sketch.quantile_table` per metric over all cells at once.
+    """
+    keys = [k for k, rows in groups.items() if rows]
+    members = [groups[k] for k in keys]
+    ttft = quantile_table([[h.ttft for h in rows] for rows in members], (0.5, 0.95))
+    ttfat = quantile_table([[h.ttfat for h in rows] for rows in members], (0.5, 0.95))
+    tps = quantile_table([[h.tps for h in rows] for rows in members], (0.5,))
+    out: dict[CellKey, CellStats] = {}
+    for g, (key, rows) in enumerate(zip(keys, members, strict=True)):
+        errors: Counter[str] = Counter()
+        for h in rows:
+            errors.update(h.errors)
+        firsts = [h.first for h in rows if h.first is not None]
+        lasts = [h.last for h in rows if h.last is not None]
+        counts = WindowCounts(
+            router=key[0],
+            model=key[1],
+            attempts=sum(h.attempts for h in rows),
+            ok=sum(h.ok for h in rows),
+            rate_limited=sum(h.rate_limited for h in rows),
+            overloaded=sum(h.overloaded for h in rows),
+            ttft_p50_ms=ttft.value(g, 0),
+            ttft_p95_ms=ttft.value(g, 1),
+            ttfat_p50_ms=ttfat.value(g, 0),
+            ttfat_p95_ms=ttfat.value(g, 1),
+            tps_p50=tps.value(g, 0),
+            input_tokens=sum(h.input_tokens for h in rows),
+            output_tokens=sum(h.output_tokens for h in rows),
+            first_probe=min(firsts) if firsts else None,
+            last_probe=max(lasts) if lasts else None,
+        )
+        out[key] = CellStats(
+            counts=counts,
+            errors_by_class=dict(sorted((k, v) for k, v in errors.items() if v)),
+            ttft_p50_ci=ttft.ci(g, 0),
+            ttft_p95_ci=ttft.ci(g, 1),
+            ttfat_p50_ci=ttfat.ci(g, 0),
+            ttfat_p95_ci=ttfat.ci(g, 1),
+            tps_p50_ci=tps.ci(g, 0),
+        )
+    return out
 
 
 async def window_stats(
@@ -348,30 +397,16 @@ async def window_stats(
     current = floor_hour(now)
     starts = {name: window_start(now, seconds) for name, seconds in windows.items()}
     rows = await conn.fetch(
-        f"SELECT bucket, router, model, provider, region, attempts, ok, rate_limited, overloaded, errors,"
-        f" input_tokens, output_tokens, first_started, last_started, ttft, ttfat, tps"
-        f" FROM {HIST_TABLE} WHERE bucket >= $1 AND bucket <= $2",
+        f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket >= $1 AND bucket <= $2",
         min(starts.values()),
         current,
     )
-    by_key: dict[CellKey, list[_Hour]] = defaultdict(list)
+    by_key: dict[CellKey, list[HourRow]] = defaultdict(list)
     for r in rows:
-        errors = r["errors"]
-        h = _Hour(
-            r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["attempts"], r["ok"],
-            r["rate_limited"], r["overloaded"], json.loads(errors) if isinstance(errors, str) else dict(errors),
-            r["input_tokens"], r["output_tokens"], r["first_started"], r["last_started"],
-            Histogram.from_bytes(r["ttft"]), Histogram.from_bytes(r["ttfat"]), Histogram.from_bytes(r["tps"]),
-        )
+        h = decode_row(r)
         for key in cell_keys(h.router, h.model, h.provider, h.region):
             by_key[key].append(h)
-
-    out: dict[str, dict[CellKey, CellStats]] = {}
-    for name, start in starts.items():
-        cells: dict[CellKey, CellStats] = {}
-        for key, hours in by_key.items():
-            inside = [h for h in hours if h.bucket >= start]
-            if inside:
-                cells[key] = _merge(key[0], key[1], inside)
-        out[name] = cells
-    return out
+    return {
+        name: cells_stats({key: [h for h in hours if h.bucket >= start] for key, hours in by_key.items()})
+        for name, start in starts.items()
+    }

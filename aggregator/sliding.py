@@ -1,0 +1,315 @@
+"""Sliding windows kept in memory: a refresh costs the same at any window length.
+
+``rollup.window_stats`` reads and merges every hourly row of the longest
+window at each refresh: 1,000 series x 169 hours is 169,000 rows of three
+histograms, seconds of work that does not change from one refresh to the
+next. The leading aggregator keeps instead, per window and per cell, the sum
+of the window's *complete* hours (``[floor_hour(now) - n h, floor_hour(now))``)
+and changes it only by what changed:
+
+* the current hour is not in the sums: each refresh takes it from the rows
+  ``refresh_hist`` has just written (its report carries them);
+* when ``refresh_hist`` recomputes an earlier hour (late rows, a spool
+  replayed after an outage), its report also carries the rows it replaced:
+  the sums lose the old rows and gain the new ones;
+* when the hour turns, each window gains the hour that just completed and
+  loses the one that slid out, both read from the table (two hours of rows).
+
+A refresh then merges, per cell, one summed row per window with the current
+hour's rows, and computes every percentile of every cell in one
+``quantile_table`` call per metric. The result is the same as
+``window_stats`` on the same table (tests/test_sliding.py checks it through
+hour turns, late rows and retention).
+
+The copy must never drift from the table. Every transaction that changes
+``probe_hist_hourly`` bumps a generation counter (``maintenance.
+bump_hist_generation``); a refresh whose ``generation_before`` is not the
+generation this copy last saw (another process refreshed in between, or
+retention deleted hours) rebuilds from the table, as does the first refresh
+and any inconsistency (a subtraction that would go negative).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import asyncpg
+
+from .rollup import (
+    HIST_TABLE,
+    HOUR,
+    HOUR_COLUMNS,
+    CellKey,
+    HourRow,
+    RefreshReport,
+    cell_keys,
+    cells_stats,
+    decode_row,
+    floor_hour,
+    window_hours,
+)
+from .sketch import Histogram
+from .stats import CellStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _CellHours:
+    """Per cell, the first and last probe of each complete hour, hours ascending."""
+
+    hours: list[datetime] = field(default_factory=list)
+    spans: dict[datetime, tuple[datetime | None, datetime | None]] = field(default_factory=dict)
+
+    def put(self, hour: datetime, first: datetime | None, last: datetime | None) -> None:
+        if hour not in self.spans:
+            bisect.insort(self.hours, hour)
+            self.spans[hour] = (first, last)
+            return
+        f0, l0 = self.spans[hour]
+        self.spans[hour] = (_min(f0, first), _max(l0, last))
+
+    def drop(self, hour: datetime) -> None:
+        if self.spans.pop(hour, None) is not None:
+            self.hours.pop(bisect.bisect_left(self.hours, hour))
+
+    def first_last(self, start: datetime) -> tuple[datetime | None, datetime | None]:
+        """First and last probe of the hours from ``start`` on (probes of an hour lie inside it)."""
+        i = bisect.bisect_left(self.hours, start)
+        if i == len(self.hours):
+            return None, None
+        return self.spans[self.hours[i]][0], self.spans[self.hours[-1]][1]
+
+
+def _min(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _plus(acc: HourRow, h: HourRow, sign: int) -> HourRow:
+    """``acc`` with ``h`` added (sign +1) or taken out (-1). ValueError if a count would go negative."""
+    errors = Counter(acc.errors)
+    if sign > 0:
+        errors.update(h.errors)
+    else:
+        errors.subtract(h.errors)
+        if any(v < 0 for v in errors.values()):
+            raise ValueError("an error count would go negative")
+
+    def hist(a: Histogram, b: Histogram) -> Histogram:
+        return a.merge(b) if sign > 0 else a.subtract(b)
+
+    out = replace(
+        acc,
+        attempts=acc.attempts + sign * h.attempts,
+        ok=acc.ok + sign * h.ok,
+        rate_limited=acc.rate_limited + sign * h.rate_limited,
+        overloaded=acc.overloaded + sign * h.overloaded,
+        errors={k: v for k, v in errors.items() if v},
+        input_tokens=acc.input_tokens + sign * h.input_tokens,
+        output_tokens=acc.output_tokens + sign * h.output_tokens,
+        ttft=hist(acc.ttft, h.ttft),
+        ttfat=hist(acc.ttfat, h.ttfat),
+        tps=hist(acc.tps, h.tps),
+        rows=acc.rows + sign,
+    )
+    if min(out.attempts, out.ok, out.rate_limited, out.overloaded, out.rows) < 0:
+        raise ValueError("a count would go negative")
+    return out
+
+
+def _zero(h: HourRow) -> HourRow:
+    empty = Histogram.empty()
+    return replace(h, attempts=0, ok=0, rate_limited=0, overloaded=0, errors={}, input_tokens=0,
+                   output_tokens=0, first=None, last=None, ttft=empty, ttfat=empty, tps=empty, rows=0)
+
+
+class SlidingWindows:
+    """Per window and cell, the sum of the window's complete hours (see the module docstring)."""
+
+    def __init__(self, windows: Mapping[str, float]) -> None:
+        """``windows``: name -> length in seconds, hour-aligned like ``rollup.window_start``."""
+        self._lengths = {name: window_hours(seconds) for name, seconds in windows.items()}
+        self._longest = max(self._lengths.values(), default=1)
+        self._current: datetime | None = None  # the hour the sums are aligned to
+        self._generation: int | None = None
+        self._sums: dict[str, dict[CellKey, HourRow]] = {}
+        self._cells: dict[CellKey, _CellHours] = {}
+        self._now_rows: list[HourRow] = []  # the current hour, from the last report
+        self.rebuilds = 0  # how often the sums were read from the table whole
+
+    def forget(self) -> None:
+        """Drop everything (leadership lost): the next update rebuilds."""
+        self._generation = None
+        self._current = None
+        self._sums = {}
+        self._cells = {}
+        self._now_rows = []
+
+    async def update(self, conn: asyncpg.Connection, report: RefreshReport) -> None:
+        """Bring the sums to ``report``: the refresh_hist that has just run on ``conn``."""
+        current = floor_hour(report.now)
+        in_step = (
+            self._current is not None
+            and self._generation == report.generation_before
+            and self._current <= current < self._current + self._longest * HOUR
+        )
+        try:
+            if in_step:
+                self._replace_rows(report.replaced, [h for h in report.written if h.bucket < current])
+                if current > self._current:  # type: ignore[operator]
+                    await self._advance(conn, current)
+        except ValueError as exc:
+            log.warning("sliding windows inconsistent with the rollup (%s): rebuilding", exc)
+            in_step = False
+        if not in_step:
+            await self._rebuild(conn, current)
+        self._generation = report.generation
+        self._now_rows = [h for h in report.written if h.bucket == current]
+
+    def stats(self) -> dict[str, dict[CellKey, CellStats]]:
+        """Stats per window per cell: the complete hours' sums plus the current hour's rows."""
+        current_by_key: dict[CellKey, list[HourRow]] = {}
+        for h in self._now_rows:
+            for key in cell_keys(h.router, h.model, h.provider, h.region):
+                current_by_key.setdefault(key, []).append(h)
+        out: dict[str, dict[CellKey, CellStats]] = {}
+        for name, sums in self._sums.items():
+            groups: dict[CellKey, list[HourRow]] = {key: [acc] for key, acc in sums.items()}
+            for key, rows in current_by_key.items():
+                groups.setdefault(key, []).extend(rows)
+            out[name] = cells_stats(groups)
+        return out
+
+    # -- keeping the sums ----------------------------------------------
+
+    def _start(self, name: str, current: datetime) -> datetime:
+        return current - self._lengths[name] * HOUR
+
+    def _apply(self, rows: Iterable[HourRow], sign: int, windows: Iterable[str]) -> set[tuple[str, CellKey]]:
+        touched = set()
+        for name in windows:
+            sums = self._sums[name]
+            for h in rows:
+                for key in cell_keys(h.router, h.model, h.provider, h.region):
+                    acc = sums.get(key)
+                    if acc is None:
+                        if sign < 0:
+                            raise ValueError(f"no sum to take an hour of {key} out of")
+                        acc = _zero(h)
+                    sums[key] = _plus(acc, h, sign)
+                    touched.add((name, key))
+        return touched
+
+    def _spans(self, rows: Iterable[HourRow]) -> None:
+        for h in rows:
+            for key in cell_keys(h.router, h.model, h.provider, h.region):
+                self._cells.setdefault(key, _CellHours()).put(h.bucket, h.first, h.last)
+
+    def _settle(self, touched: set[tuple[str, CellKey]], current: datetime) -> None:
+        """Drop emptied sums; set first/last of the changed ones from the cells' hour spans."""
+        for name, key in touched:
+            acc = self._sums[name][key]
+            if acc.rows == 0:
+                del self._sums[name][key]
+                continue
+            cell = self._cells.get(key)
+            first, last = cell.first_last(self._start(name, current)) if cell else (None, None)
+            self._sums[name][key] = replace(acc, first=first, last=last)
+
+    def _replace_rows(self, old: Iterable[HourRow], new: Iterable[HourRow]) -> None:
+        """refresh_hist recomputed whole earlier hours: swap their old rows for the new ones."""
+        assert self._current is not None
+        lo = self._current - self._longest * HOUR
+        old = [h for h in old if lo <= h.bucket < self._current]
+        new = [h for h in new if lo <= h.bucket < self._current]
+        if not old and not new:
+            return
+        touched: set[tuple[str, CellKey]] = set()
+        for name in self._sums:
+            start = self._start(name, self._current)
+            touched |= self._apply([h for h in old if h.bucket >= start], -1, [name])
+            touched |= self._apply([h for h in new if h.bucket >= start], +1, [name])
+        for h in old:
+            for key in cell_keys(h.router, h.model, h.provider, h.region):
+                if key in self._cells:
+                    self._cells[key].drop(h.bucket)
+        self._spans(new)
+        self._settle(touched, self._current)
+
+    async def _advance(self, conn: asyncpg.Connection, current: datetime) -> None:
+        """The hour turned: each window gains its newly complete hours and loses those that slid out."""
+        assert self._current is not None
+        previous = self._current
+        gains = {name: (max(previous, self._start(name, current)), current) for name in self._sums}
+        losses = {name: (self._start(name, previous), min(previous, self._start(name, current)))
+                  for name in self._sums}
+        needed = sorted({lo + i * HOUR for lo, hi in [*gains.values(), *losses.values()]
+                         for i in range(int((hi - lo) / HOUR))})
+        rows = [decode_row(r) for r in await conn.fetch(
+            f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[])", needed)]
+        touched: set[tuple[str, CellKey]] = set()
+        for name in self._sums:
+            g0, g1 = gains[name]
+            l0, l1 = losses[name]
+            touched |= self._apply([h for h in rows if g0 <= h.bucket < g1], +1, [name])
+            touched |= self._apply([h for h in rows if l0 <= h.bucket < l1], -1, [name])
+        self._spans(h for h in rows if previous <= h.bucket < current)
+        horizon = current - self._longest * HOUR
+        for cell in self._cells.values():
+            while cell.hours and cell.hours[0] < horizon:
+                cell.drop(cell.hours[0])
+        self._current = current
+        self._settle(touched, current)
+
+    async def _rebuild(self, conn: asyncpg.Connection, current: datetime) -> None:
+        """Read the complete hours of the longest window and sum them per window."""
+        self.forget()
+        rows = [decode_row(r) for r in await conn.fetch(
+            f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket >= $1 AND bucket < $2",
+            current - self._longest * HOUR, current)]
+        self._current = current
+        self._sums = {name: {} for name in self._lengths}
+        self._spans(rows)
+        touched: set[tuple[str, CellKey]] = set()
+        for name in self._lengths:
+            start = self._start(name, current)
+            by_key: dict[CellKey, list[HourRow]] = {}
+            for h in rows:
+                if h.bucket >= start:
+                    for key in cell_keys(h.router, h.model, h.provider, h.region):
+                        by_key.setdefault(key, []).append(h)
+            for key, hours in by_key.items():
+                self._sums[name][key] = _sum(hours)
+                touched.add((name, key))
+        self._settle(touched, current)
+        self.rebuilds += 1
+
+
+def _sum(hours: list[HourRow]) -> HourRow:
+    """One row holding the sum of ``hours`` (all of one cell)."""
+    errors: Counter[str] = Counter()
+    for h in hours:
+        errors.update(h.errors)
+    return replace(
+        hours[0],
+        attempts=sum(h.attempts for h in hours),
+        ok=sum(h.ok for h in hours),
+        rate_limited=sum(h.rate_limited for h in hours),
+        overloaded=sum(h.overloaded for h in hours),
+        errors={k: v for k, v in errors.items() if v},
+        input_tokens=sum(h.input_tokens for h in hours),
+        output_tokens=sum(h.output_tokens for h in hours),
+        ttft=Histogram.merge_all(h.ttft for h in hours),
+        ttfat=Histogram.merge_all(h.ttfat for h in hours),
+        tps=Histogram.merge_all(h.tps for h in hours),
+        rows=len(hours),
+    )

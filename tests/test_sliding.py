@@ -1,0 +1,134 @@
+"""Sliding windows in memory (aggregator/sliding.py) give what the table gives.
+
+Each step changes the data the way production does (new probes in the
+current hour, late probes in earlier hours, the hour turning, another
+process refreshing), runs the real ``refresh_hist`` on a real database, and
+compares ``SlidingWindows.stats()`` with ``window_stats`` read from the
+table at the same moment: every cell of every window, equal field by field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import asyncpg
+import numpy as np
+
+from routewatch.aggregator.maintenance import PartitionCache, bump_hist_generation
+from routewatch.aggregator.migrate import migrate
+from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
+from routewatch.aggregator.sliding import SlidingWindows
+from routewatch.probe.result import ProbeResult
+from routewatch.probe.writer import write_batch
+
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+SERIES = [("r", "m/a", "P1", "eu"), ("r", "m/a", "P2", "us"), ("r2", "m/b", None, "eu")]
+
+
+def probes(times: list[datetime], rng: np.random.Generator) -> list[ProbeResult]:
+    """One probe per time, cycling through SERIES; ~10% fail, some 429s, a few overloaded."""
+    out = []
+    for i, t in enumerate(times):
+        router, model, provider, region = SERIES[i % len(SERIES)]
+        roll = rng.random()
+        error = "http_429" if roll < 0.04 else "http_5xx" if roll < 0.1 else None
+        ttft = float(rng.lognormal(np.log(400), 0.7))
+        out.append(ProbeResult(
+            id=uuid.uuid4(), started_at=t, region=region, router=router, model=model, prompt="short",
+            methodology="m1", ok=error is None, error_class=error, error_detail=error and "detail",
+            provider=provider, ttft_ms=None if error else ttft, ttfat_ms=None if error else ttft * 1.2,
+            output_tps=None if error else float(rng.lognormal(np.log(60), 0.3)), input_tokens=20,
+            output_tokens=None if error else int(rng.integers(10, 200)), prober_overloaded=bool(rng.random() < 0.02),
+        ))
+    return out
+
+
+async def store(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+    await PartitionCache().ensure_for(conn, "plain", (r.started_at for r in results))
+    await write_batch(conn, results)
+
+
+def spread(start: datetime, end: datetime, n: int, rng: np.random.Generator) -> list[datetime]:
+    span = (end - start).total_seconds()
+    return sorted(start + timedelta(seconds=float(s)) for s in rng.random(n) * span)
+
+
+async def check(conn: asyncpg.Connection, sliding: SlidingWindows, now: datetime) -> None:
+    """Refresh at ``now``, update the windows, and compare with the table."""
+    report = await refresh_hist(conn, now=now)
+    await sliding.update(conn, report)
+    mine = sliding.stats()
+    table = await window_stats(conn, WINDOWS, now)
+    assert set(mine) == set(table)
+    for name in WINDOWS:
+        assert table[name], f"window {name} is empty: the test compares nothing"
+        assert set(mine[name]) == set(table[name]), name
+        for key, cell in table[name].items():
+            assert mine[name][key] == cell, (name, key)
+
+
+async def test_sliding_windows_follow_the_table(conn: asyncpg.Connection) -> None:
+    await migrate(conn, mode="plain")
+    rng = np.random.default_rng(11)
+    now = floor_hour(await conn.fetchval("SELECT now()")) + timedelta(minutes=20)
+    await store(conn, probes(spread(now - timedelta(days=7, hours=2), now, 3000, rng), rng))
+    sliding = SlidingWindows(WINDOWS)
+
+    await check(conn, sliding, now)  # first refresh: built from the table
+    assert sliding.rebuilds == 1
+
+    # New probes in the current hour.
+    later = now + timedelta(minutes=5)
+    await store(conn, probes(spread(now, later, 40, rng), rng))
+    await check(conn, sliding, later)
+
+    # Late probes in earlier hours: 3 h ago (in 24h and 7d), 30 h ago (7d only), 9 days ago (in no window).
+    late = [later - timedelta(hours=3), later - timedelta(hours=30), later - timedelta(hours=30, minutes=5),
+            later - timedelta(days=9)]
+    await store(conn, probes(late, rng))
+    await check(conn, sliding, later + timedelta(seconds=30))
+    assert sliding.rebuilds == 1, "late rows are applied as a swap of the recomputed hours, not a rebuild"
+
+    # The hour turns, with probes on both sides of it and one that arrives late for the old hour.
+    turn = floor_hour(later) + timedelta(hours=1, minutes=2)
+    await store(conn, probes(spread(later, turn, 60, rng), rng))
+    await check(conn, sliding, turn)
+    await store(conn, probes([turn - timedelta(minutes=4)], rng))
+    await check(conn, sliding, turn + timedelta(minutes=1))
+
+    # Two hours at once, the last probes of the slid-out hour included.
+    jump = turn + timedelta(hours=2)
+    await store(conn, probes(spread(turn, jump, 80, rng), rng))
+    await check(conn, sliding, jump)
+    assert sliding.rebuilds == 1
+
+    # A refresh this copy did not see (another aggregator was leader): rebuilt, still equal.
+    await store(conn, probes(spread(jump, jump + timedelta(minutes=3), 20, rng), rng))
+    await refresh_hist(conn, now=jump + timedelta(minutes=3))
+    await check(conn, sliding, jump + timedelta(minutes=4))
+    assert sliding.rebuilds == 2
+
+    # Retention deleted hours (it bumps the generation the same way): rebuilt.
+    async with conn.transaction():
+        await conn.execute("DELETE FROM probe_hist_hourly WHERE bucket < $1", jump - timedelta(days=6))
+        await bump_hist_generation(conn)
+    await check(conn, sliding, jump + timedelta(minutes=5))
+    assert sliding.rebuilds == 3
+
+
+async def test_a_week_later_every_hour_has_slid_through(conn: asyncpg.Connection) -> None:
+    """Hour by hour for 8 days: every hour enters each window and leaves it again."""
+    await migrate(conn, mode="plain")
+    rng = np.random.default_rng(12)
+    start = floor_hour(await conn.fetchval("SELECT now()")) - timedelta(days=8)
+    sliding = SlidingWindows(WINDOWS)
+    t = start
+    for step in range(8 * 24 + 3):
+        nxt = t + timedelta(minutes=47 if step % 5 else 150)  # mostly within the hour, sometimes 2+ hours
+        await store(conn, probes(spread(t, nxt, 6, rng), rng))
+        t = nxt
+        report = await refresh_hist(conn, now=t)
+        await sliding.update(conn, report)
+    assert sliding.rebuilds == 1
+    await check(conn, sliding, t + timedelta(seconds=1))
