@@ -33,7 +33,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -50,17 +50,9 @@ HOUR = timedelta(hours=1)
 HIST_TABLE = HIST_ROLLUP
 INGEST_LOG = "probe_ingest_log"
 
-# routewatch_meta keys: the highest probe_ingest_log id processed, and the
-# xmin of the snapshot the last refresh read the log under. A writer's log row
-# gets its id when it inserts but becomes visible when it commits, so a batch
-# may commit with an id below the watermark; its transaction id is then >= the
-# stored xmin (it was still running, or not yet started, when the snapshot was
-# taken), and the next refresh picks it up through that.
-WATERMARK_KEY = "hist_ingest_id"
-XMIN_KEY = "hist_ingest_xmin"
-
-# Transaction-level advisory lock: two refreshers never interleave their
-# DELETE + INSERT of the same hours. Fixed 64-bit key, ASCII "rwhist" + 1.
+# Session-level advisory lock held around each refresh: two refreshers never
+# interleave, and the next one's snapshot (taken after the lock) sees what
+# the previous one committed. Fixed 64-bit key, ASCII "rwhist" + 1.
 HIST_LOCK_KEY = 0x7277_6869_7374_0001
 
 # Processed log rows are kept this long (for inspection), then pruned.
@@ -85,6 +77,15 @@ FROM probe_results
 WHERE started_at >= $1 AND started_at < $2
 """
 
+# The pending batches' rows in [$1, $2), found by their writing transaction:
+# write_batch inserts a batch's rows and its log row in one transaction
+# (no savepoint), so the rows' xmin is the log row's xid modulo 2**32. A row a
+# batch skipped as a duplicate keeps its first writer's xmin.
+_NEW_RAW = _RAW.replace(
+    "WHERE started_at >= $1 AND started_at < $2",
+    "WHERE started_at >= $1 AND started_at < $2 AND xmin::text::bigint = ANY($3::bigint[])",
+)
+
 _HIST_COLUMNS = (
     "bucket", "router", "model", "provider", "region", "prompt", "methodology",
     "attempts", "ok", "rate_limited", "overloaded", "errors", "input_tokens", "output_tokens",
@@ -97,16 +98,16 @@ class RefreshReport:
     """What one :func:`refresh_hist` did."""
 
     now: datetime  # the database's clock at the refresh
-    log_rows: int  # probe_ingest_log rows read
-    hours: tuple[datetime, ...]  # hours recomputed, ascending (always includes the current one)
+    log_rows: int  # probe_ingest_log rows (batches) taken in
+    hours: tuple[datetime, ...]  # earlier (or future) hours recomputed whole, ascending
     skipped_hours: int  # affected hours older than now - retention, kept as they were
-    raw_rows: int  # probe_results rows read
+    raw_rows: int  # probe_results rows read: the recomputed hours' and the new rows of the current hour
     series_hours: int  # probe_hist_hourly rows written
-    watermark: int  # probe_ingest_log id processed up to
-    generation_before: int  # GENERATION_KEY when this refresh started
+    generation_before: int  # maintenance.HIST_GENERATION_KEY when this refresh started
     generation: int  # ... and after it
-    written: tuple[HourRow, ...] = ()  # the rows written (every recomputed hour, the current one included)
-    replaced: tuple[HourRow, ...] = ()  # the rows they replaced in hours before the current one
+    current: tuple[HourRow, ...] = ()  # every row of the current hour, as it now stands
+    written: tuple[HourRow, ...] = ()  # the rows written in the recomputed hours
+    replaced: tuple[HourRow, ...] = ()  # the rows they replaced
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -135,112 +136,172 @@ def _hour_ranges(hours: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
     return ranges
 
 
-async def _get_meta(conn: asyncpg.Connection, key: str) -> str | None:
-    return await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = $1", key)
-
-
-async def _set_meta(conn: asyncpg.Connection, key: str, value: str) -> None:
-    await conn.execute(
-        "INSERT INTO routewatch_meta (key, value) VALUES ($1, $2) "
-        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-        key,
-        value,
-    )
-
-
 async def refresh_hist(
     conn: asyncpg.Connection,
     *,
     retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
 ) -> RefreshReport:
-    """Recompute the hourly rows of every hour that received rows since the last refresh.
+    """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
-    Affected hours: those spanned by each new ``probe_ingest_log`` row
-    (first_started..last_started), plus always the current hour. Hours older
-    than ``now - retention`` are never recomputed: their raw rows may be gone,
-    so their rollup is kept. One transaction under :data:`HIST_LOCK_KEY`.
-    ``now`` defaults to the database's clock (tests may pin it).
+    Pending batches are the ``probe_ingest_log`` rows with ``hist_done``
+    false. Their rows in the current hour are *added* to the hour's rows (a
+    delta: only those rows are read, found by the writing transaction's id),
+    so a refresh reads what arrived, not the whole hour. Every other hour a
+    pending batch touched (late data, a replayed spool, a clock ahead) is
+    recomputed whole from the raw rows. Hours older than ``now - retention``
+    are never recomputed: their raw rows may be gone, so their rollup is kept.
+
+    One REPEATABLE READ transaction, begun after taking :data:`HIST_LOCK_KEY`:
+    the batches, the raw rows and the hourly rows are all read from one
+    snapshot, so each batch is counted exactly once, and it is marked done in
+    the same commit. ``now`` defaults to the database's clock (tests pin it).
     """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", HIST_LOCK_KEY)
-        # Taken before reading the log (see XMIN_KEY). No xid is assigned to
-        # this transaction yet, so the xmin is the oldest running writer's.
-        snap_xmin = await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-        if now is None:
-            now = await conn.fetchval("SELECT now()")
-        assert now is not None
-        watermark = int(await _get_meta(conn, WATERMARK_KEY) or 0)
-        prev_xmin = await _get_meta(conn, XMIN_KEY)
-        if prev_xmin is None:
-            logs = await conn.fetch(
-                f"SELECT id, first_started, last_started FROM {INGEST_LOG} WHERE id > $1", watermark
-            )
-        else:
-            logs = await conn.fetch(
-                f"SELECT id, first_started, last_started FROM {INGEST_LOG} "
-                "WHERE id > $1 OR xid >= $2::text::xid8",
-                watermark,
-                prev_xmin,
-            )
-
-        current = floor_hour(now)
-        horizon = now - retention
-        latest = current + MAX_FUTURE
-        affected: set[datetime] = {current}
-        skipped: set[datetime] = set()
-        for row in logs:
-            h = floor_hour(row["first_started"])
-            last = min(floor_hour(row["last_started"]), latest)
-            if h < horizon:
-                # Whole hours older than the horizon are left alone; jump
-                # straight to the first hour that may be recomputed.
-                first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
-                old_end = min(last + HOUR, first_ok)
-                skipped.update(h + i * HOUR for i in range(int((old_end - h) / HOUR)))
-                h = first_ok
-            while h <= last:
-                affected.add(h)
-                h += HOUR
-        hours = sorted(affected)
-
-        raw: list[asyncpg.Record] = []
-        for start, end in _hour_ranges(hours):
-            raw.extend(await conn.fetch(_RAW, start, end))
-        records = _hourly_records(raw)
-
-        past = [h for h in hours if h < current]
-        replaced = [
-            decode_row(r)
-            for r in await conn.fetch(
-                f"DELETE FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[]) RETURNING {HOUR_COLUMNS}", past
-            )
-        ] if past else []
-        await conn.execute(f"DELETE FROM {HIST_TABLE} WHERE bucket = $1", current)
-        generation_before = await bump_hist_generation(conn)
-        if records:
-            await conn.copy_records_to_table(HIST_TABLE, records=records, columns=_HIST_COLUMNS)
-
-        new_watermark = max([watermark, *(int(r["id"]) for r in logs)])
-        await _set_meta(conn, WATERMARK_KEY, str(new_watermark))
-        await _set_meta(conn, XMIN_KEY, str(snap_xmin))
-        await conn.execute(
-            f"DELETE FROM {INGEST_LOG} WHERE id <= $1 AND xid < $2::text::xid8 AND stored_at < $3",
-            new_watermark,
-            str(snap_xmin),
-            now - INGEST_LOG_KEEP,
-        )
-    report = RefreshReport(
-        now, len(logs), tuple(hours), len(skipped), len(raw), len(records), new_watermark,
-        generation_before, generation_before + 1,
-        tuple(decode_row(dict(zip(_HIST_COLUMNS, r, strict=True))) for r in records), tuple(replaced),
-    )
+    await conn.execute("SELECT pg_advisory_lock($1)", HIST_LOCK_KEY)
+    try:
+        async with conn.transaction(isolation="repeatable_read"):
+            report = await _refresh(conn, retention, now)
+    finally:
+        if not conn.is_closed():
+            await conn.execute("SELECT pg_advisory_unlock($1)", HIST_LOCK_KEY)
     log.debug("hist refresh: %s", report)
     return report
 
 
-def _hourly_records(raw: Sequence[asyncpg.Record]) -> list[tuple[Any, ...]]:
-    """probe_hist_hourly rows (in _HIST_COLUMNS order) for the raw rows, grouped with numpy."""
+async def _refresh(conn: asyncpg.Connection, retention: timedelta, now: datetime | None) -> RefreshReport:
+    if now is None:
+        now = await conn.fetchval("SELECT now()")
+    assert now is not None
+    logs = await conn.fetch(
+        f"SELECT id, first_started, last_started, xid::text AS xid FROM {INGEST_LOG} WHERE NOT hist_done ORDER BY id"
+    )
+    current = floor_hour(now)
+    horizon = now - retention
+    latest = current + MAX_FUTURE
+    affected: set[datetime] = set()
+    skipped: set[datetime] = set()
+    for row in logs:
+        h = floor_hour(row["first_started"])
+        last = min(floor_hour(row["last_started"]), latest)
+        if h < horizon:
+            # Whole hours older than the horizon are left alone; jump
+            # straight to the first hour that may be recomputed.
+            first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
+            old_end = min(last + HOUR, first_ok)
+            skipped.update(h + i * HOUR for i in range(int((old_end - h) / HOUR)))
+            h = first_ok
+        while h <= last:
+            affected.add(h)
+            h += HOUR
+    hours = sorted(affected - {current})
+
+    # Hours other than the current one: recomputed whole.
+    raw: list[asyncpg.Record] = []
+    for start, end in _hour_ranges(hours):
+        raw.extend(await conn.fetch(_RAW, start, end))
+    written = _hourly_rows(raw)
+    replaced = [
+        decode_row(r)
+        for r in await conn.fetch(
+            f"DELETE FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[]) RETURNING {HOUR_COLUMNS}", hours
+        )
+    ] if hours else []
+
+    # The current hour: the pending batches' rows in it, added to what is there.
+    batches = [r for r in logs if r["first_started"] < current + HOUR and r["last_started"] >= current]
+    new_raw: list[asyncpg.Record] = []
+    if batches:
+        new_raw = await conn.fetch(
+            _NEW_RAW,
+            max(current, min(r["first_started"] for r in batches)),
+            min(current + HOUR, max(r["last_started"] for r in batches) + timedelta(microseconds=1)),
+            [int(r["xid"]) % 2**32 for r in batches],
+        )
+    delta = {series_key(h): h for h in _hourly_rows(new_raw)}
+    now_rows = [decode_row(r) for r in await conn.fetch(
+        f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket = $1", current)]
+    changed: list[HourRow] = []
+    for i, h in enumerate(now_rows):
+        d = delta.pop(series_key(h), None)
+        if d is not None:
+            now_rows[i] = combine(h, d)
+            changed.append(now_rows[i])
+    changed.extend(delta.values())  # series new in this hour
+    now_rows.extend(delta.values())
+    if changed:
+        await conn.execute(
+            f"DELETE FROM {HIST_TABLE} WHERE bucket = $1 AND (router, model, provider, region, prompt, methodology)"
+            " IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]))",
+            current, *(list(col) for col in zip(*(series_key(h)[1:] for h in changed), strict=True)),
+        )
+    to_write = [*written, *changed]
+    if to_write:
+        await conn.copy_records_to_table(HIST_TABLE, records=[encode_row(h) for h in to_write], columns=_HIST_COLUMNS)
+
+    generation_before = await bump_hist_generation(conn)
+    if logs:
+        await conn.execute(f"UPDATE {INGEST_LOG} SET hist_done = true WHERE id = ANY($1::bigint[])",
+                           [r["id"] for r in logs])
+    await conn.execute(f"DELETE FROM {INGEST_LOG} WHERE hist_done AND stored_at < $1", now - INGEST_LOG_KEEP)
+    return RefreshReport(
+        now, len(logs), tuple(hours), len(skipped), len(raw) + len(new_raw), len(to_write),
+        generation_before, generation_before + 1, tuple(now_rows), tuple(written), tuple(replaced),
+    )
+
+
+def series_key(h: HourRow) -> tuple[datetime, str, str, str, str, str, str]:
+    """(bucket, router, model, provider, region, prompt, methodology): one probe_hist_hourly row's key."""
+    return (h.bucket, h.router, h.model, h.provider, h.region, h.prompt, h.methodology)
+
+
+def encode_row(h: HourRow) -> tuple[Any, ...]:
+    """``h`` as a probe_hist_hourly record, in _HIST_COLUMNS order."""
+    return (
+        *series_key(h), h.attempts, h.ok, h.rate_limited, h.overloaded, json.dumps(dict(sorted(h.errors.items()))),
+        h.input_tokens, h.output_tokens, h.first, h.last, h.ttft.to_bytes(), h.ttfat.to_bytes(), h.tps.to_bytes(),
+    )
+
+
+def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
+    """``a`` with ``b`` added (sign 1) or taken out (sign -1), counts and histograms.
+
+    first/last become the min/max of both (meaningless when taking out: the
+    caller sets them). ValueError if a count would go negative.
+    """
+    errors = Counter(a.errors)
+    if sign > 0:
+        errors.update(b.errors)
+    else:
+        errors.subtract(b.errors)
+        if any(v < 0 for v in errors.values()):
+            raise ValueError("an error count would go negative")
+
+    def hist(x: Histogram, y: Histogram) -> Histogram:
+        return x.merge(y) if sign > 0 else x.subtract(y)
+
+    out = replace(
+        a,
+        attempts=a.attempts + sign * b.attempts,
+        ok=a.ok + sign * b.ok,
+        rate_limited=a.rate_limited + sign * b.rate_limited,
+        overloaded=a.overloaded + sign * b.overloaded,
+        errors={k: v for k, v in errors.items() if v},
+        input_tokens=a.input_tokens + sign * b.input_tokens,
+        output_tokens=a.output_tokens + sign * b.output_tokens,
+        first=min((t for t in (a.first, b.first) if t is not None), default=None),
+        last=max((t for t in (a.last, b.last) if t is not None), default=None),
+        ttft=hist(a.ttft, b.ttft),
+        ttfat=hist(a.ttfat, b.ttfat),
+        tps=hist(a.tps, b.tps),
+        rows=a.rows + sign * b.rows,
+    )
+    if min(out.attempts, out.ok, out.rate_limited, out.overloaded, out.rows) < 0:
+        raise ValueError("a count would go negative")
+    return out
+
+
+def _hourly_rows(raw: Sequence[asyncpg.Record]) -> list[HourRow]:
+    """probe_hist_hourly rows of the raw rows, grouped per series-hour with numpy."""
     if not raw:
         return []
     ok = np.fromiter((r["ok"] for r in raw), dtype=bool, count=len(raw))
@@ -266,20 +327,20 @@ def _hourly_records(raw: Sequence[asyncpg.Record]) -> list[tuple[Any, ...]]:
         errors = Counter(raw[i]["error_class"] or "unknown" for i in failed)
         started = [raw[i]["started_at"] for i in members]
         sel = idx[g_good]
-        records.append((
+        records.append(HourRow(
             *key,
-            int(g_counted.sum()),
-            int(g_good.sum()),
-            int(errors.get("http_429", 0)),
-            int(over[idx].sum()),
-            json.dumps(dict(sorted(errors.items()))),
-            int(np.nansum(tok_in[idx])),
-            int(np.nansum(tok_out[idx])),
-            min(started),
-            max(started),
-            Histogram.from_values(ttft[sel]).to_bytes(),
-            Histogram.from_values(ttfat[sel]).to_bytes(),
-            Histogram.from_values(tps[sel]).to_bytes(),
+            attempts=int(g_counted.sum()),
+            ok=int(g_good.sum()),
+            rate_limited=int(errors.get("http_429", 0)),
+            overloaded=int(over[idx].sum()),
+            errors=dict(sorted(errors.items())),
+            input_tokens=int(np.nansum(tok_in[idx])),
+            output_tokens=int(np.nansum(tok_out[idx])),
+            first=min(started),
+            last=max(started),
+            ttft=Histogram.from_values(ttft[sel]),
+            ttfat=Histogram.from_values(ttfat[sel]),
+            tps=Histogram.from_values(tps[sel]),
         ))
     return records
 
@@ -297,6 +358,8 @@ class HourRow:
     model: str
     provider: str
     region: str
+    prompt: str
+    methodology: str
     attempts: int
     ok: int
     rate_limited: int
@@ -313,16 +376,17 @@ class HourRow:
 
 
 HOUR_COLUMNS = (
-    "bucket, router, model, provider, region, attempts, ok, rate_limited, overloaded, errors,"
+    "bucket, router, model, provider, region, prompt, methodology, attempts, ok, rate_limited, overloaded, errors,"
     " input_tokens, output_tokens, first_started, last_started, ttft, ttfat, tps"
 )
 
 
 def decode_row(r: Mapping[str, Any]) -> HourRow:
-    """A probe_hist_hourly row (a record with HOUR_COLUMNS, or a dict of _HIST_COLUMNS) decoded."""
+    """A probe_hist_hourly row (a record with HOUR_COLUMNS) decoded."""
     errors = r["errors"]
     return HourRow(
-        r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["attempts"], r["ok"],
+        r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["prompt"], r["methodology"],
+        r["attempts"], r["ok"],
         r["rate_limited"], r["overloaded"], json.loads(errors) if isinstance(errors, str) else dict(errors),
         r["input_tokens"], r["output_tokens"], r["first_started"], r["last_started"],
         Histogram.from_bytes(r["ttft"]), Histogram.from_bytes(r["ttfat"]), Histogram.from_bytes(r["tps"]),

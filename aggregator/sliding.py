@@ -7,8 +7,8 @@ next. The leading aggregator keeps instead, per window and per cell, the sum
 of the window's *complete* hours (``[floor_hour(now) - n h, floor_hour(now))``)
 and changes it only by what changed:
 
-* the current hour is not in the sums: each refresh takes it from the rows
-  ``refresh_hist`` has just written (its report carries them);
+* the current hour is not in the sums: each refresh takes its rows from
+  ``refresh_hist``'s report, which carries them;
 * when ``refresh_hist`` recomputes an earlier hour (late rows, a spool
   replayed after an outage), its report also carries the rows it replaced:
   the sums lose the old rows and gain the new ones;
@@ -49,6 +49,7 @@ from .rollup import (
     RefreshReport,
     cell_keys,
     cells_stats,
+    combine,
     decode_row,
     floor_hour,
     window_hours,
@@ -94,38 +95,6 @@ def _max(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def _plus(acc: HourRow, h: HourRow, sign: int) -> HourRow:
-    """``acc`` with ``h`` added (sign +1) or taken out (-1). ValueError if a count would go negative."""
-    errors = Counter(acc.errors)
-    if sign > 0:
-        errors.update(h.errors)
-    else:
-        errors.subtract(h.errors)
-        if any(v < 0 for v in errors.values()):
-            raise ValueError("an error count would go negative")
-
-    def hist(a: Histogram, b: Histogram) -> Histogram:
-        return a.merge(b) if sign > 0 else a.subtract(b)
-
-    out = replace(
-        acc,
-        attempts=acc.attempts + sign * h.attempts,
-        ok=acc.ok + sign * h.ok,
-        rate_limited=acc.rate_limited + sign * h.rate_limited,
-        overloaded=acc.overloaded + sign * h.overloaded,
-        errors={k: v for k, v in errors.items() if v},
-        input_tokens=acc.input_tokens + sign * h.input_tokens,
-        output_tokens=acc.output_tokens + sign * h.output_tokens,
-        ttft=hist(acc.ttft, h.ttft),
-        ttfat=hist(acc.ttfat, h.ttfat),
-        tps=hist(acc.tps, h.tps),
-        rows=acc.rows + sign,
-    )
-    if min(out.attempts, out.ok, out.rate_limited, out.overloaded, out.rows) < 0:
-        raise ValueError("a count would go negative")
-    return out
-
-
 def _zero(h: HourRow) -> HourRow:
     empty = Histogram.empty()
     return replace(h, attempts=0, ok=0, rate_limited=0, overloaded=0, errors={}, input_tokens=0,
@@ -164,7 +133,7 @@ class SlidingWindows:
         )
         try:
             if in_step:
-                self._replace_rows(report.replaced, [h for h in report.written if h.bucket < current])
+                self._replace_rows(report.replaced, report.written)
                 if current > self._current:  # type: ignore[operator]
                     await self._advance(conn, current)
         except ValueError as exc:
@@ -173,7 +142,7 @@ class SlidingWindows:
         if not in_step:
             await self._rebuild(conn, current)
         self._generation = report.generation
-        self._now_rows = [h for h in report.written if h.bucket == current]
+        self._now_rows = list(report.current)
 
     def stats(self) -> dict[str, dict[CellKey, CellStats]]:
         """Stats per window per cell: the complete hours' sums plus the current hour's rows."""
@@ -205,7 +174,7 @@ class SlidingWindows:
                         if sign < 0:
                             raise ValueError(f"no sum to take an hour of {key} out of")
                         acc = _zero(h)
-                    sums[key] = _plus(acc, h, sign)
+                    sums[key] = combine(acc, h, sign)
                     touched.add((name, key))
         return touched
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,7 +58,8 @@ WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # the configured de
 COPY_BATCH = 250_000  # rows per copy_records_to_table call
 ROLLUP_RUNS = 5
 NAIVE_RUNS = 3
-NAIVE_ONE_RUN_S = 10.0  # a naive run slower than this is not repeated
+NAIVE_ONE_RUN_S = 10.0
+REFRESH_S = 60.0  # the aggregator's refresh interval: probes that arrive between two refreshes  # a naive run slower than this is not repeated
 FAILURE_RATE = 0.05
 OVERLOADED_RATE = 0.005
 TARGET_REFRESH_S = 1.0
@@ -172,7 +173,10 @@ class CaseResult:
     rollup_runs_ms: list[float] = field(default_factory=list)
     rollup_refresh_ms: float = 0.0  # median
     refresh_hist_ms: float = 0.0  # median of the refresh_hist part
-    window_stats_ms: float = 0.0  # median of the window_stats part
+    window_stats_ms: float = 0.0  # median of the window part (SlidingWindows.update + stats)
+    arrivals_per_refresh: int = 0  # probes added before each timed refresh
+    cold_refresh_ms: float = 0.0  # a new leader's first refresh: window sums built from the table
+    standby_window_stats_ms: float = 0.0  # a standby's window_stats from the table
     naive_runs_ms: list[float] = field(default_factory=list)
     naive_ms: float = 0.0  # median, 3 windows
     naive_per_window_ms: dict[str, float] = field(default_factory=dict)  # of the last run
@@ -189,7 +193,6 @@ async def load_and_build(conn: asyncpg.Connection, series: SeriesSet, lo: int, h
 
     rows = 0
     gen_s = load_s = 0.0
-    spans = []
     for d in days:
         d_end = end - timedelta(days=d)
         d_start = d_end - timedelta(days=1)
@@ -197,32 +200,48 @@ async def load_and_build(conn: asyncpg.Connection, series: SeriesSet, lo: int, h
         data = generate(series, lo, hi, d_start, d_end, step_s, rng)
         gen_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        for i in range(0, len(data), COPY_BATCH):
-            await conn.copy_records_to_table("probe_results", records=data[i:i + COPY_BATCH], columns=LOAD_COLUMNS)
+        # One transaction per day with its probe_ingest_log row, like write_batch
+        # (refresh_hist finds the current hour's new rows by their transaction id).
+        async with conn.transaction():
+            for i in range(0, len(data), COPY_BATCH):
+                await conn.copy_records_to_table("probe_results", records=data[i:i + COPY_BATCH],
+                                                 columns=LOAD_COLUMNS)
+            await conn.execute("INSERT INTO probe_ingest_log (first_started, last_started, rows) VALUES ($1, $2, $3)",
+                               d_start, d_end - timedelta(microseconds=1), len(data))
         load_s += time.perf_counter() - t0
         rows += len(data)
-        spans.append((d_start, d_end - timedelta(microseconds=1), len(data)))
         del data
         gc.collect()
     log(f"  loaded {rows:,} rows (series {lo}..{hi - 1}, {len(days)} day(s)) in {load_s:.1f} s"
         f" (+{gen_s:.1f} s generating)")
-    # One-time rollup build: one probe_ingest_log row per loaded day, refreshed
-    # day by day (refresh_hist reads a refresh's raw rows into memory at once).
+    # One-time rollup build over all the loaded days at once.
     t0 = time.perf_counter()
-    for first, last, n in spans:
-        await conn.execute("INSERT INTO probe_ingest_log (first_started, last_started, rows) VALUES ($1, $2, $3)",
-                           first, last, n)
-        await refresh_hist(conn, now=end)
+    await refresh_hist(conn, now=end)
     build_s = time.perf_counter() - t0
     log(f"  initial rollup build: {build_s:.1f} s")
     return rows, gen_s, load_s, build_s
 
 
+async def add_arrivals(conn: asyncpg.Connection, series: SeriesSet, n_series: int, end: datetime, step_s: float,
+                       rng: np.random.Generator) -> int:
+    """Store what arrives between two refreshes (REFRESH_S of probes of every series, just before
+    ``end``) the way the writer does: rows plus their probe_ingest_log row. Returns the rows."""
+    rows = generate(series, 0, n_series, end - timedelta(seconds=REFRESH_S), end, step_s, rng)
+    started = [r[1] for r in rows]
+    # One transaction, like write_batch: refresh_hist finds a batch's rows by its transaction id.
+    async with conn.transaction():
+        await conn.copy_records_to_table("probe_results", records=rows, columns=LOAD_COLUMNS)
+        await conn.execute("INSERT INTO probe_ingest_log (first_started, last_started, rows) VALUES ($1, $2, $3)",
+                           min(started), max(started), len(rows))
+    return len(rows)
+
+
 async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, log: Callable[[str], None],
-                  rollup_runs: int = 5, naive_runs: int = 3) -> None:
+                  arrive: Callable[[], Awaitable[int]], rollup_runs: int = 5, naive_runs: int = 3) -> None:
     """Rollup refresh (median of ``rollup_runs``; 3 when each takes over 5 s) and naive window_counts
     (median of up to ``naive_runs``)."""
     from routewatch.aggregator.rollup import refresh_hist, window_start, window_stats
+    from routewatch.aggregator.sliding import SlidingWindows
     from routewatch.aggregator.store import window_counts
 
     t0 = time.perf_counter()
@@ -232,20 +251,34 @@ async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, l
     result.rows = int(await conn.fetchval("SELECT count(*) FROM probe_results"))
     result.hist_rows = int(await conn.fetchval("SELECT count(*) FROM probe_hist_hourly"))
 
-    await refresh_hist(conn, now=end)  # warm-up: caches, and the watermark settled
+    # Cold start (a new leader): refresh_hist, then the window sums built from the table.
+    gc.collect()
+    sliding = SlidingWindows(WINDOWS)
+    t0 = time.perf_counter()
+    rep = await refresh_hist(conn, now=end)
+    await sliding.update(conn, rep)
+    sliding.stats()
+    result.cold_refresh_ms = round((time.perf_counter() - t0) * 1000, 1)
+    t0 = time.perf_counter()
+    await window_stats(conn, WINDOWS, end)
+    result.standby_window_stats_ms = round((time.perf_counter() - t0) * 1000, 1)
+    log(f"  cold refresh (new leader): {result.cold_refresh_ms:,.0f} ms;"
+        f" standby window_stats from the table: {result.standby_window_stats_ms:,.0f} ms")
+
     parts: list[tuple[float, float]] = []
     cells: dict[str, Any] = {}
-    for run in range(rollup_runs):
-        if run == 3 and sum(a + b for a, b in parts) / len(parts) > 5.0:
-            break  # slow runs: 3 are enough for a median
+    for _ in range(rollup_runs):
+        # What arrives between two refreshes: one refresh interval of probes of every series.
+        arrived = result.arrivals_per_refresh = await arrive()
         gc.collect()
         t0 = time.perf_counter()
         rep = await refresh_hist(conn, now=end)
         t1 = time.perf_counter()
-        cells = await window_stats(conn, WINDOWS, end)
+        await sliding.update(conn, rep)
+        cells = sliding.stats()
         t2 = time.perf_counter()
-        if rep.log_rows or len(rep.hours) != 1:
-            raise RuntimeError(f"steady-state refresh recomputed more than the current hour: {rep}")
+        if rep.log_rows != 1 or rep.hours or sliding.rebuilds != 1:
+            raise RuntimeError(f"steady-state refresh did more than the current hour ({arrived} rows): {rep}")
         parts.append((t1 - t0, t2 - t1))
     result.rollup_runs_ms = [round((a + b) * 1000, 2) for a, b in parts]
     result.rollup_refresh_ms = statistics.median(result.rollup_runs_ms)
@@ -319,8 +352,9 @@ FULL_STEPS = [
 async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Callable[[str], None]) -> dict[str, Any]:
     started = time.monotonic()
     # Data ends at (just before) `end`, which is also the pinned "now" of every
-    # refresh and window: the current hour is partly filled, windows are full.
-    end = datetime.now(UTC).replace(microsecond=0)
+    # refresh and window. `end` is 30 s before the hour turns: the current
+    # hour, which every refresh recomputes, is as full as it gets (worst case).
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(seconds=30)
     quick = steps == QUICK_STEPS
     series = make_series(max(s.hi for s in steps))
     rng = np.random.default_rng(55)
@@ -345,7 +379,10 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
                            probe_interval_s=step.step_s, rows=0, rows_loaded=rows, generate_s=round(gen_s, 2),
                            load_s=round(load_s, 2), vacuum_analyze_s=0.0, initial_rollup_s=round(build_s, 2),
                            hist_rows=0)
-            await measure(conn, end, r, log, *((3, 1) if quick else (ROLLUP_RUNS, NAIVE_RUNS)))
+            async def arrive(conn: asyncpg.Connection = conn, step: Step = step) -> int:
+                return await add_arrivals(conn, series, step.series, end, step.step_s, rng)
+
+            await measure(conn, end, r, log, arrive, *((3, 1) if quick else (ROLLUP_RUNS, NAIVE_RUNS)))
             results.append(r)
         if mode == "timescaledb":
             info["timescaledb"] = await next(iter(conns.values())).fetchval(

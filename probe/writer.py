@@ -77,14 +77,30 @@ class SpoolInUse(Exception):
 
 
 async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
-    """Insert ``results`` idempotently in one transaction; return rows inserted."""
+    """Insert ``results`` idempotently in one transaction; return rows inserted.
+
+    Must not run inside another transaction (RuntimeError): see insert_batch.
+    """
+    if conn.is_in_transaction():
+        raise RuntimeError("write_batch must run in a transaction of its own, not inside another one")
     async with conn.transaction():
-        await conn.execute(_CREATE_STAGING)
-        await conn.copy_records_to_table(_STAGING, records=[r.as_row() for r in results], columns=COLUMNS)
-        status = await conn.execute(_INSERT_NEW)
-        inserted = int(status.split()[-1])
-        if inserted:
-            await conn.execute(_LOG_INGEST, inserted)
+        return await insert_batch(conn, results)
+
+
+async def insert_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
+    """write_batch's statements, in the caller's transaction, which must be a top-level one.
+
+    The rollup refresh (aggregator/rollup.py) finds a batch's rows through the
+    transaction id its probe_ingest_log row records, pg_current_xact_id(): the
+    top-level id. Rows inserted under a savepoint carry the subtransaction's
+    id instead and would be missed.
+    """
+    await conn.execute(_CREATE_STAGING)
+    await conn.copy_records_to_table(_STAGING, records=[r.as_row() for r in results], columns=COLUMNS)
+    status = await conn.execute(_INSERT_NEW)
+    inserted = int(status.split()[-1])
+    if inserted:
+        await conn.execute(_LOG_INGEST, inserted)
     return inserted
 
 

@@ -359,7 +359,7 @@ async def test_db_status_numbers_match(seeded: Seeded, monkeypatch: pytest.Monke
 
     status = await db_status(conn)
 
-    assert status.mode == mode and status.schema_version == 5
+    assert status.mode == mode and status.schema_version == 6
     assert status.server_version == await conn.fetchval("SHOW server_version")
     assert (status.rows, status.rows_source) == (len(seeded.results), "exact count")
     assert status.oldest == min(r.started_at for r in seeded.results)

@@ -34,8 +34,9 @@ from routewatch.aggregator.schema import ensure_schema
 from routewatch.probe.result import COLUMNS, ProbeResult
 from routewatch.probe.writer import write_batch
 
-LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history", "0005_status"]
-SHARED_LABELS = {"0003_hist_rollup", "0004_stats_history", "0005_status"}  # one NNNN_name.sql for both modes
+LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history", "0005_status",
+          "0006_ingest_done"]
+SHARED_LABELS = {"0003_hist_rollup", "0004_stats_history", "0005_status", "0006_ingest_done"}  # one NNNN_name.sql for both modes
 
 
 
@@ -60,7 +61,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003, 0004 and 0005 are shared files: plain tables in both modes.
+        # 0003 to 0006 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -88,7 +89,8 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
     report = await migrate(conn, mode=mode)
 
     assert (report.mode, report.version, report.applied) == (mode, len(LABELS), LABELS)
-    assert await recorded_versions(conn) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history"), (5, "status")]
+    assert await recorded_versions(conn) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history"), (5, "status"),
+                                                  (6, "ingest_done")]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_results'::regclass AND attnum > 0"
@@ -155,7 +157,8 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
         assert {r.version for r in reports} == {len(LABELS)}
         # Exactly one of them did the work; the others waited and found nothing to do.
         assert sorted(len(r.applied) for r in reports) == [0, 0, len(LABELS)]
-        assert await recorded_versions(conns[0]) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history"), (5, "status")]
+        assert await recorded_versions(conns[0]) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history"), (5, "status"),
+                                                  (6, "ingest_done")]
     finally:
         for c in conns:
             await c.close()
