@@ -117,7 +117,7 @@ class Aggregator:
             await self._leadership.try_acquire()
         async with self._pool.acquire() as conn:
             if self.role == "leader":
-                report = await refresh_hist(conn, retention=self._retention)
+                report = await refresh_hist(conn, retention=self._retention, known=self._sliding.known_hour())
                 now = report.now
                 await self._sliding.update(conn, report)
                 cells = self._sliding.stats()

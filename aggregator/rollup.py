@@ -41,7 +41,7 @@ import asyncpg
 import numpy as np
 
 from .maintenance import DEFAULT_RETENTION, HIST_ROLLUP, bump_hist_generation
-from .sketch import Histogram, quantile_table
+from .sketch import Histogram, QuantileTable, bucket_indices, quantile_table
 from .stats import CellStats, WindowCounts
 
 log = logging.getLogger(__name__)
@@ -136,11 +136,21 @@ def _hour_ranges(hours: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
     return ranges
 
 
+@dataclass(frozen=True, slots=True)
+class KnownHour:
+    """The current hour's rows as a caller kept them from the previous refresh's report."""
+
+    generation: int  # RefreshReport.generation of that refresh
+    hour: datetime
+    rows: tuple[HourRow, ...]
+
+
 async def refresh_hist(
     conn: asyncpg.Connection,
     *,
     retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
+    known: KnownHour | None = None,
 ) -> RefreshReport:
     """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
@@ -156,11 +166,14 @@ async def refresh_hist(
     the batches, the raw rows and the hourly rows are all read from one
     snapshot, so each batch is counted exactly once, and it is marked done in
     the same commit. ``now`` defaults to the database's clock (tests pin it).
+    ``known``: the current hour's rows from the previous report, used instead
+    of reading them back when nothing else changed the table since (same
+    generation, same hour).
     """
     await conn.execute("SELECT pg_advisory_lock($1)", HIST_LOCK_KEY)
     try:
         async with conn.transaction(isolation="repeatable_read"):
-            report = await _refresh(conn, retention, now)
+            report = await _refresh(conn, retention, now, known)
     finally:
         if not conn.is_closed():
             await conn.execute("SELECT pg_advisory_unlock($1)", HIST_LOCK_KEY)
@@ -168,10 +181,13 @@ async def refresh_hist(
     return report
 
 
-async def _refresh(conn: asyncpg.Connection, retention: timedelta, now: datetime | None) -> RefreshReport:
+async def _refresh(
+    conn: asyncpg.Connection, retention: timedelta, now: datetime | None, known: KnownHour | None
+) -> RefreshReport:
     if now is None:
         now = await conn.fetchval("SELECT now()")
     assert now is not None
+    generation_before = await bump_hist_generation(conn)
     logs = await conn.fetch(
         f"SELECT id, first_started, last_started, xid::text AS xid FROM {INGEST_LOG} WHERE NOT hist_done ORDER BY id"
     )
@@ -218,8 +234,11 @@ async def _refresh(conn: asyncpg.Connection, retention: timedelta, now: datetime
             [int(r["xid"]) % 2**32 for r in batches],
         )
     delta = {series_key(h): h for h in _hourly_rows(new_raw)}
-    now_rows = [decode_row(r) for r in await conn.fetch(
-        f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket = $1", current)]
+    if known is not None and known.generation == generation_before and known.hour == current:
+        now_rows = list(known.rows)
+    else:
+        now_rows = [decode_row(r) for r in await conn.fetch(
+            f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket = $1", current)]
     changed: list[HourRow] = []
     for i, h in enumerate(now_rows):
         d = delta.pop(series_key(h), None)
@@ -238,7 +257,6 @@ async def _refresh(conn: asyncpg.Connection, retention: timedelta, now: datetime
     if to_write:
         await conn.copy_records_to_table(HIST_TABLE, records=[encode_row(h) for h in to_write], columns=_HIST_COLUMNS)
 
-    generation_before = await bump_hist_generation(conn)
     if logs:
         await conn.execute(f"UPDATE {INGEST_LOG} SET hist_done = true WHERE id = ANY($1::bigint[])",
                            [r["id"] for r in logs])
@@ -301,48 +319,77 @@ def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
 
 
 def _hourly_rows(raw: Sequence[asyncpg.Record]) -> list[HourRow]:
-    """probe_hist_hourly rows of the raw rows, grouped per series-hour with numpy."""
+    """probe_hist_hourly rows of the raw rows, grouped per series-hour with numpy.
+
+    Rows are sorted by series-hour once; sums are ``np.add.reduceat`` over the
+    sorted runs, and bucket indices are computed for all values at once, so
+    the per-group Python work is a few slices whatever the group sizes.
+    """
     if not raw:
         return []
-    ok = np.fromiter((r["ok"] for r in raw), dtype=bool, count=len(raw))
-    over = np.fromiter((r["prober_overloaded"] for r in raw), dtype=bool, count=len(raw))
-    ttft = np.array([r["ttft_ms"] for r in raw], dtype=np.float64)
-    ttfat = np.array([r["ttfat_ms"] for r in raw], dtype=np.float64)
-    tps = np.array([r["output_tps"] for r in raw], dtype=np.float64)
-    tok_in = np.array([r["input_tokens"] for r in raw], dtype=np.float64)
-    tok_out = np.array([r["output_tokens"] for r in raw], dtype=np.float64)
+    n = len(raw)
+    index: dict[tuple[Any, ...], int] = {}
+    keys: list[tuple[Any, ...]] = []
+    group = np.empty(n, dtype=np.int64)
+    for i, r in enumerate(raw):
+        key = (r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["prompt"], r["methodology"])
+        g = index.get(key)
+        if g is None:
+            g = index[key] = len(keys)
+            keys.append(key)
+        group[i] = g
+    started = np.array([r["started_at"].timestamp() for r in raw], dtype=np.float64)
+    order = np.lexsort((started, group))  # by group, then time: first/last are a run's ends
+    rows = [raw[i] for i in order.tolist()]
+    group = group[order]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    ends = np.r_[starts[1:], n]
+
+    ok = np.fromiter((r["ok"] for r in rows), dtype=bool, count=n)
+    over = np.fromiter((r["prober_overloaded"] for r in rows), dtype=bool, count=n)
     counted = ~over
     good = ok & counted
+    tok_in = np.nan_to_num(np.array([r["input_tokens"] for r in rows], dtype=np.float64))
+    tok_out = np.nan_to_num(np.array([r["output_tokens"] for r in rows], dtype=np.float64))
 
-    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for i, r in enumerate(raw):
-        groups[(r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["prompt"],
-                r["methodology"])].append(i)
+    def sums(x: np.ndarray) -> list[int]:
+        return np.add.reduceat(x.astype(np.int64), starts).tolist()
 
-    records = []
-    for key, members in groups.items():
-        idx = np.asarray(members, dtype=np.intp)
-        g_counted, g_good = counted[idx], good[idx]
-        failed = idx[g_counted & ~ok[idx]]
-        errors = Counter(raw[i]["error_class"] or "unknown" for i in failed)
-        started = [raw[i]["started_at"] for i in members]
-        sel = idx[g_good]
-        records.append(HourRow(
-            *key,
-            attempts=int(g_counted.sum()),
-            ok=int(g_good.sum()),
-            rate_limited=int(errors.get("http_429", 0)),
-            overloaded=int(over[idx].sum()),
-            errors=dict(sorted(errors.items())),
-            input_tokens=int(np.nansum(tok_in[idx])),
-            output_tokens=int(np.nansum(tok_out[idx])),
-            first=min(started),
-            last=max(started),
-            ttft=Histogram.from_values(ttft[sel]),
-            ttfat=Histogram.from_values(ttfat[sel]),
-            tps=Histogram.from_values(tps[sel]),
-        ))
-    return records
+    attempts, oks, overloaded = sums(counted), sums(good), sums(over)
+    tokens_in, tokens_out = sums(tok_in), sums(tok_out)
+    errors: list[Counter[str]] = [Counter() for _ in keys]
+    for i in np.flatnonzero(counted & ~ok).tolist():
+        errors[int(group[i])][rows[i]["error_class"] or "unknown"] += 1
+
+    # Per metric: the good values' bucket indices (sorted within each run), zeros apart.
+    hists: list[list[Histogram]] = []
+    for column in ("ttft_ms", "ttfat_ms", "output_tps"):
+        x = np.array([r[column] for r in rows], dtype=np.float64)
+        keep = good & ~np.isnan(x)
+        positive = keep & (x > 0)
+        idx = np.zeros(n, dtype=np.int64)
+        idx[positive] = bucket_indices(x[positive])
+        zero_counts = np.add.reduceat((keep & ~positive).astype(np.int64), starts).tolist()
+        pos_in = np.cumsum(positive) - positive  # positives before each row
+        pos_idx = idx[positive]
+        per_group = []
+        for g, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            lo_p = int(pos_in[a])
+            hi_p = int(pos_in[b - 1] + positive[b - 1])
+            per_group.append(Histogram.from_indices(pos_idx[lo_p:hi_p], zeros=zero_counts[g]))
+        hists.append(per_group)
+
+    return [
+        HourRow(
+            *keys[int(group[a])],
+            attempts=attempts[g], ok=oks[g], rate_limited=errors[int(group[a])].get("http_429", 0),
+            overloaded=overloaded[g], errors=dict(sorted(errors[int(group[a])].items())),
+            input_tokens=tokens_in[g], output_tokens=tokens_out[g],
+            first=rows[a]["started_at"], last=rows[b - 1]["started_at"],
+            ttft=hists[0][g], ttfat=hists[1][g], tps=hists[2][g],
+        )
+        for g, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
+    ]
 
 
 @dataclass(slots=True)
@@ -402,47 +449,77 @@ def cells_stats(groups: Mapping[CellKey, Sequence[HourRow]]) -> dict[CellKey, Ce
     """CellStats of each cell from the rows (hourly, or already summed) that make it up.
 
     Counts add up; percentiles and their intervals come from one
-    :func:`~.sketch.quantile_table` per metric over all cells at once.
+    :func:`~.sketch.quantile_table` per metric over all cells at once. A
+    breakdown cell made of the very same row objects as its model's cell (a
+    model served by one provider, probed from one region: the common case)
+    gets the model cell's CellStats without computing them again.
     """
-    keys = [k for k, rows in groups.items() if rows]
-    members = [groups[k] for k in keys]
-    ttft = quantile_table([[h.ttft for h in rows] for rows in members], (0.5, 0.95))
-    ttfat = quantile_table([[h.ttfat for h in rows] for rows in members], (0.5, 0.95))
-    tps = quantile_table([[h.tps for h in rows] for rows in members], (0.5,))
+    unique: list[tuple[CellKey, Sequence[HourRow]]] = []
+    same_as: dict[CellKey, CellKey] = {}
+    seen: dict[tuple[str, str, tuple[int, ...]], CellKey] = {}
+    for key, rows in groups.items():
+        if not rows:
+            continue
+        signature = (key[0], key[1], tuple(map(id, rows)))
+        first = seen.setdefault(signature, key)
+        if first is key:
+            unique.append((key, rows))
+        else:
+            same_as[key] = first
+    ttft = _columns(quantile_table([[h.ttft for h in rows] for _, rows in unique], (0.5, 0.95)))
+    ttfat = _columns(quantile_table([[h.ttfat for h in rows] for _, rows in unique], (0.5, 0.95)))
+    tps = _columns(quantile_table([[h.tps for h in rows] for _, rows in unique], (0.5,)))
     out: dict[CellKey, CellStats] = {}
-    for g, (key, rows) in enumerate(zip(keys, members, strict=True)):
-        errors: Counter[str] = Counter()
+    for g, (key, rows) in enumerate(unique):
+        attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
+        errors: dict[str, int] = {}
+        first_probe: datetime | None = None
+        last_probe: datetime | None = None
         for h in rows:
-            errors.update(h.errors)
-        firsts = [h.first for h in rows if h.first is not None]
-        lasts = [h.last for h in rows if h.last is not None]
+            attempts += h.attempts
+            ok += h.ok
+            rate_limited += h.rate_limited
+            overloaded += h.overloaded
+            tokens_in += h.input_tokens
+            tokens_out += h.output_tokens
+            for cls, n in h.errors.items():
+                errors[cls] = errors.get(cls, 0) + n
+            if h.first is not None and (first_probe is None or h.first < first_probe):
+                first_probe = h.first
+            if h.last is not None and (last_probe is None or h.last > last_probe):
+                last_probe = h.last
+        (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft[g]
+        (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat[g]
+        ((tps_p50, tps_p50_ci),) = tps[g]
         counts = WindowCounts(
-            router=key[0],
-            model=key[1],
-            attempts=sum(h.attempts for h in rows),
-            ok=sum(h.ok for h in rows),
-            rate_limited=sum(h.rate_limited for h in rows),
-            overloaded=sum(h.overloaded for h in rows),
-            ttft_p50_ms=ttft.value(g, 0),
-            ttft_p95_ms=ttft.value(g, 1),
-            ttfat_p50_ms=ttfat.value(g, 0),
-            ttfat_p95_ms=ttfat.value(g, 1),
-            tps_p50=tps.value(g, 0),
-            input_tokens=sum(h.input_tokens for h in rows),
-            output_tokens=sum(h.output_tokens for h in rows),
-            first_probe=min(firsts) if firsts else None,
-            last_probe=max(lasts) if lasts else None,
+            key[0], key[1], attempts, ok, rate_limited, overloaded, ttft_p50, ttft_p95, ttfat_p50, ttfat_p95,
+            tps_p50, tokens_in, tokens_out, first_probe, last_probe,
         )
         out[key] = CellStats(
             counts=counts,
             errors_by_class=dict(sorted((k, v) for k, v in errors.items() if v)),
-            ttft_p50_ci=ttft.ci(g, 0),
-            ttft_p95_ci=ttft.ci(g, 1),
-            ttfat_p50_ci=ttfat.ci(g, 0),
-            ttfat_p95_ci=ttfat.ci(g, 1),
-            tps_p50_ci=tps.ci(g, 0),
+            ttft_p50_ci=ttft_p50_ci,
+            ttft_p95_ci=ttft_p95_ci,
+            ttfat_p50_ci=ttfat_p50_ci,
+            ttfat_p95_ci=ttfat_p95_ci,
+            tps_p50_ci=tps_p50_ci,
         )
+    for key, first in same_as.items():
+        out[key] = out[first]
     return out
+
+
+def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float, float] | None]]]:
+    """Per group, per quantile: (value or None, interval or None), as Python floats."""
+    per_q = []
+    for j in range(table.values.shape[1]):
+        values, lows, highs = (a[:, j].tolist() for a in (table.values, table.ci_low, table.ci_high))
+        # NaN marks "none" (NaN != NaN).
+        per_q.append([
+            (v if v == v else None, (lo, hi) if lo == lo else None)
+            for v, lo, hi in zip(values, lows, highs, strict=True)
+        ])
+    return [list(row) for row in zip(*per_q, strict=True)] if per_q else []
 
 
 async def window_stats(

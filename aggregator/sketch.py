@@ -275,11 +275,24 @@ class Histogram:
         return cls(0, _EMPTY_COUNTS, 0)
 
     @classmethod
+    def _trusted(cls, offset: int, counts: npt.NDArray[np.int64], zeros: int) -> Histogram:
+        """A histogram from parts this module just computed and knows valid (trimmed,
+        counts >= 0, in range, an array nothing else holds): skips __post_init__'s copy and
+        checks, which dominate the cost of a merge of two small histograms."""
+        counts.flags.writeable = False
+        hist = object.__new__(cls)
+        object.__setattr__(hist, "offset", int(offset))
+        object.__setattr__(hist, "counts", counts)
+        object.__setattr__(hist, "zeros", int(zeros))
+        return hist
+
+    @classmethod
     def _trimmed(cls, offset: int, dense: npt.NDArray[np.int64], zeros: int) -> Histogram:
+        """``dense`` (a fresh array of counts >= 0 from bucket ``offset`` on) without its zero ends."""
         nz = np.flatnonzero(dense)
         if nz.size == 0:
-            return cls(0, _EMPTY_COUNTS, zeros)
-        return cls(offset + int(nz[0]), dense[nz[0] : nz[-1] + 1], zeros)
+            return cls._trusted(0, _EMPTY_COUNTS, zeros)
+        return cls._trusted(offset + int(nz[0]), dense[nz[0] : nz[-1] + 1], zeros)
 
     @classmethod
     def from_values(cls, values: npt.ArrayLike) -> Histogram:
@@ -292,8 +305,8 @@ class Histogram:
             return cls(0, _EMPTY_COUNTS, zeros)
         idx = bucket_indices(positive)
         lo = int(idx.min())
-        dense = np.bincount(idx - lo).astype(np.int64)
-        return cls(lo, dense, zeros)
+        # Trimmed by construction: bucket lo and the highest bucket both hold a value.
+        return cls._trusted(lo, np.bincount(idx - lo).astype(np.int64), zeros)
 
     @classmethod
     def from_indices(
@@ -317,6 +330,9 @@ class Histogram:
         if idx.size == 0:
             return cls(0, _EMPTY_COUNTS, zeros)
         lo = int(idx.min())
+        if counts is None:
+            # Trimmed by construction: the lowest and highest index each hold a value.
+            return cls._trusted(lo, np.bincount(idx.astype(np.int64) - lo), zeros)
         dense = np.zeros(int(idx.max()) - lo + 1, dtype=np.int64)
         np.add.at(dense, idx.astype(np.int64) - lo, cnt.astype(np.int64))
         return cls._trimmed(lo, dense, zeros)
@@ -346,7 +362,15 @@ class Histogram:
 
     def merge(self, other: Histogram) -> Histogram:
         """Histogram of the union of both histograms' values."""
-        return Histogram.merge_all((self, other))
+        if not other.counts.size or not self.counts.size:
+            kept = self if self.counts.size else other
+            return Histogram._trusted(kept.offset, kept.counts, self.zeros + other.zeros)
+        # Both non-empty: the union's end buckets are non-zero, nothing to trim.
+        lo = min(self.offset, other.offset)
+        dense = np.zeros(max(self.offset + self.counts.size, other.offset + other.counts.size) - lo, dtype=np.int64)
+        dense[self.offset - lo : self.offset - lo + self.counts.size] += self.counts
+        dense[other.offset - lo : other.offset - lo + other.counts.size] += other.counts
+        return Histogram._trusted(lo, dense, self.zeros + other.zeros)
 
     @classmethod
     def merge_all(cls, hists: Iterable[Histogram]) -> Histogram:
@@ -451,12 +475,7 @@ class Histogram:
                 raise ValueError(f"malformed histogram bytes: buckets outside [{MIN_INDEX}, {MAX_INDEX}]")
         elif offset != 0:
             raise ValueError("malformed histogram bytes: an empty histogram has offset 0")
-        counts.flags.writeable = False
-        hist = object.__new__(cls)
-        object.__setattr__(hist, "offset", int(offset))
-        object.__setattr__(hist, "counts", counts)
-        object.__setattr__(hist, "zeros", int(zeros))
-        return hist
+        return cls._trusted(offset, counts, zeros)
 
 
 # --- Quantiles of many merged histograms at once ---------------------------
@@ -498,27 +517,42 @@ def quantile_table(
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"q must be in [0, 1], got {q}")
     n_groups, n_q = len(groups), len(qs)
+    # One pass over the members (the only per-histogram Python work): group, offset, counts.
     zeros = np.zeros(n_groups, dtype=np.int64)
-    lo = np.zeros(n_groups, dtype=np.int64)
-    width = np.zeros(n_groups, dtype=np.int64)
+    m_group: list[int] = []
+    m_offset: list[int] = []
+    parts: list[npt.NDArray[np.int64]] = []
     for g, members in enumerate(groups):
-        spans = [(h.offset, h.offset + h.counts.size) for h in members if h.counts.size]
-        zeros[g] = sum(h.zeros for h in members)
-        if spans:
-            lo[g] = min(a for a, _ in spans)
-            width[g] = max(b for _, b in spans) - lo[g]
-    starts = np.concatenate(([0], np.cumsum(width)[:-1])) if n_groups else width
-    flat = np.zeros(int(width.sum()), dtype=np.int64)
-    for g, members in enumerate(groups):
-        base = int(starts[g]) - int(lo[g])
+        z = 0
         for h in members:
+            z += h.zeros
             if h.counts.size:
-                flat[base + h.offset : base + h.offset + h.counts.size] += h.counts
+                m_group.append(g)
+                m_offset.append(h.offset)
+                parts.append(h.counts)
+        zeros[g] = z
+    mg = np.array(m_group, dtype=np.intp)
+    mo = np.array(m_offset, dtype=np.int64)
+    ms = np.array([c.size for c in parts], dtype=np.int64)
+    # Each group's span: the union of its members' spans.
+    lo = np.full(n_groups, MAX_INDEX + 1, dtype=np.int64)
+    hi = np.full(n_groups, MIN_INDEX, dtype=np.int64)
+    np.minimum.at(lo, mg, mo)
+    np.maximum.at(hi, mg, mo + ms)
+    width = np.where(hi > lo, hi - lo, 0)
+    lo = np.where(hi > lo, lo, 0)
+    starts = np.cumsum(width) - width
+    # Every member's counts added at its group's place in one flat array. A slice
+    # addition per member: a gather over all members' buckets at once (np.bincount
+    # with weights) is slower once groups hold hundreds of hourly histograms.
+    flat = np.zeros(int(width.sum()), dtype=np.int64)
+    for first, counts_ in zip((starts[mg] + mo - lo[mg]).tolist(), parts, strict=True):
+        flat[first : first + counts_.size] += counts_
     cum = np.cumsum(flat)
     # Cumulative count before each group and the group's own total.
     before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)] if cum.size else 0, 0)
     ends = starts + width
-    totals = np.where(width > 0, cum[np.maximum(ends - 1, 0)] if cum.size else 0, 0) - before
+    totals = np.where(width > 0, (cum[np.maximum(ends - 1, 0)] if cum.size else 0) - before, 0)
     counts = zeros + totals
 
     def buckets(g_idx: npt.NDArray[np.int64], ranks: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -544,18 +578,19 @@ def quantile_table(
         v_high = representative(buckets(filled, high_rank))
         values[filled, j] = v_low + (v_high - v_low) * (r - low_rank)
 
-        # Interval ranks (1-based), widened to contain the two interpolated ones.
-        rows, lower, upper = [], [], []
-        for k, (size, floor_r) in enumerate(zip(n.tolist(), low_rank.tolist(), strict=True)):
-            ranks = order_statistic_ranks(size, q, confidence)
-            if ranks is not None:
-                rows.append(k)
-                lower.append(min(ranks[0], floor_r + 1))
-                upper.append(max(ranks[1], min(floor_r + 2, size)))
-        if rows:
-            g_idx = filled[np.array(rows, dtype=np.intp)]
-            b_low = buckets(g_idx, np.array(lower, dtype=np.int64) - 1)
-            b_high = buckets(g_idx, np.array(upper, dtype=np.int64) - 1)
+        # Interval ranks (1-based), widened to contain the two interpolated ones. Ranks
+        # depend on (n, q) only: computed once per distinct n.
+        sizes, inverse = np.unique(n, return_inverse=True)
+        ranks_of = [order_statistic_ranks(size, q, confidence) for size in sizes.tolist()]
+        exists = np.array([rk is not None for rk in ranks_of], dtype=bool)[inverse]
+        lower = np.array([rk[0] if rk else 0 for rk in ranks_of], dtype=np.int64)[inverse]
+        upper = np.array([rk[1] if rk else 0 for rk in ranks_of], dtype=np.int64)[inverse]
+        lower = np.minimum(lower, low_rank + 1)[exists]
+        upper = np.maximum(upper, np.minimum(low_rank + 2, n))[exists]
+        g_idx = filled[exists]
+        if g_idx.size:
+            b_low = buckets(g_idx, lower - 1)
+            b_high = buckets(g_idx, upper - 1)
             lows, _ = bucket_bounds(np.maximum(b_low, MIN_INDEX))
             _, highs = bucket_bounds(np.maximum(b_high, MIN_INDEX))
             ci_low[g_idx, j] = np.where(b_low < MIN_INDEX, 0.0, lows)

@@ -46,6 +46,7 @@ from .rollup import (
     HOUR_COLUMNS,
     CellKey,
     HourRow,
+    KnownHour,
     RefreshReport,
     cell_keys,
     cells_stats,
@@ -95,6 +96,15 @@ def _max(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else max(a, b)
 
 
+def _same_sums(a: HourRow, b: HourRow) -> bool:
+    """Whether two sums hold the same figures (what cells_stats reads), labels aside."""
+    return (
+        (a.attempts, a.ok, a.rate_limited, a.overloaded, a.input_tokens, a.output_tokens, a.rows, a.first, a.last)
+        == (b.attempts, b.ok, b.rate_limited, b.overloaded, b.input_tokens, b.output_tokens, b.rows, b.first, b.last)
+        and a.errors == b.errors and a.ttft == b.ttft and a.ttfat == b.ttfat and a.tps == b.tps
+    )
+
+
 def _zero(h: HourRow) -> HourRow:
     empty = Histogram.empty()
     return replace(h, attempts=0, ok=0, rate_limited=0, overloaded=0, errors={}, input_tokens=0,
@@ -113,6 +123,10 @@ class SlidingWindows:
         self._sums: dict[str, dict[CellKey, HourRow]] = {}
         self._cells: dict[CellKey, _CellHours] = {}
         self._now_rows: list[HourRow] = []  # the current hour, from the last report
+        # Per window, the breakdown cells whose sums equal their model cell's (one provider,
+        # one region): stats() hands cells_stats the model's sum object for them, so their
+        # figures are computed once (see rollup.cells_stats).
+        self._aliases: dict[str, set[CellKey]] = {}
         self.rebuilds = 0  # how often the sums were read from the table whole
 
     def forget(self) -> None:
@@ -122,6 +136,7 @@ class SlidingWindows:
         self._sums = {}
         self._cells = {}
         self._now_rows = []
+        self._aliases = {}
 
     async def update(self, conn: asyncpg.Connection, report: RefreshReport) -> None:
         """Bring the sums to ``report``: the refresh_hist that has just run on ``conn``."""
@@ -144,6 +159,12 @@ class SlidingWindows:
         self._generation = report.generation
         self._now_rows = list(report.current)
 
+    def known_hour(self) -> KnownHour | None:
+        """The current hour's rows as of the last update, for the next refresh_hist."""
+        if self._generation is None or self._current is None:
+            return None
+        return KnownHour(self._generation, self._current, tuple(self._now_rows))
+
     def stats(self) -> dict[str, dict[CellKey, CellStats]]:
         """Stats per window per cell: the complete hours' sums plus the current hour's rows."""
         current_by_key: dict[CellKey, list[HourRow]] = {}
@@ -152,7 +173,10 @@ class SlidingWindows:
                 current_by_key.setdefault(key, []).append(h)
         out: dict[str, dict[CellKey, CellStats]] = {}
         for name, sums in self._sums.items():
-            groups: dict[CellKey, list[HourRow]] = {key: [acc] for key, acc in sums.items()}
+            aliases = self._aliases.get(name, set())
+            groups: dict[CellKey, list[HourRow]] = {
+                key: [sums[key[:2]] if key in aliases else acc] for key, acc in sums.items()
+            }
             for key, rows in current_by_key.items():
                 groups.setdefault(key, []).extend(rows)
             out[name] = cells_stats(groups)
@@ -193,6 +217,12 @@ class SlidingWindows:
             cell = self._cells.get(key)
             first, last = cell.first_last(self._start(name, current)) if cell else (None, None)
             self._sums[name][key] = replace(acc, first=first, last=last)
+        for name in {name for name, _ in touched}:
+            sums = self._sums[name]
+            self._aliases[name] = {
+                key for key, acc in sums.items()
+                if len(key) > 2 and key[:2] in sums and _same_sums(acc, sums[key[:2]])
+            }
 
     def _replace_rows(self, old: Iterable[HourRow], new: Iterable[HourRow]) -> None:
         """refresh_hist recomputed whole earlier hours: swap their old rows for the new ones."""

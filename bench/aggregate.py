@@ -272,7 +272,7 @@ async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, l
         arrived = result.arrivals_per_refresh = await arrive()
         gc.collect()
         t0 = time.perf_counter()
-        rep = await refresh_hist(conn, now=end)
+        rep = await refresh_hist(conn, now=end, known=sliding.known_hour())  # as Aggregator.refresh does
         t1 = time.perf_counter()
         await sliding.update(conn, rep)
         cells = sliding.stats()

@@ -30,6 +30,7 @@ from routewatch.aggregator.sketch import (
     bucket_indices,
     bucket_values,
     order_statistic_ranks,
+    quantile_table,
     sql_bucket_expr,
 )
 
@@ -465,3 +466,66 @@ async def test_sql_expression_matches_numpy_on_server(db_dsn: str) -> None:
     assert np.all(np.abs(position - np.round(position)) * LN_GAMMA <= 1e-9)
     assert np.all(np.abs(numpy_idx[mismatch] - sql_idx[mismatch]) == 1)
     assert mismatch.sum() < 0.1 * positive.sum()
+
+
+# --- quantile_table against a one-histogram-at-a-time reference ------------
+
+
+def _order_statistic(h: Histogram, rank: int) -> float | None:
+    """Bucket index of the 0-based order statistic ``rank`` of ``h``; None for one of the zeros."""
+    if rank < h.zeros:
+        return None
+    return h.offset + int(np.searchsorted(np.cumsum(h.counts), rank - h.zeros, side="right"))
+
+
+def _reference(h: Histogram, q: float) -> tuple[float | None, tuple[float, float] | None]:
+    """quantile and quantile_ci computed plainly, one histogram, Python arithmetic."""
+    n = h.count
+    if n == 0:
+        return None, None
+
+    def value(rank: int) -> float:
+        b = _order_statistic(h, rank)
+        return 0.0 if b is None else float(bucket_values([b])[0])
+
+    r = q * (n - 1)
+    lo = math.floor(r)
+    v_lo, v_hi = value(lo), value(min(lo + 1, n - 1))
+    quantile = v_lo + (v_hi - v_lo) * (r - lo)
+    ranks = order_statistic_ranks(n, q)
+    if ranks is None:
+        return quantile, None
+    low_rank = min(ranks[0], lo + 1)
+    high_rank = max(ranks[1], min(lo + 2, n))
+    b_low, b_high = _order_statistic(h, low_rank - 1), _order_statistic(h, high_rank - 1)
+    low = 0.0 if b_low is None else float(bucket_bounds([b_low])[0][0])
+    high = 0.0 if b_high is None else float(bucket_bounds([b_high])[1][0])
+    return quantile, (low, high)
+
+
+groups_st = st.lists(st.lists(values_st, max_size=4), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(groups_st)
+def test_quantile_table_matches_the_merged_histograms(groups: list[list[list[float]]]) -> None:
+    """Groups of several histograms (empty ones, zeros, disjoint spans) laid side by side give
+    what each group's merged histogram gives alone."""
+    hists = [[Histogram.from_values(v) for v in members] for members in groups]
+    qs = (0.5, 0.95, 0.0, 1.0)
+    table = quantile_table(hists, qs)
+    for g, members in enumerate(hists):
+        merged = Histogram.merge_all(members)
+        assert int(table.counts[g]) == merged.count
+        for j, q in enumerate(qs):
+            want_value, want_ci = _reference(merged, q)
+            got = table.value(g, j)
+            if want_value is None:
+                assert got is None
+            else:
+                assert got == pytest.approx(want_value, rel=1e-12, abs=1e-12)
+            got_ci = table.ci(g, j)
+            if want_ci is None:
+                assert got_ci is None
+            else:
+                assert got_ci == pytest.approx(want_ci, rel=1e-12, abs=1e-12)
