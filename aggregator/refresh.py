@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -95,11 +96,17 @@ class Aggregator:
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
+        self.last_refresh_s: float | None = None  # wall time of the last successful refresh
 
     @property
     def status_enabled(self) -> bool:
         """Whether this aggregator publishes model status (it was given an SLO)."""
         return self._status is not None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The database pool the aggregator reads (and, as leader, writes) through."""
+        return self._pool
 
     @property
     def interval_s(self) -> float:
@@ -113,6 +120,12 @@ class Aggregator:
 
     async def refresh(self) -> Snapshot:
         """Bring the rollup up to date (leader only), recompute every window, publish the result."""
+        started = time.perf_counter()
+        snapshot = await self._refresh()
+        self.last_refresh_s = time.perf_counter() - started
+        return snapshot
+
+    async def _refresh(self) -> Snapshot:
         if self._leadership is not None:
             await self._leadership.try_acquire()
         async with self._pool.acquire() as conn:

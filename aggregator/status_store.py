@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,6 +24,7 @@ from routewatch.probe.config import MaintenanceWindow, SLOConfig
 from .status import (
     HEARTBEAT_INTERVALS,
     DailyUptime,
+    DayUptime,
     Incident,
     IncidentBook,
     ModelStatus,
@@ -33,6 +34,7 @@ from .status import (
 )
 
 RECENT_INCIDENTS = 10  # closed incidents published besides the open one
+INCIDENT_LIST_MAX = 500  # closed incidents GET /v1/incidents can list at most (its limit's ceiling)
 
 # Worst first wins for the overall state; unknown is worse than operational
 # (nobody can say it is fine) but better than any evidence of trouble.
@@ -258,3 +260,35 @@ def _incident_json(incident: Incident) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+async def read_uptime(conn: asyncpg.Connection, first_day: date) -> dict[tuple[str, date], DayUptime]:
+    """Seconds per state of every model on every UTC day from ``first_day`` on, by (model, day).
+
+    Days with no row are absent: the caller shows them as unknown (no data).
+    """
+    rows = await conn.fetch(
+        "SELECT model, day, operational_s, degraded_s, down_s, unknown_s FROM uptime_daily WHERE day >= $1",
+        first_day,
+    )
+    return {
+        (r["model"], r["day"]): DayUptime(r["operational_s"], r["degraded_s"], r["down_s"], r["unknown_s"])
+        for r in rows
+    }
+
+
+async def read_incidents(
+    conn: asyncpg.Connection, closed_limit: int = INCIDENT_LIST_MAX
+) -> tuple[tuple[Incident, ...], tuple[Incident, ...]]:
+    """Every open incident (newest first), and the ``closed_limit`` latest closed ones (newest end first)."""
+    open_ = await conn.fetch('SELECT * FROM incidents WHERE "end" IS NULL ORDER BY start DESC, id DESC')
+    closed = await conn.fetch(
+        'SELECT * FROM incidents WHERE "end" IS NOT NULL ORDER BY "end" DESC, id DESC LIMIT $1',
+        closed_limit,
+    )
+    return tuple(_incident(r) for r in open_), tuple(_incident(r) for r in closed)
+
+
+def incident_json(incident: Incident) -> dict[str, Any]:
+    """An incident as the API serves it: id, start, end (null while open), worst_state, models, suppressed."""
+    return _incident_json(incident)

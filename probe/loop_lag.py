@@ -46,6 +46,11 @@ class LoopLagMonitor:
             lag_ms = max(0.0, (now - before) / 1e6 - self._tick * 1e3)
             self._samples.append((now, lag_ms))
 
+    @property
+    def latest_ms(self) -> float | None:
+        """The last sample's lag (ms); None before the first tick."""
+        return self._samples[-1][1] if self._samples else None
+
     def worst_since(self, t_ns: int) -> float | None:
         """Worst lag (ms) of samples taken at or after ``t_ns``; None if none yet."""
         worst: float | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -72,8 +73,15 @@ class Prober:
         self._sink = sink
         self.lag = lag
         self._max_lag_ms = None if max_lag_s is None else max_lag_s * 1000
+        self._concurrency = concurrency
         self.completed = 0
-        self.in_flight = 0
+        self.in_flight = 0  # asked for, not yet handed to the sink: waiting for a slot or running
+        self.queued = 0  # due, waiting for a concurrency slot
+        self.running = 0  # holding a concurrency slot
+        # Completed probes by outcome ("ok" or the error class), and those the
+        # loop lag flagged, since start: monotonic, so /metrics exports them as counters.
+        self.results: Counter[str] = Counter()
+        self.overloaded = 0
 
     async def probe(self, series: Series) -> ProbeResult:
         """Probe one series once (waiting for a free slot first).
@@ -83,18 +91,35 @@ class Prober:
         measurement on its way to the spool.
         """
         self.in_flight += 1
+        self.queued += 1
+        queued = True
         try:
             async with self._sem:
-                result = await chat_stream.run(
-                    self._session, series.target, series.canary, self._timeouts,
-                    region=self._region, lag=self.lag, max_lag_ms=self._max_lag_ms,
-                )
+                self.queued -= 1
+                queued = False
+                self.running += 1
+                try:
+                    result = await chat_stream.run(
+                        self._session, series.target, series.canary, self._timeouts,
+                        region=self._region, lag=self.lag, max_lag_ms=self._max_lag_ms,
+                    )
+                finally:
+                    self.running -= 1
             self.completed += 1
+            self.results["ok" if result.ok else result.error_class or "unknown"] += 1
+            self.overloaded += result.prober_overloaded
             if self._sink is not None:
                 await self._sink(result)
             return result
         finally:
+            if queued:  # cancelled while waiting for a slot
+                self.queued -= 1
             self.in_flight -= 1
+
+    @property
+    def concurrency(self) -> int:
+        """At most this many probes run at once."""
+        return self._concurrency
 
     async def round(self, series: Sequence[Series]) -> list[ProbeResult]:
         """Probe every series once, concurrently; results in ``series`` order."""

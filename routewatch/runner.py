@@ -23,6 +23,9 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .aggregator.api import create_app
+from .aggregator.metrics import ProberHealthSlot
+from .aggregator.public_routes import input_prices
+from .admin import LocalAdmin
 from .aggregator.refresh import Aggregator
 from .aggregator.maintenance import PartitionCache, maintenance_loop
 from .aggregator.leader import Leadership
@@ -127,7 +130,12 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         await aggregator.refresh()
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
 
-        runner = web.AppRunner(create_app(aggregator), access_log=None)
+        # Admin endpoints answer only with ROUTEWATCH_ADMIN_TOKEN set (see aggregator/api.py).
+        admin = LocalAdmin(config, opts.config_path, series,
+                           simulator_url=simulator.base_url if simulator is not None else SIMULATOR_PENDING)
+        prober_health = ProberHealthSlot()  # /metrics reports the prober once it runs (`run` only)
+        app = create_app(aggregator, admin=admin, prices=input_prices(config.routers), prober_health=prober_health)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, opts.host, opts.port)
         await site.start()
@@ -141,7 +149,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
                                  spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
             await writer.start()
             banner = _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, example, aggregator.role)
-            await _probe_until_stopped(config, series, writer, banner, stop)
+            await _probe_until_stopped(config, series, writer, banner, stop, prober_health)
         else:
             print(_banner(opts, [], db_label, mode, tsdb, 0, api_url, example, aggregator.role), flush=True)
             await stop.wait()
@@ -161,7 +169,8 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
 
 
 async def _probe_until_stopped(
-    config: Config, series: list[Series], writer: BatchWriter, banner: str, stop: asyncio.Event
+    config: Config, series: list[Series], writer: BatchWriter, banner: str, stop: asyncio.Event,
+    prober_health: ProberHealthSlot | None = None,
 ) -> None:
     """Probe on the schedule until ``stop``, then let probes in flight finish."""
     lag = LoopLagMonitor()
@@ -169,6 +178,8 @@ async def _probe_until_stopped(
     async with new_session(config.schedule.concurrency) as session:
         prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
                         sink=writer.submit, lag=lag, max_lag_s=config.schedule.max_loop_lag)
+        if prober_health is not None:
+            prober_health.attach(prober, writer, lag)
         scheduler = AsyncIOScheduler()
         schedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
         scheduler.start()

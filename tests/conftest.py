@@ -173,3 +173,13 @@ async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on this test's database, closed after the test."""
+    created = await asyncpg.create_pool(db_dsn, min_size=1, max_size=3)
+    try:
+        yield created
+    finally:
+        await created.close()

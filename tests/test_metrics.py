@@ -1,0 +1,338 @@
+"""GET /metrics on real parts: simulator → prober → writer → PostgreSQL → aggregator → scrape.
+
+Every published stat must equal the snapshot's (milliseconds converted to
+seconds), carry its labels, and the prober's own health must be there when a
+prober runs in the process and absent (not zero) when none does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from routewatch.aggregator.api import create_app
+from routewatch.aggregator.leader import Leadership
+from routewatch.aggregator.metrics import ProberHealthSlot
+from routewatch.aggregator.refresh import Aggregator, Snapshot
+from routewatch.aggregator.schema import ensure_schema
+from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts
+from routewatch.probe.config import SLOConfig, parse_config
+from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.probe.result import ERROR_CLASSES, ProbeResult
+from routewatch.probe.scheduler import Prober, new_session
+from routewatch.probe.targets import plan
+from routewatch.probe.writer import BatchWriter, write_batch
+
+from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+
+WINDOWS = {"1h": 3600.0, "24h": 86400.0}
+REGION = "eu-test"
+PROFILES = (
+    ModelProfile(model="test/fast", provider="FastCo", ttft_median_ms=20, ttft_sigma=0.5,
+                 tokens_per_s=400, output_tokens=8),
+    ModelProfile(model="test/flaky", provider="FlakyCo", ttft_median_ms=30, ttft_sigma=0.5,
+                 tokens_per_s=400, output_tokens=8, error_rate=0.5,
+                 faults={"http_429": 1.0, "http_500": 1.0}),
+)
+SILENT = "test/silent"  # configured, never probed
+CONFIGURED = [("sim", p.model) for p in PROFILES] + [("sim", SILENT)]
+
+# Families that only a prober in the same process can fill.
+PROBER_FAMILIES = {
+    "routewatch_probes", "routewatch_probes_overloaded", "routewatch_probes_in_flight",
+    "routewatch_probes_queued", "routewatch_probe_concurrency_limit", "routewatch_results_stored",
+    "routewatch_results_pending", "routewatch_results_dropped", "routewatch_writer_failed_flushes",
+    "routewatch_writer_database_up", "routewatch_spool_bytes", "routewatch_event_loop_lag_seconds",
+    "routewatch_event_loop_lag_max_seconds",
+}
+PERCENTILES = {  # family suffix -> WindowCounts field (ms)
+    "ttft_p50_seconds": "ttft_p50_ms", "ttft_p95_seconds": "ttft_p95_ms",
+    "ttfat_p50_seconds": "ttfat_p50_ms", "ttfat_p95_seconds": "ttfat_p95_ms",
+}
+
+Labels = frozenset[tuple[str, str]]
+
+
+class Scrape:
+    """One parsed /metrics response: families by name, sample values by (sample name, labels)."""
+
+    def __init__(self, text: str) -> None:
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.values: dict[tuple[str, Labels], float] = {
+            (s.name, frozenset(s.labels.items())): s.value for f in self.families.values() for s in f.samples
+        }
+
+    def get(self, name: str, **labels: str) -> float | None:
+        return self.values.get((name, frozenset(labels.items())))
+
+    def labelsets(self, name: str) -> set[Labels]:
+        return {labels for (n, labels) in self.values if n == name}
+
+
+async def scrape(client: TestClient, **headers: str) -> Scrape:
+    resp = await client.get("/metrics", headers=headers)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    return Scrape(await resp.text())
+
+
+def config_text(base_url: str) -> str:
+    models = ", ".join(p.model for p in PROFILES)
+    return f"""
+region: {REGION}
+routers:
+  - name: sim
+    base_url: {base_url}
+    models: [{models}]
+prompts:
+  - name: short
+    messages: [{{role: user, content: "Count from 1 to 10 in words."}}]
+    max_tokens: 16
+    min_output_tokens: 4
+schedule: {{interval: 1s, jitter: 0s, concurrency: 8}}
+timeouts: {{connect: 2s, headers: 2s, first_token: 3s, idle: 1s, total: 5s}}
+"""
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    sim = await start_simulator(PROFILES, seed=77)
+    yield sim
+    await sim.close()
+
+
+def expected_cell(counts: WindowCounts, prefix: str, per_slice: bool) -> dict[str, float]:
+    """What /metrics must publish for one cell, computed here from the snapshot's counts."""
+    out: dict[str, float] = {}
+    for suffix, field in PERCENTILES.items():
+        ms = getattr(counts, field)
+        if ms is not None:
+            out[prefix + suffix] = ms / 1000
+    if counts.tps_p50 is not None:
+        out[prefix + "output_tokens_per_second_p50"] = counts.tps_p50
+    if counts.attempts:
+        out[prefix + "error_ratio"] = (counts.attempts - counts.ok) / counts.attempts
+    if counts.attempts - counts.rate_limited:
+        out[prefix + "error_excl_429_ratio"] = (
+            (counts.attempts - counts.rate_limited - counts.ok) / (counts.attempts - counts.rate_limited)
+        )
+    out[prefix + "window_probes_attempted"] = counts.attempts
+    out[prefix + "window_probes_ok"] = counts.ok
+    if not per_slice:
+        out[prefix + "window_input_tokens"] = counts.input_tokens
+        out[prefix + "window_output_tokens"] = counts.output_tokens
+        out[prefix + "window_samples_sufficient"] = 1.0 if counts.ok >= MIN_OK_SAMPLES else 0.0
+    return out
+
+
+def expected_stats(snap: Snapshot) -> dict[tuple[str, Labels], float]:
+    """Every stats sample of ``snap``, per model and per provider / region slice."""
+    out: dict[tuple[str, Labels], float] = {}
+    for window, per_model in snap.stats.items():
+        for (router, model), stats in per_model.items():
+            base = {"router": router, "model": model, "window": window}
+            for name, value in expected_cell(stats.counts, "routewatch_", per_slice=False).items():
+                out[(name, frozenset(base.items()))] = value
+            for dim, cells in stats.breakdown.items():
+                for label, cell in cells.items():
+                    labels = frozenset({**base, dim: label}.items())
+                    for name, value in expected_cell(cell.counts, f"routewatch_{dim}_", per_slice=True).items():
+                        out[(name, labels)] = value
+    return out
+
+
+def published_stats(s: Scrape) -> dict[tuple[str, Labels], float]:
+    names = {n for n in s.families if n.startswith(("routewatch_provider_", "routewatch_region_"))}
+    names |= {f"routewatch_{suffix}" for suffix in (*PERCENTILES, "output_tokens_per_second_p50", "error_ratio",
+                                                   "error_excl_429_ratio", "window_probes_attempted",
+                                                   "window_probes_ok", "window_input_tokens",
+                                                   "window_output_tokens", "window_samples_sufficient")}
+    return {k: v for k, v in s.values.items() if k[0] in names}
+
+
+async def wait_stored(writer: BatchWriter, n: int) -> None:
+    for _ in range(200):
+        if writer.written >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"writer stored {writer.written} of {n} results")
+
+
+async def test_metrics_publish_the_snapshot_and_the_probers_health(
+    db_dsn: str, simulator: RunningSimulator, aiohttp_client, tmp_path: Path
+) -> None:
+    config = parse_config(config_text(simulator.base_url), "metrics.yaml")
+    series, _ = plan(config, {})
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    writer = BatchWriter(pool, tmp_path / "spool", flush_s=0.05)
+    lag = LoopLagMonitor()
+    try:
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+        await writer.start()
+        lag.start()
+        aggregator = Aggregator(pool, WINDOWS, CONFIGURED, 10.0)
+        slot = ProberHealthSlot()
+        app = create_app(aggregator, prober_health=slot)
+        client = await aiohttp_client(app)
+
+        # Before the first refresh and before any prober: no stats, no prober health.
+        first = await scrape(client)
+        assert not any(n.startswith(("routewatch_ttft", "routewatch_provider_")) for n in first.families)
+        assert "routewatch_stats_age_seconds" not in first.families
+        assert "routewatch_stats_refresh_duration_seconds" not in first.families
+        assert PROBER_FAMILIES.isdisjoint(first.families)
+        assert first.get("routewatch_refreshes_total") == 0
+        assert first.get("routewatch_aggregator_role", role="leader") == 1
+
+        async with new_session(8) as session:
+            prober = Prober(session, config.timeouts, REGION, 8, sink=writer.submit, lag=lag)
+            slot.attach(prober, writer, lag)
+            # One probe at a time: the simulator's seeded draws then go to the
+            # same requests on every run, so the mix of failures is fixed.
+            results = [await prober.probe(s) for _ in range(8) for s in series]
+            await wait_stored(writer, len(results))
+            await aggregator.refresh()
+            assert aggregator.snapshot is not None
+
+            s = await scrape(client)
+            # The stats: exactly the snapshot's figures, every one, with their labels.
+            want = expected_stats(aggregator.snapshot)
+            assert published_stats(s) == want
+            assert s.labelsets("routewatch_provider_ttft_p50_seconds") == {
+                frozenset({"router": "sim", "model": p.model, "window": w, "provider": p.provider}.items())
+                for p in PROFILES for w in WINDOWS
+            }
+            assert {dict(ls)["region"] for ls in s.labelsets("routewatch_region_window_probes_attempted")} == {REGION}
+            assert s.get("routewatch_window_probes_attempted", router="sim", model=SILENT, window="1h") == 0
+            assert s.get("routewatch_ttft_p50_seconds", router="sim", model=SILENT, window="1h") is None
+            assert s.get("routewatch_error_ratio", router="sim", model=SILENT, window="1h") is None
+            flaky = aggregator.snapshot.stats["1h"][("sim", "test/flaky")].counts
+            assert 0 < flaky.rate_limited < flaky.attempts - flaky.ok, "the seed should give 429s and other failures"
+            excl_429 = s.get("routewatch_error_excl_429_ratio", router="sim", model="test/flaky", window="1h")
+            all_errors = s.get("routewatch_error_ratio", router="sim", model="test/flaky", window="1h")
+            assert excl_429 is not None and all_errors is not None and excl_429 < all_errors
+
+            # The prober's health, against what the probes returned and the writer did.
+            outcomes = Counter("ok" if r.ok else r.error_class for r in results)
+            assert outcomes["ok"] and len(outcomes) >= 3
+            for result in ("ok", *ERROR_CLASSES):
+                assert s.get("routewatch_probes_total", result=result) == outcomes.get(result, 0), result
+            assert s.get("routewatch_probes_overloaded_total") == sum(r.prober_overloaded for r in results)
+            assert s.get("routewatch_probes_in_flight") == 0 and s.get("routewatch_probes_queued") == 0
+            assert s.get("routewatch_probe_concurrency_limit") == 8
+            assert s.get("routewatch_results_stored_total") == len(results)
+            assert s.get("routewatch_results_pending") == writer.backlog
+            assert s.get("routewatch_results_dropped_total") == 0
+            assert s.get("routewatch_writer_database_up") == 1
+            assert s.get("routewatch_spool_bytes") == writer.spool_bytes > 0
+            last, worst = s.get("routewatch_event_loop_lag_seconds"), s.get("routewatch_event_loop_lag_max_seconds")
+            assert last is not None and worst is not None and 0 <= last <= worst < 5
+            assert s.get("routewatch_refreshes_total") == 1
+            assert s.get("routewatch_stats_refresh_duration_seconds") == aggregator.last_refresh_s > 0
+            age = s.get("routewatch_stats_age_seconds")
+            assert age is not None and 0 <= age < 30
+            assert s.get("routewatch_stats_refresh_interval_seconds") == 10
+            body = (await (await client.get("/metrics")).text())
+            assert "://" not in body, "a URL in a label"
+
+            # A new snapshot is published, not the exposition of the previous one.
+            more = [await prober.probe(s) for s in series]
+            await wait_stored(writer, len(results) + len(more))
+            await aggregator.refresh()
+            again = await scrape(client)
+            assert published_stats(again) == expected_stats(aggregator.snapshot)
+            before = s.get("routewatch_window_probes_attempted", router="sim", model="test/fast", window="1h")
+            after = again.get("routewatch_window_probes_attempted", router="sim", model="test/fast", window="1h")
+            assert before is not None and after == before + 1
+            assert again.get("routewatch_probes_total", result="ok") == outcomes["ok"] + sum(r.ok for r in more)
+
+            # Uncompressed, for a client that does not take gzip: the same figures.
+            plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+            assert "Content-Encoding" not in plain.headers
+            assert published_stats(Scrape(await plain.text())) == published_stats(again)
+            gz = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+            assert gz.headers["Content-Encoding"] == "gzip"
+
+            slot.detach()
+            gone = await scrape(client)
+            assert PROBER_FAMILIES.isdisjoint(gone.families)
+            assert published_stats(gone) == published_stats(again)
+    finally:
+        await lag.stop()
+        await writer.close()
+        await pool.close()
+
+
+# ---------------------------------------------------------------- serve mode: no prober
+
+
+BROKEN, FINE = "t/broken", "t/fine"
+SLO = SLOConfig(window=900, down_after=3, up_after=2, min_samples=50)
+
+
+def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
+    return ProbeResult(
+        id=uuid.uuid4(), started_at=started_at, region="r", router="sim", model=model,
+        prompt="short", methodology="m1", ok=ok, provider="P",
+        error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
+        ttft_ms=100.0 + 10 * started_at.second if ok else None, output_tokens=10 if ok else None,
+    )
+
+
+async def test_serve_mode_has_status_and_role_but_no_prober_metrics(db_dsn: str, aiohttp_client) -> None:
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    leader_lock, standby_lock = Leadership(db_dsn), Leadership(db_dsn)
+    try:
+        now = datetime.now(UTC)
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+            earlier = [now - timedelta(seconds=s) for s in (50, 40, 30)]
+            await write_batch(conn, [_probe(BROKEN, False, t) for t in earlier]
+                              + [_probe(FINE, True, t) for t in earlier])
+        configured = [("sim", BROKEN), ("sim", FINE), ("sim", SILENT)]
+        leader = Aggregator(pool, {"1h": 3600.0}, configured, 10.0, leadership=leader_lock, slo=SLO,
+                            probe_interval_s=60.0)
+        await leader.refresh()
+        standby = Aggregator(pool, {"1h": 3600.0}, configured, 10.0, leadership=standby_lock, slo=SLO,
+                             probe_interval_s=60.0)
+        await standby.refresh()
+        assert (leader.role, standby.role) == ("leader", "standby")
+
+        apps = {}
+        for name, aggregator in (("leader", leader), ("standby", standby)):
+            app = create_app(aggregator)  # `routewatch serve`: no prober health source
+            apps[name] = await scrape(await aiohttp_client(app))
+
+        for role, s in apps.items():
+            assert PROBER_FAMILIES.isdisjoint(s.families), role
+            assert s.get("routewatch_aggregator_role", role=role) == 1
+            assert s.get("routewatch_aggregator_role", role="standby" if role == "leader" else "leader") == 0
+            assert s.get("routewatch_refreshes_total") == 1
+            assert s.get("routewatch_stats_age_seconds") is not None
+            states = {m: {st: s.get("routewatch_model_state", model=m, state=st)
+                          for st in ("operational", "degraded", "down", "unknown")}
+                      for m in (BROKEN, FINE, SILENT)}
+            assert states[BROKEN] == {"operational": 0, "degraded": 0, "down": 1, "unknown": 0}, role
+            assert states[FINE] == {"operational": 1, "degraded": 0, "down": 0, "unknown": 0}, role
+            assert states[SILENT] == {"operational": 0, "degraded": 0, "down": 0, "unknown": 1}, role
+            assert s.get("routewatch_incidents_open") == 1
+            # The standby serves the figures the leader's rollups hold.
+            assert s.get("routewatch_window_probes_attempted", router="sim", model=BROKEN, window="1h") == 3
+            assert s.get("routewatch_error_ratio", router="sim", model=BROKEN, window="1h") == 1
+            assert s.get("routewatch_provider_error_ratio", router="sim", model=FINE, window="1h", provider="P") == 0
+            assert s.get("routewatch_ttft_p50_seconds", router="sim", model=BROKEN, window="1h") is None
+        assert published_stats(apps["standby"]) == expected_stats(standby.snapshot)
+    finally:
+        await leader_lock.release()
+        await standby_lock.release()
+        await pool.close()
