@@ -2,12 +2,8 @@
 
 from aiohttp import web
 
+from .public_status import PublicStatus
 from .refresh import Aggregator
 
 AGGREGATOR = web.AppKey("aggregator", Aggregator)
-
-# Appended for the public status endpoints (public_routes.py); imported here,
-# not at the top, so that the existing keys read as before.
-from .public_status import PublicStatus
-
-PUBLIC_STATUS = web.AppKey("public_status", PublicStatus)
+PUBLIC_STATUS = web.AppKey("public_status", PublicStatus)  # the status page's per-refresh bodies

@@ -234,7 +234,9 @@ def _banner(
         )
     lines += [
         f"  stats:    {role} (one process refreshes rollups; the others serve what it computed)",
-        f"  API:      {api_url}",
+        f"  API:      {api_url}  (OpenAPI document: {api_url}/openapi.json)",
+        f"  status:   {api_url}/status",
+        f"  metrics:  {api_url}/metrics",
         "",
         "  try:",
         f"    curl {api_url}/v1/models",

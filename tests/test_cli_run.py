@@ -126,6 +126,12 @@ def test_run_serves_stats_and_stops_cleanly_on_ctrl_c(config_file: Path, data_di
         assert all(m["stats"]["samples"]["attempted"] >= 2 for m in models), models
         stats = _get(api + "/v1/models/openai/gpt-4.1-nano/stats?window=7d")
         assert stats["model"] == "openai/gpt-4.1-nano" and stats["ttft_p50_ms"] > 0
+        # The banner's other addresses answer: the status page and the prober's metrics.
+        status_url = run.wait_for(r"status:\s+(http://\S+)").group(1)
+        with urllib.request.urlopen(status_url, timeout=10) as resp:
+            assert "openai/gpt-4.1-nano" in resp.read().decode()
+        with urllib.request.urlopen(api + "/metrics", timeout=10) as resp:
+            assert 'routewatch_probes_total{result="ok"}' in resp.read().decode()
     finally:
         run.proc.send_signal(signal.SIGINT)
         code = run.proc.wait(timeout=60)
