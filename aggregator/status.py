@@ -25,7 +25,7 @@ neither as failures nor successes, and are left out of the window stats.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -80,6 +80,7 @@ class Observation:
     prober_overloaded: bool = (
         False  # the prober's loop lagged: says nothing about the model
     )
+    id: Hashable | None = None  # the probe's id: counts it once however late it arrives
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,15 @@ class ModelStatus:
     # (prober outage) neither clears nor sets it: a model that was down before
     # the outage is still down after it until up_after ok probes are seen.
     latched_down: bool = False
-    # Probes started at or before this time were already counted; None = none yet.
+    # The evaluation time this status is as of; None = never evaluated.
     as_of: datetime | None = None
+    # Ids of the probes already counted among those seen at the last evaluation.
+    # A probe is stored only once it has finished (seconds after it started), so
+    # "started after as_of" would miss one that started before an evaluation and
+    # arrived after it; ids count each probe exactly once. None (a status read
+    # back from the tables) falls back to as_of: probes started before it count
+    # as counted.
+    counted: frozenset[Hashable] | None = None
 
     @classmethod
     def initial(cls, model: str, now: datetime) -> ModelStatus:
@@ -157,8 +165,9 @@ def advance(
     """Return ``status`` moved to ``now``.
 
     ``observations`` are probes of every model (the other models' probes are
-    the prober's heartbeat); this model's probes started after ``status.as_of``
-    and at or before ``now`` feed the hysteresis counters, those in
+    the prober's heartbeat); this model's probes not counted before (see
+    ``ModelStatus.counted``) and started at or before ``now`` feed the
+    hysteresis counters, in the order they started; those in
     ``(now - slo.window, now]`` the SLO checks. Calling it twice with the same
     arguments, or again with the same ``now``, gives the same result.
     ``interval`` is the schedule interval in seconds.
@@ -174,9 +183,12 @@ def advance(
         status.latched_down,
     )
     for obs in mine:
-        if (
-            status.as_of is not None and obs.started_at <= status.as_of
-        ) or obs.prober_overloaded:
+        if obs.prober_overloaded:
+            continue
+        if status.counted is not None and obs.id is not None:
+            if obs.id in status.counted:
+                continue
+        elif status.as_of is not None and obs.started_at <= status.as_of:
             continue
         if obs.ok:
             failures, successes = 0, successes + 1
@@ -189,8 +201,9 @@ def advance(
 
     state, reason = _judge(mine, observations, now, slo, interval, failures, latched)
     since = status.since if state == status.state else now
+    counted = frozenset(o.id for o in mine if o.id is not None)
     return ModelStatus(
-        status.model, state, since, failures, successes, reason, latched, now
+        status.model, state, since, failures, successes, reason, latched, now, counted
     )
 
 

@@ -41,7 +41,7 @@ INCIDENT_LIST_MAX = 500  # closed incidents GET /v1/incidents can list at most (
 _RANK = {State.OPERATIONAL: 0, State.UNKNOWN: 1, State.DEGRADED: 2, State.DOWN: 3}
 
 _RECENT_PROBES = """
-SELECT model, started_at, ok, ttft_ms, prober_overloaded
+SELECT id, model, started_at, ok, ttft_ms, prober_overloaded
 FROM probe_results
 WHERE started_at > $1
 """
@@ -145,7 +145,7 @@ class StatusTracker:
                 self._book = await _load_book(conn, self._statuses)
             since = now - timedelta(seconds=self._slo.window + 2 * self._interval)
             observations = [
-                Observation(r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"])
+                Observation(r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"], r["id"])
                 for r in await conn.fetch(_RECENT_PROBES, since)
             ]
             everyone = set(models) | {o.model for o in observations}

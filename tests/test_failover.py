@@ -43,6 +43,12 @@ def _result(ttft_ms: float) -> ProbeResult:
                        error_class=None, error_detail=None, ttft_ms=ttft_ms, output_tokens=10)
 
 
+def _failure() -> ProbeResult:
+    return ProbeResult(id=uuid.uuid4(), started_at=datetime.now(UTC) - timedelta(seconds=1), region="r",
+                       router="sim", model="ha/model", prompt="short", methodology="m1", ok=False,
+                       error_class="http_5xx", error_detail="injected")
+
+
 async def _store(dsn: str, results: list[ProbeResult]) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -91,6 +97,13 @@ class Serve:
     def attempted(self) -> int:
         return int(self.get("/v1/models/ha/model/stats?window=1h")["samples"]["attempted"])
 
+    def state(self) -> str:
+        status = self.get("/v1/status")
+        return str(next(m["state"] for m in status["models"] if m["id"] == "ha/model"))
+
+    def open_incidents(self) -> list[dict]:  # type: ignore[type-arg]
+        return list(self.get("/v1/status")["incidents"]["open"])
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -119,6 +132,8 @@ def test_standby_takes_over_within_one_refresh_interval(db_dsn: str, tmp_path: P
         leader, standby = (first, second) if first.role() == "leader" else (second, first)
         # Both serve the leader's numbers: the standby reads the rollups it writes.
         assert _wait_for(lambda: leader.attempted() == 10 and standby.attempted() == 10, 3 * REFRESH_S)
+        # And the leader's status evaluation, which the standby reads from the tables.
+        assert _wait_for(lambda: leader.state() == standby.state() == "operational", 3 * REFRESH_S)
 
         leader.proc.kill()
         killed = time.monotonic()
@@ -131,6 +146,13 @@ def test_standby_takes_over_within_one_refresh_interval(db_dsn: str, tmp_path: P
         # The new leader refreshes: new probes show up in its stats.
         asyncio.run(_store(db_dsn, [_result(200.0) for _ in range(5)]))
         assert _wait_for(lambda: standby.attempted() == 15, 3 * REFRESH_S)
+
+        # ... and it evaluates the status, carrying on from the tables: down_after (3)
+        # failures make the model down and open an incident.
+        assert standby.state() == "operational"
+        asyncio.run(_store(db_dsn, [_failure() for _ in range(3)]))
+        assert _wait_for(lambda: standby.state() == "down", 3 * REFRESH_S), standby.get("/v1/status")
+        assert [i["models"] for i in standby.open_incidents()] == [["ha/model"]]
     finally:
         first.close()
         second.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -118,6 +119,25 @@ def test_advance_is_pure_and_idempotent() -> None:
         advance(start, [*history, probe(3, ok=False)], at(2), HYSTERESIS_ONLY, INTERVAL)
         == once
     )
+
+
+def test_a_probe_that_arrives_after_the_evaluation_it_started_before_still_counts() -> None:
+    """A probe is stored when it ends, seconds after it started: one that started before an
+    evaluation but was stored after it is counted by the next one, and only once."""
+    def with_id(k: float, ok: bool) -> Observation:
+        return replace(probe(k, ok), id=f"p{k}")
+
+    seen = [with_id(0, True), with_id(1, False), with_id(2, False)]
+    status = advance(ModelStatus.initial(MODEL, T0), seen, at(2.5), HYSTERESIS_ONLY, INTERVAL)
+    assert status.consecutive_failures == 2 and status.state is not DOWN
+    # Started at round 2.4, before the evaluation at 2.5; stored (visible) only now.
+    late = with_id(2.4, False)
+    status = advance(status, [*seen, late], at(3), HYSTERESIS_ONLY, INTERVAL)
+    assert (status.state, status.consecutive_failures) == (DOWN, 3)
+    assert advance(status, [*seen, late], at(3.5), HYSTERESIS_ONLY, INTERVAL).consecutive_failures == 3
+    # Read back from the tables (ids unknown), probes started before as_of count as counted.
+    loaded = replace(status, counted=None)
+    assert advance(loaded, [*seen, late], at(4), HYSTERESIS_ONLY, INTERVAL).consecutive_failures == 3
 
 
 def test_naive_now_is_rejected() -> None:
