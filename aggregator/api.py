@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hmac
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from routewatch.probe.result import ProbeResult
 from . import openapi
 from .history import HISTORY_TABLE
 from .http_cache import cached_response, etag_for
+from .http_errors import JSON_TYPE, ApiError, dumps, error_payload
 from .keys import AGGREGATOR
 from .metrics import HealthSource, setup_metrics_route
 from .openapi import (
@@ -50,7 +50,6 @@ from .refresh import Aggregator, Snapshot
 log = logging.getLogger(__name__)
 
 CATALOG_WINDOW = "7d"
-JSON_TYPE = "application/json; charset=utf-8"
 ADMIN_TOKEN_ENV = "ROUTEWATCH_ADMIN_TOKEN"
 READY_INTERVALS = 3  # /readyz fails once the last refresh is older than this many intervals
 SERIES_SPAN = timedelta(days=7)  # default from = to - SERIES_SPAN
@@ -66,34 +65,7 @@ assert set(_BUCKET_UNITS) == set(SERIES_BUCKETS)
 
 
 # ---------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """A request the API answers with a JSON error instead of a result."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        parameter: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-        issues: list[str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.parameter = parameter
-        self.headers = dict(headers or {})
-        self.issues = issues
-
-    def response(self) -> web.Response:
-        """``{"error": {"status", "message", "parameter"}}`` with this error's status and headers."""
-        error: dict[str, Any] = {"status": self.status, "message": self.message, "parameter": self.parameter}
-        if self.issues is not None:
-            error["issues"] = self.issues
-        headers = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store", **self.headers}
-        return web.Response(status=self.status, body=_dumps({"error": error}), headers=headers)
+# ApiError and the error shape live in http_errors.py, shared with public_routes.py.
 
 
 class ConfigRejected(Exception):
@@ -150,7 +122,7 @@ async def router_errors_as_json(request: web.Request, response: web.StreamRespon
         message = f"method {_clip(request.method)} is not allowed here; allowed: {exc.headers.get('Allow', '')}"
     else:
         message = exc.reason
-    body = _dumps({"error": {"status": exc.status, "message": message, "parameter": None}})
+    body = dumps(error_payload(exc.status, message))
     response.body = body
     # Set directly: aiohttp filled in the text error's type and length already.
     response.headers["Content-Type"] = JSON_TYPE
@@ -189,16 +161,9 @@ class Body:
     etag: str
 
 
-def _dumps(payload: Any) -> bytes:
-    # allow_nan=False: a NaN would be invalid JSON for every client; better a logged 500.
-    # ASCII escapes: input echoed back (ids, parameter names) may hold lone surrogates,
-    # which have no UTF-8 encoding.
-    return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
-
-
 def make_body(payload: Any) -> Body:
     """``payload`` serialized, with its ETag."""
-    data = _dumps(payload)
+    data = dumps(payload)
     return Body(data, etag_for(data))
 
 
@@ -581,7 +546,7 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 def _uncached(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=_dumps(payload),
+    return web.Response(status=status, body=dumps(payload),
                         headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store"})
 
 

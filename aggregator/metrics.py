@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LAG_MAX_WINDOW_S",
+    "METRICS_CONTENT_TYPE",
     "HealthSource",
     "LiveCollector",
     "ProberHealth",
@@ -84,6 +85,11 @@ LAG_MAX_WINDOW_S = 60.0
 """``routewatch_event_loop_lag_max_seconds`` is the worst lag over this many
 seconds: longer than a usual scrape interval (15-30 s), so no stall falls
 between two scrapes."""
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The ``Content-Type`` of ``GET /metrics``: the text exposition format that
+``generate_latest`` writes (``text/plain; version=1.0.0; charset=utf-8`` with
+prometheus_client 0.26). The OpenAPI document names this very value."""
 
 
 # ---------------------------------------------------------------- prober health
@@ -448,7 +454,7 @@ class _MetricsEndpoint:
         # timing probes) gets the GIL back every switch interval instead of
         # stalling for the whole rendering.
         body = await asyncio.get_running_loop().run_in_executor(None, self._body, state, compress)
-        headers = {"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+        headers = {"Content-Type": METRICS_CONTENT_TYPE, "Cache-Control": "no-store", "Vary": "Accept-Encoding"}
         if compress:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)

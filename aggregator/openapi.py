@@ -1,10 +1,14 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
 
-Built from the same constants the handlers in ``api.py`` validate against
-(states, breakdown dimensions, series metrics and buckets, the point cap), so
-the document cannot drift from the code on those. Response schemas are
-closed (``additionalProperties: false``) where this module's owner writes the
-JSON, so a field added to a response without being documented fails the
+It describes everything ``api.create_app`` serves: the catalog API
+(``api.py``), the public status routes (``public_routes.py``: the status page,
+``/status.json``, ``/v1/incidents``, the badges) and ``/metrics``
+(``metrics.py``). It is built from the same constants the handlers validate
+against and answer with (states, breakdown dimensions, series metrics and
+buckets, the point cap, incident states and limits, uptime days and levels,
+content types), so the document cannot drift from the code on those. Response
+schemas are closed (``additionalProperties: false``) where this package writes
+the JSON, so a field added to a response without being documented fails the
 schemathesis test in tests/test_api.py.
 """
 
@@ -16,12 +20,21 @@ from typing import Any
 
 from routewatch.probe.result import ProbeResult
 
+from .metrics import METRICS_CONTENT_TYPE
+from .public_routes import DEFAULT_INCIDENT_LIMIT, HTML, INCIDENT_STATES, SVG
 from .stats import CI_FIELDS, MIN_OK_SAMPLES
+from .status import UPTIME_DAYS, State
+from .status_store import INCIDENT_LIST_MAX, RECENT_INCIDENTS
+from .status_view import LEVELS
 
 Schema = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
-STATES = ("operational", "degraded", "down", "unknown")
+STATES = tuple(state.value for state in State)  # operational, degraded, down, unknown
+# An incident is a span with a model degraded or down: its worst state is one of those.
+INCIDENT_WORST_STATES = (State.DEGRADED.value, State.DOWN.value)
+# A day's uptime bar: a LEVELS name, or unknown (status_view.day_level).
+DAY_LEVELS = (*(level for level, _, _ in LEVELS), "unknown")
 BREAKDOWNS = ("provider", "region")
 # Query value -> stats_history column.
 SERIES_METRICS = {
@@ -145,16 +158,64 @@ def _probe_result() -> Schema:
     return _object(props)
 
 
+def _incidents() -> Schema:
+    """Open incidents (end null) and the most recent closed ones (end set), as status_store writes them."""
+    return _object({
+        "open": {"type": "array", "items": {"allOf": [_ref("Incident"), {"properties": {"end": {"type": "null"}}}]}},
+        "recent": {
+            "type": "array",
+            "maxItems": RECENT_INCIDENTS,
+            "items": {"allOf": [_ref("Incident"), {"properties": {"end": DATE_TIME}}]},
+            "description": f"closed incidents, newest first, at most {RECENT_INCIDENTS}",
+        },
+    })
+
+
+def _status_page() -> Schema:
+    """``GET /status.json``: status_view.view_json."""
+    state: Schema = {"type": "string", "enum": list(STATES)}
+    seconds: Schema = {"type": "number", "minimum": 0}
+    share: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+    route = _object({
+        "router": {"type": "string"},
+        "ttft_p50_ms": {"type": ["number", "null"], "minimum": 0,
+                        "description": "p50 TTFT over the page window; null with no ok probe"},
+        "tps_p50": {"type": ["number", "null"], "minimum": 0},
+        "input_price_per_mtok": {"type": ["number", "null"], "minimum": 0,
+                                 "description": "USD per 1M input tokens from probes.yaml; null: not configured"},
+    })
+    day = _object({
+        "day": {"type": "string", "format": "date", "description": "UTC day"},
+        "level": {"type": "string", "enum": list(DAY_LEVELS),
+                  "description": "unknown: no data, or more than half of the recorded time unknown"},
+        "fraction_up": {**share, "description": "operational / known time; null: nothing known"},
+        "operational_s": seconds,
+        "degraded_s": seconds,
+        "down_s": seconds,
+        "unknown_s": seconds,
+    })
+    model = _object({
+        "id": {"type": "string"},
+        "state": state,
+        "since": {**DATE_TIME_OR_NULL, "description": "when it entered this state"},
+        "reason": {"type": "string", "description": "one line; empty when operational"},
+        "routers": {"type": "array", "items": route, "description": "configured routers first"},
+        "uptime_90d": {**share, "description": "operational / known time over the days below; null: nothing known"},
+        "uptime": {"type": "array", "items": day, "minItems": UPTIME_DAYS, "maxItems": UPTIME_DAYS,
+                   "description": f"{UPTIME_DAYS} days, oldest first; the last is today (UTC)"},
+    })
+    return _object({
+        "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
+        "stats_updated_at": {**DATE_TIME_OR_NULL, "description": "time of the p50 figures"},
+        "window": {"type": ["string", "null"], "description": "window of the p50 figures; null without stats"},
+        "overall": state,
+        "models": {"type": "array", "items": model},
+        "incidents": _incidents(),
+    })
+
+
 def _schemas() -> dict[str, Schema]:
     state: Schema = {"type": "string", "enum": list(STATES)}
-    incident = _object({
-        "id": {"type": "integer"},
-        "start": DATE_TIME,
-        "end": DATE_TIME_OR_NULL,
-        "worst_state": state,
-        "models": {"type": "array", "items": {"type": "string"}},
-        "suppressed": {"type": "boolean"},
-    }, closed=False)  # written by status_store, which may add fields
     return {
         "Error": _object({
             "error": _object({
@@ -216,11 +277,25 @@ def _schemas() -> dict[str, Schema]:
                 "since": DATE_TIME_OR_NULL,
                 "reason": {"type": "string"},
             }, closed=False)},
-            "incidents": _object({
-                "open": {"type": "array", "items": incident},
-                "recent": {"type": "array", "items": incident},
-            }),
+            "incidents": _incidents(),
         }),
+        "Incident": _object({
+            "id": {"type": "integer", "minimum": 1},
+            "start": DATE_TIME,
+            "end": {**DATE_TIME_OR_NULL, "description": "null while open"},
+            "worst_state": {"type": "string", "enum": list(INCIDENT_WORST_STATES)},
+            "models": {"type": "array", "items": {"type": "string"}, "description": "every model affected, sorted"},
+            "suppressed": {"type": "boolean",
+                           "description": "every bad spell so far fell inside planned maintenance"},
+        }),
+        "IncidentList": _object({
+            "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
+            "state": {"type": "string", "enum": list(INCIDENT_STATES)},
+            "limit": {"type": "integer", "minimum": 1, "maximum": INCIDENT_LIST_MAX},
+            "incidents": {"type": "array", "items": _ref("Incident"), "maxItems": INCIDENT_LIST_MAX,
+                          "description": "open incidents first, then closed ones newest first"},
+        }),
+        "StatusPage": _status_page(),
         "Health": _object({
             "status": {"type": "string", "const": "ok"},
             "role": {"type": "string", "enum": ["leader", "standby"]},
@@ -274,9 +349,8 @@ def _parameters(windows: Sequence[str] | None) -> dict[str, Schema]:
     }
 
 
-def _json(schema_name: str, description: str, *, cached: bool = False) -> Schema:
-    out: Schema = {"description": description,
-                   "content": {"application/json": {"schema": _ref(schema_name)}}}
+def _content(media_type: str, schema: Schema, description: str, *, cached: bool = False) -> Schema:
+    out: Schema = {"description": description, "content": {media_type: {"schema": schema}}}
     if cached:
         out["headers"] = {
             "ETag": {"required": True, "schema": {"type": "string"}, "description": "weak validator"},
@@ -284,6 +358,18 @@ def _json(schema_name: str, description: str, *, cached: bool = False) -> Schema
                               "description": "public, max-age=<refresh interval in seconds>"},
         }
     return out
+
+
+def _json(schema_name: str, description: str, *, cached: bool = False) -> Schema:
+    return _content("application/json", _ref(schema_name), description, cached=cached)
+
+
+def _html(description: str, *, cached: bool = False) -> Schema:
+    return _content(HTML, {"type": "string"}, description, cached=cached)
+
+
+def _svg(description: str, *, cached: bool = False) -> Schema:
+    return _content(SVG, {"type": "string"}, description, cached=cached)
 
 
 def _responses() -> dict[str, Schema]:
@@ -382,6 +468,14 @@ def _paths() -> dict[str, Schema]:
             "security": admin,
             "responses": _std(_json("ReloadReport", "the file is valid"), "400", "401", "403"),
         }},
+        **_public_paths(),
+        "/metrics": {"get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics: the latest stats, model status, the aggregator's and prober's health",
+            "description": "Prometheus text exposition format, uncached (Cache-Control: no-store); "
+                           "gzip-compressed when the scraper accepts it. Query parameters are ignored.",
+            "responses": {"200": _content(METRICS_CONTENT_TYPE, {"type": "string"}, "the exposition")},
+        }},
         "/healthz": {"get": {
             "operationId": "healthz",
             "summary": "The process is up (stats may still be computing)",
@@ -403,6 +497,83 @@ def _paths() -> dict[str, Schema]:
     }
 
 
+def _public_paths() -> dict[str, Schema]:
+    """The public status routes of public_routes.py. They ignore query parameters they do not know."""
+    not_enabled = "model status is not enabled on this server (no SLO configured)"
+    model_badge_id: Schema = {
+        "name": "model_id", "in": "path", "required": True,
+        "schema": {"type": "string", "minLength": 1},
+        "description": "model id as the router names it, e.g. openai/gpt-4o; its '/' may be sent as is or as %2F",
+    }
+    return {
+        "/status": {"get": {
+            "operationId": "statusPage",
+            "summary": "The status page: every model's state, daily uptime bars and incidents (HTML, no script)",
+            "description": "A 200 page also says so when status is not enabled or not computed yet.",
+            "parameters": [_p("IfNoneMatch")],
+            "responses": {
+                **_std(_html("the page", cached=True), "304"),
+                "503": _html("the status database cannot be read right now (Retry-After)"),
+            },
+        }},
+        "/status.json": {"get": {
+            "operationId": "statusPageJson",
+            "summary": "The status page's data: states, p50s per router, daily uptime and incidents",
+            "parameters": [_p("IfNoneMatch")],
+            "responses": {
+                **_std(_json("StatusPage", "the status", cached=True), "304"),
+                "404": _json("Error", not_enabled),
+                "503": _json("Error", "status not computed yet, or the database cannot be read (Retry-After)"),
+            },
+        }},
+        "/v1/incidents": {"get": {
+            "operationId": "listIncidents",
+            "summary": "The incident history: open incidents first, then closed ones, newest first",
+            "parameters": [
+                _query("state", {"type": "string", "enum": list(INCIDENT_STATES), "default": "all"},
+                       "open, closed or all incidents; default all"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": INCIDENT_LIST_MAX,
+                                 "default": DEFAULT_INCIDENT_LIMIT},
+                       f"at most this many incidents; default {DEFAULT_INCIDENT_LIMIT}"),
+                _p("IfNoneMatch"),
+            ],
+            "responses": {
+                **_std(_json("IncidentList", "the incidents", cached=True), "304", "400"),
+                "404": _json("Error", not_enabled),
+                "503": _json("Error", "status not computed yet, or the database cannot be read (Retry-After)"),
+            },
+        }},
+        "/badge/status.svg": {"get": {
+            "operationId": "statusBadge",
+            "summary": "A badge with the overall state, or one model's",
+            "parameters": [
+                _query("model", {"type": "string"}, "a model id: its state instead of the overall one"),
+                _p("IfNoneMatch"),
+            ],
+            "responses": {
+                **_std(_svg("the badge", cached=True), "304"),
+                "404": _svg("a badge saying why: status is not enabled, or no such model"),
+                "503": _svg("a pending badge: status not computed yet (Retry-After)"),
+            },
+        }},
+        "/badge/{model_id}.svg": {"get": {
+            "operationId": "modelBadge",
+            "summary": "A model's embed badge: input price, p50 TTFT and router",
+            "parameters": [
+                model_badge_id,
+                _query("router", {"type": "string"},
+                       "the router to show when the model is probed on several; default the first configured"),
+                _p("IfNoneMatch"),
+            ],
+            "responses": {
+                **_std(_svg("the badge", cached=True), "304"),
+                "404": _svg("a badge saying why: no such model, or not probed on that router"),
+                "503": _svg("a pending badge: stats not computed yet (Retry-After)"),
+            },
+        }},
+    }
+
+
 def build(windows: Sequence[str] | None = None) -> Schema:
     """The OpenAPI document; ``windows`` (the snapshot's) become the window enum, else a pattern."""
     return {
@@ -414,7 +585,10 @@ def build(windows: Sequence[str] | None = None) -> Schema:
                 "Latency and reliability of models behind LLM routers. Reads are public and "
                 "served from the aggregator's last snapshot, with ETag and Cache-Control: "
                 "public, max-age=<refresh interval>. Errors are JSON: "
-                '{"error": {"status", "message", "parameter"}}. Unknown query parameters are a 400.'
+                '{"error": {"status", "message", "parameter"}}, parameter null when none applies; '
+                "badges answer theirs with an explanatory SVG badge instead. Unknown query "
+                "parameters are a 400, except on the status page, /status.json, /v1/incidents, "
+                "the badges and /metrics, which ignore them."
             ),
         },
         "paths": _paths(),

@@ -14,22 +14,23 @@ built by ``api.create_app`` (which sets ``AGGREGATOR``):
 
 Every 200 goes through :func:`~.http_cache.cached_response` (ETag, 304,
 ``Cache-Control: public, max-age=<refresh interval>``, gzip). Errors are
-sent uncached by ETag: a conditional request only applies to a 2xx (RFC 9110,
-13.2.1).
+sent without an ETag: a conditional request only applies to a 2xx (RFC 9110,
+13.2.1). JSON errors are the API's (:mod:`.http_errors`: ``{"error":
+{"status", "message", "parameter"}}``, ``Cache-Control: no-store``); badge
+errors are explanatory SVG badges. ``openapi.py`` documents every route here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
-
 import asyncpg
 from aiohttp import web
 from routewatch.probe.config import RouterConfig
 
 from .badges import message_badge, model_badge, status_badge
 from .http_cache import cached_response
+from .http_errors import JSON_TYPE, ApiError
 from .keys import AGGREGATOR, PUBLIC_STATUS
 from .public_status import PublicStatus, Published, json_bytes
 from .refresh import Aggregator, SeriesKey
@@ -47,7 +48,7 @@ DEFAULT_INCIDENT_LIMIT = 50
 RETRY_AFTER_S = 5  # until the first refresh: refreshes take seconds, not minutes
 
 HTML = "text/html; charset=utf-8"
-JSON = "application/json; charset=utf-8"
+JSON = JSON_TYPE
 SVG = "image/svg+xml; charset=utf-8"
 
 # Defence in depth for the HTML page and the SVGs, which carry names from
@@ -83,7 +84,8 @@ def setup_status_routes(
     app.router.add_get("/v1/incidents", list_incidents)
     # Before the model badge route, whose pattern would also match "status".
     app.router.add_get("/badge/status.svg", state_badge)
-    app.router.add_get(r"/badge/{model_id:.+}.svg", model_badge_svg)
+    # [\s\S], not ".": an id with a decoded newline still gets its (404) badge, not the router's JSON 404.
+    app.router.add_get(r"/badge/{model_id:[\s\S]+}.svg", model_badge_svg)
 
 
 # ---------------------------------------------------------------- helpers
@@ -101,12 +103,9 @@ def _locked_down(resp: web.Response) -> web.Response:
 
 
 def _json_error(status: int, message: str, parameter: str | None = None) -> web.Response:
-    """The API's error shape: ``{"error": {"status", "message"[, "parameter"]}}``."""
-    error: dict[str, Any] = {"status": status, "message": message}
-    if parameter is not None:
-        error["parameter"] = parameter
+    """The app's JSON error (``http_errors``), with Retry-After on a 503."""
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return web.json_response({"error": error}, status=status, headers=headers)
+    return ApiError(status, message, parameter, headers=headers).response()
 
 
 def _svg_error(svg: str, status: int, max_age: float) -> web.Response:

@@ -14,6 +14,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from routewatch.aggregator import openapi
 from routewatch.aggregator.api import ADMIN_TOKEN_ENV, API, create_app
+from routewatch.aggregator.http_errors import JSON_TYPE
 from routewatch.aggregator.openapi import MAX_SERIES_POINTS
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.aggregator.schema import ensure_schema
@@ -47,6 +49,7 @@ CONFIGURED = [("sim", FAST), ("sim", FLAKY), ("sim", BOTH), ("alt", BOTH)]
 # min_samples above the probes written: only the down/up hysteresis decides states.
 SLO = SLOConfig(window=3600, down_after=3, up_after=2, min_samples=500)
 TOKEN = "s3cret-admin-token-" + uuid.uuid4().hex
+PRICES = {("sim", FAST): 0.15}  # USD per 1M input tokens, for the badges and /status.json
 
 
 def _probe(router: str, model: str, at: datetime, *, ok: bool = True, provider: str = "Alpha",
@@ -104,6 +107,28 @@ async def _seed_history(conn: asyncpg.Connection, now: datetime) -> History:
     return History(rows)
 
 
+_INCIDENT_SQL = """
+INSERT INTO incidents (id, start, "end", worst_state, models, suppressed, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $3)
+"""
+
+
+async def _seed_status_history(conn: asyncpg.Connection, now: datetime) -> None:
+    """Closed incidents (one in maintenance) and past days of uptime, for the public status routes.
+
+    Written before the first refresh: the incident that refresh opens (FLAKY is down) gets the next id.
+    """
+    two_days, five_days = now - timedelta(days=2), now - timedelta(days=5)
+    await conn.execute(_INCIDENT_SQL, 1, five_days, five_days + timedelta(hours=1), "down", [FAST, BOTH], True)
+    await conn.execute(_INCIDENT_SQL, 2, two_days, two_days + timedelta(minutes=45), "degraded", [FLAKY], False)
+    today = now.date()
+    days = {1: (86400.0, 0.0, 0.0, 0.0), 2: (86000.0, 400.0, 0.0, 0.0), 3: (16400.0, 0.0, 0.0, 70000.0)}
+    await conn.executemany(
+        "INSERT INTO uptime_daily (model, day, operational_s, degraded_s, down_s, unknown_s)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        [(m, today - timedelta(days=ago), *secs) for m in (FAST, FLAKY) for ago, secs in days.items()],
+    )
+
+
 @dataclass
 class Seeded:
     pool: asyncpg.Pool
@@ -122,6 +147,7 @@ async def seeded(db_dsn: str) -> AsyncIterator[Seeded]:
             await ensure_schema(conn)
             await write_batch(conn, _probes(now))
             history = await _seed_history(conn, now)
+            await _seed_status_history(conn, now)
         aggregator = Aggregator(pool, WINDOWS, CONFIGURED, INTERVAL_S, slo=SLO, probe_interval_s=3600.0)
         await aggregator.refresh()
         yield Seeded(pool, aggregator, history, now)
@@ -186,6 +212,9 @@ async def test_without_status_every_model_is_unknown(seeded: Seeded, aiohttp_cli
     assert {m["state"] for m in body["models"]} == {"unknown"}
     assert len((await (await client.get("/v1/models?state=unknown")).json())["models"]) == 4
     await _error(await client.get("/v1/status"), 404, None)
+    # The public status routes answer with the same error shape (parameter present, null).
+    await _error(await client.get("/status.json"), 404, None)
+    await _error(await client.get("/v1/incidents?limit=0"), 404, None)
 
 
 async def test_stats_by_provider_and_region(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
@@ -556,8 +585,39 @@ async def test_openapi_document_describes_this_server(seeded: Seeded, aiohttp_cl
     assert (await client.get("/openapi.json", headers={"If-None-Match": resp.headers["ETag"]})).status == 304
 
 
+async def test_openapi_names_the_content_types_served(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
+    """Each response's Content-Type is the documented media type, parameters and all (JSON: up to its charset).
+
+    schemathesis compares only type/subtype; /metrics' version parameter matters to scrapers.
+    """
+    client = await _client(aiohttp_client, create_app(seeded.aggregator, prices=PRICES))
+    doc = openapi.build(tuple(WINDOWS))
+    calls = [
+        ("/status", "/status", 200), ("/status.json", "/status.json", 200), ("/metrics", "/metrics", 200),
+        ("/v1/incidents", "/v1/incidents?state=closed", 200), ("/v1/incidents", "/v1/incidents?limit=501", 400),
+        ("/badge/status.svg", "/badge/status.svg", 200), ("/badge/status.svg", "/badge/status.svg?model=no/ne", 404),
+        ("/badge/{model_id}.svg", f"/badge/{FAST}.svg", 200), ("/badge/{model_id}.svg", "/badge/no/ne.svg", 404),
+        ("/badge/{model_id}.svg", "/badge/a%0Ab.svg", 404), ("/badge/{model_id}.svg", "/badge/acme%2Ffast.svg", 200),
+        ("/v1/models", "/v1/models", 200),
+    ]
+    for path, url, status in calls:
+        resp = await client.get(url)
+        assert resp.status == status, url
+        documented = doc["paths"][path]["get"]["responses"][str(status)]
+        if "$ref" in documented:
+            documented = doc["components"]["responses"][documented["$ref"].rsplit("/", 1)[1]]
+        (media_type,) = documented["content"]
+        served = resp.headers["Content-Type"]
+        assert served == (JSON_TYPE if media_type == "application/json" else media_type), url
+    incidents = await (await client.get("/v1/incidents?state=closed")).json()
+    assert [i["id"] for i in incidents["incidents"]] == [2, 1]  # the seeded ones, newest first
+
+
 def _schemathesis_run(base_url: str, fixed_id: str, max_examples: int) -> dict[tuple[str, str, int], int]:
-    """Every documented operation against the server at ``base_url``: cases per (method, path, status)."""
+    """Every documented operation against the server at ``base_url``: cases per (method, path, status).
+
+    Operations with a model id in their path also run with ``fixed_id`` there, to reach their 200s.
+    """
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
@@ -593,18 +653,24 @@ def _schemathesis_run(base_url: str, fixed_id: str, max_examples: int) -> dict[t
         operation = result.ok()
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
             run(operation.as_strategy(generation_mode=mode))
-            if "{id}" in operation.path:  # also with a model that exists, to reach the 200s
-                run(operation.as_strategy(generation_mode=mode, path_parameters={"id": fixed_id}))
+            names = re.findall(r"{(\w+)}", operation.path)  # id, model_id: a model id either way
+            if names:  # also with a model that exists, to reach the 200s
+                run(operation.as_strategy(generation_mode=mode, path_parameters=dict.fromkeys(names, fixed_id)))
     return seen
 
 
 async def test_schemathesis_against_a_running_server(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No 5xx, no schema, status code or content type that the document does not allow."""
+    """No 5xx, no schema, status code or content type that the document does not allow.
+
+    Status is enabled (the aggregator has an SLO) and seeded with open and closed incidents and
+    past uptime, so the public status routes answer with their full bodies.
+    """
     monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
     admin = _local_admin(simulator, tmp_path / "probes.yaml")
-    app = create_app(seeded.aggregator, admin=admin)
+    assert seeded.aggregator.status_enabled and seeded.aggregator.status is not None
+    app = create_app(seeded.aggregator, admin=admin, prices=PRICES)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -622,11 +688,12 @@ async def test_schemathesis_against_a_running_server(
     ok = {(m, p) for m, p, status in seen if status == 200}
     assert ok == documented, f"every operation answered 200 at least once: missing {documented - ok}"
     assert {p for _, p, status in seen if status == 400} >= {"/v1/models", "/v1/models/{id}/stats",
-                                                            "/v1/models/{id}/series"}
+                                                            "/v1/models/{id}/series", "/v1/incidents"}
+    assert {p for _, p, status in seen if status == 404} >= {"/badge/status.svg", "/badge/{model_id}.svg"}
 
 
 def test_error_body_is_plain_json() -> None:
-    from routewatch.aggregator.api import ApiError
+    from routewatch.aggregator.http_errors import ApiError
 
     resp = ApiError(400, "bad", "window").response()
     assert resp.status == 400 and resp.headers["Cache-Control"] == "no-store"
