@@ -316,7 +316,7 @@ def _schemas() -> dict[str, Schema]:
         }),
         "ReloadReport": _object({
             "file": {"type": "string"},
-            "applied": {"type": "boolean", "description": "false: the running schedule is not changed"},
+            "applied": {"type": "boolean", "description": "true: changes were applied live (probe series, schedule, timeouts, SLO, maintenance); false: nothing was"},
             "restart_required": {"type": "boolean"},
             "changes": {"type": "array", "items": {"type": "string"}},
             "message": {"type": "string"},

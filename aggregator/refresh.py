@@ -98,6 +98,23 @@ class Aggregator:
         self.refreshes = 0
         self.last_refresh_s: float | None = None  # wall time of the last successful refresh
 
+    def set_configured(self, models: Iterable[SeriesKey]) -> None:
+        """Replace the configured (router, model) list, e.g. after a config reload.
+
+        From the next refresh on, these are listed first (with empty stats
+        until their first results are stored); a model no longer configured
+        stays listed, after them, while some window still holds its results.
+        """
+        self._configured = tuple(models)
+
+    def set_status_rules(
+        self, slo: SLOConfig, probe_interval_s: float, maintenance: Sequence[MaintenanceWindow] = ()
+    ) -> None:
+        """Judge model status with these SLO targets, probe schedule interval and
+        maintenance windows from the next refresh on; nothing when status is disabled."""
+        if self._status is not None:
+            self._status.reconfigure(slo, probe_interval_s, maintenance)
+
     @property
     def status_enabled(self) -> bool:
         """Whether this aggregator publishes model status (it was given an SLO)."""

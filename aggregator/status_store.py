@@ -124,14 +124,21 @@ class StatusTracker:
         refresh_s: float = 0.0,
     ) -> None:
         """``interval_s`` is the probe schedule interval; ``refresh_s`` the aggregator's."""
+        self._refresh_s = refresh_s
+        self.reconfigure(slo, interval_s, maintenance)
+        self._statuses: dict[str, ModelStatus] | None = None  # None: load from the table first
+        self._book = IncidentBook()
+
+    def reconfigure(
+        self, slo: SLOConfig, interval_s: float, maintenance: Sequence[MaintenanceWindow] = ()
+    ) -> None:
+        """Judge with these targets, probe interval and maintenance windows from the next evaluation on."""
         self._slo = slo
         self._interval = interval_s
         self._maintenance = tuple(maintenance)
         # Longer than this between two evaluations (no leader meanwhile), the
         # rest of the gap is counted unknown in the uptime, not as the old state.
-        self._max_gap = timedelta(seconds=HEARTBEAT_INTERVALS * max(interval_s, refresh_s))
-        self._statuses: dict[str, ModelStatus] | None = None  # None: load from the table first
-        self._book = IncidentBook()
+        self._max_gap = timedelta(seconds=HEARTBEAT_INTERVALS * max(interval_s, self._refresh_s))
 
     def forget(self) -> None:
         """Drop the in-memory state (not leader any more): reload before the next evaluation."""
@@ -139,20 +146,19 @@ class StatusTracker:
 
     async def evaluate(self, conn: asyncpg.Connection, models: Iterable[str], now: datetime) -> None:
         """Advance every model (``models`` and any seen in the window) to ``now`` and persist."""
+        slo, interval, maintenance = self._slo, self._interval, self._maintenance  # one set per evaluation
         try:
             if self._statuses is None:
                 self._statuses = await load_statuses(conn)
                 self._book = await _load_book(conn, self._statuses)
-            since = now - timedelta(seconds=self._slo.window + 2 * self._interval)
+            since = now - timedelta(seconds=slo.window + 2 * interval)
             observations = [
                 Observation(r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"], r["id"])
                 for r in await conn.fetch(_RECENT_PROBES, since)
             ]
             everyone = set(models) | {o.model for o in observations}
-            new, transitions = evaluate_all(
-                self._statuses, everyone, observations, now, self._slo, self._interval
-            )
-            changed = self._book.update(transitions, now, self._maintenance)
+            new, transitions = evaluate_all(self._statuses, everyone, observations, now, slo, interval)
+            changed = self._book.update(transitions, now, maintenance)
             uptime = self._elapsed(new, now)
             async with conn.transaction():
                 await _save(conn, new, changed, uptime, now)

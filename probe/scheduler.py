@@ -3,7 +3,8 @@
 Each series (router, model, prompt) is one interval job with jitter that
 never overlaps itself (``max_instances=1``). A global semaphore caps how
 many probes are in flight, because a prober that opens too many streams at
-once measures its own queueing instead of the model.
+once measures its own queueing instead of the model. ``ProbeSchedule``
+owns the jobs of ``routewatch run`` and swaps them when the config is reloaded.
 """
 
 from __future__ import annotations
@@ -121,6 +122,19 @@ class Prober:
         """At most this many probes run at once."""
         return self._concurrency
 
+    @property
+    def timeouts(self) -> chat_stream.Timeouts:
+        """The per-phase limits of the probes started from now on."""
+        return self._timeouts
+
+    def retune(self, timeouts: chat_stream.Timeouts, max_lag_s: float | None) -> None:
+        """Use these limits for the probes that start from now on (a config reload).
+
+        A probe already sending its request keeps the limits it started with.
+        """
+        self._timeouts = timeouts
+        self._max_lag_ms = None if max_lag_s is None else max_lag_s * 1000
+
     async def round(self, series: Sequence[Series]) -> list[ProbeResult]:
         """Probe every series once, concurrently; results in ``series`` order."""
         return list(await asyncio.gather(*(self.probe(s) for s in series)))
@@ -130,6 +144,14 @@ def first_run_delay(jitter_s: float, rng: random.Random) -> float:
     """Seconds before a series' first probe: spread over the jitter so that
     a restart does not send every probe in the same instant."""
     return rng.uniform(0.0, jitter_s) if jitter_s > 0 else 0.0
+
+
+def _trigger(interval_s: float, jitter_s: float) -> IntervalTrigger:
+    return IntervalTrigger(seconds=interval_s, jitter=jitter_s or None)
+
+
+def _misfire_grace(interval_s: float) -> int:
+    return max(1, int(interval_s))
 
 
 def schedule(
@@ -146,15 +168,96 @@ def schedule(
     for s in series:
         scheduler.add_job(
             prober.probe,
-            IntervalTrigger(seconds=interval_s, jitter=jitter_s or None),
+            _trigger(interval_s, jitter_s),
             args=[s],
             id=s.key,
             name=s.key,
             next_run_time=now + timedelta(seconds=first_run_delay(jitter_s, rng)),
             max_instances=1,  # a slow probe delays its own next run, never overlaps it
             coalesce=True,  # after a stall, run once, not once per missed slot
-            misfire_grace_time=max(1, int(interval_s)),
+            misfire_grace_time=_misfire_grace(interval_s),
         )
+
+
+class ProbeSchedule:
+    """The scheduler's probe jobs, one per series, and their timing; ``replace`` swaps them."""
+
+    def __init__(
+        self,
+        scheduler: AsyncIOScheduler,
+        prober: Prober,
+        series: Sequence[Series],
+        interval_s: float,
+        jitter_s: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Add the jobs of ``series`` to ``scheduler`` (started or not)."""
+        self._scheduler = scheduler
+        self._prober = prober
+        self._rng = rng or random.Random()
+        self._series = {s.key: s for s in series}
+        self.interval_s = interval_s
+        self.jitter_s = jitter_s
+        self.stopped = False
+        schedule(scheduler, prober, series, interval_s, jitter_s, self._rng)
+
+    @property
+    def prober(self) -> Prober:
+        """What runs the probes."""
+        return self._prober
+
+    @property
+    def series(self) -> list[Series]:
+        """The series scheduled now."""
+        return list(self._series.values())
+
+    def replace(self, series: Sequence[Series], interval_s: float, jitter_s: float) -> None:
+        """From now on probe ``series`` every ``interval_s`` (± ``jitter_s``).
+
+        Synchronous on purpose: nothing else runs on the event loop between the
+        first job removed and the last one added, so no series is ever
+        scheduled twice, or missing while it is kept. A removed series loses
+        only its future runs: a probe of it in flight finishes and reaches the
+        sink. A kept series keeps its job (its ``max_instances=1`` still waits
+        for a probe in flight) and its place in time: with a new interval its
+        next run stays where it was unless the new interval brings it sooner.
+        A new series is first probed within ``jitter_s``, as at start.
+        """
+        if self.stopped:
+            raise RuntimeError("the probe schedule has stopped")
+        new = {s.key: s for s in series}
+        retimed = (interval_s, jitter_s) != (self.interval_s, self.jitter_s)
+        now = datetime.now(timezone.utc)
+        for key in self._series.keys() - new.keys():
+            self._scheduler.remove_job(key)
+        for key, s in new.items():
+            old = self._series.get(key)
+            if old is None:
+                continue
+            changes: dict[str, object] = {}
+            if s != old:  # same router, model and prompt; another URL, header, key or message
+                changes["args"] = [s]
+            if retimed:
+                trigger = _trigger(interval_s, jitter_s)
+                soonest = trigger.get_next_fire_time(None, now)
+                pending = self._scheduler.get_job(key).next_run_time
+                changes.update(
+                    trigger=trigger,
+                    next_run_time=soonest if pending is None else min(pending, soonest),
+                    misfire_grace_time=_misfire_grace(interval_s),
+                )
+            if changes:
+                self._scheduler.modify_job(key, **changes)
+        added = [s for key, s in new.items() if key not in self._series]
+        schedule(self._scheduler, self._prober, added, interval_s, jitter_s, self._rng)
+        self._series = new
+        self.interval_s = interval_s
+        self.jitter_s = jitter_s
+
+    async def stop(self, limit_s: float) -> None:
+        """Stop starting probes, let those in flight finish (up to ``limit_s``), shut the scheduler down."""
+        self.stopped = True
+        await stop(self._scheduler, self._prober, limit_s)  # the module's stop(), below
 
 
 async def stop(scheduler: AsyncIOScheduler, prober: Prober, limit_s: float) -> None:

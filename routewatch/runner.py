@@ -36,8 +36,7 @@ from .probe.durations import parse_duration
 from .probe.loop_lag import LoopLagMonitor
 from .probe.redact import redact, redact_dsn
 from .probe.result import ProbeResult
-from .probe.scheduler import Prober, Series, new_session, schedule
-from .probe.scheduler import stop as stop_scheduler
+from .probe.scheduler import Prober, ProbeSchedule, Series, new_session
 from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
 from .probe.writer import BatchWriter
 from .simulator import DEFAULT_PROFILES, start_simulator
@@ -131,8 +130,14 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
 
         # Admin endpoints answer only with ROUTEWATCH_ADMIN_TOKEN set (see aggregator/api.py).
-        admin = LocalAdmin(config, opts.config_path, series,
-                           simulator_url=simulator.base_url if simulator is not None else SIMULATOR_PENDING)
+        # A reload is applied once the probes run (admin.attach); a router moved to the
+        # simulator is rejected when this process did not start one.
+        if simulator is not None:
+            reload_simulator: str | None = simulator.base_url
+        else:
+            reload_simulator = None if opts.probes else SIMULATOR_PENDING
+        admin = LocalAdmin(config, opts.config_path, series, simulator_url=reload_simulator,
+                           aggregator=aggregator)
         prober_health = ProberHealthSlot()  # /metrics reports the prober once it runs (`run` only)
         app = create_app(aggregator, admin=admin, prices=input_prices(config.routers), prober_health=prober_health)
         runner = web.AppRunner(app, access_log=None)
@@ -149,7 +154,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
                                  spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
             await writer.start()
             banner = _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, example, aggregator.role)
-            await _probe_until_stopped(config, series, writer, banner, stop, prober_health)
+            await _probe_until_stopped(config, series, writer, banner, stop, prober_health, admin)
         else:
             print(_banner(opts, [], db_label, mode, tsdb, 0, api_url, example, aggregator.role), flush=True)
             await stop.wait()
@@ -170,9 +175,12 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
 
 async def _probe_until_stopped(
     config: Config, series: list[Series], writer: BatchWriter, banner: str, stop: asyncio.Event,
-    prober_health: ProberHealthSlot | None = None,
+    prober_health: ProberHealthSlot | None = None, admin: LocalAdmin | None = None,
 ) -> None:
-    """Probe on the schedule until ``stop``, then let probes in flight finish."""
+    """Probe on the schedule until ``stop``, then let probes in flight finish.
+
+    With ``admin``, a config reload replaces the scheduled series from then on.
+    """
     lag = LoopLagMonitor()
     lag.start()
     async with new_session(config.schedule.concurrency) as session:
@@ -181,8 +189,11 @@ async def _probe_until_stopped(
         if prober_health is not None:
             prober_health.attach(prober, writer, lag)
         scheduler = AsyncIOScheduler()
-        schedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
+        probes = ProbeSchedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter,
+                               random.Random())
         scheduler.start()
+        if admin is not None:
+            admin.attach(probes)
         # Everything built so far lives for the whole run: keep it out of
         # the collector's full scans, whose pauses would stall the loop
         # (and be flagged as prober lag) in the middle of measurements.
@@ -193,7 +204,8 @@ async def _probe_until_stopped(
         await stop.wait()
         print("\nstopping: finishing probes in flight and storing results …", flush=True)
         status.cancel()
-        await stop_scheduler(scheduler, prober, config.timeouts.total + 1)
+        # A reload may have changed the timeouts; a probe in flight may still run on the old ones.
+        await probes.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
     await lag.stop()
 
 
