@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import aiohttp
 import numpy as np
 
-from machine import describe_machine, package_version, write_results
+from machine import describe_machine, package_version, print_table, write_results
 
 from routewatch.probe import chat_stream
 from routewatch.probe.loop_lag import LoopLagMonitor
@@ -514,7 +514,7 @@ def _triple(d: dict[str, float | None], digits: int = 2) -> str:
     return "/".join(_f(d[k], digits) for k in ("p50", "p99", "max"))
 
 
-def print_table(rows: Sequence[Row]) -> None:
+def print_results(rows: Sequence[Row]) -> None:
     """Aligned plain text: pastes anywhere, and needs no terminal."""
     header = ["N", "pattern", "client", "ok/n", "TTFT |err| ms p50/p99/max", "last |err| ms p99",
               "tok/s |err| p50/p99/max",
@@ -536,13 +536,7 @@ def print_table(rows: Sequence[Row]) -> None:
             over,
             str(r.peak_in_flight),
         ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        # Names left-aligned, numbers right-aligned.
-        cells = (c.rjust(w) if j >= 3 else c.ljust(w) for j, (c, w) in enumerate(zip(line, widths, strict=True)))
-        print("  ".join(cells))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(lines, left=3)
 
 
 def machine_info() -> dict[str, Any]:
@@ -617,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = asyncio.run(main_async(args.quick, log))
     rows: list[Row] = result.pop("_rows")
-    print_table(rows)
+    print_results(rows)
     print(f"\nrun took {result['duration_s']} s")
     write_results(json_path, result)
     print(f"wrote {json_path}")

@@ -48,7 +48,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 from benchdb import create_database, dsn_for, prepare_schema
-from machine import describe_machine, write_results
+from machine import describe_machine, print_table, write_results
 
 from routewatch.local_postgres import LocalPostgres
 from routewatch.probe.result import METHODOLOGY_VERSION
@@ -442,7 +442,7 @@ def targets(cases: list[CaseResult]) -> list[str]:
     return out
 
 
-def print_table(cases: list[CaseResult]) -> None:
+def print_results(cases: list[CaseResult]) -> None:
     lines = [["series", "days", "probe", "rows", "load s", "initial rollup s", "cold refresh ms",
               "rollup refresh ms (p50)", "hist+windows ms", "naive ms", "naive runs", "ratio"]]
     for c in cases:
@@ -450,11 +450,7 @@ def print_table(cases: list[CaseResult]) -> None:
                       f"{c.initial_rollup_s:.1f}", f"{c.cold_refresh_ms:,.0f}", f"{c.rollup_refresh_ms:.0f}",
                       f"{c.refresh_hist_ms:.0f}+{c.window_stats_ms:.0f}", f"{c.naive_ms:,.0f}",
                       str(len(c.naive_runs_ms)), f"{c.ratio:.0f}x"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for i, line in enumerate(lines):
-        print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     cases: list[CaseResult] = result.pop("_cases")
     result["targets"] = targets(cases)
-    print_table(cases)
+    print_results(cases)
     print()
     for line in result["targets"]:
         print(line)

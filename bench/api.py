@@ -474,17 +474,15 @@ def targets(results: list[CaseResult]) -> list[str]:
     return out
 
 
-def print_table(results: list[CaseResult]) -> None:
+def print_results(results: list[CaseResult]) -> None:
     lines = [["case", "loadgen", "req/s", "p50 ms", "p99 ms", "ratio to bare", "server CPU", "loadgen CPU", "body bytes"]]
     for r in results:
         lines.append([r.case, r.loadgen, f"{r.req_s:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                       f"{r.ratio_to_bare:.2f}" if r.ratio_to_bare is not None else "-",
                       f"{r.server_cpu_pct:.0f}%", f"{r.loadgen_cpu_pct:.0f}%", f"{r.body_bytes:,}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for i, line in enumerate(lines):
-        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(line, widths, strict=True))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    from machine import print_table
+
+    print_table(lines, left=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,7 +553,7 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
     info["loadavg_end"] = list(os.getloadavg())
-    print_table(results)
+    print_results(results)
     print()
     lines = targets(results)
     for line in lines:

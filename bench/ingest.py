@@ -45,7 +45,7 @@ from typing import Any
 
 import asyncpg
 from benchdb import create_database, dsn_for, prepare_schema
-from machine import describe_machine, write_results
+from machine import describe_machine, print_table, write_results
 
 from routewatch.probe.result import (
     COLUMNS,
@@ -588,15 +588,6 @@ def _f(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
-def _print(lines: list[list[str]], left: int) -> None:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for i, line in enumerate(lines):
-        cells = (c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths, strict=True)))
-        print("  ".join(cells))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def print_tables(modes: Sequence[ModeResult], spool: SpoolResult) -> None:
     """Aligned plain text: insert rates, then storage size and replay."""
     lines = [["mode", "method", "batch", "rows", "seconds", "rows/s", "x row-by-row", "client CPU s"]]
@@ -604,7 +595,7 @@ def print_tables(modes: Sequence[ModeResult], spool: SpoolResult) -> None:
         for r in m.methods:
             lines.append([m.mode, r.method, str(r.batch), f"{r.rows:,}", _f(r.seconds, 2), _f(r.rows_per_s),
                           _f(r.vs_row_by_row, 1), _f(r.client_cpu_s, 2)])
-    _print(lines, 2)
+    print_table(lines, 2)
     print()
     lines = [["mode", "rows", "bytes/probe", "compressed", "ratio", "spool decode rec/s", "replay to DB rec/s"]]
     for m in modes:
@@ -612,7 +603,7 @@ def print_tables(modes: Sequence[ModeResult], spool: SpoolResult) -> None:
         lines.append([m.mode, f"{s.rows:,}", _f(s.bytes_per_probe), _f(s.compressed_bytes_per_probe),
                       "-" if s.compression_ratio is None else f"{s.compression_ratio:.1f}x",
                       _f(spool.decode_records_per_s), _f(m.replay_records_per_s)])
-    _print(lines, 1)
+    print_table(lines, 1)
     print(f"\nspool: {spool.records:,} records, {spool.bytes / 1e6:.1f} MB ({spool.bytes_per_record:.0f} bytes/record),"
           f" written at {spool.write_records_per_s:,.0f} records/s (append, sync=False)")
 

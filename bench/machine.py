@@ -1,4 +1,4 @@
-"""What a benchmark ran on, and writing its JSON: the figures mean little without it."""
+"""What a benchmark ran on, writing its JSON and printing its table: the figures mean little without the first."""
 
 from __future__ import annotations
 
@@ -39,3 +39,17 @@ def write_results(path: Path, result: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def print_table(lines: list[list[str]], left: int = 0) -> None:
+    """Print rows of cells (the first row is the header) as aligned columns.
+
+    The first ``left`` columns (names) are left-aligned, the rest (numbers)
+    right-aligned; a rule of dashes goes under the header.
+    """
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for i, line in enumerate(lines):
+        cells = (c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths, strict=True)))
+        print("  ".join(cells))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
