@@ -126,10 +126,14 @@ async def test_scheduled_probes_reach_the_api_with_true_figures(
             assert abs(stats["error_rate"] - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1 / n
 
             # p50 TTFT: within 5 ms of the median TTFT the simulator actually injected
-            # (loopback HTTP adds a little), and within 20% of the profile's median.
+            # (loopback HTTP adds a little): that is routewatch's accuracy. And consistent
+            # with the profile's median: a sample median of n lognormal draws is off by
+            # 1.2533 * sigma / sqrt(n) in log space (one standard error); allow 4 of them.
             injected = statistics.median(r.injected_ttft_ms for r in truth if r.fault is None)
             assert stats["ttft_p50_ms"] == pytest.approx(injected, abs=5.0)
-            assert stats["ttft_p50_ms"] == pytest.approx(profile.ttft_median_ms, rel=0.2)
+            n_ok = sum(r.fault is None for r in truth)
+            spread = 4 * 1.2533 * profile.ttft_sigma / math.sqrt(n_ok)
+            assert abs(math.log(injected / profile.ttft_median_ms)) <= spread, (injected, n_ok)
             assert stats["ttft_p95_ms"] >= stats["ttft_p50_ms"]
             # Output speed: the simulator sends tokens at a fixed rate.
             assert stats["tps_p50"] == pytest.approx(profile.tokens_per_s, rel=0.1)
