@@ -105,6 +105,26 @@ def errors_as_json(handler: Handler) -> Handler:
     return guarded
 
 
+def cached_read(render: Handler) -> Handler:
+    """A public read that answers from the per-snapshot body cache first.
+
+    Hot path: a request spelled exactly as one served before in this
+    generation is a dictionary lookup. Otherwise ``render`` (with
+    ``errors_as_json``) validates the query, builds and caches the body.
+    """
+    guarded = errors_as_json(render)
+
+    @functools.wraps(render)
+    async def handler(request: web.Request) -> web.Response:
+        api = request.app[API]
+        body = api.cache.hit(api.aggregator, request.raw_path)
+        if body is None:
+            return await guarded(request)
+        return api.respond(request, body)
+
+    return handler
+
+
 async def router_errors_as_json(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: aiohttp's own 404 (no route) and 405 (wrong method) as JSON errors.
 
@@ -325,18 +345,9 @@ def _resolve(api: ApiState, snap: Snapshot, model: str, query: Mapping[str, str]
 # ---------------------------------------------------------------- public reads
 
 
+@cached_read
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models[?provider=][&state=]: every model with its catalog-window stats."""
-    api = request.app[API]
-    # Hot path: a request spelled as one served before in this generation.
-    body = api.cache.hit(api.aggregator, request.raw_path)
-    if body is None:
-        return await _list_models(request)
-    return api.respond(request, body)
-
-
-@errors_as_json
-async def _list_models(request: web.Request) -> web.Response:
     api = request.app[API]
     snap = api.snapshot()
     bodies = api.cache.generation(snap, api.aggregator.status)
@@ -368,17 +379,9 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
             "status_enabled": api.aggregator.status_enabled, "models": models}
 
 
+@cached_read
 async def model_stats(request: web.Request) -> web.Response:
     """GET /v1/models/{id}/stats?window=7d[&by=provider|region][&router=name]: one model, one window."""
-    api = request.app[API]
-    body = api.cache.hit(api.aggregator, request.raw_path)
-    if body is None:
-        return await _model_stats(request)
-    return api.respond(request, body)
-
-
-@errors_as_json
-async def _model_stats(request: web.Request) -> web.Response:
     api = request.app[API]
     snap = api.snapshot()
     bodies = api.cache.generation(snap, api.aggregator.status)
@@ -416,17 +419,9 @@ class SeriesQuery:
     end: datetime
 
 
+@cached_read
 async def model_series(request: web.Request) -> web.Response:
     """GET /v1/models/{id}/series?metric=&bucket=&from=&to=: one published figure over time."""
-    api = request.app[API]
-    body = api.cache.hit(api.aggregator, request.raw_path)
-    if body is None:
-        return await _model_series(request)
-    return api.respond(request, body)
-
-
-@errors_as_json
-async def _model_series(request: web.Request) -> web.Response:
     api = request.app[API]
     snap = api.snapshot()
     series = _series_query(api, snap, request.match_info["id"], request)

@@ -22,6 +22,7 @@ from routewatch.probe.result import ProbeResult
 
 from .metrics import METRICS_CONTENT_TYPE
 from .public_routes import DEFAULT_INCIDENT_LIMIT, HTML, INCIDENT_STATES, SVG
+from .rollup import BREAKDOWNS
 from .stats import CI_FIELDS, MIN_OK_SAMPLES
 from .status import UPTIME_DAYS, State
 from .status_store import INCIDENT_LIST_MAX, RECENT_INCIDENTS
@@ -35,7 +36,6 @@ STATES = tuple(state.value for state in State)  # operational, degraded, down, u
 INCIDENT_WORST_STATES = (State.DEGRADED.value, State.DOWN.value)
 # A day's uptime bar: a LEVELS name, or unknown (status_view.day_level).
 DAY_LEVELS = (*(level for level, _, _ in LEVELS), "unknown")
-BREAKDOWNS = ("provider", "region")
 # Query value -> stats_history column.
 SERIES_METRICS = {
     "ttft_p50": "ttft_p50_ms",

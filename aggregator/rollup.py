@@ -5,20 +5,21 @@
 mergeable log-bucket histograms (``sketch.Histogram``) of TTFT, TTFAT and
 output tokens/s. Two steps use it:
 
-* :func:`refresh_hist` recomputes only the hours that received rows since the
-  last refresh (found through ``probe_ingest_log``, which ``write_batch``
-  fills in the same transaction as the rows), plus always the current hour.
-  Cost scales with the new data, never with the published windows.
+* :func:`refresh_hist` takes in the batches not yet taken in (the
+  ``probe_ingest_log`` rows ``write_batch`` adds in the same transaction as
+  the rows): their rows in the current hour are added to the hour's rows, and
+  every earlier hour they touched is recomputed whole. Cost follows the new
+  data, never the published windows.
 * :func:`window_stats` reads the hourly rows of the longest window once and
-  merges them per window with ``Histogram.merge_all``.
+  merges them per window: the standby's path, and the reference the
+  leader's in-memory windows (``sliding.SlidingWindows``) are tested against.
 
 Windows are whole UTC hours: a window of ``n`` hours starts at
 ``floor_hour(now) - n h`` and ends at ``now``, i.e. ``n`` full hours plus the
 current, partial hour: it always covers at least its nominal length (between
 ``n`` and ``n + 1`` hours), so "1h" is never just the few minutes since :00.
-The partial hour is exact (every row stored
-before the refresh) because ``refresh_hist`` always recomputes the current
-hour before ``window_stats`` reads it: a new probe shows at the next refresh.
+The partial hour holds every row stored before the refresh, because
+``refresh_hist`` runs first: a new probe shows at the next refresh.
 A window length that is not a whole number of hours is rounded up.
 
 Percentiles come from the histograms (<= 0.5% relative error against numpy's
@@ -442,7 +443,7 @@ def decode_row(r: Mapping[str, Any]) -> HourRow:
 
 def cell_keys(router: str, model: str, provider: str, region: str) -> list[CellKey]:
     """The window_stats keys one series-hour contributes to."""
-    return [(router, model), (router, model, "provider", provider), (router, model, "region", region)]
+    return [(router, model), (router, model, BREAKDOWNS[0], provider), (router, model, BREAKDOWNS[1], region)]
 
 
 def cells_stats(groups: Mapping[CellKey, Sequence[HourRow]]) -> dict[CellKey, CellStats]:

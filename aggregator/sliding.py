@@ -105,12 +105,6 @@ def _same_sums(a: HourRow, b: HourRow) -> bool:
     )
 
 
-def _zero(h: HourRow) -> HourRow:
-    empty = Histogram.empty()
-    return replace(h, attempts=0, ok=0, rate_limited=0, overloaded=0, errors={}, input_tokens=0,
-                   output_tokens=0, first=None, last=None, ttft=empty, ttfat=empty, tps=empty, rows=0)
-
-
 class SlidingWindows:
     """Per window and cell, the sum of the window's complete hours (see the module docstring)."""
 
@@ -122,7 +116,7 @@ class SlidingWindows:
         self._generation: int | None = None
         self._sums: dict[str, dict[CellKey, HourRow]] = {}
         self._cells: dict[CellKey, _CellHours] = {}
-        self._now_rows: list[HourRow] = []  # the current hour, from the last report
+        self._now_rows: tuple[HourRow, ...] = ()  # the current hour, from the last report
         # Per window, the breakdown cells whose sums equal their model cell's (one provider,
         # one region): stats() hands cells_stats the model's sum object for them, so their
         # figures are computed once (see rollup.cells_stats).
@@ -135,7 +129,7 @@ class SlidingWindows:
         self._current = None
         self._sums = {}
         self._cells = {}
-        self._now_rows = []
+        self._now_rows = ()
         self._aliases = {}
 
     async def update(self, conn: asyncpg.Connection, report: RefreshReport) -> None:
@@ -157,13 +151,13 @@ class SlidingWindows:
         if not in_step:
             await self._rebuild(conn, current)
         self._generation = report.generation
-        self._now_rows = list(report.current)
+        self._now_rows = report.current
 
     def known_hour(self) -> KnownHour | None:
         """The current hour's rows as of the last update, for the next refresh_hist."""
         if self._generation is None or self._current is None:
             return None
-        return KnownHour(self._generation, self._current, tuple(self._now_rows))
+        return KnownHour(self._generation, self._current, self._now_rows)
 
     def stats(self) -> dict[str, dict[CellKey, CellStats]]:
         """Stats per window per cell: the complete hours' sums plus the current hour's rows."""
@@ -194,11 +188,12 @@ class SlidingWindows:
             for h in rows:
                 for key in cell_keys(h.router, h.model, h.provider, h.region):
                     acc = sums.get(key)
-                    if acc is None:
-                        if sign < 0:
-                            raise ValueError(f"no sum to take an hour of {key} out of")
-                        acc = _zero(h)
-                    sums[key] = combine(acc, h, sign)
+                    if acc is not None:
+                        sums[key] = combine(acc, h, sign)
+                    elif sign > 0:
+                        sums[key] = h  # a sum of one row is the row (rows are never mutated)
+                    else:
+                        raise ValueError(f"no sum to take an hour of {key} out of")
                     touched.add((name, key))
         return touched
 

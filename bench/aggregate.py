@@ -33,10 +33,8 @@ import asyncio
 import gc
 import os
 import shlex
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,7 +45,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from benchdb import create_database, dsn_for, prepare_schema
+from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
 from machine import describe_machine, print_table, write_results
 
 from routewatch.local_postgres import LocalPostgres
@@ -469,18 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="routewatch-bench-aggregate-"))
-    work.chmod(0o755)  # as root, the server runs as another user and must reach pgdata
-    pg = LocalPostgres(work / "db", bin_dir=args.pg_bin)
-    if args.mode == "timescaledb" and not pg.has_timescaledb:
-        parser.error(f"PostgreSQL {pg.version} in {pg.bin_dir} has no TimescaleDB; use --pg-bin")
-    try:
+    with throwaway_server("aggregate", args.pg_bin) as (work, pg):
+        if args.mode == "timescaledb" and not pg.has_timescaledb:
+            parser.error(f"PostgreSQL {pg.version} in {pg.bin_dir} has no TimescaleDB; use --pg-bin")
         log(f"starting PostgreSQL {pg.version} ({pg.bin_dir}) in {work}; mode {args.mode}")
         pg.start()
         result = asyncio.run(main_async(pg, args.mode, steps, log))
-    finally:
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
     cases: list[CaseResult] = result.pop("_cases")
     result["targets"] = targets(cases)
     print_results(cases)

@@ -515,10 +515,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Database, server, every case, the table and the JSON."""
-    from benchdb import create_database, dsn_for
+    from benchdb import create_database, dsn_for, throwaway_server
     from machine import describe_machine, write_results
-
-    from routewatch.local_postgres import LocalPostgres
 
     plan = QUICK if args.quick else FULL
     json_path: Path = args.json or (DEFAULT_JSON_QUICK if args.quick else DEFAULT_JSON)
@@ -532,26 +530,22 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         print(msg, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="routewatch-bench-api-"))
-    work.chmod(0o755)  # as root, the server runs as another user and must reach pgdata
-    pg = LocalPostgres(work / "db", bin_dir=args.pg_bin)
     server: subprocess.Popen[str] | None = None
-    try:
-        log(f"starting PostgreSQL {pg.version} ({pg.bin_dir}) in {work}")
-        pg.start()
-        asyncio.run(create_database(pg.dsn, "bench_api"))
-        dsn = dsn_for(pg.dsn, "bench_api")
-        rows = asyncio.run(seed(dsn, args.models, plan, log))
-        info = describe_machine(["aiohttp", "asyncpg", "prometheus-client"], postgresql=pg.version,
-                                wrk=_wrk_version() if have_wrk else None)
-        server, served = start_server(dsn, args.models, log)
-        results = run_cases(served, server.pid, args.models, plan, generators, log)
-    finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    with throwaway_server("api", args.pg_bin) as (work, pg):
+        try:
+            log(f"starting PostgreSQL {pg.version} ({pg.bin_dir}) in {work}")
+            pg.start()
+            asyncio.run(create_database(pg.dsn, "bench_api"))
+            dsn = dsn_for(pg.dsn, "bench_api")
+            rows = asyncio.run(seed(dsn, args.models, plan, log))
+            info = describe_machine(["aiohttp", "asyncpg", "prometheus-client"], postgresql=pg.version,
+                                    wrk=_wrk_version() if have_wrk else None)
+            server, served = start_server(dsn, args.models, log)
+            results = run_cases(served, server.pid, args.models, plan, generators, log)
+        finally:
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
     info["loadavg_end"] = list(os.getloadavg())
     print_results(results)
     print()

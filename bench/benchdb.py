@@ -1,15 +1,36 @@
-"""Database set-up shared by the storage benchmarks: one throwaway database
-per case, migrated in the mode under test."""
+"""Database set-up shared by the benchmarks: a throwaway server, one
+throwaway database per case, migrated in the mode under test."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from routewatch.aggregator.maintenance import ensure_partitions
 from routewatch.aggregator.migrate import migrate
+from routewatch.local_postgres import LocalPostgres
+
+
+@contextmanager
+def throwaway_server(name: str, bin_dir: Path | None) -> Iterator[tuple[Path, LocalPostgres]]:
+    """(work dir, server): a LocalPostgres in a fresh temporary directory, not started yet
+    (so its version and extensions can be checked first). On the way out, however it is
+    left (an argparse error included), the server is stopped and the directory removed."""
+    work = Path(tempfile.mkdtemp(prefix=f"routewatch-bench-{name}-"))
+    work.chmod(0o755)  # as root, the server runs as another user and must reach pgdata
+    pg = LocalPostgres(work / "db", bin_dir=bin_dir)
+    try:
+        yield work, pg
+    finally:
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def dsn_for(dsn: str, database: str) -> str:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from benchdb import create_database, dsn_for, prepare_schema
+from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
 from machine import describe_machine, print_table, write_results
 
 from routewatch.probe.result import (
@@ -705,24 +705,18 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="routewatch-bench-ingest-"))
-    work.chmod(0o755)  # as root, the server runs as another user and must reach pgdata
-    pg = LocalPostgres(work / "db", bin_dir=args.pg_bin)
-    if args.mode == "auto":
-        modes = ["plain", "timescaledb"] if pg.has_timescaledb else ["plain"]
-    elif args.mode == "both":
-        modes = ["plain", "timescaledb"]
-    else:
-        modes = [args.mode]
-    if "timescaledb" in modes and not pg.has_timescaledb:
-        parser.error(f"PostgreSQL {pg.version} in {pg.bin_dir} has no TimescaleDB; use --pg-bin")
-    try:
+    with throwaway_server("ingest", args.pg_bin) as (work, pg):
+        if args.mode == "auto":
+            modes = ["plain", "timescaledb"] if pg.has_timescaledb else ["plain"]
+        elif args.mode == "both":
+            modes = ["plain", "timescaledb"]
+        else:
+            modes = [args.mode]
+        if "timescaledb" in modes and not pg.has_timescaledb:
+            parser.error(f"PostgreSQL {pg.version} in {pg.bin_dir} has no TimescaleDB; use --pg-bin")
         log(f"starting PostgreSQL {pg.version} ({pg.bin_dir}) in {work}; modes: {', '.join(modes)}")
         pg.start()
         result = asyncio.run(main_async(pg, modes, plan, work, log))
-    finally:
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
     modes_out: list[ModeResult] = result.pop("_modes")
     spool: SpoolResult = result.pop("_spool")
     print_tables(modes_out, spool)
