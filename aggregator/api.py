@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ from .openapi import (
     SERIES_METRICS,
     STATES,
 )
+from .provider_cap import OTHER, UNKNOWN, is_named
 from .public_routes import setup_status_routes
 from .refresh import Aggregator, Snapshot
 
@@ -369,14 +370,21 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
     models = []
     for router, model in snap.models:
         stats = snap.stats[window][(router, model)]
-        providers = sorted(stats.breakdown.get("provider", {}))
+        labels = stats.breakdown.get("provider", {})
         model_state = states.get(model, "unknown")
-        if (provider is not None and provider not in providers) or (state is not None and model_state != state):
+        if (provider is not None and provider not in labels) or (state is not None and model_state != state):
             continue
-        models.append({"id": model, "router": router, "state": model_state, "providers": providers,
+        models.append({"id": model, "router": router, "state": model_state, "providers": _providers(labels),
                        "stats": stats.as_json()})
     return {"window": window, "updated_at": snap.updated_at.isoformat(),
             "status_enabled": api.aggregator.status_enabled, "models": models}
+
+
+def _providers(labels: Iterable[str]) -> list[str | None]:
+    """A model's provider cells as listed: names sorted, then ``other``, then null for no provider."""
+    present = set(labels)
+    named = sorted(label for label in present if is_named(label))
+    return [*named, *([OTHER] if OTHER in present else []), *([None] if UNKNOWN in present else [])]
 
 
 @cached_read

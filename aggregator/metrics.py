@@ -37,7 +37,11 @@ Families (labels in braces; every stat is over one window: "1h", "24h", "7d"):
   ``routewatch_event_loop_lag_max_seconds``.
 
 Label values are router names, model ids, windows, providers, regions,
-states, roles and error classes: never a URL, a key or a DSN.
+states, roles and error classes: never a URL, a key or a DSN. Providers are
+what routers report, so they are capped (``provider_cap``): at most
+``aggregator.max_providers_per_model`` names per model, then ``other`` for
+the rest and ``unknown`` where the router named none (never an empty label),
+so a router cannot add series without bound.
 """
 
 from __future__ import annotations

@@ -126,9 +126,11 @@ def _model_stats() -> Schema:
         **_figures(),
         "breakdown": {
             "type": "object",
-            "description": "only with by=: the model's cells for that one dimension, keyed by value "
-                           "('' stands for probes whose router named no provider)",
-            "properties": {dim: {"type": "object", "additionalProperties": _ref("Cell")} for dim in BREAKDOWNS},
+            "description": "only with by=: the model's cells for that one dimension, keyed by value. "
+                           "Providers: at most aggregator.max_providers_per_model names, then 'other' "
+                           "(every provider past them) and 'unknown' (the router named no provider)",
+            "properties": {dim: {"type": "object", "additionalProperties": _ref("Cell"),
+                                 "propertyNames": {"minLength": 1}} for dim in BREAKDOWNS},
             "additionalProperties": False,
             "minProperties": 1,
             "maxProperties": 1,
@@ -239,8 +241,11 @@ def _schemas() -> dict[str, Schema]:
             "router": {"type": "string"},
             "state": {**state, "description": "from the status engine; unknown when it has no verdict "
                                               "or status is not enabled (no SLO configured)"},
-            "providers": {"type": "array", "items": {"type": "string"},
-                          "description": "providers seen in the listing window"},
+            "providers": {"type": "array", "items": {"type": ["string", "null"], "minLength": 1},
+                          "uniqueItems": True,
+                          "description": "providers seen in the listing window: at most "
+                                         "aggregator.max_providers_per_model names (sorted), then 'other' "
+                                         "(every provider past them), then null (the router named no provider)"},
             "stats": _ref("ModelStats"),
         }),
         "ModelList": _object({
@@ -414,7 +419,8 @@ def _paths() -> dict[str, Schema]:
             "operationId": "listModels",
             "summary": "Every model with its catalog-window (7d) stats",
             "parameters": [
-                _query("provider", {"type": "string"}, "only models with this provider in their breakdown"),
+                _query("provider", {"type": "string"},
+                       "only models with this provider in their breakdown ('other' and 'unknown' included)"),
                 state_q, _p("IfNoneMatch"),
             ],
             "responses": _std(_json("ModelList", "the models", cached=True), "304", "400", "503"),

@@ -30,7 +30,8 @@ from routewatch.probe.config import MaintenanceWindow, SLOConfig
 from .maintenance import DEFAULT_RETENTION
 from .history import record as record_history
 from .leader import Leadership
-from .rollup import refresh_hist, window_start, window_stats
+from .provider_cap import DEFAULT_MAX_PROVIDERS
+from .rollup import refresh_hist, window_hours, window_start, window_stats
 from .sliding import SlidingWindows
 from .stats import CellStats, ModelStats, WindowCounts
 from .status_store import StatusReport, StatusTracker, read_report
@@ -70,6 +71,7 @@ class Aggregator:
         slo: SLOConfig | None = None,
         probe_interval_s: float | None = None,
         maintenance: Sequence[MaintenanceWindow] = (),
+        max_providers: int = DEFAULT_MAX_PROVIDERS,
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
@@ -78,7 +80,9 @@ class Aggregator:
         refreshing process records its snapshot in ``stats_history`` that often.
         With ``slo`` and ``probe_interval_s`` (the probe schedule interval), the
         refreshing process also evaluates model status, incidents and daily
-        uptime (``status_store``); every process publishes them as ``status``."""
+        uptime (``status_store``); every process publishes them as ``status``.
+        ``max_providers``: named providers per model at most, the rest counted
+        as ``other`` (``provider_cap``)."""
         self._pool = pool
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
@@ -92,7 +96,8 @@ class Aggregator:
             if probe_interval_s is None:
                 raise ValueError("status needs the probe schedule interval (probe_interval_s) with slo")
             self._status = StatusTracker(slo, probe_interval_s, maintenance, refresh_s=interval_s)
-        self._sliding = SlidingWindows(self._windows)
+        self._max_providers = max_providers
+        self._sliding = SlidingWindows(self._windows, max_providers)
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
@@ -147,14 +152,18 @@ class Aggregator:
             await self._leadership.try_acquire()
         async with self._pool.acquire() as conn:
             if self.role == "leader":
-                report = await refresh_hist(conn, retention=self._retention, known=self._sliding.known_hour())
+                report = await refresh_hist(
+                    conn, retention=self._retention, known=self._sliding.known_hour(),
+                    max_providers=self._max_providers,
+                    label_hours=max((window_hours(s) for s in self._windows.values()), default=1),
+                )
                 now = report.now
                 await self._sliding.update(conn, report)
                 cells = self._sliding.stats()
             else:
                 self._sliding.forget()  # a later leadership rebuilds it from the table
                 now = await conn.fetchval("SELECT now()")
-                cells = await window_stats(conn, self._windows, now)
+                cells = await window_stats(conn, self._windows, now, self._max_providers)
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
         seen.extend(others)

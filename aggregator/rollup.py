@@ -25,6 +25,11 @@ A window length that is not a whole number of hours is rounded up.
 Percentiles come from the histograms (<= 0.5% relative error against numpy's
 exact percentiles, see sketch.RELATIVE_ACCURACY); each carries a 95%
 order-statistic confidence interval, None when the sample is too small for one.
+
+Provider names come from the router, so their number is capped (see
+``provider_cap``): ``refresh_hist`` stores at most ``max_providers`` named
+providers per (router, model) within the label horizon, the rest as
+``other``; no provider is stored as ``''`` and published as ``unknown``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -42,6 +47,15 @@ import asyncpg
 import numpy as np
 
 from .maintenance import DEFAULT_RETENTION, HIST_ROLLUP, bump_hist_generation
+from .provider_cap import (
+    DEFAULT_HORIZON_HOURS,
+    DEFAULT_MAX_PROVIDERS,
+    LabelCap,
+    SeriesKey,
+    cap_cells,
+    provider_label,
+    stored_provider,
+)
 from .sketch import Histogram, QuantileTable, bucket_indices, quantile_table
 from .stats import CellStats, WindowCounts
 
@@ -71,7 +85,7 @@ CellKey = tuple[str, ...]
 
 _RAW = """
 SELECT date_bin(INTERVAL '1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-       router, model, coalesce(provider, '') AS provider, region, prompt, methodology,
+       router, model, provider, region, prompt, methodology,
        ok, prober_overloaded, error_class, input_tokens, output_tokens, started_at,
        ttft_ms, ttfat_ms, output_tps
 FROM probe_results
@@ -109,6 +123,7 @@ class RefreshReport:
     current: tuple[HourRow, ...] = ()  # every row of the current hour, as it now stands
     written: tuple[HourRow, ...] = ()  # the rows written in the recomputed hours
     replaced: tuple[HourRow, ...] = ()  # the rows they replaced
+    capped: tuple[SeriesKey, ...] = ()  # (router, model) whose providers overflowed into "other" first now
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -144,6 +159,11 @@ class KnownHour:
     generation: int  # RefreshReport.generation of that refresh
     hour: datetime
     rows: tuple[HourRow, ...]
+    # Per (router, model), the provider values of the complete hours
+    # [hour - providers_hours h, hour): what refresh_hist would otherwise read
+    # from the table to know which names are admitted (provider_cap).
+    providers: Mapping[SeriesKey, frozenset[str]] | None = None
+    providers_hours: int = 0
 
 
 async def refresh_hist(
@@ -152,6 +172,8 @@ async def refresh_hist(
     retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
     known: KnownHour | None = None,
+    max_providers: int = DEFAULT_MAX_PROVIDERS,
+    label_hours: int = DEFAULT_HORIZON_HOURS,
 ) -> RefreshReport:
     """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
@@ -170,20 +192,35 @@ async def refresh_hist(
     ``known``: the current hour's rows from the previous report, used instead
     of reading them back when nothing else changed the table since (same
     generation, same hour).
+
+    Provider names are capped (``provider_cap``): per (router, model), at most
+    ``max_providers`` named providers are stored within the last
+    ``label_hours`` whole hours (the longest published window) and later; the
+    first seen are kept, the others stored as ``other``. The first time a
+    model overflows within that horizon is logged, once.
     """
     await conn.execute("SELECT pg_advisory_lock($1)", HIST_LOCK_KEY)
     try:
         async with conn.transaction(isolation="repeatable_read"):
-            report = await _refresh(conn, retention, now, known)
+            report = await _refresh(conn, retention, now, known, max_providers, label_hours)
     finally:
         if not conn.is_closed():
             await conn.execute("SELECT pg_advisory_unlock($1)", HIST_LOCK_KEY)
     log.debug("hist refresh: %s", report)
+    for router, model in report.capped:  # committed: the "other" rows now in the table keep it to once
+        log.warning("router %s, model %s: more than %d distinct providers reported within %d h;"
+                    " the rest are counted as %r (aggregator.max_providers_per_model)",
+                    router, model, max_providers, label_hours, "other")
     return report
 
 
 async def _refresh(
-    conn: asyncpg.Connection, retention: timedelta, now: datetime | None, known: KnownHour | None
+    conn: asyncpg.Connection,
+    retention: timedelta,
+    now: datetime | None,
+    known: KnownHour | None,
+    max_providers: int,
+    label_hours: int,
 ) -> RefreshReport:
     if now is None:
         now = await conn.fetchval("SELECT now()")
@@ -216,14 +253,6 @@ async def _refresh(
     raw: list[asyncpg.Record] = []
     for start, end in _hour_ranges(hours):
         raw.extend(await conn.fetch(_RAW, start, end))
-    written = _hourly_rows(raw)
-    replaced = [
-        decode_row(r)
-        for r in await conn.fetch(
-            f"DELETE FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[]) RETURNING {HOUR_COLUMNS}", hours
-        )
-    ] if hours else []
-
     # The current hour: the pending batches' rows in it, added to what is there.
     batches = [r for r in logs if r["first_started"] < current + HOUR and r["last_started"] >= current]
     new_raw: list[asyncpg.Record] = []
@@ -234,7 +263,24 @@ async def _refresh(
             min(current + HOUR, max(r["last_started"] for r in batches) + timedelta(microseconds=1)),
             [int(r["xid"]) % 2**32 for r in batches],
         )
-    delta = {series_key(h): h for h in _hourly_rows(new_raw)}
+    # Read before anything is deleted: the names admitted are those the table holds.
+    cap = await _label_cap(conn, known, generation_before, current, max_providers, label_hours)
+    first_seen: dict[tuple[str, str, str | None], datetime] = {}
+    for r in (*raw, *new_raw):
+        key, t = (r["router"], r["model"], r["provider"]), r["started_at"]
+        if first_seen.get(key, t) >= t:
+            first_seen[key] = t
+    cap.admit(first_seen)
+
+    written = _hourly_rows(raw, cap.label)
+    replaced = [
+        decode_row(r)
+        for r in await conn.fetch(
+            f"DELETE FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[]) RETURNING {HOUR_COLUMNS}", hours
+        )
+    ] if hours else []
+
+    delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
         now_rows = list(known.rows)
     else:
@@ -265,7 +311,35 @@ async def _refresh(
     return RefreshReport(
         now, len(logs), tuple(hours), len(skipped), len(raw) + len(new_raw), len(to_write),
         generation_before, generation_before + 1, tuple(now_rows), tuple(written), tuple(replaced),
+        tuple(cap.newly_capped),
     )
+
+
+_STORED_PROVIDERS = f"SELECT DISTINCT router, model, provider FROM {HIST_TABLE} WHERE bucket >= $1"
+
+
+async def _label_cap(
+    conn: asyncpg.Connection, known: KnownHour | None, generation: int, current: datetime, limit: int, hours: int
+) -> LabelCap:
+    """The provider cap of this refresh: the names stored from ``current - hours`` h on are admitted.
+
+    With ``known`` from the previous refresh (nothing changed the table since,
+    its hour not after this one, a horizon at least as long), the hours up to
+    and including its hour come from memory and only later ones are read:
+    usually none, so this costs a lookup of the (empty) future hours.
+    """
+    stored: dict[SeriesKey, set[str]] = {}
+    since = current - hours * HOUR
+    if (known is not None and known.providers is not None and known.generation == generation
+            and known.hour <= current and known.providers_hours >= hours):
+        for key, values in known.providers.items():
+            stored.setdefault(key, set()).update(values)
+        for h in known.rows:
+            stored.setdefault((h.router, h.model), set()).add(h.provider)
+        since = known.hour + HOUR
+    for r in await conn.fetch(_STORED_PROVIDERS, since):
+        stored.setdefault((r["router"], r["model"]), set()).add(r["provider"])
+    return LabelCap(limit, stored)
 
 
 def series_key(h: HourRow) -> tuple[datetime, str, str, str, str, str, str]:
@@ -319,12 +393,21 @@ def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
     return out
 
 
-def _hourly_rows(raw: Sequence[asyncpg.Record]) -> list[HourRow]:
+ProviderOf = Callable[[str, str, "str | None"], str]  # (router, model, reported) -> stored provider
+
+
+def _uncapped(router: str, model: str, reported: str | None) -> str:
+    return stored_provider(reported)
+
+
+def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncapped) -> list[HourRow]:
     """probe_hist_hourly rows of the raw rows, grouped per series-hour with numpy.
 
-    Rows are sorted by series-hour once; sums are ``np.add.reduceat`` over the
-    sorted runs, and bucket indices are computed for all values at once, so
-    the per-group Python work is a few slices whatever the group sizes.
+    ``provider_of`` gives the stored provider of each row (the cap's
+    ``LabelCap.label`` in a refresh). Rows are sorted by series-hour once;
+    sums are ``np.add.reduceat`` over the sorted runs, and bucket indices are
+    computed for all values at once, so the per-group Python work is a few
+    slices whatever the group sizes.
     """
     if not raw:
         return []
@@ -333,7 +416,8 @@ def _hourly_rows(raw: Sequence[asyncpg.Record]) -> list[HourRow]:
     keys: list[tuple[Any, ...]] = []
     group = np.empty(n, dtype=np.int64)
     for i, r in enumerate(raw):
-        key = (r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["prompt"], r["methodology"])
+        provider = provider_of(r["router"], r["model"], r["provider"])
+        key = (r["bucket"], r["router"], r["model"], provider, r["region"], r["prompt"], r["methodology"])
         g = index.get(key)
         if g is None:
             g = index[key] = len(keys)
@@ -442,8 +526,12 @@ def decode_row(r: Mapping[str, Any]) -> HourRow:
 
 
 def cell_keys(router: str, model: str, provider: str, region: str) -> list[CellKey]:
-    """The window_stats keys one series-hour contributes to."""
-    return [(router, model), (router, model, BREAKDOWNS[0], provider), (router, model, BREAKDOWNS[1], region)]
+    """The window_stats keys one series-hour contributes to; a stored ``''`` provider is ``unknown``."""
+    return [
+        (router, model),
+        (router, model, BREAKDOWNS[0], provider_label(provider)),
+        (router, model, BREAKDOWNS[1], region),
+    ]
 
 
 def cells_stats(groups: Mapping[CellKey, Sequence[HourRow]]) -> dict[CellKey, CellStats]:
@@ -524,7 +612,10 @@ def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float,
 
 
 async def window_stats(
-    conn: asyncpg.Connection, windows: Mapping[str, float], now: datetime
+    conn: asyncpg.Connection,
+    windows: Mapping[str, float],
+    now: datetime,
+    max_providers: int = DEFAULT_MAX_PROVIDERS,
 ) -> dict[str, dict[CellKey, CellStats]]:
     """Stats per window (name -> seconds) per key, merged from probe_hist_hourly.
 
@@ -533,6 +624,8 @@ async def window_stats(
     has rows there. Windows are hour-aligned (see the module docstring) and
     include the current partial hour as last refreshed by :func:`refresh_hist`:
     call that first. The hourly rows of the longest window are read once.
+    At most ``max_providers`` named provider cells per model
+    (``provider_cap.cap_cells``), besides ``other`` and ``unknown``.
     """
     if not windows:
         return {}
@@ -549,6 +642,7 @@ async def window_stats(
         for key in cell_keys(h.router, h.model, h.provider, h.region):
             by_key[key].append(h)
     return {
-        name: cells_stats({key: [h for h in hours if h.bucket >= start] for key, hours in by_key.items()})
+        name: cells_stats(cap_cells({key: [h for h in hours if h.bucket >= start] for key, hours in by_key.items()},
+                                    max_providers))
         for name, start in starts.items()
     }

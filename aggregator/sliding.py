@@ -16,8 +16,11 @@ and changes it only by what changed:
   loses the one that slid out, both read from the table (two hours of rows).
 
 A refresh then merges, per cell, one summed row per window with the current
-hour's rows, and computes every percentile of every cell in one
-``quantile_table`` call per metric. The result is the same as
+hour's rows (provider cells capped by ``provider_cap.cap_cells``, as
+``window_stats`` does), and computes every percentile of every cell in one
+``quantile_table`` call per metric. The longest window's provider cells are
+also what the next ``refresh_hist`` is told were admitted
+(``KnownHour.providers``), so it need not read them back. The result is the same as
 ``window_stats`` on the same table (tests/test_sliding.py checks it through
 hour turns, late rows and retention).
 
@@ -40,6 +43,7 @@ from datetime import datetime
 
 import asyncpg
 
+from .provider_cap import DEFAULT_MAX_PROVIDERS, SeriesKey, cap_cells
 from .rollup import (
     HIST_TABLE,
     HOUR,
@@ -108,10 +112,12 @@ def _same_sums(a: HourRow, b: HourRow) -> bool:
 class SlidingWindows:
     """Per window and cell, the sum of the window's complete hours (see the module docstring)."""
 
-    def __init__(self, windows: Mapping[str, float]) -> None:
-        """``windows``: name -> length in seconds, hour-aligned like ``rollup.window_start``."""
+    def __init__(self, windows: Mapping[str, float], max_providers: int = DEFAULT_MAX_PROVIDERS) -> None:
+        """``windows``: name -> length in seconds, hour-aligned like ``rollup.window_start``;
+        ``max_providers``: named provider cells per model at most (``provider_cap.cap_cells``)."""
         self._lengths = {name: window_hours(seconds) for name, seconds in windows.items()}
         self._longest = max(self._lengths.values(), default=1)
+        self._max_providers = max_providers
         self._current: datetime | None = None  # the hour the sums are aligned to
         self._generation: int | None = None
         self._sums: dict[str, dict[CellKey, HourRow]] = {}
@@ -157,7 +163,18 @@ class SlidingWindows:
         """The current hour's rows as of the last update, for the next refresh_hist."""
         if self._generation is None or self._current is None:
             return None
-        return KnownHour(self._generation, self._current, self._now_rows)
+        return KnownHour(self._generation, self._current, self._now_rows, *self._providers())
+
+    def _providers(self) -> tuple[dict[SeriesKey, frozenset[str]] | None, int]:
+        """Per (router, model), the provider cells of the longest window's complete hours, and its length."""
+        if not self._sums:
+            return None, 0
+        longest = max(self._lengths, key=self._lengths.__getitem__)
+        found: dict[SeriesKey, set[str]] = {}
+        for key in self._sums[longest]:
+            if len(key) == 4 and key[2] == "provider":
+                found.setdefault((key[0], key[1]), set()).add(key[3])
+        return {k: frozenset(v) for k, v in found.items()}, self._lengths[longest]
 
     def stats(self) -> dict[str, dict[CellKey, CellStats]]:
         """Stats per window per cell: the complete hours' sums plus the current hour's rows."""
@@ -173,7 +190,7 @@ class SlidingWindows:
             }
             for key, rows in current_by_key.items():
                 groups.setdefault(key, []).extend(rows)
-            out[name] = cells_stats(groups)
+            out[name] = cells_stats(cap_cells(groups, self._max_providers))
         return out
 
     # -- keeping the sums ----------------------------------------------

@@ -465,6 +465,9 @@ class AggregatorConfig(_Section):
     snapshot_every: Annotated[Seconds, _at_least(1)] = Field(
         300.0, description="how often the published figures are recorded in stats_history; default 5m"
     )
+    max_providers_per_model: int = Field(
+        5, ge=1, description="distinct providers published per model, the rest counted as 'other'; default 5"
+    )
 
 
 class StorageConfig(_Section):

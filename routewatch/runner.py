@@ -125,7 +125,8 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
                                 retention=retention, leadership=leadership,
                                 history_every=timedelta(seconds=config.aggregator.snapshot_every),
                                 slo=config.slo, probe_interval_s=config.schedule.interval,
-                                maintenance=config.maintenance)
+                                maintenance=config.maintenance,
+                                max_providers=config.aggregator.max_providers_per_model)
         await aggregator.refresh()
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
 

@@ -52,7 +52,7 @@ TOKEN = "s3cret-admin-token-" + uuid.uuid4().hex
 PRICES = {("sim", FAST): 0.15}  # USD per 1M input tokens, for the badges and /status.json
 
 
-def _probe(router: str, model: str, at: datetime, *, ok: bool = True, provider: str = "Alpha",
+def _probe(router: str, model: str, at: datetime, *, ok: bool = True, provider: str | None = "Alpha",
            region: str = "eu", ttft: float = 100.0) -> ProbeResult:
     return ProbeResult(
         id=uuid.uuid4(), started_at=at, region=region, router=router, model=model, prompt="short",
@@ -75,6 +75,7 @@ def _probes(now: datetime) -> list[ProbeResult]:
         at = now - timedelta(minutes=20) + timedelta(seconds=60 * i)
         out.append(_probe("sim", BOTH, at, provider="Gamma"))
         out.append(_probe("alt", BOTH, at, provider="Gamma", ttft=300.0))
+    out.append(_probe("sim", BOTH, now - timedelta(minutes=10), provider=None))  # the router named none
     return out
 
 
@@ -201,6 +202,37 @@ async def test_list_models_with_state_and_provider_filters(seeded: Seeded, aioht
     await _error(await client.get("/v1/models", params={"state": "sideways"}), 400, "state")
     await _error(await client.get("/v1/models", params={"limit": "3"}), 400, "limit")
     await _error(await client.get("/v1/models?state=down&state=up"), 400, "state")
+
+
+async def test_provider_cells_are_capped_and_no_provider_is_null(db_dsn: str, aiohttp_client: ClientFactory) -> None:
+    """A model whose router named 200 providers (and sometimes none), stored by the writer: the listing
+    and ?by=provider show the first 2 names, "other" and no provider (null / "unknown"), never ""."""
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+    try:
+        now = datetime.now(UTC) - timedelta(seconds=5)
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+            await write_batch(conn, [_probe("sim", FAST, now - timedelta(seconds=230 - i), ok=i % 9 != 0,
+                                            provider=f"up-{i}" if i % 10 else None) for i in range(220)])
+        aggregator = Aggregator(pool, WINDOWS, [("sim", FAST)], INTERVAL_S, max_providers=2)
+        await aggregator.refresh()
+        client = await _client(aiohttp_client, create_app(aggregator))
+        (model,) = (await (await client.get("/v1/models")).json())["models"]
+        assert model["providers"] == ["up-1", "up-2", "other", None]
+        for label in ("other", "unknown", "up-2"):
+            found = (await (await client.get("/v1/models", params={"provider": label})).json())["models"]
+            assert [m["id"] for m in found] == [FAST], label
+        for window in WINDOWS:
+            body = await (await client.get(f"/v1/models/{FAST}/stats", params={"by": "provider",
+                                                                             "window": window})).json()
+            cells = body["breakdown"]["provider"]
+            assert set(cells) == {"up-1", "up-2", "other", "unknown"}, window
+            assert cells["unknown"]["samples"]["attempted"] == 22
+            for field in ("attempted", "ok", "failed"):
+                assert sum(c["samples"][field] for c in cells.values()) == body["samples"][field], (window, field)
+            assert sum(c["tokens"]["total"] for c in cells.values()) == body["tokens"]["total"]
+    finally:
+        await pool.close()
 
 
 async def test_without_status_every_model_is_unknown(seeded: Seeded, aiohttp_client: ClientFactory) -> None:

@@ -372,3 +372,13 @@ def test_maintenance_model_in_a_second_router() -> None:
         "  - {start: 2025-06-01T02:00:00Z, end: 2025-06-01T03:00:00Z, models: [openai/gpt-4.1-mini], reason: x}\n"
     )
     assert parse_config(text, "probes.yaml").maintenance[0].models == ["openai/gpt-4.1-mini"]
+
+
+def test_max_providers_per_model_defaults_to_5_and_must_be_at_least_1() -> None:
+    assert parse_config(MINIMAL, "probes.yaml").aggregator.max_providers_per_model == 5
+    assert parse_config(MINIMAL + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml") \
+        .aggregator.max_providers_per_model == 2
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(MINIMAL + "aggregator:\n  max_providers_per_model: 0\n", "probes.yaml")
+    assert str(excinfo.value) == (
+        "probes.yaml:9: aggregator.max_providers_per_model: Input should be greater than or equal to 1")

@@ -8,6 +8,9 @@ prober runs in the process and absent (not zero) when none does.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
+import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
@@ -335,4 +339,98 @@ async def test_serve_mode_has_status_and_role_but_no_prober_metrics(db_dsn: str,
     finally:
         await leader_lock.release()
         await standby_lock.release()
+        await pool.close()
+
+
+# ---------------------------------------------------------------- a router that names a new provider every time
+
+
+HOSTILE = "test/hostile"
+CAP = 3
+
+
+async def _hostile_completions(request: web.Request) -> web.StreamResponse:
+    """A streamed completion whose X-Provider is new on every answer; every 10th names none."""
+    n = next(request.app[_COUNTER])
+    headers = {"Content-Type": "text/event-stream"}
+    if n % 10:
+        headers["X-Provider"] = f"upstream-{n:04d}"
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(request)
+    base = {"id": f"gen-{n}", "object": "chat.completion.chunk", "created": 0, "model": HOSTILE}
+    for word in ("one", " two", " three", " four", " five"):
+        chunk = {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    usage = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+_COUNTER = web.AppKey("answers", itertools.count)
+
+
+async def test_a_router_naming_a_new_provider_per_answer_adds_a_bounded_number_of_series(
+    db_dsn: str, aiohttp_server, aiohttp_client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 probes through the real prober, writer and aggregator against a loopback router whose
+    X-Provider is new on every answer: /metrics, ?by=provider and /v1/models list at most CAP
+    providers, then "other" and "unknown"; the cells add up to the model; the cap is logged once."""
+    router = web.Application()
+    router[_COUNTER] = itertools.count()
+    router.router.add_post("/v1/chat/completions", _hostile_completions)
+    server = await aiohttp_server(router)
+    config = parse_config(config_text(str(server.make_url("/v1"))).replace(
+        ", ".join(p.model for p in PROFILES), HOSTILE), "hostile.yaml")
+    series, _ = plan(config, {})
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    writer = BatchWriter(pool, tmp_path / "spool", flush_s=0.05)
+    caplog.set_level(logging.WARNING, logger="routewatch.aggregator.rollup")
+    try:
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+        await writer.start()
+        aggregator = Aggregator(pool, WINDOWS, [("sim", HOSTILE)], 10.0, max_providers=CAP)
+        client = await aiohttp_client(create_app(aggregator))
+        async with new_session(8) as session:
+            prober = Prober(session, config.timeouts, REGION, 8, sink=writer.submit)
+            results: list[ProbeResult] = []
+            for _ in range(2):  # two refreshes: the cap holds across them, and is logged once
+                results += await prober.round(series * 100)
+                await wait_stored(writer, len(results))
+                await aggregator.refresh()
+        assert all(r.ok for r in results)
+        reported = {r.provider for r in results}
+        assert len(reported) == 181 and None in reported  # 180 names and "none"
+
+        s = await scrape(client)
+        for window in WINDOWS:
+            labels = {dict(ls)["provider"] for ls in s.labelsets("routewatch_provider_window_probes_attempted")
+                      if dict(ls)["window"] == window}
+            assert len(labels) <= CAP + 2 and {"other", "unknown"} <= labels, labels
+            assert "" not in labels
+            per_provider = {p: s.get("routewatch_provider_window_probes_attempted", router="sim", model=HOSTILE,
+                                     window=window, provider=p) for p in labels}
+            assert sum(per_provider.values()) == s.get(
+                "routewatch_window_probes_attempted", router="sim", model=HOSTILE, window=window) == 200
+            assert per_provider["unknown"] == 20 and per_provider["other"] == 180 - CAP
+        for family in s.families.values():
+            for sample in family.samples:
+                assert "" not in sample.labels.values(), (family.name, sample.labels)
+
+        listing = await (await client.get("/v1/models")).json()
+        (model,) = listing["models"]
+        assert len(model["providers"]) == CAP + 2
+        assert model["providers"][-2:] == ["other", None] and "" not in model["providers"]
+        by = await (await client.get(f"/v1/models/{HOSTILE}/stats", params={"by": "provider"})).json()
+        cells = by["breakdown"]["provider"]
+        assert len(cells) == CAP + 2 and "" not in cells and cells["unknown"]["samples"]["attempted"] == 20
+        assert sum(c["samples"]["attempted"] for c in cells.values()) == by["samples"]["attempted"] == 200
+        assert sum(c["samples"]["ok"] for c in cells.values()) == by["samples"]["ok"]
+
+        capped = [r for r in caplog.records if "distinct providers" in r.getMessage()]
+        assert len(capped) == 1, [r.getMessage() for r in capped]
+        assert HOSTILE in capped[0].getMessage() and "upstream-" not in capped[0].getMessage()
+    finally:
+        await writer.close()
         await pool.close()

@@ -6,6 +6,7 @@ Both storage modes via the ``mode`` fixture (timescaledb needs
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -123,7 +124,7 @@ def key_of(row: asyncpg.Record, key: CellKey) -> bool:
     if len(key) == 2:
         return True
     column = key[2]
-    return (row[column] or "") == key[3]
+    return (row[column] or "unknown") == key[3]
 
 
 async def exact_rows(conn: asyncpg.Connection, start: datetime) -> list[asyncpg.Record]:
@@ -194,8 +195,9 @@ async def test_counts_equal_exact_sql(conn: asyncpg.Connection, mode: str) -> No
                 parts = [v for k, v in cells.items() if k[:3] == (*key, dim)]
                 assert sum(p.counts.attempts for p in parts) == c.attempts
                 assert sum(p.counts.ok for p in parts) == c.ok
-    # provider NULL is stored as ''.
-    assert ("r2", "m/tail", "provider", "") in stats["7d"]
+    # provider NULL is published as "unknown", never as "".
+    assert ("r2", "m/tail", "provider", "unknown") in stats["7d"]
+    assert not any(k[2:] == ("provider", "") for k in stats["7d"])
 
 
 async def test_refresh_is_incremental_and_picks_up_late_rows(conn: asyncpg.Connection, mode: str) -> None:
@@ -360,3 +362,88 @@ async def test_current_hour_deltas_equal_a_whole_hour_recompute(db_dsn: str, con
     table = [decode_row(r) for r in await conn.fetch(f"SELECT {HOUR_COLUMNS} FROM probe_hist_hourly WHERE bucket = $1", hour)]
     assert {series_key(h): h for h in table} == stored
 
+
+
+# ---------------------------------------------------------------- provider names are router-controlled
+
+
+def _named(model: str, provider: str | None, at: datetime, ok: bool = True) -> ProbeResult:
+    return ProbeResult(
+        id=uuid.uuid4(), started_at=at, region="eu", router="r", model=model, prompt="p", methodology="m1",
+        ok=ok, error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
+        provider=provider, ttft_ms=100.0 if ok else None, input_tokens=10, output_tokens=5 if ok else None,
+    )
+
+
+def _provider_cells(cells: dict[CellKey, CellStats], model: str) -> dict[str, CellStats]:
+    return {k[3]: v for k, v in cells.items() if k[:3] == ("r", model, "provider")}
+
+
+async def test_provider_names_are_capped_in_the_rollup(
+    conn: asyncpg.Connection, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 probes, each naming a new provider, plus 20 naming none, in two batches and refreshes
+    and across earlier hours: the table and every window hold the first 5 names, "other" and
+    "unknown"; the cells add up to the model; the raw rows keep every name; logged once."""
+    caplog.set_level(logging.WARNING, logger="routewatch.aggregator.rollup")
+    await migrate(conn, mode=mode)
+    now = await conn.fetchval("SELECT now()")
+    start = floor_hour(now) - timedelta(hours=3)
+    step = (now - start) / 221
+    hostile = [_named("m/hostile", f"name-{i:03d}", start + step * i, ok=i % 7 != 0) for i in range(200)]
+    unnamed = [_named("m/hostile", None, start + step * (200 + i)) for i in range(20)]
+    fine = [_named("m/fine", "P1", start + step * i) for i in range(0, 200, 10)]
+    first, second = hostile[::2] + unnamed[:10] + fine, hostile[1::2] + unnamed[10:]
+    await store(conn, mode, first)
+    await refresh_hist(conn, max_providers=5)
+    await store(conn, mode, second)  # the odd names land in hours already rolled up: recomputed whole
+    report = await refresh_hist(conn, max_providers=5)
+    assert report.hours, "the second batch recomputes earlier hours"
+
+    admitted = {f"name-{i:03d}" for i in (0, 2, 4, 6, 8)}  # the first five stored, by start time
+    stored = {r["provider"] for r in await conn.fetch(
+        "SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/hostile'")}
+    assert stored == admitted | {"other", ""}
+    raw = await conn.fetchval("SELECT count(DISTINCT provider) FROM probe_results WHERE model = 'm/hostile'")
+    assert raw == 200, "the raw rows keep every name as reported"
+
+    stats = await window_stats(conn, WINDOWS, report.now, max_providers=5)
+    for name, cells in stats.items():
+        model = cells[("r", "m/hostile")]
+        providers = _provider_cells(cells, "m/hostile")
+        assert set(providers) <= admitted | {"other", "unknown"} and "" not in providers, name
+        assert len(providers) <= 5 + 2
+        for field in ("attempts", "ok", "input_tokens", "output_tokens"):
+            assert sum(getattr(c.counts, field) for c in providers.values()) == getattr(model.counts, field)
+        assert sum(sum(c.errors_by_class.values()) for c in providers.values()) == sum(
+            model.errors_by_class.values())
+    week = _provider_cells(stats["7d"], "m/hostile")
+    assert week["other"].counts.attempts == 195 and week["unknown"].counts.attempts == 20
+    assert set(_provider_cells(stats["7d"], "m/fine")) == {"P1"}
+
+    capped = [r.getMessage() for r in caplog.records if "distinct providers" in r.getMessage()]
+    assert len(capped) == 1 and "m/hostile" in capped[0] and "name-" not in capped[0], capped
+
+    # More new names later: still only "other", and no second log line.
+    await store(conn, mode, [_named("m/hostile", f"late-{i}", report.now) for i in range(30)])
+    again = await refresh_hist(conn, max_providers=5)
+    assert {r["provider"] for r in await conn.fetch(
+        "SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/hostile'")} == stored
+    after = await window_stats(conn, WINDOWS, again.now, max_providers=5)
+    assert _provider_cells(after["7d"], "m/hostile")["other"].counts.attempts == 195 + 30
+    assert len([r for r in caplog.records if "distinct providers" in r.getMessage()]) == 1
+
+
+async def test_a_lower_limit_applies_to_what_the_table_already_holds(conn: asyncpg.Connection) -> None:
+    """Rows stored under a higher limit (or before the cap): published with the busiest names kept."""
+    await migrate(conn, mode="plain")
+    now = await conn.fetchval("SELECT now()")
+    results = [_named("m/many", f"P{i}", now - timedelta(minutes=1 + j))
+               for i in range(6) for j in range(i + 1)]  # P5 has the most probes, P0 the fewest
+    await store(conn, "plain", results + [_named("m/many", None, now - timedelta(minutes=2))])
+    report = await refresh_hist(conn, max_providers=10)
+    cells = (await window_stats(conn, {"1h": 3600.0}, report.now, max_providers=2))["1h"]
+    providers = _provider_cells(cells, "m/many")
+    assert set(providers) == {"P5", "P4", "other", "unknown"}
+    assert providers["other"].counts.attempts == 1 + 2 + 3 + 4
+    assert sum(c.counts.attempts for c in providers.values()) == cells[("r", "m/many")].counts.attempts == 22

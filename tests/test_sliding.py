@@ -9,7 +9,9 @@ table at the same moment: every cell of every window, equal field by field.
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -132,3 +134,47 @@ async def test_a_week_later_every_hour_has_slid_through(conn: asyncpg.Connection
         await sliding.update(conn, report)
     assert sliding.rebuilds == 1
     await check(conn, sliding, t + timedelta(seconds=1))
+
+
+async def test_capped_providers_follow_the_table(conn: asyncpg.Connection) -> None:
+    """A router naming a new provider on most answers, through hour turns, late rows and gaps.
+
+    The in-memory windows equal the table; the table never holds more than CAP names for the model
+    within the longest window (the cap's horizon), whether the admitted names are known from the
+    windows in memory or read back; and a slot frees up once its name has left every window.
+    """
+    cap, windows = 3, {"1h": 3600.0, "3h": 3 * 3600.0}
+    await migrate(conn, mode="plain")
+    rng = np.random.default_rng(13)
+    names = itertools.count()
+
+    def hostile(times: list[datetime]) -> list[ProbeResult]:
+        out = probes(times, rng)
+        return [replace(p, router="r", model="m/h", provider=None if i % 5 == 4 else f"n{next(names)}")
+                for i, p in enumerate(out)]
+
+    t = floor_hour(await conn.fetchval("SELECT now()")) - timedelta(hours=10)
+    sliding = SlidingWindows(windows, max_providers=cap)
+    admitted_over_time: list[set[str]] = []
+    for step in range(16):
+        nxt = t + timedelta(minutes=25 if step % 4 else 100)  # now and then past an hour turn, or two
+        batch = hostile(spread(t, nxt, 12, rng))
+        if step % 3 == 2:
+            batch += hostile([nxt - timedelta(hours=2)])  # late, for an hour already rolled up
+        await store(conn, batch)
+        t = nxt
+        report = await refresh_hist(conn, now=t, known=sliding.known_hour(), max_providers=cap, label_hours=3)
+        await sliding.update(conn, report)
+        mine, table = sliding.stats(), await window_stats(conn, windows, t, max_providers=cap)
+        assert mine == table, step
+        horizon = floor_hour(t) - timedelta(hours=3)
+        held = {r["provider"] for r in await conn.fetch(
+            "SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/h' AND bucket >= $1", horizon)}
+        named = held - {"other", ""}
+        assert len(named) <= cap, (step, sorted(named))
+        admitted_over_time.append(named)
+        for cells in table.values():
+            labels = {k[3] for k in cells if k[:3] == ("r", "m/h", "provider")}
+            assert len(labels) <= cap + 2 and "" not in labels, (step, labels)
+    assert sliding.rebuilds == 1, "every refresh took the admitted names from memory"
+    assert len(set().union(*admitted_over_time)) > cap, "slots free up as names leave the windows"
