@@ -679,7 +679,7 @@ class _LineLoader(yaml.SafeLoader):
             return None, lines, dupes
         lines[()] = node.start_mark.line + 1
         self._paths[id(node)] = ()
-        self._index(node, (), lines, dupes, set())
+        self._index(node, (), lines, dupes)
         return self.construct_document(node), lines, dupes
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
@@ -735,11 +735,8 @@ class _LineLoader(yaml.SafeLoader):
         path: Loc,
         lines: dict[Loc, int],
         dupes: list[tuple[Loc, int, int]],
-        active: set[int],
     ) -> None:
-        if id(node) in active:  # a recursive alias; construction handles it
-            return
-        active.add(id(node))
+        # Aliases are walked once per use: compose_node has bounded that total, and refused cycles.
         if isinstance(node, yaml.MappingNode):
             seen: dict[object, int] = {}
             for key_node, value_node in node.value:
@@ -752,13 +749,12 @@ class _LineLoader(yaml.SafeLoader):
                     dupes.append((path + (key,), line, seen[key]))
                 seen[key] = lines[path + (key,)] = line  # YAML keeps the last one
                 self._paths.setdefault(id(value_node), path + (key,))
-                self._index(value_node, path + (key,), lines, dupes, active)
+                self._index(value_node, path + (key,), lines, dupes)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 lines[path + (i,)] = item.start_mark.line + 1
                 self._paths.setdefault(id(item), path + (i,))
-                self._index(item, path + (i,), lines, dupes, active)
-        active.discard(id(node))
+                self._index(item, path + (i,), lines, dupes)
 
 
 def _has_surrogate(text: str) -> bool:
