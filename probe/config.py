@@ -12,6 +12,7 @@ import math
 import re
 import sys
 import typing
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -66,6 +67,28 @@ Loc = tuple[str | int, ...]
 
 # Headers that would put a key into the file; the probe sends the key from api_key_env.
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+# Headers the probe or its HTTP client must own: a fixed value would frame the body wrongly
+# (and desynchronise a pooled connection), or change the connection itself.
+_BODY_OWNED = "the probe sets it for the JSON body it sends; a fixed value would corrupt the request"
+_CONNECTION_OWNED = "a connection header, managed by the HTTP client; it cannot be set per request"
+_RESERVED_HEADERS = {
+    "content-length": _BODY_OWNED,
+    "transfer-encoding": _BODY_OWNED,
+    "content-encoding": _BODY_OWNED,
+    "content-type": _BODY_OWNED,
+    "host": "taken from base_url: put the host there",
+    "connection": _CONNECTION_OWNED,
+    "keep-alive": _CONNECTION_OWNED,
+    "proxy-connection": _CONNECTION_OWNED,
+    "te": _CONNECTION_OWNED,
+    "trailer": _CONNECTION_OWNED,
+    "upgrade": _CONNECTION_OWNED,
+    "expect": _CONNECTION_OWNED,
+}
+# routewatch's own settings (admin token, database URL, ...) must never be sent to a router.
+# ROUTEWATCH_API_KEY is the one that exists to hold a router's key.
+_OWN_ENV_PREFIX = "ROUTEWATCH_"
+_ROUTER_KEY_ENV = "ROUTEWATCH_API_KEY"
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -159,8 +182,31 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _control_char(text: str, allowed: str = "") -> str | None:
+    """A message naming the first control character in ``text`` not in ``allowed``, if any."""
+    for i, char in enumerate(text):
+        if unicodedata.category(char) == "Cc" and char not in allowed:
+            return f"must not contain control characters (U+{ord(char):04X} at character {i + 1})"
+    return None
+
+
+def _one_line(value: str) -> str:
+    problem = _control_char(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _multi_line(value: str) -> str:
+    problem = _control_char(value, allowed="\t\n\r")
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def _model_id(value: str) -> str:
     _non_empty(value)
+    _one_line(value)
     if any(c.isspace() for c in value):
         raise ValueError("a model id has no spaces")
     return value
@@ -176,10 +222,13 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 PositiveSeconds = Annotated[float, BeforeValidator(_seconds), AfterValidator(_positive_seconds)]
 Name = Annotated[str, AfterValidator(_name)]
 ModelId = Annotated[str, AfterValidator(_model_id)]
+Label = Annotated[str, AfterValidator(_non_empty), AfterValidator(_one_line)]
+Prose = Annotated[str, AfterValidator(_non_empty), AfterValidator(_multi_line)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN anywhere: "1e400" is a typo, and inf poisons every sum it enters.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- models
@@ -188,8 +237,8 @@ class _Section(BaseModel):
 class Price(_Section):
     """USD per 1M tokens, for cost estimates and badges."""
 
-    input: float = Field(ge=0, description="USD per 1M input (prompt) tokens")
-    output: float = Field(ge=0, description="USD per 1M output (completion) tokens")
+    input: float = Field(ge=0, le=100_000, description="USD per 1M input (prompt) tokens")
+    output: float = Field(ge=0, le=100_000, description="USD per 1M output (completion) tokens")
 
 
 class RouterConfig(_Section):
@@ -218,6 +267,7 @@ class RouterConfig(_Section):
         # Messages never repeat the URL: it may carry a password.
         if value == SIMULATOR:
             return value
+        _one_line(value)  # a NUL or a newline would reach the request line
         try:
             url = urlsplit(value)
             url.port  # noqa: B018 - raises ValueError on a malformed port
@@ -245,6 +295,12 @@ class RouterConfig(_Section):
             raise ValueError(
                 "must be the name of an environment variable (letters, digits and _, "
                 "e.g. ORCAROUTER_API_KEY), not the key itself"
+            )
+        if value is not None and value.upper().startswith(_OWN_ENV_PREFIX) and value.upper() != _ROUTER_KEY_ENV:
+            # A name, not a secret: safe to repeat. Its value would go to the router as the key.
+            raise ValueError(
+                f"{value} is one of routewatch's own settings, not a router key: the probe would send "
+                f"its value to the router. Use {_ROUTER_KEY_ENV} or a variable of your own"
             )
         return value
 
@@ -283,8 +339,12 @@ class RouterConfig(_Section):
                 bad.append(((name,), KEYS_FROM_ENV))
             elif not _HEADER_NAME.fullmatch(name):
                 bad.append(((name,), "not a valid HTTP header name"))
+            elif name.lower() in _RESERVED_HEADERS:
+                bad.append(((name,), f"cannot be set here: {_RESERVED_HEADERS[name.lower()]}"))
             elif "\r" in value or "\n" in value:
                 bad.append(((name,), "a header value must be one line"))
+            elif problem := _control_char(value, allowed="\t"):
+                bad.append(((name,), problem))
         if bad:
             raise _problems(bad)
         return headers
@@ -294,7 +354,7 @@ class Message(_Section):
     """One chat message of a canary prompt."""
 
     role: Literal["system", "user", "assistant"]
-    content: Annotated[str, AfterValidator(_non_empty)]
+    content: Prose
 
 
 class PromptConfig(_Section):
@@ -425,7 +485,7 @@ class MaintenanceWindow(_Section):
     models: list[ModelId] | None = Field(
         None, description="model ids covered, each probed by some router; default all models"
     )
-    reason: Annotated[str, AfterValidator(_non_empty)] = Field(description="shown on the status page")
+    reason: Prose = Field(description="shown on the status page")
 
     @field_validator("models")
     @classmethod
@@ -448,7 +508,9 @@ class MaintenanceWindow(_Section):
 class ApiConfig(_Section):
     """Where the HTTP API listens."""
 
-    host: str = Field("127.0.0.1", description="listen address; default 127.0.0.1 (local only)")
+    host: Annotated[str, AfterValidator(_one_line)] = Field(
+        "127.0.0.1", description="listen address; default 127.0.0.1 (local only)"
+    )
     port: int = Field(8321, ge=0, le=65535, description="listen port, 0 = any free; default 8321")
 
 
@@ -469,6 +531,22 @@ class AggregatorConfig(_Section):
         5, ge=1, description="distinct providers published per model, the rest counted as 'other'; default 5"
     )
 
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, windows: list[str]) -> list[str]:
+        # "1h" and "60m" are one window published twice under two names.
+        first: dict[float, int] = {}
+        dupes: list[tuple[Loc, str]] = []
+        for i, window in enumerate(windows):
+            seconds = parse_duration(window)
+            if seconds in first:
+                j = first[seconds]
+                dupes.append(((i,), f'duplicate window "{window}" (the same as windows[{j}], "{windows[j]}")'))
+            first.setdefault(seconds, i)
+        if dupes:
+            raise _problems(dupes)
+        return windows
+
 
 class StorageConfig(_Section):
     """How long results are kept, and the local spool's limit."""
@@ -487,7 +565,7 @@ class StorageConfig(_Section):
 class Config(_Section):
     """A whole probes.yaml. Only routers and prompts are required."""
 
-    region: Annotated[str, AfterValidator(_non_empty)] = Field(
+    region: Label = Field(
         "local", description="label of this prober; default local"
     )
     routers: list[RouterConfig] = Field(description="at least one; names unique")
@@ -552,8 +630,37 @@ def _unique_names(names: list[str], kind: str) -> None:
 # ---------------------------------------------------------------- loading
 
 
+MAX_FILE_BYTES = 1024 * 1024
+"""A probes.yaml larger than this is refused unread: real ones are a few KiB."""
+MAX_DEPTH = 64
+"""Collections nested deeper than this are refused (the parser would otherwise recurse without bound)."""
+MAX_NODES = 100_000
+"""Values in the file with every alias expanded; more is refused (a "billion laughs" file)."""
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """The file breaks one of the loader's limits or holds a value YAML cannot construct."""
+
+    def __init__(self, mark: yaml.Mark, problem: str, field: Loc | None = None) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.field = field
+
+
 class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that also records the line of every mapping key and sequence item."""
+    """A SafeLoader that also records the line of every mapping key and sequence item.
+
+    It also bounds what a small file can cost: nesting depth, the number of values
+    with aliases expanded (counted while composing, before anything is expanded),
+    and it refuses lone surrogates, which are not text. Values YAML cannot construct
+    (a date like 2025-13-01) are reported at their line.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._expanded = 0  # values so far, each alias counted as the whole subtree it repeats
+        self._sizes: dict[int, int] = {}  # id(node) -> its value count with aliases expanded
+        self._paths: dict[int, Loc] = {}  # id(node) -> where _index first met it
 
     @classmethod
     def load_text(cls, text: str) -> tuple[Any, dict[Loc, int], list[tuple[Loc, int, int]]]:
@@ -574,8 +681,56 @@ class _LineLoader(yaml.SafeLoader):
         if node is None:
             return None, lines, dupes
         lines[()] = node.start_mark.line + 1
-        self._index(node, (), lines, dupes, set())
+        self._paths[id(node)] = ()
+        self._index(node, (), lines, dupes)
         return self.construct_document(node), lines, dupes
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        """Compose as SafeLoader does, within the depth and expansion limits."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:  # the anchored node is still open: the alias is inside it
+                raise _Refused(event.start_mark, f"alias *{event.anchor} is inside its own anchor: "
+                               "a recursive structure is not a configuration")
+            self._count(size, event.start_mark, f"alias *{event.anchor} repeats {size:,} values")
+            return node
+        self._count(1, event.start_mark, None)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._sizes[id(node)] = 1 + self._children_size(node)
+        if isinstance(node, yaml.ScalarNode) and _has_surrogate(node.value):
+            raise _Refused(event.start_mark, "a lone surrogate escape (\\ud800-\\udfff) is not a character")
+        return node
+
+    def _children_size(self, node: yaml.Node) -> int:
+        if isinstance(node, yaml.SequenceNode):
+            return sum(self._sizes[id(item)] for item in node.value)
+        if isinstance(node, yaml.MappingNode):
+            return sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        return 0
+
+    def _count(self, values: int, mark: yaml.Mark, alias: str | None) -> None:
+        self._expanded += values
+        if self._expanded > MAX_NODES:
+            why = f" ({alias}): use aliases only for small repeated parts" if alias else ""
+            raise _Refused(mark, f"the file expands to more than {MAX_NODES:,} values{why}")
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Construct as SafeLoader does; a value that cannot be built is reported at its line."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # e.g. datetime(2025, 13, 1), a 5,000-digit integer
+            kind = {"timestamp": "date", "int": "number", "float": "number"}.get(node.tag.rsplit(":", 1)[-1], "value")
+            reason = str(exc).split("; ")[0]  # Python's advice on its own limits is no help here
+            raise _Refused(node.start_mark, f"invalid {kind} {_excerpt(node.value)}: {reason}",
+                           self._paths.get(id(node))) from None
 
     def _index(
         self,
@@ -583,11 +738,8 @@ class _LineLoader(yaml.SafeLoader):
         path: Loc,
         lines: dict[Loc, int],
         dupes: list[tuple[Loc, int, int]],
-        active: set[int],
     ) -> None:
-        if id(node) in active:  # a recursive alias; construction handles it
-            return
-        active.add(id(node))
+        # Aliases are walked once per use: compose_node has bounded that total, and refused cycles.
         if isinstance(node, yaml.MappingNode):
             seen: dict[object, int] = {}
             for key_node, value_node in node.value:
@@ -599,36 +751,59 @@ class _LineLoader(yaml.SafeLoader):
                 if key in seen:
                     dupes.append((path + (key,), line, seen[key]))
                 seen[key] = lines[path + (key,)] = line  # YAML keeps the last one
-                self._index(value_node, path + (key,), lines, dupes, active)
+                self._paths.setdefault(id(value_node), path + (key,))
+                self._index(value_node, path + (key,), lines, dupes)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 lines[path + (i,)] = item.start_mark.line + 1
-                self._index(item, path + (i,), lines, dupes, active)
-        active.discard(id(node))
+                self._paths.setdefault(id(item), path + (i,))
+                self._index(item, path + (i,), lines, dupes)
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _excerpt(value: object) -> str:
+    text = str(value)
+    return json.dumps(text if len(text) <= 40 else text[:40] + "…", ensure_ascii=False)
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a probes.yaml; raises ConfigError naming the file as given."""
+    """Read and validate a probes.yaml; raises ConfigError naming the file as given.
+
+    A file over MAX_FILE_BYTES is refused after reading only that much.
+    """
     filename = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([ConfigIssue(filename, None, None, f"cannot read: {reason}")]) from None
+    _check_size(len(raw), filename)
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         message = f"cannot read: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
         raise ConfigError([ConfigIssue(filename, None, None, message)]) from None
     return parse_config(text, filename)
 
 
+def _check_size(size: int, filename: str) -> None:
+    if size > MAX_FILE_BYTES:
+        message = f"the file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB: a probes.yaml is a few KiB"
+        raise ConfigError([ConfigIssue(filename, None, None, message)])
+
+
 def parse_config(text: str, filename: str) -> Config:
     """Validate YAML text; raises ConfigError with every issue, ordered by line."""
+    if len(text) > MAX_FILE_BYTES // 4:  # only then can its UTF-8 form be too large
+        _check_size(len(text.encode("utf-8", "surrogatepass")), filename)
     try:
         data, lines, dupes = _LineLoader.load_text(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(filename, text, exc)]) from None
-    except ValueError as exc:  # e.g. a timestamp like 2024-13-45
-        raise ConfigError([ConfigIssue(filename, None, "(yaml)", str(exc))]) from None
     if data is None:
         message = 'the file is empty: it needs at least "routers" and "prompts"'
         raise ConfigError([ConfigIssue(filename, None, None, message)])
@@ -658,7 +833,8 @@ def _yaml_issue(filename: str, text: str, exc: yaml.YAMLError) -> ConfigIssue:
         if exc.context:
             where = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
             message += f" ({exc.context}{where})"
-        return ConfigIssue(filename, exc.problem_mark.line + 1, "(yaml)", message)
+        field = format_path(exc.field) if isinstance(exc, _Refused) and exc.field else "(yaml)"
+        return ConfigIssue(filename, exc.problem_mark.line + 1, field, message)
     return ConfigIssue(filename, None, "(yaml)", str(exc).splitlines()[0])
 
 

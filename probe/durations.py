@@ -13,6 +13,10 @@ _BARE = re.compile(_NUMBER)
 # "ms" before the one-letter units, or "5ms" would read as 5 minutes and a stray "s".
 _PART = re.compile(rf"({_NUMBER})(ms|[dhms])")
 _EXAMPLES = "e.g. 500ms, 30s, 5m, 1m30s, 2h, 7d, or a number of seconds"
+MAX_DAYS = 36_500
+"""The longest duration accepted: 100 years, far beyond any setting, yet small enough
+that ``now ± duration`` stays a valid date and timedelta everywhere."""
+MAX_SECONDS = MAX_DAYS * 86_400.0
 
 
 def parse_duration(value: str | float) -> float:
@@ -20,7 +24,7 @@ def parse_duration(value: str | float) -> float:
 
     Accepts a non-negative number (seconds) or a string of one or more
     ``<number><unit>`` parts, units ``d h m s ms`` from largest to smallest,
-    each at most once (``1m30s``, ``1.5h``). Raises ValueError otherwise.
+    each at most once (``1m30s``, ``1.5h``), up to MAX_DAYS. Raises ValueError otherwise.
     """
     # bool is an int, but `interval: yes` is a mistake, not 1 second.
     if isinstance(value, bool):
@@ -35,6 +39,9 @@ def parse_duration(value: str | float) -> float:
         raise ValueError(f"duration must be a finite number, got {value}")
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {value}")
+    if seconds > MAX_SECONDS:
+        got = f'"{value}"' if isinstance(value, str) else f"{value:g}"
+        raise ValueError(f"duration must be at most {MAX_DAYS}d (100 years), got {got}")
     return seconds
 
 

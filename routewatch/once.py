@@ -3,16 +3,24 @@
 For trying a configuration or a router by hand: every series is probed
 once, concurrently under the configured limit, and the results are printed.
 Nothing is stored.
+
+Everything a router sent (error bodies, the model it says served) is shown as
+plain text: never read as Rich markup, stripped of terminal escape sequences
+and control characters, and made encodable, so a hostile router can neither
+break the table nor write to the terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .probe.config import Config
 from .probe.loop_lag import LoopLagMonitor
@@ -21,32 +29,86 @@ from .probe.scheduler import Prober, new_session
 from .probe.targets import plan, uses_simulator
 from .simulator import DEFAULT_PROFILES, start_simulator
 
+EXIT_ALL_OK = 0
+EXIT_SOME_FAILED = 2  # 1 is taken by "could not run at all" (a bad config, a missing key)
+
+# ESC (or the one-byte C1 CSI) sequences a terminal acts on: CSI (cursor, colour, clear screen),
+# OSC (window title, hyperlinks; ended by BEL or ST), DCS/SOS/PM/APC strings, and two-byte escapes.
+_TERMINAL_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|\x9b[0-?]*[ -/]*[@-~]?"
+    r"|\x1b\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x9d[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?"
+    r"|[\x90\x98\x9e\x9f][^\x1b\x9c]*(?:\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+# What is left that a terminal would act on or that cannot be encoded: C0 and C1 controls,
+# DEL, lone surrogates, and the bidirectional overrides that reorder what is displayed.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
+_LINE_BREAKS = re.compile(r"[\t\n\r]+")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` as it may be printed: escape sequences removed, line breaks as spaces,
+    every other control character, lone surrogate or bidi override as U+FFFD."""
+    text = _TERMINAL_SEQUENCE.sub("", text)
+    text = _LINE_BREAKS.sub(" ", text)
+    return _UNPRINTABLE.sub("\ufffd", text)
+
+
+def _plain(text: str, style: str = "") -> Text:
+    # A Text is never parsed as markup, so "[/]" in a router's answer stays "[/]".
+    return Text(terminal_safe(text), style=style)
+
 
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
 
 def results_table(results: list[ProbeResult]) -> Table:
-    """The results of one round as a table."""
+    """The results of one round as a table that fits 80 columns.
+
+    Model ids wrap rather than being cut; the probe's router and prompt go on the
+    line below its model, and what a router said about a failure goes under the
+    table (``result_notes``), where it has the whole width.
+    """
     table = Table(title="routewatch once", title_justify="left")
-    for name, justify in [("router", "left"), ("model", "left"), ("prompt", "left"), ("TTFT ms", "right"),
-                          ("TTFAT ms", "right"), ("tok/s", "right"), ("tokens", "right"), ("result", "left")]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("model\nrouter · prompt", overflow="fold", ratio=1, min_width=16)
+    for name in ("TTFT\nms", "TTFAT\nms", "tok/s", "tokens"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("result", overflow="fold")
     for r in results:
+        probe = _plain(r.model, "bold")
+        probe.append("\n")
+        probe.append_text(_plain(f"{r.router} · {r.prompt}", "dim"))
         tokens = "—" if r.output_tokens is None else f"{'~' if r.tokens_estimated else ''}{r.output_tokens}"
         tps = "—" if r.output_tps is None else f"{r.output_tps:.1f}"
-        outcome = "[green]ok[/]" if r.ok else f"[red]{r.error_class}[/] {r.error_detail or ''}"
-        if r.model_served and r.model_served != r.model:
-            outcome += f" (served by {r.model_served})"
-        table.add_row(r.router, r.model, r.prompt, _ms(r.ttft_ms), _ms(r.ttfat_ms), tps, tokens, outcome)
+        outcome = Text("ok", style="green") if r.ok else _plain(r.error_class or "failed", "red")
+        table.add_row(probe, _ms(r.ttft_ms), _ms(r.ttfat_ms), tps, tokens, outcome)
     return table
+
+
+def result_notes(results: list[ProbeResult]) -> list[Text]:
+    """One line per probe with something to say: the failure's detail, another model served."""
+    notes: list[Text] = []
+    for r in results:
+        said: list[Text] = []
+        if not r.ok and r.error_detail:
+            said.append(_plain(r.error_detail, "red"))  # its class is in the table
+        if r.model_served and r.model_served != r.model:
+            said.append(_plain(f"served by {r.model_served}"))
+        if said:
+            note = _plain(f"{r.model} ({r.router} · {r.prompt}): ", "bold")
+            notes.append(note + Text("; ").join(said))
+    return notes
 
 
 async def _round(config: Config, console: Console) -> list[ProbeResult]:
     simulator = None
     if uses_simulator(config, os.environ):
         simulator = await start_simulator(DEFAULT_PROFILES)
-        console.print(f"probing the built-in router simulator at {simulator.base_url}")
+        console.print(f"probing the built-in router simulator at {simulator.base_url}", markup=False)
     try:
         series, _ = plan(config, os.environ, simulator.base_url if simulator else None)
         lag = LoopLagMonitor()
@@ -70,10 +132,15 @@ async def _round(config: Config, console: Console) -> list[ProbeResult]:
 
 
 def once(config: Config) -> int:
-    """Probe every series once and print the table; exit 0 when any probe succeeded."""
+    """Probe every series once and print the table; exit 0 only when every probe succeeded."""
+    # Defence in depth: whatever slipped past terminal_safe is replaced, never a crash mid-table.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
     console = Console()
     results = asyncio.run(_round(config, console))
     console.print(results_table(results))
+    for note in result_notes(results):
+        console.print(note)
     ok = sum(r.ok for r in results)
-    console.print(f"{ok} of {len(results)} probes ok")
-    return 0 if ok else 2
+    console.print(f"{ok} of {len(results)} probes ok", markup=False, highlight=False)
+    return EXIT_ALL_OK if ok == len(results) else EXIT_SOME_FAILED

@@ -324,3 +324,65 @@ def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
     assert code == 0, out
     assert f"config reload of {path}: 2 change(s) applied, 0 need a restart" in out
     assert TOKEN not in out and "Traceback" not in out
+
+
+TESTDATA = Path(__file__).parent / "testdata"
+
+
+def _many_values(path: Path) -> None:
+    """A file of 120,000 plain values: refused, but only after seconds of parsing."""
+    path.write_text(config_text("http://127.0.0.1:9/v1", [KEEP], "10s", "1s") + "extra:\n" + "  - x\n" * 120_000)
+
+
+def _copy(name: str) -> Callable[[Path], None]:
+    return lambda path: shutil.copyfile(TESTDATA / f"{name}.yaml", path)
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (_copy("bad-yaml-alias-bomb"), ":14: (yaml): the file expands to more than 100,000 values "
+         "(alias *d repeats 11,111 values): use aliases only for small repeated parts"),
+        (_copy("bad-yaml-deep-nesting"), ":9: (yaml): nested more than 64 levels deep"),
+        # Its line is checked in test_config_limits.py; here, the slow parse.
+        (_many_values, ":{line}: (yaml): the file expands to more than 100,000 values"),
+    ],
+    ids=["alias-bomb", "deep-nesting", "many-values"],
+)
+async def test_reload_refuses_a_yaml_bomb_while_healthz_answers(
+    db_dsn: str, tmp_path: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch,
+    write: Callable[[Path], None], expected: str,
+) -> None:
+    """A real server: the bomb is a 400 naming the line, and the event loop is never held up by the parse."""
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
+    path = tmp_path / "probes.yaml"
+    path.write_text(config_text("http://127.0.0.1:9/v1", [KEEP], "10s", "1s"))
+    config = load_config(path)
+    series, _ = plan(config, {})
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+    try:
+        aggregator = Aggregator(pool, WINDOWS, [("sim", KEEP)], 10.0, slo=config.slo,
+                                probe_interval_s=config.schedule.interval)
+        admin = LocalAdmin(config, path, series, environ={})
+        client = await aiohttp_client(create_app(aggregator, admin=admin))
+        write(path)
+
+        reload = asyncio.create_task(client.post("/v1/config/reload", headers={"Authorization": f"Bearer {TOKEN}"}))
+        waits: list[float] = []
+        while not reload.done():
+            asked = time.monotonic()
+            resp = await client.get("/healthz")
+            assert resp.status == 200
+            waits.append(time.monotonic() - asked)
+            await asyncio.sleep(0.02)
+        resp = await reload
+        body = await resp.json()
+        assert resp.status == 400, body
+        pattern = re.escape(f"{path}{expected}").replace(re.escape("{line}"), r"\d+")
+        assert len(body["error"]["issues"]) == 1 and re.fullmatch(pattern, body["error"]["issues"][0]), body
+        assert max(waits, default=0) < 0.5, f"/healthz waited {max(waits):.2f} s during the reload"
+        if write is _many_values:  # the slow one: /healthz was asked, and answered, while it parsed
+            assert len(waits) >= 3, waits
+        assert admin._config is config  # the running configuration is kept
+    finally:
+        await pool.close()

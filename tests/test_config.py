@@ -1,9 +1,16 @@
-"""probes.yaml: durations, the repository's example file, and one bad fixture per rule."""
+"""probes.yaml: durations, the repository's example file, one bad fixture per rule, and the limits
+on what a hostile or careless file may cost (size, nesting, aliases) or slip past the check."""
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +18,8 @@ import pytest
 import yaml
 from routewatch.probe.config import (
     KEYS_FROM_ENV,
+    MAX_FILE_BYTES,
+    MAX_NODES,
     Config,
     ConfigError,
     check_config_main,
@@ -19,10 +28,12 @@ from routewatch.probe.config import (
     parse_config,
     summarize,
 )
-from routewatch.probe.durations import parse_duration
+from routewatch.probe.durations import MAX_SECONDS, parse_duration
 
 TESTS = Path(__file__).parent
-REPO_CONFIG = TESTS.parent / "probes.yaml"
+REPO = TESTS.parent
+REPO_CONFIG = REPO / "probes.yaml"
+BOMB = TESTS / "testdata" / "bad-yaml-alias-bomb.yaml"
 
 MINIMAL = """\
 routers:
@@ -180,6 +191,11 @@ def test_check_config_main_errors(capsys: pytest.CaptureFixture[str], monkeypatc
 
 # ---------------------------------------------------------------- one bad fixture per rule
 
+OWN_SETTING = (
+    "is one of routewatch's own settings, not a router key: the probe would send its value to the router. "
+    "Use ROUTEWATCH_API_KEY or a variable of your own"
+)
+
 BAD = {
     "bad-unknown-key": 'testdata/bad-unknown-key.yaml:9: probes: unknown field "probes" '
     "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, storage, maintenance)",
@@ -236,6 +252,60 @@ BAD = {
     "bad-maintenance-empty-models": "testdata/bad-maintenance-empty-models.yaml:11: maintenance[0].models: "
     "list at least one model, or leave models out to cover all",
     "bad-storage-retention": "testdata/bad-storage-retention.yaml:9: storage.retention: must be at least 86400 s",
+    # Limits on what a small file may cost to load.
+    "bad-yaml-alias-bomb": "testdata/bad-yaml-alias-bomb.yaml:14: (yaml): the file expands to more than "
+    "100,000 values (alias *d repeats 11,111 values): use aliases only for small repeated parts",
+    "bad-yaml-deep-nesting": "testdata/bad-yaml-deep-nesting.yaml:9: (yaml): nested more than 64 levels deep",
+    "bad-yaml-recursive-alias": "testdata/bad-yaml-recursive-alias.yaml:6: (yaml): alias *router is inside "
+    "its own anchor: a recursive structure is not a configuration",
+    # Values that passed the check and then crashed or corrupted at run time.
+    "bad-yaml-lone-surrogate": "testdata/bad-yaml-lone-surrogate.yaml:4: (yaml): "
+    "a lone surrogate escape (\\ud800-\\udfff) is not a character",
+    "bad-model-id-control": "\n".join([
+        "testdata/bad-model-id-control.yaml:4: routers[0].models[0]: "
+        "must not contain control characters (U+0000 at character 20)",
+        "testdata/bad-model-id-control.yaml:4: routers[0].models[1]: "
+        "must not contain control characters (U+001B at character 20)",
+    ]),
+    "bad-region-control": "testdata/bad-region-control.yaml:1: region: "
+    "must not contain control characters (U+0000 at character 8)",
+    "bad-header-control": "\n".join([
+        'testdata/bad-header-control.yaml:6: routers[0].headers["HTTP-Referer"]: '
+        "must not contain control characters (U+0000 at character 27)",
+        'testdata/bad-header-control.yaml:7: routers[0].headers["X-Title"]: '
+        "must not contain control characters (U+007F at character 7)",
+        'testdata/bad-header-control.yaml:8: routers[0].headers["X-Nul\\u0000"]: not a valid HTTP header name',
+    ]),
+    "bad-header-reserved": "\n".join([
+        'testdata/bad-header-reserved.yaml:6: routers[0].headers["Content-Length"]: cannot be set here: '
+        "the probe sets it for the JSON body it sends; a fixed value would corrupt the request",
+        "testdata/bad-header-reserved.yaml:7: routers[0].headers.Host: cannot be set here: "
+        "taken from base_url: put the host there",
+        'testdata/bad-header-reserved.yaml:8: routers[0].headers["Transfer-Encoding"]: cannot be set here: '
+        "the probe sets it for the JSON body it sends; a fixed value would corrupt the request",
+        "testdata/bad-header-reserved.yaml:9: routers[0].headers.Connection: cannot be set here: "
+        "a connection header, managed by the HTTP client; it cannot be set per request",
+    ]),
+    "bad-duration-too-long": "testdata/bad-duration-too-long.yaml:9: storage.retention: "
+    'duration must be at most 36500d (100 years), got "99999999999999999d"',
+    "bad-duplicate-window": "\n".join([
+        'testdata/bad-duplicate-window.yaml:9: aggregator.windows[2]: duplicate window "60m" '
+        '(the same as windows[0], "1h")',
+        'testdata/bad-duplicate-window.yaml:9: aggregator.windows[4]: duplicate window "1d" '
+        '(the same as windows[1], "24h")',
+    ]),
+    "bad-infinite-price": "\n".join([
+        'testdata/bad-infinite-price.yaml:7: routers[0].prices["openai/gpt-4.1-nano"].input: '
+        "Input should be a finite number",
+        'testdata/bad-infinite-price.yaml:8: routers[0].prices["openai/gpt-4.1-nano"].output: '
+        "Input should be a finite number",
+    ]),
+    "bad-maintenance-invalid-date": "testdata/bad-maintenance-invalid-date.yaml:12: maintenance[1].start: "
+    'invalid date "2025-13-01T02:00:00Z": month must be in 1..12',
+    "bad-api-key-env-own-setting": "\n".join([
+        f"testdata/bad-api-key-env-own-setting.yaml:4: routers[0].api_key_env: ROUTEWATCH_ADMIN_TOKEN {OWN_SETTING}",
+        f"testdata/bad-api-key-env-own-setting.yaml:8: routers[1].api_key_env: ROUTEWATCH_DATABASE_URL {OWN_SETTING}",
+    ]),
     "bad-multiple-errors": "\n".join(
         [
             "testdata/bad-multiple-errors.yaml:4: routers[0].base_url: "
@@ -382,3 +452,213 @@ def test_max_providers_per_model_defaults_to_5_and_must_be_at_least_1() -> None:
         parse_config(MINIMAL + "aggregator:\n  max_providers_per_model: 0\n", "probes.yaml")
     assert str(excinfo.value) == (
         "probes.yaml:9: aggregator.max_providers_per_model: Input should be greater than or equal to 1")
+
+
+def _refusal(text: str) -> str:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(text, "probes.yaml")
+    return str(excinfo.value)
+
+
+# ---------------------------------------------------------------- limits: YAML bombs and size
+
+
+def test_alias_bomb_is_refused_in_a_fraction_of_a_second() -> None:
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(BOMB)
+    elapsed = time.perf_counter() - started
+    assert "the file expands to more than 100,000 values (alias *d" in str(excinfo.value)
+    assert elapsed < 0.5, f"took {elapsed:.2f} s"
+
+
+def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> None:
+    """A real ``routewatch check-config`` process; its own peak RSS, from wait4."""
+    out, err = tmp_path / "out", tmp_path / "err"
+
+    def cap_memory() -> None:  # so that a regression fails this test instead of exhausting the machine
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "routewatch.cli", "check-config", str(BOMB)],
+                                stdout=stdout, stderr=stderr, cwd=REPO, preexec_fn=cap_memory)
+        deadline = time.monotonic() + 60
+        while (waited := os.wait4(proc.pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                proc.kill()
+                waited = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+    proc.returncode = os.waitstatus_to_exitcode(waited[1])  # reaped here, not by Popen
+    max_rss_mib = waited[2].ru_maxrss / 1024  # KiB on Linux
+    stderr_text = err.read_text()
+    assert proc.returncode == 1, stderr_text
+    assert "Traceback" not in stderr_text
+    assert stderr_text.startswith(f"{BOMB}:14: (yaml): the file expands to more than 100,000 values"), stderr_text
+    assert out.read_text() == ""
+    assert max_rss_mib < 200, f"check-config peaked at {max_rss_mib:.0f} MiB"
+
+
+def test_deep_nesting_is_a_message_not_a_recursion_error() -> None:
+    deep = MINIMAL + "extra: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    assert _refusal(deep) == "probes.yaml:8: (yaml): nested more than 64 levels deep"
+    block = MINIMAL + "".join(f"{'  ' * i}k{i}:\n" for i in range(100))  # indentation, not brackets
+    assert _refusal(block) == "probes.yaml:71: (yaml): nested more than 64 levels deep"
+
+
+def test_nesting_up_to_the_limit_is_parsed() -> None:
+    # The top-level mapping is level 1, so 63 lists below it are the deepest file allowed.
+    at_limit = _refusal(MINIMAL + "extra: " + "[" * 63 + "]" * 63 + "\n")
+    assert at_limit.startswith('probes.yaml:8: extra: unknown field "extra"'), at_limit
+    assert _refusal(MINIMAL + "extra: " + "[" * 64 + "]" * 64 + "\n") == (
+        "probes.yaml:8: (yaml): nested more than 64 levels deep")
+
+
+def test_too_many_values_without_aliases(tmp_path: Path) -> None:
+    path = tmp_path / "probes.yaml"
+    path.write_text(MINIMAL + "extra:\n" + "  - x\n" * MAX_NODES)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    # The value that crosses the limit: counted with PyYAML's own composer, as every node of the tree.
+    before = _count_nodes(yaml.compose(MINIMAL + "extra: []\n"))  # everything but the items
+    first_item_line = MINIMAL.count("\n") + 2
+    line = first_item_line + (MAX_NODES - before)
+    assert str(excinfo.value) == f"{path}:{line}: (yaml): the file expands to more than 100,000 values"
+
+
+def _count_nodes(node: yaml.Node) -> int:
+    if isinstance(node, yaml.SequenceNode):
+        return 1 + sum(_count_nodes(item) for item in node.value)
+    if isinstance(node, yaml.MappingNode):
+        return 1 + sum(_count_nodes(k) + _count_nodes(v) for k, v in node.value)
+    return 1
+
+
+def test_small_aliases_are_still_allowed() -> None:
+    text = """\
+routers:
+  - name: a
+    base_url: simulator
+    models: &models [openai/gpt-4.1-nano, anthropic/claude-haiku-4.5]
+    prices: &prices
+      openai/gpt-4.1-nano: &cheap {input: 0.1, output: 0.4}
+  - name: b
+    base_url: simulator
+    models: *models
+    prices: *prices
+prompts:
+  - name: short
+    messages: [{role: user, content: "Count from 1 to 40 in words."}]
+maintenance:
+  - {start: 2025-06-01T02:00:00Z, end: 2025-06-01T03:00:00Z, models: *models, reason: upgrade}
+"""
+    config = parse_config(text, "probes.yaml")
+    assert config.routers[1].models == ["openai/gpt-4.1-nano", "anthropic/claude-haiku-4.5"]
+    assert config.routers[1].prices["openai/gpt-4.1-nano"].output == 0.4
+
+
+def test_oversize_file_is_refused_unread(tmp_path: Path) -> None:
+    limit = tmp_path / "limit.yaml"
+    limit.write_bytes(MINIMAL.encode() + b"#" * (MAX_FILE_BYTES - len(MINIMAL) - 1) + b"\n")
+    assert limit.stat().st_size == MAX_FILE_BYTES
+    assert load_config(limit).routers[0].name == "orcarouter"  # exactly at the limit: fine
+
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:  # 50 MB, as in the report
+        f.write(MINIMAL.encode())
+        for _ in range(50):
+            f.write(b"# " + b"x" * (1024 * 1024 - 3) + b"\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(big)
+    assert str(excinfo.value) == f"{big}: the file is larger than 1 MiB: a probes.yaml is a few KiB"
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(MINIMAL + "#" * MAX_FILE_BYTES, "probes.yaml")
+    assert str(excinfo.value) == "probes.yaml: the file is larger than 1 MiB: a probes.yaml is a few KiB"
+
+
+def test_endless_file_is_refused() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_config("/dev/zero")
+    assert str(excinfo.value) == "/dev/zero: the file is larger than 1 MiB: a probes.yaml is a few KiB"
+
+
+# ---------------------------------------------------------------- values that crashed at run time
+
+
+def test_huge_integer_is_reported_at_its_line() -> None:
+    text = MINIMAL.replace('    messages:', f"    max_tokens: {'9' * 5000}\n    messages:")
+    assert _refusal(text) == (
+        'probes.yaml:7: prompts[0].max_tokens: invalid number "' + "9" * 40 + '…": '
+        "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"
+    )
+
+
+@pytest.mark.parametrize("field", ["schedule:\n  interval", "storage:\n  retention", "slo:\n  window",
+                                   "aggregator:\n  refresh"])
+def test_every_duration_is_bounded(field: str) -> None:
+    message = _refusal(MINIMAL + f"{field}: 99999999999999999d\n")
+    assert message.endswith('duration must be at most 36500d (100 years), got "99999999999999999d"'), message
+
+
+def test_the_longest_duration_still_works_with_dates() -> None:
+    assert parse_duration("36500d") == MAX_SECONDS
+    config = parse_config(MINIMAL + "storage:\n  retention: 36500d\n  compress_after: 36500d\n", "probes.yaml")
+    # What ``routewatch run`` does with it at start, and what the retention job does every day.
+    retention = timedelta(seconds=config.storage.retention)
+    now = datetime.now(UTC)
+    assert now - retention < now < now + retention
+    with pytest.raises(ValueError, match=r"at most 36500d \(100 years\), got 3\.1536e\+09"):
+        parse_duration(MAX_SECONDS + 1)
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "content-length", "Host", "Transfer-Encoding", "Connection",
+                                  "Keep-Alive", "TE", "Trailer", "Upgrade", "Expect", "Proxy-Connection",
+                                  "Content-Type", "Content-Encoding"])
+def test_headers_the_probe_owns_are_refused(name: str) -> None:
+    text = MINIMAL.replace("base_url: simulator", f'base_url: simulator\n    headers: {{"{name}": "x"}}')
+    assert _refusal(text).startswith("probes.yaml:4: routers[0].headers"), name
+    assert ": cannot be set here: " in _refusal(text)
+
+
+def test_a_header_value_may_hold_a_tab_and_non_ascii() -> None:
+    text = MINIMAL.replace("base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}')
+    assert parse_config(text, "probes.yaml").routers[0].headers == {"X-Title": "status\tpage é"}
+
+
+def _own_settings() -> set[str]:
+    """Every ROUTEWATCH_* variable the code reads."""
+    found: set[str] = set()
+    for package in ("routewatch", "probe", "aggregator"):
+        for source in (REPO / package).rglob("*.py"):
+            found |= set(re.findall(r"\bROUTEWATCH_[A-Z0-9_]+\b", source.read_text(encoding="utf-8")))
+    return found
+
+
+def test_no_routewatch_setting_can_be_a_router_key() -> None:
+    own = _own_settings()
+    assert {"ROUTEWATCH_ADMIN_TOKEN", "ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_API_KEY"} <= own
+    for name in sorted(own - {"ROUTEWATCH_API_KEY"}) + ["ROUTEWATCH_SOMETHING_NEW"]:
+        text = MINIMAL.replace("base_url: simulator", f"base_url: simulator\n    api_key_env: {name}")
+        assert _refusal(text).startswith(f"probes.yaml:4: routers[0].api_key_env: {name} is one of routewatch's"), name
+    text = MINIMAL.replace("base_url: simulator", "base_url: simulator\n    api_key_env: ROUTEWATCH_API_KEY")
+    assert parse_config(text, "probes.yaml").routers[0].api_key_env == "ROUTEWATCH_API_KEY"
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ('maintenance:\n  - {start: 2025-06-01T02:00:00Z, end: 2025-06-01T03:00:00Z, reason: "up\\0"}',
+         "maintenance[0].reason"),
+        ('api:\n  host: "127.0.0.1\\0"', "api.host"),
+    ],
+)
+def test_other_stored_or_bound_strings_refuse_control_characters(section: str, field: str) -> None:
+    message = _refusal(MINIMAL + section + "\n")
+    assert f": {field}: must not contain control characters (U+0000 at character " in message, message
+
+
+def test_base_url_refuses_control_characters_without_echoing_it() -> None:
+    text = MINIMAL.replace("base_url: simulator", 'base_url: "https://user-token-123@\\0orcarouter.ai/v1"')
+    message = _refusal(text)
+    assert message == "probes.yaml:3: routers[0].base_url: must not contain control characters (U+0000 at character 24)"
+    assert "user-token-123" not in message
