@@ -408,8 +408,8 @@ class BatchWriter:
                     raise  # the whole batch is retried later; stored rows are not doubled
                 rejected.append((r, f"{type(exc).__name__}: {exc}"))
         if rejected:
-            await self._in_io(self._dead_letter, rejected)
             self.rejected += len(rejected)
+            await self._in_io(self._dead_letter, rejected)
             reasons = sorted({reason for _, reason in rejected})
             log.error("%d results could not be stored and were put in %s: %s",
                       len(rejected), self._dir / DEAD_LETTER_FILE, "; ".join(reasons))
