@@ -300,8 +300,8 @@ class BatchWriter:
 
     def _spool_accepted(self) -> None:
         if self._spool_trouble is not None:
-            log.info("spool: %s at %s is over, journaling again; %d results were sent from memory only meanwhile",
-                     self._spool_trouble, self._dir, self._trouble_unspooled)
+            log.info("spool: journaling again at %s (%s is over); %d results were sent from memory only meanwhile",
+                     self._dir, self._spool_trouble, self._trouble_unspooled)
             self._spool_trouble = None
             self._trouble_unspooled = 0
 

@@ -12,10 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ from routewatch.aggregator.schema import ensure_schema
 from routewatch.probe.result import ProbeResult
 from routewatch.probe.spool import Spool
 from routewatch.probe.writer import DEAD_LETTER_FILE, BatchWriter
+from writer_support import result, stored_ids, until
 
 # name -> (fields of the poisoned result, what the rejection reason names)
 POISONS: dict[str, tuple[dict[str, Any], str]] = {
@@ -41,31 +38,11 @@ POISONS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def result(**changes: Any) -> ProbeResult:
-    """A fresh successful probe of the hostile router, with ``changes``."""
-    fields: dict[str, Any] = dict(region="test", router="hostile", model="poison/model", prompt="short",
-                                  methodology="m1", ok=True, error_class=None, error_detail=None,
-                                  http_status=200, ttft_ms=120.0, output_tokens=16, chunks=16)
-    return ProbeResult(uuid.uuid4(), datetime.now(UTC), **(fields | changes))
-
-
-async def until(what: str, condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def rejected(spool_dir: Path) -> list[dict[str, Any]]:
     path = spool_dir / DEAD_LETTER_FILE
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_bytes().splitlines()]
-
-
-async def stored_ids(pool: asyncpg.Pool) -> set[uuid.UUID]:
-    return {r["id"] for r in await pool.fetch("SELECT id FROM probe_results")}
 
 
 @pytest.fixture
