@@ -73,7 +73,7 @@ _UNAVAILABLE = (
     asyncpg.ReadOnlySQLTransactionError,  # a standby, e.g. during a failover
 )
 CURSOR_FILE = "confirmed.json"  # last spool position known to be stored
-DEAD_LETTER_FILE = "rejected.jsonl"  # rows the database refused one by one
+DEAD_LETTER_FILE = "rejected.jsonl"  # results that could not be stored, one JSON line each with the reason
 
 
 class SpoolInUse(Exception):
@@ -411,8 +411,8 @@ class BatchWriter:
             self.rejected += len(rejected)
             await self._in_io(self._dead_letter, rejected)
             reasons = sorted({reason for _, reason in rejected})
-            log.error("%d results could not be stored and were put in %s: %s",
-                      len(rejected), self._dir / DEAD_LETTER_FILE, "; ".join(reasons))
+            log.error("could not store %d of %d results; they are kept in %s: %s",
+                      len(rejected), len(results), self._dir / DEAD_LETTER_FILE, "; ".join(reasons))
 
     def _dead_letter(self, rejected: list[tuple[ProbeResult, str]]) -> None:
         lines = b"".join(_dead_letter_line(r, reason) for r, reason in rejected)
