@@ -13,9 +13,13 @@ appended in order. A segment holds whole records, each
 where the payload is the compact JSON of one result (:func:`encode_result`).
 Segment files are only ever appended to, and deleted once confirmed; the one
 rewrite is truncating a torn tail of the last segment when the spool is opened.
+Once everything in the segment being appended to is confirmed, it is rotated
+away (past a small size) so that a caught-up spool holds next to nothing.
 
 A reader never crashes on a bad spool: a torn or corrupt record is logged as
-a WARNING naming the file and offset, and skipped.
+a WARNING naming the file and offset, and skipped. After a corrupt record the
+reader resyncs on the next intact one (magic, then a length and CRC that
+verify), so damage costs the records it touches, not the rest of the segment.
 
 Threading: :class:`Spool` does no locking. The writer runs every call on one
 dedicated worker thread, and one process owns a spool directory at a time.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import dataclasses
+import errno
 import json
 import logging
 import mmap
@@ -43,7 +48,7 @@ from typing import Any, Self
 
 from .result import COLUMNS, ProbeResult
 
-__all__ = ["Spool", "SpoolFull", "SpoolPosition", "decode_result", "encode_result"]
+__all__ = ["Spool", "SpoolFull", "SpoolPosition", "decode_result", "encode_result", "is_disk_full"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,13 @@ HEADER_BYTES = _HEADER.size
 
 SEGMENT_SUFFIX = ".spool"
 _SEGMENT_NAME = re.compile(r"^(\d+)\.spool$")
+# A fully confirmed current segment at least this big is rotated away on
+# confirm; smaller ones stay, so that a trickle of results does not create and
+# delete a file per batch.
+KEEP_CONFIRMED_BYTES = 64 * 1024
+# errno values of a write that failed for want of space: the disk or the
+# user's quota is full, or RLIMIT_FSIZE caps the file.
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # After crossing the warning level, warn again at each further 5% of max_bytes.
 WARN_STEP_FRACTION = 0.05
 _ALL = sys.maxsize  # a record limit meaning "the whole segment"
@@ -79,6 +91,11 @@ class SpoolPosition:
 
 class SpoolFull(Exception):
     """Appending would take the spool past ``max_bytes``; nothing was written."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the file system (or a quota or file size limit) has no room."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
 
 
 def encode_result(result: ProbeResult) -> bytes:
@@ -140,12 +157,13 @@ def _frame(payload: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class _Fault:
-    """Where and why reading a segment stopped early."""
+    """Bytes a reader skipped: damage mid-segment, or a bad tail."""
 
     torn: bool  # an unfinished last write, as opposed to corruption
     offset: int
-    skipped: int  # bytes from offset to the end of the segment
+    skipped: int  # bytes from offset to the next intact record, or to the end
     reason: str
+    resumed: int | None = None  # offset of the intact record reading resumed at; None at the tail
 
 
 @dataclass
@@ -153,7 +171,8 @@ class _Scan:
     frames: list[tuple[bytes, int]]  # (payload, offset just after the record)
     end: int  # offset after the last good record (or the start)
     complete: bool  # nothing more to read in this segment
-    fault: _Fault | None
+    fault: _Fault | None  # a bad tail: nothing intact follows it
+    skips: list[_Fault] = dataclasses.field(default_factory=list)  # damage read past
 
 
 def _read_segment(path: Path, start: int, stop: int | None, limit: int) -> _Scan:
@@ -162,6 +181,7 @@ def _read_segment(path: Path, start: int, stop: int | None, limit: int) -> _Scan
     ``stop`` None means the file's size. A missing file reads as empty.
     """
     frames: list[tuple[bytes, int]] = []
+    skips: list[_Fault] = []
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -170,44 +190,84 @@ def _read_segment(path: Path, start: int, stop: int | None, limit: int) -> _Scan
                 return _Scan(frames, start, True, None)
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 off = start
-                # The happy path is inlined: this loop runs once per record on replay.
-                while off + HEADER_BYTES <= stop:
-                    if len(frames) >= limit:
-                        return _Scan(frames, off, False, None)
-                    magic, length, crc = _HEADER.unpack_from(mm, off)
-                    end = off + HEADER_BYTES + length
-                    if magic != MAGIC or end > stop:
-                        break
-                    payload = mm[off + HEADER_BYTES : end]
-                    if zlib.crc32(payload) != crc:
-                        break
-                    frames.append((payload, end))
-                    off = end
-                if off == stop:
-                    return _Scan(frames, off, True, None)
-                return _Scan(frames, off, True, _diagnose(mm, off, stop))
+                while True:
+                    # The happy path is inlined: this loop runs once per record on replay.
+                    while off + HEADER_BYTES <= stop:
+                        if len(frames) >= limit:
+                            return _Scan(frames, off, False, None, skips)
+                        magic, length, crc = _HEADER.unpack_from(mm, off)
+                        end = off + HEADER_BYTES + length
+                        if magic != MAGIC or end > stop:
+                            break
+                        payload = mm[off + HEADER_BYTES : end]
+                        if zlib.crc32(payload) != crc:
+                            break
+                        frames.append((payload, end))
+                        off = end
+                    if off == stop:
+                        return _Scan(frames, off, True, None, skips)
+                    resume = _resync(mm, off, stop)
+                    if resume is None:
+                        return _Scan(frames, off, True, _diagnose(mm, off, stop), skips)
+                    skips.append(_Fault(False, off, resume - off, _what_is_wrong(mm, off, stop), resume))
+                    off = resume
     except FileNotFoundError:
         return _Scan(frames, start, True, None)
 
 
-def _diagnose(mm: mmap.mmap, off: int, stop: int) -> _Fault:
-    """What is wrong with the record at ``off``, which did not read back whole."""
-    left = stop - off
-    if left < HEADER_BYTES:
-        return _Fault(True, off, left, "record header cut short")
-    magic, length, crc = _HEADER.unpack_from(mm, off)
+def _resync(mm: mmap.mmap, off: int, stop: int) -> int | None:
+    """The offset of the first intact record after the bad one at ``off``, if any.
+
+    Payloads are ASCII, so MAGIC occurs only at record starts or inside a
+    damaged header's length and CRC bytes; a candidate counts only when its
+    length stays inside the segment and its CRC verifies.
+    """
+    candidate = off + 1
+    while True:
+        candidate = mm.find(MAGIC, candidate, stop)
+        if candidate < 0 or candidate + HEADER_BYTES > stop:
+            return None
+        _, length, crc = _HEADER.unpack_from(mm, candidate)
+        end = candidate + HEADER_BYTES + length
+        # length 0 has CRC 0: eight zero bytes after a stray MAGIC would pass.
+        if 0 < length and end <= stop and zlib.crc32(mm[candidate + HEADER_BYTES : end]) == crc:
+            return candidate
+        candidate += 1
+
+
+_HEADER_CUT = "record header cut short"
+_BAD_MAGIC = "bad magic"
+_TOO_LONG = "length past the end of the segment"
+_BAD_CRC = "CRC mismatch"
+
+
+def _what_is_wrong(mm: mmap.mmap, off: int, stop: int) -> str:
+    """Why the record at ``off`` does not read back whole."""
+    if stop - off < HEADER_BYTES:
+        return _HEADER_CUT
+    magic, length, _ = _HEADER.unpack_from(mm, off)
     if magic != MAGIC:
+        return _BAD_MAGIC
+    if off + HEADER_BYTES + length > stop:
+        return _TOO_LONG
+    return _BAD_CRC
+
+
+def _diagnose(mm: mmap.mmap, off: int, stop: int) -> _Fault:
+    """The bad tail from ``off``: no intact record follows it in the segment."""
+    left = stop - off
+    reason = _what_is_wrong(mm, off, stop)
+    if reason == _BAD_MAGIC:
         # Power loss can leave a file extended with pages never written:
         # zeros to the end are an unfinished write, not damage.
         if not mm[off:stop].strip(b"\0"):
             return _Fault(True, off, left, "zero-filled tail")
-        return _Fault(False, off, left, "bad magic")
-    end = off + HEADER_BYTES + length
-    if end > stop:
-        return _Fault(True, off, left, "payload cut short")
-    if zlib.crc32(mm[off + HEADER_BYTES : end]) != crc:
-        return _Fault(end == stop, off, left, "CRC mismatch")
-    raise AssertionError(f"record at {off} is intact")
+        return _Fault(False, off, left, reason)
+    if reason == _BAD_CRC:
+        _, length, _ = _HEADER.unpack_from(mm, off)
+        return _Fault(off + HEADER_BYTES + length == stop, off, left, reason)
+    # A header or payload cut short by the end of the file: an unfinished write.
+    return _Fault(True, off, left, "payload cut short" if reason == _TOO_LONG else reason)
 
 
 class Spool:
@@ -224,6 +284,7 @@ class Spool:
         segment_bytes: int = 8 * 1024 * 1024,
         max_bytes: int = 1024**3,
         warn_fraction: float = 0.8,
+        keep_confirmed_bytes: int = KEEP_CONFIRMED_BYTES,
     ) -> None:
         """Open (or create, mode 0700) the spool in ``directory``.
 
@@ -232,11 +293,16 @@ class Spool:
         :param max_bytes: appends that would take the spool past this many
             bytes on disk raise :class:`SpoolFull`.
         :param warn_fraction: fraction of ``max_bytes`` at which to warn.
+        :param keep_confirmed_bytes: :meth:`confirm` rotates away the segment
+            being appended to once all of it is confirmed and it holds at
+            least this many bytes (0: always).
         """
-        if segment_bytes <= 0 or max_bytes <= 0 or not 0 < warn_fraction <= 1:
-            raise ValueError("segment_bytes and max_bytes must be > 0, warn_fraction in (0, 1]")
+        if segment_bytes <= 0 or max_bytes <= 0 or not 0 < warn_fraction <= 1 or keep_confirmed_bytes < 0:
+            raise ValueError("segment_bytes and max_bytes must be > 0, warn_fraction in (0, 1], "
+                             "keep_confirmed_bytes >= 0")
         self._dir = Path(directory)
         self._segment_bytes = segment_bytes
+        self._keep_confirmed = keep_confirmed_bytes
         self._max_bytes = max_bytes
         self._warn_fraction = warn_fraction
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -248,6 +314,9 @@ class Spool:
         self._sizes = dict(sorted(self._sizes.items()))
         self._reported: set[tuple[int, int]] = set()  # faults already logged
         self.skipped_bytes = 0  # bytes of torn or corrupt records skipped so far
+        # Damaged stretches read past (each usually one record) plus intact
+        # records that are not results; torn tails are not counted.
+        self.corrupt_records = 0
         self._warned_step: int | None = None
         self._fd = -1
         self._current = 0
@@ -272,6 +341,11 @@ class Spool:
     def bytes(self) -> int:
         """Bytes the spool holds on disk."""
         return sum(self._sizes.values())
+
+    @property
+    def head(self) -> SpoolPosition:
+        """Where the next append goes: the current segment and its end."""
+        return SpoolPosition(self._current, self._offset)
 
     def append(self, results: Sequence[ProbeResult], *, sync: bool = True) -> SpoolPosition:
         """Journal ``results`` in one write; return the position after the last.
@@ -325,7 +399,7 @@ class Spool:
                 for payload, end in scan.frames:
                     try:
                         results.append(decode_result(payload))
-                    except ValueError as exc:
+                    except Exception as exc:  # noqa: BLE001 - any record that is not a result is skipped, not fatal
                         self._report_undecodable(segment, end - len(payload) - HEADER_BYTES, len(payload), exc)
                 if scan.frames:
                     pos = SpoolPosition(segment, scan.end)
@@ -348,9 +422,14 @@ class Spool:
         """Everything up to ``upto`` is stored: delete whole segments before it.
 
         A segment goes when it lies wholly before ``upto.segment``, or when
-        ``upto`` is at its very end; the segment being appended to stays.
+        ``upto`` is at its very end. The segment being appended to is first
+        rotated (appends continue in a new, empty one) when ``upto`` covers
+        all of it and it holds at least ``keep_confirmed_bytes``. Positions
+        stay comparable: a new segment's number is always higher.
         Returns the bytes freed.
         """
+        if upto.segment == self._current and upto.offset >= self._offset >= max(1, self._keep_confirmed):
+            self._rotate_confirmed()
         freed = 0
         for segment, size in list(self._sizes.items()):
             if segment > upto.segment or (segment == upto.segment and upto.offset < size):
@@ -401,12 +480,14 @@ class Spool:
         # The current segment is read only up to the last whole record written.
         stop = self._offset if segment == self._current else None
         scan = _read_segment(self._path(segment), start, stop, limit)
+        for skip in scan.skips:
+            self._report(segment, skip)
         if scan.fault is not None:
             self._report(segment, scan.fault)
         return scan
 
     def _report(self, segment: int, fault: _Fault) -> None:
-        """Log a fault once per spool, and count the bytes it skips."""
+        """Log a fault once per spool, and count what it skips."""
         if (segment, fault.offset) in self._reported:
             return
         self._reported.add((segment, fault.offset))
@@ -415,25 +496,29 @@ class Spool:
         if fault.torn:
             log.warning("spool: torn record at the end of %s, offset %d (%s); skipping %d bytes",
                         path, fault.offset, fault.reason, fault.skipped)
+            return
+        self.corrupt_records += 1
+        if fault.resumed is not None:
+            log.warning("spool: corrupt record in %s at offset %d (%s); skipping %d bytes to the next intact "
+                        "record at offset %d", path, fault.offset, fault.reason, fault.skipped, fault.resumed)
         else:
-            # Without a resync marker a reader cannot tell where the next
-            # record starts, so the rest of the segment is given up.
-            log.warning("spool: corrupt record in %s at offset %d (%s); skipping the remaining %d bytes of the segment",
-                        path, fault.offset, fault.reason, fault.skipped)
+            log.warning("spool: corrupt record in %s at offset %d (%s); no intact record follows: skipping "
+                        "the remaining %d bytes of the segment", path, fault.offset, fault.reason, fault.skipped)
 
-    def _report_undecodable(self, segment: int, offset: int, length: int, exc: ValueError) -> None:
+    def _report_undecodable(self, segment: int, offset: int, length: int, exc: Exception) -> None:
         """Log once an intact record that is not a result (a bug, not a crash)."""
         if (segment, offset) in self._reported:
             return
         self._reported.add((segment, offset))
         self.skipped_bytes += HEADER_BYTES + length
+        self.corrupt_records += 1
         log.warning("spool: skipping undecodable record in %s at offset %d: %s", self._path(segment), offset, exc)
 
     def _recover(self, last: int) -> None:
         """Continue the last segment after cutting a torn tail, or start a new one."""
         scan = self._scan(last, 0, _ALL)
         if scan.fault is not None and not scan.fault.torn:
-            # Appends after corruption would be unreadable: leave it alone.
+            # Damage to the end of the file: leave it as found for inspection.
             self._create(last + 1)
             self.sync()
             return
@@ -461,6 +546,17 @@ class Spool:
         # last segment can have a torn tail.
         os.fsync(self._fd)
         self._create(self._current + 1)
+
+    def _rotate_confirmed(self) -> None:
+        """Move appends to a new segment so that the confirmed one can be deleted."""
+        try:
+            self._create(self._current + 1)
+            # The new name must be durable before the old one goes: an empty
+            # directory would restart numbering below saved positions.
+            self.sync()
+        except OSError as exc:
+            # Harmless: the segment stays until a later confirm or rotation.
+            log.debug("spool: could not rotate a confirmed segment in %s: %s", self._dir, exc)
 
     def _write(self, data: builtins.bytes) -> None:  # `bytes` is a property here
         written = 0

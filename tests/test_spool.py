@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import stat
 import subprocess
@@ -223,6 +224,49 @@ def test_confirm_deletes_only_whole_segments_before_the_position(tmp_path: Path)
         assert numbers(read_all(spool, positions[13])) == []
 
 
+def test_confirming_everything_empties_the_spool_on_disk(tmp_path: Path) -> None:
+    with Spool(tmp_path) as spool:  # the default 8 MiB segments
+        last = None
+        for i in range(0, 2000, 10):
+            last = spool.append([make_result(k) for k in range(i, i + 10)], sync=False)
+        assert last is not None and last.segment == 1
+        held = spool.bytes
+        assert held > 512 * 1024
+        assert spool.confirm(last) == held
+        assert spool.bytes == 0
+        assert sum(f.stat().st_size for f in segment_files(tmp_path)) == 0
+        assert [f.name for f in segment_files(tmp_path)] == ["00000002.spool"]  # appends go on here
+        assert read_all(spool, last) == []
+        after = spool.append([make_result(2000)])
+        assert after > last  # positions keep their order across the rotation
+        assert numbers(read_all(spool, last)) == [2000]
+    with Spool(tmp_path) as spool:  # and after a restart
+        assert numbers(read_all(spool, last)) == [2000]
+        assert spool.append([make_result(2001)]) > after
+
+
+def test_confirm_keeps_a_small_current_segment(tmp_path: Path) -> None:
+    record = len(encode_result(make_result(0))) + HEADER_BYTES
+    with Spool(tmp_path) as spool:
+        last = spool.append([make_result(i) for i in range(3)])
+        assert spool.confirm(last) == 0  # below keep_confirmed_bytes: no file churn per batch
+        assert spool.bytes == 3 * record
+    with Spool(tmp_path, keep_confirmed_bytes=0) as spool:
+        assert spool.confirm(last) == 3 * record
+        assert spool.bytes == 0
+        assert spool.confirm(spool.head) == 0  # an empty segment is not rotated again
+        assert [f.name for f in segment_files(tmp_path)] == ["00000002.spool"]
+
+
+def test_confirm_behind_the_end_rotates_nothing(tmp_path: Path) -> None:
+    with Spool(tmp_path, keep_confirmed_bytes=0) as spool:
+        first = spool.append([make_result(0)])
+        spool.append([make_result(1)])
+        assert spool.confirm(first) == 0
+        assert numbers(read_all(spool, first)) == [1]
+        assert [f.name for f in segment_files(tmp_path)] == ["00000001.spool"]
+
+
 def test_reopening_continues_segment_numbering(tmp_path: Path) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     with Spool(tmp_path, segment_bytes=2 * record) as spool:
@@ -341,7 +385,9 @@ def test_torn_tail_is_skipped_and_truncated(
         assert numbers(read_all(spool))[-1] == 99
 
 
-def test_corruption_mid_segment_skips_to_next_segment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_corruption_mid_segment_loses_only_the_damaged_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     _spool_with(tmp_path, 10, segment_bytes=4 * record)  # 4 + 4 + 2
     first = segment_files(tmp_path)[0]
@@ -349,18 +395,23 @@ def test_corruption_mid_segment_skips_to_next_segment(tmp_path: Path, caplog: py
         fh.seek(record + HEADER_BYTES + 20)  # inside the second record's payload
         fh.write(b"#")
     with caplog.at_level(logging.WARNING), Spool(tmp_path, segment_bytes=4 * record) as spool:
-        assert numbers(read_all(spool)) == [0, *range(4, 10)]
+        assert numbers(read_all(spool)) == [0, *range(2, 10)]
         warnings = spool_warnings(caplog)
         assert len(warnings) == 1
         assert "corrupt record" in warnings[0] and str(first) in warnings[0] and f"offset {record}" in warnings[0]
-        assert spool.skipped_bytes == 3 * record
-        assert numbers(read_all(spool)) == [0, *range(4, 10)]
+        assert f"next intact record at offset {2 * record}" in warnings[0]
+        assert spool.skipped_bytes == record
+        assert spool.corrupt_records == 1
+        assert numbers(read_all(spool)) == [0, *range(2, 10)]
         assert len(spool_warnings(caplog)) == 1  # reported once per spool
-        assert spool.pending_records(None) == 7
+        assert spool.corrupt_records == 1
+        assert spool.pending_records(None) == 9
     assert first.stat().st_size == 4 * record  # not rewritten
 
 
-def test_corruption_in_last_segment_starts_a_new_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_corruption_in_last_segment_resyncs_and_appends_continue(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _, record = _spool_with(tmp_path, 3)
     path = segment_files(tmp_path)[0]
     with open(path, "r+b") as fh:
@@ -368,9 +419,91 @@ def test_corruption_in_last_segment_starts_a_new_one(tmp_path: Path, caplog: pyt
         fh.write(b"\x00\x01")  # bad magic, with a good record after it
     with caplog.at_level(logging.WARNING), Spool(tmp_path) as spool:
         assert "corrupt record" in spool_warnings(caplog)[0]
-        assert path.stat().st_size == 3 * record  # left alone
+        assert path.stat().st_size == 3 * record  # not cut: an intact record follows the damage
+        assert spool.append([make_result(7)]) == SpoolPosition(1, 4 * record)
+        assert numbers(read_all(spool)) == [0, 2, 7]
+
+
+def test_corrupt_tail_of_last_segment_starts_a_new_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _, record = _spool_with(tmp_path, 3)
+    path = segment_files(tmp_path)[0]
+    with open(path, "r+b") as fh:
+        fh.seek(2 * record)
+        fh.write(b"\x00\x01")  # bad magic on the last record: damage, but not a torn write
+    with caplog.at_level(logging.WARNING), Spool(tmp_path) as spool:
+        assert "no intact record follows" in spool_warnings(caplog)[0]
+        assert path.stat().st_size == 3 * record  # left as found
         assert spool.append([make_result(7)]) == SpoolPosition(2, record)
-        assert numbers(read_all(spool)) == [0, 7]
+        assert numbers(read_all(spool)) == [0, 1, 7]
+        assert spool.corrupt_records == 1
+
+
+def _flip(path: Path, offset: int, xor: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ xor]))
+
+
+def _damaged(positions: list[SpoolPosition], offset: int) -> int:
+    """The number of the record whose bytes include ``offset``."""
+    starts = [0] + [p.offset for p in positions[:-1]]
+    return max(i for i, start in enumerate(starts) if start <= offset)
+
+
+def test_one_flipped_byte_loses_exactly_the_record_it_hits(tmp_path: Path) -> None:
+    count = 5000
+    original = tmp_path / "original"
+    with Spool(original) as spool:
+        # Several appends per write, as the writer does under load.
+        positions = [p for i in range(0, count, 5)
+                     for p in _append_each(spool, [make_result(k) for k in range(i, i + 5)])]
+    size = positions[-1].offset
+    assert len(segment_files(original)) == 1 and size > 1024 * 1024
+    rng = random.Random(20250301)
+    starts = [0] + [p.offset for p in positions[:-1]]
+    middle = starts[count // 2]
+    # Every byte of one record mid-segment (magic, length, CRC, payload), then random places.
+    offsets = list(range(middle, middle + HEADER_BYTES + 8)) + [rng.randrange(size) for _ in range(24)]
+    for n, offset in enumerate(offsets):
+        copy = tmp_path / f"copy{n}"
+        copy.mkdir()
+        data = (original / "00000001.spool").read_bytes()
+        (copy / "00000001.spool").write_bytes(data)
+        _flip(copy / "00000001.spool", offset, rng.randrange(1, 256))
+        with Spool(copy) as spool:
+            got = numbers(read_all(spool, batch=500))
+            lost = _damaged(positions, offset)
+            assert got == [i for i in range(count) if i != lost], f"flip at {offset} (record {lost})"
+            # The last record has nothing after it: its damage reads as a torn tail.
+            assert spool.corrupt_records == (lost != count - 1), offset
+
+
+def _append_each(spool: Spool, results: list[ProbeResult]) -> list[SpoolPosition]:
+    """Append ``results`` in one write; the position after each of them."""
+    end = spool.append(results, sync=False)
+    sizes = [len(encode_result(r)) + HEADER_BYTES for r in results]
+    after, out = end.offset - sum(sizes), []
+    for size in sizes:
+        after += size
+        out.append(SpoolPosition(end.segment, after))
+    return out
+
+
+@pytest.mark.parametrize("new_length", [0, 1, 100, 2**20, 2**32 - 1], ids=lambda n: f"length={n}")
+def test_a_damaged_length_field_loses_one_record(tmp_path: Path, new_length: int) -> None:
+    positions, record = _spool_with(tmp_path, 200)
+    path = segment_files(tmp_path)[0]
+    with open(path, "r+b") as fh:
+        fh.seek(positions[99].offset + len(MAGIC))  # record 100's length field
+        fh.write(new_length.to_bytes(4, "little"))
+    with Spool(tmp_path) as spool:
+        assert numbers(read_all(spool)) == [i for i in range(200) if i != 100]
+        assert spool.corrupt_records == 1
+        assert spool.skipped_bytes == record
+        assert spool.pending_records(None) == 199
+        assert spool.append([make_result(200)]).offset == 201 * record  # appends continue in place
 
 
 def test_undecodable_record_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
