@@ -32,7 +32,9 @@ Families (labels in braces; every stat is over one window: "1h", "24h", "7d"):
   ``routewatch_probes_in_flight``, ``routewatch_probes_queued``,
   ``routewatch_probe_concurrency_limit``, ``routewatch_results_stored_total``,
   ``routewatch_results_pending``, ``routewatch_results_dropped_total``,
-  ``routewatch_writer_failed_flushes_total``, ``routewatch_writer_database_up``,
+  ``routewatch_results_rejected_total``, ``routewatch_results_unspooled_total``,
+  ``routewatch_spool_corrupt_records_total``, ``routewatch_writer_running``,
+  ``routewatch_event_loop_tasks``, ``routewatch_writer_failed_flushes_total``, ``routewatch_writer_database_up``,
   ``routewatch_spool_bytes``, ``routewatch_event_loop_lag_seconds``,
   ``routewatch_event_loop_lag_max_seconds``.
 
@@ -111,11 +113,16 @@ class ProberHealth:
     stored: int  # results the writer inserted (duplicates excluded)
     pending: int  # results accepted by the writer, not yet confirmed stored
     dropped: int  # results neither spooled nor stored
+    rejected: int  # results that could not be stored at all, kept in the spool's rejected file
+    unspooled: int  # results the spool could not take (disk full), sent from memory only
+    spool_corrupt: int  # damaged spool records skipped when reading the spool back
+    writer_running: bool  # False once the writer's flush task has died: nothing more is stored
     failed_flushes: int  # writes that failed because the database was unavailable
     database_ok: bool  # the writer's last attempt reached the database
     spool_bytes: int  # bytes the local spool holds on disk
     loop_lag_s: float | None  # the latest event-loop lag sample; None without a monitor or a sample
     loop_lag_max_s: float | None  # the worst sample of the last LAG_MAX_WINDOW_S
+    tasks: int  # asyncio tasks alive in the prober's event loop (a leak shows as growth)
 
 
 HealthSource = Callable[[], "ProberHealth | None"]
@@ -141,11 +148,16 @@ def read_prober_health(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor 
         stored=writer.written,
         pending=writer.backlog,
         dropped=writer.dropped,
+        rejected=writer.rejected,
+        unspooled=writer.unspooled,
+        spool_corrupt=writer.spool_corrupt_records,
+        writer_running=writer.failed is None,
         failed_flushes=writer.failed_flushes,
         database_ok=writer.database_ok,
         spool_bytes=writer.spool_bytes,
         loop_lag_s=_ms_to_s(lag.latest_ms) if lag is not None else None,
         loop_lag_max_s=_ms_to_s(lag.recent_max(LAG_MAX_WINDOW_S)) if lag is not None else None,
+        tasks=len(asyncio.all_tasks()),
     )
 
 
@@ -339,6 +351,19 @@ def _prober_families(health: ProberHealth) -> Iterator[Metric]:
                             value=health.pending)
     yield CounterMetricFamily("routewatch_results_dropped", "Probe results lost: neither spooled nor stored",
                               value=health.dropped)
+    yield CounterMetricFamily("routewatch_results_rejected",
+                              "Probe results that could not be stored at all; kept in the spool's rejected file",
+                              value=health.rejected)
+    yield CounterMetricFamily("routewatch_results_unspooled",
+                              "Probe results the spool could not take (disk full), sent from memory only",
+                              value=health.unspooled)
+    yield CounterMetricFamily("routewatch_spool_corrupt_records",
+                              "Damaged spool records skipped when the spool was read back", value=health.spool_corrupt)
+    yield GaugeMetricFamily("routewatch_writer_running",
+                            "1 while the result writer runs; 0 once it has died and nothing more is stored",
+                            value=float(health.writer_running))
+    yield GaugeMetricFamily("routewatch_event_loop_tasks", "asyncio tasks alive in the prober's event loop",
+                            value=health.tasks)
     yield CounterMetricFamily("routewatch_writer_failed_flushes",
                               "Result writes that failed because the database was unavailable",
                               value=health.failed_flushes)

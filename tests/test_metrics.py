@@ -56,7 +56,8 @@ PROBER_FAMILIES = {
     "routewatch_probes_queued", "routewatch_probe_concurrency_limit", "routewatch_results_stored",
     "routewatch_results_pending", "routewatch_results_dropped", "routewatch_writer_failed_flushes",
     "routewatch_writer_database_up", "routewatch_spool_bytes", "routewatch_event_loop_lag_seconds",
-    "routewatch_event_loop_lag_max_seconds",
+    "routewatch_event_loop_lag_max_seconds", "routewatch_results_rejected", "routewatch_results_unspooled",
+    "routewatch_spool_corrupt_records", "routewatch_writer_running", "routewatch_event_loop_tasks",
 }
 PERCENTILES = {  # family suffix -> WindowCounts field (ms)
     "ttft_p50_seconds": "ttft_p50_ms", "ttft_p95_seconds": "ttft_p95_ms",
@@ -237,6 +238,12 @@ async def test_metrics_publish_the_snapshot_and_the_probers_health(
             assert s.get("routewatch_results_stored_total") == len(results)
             assert s.get("routewatch_results_pending") == writer.backlog
             assert s.get("routewatch_results_dropped_total") == 0
+            assert s.get("routewatch_results_rejected_total") == 0
+            assert s.get("routewatch_results_unspooled_total") == 0
+            assert s.get("routewatch_spool_corrupt_records_total") == 0
+            assert s.get("routewatch_writer_running") == 1
+            tasks = s.get("routewatch_event_loop_tasks")
+            assert tasks is not None and tasks >= 1  # at least the writer's flush task
             assert s.get("routewatch_writer_database_up") == 1
             assert s.get("routewatch_spool_bytes") == writer.spool_bytes > 0
             last, worst = s.get("routewatch_event_loop_lag_seconds"), s.get("routewatch_event_loop_lag_max_seconds")
