@@ -5,13 +5,33 @@ with ``time.perf_counter_ns()`` the moment bytes are handed to us, and every
 duration is derived once at the end (``timing.derive``). Each phase has its
 own deadline (connect, headers, first token, idle gap) under the total one;
 whichever expires first names the failure.
+
+Nothing the router sends makes ``run`` raise: every value is checked as it
+is read, and ``router_values.storable`` normalises the finished result
+(counts within int4, valid UTF-8 without NUL, secrets redacted, lengths
+capped, floats finite).
+
+Bounds per probe, whatever the router sends. Memory: the SSE reader's
+unfinished line and event (``sse.MAX_LINE_BYTES`` + ``sse.MAX_EVENT_BYTES``,
+256 KiB each), one network read (aiohttp's buffer, a few hundred KiB), one
+event decoded from JSON (at worst ~25 times its size: ~6 MiB), labels of
+``_RAW_LABEL_CHARS`` each, a constant-size token counter (the answer's text is
+counted, never kept), and 8 bytes per token-bearing event, of which
+``MAX_RESPONSE_BYTES`` admits at most ~400k (~3 MiB, and up to three more
+arrays that size while ``timing.derive`` sorts the gaps at the end). That is
+about 20 MiB at the very worst; tests/test_probe_memory.py measures the peak RSS
+growth of the worst cases. CPU: the probe lets the event loop run other
+tasks after at most ``_MAX_HOLD_NS`` of parsing (one event's JSON decode
+excepted, which the event size bounds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import traceback
 from datetime import datetime, timezone
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -20,12 +40,14 @@ from typing import Any, Protocol
 import aiohttp
 
 from .loop_lag import LoopLagMonitor
-from .redact import redact
 from .result import METHODOLOGY_VERSION, ProbeResult, new_probe_id
+from .router_values import MAX_LABEL_CHARS, UnusableValue, retry_after_seconds, storable, token_count
 from .sse import SSEProtocolError, SSEReader
 from .target import Canary, Target, new_nonce, request_body
 from .timing import StreamMarks, derive
-from .tokens import estimate_tokens
+from .tokens import TokenCounter
+
+log = logging.getLogger(__name__)
 
 
 class Timeouts(Protocol):
@@ -45,6 +67,15 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 4096
 # Headers some routers use to name the upstream that served a request.
 PROVIDER_HEADERS = ("X-Provider", "X-Model-Provider")
+# How much of a label to hold until the result is built: more than its
+# stored length, so that redaction still sees a secret crossing the cut.
+_RAW_LABEL_CHARS = 4 * MAX_LABEL_CHARS
+# A probe parses at most this long before letting other tasks run (other
+# probes' marks, the API): a 16 MiB answer must not stall them all. Bytes
+# and answer text are parsed in slices of _SLICE so that no single step
+# exceeds it by much.
+_MAX_HOLD_NS = 5_000_000
+_SLICE = 16 * 1024
 
 _PHASE_WAITS_FOR = {
     "connect": "connection",
@@ -82,6 +113,14 @@ class _Phases:
         if self.deadline < self.total_deadline:
             return "timeout_ttft" if self.name == "first_token" else f"timeout_{self.name}"
         return "timeout_total"
+
+    def timeout_detail(self, total_s: float) -> str:
+        """What the probe was waiting for when its deadline expired."""
+        if self.deadline < self.total_deadline:
+            return f"no {_PHASE_WAITS_FOR[self.name]} within its limit"
+        if self.name == "idle":  # tokens kept coming: the answer never ended
+            return f"stream did not finish within the total limit of {total_s:g} s"
+        return f"no {_PHASE_WAITS_FOR[self.name]} within the total limit of {total_s:g} s"
 
 
 def trace_config() -> aiohttp.TraceConfig:
@@ -128,7 +167,11 @@ class _ProbeContext:
 
 
 class _Stream:
-    """What the chunks of one completion said, gathered as they arrive."""
+    """What the chunks of one completion said, gathered as they arrive.
+
+    Labels are kept raw (only their head: ``router_values`` cuts them far
+    shorter); the answer's text is not kept at all, only counted.
+    """
 
     def __init__(self) -> None:
         self.model_served: str | None = None
@@ -138,73 +181,142 @@ class _Stream:
         self.done = False  # [DONE] was seen
         self.usage_output: int | None = None
         self.usage_input: int | None = None
-        self.text_parts: list[str] = []
+        self.tokens = TokenCounter()
 
-    def take(self, data: str) -> tuple[bool, bool]:
-        """Absorb one event's data; return (carries a token, carries answer content)."""
+    def take(self, data: str) -> _Delta:
+        """Absorb one event's data; say whether it carries a token, answer content, and its text."""
         if data == "[DONE]":
             self.done = True
-            return False, False
+            return _Delta()
+        chunk = _parse_chunk(data)
+        err = chunk.get("error")
+        if err is not None:
+            raise _Failure("stream_error", f"error event in stream: {_error_message(err)}")
+        self._labels(chunk)
+        self._usage(chunk.get("usage"))
+        choices = chunk.get("choices")
+        if choices is None:
+            return _Delta()
+        if not isinstance(choices, list):
+            raise _Failure("bad_response", f"choices is {_json_type(choices)}, not an array")
+        delta = _Delta()
+        for choice in choices:
+            self._choice(choice, delta)
+        return delta
+
+    def _labels(self, chunk: dict[str, Any]) -> None:
+        if self.model_served is not None and self.provider is not None and self.request_id is not None:
+            return
+        for attr, key in (("model_served", "model"), ("provider", "provider"), ("request_id", "id")):
+            value = chunk.get(key)
+            if getattr(self, attr) is None and isinstance(value, str):
+                setattr(self, attr, value[:_RAW_LABEL_CHARS])
+
+    def _usage(self, usage: object) -> None:
+        if usage is None:
+            return
+        if not isinstance(usage, dict):
+            raise _Failure("bad_response", f"usage is {_json_type(usage)}, not an object")
         try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise _Failure("bad_response", f"malformed JSON in stream: {data[:80]!r}") from None
-        if not isinstance(chunk, dict):
-            raise _Failure("bad_response", "stream event is not a JSON object")
-        if "error" in chunk:
-            err = chunk["error"]
-            msg = err.get("message") if isinstance(err, dict) else err
-            raise _Failure("stream_error", f"error event in stream: {msg}")
-        if self.model_served is None and isinstance(chunk.get("model"), str):
-            self.model_served = chunk["model"]
-        if self.provider is None and isinstance(chunk.get("provider"), str):
-            self.provider = chunk["provider"]
-        if self.request_id is None and isinstance(chunk.get("id"), str):
-            self.request_id = chunk["id"]
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            if isinstance(usage.get("completion_tokens"), int):
-                self.usage_output = usage["completion_tokens"]
-            if isinstance(usage.get("prompt_tokens"), int):
-                self.usage_input = usage["prompt_tokens"]
-        token = answer = False
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            if choice.get("finish_reason"):
-                self.finished = True
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                token = answer = True
-                self.text_parts.append(content)
-            for key in ("reasoning", "reasoning_content"):
-                value = delta.get(key)
-                if isinstance(value, str) and value:
-                    token = True
-                    self.text_parts.append(value)
-            if delta.get("tool_calls"):
-                token = True
-                self.text_parts.append(json.dumps(delta["tool_calls"]))
-        return token, answer
+            output = token_count(usage.get("completion_tokens"), "usage.completion_tokens")
+            prompt = token_count(usage.get("prompt_tokens"), "usage.prompt_tokens")
+        except UnusableValue as exc:
+            raise _Failure("bad_response", str(exc)) from None
+        if output is not None:
+            self.usage_output = output
+        if prompt is not None:
+            self.usage_input = prompt
+
+    def _choice(self, choice: object, delta: _Delta) -> None:
+        if not isinstance(choice, dict):
+            raise _Failure("bad_response", f"a choice is {_json_type(choice)}, not an object")
+        finish = choice.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):
+            raise _Failure("bad_response", f"finish_reason is {_json_type(finish)}, not a string")
+        if finish:
+            self.finished = True
+        fields = choice.get("delta")
+        if fields is None:
+            return
+        if not isinstance(fields, dict):
+            raise _Failure("bad_response", f"delta is {_json_type(fields)}, not an object")
+        for key in ("content", "reasoning", "reasoning_content"):
+            text = fields.get(key)
+            if text is not None and not isinstance(text, str):
+                raise _Failure("bad_response", f"delta.{key} is {_json_type(text)}, not a string")
+            if text:
+                delta.add(text, answer=key == "content")
+        calls = fields.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise _Failure("bad_response", f"delta.tool_calls is {_json_type(calls)}, not an array")
+        if calls:
+            delta.add(json.dumps(calls), answer=False)
 
 
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
+class _Delta:
+    """The output one event carried: whether any, whether answer content, and its text to count."""
+
+    __slots__ = ("answer", "texts", "token")
+
+    def __init__(self) -> None:
+        self.token = False
+        self.answer = False
+        self.texts: list[str] = []
+
+    def add(self, text: str, *, answer: bool) -> None:
+        self.token = True
+        self.answer = self.answer or answer
+        self.texts.append(text)
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
     try:
-        return float(value)
-    except ValueError:
-        return None  # an HTTP-date; rare from routers, and not worth a parser
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):  # nesting deeper than the parser's stack is malformed too
+        raise _Failure("bad_response", f"malformed JSON in stream: {data!r}") from None
+    if not isinstance(chunk, dict):
+        raise _Failure("bad_response", f"stream event is {_json_type(chunk)}, not a JSON object")
+    return chunk
+
+
+def _error_message(err: object) -> str:
+    message = err.get("message", err) if isinstance(err, dict) else err
+    if isinstance(message, str):
+        return message
+    try:
+        return json.dumps(message)
+    except (ValueError, RecursionError):
+        return f"({_json_type(message)})"
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, with an article, for error details."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _http_error_class(status: int) -> str:
+    """The class of a response that is not a 200.
+
+    A 2xx other than 200 promises no completion stream, and a 3xx reaching
+    here was not followed (no Location, 300, 304, ...): the router answered,
+    but not with a completion, so both are ``bad_response``, as is a status
+    outside 100..599.
+    """
     if status == 429:
         return "http_429"
-    return "http_5xx" if status >= 500 else "http_4xx"
+    if 400 <= status < 500:
+        return "http_4xx"
+    if 500 <= status < 600:
+        return "http_5xx"
+    return "bad_response"
 
 
 async def run(
@@ -251,24 +363,23 @@ async def run(
             async with session.post(target.url, data=body, headers=headers, trace_request_ctx=ctx) as resp:
                 marks.headers = time.perf_counter_ns()
                 status = resp.status
-                stream.request_id = resp.headers.get("X-Request-Id")
+                stream.request_id = _header(resp, "X-Request-Id")
                 if status != 200:
-                    retry_after = _retry_after(resp.headers) if status == 429 else None
+                    retry_after = retry_after_seconds(resp.headers.get("Retry-After")) if status == 429 else None
                     head = await resp.content.read(MAX_ERROR_BODY_BYTES)
-                    text = head.decode("utf-8", "replace")
-                    raise _Failure(_http_error_class(status), f"HTTP {status}: {text[:200]}")
+                    # Whole: the body is redacted before it is cut, never after.
+                    raise _Failure(_http_error_class(status), f"HTTP {status}: {head.decode('utf-8', 'replace')}")
                 ctype = resp.headers.get("Content-Type", "")
                 if "text/event-stream" not in ctype:
                     raise _Failure("bad_response", f"expected text/event-stream, got {ctype or 'no content type'}")
-                stream.provider = next((resp.headers[h] for h in PROVIDER_HEADERS if h in resp.headers), None)
+                stream.provider = next(filter(None, (_header(resp, h) for h in PROVIDER_HEADERS)), None)
                 phases.enter("first_token", t0_loop + timeouts.first_token)
                 await _read(resp, stream, marks, phases, timeouts, loop)
     except _Failure as failure:
         error_class, detail = failure.error_class, failure.detail
     except TimeoutError:
         if cm.expired():
-            error_class = phases.timeout_class()
-            detail = f"no {_PHASE_WAITS_FOR[phases.name]} within its limit"
+            error_class, detail = phases.timeout_class(), phases.timeout_detail(timeouts.total)
         else:  # a timeout raised by the transport itself
             error_class, detail = "timeout_total", "transport timeout"
     except aiohttp.ClientConnectorError as exc:
@@ -279,14 +390,21 @@ async def run(
         error_class, detail = "bad_response", str(exc)
     except aiohttp.ClientResponseError as exc:
         error_class, detail = "bad_response", f"{exc.__class__.__name__}: {exc.message}"
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, OSError) as exc:
         error_class = "connect_error" if status is None else "stream_error"
         detail = f"{exc.__class__.__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - last resort; CancelledError is not an Exception and passes
+        # Whatever the router sent, the probe returns a classified result:
+        # an exception here is a parsing path nobody foresaw, not a crash.
+        error_class = "bad_response"
+        detail = f"unexpected {exc.__class__.__name__} while reading the response: {exc}"
+        log.warning("probe of %s %s: unexpected %s at %s; recorded as %s", target.router, target.model,
+                    exc.__class__.__name__, _raised_at(exc), error_class)
 
     output_tokens = stream.usage_output
     estimated = False
     if output_tokens is None and marks.token_times:
-        output_tokens = max(estimate_tokens("".join(stream.text_parts)), 1)
+        output_tokens = max(stream.tokens.count, 1)
         estimated = True
     if error_class is None:
         if not (stream.done or stream.finished):
@@ -300,7 +418,7 @@ async def run(
     # Speed over a shorter answer than the canary asks for is mostly noise.
     tps = t.output_tps if (output_tokens or 0) >= canary.min_output_tokens else None
     worst_lag = None if lag is None else lag.worst_since(marks.t0)
-    return ProbeResult(
+    result = ProbeResult(
         id=new_probe_id(),
         started_at=started_at,
         region=region,
@@ -310,7 +428,7 @@ async def run(
         methodology=METHODOLOGY_VERSION,
         ok=error_class is None,
         error_class=error_class,
-        error_detail=None if detail is None else redact(detail, [target.api_key or ""]),
+        error_detail=detail,
         http_status=status,
         model_served=stream.model_served,
         provider=stream.provider,
@@ -331,6 +449,22 @@ async def run(
         loop_lag_ms=worst_lag,
         prober_overloaded=worst_lag is not None and max_lag_ms is not None and worst_lag > max_lag_ms,
     )
+    return storable(result, [target.api_key or ""])
+
+
+def _header(resp: aiohttp.ClientResponse, name: str) -> str | None:
+    """A response header's value, None when absent or blank."""
+    value = resp.headers.get(name, "").strip()
+    return value[:_RAW_LABEL_CHARS] or None
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as file:line in function (no message: it may hold router text)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "an unknown place"
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"
 
 
 async def _read(
@@ -343,18 +477,43 @@ async def _read(
 ) -> None:
     """Read SSE until [DONE] or EOF, marking each token-bearing event."""
     reader = SSEReader()
+    pacer = _Pacer()
     received = 0
     async for chunk in resp.content.iter_any():
         t_ns = time.perf_counter_ns()
         received += len(chunk)
         if received > MAX_RESPONSE_BYTES:
             raise _Failure("bad_response", f"answer larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB")
-        for event in reader.feed(chunk, t_ns):
-            token, answer = stream.take(event.data)
-            if token:
-                marks.token_times.append(event.t_ns)
-                if answer and marks.first_answer is None:
-                    marks.first_answer = event.t_ns
+        # A burst read at once is parsed in slices, all stamped with its
+        # arrival time, so that its parsing can be interleaved with others.
+        for start in range(0, len(chunk), _SLICE):
+            tokens_before = len(marks.token_times)
+            for event in reader.feed(chunk[start : start + _SLICE], t_ns):
+                delta = stream.take(event.data)
+                if delta.token:
+                    marks.token_times.append(event.t_ns)
+                    if delta.answer and marks.first_answer is None:
+                        marks.first_answer = event.t_ns
+                    for text in delta.texts:
+                        for i in range(0, len(text), _SLICE):
+                            stream.tokens.feed(text[i : i + _SLICE])
+                            await pacer.pause()
+                if stream.done:
+                    return
+                await pacer.pause()
+            # Once per slice, not per event: its events all arrived together,
+            # and moving the deadline has a cost.
+            if len(marks.token_times) > tokens_before:
                 phases.enter("idle", loop.time() + timeouts.idle)
-            if stream.done:
-                return
+
+
+class _Pacer:
+    """Hands the loop back to other tasks whenever parsing has held it for ``_MAX_HOLD_NS``."""
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter_ns()
+
+    async def pause(self) -> None:
+        if time.perf_counter_ns() - self._since > _MAX_HOLD_NS:
+            await asyncio.sleep(0)
+            self._since = time.perf_counter_ns()

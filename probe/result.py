@@ -18,7 +18,7 @@ from typing import Any
 # numbers measured under different methods are never silently pooled.
 METHODOLOGY_VERSION = "m1"
 
-# The closed set of failure classes (DESIGN.md, "Measurement").
+# The closed set of failure classes.
 ERROR_CLASSES = (
     "timeout_connect",
     "timeout_headers",

@@ -12,14 +12,22 @@ import re
 from dataclasses import dataclass
 
 # A line longer than this is a broken or hostile upstream, not a completion
-# chunk; refusing it bounds the prober's memory per stream.
-MAX_LINE_BYTES = 1 << 20
+# chunk (a few hundred bytes; even a whole 32k-token answer sent as one event
+# fits); refusing it bounds the prober's memory and CPU per stream.
+MAX_LINE_BYTES = 256 * 1024
+# The same bound for one event's data lines together: many short lines with
+# no blank line to end the event must not pile up either. It is also what a
+# consumer parses at once: JSON of this size can become ~25 times as many
+# bytes of Python objects and take tens of milliseconds to decode. With both
+# bounds a reader holds at most max_line_bytes of unfinished line,
+# max_event_bytes of unfinished event, and the events one fed chunk completes.
+MAX_EVENT_BYTES = 256 * 1024
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class SSEProtocolError(Exception):
-    """The byte stream is not valid SSE (over-long line, invalid UTF-8)."""
+    """The byte stream is not valid SSE (over-long line or event, invalid UTF-8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +43,12 @@ class SSEEvent:
 class SSEReader:
     """Feed bytes with ``feed``; it returns the events they complete."""
 
-    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max_line = max_line_bytes
+        self._max_event = max_event_bytes
         self._buf = bytearray()
         self._data: list[bytes] = []
+        self._data_bytes = 0  # size of the pending event's data lines
         self._data_offset = 0  # stream offset of the pending event's first data line
         self._event: str | None = None
         self._consumed = 0  # stream bytes already dropped from the front of _buf
@@ -93,6 +103,9 @@ class SSEReader:
         if field == b"data":
             if not self._data:
                 self._data_offset = offset
+            self._data_bytes += len(value) + 1
+            if self._data_bytes > self._max_event:
+                raise SSEProtocolError(f"SSE event longer than {self._max_event} bytes")
             self._data.append(value)
         elif field == b"event":
             self._event = _decode(value)
@@ -107,6 +120,7 @@ class SSEReader:
         data = _decode(b"\n".join(self._data))
         event = SSEEvent(data=data, t_ns=t_ns, offset=self._data_offset, event=self._event)
         self._data = []
+        self._data_bytes = 0
         self._event = None
         return event
 

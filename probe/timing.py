@@ -1,16 +1,26 @@
 """Timing maths of one probe: pure functions from raw monotonic marks.
 
 The probe records nanosecond marks as bytes arrive; everything here derives
-durations from them once, so that the definitions (DESIGN.md, "Measurement")
-live in one place and are tested without I/O.
+durations from them once, so that the definitions live in one place and
+are tested without I/O.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 NS_PER_MS = 1_000_000
+
+
+def _int64s() -> MutableSequence[int]:
+    # 8 bytes a mark, not a Python int's 36: a long answer can have hundreds
+    # of thousands of token events.
+    return array("q")
 
 
 @dataclass(slots=True)
@@ -22,7 +32,7 @@ class StreamMarks:
     connect_end: int | None = None  # ... and was ready at this mark
     headers: int | None = None  # response headers received
     first_answer: int | None = None  # first non-empty `content` delta
-    token_times: list[int] = field(default_factory=list)  # every token-bearing event
+    token_times: MutableSequence[int] = field(default_factory=_int64s)  # every token-bearing event
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +68,9 @@ def output_tps(output_tokens: int | None, t_first_ns: int | None, t_last_ns: int
     return (output_tokens - 1) / interval_s
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default) of already sorted values."""
-    if not sorted_values:
+    if len(sorted_values) == 0:
         raise ValueError("percentile of no values")
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile {q} outside [0, 1]")
@@ -68,12 +78,12 @@ def percentile(sorted_values: list[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
 
 
-def chunk_gaps_ms(token_times: list[int]) -> list[float]:
-    """Gaps between consecutive token-bearing events, in ms."""
-    return [(b - a) / NS_PER_MS for a, b in zip(token_times, token_times[1:])]
+def chunk_gaps_ms(token_times: Sequence[int]) -> np.ndarray:
+    """Gaps between consecutive token-bearing events, in ms (vectorised: there may be very many)."""
+    return np.diff(np.asarray(token_times, dtype=np.int64)) / NS_PER_MS
 
 
 def derive(marks: StreamMarks, output_tokens: int | None) -> Timings:
@@ -83,7 +93,7 @@ def derive(marks: StreamMarks, output_tokens: int | None) -> Timings:
     connect_ms = None
     if marks.connect_start is not None and marks.connect_end is not None:
         connect_ms = (marks.connect_end - marks.connect_start) / NS_PER_MS
-    gaps = sorted(chunk_gaps_ms(marks.token_times))
+    gaps = np.sort(chunk_gaps_ms(marks.token_times))
     return Timings(
         connect_ms=connect_ms,
         ttfb_ms=_since(marks.t0, marks.headers),
@@ -91,6 +101,6 @@ def derive(marks: StreamMarks, output_tokens: int | None) -> Timings:
         ttfat_ms=_since(marks.t0, marks.first_answer),
         e2e_ms=_since(marks.t0, last),
         output_tps=output_tps(output_tokens, first, last),
-        chunk_gap_max_ms=gaps[-1] if gaps else None,
-        chunk_gap_p95_ms=percentile(gaps, 0.95) if gaps else None,
+        chunk_gap_max_ms=float(gaps[-1]) if gaps.size else None,
+        chunk_gap_p95_ms=percentile(gaps, 0.95) if gaps.size else None,
     )

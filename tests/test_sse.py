@@ -140,3 +140,19 @@ def test_any_split_gives_the_same_events_and_offsets(stream: tuple[bytes, list[s
         split.extend(reader.feed(chunk, i))
     assert [e.data for e in whole] == expected
     assert [(e.data, e.offset) for e in split] == [(e.data, e.offset) for e in whole]
+
+
+def test_overlong_event_of_short_lines_is_refused() -> None:
+    # No line is too long, but the event never ends: its data must not pile up.
+    reader = SSEReader(max_line_bytes=64, max_event_bytes=1000)
+    with pytest.raises(SSEProtocolError, match="event longer than 1000 bytes"):
+        for i in range(100):
+            reader.feed(b"data: " + b"x" * 50 + b"\n", i)
+
+
+def test_default_bounds_refuse_a_never_ending_event() -> None:
+    reader = SSEReader()
+    line = b"data: " + b"x" * 1000 + b"\n"
+    with pytest.raises(SSEProtocolError, match="event longer than"):
+        for i in range(200):  # 2 MB of data lines, no blank line
+            reader.feed(line * 10, i)

@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routewatch.probe.redact import redact
 from routewatch.probe.timing import StreamMarks, chunk_gaps_ms, derive, output_tps, percentile
-from routewatch.probe.tokens import estimate_tokens
+from routewatch.probe.tokens import TokenCounter, estimate_tokens
 
 MS = 1_000_000
 
@@ -55,8 +57,8 @@ def test_percentile_matches_numpy() -> None:
 
 
 def test_chunk_gaps() -> None:
-    assert chunk_gaps_ms([0, 2 * MS, 7 * MS]) == [2.0, 5.0]
-    assert chunk_gaps_ms([3]) == []
+    assert chunk_gaps_ms([0, 2 * MS, 7 * MS]).tolist() == [2.0, 5.0]
+    assert chunk_gaps_ms([3]).tolist() == []
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,44 @@ def test_chunk_gaps() -> None:
 )
 def test_estimate_tokens(text: str, expected: int) -> None:
     assert estimate_tokens(text) == expected
+
+
+def counted_in_pieces(text: str, cuts: list[int]) -> int:
+    edges = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
+    counter = TokenCounter()
+    for a, b in zip(edges, edges[1:]):
+        counter.feed(text[a:b])
+    return counter.count
+
+
+@pytest.mark.parametrize(
+    ("pieces", "expected"),
+    [([" super", "califragi", "listic"], 5), ([" one", " two"], 2), (["12", "345"], 2), (["1", "2", "3", "4"], 2),
+     (["Hello", ",", " world", "!"], 4), (["", " a", "", "_b"], 2), ([], 0)],
+)
+def test_token_counter_counts_a_word_split_across_pieces_once(pieces: list[str], expected: int) -> None:
+    counter = TokenCounter()
+    for piece in pieces:
+        counter.feed(piece)
+    assert counter.count == expected == estimate_tokens("".join(pieces))
+
+
+_prose = st.text(st.sampled_from(list("abcxyz ABC 0123456789 ,.!?;:'\"-_()\n\t")), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_prose, st.text(max_size=120)), st.lists(st.integers(0, 10_000), max_size=15))
+def test_token_counter_over_any_split_equals_the_whole_text_estimate(text: str, cuts: list[int]) -> None:
+    assert counted_in_pieces(text, cuts) == estimate_tokens(text)
+
+
+def test_token_counter_keeps_no_text() -> None:
+    counter = TokenCounter()
+    for _ in range(1000):
+        counter.feed("x" * 1000)  # one word a million letters long, fed in pieces
+    assert counter.count == estimate_tokens("x" * 1_000_000) == 250_000
+    assert not any(isinstance(getattr(counter, name), str) and len(getattr(counter, name)) > 16
+                   for name in TokenCounter.__slots__)
 
 
 def test_redact_removes_keys_and_url_credentials() -> None:
