@@ -38,10 +38,24 @@ MAX_LABEL_CHARS = 200
 MAX_RETRY_AFTER_S = 86_400.0
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
-# C0 and C1 controls and DEL: they end lines, move cursors or recolour a
-# terminal wherever the value is shown. NUL is dropped, the rest replaced.
-_CONTROLS = re.compile("[\x01-\x1f\x7f-\x9f]")
-_DETAIL_CONTROLS = re.compile("[\x01-\x08\x0b-\x1f\x7f-\x9f]")  # keeps tab and newline
+# ESC (or one-byte C1) sequences a terminal acts on: CSI (cursor, colour, clear
+# screen), OSC (window title, hyperlinks; ended by BEL or ST), DCS/SOS/PM/APC
+# strings and two-byte escapes. Removed whole, so that what a router wrote
+# around them stays readable instead of turning into "\ufffd[2J".
+_TERMINAL_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|\x9b[0-?]*[ -/]*[@-~]?"
+    r"|\x1b\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x9d[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?"
+    r"|[\x90\x98\x9e\x9f][^\x1b\x9c]*(?:\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+# What is left of C0 and C1 controls and DEL: they end lines, move cursors or
+# recolour a terminal wherever the value is shown; the bidirectional overrides
+# reorder what a page displays. NUL is dropped, the rest replaced.
+_CONTROLS = re.compile("[\x01-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_DETAIL_CONTROLS = re.compile("[\x01-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # keeps tab, newline
 _REPLACEMENT = "\ufffd"
 
 
@@ -50,11 +64,13 @@ class UnusableValue(ValueError):
 
 
 def valid_text(value: str, *, multiline: bool = False) -> str:
-    """``value`` as text PostgreSQL and a terminal accept: valid UTF-8, no NUL, no control characters.
+    """``value`` as text PostgreSQL and a terminal accept: valid UTF-8, no NUL, no escape
+    sequences, no control characters or bidirectional overrides.
 
     Tab and newline are kept when ``multiline``.
     """
     value = _SURROGATES.sub(_REPLACEMENT, value).replace("\x00", "")
+    value = _TERMINAL_SEQUENCE.sub("", value)
     return (_DETAIL_CONTROLS if multiline else _CONTROLS).sub(_REPLACEMENT, value)
 
 

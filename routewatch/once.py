@@ -25,6 +25,7 @@ from rich.text import Text
 from .probe.config import Config
 from .probe.loop_lag import LoopLagMonitor
 from .probe.result import ProbeResult
+from .probe.router_values import valid_text
 from .probe.scheduler import Prober, new_session
 from .probe.targets import plan, uses_simulator
 from .simulator import DEFAULT_PROFILES, start_simulator
@@ -32,29 +33,13 @@ from .simulator import DEFAULT_PROFILES, start_simulator
 EXIT_ALL_OK = 0
 EXIT_SOME_FAILED = 2  # 1 is taken by "could not run at all" (a bad config, a missing key)
 
-# ESC (or the one-byte C1 CSI) sequences a terminal acts on: CSI (cursor, colour, clear screen),
-# OSC (window title, hyperlinks; ended by BEL or ST), DCS/SOS/PM/APC strings, and two-byte escapes.
-_TERMINAL_SEQUENCE = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]?"
-    r"|\x9b[0-?]*[ -/]*[@-~]?"
-    r"|\x1b\][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x9d[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[PX^_][^\x1b\x9c]*(?:\x1b\\|\x9c)?"
-    r"|[\x90\x98\x9e\x9f][^\x1b\x9c]*(?:\x1b\\|\x9c)?"
-    r"|\x1b[ -/]*[0-~]?"
-)
-# What is left that a terminal would act on or that cannot be encoded: C0 and C1 controls,
-# DEL, lone surrogates, and the bidirectional overrides that reorder what is displayed.
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 _LINE_BREAKS = re.compile(r"[\t\n\r]+")
 
 
 def terminal_safe(text: str) -> str:
     """``text`` as it may be printed: escape sequences removed, line breaks as spaces,
     every other control character, lone surrogate or bidi override as U+FFFD."""
-    text = _TERMINAL_SEQUENCE.sub("", text)
-    text = _LINE_BREAKS.sub(" ", text)
-    return _UNPRINTABLE.sub("\ufffd", text)
+    return valid_text(_LINE_BREAKS.sub(" ", text))
 
 
 def _plain(text: str, style: str = "") -> Text:

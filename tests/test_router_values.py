@@ -69,7 +69,7 @@ def test_token_count_refuses_what_is_not_a_count(value: object) -> None:
 
 
 def test_valid_text() -> None:
-    assert valid_text("a\ud800b\x00c\x1b[0m\td\ne") == "a\ufffdbc\ufffd[0m\ufffdd\ufffde"
+    assert valid_text("a\ud800b\x00c\x1b[0m\td\ne") == "a\ufffdbc\ufffdd\ufffde"  # the escape sequence goes whole
     assert valid_text("a\tb\nc\x07", multiline=True) == "a\tb\nc\ufffd"
     valid_text("x\udc80" * 10).encode("utf-8")
 
