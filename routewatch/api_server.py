@@ -84,7 +84,10 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
     :raises PortInUse: the port is taken on one of the addresses.
     :raises OSError: any other bind failure (an address not on this machine, say).
     """
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
     families = {family for family, _ in addresses}
     bound: list[socket.socket] = []

@@ -71,15 +71,14 @@ async def watch_postgres(server: LocalPostgres, policy: RestartPolicy | None = N
 
 async def _bring_back(server: LocalPostgres, policy: RestartPolicy, tries: list[float]) -> None:
     ended = server.exit_description()
-    log.error("the embedded PostgreSQL %s; results are kept in the spool meanwhile. Its log ends with:\n%s",
-              ended, server.log_tail())
+    log.error("the embedded PostgreSQL %s. Its log ends with:\n%s", ended, server.log_tail())
     last_error = ""
     while True:
         delay = policy.delay(tries, time.monotonic())
         if delay is None:
             raise PostgresGaveUp(
                 f"the embedded PostgreSQL {ended} and could not be restarted: {len(tries)} tries within"
-                f" {policy.window_s:g}s failed or died again. Last error: {last_error or ended}."
+                f" {policy.window_s:g}s failed or died again. Last error: {_gist(last_error) or ended}."
                 f" Server log: {server.log_path}"
             )
         log.warning("restarting the embedded PostgreSQL in %gs (try %d of %d within %gs)",
@@ -95,3 +94,13 @@ async def _bring_back(server: LocalPostgres, policy: RestartPolicy, tries: list[
         log.warning("the embedded PostgreSQL is running again (pid %s, port %s) after it %s",
                     server.pid, server.port, ended)
         return
+
+
+def _gist(error: str) -> str:
+    """The line of a start-up error that says why: the server's FATAL or PANIC line, else the first."""
+    lines = error.splitlines()
+    for line in lines:
+        for level in ("FATAL:", "PANIC:"):
+            if level in line:
+                return level + " " + line.split(level, 1)[1].strip()
+    return lines[0] if lines else ""

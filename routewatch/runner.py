@@ -48,7 +48,7 @@ from .probe.result import ProbeResult
 from .probe.scheduler import Prober, ProbeSchedule, Series, new_session
 from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
 from .probe.writer import BatchWriter
-from .postgres_watch import watch_postgres
+from .postgres_watch import PostgresGaveUp, watch_postgres
 from .simulator import DEFAULT_PROFILES, start_simulator
 from .supervision import Supervisor, dsn_secrets
 
@@ -157,7 +157,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str, sockets: list[socket
     pg_watch = None
     if server is not None:
         pg_watch = asyncio.create_task(watch_postgres(server), name="embedded-postgres")
-        supervisor.watch("embedded PostgreSQL watch", pg_watch)
+        supervisor.watch("embedded PostgreSQL watch", pg_watch, explained=(PostgresGaveUp,))
     try:
         async with pool.acquire() as conn:
             report = await migrate(conn)

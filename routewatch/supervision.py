@@ -58,9 +58,14 @@ class Supervisor:
         self.failures: list[str] = []
         self.failed: list[Failure] = []
 
-    def watch(self, component: str, task: asyncio.Task[object]) -> None:
-        """Treat the end of ``task`` as a failure of ``component`` unless :meth:`closing` was called first."""
-        task.add_done_callback(lambda done: self._ended(component, done))
+    def watch(self, component: str, task: asyncio.Task[object],
+              explained: tuple[type[BaseException], ...] = ()) -> None:
+        """Treat the end of ``task`` as a failure of ``component`` unless :meth:`closing` was called first.
+
+        ``explained``: exceptions whose message says all (a deliberate give-up),
+        logged without the traceback every other exception gets.
+        """
+        task.add_done_callback(lambda done: self._ended(component, done, explained))
 
     def closing(self) -> None:
         """The process is shutting down: tasks cancelled or ending from now on are expected."""
@@ -71,7 +76,7 @@ class Supervisor:
         """0 when every watched task lived until shutdown, 1 when one failed."""
         return 1 if self.failed else 0
 
-    def _ended(self, component: str, task: asyncio.Task[object]) -> None:
+    def _ended(self, component: str, task: asyncio.Task[object], explained: tuple[type[BaseException], ...]) -> None:
         if task.cancelled():
             if self._closing:
                 return
@@ -85,7 +90,7 @@ class Supervisor:
             else:
                 error = redact(f"{exc.__class__.__name__}: {exc}", self._secrets)
                 # Line by line: redact() caps its input's length, a traceback is longer.
-                lines = "".join(traceback.format_exception(exc)).splitlines()
+                lines = [] if isinstance(exc, explained) else "".join(traceback.format_exception(exc)).splitlines()
                 detail = "\n".join(redact(line, self._secrets) for line in lines)
         failure = Failure(component, error)
         self.failed.append(failure)

@@ -109,3 +109,20 @@ async def test_tasks_stopped_at_shutdown_are_not_failures() -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert supervisor.failures == [] and supervisor.exit_code == 0 and not stop.is_set()
+
+
+async def test_an_explained_give_up_is_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    class GaveUp(Exception):
+        pass
+
+    async def gives_up() -> None:
+        raise GaveUp("the server could not be restarted: 5 tries within 600s failed")
+
+    stop = asyncio.Event()
+    supervisor = Supervisor(stop)
+    with caplog.at_level(logging.ERROR, logger="routewatch"):
+        supervisor.watch("embedded PostgreSQL watch", asyncio.create_task(gives_up()), explained=(GaveUp,))
+        await asyncio.wait_for(stop.wait(), 5)
+    [record] = caplog.records
+    assert record.getMessage() == ("the embedded PostgreSQL watch task failed: GaveUp: the server could not be"
+                                   " restarted: 5 tries within 600s failed; stopping routewatch")
