@@ -59,10 +59,10 @@ _PR_SET_PDEATHSIG = 1
 # starts one if not: two processes starting at once never both run initdb.
 _STARTUP_LOCK = "postgres-start.lock"
 _STARTUP_WAIT_S = 120.0
-
-log = logging.getLogger("routewatch")
 _LOG_TAIL_LINES = 25
 _BIND_ATTEMPTS = 3
+
+log = logging.getLogger("routewatch")
 
 _T = TypeVar("_T")
 
