@@ -319,6 +319,9 @@ class ApiState:
 
 
 API = web.AppKey("routewatch_api", ApiState)
+# Set by the process that serves the app: one line per long-lived part that
+# died (routewatch/supervision.py). Non-empty: /readyz answers 503.
+FAILED_COMPONENTS = web.AppKey("failed_components", list)
 
 
 def _default_window(snap: Snapshot) -> str:
@@ -569,11 +572,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 @errors_as_json
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: 200 when a snapshot exists and is younger than READY_INTERVALS refreshes, else 503."""
+    """GET /readyz: 200 when a snapshot exists and is younger than READY_INTERVALS refreshes, else 503.
+
+    Also 503, whatever the snapshot, once a long-lived part of the process has died (FAILED_COMPONENTS).
+    """
     _query(request, ())
     aggregator = request.app[API].aggregator
     limit = READY_INTERVALS * aggregator.interval_s
     snap = aggregator.snapshot
+    failed = request.app.get(FAILED_COMPONENTS)
+    if failed:
+        age_s = None if snap is None else round((datetime.now(UTC) - snap.updated_at).total_seconds(), 3)
+        return _uncached({"status": "not_ready", "reason": "; ".join(failed),
+                          "updated_at": snap.updated_at.isoformat() if snap else None,
+                          "age_s": age_s, "max_age_s": limit}, 503)
     if snap is None:
         return _uncached({"status": "not_ready", "reason": "no stats snapshot yet: the first refresh has not finished",
                           "updated_at": None, "age_s": None, "max_age_s": limit}, 503)

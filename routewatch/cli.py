@@ -8,12 +8,13 @@ import os
 import sys
 from pathlib import Path
 
+from .api_server import ENV_API_PORT, PortInUse
 from .local_postgres import LocalPostgresError, default_data_dir
 from .probe.config import Config, ConfigError, check_config_main, load_config
 from .aggregator.migrate import MigrationError
 from .probe.targets import TargetError
 from .probe.writer import SpoolInUse
-from .runner import DatabaseUnavailable
+from .runner import DatabaseUnavailable, DataDirInUse
 
 ENV_CONFIG = "ROUTEWATCH_CONFIG"
 ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
@@ -31,12 +32,61 @@ def _config_path(arg: str | None) -> str:
     return str(_PACKAGED_CONFIG)
 
 
+def _port_number(text: str) -> int:
+    """A TCP port, 0-65535 (0: any free port); ValueError naming what is wrong."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r} is not a port number (0-65535)")
+    return port
+
+
+def _cli_port(text: str) -> int:
+    try:
+        return _port_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _api_port(arg: int | None, config: Config) -> int:
+    """--port, else $ROUTEWATCH_API_PORT, else api.port in the config."""
+    if arg is not None:
+        return arg
+    env = os.environ.get(ENV_API_PORT, "").strip()
+    if env:
+        try:
+            return _port_number(env)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_API_PORT}: {exc}") from None
+    return config.api.port
+
+
 def _load(path: str) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
+
+
+class _OneLine(logging.Filter):
+    """A logged exception as one line instead of a traceback.
+
+    asyncpg's pool logs a whole traceback each time it fails to reconnect
+    while the database is down; the exception's class and message say it.
+    ``--verbose`` keeps the traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.msg = f"{record.getMessage()} ({exc.__class__.__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,13 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help=f"probes.yaml to use (default: ${ENV_CONFIG}, ./probes.yaml, the packaged example)")
     run.add_argument("--data-dir", type=Path, help=f"where the embedded PostgreSQL lives (default: ${ENV_DATA_DIR} or {default_data_dir()})")
     run.add_argument("--host", help="API listen address (default: api.host in the config)")
-    run.add_argument("--port", type=int, help="API port (default: api.port in the config; 0 picks a free one)")
+    run.add_argument("--port", type=_cli_port,
+                     help=f"API port (default: ${ENV_API_PORT}, else api.port in the config; 0 picks a free one)")
 
     serve = sub.add_parser("serve", help="aggregator and API only, no probes (a standby or extra API replica)")
     serve.add_argument("--config", help="as for run")
     serve.add_argument("--data-dir", type=Path, help="as for run")
     serve.add_argument("--host", help="as for run")
-    serve.add_argument("--port", type=int, help="as for run")
+    serve.add_argument("--port", type=_cli_port, help="as for run")
 
     once = sub.add_parser("once", help="probe every configured model once and print a table (stores nothing)")
     once.add_argument("--config", help="probes.yaml to use")
@@ -84,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("apscheduler", "aiohttp.access"):  # a line per probe otherwise
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("asyncpg.pool").addFilter(_OneLine())
     try:
         if args.command == "check-config":
             return check_config_main(_config_path(args.path))
@@ -111,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
             config_path=path,
             data_dir=data_dir,
             host=args.host or config.api.host,
-            port=config.api.port if args.port is None else args.port,
+            port=_api_port(args.port, config),
             probes=args.command == "run",
         ))
-    except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, DatabaseUnavailable, ValueError) as exc:
+    except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, DatabaseUnavailable, ValueError,
+            PortInUse, DataDirInUse) as exc:
         print(f"routewatch: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # e.g. the API port is taken
+    except OSError as exc:  # e.g. the API address is not on this machine
         print(f"routewatch: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

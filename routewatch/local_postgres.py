@@ -20,6 +20,7 @@ import atexit
 import ctypes
 import grp
 import importlib.util
+import logging
 import os
 import pwd
 import re
@@ -32,13 +33,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import asyncpg
+
+from .file_lock import FileLock
 
 __all__ = [
     "LocalPostgres",
@@ -51,8 +55,14 @@ SUPERUSER = "routewatch"
 DATABASE = "routewatch"
 
 _PR_SET_PDEATHSIG = 1
+# Held while a process decides whether a server runs on a data directory and
+# starts one if not: two processes starting at once never both run initdb.
+_STARTUP_LOCK = "postgres-start.lock"
+_STARTUP_WAIT_S = 120.0
 _LOG_TAIL_LINES = 25
 _BIND_ATTEMPTS = 3
+
+log = logging.getLogger("routewatch")
 
 _T = TypeVar("_T")
 
@@ -423,6 +433,7 @@ class LocalPostgres:
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
+        self._start_offset = 0  # where the log of the current (or last) postmaster begins
 
     # -- public ---------------------------------------------------------
 
@@ -481,6 +492,7 @@ class LocalPostgres:
             for attempt in range(attempts):
                 self._port = self._fixed_port or _free_port()
                 log_offset = self.log_path.stat().st_size
+                self._start_offset = log_offset
                 self._spawn()
                 try:
                     self._wait_until_ready(deadline, log_offset)
@@ -496,6 +508,81 @@ class LocalPostgres:
             self._terminate(10.0)
             raise
         atexit.register(self.stop)
+
+    @contextmanager
+    def startup_lock(self, wait_s: float = _STARTUP_WAIT_S) -> Iterator[None]:
+        """Hold the data directory's start-up lock: check :meth:`running_dsn`, :meth:`start` inside it.
+
+        Another routewatch process starting a server here at the same time
+        is waited for (up to ``wait_s``), then found running.
+
+        :raises LocalPostgresError: the other process took longer than ``wait_s``.
+        """
+        self.prepare_data_dir()
+        lock = FileLock(self.data_dir / _STARTUP_LOCK)
+        if not lock.acquire():
+            log.info("waiting for pid %s, which is starting the embedded PostgreSQL in %s",
+                     lock.holder(), self.data_dir)
+            if not lock.wait(wait_s):
+                raise LocalPostgresError(
+                    f"pid {lock.holder()} has been starting the embedded PostgreSQL in {self.data_dir}"
+                    f" for over {wait_s:.0f}s; stop it or use another --data-dir"
+                )
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def exit_description(self) -> str:
+        """How the last postmaster ended: ``was killed by signal 9 (SIGKILL)``, ``exited with status 1``."""
+        code = None if self._proc is None else self._proc.poll()
+        if code is None:
+            return "is running" if self._proc is not None else "was stopped"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = "unknown signal"
+            return f"was killed by signal {-code} ({name})"
+        return f"exited with status {code}"
+
+    def log_tail(self) -> str:
+        """The last lines the current (or last) postmaster wrote to its log."""
+        return self._log_tail(self._start_offset)
+
+    async def restart(self, timeout: float = 60.0) -> None:
+        """Start the server again after its postmaster died; return once it accepts connections.
+
+        Same port and password, so clients' URLs stay valid and their pools
+        reconnect. Call it on the event loop of the main thread (``asyncio.run``
+        there): the parent-death signal is tied to the forking thread, see
+        :meth:`start`. Waiting for readiness does not block the loop.
+
+        :raises LocalPostgresError: the server exited during start-up, its port
+            is taken, or it did not accept connections within ``timeout``.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise LocalPostgresError("LocalPostgres.restart() must be called from the main thread")
+        if self._port is None or self._log_file is None:
+            raise LocalPostgresError("restart() needs a server that start() started")
+        if self.pid is not None:
+            return
+        self._clear_foreign_pidfile()
+        log_offset = self.log_path.stat().st_size
+        self._start_offset = log_offset
+        self._spawn()
+        deadline = time.monotonic() + timeout
+        try:
+            while not await self._try_connect():
+                self._check_still_starting(log_offset)
+                if time.monotonic() >= deadline:
+                    raise self._not_ready_in_time(log_offset)
+                await asyncio.sleep(0.1)
+        except _PortTaken:
+            raise LocalPostgresError(f"port {self._port} has been taken by another process") from None
+        except BaseException:
+            self._kill_child()
+            raise
 
     def running_dsn(self) -> str | None:
         """The URL of a server already running on this data directory (another
@@ -532,7 +619,11 @@ class LocalPostgres:
 
     # -- set-up ---------------------------------------------------------
 
-    def _prepare_directories(self) -> None:
+    def prepare_data_dir(self) -> None:
+        """Create the data directory (not the cluster in it) if missing, reachable by the server user.
+
+        :raises LocalPostgresError: a directory on the way is not reachable by the server user.
+        """
         existing = self.data_dir
         while not existing.exists():
             existing = existing.parent
@@ -550,6 +641,9 @@ class LocalPostgres:
                 " did not create; choose a data directory the server user can traverse with"
                 " --data-dir or ROUTEWATCH_DATA_DIR (e.g. under /var/lib or /tmp)"
             )
+
+    def _prepare_directories(self) -> None:
+        self.prepare_data_dir()
         if not self.pgdata.exists():
             self.pgdata.mkdir(mode=0o700)
             self.pgdata.chmod(0o700)
@@ -750,26 +844,41 @@ class LocalPostgres:
         )
 
     def _wait_until_ready(self, deadline: float, log_offset: int) -> None:
-        assert self._proc is not None
         while True:
-            code = self._proc.poll()
-            if code is not None:
-                tail = self._log_tail(log_offset)
-                self._proc = None
-                if "could not bind" in tail or "Address already in use" in tail:
-                    raise _PortTaken
-                raise LocalPostgresError(
-                    f"PostgreSQL exited with code {code} during start-up."
-                    f" Server log ({self.log_path}):\n{tail}"
-                )
+            self._check_still_starting(log_offset)
             if _run_coroutine(self._try_connect):
                 return
             if time.monotonic() >= deadline:
-                raise LocalPostgresError(
-                    f"PostgreSQL did not accept connections on 127.0.0.1:{self._port} in time."
-                    f" Server log ({self.log_path}):\n{self._log_tail(log_offset)}"
-                )
+                raise self._not_ready_in_time(log_offset)
             time.sleep(0.1)
+
+    def _check_still_starting(self, log_offset: int) -> None:
+        """Raise if the postmaster being started has exited (_PortTaken when it could not bind)."""
+        assert self._proc is not None
+        code = self._proc.poll()
+        if code is None:
+            return
+        tail = self._log_tail(log_offset)
+        self._proc = None
+        if "could not bind" in tail or "Address already in use" in tail:
+            raise _PortTaken
+        raise LocalPostgresError(
+            f"PostgreSQL exited with code {code} during start-up."
+            f" Server log ({self.log_path}):\n{tail}"
+        )
+
+    def _not_ready_in_time(self, log_offset: int) -> LocalPostgresError:
+        return LocalPostgresError(
+            f"PostgreSQL did not accept connections on 127.0.0.1:{self._port} in time."
+            f" Server log ({self.log_path}):\n{self._log_tail(log_offset)}"
+        )
+
+    def _kill_child(self) -> None:
+        """Stop a postmaster that failed to start, keeping the log open for another try."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     async def _connect(self, database: str) -> asyncpg.Connection:
         # Keyword arguments rather than the DSN, so no error message can echo the password.

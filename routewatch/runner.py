@@ -3,7 +3,13 @@
 config → simulator (when no real router is configured) → scheduled probes →
 batch writer → PostgreSQL → aggregator → HTTP API. The embedded PostgreSQL
 is started before the event loop, from the main thread, because its
-parent-death signal is tied to the thread that starts it.
+parent-death signal is tied to the thread that starts it; it is restarted
+from the event loop, which runs on that thread too.
+
+Start-up order: the data directory is claimed and the API port bound first,
+so a second ``run`` or a taken port is reported before anything is started.
+While running, every long-lived task is watched (``supervision.py``): one
+that dies stops the process, in order, with a non-zero exit.
 """
 
 from __future__ import annotations
@@ -14,18 +20,21 @@ import logging
 import os
 import random
 import signal
+import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
-from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from .aggregator.api import create_app
+from .aggregator.api import FAILED_COMPONENTS, create_app
 from .aggregator.metrics import ProberHealthSlot
 from .aggregator.public_routes import input_prices
 from .admin import LocalAdmin
+from .api_server import bind_listeners, start_api
+from .file_lock import FileLock
 from .aggregator.refresh import Aggregator
 from .aggregator.maintenance import PartitionCache, maintenance_loop
 from .aggregator.leader import Leadership
@@ -39,18 +48,25 @@ from .probe.result import ProbeResult
 from .probe.scheduler import Prober, ProbeSchedule, Series, new_session
 from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
 from .probe.writer import BatchWriter
+from .postgres_watch import PostgresGaveUp, watch_postgres
 from .simulator import DEFAULT_PROFILES, start_simulator
+from .supervision import Supervisor, dsn_secrets
 
 log = logging.getLogger("routewatch")
 
 ENV_DATABASE_URL = "ROUTEWATCH_DATABASE_URL"
 # Stands in for the simulator's URL while checking the plan, before it is started.
 SIMULATOR_PENDING = "http://127.0.0.1:0/v1"
+STATUS_EVERY_S = 30.0
+RUN_LOCK = "run.lock"  # in the data directory: one `routewatch run` per spool
 
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached at start."""
-STATUS_EVERY_S = 30.0
+
+
+class DataDirInUse(Exception):
+    """Another ``routewatch run`` uses this data directory (and its spool)."""
 
 
 @dataclass
@@ -66,38 +82,69 @@ class RunOptions:
 
 
 def run(opts: RunOptions) -> int:
-    """Start everything, serve until SIGINT/SIGTERM, stop everything. Returns the exit code."""
+    """Start everything, serve until SIGINT/SIGTERM or a failure, stop everything. Returns the exit code.
+
+    :raises DataDirInUse: another ``routewatch run`` uses ``opts.data_dir``.
+    :raises PortInUse: the API port is taken (nothing has been started).
+    """
     database_url = os.environ.get(ENV_DATABASE_URL)
-    server: LocalPostgres | None = None
     print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
-    if database_url:
+    local = None if database_url else LocalPostgres(opts.data_dir)
+    if local is None:
         opts.data_dir.mkdir(parents=True, exist_ok=True)  # the spool lives here
-        db_label = f"PostgreSQL at {redact_dsn(database_url)} (from {ENV_DATABASE_URL})"
     else:
-        local = LocalPostgres(opts.data_dir)
-        database_url = local.running_dsn()
-        if database_url is None:
-            server = local
-            server.start()
-            database_url = server.dsn
-            db_label = f"embedded PostgreSQL {server.version} in {opts.data_dir}"
-        else:  # another routewatch process runs it; share it, leave it running
-            db_label = f"embedded PostgreSQL {local.version} in {opts.data_dir} (run by another routewatch)"
+        local.prepare_data_dir()
+    plan(opts.config, os.environ, SIMULATOR_PENDING)  # fail on config before starting anything
+    run_lock = _claim_for_run(opts.data_dir) if opts.probes else None
+    server: LocalPostgres | None = None
     try:
-        return asyncio.run(_serve(opts, database_url, db_label))
+        sockets = bind_listeners(opts.host, opts.port)
+        try:
+            if local is None:
+                assert database_url is not None
+                db_label = f"PostgreSQL at {redact_dsn(database_url)} (from {ENV_DATABASE_URL})"
+            else:
+                with local.startup_lock():
+                    database_url = local.running_dsn()
+                    if database_url is None:
+                        server = local
+                        server.start()
+                        database_url = server.dsn
+                        db_label = f"embedded PostgreSQL {server.version} in {opts.data_dir}"
+                    else:  # another routewatch process runs it; share it, leave it running
+                        db_label = f"embedded PostgreSQL {local.version} in {opts.data_dir} (run by another routewatch)"
+            return asyncio.run(_serve(opts, database_url, db_label, sockets, server))
+        finally:
+            for sock in sockets:
+                sock.close()
     finally:
         if server is not None:
             server.stop()
+        if run_lock is not None:
+            run_lock.release()
 
 
-async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
+def _claim_for_run(data_dir: Path) -> FileLock:
+    """Hold the data directory's run lock for this process: its spool is ours alone."""
+    lock = FileLock(data_dir / RUN_LOCK)
+    if not lock.acquire():
+        raise DataDirInUse(
+            f"another `routewatch run` (pid {lock.holder()}) uses the data directory {data_dir};"
+            " give each run its own --data-dir or ROUTEWATCH_DATA_DIR (a `routewatch serve` may share one)"
+        )
+    return lock
+
+
+async def _serve(opts: RunOptions, dsn: str, db_label: str, sockets: list[socket.socket],
+                 server: LocalPostgres | None) -> int:
     config = opts.config
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    supervisor = Supervisor(stop, dsn_secrets(dsn))
 
-    series, routers = plan(config, os.environ, SIMULATOR_PENDING)  # fail on config before starting anything
+    series, routers = plan(config, os.environ, SIMULATOR_PENDING)
     try:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -107,6 +154,10 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
         simulator = await start_simulator(DEFAULT_PROFILES)
         series, routers = plan(config, os.environ, simulator.base_url)
     leadership = Leadership(dsn)
+    pg_watch = None
+    if server is not None:
+        pg_watch = asyncio.create_task(watch_postgres(server), name="embedded-postgres")
+        supervisor.watch("embedded PostgreSQL watch", pg_watch, explained=(PostgresGaveUp,))
     try:
         async with pool.acquire() as conn:
             report = await migrate(conn)
@@ -119,6 +170,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
                              compress_after=timedelta(seconds=storage.compress_after), leadership=leadership),
             name="maintenance",
         )
+        supervisor.watch("maintenance", maintenance)
         windows = {name: parse_duration(name) for name in config.aggregator.windows}
         configured = [(r.name, m) for r in config.routers for m in r.models]
         aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh,
@@ -129,6 +181,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
                                 max_providers=config.aggregator.max_providers_per_model)
         await aggregator.refresh()
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
+        supervisor.watch("aggregator refresh", refresher)
 
         # Admin endpoints answer only with ROUTEWATCH_ADMIN_TOKEN set (see aggregator/api.py).
         # A reload is applied once the probes run (admin.attach); a router moved to the
@@ -141,11 +194,9 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
                            aggregator=aggregator)
         prober_health = ProberHealthSlot()  # /metrics reports the prober once it runs (`run` only)
         app = create_app(aggregator, admin=admin, prices=input_prices(config.routers), prober_health=prober_health)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, opts.host, opts.port)
-        await site.start()
-        api_url = f"http://{opts.host}:{runner.addresses[0][1]}"
+        app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
+        api = await start_api(app, sockets)
+        api_url = f"http://{opts.host}:{api.addresses[0][1]}"
         example = configured[0][1]
         if opts.probes:
             async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
@@ -154,33 +205,53 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str) -> int:
             writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare,
                                  spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
             await writer.start()
+            # The writer's flush task; BatchWriter has no public handle on it yet.
+            assert writer._task is not None
+            supervisor.watch("batch writer", writer._task)
             banner = _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, example, aggregator.role)
-            await _probe_until_stopped(config, series, writer, banner, stop, prober_health, admin)
+            await _probe_until_stopped(config, series, writer, banner, stop, prober_health, admin, supervisor)
         else:
             print(_banner(opts, [], db_label, mode, tsdb, 0, api_url, example, aggregator.role), flush=True)
             await stop.wait()
             print("\nstopping …", flush=True)
+        supervisor.closing()
         refresher.cancel()
         maintenance.cancel()
-        await runner.cleanup()
+        await api.close()
         if opts.probes:
-            await writer.close()
+            await _close_writer(writer)
             print(f"stored {writer.written} probe results this run; bye", flush=True)
     finally:
+        supervisor.closing()
+        if pg_watch is not None:
+            pg_watch.cancel()
         await leadership.release()
         await pool.close()
         if simulator is not None:
             await simulator.close()
-    return 0
+    for failure in supervisor.failed:
+        print(f"routewatch: stopped because {failure.describe()}", file=sys.stderr, flush=True)
+    return supervisor.exit_code
+
+
+async def _close_writer(writer: BatchWriter) -> None:
+    """Store what can be stored; a writer that died keeps the rest in the spool for the next start."""
+    try:
+        await writer.close()
+    except Exception as exc:
+        log.error("the batch writer could not finish (%s); results not yet stored stay in the spool"
+                  " and are stored at the next start", exc.__class__.__name__)
 
 
 async def _probe_until_stopped(
     config: Config, series: list[Series], writer: BatchWriter, banner: str, stop: asyncio.Event,
     prober_health: ProberHealthSlot | None = None, admin: LocalAdmin | None = None,
+    supervisor: Supervisor | None = None,
 ) -> None:
     """Probe on the schedule until ``stop``, then let probes in flight finish.
 
-    With ``admin``, a config reload replaces the scheduled series from then on.
+    With ``admin``, a config reload replaces the scheduled series from then on;
+    with ``supervisor``, the status reporter is watched.
     """
     lag = LoopLagMonitor()
     lag.start()
@@ -202,8 +273,12 @@ async def _probe_until_stopped(
         gc.freeze()
         print(banner, flush=True)
         status = asyncio.create_task(_report(prober, writer, lag, stop), name="status")
+        if supervisor is not None:
+            supervisor.watch("status reporter", status)
         await stop.wait()
         print("\nstopping: finishing probes in flight and storing results …", flush=True)
+        if supervisor is not None:
+            supervisor.closing()
         status.cancel()
         # A reload may have changed the timeouts; a probe in flight may still run on the old ones.
         await probes.stop(max(config.timeouts.total, prober.timeouts.total) + 1)

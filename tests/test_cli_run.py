@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
+import asyncpg
 import pytest
+
+from routewatch.aggregator.leader import LEADER_LOCK_KEY
+from routewatch.api_server import HEAD_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parent.parent
 ROUTEWATCH = [sys.executable, "-m", "routewatch.cli"]
@@ -91,6 +98,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _interrupt(run: Run) -> tuple[int, str]:
+    """Ctrl-C ``run`` (unless it has exited); its exit code and everything it printed."""
+    if run.proc.poll() is None:
+        run.proc.send_signal(signal.SIGINT)
+    code = run.proc.wait(timeout=60)
+    return code, run.output()
+
+
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     import shutil
@@ -133,9 +148,7 @@ def test_run_serves_stats_and_stops_cleanly_on_ctrl_c(config_file: Path, data_di
         with urllib.request.urlopen(api + "/metrics", timeout=10) as resp:
             assert 'routewatch_probes_total{result="ok"}' in resp.read().decode()
     finally:
-        run.proc.send_signal(signal.SIGINT)
-        code = run.proc.wait(timeout=60)
-    out = run.output()
+        code, out = _interrupt(run)
     assert code == 0, out
     assert "Traceback" not in out
     assert re.search(r"stored \d+ probe results", out)
@@ -212,3 +225,214 @@ def test_unreachable_database_is_a_clear_error_without_the_password(config_file:
     ), proc.stderr
     assert "hunter2secret" not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- lifecycle: failures, restarts, start-up
+
+
+def _sql(dsn: str, query: str, *args: object) -> object:
+    """One value from ``query`` on a private event loop."""
+    async def fetch() -> object:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(fetch())
+    finally:
+        loop.close()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _embedded_dsn(data_dir: Path) -> str:
+    """The URL of the embedded server routewatch runs on ``data_dir``."""
+    port = int((data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[3])
+    password = quote((data_dir / "pg-password").read_text().strip(), safe="")
+    return f"postgresql://routewatch:{password}@127.0.0.1:{port}/routewatch"
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_dies_stops_run_loudly(config_file: Path, data_dir: Path, db_dsn: str) -> None:
+    """The stats refresh dies on a corrupt rollup row: `run` logs it, stores its probes and exits 1."""
+    loop = asyncio.new_event_loop()
+    leader = loop.run_until_complete(asyncpg.connect(db_dsn))
+    run = Run(["run", "--config", str(config_file), "--data-dir", str(data_dir)],
+              _env(ROUTEWATCH_DATABASE_URL=db_dsn))
+    try:
+        # Another aggregator holds the refresher role, so this run is a standby,
+        # which reads every rollup row of its windows at each refresh.
+        assert loop.run_until_complete(leader.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
+        run.wait_for(r"API:\s+http://")
+        _wait_until(lambda: bool(_sql(db_dsn, "SELECT count(*) FROM probe_results")), 30, "stored probes")
+        _sql(db_dsn, """
+            INSERT INTO probe_hist_hourly (bucket, router, model, provider, region, prompt, methodology,
+                attempts, ok, rate_limited, overloaded, input_tokens, output_tokens, ttft, ttfat, tps)
+            VALUES (date_trunc('hour', now()), 'orcarouter', 'openai/gpt-4.1-nano', 'p', 'test', 'short', 'm1',
+                1, 1, 0, 0, 0, 0, $1, $1, $1)""", b"\x00")
+        code = run.proc.wait(timeout=40)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+        loop.run_until_complete(leader.close())
+        loop.close()
+    out = run.output()
+    assert code == 1, out
+    assert re.search(r"ERROR routewatch: the aggregator refresh task failed: ValueError: histogram bytes truncated",
+                     out), out
+    assert "routewatch: stopped because the aggregator refresh task failed" in out
+    stored = re.search(r"stored (\d+) probe results", out)
+    assert stored and int(stored.group(1)) > 0, out
+    password = urlsplit(db_dsn).password
+    assert password and password not in out
+
+
+@pytest.mark.timeout(120)
+def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(config_file: Path,
+                                                                           data_dir: Path) -> None:
+    run = Run(["run", "--config", str(config_file), "--data-dir", str(data_dir)], _env())
+    try:
+        run.wait_for(r"API:\s+http://")
+        dsn = _embedded_dsn(data_dir)
+        pid = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        _wait_until(lambda: bool(_sql(dsn, "SELECT count(*) FROM probe_results")), 30, "stored probes")
+        os.kill(pid, signal.SIGKILL)
+        run.wait_for(r"ERROR routewatch: the embedded PostgreSQL was killed by signal 9 \(SIGKILL\)", 10)
+        run.wait_for(r"restarting the embedded PostgreSQL in 1s \(try 1 of 5", 10)
+        again = run.wait_for(r"the embedded PostgreSQL is running again \(pid (\d+), port (\d+)\) after it was killed"
+                             r" by signal 9", 30)
+        new_pid = int(again.group(1))
+        assert new_pid != pid and _alive(new_pid)
+        assert _embedded_dsn(data_dir) == dsn  # same port and password: clients' URLs still work
+        since = _sql(dsn, "SELECT now()")
+        _wait_until(lambda: int(_sql(dsn, "SELECT count(*) FROM probe_results WHERE started_at > $1",  # type: ignore[arg-type]
+                                     since)) >= 4, 30, "probes stored after the restart")
+    finally:
+        code, out = _interrupt(run)
+    assert code == 0, out
+    assert "Traceback" not in out
+    _wait_until(lambda: not _alive(new_pid), 15, "the restarted PostgreSQL to stop with routewatch")
+
+
+@pytest.mark.parametrize("how", ["--port", "ROUTEWATCH_API_PORT"])
+def test_taken_api_port_is_reported_before_anything_starts(config_file: Path, data_dir: Path, how: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = ["run", "--config", str(config_file), "--data-dir", str(data_dir)]
+        env = _env()
+        if how == "--port":
+            args += ["--port", str(port)]
+        else:
+            env[how] = str(port)
+        proc = subprocess.run(ROUTEWATCH + args, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    message = proc.stderr.strip()
+    assert message.startswith(f"routewatch: the API address 127.0.0.1:{port} is already in use by pid {os.getpid()} (")
+    assert "--port N or ROUTEWATCH_API_PORT=N" in message
+    # Refused before the database: no server was started, none is left behind.
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+    assert not (data_dir / "pgdata" / "PG_VERSION").exists()
+
+
+def test_bad_api_port_in_the_environment_is_a_clear_error(config_file: Path, data_dir: Path) -> None:
+    proc = subprocess.run(ROUTEWATCH + ["run", "--config", str(config_file), "--data-dir", str(data_dir)],
+                          env=_env(ROUTEWATCH_API_PORT="80800"), capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "routewatch: ROUTEWATCH_API_PORT: '80800' is not a port number (0-65535)"
+
+
+@pytest.mark.timeout(120)
+def test_runs_started_together_on_an_empty_data_dir(config_file: Path, data_dir: Path) -> None:
+    """Two runs and a serve at once: one run works, the other is refused clearly, the serve shares the server."""
+    args = ["--config", str(config_file), "--data-dir", str(data_dir)]
+    procs = [Run(["run", *args], _env()), Run(["run", *args], _env()), Run(["serve", *args], _env())]
+    refused: Run | None = None
+    try:
+        first, second, serve = procs
+        ended: list[Run] = []
+        running: list[Run] = []
+        for run in (first, second):
+            try:
+                run.wait_for(r"API:\s+http://")
+                running.append(run)
+            except AssertionError:  # exited before its banner
+                ended.append(run)
+        serve.wait_for(r"API:\s+http://")
+        assert len(running) == 1 and len(ended) == 1, [r.lines for r in procs]
+        refused = ended[0]
+        assert refused.proc.wait(timeout=10) == 1
+        out = refused.output()
+        assert re.search(
+            rf"routewatch: another `routewatch run` \(pid {running[0].proc.pid}\) uses the data directory {data_dir};"
+            r" give each run its own --data-dir", out), out
+        assert "Traceback" not in out
+        # One server on the data directory, which the serve and the run share.
+        banners = "".join(running[0].lines) + "".join(serve.lines)
+        assert banners.count("(run by another routewatch)") == 1, banners
+    finally:
+        for run in procs:
+            if run.proc.poll() is None:
+                run.proc.send_signal(signal.SIGINT)
+        ends = [_interrupt(run) for run in procs if run is not refused]
+    for code, out in ends:
+        assert code == 0, out
+        assert "Traceback" not in out
+
+
+@pytest.mark.timeout(90)
+def test_slow_clients_are_cut_off_and_the_api_keeps_answering(config_file: Path, data_dir: Path,
+                                                               db_dsn: str) -> None:
+    """200 connections trickling a request head byte by byte are closed after HEAD_TIMEOUT_S."""
+    run = Run(["serve", "--config", str(config_file), "--data-dir", str(data_dir)],
+              _env(ROUTEWATCH_DATABASE_URL=db_dsn))
+    socks: list[socket.socket] = []
+    try:
+        api = run.wait_for(r"API:\s+(http://\S+)").group(1)
+        host, port = urlsplit(api).hostname, urlsplit(api).port
+        started = time.monotonic()
+        for _ in range(200):
+            sock = socket.create_connection((host, port), timeout=5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            socks.append(sock)
+        open_socks = {sock.fileno(): sock for sock in socks}
+        closed_after: list[float] = []
+        slowest_healthz = 0.0
+        while open_socks and time.monotonic() - started < HEAD_TIMEOUT_S + 5:
+            for sock in list(open_socks.values()):
+                try:
+                    sock.send(b"X")  # one more byte of a header line that never ends
+                except OSError:
+                    pass
+            readable, _, _ = select.select(list(open_socks.values()), [], [], 0.5)
+            for sock in readable:
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
+                assert data == b"", data  # closed, never answered
+                closed_after.append(time.monotonic() - started)
+                del open_socks[sock.fileno()]
+            t0 = time.monotonic()
+            assert _get(api + "/healthz")["status"] == "ok"
+            slowest_healthz = max(slowest_healthz, time.monotonic() - t0)
+        assert not open_socks, f"{len(open_socks)} slow connections still open after {HEAD_TIMEOUT_S + 5}s"
+        assert min(closed_after) >= HEAD_TIMEOUT_S - 1, closed_after  # not cut before their time
+        assert slowest_healthz < 1.0, slowest_healthz
+    finally:
+        for sock in socks:
+            sock.close()
+        code, out = _interrupt(run)
+    assert code == 0, out
