@@ -205,9 +205,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str, sockets: list[socket
             writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare,
                                  spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
             await writer.start()
-            # The writer's flush task; BatchWriter has no public handle on it yet.
-            assert writer._task is not None
-            supervisor.watch("batch writer", writer._task)
+            supervisor.watch("batch writer", asyncio.create_task(_writer_alive(writer), name="writer-watch"))
             banner = _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, example, aggregator.role)
             await _probe_until_stopped(config, series, writer, banner, stop, prober_health, admin, supervisor)
         else:
@@ -219,7 +217,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str, sockets: list[socket
         maintenance.cancel()
         await api.close()
         if opts.probes:
-            await _close_writer(writer)
+            await writer.close()
             print(f"stored {writer.written} probe results this run; bye", flush=True)
     finally:
         supervisor.closing()
@@ -234,13 +232,11 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str, sockets: list[socket
     return supervisor.exit_code
 
 
-async def _close_writer(writer: BatchWriter) -> None:
-    """Store what can be stored; a writer that died keeps the rest in the spool for the next start."""
-    try:
-        await writer.close()
-    except Exception as exc:
-        log.error("the batch writer could not finish (%s); results not yet stored stay in the spool"
-                  " and are stored at the next start", exc.__class__.__name__)
+async def _writer_alive(writer: BatchWriter) -> None:
+    """Ends when the writer's flush task does: raising what it died of, for the supervisor."""
+    failed = await writer.wait_failed()
+    if failed is not None:
+        raise failed
 
 
 async def _probe_until_stopped(
