@@ -5,6 +5,12 @@ One scenario (``scenario.py``) drives the real ``routewatch run`` and
 below judges one part of what it observed. Sentinel keys are searched in the
 processes' output, every file of the data directory (scanned every second
 while the run lasts), a ``pg_dump`` of the database and every API answer.
+
+``pytest tests/hostile`` takes about 40 s (``-m "not system"`` leaves it out).
+A test that cannot judge its row says so ("nothing to judge", "cannot
+judge") rather than pass on nothing: the poison values stop today's writer,
+which hides what else goes wrong; ``ROUTEWATCH_HOSTILE_EXCLUDE=name,...``
+leaves behaviours out of a run to look past one failure.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ INT4_MAX = 2**31 - 1  # probe_results' token columns are PostgreSQL integers
 POISON = ("usage_overflow_31", "usage_overflow_63", "lone_surrogate_error", "lone_surrogate_model",
           "lone_surrogate_id", "nul_strings")
 ECHO = ("echo_headers", "echo_body", "echo_error_straddle")
-# Distinct providers one model may publish: the cap's "small default", with room for "other".
-PROVIDER_BOUND = 10
+# Distinct providers one model may publish: a "small default" cap of at most 10, plus "other".
+PROVIDER_BOUND = 11
 # What the 16 MiB answer may add to the process's resident memory (peak over the run
 # against the resident size when the banner was printed; the API sweep is in it too).
 HUGE_ANSWER_RSS_BUDGET_KB = 128 * 1024
@@ -54,9 +60,9 @@ def _stored(scenario: Scenario, router: str, model: str) -> list[dict[str, Any]]
 def _once_table(scenario: Scenario) -> str:
     """once's stdout, once it is known to hold the table (so checks on it are not vacuous)."""
     out = scenario.once_stdout.decode("utf-8", "replace")
-    summary = f"of {len(scenario.series)} probes ok"
-    assert summary in out, (f"once printed no '{summary}' (exit {scenario.once_code}):\n"
-                            + (out + scenario.once_stderr.decode("utf-8", "replace"))[-3000:])
+    summary = rf"\b\d+ of {len(scenario.series)} probes\b"
+    assert re.search(summary, out), (f"once printed no '{summary}' summary (exit {scenario.once_code}):\n"
+                                     + (out + scenario.once_stderr.decode("utf-8", "replace"))[-3000:])
     return out
 
 
@@ -172,7 +178,8 @@ def test_providers_per_model_are_capped(scenario: Scenario) -> None:
     model = _needs(scenario, "provider_per_response")
     for router in (ROUTER_SK, ROUTER_BARE):
         attempts = _published_attempts(scenario, router, model)
-        assert attempts > 2 * PROVIDER_BOUND, f"{router}|{model}: only {attempts} probes published; cannot judge"
+        # Each probe brought a new name: with fewer, an uncapped publication could not exceed the bound.
+        assert attempts >= PROVIDER_BOUND + 5, f"{router}|{model}: only {attempts} probes published; cannot judge"
         labels = {s["provider"] for s, _ in _metric_samples(scenario, "routewatch_provider_window_probes_attempted")
                   if s["model"] == model and s["router"] == router}
         assert len(labels) <= PROVIDER_BOUND, f"/metrics: {len(labels)} provider labels for {router}|{model}"
@@ -202,12 +209,15 @@ def test_unknown_provider_is_never_an_empty_string(scenario: Scenario) -> None:
 
 @pytest.mark.parametrize("behaviour", ["choices_int", "choices_bool"])
 def test_malformed_choices_are_bad_response_and_the_model_goes_down(scenario: Scenario, behaviour: str) -> None:
-    """``{"choices": 5}`` / ``{"choices": true}``: every probe stored as bad_response; the model is down."""
+    """``{"choices": 5}`` / ``{"choices": true}``: every probe stored as bad_response; the model went down."""
     model = _needs(scenario, behaviour)
     classes = {row["error_class"] for row in _stored(scenario, ROUTER_SK, model)}
     assert classes == {"bad_response"}, classes
+    # Down now, or down in an incident: a moment of "unknown" (prober heartbeat) at the sweep is not judged here.
     states = {m["id"]: m for m in scenario.api_json("/v1/status")["models"]}
-    assert states[model]["state"] == "down", states[model]
+    incidents = scenario.api_json("/v1/incidents?state=all")["incidents"]
+    went_down = any(model in i["models"] and i["worst_state"] == "down" for i in incidents)
+    assert states[model]["state"] == "down" or went_down, (states[model], incidents)
 
 
 # ---------------------------------------------------------------- big answers
