@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,17 @@ def describe_machine(packages: list[str], **extra: Any) -> dict[str, Any]:
     info.update(extra)
     info["loadavg_start"] = list(os.getloadavg())
     return info
+
+
+def result_header(benchmark: str, quick: bool, machine: dict[str, Any]) -> dict[str, Any]:
+    """The fields every results file starts with: which benchmark, when, the command line, the machine."""
+    return {
+        "benchmark": benchmark,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "quick": quick,
+        "machine": machine,
+    }
 
 
 def write_results(path: Path, result: dict[str, Any]) -> None:

@@ -131,13 +131,12 @@ def pg_server() -> Iterator[PgServer]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def db_dsn(pg_server: PgServer) -> Iterator[str]:
-    """DSN of a fresh, empty database, dropped after the test."""
-    name = f"rw_test_{uuid.uuid4().hex[:16]}"
+def _fresh_database(server: PgServer, prefix: str) -> Iterator[str]:
+    """DSN of a new, empty database on ``server``; dropped when the generator is closed."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_server.dsn)
+        conn = await asyncpg.connect(server.dsn)
         try:
             await conn.execute(sql)
         finally:
@@ -145,10 +144,22 @@ def db_dsn(pg_server: PgServer) -> Iterator[str]:
 
     _run(lambda: admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield _with_database(pg_server.dsn, name)
+        yield _with_database(server.dsn, name)
     finally:
         # FORCE: a connection the test leaked must not make the drop fail.
         _run(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def db_dsn(pg_server: PgServer) -> Iterator[str]:
+    """DSN of a fresh, empty database, dropped after the test."""
+    yield from _fresh_database(pg_server, "rw_test")
+
+
+@pytest.fixture(scope="module")
+def module_db_dsn(pg_server: PgServer) -> Iterator[str]:
+    """DSN of a fresh, empty database shared by one test module, dropped after it."""
+    yield from _fresh_database(pg_server, "rw_module")
 
 
 @pytest.fixture
