@@ -62,8 +62,7 @@ SIM_ROUTER, HOSTILE_ROUTER = "sim", "hostile"
 HOSTILE_KEY_ENV = "SOAK_HOSTILE_KEY"
 LAG_EVERY_S = 5.0
 PROVIDERS = ("OpenAI", "Anthropic", "Google AI Studio", "DeepInfra", "DeepSeek")
-# Names an asyncio task gauge might have in /metrics; none exists today.
-TASK_METRICS = ("routewatch_asyncio_tasks", "routewatch_event_loop_tasks", "routewatch_tasks")
+TASK_METRIC = "routewatch_event_loop_tasks"  # asyncio tasks alive in the prober's loop
 GROWTH_LIMIT = 0.05  # resident memory after the warm-up may grow by less than this
 
 
@@ -179,7 +178,7 @@ def take_sample(t_s: float, pid: int, dsn: str, metrics: dict[str, float]) -> Sa
     conns = fetch_value(dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                              " AND pid <> pg_backend_pid()")
     stored = fetch_value(dsn, "SELECT count(*) FROM probe_results")
-    tasks = next((int(metrics[n]) for n in TASK_METRICS if n in metrics), None)
+    tasks = int(metrics[TASK_METRIC]) if TASK_METRIC in metrics else None
     lag = metrics.get("routewatch_event_loop_lag_seconds")
     lag_max = metrics.get("routewatch_event_loop_lag_max_seconds")
     probes = metrics.get("routewatch_probes_total")

@@ -4,7 +4,6 @@ on what a hostile or careless file may cost (size, nesting, aliases) or slip pas
 from __future__ import annotations
 
 import math
-import os
 import re
 import resource
 import subprocess
@@ -472,30 +471,35 @@ def test_alias_bomb_is_refused_in_a_fraction_of_a_second() -> None:
     assert elapsed < 0.5, f"took {elapsed:.2f} s"
 
 
+# Runs the command line in a fresh interpreter and, as it exits, writes that
+# interpreter's own peak RSS (VmHWM, which exec resets) to the file in argv[1].
+# ru_maxrss from wait4 would not do: it keeps the forked test process's peak.
+_PEAK_RSS_CHILD = """
+import atexit, sys
+peak_file = sys.argv.pop(1)
+def _peak():
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    open(peak_file, "w").write(hwm.split()[1])  # KiB
+atexit.register(_peak)
+from routewatch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> None:
-    """A real ``routewatch check-config`` process; its own peak RSS, from wait4."""
-    out, err = tmp_path / "out", tmp_path / "err"
+    """A real ``routewatch check-config`` process, and its own peak RSS."""
+    peak = tmp_path / "peak"
 
     def cap_memory() -> None:  # so that a regression fails this test instead of exhausting the machine
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "routewatch.cli", "check-config", str(BOMB)],
-                                stdout=stdout, stderr=stderr, cwd=REPO, preexec_fn=cap_memory)
-        deadline = time.monotonic() + 60
-        while (waited := os.wait4(proc.pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
-                proc.kill()
-                waited = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(waited[1])  # reaped here, not by Popen
-    max_rss_mib = waited[2].ru_maxrss / 1024  # KiB on Linux
-    stderr_text = err.read_text()
-    assert proc.returncode == 1, stderr_text
-    assert "Traceback" not in stderr_text
-    assert stderr_text.startswith(f"{BOMB}:14: (yaml): the file expands to more than 100,000 values"), stderr_text
-    assert out.read_text() == ""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, str(peak), "check-config", str(BOMB)],
+                          capture_output=True, text=True, cwd=REPO, preexec_fn=cap_memory, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"{BOMB}:14: (yaml): the file expands to more than 100,000 values"), proc.stderr
+    assert proc.stdout == ""
+    max_rss_mib = int(peak.read_text()) / 1024
     assert max_rss_mib < 200, f"check-config peaked at {max_rss_mib:.0f} MiB"
 
 
