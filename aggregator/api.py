@@ -47,6 +47,7 @@ from .openapi import (
 from .provider_cap import OTHER, UNKNOWN, is_named
 from .public_routes import setup_status_routes
 from .refresh import Aggregator, Snapshot
+from .db_errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ SERIES_TIMEOUT_S = 5.0
 MAX_CACHED_BODIES = 4096
 _BUCKET_UNITS = {"1h": ("hour", timedelta(hours=1)), "1d": ("day", timedelta(days=1))}
 _CLIP = 80  # longest piece of user input echoed back in an error message
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 assert set(_BUCKET_UNITS) == set(SERIES_BUCKETS)
 
@@ -508,7 +508,7 @@ async def _read_series(pool: asyncpg.Pool | None, q: SeriesQuery) -> dict[str, A
     )
     try:
         rows = await pool.fetch(sql, q.router, q.model, q.window, unit, q.start, q.end, timeout=SERIES_TIMEOUT_S)
-    except _DB_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         log.warning("series read failed (%s)", exc.__class__.__name__)
         raise ApiError(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"}) from None
     return {

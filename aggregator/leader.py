@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 import asyncpg
+from .db_errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Leadership:
             try:
                 await self._conn.fetchval("SELECT 1", timeout=5)
                 return True
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except DATABASE_ERRORS:
                 log.warning("lost the connection holding the refresher lock")
                 await self._drop()
         try:
@@ -58,7 +59,7 @@ class Leadership:
             return False
         try:
             got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             got = False
         if not got:
             await conn.close()

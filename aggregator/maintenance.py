@@ -27,6 +27,7 @@ import asyncpg
 from .leader import Leadership
 
 from .status import UPTIME_DAYS
+from .db_errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +423,6 @@ async def maintenance_loop(
                 start = since - ROLLUP_BUCKET if since else now - FIRST_REFRESH_SPAN
                 await refresh_rollups(conn, mode, start, now, retention)
                 since = now
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("maintenance pass failed (%s); next try in %s", exc.__class__.__name__, interval)
         await asyncio.sleep(interval.total_seconds())

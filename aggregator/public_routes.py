@@ -38,6 +38,7 @@ from .status import Incident
 from .status_page import render_message_page, render_status_page
 from .status_store import INCIDENT_LIST_MAX, incident_json
 from .status_view import page_window, route_figures, view_json
+from .db_errors import DATABASE_ERRORS
 
 __all__ = ["INCIDENT_STATES", "input_prices", "setup_status_routes"]
 
@@ -121,7 +122,7 @@ async def _published(request: web.Request) -> Published | None:
     """The current published data, or None when the database could not be read at all."""
     try:
         return await request.app[PUBLIC_STATUS].current(request.app[AGGREGATOR])
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         log.warning("status page: cannot read uptime and incidents (%s)", exc.__class__.__name__)
         return None
 

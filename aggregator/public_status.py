@@ -25,6 +25,7 @@ from .refresh import Aggregator, SeriesKey, Snapshot
 from .status import UPTIME_DAYS, DayUptime, Incident
 from .status_store import StatusReport, read_incidents, read_uptime
 from .status_view import StatusView, build_view
+from .db_errors import DATABASE_ERRORS
 
 __all__ = ["PublicStatus", "Published"]
 
@@ -84,7 +85,7 @@ class PublicStatus:
                 async with self._pool.acquire() as conn:
                     uptime = await read_uptime(conn, today - timedelta(days=UPTIME_DAYS - 1))
                     open_, closed = await read_incidents(conn)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 if cur is None:
                     raise
                 log.warning("status page: cannot read uptime and incidents (%s); serving the previous ones",

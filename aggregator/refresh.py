@@ -35,6 +35,7 @@ from .rollup import refresh_hist, window_hours, window_start, window_stats
 from .sliding import SlidingWindows
 from .stats import CellStats, ModelStats, WindowCounts
 from .status_store import StatusReport, StatusTracker, read_report
+from .db_errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,6 @@ class Aggregator:
         while True:
             try:
                 await self.refresh()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("stats refresh failed (%s); serving the previous snapshot", exc.__class__.__name__)
             await asyncio.sleep(self._interval)

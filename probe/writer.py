@@ -67,6 +67,7 @@ _UNAVAILABLE = (
     OSError,  # includes TimeoutError and refused connections
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # connection closed, pool closing
+    asyncpg.InternalClientError,  # a connection left mid-operation by an interrupted call: broken
     asyncpg.InsufficientResourcesError,  # server disk full, out of memory, too many connections
     asyncpg.OperatorInterventionError,  # shutting down, starting up, statement cancelled
     asyncpg.PostgresSystemError,  # I/O error on the server
