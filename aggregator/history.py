@@ -13,7 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
-from .stats import ModelStats
+from routewatch.aggregator.stats import ModelStats
 
 HISTORY_TABLE = "stats_history"
 _COLUMNS = (

@@ -25,17 +25,17 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from routewatch.probe.config import MaintenanceWindow, SLOConfig
+from routewatch.config import MaintenanceWindow, SLOConfig
 
-from .maintenance import DEFAULT_RETENTION
-from .history import record as record_history
-from .leader import Leadership
-from .provider_cap import DEFAULT_MAX_PROVIDERS
-from .rollup import refresh_hist, window_hours, window_start, window_stats
-from .sliding import SlidingWindows
-from .stats import CellStats, ModelStats, WindowCounts
-from .status_store import StatusReport, StatusTracker, read_report
-from .db_errors import DATABASE_ERRORS
+from routewatch.storage.housekeeping import DEFAULT_RETENTION
+from routewatch.aggregator.history import record as record_history
+from routewatch.storage.leadership import Leadership
+from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
+from routewatch.aggregator.rollup import refresh_hist, window_hours, window_start, window_stats
+from routewatch.aggregator.sliding import SlidingWindows
+from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
+from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
+from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 

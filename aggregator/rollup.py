@@ -1,4 +1,4 @@
-"""Hourly histogram rollups (issue 5): incremental refresh and window merges.
+"""Hourly histogram rollups: incremental refresh and window merges.
 
 ``probe_hist_hourly`` (migration 0003) holds, per UTC hour and series
 (router, model, provider, region, prompt, methodology), the counts and the
@@ -46,8 +46,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from .maintenance import DEFAULT_RETENTION, HIST_ROLLUP, bump_hist_generation
-from .provider_cap import (
+from routewatch.storage.housekeeping import DEFAULT_RETENTION, HIST_ROLLUP, bump_hist_generation
+from routewatch.aggregator.provider_cap import (
     DEFAULT_HORIZON_HOURS,
     DEFAULT_MAX_PROVIDERS,
     LabelCap,
@@ -56,8 +56,8 @@ from .provider_cap import (
     provider_label,
     stored_provider,
 )
-from .sketch import Histogram, QuantileTable, bucket_indices, quantile_table
-from .stats import CellStats, WindowCounts
+from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, quantile_table
+from routewatch.aggregator.stats import CellStats, WindowCounts
 
 log = logging.getLogger(__name__)
 

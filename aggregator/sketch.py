@@ -1,4 +1,4 @@
-"""Mergeable log-bucket histograms: the per-hour/day latency summaries of issue 5.
+"""Mergeable log-bucket histograms: the per-hour latency summaries the rollups keep.
 
 A histogram counts positive values in fixed, log-spaced buckets (the DDSketch
 idea): bucket ``i`` holds the values in ``(GAMMA**(i-1), GAMMA**i]`` and reports
@@ -33,7 +33,7 @@ import numpy.typing as npt
 # of the same two order statistics numpy.percentile interpolates between, and a
 # convex combination of two values each within a fraction `a` of its target is
 # within `a` of the combined target; so the end-to-end error against numpy is
-# <= RELATIVE_ACCURACY as well. DESIGN.md's budget is 1%; we spend half of it so
+# <= RELATIVE_ACCURACY as well. The accuracy budget is 1%; we spend half of it so
 # that what the bound does not cover (a boundary value bucketed one way by
 # numpy and the other way by PostgreSQL's ln(), float rounding of edges, the
 # representative stored or shown with fewer digits) cannot push a published

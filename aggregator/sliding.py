@@ -43,8 +43,8 @@ from datetime import datetime
 
 import asyncpg
 
-from .provider_cap import DEFAULT_MAX_PROVIDERS, SeriesKey, cap_cells
-from .rollup import (
+from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS, SeriesKey, cap_cells
+from routewatch.aggregator.rollup import (
     HIST_TABLE,
     HOUR,
     HOUR_COLUMNS,
@@ -59,8 +59,8 @@ from .rollup import (
     floor_hour,
     window_hours,
 )
-from .sketch import Histogram
-from .stats import CellStats
+from routewatch.aggregator.sketch import Histogram
+from routewatch.aggregator.stats import CellStats
 
 log = logging.getLogger(__name__)
 

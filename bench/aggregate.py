@@ -1,8 +1,8 @@
 """How fast is a full stats refresh from the hourly rollups, against the naive exact query?
 
-Issue 5's aggregation benchmark. On a throwaway PostgreSQL server started here
-(``routewatch.local_postgres.LocalPostgres``, loopback only) and the schema
-from ``routewatch.aggregator.migrate.migrate``, it loads generated probe
+The aggregation benchmark. On a throwaway PostgreSQL server started here
+(``routewatch.postgres.local_server.LocalPostgres``, loopback only) and the schema
+from ``routewatch.storage.migrate.migrate``, it loads generated probe
 results (numpy, loaded with COPY through asyncpg ``copy_records_to_table``
 in batches of 250,000 rows) ending 30 s before an hour turns ("now" is pinned
 there: the current hour is as full as it gets), builds the hourly histogram
@@ -48,8 +48,8 @@ import numpy as np
 from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
 from machine import describe_machine, print_table, write_results
 
-from routewatch.local_postgres import LocalPostgres
-from routewatch.probe.result import METHODOLOGY_VERSION
+from routewatch.postgres.local_server import LocalPostgres
+from routewatch.results.probe_result import METHODOLOGY_VERSION
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -244,7 +244,7 @@ async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, l
     (median of up to ``naive_runs``)."""
     from routewatch.aggregator.rollup import refresh_hist, window_start, window_stats
     from routewatch.aggregator.sliding import SlidingWindows
-    from routewatch.aggregator.store import window_counts
+    from routewatch.aggregator.exact_reference import window_counts
 
     t0 = time.perf_counter()
     await conn.execute("VACUUM (ANALYZE) probe_results")

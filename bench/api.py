@@ -1,9 +1,9 @@
 """How fast does the catalog API answer, against a bare aiohttp handler serving the same bytes?
 
-Issue 6's API benchmark. Three processes on loopback:
+The API benchmark. Three processes on loopback:
 
 * this one (the orchestrator): starts a throwaway PostgreSQL
-  (``routewatch.local_postgres.LocalPostgres``), creates the schema
+  (``routewatch.postgres.local_server.LocalPostgres``), creates the schema
   (``benchdb.prepare_schema``) and stores generated probe results for
   ``--models`` models on one router over the last 7 days with
   ``probe.writer.write_batch`` (COPY, as the prober writes them);
@@ -102,7 +102,7 @@ def stats_path(n_models: int) -> str:
 
 def make_results(n_models: int, end: datetime, every_s: float, rng: random.Random) -> Iterator[Any]:
     """Probe results for ``n_models`` models x REGIONS over the 7 days before ``end``."""
-    from routewatch.probe.result import METHODOLOGY_VERSION, ProbeResult
+    from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult
 
     steps = int(WINDOWS["7d"] // every_s)
     medians = [(rng.uniform(250, 1500), rng.uniform(40, 200)) for _ in range(n_models)]
@@ -132,7 +132,7 @@ async def seed(dsn: str, n_models: int, plan: Plan, log: Callable[[str], None]) 
     """Schema plus generated results in database ``dsn``; returns the rows stored."""
     import asyncpg
     from benchdb import prepare_schema
-    from routewatch.probe.writer import write_batch
+    from routewatch.storage.writer import write_batch
 
     end = datetime.now(UTC)
     conn = await asyncpg.connect(dsn)
@@ -198,7 +198,7 @@ async def serve(dsn: str, n_models: int) -> None:
     """Child process: refresh once, serve the real app and the bare one, print their URLs, wait for SIGTERM."""
     import asyncpg
     from aiohttp import web
-    from routewatch.aggregator.api import create_app
+    from routewatch.aggregator.publish.api import create_app
     from routewatch.aggregator.refresh import Aggregator
 
     stop = asyncio.Event()

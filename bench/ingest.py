@@ -1,11 +1,11 @@
 """How fast does routewatch store probe results, and how much room do they take?
 
-Issue 4's storage benchmark. On a throwaway PostgreSQL server started here
-(``routewatch.local_postgres.LocalPostgres``, loopback only) and the schema
-from ``routewatch.aggregator.migrate.migrate``, it measures in one run:
+The storage benchmark. On a throwaway PostgreSQL server started here
+(``routewatch.postgres.local_server.LocalPostgres``, loopback only) and the schema
+from ``routewatch.storage.migrate.migrate``, it measures in one run:
 
 1. Insert rate (rows/s) on the same generated probe results, four ways:
-   routewatch's real path ``routewatch.probe.writer.write_batch`` (COPY into
+   routewatch's real path ``routewatch.storage.writer.write_batch`` (COPY into
    a temp staging table, then ``INSERT ... SELECT ... ON CONFLICT DO
    NOTHING``) with batches of 100 and of 1000; ``executemany`` of a
    parametrised ``INSERT ... ON CONFLICT DO NOTHING`` (1000 rows per
@@ -47,14 +47,14 @@ import asyncpg
 from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
 from machine import describe_machine, print_table, write_results
 
-from routewatch.probe.result import (
+from routewatch.results.probe_result import (
     COLUMNS,
     ERROR_CLASSES,
     METHODOLOGY_VERSION,
     ProbeResult,
 )
 
-from routewatch.local_postgres import LocalPostgres
+from routewatch.postgres.local_server import LocalPostgres
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -359,7 +359,7 @@ def chunked(seq: Sequence[ProbeResult], size: int) -> Iterator[Sequence[ProbeRes
 
 async def insert_copy(conn: asyncpg.Connection, data: Sequence[ProbeResult], batch: int) -> int:
     """routewatch's path: ``write_batch`` (COPY to staging, INSERT ... ON CONFLICT DO NOTHING)."""
-    from routewatch.probe.writer import write_batch
+    from routewatch.storage.writer import write_batch
 
     n = 0
     for part in chunked(data, batch):
@@ -462,7 +462,7 @@ async def compress_all(conn: asyncpg.Connection, size: SizeResult) -> None:
 
 def fill_spool(directory: Path, factory: ResultFactory, records: int) -> SpoolResult:
     """Write ``records`` results with ``append(..., sync=False)``; the time excludes generating them."""
-    from routewatch.probe.spool import Spool
+    from routewatch.storage.spool import Spool
 
     spool = Spool(directory, max_bytes=8 * GIB)
     spent = 0.0
@@ -480,7 +480,7 @@ def fill_spool(directory: Path, factory: ResultFactory, records: int) -> SpoolRe
 
 def decode_spool(directory: Path) -> tuple[int, float]:
     """Read and decode the whole spool in ``REPLAY_BATCH`` steps; (records, seconds)."""
-    from routewatch.probe.spool import Spool
+    from routewatch.storage.spool import Spool
 
     spool = Spool(directory, max_bytes=8 * GIB)
     try:
@@ -501,8 +501,8 @@ def decode_spool(directory: Path) -> tuple[int, float]:
 
 async def replay_spool(conn: asyncpg.Connection, directory: Path) -> int:
     """What the writer does after an outage: read the spool and ``write_batch`` each step."""
-    from routewatch.probe.spool import Spool
-    from routewatch.probe.writer import write_batch
+    from routewatch.storage.spool import Spool
+    from routewatch.storage.writer import write_batch
 
     spool = Spool(directory, max_bytes=8 * GIB)
     try:

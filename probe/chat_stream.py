@@ -39,13 +39,13 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from .loop_lag import LoopLagMonitor
-from .result import METHODOLOGY_VERSION, ProbeResult, new_probe_id
-from .router_values import MAX_LABEL_CHARS, UnusableValue, retry_after_seconds, storable, token_count
-from .sse import SSEProtocolError, SSEReader
-from .target import Canary, Target, new_nonce, request_body
-from .timing import StreamMarks, derive
-from .tokens import TokenCounter
+from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult, new_probe_id
+from routewatch.probe.router_values import MAX_LABEL_CHARS, UnusableValue, retry_after_seconds, storable, token_count
+from routewatch.probe.sse import SSEProtocolError, SSEReader
+from routewatch.probe.target import Canary, Target, new_nonce, request_body
+from routewatch.probe.timing import StreamMarks, derive
+from routewatch.probe.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-from .redact import MAX_DETAIL_CHARS, redact
-from .result import ProbeResult
+from routewatch.probe.redact import MAX_DETAIL_CHARS, redact
+from routewatch.results.probe_result import ProbeResult
 
 INT4_MAX = 2**31 - 1  # the `integer` columns of probe_results
 # Model ids, provider names and request ids are short labels; a longer one is

@@ -21,10 +21,10 @@ import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from . import chat_stream
-from .loop_lag import LoopLagMonitor
-from .result import ProbeResult
-from .target import Canary, Target
+from routewatch.probe import chat_stream
+from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.results.probe_result import ProbeResult
+from routewatch.probe.target import Canary, Target
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .config import SIMULATOR, Config, RouterConfig
-from .scheduler import Series
-from .target import Canary, Target
+from routewatch.config import SIMULATOR, Config, RouterConfig
+from routewatch.probe.scheduler import Series
+from routewatch.probe.target import Canary, Target
 
 ENV_ROUTER_URL = "ROUTEWATCH_ROUTER_URL"
 

@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .aggregator.api import ConfigRejected, probe_result_json
-from .aggregator.refresh import Aggregator
-from .probe.config import Config, ConfigError, load_config
-from .probe.scheduler import Prober, ProbeSchedule, Series, new_session
-from .probe.targets import TargetError, plan
+from routewatch.aggregator.publish.api import ConfigRejected, probe_result_json
+from routewatch.aggregator.refresh import Aggregator
+from routewatch.config import Config, ConfigError, load_config
+from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_session
+from routewatch.probe.targets import TargetError, plan
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from .api_server import ENV_API_PORT, PortInUse
-from .local_postgres import LocalPostgresError, default_data_dir
-from .probe.config import Config, ConfigError, check_config_main, load_config
-from .aggregator.migrate import MigrationError
-from .probe.targets import TargetError
-from .probe.writer import SpoolInUse
-from .runner import DatabaseUnavailable, DataDirInUse
+from routewatch.aggregator.publish.server import ENV_API_PORT, PortInUse
+from routewatch.postgres.local_server import LocalPostgresError, default_data_dir
+from routewatch.config import Config, ConfigError, check_config_main, load_config
+from routewatch.storage.migrate import MigrationError
+from routewatch.probe.targets import TargetError
+from routewatch.storage.writer import SpoolInUse
+from routewatch.runner import DatabaseUnavailable, DataDirInUse
 
 ENV_CONFIG = "ROUTEWATCH_CONFIG"
 ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
@@ -140,22 +140,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             return check_config_main(_config_path(args.path))
         if args.command == "simulate":
-            from .simulator import DEFAULT_PROFILES, load_profiles, run_simulator_forever
+            from routewatch.simulator import DEFAULT_PROFILES, load_profiles, run_simulator_forever
 
             profiles = load_profiles(args.profiles) if args.profiles else DEFAULT_PROFILES
             run_simulator_forever(args.host, args.port, profiles)
             return 0
         if args.command == "db":
-            from .db_command import db_main
+            from routewatch.db_command import db_main
 
             return db_main(args.action, args.data_dir or Path(os.environ.get(ENV_DATA_DIR) or default_data_dir()))
         path = _config_path(args.config)
         config = _load(path)
         if args.command == "once":
-            from .once import once
+            from routewatch.once import once
 
             return once(config)
-        from .runner import RunOptions, run
+        from routewatch.runner import RunOptions, run
 
         data_dir = args.data_dir or Path(os.environ.get(ENV_DATA_DIR) or default_data_dir())
         return run(RunOptions(

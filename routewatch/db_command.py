@@ -15,12 +15,12 @@ from pathlib import Path
 
 import asyncpg
 
-from .aggregator.db_status import db_status, format_status
-from .aggregator.migrate import migrate
-from .local_postgres import LocalPostgres
-from .probe.spool import Spool, SpoolPosition
-from .probe.writer import CURSOR_FILE
-from .runner import ENV_DATABASE_URL
+from routewatch.storage.describe import db_status, format_status
+from routewatch.storage.migrate import migrate
+from routewatch.postgres.local_server import LocalPostgres
+from routewatch.storage.spool import Spool, SpoolPosition
+from routewatch.storage.writer import CURSOR_FILE
+from routewatch.runner import ENV_DATABASE_URL
 
 
 def spool_backlog(spool_dir: Path) -> str:

@@ -22,13 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .probe.config import Config
-from .probe.loop_lag import LoopLagMonitor
-from .probe.result import ProbeResult
-from .probe.router_values import valid_text
-from .probe.scheduler import Prober, new_session
-from .probe.targets import plan, uses_simulator
-from .simulator import DEFAULT_PROFILES, start_simulator
+from routewatch.config import Config
+from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.results.probe_result import ProbeResult
+from routewatch.probe.router_values import valid_text
+from routewatch.probe.scheduler import Prober, new_session
+from routewatch.probe.targets import plan, uses_simulator
+from routewatch.simulator import DEFAULT_PROFILES, start_simulator
 
 EXIT_ALL_OK = 0
 EXIT_SOME_FAILED = 2  # 1 is taken by "could not run at all" (a bad config, a missing key)

@@ -29,28 +29,28 @@ from pathlib import Path
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from .aggregator.api import FAILED_COMPONENTS, create_app
-from .aggregator.metrics import ProberHealthSlot
-from .aggregator.public_routes import input_prices
-from .admin import LocalAdmin
-from .api_server import bind_listeners, start_api
-from .file_lock import FileLock
-from .aggregator.refresh import Aggregator
-from .aggregator.maintenance import PartitionCache, maintenance_loop
-from .aggregator.leader import Leadership
-from .aggregator.migrate import migrate
-from .local_postgres import LocalPostgres
-from .probe.config import Config
-from .probe.durations import parse_duration
-from .probe.loop_lag import LoopLagMonitor
-from .probe.redact import redact, redact_dsn
-from .probe.result import ProbeResult
-from .probe.scheduler import Prober, ProbeSchedule, Series, new_session
-from .probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
-from .probe.writer import BatchWriter
-from .postgres_watch import PostgresGaveUp, watch_postgres
-from .simulator import DEFAULT_PROFILES, start_simulator
-from .supervision import Supervisor, dsn_secrets
+from routewatch.aggregator.publish.api import FAILED_COMPONENTS, create_app
+from routewatch.aggregator.publish.metrics import ProberHealthSlot
+from routewatch.aggregator.publish.public_routes import input_prices
+from routewatch.admin import LocalAdmin
+from routewatch.aggregator.publish.server import bind_listeners, start_api
+from routewatch.postgres.file_lock import FileLock
+from routewatch.aggregator.refresh import Aggregator
+from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
+from routewatch.storage.leadership import Leadership
+from routewatch.storage.migrate import migrate
+from routewatch.postgres.local_server import LocalPostgres
+from routewatch.config import Config
+from routewatch.config.durations import parse_duration
+from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.probe.redact import redact, redact_dsn
+from routewatch.results.probe_result import ProbeResult
+from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_session
+from routewatch.probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
+from routewatch.storage.writer import BatchWriter
+from routewatch.postgres.watch import PostgresGaveUp, watch_postgres
+from routewatch.simulator import DEFAULT_PROFILES, start_simulator
+from routewatch.supervision import Supervisor, dsn_secrets
 
 log = logging.getLogger("routewatch")
 
@@ -183,7 +183,7 @@ async def _serve(opts: RunOptions, dsn: str, db_label: str, sockets: list[socket
         refresher = asyncio.create_task(aggregator.run(), name="aggregator")
         supervisor.watch("aggregator refresh", refresher)
 
-        # Admin endpoints answer only with ROUTEWATCH_ADMIN_TOKEN set (see aggregator/api.py).
+        # Admin endpoints answer only with ROUTEWATCH_ADMIN_TOKEN set (see aggregator/publish/api.py).
         # A reload is applied once the probes run (admin.attach); a router moved to the
         # simulator is rejected when this process did not start one.
         if simulator is not None:

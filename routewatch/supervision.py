@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .probe.redact import redact
+from routewatch.probe.redact import redact
 
 log = logging.getLogger("routewatch")
 

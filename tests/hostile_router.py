@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from routewatch.probe import chat_stream
-from routewatch.probe.config import TimeoutsConfig
-from routewatch.probe.result import ProbeResult
+from routewatch.config import TimeoutsConfig
+from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.target import Canary, Target
 
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1

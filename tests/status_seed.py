@@ -15,12 +15,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 from aiohttp import web
-from routewatch.aggregator.api import create_app
+from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.config import SLOConfig
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.writer import write_batch
+from routewatch.storage.schema import ensure_schema
+from routewatch.config import SLOConfig
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.writer import write_batch
 
 ROUTER = "sim"
 NANO = "openai/gpt-4.1-nano"

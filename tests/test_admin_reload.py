@@ -29,14 +29,14 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from routewatch.admin import LocalAdmin
-from routewatch.aggregator.api import ADMIN_TOKEN_ENV, ConfigRejected, create_app
+from routewatch.aggregator.publish.api import ADMIN_TOKEN_ENV, ConfigRejected, create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.config import Config, load_config
-from routewatch.probe.result import ProbeResult
+from routewatch.storage.schema import ensure_schema
+from routewatch.config import Config, load_config
+from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.scheduler import Prober, ProbeSchedule, new_session
 from routewatch.probe.targets import plan
-from routewatch.probe.writer import BatchWriter
+from routewatch.storage.writer import BatchWriter
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
 KEEP, GONE, NEW = "test/keep", "test/gone", "test/new"

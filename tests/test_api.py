@@ -26,16 +26,16 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from routewatch.aggregator import openapi
-from routewatch.aggregator.api import ADMIN_TOKEN_ENV, API, create_app
-from routewatch.aggregator.http_errors import JSON_TYPE
-from routewatch.aggregator.openapi import MAX_SERIES_POINTS
+from routewatch.aggregator.publish import openapi
+from routewatch.aggregator.publish.api import ADMIN_TOKEN_ENV, API, create_app
+from routewatch.aggregator.publish.http_errors import JSON_TYPE
+from routewatch.aggregator.publish.openapi import MAX_SERIES_POINTS
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.config import SLOConfig, load_config
-from routewatch.probe.result import ProbeResult
+from routewatch.storage.schema import ensure_schema
+from routewatch.config import SLOConfig, load_config
+from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.targets import plan
-from routewatch.probe.writer import write_batch
+from routewatch.storage.writer import write_batch
 
 from routewatch.admin import LocalAdmin
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
@@ -725,7 +725,7 @@ async def test_schemathesis_against_a_running_server(
 
 
 def test_error_body_is_plain_json() -> None:
-    from routewatch.aggregator.http_errors import ApiError
+    from routewatch.aggregator.publish.http_errors import ApiError
 
     resp = ApiError(400, "bad", "window").response()
     assert resp.status == 400 and resp.headers["Cache-Control"] == "no-store"

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
-from routewatch.aggregator.badges import (
+from routewatch.aggregator.publish.badges import (
     CHAR_WIDTHS,
     COLORS,
     DEFAULT_WIDTH,
@@ -19,11 +19,11 @@ from routewatch.aggregator.badges import (
     status_badge,
     text_width,
 )
-from routewatch.aggregator.display import MISSING
+from routewatch.aggregator.publish.display import MISSING
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.aggregator.status import State
-from routewatch.aggregator.status_view import RouteFigures
+from routewatch.storage.schema import ensure_schema
+from routewatch.aggregator.model_state import State
+from routewatch.aggregator.publish.status_view import RouteFigures
 from status_seed import BROKEN, EVIL, NANO, ROUTER, WINDOWS, seed_status, status_app
 
 SVG_NS = "{http://www.w3.org/2000/svg}"

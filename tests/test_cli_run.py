@@ -20,8 +20,8 @@ from urllib.parse import quote, urlsplit
 import asyncpg
 import pytest
 
-from routewatch.aggregator.leader import LEADER_LOCK_KEY
-from routewatch.api_server import HEAD_TIMEOUT_S
+from routewatch.storage.leadership import LEADER_LOCK_KEY
+from routewatch.aggregator.publish.server import HEAD_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parent.parent
 ROUTEWATCH = [sys.executable, "-m", "routewatch.cli"]

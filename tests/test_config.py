@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from routewatch.probe.config import (
+from routewatch.config import (
     KEYS_FROM_ENV,
     MAX_FILE_BYTES,
     MAX_NODES,
@@ -27,7 +27,7 @@ from routewatch.probe.config import (
     parse_config,
     summarize,
 )
-from routewatch.probe.durations import MAX_SECONDS, parse_duration
+from routewatch.config.durations import MAX_SECONDS, parse_duration
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

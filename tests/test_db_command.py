@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from routewatch.db_command import spool_backlog
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.spool import Spool
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.spool import Spool
 
 
 def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from routewatch.local_postgres import LocalPostgres
+from routewatch.postgres.local_server import LocalPostgres
 from routewatch.simulator.process import SimulatorProcess
 
 OUTAGE_S = 30.0  # the issue asks for an outage of 30 s or more

@@ -17,13 +17,13 @@ import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from routewatch.aggregator.api import create_app
+from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.config import parse_config
+from routewatch.storage.schema import ensure_schema
+from routewatch.config import parse_config
 from routewatch.probe.scheduler import Prober, Series, new_session, schedule, stop
 from routewatch.probe.targets import plan
-from routewatch.probe.writer import BatchWriter
+from routewatch.storage.writer import BatchWriter
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
 PROFILES = (

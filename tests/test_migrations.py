@@ -16,23 +16,23 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from routewatch.aggregator.maintenance import (
+from routewatch.storage.housekeeping import (
     CHUNK_INTERVAL,
     PARTITIONS_AHEAD_DAYS,
     ensure_partitions,
     partition_day,
     partition_name,
 )
-from routewatch.aggregator.migrate import (
+from routewatch.storage.migrate import (
     MIGRATION_LOCK_KEY,
     Migration,
     MigrationError,
     load_migrations,
     migrate,
 )
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.result import COLUMNS, ProbeResult
-from routewatch.probe.writer import write_batch
+from routewatch.storage.schema import ensure_schema
+from routewatch.results.probe_result import COLUMNS, ProbeResult
+from routewatch.storage.writer import write_batch
 
 LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history", "0005_status",
           "0006_ingest_done"]
@@ -182,7 +182,7 @@ async def test_recorded_mode_wins_over_a_different_request(
     conn: asyncpg.Connection, db_mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     await migrate(conn, mode="plain")
-    caplog.set_level(logging.WARNING, logger="routewatch.aggregator.migrate")
+    caplog.set_level(logging.WARNING, logger="routewatch.storage.migrate")
 
     report = await migrate(conn, mode="timescaledb")
 

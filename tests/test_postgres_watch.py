@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from routewatch.local_postgres import LocalPostgres
-from routewatch.postgres_watch import PostgresGaveUp, RestartPolicy, watch_postgres
+from routewatch.postgres.local_server import LocalPostgres
+from routewatch.postgres.watch import PostgresGaveUp, RestartPolicy, watch_postgres
 
 
 def test_backoff_doubles_then_gives_up_within_the_window() -> None:

@@ -20,7 +20,7 @@ import pytest
 from routewatch.probe import chat_stream
 from routewatch.probe.chat_stream import MAX_RESPONSE_BYTES
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.probe.result import ERROR_CLASSES, ProbeResult
+from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.probe.scheduler import new_session
 from routewatch.probe.target import Canary, Target
 from routewatch.probe.timing import StreamMarks

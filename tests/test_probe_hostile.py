@@ -37,7 +37,7 @@ from hostile_router import (
     timeouts,
     token,
 )
-from routewatch.probe.result import ERROR_CLASSES, ProbeResult
+from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.probe import chat_stream
 from routewatch.probe.scheduler import new_session
 

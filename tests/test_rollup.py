@@ -15,8 +15,8 @@ import asyncpg
 import numpy as np
 import pytest
 
-from routewatch.aggregator.maintenance import PartitionCache
-from routewatch.aggregator.migrate import migrate
+from routewatch.storage.housekeeping import PartitionCache
+from routewatch.storage.migrate import migrate
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.aggregator.rollup import (
     _RAW,
@@ -31,9 +31,9 @@ from routewatch.aggregator.rollup import (
     window_stats,
 )
 from routewatch.aggregator.stats import MIN_OK_SAMPLES, CellStats
-from routewatch.aggregator.store import window_counts
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.writer import insert_batch, write_batch
+from routewatch.aggregator.exact_reference import window_counts
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.writer import insert_batch, write_batch
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 FAILURES = ["http_429", "http_5xx", "timeout_ttft", "stream_error"]

@@ -12,7 +12,7 @@ import pytest
 
 from hostile_router import storable_problems
 from routewatch.probe.redact import MAX_DETAIL_CHARS, redact
-from routewatch.probe.result import ProbeResult
+from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.router_values import (
     INT4_MAX,
     MAX_LABEL_CHARS,

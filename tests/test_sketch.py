@@ -1,4 +1,4 @@
-"""Tests of the mergeable log-bucket histogram (aggregator/sketch.py, issue 5)."""
+"""Tests of the mergeable log-bucket histogram (aggregator/sketch.py)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from routewatch.aggregator.sketch import (
     sql_bucket_expr,
 )
 
-# DESIGN.md's contract: percentiles within 1% of numpy's on the raw values.
-DESIGN_TOLERANCE = 0.01
+# The accuracy contract: percentiles within 1% of numpy's on the raw values.
+CONTRACT_TOLERANCE = 0.01
 # Slack for float rounding at bucket edges, far below anything that matters.
 ULP_SLACK = 1e-12
 
@@ -44,7 +44,7 @@ ULP_SLACK = 1e-12
 
 
 def test_constants_are_consistent() -> None:
-    assert RELATIVE_ACCURACY < DESIGN_TOLERANCE
+    assert RELATIVE_ACCURACY < CONTRACT_TOLERANCE
     assert GAMMA == pytest.approx((1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY), rel=1e-15)
     assert LN_GAMMA == math.log(GAMMA)
     assert bucket_indices([MIN_VALUE])[0] == MIN_INDEX
@@ -310,8 +310,8 @@ def test_percentiles_match_numpy(name: str) -> None:
         for _ in range(repeats):
             raw = DATASETS[name](rng, n)
             worst = max(worst, *_relative_errors(Histogram.from_values(raw), raw))
-    # The 1% of DESIGN.md, and the tighter bound the interpolation argument gives.
-    assert worst <= DESIGN_TOLERANCE
+    # The 1% of the contract, and the tighter bound the interpolation argument gives.
+    assert worst <= CONTRACT_TOLERANCE
     assert worst <= RELATIVE_ACCURACY * (1 + 1e-9)
 
 

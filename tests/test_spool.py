@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from routewatch.probe.result import COLUMNS, ProbeResult
-from routewatch.probe.spool import (
+from routewatch.results.probe_result import COLUMNS, ProbeResult
+from routewatch.storage.spool import (
     HEADER_BYTES,
     MAGIC,
     Spool,
@@ -312,7 +312,7 @@ def test_spool_full_writes_nothing(tmp_path: Path) -> None:
 
 def test_warns_at_80_percent_then_every_5_percent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
-    caplog.set_level(logging.INFO, logger="routewatch.probe.spool")
+    caplog.set_level(logging.INFO, logger="routewatch.storage.spool")
     with Spool(tmp_path, segment_bytes=20 * record, max_bytes=40 * record) as spool:  # 5% = 2 records
         for i in range(31):
             spool.append([make_result(i)], sync=False)
@@ -528,8 +528,8 @@ _CHILD = textwrap.dedent(
     import sys, uuid
     from datetime import datetime, timezone
     from pathlib import Path
-    from routewatch.probe.result import ProbeResult
-    from routewatch.probe.spool import Spool
+    from routewatch.results.probe_result import ProbeResult
+    from routewatch.storage.spool import Spool
 
     spool = Spool(Path(sys.argv[1]), segment_bytes=256 * 1024)
     i = 0

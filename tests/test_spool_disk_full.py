@@ -23,8 +23,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.writer import BatchWriter
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.writer import BatchWriter
 from writer_support import result, stored_ids, until
 
 DISK_FULL = "spool: disk full at"
@@ -69,7 +69,7 @@ async def test_full_disk_is_reported_once_per_episode_and_nothing_is_lost(
 ) -> None:
     async with pool.acquire() as conn:
         await ensure_schema(conn)
-    caplog.set_level(logging.INFO, logger="routewatch.probe")
+    caplog.set_level(logging.INFO, logger="routewatch.storage")
     spool_dir = small_disk / "spool"
     writer = BatchWriter(pool, spool_dir, flush_s=0.05)
     await writer.start()
@@ -108,7 +108,7 @@ _CHILD = textwrap.dedent(
     import asyncpg
     sys.path.insert(0, sys.argv[3])
     from writer_support import result, until
-    from routewatch.probe.writer import BatchWriter
+    from routewatch.storage.writer import BatchWriter
 
     async def main(dsn: str, spool_dir: Path) -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from routewatch.aggregator.status import (
+from routewatch.aggregator.model_state import (
     UPTIME_DAYS,
     DailyUptime,
     IncidentBook,
@@ -18,7 +18,7 @@ from routewatch.aggregator.status import (
     advance,
     evaluate_all,
 )
-from routewatch.probe.config import MaintenanceWindow, SLOConfig
+from routewatch.config import MaintenanceWindow, SLOConfig
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 INTERVAL = 30.0

@@ -32,7 +32,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
-from routewatch.aggregator.status import UPTIME_DAYS
+from routewatch.aggregator.model_state import UPTIME_DAYS
 from status_seed import (
     BROKEN,
     CLOSED_ID,

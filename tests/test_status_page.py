@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
-from routewatch.aggregator.display import (
+from routewatch.aggregator.publish.display import (
     MISSING,
     format_duration,
     format_percent,
@@ -22,22 +22,22 @@ from routewatch.aggregator.display import (
     format_ttft,
 )
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.aggregator.status import (
+from routewatch.storage.schema import ensure_schema
+from routewatch.aggregator.model_state import (
     UPTIME_DAYS,
     DayUptime,
     Incident,
     ModelStatus,
     State,
 )
-from routewatch.aggregator.status_page import (
+from routewatch.aggregator.publish.status_page import (
     BANNERS,
     bar_text,
     render_message_page,
     render_status_page,
 )
-from routewatch.aggregator.status_store import StatusReport
-from routewatch.aggregator.status_view import (
+from routewatch.aggregator.model_state_store import StatusReport
+from routewatch.aggregator.publish.status_view import (
     DayBar,
     RouteFigures,
     build_view,

@@ -6,12 +6,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from routewatch.aggregator.api import create_app
+from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.config import SLOConfig
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.writer import write_batch
+from routewatch.storage.schema import ensure_schema
+from routewatch.config import SLOConfig
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.writer import write_batch
 
 WINDOWS = {"1h": 3600.0}
 INTERVAL = 60.0  # probe schedule interval, seconds
@@ -121,7 +121,7 @@ async def test_status_is_disabled_without_an_slo(db_dsn: str, aiohttp_client) ->
 
 
 async def test_retention_drops_old_uptime_days_and_old_closed_incidents(db_dsn: str) -> None:
-    from routewatch.aggregator.maintenance import apply_retention
+    from routewatch.storage.housekeeping import apply_retention
 
     conn = await asyncpg.connect(db_dsn)
     try:

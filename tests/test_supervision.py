@@ -11,10 +11,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from routewatch.aggregator.api import FAILED_COMPONENTS, create_app
+from routewatch.aggregator.publish.api import FAILED_COMPONENTS, create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.api_server import ApiServer, bind_listeners, start_api
+from routewatch.storage.schema import ensure_schema
+from routewatch.aggregator.publish.server import ApiServer, bind_listeners, start_api
 from routewatch.supervision import Supervisor, dsn_secrets
 
 

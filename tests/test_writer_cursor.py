@@ -6,9 +6,9 @@ from pathlib import Path
 
 import asyncpg
 
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.spool import Spool
-from routewatch.probe.writer import BatchWriter
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.spool import Spool
+from routewatch.storage.writer import BatchWriter
 from writer_support import result, stored_ids, until
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from routewatch.aggregator.schema import ensure_schema
-from routewatch.probe.result import ProbeResult
-from routewatch.probe.spool import Spool
-from routewatch.probe.writer import DEAD_LETTER_FILE, BatchWriter
+from routewatch.storage.schema import ensure_schema
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.spool import Spool
+from routewatch.storage.writer import DEAD_LETTER_FILE, BatchWriter
 from writer_support import result, stored_ids, until
 
 # name -> (fields of the poisoned result, what the rejection reason names)
@@ -97,7 +97,7 @@ async def test_poison_in_a_batch_is_rejected_and_the_rest_stored(
     poison = result(**fields)
     later = [result() for _ in range(5)]
     try:
-        with caplog.at_level(logging.WARNING, logger="routewatch.probe.writer"):
+        with caplog.at_level(logging.WARNING, logger="routewatch.storage.writer"):
             for r in [*good[:10], poison, *good[10:]]:
                 await writer.submit(r)
             await until("the good results of the batch", lambda: writer.written >= len(good) and bool(rejected(spool_dir)))

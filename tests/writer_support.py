@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from routewatch.probe.result import ProbeResult
+from routewatch.results.probe_result import ProbeResult
 
 
 def result(**changes: Any) -> ProbeResult:

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from .clock import sleep_until
-from .groundtruth import ServedRequest
-from .sse import KEEPALIVE, ChunkMaker, content_token
+from routewatch.simulator.clock import sleep_until
+from routewatch.simulator.groundtruth import ServedRequest
+from routewatch.simulator.sse import KEEPALIVE, ChunkMaker, content_token
 
 HUGE_TOKEN_BYTES = 1024
 HUGE_YIELD_EVERY = 64  # tokens, i.e. 64 KiB

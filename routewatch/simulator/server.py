@@ -12,12 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .clock import sleep_until
-from .groundtruth import GroundTruthLog, ServedRequest, json_batches
-from .profiles import DEFAULT_PROFILES, HTTP_FAULTS, ModelProfile
-from .responses import WHOLE_FAULTS, make_plan, whole_completion, write_stream
-from .sse import ChunkMaker
-from .validation import ApiError, check_authorization, parse_chat_request
+from routewatch.simulator.clock import sleep_until
+from routewatch.simulator.groundtruth import GroundTruthLog, ServedRequest, json_batches
+from routewatch.simulator.profiles import DEFAULT_PROFILES, HTTP_FAULTS, ModelProfile
+from routewatch.simulator.responses import WHOLE_FAULTS, make_plan, whole_completion, write_stream
+from routewatch.simulator.sse import ChunkMaker
+from routewatch.simulator.validation import ApiError, check_authorization, parse_chat_request
 
 GROUND_TRUTH = web.AppKey("ground_truth", GroundTruthLog)
 PROFILES = web.AppKey("profiles", dict[str, ModelProfile])

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .profiles import ModelProfile
+from routewatch.simulator.profiles import ModelProfile
 
 _BEARER = re.compile(r"Bearer \S+")
 

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from routewatch.local_postgres import resolve_bin_dir
+from routewatch.postgres.local_server import resolve_bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTEWATCH = [sys.executable, "-m", "routewatch.cli"]

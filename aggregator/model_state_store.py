@@ -1,0 +1,300 @@
+"""Model status, incidents and daily uptime in the database (migration 0005).
+
+The leading aggregator owns a :class:`StatusTracker`: at each refresh it reads
+the probes of the SLO window, advances every model with
+:func:`~.status.evaluate_all`, updates the incidents and adds the elapsed
+time to the daily uptime, then upserts ``model_status``, ``incidents`` and
+``uptime_daily`` in one transaction. The statuses stay in memory between
+refreshes; a tracker starting (or a standby becoming leader) loads them from
+``model_status`` first, so the hysteresis carries on where it stopped.
+
+Everyone (leader and standbys) publishes what :func:`read_report` reads back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from routewatch.config import MaintenanceWindow, SLOConfig
+
+from routewatch.aggregator.model_state import (
+    HEARTBEAT_INTERVALS,
+    DailyUptime,
+    DayUptime,
+    Incident,
+    IncidentBook,
+    ModelStatus,
+    Observation,
+    State,
+    evaluate_all,
+)
+
+RECENT_INCIDENTS = 10  # closed incidents published besides the open one
+INCIDENT_LIST_MAX = 500  # closed incidents GET /v1/incidents can list at most (its limit's ceiling)
+
+# Worst first wins for the overall state; unknown is worse than operational
+# (nobody can say it is fine) but better than any evidence of trouble.
+_RANK = {State.OPERATIONAL: 0, State.UNKNOWN: 1, State.DEGRADED: 2, State.DOWN: 3}
+
+_RECENT_PROBES = """
+SELECT id, model, started_at, ok, ttft_ms, prober_overloaded
+FROM probe_results
+WHERE started_at > $1
+"""
+
+_UPSERT_STATUS = """
+INSERT INTO model_status (model, state, since, reason, consecutive_failures, consecutive_successes,
+                          latched_down, as_of, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (model) DO UPDATE SET
+    state = EXCLUDED.state, since = EXCLUDED.since, reason = EXCLUDED.reason,
+    consecutive_failures = EXCLUDED.consecutive_failures,
+    consecutive_successes = EXCLUDED.consecutive_successes,
+    latched_down = EXCLUDED.latched_down, as_of = EXCLUDED.as_of, updated_at = EXCLUDED.updated_at
+"""
+
+_UPSERT_INCIDENT = """
+INSERT INTO incidents (id, start, "end", worst_state, models, suppressed, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (id) DO UPDATE SET
+    start = EXCLUDED.start, "end" = EXCLUDED."end", worst_state = EXCLUDED.worst_state,
+    models = EXCLUDED.models, suppressed = EXCLUDED.suppressed, updated_at = EXCLUDED.updated_at
+"""
+
+# Additive: each refresh adds the seconds elapsed since the previous one.
+_ADD_UPTIME = """
+INSERT INTO uptime_daily AS u (model, day, operational_s, degraded_s, down_s, unknown_s)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (model, day) DO UPDATE SET
+    operational_s = u.operational_s + EXCLUDED.operational_s,
+    degraded_s = u.degraded_s + EXCLUDED.degraded_s,
+    down_s = u.down_s + EXCLUDED.down_s,
+    unknown_s = u.unknown_s + EXCLUDED.unknown_s
+"""
+
+
+def worst_state(states: Iterable[State]) -> State:
+    """The worst of ``states`` (down > degraded > unknown > operational); unknown when none."""
+    return max(states, key=_RANK.__getitem__, default=State.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """What ``GET /v1/status`` publishes, as the tables stood at one refresh."""
+
+    updated_at: datetime | None
+    models: tuple[ModelStatus, ...]  # by model id
+    open: tuple[Incident, ...]
+    recent: tuple[Incident, ...]  # closed, newest first, at most RECENT_INCIDENTS
+
+    @property
+    def overall(self) -> State:
+        """The worst state over the models."""
+        return worst_state(m.state for m in self.models)
+
+    def as_json(self) -> dict[str, Any]:
+        """The response body of ``GET /v1/status``."""
+        return {
+            "updated_at": _iso(self.updated_at),
+            "overall": self.overall.value,
+            "models": [
+                {"id": m.model, "state": m.state.value, "since": _iso(m.since), "reason": m.reason}
+                for m in self.models
+            ],
+            "incidents": {
+                "open": [_incident_json(i) for i in self.open],
+                "recent": [_incident_json(i) for i in self.recent],
+            },
+        }
+
+
+class StatusTracker:
+    """The leader's status engine: evaluate, update incidents and uptime, persist."""
+
+    def __init__(
+        self,
+        slo: SLOConfig,
+        interval_s: float,
+        maintenance: Sequence[MaintenanceWindow] = (),
+        *,
+        refresh_s: float = 0.0,
+    ) -> None:
+        """``interval_s`` is the probe schedule interval; ``refresh_s`` the aggregator's."""
+        self._refresh_s = refresh_s
+        self.reconfigure(slo, interval_s, maintenance)
+        self._statuses: dict[str, ModelStatus] | None = None  # None: load from the table first
+        self._book = IncidentBook()
+
+    def reconfigure(
+        self, slo: SLOConfig, interval_s: float, maintenance: Sequence[MaintenanceWindow] = ()
+    ) -> None:
+        """Judge with these targets, probe interval and maintenance windows from the next evaluation on."""
+        self._slo = slo
+        self._interval = interval_s
+        self._maintenance = tuple(maintenance)
+        # Longer than this between two evaluations (no leader meanwhile), the
+        # rest of the gap is counted unknown in the uptime, not as the old state.
+        self._max_gap = timedelta(seconds=HEARTBEAT_INTERVALS * max(interval_s, self._refresh_s))
+
+    def forget(self) -> None:
+        """Drop the in-memory state (not leader any more): reload before the next evaluation."""
+        self._statuses = None
+
+    async def evaluate(self, conn: asyncpg.Connection, models: Iterable[str], now: datetime) -> None:
+        """Advance every model (``models`` and any seen in the window) to ``now`` and persist."""
+        slo, interval, maintenance = self._slo, self._interval, self._maintenance  # one set per evaluation
+        try:
+            if self._statuses is None:
+                self._statuses = await load_statuses(conn)
+                self._book = await _load_book(conn, self._statuses)
+            since = now - timedelta(seconds=slo.window + 2 * interval)
+            observations = [
+                Observation(r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"], r["id"])
+                for r in await conn.fetch(_RECENT_PROBES, since)
+            ]
+            everyone = set(models) | {o.model for o in observations}
+            new, transitions = evaluate_all(self._statuses, everyone, observations, now, slo, interval)
+            changed = self._book.update(transitions, now, maintenance)
+            uptime = self._elapsed(new, now)
+            async with conn.transaction():
+                await _save(conn, new, changed, uptime, now)
+        except BaseException:
+            self.forget()  # memory may be ahead of the tables: start again from them
+            raise
+        self._statuses = new
+        del self._book.incidents[:-1]  # only the latest is needed: the open one, or the next id
+
+    def _elapsed(self, new: dict[str, ModelStatus], now: datetime) -> DailyUptime:
+        """The time since each model's previous evaluation, in its previous state."""
+        assert self._statuses is not None
+        uptime = DailyUptime()
+        for model in new:
+            old = self._statuses.get(model)
+            if old is None or old.as_of is None or old.as_of >= now:
+                continue
+            known_until = min(now, old.as_of + self._max_gap)
+            uptime.record(model, old.state, old.as_of, known_until)
+            if known_until < now:
+                uptime.record(model, State.UNKNOWN, known_until, now)
+        return uptime
+
+
+async def load_statuses(conn: asyncpg.Connection) -> dict[str, ModelStatus]:
+    """Every model's stored status, by model id."""
+    rows = await conn.fetch("SELECT * FROM model_status ORDER BY model")
+    return {
+        r["model"]: ModelStatus(
+            r["model"], State(r["state"]), r["since"], r["consecutive_failures"],
+            r["consecutive_successes"], r["reason"], r["latched_down"], r["as_of"],
+        )
+        for r in rows
+    }
+
+
+async def read_report(conn: asyncpg.Connection) -> StatusReport:
+    """The published status: every model, the open incident, the last closed ones."""
+    statuses = await load_statuses(conn)
+    updated_at = await conn.fetchval("SELECT max(updated_at) FROM model_status")
+    open_ = await conn.fetch('SELECT * FROM incidents WHERE "end" IS NULL ORDER BY id')
+    recent = await conn.fetch(
+        'SELECT * FROM incidents WHERE "end" IS NOT NULL ORDER BY "end" DESC, id DESC LIMIT $1',
+        RECENT_INCIDENTS,
+    )
+    return StatusReport(
+        updated_at,
+        tuple(statuses.values()),
+        tuple(_incident(r) for r in open_),
+        tuple(_incident(r) for r in recent),
+    )
+
+
+async def _load_book(conn: asyncpg.Connection, statuses: dict[str, ModelStatus]) -> IncidentBook:
+    # The latest incident is all the book needs: it is the open one, if any,
+    # and the next id follows it.
+    row = await conn.fetchrow("SELECT * FROM incidents ORDER BY id DESC LIMIT 1")
+    return IncidentBook(
+        [_incident(row)] if row is not None else [],
+        {model: s.state for model, s in statuses.items()},
+    )
+
+
+async def _save(
+    conn: asyncpg.Connection,
+    statuses: dict[str, ModelStatus],
+    incidents: Sequence[Incident],
+    uptime: DailyUptime,
+    now: datetime,
+) -> None:
+    await conn.executemany(_UPSERT_STATUS, [
+        (s.model, s.state.value, s.since, s.reason, s.consecutive_failures,
+         s.consecutive_successes, s.latched_down, s.as_of, now)
+        for s in statuses.values()
+    ])
+    # Models no longer configured nor probed are no longer published.
+    await conn.execute("DELETE FROM model_status WHERE NOT model = ANY($1::text[])", list(statuses))
+    await conn.executemany(_UPSERT_INCIDENT, [
+        (i.id, i.start, i.end, i.worst_state.value, sorted(i.models), i.suppressed, now)
+        for i in incidents
+    ])
+    await conn.executemany(_ADD_UPTIME, [
+        (model, day, d.operational, d.degraded, d.down, d.unknown)
+        for (model, day), d in uptime.days.items()
+    ])
+
+
+def _incident(row: asyncpg.Record) -> Incident:
+    return Incident(
+        row["id"], row["start"], row["end"], State(row["worst_state"]),
+        frozenset(row["models"]), row["suppressed"],
+    )
+
+
+def _incident_json(incident: Incident) -> dict[str, Any]:
+    return {
+        "id": incident.id,
+        "start": incident.start.isoformat(),
+        "end": _iso(incident.end),
+        "worst_state": incident.worst_state.value,
+        "models": sorted(incident.models),
+        "suppressed": incident.suppressed,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def read_uptime(conn: asyncpg.Connection, first_day: date) -> dict[tuple[str, date], DayUptime]:
+    """Seconds per state of every model on every UTC day from ``first_day`` on, by (model, day).
+
+    Days with no row are absent: the caller shows them as unknown (no data).
+    """
+    rows = await conn.fetch(
+        "SELECT model, day, operational_s, degraded_s, down_s, unknown_s FROM uptime_daily WHERE day >= $1",
+        first_day,
+    )
+    return {
+        (r["model"], r["day"]): DayUptime(r["operational_s"], r["degraded_s"], r["down_s"], r["unknown_s"])
+        for r in rows
+    }
+
+
+async def read_incidents(
+    conn: asyncpg.Connection, closed_limit: int = INCIDENT_LIST_MAX
+) -> tuple[tuple[Incident, ...], tuple[Incident, ...]]:
+    """Every open incident (newest first), and the ``closed_limit`` latest closed ones (newest end first)."""
+    open_ = await conn.fetch('SELECT * FROM incidents WHERE "end" IS NULL ORDER BY start DESC, id DESC')
+    closed = await conn.fetch(
+        'SELECT * FROM incidents WHERE "end" IS NOT NULL ORDER BY "end" DESC, id DESC LIMIT $1',
+        closed_limit,
+    )
+    return tuple(_incident(r) for r in open_), tuple(_incident(r) for r in closed)
+
+
+def incident_json(incident: Incident) -> dict[str, Any]:
+    """An incident as the API serves it: id, start, end (null while open), worst_state, models, suppressed."""
+    return _incident_json(incident)

@@ -1,0 +1,278 @@
+"""What the public status page, its JSON twin and the badges show: pure data, no I/O.
+
+:func:`build_view` joins the aggregator's :class:`~.status_store.StatusReport`
+(states, incidents), its :class:`~.refresh.Snapshot` (p50 TTFT and tok/s) and
+the daily uptime rows into one :class:`StatusView`; :mod:`.status_page`
+renders it as HTML and :func:`view_json` as the body of ``GET /status.json``.
+
+A day's bar (:func:`day_level`) is ``unknown`` when there is no row for it or
+when more than half of its recorded time is unknown (prober outage, no
+probes): such a day is never drawn as up. Otherwise its level follows the
+operational share of the known time (:data:`LEVELS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from routewatch.aggregator.refresh import SeriesKey, Snapshot
+from routewatch.aggregator.model_state import UPTIME_DAYS, DayUptime, Incident, State
+from routewatch.aggregator.model_state_store import StatusReport, incident_json
+
+__all__ = [
+    "LEVELS",
+    "PAGE_WINDOW",
+    "UNKNOWN_DOMINANT",
+    "DayBar",
+    "ModelRow",
+    "RouteFigures",
+    "StatusView",
+    "build_view",
+    "day_level",
+    "page_window",
+    "view_json",
+]
+
+PAGE_WINDOW = "7d"
+"""The stats window whose p50s the page and badges show (the catalog's), when the aggregator has it."""
+
+UNKNOWN_DOMINANT = 0.5
+"""A day whose unknown time is more than this share of its recorded time is drawn unknown."""
+
+LEVELS: tuple[tuple[str, float, str], ...] = (
+    ("up", 0.999, "99.9% or more up"),
+    ("minor", 0.99, "99% to 99.9% up"),
+    ("partial", 0.95, "95% to 99% up"),
+    ("major", 0.0, "below 95% up"),
+)
+"""(level, lowest operational share of known time, legend text), best first."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFigures:
+    """One router's figures for a model over the page window; None: no ok probe to measure."""
+
+    router: str
+    ttft_p50_ms: float | None
+    tps_p50: float | None
+    input_price: float | None  # USD per 1M input tokens from probes.yaml; None: not configured
+
+
+@dataclass(frozen=True, slots=True)
+class DayBar:
+    """One UTC day of a model's uptime bar."""
+
+    day: date
+    uptime: DayUptime | None  # None: no row for that day
+
+    @property
+    def level(self) -> str:
+        """``up``, ``minor``, ``partial``, ``major`` or ``unknown`` (see :func:`day_level`)."""
+        return day_level(self.uptime)
+
+    @property
+    def recorded(self) -> float:
+        """Seconds recorded for that day, unknown included."""
+        return 0.0 if self.uptime is None else self.uptime.known + self.uptime.unknown
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """One model on the status page."""
+
+    model: str
+    state: State
+    since: datetime | None
+    reason: str
+    routes: tuple[RouteFigures, ...]  # configured routers first
+    days: tuple[DayBar, ...]  # UPTIME_DAYS of them, oldest first, the last is today
+
+    @property
+    def uptime(self) -> float | None:
+        """Operational share of the known time over all days; None when nothing is known."""
+        known = sum(b.uptime.known for b in self.days if b.uptime is not None)
+        up = sum(b.uptime.operational for b in self.days if b.uptime is not None)
+        return up / known if known > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    """Everything the status page shows, as of one aggregator refresh."""
+
+    updated_at: datetime | None  # status evaluation time
+    stats_updated_at: datetime | None  # snapshot time of the p50s
+    window: str | None  # the p50s' window; None without a snapshot
+    overall: State
+    models: tuple[ModelRow, ...]
+    open: tuple[Incident, ...]
+    recent: tuple[Incident, ...]
+
+
+def day_level(uptime: DayUptime | None) -> str:
+    """The colour class of one day: ``unknown`` when there is no data or it is mostly unknown."""
+    if uptime is None:
+        return "unknown"
+    recorded = uptime.known + uptime.unknown
+    fraction = uptime.fraction_up
+    if recorded <= 0 or fraction is None or uptime.unknown > UNKNOWN_DOMINANT * recorded:
+        return "unknown"
+    for level, lowest, _ in LEVELS:
+        if fraction >= lowest:
+            return level
+    return LEVELS[-1][0]
+
+
+def page_window(snapshot: Snapshot) -> str:
+    """:data:`PAGE_WINDOW` when the snapshot has it, else its longest (last) window."""
+    return PAGE_WINDOW if PAGE_WINDOW in snapshot.windows else snapshot.windows[-1]
+
+
+def route_figures(
+    snapshot: Snapshot | None, model: str, prices: Mapping[SeriesKey, float]
+) -> tuple[RouteFigures, ...]:
+    """Each router's figures for ``model`` in the page window, in the snapshot's order."""
+    if snapshot is None or not snapshot.windows:
+        return ()
+    stats = snapshot.stats.get(page_window(snapshot), {})
+    out: list[RouteFigures] = []
+    for key in snapshot.models:
+        if key[1] != model:
+            continue
+        found = stats.get(key)
+        counts = found.counts if found is not None else None
+        out.append(RouteFigures(
+            key[0],
+            counts.ttft_p50_ms if counts is not None else None,
+            counts.tps_p50 if counts is not None else None,
+            prices.get(key),
+        ))
+    return tuple(out)
+
+
+def uptime_days(
+    model: str, uptime: Mapping[tuple[str, date], DayUptime], today: date, days: int = UPTIME_DAYS
+) -> tuple[DayBar, ...]:
+    """``days`` bars ending with ``today``, oldest first; days without a row have ``uptime=None``."""
+    first = today - timedelta(days=days - 1)
+    return tuple(
+        DayBar(day, uptime.get((model, day)))
+        for day in (first + timedelta(days=i) for i in range(days))
+    )
+
+
+def build_view(
+    report: StatusReport,
+    snapshot: Snapshot | None,
+    uptime: Mapping[tuple[str, date], DayUptime],
+    today: date,
+    prices: Mapping[SeriesKey, float] | None = None,
+) -> StatusView:
+    """Join the status report, the snapshot's p50s and the daily uptime; ``today`` is the last bar's UTC day."""
+    prices = prices or {}
+    rows = tuple(
+        ModelRow(
+            m.model, m.state, m.since, m.reason,
+            route_figures(snapshot, m.model, prices),
+            uptime_days(m.model, uptime, today),
+        )
+        for m in report.models
+    )
+    return StatusView(
+        updated_at=report.updated_at,
+        stats_updated_at=snapshot.updated_at if snapshot is not None else None,
+        window=page_window(snapshot) if snapshot is not None and snapshot.windows else None,
+        overall=report.overall,
+        models=rows,
+        open=report.open,
+        recent=report.recent,
+    )
+
+
+def view_json(view: StatusView) -> dict[str, Any]:
+    """The body of ``GET /status.json``, for status aggregators.
+
+    Shape (times are ISO 8601 with offset, null when unknown; numbers null when not measured)::
+
+        {
+          "updated_at": "2025-06-01T12:00:00+00:00",   # status evaluation time
+          "stats_updated_at": "2025-06-01T12:00:00+00:00",  # time of the p50 figures
+          "window": "7d",                               # window of the p50 figures
+          "overall": "operational" | "degraded" | "down" | "unknown",
+          "models": [{
+            "id": "openai/gpt-4.1-nano",
+            "state": "operational" | "degraded" | "down" | "unknown",
+            "since": "2025-06-01T11:00:00+00:00",       # when it entered this state
+            "reason": "",                               # one line; empty when operational
+            "routers": [{"router": "orcarouter", "ttft_p50_ms": 412.3, "tps_p50": 85.2,
+                         "input_price_per_mtok": 0.1}],  # USD per 1M input tokens, null: not configured
+            "uptime_90d": 0.9995,                       # operational / known time over the days below
+            "uptime": [{                                # 90 entries, oldest first, the last is today (UTC)
+              "day": "2025-03-04",
+              "level": "up" | "minor" | "partial" | "major" | "unknown",
+              "fraction_up": 0.9995,                    # operational / known time; null: nothing known
+              "operational_s": 86357.0, "degraded_s": 43.0, "down_s": 0.0, "unknown_s": 0.0
+            }]
+          }],
+          "incidents": {
+            "open": [{"id": 7, "start": "...", "end": null, "worst_state": "degraded" | "down",
+                      "models": ["..."], "suppressed": false}],
+            "recent": [ ... ]                           # closed, newest first, at most 10
+          }
+        }
+    """
+    return {
+        "updated_at": _iso(view.updated_at),
+        "stats_updated_at": _iso(view.stats_updated_at),
+        "window": view.window,
+        "overall": view.overall.value,
+        "models": [_model_json(row) for row in view.models],
+        "incidents": {
+            "open": [incident_json(i) for i in view.open],
+            "recent": [incident_json(i) for i in view.recent],
+        },
+    }
+
+
+def _model_json(row: ModelRow) -> dict[str, Any]:
+    return {
+        "id": row.model,
+        "state": row.state.value,
+        "since": _iso(row.since),
+        "reason": row.reason,
+        "routers": [
+            {
+                "router": r.router,
+                "ttft_p50_ms": _round(r.ttft_p50_ms),
+                "tps_p50": _round(r.tps_p50),
+                "input_price_per_mtok": r.input_price,
+            }
+            for r in row.routes
+        ],
+        "uptime_90d": _round(row.uptime, 6),
+        "uptime": [_day_json(bar) for bar in row.days],
+    }
+
+
+def _day_json(bar: DayBar) -> dict[str, Any]:
+    u = bar.uptime or DayUptime()
+    return {
+        "day": bar.day.isoformat(),
+        "level": bar.level,
+        "fraction_up": _round(u.fraction_up, 6),
+        "operational_s": round(u.operational, 1),
+        "degraded_s": round(u.degraded, 1),
+        "down_s": round(u.down, 1),
+        "unknown_s": round(u.unknown, 1),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+

@@ -1,0 +1,58 @@
+"""Configuration: what to probe and how (``probes.yaml``), checked before anything starts.
+
+- :mod:`~routewatch.config.model`: the typed sections and their rules;
+- :mod:`~routewatch.config.loader`: reading a file (line numbers, size, depth and alias limits);
+- :mod:`~routewatch.config.summary`: what ``routewatch check-config`` prints;
+- :mod:`~routewatch.config.durations`: ``30s``, ``7d`` and friends.
+
+This package imports nothing else of routewatch; every other layer may import it.
+"""
+
+from routewatch.config.loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_config, parse_config
+from routewatch.config.model import (
+    KEYS_FROM_ENV,
+    SIMULATOR,
+    AggregatorConfig,
+    ApiConfig,
+    Config,
+    ConfigError,
+    ConfigIssue,
+    MaintenanceWindow,
+    Message,
+    Price,
+    PromptConfig,
+    RouterConfig,
+    ScheduleConfig,
+    SLOConfig,
+    StorageConfig,
+    TimeoutsConfig,
+)
+from routewatch.config.summary import ConfigSummary, check_config_main, format_summary, summarize
+
+__all__ = [
+    "KEYS_FROM_ENV",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_NODES",
+    "SIMULATOR",
+    "AggregatorConfig",
+    "ApiConfig",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ConfigSummary",
+    "MaintenanceWindow",
+    "Message",
+    "Price",
+    "PromptConfig",
+    "RouterConfig",
+    "SLOConfig",
+    "ScheduleConfig",
+    "StorageConfig",
+    "TimeoutsConfig",
+    "check_config_main",
+    "format_summary",
+    "load_config",
+    "parse_config",
+    "summarize",
+]

@@ -1,0 +1,605 @@
+"""probes.yaml as typed sections: every setting, its type, its limits and its checks.
+
+Each section validates itself (unknown keys are refused) and cross-field
+rules point at the offending key, so the loader can report every problem at
+once with its line. API keys never appear in the file: a router names the
+environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from routewatch.config.durations import parse_duration
+
+
+SIMULATOR = "simulator"
+"""The ``base_url`` that selects routewatch's built-in router simulator."""
+
+KEYS_FROM_ENV = "API keys are read from the environment: set api_key_env to the variable's name"
+
+Loc = tuple[str | int, ...]
+
+# Headers that would put a key into the file; the probe sends the key from api_key_env.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
+# Headers the probe or its HTTP client must own: a fixed value would frame the body wrongly
+# (and desynchronise a pooled connection), or change the connection itself.
+_BODY_OWNED = "the probe sets it for the JSON body it sends; a fixed value would corrupt the request"
+_CONNECTION_OWNED = "a connection header, managed by the HTTP client; it cannot be set per request"
+_RESERVED_HEADERS = {
+    "content-length": _BODY_OWNED,
+    "transfer-encoding": _BODY_OWNED,
+    "content-encoding": _BODY_OWNED,
+    "content-type": _BODY_OWNED,
+    "host": "taken from base_url: put the host there",
+    "connection": _CONNECTION_OWNED,
+    "keep-alive": _CONNECTION_OWNED,
+    "proxy-connection": _CONNECTION_OWNED,
+    "te": _CONNECTION_OWNED,
+    "trailer": _CONNECTION_OWNED,
+    "upgrade": _CONNECTION_OWNED,
+    "expect": _CONNECTION_OWNED,
+}
+# routewatch's own settings (admin token, database URL, ...) must never be sent to a router.
+# ROUTEWATCH_API_KEY is the one that exists to hold a router's key.
+_OWN_ENV_PREFIX = "ROUTEWATCH_"
+_ROUTER_KEY_ENV = "ROUTEWATCH_API_KEY"
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Custom pydantic error type whose context carries several (sub-location, message)
+# pairs, so a cross-field rule can point at each offending key, not at its parent.
+PROBLEMS_ERROR_TYPE = "routewatch_problems"
+UNKNOWN_KEY_HINTS = {"api_key": KEYS_FROM_ENV}  # unknown keys that deserve more than "unknown field"
+
+
+# ---------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file; ``line`` is 1-based, None when not known."""
+
+    file: str
+    line: int | None
+    field: str | None  # e.g. "routers[0].models[2]", "(yaml)"
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config file could not be loaded; ``str()`` lists every issue, one per line."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__(issues)
+        self.issues = issues
+
+    def __str__(self) -> str:
+        return "\n".join(str(issue) for issue in self.issues)
+
+
+def format_path(loc: Loc) -> str:
+    """``("routers", 0, "prices", "a/b")`` -> ``routers[0].prices["a/b"]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, str) and _IDENTIFIER.fullmatch(part):
+            out += f".{part}" if out else part
+        elif isinstance(part, str):
+            out += f"[{json.dumps(part)}]"
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+def _problems(found: list[tuple[Loc, str]]) -> PydanticCustomError:
+    summary = "; ".join(f"{format_path(loc)}: {msg}" if loc else msg for loc, msg in found)
+    return PydanticCustomError(PROBLEMS_ERROR_TYPE, "{summary}", {"summary": summary, "problems": found})
+
+
+# ---------------------------------------------------------------- field types
+
+
+def _seconds(value: object) -> object:
+    # Other types fall through so that pydantic names the type error itself.
+    return parse_duration(value) if isinstance(value, str | int | float) else value
+
+
+def _at_least(minimum: float) -> AfterValidator:
+    def check(seconds: float) -> float:
+        if seconds < minimum:
+            raise ValueError(f"must be at least {format_seconds(minimum)}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+def _positive_seconds(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be longer than 0 s")
+    return seconds
+
+
+def _name(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if not _NAME.fullmatch(value):
+        raise ValueError('use only letters, digits, "_", "." and "-"')
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _control_char(text: str, allowed: str = "") -> str | None:
+    """A message naming the first control character in ``text`` not in ``allowed``, if any."""
+    for i, char in enumerate(text):
+        if unicodedata.category(char) == "Cc" and char not in allowed:
+            return f"must not contain control characters (U+{ord(char):04X} at character {i + 1})"
+    return None
+
+
+def _one_line(value: str) -> str:
+    problem = _control_char(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _multi_line(value: str) -> str:
+    problem = _control_char(value, allowed="\t\n\r")
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _model_id(value: str) -> str:
+    _non_empty(value)
+    _one_line(value)
+    if any(c.isspace() for c in value):
+        raise ValueError("a model id has no spaces")
+    return value
+
+
+def _window(value: str) -> str:
+    if parse_duration(value) <= 0:
+        raise ValueError("a window must be longer than 0 s")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+PositiveSeconds = Annotated[float, BeforeValidator(_seconds), AfterValidator(_positive_seconds)]
+Name = Annotated[str, AfterValidator(_name)]
+ModelId = Annotated[str, AfterValidator(_model_id)]
+Label = Annotated[str, AfterValidator(_non_empty), AfterValidator(_one_line)]
+Prose = Annotated[str, AfterValidator(_non_empty), AfterValidator(_multi_line)]
+
+
+class _Section(BaseModel):
+    # No inf or NaN anywhere: "1e400" is a typo, and inf poisons every sum it enters.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------- models
+
+
+class Price(_Section):
+    """USD per 1M tokens, for cost estimates and badges."""
+
+    input: float = Field(ge=0, le=100_000, description="USD per 1M input (prompt) tokens")
+    output: float = Field(ge=0, le=100_000, description="USD per 1M output (completion) tokens")
+
+
+class RouterConfig(_Section):
+    """One OpenAI-compatible router and the models to probe through it."""
+
+    name: Name = Field(description="label stored with every probe: letters, digits, _ . -")
+    base_url: str = Field(
+        description='"simulator" (the built-in router simulator) or an http(s) URL '
+        "ending before /chat/completions; never with credentials in it"
+    )
+    api_key_env: str | None = Field(
+        None, description="name of the environment variable holding the API key; default none"
+    )
+    models: list[ModelId] = Field(description="model ids to probe, non-empty, no repeats")
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="price per model id (each one of models); default none"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra static request headers, e.g. HTTP-Referer; default none",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        # Messages never repeat the URL: it may carry a password.
+        if value == SIMULATOR:
+            return value
+        _one_line(value)  # a NUL or a newline would reach the request line
+        try:
+            url = urlsplit(value)
+            url.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError('is not a valid URL: use an http(s) URL or "simulator"') from None
+        if url.username is not None or url.password is not None:
+            raise ValueError(
+                "remove the credentials from base_url: "
+                "set api_key_env to the name of the environment variable holding the key"
+            )
+        if url.scheme not in ("http", "https"):
+            got = f' (got "{url.scheme}:")' if url.scheme else ""
+            raise ValueError(f'must be an http:// or https:// URL, or "simulator"{got}')
+        if not url.hostname:
+            raise ValueError("the URL has no host name")
+        if url.path.rstrip("/").endswith("/chat/completions"):
+            raise ValueError("end the URL before /chat/completions: the probe appends it")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        # Not echoed: the usual mistake is pasting the key itself here.
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, "
+                "e.g. ORCAROUTER_API_KEY), not the key itself"
+            )
+        if value is not None and value.upper().startswith(_OWN_ENV_PREFIX) and value.upper() != _ROUTER_KEY_ENV:
+            # A name, not a secret: safe to repeat. Its value would go to the router as the key.
+            raise ValueError(
+                f"{value} is one of routewatch's own settings, not a router key: the probe would send "
+                f"its value to the router. Use {_ROUTER_KEY_ENV} or a variable of your own"
+            )
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: list[str]) -> list[str]:
+        if not models:
+            raise ValueError("list at least one model")
+        seen: set[str] = set()
+        dupes: list[tuple[Loc, str]] = []
+        for i, model in enumerate(models):
+            if model in seen:
+                dupes.append(((i,), f'duplicate model "{model}"'))
+            seen.add(model)
+        if dupes:
+            raise _problems(dupes)
+        return models
+
+    @field_validator("prices")
+    @classmethod
+    def _check_prices(cls, prices: dict[str, Price], info: ValidationInfo) -> dict[str, Price]:
+        models = info.data.get("models")
+        if models is None:  # models itself is invalid and already reported
+            return prices
+        stray = [((m,), "no such model in this router's models") for m in prices if m not in models]
+        if stray:
+            raise _problems(stray)
+        return prices
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        bad: list[tuple[Loc, str]] = []
+        for name, value in headers.items():
+            if name.lower() in _SECRET_HEADERS:
+                bad.append(((name,), KEYS_FROM_ENV))
+            elif not _HEADER_NAME.fullmatch(name):
+                bad.append(((name,), "not a valid HTTP header name"))
+            elif name.lower() in _RESERVED_HEADERS:
+                bad.append(((name,), f"cannot be set here: {_RESERVED_HEADERS[name.lower()]}"))
+            elif "\r" in value or "\n" in value:
+                bad.append(((name,), "a header value must be one line"))
+            elif problem := _control_char(value, allowed="\t"):
+                bad.append(((name,), problem))
+        if bad:
+            raise _problems(bad)
+        return headers
+
+
+class Message(_Section):
+    """One chat message of a canary prompt."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Prose
+
+
+class PromptConfig(_Section):
+    """A canary prompt; the probe adds a fresh nonce so no cache can answer it."""
+
+    name: Name = Field(description="label stored with every probe")
+    messages: list[Message] = Field(description="the chat, ending with a user message")
+    max_tokens: int = Field(128, ge=1, le=32768, description="answer length cap; default 128")
+    min_output_tokens: int = Field(
+        32, ge=1, description="answer length asked for, so tok/s means something; default 32"
+    )
+
+    @field_validator("messages")
+    @classmethod
+    def _check_messages(cls, messages: list[Message]) -> list[Message]:
+        if not messages:
+            raise ValueError("list at least one message")
+        last = len(messages) - 1
+        if messages[last].role != "user":
+            raise _problems(
+                [((last, "role"), f'the last message must be from "user", not "{messages[last].role}"')]
+            )
+        return messages
+
+    @field_validator("min_output_tokens")
+    @classmethod
+    def _check_min_output(cls, value: int, info: ValidationInfo) -> int:
+        max_tokens = info.data.get("max_tokens")
+        if max_tokens is not None and value > max_tokens:
+            raise ValueError(f"must not exceed max_tokens ({max_tokens})")
+        return value
+
+
+class ScheduleConfig(_Section):
+    """How often each model x prompt series is probed."""
+
+    interval: Annotated[Seconds, _at_least(0.1)] = Field(
+        60.0, description="seconds between probes of one series; default 60s"
+    )
+    jitter: Seconds = Field(
+        10.0, description="random delay up to this many seconds, below interval; default 10s"
+    )
+    concurrency: int = Field(64, ge=1, le=10000, description="probes in flight at most; default 64")
+    max_loop_lag: PositiveSeconds = Field(
+        0.05,
+        description="a probe during which the prober's event loop fell further behind than this "
+        "is stored flagged and left out of published latency; default 50ms",
+    )
+
+    @model_validator(mode="after")
+    def _check_jitter(self) -> ScheduleConfig:
+        if self.jitter >= self.interval:
+            default = "" if "jitter" in self.model_fields_set else " (the default)"
+            raise _problems(
+                [
+                    (
+                        ("jitter",),
+                        f"{format_seconds(self.jitter)}{default} must be less than "
+                        f"interval ({format_seconds(self.interval)})",
+                    )
+                ]
+            )
+        return self
+
+
+class TimeoutsConfig(_Section):
+    """Per-phase limits of one probe, in seconds; none may exceed total."""
+
+    connect: PositiveSeconds = Field(5.0, description="TCP + TLS set-up; default 5s")
+    headers: PositiveSeconds = Field(30.0, description="request sent to headers; default 30s")
+    first_token: PositiveSeconds = Field(60.0, description="request sent to first token; default 60s")
+    idle: PositiveSeconds = Field(30.0, description="longest gap between chunks; default 30s")
+    total: PositiveSeconds = Field(120.0, description="whole probe; default 120s")
+
+    @model_validator(mode="after")
+    def _check_total(self) -> TimeoutsConfig:
+        over: list[tuple[Loc, str]] = []
+        for name in ("connect", "headers", "first_token", "idle"):
+            seconds: float = getattr(self, name)
+            if seconds > self.total:
+                default = "" if name in self.model_fields_set else " (the default)"
+                over.append(
+                    (
+                        (name,),
+                        f"{format_seconds(seconds)}{default} exceeds total ({format_seconds(self.total)})",
+                    )
+                )
+        if over:
+            raise _problems(over)
+        return self
+
+
+class SLOConfig(_Section):
+    """Targets that decide a model's status, and the hysteresis that keeps it from flapping."""
+
+    ttft_p95_ms: float = Field(5000.0, gt=0, description="p95 time to first token, ms; default 5000")
+    error_rate: float = Field(0.05, ge=0, le=1, description="failed / attempted; default 0.05")
+    window: PositiveSeconds = Field(
+        900.0, description="recent span the error rate and p95 TTFT are judged over; default 15m"
+    )
+    down_after: int = Field(
+        3, ge=1, description="consecutive failed probes that make a model down; default 3"
+    )
+    up_after: int = Field(
+        2, ge=1, description="consecutive ok probes that bring a down model back; default 2"
+    )
+    min_samples: int = Field(
+        5, ge=1, description="probes in the window needed to judge the error rate, and ok probes to "
+        "judge p95 TTFT; default 5"
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    # A naive time would silently mean the prober's local zone; make the writer say which.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("add a UTC offset, e.g. 2025-06-01T02:00:00Z or 2025-06-01T04:00:00+02:00")
+    return value
+
+
+OffsetDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class MaintenanceWindow(_Section):
+    """Planned work: status changes inside it do not page (their incidents are marked suppressed)."""
+
+    start: OffsetDatetime = Field(description="ISO-8601 date and time with a UTC offset")
+    end: OffsetDatetime = Field(description="ISO-8601 date and time with a UTC offset, after start")
+    models: list[ModelId] | None = Field(
+        None, description="model ids covered, each probed by some router; default all models"
+    )
+    reason: Prose = Field(description="shown on the status page")
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: list[str] | None) -> list[str] | None:
+        if models is not None and not models:
+            raise ValueError("list at least one model, or leave models out to cover all")
+        return models
+
+    @model_validator(mode="after")
+    def _check_end(self) -> MaintenanceWindow:
+        if self.end <= self.start:
+            raise _problems([(("end",), f"must be after start ({self.start.isoformat()})")])
+        return self
+
+    def covers(self, model: str, at: datetime) -> bool:
+        """Whether ``at`` (timezone-aware) falls in [start, end) for ``model``."""
+        return self.start <= at < self.end and (self.models is None or model in self.models)
+
+
+class ApiConfig(_Section):
+    """Where the HTTP API listens."""
+
+    host: Annotated[str, AfterValidator(_one_line)] = Field(
+        "127.0.0.1", description="listen address; default 127.0.0.1 (local only)"
+    )
+    port: int = Field(8321, ge=0, le=65535, description="listen port, 0 = any free; default 8321")
+
+
+class AggregatorConfig(_Section):
+    """Rolling stats."""
+
+    refresh: Annotated[Seconds, _at_least(0.1)] = Field(
+        15.0, description="seconds between stats refreshes; default 15s"
+    )
+    windows: list[Annotated[str, AfterValidator(_window)]] = Field(
+        default_factory=lambda: ["1h", "24h", "7d"],
+        description='rolling windows as durations; default ["1h", "24h", "7d"]',
+    )
+    snapshot_every: Annotated[Seconds, _at_least(1)] = Field(
+        300.0, description="how often the published figures are recorded in stats_history; default 5m"
+    )
+    max_providers_per_model: int = Field(
+        5, ge=1, description="distinct providers published per model, the rest counted as 'other'; default 5"
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, windows: list[str]) -> list[str]:
+        # "1h" and "60m" are one window published twice under two names.
+        first: dict[float, int] = {}
+        dupes: list[tuple[Loc, str]] = []
+        for i, window in enumerate(windows):
+            seconds = parse_duration(window)
+            if seconds in first:
+                j = first[seconds]
+                dupes.append(((i,), f'duplicate window "{window}" (the same as windows[{j}], "{windows[j]}")'))
+            first.setdefault(seconds, i)
+        if dupes:
+            raise _problems(dupes)
+        return windows
+
+
+class StorageConfig(_Section):
+    """How long results are kept, and the local spool's limit."""
+
+    retention: Annotated[Seconds, _at_least(86400)] = Field(
+        90 * 86400.0, description="raw probe results are dropped after this; default 90d"
+    )
+    compress_after: Annotated[Seconds, _at_least(3600)] = Field(
+        3 * 86400.0, description="TimescaleDB: chunks older than this are compressed; default 3d"
+    )
+    spool_max_mb: int = Field(
+        1024, ge=1, description="the local spool's limit in MiB (a warning at 80%); default 1024"
+    )
+
+
+class Config(_Section):
+    """A whole probes.yaml. Only routers and prompts are required."""
+
+    region: Label = Field(
+        "local", description="label of this prober; default local"
+    )
+    routers: list[RouterConfig] = Field(description="at least one; names unique")
+    prompts: list[PromptConfig] = Field(description="at least one; names unique")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list, description="planned maintenance windows; default none"
+    )
+
+    @field_validator("routers")
+    @classmethod
+    def _check_routers(cls, routers: list[RouterConfig]) -> list[RouterConfig]:
+        if not routers:
+            raise ValueError("list at least one router")
+        _unique_names([r.name for r in routers], "router")
+        return routers
+
+    @field_validator("prompts")
+    @classmethod
+    def _check_prompts(cls, prompts: list[PromptConfig]) -> list[PromptConfig]:
+        if not prompts:
+            raise ValueError("list at least one prompt")
+        _unique_names([p.name for p in prompts], "prompt")
+        return prompts
+
+    @field_validator("maintenance")
+    @classmethod
+    def _check_maintenance(
+        cls, windows: list[MaintenanceWindow], info: ValidationInfo
+    ) -> list[MaintenanceWindow]:
+        routers = info.data.get("routers")
+        if routers is None:  # routers itself is invalid and already reported
+            return windows
+        probed = {model for router in routers for model in router.models}
+        stray: list[tuple[Loc, str]] = [
+            ((i, "models", j), f'no router probes "{model}"')
+            for i, window in enumerate(windows)
+            for j, model in enumerate(window.models or ())
+            if model not in probed
+        ]
+        if stray:
+            raise _problems(stray)
+        return windows
+
+
+def _unique_names(names: list[str], kind: str) -> None:
+    first: dict[str, int] = {}
+    dupes: list[tuple[Loc, str]] = []
+    for i, name in enumerate(names):
+        if name in first:
+            dupes.append(((i, "name"), f'duplicate {kind} name "{name}" (also {kind}s[{first[name]}])'))
+        first.setdefault(name, i)
+    if dupes:
+        raise _problems(dupes)
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration in seconds as messages show it: ``30 s``, ``0.5 s``."""
+    return f"{seconds:g} s"

@@ -1,0 +1,123 @@
+"""``routewatch check-config``: what a valid file will cost (series, probes, tokens, dollars per day)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from routewatch.config.loader import load_config
+from routewatch.config.model import Config, ConfigError, PromptConfig, format_seconds
+
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSummary:
+    """What a config will do per day. Token counts are estimates; cost is an upper bound."""
+
+    routers: int
+    models: int  # router x model pairs
+    prompts: int
+    series: int  # router x model x prompt, each probed once per interval
+    interval: float  # seconds between probes of one series
+    probes_per_day: float
+    input_tokens_per_day: float  # ceil(chars / 4) + 4 per message, per prompt
+    output_tokens_per_day: float  # max_tokens per probe: an upper bound
+    cost_per_day_usd: float | None  # priced models only; None without any price
+    priced_models: int
+    unpriced_models: tuple[str, ...]  # model ids, "(router)" added when several routers
+
+    @property
+    def note(self) -> str | None:
+        """Which models the cost leaves out, if any."""
+        if not self.unpriced_models:
+            return None
+        return "no price for " + ", ".join(self.unpriced_models)
+
+
+def estimate_input_tokens(prompt: PromptConfig) -> int:
+    """Rough prompt size: 4 characters a token plus 4 tokens of framing per message."""
+    chars = sum(len(m.content) for m in prompt.messages)
+    return math.ceil(chars / 4) + 4 * len(prompt.messages)
+
+
+def summarize(config: Config) -> ConfigSummary:
+    """Count series and estimate daily probes, tokens and cost."""
+    runs = 86400 / config.schedule.interval  # probes per series per day
+    input_per_run = sum(estimate_input_tokens(p) for p in config.prompts)  # one model, all prompts
+    output_per_run = sum(p.max_tokens for p in config.prompts)
+    models = sum(len(r.models) for r in config.routers)
+    cost = 0.0
+    priced = 0
+    unpriced: list[str] = []
+    for router in config.routers:
+        for model in router.models:
+            price = router.prices.get(model)
+            if price is None:
+                unpriced.append(model if len(config.routers) == 1 else f"{model} ({router.name})")
+                continue
+            priced += 1
+            cost += runs * (input_per_run * price.input + output_per_run * price.output) / 1e6
+    return ConfigSummary(
+        routers=len(config.routers),
+        models=models,
+        prompts=len(config.prompts),
+        series=models * len(config.prompts),
+        interval=config.schedule.interval,
+        probes_per_day=models * len(config.prompts) * runs,
+        input_tokens_per_day=models * input_per_run * runs,
+        output_tokens_per_day=models * output_per_run * runs,
+        cost_per_day_usd=cost if priced else None,
+        priced_models=priced,
+        unpriced_models=tuple(unpriced),
+    )
+
+
+def format_summary(config: Config, path: str | Path) -> str:
+    """A few lines for ``routewatch check-config``."""
+    s = summarize(config)
+    lines = [
+        f"{path}: OK",
+        f"  {_count(s.routers, 'router')}, {_count(s.models, 'model')}, "
+        f"{_count(s.prompts, 'prompt')} → {_count(s.series, 'series', 'series')}",
+        f"  {s.probes_per_day:,.0f} probes/day at one every {format_seconds(s.interval)} per series",
+        f"  ≤ {_tokens(s.output_tokens_per_day)} output tokens/day, "
+        f"~{_tokens(s.input_tokens_per_day)} input tokens/day",
+    ]
+    if s.cost_per_day_usd is None:
+        lines.append("  cost unknown: no prices in the file")
+    else:
+        lines.append(f"  ≤ {_usd(s.cost_per_day_usd)}/day (prices for {s.priced_models} of {s.models} models)")
+    if s.note:
+        lines.append(f"  {s.note}")
+    return "\n".join(lines)
+
+
+def check_config_main(path: str) -> int:
+    """``routewatch check-config PATH``: print the summary (0) or every error to stderr (1)."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(format_summary(config, path))
+    return 0
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
+
+def _tokens(n: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+def _usd(amount: float) -> str:
+    # Cents hide a small plan's cost; show it, but never as "$0.00".
+    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4f}"

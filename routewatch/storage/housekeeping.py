@@ -1,0 +1,431 @@
+"""Keeping the store in shape: partitions, retention, compression, rollups.
+
+One code path for both storage modes: each function takes the connection and
+the mode (from :func:`routewatch.storage.migrate.migrate`) and does the
+mode's work, or nothing where the mode needs none. routewatch calls
+:func:`run_maintenance` periodically (hourly is plenty) and
+:func:`refresh_rollups` from the aggregator; no TimescaleDB background job is
+relied on, so the store stays correct on servers where those jobs fail.
+
+Days are UTC days throughout: plain partitions and TimescaleDB chunks both
+start at UTC midnight.
+
+Only the public functions open transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+import asyncpg
+
+from routewatch.storage.leadership import Leadership
+
+from routewatch.storage.errors import DATABASE_ERRORS
+
+
+# Days of per-day uptime kept (today included): the status page draws a bar for each.
+UPTIME_DAYS = 90
+
+log = logging.getLogger(__name__)
+
+# One partition (plain) or chunk (TimescaleDB) per day: a 7-day window touches
+# 7-8 of them, retention drops whole days, and a day of 1,000 series probed
+# once a minute (~1.4M rows, ~0.5 GB) stays well under the "a chunk and its
+# indexes fit in memory" guidance. The TimescaleDB migration states the same.
+CHUNK_INTERVAL = timedelta(days=1)
+
+# Plain mode: partitions exist this many days past today, so that a write at
+# midnight never waits on (or fails for lack of) the next day's partition even
+# if maintenance has not run for a couple of days.
+PARTITIONS_AHEAD_DAYS = 3
+
+# Raw probe results older than this are dropped (the published windows need at most 7 days).
+DEFAULT_RETENTION = timedelta(days=90)
+
+# TimescaleDB: chunks whose whole range is older than this are compressed.
+# Late writes (spool replays after an outage) mostly land within a few days,
+# and writing into a compressed chunk is much slower than into a plain one.
+COMPRESS_AFTER = timedelta(days=3)
+
+# Width of one rollup bucket; the migrations define the same.
+ROLLUP_BUCKET = timedelta(hours=1)
+
+# A rollup refresh starts at least this far past the retention horizon.
+# Refreshing a window whose raw rows are gone recomputes its buckets from
+# nothing, which deletes them: the documented continuous-aggregate pitfall.
+# Raw rows at or after the horizon are never dropped, so one bucket of margin
+# (after rounding the start down to a whole bucket) keeps every refreshed
+# bucket whole.
+REFRESH_HORIZON_MARGIN = ROLLUP_BUCKET
+
+# Advisory locks, fixed 64-bit keys (ASCII tag + 1) unique to routewatch:
+# creating partitions, so concurrent writers create each day once ...
+PARTITION_LOCK_KEY = 0x7277_7061_7274_0001  # "rwpart"
+# ... and refreshing the plain rollup, so two refreshes of one window do not
+# both insert the rows they each deleted.
+ROLLUP_LOCK_KEY = 0x7277_726F_6C6C_0001  # "rwroll"
+
+RAW_TABLE = "probe_results"
+ROLLUP = "probe_rollup_hourly"
+HIST_ROLLUP = "probe_hist_hourly"
+# routewatch_meta key counting the transactions that changed HIST_ROLLUP
+# (rollup.refresh_hist, retention here): an in-memory copy of the rollup
+# (sliding.SlidingWindows) knows it missed a change when the count its
+# refresh started from is not the one it last saw.
+HIST_GENERATION_KEY = "hist_generation"
+PARTITION_PREFIX = "probe_results_p"
+_PARTITION_NAME = re.compile(r"^probe_results_p(\d{8})$")
+
+# Partitions of probe_results (plain mode), by name.
+_PARTITIONS = """
+SELECT c.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'probe_results'::regclass
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """What one :func:`run_maintenance` pass did."""
+
+    mode: str
+    partitions_created: int  # plain: new daily partitions; TimescaleDB: always 0
+    dropped: int  # partitions (plain) or chunks (TimescaleDB) removed by retention
+    compressed: int  # chunks compressed (TimescaleDB); always 0 in plain mode
+    horizon: datetime  # raw rows before this may have been dropped
+
+
+async def bump_hist_generation(conn: asyncpg.Connection) -> int:
+    """Count one more change of the histogram rollup; returns the count before it.
+
+    Call it inside the transaction that changes the rows, so the count and
+    the rows commit together.
+    """
+    value = await conn.fetchval(
+        "INSERT INTO routewatch_meta (key, value) VALUES ($1, '1') ON CONFLICT (key)"
+        " DO UPDATE SET value = (routewatch_meta.value::bigint + 1)::text RETURNING value",
+        HIST_GENERATION_KEY,
+    )
+    return int(value) - 1
+
+
+def partition_day(ts: datetime) -> date:
+    """The UTC day whose partition holds a row started at ``ts`` (naive = UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc).date()
+
+
+def partition_name(day: date) -> str:
+    """``probe_results_pYYYYMMDD``: the plain partition for ``day``."""
+    return f"{PARTITION_PREFIX}{day:%Y%m%d}"
+
+
+async def ensure_partitions(conn: asyncpg.Connection, mode: str, start: date, end: date) -> int:
+    """Create the daily partitions for ``start`` .. ``end`` (inclusive) that are missing.
+
+    Plain mode only; a no-op returning 0 in TimescaleDB mode (chunks appear
+    on insert). Idempotent and safe to call from several processes at once.
+    Returns the number of partitions created.
+    """
+    if mode != "plain" or end < start:
+        return 0
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    if not await _missing_partitions(conn, days):
+        return 0  # the usual case: no lock, no transaction
+    async with conn.transaction():
+        return await _create_partitions(conn, days)
+
+
+class PartitionCache:
+    """Remembers which days have a partition, so a writer asks the database only once per day.
+
+    One instance per process (or writer). Retention drops old partitions
+    behind its back; call :meth:`forget` after :func:`apply_retention`, or
+    when an insert fails for want of a partition.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[date] = set()
+
+    async def ensure(self, conn: asyncpg.Connection, mode: str, days: Iterable[date]) -> int:
+        """Make sure each of ``days`` has a partition; return how many were created.
+
+        Touches the database only for days not seen before. In TimescaleDB
+        mode it never does.
+        """
+        missing = sorted(set(days) - self._seen)
+        if not missing:
+            return 0
+        created = 0
+        if mode == "plain" and await _missing_partitions(conn, missing):
+            async with conn.transaction():
+                created = await _create_partitions(conn, missing)
+        self._seen.update(missing)
+        return created
+
+    async def ensure_for(self, conn: asyncpg.Connection, mode: str, timestamps: Iterable[datetime]) -> int:
+        """:meth:`ensure` for the days of these ``started_at`` values (a batch about to be written)."""
+        return await self.ensure(conn, mode, {partition_day(ts) for ts in timestamps})
+
+    def forget(self) -> None:
+        """Drop everything remembered (partitions may have been removed)."""
+        self._seen.clear()
+
+
+async def apply_retention(
+    conn: asyncpg.Connection,
+    mode: str,
+    retention: timedelta = DEFAULT_RETENTION,
+    *,
+    rollup_retention: timedelta | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Drop raw results older than ``retention``; return partitions/chunks dropped.
+
+    Only whole days go: a partition or chunk is dropped when its entire range
+    is older than ``now - retention`` (``now`` defaults to the database's).
+    The rollup is cut at ``now - rollup_retention`` (default: ``retention``):
+    plain mode deletes older buckets; TimescaleDB drops the aggregate's chunks
+    that are entirely older (its chunks span several days, so it keeps a little
+    more). Pass the same ``retention`` to :func:`refresh_rollups`.
+    """
+    now = now or await _db_now(conn)
+    horizon = now - retention
+    rollup_horizon = now - (rollup_retention if rollup_retention is not None else retention)
+    if mode == "timescaledb":
+        dropped = await conn.fetchval(
+            f"SELECT count(*) FROM drop_chunks('{RAW_TABLE}', older_than => $1::timestamptz)", horizon
+        )
+        await conn.execute(f"SELECT drop_chunks('{ROLLUP}', older_than => $1::timestamptz)", rollup_horizon)
+    else:
+        dropped = 0
+        for name, day in await _plain_partitions(conn):
+            if _day_start(day) + CHUNK_INTERVAL > horizon:
+                continue
+            # One short transaction per partition: each holds an exclusive
+            # lock on probe_results, which stalls writers while it lasts.
+            async with conn.transaction():
+                await conn.execute(f"ALTER TABLE {RAW_TABLE} DETACH PARTITION {name}")
+                await conn.execute(f"DROP TABLE {name}")
+            dropped += 1
+        await conn.execute(f"DELETE FROM {ROLLUP} WHERE bucket < $1", rollup_horizon)
+    # The histogram rollup is a plain table in both modes (migration 0003).
+    async with conn.transaction():
+        if await conn.execute(f"DELETE FROM {HIST_ROLLUP} WHERE bucket < $1", rollup_horizon) != "DELETE 0":
+            await bump_hist_generation(conn)
+    await conn.execute("DELETE FROM stats_history WHERE taken_at < $1", rollup_horizon)
+    # Status tables (migration 0005): the status page draws UPTIME_DAYS days,
+    # and closed incidents are kept as long as the raw data.
+    oldest_day = partition_day(now) - timedelta(days=UPTIME_DAYS - 1)
+    await conn.execute("DELETE FROM uptime_daily WHERE day < $1", oldest_day)
+    await conn.execute('DELETE FROM incidents WHERE "end" < $1', horizon)
+    if dropped:
+        log.info("retention: dropped %d %s of %s older than %s", dropped,
+                 "chunks" if mode == "timescaledb" else "partitions", RAW_TABLE, horizon.isoformat())
+    return int(dropped)
+
+
+async def compress_old(
+    conn: asyncpg.Connection,
+    mode: str,
+    after: timedelta = COMPRESS_AFTER,
+    *,
+    now: datetime | None = None,
+) -> int:
+    """Compress every uncompressed chunk entirely older than ``now - after``; return how many.
+
+    TimescaleDB mode only; plain mode has nothing to compress and returns 0.
+    Each chunk is compressed in its own transaction, so locks stay short.
+    """
+    if mode != "timescaledb":
+        return 0
+    now = now or await _db_now(conn)
+    chunks = await conn.fetch(
+        """
+        SELECT c::text AS chunk
+        FROM show_chunks('probe_results', older_than => $1::timestamptz) AS c
+        JOIN timescaledb_information.chunks i
+          ON format('%I.%I', i.chunk_schema, i.chunk_name)::regclass = c
+        WHERE NOT i.is_compressed
+        ORDER BY i.range_start
+        """,
+        now - after,
+    )
+    for row in chunks:
+        await conn.execute("SELECT compress_chunk($1::text::regclass, if_not_compressed => true)", row["chunk"])
+    if chunks:
+        log.info("compressed %d chunks of %s", len(chunks), RAW_TABLE)
+    return len(chunks)
+
+
+async def refresh_rollups(
+    conn: asyncpg.Connection,
+    mode: str,
+    start: datetime,
+    end: datetime,
+    retention: timedelta = DEFAULT_RETENTION,
+    *,
+    now: datetime | None = None,
+) -> tuple[datetime, datetime] | None:
+    """Recompute the hourly rollup over ``[start, end)``; return the window refreshed.
+
+    The window is widened to whole hours (start down, end up) and its start
+    clamped to ``now - retention + REFRESH_HORIZON_MARGIN``, so that it never
+    reaches raw data that retention has dropped: the rollup keeps those
+    buckets. Returns None when nothing is left to refresh.
+
+    TimescaleDB: ``refresh_continuous_aggregate``, which must run outside a
+    transaction block. Plain: the window's buckets are deleted and recomputed
+    in one transaction.
+    """
+    now = now or await _db_now(conn)
+    lo = _floor_bucket(max(start, now - retention + REFRESH_HORIZON_MARGIN))
+    hi = _ceil_bucket(end)
+    if lo >= hi:
+        return None
+    if mode == "timescaledb":
+        if conn.is_in_transaction():
+            raise RuntimeError("refresh_rollups() in timescaledb mode must be called outside a transaction")
+        await conn.execute(
+            f"CALL refresh_continuous_aggregate('{ROLLUP}', $1::timestamptz, $2::timestamptz)", lo, hi
+        )
+    else:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK_KEY)
+            await conn.execute(f"DELETE FROM {ROLLUP} WHERE bucket >= $1 AND bucket < $2", lo, hi)
+            await conn.execute(f"INSERT INTO {ROLLUP} SELECT * FROM {ROLLUP}_compute($1, $2)", lo, hi)
+    return lo, hi
+
+
+async def run_maintenance(
+    conn: asyncpg.Connection,
+    mode: str,
+    *,
+    retention: timedelta = DEFAULT_RETENTION,
+    compress_after: timedelta = COMPRESS_AFTER,
+    rollup_retention: timedelta | None = None,
+    now: datetime | None = None,
+) -> MaintenanceReport:
+    """One maintenance pass: partitions ahead, then retention, then compression.
+
+    In that order: the next days' partitions matter most (writes fail without
+    them), and dropping old data first spares compressing chunks about to go.
+    ``now`` defaults to the database's clock.
+    """
+    now = now or await _db_now(conn)
+    today = partition_day(now)
+    created = await ensure_partitions(conn, mode, today, today + timedelta(days=PARTITIONS_AHEAD_DAYS))
+    dropped = await apply_retention(conn, mode, retention, rollup_retention=rollup_retention, now=now)
+    compressed = await compress_old(conn, mode, compress_after, now=now)
+    return MaintenanceReport(mode, created, dropped, compressed, now - retention)
+
+
+async def _missing_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> list[date]:
+    """Those of ``days`` that have no partition yet (plain mode)."""
+    existing = {name for name, _ in await _plain_partitions(conn)}
+    return [day for day in days if partition_name(day) not in existing]
+
+
+async def _create_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> int:
+    """Create the partitions missing among ``days``; the caller holds a transaction."""
+    # Serialise creators; look again under the lock, as another process may
+    # have created some of the days meanwhile.
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+    created = 0
+    for day in await _missing_partitions(conn, days):
+        lo, hi = _day_start(day), _day_start(day) + CHUNK_INTERVAL
+        # Bounds as UTC literals: the session's TimeZone must not move them.
+        await conn.execute(
+            f"CREATE TABLE {partition_name(day)} PARTITION OF {RAW_TABLE} "
+            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+        )
+        created += 1
+    if created:
+        log.info("created %d partitions of %s", created, RAW_TABLE)
+    return created
+
+
+async def _plain_partitions(conn: asyncpg.Connection) -> list[tuple[str, date]]:
+    """routewatch's daily partitions of probe_results, oldest first.
+
+    Partitions named otherwise (made by hand) are left alone.
+    """
+    found = []
+    for row in await conn.fetch(_PARTITIONS):
+        match = _PARTITION_NAME.match(row["relname"])
+        if match:
+            found.append((row["relname"], datetime.strptime(match[1], "%Y%m%d").date()))
+    return sorted(found, key=lambda item: item[1])
+
+
+async def _db_now(conn: asyncpg.Connection) -> datetime:
+    """The database's clock: one clock for every process's horizons."""
+    return await conn.fetchval("SELECT now()")
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def _floor_bucket(ts: datetime) -> datetime:
+    """``ts`` rounded down to a whole UTC hour."""
+    return ts.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_bucket(ts: datetime) -> datetime:
+    """``ts`` rounded up to a whole UTC hour."""
+    floor = _floor_bucket(ts)
+    return floor if floor == ts else floor + ROLLUP_BUCKET
+
+
+# How often `maintenance_loop` runs: partitions are made days ahead and
+# retention counts in days, so hourly is plenty.
+MAINTENANCE_INTERVAL = timedelta(hours=1)
+# The first rollup refresh after start covers this much: the longest
+# published window (7 days) and a day of margin.
+FIRST_REFRESH_SPAN = timedelta(days=8)
+
+
+async def maintenance_loop(
+    pool: asyncpg.Pool,
+    mode: str,
+    partitions: PartitionCache,
+    *,
+    interval: timedelta = MAINTENANCE_INTERVAL,
+    retention: timedelta = DEFAULT_RETENTION,
+    compress_after: timedelta = COMPRESS_AFTER,
+    leadership: Leadership | None = None,
+) -> None:
+    """Run maintenance and refresh the hourly rollup now, then every ``interval``.
+
+    Each pass refreshes the rollup from the hour before the previous pass,
+    so late rows (a replayed spool) are folded in. A failed pass is logged
+    and retried at the next interval: the store stays usable meanwhile.
+    With ``leadership``, only the process holding the refresher lock runs
+    passes, so two processes never drop the same partition at once.
+    """
+    since: datetime | None = None
+    while True:
+        if leadership is not None and not await leadership.try_acquire():
+            await asyncio.sleep(interval.total_seconds())
+            continue
+        try:
+            async with pool.acquire(timeout=30) as conn:
+                await run_maintenance(conn, mode, retention=retention, compress_after=compress_after)
+                # Retention may have dropped partitions the writers' cache knows.
+                partitions.forget()
+                now = await _db_now(conn)
+                start = since - ROLLUP_BUCKET if since else now - FIRST_REFRESH_SPAN
+                await refresh_rollups(conn, mode, start, now, retention)
+                since = now
+        except DATABASE_ERRORS as exc:
+            log.warning("maintenance pass failed (%s); next try in %s", exc.__class__.__name__, interval)
+        await asyncio.sleep(interval.total_seconds())
