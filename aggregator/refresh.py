@@ -35,6 +35,7 @@ from routewatch.aggregator.rollup import refresh_hist, window_hours, window_star
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
+from routewatch.storage.clock import db_now
 from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Aggregator:
                 cells = self._sliding.stats()
             else:
                 self._sliding.forget()  # a later leadership rebuilds it from the table
-                now = await conn.fetchval("SELECT now()")
+                now = await db_now(conn)
                 cells = await window_stats(conn, self._windows, now, self._max_providers)
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
