@@ -10,7 +10,7 @@ current one). The leader then updates its in-memory window sums
 the current hour; a standby, which keeps no such copy, merges the hourly
 rows of each window from the table (``rollup.window_stats``). Both give the
 same figures. Windows are hour-aligned: ``n`` whole hours plus the current
-partial hour. ``store.window_counts`` (exact percentiles over raw rows) is
+partial hour. ``exact_reference.window_counts`` (exact percentiles over raw rows) is
 not used here; it stays as the exact reference.
 """
 
@@ -82,7 +82,7 @@ class Aggregator:
         refreshing process records its snapshot in ``stats_history`` that often.
         With ``slo`` and ``probe_interval_s`` (the probe schedule interval), the
         refreshing process also evaluates model status, incidents and daily
-        uptime (``status_store``); every process publishes them as ``status``.
+        uptime (``model_state_store``); every process publishes them as ``status``.
         ``max_providers``: named providers per model at most, the rest counted
         as ``other`` (``provider_cap``)."""
         self._pool = pool
