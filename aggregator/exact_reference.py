@@ -3,7 +3,8 @@
 The published stats come from the hourly histogram rollups
 (``aggregator/rollup.py``). ``window_counts`` computes the same figures
 directly from ``probe_results`` with exact percentiles (``percentile_cont``,
-linear interpolation like numpy's default) over ok probes in the window: the
+linear interpolation like numpy's default; the query is
+``routewatch.storage.reference_queries``) over ok probes in the window: the
 naive baseline for benchmarks and the exact reference for tests. Its cost
 grows with the window's rows, which is why the aggregator no longer uses it.
 """
@@ -15,33 +16,12 @@ from datetime import datetime
 import asyncpg
 
 from routewatch.aggregator.stats import WindowCounts
-
-# Rows flagged prober_overloaded were measured while the prober itself was
-# behind; they are counted apart and left out of every published figure.
-_WINDOW_COUNTS = """
-SELECT router, model,
-       count(*) FILTER (WHERE NOT prober_overloaded)                             AS attempts,
-       count(*) FILTER (WHERE ok AND NOT prober_overloaded)                      AS ok,
-       count(*) FILTER (WHERE error_class = 'http_429' AND NOT prober_overloaded) AS rate_limited,
-       count(*) FILTER (WHERE prober_overloaded)                                 AS overloaded,
-       percentile_cont(0.5)  WITHIN GROUP (ORDER BY ttft_ms)    FILTER (WHERE ok AND NOT prober_overloaded) AS ttft_p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms)    FILTER (WHERE ok AND NOT prober_overloaded) AS ttft_p95,
-       percentile_cont(0.5)  WITHIN GROUP (ORDER BY ttfat_ms)   FILTER (WHERE ok AND NOT prober_overloaded) AS ttfat_p50,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY ttfat_ms)   FILTER (WHERE ok AND NOT prober_overloaded) AS ttfat_p95,
-       percentile_cont(0.5)  WITHIN GROUP (ORDER BY output_tps) FILTER (WHERE ok AND NOT prober_overloaded) AS tps_p50,
-       coalesce(sum(input_tokens), 0)  AS input_tokens,
-       coalesce(sum(output_tokens), 0) AS output_tokens,
-       min(started_at) AS first_probe,
-       max(started_at) AS last_probe
-FROM probe_results
-WHERE started_at >= $1 AND started_at < $2
-GROUP BY router, model
-"""
+from routewatch.storage.reference_queries import exact_window_counts
 
 
 async def window_counts(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[WindowCounts]:
     """Counts and exact percentiles per (router, model) for ``[start, end)``."""
-    rows = await conn.fetch(_WINDOW_COUNTS, start, end)
+    rows = await exact_window_counts(conn, start, end)
     return [
         WindowCounts(
             router=r["router"],

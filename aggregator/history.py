@@ -14,16 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from routewatch.aggregator.stats import ModelStats
-
-HISTORY_TABLE = "stats_history"
-_COLUMNS = (
-    "taken_at", "router", "model", "window", "attempts", "ok", "rate_limited", "error_rate",
-    "error_rate_excl_429", "ttft_p50_ms", "ttft_p95_ms", "ttfat_p50_ms", "ttfat_p95_ms", "tps_p50",
-    "input_tokens", "output_tokens",
-)
-
-# "window" is a reserved word in SQL.
-_SELECT_LIST = ", ".join('"window"' if c == "window" else c for c in _COLUMNS)
+from routewatch.storage import history_queries
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +40,7 @@ class PublishedFigures:
 
 
 def history_rows(taken_at: datetime, stats: list[ModelStats]) -> list[tuple[object, ...]]:
-    """Rows of ``stats_history`` (in column order) for one snapshot's stats."""
+    """Rows of ``stats_history`` (in ``history_queries.HISTORY_COLUMNS`` order) for one snapshot's stats."""
     rows = []
     for s in stats:
         c = s.counts
@@ -64,8 +55,7 @@ def history_rows(taken_at: datetime, stats: list[ModelStats]) -> list[tuple[obje
 async def record(conn: asyncpg.Connection, taken_at: datetime, stats: list[ModelStats]) -> int:
     """Store one snapshot's figures; return rows written."""
     rows = history_rows(taken_at, stats)
-    if rows:
-        await conn.copy_records_to_table(HISTORY_TABLE, records=rows, columns=_COLUMNS)
+    await history_queries.copy_history(conn, rows)
     return len(rows)
 
 
@@ -73,10 +63,5 @@ async def published_at(
     conn: asyncpg.Connection, router: str, model: str, window: str, at: datetime
 ) -> PublishedFigures | None:
     """The figures published for (router, model, window) by the last snapshot at or before ``at``."""
-    row = await conn.fetchrow(
-        f"SELECT {_SELECT_LIST} FROM {HISTORY_TABLE} "
-        'WHERE router = $1 AND model = $2 AND "window" = $3 AND taken_at <= $4 '
-        "ORDER BY taken_at DESC LIMIT 1",
-        router, model, window, at,
-    )
-    return None if row is None else PublishedFigures(*row)
+    row = await history_queries.last_published(conn, router, model, window, at)
+    return None if row is None else PublishedFigures(**row)

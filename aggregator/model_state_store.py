@@ -7,6 +7,7 @@ time to the daily uptime, then upserts ``model_status``, ``incidents`` and
 ``uptime_daily`` in one transaction. The statuses stay in memory between
 refreshes; a tracker starting (or a standby becoming leader) loads them from
 ``model_status`` first, so the hysteresis carries on where it stopped.
+The SQL is ``routewatch.storage.model_state_queries``.
 
 Everyone (leader and standbys) publishes what :func:`read_report` reads back.
 """
@@ -32,6 +33,7 @@ from routewatch.aggregator.model_state import (
     State,
     evaluate_all,
 )
+from routewatch.storage import model_state_queries as queries
 
 RECENT_INCIDENTS = 10  # closed incidents published besides the open one
 INCIDENT_LIST_MAX = 500  # closed incidents GET /v1/incidents can list at most (its limit's ceiling)
@@ -39,42 +41,6 @@ INCIDENT_LIST_MAX = 500  # closed incidents GET /v1/incidents can list at most (
 # Worst first wins for the overall state; unknown is worse than operational
 # (nobody can say it is fine) but better than any evidence of trouble.
 _RANK = {State.OPERATIONAL: 0, State.UNKNOWN: 1, State.DEGRADED: 2, State.DOWN: 3}
-
-_RECENT_PROBES = """
-SELECT id, model, started_at, ok, ttft_ms, prober_overloaded
-FROM probe_results
-WHERE started_at > $1
-"""
-
-_UPSERT_STATUS = """
-INSERT INTO model_status (model, state, since, reason, consecutive_failures, consecutive_successes,
-                          latched_down, as_of, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (model) DO UPDATE SET
-    state = EXCLUDED.state, since = EXCLUDED.since, reason = EXCLUDED.reason,
-    consecutive_failures = EXCLUDED.consecutive_failures,
-    consecutive_successes = EXCLUDED.consecutive_successes,
-    latched_down = EXCLUDED.latched_down, as_of = EXCLUDED.as_of, updated_at = EXCLUDED.updated_at
-"""
-
-_UPSERT_INCIDENT = """
-INSERT INTO incidents (id, start, "end", worst_state, models, suppressed, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (id) DO UPDATE SET
-    start = EXCLUDED.start, "end" = EXCLUDED."end", worst_state = EXCLUDED.worst_state,
-    models = EXCLUDED.models, suppressed = EXCLUDED.suppressed, updated_at = EXCLUDED.updated_at
-"""
-
-# Additive: each refresh adds the seconds elapsed since the previous one.
-_ADD_UPTIME = """
-INSERT INTO uptime_daily AS u (model, day, operational_s, degraded_s, down_s, unknown_s)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (model, day) DO UPDATE SET
-    operational_s = u.operational_s + EXCLUDED.operational_s,
-    degraded_s = u.degraded_s + EXCLUDED.degraded_s,
-    down_s = u.down_s + EXCLUDED.down_s,
-    unknown_s = u.unknown_s + EXCLUDED.unknown_s
-"""
 
 
 def worst_state(states: Iterable[State]) -> State:
@@ -154,14 +120,13 @@ class StatusTracker:
             since = now - timedelta(seconds=slo.window + 2 * interval)
             observations = [
                 Observation(r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"], r["id"])
-                for r in await conn.fetch(_RECENT_PROBES, since)
+                for r in await queries.recent_probes(conn, since)
             ]
             everyone = set(models) | {o.model for o in observations}
             new, transitions = evaluate_all(self._statuses, everyone, observations, now, slo, interval)
             changed = self._book.update(transitions, now, maintenance)
             uptime = self._elapsed(new, now)
-            async with conn.transaction():
-                await _save(conn, new, changed, uptime, now)
+            await _save(conn, new, changed, uptime, now)
         except BaseException:
             self.forget()  # memory may be ahead of the tables: start again from them
             raise
@@ -185,7 +150,7 @@ class StatusTracker:
 
 async def load_statuses(conn: asyncpg.Connection) -> dict[str, ModelStatus]:
     """Every model's stored status, by model id."""
-    rows = await conn.fetch("SELECT * FROM model_status ORDER BY model")
+    rows = await queries.model_statuses(conn)
     return {
         r["model"]: ModelStatus(
             r["model"], State(r["state"]), r["since"], r["consecutive_failures"],
@@ -198,12 +163,9 @@ async def load_statuses(conn: asyncpg.Connection) -> dict[str, ModelStatus]:
 async def read_report(conn: asyncpg.Connection) -> StatusReport:
     """The published status: every model, the open incident, the last closed ones."""
     statuses = await load_statuses(conn)
-    updated_at = await conn.fetchval("SELECT max(updated_at) FROM model_status")
-    open_ = await conn.fetch('SELECT * FROM incidents WHERE "end" IS NULL ORDER BY id')
-    recent = await conn.fetch(
-        'SELECT * FROM incidents WHERE "end" IS NOT NULL ORDER BY "end" DESC, id DESC LIMIT $1',
-        RECENT_INCIDENTS,
-    )
+    updated_at = await queries.statuses_updated_at(conn)
+    open_ = await queries.open_incidents(conn)
+    recent = await queries.closed_incidents(conn, RECENT_INCIDENTS)
     return StatusReport(
         updated_at,
         tuple(statuses.values()),
@@ -215,7 +177,7 @@ async def read_report(conn: asyncpg.Connection) -> StatusReport:
 async def _load_book(conn: asyncpg.Connection, statuses: dict[str, ModelStatus]) -> IncidentBook:
     # The latest incident is all the book needs: it is the open one, if any,
     # and the next id follows it.
-    row = await conn.fetchrow("SELECT * FROM incidents ORDER BY id DESC LIMIT 1")
+    row = await queries.latest_incident(conn)
     return IncidentBook(
         [_incident(row)] if row is not None else [],
         {model: s.state for model, s in statuses.items()},
@@ -229,21 +191,17 @@ async def _save(
     uptime: DailyUptime,
     now: datetime,
 ) -> None:
-    await conn.executemany(_UPSERT_STATUS, [
-        (s.model, s.state.value, s.since, s.reason, s.consecutive_failures,
-         s.consecutive_successes, s.latched_down, s.as_of, now)
-        for s in statuses.values()
-    ])
-    # Models no longer configured nor probed are no longer published.
-    await conn.execute("DELETE FROM model_status WHERE NOT model = ANY($1::text[])", list(statuses))
-    await conn.executemany(_UPSERT_INCIDENT, [
-        (i.id, i.start, i.end, i.worst_state.value, sorted(i.models), i.suppressed, now)
-        for i in incidents
-    ])
-    await conn.executemany(_ADD_UPTIME, [
-        (model, day, d.operational, d.degraded, d.down, d.unknown)
-        for (model, day), d in uptime.days.items()
-    ])
+    """Persist in one transaction; models not in ``statuses`` are no longer published."""
+    await queries.save_model_state(
+        conn,
+        [
+            (s.model, s.state.value, s.since, s.reason, s.consecutive_failures,
+             s.consecutive_successes, s.latched_down, s.as_of, now)
+            for s in statuses.values()
+        ],
+        [(i.id, i.start, i.end, i.worst_state.value, sorted(i.models), i.suppressed, now) for i in incidents],
+        [(model, day, d.operational, d.degraded, d.down, d.unknown) for (model, day), d in uptime.days.items()],
+    )
 
 
 def _incident(row: asyncpg.Record) -> Incident:
@@ -273,10 +231,7 @@ async def read_uptime(conn: asyncpg.Connection, first_day: date) -> dict[tuple[s
 
     Days with no row are absent: the caller shows them as unknown (no data).
     """
-    rows = await conn.fetch(
-        "SELECT model, day, operational_s, degraded_s, down_s, unknown_s FROM uptime_daily WHERE day >= $1",
-        first_day,
-    )
+    rows = await queries.uptime_since(conn, first_day)
     return {
         (r["model"], r["day"]): DayUptime(r["operational_s"], r["degraded_s"], r["down_s"], r["unknown_s"])
         for r in rows
@@ -287,11 +242,8 @@ async def read_incidents(
     conn: asyncpg.Connection, closed_limit: int = INCIDENT_LIST_MAX
 ) -> tuple[tuple[Incident, ...], tuple[Incident, ...]]:
     """Every open incident (newest first), and the ``closed_limit`` latest closed ones (newest end first)."""
-    open_ = await conn.fetch('SELECT * FROM incidents WHERE "end" IS NULL ORDER BY start DESC, id DESC')
-    closed = await conn.fetch(
-        'SELECT * FROM incidents WHERE "end" IS NOT NULL ORDER BY "end" DESC, id DESC LIMIT $1',
-        closed_limit,
-    )
+    open_ = await queries.open_incidents(conn, newest_first=True)
+    closed = await queries.closed_incidents(conn, closed_limit)
     return tuple(_incident(r) for r in open_), tuple(_incident(r) for r in closed)
 
 

@@ -10,7 +10,7 @@ current one). The leader then updates its in-memory window sums
 the current hour; a standby, which keeps no such copy, merges the hourly
 rows of each window from the table (``rollup.window_stats``). Both give the
 same figures. Windows are hour-aligned: ``n`` whole hours plus the current
-partial hour. ``store.window_counts`` (exact percentiles over raw rows) is
+partial hour. ``exact_reference.window_counts`` (exact percentiles over raw rows) is
 not used here; it stays as the exact reference.
 """
 
@@ -35,6 +35,7 @@ from routewatch.aggregator.rollup import refresh_hist, window_hours, window_star
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
+from routewatch.storage.clock import db_now
 from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Aggregator:
         refreshing process records its snapshot in ``stats_history`` that often.
         With ``slo`` and ``probe_interval_s`` (the probe schedule interval), the
         refreshing process also evaluates model status, incidents and daily
-        uptime (``status_store``); every process publishes them as ``status``.
+        uptime (``model_state_store``); every process publishes them as ``status``.
         ``max_providers``: named providers per model at most, the rest counted
         as ``other`` (``provider_cap``)."""
         self._pool = pool
@@ -163,7 +164,7 @@ class Aggregator:
                 cells = self._sliding.stats()
             else:
                 self._sliding.forget()  # a later leadership rebuilds it from the table
-                now = await conn.fetchval("SELECT now()")
+                now = await db_now(conn)
                 cells = await window_stats(conn, self._windows, now, self._max_providers)
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))

@@ -5,11 +5,11 @@
 mergeable log-bucket histograms (``sketch.Histogram``) of TTFT, TTFAT and
 output tokens/s. Two steps use it:
 
-* :func:`refresh_hist` takes in the batches not yet taken in (the
-  ``probe_ingest_log`` rows ``write_batch`` adds in the same transaction as
-  the rows): their rows in the current hour are added to the hour's rows, and
-  every earlier hour they touched is recomputed whole. Cost follows the new
-  data, never the published windows.
+* :func:`refresh_hist` takes in the batches not yet taken in (the ingest
+  log the batch writer keeps, ``routewatch.storage.ingest_log``): their rows
+  in the current hour are added to the hour's rows, and every earlier hour
+  they touched is recomputed whole. Cost follows the new data, never the
+  published windows.
 * :func:`window_stats` reads the hourly rows of the longest window once and
   merges them per window: the standby's path, and the reference the
   leader's in-memory windows (``sliding.SlidingWindows``) are tested against.
@@ -30,6 +30,9 @@ Provider names come from the router, so their number is capped (see
 ``provider_cap``): ``refresh_hist`` stores at most ``max_providers`` named
 providers per (router, model) within the label horizon, the rest as
 ``other``; no provider is stored as ``''`` and published as ``unknown``.
+
+The SQL is in ``routewatch.storage.hist_queries`` and ``.ingest_log``; this
+module decodes their records into :class:`HourRow` and does the arithmetic.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from routewatch.storage.housekeeping import DEFAULT_RETENTION, HIST_ROLLUP, bump_hist_generation
 from routewatch.aggregator.provider_cap import (
     DEFAULT_HORIZON_HOURS,
     DEFAULT_MAX_PROVIDERS,
@@ -58,20 +60,13 @@ from routewatch.aggregator.provider_cap import (
 )
 from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, quantile_table
 from routewatch.aggregator.stats import CellStats, WindowCounts
+from routewatch.storage import hist_queries, ingest_log
+from routewatch.storage.clock import db_now
+from routewatch.storage.housekeeping import DEFAULT_RETENTION
 
 log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
-HIST_TABLE = HIST_ROLLUP
-INGEST_LOG = "probe_ingest_log"
-
-# Session-level advisory lock held around each refresh: two refreshers never
-# interleave, and the next one's snapshot (taken after the lock) sees what
-# the previous one committed. Fixed 64-bit key, ASCII "rwhist" + 1.
-HIST_LOCK_KEY = 0x7277_6869_7374_0001
-
-# Processed log rows are kept this long (for inspection), then pruned.
-INGEST_LOG_KEEP = timedelta(days=1)
 
 # A batch whose started_at range reaches further than this past the current
 # hour (a prober with a wrong clock) only gets that many future hours recomputed.
@@ -83,42 +78,18 @@ BREAKDOWNS = ("provider", "region")
 # Keys of window_stats: (router, model) or (router, model, dimension, value).
 CellKey = tuple[str, ...]
 
-_RAW = """
-SELECT date_bin(INTERVAL '1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-       router, model, provider, region, prompt, methodology,
-       ok, prober_overloaded, error_class, input_tokens, output_tokens, started_at,
-       ttft_ms, ttfat_ms, output_tps
-FROM probe_results
-WHERE started_at >= $1 AND started_at < $2
-"""
-
-# The pending batches' rows in [$1, $2), found by their writing transaction:
-# write_batch inserts a batch's rows and its log row in one transaction
-# (no savepoint), so the rows' xmin is the log row's xid modulo 2**32. A row a
-# batch skipped as a duplicate keeps its first writer's xmin.
-_NEW_RAW = _RAW.replace(
-    "WHERE started_at >= $1 AND started_at < $2",
-    "WHERE started_at >= $1 AND started_at < $2 AND xmin::text::bigint = ANY($3::bigint[])",
-)
-
-_HIST_COLUMNS = (
-    "bucket", "router", "model", "provider", "region", "prompt", "methodology",
-    "attempts", "ok", "rate_limited", "overloaded", "errors", "input_tokens", "output_tokens",
-    "first_started", "last_started", "ttft", "ttfat", "tps",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class RefreshReport:
     """What one :func:`refresh_hist` did."""
 
     now: datetime  # the database's clock at the refresh
-    log_rows: int  # probe_ingest_log rows (batches) taken in
+    log_rows: int  # ingest log rows (batches) taken in
     hours: tuple[datetime, ...]  # earlier (or future) hours recomputed whole, ascending
     skipped_hours: int  # affected hours older than now - retention, kept as they were
     raw_rows: int  # probe_results rows read: the recomputed hours' and the new rows of the current hour
     series_hours: int  # probe_hist_hourly rows written
-    generation_before: int  # maintenance.HIST_GENERATION_KEY when this refresh started
+    generation_before: int  # hist_queries.HIST_GENERATION_KEY when this refresh started
     generation: int  # ... and after it
     current: tuple[HourRow, ...] = ()  # every row of the current hour, as it now stands
     written: tuple[HourRow, ...] = ()  # the rows written in the recomputed hours
@@ -177,15 +148,16 @@ async def refresh_hist(
 ) -> RefreshReport:
     """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
-    Pending batches are the ``probe_ingest_log`` rows with ``hist_done``
-    false. Their rows in the current hour are *added* to the hour's rows (a
+    Pending batches are those the ingest log (``storage.ingest_log``) has
+    not marked taken in. Their rows in the current hour are *added* to the hour's rows (a
     delta: only those rows are read, found by the writing transaction's id),
     so a refresh reads what arrived, not the whole hour. Every other hour a
     pending batch touched (late data, a replayed spool, a clock ahead) is
     recomputed whole from the raw rows. Hours older than ``now - retention``
     are never recomputed: their raw rows may be gone, so their rollup is kept.
 
-    One REPEATABLE READ transaction, begun after taking :data:`HIST_LOCK_KEY`:
+    One REPEATABLE READ transaction, begun after taking the refresh lock
+    (``hist_queries.refresh_transaction``):
     the batches, the raw rows and the hourly rows are all read from one
     snapshot, so each batch is counted exactly once, and it is marked done in
     the same commit. ``now`` defaults to the database's clock (tests pin it).
@@ -199,13 +171,8 @@ async def refresh_hist(
     first seen are kept, the others stored as ``other``. The first time a
     model overflows within that horizon is logged, once.
     """
-    await conn.execute("SELECT pg_advisory_lock($1)", HIST_LOCK_KEY)
-    try:
-        async with conn.transaction(isolation="repeatable_read"):
-            report = await _refresh(conn, retention, now, known, max_providers, label_hours)
-    finally:
-        if not conn.is_closed():
-            await conn.execute("SELECT pg_advisory_unlock($1)", HIST_LOCK_KEY)
+    async with hist_queries.refresh_transaction(conn):
+        report = await _refresh(conn, retention, now, known, max_providers, label_hours)
     log.debug("hist refresh: %s", report)
     for router, model in report.capped:  # committed: the "other" rows now in the table keep it to once
         log.warning("router %s, model %s: more than %d distinct providers reported within %d h;"
@@ -223,20 +190,17 @@ async def _refresh(
     label_hours: int,
 ) -> RefreshReport:
     if now is None:
-        now = await conn.fetchval("SELECT now()")
-    assert now is not None
-    generation_before = await bump_hist_generation(conn)
-    logs = await conn.fetch(
-        f"SELECT id, first_started, last_started, xid::text AS xid FROM {INGEST_LOG} WHERE NOT hist_done ORDER BY id"
-    )
+        now = await db_now(conn)
+    generation_before = await hist_queries.bump_hist_generation(conn)
+    logs = await ingest_log.pending_batches(conn)
     current = floor_hour(now)
     horizon = now - retention
     latest = current + MAX_FUTURE
     affected: set[datetime] = set()
     skipped: set[datetime] = set()
-    for row in logs:
-        h = floor_hour(row["first_started"])
-        last = min(floor_hour(row["last_started"]), latest)
+    for batch in logs:
+        h = floor_hour(batch.first_started)
+        last = min(floor_hour(batch.last_started), latest)
         if h < horizon:
             # Whole hours older than the horizon are left alone; jump
             # straight to the first hour that may be recomputed.
@@ -252,16 +216,16 @@ async def _refresh(
     # Hours other than the current one: recomputed whole.
     raw: list[asyncpg.Record] = []
     for start, end in _hour_ranges(hours):
-        raw.extend(await conn.fetch(_RAW, start, end))
+        raw.extend(await hist_queries.raw_rows(conn, start, end))
     # The current hour: the pending batches' rows in it, added to what is there.
-    batches = [r for r in logs if r["first_started"] < current + HOUR and r["last_started"] >= current]
+    batches = [b for b in logs if b.first_started < current + HOUR and b.last_started >= current]
     new_raw: list[asyncpg.Record] = []
     if batches:
-        new_raw = await conn.fetch(
-            _NEW_RAW,
-            max(current, min(r["first_started"] for r in batches)),
-            min(current + HOUR, max(r["last_started"] for r in batches) + timedelta(microseconds=1)),
-            [int(r["xid"]) % 2**32 for r in batches],
+        new_raw = await ingest_log.batch_rows(
+            conn,
+            max(current, min(b.first_started for b in batches)),
+            min(current + HOUR, max(b.last_started for b in batches) + timedelta(microseconds=1)),
+            batches,
         )
     # Read before anything is deleted: the names admitted are those the table holds.
     cap = await _label_cap(conn, known, generation_before, current, max_providers, label_hours)
@@ -273,19 +237,13 @@ async def _refresh(
     cap.admit(first_seen)
 
     written = _hourly_rows(raw, cap.label)
-    replaced = [
-        decode_row(r)
-        for r in await conn.fetch(
-            f"DELETE FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[]) RETURNING {HOUR_COLUMNS}", hours
-        )
-    ] if hours else []
+    replaced = [decode_row(r) for r in await hist_queries.delete_hours(conn, hours)] if hours else []
 
     delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
         now_rows = list(known.rows)
     else:
-        now_rows = [decode_row(r) for r in await conn.fetch(
-            f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket = $1", current)]
+        now_rows = [decode_row(r) for r in await hist_queries.rows_of_hour(conn, current)]
     changed: list[HourRow] = []
     for i, h in enumerate(now_rows):
         d = delta.pop(series_key(h), None)
@@ -295,27 +253,16 @@ async def _refresh(
     changed.extend(delta.values())  # series new in this hour
     now_rows.extend(delta.values())
     if changed:
-        await conn.execute(
-            f"DELETE FROM {HIST_TABLE} WHERE bucket = $1 AND (router, model, provider, region, prompt, methodology)"
-            " IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]))",
-            current, *(list(col) for col in zip(*(series_key(h)[1:] for h in changed), strict=True)),
-        )
+        await hist_queries.delete_series(conn, current, [series_key(h)[1:] for h in changed])
     to_write = [*written, *changed]
-    if to_write:
-        await conn.copy_records_to_table(HIST_TABLE, records=[encode_row(h) for h in to_write], columns=_HIST_COLUMNS)
+    await hist_queries.copy_rows(conn, [encode_row(h) for h in to_write])
 
-    if logs:
-        await conn.execute(f"UPDATE {INGEST_LOG} SET hist_done = true WHERE id = ANY($1::bigint[])",
-                           [r["id"] for r in logs])
-    await conn.execute(f"DELETE FROM {INGEST_LOG} WHERE hist_done AND stored_at < $1", now - INGEST_LOG_KEEP)
+    await ingest_log.mark_taken(conn, logs, now)
     return RefreshReport(
         now, len(logs), tuple(hours), len(skipped), len(raw) + len(new_raw), len(to_write),
         generation_before, generation_before + 1, tuple(now_rows), tuple(written), tuple(replaced),
         tuple(cap.newly_capped),
     )
-
-
-_STORED_PROVIDERS = f"SELECT DISTINCT router, model, provider FROM {HIST_TABLE} WHERE bucket >= $1"
 
 
 async def _label_cap(
@@ -337,7 +284,7 @@ async def _label_cap(
         for h in known.rows:
             stored.setdefault((h.router, h.model), set()).add(h.provider)
         since = known.hour + HOUR
-    for r in await conn.fetch(_STORED_PROVIDERS, since):
+    for r in await hist_queries.stored_providers(conn, since):
         stored.setdefault((r["router"], r["model"]), set()).add(r["provider"])
     return LabelCap(limit, stored)
 
@@ -348,7 +295,7 @@ def series_key(h: HourRow) -> tuple[datetime, str, str, str, str, str, str]:
 
 
 def encode_row(h: HourRow) -> tuple[Any, ...]:
-    """``h`` as a probe_hist_hourly record, in _HIST_COLUMNS order."""
+    """``h`` as a probe_hist_hourly record, in ``hist_queries.HIST_COLUMNS`` order."""
     return (
         *series_key(h), h.attempts, h.ok, h.rate_limited, h.overloaded, json.dumps(dict(sorted(h.errors.items()))),
         h.input_tokens, h.output_tokens, h.first, h.last, h.ttft.to_bytes(), h.ttfat.to_bytes(), h.tps.to_bytes(),
@@ -507,14 +454,8 @@ class HourRow:
     rows: int = 1
 
 
-HOUR_COLUMNS = (
-    "bucket, router, model, provider, region, prompt, methodology, attempts, ok, rate_limited, overloaded, errors,"
-    " input_tokens, output_tokens, first_started, last_started, ttft, ttfat, tps"
-)
-
-
 def decode_row(r: Mapping[str, Any]) -> HourRow:
-    """A probe_hist_hourly row (a record with HOUR_COLUMNS) decoded."""
+    """A probe_hist_hourly row (a record with ``hist_queries.HIST_COLUMNS``) decoded."""
     errors = r["errors"]
     return HourRow(
         r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["prompt"], r["methodology"],
@@ -631,11 +572,7 @@ async def window_stats(
         return {}
     current = floor_hour(now)
     starts = {name: window_start(now, seconds) for name, seconds in windows.items()}
-    rows = await conn.fetch(
-        f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket >= $1 AND bucket <= $2",
-        min(starts.values()),
-        current,
-    )
+    rows = await hist_queries.rows_between(conn, min(starts.values()), current + HOUR)
     by_key: dict[CellKey, list[HourRow]] = defaultdict(list)
     for r in rows:
         h = decode_row(r)

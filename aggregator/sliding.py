@@ -25,11 +25,12 @@ also what the next ``refresh_hist`` is told were admitted
 hour turns, late rows and retention).
 
 The copy must never drift from the table. Every transaction that changes
-``probe_hist_hourly`` bumps a generation counter (``maintenance.
-bump_hist_generation``); a refresh whose ``generation_before`` is not the
-generation this copy last saw (another process refreshed in between, or
-retention deleted hours) rebuilds from the table, as does the first refresh
-and any inconsistency (a subtraction that would go negative).
+``probe_hist_hourly`` bumps a generation counter
+(``storage.hist_queries.bump_hist_generation``); a refresh whose
+``generation_before`` is not the generation this copy last saw (another
+process refreshed in between, or retention deleted hours) rebuilds from the
+table, as does the first refresh and any inconsistency (a subtraction that
+would go negative).
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ import asyncpg
 
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS, SeriesKey, cap_cells
 from routewatch.aggregator.rollup import (
-    HIST_TABLE,
     HOUR,
-    HOUR_COLUMNS,
     CellKey,
     HourRow,
     KnownHour,
@@ -61,6 +60,7 @@ from routewatch.aggregator.rollup import (
 )
 from routewatch.aggregator.sketch import Histogram
 from routewatch.aggregator.stats import CellStats
+from routewatch.storage import hist_queries
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,7 @@ class SlidingWindows:
                   for name in self._sums}
         needed = sorted({lo + i * HOUR for lo, hi in [*gains.values(), *losses.values()]
                          for i in range(int((hi - lo) / HOUR))})
-        rows = [decode_row(r) for r in await conn.fetch(
-            f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket = ANY($1::timestamptz[])", needed)]
+        rows = [decode_row(r) for r in await hist_queries.rows_of_hours(conn, needed)]
         touched: set[tuple[str, CellKey]] = set()
         for name in self._sums:
             g0, g1 = gains[name]
@@ -284,9 +283,7 @@ class SlidingWindows:
     async def _rebuild(self, conn: asyncpg.Connection, current: datetime) -> None:
         """Read the complete hours of the longest window and sum them per window."""
         self.forget()
-        rows = [decode_row(r) for r in await conn.fetch(
-            f"SELECT {HOUR_COLUMNS} FROM {HIST_TABLE} WHERE bucket >= $1 AND bucket < $2",
-            current - self._longest * HOUR, current)]
+        rows = [decode_row(r) for r in await hist_queries.rows_between(conn, current - self._longest * HOUR, current)]
         self._current = current
         self._sums = {name: {} for name in self._lengths}
         self._spans(rows)

@@ -19,8 +19,6 @@ from routewatch.storage.housekeeping import PartitionCache
 from routewatch.storage.migrate import migrate
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.aggregator.rollup import (
-    _RAW,
-    HOUR_COLUMNS,
     CellKey,
     _hourly_rows,
     decode_row,
@@ -33,6 +31,7 @@ from routewatch.aggregator.rollup import (
 from routewatch.aggregator.stats import MIN_OK_SAMPLES, CellStats
 from routewatch.aggregator.exact_reference import window_counts
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage import hist_queries
 from routewatch.storage.writer import insert_batch, write_batch
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
@@ -352,14 +351,14 @@ async def test_current_hour_deltas_equal_a_whole_hour_recompute(db_dsn: str, con
     again = await refresh_hist(conn, now=now)
     assert again.log_rows == 0
 
-    raw = await conn.fetch(_RAW, hour, hour + timedelta(hours=1))
+    raw = await hist_queries.raw_rows(conn, hour, hour + timedelta(hours=1))
     assert len(raw) == 80
     expected = {series_key(h): h for h in _hourly_rows(raw)}
     stored = {series_key(h): h for h in again.current}
     assert stored.keys() == expected.keys()
     for key, h in expected.items():
         assert stored[key] == h, key
-    table = [decode_row(r) for r in await conn.fetch(f"SELECT {HOUR_COLUMNS} FROM probe_hist_hourly WHERE bucket = $1", hour)]
+    table = [decode_row(r) for r in await hist_queries.rows_of_hour(conn, hour)]
     assert {series_key(h): h for h in table} == stored
 
 

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 import asyncpg
 import numpy as np
 
-from routewatch.storage.housekeeping import PartitionCache, bump_hist_generation
+from routewatch.storage.hist_queries import bump_hist_generation
+from routewatch.storage.housekeeping import PartitionCache
 from routewatch.storage.migrate import migrate
 from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows

@@ -32,7 +32,6 @@ from aiohttp import web
 from routewatch.results.probe_result import ProbeResult
 
 from routewatch.aggregator.publish import openapi
-from routewatch.aggregator.history import HISTORY_TABLE
 from routewatch.aggregator.publish.http_cache import cached_response, etag_for
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps, error_payload
 from routewatch.aggregator.publish.keys import AGGREGATOR
@@ -48,6 +47,7 @@ from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish.public_routes import setup_status_routes
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.storage.errors import DATABASE_ERRORS
+from routewatch.storage.history_queries import series_points
 
 log = logging.getLogger(__name__)
 
@@ -500,14 +500,9 @@ async def _read_series(pool: asyncpg.Pool | None, q: SeriesQuery) -> dict[str, A
         raise ApiError(503, "series are not available: this server has no database pool")
     column = SERIES_METRICS[q.metric]  # from a fixed map, never from the request text
     unit = _BUCKET_UNITS[q.bucket][0]
-    sql = (
-        f"SELECT DISTINCT ON (b) date_trunc($4, taken_at, 'UTC') AS b, taken_at, {column} AS v "
-        f"FROM {HISTORY_TABLE} "
-        'WHERE router = $1 AND model = $2 AND "window" = $3 AND taken_at >= $5 AND taken_at <= $6 '
-        "ORDER BY b, taken_at DESC"
-    )
     try:
-        rows = await pool.fetch(sql, q.router, q.model, q.window, unit, q.start, q.end, timeout=SERIES_TIMEOUT_S)
+        rows = await series_points(pool, q.router, q.model, q.window, column, unit, q.start, q.end,
+                                   timeout=SERIES_TIMEOUT_S)
     except DATABASE_ERRORS as exc:
         log.warning("series read failed (%s)", exc.__class__.__name__)
         raise ApiError(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"}) from None

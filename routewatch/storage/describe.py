@@ -11,25 +11,25 @@ from datetime import datetime
 
 import asyncpg
 
-from routewatch.storage.housekeeping import RAW_TABLE, ROLLUP
 from routewatch.storage.migrate import recorded_mode, schema_version, timescaledb_version
+from routewatch.storage.tables import PROBE_RESULTS, PROBE_ROLLUP_HOURLY
 
 # Above this many rows (by the planner's estimate) the status shows the
 # estimate instead of running count(*), which reads the whole table: 90 days
 # of 1,000 series at one probe a minute is ~130M rows.
 EXACT_COUNT_LIMIT = 1_000_000
 
-_PLAIN_ESTIMATE = """
+_PLAIN_ESTIMATE = f"""
 SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
-FROM pg_partition_tree('probe_results') t
+FROM pg_partition_tree('{PROBE_RESULTS}') t
 JOIN pg_class c ON c.oid = t.relid
 WHERE t.isleaf
 """
 
-_COMPRESSION = """
+_COMPRESSION = f"""
 SELECT total_chunks, number_compressed_chunks,
        before_compression_total_bytes, after_compression_total_bytes
-FROM hypertable_compression_stats('probe_results')
+FROM hypertable_compression_stats('{PROBE_RESULTS}')
 """
 
 
@@ -73,26 +73,26 @@ async def db_status(conn: asyncpg.Connection) -> DbStatus:
     mode = await recorded_mode(conn)
     version = await schema_version(conn)
     tsdb = await timescaledb_version(conn)
-    has_raw = await conn.fetchval("SELECT to_regclass('probe_results')") is not None
+    has_raw = await conn.fetchval("SELECT to_regclass($1)", PROBE_RESULTS) is not None
     if mode is None or not has_raw:
         return DbStatus(mode, tsdb, server_version, version, None, "exact count", None, None,
                         None, None, None, None)
 
     timescale = mode == "timescaledb"
     if timescale:
-        estimate = await conn.fetchval("SELECT approximate_row_count('probe_results')")
+        estimate = await conn.fetchval(f"SELECT approximate_row_count('{PROBE_RESULTS}')")
         estimate_source = "estimate (approximate_row_count)"
-        size = await conn.fetchval("SELECT hypertable_size('probe_results')")
-        partitions = await conn.fetchval("SELECT count(*) FROM show_chunks('probe_results')")
+        size = await conn.fetchval(f"SELECT hypertable_size('{PROBE_RESULTS}')")
+        partitions = await conn.fetchval(f"SELECT count(*) FROM show_chunks('{PROBE_RESULTS}')")
         compression = await _compression(conn)
     else:
         estimate = await conn.fetchval(_PLAIN_ESTIMATE)
         estimate_source = "estimate (pg_class.reltuples)"
         size = await conn.fetchval(
-            "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('probe_results')"
+            f"SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('{PROBE_RESULTS}')"
         )
         partitions = await conn.fetchval(
-            "SELECT count(*) FROM pg_partition_tree('probe_results') WHERE isleaf"
+            f"SELECT count(*) FROM pg_partition_tree('{PROBE_RESULTS}') WHERE isleaf"
         )
         compression = None
     # reltuples is -1 (counted as 0) until a table is first analysed, so a
@@ -100,11 +100,11 @@ async def db_status(conn: asyncpg.Connection) -> DbStatus:
     if estimate is not None and estimate > EXACT_COUNT_LIMIT:
         rows, rows_source = int(estimate), estimate_source
     else:
-        rows, rows_source = await conn.fetchval(f"SELECT count(*) FROM {RAW_TABLE}"), "exact count"
-    span = await conn.fetchrow(f"SELECT min(started_at) AS oldest, max(started_at) AS newest FROM {RAW_TABLE}")
+        rows, rows_source = await conn.fetchval(f"SELECT count(*) FROM {PROBE_RESULTS}"), "exact count"
+    span = await conn.fetchrow(f"SELECT min(started_at) AS oldest, max(started_at) AS newest FROM {PROBE_RESULTS}")
     rollup_rows = None
-    if await conn.fetchval("SELECT to_regclass($1)", ROLLUP) is not None:
-        rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {ROLLUP}")
+    if await conn.fetchval("SELECT to_regclass($1)", PROBE_ROLLUP_HOURLY) is not None:
+        rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {PROBE_ROLLUP_HOURLY}")
     return DbStatus(
         mode=mode,
         timescaledb_version=tsdb,

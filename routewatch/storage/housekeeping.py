@@ -24,9 +24,18 @@ from datetime import date, datetime, timedelta, timezone
 
 import asyncpg
 
-from routewatch.storage.leadership import Leadership
-
+from routewatch.storage.clock import db_now
 from routewatch.storage.errors import DATABASE_ERRORS
+from routewatch.storage.hist_queries import bump_hist_generation
+from routewatch.storage.leadership import Leadership
+from routewatch.storage.tables import (
+    INCIDENTS,
+    PROBE_HIST_HOURLY,
+    PROBE_RESULTS,
+    PROBE_ROLLUP_HOURLY,
+    STATS_HISTORY,
+    UPTIME_DAILY,
+)
 
 
 # Days of per-day uptime kept (today included): the status page draws a bar for each.
@@ -71,23 +80,15 @@ PARTITION_LOCK_KEY = 0x7277_7061_7274_0001  # "rwpart"
 # both insert the rows they each deleted.
 ROLLUP_LOCK_KEY = 0x7277_726F_6C6C_0001  # "rwroll"
 
-RAW_TABLE = "probe_results"
-ROLLUP = "probe_rollup_hourly"
-HIST_ROLLUP = "probe_hist_hourly"
-# routewatch_meta key counting the transactions that changed HIST_ROLLUP
-# (rollup.refresh_hist, retention here): an in-memory copy of the rollup
-# (sliding.SlidingWindows) knows it missed a change when the count its
-# refresh started from is not the one it last saw.
-HIST_GENERATION_KEY = "hist_generation"
-PARTITION_PREFIX = "probe_results_p"
-_PARTITION_NAME = re.compile(r"^probe_results_p(\d{8})$")
+PARTITION_PREFIX = f"{PROBE_RESULTS}_p"
+_PARTITION_NAME = re.compile(rf"^{re.escape(PARTITION_PREFIX)}(\d{{8}})$")
 
 # Partitions of probe_results (plain mode), by name.
-_PARTITIONS = """
+_PARTITIONS = f"""
 SELECT c.relname
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'probe_results'::regclass
+WHERE i.inhparent = '{PROBE_RESULTS}'::regclass
 """
 
 
@@ -100,20 +101,6 @@ class MaintenanceReport:
     dropped: int  # partitions (plain) or chunks (TimescaleDB) removed by retention
     compressed: int  # chunks compressed (TimescaleDB); always 0 in plain mode
     horizon: datetime  # raw rows before this may have been dropped
-
-
-async def bump_hist_generation(conn: asyncpg.Connection) -> int:
-    """Count one more change of the histogram rollup; returns the count before it.
-
-    Call it inside the transaction that changes the rows, so the count and
-    the rows commit together.
-    """
-    value = await conn.fetchval(
-        "INSERT INTO routewatch_meta (key, value) VALUES ($1, '1') ON CONFLICT (key)"
-        " DO UPDATE SET value = (routewatch_meta.value::bigint + 1)::text RETURNING value",
-        HIST_GENERATION_KEY,
-    )
-    return int(value) - 1
 
 
 def partition_day(ts: datetime) -> date:
@@ -197,14 +184,16 @@ async def apply_retention(
     that are entirely older (its chunks span several days, so it keeps a little
     more). Pass the same ``retention`` to :func:`refresh_rollups`.
     """
-    now = now or await _db_now(conn)
+    now = now or await db_now(conn)
     horizon = now - retention
     rollup_horizon = now - (rollup_retention if rollup_retention is not None else retention)
     if mode == "timescaledb":
         dropped = await conn.fetchval(
-            f"SELECT count(*) FROM drop_chunks('{RAW_TABLE}', older_than => $1::timestamptz)", horizon
+            f"SELECT count(*) FROM drop_chunks('{PROBE_RESULTS}', older_than => $1::timestamptz)", horizon
         )
-        await conn.execute(f"SELECT drop_chunks('{ROLLUP}', older_than => $1::timestamptz)", rollup_horizon)
+        await conn.execute(
+            f"SELECT drop_chunks('{PROBE_ROLLUP_HOURLY}', older_than => $1::timestamptz)", rollup_horizon
+        )
     else:
         dropped = 0
         for name, day in await _plain_partitions(conn):
@@ -213,23 +202,23 @@ async def apply_retention(
             # One short transaction per partition: each holds an exclusive
             # lock on probe_results, which stalls writers while it lasts.
             async with conn.transaction():
-                await conn.execute(f"ALTER TABLE {RAW_TABLE} DETACH PARTITION {name}")
+                await conn.execute(f"ALTER TABLE {PROBE_RESULTS} DETACH PARTITION {name}")
                 await conn.execute(f"DROP TABLE {name}")
             dropped += 1
-        await conn.execute(f"DELETE FROM {ROLLUP} WHERE bucket < $1", rollup_horizon)
+        await conn.execute(f"DELETE FROM {PROBE_ROLLUP_HOURLY} WHERE bucket < $1", rollup_horizon)
     # The histogram rollup is a plain table in both modes (migration 0003).
     async with conn.transaction():
-        if await conn.execute(f"DELETE FROM {HIST_ROLLUP} WHERE bucket < $1", rollup_horizon) != "DELETE 0":
+        if await conn.execute(f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket < $1", rollup_horizon) != "DELETE 0":
             await bump_hist_generation(conn)
-    await conn.execute("DELETE FROM stats_history WHERE taken_at < $1", rollup_horizon)
+    await conn.execute(f"DELETE FROM {STATS_HISTORY} WHERE taken_at < $1", rollup_horizon)
     # Status tables (migration 0005): the status page draws UPTIME_DAYS days,
     # and closed incidents are kept as long as the raw data.
     oldest_day = partition_day(now) - timedelta(days=UPTIME_DAYS - 1)
-    await conn.execute("DELETE FROM uptime_daily WHERE day < $1", oldest_day)
-    await conn.execute('DELETE FROM incidents WHERE "end" < $1', horizon)
+    await conn.execute(f"DELETE FROM {UPTIME_DAILY} WHERE day < $1", oldest_day)
+    await conn.execute(f'DELETE FROM {INCIDENTS} WHERE "end" < $1', horizon)
     if dropped:
         log.info("retention: dropped %d %s of %s older than %s", dropped,
-                 "chunks" if mode == "timescaledb" else "partitions", RAW_TABLE, horizon.isoformat())
+                 "chunks" if mode == "timescaledb" else "partitions", PROBE_RESULTS, horizon.isoformat())
     return int(dropped)
 
 
@@ -247,11 +236,11 @@ async def compress_old(
     """
     if mode != "timescaledb":
         return 0
-    now = now or await _db_now(conn)
+    now = now or await db_now(conn)
     chunks = await conn.fetch(
-        """
+        f"""
         SELECT c::text AS chunk
-        FROM show_chunks('probe_results', older_than => $1::timestamptz) AS c
+        FROM show_chunks('{PROBE_RESULTS}', older_than => $1::timestamptz) AS c
         JOIN timescaledb_information.chunks i
           ON format('%I.%I', i.chunk_schema, i.chunk_name)::regclass = c
         WHERE NOT i.is_compressed
@@ -262,7 +251,7 @@ async def compress_old(
     for row in chunks:
         await conn.execute("SELECT compress_chunk($1::text::regclass, if_not_compressed => true)", row["chunk"])
     if chunks:
-        log.info("compressed %d chunks of %s", len(chunks), RAW_TABLE)
+        log.info("compressed %d chunks of %s", len(chunks), PROBE_RESULTS)
     return len(chunks)
 
 
@@ -286,7 +275,7 @@ async def refresh_rollups(
     transaction block. Plain: the window's buckets are deleted and recomputed
     in one transaction.
     """
-    now = now or await _db_now(conn)
+    now = now or await db_now(conn)
     lo = _floor_bucket(max(start, now - retention + REFRESH_HORIZON_MARGIN))
     hi = _ceil_bucket(end)
     if lo >= hi:
@@ -295,13 +284,15 @@ async def refresh_rollups(
         if conn.is_in_transaction():
             raise RuntimeError("refresh_rollups() in timescaledb mode must be called outside a transaction")
         await conn.execute(
-            f"CALL refresh_continuous_aggregate('{ROLLUP}', $1::timestamptz, $2::timestamptz)", lo, hi
+            f"CALL refresh_continuous_aggregate('{PROBE_ROLLUP_HOURLY}', $1::timestamptz, $2::timestamptz)", lo, hi
         )
     else:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK_KEY)
-            await conn.execute(f"DELETE FROM {ROLLUP} WHERE bucket >= $1 AND bucket < $2", lo, hi)
-            await conn.execute(f"INSERT INTO {ROLLUP} SELECT * FROM {ROLLUP}_compute($1, $2)", lo, hi)
+            await conn.execute(f"DELETE FROM {PROBE_ROLLUP_HOURLY} WHERE bucket >= $1 AND bucket < $2", lo, hi)
+            await conn.execute(
+                f"INSERT INTO {PROBE_ROLLUP_HOURLY} SELECT * FROM {PROBE_ROLLUP_HOURLY}_compute($1, $2)", lo, hi
+            )
     return lo, hi
 
 
@@ -320,7 +311,7 @@ async def run_maintenance(
     them), and dropping old data first spares compressing chunks about to go.
     ``now`` defaults to the database's clock.
     """
-    now = now or await _db_now(conn)
+    now = now or await db_now(conn)
     today = partition_day(now)
     created = await ensure_partitions(conn, mode, today, today + timedelta(days=PARTITIONS_AHEAD_DAYS))
     dropped = await apply_retention(conn, mode, retention, rollup_retention=rollup_retention, now=now)
@@ -344,12 +335,12 @@ async def _create_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> 
         lo, hi = _day_start(day), _day_start(day) + CHUNK_INTERVAL
         # Bounds as UTC literals: the session's TimeZone must not move them.
         await conn.execute(
-            f"CREATE TABLE {partition_name(day)} PARTITION OF {RAW_TABLE} "
+            f"CREATE TABLE {partition_name(day)} PARTITION OF {PROBE_RESULTS} "
             f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
         )
         created += 1
     if created:
-        log.info("created %d partitions of %s", created, RAW_TABLE)
+        log.info("created %d partitions of %s", created, PROBE_RESULTS)
     return created
 
 
@@ -364,11 +355,6 @@ async def _plain_partitions(conn: asyncpg.Connection) -> list[tuple[str, date]]:
         if match:
             found.append((row["relname"], datetime.strptime(match[1], "%Y%m%d").date()))
     return sorted(found, key=lambda item: item[1])
-
-
-async def _db_now(conn: asyncpg.Connection) -> datetime:
-    """The database's clock: one clock for every process's horizons."""
-    return await conn.fetchval("SELECT now()")
 
 
 def _day_start(day: date) -> datetime:
@@ -422,7 +408,7 @@ async def maintenance_loop(
                 await run_maintenance(conn, mode, retention=retention, compress_after=compress_after)
                 # Retention may have dropped partitions the writers' cache knows.
                 partitions.forget()
-                now = await _db_now(conn)
+                now = await db_now(conn)
                 start = since - ROLLUP_BUCKET if since else now - FIRST_REFRESH_SPAN
                 await refresh_rollups(conn, mode, start, now, retention)
                 since = now

@@ -24,6 +24,8 @@ from importlib.resources.abc import Traversable
 
 import asyncpg
 
+from routewatch.storage.tables import PROBE_RESULTS, ROUTEWATCH_META, SCHEMA_MIGRATIONS
+
 log = logging.getLogger(__name__)
 
 MODES = ("timescaledb", "plain")
@@ -37,17 +39,18 @@ MIGRATION_LOCK_KEY = 0x7277_6D69_6772_0001
 
 # routewatch_meta key under which the storage mode is recorded.
 MODE_KEY = "storage_mode"
+_READ_MODE = f"SELECT value FROM {ROUTEWATCH_META} WHERE key = $1"
 
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<mode>plain|timescaledb))?\.sql$")
 
 # Created before anything else, so that the state of the database can be read.
-_BOOTSTRAP = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
+_BOOTSTRAP = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA_MIGRATIONS} (
     version    integer     PRIMARY KEY,
     name       text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS routewatch_meta (
+CREATE TABLE IF NOT EXISTS {ROUTEWATCH_META} (
     key   text PRIMARY KEY,
     value text
 );
@@ -140,16 +143,16 @@ async def timescaledb_version(conn: asyncpg.Connection) -> str | None:
 
 async def recorded_mode(conn: asyncpg.Connection) -> str | None:
     """The storage mode recorded by the first :func:`migrate`, or None before it."""
-    if await conn.fetchval("SELECT to_regclass('routewatch_meta')") is None:
+    if await conn.fetchval("SELECT to_regclass($1)", ROUTEWATCH_META) is None:
         return None
-    return await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = $1", MODE_KEY)
+    return await conn.fetchval(_READ_MODE, MODE_KEY)
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:
     """The highest applied migration version; 0 before the first."""
-    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+    if await conn.fetchval("SELECT to_regclass($1)", SCHEMA_MIGRATIONS) is None:
         return 0
-    return await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    return await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_MIGRATIONS}")
 
 
 async def migrate(
@@ -181,7 +184,7 @@ async def migrate(
         async with conn.transaction():
             await conn.execute(_BOOTSTRAP)
         chosen = await _settle_mode(conn, mode)
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {SCHEMA_MIGRATIONS}")}
         applied: list[str] = []
         for migration in sorted(pending_source, key=lambda m: m.version):
             if migration.version in done:
@@ -189,7 +192,7 @@ async def migrate(
             async with conn.transaction():
                 await conn.execute(migration.sql[chosen])
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    f"INSERT INTO {SCHEMA_MIGRATIONS} (version, name) VALUES ($1, $2)",
                     migration.version,
                     migration.name,
                 )
@@ -220,12 +223,12 @@ async def _settle_mode(conn: asyncpg.Connection, asked: str | None) -> str:
     """
     available = await timescaledb_available(conn)
     default = "timescaledb" if available else "plain"
-    recorded = await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = $1", MODE_KEY)
+    recorded = await conn.fetchval(_READ_MODE, MODE_KEY)
 
     if recorded is None:
-        if await conn.fetchval("SELECT to_regclass('probe_results')") is not None:
+        if await conn.fetchval("SELECT to_regclass($1)", PROBE_RESULTS) is not None:
             raise MigrationError(
-                "probe_results exists but no storage mode is recorded: this database was set up "
+                f"{PROBE_RESULTS} exists but no storage mode is recorded: this database was set up "
                 "by a routewatch from before versioned migrations; start on a new database "
                 "(or move the data into one)"
             )
@@ -235,12 +238,12 @@ async def _settle_mode(conn: asyncpg.Connection, asked: str | None) -> str:
                 "timescaledb mode was asked for, but this server cannot run TimescaleDB "
                 "(it must be installed and listed in shared_preload_libraries)"
             )
-        await conn.execute("INSERT INTO routewatch_meta (key, value) VALUES ($1, $2)", MODE_KEY, chosen)
+        await conn.execute(f"INSERT INTO {ROUTEWATCH_META} (key, value) VALUES ($1, $2)", MODE_KEY, chosen)
         log.info("storage mode recorded: %s", chosen)
         return chosen
 
     if recorded not in MODES:
-        raise MigrationError(f"routewatch_meta records an unknown storage mode {recorded!r}")
+        raise MigrationError(f"{ROUTEWATCH_META} records an unknown storage mode {recorded!r}")
     if asked is not None and asked != recorded:
         log.warning(
             "%s mode was asked for, but this database was set up in %s mode; keeping %s "

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from routewatch.storage.clock import db_now
 from routewatch.storage.housekeeping import CHUNK_INTERVAL, PARTITIONS_AHEAD_DAYS, ensure_partitions, partition_day
 from routewatch.storage.migrate import migrate, timescaledb_available, timescaledb_version
 
@@ -24,7 +25,7 @@ async def ensure_schema(conn: asyncpg.Connection) -> str:
     midnight) to :data:`PARTITIONS_AHEAD_DAYS` ahead.
     """
     report = await migrate(conn)
-    today = partition_day(await conn.fetchval("SELECT now()"))
+    today = partition_day(await db_now(conn))
     await ensure_partitions(
         conn, report.mode, today - timedelta(days=1), today + timedelta(days=PARTITIONS_AHEAD_DAYS)
     )

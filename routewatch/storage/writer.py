@@ -38,40 +38,23 @@ from typing import Any, TypeVar
 import asyncpg
 
 from routewatch.results.probe_result import COLUMNS, ProbeResult
+from routewatch.storage.errors import database_unavailable
+from routewatch.storage.ingest_log import log_batch
 from routewatch.storage.spool import Spool, SpoolFull, SpoolPosition, encode_result, is_disk_full
+from routewatch.storage.tables import PROBE_RESULTS, PROBE_RESULTS_STAGING
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-_STAGING = "probe_results_staging"
 _CREATE_STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} "
-    "(LIKE probe_results INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {PROBE_RESULTS_STAGING} "
+    f"(LIKE {PROBE_RESULTS} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
 _INSERT_NEW = (
-    f"INSERT INTO probe_results ({_COLUMN_LIST}) "
-    f"SELECT {_COLUMN_LIST} FROM {_STAGING} ON CONFLICT DO NOTHING"
-)
-# One row per batch that stored something, in the same transaction: the hours
-# the rollup refresh must recompute (aggregator/rollup.py). The range is the
-# whole batch's, a superset of the rows actually inserted: cheap and safe.
-_LOG_INGEST = (
-    f"INSERT INTO probe_ingest_log (first_started, last_started, rows) "
-    f"SELECT min(started_at), max(started_at), $1 FROM {_STAGING}"
-)
-# Errors that mean "the database cannot take writes right now", as opposed to
-# "these rows cannot be written": the batch waits in the spool and is retried.
-_UNAVAILABLE = (
-    OSError,  # includes TimeoutError and refused connections
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # connection closed, pool closing
-    asyncpg.InternalClientError,  # a connection left mid-operation by an interrupted call: broken
-    asyncpg.InsufficientResourcesError,  # server disk full, out of memory, too many connections
-    asyncpg.OperatorInterventionError,  # shutting down, starting up, statement cancelled
-    asyncpg.PostgresSystemError,  # I/O error on the server
-    asyncpg.ReadOnlySQLTransactionError,  # a standby, e.g. during a failover
+    f"INSERT INTO {PROBE_RESULTS} ({_COLUMN_LIST}) "
+    f"SELECT {_COLUMN_LIST} FROM {PROBE_RESULTS_STAGING} ON CONFLICT DO NOTHING"
 )
 CURSOR_FILE = "confirmed.json"  # last spool position known to be stored
 DEAD_LETTER_FILE = "rejected.jsonl"  # results that could not be stored, one JSON line each with the reason
@@ -79,16 +62,6 @@ DEAD_LETTER_FILE = "rejected.jsonl"  # results that could not be stored, one JSO
 
 class SpoolInUse(Exception):
     """Another process writes to the same spool directory."""
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database cannot take writes now (retry later).
-
-    Anything else raised while writing a batch is blamed on its rows. asyncpg
-    reports values it cannot encode as a ``DataError`` that is both an
-    InterfaceError and a ValueError: that is the rows' fault, not an outage.
-    """
-    return isinstance(exc, _UNAVAILABLE) and not isinstance(exc, ValueError)
 
 
 async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
@@ -105,17 +78,16 @@ async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) 
 async def insert_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
     """write_batch's statements, in the caller's transaction, which must be a top-level one.
 
-    The rollup refresh (aggregator/rollup.py) finds a batch's rows through the
-    transaction id its probe_ingest_log row records, pg_current_xact_id(): the
-    top-level id. Rows inserted under a savepoint carry the subtransaction's
-    id instead and would be missed.
+    A batch that stored something is logged in the same transaction
+    (``ingest_log.log_batch``), which is how the rollup refresh learns of it
+    and finds its rows; under a savepoint it would miss them.
     """
     await conn.execute(_CREATE_STAGING)
-    await conn.copy_records_to_table(_STAGING, records=[r.as_row() for r in results], columns=COLUMNS)
+    await conn.copy_records_to_table(PROBE_RESULTS_STAGING, records=[r.as_row() for r in results], columns=COLUMNS)
     status = await conn.execute(_INSERT_NEW)
     inserted = int(status.split()[-1])
     if inserted:
-        await conn.execute(_LOG_INGEST, inserted)
+        await log_batch(conn, inserted)
     return inserted
 
 

@@ -1,0 +1,13 @@
+"""The database's clock: one clock for every process's horizons and windows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+
+async def db_now(conn: asyncpg.Connection) -> datetime:
+    """The database's ``now()``: the start of the current transaction, if any."""
+    now: datetime = await conn.fetchval("SELECT now()")
+    return now

@@ -1,0 +1,141 @@
+"""The hourly histogram rollup's SQL: ``probe_hist_hourly`` and the raw rows it is made from.
+
+The aggregator (``routewatch.aggregator.rollup``, ``.sliding``) computes;
+these functions only move rows. Reads return asyncpg records with the
+columns of :data:`HIST_COLUMNS` (hourly rows) or of :data:`RAW_COLUMNS` (raw
+probes); writes take records already encoded in :data:`HIST_COLUMNS` order.
+
+A refresh runs inside :func:`refresh_transaction`, and every transaction that
+changes the table counts itself with :func:`bump_hist_generation`, so that an
+in-memory copy of the rollup knows when it missed a change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from routewatch.storage.tables import PROBE_HIST_HOURLY, PROBE_RESULTS, ROUTEWATCH_META
+
+# Session-level advisory lock held around each refresh: two refreshers never
+# interleave, and the next one's snapshot (taken after the lock) sees what
+# the previous one committed. Fixed 64-bit key, ASCII "rwhist" + 1.
+HIST_LOCK_KEY = 0x7277_6869_7374_0001
+
+# routewatch_meta key counting the transactions that changed probe_hist_hourly
+# (a rollup refresh, retention): an in-memory copy of the rollup knows it
+# missed a change when the count its refresh started from is not the one it
+# last saw.
+HIST_GENERATION_KEY = "hist_generation"
+
+# One hourly row: the series key (bucket first), counts, error counts (JSON),
+# first/last probe, and the three histograms (bytes). COPY writes this order.
+HIST_COLUMNS = (
+    "bucket", "router", "model", "provider", "region", "prompt", "methodology",
+    "attempts", "ok", "rate_limited", "overloaded", "errors", "input_tokens", "output_tokens",
+    "first_started", "last_started", "ttft", "ttfat", "tps",
+)
+_HIST_LIST = ", ".join(HIST_COLUMNS)
+
+# One raw probe as the rollup reads it, with its hour (``bucket``).
+RAW_COLUMNS = (
+    "bucket", "router", "model", "provider", "region", "prompt", "methodology",
+    "ok", "prober_overloaded", "error_class", "input_tokens", "output_tokens", "started_at",
+    "ttft_ms", "ttfat_ms", "output_tps",
+)
+RAW_SELECT = f"""
+SELECT date_bin(INTERVAL '1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+       {", ".join(RAW_COLUMNS[1:])}
+FROM {PROBE_RESULTS}
+WHERE started_at >= $1 AND started_at < $2
+"""
+
+_BUMP_GENERATION = (
+    f"INSERT INTO {ROUTEWATCH_META} (key, value) VALUES ($1, '1') ON CONFLICT (key)"
+    f" DO UPDATE SET value = ({ROUTEWATCH_META}.value::bigint + 1)::text RETURNING value"
+)
+_ROWS_BETWEEN = f"SELECT {_HIST_LIST} FROM {PROBE_HIST_HOURLY} WHERE bucket >= $1 AND bucket < $2"
+_ROWS_OF_HOUR = f"SELECT {_HIST_LIST} FROM {PROBE_HIST_HOURLY} WHERE bucket = $1"
+_ROWS_OF_HOURS = f"SELECT {_HIST_LIST} FROM {PROBE_HIST_HOURLY} WHERE bucket = ANY($1::timestamptz[])"
+_DELETE_HOURS = f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket = ANY($1::timestamptz[]) RETURNING {_HIST_LIST}"
+_DELETE_SERIES = (
+    f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket = $1 AND (router, model, provider, region, prompt, methodology)"
+    " IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]))"
+)
+_STORED_PROVIDERS = f"SELECT DISTINCT router, model, provider FROM {PROBE_HIST_HOURLY} WHERE bucket >= $1"
+
+
+@asynccontextmanager
+async def refresh_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """One rollup refresh: :data:`HIST_LOCK_KEY` held, then one REPEATABLE READ transaction.
+
+    Everything read inside comes from one snapshot, taken after the previous
+    refresher committed and let go of the lock; the lock is released after
+    the commit (or the rollback), unless the connection broke meanwhile.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", HIST_LOCK_KEY)
+    try:
+        async with conn.transaction(isolation="repeatable_read"):
+            yield
+    finally:
+        if not conn.is_closed():
+            await conn.execute("SELECT pg_advisory_unlock($1)", HIST_LOCK_KEY)
+
+
+async def bump_hist_generation(conn: asyncpg.Connection) -> int:
+    """Count one more change of the histogram rollup; returns the count before it.
+
+    Call it inside the transaction that changes the rows, so the count and
+    the rows commit together.
+    """
+    value = await conn.fetchval(_BUMP_GENERATION, HIST_GENERATION_KEY)
+    return int(value) - 1
+
+
+async def raw_rows(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[asyncpg.Record]:
+    """Every raw probe started in ``[start, end)``, with :data:`RAW_COLUMNS`."""
+    return await conn.fetch(RAW_SELECT, start, end)
+
+
+async def rows_between(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[asyncpg.Record]:
+    """The hourly rows of the hours in ``[start, end)``."""
+    return await conn.fetch(_ROWS_BETWEEN, start, end)
+
+
+async def rows_of_hour(conn: asyncpg.Connection, hour: datetime) -> list[asyncpg.Record]:
+    """The hourly rows of one hour."""
+    return await conn.fetch(_ROWS_OF_HOUR, hour)
+
+
+async def rows_of_hours(conn: asyncpg.Connection, hours: Sequence[datetime]) -> list[asyncpg.Record]:
+    """The hourly rows of these hours."""
+    return await conn.fetch(_ROWS_OF_HOURS, hours)
+
+
+async def delete_hours(conn: asyncpg.Connection, hours: Sequence[datetime]) -> list[asyncpg.Record]:
+    """Delete every row of these hours; return the rows deleted."""
+    return await conn.fetch(_DELETE_HOURS, hours)
+
+
+async def delete_series(
+    conn: asyncpg.Connection, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str]]
+) -> None:
+    """Delete the rows of ``hour`` whose (router, model, provider, region, prompt, methodology) is in ``series``."""
+    columns = [list(col) for col in zip(*series, strict=True)]
+    if columns:
+        await conn.execute(_DELETE_SERIES, hour, *columns)
+
+
+async def copy_rows(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
+    """Append hourly rows, each a tuple in :data:`HIST_COLUMNS` order."""
+    if records:
+        await conn.copy_records_to_table(PROBE_HIST_HOURLY, records=records, columns=HIST_COLUMNS)
+
+
+async def stored_providers(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+    """The distinct (router, model, provider) of the rows from hour ``since`` on."""
+    return await conn.fetch(_STORED_PROVIDERS, since)

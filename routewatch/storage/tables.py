@@ -1,0 +1,33 @@
+"""The name of every table routewatch reads or writes, once.
+
+Code builds its SQL from these constants, so a table is renamed (or found) in
+one place; the migrations' SQL files (``migrations/``) spell them out, as
+they must stay as they were applied.
+"""
+
+from __future__ import annotations
+
+# Bookkeeping of the schema itself (created by migrate's bootstrap).
+SCHEMA_MIGRATIONS = "schema_migrations"
+ROUTEWATCH_META = "routewatch_meta"  # key/value: storage mode, the hourly rollup's generation
+
+# Raw probe results: partitioned by day (plain) or a hypertable (TimescaleDB).
+PROBE_RESULTS = "probe_results"
+# The batch writer's per-session staging table (TEMP, emptied at commit).
+PROBE_RESULTS_STAGING = "probe_results_staging"
+# One row per stored batch, until the hourly histogram rollup has taken it in.
+PROBE_INGEST_LOG = "probe_ingest_log"
+
+# Hourly rollups: counts and mergeable latency histograms (what the aggregator
+# publishes from), and the plain per-hour aggregates (a continuous aggregate in
+# TimescaleDB mode).
+PROBE_HIST_HOURLY = "probe_hist_hourly"
+PROBE_ROLLUP_HOURLY = "probe_rollup_hourly"
+
+# The published figures over time.
+STATS_HISTORY = "stats_history"
+
+# Model state: the current state per model, incidents, seconds per state per day.
+MODEL_STATUS = "model_status"
+INCIDENTS = "incidents"
+UPTIME_DAILY = "uptime_daily"
