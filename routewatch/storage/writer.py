@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -141,6 +141,7 @@ class BatchWriter:
         self._confirmed: SpoolPosition | None = None
         self._replaying = True  # at start, whatever the spool holds may be unstored
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None  # the batch being stored, see _to_the_end
         self._failed: BaseException | None = None
         self._stopped = asyncio.Event()  # the flush task ended: died, or close() stopped it
         self._lock: Any = None
@@ -319,8 +320,10 @@ class BatchWriter:
             except TimeoutError:
                 pass
         batch = [self._memory.popleft() for _ in range(min(self._batch_size, len(self._memory)))]
-        if not batch:
-            return
+        if batch:
+            await self._to_the_end(self._store_memory_batch(batch))
+
+    async def _store_memory_batch(self, batch: list[tuple[ProbeResult, SpoolPosition | None]]) -> None:
         try:
             await self._in_io(self._sync)
             await self._store([r for r, _ in batch])
@@ -331,6 +334,15 @@ class BatchWriter:
         positions = [p for _, p in batch if p is not None]
         if positions:
             await self._confirm(positions[-1])
+
+    async def _to_the_end(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one batch's store-and-confirm to its end, even if ``close`` cancels the flush task meanwhile.
+
+        Cancelled half-way, a batch would be stored (or sent to the rejected
+        file) and then stored again by ``close``; instead ``close`` waits for it.
+        """
+        self._in_flight = asyncio.ensure_future(work)
+        await asyncio.shield(self._in_flight)
 
     async def _replay_step(self) -> None:
         assert self._spool is not None
@@ -343,8 +355,7 @@ class BatchWriter:
             return
         self._local_problem("reading the spool", None)
         if results:
-            await self._store(results)
-            await self._confirm(pos)
+            await self._to_the_end(self._store_replayed(results, pos))
             return
         # Caught up: everything spooled so far is stored. Memory entries at or
         # before the confirmed position are duplicates of what was replayed.
@@ -353,6 +364,10 @@ class BatchWriter:
                 and self._memory[0][1] <= confirmed:
             self._memory.popleft()
         self._replaying = False
+
+    async def _store_replayed(self, results: list[ProbeResult], pos: SpoolPosition) -> None:
+        await self._store(results)
+        await self._confirm(pos)
 
     async def _store(self, results: list[ProbeResult]) -> None:
         async with self._pool.acquire(timeout=10) as conn:
@@ -447,6 +462,12 @@ class BatchWriter:
             task, self._task = self._task, None
             task.cancel()
             await asyncio.wait([task])  # its exception, if any, went to _flush_task_done
+        if self._in_flight is not None:
+            await asyncio.wait([self._in_flight])  # a batch the cancel caught half-way finishes first
+            if not self._in_flight.cancelled() and self._in_flight.exception() is not None:
+                log.warning("the last batch before shutdown was not stored (%s); it stays in the spool",
+                            type(self._in_flight.exception()).__name__)
+            self._in_flight = None
         self._stopped.set()
         deadline = time.monotonic() + timeout_s
         try:
