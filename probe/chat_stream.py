@@ -32,20 +32,20 @@ import json
 import logging
 import time
 import traceback
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Protocol
 
 import aiohttp
 
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult, new_probe_id
 from routewatch.probe.router_values import MAX_LABEL_CHARS, UnusableValue, retry_after_seconds, storable, token_count
 from routewatch.probe.sse import SSEProtocolError, SSEReader
 from routewatch.probe.target import Canary, Target, new_nonce, request_body
 from routewatch.probe.timing import StreamMarks, derive
 from routewatch.probe.tokens import TokenCounter
+from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult, new_probe_id
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ async def run(
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
     body = json.dumps(request_body(target.model, canary, new_nonce())).encode()
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     stream = _Stream()
     status: int | None = None
     retry_after: float | None = None

@@ -24,7 +24,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from routewatch.probe.redact import MAX_DETAIL_CHARS, redact
@@ -121,7 +121,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     try:
         seconds = float(value)
     except ValueError:
-        seconds = _seconds_until(value, now or datetime.now(timezone.utc))
+        seconds = _seconds_until(value, now or datetime.now(UTC))
     if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= MAX_RETRY_AFTER_S:
         return None
     return seconds
@@ -133,7 +133,7 @@ def _seconds_until(http_date: str, now: datetime) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000" means UTC with no zone information
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
 
 

@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 import asyncpg
 from aiohttp import web
-from routewatch.results.probe_result import ProbeResult
 
-from routewatch.aggregator.publish import openapi
 from routewatch.aggregator.history import HISTORY_TABLE
+from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
+from routewatch.aggregator.publish import openapi
 from routewatch.aggregator.publish.http_cache import cached_response, etag_for
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps, error_payload
 from routewatch.aggregator.publish.keys import AGGREGATOR
@@ -44,9 +44,9 @@ from routewatch.aggregator.publish.openapi import (
     SERIES_METRICS,
     STATES,
 )
-from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish.public_routes import setup_status_routes
 from routewatch.aggregator.refresh import Aggregator, Snapshot
+from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)

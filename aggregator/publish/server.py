@@ -224,7 +224,7 @@ _BUSY = (
 class _GatedHandler(web.RequestHandler):
     """aiohttp's connection handler, admitted only while the gate has room."""
 
-    __slots__ = ("_gate", "_admitted")
+    __slots__ = ("_admitted", "_gate")
 
     def __init__(self, manager: web.Server, gate: _Gate, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)

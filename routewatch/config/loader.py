@@ -29,8 +29,6 @@ from routewatch.config.model import (
     format_path,
 )
 
-
-
 MAX_FILE_BYTES = 1024 * 1024
 """A probes.yaml larger than this is refused unread: real ones are a few KiB."""
 MAX_DEPTH = 64
@@ -149,16 +147,18 @@ class _LineLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node)
                 line = key_node.start_mark.line + 1
+                key_path = (*path, key)
                 if key in seen:
-                    dupes.append((path + (key,), line, seen[key]))
-                seen[key] = lines[path + (key,)] = line  # YAML keeps the last one
-                self._paths.setdefault(id(value_node), path + (key,))
-                self._index(value_node, path + (key,), lines, dupes)
+                    dupes.append((key_path, line, seen[key]))
+                seen[key] = lines[key_path] = line  # YAML keeps the last one
+                self._paths.setdefault(id(value_node), key_path)
+                self._index(value_node, key_path, lines, dupes)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[path + (i,)] = item.start_mark.line + 1
-                self._paths.setdefault(id(item), path + (i,))
-                self._index(item, path + (i,), lines, dupes)
+                item_path = (*path, i)
+                lines[item_path] = item.start_mark.line + 1
+                self._paths.setdefault(id(item), item_path)
+                self._index(item, item_path, lines, dupes)
 
 
 def _has_surrogate(text: str) -> bool:
@@ -209,7 +209,9 @@ def parse_config(text: str, filename: str) -> Config:
         message = 'the file is empty: it needs at least "routers" and "prompts"'
         raise ConfigError([ConfigIssue(filename, None, None, message)])
     issues = [
-        ConfigIssue(filename, line, format_path(loc), f"duplicate key (first at line {first}): YAML keeps only the last")
+        ConfigIssue(
+            filename, line, format_path(loc), f"duplicate key (first at line {first}): YAML keeps only the last"
+        )
         for loc, line, first in dupes
     ]
     try:

@@ -30,7 +30,6 @@ from pydantic_core import PydanticCustomError
 
 from routewatch.config.durations import parse_duration
 
-
 SIMULATOR = "simulator"
 """The ``base_url`` that selects routewatch's built-in router simulator."""
 
