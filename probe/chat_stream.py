@@ -51,13 +51,21 @@ log = logging.getLogger(__name__)
 
 
 class Timeouts(Protocol):
-    """Per-phase limits in seconds (``probe.config.TimeoutsConfig`` is one)."""
+    """Per-phase limits in seconds (``routewatch.config.TimeoutsConfig`` is one).
 
-    connect: float
-    headers: float
-    first_token: float
-    idle: float
-    total: float
+    Read-only: the probe only reads them, and the configuration model is frozen.
+    """
+
+    @property
+    def connect(self) -> float: ...
+    @property
+    def headers(self) -> float: ...
+    @property
+    def first_token(self) -> float: ...
+    @property
+    def idle(self) -> float: ...
+    @property
+    def total(self) -> float: ...
 
 
 # A canary answer is a few KB; past this the upstream is broken or hostile,

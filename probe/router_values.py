@@ -118,6 +118,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if value is None:
         return None
     value = value.strip()
+    seconds: float | None
     try:
         seconds = float(value)
     except ValueError:
@@ -150,12 +151,18 @@ def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
         input_tokens=_int4_or_none(result.input_tokens),
         output_tokens=_int4_or_none(result.output_tokens),
         chunks=min(max(result.chunks, 0), INT4_MAX),
-        **{name: finite(getattr(result, name)) for name in _FLOAT_FIELDS},
+        # Every float field, by name, so that the type checker sees each one.
+        connect_ms=finite(result.connect_ms),
+        ttfb_ms=finite(result.ttfb_ms),
+        ttft_ms=finite(result.ttft_ms),
+        ttfat_ms=finite(result.ttfat_ms),
+        e2e_ms=finite(result.e2e_ms),
+        output_tps=finite(result.output_tps),
+        chunk_gap_max_ms=finite(result.chunk_gap_max_ms),
+        chunk_gap_p95_ms=finite(result.chunk_gap_p95_ms),
+        retry_after_s=finite(result.retry_after_s),
+        loop_lag_ms=finite(result.loop_lag_ms),
     )
-
-
-_FLOAT_FIELDS = ("connect_ms", "ttfb_ms", "ttft_ms", "ttfat_ms", "e2e_ms", "output_tps", "chunk_gap_max_ms",
-                 "chunk_gap_p95_ms", "retry_after_s", "loop_lag_ms")
 
 
 def _int4_or_none(value: int | None) -> int | None:

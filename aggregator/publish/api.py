@@ -38,7 +38,6 @@ from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps
 from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.aggregator.publish.metrics import HealthSource, setup_metrics_route
 from routewatch.aggregator.publish.openapi import (
-    BREAKDOWNS,
     MAX_SERIES_POINTS,
     SERIES_BUCKETS,
     SERIES_METRICS,
@@ -46,6 +45,7 @@ from routewatch.aggregator.publish.openapi import (
 )
 from routewatch.aggregator.publish.public_routes import setup_status_routes
 from routewatch.aggregator.refresh import Aggregator, Snapshot
+from routewatch.aggregator.rollup import BREAKDOWNS
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import DATABASE_ERRORS
 

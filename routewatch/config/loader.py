@@ -84,28 +84,36 @@ class _LineLoader(yaml.SafeLoader):
         self._index(node, (), lines, dupes)
         return self.construct_document(node), lines, dupes
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node:
         """Compose as SafeLoader does, within the depth and expansion limits."""
-        event = self.peek_event()
+        # (``index`` is a mapping value's key node in fact; the stubs say int.)
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in PyYAML's stubs
+        mark = _start(event)
         if isinstance(event, yaml.AliasEvent):
-            node = super().compose_node(parent, index)
+            node = self._compose(parent, index)
             size = self._sizes.get(id(node))
             if size is None:  # the anchored node is still open: the alias is inside it
-                raise _Refused(event.start_mark, f"alias *{event.anchor} is inside its own anchor: "
+                raise _Refused(mark, f"alias *{event.anchor} is inside its own anchor: "
                                "a recursive structure is not a configuration")
-            self._count(size, event.start_mark, f"alias *{event.anchor} repeats {size:,} values")
+            self._count(size, mark, f"alias *{event.anchor} repeats {size:,} values")
             return node
-        self._count(1, event.start_mark, None)
+        self._count(1, mark, None)
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+            raise _Refused(mark, f"nested more than {MAX_DEPTH} levels deep")
         try:
-            node = super().compose_node(parent, index)
+            node = self._compose(parent, index)
         finally:
             self._depth -= 1
         self._sizes[id(node)] = 1 + self._children_size(node)
         if isinstance(node, yaml.ScalarNode) and _has_surrogate(node.value):
-            raise _Refused(event.start_mark, "a lone surrogate escape (\\ud800-\\udfff) is not a character")
+            raise _Refused(mark, "a lone surrogate escape (\\ud800-\\udfff) is not a character")
+        return node
+
+    def _compose(self, parent: yaml.Node | None, index: int) -> yaml.Node:
+        node = super().compose_node(parent, index)
+        # PyYAML's compose_node returns a node or raises; its stubs allow None.
+        assert node is not None
         return node
 
     def _children_size(self, node: yaml.Node) -> int:
@@ -159,6 +167,13 @@ class _LineLoader(yaml.SafeLoader):
                 lines[item_path] = item.start_mark.line + 1
                 self._paths.setdefault(id(item), item_path)
                 self._index(item, item_path, lines, dupes)
+
+
+def _start(event: yaml.Event) -> yaml.Mark:
+    """Where ``event`` starts (SafeLoader's pure-Python parser marks every event)."""
+    mark = event.start_mark
+    assert isinstance(mark, yaml.Mark), "the C parser's marks are not used here"
+    return mark
 
 
 def _has_surrogate(text: str) -> bool:
