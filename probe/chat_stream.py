@@ -32,32 +32,40 @@ import json
 import logging
 import time
 import traceback
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Protocol
 
 import aiohttp
 
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult, new_probe_id
 from routewatch.probe.router_values import MAX_LABEL_CHARS, UnusableValue, retry_after_seconds, storable, token_count
 from routewatch.probe.sse import SSEProtocolError, SSEReader
 from routewatch.probe.target import Canary, Target, new_nonce, request_body
 from routewatch.probe.timing import StreamMarks, derive
 from routewatch.probe.tokens import TokenCounter
+from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult, new_probe_id
 
 log = logging.getLogger(__name__)
 
 
 class Timeouts(Protocol):
-    """Per-phase limits in seconds (``probe.config.TimeoutsConfig`` is one)."""
+    """Per-phase limits in seconds (``routewatch.config.TimeoutsConfig`` is one).
 
-    connect: float
-    headers: float
-    first_token: float
-    idle: float
-    total: float
+    Read-only: the probe only reads them, and the configuration model is frozen.
+    """
+
+    @property
+    def connect(self) -> float: ...
+    @property
+    def headers(self) -> float: ...
+    @property
+    def first_token(self) -> float: ...
+    @property
+    def idle(self) -> float: ...
+    @property
+    def total(self) -> float: ...
 
 
 # A canary answer is a few KB; past this the upstream is broken or hostile,
@@ -345,7 +353,7 @@ async def run(
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
     body = json.dumps(request_body(target.model, canary, new_nonce())).encode()
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     stream = _Stream()
     status: int | None = None
     retry_after: float | None = None

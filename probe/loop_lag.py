@@ -8,6 +8,7 @@ probe stores the worst lag seen during its life so such rows can be flagged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 
@@ -32,10 +33,8 @@ class LoopLagMonitor:
         """Stop sampling."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     async def _run(self) -> None:

@@ -24,7 +24,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from routewatch.probe.redact import MAX_DETAIL_CHARS, redact
@@ -118,10 +118,11 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if value is None:
         return None
     value = value.strip()
+    seconds: float | None
     try:
         seconds = float(value)
     except ValueError:
-        seconds = _seconds_until(value, now or datetime.now(timezone.utc))
+        seconds = _seconds_until(value, now or datetime.now(UTC))
     if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= MAX_RETRY_AFTER_S:
         return None
     return seconds
@@ -133,7 +134,7 @@ def _seconds_until(http_date: str, now: datetime) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000" means UTC with no zone information
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
 
 
@@ -150,12 +151,18 @@ def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
         input_tokens=_int4_or_none(result.input_tokens),
         output_tokens=_int4_or_none(result.output_tokens),
         chunks=min(max(result.chunks, 0), INT4_MAX),
-        **{name: finite(getattr(result, name)) for name in _FLOAT_FIELDS},
+        # Every float field, by name, so that the type checker sees each one.
+        connect_ms=finite(result.connect_ms),
+        ttfb_ms=finite(result.ttfb_ms),
+        ttft_ms=finite(result.ttft_ms),
+        ttfat_ms=finite(result.ttfat_ms),
+        e2e_ms=finite(result.e2e_ms),
+        output_tps=finite(result.output_tps),
+        chunk_gap_max_ms=finite(result.chunk_gap_max_ms),
+        chunk_gap_p95_ms=finite(result.chunk_gap_p95_ms),
+        retry_after_s=finite(result.retry_after_s),
+        loop_lag_ms=finite(result.loop_lag_ms),
     )
-
-
-_FLOAT_FIELDS = ("connect_ms", "ttfb_ms", "ttft_ms", "ttfat_ms", "e2e_ms", "output_tps", "chunk_gap_max_ms",
-                 "chunk_gap_p95_ms", "retry_after_s", "loop_lag_ms")
 
 
 def _int4_or_none(value: int | None) -> int | None:

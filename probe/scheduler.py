@@ -10,12 +10,13 @@ owns the jobs of ``routewatch run`` and swaps them when the config is reloaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -23,8 +24,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from routewatch.probe import chat_stream
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.target import Canary, Target
+from routewatch.results.probe_result import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Prober:
         self._concurrency = concurrency
         self.completed = 0
         self.in_flight = 0  # asked for, not yet handed to the sink: waiting for a slot or running
+        self._idle = asyncio.Event()  # set while in_flight is 0
+        self._idle.set()
         self.queued = 0  # due, waiting for a concurrency slot
         self.running = 0  # holding a concurrency slot
         # Completed probes by outcome ("ok" or the error class), and those the
@@ -92,6 +95,7 @@ class Prober:
         measurement on its way to the spool.
         """
         self.in_flight += 1
+        self._idle.clear()
         self.queued += 1
         queued = True
         try:
@@ -116,6 +120,12 @@ class Prober:
             if queued:  # cancelled while waiting for a slot
                 self.queued -= 1
             self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no probe is in flight (at once if none is)."""
+        await self._idle.wait()
 
     @property
     def concurrency(self) -> int:
@@ -164,7 +174,7 @@ def schedule(
 ) -> None:
     """Add one interval job per series to ``scheduler``."""
     rng = rng or random.Random()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for s in series:
         scheduler.add_job(
             prober.probe,
@@ -227,7 +237,7 @@ class ProbeSchedule:
             raise RuntimeError("the probe schedule has stopped")
         new = {s.key: s for s in series}
         retimed = (interval_s, jitter_s) != (self.interval_s, self.jitter_s)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for key in self._series.keys() - new.keys():
             self._scheduler.remove_job(key)
         for key, s in new.items():
@@ -267,7 +277,7 @@ async def stop(scheduler: AsyncIOScheduler, prober: Prober, limit_s: float) -> N
     keeps every probe that already sent its request from being lost.
     """
     scheduler.pause()
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while prober.in_flight and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.02)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit_s):
+            await prober.idle()
     scheduler.shutdown(wait=False)

@@ -13,6 +13,7 @@ from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 NS_PER_MS = 1_000_000
 
@@ -68,7 +69,7 @@ def output_tps(output_tokens: int | None, t_first_ns: int | None, t_last_ns: int
     return (output_tokens - 1) / interval_s
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float] | npt.NDArray[np.float64], q: float) -> float:
     """Linear-interpolated percentile (numpy's default) of already sorted values."""
     if len(sorted_values) == 0:
         raise ValueError("percentile of no values")
@@ -81,9 +82,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
 
 
-def chunk_gaps_ms(token_times: Sequence[int]) -> np.ndarray:
+def chunk_gaps_ms(token_times: Sequence[int]) -> npt.NDArray[np.float64]:
     """Gaps between consecutive token-bearing events, in ms (vectorised: there may be very many)."""
-    return np.diff(np.asarray(token_times, dtype=np.int64)) / NS_PER_MS
+    gaps_ns = np.diff(np.asarray(token_times, dtype=np.int64))
+    return gaps_ns.astype(np.float64) / NS_PER_MS
 
 
 def derive(marks: StreamMarks, output_tokens: int | None) -> Timings:

@@ -29,23 +29,23 @@ from typing import Any, Protocol
 
 import asyncpg
 from aiohttp import web
-from routewatch.results.probe_result import ProbeResult
 
+from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish import openapi
 from routewatch.aggregator.publish.http_cache import cached_response, etag_for
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps, error_payload
 from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.aggregator.publish.metrics import HealthSource, setup_metrics_route
 from routewatch.aggregator.publish.openapi import (
-    BREAKDOWNS,
     MAX_SERIES_POINTS,
     SERIES_BUCKETS,
     SERIES_METRICS,
     STATES,
 )
-from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish.public_routes import setup_status_routes
 from routewatch.aggregator.refresh import Aggregator, Snapshot
+from routewatch.aggregator.rollup import BREAKDOWNS
+from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.history_queries import series_points
 

@@ -13,8 +13,8 @@ import hashlib
 import re
 from xml.sax.saxutils import escape
 
-from routewatch.aggregator.publish.display import MISSING, format_price, format_ttft
 from routewatch.aggregator.model_state import State
+from routewatch.aggregator.publish.display import MISSING, format_price, format_ttft
 from routewatch.aggregator.publish.status_view import RouteFigures
 
 __all__ = [

@@ -59,12 +59,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from routewatch.results.probe_result import ERROR_CLASSES
 
-from routewatch.aggregator.refresh import Aggregator, Snapshot
-from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts, error_rate
 from routewatch.aggregator.model_state import State
 from routewatch.aggregator.model_state_store import StatusReport
+from routewatch.aggregator.refresh import Aggregator, Snapshot
+from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts, error_rate
+from routewatch.results.probe_result import ERROR_CLASSES
 
 if TYPE_CHECKING:
     from routewatch.probe.loop_lag import LoopLagMonitor

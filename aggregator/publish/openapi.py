@@ -18,15 +18,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from routewatch.results.probe_result import ProbeResult
-
-from routewatch.aggregator.publish.metrics import METRICS_CONTENT_TYPE
-from routewatch.aggregator.publish.public_routes import DEFAULT_INCIDENT_LIMIT, HTML, INCIDENT_STATES, SVG
-from routewatch.aggregator.rollup import BREAKDOWNS
-from routewatch.aggregator.stats import CI_FIELDS, MIN_OK_SAMPLES
 from routewatch.aggregator.model_state import UPTIME_DAYS, State
 from routewatch.aggregator.model_state_store import INCIDENT_LIST_MAX, RECENT_INCIDENTS
+from routewatch.aggregator.publish.metrics import METRICS_CONTENT_TYPE
+from routewatch.aggregator.publish.public_routes import DEFAULT_INCIDENT_LIMIT, HTML, INCIDENT_STATES, SVG
 from routewatch.aggregator.publish.status_view import LEVELS
+from routewatch.aggregator.rollup import BREAKDOWNS
+from routewatch.aggregator.stats import CI_FIELDS, MIN_OK_SAMPLES
+from routewatch.results.probe_result import ProbeResult
 
 Schema = dict[str, Any]
 
@@ -104,7 +103,7 @@ def _figures() -> dict[str, Schema]:
         "first_probe": DATE_TIME_OR_NULL,
         "last_probe": DATE_TIME_OR_NULL,
         "ci95": {
-            **_object({name: interval for name in CI_FIELDS}),
+            **_object(dict.fromkeys(CI_FIELDS, interval)),
             "description": "distribution-free 95% interval of each percentile; null with too few ok samples",
         },
         "errors_by_class": {
@@ -321,7 +320,13 @@ def _schemas() -> dict[str, Schema]:
         }),
         "ReloadReport": _object({
             "file": {"type": "string"},
-            "applied": {"type": "boolean", "description": "true: changes were applied live (probe series, schedule, timeouts, SLO, maintenance); false: nothing was"},
+            "applied": {
+                "type": "boolean",
+                "description": (
+                    "true: changes were applied live (probe series, schedule, timeouts, SLO, maintenance); "
+                    "false: nothing was"
+                ),
+            },
             "restart_required": {"type": "boolean"},
             "changes": {"type": "array", "items": {"type": "string"}},
             "message": {"type": "string"},

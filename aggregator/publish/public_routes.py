@@ -24,20 +24,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+
 import asyncpg
 from aiohttp import web
-from routewatch.config import RouterConfig
 
+from routewatch.aggregator.model_state import Incident
+from routewatch.aggregator.model_state_store import INCIDENT_LIST_MAX, incident_json
 from routewatch.aggregator.publish.badges import message_badge, model_badge, status_badge
 from routewatch.aggregator.publish.http_cache import cached_response
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError
 from routewatch.aggregator.publish.keys import AGGREGATOR, PUBLIC_STATUS
 from routewatch.aggregator.publish.public_status import PublicStatus, Published, json_bytes
-from routewatch.aggregator.refresh import Aggregator, SeriesKey
-from routewatch.aggregator.model_state import Incident
 from routewatch.aggregator.publish.status_page import render_message_page, render_status_page
-from routewatch.aggregator.model_state_store import INCIDENT_LIST_MAX, incident_json
 from routewatch.aggregator.publish.status_view import page_window, route_figures, view_json
+from routewatch.aggregator.refresh import Aggregator, SeriesKey
+from routewatch.config import RouterConfig
 from routewatch.storage.errors import DATABASE_ERRORS
 
 __all__ = ["INCIDENT_STATES", "input_prices", "setup_status_routes"]
@@ -238,7 +239,9 @@ async def state_badge(request: web.Request) -> web.Response:
     state = report.overall if model is None else next((m.state for m in report.models if m.model == model), None)
     if state is None:
         return _svg_error(message_badge(label, "unknown model"), 404, max_age)
-    return _locked_down(cached_response(request, status_badge(label, state).encode(), content_type=SVG, max_age=max_age))
+    return _locked_down(
+        cached_response(request, status_badge(label, state).encode(), content_type=SVG, max_age=max_age)
+    )
 
 
 async def model_badge_svg(request: web.Request) -> web.Response:

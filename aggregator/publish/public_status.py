@@ -20,11 +20,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-from routewatch.aggregator.publish.http_cache import etag_for
-from routewatch.aggregator.refresh import Aggregator, SeriesKey, Snapshot
 from routewatch.aggregator.model_state import UPTIME_DAYS, DayUptime, Incident
 from routewatch.aggregator.model_state_store import StatusReport, read_incidents, read_uptime
+from routewatch.aggregator.publish.http_cache import etag_for
 from routewatch.aggregator.publish.status_view import StatusView, build_view
+from routewatch.aggregator.refresh import Aggregator, SeriesKey, Snapshot
 from routewatch.storage.errors import DATABASE_ERRORS
 
 __all__ = ["PublicStatus", "Published"]

@@ -105,7 +105,7 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise PortInUse(_port_taken_message(host, int(sockaddr[1]))) from None
-                raise OSError(exc.errno, f"cannot listen on {host}:{sockaddr[1]}: {exc.strerror}") from None
+                raise OSError(exc.errno, f"cannot listen on {host}:{int(sockaddr[1])}: {exc.strerror}") from None
     except BaseException:
         for sock in bound:
             sock.close()
@@ -224,7 +224,7 @@ _BUSY = (
 class _GatedHandler(web.RequestHandler):
     """aiohttp's connection handler, admitted only while the gate has room."""
 
-    __slots__ = ("_gate", "_admitted")
+    __slots__ = ("_admitted", "_gate")
 
     def __init__(self, manager: web.Server, gate: _Gate, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)

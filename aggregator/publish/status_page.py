@@ -18,6 +18,7 @@ import html
 from collections.abc import Iterable
 from datetime import date, datetime
 
+from routewatch.aggregator.model_state import UPTIME_DAYS, Incident, State
 from routewatch.aggregator.publish.display import (
     MISSING,
     STATE_LABELS,
@@ -28,7 +29,6 @@ from routewatch.aggregator.publish.display import (
     format_ttft,
     format_utc,
 )
-from routewatch.aggregator.model_state import UPTIME_DAYS, Incident, State
 from routewatch.aggregator.publish.status_view import LEVELS, DayBar, ModelRow, RouteFigures, StatusView
 
 __all__ = ["BANNERS", "bar_text", "esc", "render_message_page", "render_status_page"]
@@ -176,7 +176,10 @@ def _model(row: ModelRow) -> str:
 
 def _figures(route: RouteFigures | None) -> str:
     if route is None:
-        return f'<p class="figures">p50 TTFT <b class="ttft">{MISSING}</b> · p50 output <b class="tps">{MISSING}</b></p>'
+        return (
+            f'<p class="figures">p50 TTFT <b class="ttft">{MISSING}</b>'
+            f' · p50 output <b class="tps">{MISSING}</b></p>'
+        )
     price = f" · {esc(format_price(route.input_price))}/M input tokens" if route.input_price is not None else ""
     return (
         f'<p class="figures">p50 TTFT <b class="ttft">{esc(format_ttft(route.ttft_p50_ms))}</b>'

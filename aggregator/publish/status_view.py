@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from routewatch.aggregator.refresh import SeriesKey, Snapshot
 from routewatch.aggregator.model_state import UPTIME_DAYS, DayUptime, Incident, State
 from routewatch.aggregator.model_state_store import StatusReport, incident_json
+from routewatch.aggregator.refresh import SeriesKey, Snapshot
 
 __all__ = [
     "LEVELS",

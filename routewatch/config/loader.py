@@ -29,8 +29,6 @@ from routewatch.config.model import (
     format_path,
 )
 
-
-
 MAX_FILE_BYTES = 1024 * 1024
 """A probes.yaml larger than this is refused unread: real ones are a few KiB."""
 MAX_DEPTH = 64
@@ -86,28 +84,36 @@ class _LineLoader(yaml.SafeLoader):
         self._index(node, (), lines, dupes)
         return self.construct_document(node), lines, dupes
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node:
         """Compose as SafeLoader does, within the depth and expansion limits."""
-        event = self.peek_event()
+        # (``index`` is a mapping value's key node in fact; the stubs say int.)
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in PyYAML's stubs
+        mark = _start(event)
         if isinstance(event, yaml.AliasEvent):
-            node = super().compose_node(parent, index)
+            node = self._compose(parent, index)
             size = self._sizes.get(id(node))
             if size is None:  # the anchored node is still open: the alias is inside it
-                raise _Refused(event.start_mark, f"alias *{event.anchor} is inside its own anchor: "
+                raise _Refused(mark, f"alias *{event.anchor} is inside its own anchor: "
                                "a recursive structure is not a configuration")
-            self._count(size, event.start_mark, f"alias *{event.anchor} repeats {size:,} values")
+            self._count(size, mark, f"alias *{event.anchor} repeats {size:,} values")
             return node
-        self._count(1, event.start_mark, None)
+        self._count(1, mark, None)
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise _Refused(event.start_mark, f"nested more than {MAX_DEPTH} levels deep")
+            raise _Refused(mark, f"nested more than {MAX_DEPTH} levels deep")
         try:
-            node = super().compose_node(parent, index)
+            node = self._compose(parent, index)
         finally:
             self._depth -= 1
         self._sizes[id(node)] = 1 + self._children_size(node)
         if isinstance(node, yaml.ScalarNode) and _has_surrogate(node.value):
-            raise _Refused(event.start_mark, "a lone surrogate escape (\\ud800-\\udfff) is not a character")
+            raise _Refused(mark, "a lone surrogate escape (\\ud800-\\udfff) is not a character")
+        return node
+
+    def _compose(self, parent: yaml.Node | None, index: int) -> yaml.Node:
+        node = super().compose_node(parent, index)
+        # PyYAML's compose_node returns a node or raises; its stubs allow None.
+        assert node is not None
         return node
 
     def _children_size(self, node: yaml.Node) -> int:
@@ -149,16 +155,25 @@ class _LineLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node)
                 line = key_node.start_mark.line + 1
+                key_path = (*path, key)
                 if key in seen:
-                    dupes.append((path + (key,), line, seen[key]))
-                seen[key] = lines[path + (key,)] = line  # YAML keeps the last one
-                self._paths.setdefault(id(value_node), path + (key,))
-                self._index(value_node, path + (key,), lines, dupes)
+                    dupes.append((key_path, line, seen[key]))
+                seen[key] = lines[key_path] = line  # YAML keeps the last one
+                self._paths.setdefault(id(value_node), key_path)
+                self._index(value_node, key_path, lines, dupes)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[path + (i,)] = item.start_mark.line + 1
-                self._paths.setdefault(id(item), path + (i,))
-                self._index(item, path + (i,), lines, dupes)
+                item_path = (*path, i)
+                lines[item_path] = item.start_mark.line + 1
+                self._paths.setdefault(id(item), item_path)
+                self._index(item, item_path, lines, dupes)
+
+
+def _start(event: yaml.Event) -> yaml.Mark:
+    """Where ``event`` starts (SafeLoader's pure-Python parser marks every event)."""
+    mark = event.start_mark
+    assert isinstance(mark, yaml.Mark), "the C parser's marks are not used here"
+    return mark
 
 
 def _has_surrogate(text: str) -> bool:
@@ -209,7 +224,9 @@ def parse_config(text: str, filename: str) -> Config:
         message = 'the file is empty: it needs at least "routers" and "prompts"'
         raise ConfigError([ConfigIssue(filename, None, None, message)])
     issues = [
-        ConfigIssue(filename, line, format_path(loc), f"duplicate key (first at line {first}): YAML keeps only the last")
+        ConfigIssue(
+            filename, line, format_path(loc), f"duplicate key (first at line {first}): YAML keeps only the last"
+        )
         for loc, line, first in dupes
     ]
     try:

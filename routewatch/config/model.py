@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
@@ -29,7 +30,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from routewatch.config.durations import parse_duration
-
 
 SIMULATOR = "simulator"
 """The ``base_url`` that selects routewatch's built-in router simulator."""
@@ -113,7 +113,7 @@ def format_path(loc: Loc) -> str:
     return out
 
 
-def _problems(found: list[tuple[Loc, str]]) -> PydanticCustomError:
+def _problems(found: Sequence[tuple[Loc, str]]) -> PydanticCustomError:
     summary = "; ".join(f"{format_path(loc)}: {msg}" if loc else msg for loc, msg in found)
     return PydanticCustomError(PROBLEMS_ERROR_TYPE, "{summary}", {"summary": summary, "problems": found})
 

@@ -7,10 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from routewatch.config.loader import load_config
 from routewatch.config.model import Config, ConfigError, PromptConfig, format_seconds
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ class FileLock:
         """Take the lock if it is free; never waits. False when another process holds it."""
         if self._fh is not None:
             return True
-        fh = open(self.path, "a+")
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open as the lock until release()
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

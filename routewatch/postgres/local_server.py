@@ -284,7 +284,7 @@ def _bundled_libs_dir(install_root: Path) -> Path | None:
 
 def _normalise_tree_modes(root: Path) -> None:
     """Make a tree we just copied readable (and runnable) by every user."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             path = os.path.join(dirpath, name)
@@ -356,7 +356,7 @@ def _run_coroutine(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     def target() -> None:
         try:
             outcome["value"] = run_in_new_loop()
-        except BaseException as exc:  # re-raised in the calling thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, name="local-postgres-admin")

@@ -51,7 +51,7 @@ class RestartPolicy:
         recent = sum(1 for t in tries if now - t < self.window_s)
         if recent >= self.max_tries:
             return None
-        return min(self.max_delay_s, self.first_delay_s * 2**recent)
+        return min(self.max_delay_s, self.first_delay_s * 2.0**recent)
 
 
 async def watch_postgres(server: LocalPostgres, policy: RestartPolicy | None = None,

@@ -6,7 +6,13 @@ with the ground truth it logged.
 
 from routewatch.simulator.groundtruth import GroundTruthLog, ServedRequest
 from routewatch.simulator.profiles import DEFAULT_PROFILES, FAULT_KINDS, ModelProfile, load_profiles
-from routewatch.simulator.server import GROUND_TRUTH, RunningSimulator, create_app, run_simulator_forever, start_simulator
+from routewatch.simulator.server import (
+    GROUND_TRUTH,
+    RunningSimulator,
+    create_app,
+    run_simulator_forever,
+    start_simulator,
+)
 
 __all__ = [
     "DEFAULT_PROFILES",

@@ -29,7 +29,7 @@ class SimulatorProcess:
         self.root = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.root}/v1"
         self._profiles = profiles
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - the child's stderr, read back in stop()
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_s: float = 30.0) -> None:

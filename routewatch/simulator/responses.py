@@ -14,7 +14,16 @@ from routewatch.simulator import faults
 from routewatch.simulator.clock import sleep_until
 from routewatch.simulator.groundtruth import ServedRequest
 from routewatch.simulator.profiles import ModelProfile
-from routewatch.simulator.sse import CONTENT_PERIOD, DONE, KEEPALIVE, ChunkMaker, content_token, event, reasoning_token, usage_body
+from routewatch.simulator.sse import (
+    CONTENT_PERIOD,
+    DONE,
+    KEEPALIVE,
+    ChunkMaker,
+    content_token,
+    event,
+    reasoning_token,
+    usage_body,
+)
 
 # Faults that strike before a token and end or interrupt the stream there.
 _STRIKE_FAULTS = ("drop", "malformed", "stream_error", "stall")

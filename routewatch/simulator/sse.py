@@ -93,7 +93,11 @@ class ChunkMaker:
 
     def malformed(self) -> bytes:
         """An event whose data is cut off in the middle of its JSON."""
-        return b'data: {"id":"' + self.id.encode() + b'","object":"chat.completion.chunk","choices":[{"delta":{"content":" el\n\n'
+        return (
+            b'data: {"id":"'
+            + self.id.encode()
+            + b'","object":"chat.completion.chunk","choices":[{"delta":{"content":" el\n\n'
+        )
 
     def completion(
         self, content: str, reasoning: str, finish_reason: str, usage: dict[str, Any] | None

@@ -63,7 +63,10 @@ def check_authorization(header: str | None) -> None:
     """No key is needed, but one that is sent must be a bearer token; the key is never echoed."""
     if header is not None and not _BEARER.fullmatch(header):
         raise ApiError(
-            401, "Authorization header must be 'Bearer <key>'", error_type="authentication_error", code="invalid_api_key"
+            401,
+            "Authorization header must be 'Bearer <key>'",
+            error_type="authentication_error",
+            code="invalid_api_key",
         )
 
 
