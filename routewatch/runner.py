@@ -88,6 +88,8 @@ STARTUP_STEPS = (
     "database", "simulator", "leadership", "postgres watch", "migrations", "housekeeping", "aggregator", "api",
     "writer", "writer watch", "loop lag", "http session", "scheduler", "status reporter", "running",
 )
+# Steps that start nothing that is stopped later: points of start-up only.
+STARTUP_MARKS = ("migrations", "running")
 
 
 class DatabaseUnavailable(Exception):
@@ -123,9 +125,11 @@ class RunOptions:
     fail_stopping: str | None = None
 
     def __post_init__(self) -> None:
-        for step in (self.fail_at, self.fail_stopping):
-            if step is not None and step not in STARTUP_STEPS:
-                raise ValueError(f"no start-up step {step!r}; the steps are {', '.join(STARTUP_STEPS)}")
+        if self.fail_at is not None and self.fail_at not in STARTUP_STEPS:
+            raise ValueError(f"no start-up step {self.fail_at!r}; the steps are {', '.join(STARTUP_STEPS)}")
+        stopped = [step for step in STARTUP_STEPS if step not in STARTUP_MARKS]
+        if self.fail_stopping is not None and self.fail_stopping not in stopped:
+            raise ValueError(f"no step {self.fail_stopping!r} that stops; those are {', '.join(stopped)}")
 
 
 @dataclass(frozen=True)
