@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from types import TracebackType
 from typing import TypeVar
 
 import aiohttp
@@ -245,9 +246,8 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
         async with pool.acquire() as conn:
             report = await migrate(conn)
         partitions = PartitionCache()
-        await stack.start("housekeeping", supervisor.running("maintenance", partial(
-            maintenance_loop, pool, report.mode, partitions, retention=timedelta(seconds=config.storage.retention),
-            compress_after=timedelta(seconds=config.storage.compress_after), leadership=leadership)))
+        await stack.start("housekeeping", _housekeeping(supervisor, pool, report.mode, partitions, config.storage,
+                                                        leadership))
         aggregator = await stack.start("aggregator", _refreshing(_aggregator(config, pool, leadership), supervisor))
         series, routers = _plan(config, settings, simulator.base_url if simulator else SIMULATOR_PENDING)
         # A reload is applied once the probes run (admin.attach); a router moved to the
@@ -301,9 +301,10 @@ class _Startup(AsyncExitStack):
         self._fail_at = fail_at
         self._fail_stopping = fail_stopping
 
-    async def __aexit__(self, *exc_info: object) -> bool:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
         self._supervisor.closing()
-        return await super().__aexit__(*exc_info)  # type: ignore[arg-type]
+        return await super().__aexit__(exc_type, exc, tb)
 
     def reach(self, step: str) -> None:
         """Start-up has come to ``step``: a step without a part to enter, or before entering its part."""
@@ -381,6 +382,14 @@ def _postgres_watch(supervisor: Supervisor, server: LocalPostgres | None) -> Abs
         return nullcontext()
     return supervisor.running("embedded PostgreSQL watch", partial(watch_postgres, server),
                               explained=(PostgresGaveUp,))
+
+
+def _housekeeping(supervisor: Supervisor, pool: asyncpg.Pool, mode: str, partitions: PartitionCache,
+                  storage: StorageConfig, leadership: Leadership) -> AbstractAsyncContextManager[object]:
+    """Partitions, retention, compression and the hourly rollup, on the refresher's schedule."""
+    return supervisor.running("maintenance", partial(
+        maintenance_loop, pool, mode, partitions, retention=timedelta(seconds=storage.retention),
+        compress_after=timedelta(seconds=storage.compress_after), leadership=leadership))
 
 
 def _aggregator(config: Config, pool: asyncpg.Pool, leadership: Leadership) -> Aggregator:
