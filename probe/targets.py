@@ -1,8 +1,10 @@
 """From configuration to the series to probe: URLs and keys resolved.
 
 A router whose ``base_url`` is ``simulator`` is routewatch's own router
-simulator, unless ``ROUTEWATCH_ROUTER_URL`` names a real router to use in
-its place. Keys are read from the environment here and nowhere else.
+simulator, unless ``router_url`` (the ``ROUTEWATCH_ROUTER_URL`` setting)
+names a real router to use in its place. A router's key is looked up here,
+by its ``api_key_env``, in the keys the command line read from the
+environment at start (``Settings.router_keys``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from routewatch.config import SIMULATOR, Config, RouterConfig
+from routewatch.config.settings import ENV_ROUTER_URL
 from routewatch.probe.scheduler import Series
 from routewatch.probe.target import Canary, Target
-
-ENV_ROUTER_URL = "ROUTEWATCH_ROUTER_URL"
 
 
 class TargetError(Exception):
@@ -32,15 +33,15 @@ class RouterPlan:
     key_env: str | None  # the variable the key came from, never the key
 
 
-def uses_simulator(config: Config, environ: Mapping[str, str]) -> bool:
-    """Whether any router will be served by the built-in simulator."""
-    return not environ.get(ENV_ROUTER_URL) and any(r.base_url == SIMULATOR for r in config.routers)
+def uses_simulator(config: Config, router_url: str | None) -> bool:
+    """Whether any router will be served by the built-in simulator (``router_url``: its replacement, if any)."""
+    return not router_url and any(r.base_url == SIMULATOR for r in config.routers)
 
 
-def _router_url(router: RouterConfig, environ: Mapping[str, str], simulator_url: str | None) -> tuple[str, bool]:
+def _router_url(router: RouterConfig, override: str | None, simulator_url: str | None) -> tuple[str, bool]:
     if router.base_url != SIMULATOR:
         return router.base_url, False
-    override = environ.get(ENV_ROUTER_URL, "").strip()
+    override = (override or "").strip()
     if override:
         parts = urlsplit(override)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -54,9 +55,14 @@ def _router_url(router: RouterConfig, environ: Mapping[str, str], simulator_url:
 
 
 def plan(
-    config: Config, environ: Mapping[str, str], simulator_url: str | None = None
+    config: Config, keys: Mapping[str, str], simulator_url: str | None = None, *, router_url: str | None = None
 ) -> tuple[list[Series], list[RouterPlan]]:
-    """Every (router, model, prompt) series with its resolved target."""
+    """Every (router, model, prompt) series with its resolved target.
+
+    ``keys``: router keys by variable name, for each router's ``api_key_env``;
+    ``simulator_url``: where the built-in simulator listens (None: not running);
+    ``router_url``: a real router in place of the simulator.
+    """
     series: list[Series] = []
     routers: list[RouterPlan] = []
     canaries = [
@@ -64,10 +70,10 @@ def plan(
         for p in config.prompts
     ]
     for router in config.routers:
-        url, simulated = _router_url(router, environ, simulator_url)
+        url, simulated = _router_url(router, router_url, simulator_url)
         key = None
         if router.api_key_env and not simulated:
-            key = environ.get(router.api_key_env)
+            key = keys.get(router.api_key_env)
             if not key:
                 raise TargetError(
                     f"router {router.name!r}: environment variable {router.api_key_env} is not set "

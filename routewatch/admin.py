@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,20 +65,24 @@ class LocalAdmin:
         series: Sequence[Series],
         *,
         simulator_url: str | None = None,
-        environ: Mapping[str, str] = os.environ,
+        router_keys: Mapping[str, str] | None = None,
+        router_url: str | None = None,
         schedule: ProbeSchedule | None = None,
         aggregator: Aggregator | None = None,
     ) -> None:
         """``series`` is what the scheduler probes (targets resolved); ``simulator_url``
         stands in for routers whose base_url is ``simulator`` when a reload is planned
-        (None: such a router is rejected). A reload is applied to ``schedule`` (see
-        ``attach``) and ``aggregator``; without a schedule nothing is applied."""
+        (None: such a router is rejected); ``router_keys`` and ``router_url`` are the
+        settings a reload plans with (``Settings.router_keys``, ``ROUTEWATCH_ROUTER_URL``;
+        default none). A reload is applied to ``schedule`` (see ``attach``) and
+        ``aggregator``; without a schedule nothing is applied."""
         self._started = config  # what the parts built at start keep until a restart
         self._config = config  # the file as last applied
         self._path = str(config_path)
         self._series = list(series)
         self._simulator_url = simulator_url
-        self._environ = environ
+        self._router_keys: Mapping[str, str] = router_keys if router_keys is not None else {}
+        self._router_url = router_url
         self._schedule = schedule
         self._aggregator = aggregator
         self._lock = asyncio.Lock()  # one reload at a time
@@ -108,7 +111,7 @@ class LocalAdmin:
             try:
                 # A file read and a YAML parse: off the event loop, which serves the API and probes.
                 new = await asyncio.to_thread(load_config, self._path)
-                series, _ = plan(new, self._environ, self._simulator_url)
+                series, _ = plan(new, self._router_keys, self._simulator_url, router_url=self._router_url)
             except ConfigError as exc:
                 log.warning("config reload rejected: %s has %d problem(s); running configuration kept",
                             self._path, len(exc.issues))

@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-from routewatch.aggregator.publish.server import ENV_API_PORT, PortInUse
-from routewatch.postgres.local_server import LocalPostgresError, default_data_dir
+from routewatch.aggregator.publish.server import PortInUse
 from routewatch.config import Config, ConfigError, check_config_main, load_config
-from routewatch.storage.migrate import MigrationError
+from routewatch.config.settings import ENV_API_PORT, ENV_CONFIG, ENV_DATA_DIR, Settings, SettingsError, load_settings
+from routewatch.postgres.local_server import LocalPostgresError, default_data_dir
 from routewatch.probe.targets import TargetError
-from routewatch.storage.writer import SpoolInUse
 from routewatch.runner import DatabaseUnavailable, DataDirInUse
+from routewatch.storage.migrate import MigrationError
+from routewatch.storage.writer import SpoolInUse
 
-ENV_CONFIG = "ROUTEWATCH_CONFIG"
-ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
 _PACKAGED_CONFIG = Path(__file__).with_name("default_probes.yaml")
 
 
-def _config_path(arg: str | None) -> str:
+def _config_path(arg: str | None, settings: Settings) -> str:
     """--config, else $ROUTEWATCH_CONFIG, else ./probes.yaml, else the packaged example."""
     if arg:
         return arg
-    if os.environ.get(ENV_CONFIG):
-        return os.environ[ENV_CONFIG]
+    if settings.config:
+        return settings.config
     if Path("probes.yaml").is_file():
         return "probes.yaml"
     return str(_PACKAGED_CONFIG)
@@ -50,17 +48,18 @@ def _cli_port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _api_port(arg: int | None, config: Config) -> int:
+def _api_port(arg: int | None, config: Config, settings: Settings) -> int:
     """--port, else $ROUTEWATCH_API_PORT, else api.port in the config."""
     if arg is not None:
         return arg
-    env = os.environ.get(ENV_API_PORT, "").strip()
-    if env:
-        try:
-            return _port_number(env)
-        except ValueError as exc:
-            raise ValueError(f"{ENV_API_PORT}: {exc}") from None
+    if settings.api_port is not None:
+        return settings.api_port
     return config.api.port
+
+
+def _data_dir(arg: Path | None, settings: Settings) -> Path:
+    """--data-dir, else $ROUTEWATCH_DATA_DIR, else the default for this user."""
+    return arg or settings.data_dir or default_data_dir(settings.xdg_data_home)
 
 
 def _load(path: str) -> Config:
@@ -89,14 +88,14 @@ class _OneLine(logging.Filter):
         return True
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routewatch", description="Latency and reliability monitor for LLM routers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run probes, storage, aggregator and API (the main job)")
     run.add_argument("--config", help=f"probes.yaml to use (default: ${ENV_CONFIG}, ./probes.yaml, the packaged example)")
-    run.add_argument("--data-dir", type=Path, help=f"where the embedded PostgreSQL lives (default: ${ENV_DATA_DIR} or {default_data_dir()})")
+    run.add_argument("--data-dir", type=Path, help=f"where the embedded PostgreSQL lives (default: ${ENV_DATA_DIR} or {default_data_dir(settings.xdg_data_home)})")
     run.add_argument("--host", help="API listen address (default: api.host in the config)")
     run.add_argument("--port", type=_cli_port,
                      help=f"API port (default: ${ENV_API_PORT}, else api.port in the config; 0 picks a free one)")
@@ -126,8 +125,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the console script: the settings are read from the environment here, once."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"routewatch: {exc}", file=sys.stderr)
+        return 1
+    args = _parser(settings).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("asyncpg.pool").addFilter(_OneLine())
     try:
         if args.command == "check-config":
-            return check_config_main(_config_path(args.path))
+            return check_config_main(_config_path(args.path, settings))
         if args.command == "simulate":
             from routewatch.simulator import DEFAULT_PROFILES, load_profiles, run_simulator_forever
 
@@ -148,24 +152,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "db":
             from routewatch.db_command import db_main
 
-            return db_main(args.action, args.data_dir or Path(os.environ.get(ENV_DATA_DIR) or default_data_dir()))
-        path = _config_path(args.config)
+            return db_main(args.action, _data_dir(args.data_dir, settings), settings)
+        path = _config_path(args.config, settings)
         config = _load(path)
         if args.command == "once":
             from routewatch.once import once
 
-            return once(config)
+            return once(config, settings)
         from routewatch.runner import RunOptions, run
 
-        data_dir = args.data_dir or Path(os.environ.get(ENV_DATA_DIR) or default_data_dir())
         return run(RunOptions(
             config=config,
             config_path=path,
-            data_dir=data_dir,
+            data_dir=_data_dir(args.data_dir, settings),
             host=args.host or config.api.host,
-            port=_api_port(args.port, config),
+            port=_api_port(args.port, config, settings),
             probes=args.command == "run",
-        ))
+        ), settings)
     except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, DatabaseUnavailable, ValueError,
             PortInUse, DataDirInUse) as exc:
         print(f"routewatch: {exc}", file=sys.stderr)

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import os
 from pathlib import Path
 
 import asyncpg
 
+from routewatch.config.settings import Settings
+from routewatch.postgres.local_server import LocalPostgres
+from routewatch.runner import embedded_postgres
 from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.migrate import migrate
-from routewatch.postgres.local_server import LocalPostgres
 from routewatch.storage.spool import Spool, SpoolPosition
 from routewatch.storage.writer import CURSOR_FILE
-from routewatch.runner import ENV_DATABASE_URL
 
 
 def spool_backlog(spool_dir: Path) -> str:
@@ -47,12 +47,12 @@ def spool_backlog(spool_dir: Path) -> str:
     return f"{pending:,} results waiting to be stored ({size:,} bytes); the next `routewatch run` stores them"
 
 
-def _with_database(data_dir: Path, action: str) -> str:
+def _with_database(data_dir: Path, action: str, settings: Settings) -> str:
     """Run ``action`` ("migrate" or "status") against the configured database; return its text."""
-    url = os.environ.get(ENV_DATABASE_URL)
+    url = settings.database_dsn()
     server: LocalPostgres | None = None
     if not url:
-        local = LocalPostgres(data_dir)
+        local = embedded_postgres(data_dir, settings)
         url = local.running_dsn()
         if url is None:
             server = local
@@ -78,7 +78,7 @@ async def _run(url: str, action: str, data_dir: Path) -> str:
         await conn.close()
 
 
-def db_main(action: str, data_dir: Path) -> int:
+def db_main(action: str, data_dir: Path, settings: Settings) -> int:
     """Print the result of ``action``; 0 on success."""
-    print(_with_database(data_dir, action))
+    print(_with_database(data_dir, action, settings))
     return 0

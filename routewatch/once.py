@@ -13,7 +13,6 @@ break the table nor write to the terminal.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 
@@ -23,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from routewatch.config import Config
+from routewatch.config.settings import Settings
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.router_values import valid_text
@@ -89,13 +89,14 @@ def result_notes(results: list[ProbeResult]) -> list[Text]:
     return notes
 
 
-async def _round(config: Config, console: Console) -> list[ProbeResult]:
+async def _round(config: Config, settings: Settings, console: Console) -> list[ProbeResult]:
     simulator = None
-    if uses_simulator(config, os.environ):
+    if uses_simulator(config, settings.router_url):
         simulator = await start_simulator(DEFAULT_PROFILES)
         console.print(f"probing the built-in router simulator at {simulator.base_url}", markup=False)
     try:
-        series, _ = plan(config, os.environ, simulator.base_url if simulator else None)
+        series, _ = plan(config, settings.router_keys, simulator.base_url if simulator else None,
+                         router_url=settings.router_url)
         lag = LoopLagMonitor()
         lag.start()
         with Progress(TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -116,13 +117,16 @@ async def _round(config: Config, console: Console) -> list[ProbeResult]:
             await simulator.close()
 
 
-def once(config: Config) -> int:
-    """Probe every series once and print the table; exit 0 only when every probe succeeded."""
+def once(config: Config, settings: Settings) -> int:
+    """Probe every series once and print the table; exit 0 only when every probe succeeded.
+
+    ``settings``: where a router's key and ``ROUTEWATCH_ROUTER_URL`` come from.
+    """
     # Defence in depth: whatever slipped past terminal_safe is replaced, never a crash mid-table.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")
     console = Console()
-    results = asyncio.run(_round(config, console))
+    results = asyncio.run(_round(config, settings, console))
     console.print(results_table(results))
     for note in result_notes(results):
         console.print(note)

@@ -1,13 +1,26 @@
-"""The main job, ``routewatch run``: every part wired together in one process.
+"""The main job, ``routewatch run`` (and ``serve``): every part wired together in one process.
 
 config → simulator (when no real router is configured) → scheduled probes →
-batch writer → PostgreSQL → aggregator → HTTP API. The embedded PostgreSQL
-is started before the event loop, from the main thread, because its
-parent-death signal is tied to the thread that starts it; it is restarted
-from the event loop, which runs on that thread too.
+batch writer → PostgreSQL → aggregator → HTTP API.
 
-Start-up order: the data directory is claimed and the API port bound first,
-so a second ``run`` or a taken port is reported before anything is started.
+Each long-lived part is a context manager, entered in order on one stack, so
+that whatever fails, at start-up or while stopping, everything already
+started is stopped, in reverse order:
+
+* :func:`run`, on the main thread before the event loop, holds what must be
+  set up there on a :class:`contextlib.ExitStack`: the data directory's run
+  lock, the pre-bound API sockets and the embedded PostgreSQL. The server is
+  started from the main thread because its parent-death signal is tied to
+  the thread that starts it (it is restarted from the event loop, which runs
+  on that thread too). The data directory is claimed and the API port bound
+  first, so a second ``run`` or a taken port is reported before anything is
+  started.
+* :func:`serve`, the event loop's entry, enters every other part on one
+  :class:`contextlib.AsyncExitStack`, in the order of :data:`STARTUP_STEPS`.
+  ``asyncio.run`` returns only once that stack is unwound, so the main
+  thread's stack is its outer part: the embedded server stops after
+  everything that uses it.
+
 While running, every long-lived task is watched (``supervision.py``): one
 that dies stops the process, in order, with a non-zero exit.
 """
@@ -17,48 +30,67 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import random
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
 
+import aiohttp
 import asyncpg
+from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from routewatch.admin import LocalAdmin
 from routewatch.aggregator.publish.api import FAILED_COMPONENTS, create_app
 from routewatch.aggregator.publish.metrics import ProberHealthSlot
 from routewatch.aggregator.publish.public_routes import input_prices
-from routewatch.admin import LocalAdmin
-from routewatch.aggregator.publish.server import bind_listeners, start_api
-from routewatch.postgres.file_lock import FileLock
+from routewatch.aggregator.publish.server import ApiServer, bind_listeners, start_api
 from routewatch.aggregator.refresh import Aggregator
+from routewatch.config import Config, StorageConfig
+from routewatch.config.durations import parse_duration
+from routewatch.config.settings import ENV_DATABASE_URL, ENV_ROUTER_URL, Settings
+from routewatch.postgres.file_lock import FileLock
+from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
+from routewatch.postgres.watch import PostgresGaveUp, watch_postgres
+from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.probe.redact import redact, redact_dsn
+from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_session
+from routewatch.probe.targets import RouterPlan, plan, uses_simulator
+from routewatch.results.probe_result import ProbeResult
+from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simulator
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.migrate import migrate
-from routewatch.postgres.local_server import LocalPostgres
-from routewatch.config import Config
-from routewatch.config.durations import parse_duration
-from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.probe.redact import redact, redact_dsn
-from routewatch.results.probe_result import ProbeResult
-from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_session
-from routewatch.probe.targets import ENV_ROUTER_URL, RouterPlan, plan, uses_simulator
 from routewatch.storage.writer import BatchWriter
-from routewatch.postgres.watch import PostgresGaveUp, watch_postgres
-from routewatch.simulator import DEFAULT_PROFILES, start_simulator
 from routewatch.supervision import Supervisor, dsn_secrets
 
 log = logging.getLogger("routewatch")
 
-ENV_DATABASE_URL = "ROUTEWATCH_DATABASE_URL"
+_T = TypeVar("_T")
+
 # Stands in for the simulator's URL while checking the plan, before it is started.
 SIMULATOR_PENDING = "http://127.0.0.1:0/v1"
 STATUS_EVERY_S = 30.0
 RUN_LOCK = "run.lock"  # in the data directory: one `routewatch run` per spool
+POOL_CLOSE_S = 10.0  # then connections still in use are terminated
+
+# What serve() starts, in order (the last, "running", is everything started).
+# `serve` reaches the steps up to "api"; `run` all of them.
+STARTUP_STEPS = (
+    "database", "simulator", "leadership", "postgres watch", "migrations", "housekeeping", "aggregator", "api",
+    "writer", "writer watch", "loop lag", "http session", "scheduler", "status reporter", "running",
+)
+# Steps that start nothing that is stopped later: points of start-up only.
+STARTUP_MARKS = ("migrations", "running")
 
 
 class DatabaseUnavailable(Exception):
@@ -69,9 +101,20 @@ class DataDirInUse(Exception):
     """Another ``routewatch run`` uses this data directory (and its spool)."""
 
 
+class InjectedFault(Exception):
+    """Raised at a step named by ``RunOptions.fail_at`` or ``fail_stopping`` (tests only)."""
+
+
 @dataclass
 class RunOptions:
-    """What ``routewatch run`` was asked to do."""
+    """What ``routewatch run`` was asked to do.
+
+    ``fail_at`` and ``fail_stopping`` are for tests of the start-up and
+    shutdown order only, for the steps no real condition can make fail: the
+    step of :data:`STARTUP_STEPS` named by ``fail_at`` raises
+    :class:`InjectedFault` instead of starting; the one named by
+    ``fail_stopping`` raises it once it has stopped.
+    """
 
     config: Config
     config_path: str
@@ -79,52 +122,56 @@ class RunOptions:
     host: str
     port: int
     probes: bool = True  # False: `routewatch serve`, aggregator and API only
+    fail_at: str | None = None
+    fail_stopping: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fail_at is not None and self.fail_at not in STARTUP_STEPS:
+            raise ValueError(f"no start-up step {self.fail_at!r}; the steps are {', '.join(STARTUP_STEPS)}")
+        stopped = [step for step in STARTUP_STEPS if step not in STARTUP_MARKS]
+        if self.fail_stopping is not None and self.fail_stopping not in stopped:
+            raise ValueError(f"no step {self.fail_stopping!r} that stops; those are {', '.join(stopped)}")
 
 
-def run(opts: RunOptions) -> int:
+@dataclass(frozen=True)
+class Database:
+    """The database this process uses: its URL (a secret), how the banner names it,
+    and the embedded server when this process runs it (to watch and restart)."""
+
+    dsn: str
+    label: str
+    server: LocalPostgres | None = None
+
+
+def embedded_postgres(data_dir: Path, settings: Settings) -> LocalPostgres:
+    """The embedded PostgreSQL of ``data_dir``, with the binaries and server user the settings name."""
+    return LocalPostgres(data_dir, bin_dir=resolve_bin_dir(settings.pg_bin), pg_user=settings.pg_user)
+
+
+def run(opts: RunOptions, settings: Settings) -> int:
     """Start everything, serve until SIGINT/SIGTERM or a failure, stop everything. Returns the exit code.
 
     :raises DataDirInUse: another ``routewatch run`` uses ``opts.data_dir``.
     :raises PortInUse: the API port is taken (nothing has been started).
     """
-    database_url = os.environ.get(ENV_DATABASE_URL)
+    database_url = settings.database_dsn()
     print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
-    local = None if database_url else LocalPostgres(opts.data_dir)
+    local = None if database_url else embedded_postgres(opts.data_dir, settings)
     if local is None:
         opts.data_dir.mkdir(parents=True, exist_ok=True)  # the spool lives here
     else:
         local.prepare_data_dir()
-    plan(opts.config, os.environ, SIMULATOR_PENDING)  # fail on config before starting anything
-    run_lock = _claim_for_run(opts.data_dir) if opts.probes else None
-    server: LocalPostgres | None = None
-    try:
-        sockets = bind_listeners(opts.host, opts.port)
-        try:
-            if local is None:
-                assert database_url is not None
-                db_label = f"PostgreSQL at {redact_dsn(database_url)} (from {ENV_DATABASE_URL})"
-            else:
-                with local.startup_lock():
-                    database_url = local.running_dsn()
-                    if database_url is None:
-                        server = local
-                        server.start()
-                        database_url = server.dsn
-                        db_label = f"embedded PostgreSQL {server.version} in {opts.data_dir}"
-                    else:  # another routewatch process runs it; share it, leave it running
-                        db_label = f"embedded PostgreSQL {local.version} in {opts.data_dir} (run by another routewatch)"
-            return asyncio.run(_serve(opts, database_url, db_label, sockets, server))
-        finally:
-            for sock in sockets:
-                sock.close()
-    finally:
-        if server is not None:
-            server.stop()
-        if run_lock is not None:
-            run_lock.release()
+    _plan(opts.config, settings, SIMULATOR_PENDING)  # fail on config before starting anything
+    with ExitStack() as main_thread:
+        if opts.probes:
+            main_thread.enter_context(_run_lock(opts.data_dir))
+        sockets = main_thread.enter_context(_listeners(opts.host, opts.port))
+        database = main_thread.enter_context(_database(local, database_url, opts.data_dir))
+        return asyncio.run(serve(opts, settings, database, sockets))
 
 
-def _claim_for_run(data_dir: Path) -> FileLock:
+@contextmanager
+def _run_lock(data_dir: Path) -> Iterator[None]:
     """Hold the data directory's run lock for this process: its spool is ours alone."""
     lock = FileLock(data_dir / RUN_LOCK)
     if not lock.acquire():
@@ -132,104 +179,260 @@ def _claim_for_run(data_dir: Path) -> FileLock:
             f"another `routewatch run` (pid {lock.holder()}) uses the data directory {data_dir};"
             " give each run its own --data-dir or ROUTEWATCH_DATA_DIR (a `routewatch serve` may share one)"
         )
-    return lock
+    try:
+        yield
+    finally:
+        lock.release()
 
 
-async def _serve(opts: RunOptions, dsn: str, db_label: str, sockets: list[socket.socket],
-                 server: LocalPostgres | None) -> int:
+@contextmanager
+def _listeners(host: str, port: int) -> Iterator[list[socket.socket]]:
+    """The API's sockets, bound now (a taken port is reported before anything starts), closed at exit."""
+    sockets = bind_listeners(host, port)
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@contextmanager
+def _database(local: LocalPostgres | None, url: str | None, data_dir: Path) -> Iterator[Database]:
+    """The external database at ``url``, else the embedded one: started (and stopped at exit)
+    unless another routewatch process already runs it on ``data_dir``."""
+    if local is None:
+        assert url is not None
+        yield Database(url, f"PostgreSQL at {redact_dsn(url)} (from {ENV_DATABASE_URL})")
+        return
+    with local.startup_lock():
+        shared = local.running_dsn()
+        if shared is None:
+            local.start()
+    if shared is not None:  # another routewatch process runs it; share it, leave it running
+        yield Database(shared, f"embedded PostgreSQL {local.version} in {data_dir} (run by another routewatch)")
+        return
+    try:
+        yield Database(local.dsn, f"embedded PostgreSQL {local.version} in {data_dir}", local)
+    finally:
+        local.stop()
+
+
+def _plan(config: Config, settings: Settings, simulator_url: str | None) -> tuple[list[Series], list[RouterPlan]]:
+    return plan(config, settings.router_keys, simulator_url, router_url=settings.router_url)
+
+
+# ---------------------------------------------------------------- the event loop's part
+
+
+async def serve(opts: RunOptions, settings: Settings, database: Database, sockets: Sequence[socket.socket]) -> int:
+    """Run every part on this event loop until SIGINT/SIGTERM or a failure; return the exit code.
+
+    The parts are entered on one stack in the order of :data:`STARTUP_STEPS`
+    (``run`` all of them, ``serve`` those up to the API). Whatever fails while
+    starting or stopping, everything already started is stopped, in reverse
+    order, and the exception is raised once they are.
+    """
     config = opts.config
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    supervisor = Supervisor(stop, dsn_secrets(dsn))
-
-    series, routers = plan(config, os.environ, SIMULATOR_PENDING)
-    try:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot reach the database, {db_label}: {redact(str(exc), [dsn])}") from None
-    simulator = None
-    if opts.probes and uses_simulator(config, os.environ):
-        simulator = await start_simulator(DEFAULT_PROFILES)
-        series, routers = plan(config, os.environ, simulator.base_url)
-    leadership = Leadership(dsn)
-    pg_watch = None
-    if server is not None:
-        pg_watch = asyncio.create_task(watch_postgres(server), name="embedded-postgres")
-        supervisor.watch("embedded PostgreSQL watch", pg_watch, explained=(PostgresGaveUp,))
-    try:
+    supervisor = Supervisor(stop, dsn_secrets(database.dsn))
+    writer: BatchWriter | None = None
+    async with _Startup(supervisor, opts.fail_at, opts.fail_stopping) as stack:
+        stack.enter_context(_stop_on_signals(stop))
+        pool = await stack.start("database", _database_pool(database))
+        simulator = await stack.start("simulator", _simulator(config, settings, opts.probes))
+        leadership = await stack.start("leadership", _leadership(database.dsn))
+        await stack.start("postgres watch", _postgres_watch(supervisor, database.server))
+        stack.reach("migrations")
         async with pool.acquire() as conn:
             report = await migrate(conn)
-        mode, tsdb = report.mode, report.timescaledb_version
         partitions = PartitionCache()
-        storage = config.storage
-        retention = timedelta(seconds=storage.retention)
-        maintenance = asyncio.create_task(
-            maintenance_loop(pool, mode, partitions, retention=retention,
-                             compress_after=timedelta(seconds=storage.compress_after), leadership=leadership),
-            name="maintenance",
-        )
-        supervisor.watch("maintenance", maintenance)
-        windows = {name: parse_duration(name) for name in config.aggregator.windows}
-        configured = [(r.name, m) for r in config.routers for m in r.models]
-        aggregator = Aggregator(pool, windows, configured, config.aggregator.refresh,
-                                retention=retention, leadership=leadership,
-                                history_every=timedelta(seconds=config.aggregator.snapshot_every),
-                                slo=config.slo, probe_interval_s=config.schedule.interval,
-                                maintenance=config.maintenance,
-                                max_providers=config.aggregator.max_providers_per_model)
-        await aggregator.refresh()
-        refresher = asyncio.create_task(aggregator.run(), name="aggregator")
-        supervisor.watch("aggregator refresh", refresher)
-
-        # Admin endpoints answer only with ROUTEWATCH_ADMIN_TOKEN set (see aggregator/publish/api.py).
+        await stack.start("housekeeping", _housekeeping(supervisor, pool, report.mode, partitions, config.storage,
+                                                        leadership))
+        aggregator = await stack.start("aggregator", _refreshing(_aggregator(config, pool, leadership), supervisor))
+        series, routers = _plan(config, settings, simulator.base_url if simulator else SIMULATOR_PENDING)
         # A reload is applied once the probes run (admin.attach); a router moved to the
         # simulator is rejected when this process did not start one.
-        if simulator is not None:
-            reload_simulator: str | None = simulator.base_url
-        else:
-            reload_simulator = None if opts.probes else SIMULATOR_PENDING
-        admin = LocalAdmin(config, opts.config_path, series, simulator_url=reload_simulator,
-                           aggregator=aggregator)
+        reload_simulator = simulator.base_url if simulator else (None if opts.probes else SIMULATOR_PENDING)
+        admin = LocalAdmin(config, opts.config_path, series, simulator_url=reload_simulator, aggregator=aggregator,
+                           router_keys=settings.router_keys, router_url=settings.router_url)
         prober_health = ProberHealthSlot()  # /metrics reports the prober once it runs (`run` only)
-        app = create_app(aggregator, admin=admin, prices=input_prices(config.routers), prober_health=prober_health)
+        app = create_app(aggregator, admin=admin, admin_token=settings.admin_token,
+                         prices=input_prices(config.routers), prober_health=prober_health)
         app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
-        api = await start_api(app, sockets)
+        api = await stack.start("api", _api_server(app, sockets))
+        if opts.probes:
+            writer = await stack.start("writer", _batch_writer(pool, opts.data_dir / "spool", config.storage,
+                                                               partitions, report.mode))
+            await stack.start("writer watch", supervisor.running("batch writer", partial(_writer_alive, writer)))
+            lag = await stack.start("loop lag", _loop_lag())
+            session = await stack.start("http session", _http_session(config.schedule.concurrency))
+            prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
+                            sink=writer.submit, lag=lag, max_lag_s=config.schedule.max_loop_lag)
+            prober_health.attach(prober, writer, lag)
+            admin.attach(await stack.start("scheduler", _probe_schedule(config, series, prober)))
+            await stack.start("status reporter", supervisor.running("status reporter", partial(
+                _report, prober, writer, lag, stop)))
+        stack.reach("running")
+        stack.enter_context(_frozen_heap())
         api_url = f"http://{opts.host}:{api.addresses[0][1]}"
-        example = configured[0][1]
-        if opts.probes:
-            async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
-                await partitions.ensure_for(conn, mode, (r.started_at for r in results))
-
-            writer = BatchWriter(pool, opts.data_dir / "spool", prepare=prepare,
-                                 spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
-            await writer.start()
-            supervisor.watch("batch writer", asyncio.create_task(_writer_alive(writer), name="writer-watch"))
-            banner = _banner(opts, routers, db_label, mode, tsdb, len(series), api_url, example, aggregator.role)
-            await _probe_until_stopped(config, series, writer, banner, stop, prober_health, admin, supervisor)
-        else:
-            print(_banner(opts, [], db_label, mode, tsdb, 0, api_url, example, aggregator.role), flush=True)
-            await stop.wait()
-            print("\nstopping …", flush=True)
-        supervisor.closing()
-        refresher.cancel()
-        maintenance.cancel()
-        await api.close()
-        if opts.probes:
-            await writer.close()
-            print(f"stored {writer.written} probe results this run; bye", flush=True)
-    finally:
-        supervisor.closing()
-        if pg_watch is not None:
-            pg_watch.cancel()
-        await leadership.release()
-        await pool.close()
-        if simulator is not None:
-            await simulator.close()
+        print(_banner(opts, routers if opts.probes else [], database.label, report.mode,
+                      report.timescaledb_version, len(series) if opts.probes else 0, api_url,
+                      config.routers[0].models[0], aggregator.role), flush=True)
+        await stop.wait()
+        print("\nstopping: finishing probes in flight and storing results …" if opts.probes else "\nstopping …",
+              flush=True)
+    if writer is not None:
+        print(f"stored {writer.written} probe results this run; bye", flush=True)
     for failure in supervisor.failed:
         print(f"routewatch: stopped because {failure.describe()}", file=sys.stderr, flush=True)
     return supervisor.exit_code
+
+
+class _Startup(AsyncExitStack):
+    """The AsyncExitStack of :func:`serve`, whose parts are entered as named steps (:data:`STARTUP_STEPS`).
+
+    Unwinding it is the process stopping: the supervisor is told first, so
+    that no task stopped from then on counts as a failure.
+    """
+
+    def __init__(self, supervisor: Supervisor, fail_at: str | None, fail_stopping: str | None) -> None:
+        super().__init__()
+        self._supervisor = supervisor
+        self._fail_at = fail_at
+        self._fail_stopping = fail_stopping
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        self._supervisor.closing()
+        return await super().__aexit__(exc_type, exc, tb)
+
+    def reach(self, step: str) -> None:
+        """Start-up has come to ``step``: a step without a part to enter, or before entering its part."""
+        if step == self._fail_at:
+            raise InjectedFault(f"injected fault at the start of {step!r}")
+
+    async def start(self, step: str, part: AbstractAsyncContextManager[_T]) -> _T:
+        """Enter ``part`` as ``step``: it is stopped when the stack unwinds, after every later part."""
+        self.reach(step)
+        if step == self._fail_stopping:
+            self.callback(_fail_stopping, step)  # below the part: runs once the part has stopped
+        return await self.enter_async_context(part)
+
+
+def _fail_stopping(step: str) -> None:
+    raise InjectedFault(f"injected fault once {step!r} had stopped")
+
+
+@contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (from start-up on, so a Ctrl-C then stops cleanly too)."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+@asynccontextmanager
+async def _database_pool(database: Database) -> AsyncIterator[asyncpg.Pool]:
+    """The connection pool; closed at exit, its connections still in use terminated after POOL_CLOSE_S."""
+    try:
+        pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=4, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot reach the database, {database.label}: {redact(str(exc), [database.dsn])}"
+        ) from None
+    try:
+        yield pool
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_S)
+        except TimeoutError:
+            log.warning("database connections still in use after %gs at shutdown; closing them", POOL_CLOSE_S)
+            pool.terminate()
+
+
+@asynccontextmanager
+async def _simulator(config: Config, settings: Settings, probes: bool) -> AsyncIterator[RunningSimulator | None]:
+    """The built-in router simulator when ``run`` probes a router configured as ``simulator``; else None."""
+    if not probes or not uses_simulator(config, settings.router_url):
+        yield None
+        return
+    async with await start_simulator(DEFAULT_PROFILES) as simulator:
+        yield simulator
+
+
+@asynccontextmanager
+async def _leadership(dsn: str) -> AsyncIterator[Leadership]:
+    """The refresher role; given up at exit (its lock connection closed)."""
+    leadership = Leadership(dsn)
+    try:
+        yield leadership
+    finally:
+        await leadership.release()
+
+
+def _postgres_watch(supervisor: Supervisor, server: LocalPostgres | None) -> AbstractAsyncContextManager[object]:
+    """Restarts the embedded server this process runs if it dies; nothing for another's or an external one."""
+    if server is None:
+        return nullcontext()
+    return supervisor.running("embedded PostgreSQL watch", partial(watch_postgres, server),
+                              explained=(PostgresGaveUp,))
+
+
+def _housekeeping(supervisor: Supervisor, pool: asyncpg.Pool, mode: str, partitions: PartitionCache,
+                  storage: StorageConfig, leadership: Leadership) -> AbstractAsyncContextManager[object]:
+    """Partitions, retention, compression and the hourly rollup, on the refresher's schedule."""
+    return supervisor.running("maintenance", partial(
+        maintenance_loop, pool, mode, partitions, retention=timedelta(seconds=storage.retention),
+        compress_after=timedelta(seconds=storage.compress_after), leadership=leadership))
+
+
+def _aggregator(config: Config, pool: asyncpg.Pool, leadership: Leadership) -> Aggregator:
+    return Aggregator(pool, {name: parse_duration(name) for name in config.aggregator.windows},
+                      [(r.name, m) for r in config.routers for m in r.models], config.aggregator.refresh,
+                      retention=timedelta(seconds=config.storage.retention), leadership=leadership,
+                      history_every=timedelta(seconds=config.aggregator.snapshot_every),
+                      slo=config.slo, probe_interval_s=config.schedule.interval,
+                      maintenance=config.maintenance,
+                      max_providers=config.aggregator.max_providers_per_model)
+
+
+@asynccontextmanager
+async def _refreshing(aggregator: Aggregator, supervisor: Supervisor) -> AsyncIterator[Aggregator]:
+    """The aggregator, refreshed once (the API serves stats from its first request), then its refresh loop."""
+    await aggregator.refresh()
+    async with supervisor.running("aggregator refresh", aggregator.run):
+        yield aggregator
+
+
+@asynccontextmanager
+async def _api_server(app: web.Application, sockets: Sequence[socket.socket]) -> AsyncIterator[ApiServer]:
+    """The API served on the pre-bound sockets; at exit, requests in flight finish and connections close."""
+    api = await start_api(app, sockets)
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+@asynccontextmanager
+async def _batch_writer(pool: asyncpg.Pool, spool_dir: Path, storage: StorageConfig, partitions: PartitionCache,
+                        mode: str) -> AsyncIterator[BatchWriter]:
+    """The spool-backed writer; at exit it stores what is queued (what it cannot stays in the spool)."""
+    async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+        await partitions.ensure_for(conn, mode, (r.started_at for r in results))
+
+    writer = BatchWriter(pool, spool_dir, prepare=prepare, spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.close()
 
 
 async def _writer_alive(writer: BatchWriter) -> None:
@@ -239,46 +442,48 @@ async def _writer_alive(writer: BatchWriter) -> None:
         raise failed
 
 
-async def _probe_until_stopped(
-    config: Config, series: list[Series], writer: BatchWriter, banner: str, stop: asyncio.Event,
-    prober_health: ProberHealthSlot | None = None, admin: LocalAdmin | None = None,
-    supervisor: Supervisor | None = None,
-) -> None:
-    """Probe on the schedule until ``stop``, then let probes in flight finish.
-
-    With ``admin``, a config reload replaces the scheduled series from then on;
-    with ``supervisor``, the status reporter is watched.
-    """
+@asynccontextmanager
+async def _loop_lag() -> AsyncIterator[LoopLagMonitor]:
     lag = LoopLagMonitor()
     lag.start()
-    async with new_session(config.schedule.concurrency) as session:
-        prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
-                        sink=writer.submit, lag=lag, max_lag_s=config.schedule.max_loop_lag)
-        if prober_health is not None:
-            prober_health.attach(prober, writer, lag)
-        scheduler = AsyncIOScheduler()
-        probes = ProbeSchedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter,
-                               random.Random())
-        scheduler.start()
-        if admin is not None:
-            admin.attach(probes)
-        # Everything built so far lives for the whole run: keep it out of
-        # the collector's full scans, whose pauses would stall the loop
-        # (and be flagged as prober lag) in the middle of measurements.
-        gc.collect()
-        gc.freeze()
-        print(banner, flush=True)
-        status = asyncio.create_task(_report(prober, writer, lag, stop), name="status")
-        if supervisor is not None:
-            supervisor.watch("status reporter", status)
-        await stop.wait()
-        print("\nstopping: finishing probes in flight and storing results …", flush=True)
-        if supervisor is not None:
-            supervisor.closing()
-        status.cancel()
+    try:
+        yield lag
+    finally:
+        await lag.stop()
+
+
+@asynccontextmanager
+async def _http_session(concurrency: int) -> AsyncIterator[aiohttp.ClientSession]:
+    """The probes' HTTP client, created on entry (an unused one would be reported unclosed)."""
+    async with new_session(concurrency) as session:
+        yield session
+
+
+@asynccontextmanager
+async def _probe_schedule(config: Config, series: list[Series], prober: Prober) -> AsyncIterator[ProbeSchedule]:
+    """Probes on the schedule; at exit no new probe starts and those in flight finish."""
+    scheduler = AsyncIOScheduler()
+    probes = ProbeSchedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter,
+                           random.Random())
+    scheduler.start()
+    try:
+        yield probes
+    finally:
         # A reload may have changed the timeouts; a probe in flight may still run on the old ones.
         await probes.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
-    await lag.stop()
+
+
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Everything built at start lives for the whole run: keep it out of the collector's
+    full scans, whose pauses would stall the loop (and be flagged as prober lag) in the
+    middle of measurements."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 async def _report(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor, stop: asyncio.Event) -> None:

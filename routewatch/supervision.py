@@ -9,6 +9,9 @@ silent hang: the API keeps answering, ``/readyz`` says ready, nothing is
 stored. The :class:`Supervisor` turns it into a loud stop: the failure is
 logged (redacted), published for ``/readyz``, and the process shuts down in
 order and exits non-zero.
+
+:meth:`Supervisor.running` runs such a task for as long as a context is
+open, so that the runner can stack it with the other parts it stops in order.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from routewatch.probe.redact import redact
 
 log = logging.getLogger("routewatch")
+
+STOP_WAIT_S = 10.0  # a cancelled task that has not ended by then is reported and left behind
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,25 @@ class Supervisor:
         logged without the traceback every other exception gets.
         """
         task.add_done_callback(lambda done: self._ended(component, done, explained))
+
+    @asynccontextmanager
+    async def running(self, component: str, run: Callable[[], Coroutine[Any, Any, object]],
+                      explained: tuple[type[BaseException], ...] = ()) -> AsyncIterator[asyncio.Task[object]]:
+        """Run ``run()`` as a task watched as ``component`` (see :meth:`watch`) while the context is open.
+
+        Leaving the context means the process is stopping: :meth:`closing` is
+        called, then the task is cancelled and waited for (up to ``STOP_WAIT_S``).
+        """
+        task = asyncio.get_running_loop().create_task(run(), name=component)
+        self.watch(component, task, explained)
+        try:
+            yield task
+        finally:
+            self.closing()
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=STOP_WAIT_S)
+            if not done:
+                log.warning("the %s task had not stopped %gs after it was cancelled", component, STOP_WAIT_S)
 
     def closing(self) -> None:
         """The process is shutting down: tasks cancelled or ending from now on are expected."""

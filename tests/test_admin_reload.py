@@ -27,9 +27,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from pydantic import SecretStr
 
 from routewatch.admin import LocalAdmin
-from routewatch.aggregator.publish.api import ADMIN_TOKEN_ENV, ConfigRejected, create_app
+from routewatch.aggregator.publish.api import ConfigRejected, create_app
+from routewatch.config.settings import ENV_ADMIN_TOKEN
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.schema import ensure_schema
 from routewatch.config import Config, load_config
@@ -108,7 +110,7 @@ class Probing:
         self.schedule = ProbeSchedule(self.scheduler, prober, series, config.schedule.interval,
                                       config.schedule.jitter)
         self.scheduler.start()
-        self.admin = LocalAdmin(config, path, series, environ={}, schedule=self.schedule)
+        self.admin = LocalAdmin(config, path, series, schedule=self.schedule)
 
 
 async def test_reload_swaps_the_scheduled_series_and_interval(simulator: RunningSimulator, tmp_path: Path) -> None:
@@ -192,9 +194,8 @@ async def test_two_reloads_at_once_apply_the_file_once(simulator: RunningSimulat
 
 
 async def test_reload_endpoint_applies_and_lists_the_changes(
-    db_dsn: str, simulator: RunningSimulator, tmp_path: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch,
+    db_dsn: str, simulator: RunningSimulator, tmp_path: Path, aiohttp_client,
 ) -> None:
-    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
     path = tmp_path / "probes.yaml"
     path.write_text(config_text(simulator.base_url, [KEEP, GONE], "300ms", "50ms"))
     config = load_config(path)
@@ -212,9 +213,9 @@ async def test_reload_endpoint_applies_and_lists_the_changes(
             scheduler = AsyncIOScheduler()
             probes = ProbeSchedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter)
             scheduler.start()
-            admin = LocalAdmin(config, path, series, environ={}, aggregator=aggregator)
+            admin = LocalAdmin(config, path, series, aggregator=aggregator)
             admin.attach(probes)
-            client = await aiohttp_client(create_app(aggregator, admin=admin))
+            client = await aiohttp_client(create_app(aggregator, admin=admin, admin_token=SecretStr(TOKEN)))
             try:
                 await wait_until(lambda: len(served(simulator, GONE)) >= 1, 3, "a probe of GONE")
                 # NEW added, GONE removed, a new interval; the API port needs a restart.
@@ -283,7 +284,7 @@ def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="routewatch-reload-"))  # /tmp: the server user must reach it
     data_dir.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
-    env[ADMIN_TOKEN_ENV] = TOKEN
+    env[ENV_ADMIN_TOKEN] = TOKEN
     proc = subprocess.Popen([sys.executable, "-m", "routewatch.cli", "run", "--config", str(path),
                              "--data-dir", str(data_dir)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parent.parent)
@@ -350,11 +351,10 @@ def _copy(name: str) -> Callable[[Path], None]:
     ids=["alias-bomb", "deep-nesting", "many-values"],
 )
 async def test_reload_refuses_a_yaml_bomb_while_healthz_answers(
-    db_dsn: str, tmp_path: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch,
+    db_dsn: str, tmp_path: Path, aiohttp_client,
     write: Callable[[Path], None], expected: str,
 ) -> None:
     """A real server: the bomb is a 400 naming the line, and the event loop is never held up by the parse."""
-    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
     path = tmp_path / "probes.yaml"
     path.write_text(config_text("http://127.0.0.1:9/v1", [KEEP], "10s", "1s"))
     config = load_config(path)
@@ -363,8 +363,8 @@ async def test_reload_refuses_a_yaml_bomb_while_healthz_answers(
     try:
         aggregator = Aggregator(pool, WINDOWS, [("sim", KEEP)], 10.0, slo=config.slo,
                                 probe_interval_s=config.schedule.interval)
-        admin = LocalAdmin(config, path, series, environ={})
-        client = await aiohttp_client(create_app(aggregator, admin=admin))
+        admin = LocalAdmin(config, path, series)
+        client = await aiohttp_client(create_app(aggregator, admin=admin, admin_token=SecretStr(TOKEN)))
         write(path)
 
         reload = asyncio.create_task(client.post("/v1/config/reload", headers={"Authorization": f"Bearer {TOKEN}"}))

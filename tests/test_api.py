@@ -26,8 +26,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 from routewatch.aggregator.publish import openapi
-from routewatch.aggregator.publish.api import ADMIN_TOKEN_ENV, API, create_app
+from routewatch.aggregator.publish.api import API, create_app
 from routewatch.aggregator.publish.http_errors import JSON_TYPE
 from routewatch.aggregator.publish.openapi import MAX_SERIES_POINTS
 from routewatch.aggregator.refresh import Aggregator
@@ -494,14 +495,12 @@ def _local_admin(sim: RunningSimulator, path: Path) -> LocalAdmin:
     path.write_text(_config_text(sim.base_url, [FAST]))
     config = load_config(path)
     series, _ = plan(config, {})
-    return LocalAdmin(config, path, series, environ={})
+    return LocalAdmin(config, path, series)
 
 
 async def test_admin_endpoints_are_disabled_without_a_token(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
     admin = _local_admin(simulator, tmp_path / "probes.yaml")
     client = await _client(aiohttp_client, create_app(seeded.aggregator, admin=admin))
     for path in (f"/v1/models/{FAST}/probe", "/v1/config/reload"):
@@ -512,13 +511,12 @@ async def test_admin_endpoints_are_disabled_without_a_token(
 
 async def test_admin_token_checks_and_actions(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
     path = tmp_path / "probes.yaml"
     admin = _local_admin(simulator, path)
-    client = await _client(aiohttp_client, create_app(seeded.aggregator, admin=admin))
+    client = await _client(aiohttp_client, create_app(seeded.aggregator, admin=admin, admin_token=SecretStr(TOKEN)))
     probe_url = f"/v1/models/{FAST}/probe"
 
     missing = await client.post(probe_url)
@@ -568,10 +566,9 @@ async def test_admin_token_checks_and_actions(
 
 
 async def test_admin_token_set_but_no_actions_is_forbidden(
-    seeded: Seeded, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+    seeded: Seeded, aiohttp_client: ClientFactory
 ) -> None:
-    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
-    client = await _client(aiohttp_client, create_app(seeded.aggregator))
+    client = await _client(aiohttp_client, create_app(seeded.aggregator, admin_token=SecretStr(TOKEN)))
     resp = await client.post("/v1/config/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert "not available" in await _error(resp, 403, None)
 
@@ -587,11 +584,10 @@ class _BrokenAdmin:
 
 
 async def test_an_unexpected_error_is_a_json_500_without_detail(
-    seeded: Seeded, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    seeded: Seeded, aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
-    client = await _client(aiohttp_client, create_app(seeded.aggregator, admin=_BrokenAdmin()))
+    client = await _client(aiohttp_client, create_app(seeded.aggregator, admin=_BrokenAdmin(),
+                                                      admin_token=SecretStr(TOKEN)))
     resp = await client.post(f"/v1/models/{FAST}/probe", headers={"Authorization": f"Bearer {TOKEN}"})
     assert await _error(resp, 500, None) == "internal error"
     text = await resp.text()
@@ -692,17 +688,16 @@ def _schemathesis_run(base_url: str, fixed_id: str, max_examples: int) -> dict[t
 
 
 async def test_schemathesis_against_a_running_server(
-    seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seeded: Seeded, simulator: RunningSimulator, tmp_path: Path
 ) -> None:
     """No 5xx, no schema, status code or content type that the document does not allow.
 
     Status is enabled (the aggregator has an SLO) and seeded with open and closed incidents and
     past uptime, so the public status routes answer with their full bodies.
     """
-    monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
     admin = _local_admin(simulator, tmp_path / "probes.yaml")
     assert seeded.aggregator.status_enabled and seeded.aggregator.status is not None
-    app = create_app(seeded.aggregator, admin=admin, prices=PRICES)
+    app = create_app(seeded.aggregator, admin=admin, admin_token=SecretStr(TOKEN), prices=PRICES)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -347,11 +347,13 @@ def test_taken_api_port_is_reported_before_anything_starts(config_file: Path, da
     assert not (data_dir / "pgdata" / "PG_VERSION").exists()
 
 
-def test_bad_api_port_in_the_environment_is_a_clear_error(config_file: Path, data_dir: Path) -> None:
+@pytest.mark.parametrize("port", ["80800", "eighty"])
+def test_bad_api_port_in_the_environment_is_a_clear_error(config_file: Path, data_dir: Path, port: str) -> None:
     proc = subprocess.run(ROUTEWATCH + ["run", "--config", str(config_file), "--data-dir", str(data_dir)],
-                          env=_env(ROUTEWATCH_API_PORT="80800"), capture_output=True, text=True, timeout=60, cwd=REPO)
+                          env=_env(ROUTEWATCH_API_PORT=port), capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "routewatch: ROUTEWATCH_API_PORT: '80800' is not a port number (0-65535)"
+    assert proc.stderr.strip() == f"routewatch: ROUTEWATCH_API_PORT: {port!r} is not a port number (0-65535)"
+    assert not (data_dir / "pgdata").exists()  # refused before anything started
 
 
 @pytest.mark.timeout(120)

