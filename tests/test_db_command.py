@@ -10,6 +10,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from routewatch.db_command import spool_backlog
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.spool import Spool
@@ -22,6 +24,7 @@ def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProce
                           env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.system
 def test_migrate_then_status(db_dsn: str, db_mode: str, tmp_path: Path) -> None:
     first = _cli(["db", "migrate"], db_dsn, tmp_path)
     assert first.returncode == 0, first.stderr
@@ -47,6 +50,7 @@ def _result(i: int) -> ProbeResult:
                        error_class=None, error_detail=None)
 
 
+@pytest.mark.unit
 def test_spool_backlog_counts_unstored_results(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     assert spool_backlog(spool_dir) == "empty"

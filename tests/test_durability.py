@@ -27,6 +27,8 @@ import pytest
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.simulator.process import SimulatorProcess
 
+pytestmark = pytest.mark.system
+
 OUTAGE_S = 30.0  # the issue asks for an outage of 30 s or more
 
 PROFILES = """

@@ -26,6 +26,8 @@ from routewatch.probe.targets import plan
 from routewatch.storage.writer import BatchWriter
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
+pytestmark = pytest.mark.system
+
 PROFILES = (
     ModelProfile(model="test/fast", provider="FastCo", ttft_median_ms=40, ttft_sigma=0.2,
                  tokens_per_s=200, output_tokens=24),

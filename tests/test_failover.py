@@ -23,6 +23,8 @@ from routewatch.storage.schema import ensure_schema
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
 
+pytestmark = pytest.mark.system
+
 REFRESH_S = 2.0
 CONFIG = f"""
 routers:

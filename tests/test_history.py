@@ -6,12 +6,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from routewatch.aggregator.history import published_at
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.schema import ensure_schema
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+
+pytestmark = pytest.mark.db
 
 WINDOWS = {"1h": 3600.0, "7d": 7 * 86400.0}
 

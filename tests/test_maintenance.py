@@ -36,6 +36,8 @@ from routewatch.storage.migrate import migrate
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
 
+pytestmark = pytest.mark.db
+
 DAYS = 10
 ROWS = 4000
 # The newest seeded row is this old, so every rollup bucket is complete.

@@ -38,6 +38,8 @@ from routewatch.storage.writer import BatchWriter, write_batch
 
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
+pytestmark = pytest.mark.db
+
 WINDOWS = {"1h": 3600.0, "24h": 86400.0}
 REGION = "eu-test"
 PROFILES = (

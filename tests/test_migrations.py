@@ -56,6 +56,7 @@ async def recorded_versions(conn: asyncpg.Connection) -> list[tuple[int, str]]:
     return [(r["version"], r["name"]) for r in rows]
 
 
+@pytest.mark.unit
 def test_packaged_migrations_have_both_variants() -> None:
     migrations = load_migrations()
     assert [m.label for m in migrations] == LABELS
@@ -68,6 +69,7 @@ def test_packaged_migrations_have_both_variants() -> None:
             assert m.sql["plain"] != m.sql["timescaledb"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("files", "message"),
     [
@@ -85,6 +87,7 @@ def test_load_migrations_rejects_a_bad_layout(tmp_path: Path, files: dict[str, s
         load_migrations(tmp_path)
 
 
+@pytest.mark.db
 async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, mode: str) -> None:
     report = await migrate(conn, mode=mode)
 
@@ -137,6 +140,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         assert "probe_results_started_at" in indexes
 
 
+@pytest.mark.db
 async def test_rerun_applies_nothing(conn: asyncpg.Connection, mode: str) -> None:
     await migrate(conn, mode=mode)
     before = await conn.fetch("SELECT * FROM schema_migrations ORDER BY version")
@@ -149,6 +153,7 @@ async def test_rerun_applies_nothing(conn: asyncpg.Connection, mode: str) -> Non
     assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
 
 
+@pytest.mark.db
 async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str) -> None:
     conns = [await asyncpg.connect(db_dsn) for _ in range(3)]
     try:
@@ -164,6 +169,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
             await c.close()
 
 
+@pytest.mark.db
 async def test_a_waiting_start_blocks_on_the_lock(db_dsn: str) -> None:
     holder, waiter = await asyncpg.connect(db_dsn), await asyncpg.connect(db_dsn)
     try:
@@ -178,6 +184,7 @@ async def test_a_waiting_start_blocks_on_the_lock(db_dsn: str) -> None:
         await waiter.close()
 
 
+@pytest.mark.db
 async def test_recorded_mode_wins_over_a_different_request(
     conn: asyncpg.Connection, db_mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -208,10 +215,12 @@ async def test_recorded_mode_wins_over_a_different_request(
         assert warnings == []
 
 
+@pytest.mark.db
 async def test_default_mode_is_what_the_server_offers(conn: asyncpg.Connection, db_mode: str) -> None:
     assert (await migrate(conn)).mode == db_mode
 
 
+@pytest.mark.db
 async def test_timescaledb_mode_needs_the_extension(conn: asyncpg.Connection, db_mode: str) -> None:
     if db_mode == "timescaledb":
         pytest.skip("this server has TimescaleDB; the check needs one without it (the default embedded server)")
@@ -221,6 +230,7 @@ async def test_timescaledb_mode_needs_the_extension(conn: asyncpg.Connection, db
     assert await conn.fetchval("SELECT to_regclass('probe_results')") is None
 
 
+@pytest.mark.db
 async def test_a_failing_migration_is_rolled_back_and_retried(conn: asyncpg.Connection) -> None:
     first = load_migrations()[0]
     broken = Migration(2, "broken", {"plain": "CREATE TABLE half (x int); SELECT 1/0;", "timescaledb": ""})
@@ -235,18 +245,21 @@ async def test_a_failing_migration_is_rolled_back_and_retried(conn: asyncpg.Conn
     assert (report.mode, report.applied) == ("plain", ["0002_fixed"])
 
 
+@pytest.mark.db
 async def test_migrate_refuses_to_run_inside_a_transaction(conn: asyncpg.Connection) -> None:
     async with conn.transaction():
         with pytest.raises(MigrationError, match="outside"):
             await migrate(conn, mode="plain")
 
 
+@pytest.mark.db
 async def test_a_pre_migration_schema_is_refused(conn: asyncpg.Connection) -> None:
     await conn.execute("CREATE TABLE probe_results (id uuid)")
     with pytest.raises(MigrationError, match="before versioned migrations"):
         await migrate(conn, mode="plain")
 
 
+@pytest.mark.db
 async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mode: str) -> None:
     await migrate(conn, mode=mode)
     now = datetime.now(timezone.utc)
@@ -268,6 +281,7 @@ async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mod
         assert {r["part"] for r in placed} == {partition_name(partition_day(r.started_at)) for r in results}
 
 
+@pytest.mark.db
 async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: str) -> None:
     assert await ensure_schema(conn) == db_mode
     assert await ensure_schema(conn) == db_mode

@@ -35,6 +35,8 @@ from routewatch.aggregator.exact_reference import window_counts
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import insert_batch, write_batch
 
+pytestmark = pytest.mark.db
+
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 FAILURES = ["http_429", "http_5xx", "timeout_ttft", "stream_error"]
 Sampler = Callable[[np.random.Generator, int], np.ndarray]

@@ -24,6 +24,8 @@ from routewatch.probe.router_values import (
     valid_text,
 )
 
+pytestmark = pytest.mark.unit
+
 KEY = "SENTINELabc123def456ghi789jkl"
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 import numpy as np
+import pytest
 
 from routewatch.storage.housekeeping import PartitionCache, bump_hist_generation
 from routewatch.storage.migrate import migrate
@@ -23,6 +24,8 @@ from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+
+pytestmark = pytest.mark.db
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 SERIES = [("r", "m/a", "P1", "eu"), ("r", "m/a", "P2", "us"), ("r2", "m/b", None, "eu")]

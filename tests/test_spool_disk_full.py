@@ -27,6 +27,8 @@ from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import BatchWriter
 from writer_support import result, stored_ids, until
 
+pytestmark = pytest.mark.system
+
 DISK_FULL = "spool: disk full at"
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.spool import Spool
 from routewatch.storage.writer import BatchWriter
 from writer_support import result, stored_ids, until
+
+pytestmark = pytest.mark.db
 
 
 async def test_results_spooled_behind_a_stale_cursor_are_replayed(pool: asyncpg.Pool, tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from routewatch.storage.spool import Spool
 from routewatch.storage.writer import DEAD_LETTER_FILE, BatchWriter
 from writer_support import result, stored_ids, until
 
+pytestmark = pytest.mark.db
+
 # name -> (fields of the poisoned result, what the rejection reason names)
 POISONS: dict[str, tuple[dict[str, Any], str]] = {
     "completion tokens 2**31": ({"output_tokens": 2**31}, "OverflowError"),
