@@ -1,15 +1,17 @@
 """The test tiers: every test carries exactly one of ``unit``, ``db`` and ``system``.
 
 - ``unit``: pure and in process. No database, no sockets, no child processes, no
-  waiting on the real clock; files written only under pytest's ``tmp_path``. :func:`forbid_io` holds unit tests to that while they run.
+  waiting on the real clock; files written only under pytest's ``tmp_path``.
+  :func:`forbid_io` holds unit tests to that while they run.
 - ``db``: uses the test PostgreSQL; everything else stays in the test's process
   (loopback HTTP to an app or simulator the test itself serves, at most).
 - ``system``: child processes (``routewatch run``, the embedded server, a
   browser), the real scheduler, or network I/O that needs no database.
 
 A test that does both kinds of I/O is ``system`` when it starts processes or
-the scheduler, ``db`` otherwise. The markers are registered in ``pyproject.toml``; :func:`tier_problems` is run by
-``tests/conftest.py`` over every collected test, so a test cannot be forgotten.
+the scheduler, ``db`` otherwise. The markers are registered in ``pyproject.toml``;
+:func:`tier_problems` is run by ``tests/conftest.py`` over every collected test,
+so a test cannot be forgotten.
 """
 
 from __future__ import annotations
