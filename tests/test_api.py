@@ -39,6 +39,7 @@ from routewatch.storage.writer import write_batch
 
 from routewatch.admin import LocalAdmin
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+from factories import LOOPBACK_TIMEOUTS, config_text, outcome, probe_result, prompt_entry, router_entry
 
 ClientFactory = Callable[..., Any]  # pytest-aiohttp's aiohttp_client
 
@@ -54,12 +55,8 @@ PRICES = {("sim", FAST): 0.15}  # USD per 1M input tokens, for the badges and /s
 
 def _probe(router: str, model: str, at: datetime, *, ok: bool = True, provider: str | None = "Alpha",
            region: str = "eu", ttft: float = 100.0) -> ProbeResult:
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=at, region=region, router=router, model=model, prompt="short",
-        methodology="m1", ok=ok, error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
-        provider=provider, ttft_ms=ttft if ok else None, ttfat_ms=ttft if ok else None,
-        output_tokens=20 if ok else None, input_tokens=12, output_tps=80.0 if ok else None,
-    )
+    return probe_result(started_at=at, region=region, router=router, model=model, provider=provider, input_tokens=12,
+                        **outcome(ok, ttft_ms=ttft, ttfat_ms=ttft, output_tokens=20, output_tps=80.0))
 
 
 def _probes(now: datetime) -> list[ProbeResult]:
@@ -474,19 +471,10 @@ async def test_readyz_before_and_after_a_refresh(db_dsn: str, aiohttp_client: Cl
 # ---------------------------------------------------------------- admin
 
 
-def _config_text(base_url: str, models: list[str]) -> str:
-    return f"""region: test
-routers:
-  - name: sim
-    base_url: {base_url}
-    models: [{", ".join(models)}]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 10."}}]
-    max_tokens: 32
-    min_output_tokens: 4
-timeouts: {{connect: 2s, headers: 2s, first_token: 3s, idle: 1s, total: 5s}}
-"""
+def _config_text(base_url: str, models: list[str], max_tokens: int | str = 32) -> str:
+    return config_text([router_entry("sim", base_url, models)],
+                       [prompt_entry(content="Count from 1 to 10.", max_tokens=max_tokens, min_output_tokens=4)],
+                       region="test", timeouts=LOOPBACK_TIMEOUTS)
 
 
 @pytest.fixture
@@ -566,7 +554,7 @@ async def test_admin_token_checks_and_actions(
     assert grown["applied"] is False and grown["restart_required"] is True
     assert f"probe series added: sim|{FLAKY}|short" in grown["changes"]
 
-    path.write_text(_config_text(simulator.base_url, [FAST]).replace("max_tokens: 32", "max_tokens: lots"))
+    path.write_text(_config_text(simulator.base_url, [FAST], max_tokens="lots"))
     bad = await client.post("/v1/config/reload", headers=auth)
     await _error(bad, 400, None)
     issues = (await bad.json())["error"]["issues"]

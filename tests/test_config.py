@@ -28,21 +28,12 @@ from routewatch.config import (
     summarize,
 )
 from routewatch.config.durations import MAX_SECONDS, parse_duration
+from factories import MINIMAL_CONFIG
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 REPO_CONFIG = REPO / "probes.yaml"
 BOMB = TESTS / "testdata" / "bad-yaml-alias-bomb.yaml"
-
-MINIMAL = """\
-routers:
-  - name: orcarouter
-    base_url: simulator
-    models: [openai/gpt-4.1-nano]
-prompts:
-  - name: short
-    messages: [{role: user, content: "Count from 1 to 40 in words."}]
-"""
 
 
 # ---------------------------------------------------------------- durations
@@ -148,15 +139,15 @@ def test_repository_config_summary() -> None:
 
 @pytest.mark.unit
 def test_summary_without_prices_has_no_cost() -> None:
-    s = summarize(parse_config(MINIMAL, "probes.yaml"))
+    s = summarize(parse_config(MINIMAL_CONFIG, "probes.yaml"))
     assert s.cost_per_day_usd is None
     assert s.unpriced_models == ("openai/gpt-4.1-nano",)
 
 
 @pytest.mark.unit
 def test_defaults() -> None:
-    config = parse_config(MINIMAL, "probes.yaml")
-    assert config == Config.model_validate(yaml.safe_load(MINIMAL))
+    config = parse_config(MINIMAL_CONFIG, "probes.yaml")
+    assert config == Config.model_validate(yaml.safe_load(MINIMAL_CONFIG))
     assert config.region == "local"
     assert (config.schedule.interval, config.schedule.jitter, config.schedule.concurrency) == (60, 10, 64)
     t = config.timeouts
@@ -379,7 +370,7 @@ def test_key_never_echoed() -> None:
     ],
 )
 def test_bad_base_url(url: str, message: str) -> None:
-    text = MINIMAL.replace("base_url: simulator", f"base_url: {url}")
+    text = MINIMAL_CONFIG.replace("base_url: simulator", f"base_url: {url}")
     with pytest.raises(ConfigError) as excinfo:
         parse_config(text, "probes.yaml")
     assert str(excinfo.value) == f"probes.yaml:3: routers[0].base_url: {message}"
@@ -387,7 +378,7 @@ def test_bad_base_url(url: str, message: str) -> None:
 
 @pytest.mark.unit
 def test_good_base_url_and_headers() -> None:
-    text = MINIMAL.replace(
+    text = MINIMAL_CONFIG.replace(
         "base_url: simulator",
         "base_url: http://127.0.0.1:8080/v1\n    headers: {HTTP-Referer: https://status.example.com}",
     )
@@ -398,7 +389,7 @@ def test_good_base_url_and_headers() -> None:
 
 @pytest.mark.unit
 def test_default_that_breaks_a_rule_is_named() -> None:
-    text = MINIMAL + "timeouts:\n  total: 45s\n"
+    text = MINIMAL_CONFIG + "timeouts:\n  total: 45s\n"
     with pytest.raises(ConfigError) as excinfo:
         parse_config(text, "probes.yaml")
     assert str(excinfo.value) == "probes.yaml:8: timeouts.first_token: 60 s (the default) exceeds total (45 s)"
@@ -406,7 +397,7 @@ def test_default_that_breaks_a_rule_is_named() -> None:
 
 @pytest.mark.unit
 def test_models_are_frozen() -> None:
-    config = parse_config(MINIMAL, "probes.yaml")
+    config = parse_config(MINIMAL_CONFIG, "probes.yaml")
     with pytest.raises(ValueError):
         config.region = "elsewhere"  # type: ignore[misc]
 
@@ -416,20 +407,20 @@ def test_models_are_frozen() -> None:
 
 @pytest.mark.unit
 def test_slo_defaults() -> None:
-    slo = parse_config(MINIMAL, "probes.yaml").slo
+    slo = parse_config(MINIMAL_CONFIG, "probes.yaml").slo
     assert (slo.window, slo.down_after, slo.up_after, slo.min_samples) == (900.0, 3, 2, 5)
 
 
 @pytest.mark.unit
 def test_slo_window_is_a_duration() -> None:
-    config = parse_config(MINIMAL + "slo:\n  window: 1h30m\n  down_after: 4\n", "probes.yaml")
+    config = parse_config(MINIMAL_CONFIG + "slo:\n  window: 1h30m\n  down_after: 4\n", "probes.yaml")
     assert config.slo.window == 5400.0
     assert config.slo.down_after == 4
 
 
 @pytest.mark.unit
 def test_maintenance_window() -> None:
-    text = MINIMAL + (
+    text = MINIMAL_CONFIG + (
         "maintenance:\n"
         "  - start: 2025-06-01T04:00:00+02:00\n"
         '    end: "2025-06-01T03:00:00Z"\n'
@@ -451,12 +442,12 @@ def test_maintenance_window() -> None:
 
 @pytest.mark.unit
 def test_maintenance_defaults_to_none() -> None:
-    assert parse_config(MINIMAL, "probes.yaml").maintenance == []
+    assert parse_config(MINIMAL_CONFIG, "probes.yaml").maintenance == []
 
 
 @pytest.mark.unit
 def test_maintenance_model_in_a_second_router() -> None:
-    text = MINIMAL.replace(
+    text = MINIMAL_CONFIG.replace(
         "prompts:",
         "  - name: other\n    base_url: simulator\n    models: [openai/gpt-4.1-mini]\nprompts:",
     ) + (
@@ -468,11 +459,11 @@ def test_maintenance_model_in_a_second_router() -> None:
 
 @pytest.mark.unit
 def test_max_providers_per_model_defaults_to_5_and_must_be_at_least_1() -> None:
-    assert parse_config(MINIMAL, "probes.yaml").aggregator.max_providers_per_model == 5
-    assert parse_config(MINIMAL + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml") \
+    assert parse_config(MINIMAL_CONFIG, "probes.yaml").aggregator.max_providers_per_model == 5
+    assert parse_config(MINIMAL_CONFIG + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml") \
         .aggregator.max_providers_per_model == 2
     with pytest.raises(ConfigError) as excinfo:
-        parse_config(MINIMAL + "aggregator:\n  max_providers_per_model: 0\n", "probes.yaml")
+        parse_config(MINIMAL_CONFIG + "aggregator:\n  max_providers_per_model: 0\n", "probes.yaml")
     assert str(excinfo.value) == (
         "probes.yaml:9: aggregator.max_providers_per_model: Input should be greater than or equal to 1")
 
@@ -531,30 +522,30 @@ def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> No
 
 @pytest.mark.unit
 def test_deep_nesting_is_a_message_not_a_recursion_error() -> None:
-    deep = MINIMAL + "extra: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    deep = MINIMAL_CONFIG + "extra: " + "[" * 100_000 + "]" * 100_000 + "\n"
     assert _refusal(deep) == "probes.yaml:8: (yaml): nested more than 64 levels deep"
-    block = MINIMAL + "".join(f"{'  ' * i}k{i}:\n" for i in range(100))  # indentation, not brackets
+    block = MINIMAL_CONFIG + "".join(f"{'  ' * i}k{i}:\n" for i in range(100))  # indentation, not brackets
     assert _refusal(block) == "probes.yaml:71: (yaml): nested more than 64 levels deep"
 
 
 @pytest.mark.unit
 def test_nesting_up_to_the_limit_is_parsed() -> None:
     # The top-level mapping is level 1, so 63 lists below it are the deepest file allowed.
-    at_limit = _refusal(MINIMAL + "extra: " + "[" * 63 + "]" * 63 + "\n")
+    at_limit = _refusal(MINIMAL_CONFIG + "extra: " + "[" * 63 + "]" * 63 + "\n")
     assert at_limit.startswith('probes.yaml:8: extra: unknown field "extra"'), at_limit
-    assert _refusal(MINIMAL + "extra: " + "[" * 64 + "]" * 64 + "\n") == (
+    assert _refusal(MINIMAL_CONFIG + "extra: " + "[" * 64 + "]" * 64 + "\n") == (
         "probes.yaml:8: (yaml): nested more than 64 levels deep")
 
 
 @pytest.mark.unit
 def test_too_many_values_without_aliases(tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
-    path.write_text(MINIMAL + "extra:\n" + "  - x\n" * MAX_NODES)
+    path.write_text(MINIMAL_CONFIG + "extra:\n" + "  - x\n" * MAX_NODES)
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
     # The value that crosses the limit: counted with PyYAML's own composer, as every node of the tree.
-    before = _count_nodes(yaml.compose(MINIMAL + "extra: []\n"))  # everything but the items
-    first_item_line = MINIMAL.count("\n") + 2
+    before = _count_nodes(yaml.compose(MINIMAL_CONFIG + "extra: []\n"))  # everything but the items
+    first_item_line = MINIMAL_CONFIG.count("\n") + 2
     line = first_item_line + (MAX_NODES - before)
     assert str(excinfo.value) == f"{path}:{line}: (yaml): the file expands to more than 100,000 values"
 
@@ -594,20 +585,20 @@ maintenance:
 @pytest.mark.unit
 def test_oversize_file_is_refused_unread(tmp_path: Path) -> None:
     limit = tmp_path / "limit.yaml"
-    limit.write_bytes(MINIMAL.encode() + b"#" * (MAX_FILE_BYTES - len(MINIMAL) - 1) + b"\n")
+    limit.write_bytes(MINIMAL_CONFIG.encode() + b"#" * (MAX_FILE_BYTES - len(MINIMAL_CONFIG) - 1) + b"\n")
     assert limit.stat().st_size == MAX_FILE_BYTES
     assert load_config(limit).routers[0].name == "orcarouter"  # exactly at the limit: fine
 
     big = tmp_path / "big.yaml"
     with big.open("wb") as f:  # 50 MB, as in the report
-        f.write(MINIMAL.encode())
+        f.write(MINIMAL_CONFIG.encode())
         for _ in range(50):
             f.write(b"# " + b"x" * (1024 * 1024 - 3) + b"\n")
     with pytest.raises(ConfigError) as excinfo:
         load_config(big)
     assert str(excinfo.value) == f"{big}: the file is larger than 1 MiB: a probes.yaml is a few KiB"
     with pytest.raises(ConfigError) as excinfo:
-        parse_config(MINIMAL + "#" * MAX_FILE_BYTES, "probes.yaml")
+        parse_config(MINIMAL_CONFIG + "#" * MAX_FILE_BYTES, "probes.yaml")
     assert str(excinfo.value) == "probes.yaml: the file is larger than 1 MiB: a probes.yaml is a few KiB"
 
 
@@ -623,7 +614,7 @@ def test_endless_file_is_refused() -> None:
 
 @pytest.mark.unit
 def test_huge_integer_is_reported_at_its_line() -> None:
-    text = MINIMAL.replace('    messages:', f"    max_tokens: {'9' * 5000}\n    messages:")
+    text = MINIMAL_CONFIG.replace('    messages:', f"    max_tokens: {'9' * 5000}\n    messages:")
     assert _refusal(text) == (
         'probes.yaml:7: prompts[0].max_tokens: invalid number "' + "9" * 40 + '…": '
         "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"
@@ -634,14 +625,14 @@ def test_huge_integer_is_reported_at_its_line() -> None:
 @pytest.mark.parametrize("field", ["schedule:\n  interval", "storage:\n  retention", "slo:\n  window",
                                    "aggregator:\n  refresh"])
 def test_every_duration_is_bounded(field: str) -> None:
-    message = _refusal(MINIMAL + f"{field}: 99999999999999999d\n")
+    message = _refusal(MINIMAL_CONFIG + f"{field}: 99999999999999999d\n")
     assert message.endswith('duration must be at most 36500d (100 years), got "99999999999999999d"'), message
 
 
 @pytest.mark.unit
 def test_the_longest_duration_still_works_with_dates() -> None:
     assert parse_duration("36500d") == MAX_SECONDS
-    config = parse_config(MINIMAL + "storage:\n  retention: 36500d\n  compress_after: 36500d\n", "probes.yaml")
+    config = parse_config(MINIMAL_CONFIG + "storage:\n  retention: 36500d\n  compress_after: 36500d\n", "probes.yaml")
     # What ``routewatch run`` does with it at start, and what the retention job does every day.
     retention = timedelta(seconds=config.storage.retention)
     now = datetime.now(UTC)
@@ -655,14 +646,14 @@ def test_the_longest_duration_still_works_with_dates() -> None:
                                   "Keep-Alive", "TE", "Trailer", "Upgrade", "Expect", "Proxy-Connection",
                                   "Content-Type", "Content-Encoding"])
 def test_headers_the_probe_owns_are_refused(name: str) -> None:
-    text = MINIMAL.replace("base_url: simulator", f'base_url: simulator\n    headers: {{"{name}": "x"}}')
+    text = MINIMAL_CONFIG.replace("base_url: simulator", f'base_url: simulator\n    headers: {{"{name}": "x"}}')
     assert _refusal(text).startswith("probes.yaml:4: routers[0].headers"), name
     assert ": cannot be set here: " in _refusal(text)
 
 
 @pytest.mark.unit
 def test_a_header_value_may_hold_a_tab_and_non_ascii() -> None:
-    text = MINIMAL.replace("base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}')
+    text = MINIMAL_CONFIG.replace("base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}')
     assert parse_config(text, "probes.yaml").routers[0].headers == {"X-Title": "status\tpage é"}
 
 
@@ -680,9 +671,9 @@ def test_no_routewatch_setting_can_be_a_router_key() -> None:
     own = _own_settings()
     assert {"ROUTEWATCH_ADMIN_TOKEN", "ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_API_KEY"} <= own
     for name in sorted(own - {"ROUTEWATCH_API_KEY"}) + ["ROUTEWATCH_SOMETHING_NEW"]:
-        text = MINIMAL.replace("base_url: simulator", f"base_url: simulator\n    api_key_env: {name}")
+        text = MINIMAL_CONFIG.replace("base_url: simulator", f"base_url: simulator\n    api_key_env: {name}")
         assert _refusal(text).startswith(f"probes.yaml:4: routers[0].api_key_env: {name} is one of routewatch's"), name
-    text = MINIMAL.replace("base_url: simulator", "base_url: simulator\n    api_key_env: ROUTEWATCH_API_KEY")
+    text = MINIMAL_CONFIG.replace("base_url: simulator", "base_url: simulator\n    api_key_env: ROUTEWATCH_API_KEY")
     assert parse_config(text, "probes.yaml").routers[0].api_key_env == "ROUTEWATCH_API_KEY"
 
 
@@ -696,13 +687,13 @@ def test_no_routewatch_setting_can_be_a_router_key() -> None:
     ],
 )
 def test_other_stored_or_bound_strings_refuse_control_characters(section: str, field: str) -> None:
-    message = _refusal(MINIMAL + section + "\n")
+    message = _refusal(MINIMAL_CONFIG + section + "\n")
     assert f": {field}: must not contain control characters (U+0000 at character " in message, message
 
 
 @pytest.mark.unit
 def test_base_url_refuses_control_characters_without_echoing_it() -> None:
-    text = MINIMAL.replace("base_url: simulator", 'base_url: "https://user-token-123@\\0orcarouter.ai/v1"')
+    text = MINIMAL_CONFIG.replace("base_url: simulator", 'base_url: "https://user-token-123@\\0orcarouter.ai/v1"')
     message = _refusal(text)
     assert message == "probes.yaml:3: routers[0].base_url: must not contain control characters (U+0000 at character 24)"
     assert "user-token-123" not in message

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,24 +30,14 @@ from routewatch.storage.migrate import (
     migrate,
 )
 from routewatch.storage.schema import ensure_schema
-from routewatch.results.probe_result import COLUMNS, ProbeResult
+from routewatch.results.probe_result import COLUMNS
 from routewatch.storage.writer import write_batch
+from factories import probe_result
 
 LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history", "0005_status",
           "0006_ingest_done"]
 SHARED_LABELS = {"0003_hist_rollup", "0004_stats_history", "0005_status", "0006_ingest_done"}  # one NNNN_name.sql for both modes
 
-
-
-def result_at(started_at: datetime, **overrides: object) -> ProbeResult:
-    """A successful probe result at ``started_at``."""
-    fields: dict[str, object] = dict(
-        id=uuid.uuid4(), started_at=started_at, region="test", router="r", model="m/a", prompt="short",
-        methodology="m1", ok=True, error_class=None, error_detail=None, ttft_ms=100.0,
-        input_tokens=10, output_tokens=20,
-    )
-    fields.update(overrides)
-    return ProbeResult(**fields)  # type: ignore[arg-type]
 
 
 async def recorded_versions(conn: asyncpg.Connection) -> list[tuple[int, str]]:
@@ -263,7 +252,7 @@ async def test_a_pre_migration_schema_is_refused(conn: asyncpg.Connection) -> No
 async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mode: str) -> None:
     await migrate(conn, mode=mode)
     now = datetime.now(timezone.utc)
-    results = [result_at(now - timedelta(days=d, minutes=m)) for d in range(3) for m in range(5)]
+    results = [probe_result(started_at=now - timedelta(days=d, minutes=m)) for d in range(3) for m in range(5)]
 
     if mode == "plain":
         # No partition for these days yet: the insert fails loudly (and the
@@ -294,4 +283,4 @@ async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: st
             " WHERE i.inhparent = 'probe_results'::regclass")}
         assert names == expected
     # Writes for now work straight away in either mode.
-    assert await write_batch(conn, [result_at(datetime.now(timezone.utc))]) == 1
+    assert await write_batch(conn, [probe_result()]) == 1

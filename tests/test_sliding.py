@@ -10,7 +10,6 @@ table at the same moment: every cell of every window, equal field by field.
 from __future__ import annotations
 
 import itertools
-import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -24,6 +23,7 @@ from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+from factories import probe_result
 
 pytestmark = pytest.mark.db
 
@@ -39,9 +39,8 @@ def probes(times: list[datetime], rng: np.random.Generator) -> list[ProbeResult]
         roll = rng.random()
         error = "http_429" if roll < 0.04 else "http_5xx" if roll < 0.1 else None
         ttft = float(rng.lognormal(np.log(400), 0.7))
-        out.append(ProbeResult(
-            id=uuid.uuid4(), started_at=t, region=region, router=router, model=model, prompt="short",
-            methodology="m1", ok=error is None, error_class=error, error_detail=error and "detail",
+        out.append(probe_result(
+            started_at=t, region=region, router=router, model=model, error_class=error, error_detail=error and "detail",
             provider=provider, ttft_ms=None if error else ttft, ttfat_ms=None if error else ttft * 1.2,
             output_tps=None if error else float(rng.lognormal(np.log(60), 0.3)), input_tokens=20,
             output_tokens=None if error else int(rng.integers(10, 200)), prober_overloaded=bool(rng.random() < 0.02),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import probe_result
 from routewatch.results.probe_result import COLUMNS, ProbeResult
 from routewatch.storage.spool import (
     HEADER_BYTES,
@@ -41,18 +42,12 @@ def make_result(i: int, **changes: Any) -> ProbeResult:
         "region": "eu-west",
         "router": "openrouter",
         "model": "openai/gpt-4o-mini",
-        "prompt": "short",
-        "methodology": "m1",
-        "ok": True,
-        "error_class": None,
-        "error_detail": None,
         "http_status": 200,
         "ttft_ms": 350.25 + i,
         "output_tokens": 64,
         "chunks": 60,
     }
-    fields.update(changes)
-    return ProbeResult(**fields)
+    return probe_result(**(fields | changes))
 
 
 def numbers(results: list[ProbeResult]) -> list[int]:
@@ -548,20 +543,15 @@ def test_undecodable_record_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
 _CHILD = textwrap.dedent(
     """
     import sys, uuid
-    from datetime import datetime, timezone
     from pathlib import Path
-    from routewatch.results.probe_result import ProbeResult
+    sys.path.insert(0, sys.argv[2])
+    from factories import probe_result
     from routewatch.storage.spool import Spool
 
     spool = Spool(Path(sys.argv[1]), segment_bytes=256 * 1024)
     i = 0
     while True:
-        batch = [
-            ProbeResult(id=uuid.UUID(int=i + k), started_at=datetime.now(timezone.utc), region="r",
-                        router="x", model="m", prompt="p", methodology="m1", ok=True, error_class=None,
-                        error_detail="y" * ((i + k) % 500))
-            for k in range(1 + i % 4)
-        ]
+        batch = [probe_result(id=uuid.UUID(int=i + k), error_detail="y" * ((i + k) % 500)) for k in range(1 + i % 4)]
         spool.append(batch, sync=False)
         i += len(batch)
         print(i, flush=True)
@@ -572,7 +562,7 @@ _CHILD = textwrap.dedent(
 @pytest.mark.system
 def test_sigkill_mid_append_loses_nothing_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _CHILD, str(tmp_path), str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True
     )
     assert child.stdout is not None
     reported = 0
