@@ -7,8 +7,9 @@ suite at an existing server instead. Each test that asks for ``db_dsn`` gets
 its own empty database on that server.
 
 Every test carries one tier marker (``unit``, ``db`` or ``system``; see
-``tests/tiers.py``): collection fails otherwise, and unit tests run with sockets,
-child processes and real-clock waits refused.
+``tests/tiers.py``): collection fails otherwise, and each test runs with what its
+tier may not do refused (a unit test cannot open a socket, a db test cannot start
+a process).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pytest
 
 from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
 from routewatch.probe.redact import redact_dsn
-from tiers import forbid_io, tier_problems
+from tiers import TIERS, guard_tier, tier_problems
 
 _T = TypeVar("_T")
 
@@ -88,15 +89,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _unit_tests_do_no_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Refuse I/O in unit tests, and fail one whose code swallowed the refusal."""
-    if request.node.get_closest_marker("unit") is None:
-        yield
-        return
-    attempts = forbid_io(monkeypatch)
+def _tests_keep_to_their_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse what the test's tier does not allow, and fail a test whose code swallowed the refusal."""
+    tier = next(m.name for m in request.node.iter_markers() if m.name in TIERS)
+    attempts = guard_tier(tier, monkeypatch)
     yield
     if attempts:
-        pytest.fail(f"unit test did I/O: {'; '.join(attempts)}; mark it db or system", pytrace=False)
+        pytest.fail(f"this {tier} test tried to {'; '.join(attempts)}", pytrace=False)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -2,7 +2,6 @@
 
 - ``unit``: pure and in process. No database, no sockets, no child processes, no
   waiting on the real clock; files written only under pytest's ``tmp_path``.
-  :func:`forbid_io` holds unit tests to that while they run.
 - ``db``: uses the test PostgreSQL; everything else stays in the test's process
   (loopback HTTP to an app or simulator the test itself serves, at most).
 - ``system``: child processes (``routewatch run``, the embedded server, a
@@ -10,8 +9,8 @@
 
 A test that does both kinds of I/O is ``system`` when it starts processes or
 the scheduler, ``db`` otherwise. The markers are registered in ``pyproject.toml``;
-:func:`tier_problems` is run by ``tests/conftest.py`` over every collected test,
-so a test cannot be forgotten.
+``tests/conftest.py`` runs :func:`tier_problems` over every collected test, so a
+test cannot be forgotten, and holds each test to its tier with :func:`guard_tier`.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.base import BaseScheduler
 
 TIERS = ("unit", "db", "system")
 # The session fixture every database test reaches through db_dsn, conn, pool, mode...
@@ -49,31 +49,42 @@ def tier_problems(items: list[pytest.Item]) -> list[str]:
     return problems
 
 
-class UnitTestIO(RuntimeError):
-    """A unit test tried to do I/O that belongs to the db or system tier."""
+class TierViolation(RuntimeError):
+    """A test tried something its tier does not allow."""
 
 
-def forbid_io(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make socket use, child processes and real-clock waits raise, until ``monkeypatch`` is undone.
+def guard_tier(tier: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse what ``tier`` may not do, until ``monkeypatch`` is undone; return the attempts.
 
-    Returns the list of attempts, filled as they happen, so that code swallowing the
-    exception (a probe classifying it as a connect error, say) cannot hide them.
+    ``unit``: sockets, name lookups, child processes, the scheduler, real-clock
+    waits. ``db``: child processes and the scheduler. ``system``: nothing.
+    The list fills as attempts happen, so that code swallowing the exception (a
+    probe classifying it as a connect error, say) cannot hide them.
     """
     attempts: list[str] = []
+    if tier == "system":
+        return attempts
+    higher = "db or system" if tier == "unit" else "system"
 
     def refuse(what: str) -> Callable[..., Any]:
         def refused(*args: Any, **kwargs: Any) -> Any:
             attempts.append(what)
-            raise UnitTestIO(f"a unit test may not {what}: mark it db or system")
+            raise TierViolation(f"a {tier} test may not {what}: mark it {higher}")
         return refused
 
-    for name in ("connect", "connect_ex", "bind"):
-        monkeypatch.setattr(socket.socket, name, refuse(f"{name} a socket"))
-    monkeypatch.setattr(socket, "getaddrinfo", refuse("resolve a host name"))
     monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse("start a child process"))
     for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system"):
         monkeypatch.setattr(os, name, refuse(f"call os.{name}"))
+    monkeypatch.setattr(BaseScheduler, "start", refuse("start the real scheduler"))
+    if tier == "unit":
+        _refuse_sockets_and_waits(monkeypatch, refuse)
+    return attempts
 
+
+def _refuse_sockets_and_waits(monkeypatch: pytest.MonkeyPatch, refuse: Callable[[str], Callable[..., Any]]) -> None:
+    for name in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, name, refuse(f"{name} a socket"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("resolve a host name"))
     real_sleep, real_async_sleep = time.sleep, asyncio.sleep
 
     def short_sleep(seconds: float) -> None:
@@ -88,4 +99,3 @@ def forbid_io(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(time, "sleep", short_sleep)
     monkeypatch.setattr(asyncio, "sleep", short_async_sleep)
-    return attempts
