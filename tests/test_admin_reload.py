@@ -40,6 +40,7 @@ from routewatch.probe.scheduler import Prober, ProbeSchedule, new_session
 from routewatch.probe.targets import plan
 from routewatch.storage.writer import BatchWriter
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+from factories import LOOPBACK_API, LOOPBACK_TIMEOUTS, config_text, prompt_entry, router_entry
 
 KEEP, GONE, NEW = "test/keep", "test/gone", "test/new"
 PROFILES = (
@@ -55,22 +56,12 @@ WINDOWS = {"1h": 3600.0, "7d": 7 * 86400.0}
 TOKEN = "reload-token-" + uuid.uuid4().hex
 
 
-def config_text(base_url: str, models: list[str], interval: str, jitter: str, *,
-                total: str = "5s", port: int = 8321) -> str:
-    return f"""region: test
-routers:
-  - name: sim
-    base_url: {base_url}
-    models: [{", ".join(models)}]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 10."}}]
-    max_tokens: 16
-    min_output_tokens: 4
-schedule: {{interval: {interval}, jitter: {jitter}, concurrency: 8}}
-timeouts: {{connect: 2s, headers: 2s, first_token: 3s, idle: 1s, total: {total}}}
-api: {{host: 127.0.0.1, port: {port}}}
-"""
+def sim_config(base_url: str, models: list[str], interval: str, jitter: str, *,
+               total: str = "5s", port: int = 8321, max_tokens: int | str = 16) -> str:
+    return config_text([router_entry("sim", base_url, models)],
+                       [prompt_entry(content="Count from 1 to 10.", max_tokens=max_tokens, min_output_tokens=4)],
+                       region="test", schedule={"interval": interval, "jitter": jitter, "concurrency": 8},
+                       timeouts=LOOPBACK_TIMEOUTS | {"total": total}, api={"host": "127.0.0.1", "port": port})
 
 
 def key(model: str) -> str:
@@ -113,9 +104,10 @@ class Probing:
         self.admin = LocalAdmin(config, path, series, schedule=self.schedule)
 
 
+@pytest.mark.system
 async def test_reload_swaps_the_scheduled_series_and_interval(simulator: RunningSimulator, tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
-    path.write_text(config_text(simulator.base_url, [KEEP, GONE], "5s", "100ms"))
+    path.write_text(sim_config(simulator.base_url, [KEEP, GONE], "5s", "100ms"))
     config = load_config(path)
     results: list[ProbeResult] = []
 
@@ -132,7 +124,7 @@ async def test_reload_swaps_the_scheduled_series_and_interval(simulator: Running
             await wait_until(lambda: len(served(simulator, KEEP)) == 1, 3, "the first probe of KEEP")
             in_flight = next(r for r in served(simulator, GONE) if not r.finished)
 
-            path.write_text(config_text(simulator.base_url, [KEEP, NEW], "300ms", "50ms", total="4s"))
+            path.write_text(sim_config(simulator.base_url, [KEEP, NEW], "300ms", "50ms", total="4s"))
             reloaded_ns = time.perf_counter_ns()
             report = await run.admin.reload_config()
 
@@ -158,8 +150,7 @@ async def test_reload_swaps_the_scheduled_series_and_interval(simulator: Running
             assert sum(r.model == GONE for r in results) == len(served(simulator, GONE))
 
             # A broken file is rejected line by line, and the running schedule stays as it was.
-            path.write_text(config_text(simulator.base_url, [KEEP], "1s", "0s").replace(
-                "max_tokens: 16", "max_tokens: lots"))
+            path.write_text(sim_config(simulator.base_url, [KEEP], "1s", "0s", max_tokens="lots"))
             with pytest.raises(ConfigRejected) as rejected:
                 await run.admin.reload_config()
             assert rejected.value.issues == [
@@ -175,14 +166,15 @@ async def test_reload_swaps_the_scheduled_series_and_interval(simulator: Running
     assert len(results) == len(simulator.ground_truth.records)
 
 
+@pytest.mark.system
 async def test_two_reloads_at_once_apply_the_file_once(simulator: RunningSimulator, tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
-    path.write_text(config_text(simulator.base_url, [KEEP], "10s", "1s"))
+    path.write_text(sim_config(simulator.base_url, [KEEP], "10s", "1s"))
     config = load_config(path)
     async with new_session(8) as session:
         run = Probing(config, path, Prober(session, config.timeouts, "test", 8))
         try:
-            path.write_text(config_text(simulator.base_url, [KEEP, NEW], "10s", "1s"))
+            path.write_text(sim_config(simulator.base_url, [KEEP, NEW], "10s", "1s"))
             first, second = await asyncio.gather(run.admin.reload_config(), run.admin.reload_config())
             assert first["applied"] is True and first["changes"] == [f"probe series added: {key(NEW)}"]
             # The second reload waited for the first, then found nothing left to do.
@@ -193,11 +185,12 @@ async def test_two_reloads_at_once_apply_the_file_once(simulator: RunningSimulat
             await run.schedule.stop(limit_s=5)
 
 
+@pytest.mark.system
 async def test_reload_endpoint_applies_and_lists_the_changes(
     db_dsn: str, simulator: RunningSimulator, tmp_path: Path, aiohttp_client,
 ) -> None:
     path = tmp_path / "probes.yaml"
-    path.write_text(config_text(simulator.base_url, [KEEP, GONE], "300ms", "50ms"))
+    path.write_text(sim_config(simulator.base_url, [KEEP, GONE], "300ms", "50ms"))
     config = load_config(path)
     series, _ = plan(config, {})
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
@@ -219,7 +212,7 @@ async def test_reload_endpoint_applies_and_lists_the_changes(
             try:
                 await wait_until(lambda: len(served(simulator, GONE)) >= 1, 3, "a probe of GONE")
                 # NEW added, GONE removed, a new interval; the API port needs a restart.
-                path.write_text(config_text(simulator.base_url, [KEEP, NEW], "200ms", "50ms", port=9999))
+                path.write_text(sim_config(simulator.base_url, [KEEP, NEW], "200ms", "50ms", port=9999))
                 auth = {"Authorization": f"Bearer {TOKEN}"}
                 resp = await client.post("/v1/config/reload", headers=auth)
                 assert resp.status == 200, await resp.text()
@@ -259,28 +252,21 @@ async def test_reload_endpoint_applies_and_lists_the_changes(
         await pool.close()
 
 
-RUN_CONFIG = """region: test
-routers:
-  - name: orcarouter
-    base_url: simulator
-    models: [{models}]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 10."}}]
-    max_tokens: 16
-schedule: {{interval: {interval}, jitter: 100ms, concurrency: 4}}
-timeouts: {{connect: 2s, headers: 5s, first_token: 5s, idle: 2s, total: 10s}}
-api: {{host: 127.0.0.1, port: 0}}
-aggregator: {{refresh: 300ms}}
-"""
+def run_config(models: list[str], interval: str) -> str:
+    """For ``routewatch run`` with its own simulator."""
+    return config_text([router_entry(models=models)], [prompt_entry(content="Count from 1 to 10.", max_tokens=16)],
+                       region="test", schedule={"interval": interval, "jitter": "100ms", "concurrency": 4},
+                       timeouts={"connect": "2s", "headers": "5s", "first_token": "5s", "idle": "2s", "total": "10s"},
+                       api=LOOPBACK_API, aggregator={"refresh": "300ms"})
 
 
+@pytest.mark.system
 @pytest.mark.timeout(60)
 def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
     """The runner hands its probe schedule and aggregator to the reload endpoint."""
     nano, gemini = "openai/gpt-4.1-nano", "google/gemini-2.5-flash"
     path = tmp_path / "probes.yaml"
-    path.write_text(RUN_CONFIG.format(models=nano, interval="1s"))
+    path.write_text(run_config([nano], "1s"))
     data_dir = Path(tempfile.mkdtemp(prefix="routewatch-reload-"))  # /tmp: the server user must reach it
     data_dir.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
@@ -297,7 +283,7 @@ def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
             lines.append(line)
         api = m.group(1)
 
-        path.write_text(RUN_CONFIG.format(models=f"{nano}, {gemini}", interval="500ms"))
+        path.write_text(run_config([nano, gemini], "500ms"))
         request = urllib.request.Request(api + "/v1/config/reload", method="POST",
                                          headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(request, timeout=10) as resp:
@@ -332,13 +318,14 @@ TESTDATA = Path(__file__).parent / "testdata"
 
 def _many_values(path: Path) -> None:
     """A file of 120,000 plain values: refused, but only after seconds of parsing."""
-    path.write_text(config_text("http://127.0.0.1:9/v1", [KEEP], "10s", "1s") + "extra:\n" + "  - x\n" * 120_000)
+    path.write_text(sim_config("http://127.0.0.1:9/v1", [KEEP], "10s", "1s") + "extra:\n" + "  - x\n" * 120_000)
 
 
 def _copy(name: str) -> Callable[[Path], None]:
     return lambda path: shutil.copyfile(TESTDATA / f"{name}.yaml", path)
 
 
+@pytest.mark.db
 @pytest.mark.parametrize(
     ("write", "expected"),
     [
@@ -356,7 +343,7 @@ async def test_reload_refuses_a_yaml_bomb_while_healthz_answers(
 ) -> None:
     """A real server: the bomb is a 400 naming the line, and the event loop is never held up by the parse."""
     path = tmp_path / "probes.yaml"
-    path.write_text(config_text("http://127.0.0.1:9/v1", [KEEP], "10s", "1s"))
+    path.write_text(sim_config("http://127.0.0.1:9/v1", [KEEP], "10s", "1s"))
     config = load_config(path)
     series, _ = plan(config, {})
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)

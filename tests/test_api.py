@@ -40,6 +40,7 @@ from routewatch.storage.writer import write_batch
 
 from routewatch.admin import LocalAdmin
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+from factories import LOOPBACK_TIMEOUTS, config_text, outcome, probe_result, prompt_entry, router_entry
 
 ClientFactory = Callable[..., Any]  # pytest-aiohttp's aiohttp_client
 
@@ -55,12 +56,8 @@ PRICES = {("sim", FAST): 0.15}  # USD per 1M input tokens, for the badges and /s
 
 def _probe(router: str, model: str, at: datetime, *, ok: bool = True, provider: str | None = "Alpha",
            region: str = "eu", ttft: float = 100.0) -> ProbeResult:
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=at, region=region, router=router, model=model, prompt="short",
-        methodology="m1", ok=ok, error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
-        provider=provider, ttft_ms=ttft if ok else None, ttfat_ms=ttft if ok else None,
-        output_tokens=20 if ok else None, input_tokens=12, output_tps=80.0 if ok else None,
-    )
+    return probe_result(started_at=at, region=region, router=router, model=model, provider=provider, input_tokens=12,
+                        **outcome(ok, ttft_ms=ttft, ttfat_ms=ttft, output_tokens=20, output_tps=80.0))
 
 
 def _probes(now: datetime) -> list[ProbeResult]:
@@ -177,6 +174,7 @@ async def _error(resp: Any, status: int, parameter: str | None) -> str:
 # ---------------------------------------------------------------- reads
 
 
+@pytest.mark.db
 async def test_list_models_with_state_and_provider_filters(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     body = await (await client.get("/v1/models")).json()
@@ -205,6 +203,7 @@ async def test_list_models_with_state_and_provider_filters(seeded: Seeded, aioht
     await _error(await client.get("/v1/models?state=down&state=up"), 400, "state")
 
 
+@pytest.mark.db
 async def test_provider_cells_are_capped_and_no_provider_is_null(db_dsn: str, aiohttp_client: ClientFactory) -> None:
     """A model whose router named 200 providers (and sometimes none), stored by the writer: the listing
     and ?by=provider show the first 2 names, "other" and no provider (null / "unknown"), never ""."""
@@ -236,6 +235,7 @@ async def test_provider_cells_are_capped_and_no_provider_is_null(db_dsn: str, ai
         await pool.close()
 
 
+@pytest.mark.db
 async def test_without_status_every_model_is_unknown(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     plain = Aggregator(seeded.pool, WINDOWS, CONFIGURED, INTERVAL_S)
     await plain.refresh()
@@ -250,6 +250,7 @@ async def test_without_status_every_model_is_unknown(seeded: Seeded, aiohttp_cli
     await _error(await client.get("/v1/incidents?limit=0"), 404, None)
 
 
+@pytest.mark.db
 async def test_stats_by_provider_and_region(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     plain = await (await client.get(f"/v1/models/{FAST}/stats")).json()
@@ -276,6 +277,7 @@ async def test_stats_by_provider_and_region(seeded: Seeded, aiohttp_client: Clie
     assert alt["router"] == "alt" and alt["ttft_p50_ms"] == pytest.approx(300.0, rel=0.05)
 
 
+@pytest.mark.db
 async def test_stats_bad_input_names_the_parameter(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     url = f"/v1/models/{FAST}/stats"
@@ -289,6 +291,7 @@ async def test_stats_bad_input_names_the_parameter(seeded: Seeded, aiohttp_clien
     await _error(await client.get(url + "?window=%ff"), 400, "window")
 
 
+@pytest.mark.db
 async def test_unknown_paths_and_methods_are_json(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     assert "/v2/nothing" in await _error(await client.get("/v2/nothing"), 404, None)
@@ -320,6 +323,7 @@ def _points(body: dict[str, Any]) -> list[tuple[datetime, float]]:
     return [(datetime.fromisoformat(p["t"]), p["value"]) for p in body["points"]]
 
 
+@pytest.mark.db
 async def test_series_reads_the_last_value_per_bucket(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     snap_at = seeded.aggregator.snapshot.updated_at  # type: ignore[union-attr]
@@ -354,6 +358,7 @@ async def test_series_reads_the_last_value_per_bucket(seeded: Seeded, aiohttp_cl
     assert raw.status == 200 and (await raw.json())["points"] == []
 
 
+@pytest.mark.db
 async def test_series_bad_input(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     url = f"/v1/models/{FAST}/series"
@@ -376,6 +381,7 @@ async def test_series_bad_input(seeded: Seeded, aiohttp_client: ClientFactory) -
 # ---------------------------------------------------------------- caching
 
 
+@pytest.mark.db
 async def test_etag_304_and_cache_control(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     app = create_app(seeded.aggregator)
     client = await _client(aiohttp_client, app)
@@ -406,6 +412,7 @@ async def test_etag_304_and_cache_control(seeded: Seeded, aiohttp_client: Client
     assert (await fresh.json())["samples"]["attempted"] == 31
 
 
+@pytest.mark.db
 async def test_gzip_for_large_bodies_only(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator), auto_decompress=False)
     plain = await client.get("/v1/models", headers={"Accept-Encoding": "identity"})
@@ -431,6 +438,7 @@ async def test_gzip_for_large_bodies_only(seeded: Seeded, aiohttp_client: Client
 # ---------------------------------------------------------------- health
 
 
+@pytest.mark.db
 async def test_readyz_before_and_after_a_refresh(db_dsn: str, aiohttp_client: ClientFactory) -> None:
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
     try:
@@ -464,19 +472,10 @@ async def test_readyz_before_and_after_a_refresh(db_dsn: str, aiohttp_client: Cl
 # ---------------------------------------------------------------- admin
 
 
-def _config_text(base_url: str, models: list[str]) -> str:
-    return f"""region: test
-routers:
-  - name: sim
-    base_url: {base_url}
-    models: [{", ".join(models)}]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 10."}}]
-    max_tokens: 32
-    min_output_tokens: 4
-timeouts: {{connect: 2s, headers: 2s, first_token: 3s, idle: 1s, total: 5s}}
-"""
+def _config_text(base_url: str, models: list[str], max_tokens: int | str = 32) -> str:
+    return config_text([router_entry("sim", base_url, models)],
+                       [prompt_entry(content="Count from 1 to 10.", max_tokens=max_tokens, min_output_tokens=4)],
+                       region="test", timeouts=LOOPBACK_TIMEOUTS)
 
 
 @pytest.fixture
@@ -498,6 +497,7 @@ def _local_admin(sim: RunningSimulator, path: Path) -> LocalAdmin:
     return LocalAdmin(config, path, series)
 
 
+@pytest.mark.db
 async def test_admin_endpoints_are_disabled_without_a_token(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
 ) -> None:
@@ -509,6 +509,7 @@ async def test_admin_endpoints_are_disabled_without_a_token(
     assert simulator.ground_truth.records == []  # nothing was probed
 
 
+@pytest.mark.db
 async def test_admin_token_checks_and_actions(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
     caplog: pytest.LogCaptureFixture,
@@ -551,7 +552,7 @@ async def test_admin_token_checks_and_actions(
     assert grown["applied"] is False and grown["restart_required"] is True
     assert f"probe series added: sim|{FLAKY}|short" in grown["changes"]
 
-    path.write_text(_config_text(simulator.base_url, [FAST]).replace("max_tokens: 32", "max_tokens: lots"))
+    path.write_text(_config_text(simulator.base_url, [FAST], max_tokens="lots"))
     bad = await client.post("/v1/config/reload", headers=auth)
     await _error(bad, 400, None)
     issues = (await bad.json())["error"]["issues"]
@@ -565,6 +566,7 @@ async def test_admin_token_checks_and_actions(
     assert "admin: probing" in caplog.text  # the log was captured at all
 
 
+@pytest.mark.db
 async def test_admin_token_set_but_no_actions_is_forbidden(
     seeded: Seeded, aiohttp_client: ClientFactory
 ) -> None:
@@ -583,6 +585,7 @@ class _BrokenAdmin:
         return {}
 
 
+@pytest.mark.db
 async def test_an_unexpected_error_is_a_json_500_without_detail(
     seeded: Seeded, aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -598,6 +601,7 @@ async def test_an_unexpected_error_is_a_json_500_without_detail(
 # ---------------------------------------------------------------- OpenAPI
 
 
+@pytest.mark.db
 async def test_openapi_document_describes_this_server(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     resp = await client.get("/openapi.json")
@@ -613,6 +617,7 @@ async def test_openapi_document_describes_this_server(seeded: Seeded, aiohttp_cl
     assert (await client.get("/openapi.json", headers={"If-None-Match": resp.headers["ETag"]})).status == 304
 
 
+@pytest.mark.db
 async def test_openapi_names_the_content_types_served(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     """Each response's Content-Type is the documented media type, parameters and all (JSON: up to its charset).
 
@@ -687,6 +692,7 @@ def _schemathesis_run(base_url: str, fixed_id: str, max_examples: int) -> dict[t
     return seen
 
 
+@pytest.mark.db
 async def test_schemathesis_against_a_running_server(
     seeded: Seeded, simulator: RunningSimulator, tmp_path: Path
 ) -> None:
@@ -719,6 +725,7 @@ async def test_schemathesis_against_a_running_server(
     assert {p for _, p, status in seen if status == 404} >= {"/badge/status.svg", "/badge/{model_id}.svg"}
 
 
+@pytest.mark.unit
 def test_error_body_is_plain_json() -> None:
     from routewatch.aggregator.publish.http_errors import ApiError
 

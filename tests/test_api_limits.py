@@ -50,6 +50,7 @@ async def _wait_for(condition: object, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.db
 async def test_connections_beyond_the_cap_get_a_503_and_are_closed(api: ApiServer) -> None:
     port = api.addresses[0][1]
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMITS.max_connections)]
@@ -67,6 +68,7 @@ async def test_connections_beyond_the_cap_get_a_503_and_are_closed(api: ApiServe
         writer.close()
 
 
+@pytest.mark.db
 async def test_an_incomplete_request_head_is_cut_off_however_slowly_it_trickles(api: ApiServer) -> None:
     port = api.addresses[0][1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -90,6 +92,7 @@ async def test_an_incomplete_request_head_is_cut_off_however_slowly_it_trickles(
     await _wait_for(lambda: api.open_connections == 0)
 
 
+@pytest.mark.db
 async def test_an_unread_body_is_drained_for_a_bounded_time(api: ApiServer) -> None:
     """A request announcing a large body it sends slowly: answered, then closed after body_timeout_s."""
     port = api.addresses[0][1]
@@ -114,6 +117,7 @@ async def test_an_unread_body_is_drained_for_a_bounded_time(api: ApiServer) -> N
     assert closed_after < LIMITS.body_timeout_s + 1.5
 
 
+@pytest.mark.system
 async def test_binding_a_taken_port_names_it() -> None:
     [first] = bind_listeners("127.0.0.1", 0)
     first.listen()

@@ -53,6 +53,7 @@ def _fill(root: ET.Element) -> str:
 # ---------------------------------------------------------------- rendering
 
 
+@pytest.mark.unit
 def test_badge_is_valid_svg_with_label_value_and_title() -> None:
     root = _parse(render_badge("status", "operational", "#4c1"))
     assert _texts(root) == ["status", "operational"]
@@ -62,6 +63,7 @@ def test_badge_is_valid_svg_with_label_value_and_title() -> None:
     assert float(root.attrib["width"]) == pytest.approx(label_w + text_width("operational") + 2 * PADDING, abs=0.1)
 
 
+@pytest.mark.unit
 def test_every_text_is_xml_escaped() -> None:
     nasty_label, nasty_value = 'a<b>&"\'', "x</text><script>alert(1)</script>"
     svg = render_badge(nasty_label, nasty_value, '"/><script/>', title="t<&>")
@@ -71,11 +73,13 @@ def test_every_text_is_xml_escaped() -> None:
     assert not list(root.iter(f"{SVG_NS}script")) and "<script" not in svg
 
 
+@pytest.mark.unit
 def test_characters_xml_forbids_are_replaced() -> None:
     root = _parse(render_badge("a\x01b", "ok", "#4c1"))
     assert _texts(root)[0] == "a\ufffdb"
 
 
+@pytest.mark.unit
 def test_text_width_from_the_table() -> None:
     assert text_width("") == 0
     assert text_width("0") == CHAR_WIDTHS["0"] == 6.99
@@ -86,6 +90,7 @@ def test_text_width_from_the_table() -> None:
     assert len([c for c in CHAR_WIDTHS if 32 <= ord(c) < 127]) == 95  # every printable ASCII character
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("route", "value"),
     [
@@ -100,6 +105,7 @@ def test_model_badge_value(route: RouteFigures, value: str) -> None:
     assert "None" not in model_badge("a/b", route, None, "7d")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("state", list(State))
 def test_colours_follow_the_state(state: State) -> None:
     assert _fill(_parse(status_badge("status", state))) == COLORS[state]
@@ -107,6 +113,7 @@ def test_colours_follow_the_state(state: State) -> None:
     assert _fill(_parse(model_badge(NANO, route, state, "7d"))) == COLORS[state]
 
 
+@pytest.mark.unit
 def test_model_badge_without_status_is_blue_and_titled() -> None:
     root = _parse(model_badge(NANO, RouteFigures("sim", 400.0, 50.0, 0.1), None, "7d"))
     assert _fill(root) == INFO_COLOR
@@ -114,6 +121,7 @@ def test_model_badge_without_status_is_blue_and_titled() -> None:
     assert title == f"{NANO}: $0.10 per 1M input tokens, p50 TTFT 400 ms over 7d, via sim"
 
 
+@pytest.mark.unit
 def test_ids_are_unique_per_badge() -> None:
     a, b = render_badge("a", "1", "#4c1"), render_badge("b", "2", "#4c1")
     ids = [ET.fromstring(x).find(f"{SVG_NS}clipPath").attrib["id"] for x in (a, b)]  # type: ignore[union-attr]
@@ -137,6 +145,7 @@ async def _svg(resp) -> ET.Element:
     return _parse(await resp.text())
 
 
+@pytest.mark.db
 async def test_model_badge_shows_price_ttft_and_router(client) -> None:
     resp = await client.get(_url(NANO))
     assert resp.status == 200 and resp.headers["Cache-Control"] == "public, max-age=10"
@@ -150,12 +159,14 @@ async def test_model_badge_shows_price_ttft_and_router(client) -> None:
     assert again.status == 304
 
 
+@pytest.mark.db
 async def test_model_badge_without_price_or_ttft(client) -> None:
     root = await _svg(await client.get(_url(BROKEN)))
     assert _texts(root) == [BROKEN, f"p50 {MISSING} · via {ROUTER}"]
     assert _fill(root) == COLORS[State.DOWN]
 
 
+@pytest.mark.db
 async def test_a_model_id_with_markup_is_escaped(client) -> None:
     resp = await client.get(_url(EVIL))
     assert resp.status == 200
@@ -164,6 +175,7 @@ async def test_a_model_id_with_markup_is_escaped(client) -> None:
     assert _texts(_parse(svg))[0] == EVIL
 
 
+@pytest.mark.db
 async def test_unknown_model_or_router_is_a_404_badge(client) -> None:
     resp = await client.get("/badge/nobody/nothing.svg")
     assert resp.status == 404
@@ -173,6 +185,7 @@ async def test_unknown_model_or_router_is_a_404_badge(client) -> None:
     assert (await client.get(_url(NANO) + f"?router={ROUTER}")).status == 200
 
 
+@pytest.mark.db
 async def test_status_badges(client) -> None:
     root = await _svg(await client.get("/badge/status.svg"))
     assert _texts(root) == ["status", "down"] and _fill(root) == COLORS[State.DOWN]
@@ -182,6 +195,7 @@ async def test_status_badges(client) -> None:
     assert resp.status == 404 and _texts(await _svg(resp)) == ["nobody/nothing", "unknown model"]
 
 
+@pytest.mark.db
 async def test_badges_without_status_or_before_the_first_refresh(pool, aiohttp_client) -> None:
     async with pool.acquire() as conn:
         await ensure_schema(conn)

@@ -23,6 +23,8 @@ import pytest
 from routewatch.storage.leadership import LEADER_LOCK_KEY
 from routewatch.aggregator.publish.server import HEAD_TIMEOUT_S
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parent.parent
 ROUTEWATCH = [sys.executable, "-m", "routewatch.cli"]
 

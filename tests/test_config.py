@@ -28,26 +28,18 @@ from routewatch.config import (
     summarize,
 )
 from routewatch.config.durations import MAX_SECONDS, parse_duration
+from factories import MINIMAL_CONFIG
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 REPO_CONFIG = REPO / "probes.yaml"
 BOMB = TESTS / "testdata" / "bad-yaml-alias-bomb.yaml"
 
-MINIMAL = """\
-routers:
-  - name: orcarouter
-    base_url: simulator
-    models: [openai/gpt-4.1-nano]
-prompts:
-  - name: short
-    messages: [{role: user, content: "Count from 1 to 40 in words."}]
-"""
-
 
 # ---------------------------------------------------------------- durations
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
@@ -74,6 +66,7 @@ def test_parse_duration(value: str | float, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -101,6 +94,7 @@ def test_parse_duration_rejects(value: Any, message: str) -> None:
 # ---------------------------------------------------------------- the repository's probes.yaml
 
 
+@pytest.mark.unit
 def test_repository_config_loads() -> None:
     config = load_config(REPO_CONFIG)
     router = config.routers[0]
@@ -111,6 +105,7 @@ def test_repository_config_loads() -> None:
     assert config.aggregator.refresh == 10.0
 
 
+@pytest.mark.unit
 def test_repository_config_summary() -> None:
     # Expected numbers come from the raw YAML, not from the models under test.
     raw = yaml.safe_load(REPO_CONFIG.read_text(encoding="utf-8"))
@@ -142,15 +137,17 @@ def test_repository_config_summary() -> None:
     assert s.note == "no price for " + ", ".join(unpriced)
 
 
+@pytest.mark.unit
 def test_summary_without_prices_has_no_cost() -> None:
-    s = summarize(parse_config(MINIMAL, "probes.yaml"))
+    s = summarize(parse_config(MINIMAL_CONFIG, "probes.yaml"))
     assert s.cost_per_day_usd is None
     assert s.unpriced_models == ("openai/gpt-4.1-nano",)
 
 
+@pytest.mark.unit
 def test_defaults() -> None:
-    config = parse_config(MINIMAL, "probes.yaml")
-    assert config == Config.model_validate(yaml.safe_load(MINIMAL))
+    config = parse_config(MINIMAL_CONFIG, "probes.yaml")
+    assert config == Config.model_validate(yaml.safe_load(MINIMAL_CONFIG))
     assert config.region == "local"
     assert (config.schedule.interval, config.schedule.jitter, config.schedule.concurrency) == (60, 10, 64)
     t = config.timeouts
@@ -161,6 +158,7 @@ def test_defaults() -> None:
     assert (config.prompts[0].max_tokens, config.prompts[0].min_output_tokens) == (128, 32)
 
 
+@pytest.mark.unit
 def test_format_summary() -> None:
     text = format_summary(load_config(REPO_CONFIG), "probes.yaml")
     assert text == (
@@ -173,6 +171,7 @@ def test_format_summary() -> None:
     )
 
 
+@pytest.mark.unit
 def test_check_config_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_config_main(str(REPO_CONFIG)) == 0
     out, err = capsys.readouterr()
@@ -180,6 +179,7 @@ def test_check_config_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert err == ""
 
 
+@pytest.mark.unit
 def test_check_config_main_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(TESTS)
     assert check_config_main("testdata/bad-multiple-errors.yaml") == 1
@@ -320,6 +320,7 @@ BAD = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_config(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(TESTS)  # so that messages name the file as "testdata/..."
@@ -328,10 +329,12 @@ def test_bad_config(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(excinfo.value) == BAD[name]
 
 
+@pytest.mark.unit
 def test_every_bad_fixture_is_tested() -> None:
     assert sorted(p.stem for p in (TESTS / "testdata").glob("bad-*.yaml")) == sorted(BAD)
 
 
+@pytest.mark.unit
 def test_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as excinfo:
@@ -339,6 +342,7 @@ def test_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert str(excinfo.value) == "nope.yaml: cannot read: No such file or directory"
 
 
+@pytest.mark.unit
 def test_credentials_never_echoed() -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(TESTS / "testdata" / "bad-credentials-in-url.yaml")
@@ -348,6 +352,7 @@ def test_credentials_never_echoed() -> None:
     assert err.__cause__ is None and err.__suppress_context__
 
 
+@pytest.mark.unit
 def test_key_never_echoed() -> None:
     for name in ("bad-api-key-field", "bad-env-var-name", "bad-authorization-header"):
         with pytest.raises(ConfigError) as excinfo:
@@ -355,6 +360,7 @@ def test_key_never_echoed() -> None:
         assert "0123456789abcdef" not in str(excinfo.value) + repr(excinfo.value)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "message"),
     [
@@ -364,14 +370,15 @@ def test_key_never_echoed() -> None:
     ],
 )
 def test_bad_base_url(url: str, message: str) -> None:
-    text = MINIMAL.replace("base_url: simulator", f"base_url: {url}")
+    text = MINIMAL_CONFIG.replace("base_url: simulator", f"base_url: {url}")
     with pytest.raises(ConfigError) as excinfo:
         parse_config(text, "probes.yaml")
     assert str(excinfo.value) == f"probes.yaml:3: routers[0].base_url: {message}"
 
 
+@pytest.mark.unit
 def test_good_base_url_and_headers() -> None:
-    text = MINIMAL.replace(
+    text = MINIMAL_CONFIG.replace(
         "base_url: simulator",
         "base_url: http://127.0.0.1:8080/v1\n    headers: {HTTP-Referer: https://status.example.com}",
     )
@@ -380,15 +387,17 @@ def test_good_base_url_and_headers() -> None:
     assert router.headers == {"HTTP-Referer": "https://status.example.com"}
 
 
+@pytest.mark.unit
 def test_default_that_breaks_a_rule_is_named() -> None:
-    text = MINIMAL + "timeouts:\n  total: 45s\n"
+    text = MINIMAL_CONFIG + "timeouts:\n  total: 45s\n"
     with pytest.raises(ConfigError) as excinfo:
         parse_config(text, "probes.yaml")
     assert str(excinfo.value) == "probes.yaml:8: timeouts.first_token: 60 s (the default) exceeds total (45 s)"
 
 
+@pytest.mark.unit
 def test_models_are_frozen() -> None:
-    config = parse_config(MINIMAL, "probes.yaml")
+    config = parse_config(MINIMAL_CONFIG, "probes.yaml")
     with pytest.raises(ValueError):
         config.region = "elsewhere"  # type: ignore[misc]
 
@@ -396,19 +405,22 @@ def test_models_are_frozen() -> None:
 # ---------------------------------------------------------------- status: SLO and maintenance
 
 
+@pytest.mark.unit
 def test_slo_defaults() -> None:
-    slo = parse_config(MINIMAL, "probes.yaml").slo
+    slo = parse_config(MINIMAL_CONFIG, "probes.yaml").slo
     assert (slo.window, slo.down_after, slo.up_after, slo.min_samples) == (900.0, 3, 2, 5)
 
 
+@pytest.mark.unit
 def test_slo_window_is_a_duration() -> None:
-    config = parse_config(MINIMAL + "slo:\n  window: 1h30m\n  down_after: 4\n", "probes.yaml")
+    config = parse_config(MINIMAL_CONFIG + "slo:\n  window: 1h30m\n  down_after: 4\n", "probes.yaml")
     assert config.slo.window == 5400.0
     assert config.slo.down_after == 4
 
 
+@pytest.mark.unit
 def test_maintenance_window() -> None:
-    text = MINIMAL + (
+    text = MINIMAL_CONFIG + (
         "maintenance:\n"
         "  - start: 2025-06-01T04:00:00+02:00\n"
         '    end: "2025-06-01T03:00:00Z"\n'
@@ -428,12 +440,14 @@ def test_maintenance_window() -> None:
     assert not second.covers("anthropic/claude-haiku-4.5", datetime(2025, 6, 2, 2, tzinfo=UTC))
 
 
+@pytest.mark.unit
 def test_maintenance_defaults_to_none() -> None:
-    assert parse_config(MINIMAL, "probes.yaml").maintenance == []
+    assert parse_config(MINIMAL_CONFIG, "probes.yaml").maintenance == []
 
 
+@pytest.mark.unit
 def test_maintenance_model_in_a_second_router() -> None:
-    text = MINIMAL.replace(
+    text = MINIMAL_CONFIG.replace(
         "prompts:",
         "  - name: other\n    base_url: simulator\n    models: [openai/gpt-4.1-mini]\nprompts:",
     ) + (
@@ -443,12 +457,13 @@ def test_maintenance_model_in_a_second_router() -> None:
     assert parse_config(text, "probes.yaml").maintenance[0].models == ["openai/gpt-4.1-mini"]
 
 
+@pytest.mark.unit
 def test_max_providers_per_model_defaults_to_5_and_must_be_at_least_1() -> None:
-    assert parse_config(MINIMAL, "probes.yaml").aggregator.max_providers_per_model == 5
-    assert parse_config(MINIMAL + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml") \
+    assert parse_config(MINIMAL_CONFIG, "probes.yaml").aggregator.max_providers_per_model == 5
+    assert parse_config(MINIMAL_CONFIG + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml") \
         .aggregator.max_providers_per_model == 2
     with pytest.raises(ConfigError) as excinfo:
-        parse_config(MINIMAL + "aggregator:\n  max_providers_per_model: 0\n", "probes.yaml")
+        parse_config(MINIMAL_CONFIG + "aggregator:\n  max_providers_per_model: 0\n", "probes.yaml")
     assert str(excinfo.value) == (
         "probes.yaml:9: aggregator.max_providers_per_model: Input should be greater than or equal to 1")
 
@@ -462,6 +477,7 @@ def _refusal(text: str) -> str:
 # ---------------------------------------------------------------- limits: YAML bombs and size
 
 
+@pytest.mark.unit
 def test_alias_bomb_is_refused_in_a_fraction_of_a_second() -> None:
     started = time.perf_counter()
     with pytest.raises(ConfigError) as excinfo:
@@ -486,6 +502,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.system
 def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> None:
     """A real ``routewatch check-config`` process, and its own peak RSS."""
     peak = tmp_path / "peak"
@@ -503,29 +520,32 @@ def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> No
     assert max_rss_mib < 200, f"check-config peaked at {max_rss_mib:.0f} MiB"
 
 
+@pytest.mark.unit
 def test_deep_nesting_is_a_message_not_a_recursion_error() -> None:
-    deep = MINIMAL + "extra: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    deep = MINIMAL_CONFIG + "extra: " + "[" * 100_000 + "]" * 100_000 + "\n"
     assert _refusal(deep) == "probes.yaml:8: (yaml): nested more than 64 levels deep"
-    block = MINIMAL + "".join(f"{'  ' * i}k{i}:\n" for i in range(100))  # indentation, not brackets
+    block = MINIMAL_CONFIG + "".join(f"{'  ' * i}k{i}:\n" for i in range(100))  # indentation, not brackets
     assert _refusal(block) == "probes.yaml:71: (yaml): nested more than 64 levels deep"
 
 
+@pytest.mark.unit
 def test_nesting_up_to_the_limit_is_parsed() -> None:
     # The top-level mapping is level 1, so 63 lists below it are the deepest file allowed.
-    at_limit = _refusal(MINIMAL + "extra: " + "[" * 63 + "]" * 63 + "\n")
+    at_limit = _refusal(MINIMAL_CONFIG + "extra: " + "[" * 63 + "]" * 63 + "\n")
     assert at_limit.startswith('probes.yaml:8: extra: unknown field "extra"'), at_limit
-    assert _refusal(MINIMAL + "extra: " + "[" * 64 + "]" * 64 + "\n") == (
+    assert _refusal(MINIMAL_CONFIG + "extra: " + "[" * 64 + "]" * 64 + "\n") == (
         "probes.yaml:8: (yaml): nested more than 64 levels deep")
 
 
+@pytest.mark.unit
 def test_too_many_values_without_aliases(tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"
-    path.write_text(MINIMAL + "extra:\n" + "  - x\n" * MAX_NODES)
+    path.write_text(MINIMAL_CONFIG + "extra:\n" + "  - x\n" * MAX_NODES)
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
     # The value that crosses the limit: counted with PyYAML's own composer, as every node of the tree.
-    before = _count_nodes(yaml.compose(MINIMAL + "extra: []\n"))  # everything but the items
-    first_item_line = MINIMAL.count("\n") + 2
+    before = _count_nodes(yaml.compose(MINIMAL_CONFIG + "extra: []\n"))  # everything but the items
+    first_item_line = MINIMAL_CONFIG.count("\n") + 2
     line = first_item_line + (MAX_NODES - before)
     assert str(excinfo.value) == f"{path}:{line}: (yaml): the file expands to more than 100,000 values"
 
@@ -538,6 +558,7 @@ def _count_nodes(node: yaml.Node) -> int:
     return 1
 
 
+@pytest.mark.unit
 def test_small_aliases_are_still_allowed() -> None:
     text = """\
 routers:
@@ -561,25 +582,27 @@ maintenance:
     assert config.routers[1].prices["openai/gpt-4.1-nano"].output == 0.4
 
 
+@pytest.mark.unit
 def test_oversize_file_is_refused_unread(tmp_path: Path) -> None:
     limit = tmp_path / "limit.yaml"
-    limit.write_bytes(MINIMAL.encode() + b"#" * (MAX_FILE_BYTES - len(MINIMAL) - 1) + b"\n")
+    limit.write_bytes(MINIMAL_CONFIG.encode() + b"#" * (MAX_FILE_BYTES - len(MINIMAL_CONFIG) - 1) + b"\n")
     assert limit.stat().st_size == MAX_FILE_BYTES
     assert load_config(limit).routers[0].name == "orcarouter"  # exactly at the limit: fine
 
     big = tmp_path / "big.yaml"
     with big.open("wb") as f:  # 50 MB, as in the report
-        f.write(MINIMAL.encode())
+        f.write(MINIMAL_CONFIG.encode())
         for _ in range(50):
             f.write(b"# " + b"x" * (1024 * 1024 - 3) + b"\n")
     with pytest.raises(ConfigError) as excinfo:
         load_config(big)
     assert str(excinfo.value) == f"{big}: the file is larger than 1 MiB: a probes.yaml is a few KiB"
     with pytest.raises(ConfigError) as excinfo:
-        parse_config(MINIMAL + "#" * MAX_FILE_BYTES, "probes.yaml")
+        parse_config(MINIMAL_CONFIG + "#" * MAX_FILE_BYTES, "probes.yaml")
     assert str(excinfo.value) == "probes.yaml: the file is larger than 1 MiB: a probes.yaml is a few KiB"
 
 
+@pytest.mark.unit
 def test_endless_file_is_refused() -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config("/dev/zero")
@@ -589,24 +612,27 @@ def test_endless_file_is_refused() -> None:
 # ---------------------------------------------------------------- values that crashed at run time
 
 
+@pytest.mark.unit
 def test_huge_integer_is_reported_at_its_line() -> None:
-    text = MINIMAL.replace('    messages:', f"    max_tokens: {'9' * 5000}\n    messages:")
+    text = MINIMAL_CONFIG.replace('    messages:', f"    max_tokens: {'9' * 5000}\n    messages:")
     assert _refusal(text) == (
         'probes.yaml:7: prompts[0].max_tokens: invalid number "' + "9" * 40 + '…": '
         "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"
     )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("field", ["schedule:\n  interval", "storage:\n  retention", "slo:\n  window",
                                    "aggregator:\n  refresh"])
 def test_every_duration_is_bounded(field: str) -> None:
-    message = _refusal(MINIMAL + f"{field}: 99999999999999999d\n")
+    message = _refusal(MINIMAL_CONFIG + f"{field}: 99999999999999999d\n")
     assert message.endswith('duration must be at most 36500d (100 years), got "99999999999999999d"'), message
 
 
+@pytest.mark.unit
 def test_the_longest_duration_still_works_with_dates() -> None:
     assert parse_duration("36500d") == MAX_SECONDS
-    config = parse_config(MINIMAL + "storage:\n  retention: 36500d\n  compress_after: 36500d\n", "probes.yaml")
+    config = parse_config(MINIMAL_CONFIG + "storage:\n  retention: 36500d\n  compress_after: 36500d\n", "probes.yaml")
     # What ``routewatch run`` does with it at start, and what the retention job does every day.
     retention = timedelta(seconds=config.storage.retention)
     now = datetime.now(UTC)
@@ -615,17 +641,19 @@ def test_the_longest_duration_still_works_with_dates() -> None:
         parse_duration(MAX_SECONDS + 1)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["Content-Length", "content-length", "Host", "Transfer-Encoding", "Connection",
                                   "Keep-Alive", "TE", "Trailer", "Upgrade", "Expect", "Proxy-Connection",
                                   "Content-Type", "Content-Encoding"])
 def test_headers_the_probe_owns_are_refused(name: str) -> None:
-    text = MINIMAL.replace("base_url: simulator", f'base_url: simulator\n    headers: {{"{name}": "x"}}')
+    text = MINIMAL_CONFIG.replace("base_url: simulator", f'base_url: simulator\n    headers: {{"{name}": "x"}}')
     assert _refusal(text).startswith("probes.yaml:4: routers[0].headers"), name
     assert ": cannot be set here: " in _refusal(text)
 
 
+@pytest.mark.unit
 def test_a_header_value_may_hold_a_tab_and_non_ascii() -> None:
-    text = MINIMAL.replace("base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}')
+    text = MINIMAL_CONFIG.replace("base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}')
     assert parse_config(text, "probes.yaml").routers[0].headers == {"X-Title": "status\tpage é"}
 
 
@@ -638,16 +666,18 @@ def _own_settings() -> set[str]:
     return found
 
 
+@pytest.mark.unit
 def test_no_routewatch_setting_can_be_a_router_key() -> None:
     own = _own_settings()
     assert {"ROUTEWATCH_ADMIN_TOKEN", "ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_API_KEY"} <= own
     for name in sorted(own - {"ROUTEWATCH_API_KEY"}) + ["ROUTEWATCH_SOMETHING_NEW"]:
-        text = MINIMAL.replace("base_url: simulator", f"base_url: simulator\n    api_key_env: {name}")
+        text = MINIMAL_CONFIG.replace("base_url: simulator", f"base_url: simulator\n    api_key_env: {name}")
         assert _refusal(text).startswith(f"probes.yaml:4: routers[0].api_key_env: {name} is one of routewatch's"), name
-    text = MINIMAL.replace("base_url: simulator", "base_url: simulator\n    api_key_env: ROUTEWATCH_API_KEY")
+    text = MINIMAL_CONFIG.replace("base_url: simulator", "base_url: simulator\n    api_key_env: ROUTEWATCH_API_KEY")
     assert parse_config(text, "probes.yaml").routers[0].api_key_env == "ROUTEWATCH_API_KEY"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("section", "field"),
     [
@@ -657,12 +687,13 @@ def test_no_routewatch_setting_can_be_a_router_key() -> None:
     ],
 )
 def test_other_stored_or_bound_strings_refuse_control_characters(section: str, field: str) -> None:
-    message = _refusal(MINIMAL + section + "\n")
+    message = _refusal(MINIMAL_CONFIG + section + "\n")
     assert f": {field}: must not contain control characters (U+0000 at character " in message, message
 
 
+@pytest.mark.unit
 def test_base_url_refuses_control_characters_without_echoing_it() -> None:
-    text = MINIMAL.replace("base_url: simulator", 'base_url: "https://user-token-123@\\0orcarouter.ai/v1"')
+    text = MINIMAL_CONFIG.replace("base_url: simulator", 'base_url: "https://user-token-123@\\0orcarouter.ai/v1"')
     message = _refusal(text)
     assert message == "probes.yaml:3: routers[0].base_url: must not contain control characters (U+0000 at character 24)"
     assert "user-token-123" not in message

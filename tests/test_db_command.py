@@ -6,13 +6,14 @@ import fcntl
 import os
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from routewatch.db_command import spool_backlog
-from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.spool import Spool
+from factories import probe_result
 
 
 def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -22,6 +23,7 @@ def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProce
                           env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.system
 def test_migrate_then_status(db_dsn: str, db_mode: str, tmp_path: Path) -> None:
     first = _cli(["db", "migrate"], db_dsn, tmp_path)
     assert first.returncode == 0, first.stderr
@@ -41,17 +43,12 @@ def test_migrate_then_status(db_dsn: str, db_mode: str, tmp_path: Path) -> None:
     assert password not in status.stdout + status.stderr
 
 
-def _result(i: int) -> ProbeResult:
-    return ProbeResult(id=uuid.uuid4(), started_at=datetime.now(UTC) - timedelta(seconds=i), region="r",
-                       router="sim", model="m/x", prompt="short", methodology="m1", ok=True,
-                       error_class=None, error_detail=None)
-
-
+@pytest.mark.unit
 def test_spool_backlog_counts_unstored_results(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     assert spool_backlog(spool_dir) == "empty"
     with Spool(spool_dir) as spool:
-        spool.append([_result(i) for i in range(3)])
+        spool.append([probe_result(started_at=datetime.now(UTC) - timedelta(seconds=i)) for i in range(3)])
     assert spool_backlog(spool_dir).startswith("3 results waiting to be stored")
     # While a writer holds the spool, it is described without being opened.
     with open(spool_dir / "lock", "a") as lock:

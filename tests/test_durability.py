@@ -26,6 +26,9 @@ import pytest
 
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.simulator.process import SimulatorProcess
+from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
+
+pytestmark = pytest.mark.system
 
 OUTAGE_S = 30.0  # the issue asks for an outage of 30 s or more
 
@@ -46,22 +49,11 @@ PROFILES = """
 
 
 def config(base_url: str) -> str:
-    return f"""
-region: test
-routers:
-  - name: sim
-    base_url: {base_url}
-    models: [dur/fast, dur/flaky]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 40 in words."}}]
-    max_tokens: 32
-    min_output_tokens: 8
-schedule: {{interval: 300ms, jitter: 100ms, concurrency: 8}}
-timeouts: {{connect: 1s, headers: 2s, first_token: 2s, idle: 1s, total: 3s}}
-api: {{host: 127.0.0.1, port: 0}}
-aggregator: {{refresh: 1s}}
-"""
+    return config_text([router_entry("sim", base_url, ["dur/fast", "dur/flaky"])],
+                       [prompt_entry(max_tokens=32, min_output_tokens=8)], region="test",
+                       schedule={"interval": "300ms", "jitter": "100ms", "concurrency": 8},
+                       timeouts={"connect": "1s", "headers": "2s", "first_token": "2s", "idle": "1s", "total": "3s"},
+                       api=LOOPBACK_API, aggregator={"refresh": "1s"})
 
 
 def _free_port() -> int:

@@ -25,6 +25,9 @@ from routewatch.probe.scheduler import Prober, Series, new_session, schedule, st
 from routewatch.probe.targets import plan
 from routewatch.storage.writer import BatchWriter
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+from factories import LOOPBACK_TIMEOUTS, config_text, prompt_entry, router_entry
+
+pytestmark = pytest.mark.system
 
 PROFILES = (
     ModelProfile(model="test/fast", provider="FastCo", ttft_median_ms=40, ttft_sigma=0.2,
@@ -38,22 +41,10 @@ PROFILES = (
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 
 
-def config_text(base_url: str, models: Sequence[str], interval: str, jitter: str) -> str:
-    model_list = ", ".join(models)
-    return f"""
-region: test
-routers:
-  - name: sim
-    base_url: {base_url}
-    models: [{model_list}]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 40 in words."}}]
-    max_tokens: 64
-    min_output_tokens: 16
-schedule: {{interval: {interval}, jitter: {jitter}, concurrency: 16}}
-timeouts: {{connect: 2s, headers: 2s, first_token: 3s, idle: 1s, total: 5s}}
-"""
+def sim_config(base_url: str, models: Sequence[str], interval: str, jitter: str) -> str:
+    return config_text([router_entry("sim", base_url, models)], [prompt_entry(max_tokens=64, min_output_tokens=16)],
+                       region="test", schedule={"interval": interval, "jitter": jitter, "concurrency": 16},
+                       timeouts=LOOPBACK_TIMEOUTS)
 
 
 @pytest.fixture
@@ -80,13 +71,13 @@ async def run_scheduled(series: list[Series], pool: asyncpg.Pool, interval: floa
 
 
 def _timeouts():  # type: ignore[no-untyped-def]
-    return parse_config(config_text("http://127.0.0.1:1/v1", ["x"], "1s", "0s"), "t.yaml").timeouts
+    return parse_config(sim_config("http://127.0.0.1:1/v1", ["x"], "1s", "0s"), "t.yaml").timeouts
 
 
 async def test_scheduled_probes_reach_the_api_with_true_figures(
     db_dsn: str, db_mode: str, simulator: RunningSimulator, aiohttp_client, tmp_path: Path
 ) -> None:
-    config = parse_config(config_text(simulator.base_url, [p.model for p in PROFILES], "500ms", "100ms"), "e2e.yaml")
+    config = parse_config(sim_config(simulator.base_url, [p.model for p in PROFILES], "500ms", "100ms"), "e2e.yaml")
     series, _ = plan(config, {})
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
     try:
@@ -155,7 +146,7 @@ async def test_a_probe_never_overlaps_itself(db_dsn: str, tmp_path: Path) -> Non
     slow = ModelProfile(model="test/glacial", provider="Slow", ttft_median_ms=600, ttft_sigma=0.0,
                         tokens_per_s=100, output_tokens=5)
     async with await start_simulator([slow], seed=3) as sim:
-        config = parse_config(config_text(sim.base_url, [slow.model], "200ms", "0s"), "overlap.yaml")
+        config = parse_config(sim_config(sim.base_url, [slow.model], "200ms", "0s"), "overlap.yaml")
         series, _ = plan(config, {})
         pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
         try:

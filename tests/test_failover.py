@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,31 +21,22 @@ import pytest
 from routewatch.storage.schema import ensure_schema
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+from factories import LOOPBACK_API, config_text, probe_result, router_entry
+
+pytestmark = pytest.mark.system
 
 REFRESH_S = 2.0
-CONFIG = f"""
-routers:
-  - name: sim
-    base_url: simulator
-    models: [ha/model]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 40 in words."}}]
-api: {{host: 127.0.0.1, port: 0}}
-aggregator: {{refresh: {REFRESH_S}s}}
-"""
+CONFIG = config_text([router_entry("sim", models=["ha/model"])], api=LOOPBACK_API, aggregator={"refresh": f"{REFRESH_S}s"})
 
 
 def _result(ttft_ms: float) -> ProbeResult:
-    return ProbeResult(id=uuid.uuid4(), started_at=datetime.now(UTC) - timedelta(seconds=5), region="r",
-                       router="sim", model="ha/model", prompt="short", methodology="m1", ok=True,
-                       error_class=None, error_detail=None, ttft_ms=ttft_ms, output_tokens=10)
+    return probe_result(started_at=datetime.now(UTC) - timedelta(seconds=5), router="sim", model="ha/model",
+                        ttft_ms=ttft_ms, output_tokens=10)
 
 
 def _failure() -> ProbeResult:
-    return ProbeResult(id=uuid.uuid4(), started_at=datetime.now(UTC) - timedelta(seconds=1), region="r",
-                       router="sim", model="ha/model", prompt="short", methodology="m1", ok=False,
-                       error_class="http_5xx", error_detail="injected")
+    return probe_result(started_at=datetime.now(UTC) - timedelta(seconds=1), router="sim", model="ha/model",
+                        error_class="http_5xx", error_detail="injected")
 
 
 async def _store(dsn: str, results: list[ProbeResult]) -> None:

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from routewatch.aggregator.history import published_at
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.schema import ensure_schema
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+from factories import outcome, probe_result
+
+pytestmark = pytest.mark.db
 
 WINDOWS = {"1h": 3600.0, "7d": 7 * 86400.0}
 
 
 def _result(ttft_ms: float, ok: bool = True) -> ProbeResult:
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=datetime.now(UTC) - timedelta(seconds=30), region="r", router="sim",
-        model="h/model", prompt="short", methodology="m1", ok=ok,
-        error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
-        ttft_ms=ttft_ms if ok else None, output_tokens=10 if ok else None,
-    )
+    return probe_result(started_at=datetime.now(UTC) - timedelta(seconds=30), region="r", router="sim",
+                        model="h/model", **outcome(ok, ttft_ms=ttft_ms, output_tokens=10))
 
 
 async def test_each_refresh_is_recorded_and_can_be_read_back_at_any_time(db_dsn: str) -> None:

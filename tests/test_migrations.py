@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,8 +30,9 @@ from routewatch.storage.migrate import (
     migrate,
 )
 from routewatch.storage.schema import ensure_schema
-from routewatch.results.probe_result import COLUMNS, ProbeResult
+from routewatch.results.probe_result import COLUMNS
 from routewatch.storage.writer import write_batch
+from factories import probe_result
 
 LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history", "0005_status",
           "0006_ingest_done"]
@@ -40,22 +40,12 @@ SHARED_LABELS = {"0003_hist_rollup", "0004_stats_history", "0005_status", "0006_
 
 
 
-def result_at(started_at: datetime, **overrides: object) -> ProbeResult:
-    """A successful probe result at ``started_at``."""
-    fields: dict[str, object] = dict(
-        id=uuid.uuid4(), started_at=started_at, region="test", router="r", model="m/a", prompt="short",
-        methodology="m1", ok=True, error_class=None, error_detail=None, ttft_ms=100.0,
-        input_tokens=10, output_tokens=20,
-    )
-    fields.update(overrides)
-    return ProbeResult(**fields)  # type: ignore[arg-type]
-
-
 async def recorded_versions(conn: asyncpg.Connection) -> list[tuple[int, str]]:
     rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     return [(r["version"], r["name"]) for r in rows]
 
 
+@pytest.mark.unit
 def test_packaged_migrations_have_both_variants() -> None:
     migrations = load_migrations()
     assert [m.label for m in migrations] == LABELS
@@ -68,6 +58,7 @@ def test_packaged_migrations_have_both_variants() -> None:
             assert m.sql["plain"] != m.sql["timescaledb"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("files", "message"),
     [
@@ -85,6 +76,7 @@ def test_load_migrations_rejects_a_bad_layout(tmp_path: Path, files: dict[str, s
         load_migrations(tmp_path)
 
 
+@pytest.mark.db
 async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, mode: str) -> None:
     report = await migrate(conn, mode=mode)
 
@@ -137,6 +129,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         assert "probe_results_started_at" in indexes
 
 
+@pytest.mark.db
 async def test_rerun_applies_nothing(conn: asyncpg.Connection, mode: str) -> None:
     await migrate(conn, mode=mode)
     before = await conn.fetch("SELECT * FROM schema_migrations ORDER BY version")
@@ -149,6 +142,7 @@ async def test_rerun_applies_nothing(conn: asyncpg.Connection, mode: str) -> Non
     assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
 
 
+@pytest.mark.db
 async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str) -> None:
     conns = [await asyncpg.connect(db_dsn) for _ in range(3)]
     try:
@@ -164,6 +158,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
             await c.close()
 
 
+@pytest.mark.db
 async def test_a_waiting_start_blocks_on_the_lock(db_dsn: str) -> None:
     holder, waiter = await asyncpg.connect(db_dsn), await asyncpg.connect(db_dsn)
     try:
@@ -178,6 +173,7 @@ async def test_a_waiting_start_blocks_on_the_lock(db_dsn: str) -> None:
         await waiter.close()
 
 
+@pytest.mark.db
 async def test_recorded_mode_wins_over_a_different_request(
     conn: asyncpg.Connection, db_mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -208,10 +204,12 @@ async def test_recorded_mode_wins_over_a_different_request(
         assert warnings == []
 
 
+@pytest.mark.db
 async def test_default_mode_is_what_the_server_offers(conn: asyncpg.Connection, db_mode: str) -> None:
     assert (await migrate(conn)).mode == db_mode
 
 
+@pytest.mark.db
 async def test_timescaledb_mode_needs_the_extension(conn: asyncpg.Connection, db_mode: str) -> None:
     if db_mode == "timescaledb":
         pytest.skip("this server has TimescaleDB; the check needs one without it (the default embedded server)")
@@ -221,6 +219,7 @@ async def test_timescaledb_mode_needs_the_extension(conn: asyncpg.Connection, db
     assert await conn.fetchval("SELECT to_regclass('probe_results')") is None
 
 
+@pytest.mark.db
 async def test_a_failing_migration_is_rolled_back_and_retried(conn: asyncpg.Connection) -> None:
     first = load_migrations()[0]
     broken = Migration(2, "broken", {"plain": "CREATE TABLE half (x int); SELECT 1/0;", "timescaledb": ""})
@@ -235,22 +234,25 @@ async def test_a_failing_migration_is_rolled_back_and_retried(conn: asyncpg.Conn
     assert (report.mode, report.applied) == ("plain", ["0002_fixed"])
 
 
+@pytest.mark.db
 async def test_migrate_refuses_to_run_inside_a_transaction(conn: asyncpg.Connection) -> None:
     async with conn.transaction():
         with pytest.raises(MigrationError, match="outside"):
             await migrate(conn, mode="plain")
 
 
+@pytest.mark.db
 async def test_a_pre_migration_schema_is_refused(conn: asyncpg.Connection) -> None:
     await conn.execute("CREATE TABLE probe_results (id uuid)")
     with pytest.raises(MigrationError, match="before versioned migrations"):
         await migrate(conn, mode="plain")
 
 
+@pytest.mark.db
 async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mode: str) -> None:
     await migrate(conn, mode=mode)
     now = datetime.now(timezone.utc)
-    results = [result_at(now - timedelta(days=d, minutes=m)) for d in range(3) for m in range(5)]
+    results = [probe_result(started_at=now - timedelta(days=d, minutes=m)) for d in range(3) for m in range(5)]
 
     if mode == "plain":
         # No partition for these days yet: the insert fails loudly (and the
@@ -268,6 +270,7 @@ async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mod
         assert {r["part"] for r in placed} == {partition_name(partition_day(r.started_at)) for r in results}
 
 
+@pytest.mark.db
 async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: str) -> None:
     assert await ensure_schema(conn) == db_mode
     assert await ensure_schema(conn) == db_mode
@@ -280,4 +283,4 @@ async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: st
             " WHERE i.inhparent = 'probe_results'::regclass")}
         assert names == expected
     # Writes for now work straight away in either mode.
-    assert await write_batch(conn, [result_at(datetime.now(timezone.utc))]) == 1
+    assert await write_batch(conn, [probe_result()]) == 1

@@ -116,6 +116,7 @@ async def _once(base_url: str, models: list[str], tmp_path: Path) -> tuple[int, 
     return proc.returncode, raw_out.decode("utf-8"), raw_err.decode("utf-8")  # strict: valid UTF-8
 
 
+@pytest.mark.system
 async def test_once_prints_hostile_router_text_inert_and_whole(hostile_router: str, tmp_path: Path) -> None:
     code, out, err = await _once(hostile_router, MODELS, tmp_path)
     report = f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
@@ -138,12 +139,14 @@ async def test_once_prints_hostile_router_text_inert_and_whole(hostile_router: s
     assert _model_ids(lines) == MODELS, report
 
 
+@pytest.mark.system
 async def test_once_exits_0_only_when_every_probe_succeeded(hostile_router: str, tmp_path: Path) -> None:
     code, out, err = await _once(hostile_router, [LONG_OK], tmp_path)
     assert code == 0, out + err
     assert "1 of 1 probes ok" in out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("sent", "shown"),
     [

@@ -21,6 +21,7 @@ from routewatch.postgres.local_server import LocalPostgres
 from routewatch.postgres.watch import PostgresGaveUp, RestartPolicy, watch_postgres
 
 
+@pytest.mark.unit
 def test_backoff_doubles_then_gives_up_within_the_window() -> None:
     policy = RestartPolicy(max_tries=5, window_s=600, first_delay_s=1, max_delay_s=60)
     tries: list[float] = []
@@ -34,6 +35,7 @@ def test_backoff_doubles_then_gives_up_within_the_window() -> None:
     assert delays == [1, 2, 4, 8, 16]
 
 
+@pytest.mark.unit
 def test_old_tries_are_forgotten_and_delays_are_capped() -> None:
     policy = RestartPolicy(max_tries=3, window_s=600, first_delay_s=10, max_delay_s=25)
     assert policy.delay([0.0, 1.0, 2.0], now=100.0) is None  # three tries in the last 10 minutes
@@ -49,6 +51,7 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.system
 @pytest.mark.timeout(60)
 async def test_a_server_that_cannot_come_back_is_given_up(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
     """kill -9, then a data directory the server refuses: every restart fails, the watch raises."""

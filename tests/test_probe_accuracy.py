@@ -24,6 +24,8 @@ from routewatch.probe.target import Canary, Target
 from routewatch.probe.timing import StreamMarks
 from routewatch.simulator.process import SimulatorProcess
 
+pytestmark = pytest.mark.system
+
 N_PROBES = 200
 MAX_LAG_MS = 25.0
 PROFILES_YAML = """

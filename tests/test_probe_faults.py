@@ -26,6 +26,8 @@ from routewatch.probe.target import Canary, Target
 from routewatch.probe.timing import StreamMarks
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
+pytestmark = pytest.mark.system
+
 # The margin every probe must end within, past its deciding deadline.
 MARGIN_S = 0.1
 

@@ -41,6 +41,8 @@ from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.probe import chat_stream
 from routewatch.probe.scheduler import new_session
 
+pytestmark = pytest.mark.system
+
 SSE_HEADERS = {"Content-Type": "text/event-stream"}
 # The configured key, in the two shapes a redactor may or may not recognise.
 KEYS = ["sk-SENTINEL-0f1e2d3c4b5a69788796a5b4", "SENTINELabc123def456ghi789jkl"]

@@ -19,6 +19,8 @@ from hostile_router import HostileRouter, Reply, finish, healthy_body, running_r
 from routewatch.probe.chat_stream import MAX_RESPONSE_BYTES
 from routewatch.probe.sse import MAX_EVENT_BYTES
 
+pytestmark = pytest.mark.system
+
 CHILD = Path(__file__).with_name("probe_memory_child.py")
 # The bound the probe documents (chat_stream's module docstring) is well
 # under this; the old whole-text token estimate grew by over 200 MiB.

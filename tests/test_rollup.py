@@ -7,7 +7,6 @@ Both storage modes via the ``mode`` fixture (timescaledb needs
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -33,6 +32,9 @@ from routewatch.aggregator.exact_reference import window_counts
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage import hist_queries
 from routewatch.storage.writer import insert_batch, write_batch
+from factories import outcome, probe_result
+
+pytestmark = pytest.mark.db
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 FAILURES = ["http_429", "http_5xx", "timeout_ttft", "stream_error"]
@@ -85,11 +87,9 @@ def synthetic(now: datetime, seed: int = 7, per_hour: int = 12, current_hour: in
                 overloaded = rng.random(n) < 0.01
                 for i in range(n):
                     error = str(rng.choice(FAILURES)) if failed[i] else None
-                    out.append(ProbeResult(
-                        id=uuid.uuid4(), started_at=begin + timedelta(seconds=float(offsets[i])),
-                        region=region, router=router, model=model, prompt="short", methodology="m1",
-                        ok=error is None, error_class=error, error_detail=error and "detail",
-                        provider=provider,
+                    out.append(probe_result(
+                        started_at=begin + timedelta(seconds=float(offsets[i])), region=region, router=router,
+                        model=model, error_class=error, error_detail=error and "detail", provider=provider,
                         ttft_ms=None if error else float(ttft[i]),
                         ttfat_ms=None if error else float(ttfat[i]),
                         output_tps=None if error else float(tps[i]),
@@ -214,11 +214,8 @@ async def test_refresh_is_incremental_and_picks_up_late_rows(conn: asyncpg.Conne
     late_hour = floor_hour(now - timedelta(days=3))
     before = await conn.fetchval(
         "SELECT coalesce(sum(attempts), 0) FROM probe_hist_hourly WHERE bucket = $1", late_hour)
-    late = ProbeResult(
-        id=uuid.uuid4(), started_at=late_hour + timedelta(minutes=17), region="eu", router="r",
-        model="m/lognormal", prompt="short", methodology="m1", ok=False, error_class="http_5xx",
-        error_detail="late", provider="P1", input_tokens=20,
-    )
+    late = probe_result(started_at=late_hour + timedelta(minutes=17), router="r", model="m/lognormal",
+                        error_class="http_5xx", error_detail="late", provider="P1", input_tokens=20)
     assert await store(conn, mode, [late]) == 1
     third = await refresh_hist(conn)
     assert third.log_rows == 1
@@ -232,10 +229,7 @@ async def test_refresh_is_incremental_and_picks_up_late_rows(conn: asyncpg.Conne
     assert after == exact
 
     # A new probe in the current hour shows at the next refresh.
-    fresh = ProbeResult(
-        id=uuid.uuid4(), started_at=third.now, region="eu", router="r", model="m/new", prompt="short",
-        methodology="m1", ok=True, error_class=None, error_detail=None, ttft_ms=123.0, output_tps=50.0,
-    )
+    fresh = probe_result(started_at=third.now, router="r", model="m/new", ttft_ms=123.0, output_tps=50.0)
     assert await store(conn, mode, [fresh]) == 1
     fourth = await refresh_hist(conn)
     stats = await window_stats(conn, {"1h": 3600.0}, fourth.now)
@@ -249,8 +243,7 @@ async def test_hours_past_retention_keep_their_rollup(conn: asyncpg.Connection, 
     old_hour = floor_hour(now - timedelta(days=10))
 
     def probe(at: datetime) -> ProbeResult:
-        return ProbeResult(id=uuid.uuid4(), started_at=at, region="eu", router="r", model="m", prompt="p",
-                           methodology="m1", ok=True, error_class=None, error_detail=None, ttft_ms=100.0)
+        return probe_result(started_at=at, router="r", model="m", prompt="p", ttft_ms=100.0)
 
     await store(conn, mode, [probe(old_hour + timedelta(minutes=1))])
     await refresh_hist(conn)
@@ -265,9 +258,8 @@ async def test_thin_cells_are_marked(conn: asyncpg.Connection, mode: str) -> Non
     await migrate(conn, mode=mode)
     now = await conn.fetchval("SELECT now()")
     results = [
-        ProbeResult(id=uuid.uuid4(), started_at=floor_hour(now) + (now - floor_hour(now)) * (i / 5),
-                    region="eu", router="r", model="m/thin", prompt="p", methodology="m1", ok=True,
-                    error_class=None, error_detail=None, ttft_ms=100.0 + i, output_tps=30.0)
+        probe_result(started_at=floor_hour(now) + (now - floor_hour(now)) * (i / 5), router="r", model="m/thin",
+                     prompt="p", ttft_ms=100.0 + i, output_tps=30.0)
         for i in range(5)
     ]
     await store(conn, mode, results)
@@ -319,9 +311,8 @@ async def test_current_hour_deltas_equal_a_whole_hour_recompute(db_dsn: str, con
         for _ in range(n):
             router, model, providers, regions, ttft_of, tps_of = SERIES[int(rng.integers(len(SERIES)))]
             error = str(rng.choice(FAILURES)) if rng.random() < 0.1 else None
-            out.append(ProbeResult(
-                id=uuid.uuid4(), started_at=hour + (now - hour) * float(rng.random()), region=regions[0],
-                router=router, model=model, prompt="short", methodology="m1", ok=error is None,
+            out.append(probe_result(
+                started_at=hour + (now - hour) * float(rng.random()), region=regions[0], router=router, model=model,
                 error_class=error, error_detail=error and "detail", provider=providers[0],
                 ttft_ms=None if error else float(ttft_of(rng, 1)[0]), output_tps=None if error else float(tps_of(rng, 1)[0]),
                 input_tokens=20, output_tokens=None if error else 50, prober_overloaded=bool(rng.random() < 0.05),
@@ -367,11 +358,8 @@ async def test_current_hour_deltas_equal_a_whole_hour_recompute(db_dsn: str, con
 
 
 def _named(model: str, provider: str | None, at: datetime, ok: bool = True) -> ProbeResult:
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=at, region="eu", router="r", model=model, prompt="p", methodology="m1",
-        ok=ok, error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
-        provider=provider, ttft_ms=100.0 if ok else None, input_tokens=10, output_tokens=5 if ok else None,
-    )
+    return probe_result(started_at=at, router="r", model=model, prompt="p", provider=provider, input_tokens=10,
+                        **outcome(ok, ttft_ms=100.0, output_tokens=5))
 
 
 def _provider_cells(cells: dict[CellKey, CellStats], model: str) -> dict[str, CellStats]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
 
+from factories import probe_result
 from hostile_router import storable_problems
 from routewatch.probe.redact import MAX_DETAIL_CHARS, redact
 from routewatch.results.probe_result import ProbeResult
@@ -24,14 +24,15 @@ from routewatch.probe.router_values import (
     valid_text,
 )
 
+pytestmark = pytest.mark.unit
+
 KEY = "SENTINELabc123def456ghi789jkl"
 
 
 def poisoned() -> ProbeResult:
     """A result carrying every kind of value the database refuses."""
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=datetime.now(timezone.utc), region="r", router="x", model="m", prompt="p",
-        methodology="m1", ok=False, error_class="bad_response",
+    return probe_result(
+        error_class="bad_response",
         error_detail=f"bad \ud800 \x00 {KEY} " + "x" * 10_000,
         http_status=200, model_served="\udfff" * 3, provider="", request_id=f"id-{KEY}",
         input_tokens=-5, output_tokens=2**40, chunks=2**33, ttft_ms=math.nan, e2e_ms=math.inf,
@@ -50,10 +51,8 @@ def test_storable_leaves_nothing_the_database_refuses() -> None:
 
 
 def test_storable_keeps_good_values() -> None:
-    good = ProbeResult(id=uuid.uuid4(), started_at=datetime.now(timezone.utc), region="r", router="x", model="m",
-                       prompt="p", methodology="m1", ok=True, error_class=None, error_detail=None, http_status=200,
-                       model_served="openai/gpt-4.1", provider="OpenAI", request_id="gen-123", ttft_ms=12.5,
-                       input_tokens=20, output_tokens=3, chunks=3)
+    good = probe_result(http_status=200, model_served="openai/gpt-4.1", provider="OpenAI", request_id="gen-123",
+                        ttft_ms=12.5, input_tokens=20, output_tokens=3, chunks=3)
     assert storable(good, [KEY]) == good
 
 

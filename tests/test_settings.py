@@ -10,6 +10,8 @@ import pytest
 
 from routewatch.config.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = [p for package in ("routewatch", "probe", "aggregator") for p in (REPO / package).rglob("*.py")]
 SETTINGS_MODULE = REPO / "routewatch" / "config" / "settings.py"

@@ -137,6 +137,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
+@pytest.mark.system
 async def test_stream_format_and_ground_truth(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile(served_model="test/fast-2025"))
     t0 = time.perf_counter_ns()
@@ -179,6 +180,7 @@ async def test_stream_format_and_ground_truth(start: Start, session: aiohttp.Cli
         assert 0 <= event.at_ns - sent_ns < 20 * MS
 
 
+@pytest.mark.system
 async def test_tokens_follow_absolute_deadlines(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile(tokens_per_s=200, output_tokens=40, ttft_median_ms=10))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/fast")) as resp:
@@ -191,6 +193,7 @@ async def test_tokens_follow_absolute_deadlines(start: Start, session: aiohttp.C
     assert max(lateness) < 15 * MS
 
 
+@pytest.mark.system
 async def test_reasoning_before_content_and_max_tokens(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile("test/r1", reasoning_tokens=4, output_tokens=10))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/r1", max_tokens=9)) as resp:
@@ -206,6 +209,7 @@ async def test_reasoning_before_content_and_max_tokens(start: Start, session: ai
     assert (record.output_tokens, record.reasoning_tokens) == (9, 4)
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("profile_usage, request_usage", [(False, True), (True, False)])
 async def test_usage_only_when_both_want_it(
     start: Start, session: aiohttp.ClientSession, profile_usage: bool, request_usage: bool
@@ -219,6 +223,7 @@ async def test_usage_only_when_both_want_it(
     assert not sim.ground_truth.records[-1].usage_sent
 
 
+@pytest.mark.system
 async def test_keepalive_comments_before_first_token(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile(ttft_median_ms=120, keepalive_ms=30))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/fast")) as resp:
@@ -229,6 +234,7 @@ async def test_keepalive_comments_before_first_token(start: Start, session: aioh
     assert all(c.comment == "OPENROUTER PROCESSING" and c.at_ns < first_token for c in comments)
 
 
+@pytest.mark.system
 async def test_non_streaming_completion(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile())
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/fast", stream=False)) as resp:
@@ -239,6 +245,7 @@ async def test_non_streaming_completion(start: Start, session: aiohttp.ClientSes
     assert body["usage"]["completion_tokens"] == 10
 
 
+@pytest.mark.system
 async def test_http_faults(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("http_429"), faulty("http_500"), faulty("http_400"))
     for kind, status in [("http_429", 429), ("http_500", 500), ("http_400", 400)]:
@@ -253,6 +260,7 @@ async def test_http_faults(start: Start, session: aiohttp.ClientSession) -> None
     assert int(resp.headers.get("Retry-After", "1")) >= 1
 
 
+@pytest.mark.system
 async def test_drop_cuts_the_connection(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("drop"))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/drop")) as resp:
@@ -265,6 +273,7 @@ async def test_drop_cuts_the_connection(start: Start, session: aiohttp.ClientSes
     assert not record.finished
 
 
+@pytest.mark.system
 async def test_malformed_chunk(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("malformed"))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/malformed")) as resp:
@@ -279,6 +288,7 @@ async def test_malformed_chunk(start: Start, session: aiohttp.ClientSession) -> 
     assert bad[-1].data == "[DONE]"
 
 
+@pytest.mark.system
 async def test_stream_error_event(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("stream_error"))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/stream_error")) as resp:
@@ -290,6 +300,7 @@ async def test_stream_error_event(start: Start, session: aiohttp.ClientSession) 
     assert not sim.ground_truth.records[-1].finished
 
 
+@pytest.mark.system
 async def test_stall_is_caught_by_a_read_timeout(start: Start) -> None:
     sim = await start(faulty("stall", stall_s=5.0))
     timeout = aiohttp.ClientTimeout(sock_read=0.3)
@@ -305,6 +316,7 @@ async def test_stall_is_caught_by_a_read_timeout(start: Start) -> None:
     assert record.fault == "stall" and not record.finished
 
 
+@pytest.mark.system
 async def test_stall_then_resume(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("stall", stall_s=0.2))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/stall")) as resp:
@@ -315,6 +327,7 @@ async def test_stall_then_resume(start: Start, session: aiohttp.ClientSession) -
     assert max(gaps) >= 200 * MS and sorted(gaps)[-2] < 50 * MS
 
 
+@pytest.mark.system
 async def test_empty_answer(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("empty"))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/empty")) as resp:
@@ -341,6 +354,7 @@ async def read_raw(resp: aiohttp.ClientResponse, limit_bytes: int | None = None)
     return pieces
 
 
+@pytest.mark.system
 async def test_slow_headers(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("slow_headers", stall_s=0.3))
     t0 = time.perf_counter_ns()
@@ -359,6 +373,7 @@ async def test_slow_headers(start: Start, session: aiohttp.ClientSession) -> Non
     assert record.token_times_ns[0] - record.received_ns >= 340 * MS
 
 
+@pytest.mark.system
 async def test_trickle_sends_one_byte_at_a_time(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("trickle", trickle_s=0.02))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/trickle")) as resp:
@@ -373,6 +388,7 @@ async def test_trickle_sends_one_byte_at_a_time(start: Start, session: aiohttp.C
     assert not sim.app[HANDLERS]  # hanging up ended the handler
 
 
+@pytest.mark.system
 async def test_trickle_delivers_the_whole_stream(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("trickle", trickle_s=0.0, output_tokens=3))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/trickle")) as resp:
@@ -387,6 +403,7 @@ async def test_trickle_delivers_the_whole_stream(start: Start, session: aiohttp.
         assert sent_ns <= event.at_ns + 20 * MS
 
 
+@pytest.mark.system
 async def test_keepalive_forever(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("keepalive_forever", keepalive_ms=20, ttft_median_ms=5))
     timeout = aiohttp.ClientTimeout(total=0.3)
@@ -403,6 +420,7 @@ async def test_keepalive_forever(start: Start, session: aiohttp.ClientSession) -
     assert not sim.app[HANDLERS]
 
 
+@pytest.mark.system
 async def test_endless(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("endless", tokens_per_s=400))
     timeout = aiohttp.ClientTimeout(total=0.4)
@@ -418,6 +436,7 @@ async def test_endless(start: Start, session: aiohttp.ClientSession) -> None:
     assert not sim.app[HANDLERS]
 
 
+@pytest.mark.system
 async def test_huge(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("huge", huge_bytes=3_000_500))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/huge", max_tokens=16)) as resp:
@@ -435,6 +454,7 @@ async def test_huge(start: Start, session: aiohttp.ClientSession) -> None:
     assert record.finished and record.injected_ttft_ms == pytest.approx(40)
 
 
+@pytest.mark.system
 async def test_huge_answer_hung_up_on(
     start: Start, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -449,6 +469,7 @@ async def test_huge_answer_hung_up_on(
     assert not sim.app[HANDLERS] and caplog.records == []
 
 
+@pytest.mark.system
 async def test_invalid_utf8(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("invalid_utf8"))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/invalid_utf8")) as resp:
@@ -464,6 +485,7 @@ async def test_invalid_utf8(start: Start, session: aiohttp.ClientSession) -> Non
     assert record.fault == "invalid_utf8" and record.finished and len(record.token_times_ns) == 10
 
 
+@pytest.mark.system
 async def test_long_line(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("long_line", long_line_bytes=300_000, stall_s=0.3))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/long_line")) as resp:
@@ -490,6 +512,7 @@ async def test_long_line(start: Start, session: aiohttp.ClientSession) -> None:
     assert record.token_times_ns[5] <= ended_ns and record.token_times_ns[6] - record.token_times_ns[5] >= 2 * MS
 
 
+@pytest.mark.system
 async def test_not_sse(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(faulty("not_sse"))
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/not_sse")) as resp:
@@ -503,6 +526,7 @@ async def test_not_sse(start: Start, session: aiohttp.ClientSession) -> None:
     assert record.headers_ns is not None and record.headers_ns > record.received_ns
 
 
+@pytest.mark.system
 async def test_stream_only_fault_is_not_injected_into_a_whole_answer(
     start: Start, session: aiohttp.ClientSession
 ) -> None:
@@ -513,6 +537,7 @@ async def test_stream_only_fault_is_not_injected_into_a_whole_answer(
     assert sim.ground_truth.records[-1].fault is None
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "kind, overrides",
     [
@@ -539,6 +564,7 @@ async def test_hanging_up_on_a_fault_is_quiet(
     assert sim.ground_truth.records[-1].fault == kind
 
 
+@pytest.mark.system
 async def test_token_times_precede_arrival_closely(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile(tokens_per_s=100, output_tokens=30))
     t0 = time.perf_counter_ns()
@@ -553,6 +579,7 @@ async def test_token_times_precede_arrival_closely(start: Start, session: aiohtt
     assert statistics.median(delays) < 3 * MS and max(delays) < 15 * MS
 
 
+@pytest.mark.system
 async def test_ground_truth_delete_and_size(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile())
     url = f"{sim.base_url}/ground-truth"
@@ -576,6 +603,7 @@ async def test_ground_truth_delete_and_size(start: Start, session: aiohttp.Clien
     assert set(records[0]) >= {"headers_ns", "drawn_ttft_ms", "injected_ttft_ms", "fault", "token_times_ns"}
 
 
+@pytest.mark.system
 async def test_bad_requests(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile())
     url = f"{sim.base_url}/chat/completions"
@@ -597,6 +625,7 @@ async def test_bad_requests(start: Start, session: aiohttp.ClientSession) -> Non
     assert sim.ground_truth.records[0].model == "no/such-model"
 
 
+@pytest.mark.system
 async def test_models_health_and_ground_truth_endpoints(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile(), profile("test/other", provider="Other"))
     async with session.get(f"{sim.base_url}/models") as resp:
@@ -617,6 +646,7 @@ async def test_models_health_and_ground_truth_endpoints(start: Start, session: a
     assert records[0]["token_times_ns"] and records[0]["finished"] is True
 
 
+@pytest.mark.system
 async def test_client_disconnect_is_quiet(
     start: Start, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -631,6 +661,7 @@ async def test_client_disconnect_is_quiet(
     assert caplog.records == []
 
 
+@pytest.mark.system
 async def test_seed_makes_ttfts_reproducible(start: Start, session: aiohttp.ClientSession) -> None:
     jittery = profile(ttft_median_ms=5, ttft_sigma=0.5, output_tokens=1, error_rate=0.3, faults={"empty": 1})
 
@@ -646,6 +677,7 @@ async def test_seed_makes_ttfts_reproducible(start: Start, session: aiohttp.Clie
     assert first != other
 
 
+@pytest.mark.system
 async def test_ttft_median_matches_profile(start: Start, session: aiohttp.ClientSession) -> None:
     sim = await start(profile(ttft_median_ms=20, ttft_sigma=0.3, output_tokens=1), seed=1)
     # Ten at a time: a hundred simultaneous connects would measure the client, not the simulator.
@@ -667,6 +699,7 @@ async def test_ttft_median_matches_profile(start: Start, session: aiohttp.Client
     assert statistics.median(injected) <= statistics.median(seen) < statistics.median(injected) + 10
 
 
+@pytest.mark.unit
 def test_default_profiles() -> None:
     models = [p.model for p in DEFAULT_PROFILES]
     assert len(set(models)) == len(models) >= 5
@@ -684,6 +717,7 @@ def test_default_profiles() -> None:
     assert (p.trickle_s, p.huge_bytes, p.long_line_bytes) == (60.0, 50_000_000, 4 * 1024 * 1024)
 
 
+@pytest.mark.unit
 def test_load_profiles(tmp_path: Path) -> None:
     path = tmp_path / "profiles.yaml"
     path.write_text(

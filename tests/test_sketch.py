@@ -43,6 +43,7 @@ ULP_SLACK = 1e-12
 # --- Buckets ---------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_constants_are_consistent() -> None:
     assert RELATIVE_ACCURACY < CONTRACT_TOLERANCE
     assert GAMMA == pytest.approx((1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY), rel=1e-15)
@@ -55,6 +56,7 @@ def test_constants_are_consistent() -> None:
 in_range = st.floats(min_value=MIN_VALUE, max_value=MAX_VALUE, allow_nan=False)
 
 
+@pytest.mark.unit
 @given(st.lists(in_range, min_size=1, max_size=50))
 def test_representative_within_relative_accuracy(values: list[float]) -> None:
     x = np.array(values)
@@ -65,6 +67,7 @@ def test_representative_within_relative_accuracy(values: list[float]) -> None:
     assert np.all(lower <= x * (1 + ULP_SLACK)) and np.all(x <= upper * (1 + ULP_SLACK))
 
 
+@pytest.mark.unit
 def test_worst_case_is_at_bucket_edges() -> None:
     # Every edge of the range, and a hair either side: the error peaks there at exactly a.
     edges = np.exp(np.arange(MIN_INDEX, MAX_INDEX) * LN_GAMMA)
@@ -75,6 +78,7 @@ def test_worst_case_is_at_bucket_edges() -> None:
     assert err.max() >= RELATIVE_ACCURACY * (1 - 1e-9)  # the bound is tight
 
 
+@pytest.mark.unit
 def test_bucket_indices_clamps_and_rejects() -> None:
     idx = bucket_indices([1e-9, MIN_VALUE / 2, 1e9, np.inf])
     assert idx.dtype == np.int32
@@ -100,6 +104,7 @@ values_st = st.lists(
 )
 
 
+@pytest.mark.unit
 def test_from_values_counts_zeros_nan_and_clamped() -> None:
     h = Histogram.from_values([np.nan, 0.0, -5.0, 1e-6, 1e12, 100.0])
     assert h.zeros == 2
@@ -109,6 +114,7 @@ def test_from_values_counts_zeros_nan_and_clamped() -> None:
     assert not h.counts.flags.writeable
 
 
+@pytest.mark.unit
 def test_empty_and_tiny() -> None:
     empty = Histogram.empty()
     assert empty.count == 0 and empty == Histogram.from_values([])
@@ -126,6 +132,7 @@ def test_empty_and_tiny() -> None:
         one.quantile(1.5)
 
 
+@pytest.mark.unit
 def test_from_indices_matches_from_values() -> None:
     x = np.random.default_rng(3).lognormal(5, 1, 500)
     idx = bucket_indices(x)
@@ -142,6 +149,7 @@ def test_from_indices_matches_from_values() -> None:
         Histogram.from_indices([1, 2], [1])
 
 
+@pytest.mark.unit
 def test_invariants_enforced() -> None:
     with pytest.raises(ValueError):
         Histogram(0, np.array([0, 1]), 0)  # not trimmed
@@ -153,6 +161,7 @@ def test_invariants_enforced() -> None:
         Histogram(3, np.zeros(0, dtype=np.int64), 0)
 
 
+@pytest.mark.unit
 @settings(max_examples=60, deadline=None)
 @given(values_st, values_st, values_st)
 def test_merge_is_union_commutative_associative(a: list[float], b: list[float], c: list[float]) -> None:
@@ -166,6 +175,7 @@ def test_merge_is_union_commutative_associative(a: list[float], b: list[float], 
     assert Histogram.merge_all([]) == Histogram.empty()
 
 
+@pytest.mark.unit
 @settings(max_examples=60, deadline=None)
 @given(values_st, values_st)
 def test_subtract_inverts_merge(a: list[float], b: list[float]) -> None:
@@ -175,6 +185,7 @@ def test_subtract_inverts_merge(a: list[float], b: list[float]) -> None:
     assert ha.subtract(ha) == Histogram.empty()
 
 
+@pytest.mark.unit
 def test_subtract_refuses_to_go_negative() -> None:
     h = Histogram.from_values([10.0, 20.0, 0.0])
     for other in ([10.0, 10.0], [30.0], [0.0, 0.0], [20.0, 5000.0]):
@@ -182,6 +193,7 @@ def test_subtract_refuses_to_go_negative() -> None:
             h.subtract(Histogram.from_values(other))
 
 
+@pytest.mark.unit
 def test_sliding_window_by_subtraction() -> None:
     rng = np.random.default_rng(11)
     hours = [rng.lognormal(6, 0.8, 60) for _ in range(30)]
@@ -192,6 +204,7 @@ def test_sliding_window_by_subtraction() -> None:
         assert window == Histogram.from_values(np.concatenate(hours[start : start + 24]))
 
 
+@pytest.mark.unit
 def test_merge_all_speed() -> None:
     rng = np.random.default_rng(5)
     samples = rng.lognormal(6.0, 0.7, (10_000, 60))
@@ -208,6 +221,7 @@ def test_merge_all_speed() -> None:
 # --- Encoding ----------------------------------------------------------------
 
 
+@pytest.mark.unit
 @settings(max_examples=60, deadline=None)
 @given(values_st, st.integers(min_value=1, max_value=70_000))
 def test_bytes_round_trip(values: list[float], scale: int) -> None:
@@ -218,6 +232,7 @@ def test_bytes_round_trip(values: list[float], scale: int) -> None:
     assert Histogram.from_bytes(big.to_bytes()) == big
 
 
+@pytest.mark.unit
 def test_encoding_is_compact() -> None:
     hour = Histogram.from_values(np.random.default_rng(2).lognormal(6.5, 0.5, 60))
     assert len(hour.to_bytes()) == 12 + hour.counts.size  # one byte per bucket
@@ -228,6 +243,7 @@ def test_encoding_is_compact() -> None:
         Histogram(0, np.array([2**32]), 0).to_bytes()
 
 
+@pytest.mark.unit
 def test_malformed_bytes_rejected() -> None:
     good = Histogram.from_values([1.0, 2.0, 3.0, 0.0]).to_bytes()
     header = good[:12]
@@ -301,6 +317,7 @@ def _relative_errors(h: Histogram, raw: np.ndarray) -> list[float]:
     return errors
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_percentiles_match_numpy(name: str) -> None:
     rng = np.random.default_rng(sum(map(ord, name)))
@@ -315,6 +332,7 @@ def test_percentiles_match_numpy(name: str) -> None:
     assert worst <= RELATIVE_ACCURACY * (1 + 1e-9)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_merged_hourly_histograms_match_numpy_on_all_raw(name: str) -> None:
     # A 7-day window: 168 hours of ~60 probes, merged, against the raw rows.
@@ -326,6 +344,7 @@ def test_merged_hourly_histograms_match_numpy_on_all_raw(name: str) -> None:
     assert max(_relative_errors(merged, raw)) <= RELATIVE_ACCURACY * (1 + 1e-9)
 
 
+@pytest.mark.unit
 def test_extreme_quantiles_and_zeros() -> None:
     rng = np.random.default_rng(8)
     raw = np.concatenate([rng.lognormal(3, 1, 300), np.zeros(20)])
@@ -347,6 +366,7 @@ def _binomial_cdf(n: int, q: float, k: int) -> float:
     return total / den**n
 
 
+@pytest.mark.unit
 def test_ranks_match_published_tables_and_minimums() -> None:
     # Conover-style tables: n=20 median -> (6, 15); n=100 median -> (40, 61).
     assert order_statistic_ranks(20, 0.5) == (6, 15)
@@ -361,6 +381,7 @@ def test_ranks_match_published_tables_and_minimums() -> None:
             order_statistic_ranks(50, 0.5, bad_conf)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("n,q", [(6, 0.5), (30, 0.5), (72, 0.95), (150, 0.95), (300, 0.05), (500, 0.9)])
 def test_exact_ranks_are_equal_tailed(n: int, q: float) -> None:
     ranks = order_statistic_ranks(n, q)
@@ -372,6 +393,7 @@ def test_exact_ranks_are_equal_tailed(n: int, q: float) -> None:
     assert 1 - _binomial_cdf(n, q, up - 1) <= tail < 1 - _binomial_cdf(n, q, up - 2)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("q", [0.5, 0.95])
 def test_normal_approximation_agrees_with_exact_at_the_switch(q: float) -> None:
     n_switch = math.floor(EXACT_BINOMIAL_MAX_TAIL / min(q, 1 - q))
@@ -383,6 +405,7 @@ def test_normal_approximation_agrees_with_exact_at_the_switch(q: float) -> None:
     assert abs(normal[0] - exact[0]) <= 2 and abs(normal[1] - exact[1]) <= 2
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("q", [0.5, 0.95])
 def test_ci_coverage(q: float) -> None:
     n, trials, mu, sigma = 200, 2000, math.log(600), 0.8
@@ -407,6 +430,7 @@ def _erfinv(y: float) -> float:
     return NormalDist().inv_cdf((y + 1) / 2) / math.sqrt(2)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_ci_contains_sample_percentile_and_estimate(name: str) -> None:
     rng = np.random.default_rng(sum(map(ord, name)) + 2)
@@ -427,6 +451,7 @@ def test_ci_contains_sample_percentile_and_estimate(name: str) -> None:
 # --- SQL -------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_sql_expr_takes_only_column_names() -> None:
     assert "ttft_ms" in sql_bucket_expr("ttft_ms")
     sql_bucket_expr('p."Output TPS"')
@@ -443,6 +468,7 @@ def _sql_test_values() -> np.ndarray:
     return np.concatenate([spread, edges, np.nextafter(edges, 0), np.nextafter(edges, np.inf), special])
 
 
+@pytest.mark.db
 async def test_sql_expression_matches_numpy_on_server(db_dsn: str) -> None:
     values = _sql_test_values()
     conn = await asyncpg.connect(db_dsn)
@@ -506,6 +532,7 @@ def _reference(h: Histogram, q: float) -> tuple[float | None, tuple[float, float
 groups_st = st.lists(st.lists(values_st, max_size=4), min_size=1, max_size=12)
 
 
+@pytest.mark.unit
 @settings(max_examples=150, deadline=None)
 @given(groups_st)
 def test_quantile_table_matches_the_merged_histograms(groups: list[list[list[float]]]) -> None:

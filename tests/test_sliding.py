@@ -10,12 +10,12 @@ table at the same moment: every cell of every window, equal field by field.
 from __future__ import annotations
 
 import itertools
-import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 import asyncpg
 import numpy as np
+import pytest
 
 from routewatch.storage.hist_queries import bump_hist_generation
 from routewatch.storage.housekeeping import PartitionCache
@@ -24,6 +24,9 @@ from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+from factories import probe_result
+
+pytestmark = pytest.mark.db
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 SERIES = [("r", "m/a", "P1", "eu"), ("r", "m/a", "P2", "us"), ("r2", "m/b", None, "eu")]
@@ -37,9 +40,8 @@ def probes(times: list[datetime], rng: np.random.Generator) -> list[ProbeResult]
         roll = rng.random()
         error = "http_429" if roll < 0.04 else "http_5xx" if roll < 0.1 else None
         ttft = float(rng.lognormal(np.log(400), 0.7))
-        out.append(ProbeResult(
-            id=uuid.uuid4(), started_at=t, region=region, router=router, model=model, prompt="short",
-            methodology="m1", ok=error is None, error_class=error, error_detail=error and "detail",
+        out.append(probe_result(
+            started_at=t, region=region, router=router, model=model, error_class=error, error_detail=error and "detail",
             provider=provider, ttft_ms=None if error else ttft, ttfat_ms=None if error else ttft * 1.2,
             output_tps=None if error else float(rng.lognormal(np.log(60), 0.3)), input_tokens=20,
             output_tokens=None if error else int(rng.integers(10, 200)), prober_overloaded=bool(rng.random() < 0.02),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import probe_result
 from routewatch.results.probe_result import COLUMNS, ProbeResult
 from routewatch.storage.spool import (
     HEADER_BYTES,
@@ -41,18 +42,12 @@ def make_result(i: int, **changes: Any) -> ProbeResult:
         "region": "eu-west",
         "router": "openrouter",
         "model": "openai/gpt-4o-mini",
-        "prompt": "short",
-        "methodology": "m1",
-        "ok": True,
-        "error_class": None,
-        "error_detail": None,
         "http_status": 200,
         "ttft_ms": 350.25 + i,
         "output_tokens": 64,
         "chunks": 60,
     }
-    fields.update(changes)
-    return ProbeResult(**fields)
+    return probe_result(**(fields | changes))
 
 
 def numbers(results: list[ProbeResult]) -> list[int]:
@@ -80,6 +75,7 @@ def spool_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 # -- encoding ------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_every_field_type_round_trips(tmp_path: Path) -> None:
     full = make_result(
         1,
@@ -111,6 +107,7 @@ def test_every_field_type_round_trips(tmp_path: Path) -> None:
     assert isinstance(back[0].id, uuid.UUID)
 
 
+@pytest.mark.unit
 def test_payload_is_json_keyed_by_field_name() -> None:
     raw = json.loads(encode_result(make_result(3)))
     assert list(raw) == list(COLUMNS)
@@ -118,6 +115,7 @@ def test_payload_is_json_keyed_by_field_name() -> None:
     assert raw["started_at"] == "2025-03-01T12:00:03+00:00"
 
 
+@pytest.mark.unit
 def test_old_and_new_payloads_decode(caplog: pytest.LogCaptureFixture) -> None:
     raw = json.loads(encode_result(make_result(4)))
     del raw["prober_overloaded"], raw["loop_lag_ms"]  # written before these fields existed
@@ -132,6 +130,7 @@ def test_old_and_new_payloads_decode(caplog: pytest.LogCaptureFixture) -> None:
     assert any("from_the_future" in m for m in unknown)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("payload", [b"", b"[1]", b"{}", b"{\"id\": 5}", b"nope", b"{} {}", b"\xff"])
 def test_bad_payloads_raise_value_error(payload: bytes) -> None:
     with pytest.raises(ValueError):
@@ -141,6 +140,7 @@ def test_bad_payloads_raise_value_error(payload: bytes) -> None:
 # -- appending and reading -----------------------------------------------------
 
 
+@pytest.mark.unit
 def test_empty_or_missing_directory_is_an_empty_spool(tmp_path: Path) -> None:
     directory = tmp_path / "not" / "yet"
     with Spool(directory) as spool:
@@ -151,6 +151,7 @@ def test_empty_or_missing_directory_is_an_empty_spool(tmp_path: Path) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
+@pytest.mark.unit
 def test_order_across_segment_rotation(tmp_path: Path) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     with Spool(tmp_path, segment_bytes=10 * record) as spool:
@@ -171,6 +172,7 @@ def test_order_across_segment_rotation(tmp_path: Path) -> None:
     assert sizes == [10 * record, 10 * record, 5 * record, 15 * record, 5 * record]
 
 
+@pytest.mark.unit
 def test_read_position_semantics(tmp_path: Path) -> None:
     with Spool(tmp_path) as spool:
         p1 = spool.append([make_result(1), make_result(2)])
@@ -183,6 +185,7 @@ def test_read_position_semantics(tmp_path: Path) -> None:
         assert spool.read(None, 0) == ([], None)
 
 
+@pytest.mark.unit
 def test_read_while_appending(tmp_path: Path) -> None:
     seen: list[int] = []
     pos = None
@@ -199,6 +202,7 @@ def test_read_while_appending(tmp_path: Path) -> None:
 # -- confirming ----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_confirm_deletes_only_whole_segments_before_the_position(tmp_path: Path) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     with Spool(tmp_path, segment_bytes=4 * record) as spool:
@@ -224,6 +228,7 @@ def test_confirm_deletes_only_whole_segments_before_the_position(tmp_path: Path)
         assert numbers(read_all(spool, positions[13])) == []
 
 
+@pytest.mark.unit
 def test_confirming_everything_empties_the_spool_on_disk(tmp_path: Path) -> None:
     with Spool(tmp_path) as spool:  # the default 8 MiB segments
         last = None
@@ -245,6 +250,7 @@ def test_confirming_everything_empties_the_spool_on_disk(tmp_path: Path) -> None
         assert spool.append([make_result(2001)]) > after
 
 
+@pytest.mark.unit
 def test_confirm_keeps_a_small_current_segment(tmp_path: Path) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     with Spool(tmp_path) as spool:
@@ -258,6 +264,7 @@ def test_confirm_keeps_a_small_current_segment(tmp_path: Path) -> None:
         assert [f.name for f in segment_files(tmp_path)] == ["00000002.spool"]
 
 
+@pytest.mark.unit
 def test_confirm_behind_the_end_rotates_nothing(tmp_path: Path) -> None:
     with Spool(tmp_path, keep_confirmed_bytes=0) as spool:
         first = spool.append([make_result(0)])
@@ -267,6 +274,7 @@ def test_confirm_behind_the_end_rotates_nothing(tmp_path: Path) -> None:
         assert [f.name for f in segment_files(tmp_path)] == ["00000001.spool"]
 
 
+@pytest.mark.unit
 def test_reopening_continues_segment_numbering(tmp_path: Path) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     with Spool(tmp_path, segment_bytes=2 * record) as spool:
@@ -291,6 +299,7 @@ def test_reopening_continues_segment_numbering(tmp_path: Path) -> None:
 # -- limits --------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_spool_full_writes_nothing(tmp_path: Path) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     with Spool(tmp_path, segment_bytes=3 * record, max_bytes=5 * record) as spool:
@@ -310,6 +319,7 @@ def test_spool_full_writes_nothing(tmp_path: Path) -> None:
         assert numbers(read_all(spool)) == [3, 4, 5]
 
 
+@pytest.mark.unit
 def test_warns_at_80_percent_then_every_5_percent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     caplog.set_level(logging.INFO, logger="routewatch.storage.spool")
@@ -363,6 +373,7 @@ def _zeros_at_end(path: Path, record: int) -> None:
         fh.write(b"\0" * 4096)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("damage", [_cut_header, _cut_payload, _bad_crc_at_end, _zeros_at_end])
 def test_torn_tail_is_skipped_and_truncated(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path, int], None]
@@ -385,6 +396,7 @@ def test_torn_tail_is_skipped_and_truncated(
         assert numbers(read_all(spool))[-1] == 99
 
 
+@pytest.mark.unit
 def test_corruption_mid_segment_loses_only_the_damaged_record(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -409,6 +421,7 @@ def test_corruption_mid_segment_loses_only_the_damaged_record(
     assert first.stat().st_size == 4 * record  # not rewritten
 
 
+@pytest.mark.unit
 def test_corruption_in_last_segment_resyncs_and_appends_continue(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -424,6 +437,7 @@ def test_corruption_in_last_segment_resyncs_and_appends_continue(
         assert numbers(read_all(spool)) == [0, 2, 7]
 
 
+@pytest.mark.unit
 def test_corrupt_tail_of_last_segment_starts_a_new_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _, record = _spool_with(tmp_path, 3)
     path = segment_files(tmp_path)[0]
@@ -452,6 +466,7 @@ def _damaged(positions: list[SpoolPosition], offset: int) -> int:
     return max(i for i, start in enumerate(starts) if start <= offset)
 
 
+@pytest.mark.unit
 def test_one_flipped_byte_loses_exactly_the_record_it_hits(tmp_path: Path) -> None:
     count = 5000
     original = tmp_path / "original"
@@ -491,6 +506,7 @@ def _append_each(spool: Spool, results: list[ProbeResult]) -> list[SpoolPosition
     return out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("new_length", [0, 1, 100, 2**20, 2**32 - 1], ids=lambda n: f"length={n}")
 def test_a_damaged_length_field_loses_one_record(tmp_path: Path, new_length: int) -> None:
     positions, record = _spool_with(tmp_path, 200)
@@ -506,6 +522,7 @@ def test_a_damaged_length_field_loses_one_record(tmp_path: Path, new_length: int
         assert spool.append([make_result(200)]).offset == 201 * record  # appends continue in place
 
 
+@pytest.mark.unit
 def test_undecodable_record_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     positions, _ = _spool_with(tmp_path, 3)
     path = segment_files(tmp_path)[0]
@@ -526,20 +543,15 @@ def test_undecodable_record_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
 _CHILD = textwrap.dedent(
     """
     import sys, uuid
-    from datetime import datetime, timezone
     from pathlib import Path
-    from routewatch.results.probe_result import ProbeResult
+    sys.path.insert(0, sys.argv[2])
+    from factories import probe_result
     from routewatch.storage.spool import Spool
 
     spool = Spool(Path(sys.argv[1]), segment_bytes=256 * 1024)
     i = 0
     while True:
-        batch = [
-            ProbeResult(id=uuid.UUID(int=i + k), started_at=datetime.now(timezone.utc), region="r",
-                        router="x", model="m", prompt="p", methodology="m1", ok=True, error_class=None,
-                        error_detail="y" * ((i + k) % 500))
-            for k in range(1 + i % 4)
-        ]
+        batch = [probe_result(id=uuid.UUID(int=i + k), error_detail="y" * ((i + k) % 500)) for k in range(1 + i % 4)]
         spool.append(batch, sync=False)
         i += len(batch)
         print(i, flush=True)
@@ -547,9 +559,10 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.system
 def test_sigkill_mid_append_loses_nothing_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _CHILD, str(tmp_path), str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True
     )
     assert child.stdout is not None
     reported = 0

@@ -25,7 +25,10 @@ import pytest
 
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import BatchWriter
-from writer_support import result, stored_ids, until
+from factories import probe_result
+from writer_support import stored_ids, until
+
+pytestmark = pytest.mark.system
 
 DISK_FULL = "spool: disk full at"
 
@@ -77,7 +80,7 @@ async def test_full_disk_is_reported_once_per_episode_and_nothing_is_lost(
 
     async def probe(count: int) -> None:
         for _ in range(count):
-            submitted.append(result())
+            submitted.append(probe_result())
             await writer.submit(submitted[-1])
             await asyncio.sleep(0.01)  # spread over several flushes, as a schedule would
         await until("the results to be stored", lambda: writer.written == len(submitted))
@@ -107,7 +110,8 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     import asyncpg
     sys.path.insert(0, sys.argv[3])
-    from writer_support import result, until
+    from factories import probe_result
+    from writer_support import until
     from routewatch.storage.writer import BatchWriter
 
     async def main(dsn: str, spool_dir: Path) -> None:
@@ -118,11 +122,11 @@ _CHILD = textwrap.dedent(
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))  # Python ignores SIGXFSZ: writes get EFBIG
         for _ in range(60):
-            await writer.submit(result())
+            await writer.submit(probe_result())
         await until("stored", lambda: writer.written == 60)
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         for _ in range(5):
-            await writer.submit(result())
+            await writer.submit(probe_result())
         await until("stored", lambda: writer.written == 65)
         await writer.close()
         await pool.close()

@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 from routewatch.probe.sse import SSEProtocolError, SSEReader
 
+pytestmark = pytest.mark.unit
+
 STREAM = (
     b": OPENROUTER PROCESSING\n\n"
     b'data: {"a": 1}\n\n'

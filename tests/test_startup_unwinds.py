@@ -47,6 +47,8 @@ from routewatch.storage.leadership import LEADER_LOCK_KEY
 from routewatch.storage.migrate import MigrationError, migrate
 from routewatch.storage.writer import SpoolInUse
 
+pytestmark = pytest.mark.system
+
 CONFIG = """
 region: test
 routers:

@@ -20,6 +20,8 @@ from routewatch.aggregator.model_state import (
 )
 from routewatch.config import MaintenanceWindow, SLOConfig
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 INTERVAL = 30.0
 MODEL = "openai/gpt-4.1-nano"

@@ -48,6 +48,8 @@ from status_seed import (
     status_app,
 )
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "test-artifacts" / "status-page.png"
 SCREENSHOT_NARROW = REPO / "test-artifacts" / "status-page-narrow.png"

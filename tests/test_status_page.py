@@ -82,6 +82,7 @@ def _bars_per_model(page: str) -> list[int]:
 # ---------------------------------------------------------------- day levels
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("uptime", "level"),
     [
@@ -102,6 +103,7 @@ def test_day_level(uptime: DayUptime | None, level: str) -> None:
     assert day_level(uptime) == level
 
 
+@pytest.mark.unit
 def test_bar_text_gives_the_day_and_its_percentages() -> None:
     day = date(2025, 5, 30)
     assert bar_text(DayBar(day, None)) == "2025-05-30: no data"
@@ -116,6 +118,7 @@ def test_bar_text_gives_the_day_and_its_percentages() -> None:
 # ---------------------------------------------------------------- formatting
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("price", "text"),
     [(None, MISSING), (0.0, "$0"), (0.1, "$0.10"), (2.5, "$2.50"), (15.0, "$15"), (0.075, "$0.075"),
@@ -125,6 +128,7 @@ def test_format_price(price: float | None, text: str) -> None:
     assert format_price(price) == text
 
 
+@pytest.mark.unit
 def test_missing_figures_read_as_a_dash() -> None:
     assert format_ttft(None) == format_tps(None) == format_percent(None) == MISSING
     assert format_ttft(412.4) == "412 ms" and format_ttft(1234.0) == "1,234 ms"
@@ -133,6 +137,7 @@ def test_missing_figures_read_as_a_dash() -> None:
     assert format_percent(1.0) == "100.00%"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("seconds", "text"), [(5, "5 s"), (60, "1 min"), (900, "15 min"), (7500, "2 h 5 min"), (7200, "2 h"),
                           (3 * 86400 + 4 * 3600, "3 d 4 h"), (-3, "0 s")],
@@ -144,6 +149,7 @@ def test_format_duration(seconds: float, text: str) -> None:
 # ---------------------------------------------------------------- rendering
 
 
+@pytest.mark.unit
 def test_every_name_is_escaped_in_text_and_attributes() -> None:
     incident = Incident(4, T0 - timedelta(minutes=5), None, State.DOWN, frozenset({NASTY}), False)
     report = _report(_status(NASTY, State.DOWN, reason="<b>boom</b> & \"quoted\""), open_=(incident,))
@@ -158,6 +164,7 @@ def test_every_name_is_escaped_in_text_and_attributes() -> None:
     assert not re.search(r'="[^"]*<', page)
 
 
+@pytest.mark.unit
 def test_router_names_are_escaped_and_shown_with_their_figures() -> None:
     report = _report(_status(NANO, State.OPERATIONAL))
     view = build_view(report, None, {}, TODAY)
@@ -168,6 +175,7 @@ def test_router_names_are_escaped_and_shown_with_their_figures() -> None:
     assert "$0.10/M input tokens" in page
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("state", list(State))
 def test_states_have_their_banner_label_and_colour_class(state: State) -> None:
     page = render_status_page(build_view(_report(_status(NANO, state)), None, {}, TODAY))
@@ -177,6 +185,7 @@ def test_states_have_their_banner_label_and_colour_class(state: State) -> None:
     assert f".state.s-{state.value}{{" in page  # each state class has a colour in the CSS
 
 
+@pytest.mark.unit
 def test_missing_numbers_are_dashes_never_none() -> None:
     report = _report(_status(NANO, State.UNKNOWN, "no probe in the last 15m"), _status(BROKEN, State.DOWN))
     page = render_status_page(build_view(report, None, {}, TODAY))
@@ -185,6 +194,7 @@ def test_missing_numbers_are_dashes_never_none() -> None:
     assert f"{MISSING} uptime over 90 days" in page  # nothing known in 90 days
 
 
+@pytest.mark.unit
 def test_unknown_days_are_grey_and_listed_in_the_legend_never_up() -> None:
     uptime = {
         (NANO, TODAY - timedelta(days=1)): DayUptime(operational=16400, unknown=70000),
@@ -203,6 +213,7 @@ def test_unknown_days_are_grey_and_listed_in_the_legend_never_up() -> None:
     assert ".l-unknown{background:repeating-linear-gradient" in page  # striped grey, unlike every level
 
 
+@pytest.mark.unit
 def test_incidents_open_and_recent() -> None:
     open_ = Incident(3, T0 - timedelta(minutes=15), None, State.DOWN, frozenset({BROKEN}), False)
     closed = Incident(2, T0 - timedelta(days=1), T0 - timedelta(days=1) + timedelta(hours=2, minutes=5),
@@ -216,6 +227,7 @@ def test_incidents_open_and_recent() -> None:
     assert page.index("Open incidents") < page.index("Models") < page.index("Recent incidents")
 
 
+@pytest.mark.unit
 def test_no_script_and_a_viewport_for_narrow_screens() -> None:
     page = render_status_page(build_view(_report(_status(NANO, State.OPERATIONAL)), None, {}, TODAY))
     assert "<script" not in page.lower()
@@ -225,12 +237,14 @@ def test_no_script_and_a_viewport_for_narrow_screens() -> None:
     assert "Updated <time datetime=\"2025-06-01T12:00:00+00:00\">2025-06-01 12:00 UTC</time>" in page
 
 
+@pytest.mark.unit
 def test_message_page_escapes_and_is_a_whole_document() -> None:
     page = render_message_page("Model status", "a <b> & c")
     assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>\n")
     assert "a &lt;b&gt; &amp; c" in page
 
 
+@pytest.mark.unit
 def test_view_json_has_ninety_days_per_model_and_nulls_for_missing() -> None:
     uptime = {(NANO, TODAY): DayUptime(operational=90, down=10)}
     body = view_json(build_view(_report(_status(NANO, State.DEGRADED, "slow")), None, uptime, TODAY))
@@ -253,6 +267,7 @@ async def seeded(pool: asyncpg.Pool) -> Aggregator:
     return await seed_status(pool)
 
 
+@pytest.mark.db
 async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool, aiohttp_client) -> None:
     client = await aiohttp_client(status_app(seeded))
     resp = await client.get("/status", headers={"Accept-Encoding": "gzip"})
@@ -273,6 +288,7 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
     assert again.status == 304 and await again.read() == b""
 
 
+@pytest.mark.db
 async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     client = await aiohttp_client(status_app(seeded))
     resp = await client.get("/status.json")
@@ -296,6 +312,7 @@ async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     assert [i["id"] for i in body["incidents"]["recent"]] == [CLOSED_ID, MAINTENANCE_ID]
 
 
+@pytest.mark.db
 @pytest.mark.parametrize(
     ("query", "ids"),
     [("", [OPEN_ID, CLOSED_ID, MAINTENANCE_ID]), ("?state=open", [OPEN_ID]),
@@ -314,6 +331,7 @@ async def test_incidents_list(seeded, pool, aiohttp_client, query: str, ids: lis
     assert maintenance is None or (maintenance["suppressed"] is True and maintenance["models"] == [NANO])
 
 
+@pytest.mark.db
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [("?limit=0", "limit"), ("?limit=501", "limit"), ("?limit=ten", "limit"), ("?limit=", "limit"),
@@ -327,6 +345,7 @@ async def test_incidents_bad_parameters_are_400(seeded, pool, aiohttp_client, qu
     assert error["status"] == 400 and error["parameter"] == parameter and error["message"]
 
 
+@pytest.mark.db
 async def test_disabled_status_is_a_clear_page_not_an_error(pool, aiohttp_client) -> None:
     async with pool.acquire() as conn:
         await ensure_schema(conn)
@@ -339,6 +358,7 @@ async def test_disabled_status_is_a_clear_page_not_an_error(pool, aiohttp_client
     assert (await client.get("/v1/incidents")).status == 404
 
 
+@pytest.mark.db
 async def test_status_not_computed_yet(pool, aiohttp_client) -> None:
     aggregator = Aggregator(pool, WINDOWS, [(ROUTER, NANO)], 10.0, slo=SLO, probe_interval_s=60.0)  # not refreshed
     client = await aiohttp_client(status_app(aggregator))
@@ -350,6 +370,7 @@ async def test_status_not_computed_yet(pool, aiohttp_client) -> None:
     assert (await client.get("/v1/incidents")).status == 503
 
 
+@pytest.mark.db
 async def test_a_refresh_publishes_a_new_page(seeded, pool, aiohttp_client) -> None:
     client = await aiohttp_client(status_app(seeded))
     first = await client.get("/status.json")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.schema import ensure_schema
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
+from factories import outcome, probe_result
+
+pytestmark = pytest.mark.db
 
 WINDOWS = {"1h": 3600.0}
 INTERVAL = 60.0  # probe schedule interval, seconds
@@ -22,12 +25,8 @@ CONFIGURED = [("sim", BROKEN), ("sim", FINE), ("sim", SILENT)]
 
 
 def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
-    return ProbeResult(
-        id=uuid.uuid4(), started_at=started_at, region="r", router="sim", model=model,
-        prompt="short", methodology="m1", ok=ok,
-        error_class=None if ok else "http_5xx", error_detail=None if ok else "HTTP 500",
-        ttft_ms=100.0 if ok else None, output_tokens=10 if ok else None,
-    )
+    return probe_result(started_at=started_at, region="r", router="sim", model=model,
+                        **outcome(ok, ttft_ms=100.0, output_tokens=10))
 
 
 def _aggregator(pool: asyncpg.Pool) -> Aggregator:

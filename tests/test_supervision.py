@@ -46,6 +46,7 @@ async def served(pool: asyncpg.Pool, db_dsn: str) -> AsyncIterator[tuple[Supervi
         await api.close()
 
 
+@pytest.mark.db
 async def test_a_dying_task_makes_readyz_fail_and_stops_the_process(
     served: tuple[Supervisor, asyncio.Event, str], db_dsn: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -78,6 +79,7 @@ async def test_a_dying_task_makes_readyz_fail_and_stops_the_process(
     assert [f.component for f in supervisor.failed] == ["batch writer"]
 
 
+@pytest.mark.unit
 async def test_a_task_that_returns_or_is_cancelled_while_running_is_a_failure() -> None:
     stop = asyncio.Event()
     supervisor = Supervisor(stop)
@@ -98,6 +100,7 @@ async def test_a_task_that_returns_or_is_cancelled_while_running_is_a_failure() 
     ]
 
 
+@pytest.mark.unit
 async def test_tasks_stopped_at_shutdown_are_not_failures() -> None:
     stop = asyncio.Event()
     supervisor = Supervisor(stop)
@@ -111,6 +114,7 @@ async def test_tasks_stopped_at_shutdown_are_not_failures() -> None:
     assert supervisor.failures == [] and supervisor.exit_code == 0 and not stop.is_set()
 
 
+@pytest.mark.unit
 async def test_an_explained_give_up_is_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     class GaveUp(Exception):
         pass

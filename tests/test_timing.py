@@ -9,6 +9,8 @@ from routewatch.probe.redact import redact
 from routewatch.probe.timing import StreamMarks, chunk_gaps_ms, derive, output_tps, percentile
 from routewatch.probe.tokens import TokenCounter, estimate_tokens
 
+pytestmark = pytest.mark.unit
+
 MS = 1_000_000
 
 

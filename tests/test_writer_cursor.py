@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.spool import Spool
 from routewatch.storage.writer import BatchWriter
-from writer_support import result, stored_ids, until
+from factories import probe_result
+from writer_support import stored_ids, until
+
+pytestmark = pytest.mark.db
 
 
 async def test_results_spooled_behind_a_stale_cursor_are_replayed(pool: asyncpg.Pool, tmp_path: Path) -> None:
     async with pool.acquire() as conn:
         await ensure_schema(conn)
     spool_dir = tmp_path / "spool"
-    first = [result() for _ in range(5)]
+    first = [probe_result() for _ in range(5)]
     writer = BatchWriter(pool, spool_dir, flush_s=0.05)
     await writer.start()
     for r in first:
@@ -28,7 +32,7 @@ async def test_results_spooled_behind_a_stale_cursor_are_replayed(pool: asyncpg.
     # journals two results and dies before storing them.
     for segment in spool_dir.glob("*.spool"):
         segment.unlink()
-    orphans = [result(), result()]
+    orphans = [probe_result(), probe_result()]
     with Spool(spool_dir) as spool:
         spool.append(orphans)
 

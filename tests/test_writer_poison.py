@@ -22,7 +22,10 @@ from routewatch.storage.schema import ensure_schema
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.spool import Spool
 from routewatch.storage.writer import DEAD_LETTER_FILE, BatchWriter
-from writer_support import result, stored_ids, until
+from factories import probe_result
+from writer_support import stored_ids, until
+
+pytestmark = pytest.mark.db
 
 # name -> (fields of the poisoned result, what the rejection reason names)
 POISONS: dict[str, tuple[dict[str, Any], str]] = {
@@ -57,7 +60,7 @@ async def store_new(pool: asyncpg.Pool, spool_dir: Path, count: int) -> tuple[Ba
     writer = BatchWriter(pool, spool_dir, flush_s=0.05)
     await writer.start()
     try:
-        fresh = [result() for _ in range(count)]
+        fresh = [probe_result() for _ in range(count)]
         for r in fresh:
             await writer.submit(r)
         await until("the new results to be stored", lambda: writer.written >= count and not writer.backlog)
@@ -93,9 +96,9 @@ async def test_poison_in_a_batch_is_rejected_and_the_rest_stored(
     spool_dir = tmp_path / "spool"
     writer = BatchWriter(schema, spool_dir, flush_s=0.3)
     await writer.start()
-    good = [result() for _ in range(20)]
-    poison = result(**fields)
-    later = [result() for _ in range(5)]
+    good = [probe_result() for _ in range(20)]
+    poison = probe_result(**fields)
+    later = [probe_result() for _ in range(5)]
     try:
         with caplog.at_level(logging.WARNING, logger="routewatch.storage.writer"):
             for r in [*good[:10], poison, *good[10:]]:
@@ -120,8 +123,8 @@ async def test_poison_left_in_the_spool_is_replayed_once(schema: asyncpg.Pool, t
     """A spool a previous run left with the poison first in line (the writer had died on it)."""
     fields, reason = POISONS[name]
     spool_dir = tmp_path / "spool"
-    poison = result(**fields)
-    good = [result() for _ in range(10)]
+    poison = probe_result(**fields)
+    good = [probe_result() for _ in range(10)]
     with Spool(spool_dir) as spool:
         # The spool's JSON escapes a lone surrogate and gives it back unchanged.
         spool.append([poison, *good])
@@ -139,8 +142,8 @@ async def test_a_result_the_spool_cannot_encode_is_still_handled(schema: asyncpg
     spool_dir = tmp_path / "spool"
     writer = BatchWriter(schema, spool_dir, flush_s=0.05)
     await writer.start()
-    strange = result(error_detail=b"\xff bytes, not text")  # not JSON: cannot be journaled
-    good = result()
+    strange = probe_result(error_detail=b"\xff bytes, not text")  # not JSON: cannot be journaled
+    good = probe_result()
     try:
         await writer.submit(strange)  # must not raise into the prober
         await writer.submit(good)
@@ -164,7 +167,7 @@ async def test_read_only_database_is_an_outage_not_a_rejection(
     spool_dir = tmp_path / "spool"
     writer = BatchWriter(schema, spool_dir, flush_s=0.05, retry_s=0.1)
     await writer.start()
-    results = [result() for _ in range(5)]
+    results = [probe_result() for _ in range(5)]
     try:
         for r in results:
             await writer.submit(r)
@@ -200,7 +203,7 @@ async def test_a_dead_flush_task_is_reported(
 
     writer = BatchWriter(schema, tmp_path / "spool", flush_s=0.05, prepare=prepare)
     await writer.start()
-    queued = result()
+    queued = probe_result()
     try:
         await writer.submit(queued)
         failure = await asyncio.wait_for(writer.wait_failed(), 10)

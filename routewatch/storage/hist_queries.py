@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from routewatch.storage.tables import PROBE_HIST_HOURLY, PROBE_RESULTS, ROUTEWATCH_META
+from routewatch.storage.tables import PROBE_HIST_HOURLY, PROBE_RESULTS, META_TABLE
 
 # Session-level advisory lock held around each refresh: two refreshers never
 # interleave, and the next one's snapshot (taken after the lock) sees what
@@ -55,8 +55,8 @@ WHERE started_at >= $1 AND started_at < $2
 """
 
 _BUMP_GENERATION = (
-    f"INSERT INTO {ROUTEWATCH_META} (key, value) VALUES ($1, '1') ON CONFLICT (key)"
-    f" DO UPDATE SET value = ({ROUTEWATCH_META}.value::bigint + 1)::text RETURNING value"
+    f"INSERT INTO {META_TABLE} (key, value) VALUES ($1, '1') ON CONFLICT (key)"
+    f" DO UPDATE SET value = ({META_TABLE}.value::bigint + 1)::text RETURNING value"
 )
 _ROWS_BETWEEN = f"SELECT {_HIST_LIST} FROM {PROBE_HIST_HOURLY} WHERE bucket >= $1 AND bucket < $2"
 _ROWS_OF_HOUR = f"SELECT {_HIST_LIST} FROM {PROBE_HIST_HOURLY} WHERE bucket = $1"

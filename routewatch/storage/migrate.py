@@ -24,7 +24,7 @@ from importlib.resources.abc import Traversable
 
 import asyncpg
 
-from routewatch.storage.tables import PROBE_RESULTS, ROUTEWATCH_META, SCHEMA_MIGRATIONS
+from routewatch.storage.tables import PROBE_RESULTS, META_TABLE, SCHEMA_MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ MIGRATION_LOCK_KEY = 0x7277_6D69_6772_0001
 
 # routewatch_meta key under which the storage mode is recorded.
 MODE_KEY = "storage_mode"
-_READ_MODE = f"SELECT value FROM {ROUTEWATCH_META} WHERE key = $1"
+_READ_MODE = f"SELECT value FROM {META_TABLE} WHERE key = $1"
 
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<mode>plain|timescaledb))?\.sql$")
 
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA_MIGRATIONS} (
     name       text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS {ROUTEWATCH_META} (
+CREATE TABLE IF NOT EXISTS {META_TABLE} (
     key   text PRIMARY KEY,
     value text
 );
@@ -143,7 +143,7 @@ async def timescaledb_version(conn: asyncpg.Connection) -> str | None:
 
 async def recorded_mode(conn: asyncpg.Connection) -> str | None:
     """The storage mode recorded by the first :func:`migrate`, or None before it."""
-    if await conn.fetchval("SELECT to_regclass($1)", ROUTEWATCH_META) is None:
+    if await conn.fetchval("SELECT to_regclass($1)", META_TABLE) is None:
         return None
     return await conn.fetchval(_READ_MODE, MODE_KEY)
 
@@ -238,12 +238,12 @@ async def _settle_mode(conn: asyncpg.Connection, asked: str | None) -> str:
                 "timescaledb mode was asked for, but this server cannot run TimescaleDB "
                 "(it must be installed and listed in shared_preload_libraries)"
             )
-        await conn.execute(f"INSERT INTO {ROUTEWATCH_META} (key, value) VALUES ($1, $2)", MODE_KEY, chosen)
+        await conn.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES ($1, $2)", MODE_KEY, chosen)
         log.info("storage mode recorded: %s", chosen)
         return chosen
 
     if recorded not in MODES:
-        raise MigrationError(f"{ROUTEWATCH_META} records an unknown storage mode {recorded!r}")
+        raise MigrationError(f"{META_TABLE} records an unknown storage mode {recorded!r}")
     if asked is not None and asked != recorded:
         log.warning(
             "%s mode was asked for, but this database was set up in %s mode; keeping %s "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # Bookkeeping of the schema itself (created by migrate's bootstrap).
 SCHEMA_MIGRATIONS = "schema_migrations"
-ROUTEWATCH_META = "routewatch_meta"  # key/value: storage mode, the hourly rollup's generation
+META_TABLE = "routewatch_meta"  # key/value: storage mode, the hourly rollup's generation
 
 # Raw probe results: partitioned by day (plain) or a hypertable (TimescaleDB).
 PROBE_RESULTS = "probe_results"

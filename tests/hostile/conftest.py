@@ -12,12 +12,6 @@ import pytest
 from .scenario import Scenario, Sweep
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "system: drives real routewatch processes end to end (slow; deselect with -m 'not system')"
-    )
-
-
 @pytest.fixture(scope="module")
 def scenario(module_db_dsn: str) -> Iterator[Scenario]:
     """The whole hostile scenario, run once; every test judges a part of what it observed."""

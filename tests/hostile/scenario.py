@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
+
 from .harness import (
     ROUTEWATCH,
     Answer,
@@ -63,23 +65,16 @@ ADMIN_PROBED = ("retry_after_nan", "echo_headers")
 # e.g. the poison values that stop today's writer, to see what else leaks.
 ENV_EXCLUDE = "ROUTEWATCH_HOSTILE_EXCLUDE"
 
-PROMPT = """
-prompts:
-  - name: short
-    messages: [{role: user, content: "Count from 1 to 10 in words."}]
-    max_tokens: 32
-    min_output_tokens: 4
-"""
+PROMPT = prompt_entry(content="Count from 1 to 10 in words.", max_tokens=32, min_output_tokens=4)
 # max_loop_lag is loose: on a shared machine a lagging prober would flag probes
 # overloaded and turn every model's state to unknown, which is not what is judged here.
-SETTINGS = f"""
-region: hostile-test
-schedule: {{interval: {INTERVAL}, jitter: 100ms, concurrency: 16, max_loop_lag: 1s}}
-timeouts: {{connect: 1s, headers: 2s, first_token: 2s, idle: 2s, total: 3s}}
-slo: {{down_after: 3, up_after: 2, min_samples: 5}}
-api: {{host: 127.0.0.1, port: 0}}
-aggregator: {{refresh: 500ms, windows: [{", ".join(WINDOWS)}], snapshot_every: 1s}}
-"""
+SETTINGS: dict[str, Any] = {
+    "schedule": {"interval": INTERVAL, "jitter": "100ms", "concurrency": 16, "max_loop_lag": "1s"},
+    "timeouts": {"connect": "1s", "headers": "2s", "first_token": "2s", "idle": "2s", "total": "3s"},
+    "slo": {"down_after": 3, "up_after": 2, "min_samples": 5},
+    "api": LOOPBACK_API,
+    "aggregator": {"refresh": "500ms", "windows": list(WINDOWS), "snapshot_every": "1s"},
+}
 
 
 def excluded() -> set[str]:
@@ -94,15 +89,14 @@ def plan_series(behaviours_sk: list[str], behaviours_bare: list[str]) -> list[tu
     return out
 
 
-def config_text(router_url: str, series: list[tuple[str, str]]) -> str:
+def probes_yaml(router_url: str, series: list[tuple[str, str]]) -> str:
     """A probes.yaml for ``series`` on the two hostile routers."""
-    lines = ["routers:"]
-    for name, env in ((ROUTER_SK, ENV_SK), (ROUTER_BARE, ENV_BARE)):
-        models = [m for r, m in series if r == name]
-        if models:
-            lines += [f"  - name: {name}", f"    base_url: {router_url}", f"    api_key_env: {env}",
-                      f"    models: [{', '.join(models)}]"]
-    return "\n".join(lines) + "\n" + PROMPT + SETTINGS
+    routers = [
+        router_entry(name, router_url, models, api_key_env=env)
+        for name, env in ((ROUTER_SK, ENV_SK), (ROUTER_BARE, ENV_BARE))
+        if (models := [m for r, m in series if r == name])
+    ]
+    return config_text(routers, [PROMPT], region="hostile-test", **SETTINGS)
 
 
 @dataclass
@@ -222,7 +216,7 @@ class Sweep:
 
     def _first_run(self, scenario: Scenario, router_url: str) -> None:
         record = scenario.run1
-        proc = self._launch("run1", config_text(router_url, self.series), record)
+        proc = self._launch("run1", probes_yaml(router_url, self.series), record)
         if proc is None:
             return
         assert record.api is not None
@@ -252,7 +246,7 @@ class Sweep:
 
     def _once(self, scenario: Scenario, router_url: str) -> None:
         path = self.work / "once.yaml"
-        path.write_text(config_text(router_url, self.series))
+        path.write_text(probes_yaml(router_url, self.series))
         proc = subprocess.run(ROUTEWATCH + ["once", "--config", str(path)], env=self.env, capture_output=True,
                               timeout=120, cwd=self.work)
         scenario.once_code, scenario.once_stdout, scenario.once_stderr = proc.returncode, proc.stdout, proc.stderr
@@ -265,7 +259,7 @@ class Sweep:
     def _restart(self, scenario: Scenario, router_url: str) -> None:
         series = plan_series([b for b in ADMIN_PROBED if b in self.sk_behaviours], [])
         record = scenario.run2
-        proc = self._launch("run2", config_text(router_url, series), record)
+        proc = self._launch("run2", probes_yaml(router_url, series), record)
         if proc is None:
             return
         assert record.api is not None and record.started is not None
