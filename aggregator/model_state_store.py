@@ -20,7 +20,6 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from routewatch.config import MaintenanceWindow, SLOConfig
 
 from routewatch.aggregator.model_state import (
     HEARTBEAT_INTERVALS,
@@ -33,6 +32,7 @@ from routewatch.aggregator.model_state import (
     State,
     evaluate_all,
 )
+from routewatch.config import MaintenanceWindow, SLOConfig
 from routewatch.storage import model_state_queries as queries
 
 RECENT_INCIDENTS = 10  # closed incidents published besides the open one

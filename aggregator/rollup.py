@@ -43,7 +43,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -99,7 +99,7 @@ class RefreshReport:
 
 def floor_hour(ts: datetime) -> datetime:
     """``ts`` rounded down to a whole UTC hour."""
-    return ts.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def window_hours(seconds: float) -> int:

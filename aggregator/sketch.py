@@ -109,7 +109,8 @@ def bucket_bounds(indices: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.
 
 # A column reference: dotted identifiers, each bare or double-quoted. The SQL
 # helper pastes its argument into a statement, so it takes names, not expressions.
-_SQL_COLUMN = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")(?:\.(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"))*$')
+_SQL_IDENTIFIER = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+_SQL_COLUMN = re.compile(rf"^{_SQL_IDENTIFIER}(?:\.{_SQL_IDENTIFIER})*$")
 
 
 def sql_bucket_expr(column: str) -> str:

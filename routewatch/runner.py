@@ -35,8 +35,14 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
-from contextlib import nullcontext
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    ExitStack,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -510,7 +516,9 @@ def _banner(
     for r in routers:
         if r.simulated:
             lines.append(f"  router:   {r.name} → built-in router simulator at {r.url}")
-            lines.append(f"            (to probe a real router: {ENV_ROUTER_URL}=https://…/v1 and its key in the environment)")
+            lines.append(
+                f"            (to probe a real router: {ENV_ROUTER_URL}=https://…/v1 and its key in the environment)"
+            )
         else:
             key = f", key from ${r.key_env}" if r.key_env else ", no API key"
             lines.append(f"  router:   {r.name} → {r.url}{key}")

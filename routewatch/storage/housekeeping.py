@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
@@ -36,7 +36,6 @@ from routewatch.storage.tables import (
     STATS_HISTORY,
     UPTIME_DAILY,
 )
-
 
 # Days of per-day uptime kept (today included): the status page draws a bar for each.
 UPTIME_DAYS = 90
@@ -106,8 +105,8 @@ class MaintenanceReport:
 def partition_day(ts: datetime) -> date:
     """The UTC day whose partition holds a row started at ``ts`` (naive = UTC)."""
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).date()
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).date()
 
 
 def partition_name(day: date) -> str:
@@ -353,17 +352,17 @@ async def _plain_partitions(conn: asyncpg.Connection) -> list[tuple[str, date]]:
     for row in await conn.fetch(_PARTITIONS):
         match = _PARTITION_NAME.match(row["relname"])
         if match:
-            found.append((row["relname"], datetime.strptime(match[1], "%Y%m%d").date()))
+            found.append((row["relname"], date.fromisoformat(match[1])))
     return sorted(found, key=lambda item: item[1])
 
 
 def _day_start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _floor_bucket(ts: datetime) -> datetime:
     """``ts`` rounded down to a whole UTC hour."""
-    return ts.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _ceil_bucket(ts: datetime) -> datetime:

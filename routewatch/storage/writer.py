@@ -23,6 +23,7 @@ says so; :meth:`BatchWriter.wait_failed` lets a supervisor react at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -33,7 +34,7 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import asyncpg
 
@@ -91,6 +92,22 @@ async def insert_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult])
     return inserted
 
 
+def _lock_spool(directory: Path) -> IO[str]:
+    """Take the spool directory's lock file, held open (and so locked) until closed.
+
+    :raises SpoolInUse: another process holds the lock.
+    """
+    lock = open(directory / "lock", "a")  # noqa: SIM115 - the open file is the lock, held for the writer's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SpoolInUse(
+            f"{directory} is in use by another routewatch process; give each one its own --data-dir"
+        ) from None
+    return lock
+
+
 def _dead_letter_line(result: ProbeResult, reason: str) -> bytes:
     """One line of the dead-letter file: ASCII JSON, whatever the result holds.
 
@@ -144,7 +161,7 @@ class BatchWriter:
         self._in_flight: asyncio.Future[None] | None = None  # the batch being stored, see _to_the_end
         self._failed: BaseException | None = None
         self._stopped = asyncio.Event()  # the flush task ended: died, or close() stopped it
-        self._lock: Any = None
+        self._lock: IO[str] | None = None
         # Why appends fail, while they do ("disk full", ...): logged once per episode.
         self._spool_trouble: str | None = None
         self._trouble_unspooled = 0
@@ -167,14 +184,7 @@ class BatchWriter:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Two writers appending to one spool would interleave segments; the
         # lock is released by the kernel when this process exits, however it exits.
-        self._lock = open(self._dir / "lock", "a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise SpoolInUse(
-                f"{self._dir} is in use by another routewatch process; give each one its own --data-dir"
-            ) from None
+        self._lock = await self._in_io(_lock_spool, self._dir)
         self._spool = await self._in_io(lambda: Spool(self._dir, max_bytes=self._spool_max))
         self._confirmed = await self._in_io(self._read_cursor)
         head = self._spool.head
@@ -315,10 +325,8 @@ class BatchWriter:
     async def _memory_step(self) -> None:
         if len(self._memory) < self._batch_size:
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._flush_s)
-            except TimeoutError:
-                pass
         batch = [self._memory.popleft() for _ in range(min(self._batch_size, len(self._memory)))]
         if batch:
             await self._to_the_end(self._store_memory_batch(batch))
@@ -477,7 +485,7 @@ class BatchWriter:
                 else:
                     self._wakeup.set()
                     await asyncio.wait_for(self._memory_step(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - close() never raises: any failure is logged, the spool keeps the rest
             if database_unavailable(exc):
                 log.warning("database unavailable at shutdown (%s)", exc.__class__.__name__)
             else:
