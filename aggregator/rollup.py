@@ -62,6 +62,7 @@ from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indice
 from routewatch.aggregator.stats import CellStats, WindowCounts
 from routewatch.storage import hist_queries, ingest_log
 from routewatch.storage.clock import db_now
+from routewatch.storage.connection import Conn
 from routewatch.storage.housekeeping import DEFAULT_RETENTION
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class KnownHour:
 
 
 async def refresh_hist(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
@@ -182,7 +183,7 @@ async def refresh_hist(
 
 
 async def _refresh(
-    conn: asyncpg.Connection,
+    conn: Conn,
     retention: timedelta,
     now: datetime | None,
     known: KnownHour | None,
@@ -266,7 +267,7 @@ async def _refresh(
 
 
 async def _label_cap(
-    conn: asyncpg.Connection, known: KnownHour | None, generation: int, current: datetime, limit: int, hours: int
+    conn: Conn, known: KnownHour | None, generation: int, current: datetime, limit: int, hours: int
 ) -> LabelCap:
     """The provider cap of this refresh: the names stored from ``current - hours`` h on are admitted.
 
@@ -553,7 +554,7 @@ def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float,
 
 
 async def window_stats(
-    conn: asyncpg.Connection,
+    conn: Conn,
     windows: Mapping[str, float],
     now: datetime,
     max_providers: int = DEFAULT_MAX_PROVIDERS,

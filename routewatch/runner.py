@@ -73,6 +73,7 @@ from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_sessio
 from routewatch.probe.targets import RouterPlan, plan, uses_simulator
 from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simulator
+from routewatch.storage.connection import Conn
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.migrate import migrate
@@ -430,7 +431,7 @@ async def _api_server(app: web.Application, sockets: Sequence[socket.socket]) ->
 async def _batch_writer(pool: asyncpg.Pool, spool_dir: Path, storage: StorageConfig, partitions: PartitionCache,
                         mode: str) -> AsyncIterator[BatchWriter]:
     """The spool-backed writer; at exit it stores what is queued (what it cannot stays in the spool)."""
-    async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+    async def prepare(conn: Conn, results: list[ProbeResult]) -> None:
         await partitions.ensure_for(conn, mode, (r.started_at for r in results))
 
     writer = BatchWriter(pool, spool_dir, prepare=prepare, spool_max_bytes=storage.spool_max_mb * 1024 * 1024)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-import asyncpg
-
+from routewatch.storage.connection import Conn
 from routewatch.storage.tables import PROBE_RESULTS, ROUTEWATCH_META, SCHEMA_MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ def load_migrations(directory: Traversable | None = None) -> list[Migration]:
     return migrations
 
 
-async def timescaledb_available(conn: asyncpg.Connection) -> bool:
+async def timescaledb_available(conn: Conn) -> bool:
     """Whether the server can run TimescaleDB: installed and preloaded."""
     installed = await conn.fetchval(
         "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
@@ -136,19 +135,19 @@ async def timescaledb_available(conn: asyncpg.Connection) -> bool:
     return "timescaledb" in (preload or "")
 
 
-async def timescaledb_version(conn: asyncpg.Connection) -> str | None:
+async def timescaledb_version(conn: Conn) -> str | None:
     """The TimescaleDB version installed in this database, or None."""
     return await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
 
 
-async def recorded_mode(conn: asyncpg.Connection) -> str | None:
+async def recorded_mode(conn: Conn) -> str | None:
     """The storage mode recorded by the first :func:`migrate`, or None before it."""
     if await conn.fetchval("SELECT to_regclass($1)", ROUTEWATCH_META) is None:
         return None
     return await conn.fetchval(_READ_MODE, MODE_KEY)
 
 
-async def schema_version(conn: asyncpg.Connection) -> int:
+async def schema_version(conn: Conn) -> int:
     """The highest applied migration version; 0 before the first."""
     if await conn.fetchval("SELECT to_regclass($1)", SCHEMA_MIGRATIONS) is None:
         return 0
@@ -156,7 +155,7 @@ async def schema_version(conn: asyncpg.Connection) -> int:
 
 
 async def migrate(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     mode: str | None = None,
     migrations: Sequence[Migration] | None = None,
@@ -216,7 +215,7 @@ async def migrate(
     return MigrationReport(mode=chosen, version=version, applied=applied, timescaledb_version=tsdb)
 
 
-async def _settle_mode(conn: asyncpg.Connection, asked: str | None) -> str:
+async def _settle_mode(conn: Conn, asked: str | None) -> str:
     """Return the mode to migrate in, recording it on the first run.
 
     Called with the migration lock held and the bootstrap tables in place.

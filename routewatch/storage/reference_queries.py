@@ -10,6 +10,7 @@ from datetime import datetime
 
 import asyncpg
 
+from routewatch.storage.connection import Conn
 from routewatch.storage.tables import PROBE_RESULTS
 
 # Rows flagged prober_overloaded were measured while the prober itself was
@@ -37,7 +38,7 @@ GROUP BY router, model
 """
 
 
-async def exact_window_counts(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[asyncpg.Record]:
+async def exact_window_counts(conn: Conn, start: datetime, end: datetime) -> list[asyncpg.Record]:
     """Per (router, model), counts and exact percentiles of the probes started in ``[start, end)``.
 
     Records: router, model, attempts, ok, rate_limited, overloaded,

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +39,7 @@ from typing import IO, Any, TypeVar
 import asyncpg
 
 from routewatch.results.probe_result import COLUMNS, ProbeResult
+from routewatch.storage.connection import Conn
 from routewatch.storage.errors import database_unavailable
 from routewatch.storage.ingest_log import log_batch
 from routewatch.storage.spool import Spool, SpoolFull, SpoolPosition, encode_result, is_disk_full
@@ -47,6 +48,8 @@ from routewatch.storage.tables import PROBE_RESULTS, PROBE_RESULTS_STAGING
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+# Runs on the batch's connection before its rows are written (e.g. creating their partitions).
+Prepare = Callable[[Conn, list[ProbeResult]], Awaitable[None]]
 
 _CREATE_STAGING = (
     f"CREATE TEMP TABLE IF NOT EXISTS {PROBE_RESULTS_STAGING} "
@@ -65,7 +68,7 @@ class SpoolInUse(Exception):
     """Another process writes to the same spool directory."""
 
 
-async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
+async def write_batch(conn: Conn, results: Sequence[ProbeResult]) -> int:
     """Insert ``results`` idempotently in one transaction; return rows inserted.
 
     Must not run inside another transaction (RuntimeError): see insert_batch.
@@ -76,7 +79,7 @@ async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) 
         return await insert_batch(conn, results)
 
 
-async def insert_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
+async def insert_batch(conn: Conn, results: Sequence[ProbeResult]) -> int:
     """write_batch's statements, in the caller's transaction, which must be a top-level one.
 
     A batch that stored something is logged in the same transaction
@@ -139,7 +142,7 @@ class BatchWriter:
         memory_limit: int = 50_000,
         retry_s: float = 1.0,
         spool_max_bytes: int = 1024**3,
-        prepare: Any = None,
+        prepare: Prepare | None = None,
     ) -> None:
         """``prepare(conn, results)``, if given, runs before each batch (e.g. creating partitions)."""
         self._pool = pool
@@ -388,12 +391,12 @@ class BatchWriter:
                             len(results), type(exc).__name__, exc)
                 await self._store_one_by_one(conn, results)
 
-    async def _write(self, conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+    async def _write(self, conn: Conn, results: list[ProbeResult]) -> None:
         if self._prepare is not None:
             await self._prepare(conn, results)
         self.written += await write_batch(conn, results)
 
-    async def _store_one_by_one(self, conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+    async def _store_one_by_one(self, conn: Conn, results: list[ProbeResult]) -> None:
         """Store each result alone; those that fail for their own sake go to the dead-letter file."""
         rejected: list[tuple[ProbeResult, str]] = []
         for r in results:
