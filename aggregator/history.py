@@ -40,7 +40,7 @@ class PublishedFigures:
 
 def history_rows(taken_at: datetime, stats: list[ModelStats]) -> list[tuple[object, ...]]:
     """Rows of ``stats_history`` (in ``history_queries.HISTORY_COLUMNS`` order) for one snapshot's stats."""
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for s in stats:
         c = s.counts
         rows.append((

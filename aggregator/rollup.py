@@ -200,18 +200,18 @@ async def _refresh(
     affected: set[datetime] = set()
     skipped: set[datetime] = set()
     for batch in logs:
-        h = floor_hour(batch.first_started)
+        hour = floor_hour(batch.first_started)
         last = min(floor_hour(batch.last_started), latest)
-        if h < horizon:
+        if hour < horizon:
             # Whole hours older than the horizon are left alone; jump
             # straight to the first hour that may be recomputed.
             first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
             old_end = min(last + HOUR, first_ok)
-            skipped.update(h + i * HOUR for i in range(int((old_end - h) / HOUR)))
-            h = first_ok
-        while h <= last:
-            affected.add(h)
-            h += HOUR
+            skipped.update(hour + i * HOUR for i in range(int((old_end - hour) / HOUR)))
+            hour = first_ok
+        while hour <= last:
+            affected.add(hour)
+            hour += HOUR
     hours = sorted(affected - {current})
 
     # Hours other than the current one: recomputed whole.
@@ -290,7 +290,11 @@ async def _label_cap(
     return LabelCap(limit, stored)
 
 
-def series_key(h: HourRow) -> tuple[datetime, str, str, str, str, str, str]:
+# (bucket, router, model, provider, region, prompt, methodology): HourRow's leading fields.
+HourKey = tuple[datetime, str, str, str, str, str, str]
+
+
+def series_key(h: HourRow) -> HourKey:
     """(bucket, router, model, provider, region, prompt, methodology): one probe_hist_hourly row's key."""
     return (h.bucket, h.router, h.model, h.provider, h.region, h.prompt, h.methodology)
 
@@ -360,12 +364,12 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     if not raw:
         return []
     n = len(raw)
-    index: dict[tuple[Any, ...], int] = {}
-    keys: list[tuple[Any, ...]] = []
+    index: dict[HourKey, int] = {}
+    keys: list[HourKey] = []
     group = np.empty(n, dtype=np.int64)
     for i, r in enumerate(raw):
         provider = provider_of(r["router"], r["model"], r["provider"])
-        key = (r["bucket"], r["router"], r["model"], provider, r["region"], r["prompt"], r["methodology"])
+        key: HourKey = (r["bucket"], r["router"], r["model"], provider, r["region"], r["prompt"], r["methodology"])
         g = index.get(key)
         if g is None:
             g = index[key] = len(keys)
@@ -386,7 +390,8 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     tok_out = np.nan_to_num(np.array([r["output_tokens"] for r in rows], dtype=np.float64))
 
     def sums(x: np.ndarray) -> list[int]:
-        return np.add.reduceat(x.astype(np.int64), starts).tolist()
+        per_run: list[int] = np.add.reduceat(x.astype(np.int64), starts).tolist()
+        return per_run
 
     attempts, oks, overloaded = sums(counted), sums(good), sums(over)
     tokens_in, tokens_out = sums(tok_in), sums(tok_out)
@@ -455,7 +460,7 @@ class HourRow:
     rows: int = 1
 
 
-def decode_row(r: Mapping[str, Any]) -> HourRow:
+def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
     """A probe_hist_hourly row (a record with ``hist_queries.HIST_COLUMNS``) decoded."""
     errors = r["errors"]
     return HourRow(

@@ -230,7 +230,11 @@ _EMPTY_COUNTS.flags.writeable = False
 # is 864,000; to_bytes raises rather than wrap if a merged window ever exceeds it.
 _FORMAT_VERSION = 1
 _HEADER = struct.Struct("<BBiIH")
-_WIDTH_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_WIDTH_DTYPES: dict[int, np.dtype[np.unsignedinteger[Any]]] = {
+    1: np.dtype("<u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+}
 _U32_MAX = 2**32 - 1
 
 

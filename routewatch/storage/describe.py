@@ -101,6 +101,7 @@ async def db_status(conn: Conn) -> DbStatus:
     else:
         rows, rows_source = await conn.fetchval(f"SELECT count(*) FROM {PROBE_RESULTS}"), "exact count"
     span = await conn.fetchrow(f"SELECT min(started_at) AS oldest, max(started_at) AS newest FROM {PROBE_RESULTS}")
+    assert span is not None  # an aggregate without GROUP BY returns exactly one row
     rollup_rows = None
     if await conn.fetchval("SELECT to_regclass($1)", PROBE_ROLLUP_HOURLY) is not None:
         rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {PROBE_ROLLUP_HOURLY}")

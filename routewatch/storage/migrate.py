@@ -137,21 +137,24 @@ async def timescaledb_available(conn: Conn) -> bool:
 
 async def timescaledb_version(conn: Conn) -> str | None:
     """The TimescaleDB version installed in this database, or None."""
-    return await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    version: str | None = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    return version
 
 
 async def recorded_mode(conn: Conn) -> str | None:
     """The storage mode recorded by the first :func:`migrate`, or None before it."""
     if await conn.fetchval("SELECT to_regclass($1)", ROUTEWATCH_META) is None:
         return None
-    return await conn.fetchval(_READ_MODE, MODE_KEY)
+    mode: str | None = await conn.fetchval(_READ_MODE, MODE_KEY)
+    return mode
 
 
 async def schema_version(conn: Conn) -> int:
     """The highest applied migration version; 0 before the first."""
     if await conn.fetchval("SELECT to_regclass($1)", SCHEMA_MIGRATIONS) is None:
         return 0
-    return await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_MIGRATIONS}")
+    version: int = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_MIGRATIONS}")
+    return version
 
 
 async def migrate(
@@ -222,7 +225,7 @@ async def _settle_mode(conn: Conn, asked: str | None) -> str:
     """
     available = await timescaledb_available(conn)
     default = "timescaledb" if available else "plain"
-    recorded = await conn.fetchval(_READ_MODE, MODE_KEY)
+    recorded: str | None = await conn.fetchval(_READ_MODE, MODE_KEY)
 
     if recorded is None:
         if await conn.fetchval("SELECT to_regclass($1)", PROBE_RESULTS) is not None:
