@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import asyncpg
-
 from routewatch.aggregator.stats import WindowCounts
+from routewatch.storage.connection import Conn
 from routewatch.storage.reference_queries import exact_window_counts
 
 
-async def window_counts(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[WindowCounts]:
+async def window_counts(conn: Conn, start: datetime, end: datetime) -> list[WindowCounts]:
     """Counts and exact percentiles per (router, model) for ``[start, end)``."""
     rows = await exact_window_counts(conn, start, end)
     return [

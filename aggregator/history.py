@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from routewatch.aggregator.stats import ModelStats
 from routewatch.storage import history_queries
+from routewatch.storage.connection import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +40,7 @@ class PublishedFigures:
 
 def history_rows(taken_at: datetime, stats: list[ModelStats]) -> list[tuple[object, ...]]:
     """Rows of ``stats_history`` (in ``history_queries.HISTORY_COLUMNS`` order) for one snapshot's stats."""
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for s in stats:
         c = s.counts
         rows.append((
@@ -52,7 +51,7 @@ def history_rows(taken_at: datetime, stats: list[ModelStats]) -> list[tuple[obje
     return rows
 
 
-async def record(conn: asyncpg.Connection, taken_at: datetime, stats: list[ModelStats]) -> int:
+async def record(conn: Conn, taken_at: datetime, stats: list[ModelStats]) -> int:
     """Store one snapshot's figures; return rows written."""
     rows = history_rows(taken_at, stats)
     await history_queries.copy_history(conn, rows)
@@ -60,7 +59,7 @@ async def record(conn: asyncpg.Connection, taken_at: datetime, stats: list[Model
 
 
 async def published_at(
-    conn: asyncpg.Connection, router: str, model: str, window: str, at: datetime
+    conn: Conn, router: str, model: str, window: str, at: datetime
 ) -> PublishedFigures | None:
     """The figures published for (router, model, window) by the last snapshot at or before ``at``."""
     row = await history_queries.last_published(conn, router, model, window, at)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
-from routewatch.storage.housekeeping import UPTIME_DAYS
 from routewatch.config import MaintenanceWindow, SLOConfig
+from routewatch.storage.housekeeping import UPTIME_DAYS
 
 __all__ = [
     "UPTIME_DAYS",

@@ -20,7 +20,6 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from routewatch.config import MaintenanceWindow, SLOConfig
 
 from routewatch.aggregator.model_state import (
     HEARTBEAT_INTERVALS,
@@ -33,7 +32,9 @@ from routewatch.aggregator.model_state import (
     State,
     evaluate_all,
 )
+from routewatch.config import MaintenanceWindow, SLOConfig
 from routewatch.storage import model_state_queries as queries
+from routewatch.storage.connection import Conn
 
 RECENT_INCIDENTS = 10  # closed incidents published besides the open one
 INCIDENT_LIST_MAX = 500  # closed incidents GET /v1/incidents can list at most (its limit's ceiling)
@@ -110,7 +111,7 @@ class StatusTracker:
         """Drop the in-memory state (not leader any more): reload before the next evaluation."""
         self._statuses = None
 
-    async def evaluate(self, conn: asyncpg.Connection, models: Iterable[str], now: datetime) -> None:
+    async def evaluate(self, conn: Conn, models: Iterable[str], now: datetime) -> None:
         """Advance every model (``models`` and any seen in the window) to ``now`` and persist."""
         slo, interval, maintenance = self._slo, self._interval, self._maintenance  # one set per evaluation
         try:
@@ -148,7 +149,7 @@ class StatusTracker:
         return uptime
 
 
-async def load_statuses(conn: asyncpg.Connection) -> dict[str, ModelStatus]:
+async def load_statuses(conn: Conn) -> dict[str, ModelStatus]:
     """Every model's stored status, by model id."""
     rows = await queries.model_statuses(conn)
     return {
@@ -160,7 +161,7 @@ async def load_statuses(conn: asyncpg.Connection) -> dict[str, ModelStatus]:
     }
 
 
-async def read_report(conn: asyncpg.Connection) -> StatusReport:
+async def read_report(conn: Conn) -> StatusReport:
     """The published status: every model, the open incident, the last closed ones."""
     statuses = await load_statuses(conn)
     updated_at = await queries.statuses_updated_at(conn)
@@ -174,7 +175,7 @@ async def read_report(conn: asyncpg.Connection) -> StatusReport:
     )
 
 
-async def _load_book(conn: asyncpg.Connection, statuses: dict[str, ModelStatus]) -> IncidentBook:
+async def _load_book(conn: Conn, statuses: dict[str, ModelStatus]) -> IncidentBook:
     # The latest incident is all the book needs: it is the open one, if any,
     # and the next id follows it.
     row = await queries.latest_incident(conn)
@@ -185,7 +186,7 @@ async def _load_book(conn: asyncpg.Connection, statuses: dict[str, ModelStatus])
 
 
 async def _save(
-    conn: asyncpg.Connection,
+    conn: Conn,
     statuses: dict[str, ModelStatus],
     incidents: Sequence[Incident],
     uptime: DailyUptime,
@@ -226,7 +227,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-async def read_uptime(conn: asyncpg.Connection, first_day: date) -> dict[tuple[str, date], DayUptime]:
+async def read_uptime(conn: Conn, first_day: date) -> dict[tuple[str, date], DayUptime]:
     """Seconds per state of every model on every UTC day from ``first_day`` on, by (model, day).
 
     Days with no row are absent: the caller shows them as unknown (no data).
@@ -239,7 +240,7 @@ async def read_uptime(conn: asyncpg.Connection, first_day: date) -> dict[tuple[s
 
 
 async def read_incidents(
-    conn: asyncpg.Connection, closed_limit: int = INCIDENT_LIST_MAX
+    conn: Conn, closed_limit: int = INCIDENT_LIST_MAX
 ) -> tuple[tuple[Incident, ...], tuple[Incident, ...]]:
     """Every open incident (newest first), and the ``closed_limit`` latest closed ones (newest end first)."""
     open_ = await queries.open_incidents(conn, newest_first=True)

@@ -25,18 +25,17 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from routewatch.config import MaintenanceWindow, SLOConfig
-
-from routewatch.storage.housekeeping import DEFAULT_RETENTION
 from routewatch.aggregator.history import record as record_history
-from routewatch.storage.leadership import Leadership
+from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
 from routewatch.aggregator.rollup import refresh_hist, window_hours, window_start, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
-from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
+from routewatch.config import MaintenanceWindow, SLOConfig
 from routewatch.storage.clock import db_now
 from routewatch.storage.errors import DATABASE_ERRORS
+from routewatch.storage.housekeeping import DEFAULT_RETENTION
+from routewatch.storage.leadership import Leadership
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -62,6 +62,7 @@ from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indice
 from routewatch.aggregator.stats import CellStats, WindowCounts
 from routewatch.storage import hist_queries, ingest_log
 from routewatch.storage.clock import db_now
+from routewatch.storage.connection import Conn
 from routewatch.storage.housekeeping import DEFAULT_RETENTION
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class RefreshReport:
 
 def floor_hour(ts: datetime) -> datetime:
     """``ts`` rounded down to a whole UTC hour."""
-    return ts.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def window_hours(seconds: float) -> int:
@@ -138,7 +139,7 @@ class KnownHour:
 
 
 async def refresh_hist(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
@@ -182,7 +183,7 @@ async def refresh_hist(
 
 
 async def _refresh(
-    conn: asyncpg.Connection,
+    conn: Conn,
     retention: timedelta,
     now: datetime | None,
     known: KnownHour | None,
@@ -199,18 +200,18 @@ async def _refresh(
     affected: set[datetime] = set()
     skipped: set[datetime] = set()
     for batch in logs:
-        h = floor_hour(batch.first_started)
+        hour = floor_hour(batch.first_started)
         last = min(floor_hour(batch.last_started), latest)
-        if h < horizon:
+        if hour < horizon:
             # Whole hours older than the horizon are left alone; jump
             # straight to the first hour that may be recomputed.
             first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
             old_end = min(last + HOUR, first_ok)
-            skipped.update(h + i * HOUR for i in range(int((old_end - h) / HOUR)))
-            h = first_ok
-        while h <= last:
-            affected.add(h)
-            h += HOUR
+            skipped.update(hour + i * HOUR for i in range(int((old_end - hour) / HOUR)))
+            hour = first_ok
+        while hour <= last:
+            affected.add(hour)
+            hour += HOUR
     hours = sorted(affected - {current})
 
     # Hours other than the current one: recomputed whole.
@@ -266,7 +267,7 @@ async def _refresh(
 
 
 async def _label_cap(
-    conn: asyncpg.Connection, known: KnownHour | None, generation: int, current: datetime, limit: int, hours: int
+    conn: Conn, known: KnownHour | None, generation: int, current: datetime, limit: int, hours: int
 ) -> LabelCap:
     """The provider cap of this refresh: the names stored from ``current - hours`` h on are admitted.
 
@@ -289,7 +290,11 @@ async def _label_cap(
     return LabelCap(limit, stored)
 
 
-def series_key(h: HourRow) -> tuple[datetime, str, str, str, str, str, str]:
+# (bucket, router, model, provider, region, prompt, methodology): HourRow's leading fields.
+HourKey = tuple[datetime, str, str, str, str, str, str]
+
+
+def series_key(h: HourRow) -> HourKey:
     """(bucket, router, model, provider, region, prompt, methodology): one probe_hist_hourly row's key."""
     return (h.bucket, h.router, h.model, h.provider, h.region, h.prompt, h.methodology)
 
@@ -359,12 +364,12 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     if not raw:
         return []
     n = len(raw)
-    index: dict[tuple[Any, ...], int] = {}
-    keys: list[tuple[Any, ...]] = []
+    index: dict[HourKey, int] = {}
+    keys: list[HourKey] = []
     group = np.empty(n, dtype=np.int64)
     for i, r in enumerate(raw):
         provider = provider_of(r["router"], r["model"], r["provider"])
-        key = (r["bucket"], r["router"], r["model"], provider, r["region"], r["prompt"], r["methodology"])
+        key: HourKey = (r["bucket"], r["router"], r["model"], provider, r["region"], r["prompt"], r["methodology"])
         g = index.get(key)
         if g is None:
             g = index[key] = len(keys)
@@ -385,7 +390,8 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     tok_out = np.nan_to_num(np.array([r["output_tokens"] for r in rows], dtype=np.float64))
 
     def sums(x: np.ndarray) -> list[int]:
-        return np.add.reduceat(x.astype(np.int64), starts).tolist()
+        per_run: list[int] = np.add.reduceat(x.astype(np.int64), starts).tolist()
+        return per_run
 
     attempts, oks, overloaded = sums(counted), sums(good), sums(over)
     tokens_in, tokens_out = sums(tok_in), sums(tok_out)
@@ -454,7 +460,7 @@ class HourRow:
     rows: int = 1
 
 
-def decode_row(r: Mapping[str, Any]) -> HourRow:
+def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
     """A probe_hist_hourly row (a record with ``hist_queries.HIST_COLUMNS``) decoded."""
     errors = r["errors"]
     return HourRow(
@@ -553,7 +559,7 @@ def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float,
 
 
 async def window_stats(
-    conn: asyncpg.Connection,
+    conn: Conn,
     windows: Mapping[str, float],
     now: datetime,
     max_providers: int = DEFAULT_MAX_PROVIDERS,

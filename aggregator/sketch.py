@@ -109,7 +109,8 @@ def bucket_bounds(indices: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.
 
 # A column reference: dotted identifiers, each bare or double-quoted. The SQL
 # helper pastes its argument into a statement, so it takes names, not expressions.
-_SQL_COLUMN = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")(?:\.(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"))*$')
+_SQL_IDENTIFIER = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+_SQL_COLUMN = re.compile(rf"^{_SQL_IDENTIFIER}(?:\.{_SQL_IDENTIFIER})*$")
 
 
 def sql_bucket_expr(column: str) -> str:
@@ -229,7 +230,11 @@ _EMPTY_COUNTS.flags.writeable = False
 # is 864,000; to_bytes raises rather than wrap if a merged window ever exceeds it.
 _FORMAT_VERSION = 1
 _HEADER = struct.Struct("<BBiIH")
-_WIDTH_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_WIDTH_DTYPES: dict[int, np.dtype[np.unsignedinteger[Any]]] = {
+    1: np.dtype("<u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+}
 _U32_MAX = 2**32 - 1
 
 

@@ -42,8 +42,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-import asyncpg
-
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS, SeriesKey, cap_cells
 from routewatch.aggregator.rollup import (
     HOUR,
@@ -61,6 +59,7 @@ from routewatch.aggregator.rollup import (
 from routewatch.aggregator.sketch import Histogram
 from routewatch.aggregator.stats import CellStats
 from routewatch.storage import hist_queries
+from routewatch.storage.connection import Conn
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ class SlidingWindows:
         self._now_rows = ()
         self._aliases = {}
 
-    async def update(self, conn: asyncpg.Connection, report: RefreshReport) -> None:
+    async def update(self, conn: Conn, report: RefreshReport) -> None:
         """Bring the sums to ``report``: the refresh_hist that has just run on ``conn``."""
         current = floor_hour(report.now)
         in_step = (
@@ -256,7 +255,7 @@ class SlidingWindows:
         self._spans(new)
         self._settle(touched, self._current)
 
-    async def _advance(self, conn: asyncpg.Connection, current: datetime) -> None:
+    async def _advance(self, conn: Conn, current: datetime) -> None:
         """The hour turned: each window gains its newly complete hours and loses those that slid out."""
         assert self._current is not None
         previous = self._current
@@ -280,7 +279,7 @@ class SlidingWindows:
         self._current = current
         self._settle(touched, current)
 
-    async def _rebuild(self, conn: asyncpg.Connection, current: datetime) -> None:
+    async def _rebuild(self, conn: Conn, current: datetime) -> None:
         """Read the complete hours of the longest window and sum them per window."""
         self.forget()
         rows = [decode_row(r) for r in await hist_queries.rows_between(conn, current - self._longest * HOUR, current)]

@@ -94,8 +94,13 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run probes, storage, aggregator and API (the main job)")
-    run.add_argument("--config", help=f"probes.yaml to use (default: ${ENV_CONFIG}, ./probes.yaml, the packaged example)")
-    run.add_argument("--data-dir", type=Path, help=f"where the embedded PostgreSQL lives (default: ${ENV_DATA_DIR} or {default_data_dir(settings.xdg_data_home)})")
+    run.add_argument(
+        "--config", help=f"probes.yaml to use (default: ${ENV_CONFIG}, ./probes.yaml, the packaged example)"
+    )
+    data_dir = default_data_dir(settings.xdg_data_home)
+    run.add_argument(
+        "--data-dir", type=Path, help=f"where the embedded PostgreSQL lives (default: ${ENV_DATA_DIR} or {data_dir})"
+    )
     run.add_argument("--host", help="API listen address (default: api.host in the config)")
     run.add_argument("--port", type=_cli_port,
                      help=f"API port (default: ${ENV_API_PORT}, else api.port in the config; 0 picks a free one)")

@@ -24,10 +24,10 @@ from rich.text import Text
 from routewatch.config import Config
 from routewatch.config.settings import Settings
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.router_values import valid_text
 from routewatch.probe.scheduler import Prober, new_session
 from routewatch.probe.targets import plan, uses_simulator
+from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import DEFAULT_PROFILES, start_simulator
 
 EXIT_ALL_OK = 0

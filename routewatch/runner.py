@@ -35,8 +35,14 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
-from contextlib import nullcontext
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    ExitStack,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -67,6 +73,7 @@ from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_sessio
 from routewatch.probe.targets import RouterPlan, plan, uses_simulator
 from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simulator
+from routewatch.storage.connection import Conn
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.migrate import migrate
@@ -424,7 +431,7 @@ async def _api_server(app: web.Application, sockets: Sequence[socket.socket]) ->
 async def _batch_writer(pool: asyncpg.Pool, spool_dir: Path, storage: StorageConfig, partitions: PartitionCache,
                         mode: str) -> AsyncIterator[BatchWriter]:
     """The spool-backed writer; at exit it stores what is queued (what it cannot stays in the spool)."""
-    async def prepare(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+    async def prepare(conn: Conn, results: list[ProbeResult]) -> None:
         await partitions.ensure_for(conn, mode, (r.started_at for r in results))
 
     writer = BatchWriter(pool, spool_dir, prepare=prepare, spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
@@ -510,7 +517,9 @@ def _banner(
     for r in routers:
         if r.simulated:
             lines.append(f"  router:   {r.name} → built-in router simulator at {r.url}")
-            lines.append(f"            (to probe a real router: {ENV_ROUTER_URL}=https://…/v1 and its key in the environment)")
+            lines.append(
+                f"            (to probe a real router: {ENV_ROUTER_URL}=https://…/v1 and its key in the environment)"
+            )
         else:
             key = f", key from ${r.key_env}" if r.key_env else ", no API key"
             lines.append(f"  router:   {r.name} → {r.url}{key}")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import asyncpg
+from routewatch.storage.connection import Conn
 
 
-async def db_now(conn: asyncpg.Connection) -> datetime:
+async def db_now(conn: Conn) -> datetime:
     """The database's ``now()``: the start of the current transaction, if any."""
     now: datetime = await conn.fetchval("SELECT now()")
     return now

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
+from routewatch.storage.connection import Conn
 from routewatch.storage.migrate import recorded_mode, schema_version, timescaledb_version
 from routewatch.storage.tables import PROBE_RESULTS, PROBE_ROLLUP_HOURLY
 
@@ -67,7 +66,7 @@ class DbStatus:
         return "chunks" if self.mode == "timescaledb" else "partitions"
 
 
-async def db_status(conn: asyncpg.Connection) -> DbStatus:
+async def db_status(conn: Conn) -> DbStatus:
     """Collect the store's status."""
     server_version = str(await conn.fetchval("SHOW server_version"))
     mode = await recorded_mode(conn)
@@ -102,6 +101,7 @@ async def db_status(conn: asyncpg.Connection) -> DbStatus:
     else:
         rows, rows_source = await conn.fetchval(f"SELECT count(*) FROM {PROBE_RESULTS}"), "exact count"
     span = await conn.fetchrow(f"SELECT min(started_at) AS oldest, max(started_at) AS newest FROM {PROBE_RESULTS}")
+    assert span is not None  # an aggregate without GROUP BY returns exactly one row
     rollup_rows = None
     if await conn.fetchval("SELECT to_regclass($1)", PROBE_ROLLUP_HOURLY) is not None:
         rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {PROBE_ROLLUP_HOURLY}")
@@ -121,7 +121,7 @@ async def db_status(conn: asyncpg.Connection) -> DbStatus:
     )
 
 
-async def _compression(conn: asyncpg.Connection) -> CompressionStats:
+async def _compression(conn: Conn) -> CompressionStats:
     row = await conn.fetchrow(_COMPRESSION)
     if row is None:  # no chunks at all
         return CompressionStats(0, 0, 0, 0, None)

@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from routewatch.storage.tables import PROBE_HIST_HOURLY, PROBE_RESULTS, META_TABLE
+from routewatch.storage.connection import Conn
+from routewatch.storage.tables import META_TABLE, PROBE_HIST_HOURLY, PROBE_RESULTS
 
 # Session-level advisory lock held around each refresh: two refreshers never
 # interleave, and the next one's snapshot (taken after the lock) sees what
@@ -70,7 +71,7 @@ _STORED_PROVIDERS = f"SELECT DISTINCT router, model, provider FROM {PROBE_HIST_H
 
 
 @asynccontextmanager
-async def refresh_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+async def refresh_transaction(conn: Conn) -> AsyncIterator[None]:
     """One rollup refresh: :data:`HIST_LOCK_KEY` held, then one REPEATABLE READ transaction.
 
     Everything read inside comes from one snapshot, taken after the previous
@@ -86,7 +87,7 @@ async def refresh_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
             await conn.execute("SELECT pg_advisory_unlock($1)", HIST_LOCK_KEY)
 
 
-async def bump_hist_generation(conn: asyncpg.Connection) -> int:
+async def bump_hist_generation(conn: Conn) -> int:
     """Count one more change of the histogram rollup; returns the count before it.
 
     Call it inside the transaction that changes the rows, so the count and
@@ -96,33 +97,33 @@ async def bump_hist_generation(conn: asyncpg.Connection) -> int:
     return int(value) - 1
 
 
-async def raw_rows(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[asyncpg.Record]:
+async def raw_rows(conn: Conn, start: datetime, end: datetime) -> list[asyncpg.Record]:
     """Every raw probe started in ``[start, end)``, with :data:`RAW_COLUMNS`."""
     return await conn.fetch(RAW_SELECT, start, end)
 
 
-async def rows_between(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[asyncpg.Record]:
+async def rows_between(conn: Conn, start: datetime, end: datetime) -> list[asyncpg.Record]:
     """The hourly rows of the hours in ``[start, end)``."""
     return await conn.fetch(_ROWS_BETWEEN, start, end)
 
 
-async def rows_of_hour(conn: asyncpg.Connection, hour: datetime) -> list[asyncpg.Record]:
+async def rows_of_hour(conn: Conn, hour: datetime) -> list[asyncpg.Record]:
     """The hourly rows of one hour."""
     return await conn.fetch(_ROWS_OF_HOUR, hour)
 
 
-async def rows_of_hours(conn: asyncpg.Connection, hours: Sequence[datetime]) -> list[asyncpg.Record]:
+async def rows_of_hours(conn: Conn, hours: Sequence[datetime]) -> list[asyncpg.Record]:
     """The hourly rows of these hours."""
     return await conn.fetch(_ROWS_OF_HOURS, hours)
 
 
-async def delete_hours(conn: asyncpg.Connection, hours: Sequence[datetime]) -> list[asyncpg.Record]:
+async def delete_hours(conn: Conn, hours: Sequence[datetime]) -> list[asyncpg.Record]:
     """Delete every row of these hours; return the rows deleted."""
     return await conn.fetch(_DELETE_HOURS, hours)
 
 
 async def delete_series(
-    conn: asyncpg.Connection, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str]]
+    conn: Conn, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str]]
 ) -> None:
     """Delete the rows of ``hour`` whose (router, model, provider, region, prompt, methodology) is in ``series``."""
     columns = [list(col) for col in zip(*series, strict=True)]
@@ -130,12 +131,12 @@ async def delete_series(
         await conn.execute(_DELETE_SERIES, hour, *columns)
 
 
-async def copy_rows(conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]) -> None:
+async def copy_rows(conn: Conn, records: Sequence[tuple[Any, ...]]) -> None:
     """Append hourly rows, each a tuple in :data:`HIST_COLUMNS` order."""
     if records:
         await conn.copy_records_to_table(PROBE_HIST_HOURLY, records=records, columns=HIST_COLUMNS)
 
 
-async def stored_providers(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+async def stored_providers(conn: Conn, since: datetime) -> list[asyncpg.Record]:
     """The distinct (router, model, provider) of the rows from hour ``since`` on."""
     return await conn.fetch(_STORED_PROVIDERS, since)

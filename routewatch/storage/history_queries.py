@@ -12,6 +12,7 @@ from datetime import datetime
 
 import asyncpg
 
+from routewatch.storage.connection import Conn
 from routewatch.storage.tables import STATS_HISTORY
 
 # One row: a model's figures for one window at one snapshot. COPY writes this order.
@@ -42,21 +43,21 @@ _SERIES = (
 _FIGURES = frozenset(HISTORY_COLUMNS[4:])  # the columns a series can follow
 
 
-async def copy_history(conn: asyncpg.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+async def copy_history(conn: Conn, rows: Sequence[tuple[object, ...]]) -> None:
     """Append rows, each a tuple in :data:`HISTORY_COLUMNS` order."""
     if rows:
         await conn.copy_records_to_table(STATS_HISTORY, records=rows, columns=HISTORY_COLUMNS)
 
 
 async def last_published(
-    conn: asyncpg.Connection, router: str, model: str, window: str, at: datetime
+    conn: Conn, router: str, model: str, window: str, at: datetime
 ) -> asyncpg.Record | None:
     """The row (:data:`HISTORY_COLUMNS`) of the last snapshot at or before ``at``, or None."""
     return await conn.fetchrow(_LAST_PUBLISHED, router, model, window, at)
 
 
 async def series_points(
-    db: asyncpg.Pool | asyncpg.Connection,
+    db: asyncpg.Pool | Conn,
     router: str,
     model: str,
     window: str,

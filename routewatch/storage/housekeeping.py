@@ -20,11 +20,12 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
 from routewatch.storage.clock import db_now
+from routewatch.storage.connection import Conn
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.hist_queries import bump_hist_generation
 from routewatch.storage.leadership import Leadership
@@ -36,7 +37,6 @@ from routewatch.storage.tables import (
     STATS_HISTORY,
     UPTIME_DAILY,
 )
-
 
 # Days of per-day uptime kept (today included): the status page draws a bar for each.
 UPTIME_DAYS = 90
@@ -106,8 +106,8 @@ class MaintenanceReport:
 def partition_day(ts: datetime) -> date:
     """The UTC day whose partition holds a row started at ``ts`` (naive = UTC)."""
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).date()
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).date()
 
 
 def partition_name(day: date) -> str:
@@ -115,7 +115,7 @@ def partition_name(day: date) -> str:
     return f"{PARTITION_PREFIX}{day:%Y%m%d}"
 
 
-async def ensure_partitions(conn: asyncpg.Connection, mode: str, start: date, end: date) -> int:
+async def ensure_partitions(conn: Conn, mode: str, start: date, end: date) -> int:
     """Create the daily partitions for ``start`` .. ``end`` (inclusive) that are missing.
 
     Plain mode only; a no-op returning 0 in TimescaleDB mode (chunks appear
@@ -142,7 +142,7 @@ class PartitionCache:
     def __init__(self) -> None:
         self._seen: set[date] = set()
 
-    async def ensure(self, conn: asyncpg.Connection, mode: str, days: Iterable[date]) -> int:
+    async def ensure(self, conn: Conn, mode: str, days: Iterable[date]) -> int:
         """Make sure each of ``days`` has a partition; return how many were created.
 
         Touches the database only for days not seen before. In TimescaleDB
@@ -158,7 +158,7 @@ class PartitionCache:
         self._seen.update(missing)
         return created
 
-    async def ensure_for(self, conn: asyncpg.Connection, mode: str, timestamps: Iterable[datetime]) -> int:
+    async def ensure_for(self, conn: Conn, mode: str, timestamps: Iterable[datetime]) -> int:
         """:meth:`ensure` for the days of these ``started_at`` values (a batch about to be written)."""
         return await self.ensure(conn, mode, {partition_day(ts) for ts in timestamps})
 
@@ -168,7 +168,7 @@ class PartitionCache:
 
 
 async def apply_retention(
-    conn: asyncpg.Connection,
+    conn: Conn,
     mode: str,
     retention: timedelta = DEFAULT_RETENTION,
     *,
@@ -223,7 +223,7 @@ async def apply_retention(
 
 
 async def compress_old(
-    conn: asyncpg.Connection,
+    conn: Conn,
     mode: str,
     after: timedelta = COMPRESS_AFTER,
     *,
@@ -256,7 +256,7 @@ async def compress_old(
 
 
 async def refresh_rollups(
-    conn: asyncpg.Connection,
+    conn: Conn,
     mode: str,
     start: datetime,
     end: datetime,
@@ -297,7 +297,7 @@ async def refresh_rollups(
 
 
 async def run_maintenance(
-    conn: asyncpg.Connection,
+    conn: Conn,
     mode: str,
     *,
     retention: timedelta = DEFAULT_RETENTION,
@@ -319,13 +319,13 @@ async def run_maintenance(
     return MaintenanceReport(mode, created, dropped, compressed, now - retention)
 
 
-async def _missing_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> list[date]:
+async def _missing_partitions(conn: Conn, days: Iterable[date]) -> list[date]:
     """Those of ``days`` that have no partition yet (plain mode)."""
     existing = {name for name, _ in await _plain_partitions(conn)}
     return [day for day in days if partition_name(day) not in existing]
 
 
-async def _create_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> int:
+async def _create_partitions(conn: Conn, days: Iterable[date]) -> int:
     """Create the partitions missing among ``days``; the caller holds a transaction."""
     # Serialise creators; look again under the lock, as another process may
     # have created some of the days meanwhile.
@@ -344,7 +344,7 @@ async def _create_partitions(conn: asyncpg.Connection, days: Iterable[date]) -> 
     return created
 
 
-async def _plain_partitions(conn: asyncpg.Connection) -> list[tuple[str, date]]:
+async def _plain_partitions(conn: Conn) -> list[tuple[str, date]]:
     """routewatch's daily partitions of probe_results, oldest first.
 
     Partitions named otherwise (made by hand) are left alone.
@@ -353,17 +353,17 @@ async def _plain_partitions(conn: asyncpg.Connection) -> list[tuple[str, date]]:
     for row in await conn.fetch(_PARTITIONS):
         match = _PARTITION_NAME.match(row["relname"])
         if match:
-            found.append((row["relname"], datetime.strptime(match[1], "%Y%m%d").date()))
+            found.append((row["relname"], date.fromisoformat(match[1])))
     return sorted(found, key=lambda item: item[1])
 
 
 def _day_start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _floor_bucket(ts: datetime) -> datetime:
     """``ts`` rounded down to a whole UTC hour."""
-    return ts.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _ceil_bucket(ts: datetime) -> datetime:

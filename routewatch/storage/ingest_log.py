@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from routewatch.storage.connection import Conn
 from routewatch.storage.hist_queries import RAW_SELECT
 from routewatch.storage.tables import PROBE_INGEST_LOG, PROBE_RESULTS_STAGING
 
@@ -60,7 +61,7 @@ class PendingBatch:
         return self.xid % 2**32
 
 
-async def log_batch(conn: asyncpg.Connection, rows: int) -> None:
+async def log_batch(conn: Conn, rows: int) -> None:
     """Log the batch now in the writer's staging table, ``rows`` of which were inserted.
 
     Must run in the transaction that inserted the rows, and that transaction
@@ -71,7 +72,7 @@ async def log_batch(conn: asyncpg.Connection, rows: int) -> None:
     await conn.execute(_LOG_BATCH, rows)
 
 
-async def pending_batches(conn: asyncpg.Connection) -> list[PendingBatch]:
+async def pending_batches(conn: Conn) -> list[PendingBatch]:
     """The batches not yet taken in, in the order they were logged."""
     return [
         PendingBatch(r["id"], r["first_started"], r["last_started"], int(r["xid"]))
@@ -80,13 +81,13 @@ async def pending_batches(conn: asyncpg.Connection) -> list[PendingBatch]:
 
 
 async def batch_rows(
-    conn: asyncpg.Connection, start: datetime, end: datetime, batches: Sequence[PendingBatch]
+    conn: Conn, start: datetime, end: datetime, batches: Sequence[PendingBatch]
 ) -> list[asyncpg.Record]:
     """The raw rows (``hist_queries.RAW_COLUMNS``) that ``batches`` inserted, of those started in ``[start, end)``."""
     return await conn.fetch(_BATCH_ROWS, start, end, [b.xmin for b in batches])
 
 
-async def mark_taken(conn: asyncpg.Connection, batches: Sequence[PendingBatch], now: datetime) -> None:
+async def mark_taken(conn: Conn, batches: Sequence[PendingBatch], now: datetime) -> None:
     """Mark ``batches`` taken in; prune those taken in and stored before ``now - KEEP_TAKEN``.
 
     In the transaction that took them in, so that they count once.

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 import asyncpg
+
 from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)

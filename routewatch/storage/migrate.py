@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-import asyncpg
-
-from routewatch.storage.tables import PROBE_RESULTS, META_TABLE, SCHEMA_MIGRATIONS
+from routewatch.storage.connection import Conn
+from routewatch.storage.tables import META_TABLE, PROBE_RESULTS, SCHEMA_MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def load_migrations(directory: Traversable | None = None) -> list[Migration]:
     return migrations
 
 
-async def timescaledb_available(conn: asyncpg.Connection) -> bool:
+async def timescaledb_available(conn: Conn) -> bool:
     """Whether the server can run TimescaleDB: installed and preloaded."""
     installed = await conn.fetchval(
         "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
@@ -136,27 +135,30 @@ async def timescaledb_available(conn: asyncpg.Connection) -> bool:
     return "timescaledb" in (preload or "")
 
 
-async def timescaledb_version(conn: asyncpg.Connection) -> str | None:
+async def timescaledb_version(conn: Conn) -> str | None:
     """The TimescaleDB version installed in this database, or None."""
-    return await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    version: str | None = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    return version
 
 
-async def recorded_mode(conn: asyncpg.Connection) -> str | None:
+async def recorded_mode(conn: Conn) -> str | None:
     """The storage mode recorded by the first :func:`migrate`, or None before it."""
     if await conn.fetchval("SELECT to_regclass($1)", META_TABLE) is None:
         return None
-    return await conn.fetchval(_READ_MODE, MODE_KEY)
+    mode: str | None = await conn.fetchval(_READ_MODE, MODE_KEY)
+    return mode
 
 
-async def schema_version(conn: asyncpg.Connection) -> int:
+async def schema_version(conn: Conn) -> int:
     """The highest applied migration version; 0 before the first."""
     if await conn.fetchval("SELECT to_regclass($1)", SCHEMA_MIGRATIONS) is None:
         return 0
-    return await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_MIGRATIONS}")
+    version: int = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_MIGRATIONS}")
+    return version
 
 
 async def migrate(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     mode: str | None = None,
     migrations: Sequence[Migration] | None = None,
@@ -216,14 +218,14 @@ async def migrate(
     return MigrationReport(mode=chosen, version=version, applied=applied, timescaledb_version=tsdb)
 
 
-async def _settle_mode(conn: asyncpg.Connection, asked: str | None) -> str:
+async def _settle_mode(conn: Conn, asked: str | None) -> str:
     """Return the mode to migrate in, recording it on the first run.
 
     Called with the migration lock held and the bootstrap tables in place.
     """
     available = await timescaledb_available(conn)
     default = "timescaledb" if available else "plain"
-    recorded = await conn.fetchval(_READ_MODE, MODE_KEY)
+    recorded: str | None = await conn.fetchval(_READ_MODE, MODE_KEY)
 
     if recorded is None:
         if await conn.fetchval("SELECT to_regclass($1)", PROBE_RESULTS) is not None:

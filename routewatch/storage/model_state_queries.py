@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from routewatch.storage.connection import Conn
 from routewatch.storage.tables import INCIDENTS, MODEL_STATUS, PROBE_RESULTS, UPTIME_DAILY
 
 # One model's state, as save_model_state takes it.
@@ -73,13 +74,13 @@ _LATEST = f"SELECT * FROM {INCIDENTS} ORDER BY id DESC LIMIT 1"
 _UPTIME_SINCE = f"SELECT {', '.join(UPTIME_COLUMNS)} FROM {UPTIME_DAILY} WHERE day >= $1"
 
 
-async def recent_probes(conn: asyncpg.Connection, since: datetime) -> list[asyncpg.Record]:
+async def recent_probes(conn: Conn, since: datetime) -> list[asyncpg.Record]:
     """The probes started after ``since``: id, model, started_at, ok, ttft_ms, prober_overloaded."""
     return await conn.fetch(_RECENT_PROBES, since)
 
 
 async def save_model_state(
-    conn: asyncpg.Connection,
+    conn: Conn,
     statuses: Sequence[tuple[Any, ...]],
     incidents: Sequence[tuple[Any, ...]],
     uptime: Sequence[tuple[Any, ...]],
@@ -95,32 +96,32 @@ async def save_model_state(
         await conn.executemany(_ADD_UPTIME, uptime)
 
 
-async def model_statuses(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+async def model_statuses(conn: Conn) -> list[asyncpg.Record]:
     """Every stored model status (all of ``model_status``'s columns), by model id."""
     return await conn.fetch(_STATUSES)
 
 
-async def statuses_updated_at(conn: asyncpg.Connection) -> datetime | None:
+async def statuses_updated_at(conn: Conn) -> datetime | None:
     """When the statuses were last saved; None when there are none."""
     updated: datetime | None = await conn.fetchval(_UPDATED_AT)
     return updated
 
 
-async def open_incidents(conn: asyncpg.Connection, *, newest_first: bool = False) -> list[asyncpg.Record]:
+async def open_incidents(conn: Conn, *, newest_first: bool = False) -> list[asyncpg.Record]:
     """The open incidents (``end`` null): by id, or newest start first."""
     return await conn.fetch(_OPEN_NEWEST_FIRST if newest_first else _OPEN_BY_ID)
 
 
-async def closed_incidents(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+async def closed_incidents(conn: Conn, limit: int) -> list[asyncpg.Record]:
     """The ``limit`` closed incidents that ended last, newest end first."""
     return await conn.fetch(_CLOSED, limit)
 
 
-async def latest_incident(conn: asyncpg.Connection) -> asyncpg.Record | None:
+async def latest_incident(conn: Conn) -> asyncpg.Record | None:
     """The incident with the highest id (open or not), or None."""
     return await conn.fetchrow(_LATEST)
 
 
-async def uptime_since(conn: asyncpg.Connection, first_day: date) -> list[asyncpg.Record]:
+async def uptime_since(conn: Conn, first_day: date) -> list[asyncpg.Record]:
     """Every (model, day) row of ``uptime_daily`` from ``first_day`` on (:data:`UPTIME_COLUMNS`)."""
     return await conn.fetch(_UPTIME_SINCE, first_day)

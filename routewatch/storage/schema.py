@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import asyncpg
-
 from routewatch.storage.clock import db_now
+from routewatch.storage.connection import Conn
 from routewatch.storage.housekeeping import CHUNK_INTERVAL, PARTITIONS_AHEAD_DAYS, ensure_partitions, partition_day
 from routewatch.storage.migrate import migrate, timescaledb_available, timescaledb_version
 
 __all__ = ["CHUNK_INTERVAL", "ensure_schema", "timescaledb_available", "timescaledb_version"]
 
 
-async def ensure_schema(conn: asyncpg.Connection) -> str:
+async def ensure_schema(conn: Conn) -> str:
     """Migrate to the latest schema; return the storage mode, ``timescaledb`` or ``plain``.
 
     Plain mode also gets partitions from yesterday (writes from just before

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import contextlib
 import dataclasses
 import errno
 import json
@@ -123,7 +124,7 @@ def decode_result(payload: bytes) -> ProbeResult:
         raise ValueError("payload has data after the JSON value")
     if not isinstance(row, dict):
         # ValueError, not TypeError: callers catch one error for any bad payload.
-        raise ValueError(f"payload is a JSON {type(row).__name__}, not an object")  # noqa: TRY004
+        raise ValueError(f"payload is a JSON {type(row).__name__}, not an object")
     if tuple(row) != COLUMNS:  # the fast path is a payload written by this version
         row = _conform(row)
     try:
@@ -230,7 +231,7 @@ def _resync(mm: mmap.mmap, off: int, stop: int) -> int | None:
         _, length, crc = _HEADER.unpack_from(mm, candidate)
         end = candidate + HEADER_BYTES + length
         # length 0 has CRC 0: eight zero bytes after a stray MAGIC would pass.
-        if 0 < length and end <= stop and zlib.crc32(mm[candidate + HEADER_BYTES : end]) == crc:
+        if length > 0 and end <= stop and zlib.crc32(mm[candidate + HEADER_BYTES : end]) == crc:
             return candidate
         candidate += 1
 
@@ -436,10 +437,8 @@ class Spool:
                 break
             if segment == self._current:
                 continue
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(segment))
-            except FileNotFoundError:
-                pass
             del self._sizes[segment]
             freed += size
         self._check_level()

@@ -23,21 +23,23 @@ says so; :meth:`BatchWriter.wait_failed` lets a supervisor react at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import asyncpg
 
 from routewatch.results.probe_result import COLUMNS, ProbeResult
+from routewatch.storage.connection import Conn
 from routewatch.storage.errors import database_unavailable
 from routewatch.storage.ingest_log import log_batch
 from routewatch.storage.spool import Spool, SpoolFull, SpoolPosition, encode_result, is_disk_full
@@ -46,6 +48,8 @@ from routewatch.storage.tables import PROBE_RESULTS, PROBE_RESULTS_STAGING
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+# Runs on the batch's connection before its rows are written (e.g. creating their partitions).
+Prepare = Callable[[Conn, list[ProbeResult]], Awaitable[None]]
 
 _CREATE_STAGING = (
     f"CREATE TEMP TABLE IF NOT EXISTS {PROBE_RESULTS_STAGING} "
@@ -64,7 +68,7 @@ class SpoolInUse(Exception):
     """Another process writes to the same spool directory."""
 
 
-async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
+async def write_batch(conn: Conn, results: Sequence[ProbeResult]) -> int:
     """Insert ``results`` idempotently in one transaction; return rows inserted.
 
     Must not run inside another transaction (RuntimeError): see insert_batch.
@@ -75,7 +79,7 @@ async def write_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) 
         return await insert_batch(conn, results)
 
 
-async def insert_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult]) -> int:
+async def insert_batch(conn: Conn, results: Sequence[ProbeResult]) -> int:
     """write_batch's statements, in the caller's transaction, which must be a top-level one.
 
     A batch that stored something is logged in the same transaction
@@ -89,6 +93,22 @@ async def insert_batch(conn: asyncpg.Connection, results: Sequence[ProbeResult])
     if inserted:
         await log_batch(conn, inserted)
     return inserted
+
+
+def _lock_spool(directory: Path) -> IO[str]:
+    """Take the spool directory's lock file, held open (and so locked) until closed.
+
+    :raises SpoolInUse: another process holds the lock.
+    """
+    lock = open(directory / "lock", "a")  # noqa: SIM115 - the open file is the lock, held for the writer's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SpoolInUse(
+            f"{directory} is in use by another routewatch process; give each one its own --data-dir"
+        ) from None
+    return lock
 
 
 def _dead_letter_line(result: ProbeResult, reason: str) -> bytes:
@@ -122,7 +142,7 @@ class BatchWriter:
         memory_limit: int = 50_000,
         retry_s: float = 1.0,
         spool_max_bytes: int = 1024**3,
-        prepare: Any = None,
+        prepare: Prepare | None = None,
     ) -> None:
         """``prepare(conn, results)``, if given, runs before each batch (e.g. creating partitions)."""
         self._pool = pool
@@ -144,7 +164,7 @@ class BatchWriter:
         self._in_flight: asyncio.Future[None] | None = None  # the batch being stored, see _to_the_end
         self._failed: BaseException | None = None
         self._stopped = asyncio.Event()  # the flush task ended: died, or close() stopped it
-        self._lock: Any = None
+        self._lock: IO[str] | None = None
         # Why appends fail, while they do ("disk full", ...): logged once per episode.
         self._spool_trouble: str | None = None
         self._trouble_unspooled = 0
@@ -167,14 +187,7 @@ class BatchWriter:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Two writers appending to one spool would interleave segments; the
         # lock is released by the kernel when this process exits, however it exits.
-        self._lock = open(self._dir / "lock", "a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise SpoolInUse(
-                f"{self._dir} is in use by another routewatch process; give each one its own --data-dir"
-            ) from None
+        self._lock = await self._in_io(_lock_spool, self._dir)
         self._spool = await self._in_io(lambda: Spool(self._dir, max_bytes=self._spool_max))
         self._confirmed = await self._in_io(self._read_cursor)
         head = self._spool.head
@@ -315,10 +328,8 @@ class BatchWriter:
     async def _memory_step(self) -> None:
         if len(self._memory) < self._batch_size:
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._flush_s)
-            except TimeoutError:
-                pass
         batch = [self._memory.popleft() for _ in range(min(self._batch_size, len(self._memory)))]
         if batch:
             await self._to_the_end(self._store_memory_batch(batch))
@@ -380,12 +391,12 @@ class BatchWriter:
                             len(results), type(exc).__name__, exc)
                 await self._store_one_by_one(conn, results)
 
-    async def _write(self, conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+    async def _write(self, conn: Conn, results: list[ProbeResult]) -> None:
         if self._prepare is not None:
             await self._prepare(conn, results)
         self.written += await write_batch(conn, results)
 
-    async def _store_one_by_one(self, conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
+    async def _store_one_by_one(self, conn: Conn, results: list[ProbeResult]) -> None:
         """Store each result alone; those that fail for their own sake go to the dead-letter file."""
         rejected: list[tuple[ProbeResult, str]] = []
         for r in results:
@@ -477,7 +488,7 @@ class BatchWriter:
                 else:
                     self._wakeup.set()
                     await asyncio.wait_for(self._memory_step(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - close() never raises: any failure is logged, the spool keeps the rest
             if database_unavailable(exc):
                 log.warning("database unavailable at shutdown (%s)", exc.__class__.__name__)
             else:
