@@ -40,15 +40,14 @@ from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
-
 from machine import describe_machine, package_version, print_table, write_results
 
 from routewatch.probe import chat_stream
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.scheduler import new_session
+from routewatch.probe.target import Canary, Target, new_nonce
 from routewatch.probe.timing import StreamMarks
 from routewatch.simulator.process import SimulatorProcess
-from routewatch.probe.target import Canary, Target, new_nonce
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -242,9 +242,9 @@ async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, l
                   arrive: Callable[[], Awaitable[int]], rollup_runs: int = 5, naive_runs: int = 3) -> None:
     """Rollup refresh (median of ``rollup_runs``; 3 when each takes over 5 s) and naive window_counts
     (median of up to ``naive_runs``)."""
+    from routewatch.aggregator.exact_reference import window_counts
     from routewatch.aggregator.rollup import refresh_hist, window_start, window_stats
     from routewatch.aggregator.sliding import SlidingWindows
-    from routewatch.aggregator.exact_reference import window_counts
 
     t0 = time.perf_counter()
     await conn.execute("VACUUM (ANALYZE) probe_results")
@@ -340,14 +340,14 @@ class Step:
 
 
 QUICK_STEPS = [
-    Step("grow", 0, 100, range(0, 1), 100, 1),
-    Step("grow", 100, 1000, range(0, 1), 1000, 1),
+    Step("grow", 0, 100, range(1), 100, 1),
+    Step("grow", 100, 1000, range(1), 1000, 1),
 ]
 FULL_STEPS = [
     *QUICK_STEPS,
     Step("grow", 0, 1000, range(1, 7), 1000, 7),
-    Step("s100d7", 0, 100, range(0, 7), 100, 7),
-    Step("rate10s", 0, 100, range(0, 1), 100, 1, step_s=10.0),
+    Step("s100d7", 0, 100, range(7), 100, 7),
+    Step("rate10s", 0, 100, range(1), 100, 1, step_s=10.0),
 ]
 
 

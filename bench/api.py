@@ -132,6 +132,7 @@ async def seed(dsn: str, n_models: int, plan: Plan, log: Callable[[str], None]) 
     """Schema plus generated results in database ``dsn``; returns the rows stored."""
     import asyncpg
     from benchdb import prepare_schema
+
     from routewatch.storage.writer import write_batch
 
     end = datetime.now(UTC)
@@ -198,6 +199,7 @@ async def serve(dsn: str, n_models: int) -> None:
     """Child process: refresh once, serve the real app and the bare one, print their URLs, wait for SIGTERM."""
     import asyncpg
     from aiohttp import web
+
     from routewatch.aggregator.publish.api import create_app
     from routewatch.aggregator.refresh import Aggregator
 

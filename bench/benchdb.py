@@ -13,9 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from routewatch.postgres.local_server import LocalPostgres
 from routewatch.storage.housekeeping import ensure_partitions
 from routewatch.storage.migrate import migrate
-from routewatch.postgres.local_server import LocalPostgres
 
 
 @contextmanager

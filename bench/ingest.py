@@ -47,14 +47,13 @@ import asyncpg
 from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
 from machine import describe_machine, print_table, write_results
 
+from routewatch.postgres.local_server import LocalPostgres
 from routewatch.results.probe_result import (
     COLUMNS,
     ERROR_CLASSES,
     METHODOLOGY_VERSION,
     ProbeResult,
 )
-
-from routewatch.postgres.local_server import LocalPostgres
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

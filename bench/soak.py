@@ -102,7 +102,7 @@ class Sample:
 
 def simulator_profiles(fault_pct: float) -> list[dict[str, Any]]:
     """MODELS profiles of varied speed, every fault kind at ``fault_pct`` percent of requests."""
-    faults = {kind: 1.0 for kind in FAULT_KINDS}
+    faults = dict.fromkeys(FAULT_KINDS, 1.0)
     out = []
     for i in range(MODELS):
         profile: dict[str, Any] = {
@@ -277,7 +277,7 @@ def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def judge(samples: list[Sample], plan: Plan, truth: dict[str, Any], hostile: dict[str, Any] | None,

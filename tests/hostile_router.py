@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from routewatch.probe import chat_stream
 from routewatch.config import TimeoutsConfig
-from routewatch.results.probe_result import ProbeResult
+from routewatch.probe import chat_stream
 from routewatch.probe.target import Canary, Target
+from routewatch.results.probe_result import ProbeResult
 
 INT4_MIN, INT4_MAX = -(2**31), 2**31 - 1
 CANARY = Canary("short", [{"role": "user", "content": "Count from 1 to 40 in words."}], 64, 8)

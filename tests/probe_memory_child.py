@@ -19,6 +19,7 @@ import sys
 import time
 
 from hostile_router import CANARY, timeouts
+
 from routewatch.probe import chat_stream
 from routewatch.probe.scheduler import new_session
 from routewatch.probe.target import Target

@@ -14,13 +14,14 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 from aiohttp import web
+from factories import outcome, probe_result
+
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.storage.schema import ensure_schema
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import write_batch
-from factories import outcome, probe_result
 
 ROUTER = "sim"
 NANO = "openai/gpt-4.1-nano"

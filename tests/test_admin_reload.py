@@ -27,20 +27,20 @@ from pathlib import Path
 import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from factories import LOOPBACK_API, LOOPBACK_TIMEOUTS, config_text, prompt_entry, router_entry
 from pydantic import SecretStr
 
 from routewatch.admin import LocalAdmin
 from routewatch.aggregator.publish.api import ConfigRejected, create_app
-from routewatch.config.settings import ENV_ADMIN_TOKEN
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.storage.schema import ensure_schema
 from routewatch.config import Config, load_config
-from routewatch.results.probe_result import ProbeResult
+from routewatch.config.settings import ENV_ADMIN_TOKEN
 from routewatch.probe.scheduler import Prober, ProbeSchedule, new_session
 from routewatch.probe.targets import plan
-from routewatch.storage.writer import BatchWriter
+from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
-from factories import LOOPBACK_API, LOOPBACK_TIMEOUTS, config_text, prompt_entry, router_entry
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.writer import BatchWriter
 
 KEEP, GONE, NEW = "test/keep", "test/gone", "test/new"
 PROFILES = (

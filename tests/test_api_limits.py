@@ -15,9 +15,9 @@ import asyncpg
 import pytest
 
 from routewatch.aggregator.publish.api import create_app
+from routewatch.aggregator.publish.server import ApiLimits, ApiServer, PortInUse, bind_listeners, start_api
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.schema import ensure_schema
-from routewatch.aggregator.publish.server import ApiLimits, ApiServer, PortInUse, bind_listeners, start_api
 
 LIMITS = ApiLimits(head_timeout_s=1.0, body_timeout_s=1.0, max_connections=20)
 

@@ -7,6 +7,9 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
+from status_seed import BROKEN, EVIL, NANO, ROUTER, WINDOWS, seed_status, status_app
+
+from routewatch.aggregator.model_state import State
 from routewatch.aggregator.publish.badges import (
     CHAR_WIDTHS,
     COLORS,
@@ -20,11 +23,9 @@ from routewatch.aggregator.publish.badges import (
     text_width,
 )
 from routewatch.aggregator.publish.display import MISSING
+from routewatch.aggregator.publish.status_view import RouteFigures
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.schema import ensure_schema
-from routewatch.aggregator.model_state import State
-from routewatch.aggregator.publish.status_view import RouteFigures
-from status_seed import BROKEN, EVIL, NANO, ROUTER, WINDOWS, seed_status, status_app
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 

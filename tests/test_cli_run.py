@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -20,8 +21,8 @@ from urllib.parse import quote, urlsplit
 import asyncpg
 import pytest
 
-from routewatch.storage.leadership import LEADER_LOCK_KEY
 from routewatch.aggregator.publish.server import HEAD_TIMEOUT_S
+from routewatch.storage.leadership import LEADER_LOCK_KEY
 
 pytestmark = pytest.mark.system
 
@@ -416,10 +417,8 @@ def test_slow_clients_are_cut_off_and_the_api_keeps_answering(config_file: Path,
         slowest_healthz = 0.0
         while open_socks and time.monotonic() - started < HEAD_TIMEOUT_S + 5:
             for sock in list(open_socks.values()):
-                try:
+                with contextlib.suppress(OSError):
                     sock.send(b"X")  # one more byte of a header line that never ends
-                except OSError:
-                    pass
             readable, _, _ = select.select(list(open_socks.values()), [], [], 0.5)
             for sock in readable:
                 try:

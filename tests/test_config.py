@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from factories import MINIMAL_CONFIG
+
 from routewatch.config import (
     KEYS_FROM_ENV,
     MAX_FILE_BYTES,
@@ -28,7 +30,6 @@ from routewatch.config import (
     summarize,
 )
 from routewatch.config.durations import MAX_SECONDS, parse_duration
-from factories import MINIMAL_CONFIG
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from factories import probe_result
 
 from routewatch.db_command import spool_backlog
 from routewatch.storage.spool import Spool
-from factories import probe_result
 
 
 def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

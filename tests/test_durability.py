@@ -23,10 +23,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
 
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.simulator.process import SimulatorProcess
-from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
 
 pytestmark = pytest.mark.system
 

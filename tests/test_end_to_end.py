@@ -16,16 +16,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from factories import LOOPBACK_TIMEOUTS, config_text, prompt_entry, router_entry
 
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.storage.schema import ensure_schema
 from routewatch.config import parse_config
 from routewatch.probe.scheduler import Prober, Series, new_session, schedule, stop
 from routewatch.probe.targets import plan
-from routewatch.storage.writer import BatchWriter
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
-from factories import LOOPBACK_TIMEOUTS, config_text, prompt_entry, router_entry
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.writer import BatchWriter
 
 pytestmark = pytest.mark.system
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
-from routewatch.storage.schema import ensure_schema
-from routewatch.results.probe_result import ProbeResult
-from routewatch.storage.writer import write_batch
 from factories import LOOPBACK_API, config_text, probe_result, router_entry
+
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.writer import write_batch
 
 pytestmark = pytest.mark.system
 

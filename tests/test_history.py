@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from factories import outcome, probe_result
 
 from routewatch.aggregator.history import published_at
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.storage.schema import ensure_schema
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import write_batch
-from factories import outcome, probe_result
 
 pytestmark = pytest.mark.db
 

@@ -11,14 +11,15 @@ import random
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-
 from conftest import NO_TIMESCALEDB
+from factories import probe_result
 
+from routewatch.results.probe_result import ProbeResult
 from routewatch.storage import describe as db_status_module
 from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.housekeeping import (
@@ -33,9 +34,7 @@ from routewatch.storage.housekeeping import (
     run_maintenance,
 )
 from routewatch.storage.migrate import migrate
-from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.writer import write_batch
-from factories import probe_result
 
 pytestmark = pytest.mark.db
 
@@ -99,7 +98,7 @@ def expected_rollup(results: list[ProbeResult]) -> dict[tuple[Any, ...], dict[st
     """The hourly rollup computed here, independently of SQL."""
     out: dict[tuple[Any, ...], Counter[str]] = {}
     for r in results:
-        bucket = r.started_at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        bucket = r.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         c = out.setdefault((bucket, r.router, r.model, r.provider, r.region, r.prompt, r.methodology), Counter())
         c["input_tokens"] += r.input_tokens or 0
         c["output_tokens"] += r.output_tokens or 0
@@ -134,7 +133,7 @@ def kept_after_retention(results: list[ProbeResult], horizon: datetime) -> list[
 
 def _day_end(ts: datetime) -> datetime:
     day = partition_day(ts)
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
 
 
 async def partition_names(conn: asyncpg.Connection) -> set[str]:
@@ -152,7 +151,7 @@ async def test_partitions_are_daily_idempotent_and_safe_concurrently(db_dsn: str
     conns = [await asyncpg.connect(db_dsn) for _ in range(3)]
     try:
         await migrate(conns[0], mode="plain")
-        start = datetime(2026, 3, 28, tzinfo=timezone.utc).date()  # spans a DST change in Europe
+        start = datetime(2026, 3, 28, tzinfo=UTC).date()  # spans a DST change in Europe
         end = start + timedelta(days=4)
         created = await asyncio.gather(*(ensure_partitions(c, "plain", start, end) for c in conns))
         assert sum(created) == 5
@@ -161,8 +160,8 @@ async def test_partitions_are_daily_idempotent_and_safe_concurrently(db_dsn: str
 
         # Bounds are UTC midnights whatever the session's time zone.
         await conns[1].execute("SET TimeZone = 'America/New_York'")
-        last_moment = datetime(2026, 3, 29, 23, 59, 59, 999999, tzinfo=timezone.utc)
-        first_moment = datetime(2026, 3, 30, tzinfo=timezone.utc)
+        last_moment = datetime(2026, 3, 29, 23, 59, 59, 999999, tzinfo=UTC)
+        first_moment = datetime(2026, 3, 30, tzinfo=UTC)
         await write_batch(conns[1], [_result(last_moment), _result(first_moment)])
         placed = await conns[1].fetch(
             "SELECT tableoid::regclass::text AS part FROM probe_results ORDER BY started_at")
@@ -176,7 +175,7 @@ async def test_timescaledb_needs_no_partitions(conn: asyncpg.Connection, db_mode
     if db_mode != "timescaledb":
         pytest.skip(NO_TIMESCALEDB)
     await migrate(conn, mode="timescaledb")
-    today = partition_day(datetime.now(timezone.utc))
+    today = partition_day(datetime.now(UTC))
     assert await ensure_partitions(conn, "timescaledb", today, today + timedelta(days=3)) == 0
     assert await PartitionCache().ensure(conn, "timescaledb", [today]) == 0
 
@@ -184,7 +183,7 @@ async def test_timescaledb_needs_no_partitions(conn: asyncpg.Connection, db_mode
 async def test_partition_cache_asks_the_database_once_per_day(conn: asyncpg.Connection) -> None:
     await migrate(conn, mode="plain")
     cache = PartitionCache()
-    today = partition_day(datetime.now(timezone.utc))
+    today = partition_day(datetime.now(UTC))
     days = [today, today - timedelta(days=2)]
     assert await cache.ensure(conn, "plain", days) == 2
     # Removed behind the cache's back: a remembered day is not looked up again ...

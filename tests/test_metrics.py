@@ -20,23 +20,23 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from factories import LOOPBACK_TIMEOUTS, config_text, outcome, probe_result, prompt_entry, router_entry
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+
 from routewatch.aggregator.publish.api import create_app
-from routewatch.storage.leadership import Leadership
 from routewatch.aggregator.publish.metrics import ProberHealthSlot
 from routewatch.aggregator.refresh import Aggregator, Snapshot
-from routewatch.storage.schema import ensure_schema
 from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts
 from routewatch.config import SLOConfig, parse_config
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.probe.scheduler import Prober, new_session
 from routewatch.probe.targets import plan
-from routewatch.storage.writer import BatchWriter, write_batch
-
+from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
-from factories import LOOPBACK_TIMEOUTS, config_text, outcome, probe_result, prompt_entry, router_entry
+from routewatch.storage.leadership import Leadership
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.writer import BatchWriter, write_batch
 
 pytestmark = pytest.mark.db
 

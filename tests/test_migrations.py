@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+from factories import probe_result
 
+from routewatch.results.probe_result import COLUMNS
 from routewatch.storage.housekeeping import (
     CHUNK_INTERVAL,
     PARTITIONS_AHEAD_DAYS,
@@ -30,9 +32,7 @@ from routewatch.storage.migrate import (
     migrate,
 )
 from routewatch.storage.schema import ensure_schema
-from routewatch.results.probe_result import COLUMNS
 from routewatch.storage.writer import write_batch
-from factories import probe_result
 
 LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history", "0005_status",
           "0006_ingest_done"]
@@ -251,7 +251,7 @@ async def test_a_pre_migration_schema_is_refused(conn: asyncpg.Connection) -> No
 @pytest.mark.db
 async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mode: str) -> None:
     await migrate(conn, mode=mode)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     results = [probe_result(started_at=now - timedelta(days=d, minutes=m)) for d in range(3) for m in range(5)]
 
     if mode == "plain":

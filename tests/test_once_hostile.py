@@ -53,7 +53,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         await resp.write(_event('{"error": {"message": "overloaded \\ud800 [/] try later"}}'))
     else:
         served = json.dumps(SERVED_BY)[1:-1] + "\\udfff"
-        chunk = '{"id": "c1", "model": "%s", "choices": [{"delta": {"content": "one two three four"}}]}' % served
+        chunk = '{"id": "c1", "model": "' + served + '", "choices": [{"delta": {"content": "one two three four"}}]}'
         await resp.write(_event(chunk))
         await resp.write(_event('{"choices": [{"delta": {}, "finish_reason": "stop"}], '
                                 '"usage": {"prompt_tokens": 12, "completion_tokens": 4}}'))

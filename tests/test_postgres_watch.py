@@ -64,9 +64,8 @@ async def test_a_server_that_cannot_come_back_is_given_up(workdir: Path, caplog:
         (server.pgdata / "PG_VERSION").write_text("9\n")
         os.kill(pid, signal.SIGKILL)
         policy = RestartPolicy(max_tries=3, window_s=60, first_delay_s=0.05)
-        with caplog.at_level(logging.INFO, logger="routewatch"):
-            with pytest.raises(PostgresGaveUp) as gave_up:
-                await asyncio.wait_for(watch_postgres(server, policy, poll_s=0.05), 45)
+        with caplog.at_level(logging.INFO, logger="routewatch"), pytest.raises(PostgresGaveUp) as gave_up:
+            await asyncio.wait_for(watch_postgres(server, policy, poll_s=0.05), 45)
     finally:
         server.stop()
     message = str(gave_up.value)

@@ -8,6 +8,7 @@ leave the connection pool usable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,10 +21,10 @@ import pytest
 from routewatch.probe import chat_stream
 from routewatch.probe.chat_stream import MAX_RESPONSE_BYTES
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.probe.scheduler import new_session
 from routewatch.probe.target import Canary, Target
 from routewatch.probe.timing import StreamMarks
+from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
 pytestmark = pytest.mark.system
@@ -147,7 +148,7 @@ async def test_keepalive_comments_are_not_tokens(session, sim) -> None:
     [("fault/http_429", "http_429", 429), ("fault/http_500", "http_5xx", 500), ("fault/http_400", "http_4xx", 400)],
 )
 async def test_http_errors(session, sim, model: str, error_class: str, status: int) -> None:
-    r, elapsed = await probe(session, sim.base_url, model)
+    r, _elapsed = await probe(session, sim.base_url, model)
     check_shape(r)
     assert (r.error_class, r.http_status) == (error_class, status)
     assert r.ttfb_ms is not None and r.ttft_ms is None and r.chunks == 0
@@ -211,14 +212,14 @@ async def test_stall_between_tokens_is_an_idle_timeout(session, sim) -> None:
 
 
 async def test_huge_answer_is_cut_off(session, sim) -> None:
-    r, elapsed = await probe(session, sim.base_url, "fault/huge", Timeouts(total=20.0, idle=5.0, first_token=5.0))
+    r, _elapsed = await probe(session, sim.base_url, "fault/huge", Timeouts(total=20.0, idle=5.0, first_token=5.0))
     assert r.error_class == "bad_response"
     assert r.error_detail == f"answer larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB"
     await assert_pool_still_works(session, sim)
 
 
 async def test_overlong_line_is_refused(session, sim) -> None:
-    r, elapsed = await probe(session, sim.base_url, "fault/long_line", Timeouts(total=20.0, idle=5.0, first_token=5.0))
+    r, _elapsed = await probe(session, sim.base_url, "fault/long_line", Timeouts(total=20.0, idle=5.0, first_token=5.0))
     assert r.error_class == "bad_response" and "longer than" in (r.error_detail or "")
     await assert_pool_still_works(session, sim)
 
@@ -243,10 +244,8 @@ def full_backlog() -> Iterator[int]:
     for _ in range(3):
         c = socket.socket()
         c.settimeout(0.2)
-        try:
+        with contextlib.suppress(OSError):
             c.connect(("127.0.0.1", port))
-        except OSError:
-            pass
         held.append(c)
     yield port
     for c in held:

@@ -14,16 +14,13 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from hostile_router import (
     INT4_MAX,
     HostileRouter,
@@ -37,9 +34,12 @@ from hostile_router import (
     timeouts,
     token,
 )
-from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from routewatch.probe import chat_stream
 from routewatch.probe.scheduler import new_session
+from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 
 pytestmark = pytest.mark.system
 
@@ -317,7 +317,7 @@ def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 _delta = st.fixed_dictionaries(
     {},
-    optional={key: _json for key in ("content", "reasoning", "reasoning_content", "tool_calls", "role")},
+    optional=dict.fromkeys(("content", "reasoning", "reasoning_content", "tool_calls", "role"), _json),
 )
 _choice = st.fixed_dictionaries({}, optional={"delta": _maybe(_delta), "finish_reason": _json, "index": _json})
 _usage = st.fixed_dictionaries({}, optional={"prompt_tokens": _json, "completion_tokens": _json})
@@ -393,7 +393,7 @@ async def test_retry_after_is_a_sane_delay_or_nothing(session, router, header: s
 
 
 async def test_retry_after_as_an_http_date(session, router) -> None:
-    at = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)
+    at = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
     reply = Reply(status=429, headers={"Content-Type": "application/json", "Retry-After": at}, body=b"{}")
     r = await probe(session, router, reply)
     assert r.retry_after_s is not None and 85 <= r.retry_after_s <= 90

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from hostile_router import HostileRouter, Reply, finish, healthy_body, running_router, sse, token
+
 from routewatch.probe.chat_stream import MAX_RESPONSE_BYTES
 from routewatch.probe.sse import MAX_EVENT_BYTES
 

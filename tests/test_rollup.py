@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 import asyncpg
 import numpy as np
 import pytest
+from factories import outcome, probe_result
 
-from routewatch.storage.housekeeping import PartitionCache
-from routewatch.storage.migrate import migrate
+from routewatch.aggregator.exact_reference import window_counts
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.aggregator.rollup import (
     CellKey,
@@ -28,11 +28,11 @@ from routewatch.aggregator.rollup import (
     window_stats,
 )
 from routewatch.aggregator.stats import MIN_OK_SAMPLES, CellStats
-from routewatch.aggregator.exact_reference import window_counts
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage import hist_queries
+from routewatch.storage.housekeeping import PartitionCache
+from routewatch.storage.migrate import migrate
 from routewatch.storage.writer import insert_batch, write_batch
-from factories import outcome, probe_result
 
 pytestmark = pytest.mark.db
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-
 from factories import probe_result
 from hostile_router import storable_problems
+
 from routewatch.probe.redact import MAX_DETAIL_CHARS, redact
-from routewatch.results.probe_result import ProbeResult
 from routewatch.probe.router_values import (
     INT4_MAX,
     MAX_LABEL_CHARS,
@@ -23,6 +22,7 @@ from routewatch.probe.router_values import (
     token_count,
     valid_text,
 )
+from routewatch.results.probe_result import ProbeResult
 
 pytestmark = pytest.mark.unit
 
@@ -63,7 +63,7 @@ def test_token_count_accepts_counts(value: object, expected: int | None) -> None
 
 @pytest.mark.parametrize("value", [-1, INT4_MAX + 1, 2**63, 1.5, math.nan, math.inf, "3", True, [3], {"n": 3}])
 def test_token_count_refuses_what_is_not_a_count(value: object) -> None:
-    with pytest.raises(UnusableValue, match="usage.x is"):
+    with pytest.raises(UnusableValue, match=r"usage\.x is"):
         token_count(value, "usage.x")
 
 
@@ -80,7 +80,7 @@ def test_label_is_capped_and_blank_is_none() -> None:
 
 
 def test_retry_after() -> None:
-    now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
     assert retry_after_seconds(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
     assert retry_after_seconds(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0.0
     assert retry_after_seconds("Mon, 99 Foo 2025 99:99:99 GMT", now) is None

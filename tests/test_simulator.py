@@ -112,7 +112,7 @@ async def read_stream(resp: aiohttp.ClientResponse) -> Stream:
                 if not data_lines:
                     first_ns = now
                 data_lines.append(value.removeprefix(" "))
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return Stream(events, exc)
     return Stream(events, None)
 
@@ -349,7 +349,7 @@ async def read_raw(resp: aiohttp.ClientResponse, limit_bytes: int | None = None)
             pieces.append((time.perf_counter_ns(), data))
             if limit_bytes is not None and sum(len(d) for _, d in pieces) >= limit_bytes:
                 break
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     return pieces
 

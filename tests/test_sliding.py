@@ -16,15 +16,15 @@ from datetime import datetime, timedelta
 import asyncpg
 import numpy as np
 import pytest
+from factories import probe_result
 
-from routewatch.storage.hist_queries import bump_hist_generation
-from routewatch.storage.housekeeping import PartitionCache
-from routewatch.storage.migrate import migrate
 from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.hist_queries import bump_hist_generation
+from routewatch.storage.housekeeping import PartitionCache
+from routewatch.storage.migrate import migrate
 from routewatch.storage.writer import write_batch
-from factories import probe_result
 
 pytestmark = pytest.mark.db
 

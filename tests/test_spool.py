@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from factories import probe_result
+
 from routewatch.results.probe_result import COLUMNS, ProbeResult
 from routewatch.storage.spool import (
     HEADER_BYTES,

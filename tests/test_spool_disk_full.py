@@ -22,11 +22,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from factories import probe_result
+from writer_support import stored_ids, until
 
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import BatchWriter
-from factories import probe_result
-from writer_support import stored_ids, until
 
 pytestmark = pytest.mark.system
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+
 from routewatch.aggregator.model_state import (
     UPTIME_DAYS,
     DailyUptime,
@@ -147,7 +148,7 @@ def test_naive_now_is_rejected() -> None:
         advance(
             ModelStatus.initial(MODEL, T0),
             [],
-            datetime(2025, 6, 1),
+            datetime(2025, 6, 1),  # noqa: DTZ001 -- the naive datetime is what the test refuses
             SLOConfig(),
             INTERVAL,
         )

@@ -32,7 +32,6 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
-from routewatch.aggregator.model_state import UPTIME_DAYS
 from status_seed import (
     BROKEN,
     CLOSED_ID,
@@ -47,6 +46,8 @@ from status_seed import (
     seed_status,
     status_app,
 )
+
+from routewatch.aggregator.model_state import UPTIME_DAYS
 
 pytestmark = pytest.mark.system
 

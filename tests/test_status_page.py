@@ -13,37 +13,6 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
-from routewatch.aggregator.publish.display import (
-    MISSING,
-    format_duration,
-    format_percent,
-    format_price,
-    format_tps,
-    format_ttft,
-)
-from routewatch.aggregator.refresh import Aggregator
-from routewatch.storage.schema import ensure_schema
-from routewatch.aggregator.model_state import (
-    UPTIME_DAYS,
-    DayUptime,
-    Incident,
-    ModelStatus,
-    State,
-)
-from routewatch.aggregator.publish.status_page import (
-    BANNERS,
-    bar_text,
-    render_message_page,
-    render_status_page,
-)
-from routewatch.aggregator.model_state_store import StatusReport
-from routewatch.aggregator.publish.status_view import (
-    DayBar,
-    RouteFigures,
-    build_view,
-    day_level,
-    view_json,
-)
 from status_seed import (
     BROKEN,
     CLOSED_ID,
@@ -61,6 +30,38 @@ from status_seed import (
     seed_status,
     status_app,
 )
+
+from routewatch.aggregator.model_state import (
+    UPTIME_DAYS,
+    DayUptime,
+    Incident,
+    ModelStatus,
+    State,
+)
+from routewatch.aggregator.model_state_store import StatusReport
+from routewatch.aggregator.publish.display import (
+    MISSING,
+    format_duration,
+    format_percent,
+    format_price,
+    format_tps,
+    format_ttft,
+)
+from routewatch.aggregator.publish.status_page import (
+    BANNERS,
+    bar_text,
+    render_message_page,
+    render_status_page,
+)
+from routewatch.aggregator.publish.status_view import (
+    DayBar,
+    RouteFigures,
+    build_view,
+    day_level,
+    view_json,
+)
+from routewatch.aggregator.refresh import Aggregator
+from routewatch.storage.schema import ensure_schema
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 TODAY = T0.date()

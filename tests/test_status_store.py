@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from factories import outcome, probe_result
+
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.storage.schema import ensure_schema
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import write_batch
-from factories import outcome, probe_result
 
 pytestmark = pytest.mark.db
 

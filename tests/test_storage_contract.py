@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 import pytest
+from factories import probe_result
 
 from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.results.probe_result import COLUMNS, ProbeResult
@@ -24,7 +25,6 @@ from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.housekeeping import PartitionCache, apply_retention, refresh_rollups
 from routewatch.storage.migrate import load_migrations, migrate
 from routewatch.storage.writer import write_batch
-from factories import probe_result
 
 pytestmark = pytest.mark.db
 

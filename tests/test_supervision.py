@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 
 from routewatch.aggregator.publish.api import FAILED_COMPONENTS, create_app
+from routewatch.aggregator.publish.server import ApiServer, bind_listeners, start_api
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.schema import ensure_schema
-from routewatch.aggregator.publish.server import ApiServer, bind_listeners, start_api
 from routewatch.supervision import Supervisor, dsn_secrets
 
 

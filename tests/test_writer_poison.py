@@ -17,13 +17,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-from routewatch.storage.schema import ensure_schema
-from routewatch.results.probe_result import ProbeResult
-from routewatch.storage.spool import Spool
-from routewatch.storage.writer import DEAD_LETTER_FILE, BatchWriter
 from factories import probe_result
 from writer_support import stored_ids, until
+
+from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.spool import Spool
+from routewatch.storage.writer import DEAD_LETTER_FILE, BatchWriter
 
 pytestmark = pytest.mark.db
 

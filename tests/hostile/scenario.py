@@ -44,9 +44,9 @@ from .harness import (
     http,
     scan_tree,
     start_router,
-    table_columns,
     sweep_api,
     sweep_paths,
+    table_columns,
 )
 from .router import BEHAVIOURS, CONTROLS, model_id
 
