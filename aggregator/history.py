@@ -43,11 +43,26 @@ def history_rows(taken_at: datetime, stats: list[ModelStats]) -> list[tuple[obje
     rows: list[tuple[object, ...]] = []
     for s in stats:
         c = s.counts
-        rows.append((
-            taken_at, s.router, s.model, s.window, c.attempts, c.ok, c.rate_limited, s.error_rate,
-            s.error_rate_excl_429, c.ttft_p50_ms, c.ttft_p95_ms, c.ttfat_p50_ms, c.ttfat_p95_ms, c.tps_p50,
-            c.input_tokens, c.output_tokens,
-        ))
+        rows.append(
+            (
+                taken_at,
+                s.router,
+                s.model,
+                s.window,
+                c.attempts,
+                c.ok,
+                c.rate_limited,
+                s.error_rate,
+                s.error_rate_excl_429,
+                c.ttft_p50_ms,
+                c.ttft_p95_ms,
+                c.ttfat_p50_ms,
+                c.ttfat_p95_ms,
+                c.tps_p50,
+                c.input_tokens,
+                c.output_tokens,
+            )
+        )
     return rows
 
 
@@ -58,9 +73,7 @@ async def record(conn: Conn, taken_at: datetime, stats: list[ModelStats]) -> int
     return len(rows)
 
 
-async def published_at(
-    conn: Conn, router: str, model: str, window: str, at: datetime
-) -> PublishedFigures | None:
+async def published_at(conn: Conn, router: str, model: str, window: str, at: datetime) -> PublishedFigures | None:
     """The figures published for (router, model, window) by the last snapshot at or before ``at``."""
     row = await history_queries.last_published(conn, router, model, window, at)
     return None if row is None else PublishedFigures(**row)

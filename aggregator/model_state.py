@@ -75,9 +75,7 @@ class Observation:
     started_at: datetime  # timezone-aware
     ok: bool
     ttft_ms: float | None  # None when no first token arrived (a failed probe)
-    prober_overloaded: bool = (
-        False  # the prober's loop lagged: says nothing about the model
-    )
+    prober_overloaded: bool = False  # the prober's loop lagged: says nothing about the model
     id: Hashable | None = None  # the probe's id: counts it once however late it arrives
 
 
@@ -122,9 +120,7 @@ class Transition:
     at: datetime
 
 
-def prober_healthy(
-    observations: Iterable[Observation], now: datetime, interval: float
-) -> tuple[bool, str]:
+def prober_healthy(observations: Iterable[Observation], now: datetime, interval: float) -> tuple[bool, str]:
     """Whether the prober was healthy at ``now``, and why not.
 
     Healthy means its latest probe at or before ``now`` (any model) started
@@ -200,9 +196,7 @@ def advance(
     state, reason = _judge(mine, observations, now, slo, interval, failures, latched)
     since = status.since if state == status.state else now
     counted = frozenset(o.id for o in mine if o.id is not None)
-    return ModelStatus(
-        status.model, state, since, failures, successes, reason, latched, now, counted
-    )
+    return ModelStatus(status.model, state, since, failures, successes, reason, latched, now, counted)
 
 
 def _judge(
@@ -217,12 +211,7 @@ def _judge(
     healthy, why = prober_healthy(everyone, now, interval)
     if not healthy:
         return State.UNKNOWN, why
-    window = [
-        o
-        for o in mine
-        if now - o.started_at < timedelta(seconds=slo.window)
-        and not o.prober_overloaded
-    ]
+    window = [o for o in mine if now - o.started_at < timedelta(seconds=slo.window) and not o.prober_overloaded]
     span = _fmt_span(slo.window)
     if not window:
         return State.UNKNOWN, f"no probe in the last {span}"
@@ -316,12 +305,8 @@ class IncidentBook:
     suppressed at the first update after that.
     """
 
-    incidents: list[Incident] = field(
-        default_factory=list
-    )  # oldest first; the last may be open
-    states: dict[str, State] = field(
-        default_factory=dict
-    )  # each model's latest state seen
+    incidents: list[Incident] = field(default_factory=list)  # oldest first; the last may be open
+    states: dict[str, State] = field(default_factory=dict)  # each model's latest state seen
 
     @property
     def open(self) -> Incident | None:
@@ -351,31 +336,22 @@ class IncidentBook:
         # Maintenance over, model still bad: from now on it is a real outage.
         current = self.open
         still_bad = current is not None and any(
-            self.states.get(m) in _BAD and not _covered(m, now, maintenance)
-            for m in current.models
+            self.states.get(m) in _BAD and not _covered(m, now, maintenance) for m in current.models
         )
         if current is not None and current.suppressed and still_bad:
             touched[current.id] = self._replace_open(suppressed=False)
         return sorted(touched.values(), key=lambda i: i.id)
 
-    def _apply(
-        self, t: Transition, maintenance: Sequence[MaintenanceWindow]
-    ) -> Incident | None:
+    def _apply(self, t: Transition, maintenance: Sequence[MaintenanceWindow]) -> Incident | None:
         current = self.open
         if t.new in _BAD:
             covered = _covered(t.model, t.at, maintenance)
             if current is None:
                 next_id = self.incidents[-1].id + 1 if self.incidents else 1
-                incident = Incident(
-                    next_id, t.at, None, t.new, frozenset({t.model}), covered
-                )
+                incident = Incident(next_id, t.at, None, t.new, frozenset({t.model}), covered)
                 self.incidents.append(incident)
                 return incident
-            worst = (
-                t.new
-                if _SEVERITY[t.new] > _SEVERITY[current.worst_state]
-                else current.worst_state
-            )
+            worst = t.new if _SEVERITY[t.new] > _SEVERITY[current.worst_state] else current.worst_state
             return self._replace_open(
                 worst_state=worst,
                 models=current.models | {t.model},
@@ -396,9 +372,7 @@ class IncidentBook:
         return incident
 
 
-def _covered(
-    model: str, at: datetime, maintenance: Sequence[MaintenanceWindow]
-) -> bool:
+def _covered(model: str, at: datetime, maintenance: Sequence[MaintenanceWindow]) -> bool:
     return any(window.covers(model, at) for window in maintenance)
 
 
@@ -436,22 +410,16 @@ class DailyUptime:
         _check_aware(start, "start")
         _check_aware(end, "end")
         if end < start:
-            raise ValueError(
-                f"end ({end.isoformat()}) is before start ({start.isoformat()})"
-            )
+            raise ValueError(f"end ({end.isoformat()}) is before start ({start.isoformat()})")
         at = start.astimezone(UTC)
         stop = end.astimezone(UTC)
         while at < stop:
-            midnight = datetime.combine(
-                at.date() + timedelta(days=1), datetime.min.time(), UTC
-            )
+            midnight = datetime.combine(at.date() + timedelta(days=1), datetime.min.time(), UTC)
             upto = min(midnight, stop)
             key = (model, at.date())
             day = self.days.get(key, DayUptime())
             seconds = (upto - at).total_seconds()
-            self.days[key] = replace(
-                day, **{state.value: getattr(day, state.value) + seconds}
-            )
+            self.days[key] = replace(day, **{state.value: getattr(day, state.value) + seconds})
             at = upto
 
     def day(self, model: str, day: date) -> DayUptime:

@@ -69,8 +69,7 @@ class StatusReport:
             "updated_at": _iso(self.updated_at),
             "overall": self.overall.value,
             "models": [
-                {"id": m.model, "state": m.state.value, "since": _iso(m.since), "reason": m.reason}
-                for m in self.models
+                {"id": m.model, "state": m.state.value, "since": _iso(m.since), "reason": m.reason} for m in self.models
             ],
             "incidents": {
                 "open": [_incident_json(i) for i in self.open],
@@ -96,9 +95,7 @@ class StatusTracker:
         self._statuses: dict[str, ModelStatus] | None = None  # None: load from the table first
         self._book = IncidentBook()
 
-    def reconfigure(
-        self, slo: SLOConfig, interval_s: float, maintenance: Sequence[MaintenanceWindow] = ()
-    ) -> None:
+    def reconfigure(self, slo: SLOConfig, interval_s: float, maintenance: Sequence[MaintenanceWindow] = ()) -> None:
         """Judge with these targets, probe interval and maintenance windows from the next evaluation on."""
         self._slo = slo
         self._interval = interval_s
@@ -154,8 +151,14 @@ async def load_statuses(conn: Conn) -> dict[str, ModelStatus]:
     rows = await queries.model_statuses(conn)
     return {
         r["model"]: ModelStatus(
-            r["model"], State(r["state"]), r["since"], r["consecutive_failures"],
-            r["consecutive_successes"], r["reason"], r["latched_down"], r["as_of"],
+            r["model"],
+            State(r["state"]),
+            r["since"],
+            r["consecutive_failures"],
+            r["consecutive_successes"],
+            r["reason"],
+            r["latched_down"],
+            r["as_of"],
         )
         for r in rows
     }
@@ -196,8 +199,17 @@ async def _save(
     await queries.save_model_state(
         conn,
         [
-            (s.model, s.state.value, s.since, s.reason, s.consecutive_failures,
-             s.consecutive_successes, s.latched_down, s.as_of, now)
+            (
+                s.model,
+                s.state.value,
+                s.since,
+                s.reason,
+                s.consecutive_failures,
+                s.consecutive_successes,
+                s.latched_down,
+                s.as_of,
+                now,
+            )
             for s in statuses.values()
         ],
         [(i.id, i.start, i.end, i.worst_state.value, sorted(i.models), i.suppressed, now) for i in incidents],
@@ -207,8 +219,12 @@ async def _save(
 
 def _incident(row: asyncpg.Record) -> Incident:
     return Incident(
-        row["id"], row["start"], row["end"], State(row["worst_state"]),
-        frozenset(row["models"]), row["suppressed"],
+        row["id"],
+        row["start"],
+        row["end"],
+        State(row["worst_state"]),
+        frozenset(row["models"]),
+        row["suppressed"],
     )
 
 

@@ -154,7 +154,9 @@ class Aggregator:
         async with self._pool.acquire() as conn:
             if self.role == "leader":
                 report = await refresh_hist(
-                    conn, retention=self._retention, known=self._sliding.known_hour(),
+                    conn,
+                    retention=self._retention,
+                    known=self._sliding.known_hour(),
                     max_providers=self._max_providers,
                     label_hours=max((window_hours(s) for s in self._windows.values()), default=1),
                 )
@@ -181,7 +183,12 @@ class Aggregator:
             for key in seen:
                 cell = per_window.get(key)
                 stats[name][key] = ModelStats(
-                    key[0], key[1], name, start, now, now,
+                    key[0],
+                    key[1],
+                    name,
+                    start,
+                    now,
+                    now,
                     cell.counts if cell is not None else _empty(key),
                     cell=cell,
                     breakdown=breakdowns.get(key, {}),

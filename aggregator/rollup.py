@@ -176,9 +176,15 @@ async def refresh_hist(
         report = await _refresh(conn, retention, now, known, max_providers, label_hours)
     log.debug("hist refresh: %s", report)
     for router, model in report.capped:  # committed: the "other" rows now in the table keep it to once
-        log.warning("router %s, model %s: more than %d distinct providers reported within %d h;"
-                    " the rest are counted as %r (aggregator.max_providers_per_model)",
-                    router, model, max_providers, label_hours, "other")
+        log.warning(
+            "router %s, model %s: more than %d distinct providers reported within %d h;"
+            " the rest are counted as %r (aggregator.max_providers_per_model)",
+            router,
+            model,
+            max_providers,
+            label_hours,
+            "other",
+        )
     return report
 
 
@@ -260,8 +266,17 @@ async def _refresh(
 
     await ingest_log.mark_taken(conn, logs, now)
     return RefreshReport(
-        now, len(logs), tuple(hours), len(skipped), len(raw) + len(new_raw), len(to_write),
-        generation_before, generation_before + 1, tuple(now_rows), tuple(written), tuple(replaced),
+        now,
+        len(logs),
+        tuple(hours),
+        len(skipped),
+        len(raw) + len(new_raw),
+        len(to_write),
+        generation_before,
+        generation_before + 1,
+        tuple(now_rows),
+        tuple(written),
+        tuple(replaced),
         tuple(cap.newly_capped),
     )
 
@@ -278,8 +293,13 @@ async def _label_cap(
     """
     stored: dict[SeriesKey, set[str]] = {}
     since = current - hours * HOUR
-    if (known is not None and known.providers is not None and known.generation == generation
-            and known.hour <= current and known.providers_hours >= hours):
+    if (
+        known is not None
+        and known.providers is not None
+        and known.generation == generation
+        and known.hour <= current
+        and known.providers_hours >= hours
+    ):
         for key, values in known.providers.items():
             stored.setdefault(key, set()).update(values)
         for h in known.rows:
@@ -302,8 +322,19 @@ def series_key(h: HourRow) -> HourKey:
 def encode_row(h: HourRow) -> tuple[Any, ...]:
     """``h`` as a probe_hist_hourly record, in ``hist_queries.HIST_COLUMNS`` order."""
     return (
-        *series_key(h), h.attempts, h.ok, h.rate_limited, h.overloaded, json.dumps(dict(sorted(h.errors.items()))),
-        h.input_tokens, h.output_tokens, h.first, h.last, h.ttft.to_bytes(), h.ttfat.to_bytes(), h.tps.to_bytes(),
+        *series_key(h),
+        h.attempts,
+        h.ok,
+        h.rate_limited,
+        h.overloaded,
+        json.dumps(dict(sorted(h.errors.items()))),
+        h.input_tokens,
+        h.output_tokens,
+        h.first,
+        h.last,
+        h.ttft.to_bytes(),
+        h.ttfat.to_bytes(),
+        h.tps.to_bytes(),
     )
 
 
@@ -420,11 +451,18 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     return [
         HourRow(
             *keys[int(group[a])],
-            attempts=attempts[g], ok=oks[g], rate_limited=errors[int(group[a])].get("http_429", 0),
-            overloaded=overloaded[g], errors=dict(sorted(errors[int(group[a])].items())),
-            input_tokens=tokens_in[g], output_tokens=tokens_out[g],
-            first=rows[a]["started_at"], last=rows[b - 1]["started_at"],
-            ttft=hists[0][g], ttfat=hists[1][g], tps=hists[2][g],
+            attempts=attempts[g],
+            ok=oks[g],
+            rate_limited=errors[int(group[a])].get("http_429", 0),
+            overloaded=overloaded[g],
+            errors=dict(sorted(errors[int(group[a])].items())),
+            input_tokens=tokens_in[g],
+            output_tokens=tokens_out[g],
+            first=rows[a]["started_at"],
+            last=rows[b - 1]["started_at"],
+            ttft=hists[0][g],
+            ttfat=hists[1][g],
+            tps=hists[2][g],
         )
         for g, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
     ]
@@ -464,11 +502,25 @@ def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
     """A probe_hist_hourly row (a record with ``hist_queries.HIST_COLUMNS``) decoded."""
     errors = r["errors"]
     return HourRow(
-        r["bucket"], r["router"], r["model"], r["provider"], r["region"], r["prompt"], r["methodology"],
-        r["attempts"], r["ok"],
-        r["rate_limited"], r["overloaded"], json.loads(errors) if isinstance(errors, str) else dict(errors),
-        r["input_tokens"], r["output_tokens"], r["first_started"], r["last_started"],
-        Histogram.from_bytes(r["ttft"]), Histogram.from_bytes(r["ttfat"]), Histogram.from_bytes(r["tps"]),
+        r["bucket"],
+        r["router"],
+        r["model"],
+        r["provider"],
+        r["region"],
+        r["prompt"],
+        r["methodology"],
+        r["attempts"],
+        r["ok"],
+        r["rate_limited"],
+        r["overloaded"],
+        json.loads(errors) if isinstance(errors, str) else dict(errors),
+        r["input_tokens"],
+        r["output_tokens"],
+        r["first_started"],
+        r["last_started"],
+        Histogram.from_bytes(r["ttft"]),
+        Histogram.from_bytes(r["ttfat"]),
+        Histogram.from_bytes(r["tps"]),
     )
 
 
@@ -528,8 +580,21 @@ def cells_stats(groups: Mapping[CellKey, Sequence[HourRow]]) -> dict[CellKey, Ce
         (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat[g]
         ((tps_p50, tps_p50_ci),) = tps[g]
         counts = WindowCounts(
-            key[0], key[1], attempts, ok, rate_limited, overloaded, ttft_p50, ttft_p95, ttfat_p50, ttfat_p95,
-            tps_p50, tokens_in, tokens_out, first_probe, last_probe,
+            key[0],
+            key[1],
+            attempts,
+            ok,
+            rate_limited,
+            overloaded,
+            ttft_p50,
+            ttft_p95,
+            ttfat_p50,
+            ttfat_p95,
+            tps_p50,
+            tokens_in,
+            tokens_out,
+            first_probe,
+            last_probe,
         )
         out[key] = CellStats(
             counts=counts,
@@ -551,10 +616,12 @@ def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float,
     for j in range(table.values.shape[1]):
         values, lows, highs = (a[:, j].tolist() for a in (table.values, table.ci_low, table.ci_high))
         # NaN marks "none" (NaN != NaN).
-        per_q.append([
-            (v if v == v else None, (lo, hi) if lo == lo else None)
-            for v, lo, hi in zip(values, lows, highs, strict=True)
-        ])
+        per_q.append(
+            [
+                (v if v == v else None, (lo, hi) if lo == lo else None)
+                for v, lo, hi in zip(values, lows, highs, strict=True)
+            ]
+        )
     return [list(row) for row in zip(*per_q, strict=True)] if per_q else []
 
 
@@ -585,7 +652,8 @@ async def window_stats(
         for key in cell_keys(h.router, h.model, h.provider, h.region):
             by_key[key].append(h)
     return {
-        name: cells_stats(cap_cells({key: [h for h in hours if h.bucket >= start] for key, hours in by_key.items()},
-                                    max_providers))
+        name: cells_stats(
+            cap_cells({key: [h for h in hours if h.bucket >= start] for key, hours in by_key.items()}, max_providers)
+        )
         for name, start in starts.items()
     }

@@ -130,10 +130,7 @@ def sql_bucket_expr(column: str) -> str:
     x = f"({column})::float8"
     clamped = f"least(greatest({x}, '{MIN_VALUE!r}'::float8), '{MAX_VALUE!r}'::float8)"
     index = f"ceil(ln({clamped}) / '{LN_GAMMA!r}'::float8)::int"
-    return (
-        f"CASE WHEN {x} > 0 AND {x} <> 'NaN'::float8"
-        f" THEN least(greatest({index}, {MIN_INDEX}), {MAX_INDEX}) END"
-    )
+    return f"CASE WHEN {x} > 0 AND {x} <> 'NaN'::float8 THEN least(greatest({index}, {MIN_INDEX}), {MAX_INDEX}) END"
 
 
 # --- Confidence intervals --------------------------------------------------
@@ -314,9 +311,7 @@ class Histogram:
         return cls._trusted(lo, np.bincount(idx - lo).astype(np.int64), zeros)
 
     @classmethod
-    def from_indices(
-        cls, indices: npt.ArrayLike, counts: npt.ArrayLike | None = None, zeros: int = 0
-    ) -> Histogram:
+    def from_indices(cls, indices: npt.ArrayLike, counts: npt.ArrayLike | None = None, zeros: int = 0) -> Histogram:
         """Histogram from bucket indices with counts (default 1 each), e.g. rows of a SQL rollup.
 
         Indices may repeat (their counts add) and come in any order.
@@ -352,11 +347,7 @@ class Histogram:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Histogram):
             return NotImplemented
-        return (
-            self.offset == other.offset
-            and self.zeros == other.zeros
-            and np.array_equal(self.counts, other.counts)
-        )
+        return self.offset == other.offset and self.zeros == other.zeros and np.array_equal(self.counts, other.counts)
 
     __hash__ = None  # type: ignore[assignment]  # equal by value, yet holds an array
 

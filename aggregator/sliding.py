@@ -104,7 +104,10 @@ def _same_sums(a: HourRow, b: HourRow) -> bool:
     return (
         (a.attempts, a.ok, a.rate_limited, a.overloaded, a.input_tokens, a.output_tokens, a.rows, a.first, a.last)
         == (b.attempts, b.ok, b.rate_limited, b.overloaded, b.input_tokens, b.output_tokens, b.rows, b.first, b.last)
-        and a.errors == b.errors and a.ttft == b.ttft and a.ttfat == b.ttfat and a.tps == b.tps
+        and a.errors == b.errors
+        and a.ttft == b.ttft
+        and a.ttfat == b.ttfat
+        and a.tps == b.tps
     )
 
 
@@ -231,8 +234,7 @@ class SlidingWindows:
         for name in {name for name, _ in touched}:
             sums = self._sums[name]
             self._aliases[name] = {
-                key for key, acc in sums.items()
-                if len(key) > 2 and key[:2] in sums and _same_sums(acc, sums[key[:2]])
+                key for key, acc in sums.items() if len(key) > 2 and key[:2] in sums and _same_sums(acc, sums[key[:2]])
             }
 
     def _replace_rows(self, old: Iterable[HourRow], new: Iterable[HourRow]) -> None:
@@ -260,10 +262,10 @@ class SlidingWindows:
         assert self._current is not None
         previous = self._current
         gains = {name: (max(previous, self._start(name, current)), current) for name in self._sums}
-        losses = {name: (self._start(name, previous), min(previous, self._start(name, current)))
-                  for name in self._sums}
-        needed = sorted({lo + i * HOUR for lo, hi in [*gains.values(), *losses.values()]
-                         for i in range(int((hi - lo) / HOUR))})
+        losses = {name: (self._start(name, previous), min(previous, self._start(name, current))) for name in self._sums}
+        needed = sorted(
+            {lo + i * HOUR for lo, hi in [*gains.values(), *losses.values()] for i in range(int((hi - lo) / HOUR))}
+        )
         rows = [decode_row(r) for r in await hist_queries.rows_of_hours(conn, needed)]
         touched: set[tuple[str, CellKey]] = set()
         for name in self._sums:

@@ -123,8 +123,7 @@ class ModelStats:
         out["errors_by_class"] = dict(cell.errors_by_class)
         if breakdown:
             out["breakdown"] = {
-                dim: {value: v.as_json() for value, v in sorted(cells.items())}
-                for dim, cells in self.breakdown.items()
+                dim: {value: v.as_json() for value, v in sorted(cells.items())} for dim, cells in self.breakdown.items()
             }
         return out
 

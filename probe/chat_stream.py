@@ -406,8 +406,14 @@ async def run(
         # an exception here is a parsing path nobody foresaw, not a crash.
         error_class = "bad_response"
         detail = f"unexpected {exc.__class__.__name__} while reading the response: {exc}"
-        log.warning("probe of %s %s: unexpected %s at %s; recorded as %s", target.router, target.model,
-                    exc.__class__.__name__, _raised_at(exc), error_class)
+        log.warning(
+            "probe of %s %s: unexpected %s at %s; recorded as %s",
+            target.router,
+            target.model,
+            exc.__class__.__name__,
+            _raised_at(exc),
+            error_class,
+        )
 
     output_tokens = stream.usage_output
     estimated = False

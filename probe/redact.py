@@ -21,8 +21,9 @@ MIN_FRAGMENT_CHARS = 8
 MAX_DETAIL_CHARS = 300
 
 
-def redact(text: str, secrets: Iterable[str] = (), *, max_chars: int = MAX_DETAIL_CHARS,
-           fragments: bool = False) -> str:
+def redact(
+    text: str, secrets: Iterable[str] = (), *, max_chars: int = MAX_DETAIL_CHARS, fragments: bool = False
+) -> str:
     """``text`` with the given secrets, key-like tokens and URL credentials masked, then cut to ``max_chars``.
 
     The whole text is redacted before it is cut, so a secret that straddles

@@ -105,8 +105,13 @@ class Prober:
                 self.running += 1
                 try:
                     result = await chat_stream.run(
-                        self._session, series.target, series.canary, self._timeouts,
-                        region=self._region, lag=self.lag, max_lag_ms=self._max_lag_ms,
+                        self._session,
+                        series.target,
+                        series.canary,
+                        self._timeouts,
+                        region=self._region,
+                        lag=self.lag,
+                        max_lag_ms=self._max_lag_ms,
                     )
                 finally:
                     self.running -= 1

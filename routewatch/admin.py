@@ -113,8 +113,11 @@ class LocalAdmin:
                 new = await asyncio.to_thread(load_config, self._path)
                 series, _ = plan(new, self._router_keys, self._simulator_url, router_url=self._router_url)
             except ConfigError as exc:
-                log.warning("config reload rejected: %s has %d problem(s); running configuration kept",
-                            self._path, len(exc.issues))
+                log.warning(
+                    "config reload rejected: %s has %d problem(s); running configuration kept",
+                    self._path,
+                    len(exc.issues),
+                )
                 raise ConfigRejected([str(issue) for issue in exc.issues]) from None
             except TargetError as exc:
                 log.warning("config reload rejected: %s: %s; running configuration kept", self._path, exc)
@@ -123,18 +126,23 @@ class LocalAdmin:
             live = self._schedule is not None and not self._schedule.stopped
             if not live:
                 changes = describe_changes(self._config, new, self._series, series)
-                log.info("config reload of %s: %d change(s), none applied (no probe schedule here)",
-                         self._path, len(changes))
-                message = (f"valid; {len(changes)} change(s) take effect at the next restart" if changes
-                           else "valid; nothing changed")
+                log.info(
+                    "config reload of %s: %d change(s), none applied (no probe schedule here)", self._path, len(changes)
+                )
+                message = (
+                    f"valid; {len(changes)} change(s) take effect at the next restart"
+                    if changes
+                    else "valid; nothing changed"
+                )
                 return self._report(False, bool(changes), changes, message)
 
             applied = live_changes(self._config, new, self._series, series)
             pending = [line + RESTART for line in restart_changes(self._started, new)]
             if applied:
                 self._apply(new, series)
-            log.info("config reload of %s: %d change(s) applied, %d need a restart",
-                     self._path, len(applied), len(pending))
+            log.info(
+                "config reload of %s: %d change(s) applied, %d need a restart", self._path, len(applied), len(pending)
+            )
             if applied and pending:
                 message = f"applied {len(applied)} change(s); {len(pending)} take effect at the next restart"
             elif applied:
@@ -157,8 +165,13 @@ class LocalAdmin:
         self._series = series
 
     def _report(self, applied: bool, restart: bool, changes: list[str], message: str) -> dict[str, Any]:
-        return {"file": self._path, "applied": applied, "restart_required": restart,
-                "changes": changes, "message": message}
+        return {
+            "file": self._path,
+            "applied": applied,
+            "restart_required": restart,
+            "changes": changes,
+            "message": message,
+        }
 
 
 def _series_changes(old: Sequence[Series], new: Sequence[Series]) -> list[str]:
@@ -167,8 +180,9 @@ def _series_changes(old: Sequence[Series], new: Sequence[Series]) -> list[str]:
     changes = [f"probe series added: {key}" for key in sorted(after.keys() - before.keys())]
     changes += [f"probe series removed: {key}" for key in sorted(before.keys() - after.keys())]
     # Same router, model and prompt, another URL, header, key or message; the key is never shown.
-    changes += [f"probe series changed: {key}" for key in sorted(before.keys() & after.keys())
-                if before[key] != after[key]]
+    changes += [
+        f"probe series changed: {key}" for key in sorted(before.keys() & after.keys()) if before[key] != after[key]
+    ]
     return changes
 
 

@@ -102,8 +102,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--data-dir", type=Path, help=f"where the embedded PostgreSQL lives (default: ${ENV_DATA_DIR} or {data_dir})"
     )
     run.add_argument("--host", help="API listen address (default: api.host in the config)")
-    run.add_argument("--port", type=_cli_port,
-                     help=f"API port (default: ${ENV_API_PORT}, else api.port in the config; 0 picks a free one)")
+    run.add_argument(
+        "--port",
+        type=_cli_port,
+        help=f"API port (default: ${ENV_API_PORT}, else api.port in the config; 0 picks a free one)",
+    )
 
     serve = sub.add_parser("serve", help="aggregator and API only, no probes (a standby or extra API replica)")
     serve.add_argument("--config", help="as for run")
@@ -118,8 +121,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", help="the file (default: as for run)")
 
     db = sub.add_parser("db", help="database schema and state")
-    db.add_argument("action", choices=["migrate", "status"],
-                    help="migrate: apply pending schema migrations; status: mode, size, rows, spool backlog")
+    db.add_argument(
+        "action",
+        choices=["migrate", "status"],
+        help="migrate: apply pending schema migrations; status: mode, size, rows, spool backlog",
+    )
     db.add_argument("--data-dir", type=Path, help="as for run")
 
     sim = sub.add_parser("simulate", help="run the router simulator on its own")
@@ -166,16 +172,27 @@ def main(argv: list[str] | None = None) -> int:
             return once(config, settings)
         from routewatch.runner import RunOptions, run
 
-        return run(RunOptions(
-            config=config,
-            config_path=path,
-            data_dir=_data_dir(args.data_dir, settings),
-            host=args.host or config.api.host,
-            port=_api_port(args.port, config, settings),
-            probes=args.command == "run",
-        ), settings)
-    except (TargetError, LocalPostgresError, SpoolInUse, MigrationError, DatabaseUnavailable, ValueError,
-            PortInUse, DataDirInUse) as exc:
+        return run(
+            RunOptions(
+                config=config,
+                config_path=path,
+                data_dir=_data_dir(args.data_dir, settings),
+                host=args.host or config.api.host,
+                port=_api_port(args.port, config, settings),
+                probes=args.command == "run",
+            ),
+            settings,
+        )
+    except (
+        TargetError,
+        LocalPostgresError,
+        SpoolInUse,
+        MigrationError,
+        DatabaseUnavailable,
+        ValueError,
+        PortInUse,
+        DataDirInUse,
+    ) as exc:
         print(f"routewatch: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the API address is not on this machine

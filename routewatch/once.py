@@ -95,20 +95,34 @@ async def _round(config: Config, settings: Settings, console: Console) -> list[P
         simulator = await start_simulator(DEFAULT_PROFILES)
         console.print(f"probing the built-in router simulator at {simulator.base_url}", markup=False)
     try:
-        series, _ = plan(config, settings.router_keys, simulator.base_url if simulator else None,
-                         router_url=settings.router_url)
+        series, _ = plan(
+            config, settings.router_keys, simulator.base_url if simulator else None, router_url=settings.router_url
+        )
         lag = LoopLagMonitor()
         lag.start()
-        with Progress(TextColumn("probing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
+        with Progress(
+            TextColumn("probing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
             task = progress.add_task("probes", total=len(series))
 
             async def tick(_: ProbeResult) -> None:
                 progress.advance(task)
 
             async with new_session(config.schedule.concurrency) as session:
-                prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
-                                sink=tick, lag=lag, max_lag_s=config.schedule.max_loop_lag)
+                prober = Prober(
+                    session,
+                    config.timeouts,
+                    config.region,
+                    config.schedule.concurrency,
+                    sink=tick,
+                    lag=lag,
+                    max_lag_s=config.schedule.max_loop_lag,
+                )
                 results = await prober.round(series)
         await lag.stop()
         return results

@@ -93,8 +93,21 @@ POOL_CLOSE_S = 10.0  # then connections still in use are terminated
 # What serve() starts, in order (the last, "running", is everything started).
 # `serve` reaches the steps up to "api"; `run` all of them.
 STARTUP_STEPS = (
-    "database", "simulator", "leadership", "postgres watch", "migrations", "housekeeping", "aggregator", "api",
-    "writer", "writer watch", "loop lag", "http session", "scheduler", "status reporter", "running",
+    "database",
+    "simulator",
+    "leadership",
+    "postgres watch",
+    "migrations",
+    "housekeeping",
+    "aggregator",
+    "api",
+    "writer",
+    "writer watch",
+    "loop lag",
+    "http session",
+    "scheduler",
+    "status reporter",
+    "running",
 )
 # Steps that start nothing that is stopped later: points of start-up only.
 STARTUP_MARKS = ("migrations", "running")
@@ -253,41 +266,76 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
         async with pool.acquire() as conn:
             report = await migrate(conn)
         partitions = PartitionCache()
-        await stack.start("housekeeping", _housekeeping(supervisor, pool, report.mode, partitions, config.storage,
-                                                        leadership))
+        await stack.start(
+            "housekeeping", _housekeeping(supervisor, pool, report.mode, partitions, config.storage, leadership)
+        )
         aggregator = await stack.start("aggregator", _refreshing(_aggregator(config, pool, leadership), supervisor))
         series, routers = _plan(config, settings, simulator.base_url if simulator else SIMULATOR_PENDING)
         # A reload is applied once the probes run (admin.attach); a router moved to the
         # simulator is rejected when this process did not start one.
         reload_simulator = simulator.base_url if simulator else (None if opts.probes else SIMULATOR_PENDING)
-        admin = LocalAdmin(config, opts.config_path, series, simulator_url=reload_simulator, aggregator=aggregator,
-                           router_keys=settings.router_keys, router_url=settings.router_url)
+        admin = LocalAdmin(
+            config,
+            opts.config_path,
+            series,
+            simulator_url=reload_simulator,
+            aggregator=aggregator,
+            router_keys=settings.router_keys,
+            router_url=settings.router_url,
+        )
         prober_health = ProberHealthSlot()  # /metrics reports the prober once it runs (`run` only)
-        app = create_app(aggregator, admin=admin, admin_token=settings.admin_token,
-                         prices=input_prices(config.routers), prober_health=prober_health)
+        app = create_app(
+            aggregator,
+            admin=admin,
+            admin_token=settings.admin_token,
+            prices=input_prices(config.routers),
+            prober_health=prober_health,
+        )
         app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
         api = await stack.start("api", _api_server(app, sockets))
         if opts.probes:
-            writer = await stack.start("writer", _batch_writer(pool, opts.data_dir / "spool", config.storage,
-                                                               partitions, report.mode))
+            writer = await stack.start(
+                "writer", _batch_writer(pool, opts.data_dir / "spool", config.storage, partitions, report.mode)
+            )
             await stack.start("writer watch", supervisor.running("batch writer", partial(_writer_alive, writer)))
             lag = await stack.start("loop lag", _loop_lag())
             session = await stack.start("http session", _http_session(config.schedule.concurrency))
-            prober = Prober(session, config.timeouts, config.region, config.schedule.concurrency,
-                            sink=writer.submit, lag=lag, max_lag_s=config.schedule.max_loop_lag)
+            prober = Prober(
+                session,
+                config.timeouts,
+                config.region,
+                config.schedule.concurrency,
+                sink=writer.submit,
+                lag=lag,
+                max_lag_s=config.schedule.max_loop_lag,
+            )
             prober_health.attach(prober, writer, lag)
             admin.attach(await stack.start("scheduler", _probe_schedule(config, series, prober)))
-            await stack.start("status reporter", supervisor.running("status reporter", partial(
-                _report, prober, writer, lag, stop)))
+            await stack.start(
+                "status reporter", supervisor.running("status reporter", partial(_report, prober, writer, lag, stop))
+            )
         stack.reach("running")
         stack.enter_context(_frozen_heap())
         api_url = f"http://{opts.host}:{api.addresses[0][1]}"
-        print(_banner(opts, routers if opts.probes else [], database.label, report.mode,
-                      report.timescaledb_version, len(series) if opts.probes else 0, api_url,
-                      config.routers[0].models[0], aggregator.role), flush=True)
+        print(
+            _banner(
+                opts,
+                routers if opts.probes else [],
+                database.label,
+                report.mode,
+                report.timescaledb_version,
+                len(series) if opts.probes else 0,
+                api_url,
+                config.routers[0].models[0],
+                aggregator.role,
+            ),
+            flush=True,
+        )
         await stop.wait()
-        print("\nstopping: finishing probes in flight and storing results …" if opts.probes else "\nstopping …",
-              flush=True)
+        print(
+            "\nstopping: finishing probes in flight and storing results …" if opts.probes else "\nstopping …",
+            flush=True,
+        )
     if writer is not None:
         print(f"stored {writer.written} probe results this run; bye", flush=True)
     for failure in supervisor.failed:
@@ -308,8 +356,9 @@ class _Startup(AsyncExitStack):
         self._fail_at = fail_at
         self._fail_stopping = fail_stopping
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         self._supervisor.closing()
         return await super().__aexit__(exc_type, exc, tb)
 
@@ -387,26 +436,46 @@ def _postgres_watch(supervisor: Supervisor, server: LocalPostgres | None) -> Abs
     """Restarts the embedded server this process runs if it dies; nothing for another's or an external one."""
     if server is None:
         return nullcontext()
-    return supervisor.running("embedded PostgreSQL watch", partial(watch_postgres, server),
-                              explained=(PostgresGaveUp,))
+    return supervisor.running("embedded PostgreSQL watch", partial(watch_postgres, server), explained=(PostgresGaveUp,))
 
 
-def _housekeeping(supervisor: Supervisor, pool: asyncpg.Pool, mode: str, partitions: PartitionCache,
-                  storage: StorageConfig, leadership: Leadership) -> AbstractAsyncContextManager[object]:
+def _housekeeping(
+    supervisor: Supervisor,
+    pool: asyncpg.Pool,
+    mode: str,
+    partitions: PartitionCache,
+    storage: StorageConfig,
+    leadership: Leadership,
+) -> AbstractAsyncContextManager[object]:
     """Partitions, retention, compression and the hourly rollup, on the refresher's schedule."""
-    return supervisor.running("maintenance", partial(
-        maintenance_loop, pool, mode, partitions, retention=timedelta(seconds=storage.retention),
-        compress_after=timedelta(seconds=storage.compress_after), leadership=leadership))
+    return supervisor.running(
+        "maintenance",
+        partial(
+            maintenance_loop,
+            pool,
+            mode,
+            partitions,
+            retention=timedelta(seconds=storage.retention),
+            compress_after=timedelta(seconds=storage.compress_after),
+            leadership=leadership,
+        ),
+    )
 
 
 def _aggregator(config: Config, pool: asyncpg.Pool, leadership: Leadership) -> Aggregator:
-    return Aggregator(pool, {name: parse_duration(name) for name in config.aggregator.windows},
-                      [(r.name, m) for r in config.routers for m in r.models], config.aggregator.refresh,
-                      retention=timedelta(seconds=config.storage.retention), leadership=leadership,
-                      history_every=timedelta(seconds=config.aggregator.snapshot_every),
-                      slo=config.slo, probe_interval_s=config.schedule.interval,
-                      maintenance=config.maintenance,
-                      max_providers=config.aggregator.max_providers_per_model)
+    return Aggregator(
+        pool,
+        {name: parse_duration(name) for name in config.aggregator.windows},
+        [(r.name, m) for r in config.routers for m in r.models],
+        config.aggregator.refresh,
+        retention=timedelta(seconds=config.storage.retention),
+        leadership=leadership,
+        history_every=timedelta(seconds=config.aggregator.snapshot_every),
+        slo=config.slo,
+        probe_interval_s=config.schedule.interval,
+        maintenance=config.maintenance,
+        max_providers=config.aggregator.max_providers_per_model,
+    )
 
 
 @asynccontextmanager
@@ -428,9 +497,11 @@ async def _api_server(app: web.Application, sockets: Sequence[socket.socket]) ->
 
 
 @asynccontextmanager
-async def _batch_writer(pool: asyncpg.Pool, spool_dir: Path, storage: StorageConfig, partitions: PartitionCache,
-                        mode: str) -> AsyncIterator[BatchWriter]:
+async def _batch_writer(
+    pool: asyncpg.Pool, spool_dir: Path, storage: StorageConfig, partitions: PartitionCache, mode: str
+) -> AsyncIterator[BatchWriter]:
     """The spool-backed writer; at exit it stores what is queued (what it cannot stays in the spool)."""
+
     async def prepare(conn: Conn, results: list[ProbeResult]) -> None:
         await partitions.ensure_for(conn, mode, (r.started_at for r in results))
 
@@ -470,8 +541,7 @@ async def _http_session(concurrency: int) -> AsyncIterator[aiohttp.ClientSession
 async def _probe_schedule(config: Config, series: list[Series], prober: Prober) -> AsyncIterator[ProbeSchedule]:
     """Probes on the schedule; at exit no new probe starts and those in flight finish."""
     scheduler = AsyncIOScheduler()
-    probes = ProbeSchedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter,
-                           random.Random())
+    probes = ProbeSchedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
     scheduler.start()
     try:
         yield probes
@@ -502,15 +572,27 @@ async def _report(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor, stop
         log.info(
             "probes: %d in the last %.0fs, %d stored in total, %d waiting to be stored, spool %d bytes,"
             " worst loop lag %.1f ms%s",
-            prober.completed - last, STATUS_EVERY_S, writer.written, writer.backlog, writer.spool_bytes,
-            worst or 0.0, "" if writer.database_ok else "; DATABASE UNAVAILABLE, results kept in the spool",
+            prober.completed - last,
+            STATUS_EVERY_S,
+            writer.written,
+            writer.backlog,
+            writer.spool_bytes,
+            worst or 0.0,
+            "" if writer.database_ok else "; DATABASE UNAVAILABLE, results kept in the spool",
         )
         last = prober.completed
 
 
 def _banner(
-    opts: RunOptions, routers: list[RouterPlan], db_label: str, mode: str, tsdb: str | None,
-    n_series: int, api_url: str, example_model: str, role: str,
+    opts: RunOptions,
+    routers: list[RouterPlan],
+    db_label: str,
+    mode: str,
+    tsdb: str | None,
+    n_series: int,
+    api_url: str,
+    example_model: str,
+    role: str,
 ) -> str:
     title = "routewatch is running" if opts.probes else "routewatch is serving stats (no probes in this process)"
     lines = ["", title, f"  config:   {opts.config_path}"]

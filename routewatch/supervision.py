@@ -65,8 +65,9 @@ class Supervisor:
         self.failures: list[str] = []
         self.failed: list[Failure] = []
 
-    def watch(self, component: str, task: asyncio.Task[object],
-              explained: tuple[type[BaseException], ...] = ()) -> None:
+    def watch(
+        self, component: str, task: asyncio.Task[object], explained: tuple[type[BaseException], ...] = ()
+    ) -> None:
         """Treat the end of ``task`` as a failure of ``component`` unless :meth:`closing` was called first.
 
         ``explained``: exceptions whose message says all (a deliberate give-up),
@@ -75,8 +76,12 @@ class Supervisor:
         task.add_done_callback(lambda done: self._ended(component, done, explained))
 
     @asynccontextmanager
-    async def running(self, component: str, run: Callable[[], Coroutine[Any, Any, object]],
-                      explained: tuple[type[BaseException], ...] = ()) -> AsyncIterator[asyncio.Task[object]]:
+    async def running(
+        self,
+        component: str,
+        run: Callable[[], Coroutine[Any, Any, object]],
+        explained: tuple[type[BaseException], ...] = (),
+    ) -> AsyncIterator[asyncio.Task[object]]:
         """Run ``run()`` as a task watched as ``component`` (see :meth:`watch`) while the context is open.
 
         Leaving the context means the process is stopping: :meth:`closing` is

@@ -27,10 +27,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from tiers import TIERS, guard_tier, tier_problems
 
 from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
 from routewatch.probe.redact import redact_dsn
-from tiers import TIERS, guard_tier, tier_problems
 
 _T = TypeVar("_T")
 
@@ -72,9 +72,7 @@ async def _describe_external(dsn: str) -> tuple[str, str]:
     try:
         version = await conn.fetchval("SHOW server_version")
         preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
-        available = await conn.fetchval(
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-        )
+        available = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
     finally:
         await conn.close()
     timescale = available and "timescaledb" in preload
@@ -110,14 +108,15 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for server in _used:
         terminalreporter.write_line(
-            f"database used: PostgreSQL {server.version} ({server.mode}),"
-            f" {server.origin}, {server.display_dsn}"
+            f"database used: PostgreSQL {server.version} ({server.mode}), {server.origin}, {server.display_dsn}"
         )
         if server.mode == "timescaledb":
             modes = "timescaledb and plain (plain forced on the TimescaleDB server)"
         else:
-            modes = ("plain only: this server has no TimescaleDB; ROUTEWATCH_TEST_PG_BIN=<bin dir of a "
-                     "PostgreSQL with TimescaleDB> runs both")
+            modes = (
+                "plain only: this server has no TimescaleDB; ROUTEWATCH_TEST_PG_BIN=<bin dir of a "
+                "PostgreSQL with TimescaleDB> runs both"
+            )
         terminalreporter.write_line(f"storage modes tested: {modes}")
 
 

@@ -29,8 +29,16 @@ def probe_result(**overrides: Any) -> ProbeResult:
     ``error_class`` alone makes the probe a failure.
     """
     fields: dict[str, Any] = {
-        "id": uuid.uuid4(), "started_at": datetime.now(UTC), "region": "eu", "router": "sim", "model": "m/a",
-        "prompt": "short", "methodology": METHODOLOGY_VERSION, "ok": True, "error_class": None, "error_detail": None,
+        "id": uuid.uuid4(),
+        "started_at": datetime.now(UTC),
+        "region": "eu",
+        "router": "sim",
+        "model": "m/a",
+        "prompt": "short",
+        "methodology": METHODOLOGY_VERSION,
+        "ok": True,
+        "error_class": None,
+        "error_detail": None,
     }
     if overrides.get("ok") is False:
         fields |= FAILED
@@ -54,8 +62,9 @@ LOOPBACK_TIMEOUTS = {"connect": "2s", "headers": "2s", "first_token": "3s", "idl
 LOOPBACK_API = {"host": "127.0.0.1", "port": 0}
 
 
-def router_entry(name: str = "orcarouter", base_url: str = "simulator", models: Sequence[str] = (DEFAULT_MODEL,),
-           **keys: Any) -> dict[str, Any]:
+def router_entry(
+    name: str = "orcarouter", base_url: str = "simulator", models: Sequence[str] = (DEFAULT_MODEL,), **keys: Any
+) -> dict[str, Any]:
     """One entry of ``routers``; ``keys`` adds settings such as ``api_key_env`` or ``prices``."""
     return {"name": name, "base_url": base_url, "models": list(models), **keys}
 
@@ -65,8 +74,13 @@ def prompt_entry(name: str = "short", content: str = COUNT_TO_40, **keys: Any) -
     return {"name": name, "messages": [{"role": "user", "content": content}], **keys}
 
 
-def config_text(routers: Sequence[Mapping[str, Any]] | None = None, prompts: Sequence[Mapping[str, Any]] | None = None,
-                *, region: str | None = None, **sections: Any) -> str:
+def config_text(
+    routers: Sequence[Mapping[str, Any]] | None = None,
+    prompts: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    region: str | None = None,
+    **sections: Any,
+) -> str:
     """A probes.yaml: ``region`` when given, the routers, the prompts, then ``sections`` in order.
 
     The routers default to one :func:`router_entry`, the prompts to one :func:`prompt_entry`.
@@ -91,4 +105,3 @@ def _flow(value: Any) -> str:
 
 # routers: one simulated router with one model; prompts: one short prompt.
 MINIMAL_CONFIG = config_text()
-

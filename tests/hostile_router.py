@@ -66,8 +66,10 @@ def token(text: str = "one", **extra: Any) -> dict[str, Any]:
 
 def finish(**extra: Any) -> dict[str, Any]:
     """The last chunk: a finish_reason and the usage (overridable)."""
-    chunk: dict[str, Any] = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": 20, "completion_tokens": 3}}
+    chunk: dict[str, Any] = {
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 3},
+    }
     chunk.update(extra)
     return chunk
 
@@ -123,19 +125,36 @@ async def running_router() -> AsyncIterator[HostileRouter]:
         await runner.cleanup()
 
 
-async def probe(session: Any, router: HostileRouter, reply: Reply | None = None, *, key: str | None = None,
-                limits: TimeoutsConfig | None = None) -> ProbeResult:
+async def probe(
+    session: Any,
+    router: HostileRouter,
+    reply: Reply | None = None,
+    *,
+    key: str | None = None,
+    limits: TimeoutsConfig | None = None,
+) -> ProbeResult:
     if reply is not None:
         router.reply = reply
-    return await chat_stream.run(session, Target("hostile", router.base_url, "m", key), CANARY,
-                                 limits or timeouts(), region="test")
+    return await chat_stream.run(
+        session, Target("hostile", router.base_url, "m", key), CANARY, limits or timeouts(), region="test"
+    )
 
 
 def storable_problems(r: ProbeResult) -> list[str]:
     """Why ``r`` could not be stored in ``probe_results`` as it is (empty when it can)."""
     problems = []
-    for name in ("region", "router", "model", "prompt", "methodology", "error_class", "error_detail",
-                 "model_served", "provider", "request_id"):
+    for name in (
+        "region",
+        "router",
+        "model",
+        "prompt",
+        "methodology",
+        "error_class",
+        "error_detail",
+        "model_served",
+        "provider",
+        "request_id",
+    ):
         value = getattr(r, name)
         if value is None:
             continue
@@ -149,8 +168,18 @@ def storable_problems(r: ProbeResult) -> list[str]:
         value = getattr(r, name)
         if value is not None and not INT4_MIN <= value <= INT4_MAX:
             problems.append(f"{name} = {value} is outside int4")
-    for name in ("connect_ms", "ttfb_ms", "ttft_ms", "ttfat_ms", "e2e_ms", "output_tps", "chunk_gap_max_ms",
-                 "chunk_gap_p95_ms", "retry_after_s", "loop_lag_ms"):
+    for name in (
+        "connect_ms",
+        "ttfb_ms",
+        "ttft_ms",
+        "ttfat_ms",
+        "e2e_ms",
+        "output_tps",
+        "chunk_gap_max_ms",
+        "chunk_gap_p95_ms",
+        "retry_after_s",
+        "loop_lag_ms",
+    ):
         value = getattr(r, name)
         if value is not None and not (value == value and abs(value) != float("inf")):
             problems.append(f"{name} = {value} is not finite")

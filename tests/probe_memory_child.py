@@ -60,8 +60,7 @@ async def measure(session: object, base_url: str, model: str) -> dict[str, objec
     stop = asyncio.Event()
     tick = asyncio.create_task(ticker(held, stop))
     t0, cpu0 = time.perf_counter(), time.process_time()
-    r = await chat_stream.run(session, Target("mem", base_url, model), CANARY, TIMEOUTS,
-                              region="test")
+    r = await chat_stream.run(session, Target("mem", base_url, model), CANARY, TIMEOUTS, region="test")
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     stop.set()
     await tick

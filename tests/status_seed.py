@@ -53,8 +53,14 @@ OPEN_ID, CLOSED_ID, MAINTENANCE_ID = 3, 1, 2
 
 def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
     ttft = NANO_TTFT_MS if model == NANO else 250.0
-    return probe_result(started_at=started_at, region="r", router=ROUTER, model=model, input_tokens=12,
-                        **outcome(ok, ttft_ms=ttft, output_tps=NANO_TPS, output_tokens=40))
+    return probe_result(
+        started_at=started_at,
+        region="r",
+        router=ROUTER,
+        model=model,
+        input_tokens=12,
+        **outcome(ok, ttft_ms=ttft, output_tps=NANO_TPS, output_tokens=40),
+    )
 
 
 def _round(models: tuple[str, ...], at: datetime) -> list[ProbeResult]:

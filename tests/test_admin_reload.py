@@ -44,24 +44,33 @@ from routewatch.storage.writer import BatchWriter
 
 KEEP, GONE, NEW = "test/keep", "test/gone", "test/new"
 PROFILES = (
-    ModelProfile(model=KEEP, provider="KeepCo", ttft_median_ms=10, ttft_sigma=0.0, tokens_per_s=1000,
-                 output_tokens=4),
+    ModelProfile(model=KEEP, provider="KeepCo", ttft_median_ms=10, ttft_sigma=0.0, tokens_per_s=1000, output_tokens=4),
     # Slow enough that a reload reliably finds one of its probes in flight.
-    ModelProfile(model=GONE, provider="GoneCo", ttft_median_ms=500, ttft_sigma=0.0, tokens_per_s=1000,
-                 output_tokens=4),
-    ModelProfile(model=NEW, provider="NewCo", ttft_median_ms=10, ttft_sigma=0.0, tokens_per_s=1000,
-                 output_tokens=4),
+    ModelProfile(model=GONE, provider="GoneCo", ttft_median_ms=500, ttft_sigma=0.0, tokens_per_s=1000, output_tokens=4),
+    ModelProfile(model=NEW, provider="NewCo", ttft_median_ms=10, ttft_sigma=0.0, tokens_per_s=1000, output_tokens=4),
 )
 WINDOWS = {"1h": 3600.0, "7d": 7 * 86400.0}
 TOKEN = "reload-token-" + uuid.uuid4().hex
 
 
-def sim_config(base_url: str, models: list[str], interval: str, jitter: str, *,
-               total: str = "5s", port: int = 8321, max_tokens: int | str = 16) -> str:
-    return config_text([router_entry("sim", base_url, models)],
-                       [prompt_entry(content="Count from 1 to 10.", max_tokens=max_tokens, min_output_tokens=4)],
-                       region="test", schedule={"interval": interval, "jitter": jitter, "concurrency": 8},
-                       timeouts=LOOPBACK_TIMEOUTS | {"total": total}, api={"host": "127.0.0.1", "port": port})
+def sim_config(
+    base_url: str,
+    models: list[str],
+    interval: str,
+    jitter: str,
+    *,
+    total: str = "5s",
+    port: int = 8321,
+    max_tokens: int | str = 16,
+) -> str:
+    return config_text(
+        [router_entry("sim", base_url, models)],
+        [prompt_entry(content="Count from 1 to 10.", max_tokens=max_tokens, min_output_tokens=4)],
+        region="test",
+        schedule={"interval": interval, "jitter": jitter, "concurrency": 8},
+        timeouts=LOOPBACK_TIMEOUTS | {"total": total},
+        api={"host": "127.0.0.1", "port": port},
+    )
 
 
 def key(model: str) -> str:
@@ -98,8 +107,7 @@ class Probing:
     def __init__(self, config: Config, path: Path, prober: Prober) -> None:
         series, _ = plan(config, {})
         self.scheduler = AsyncIOScheduler()
-        self.schedule = ProbeSchedule(self.scheduler, prober, series, config.schedule.interval,
-                                      config.schedule.jitter)
+        self.schedule = ProbeSchedule(self.scheduler, prober, series, config.schedule.interval, config.schedule.jitter)
         self.scheduler.start()
         self.admin = LocalAdmin(config, path, series, schedule=self.schedule)
 
@@ -129,10 +137,16 @@ async def test_reload_swaps_the_scheduled_series_and_interval(simulator: Running
             report = await run.admin.reload_config()
 
             assert report == {
-                "file": str(path), "applied": True, "restart_required": False,
-                "changes": [f"probe series added: {key(NEW)}", f"probe series removed: {key(GONE)}",
-                            "schedule.interval: 5 s -> 0.3 s", "schedule.jitter: 0.1 s -> 0.05 s",
-                            "timeouts: changed"],
+                "file": str(path),
+                "applied": True,
+                "restart_required": False,
+                "changes": [
+                    f"probe series added: {key(NEW)}",
+                    f"probe series removed: {key(GONE)}",
+                    "schedule.interval: 5 s -> 0.3 s",
+                    "schedule.jitter: 0.1 s -> 0.05 s",
+                    "timeouts: changed",
+                ],
                 "message": "applied 5 change(s)",
             }
             assert jobs(run.scheduler) == {key(KEEP): 0.3, key(NEW): 0.3}
@@ -155,7 +169,8 @@ async def test_reload_swaps_the_scheduled_series_and_interval(simulator: Running
                 await run.admin.reload_config()
             assert rejected.value.issues == [
                 f"{path}:9: prompts[0].max_tokens: Input should be a valid integer, "
-                "unable to parse string as an integer"]
+                "unable to parse string as an integer"
+            ]
             assert jobs(run.scheduler) == {key(KEEP): 0.3, key(NEW): 0.3}
             before = len(served(simulator, NEW))
             await asyncio.sleep(0.7)
@@ -187,7 +202,10 @@ async def test_two_reloads_at_once_apply_the_file_once(simulator: RunningSimulat
 
 @pytest.mark.system
 async def test_reload_endpoint_applies_and_lists_the_changes(
-    db_dsn: str, simulator: RunningSimulator, tmp_path: Path, aiohttp_client,
+    db_dsn: str,
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    aiohttp_client,
 ) -> None:
     path = tmp_path / "probes.yaml"
     path.write_text(sim_config(simulator.base_url, [KEEP, GONE], "300ms", "50ms"))
@@ -199,8 +217,14 @@ async def test_reload_endpoint_applies_and_lists_the_changes(
         async with pool.acquire() as conn:
             await ensure_schema(conn)
         await writer.start()
-        aggregator = Aggregator(pool, WINDOWS, [("sim", KEEP), ("sim", GONE)], 10.0,
-                                slo=config.slo, probe_interval_s=config.schedule.interval)
+        aggregator = Aggregator(
+            pool,
+            WINDOWS,
+            [("sim", KEEP), ("sim", GONE)],
+            10.0,
+            slo=config.slo,
+            probe_interval_s=config.schedule.interval,
+        )
         async with new_session(8) as session:
             prober = Prober(session, config.timeouts, "test", 8, sink=writer.submit)
             scheduler = AsyncIOScheduler()
@@ -217,9 +241,15 @@ async def test_reload_endpoint_applies_and_lists_the_changes(
                 resp = await client.post("/v1/config/reload", headers=auth)
                 assert resp.status == 200, await resp.text()
                 assert await resp.json() == {
-                    "file": str(path), "applied": True, "restart_required": True,
-                    "changes": [f"probe series added: {key(NEW)}", f"probe series removed: {key(GONE)}",
-                                "schedule.interval: 0.3 s -> 0.2 s", "api: changed (restart required)"],
+                    "file": str(path),
+                    "applied": True,
+                    "restart_required": True,
+                    "changes": [
+                        f"probe series added: {key(NEW)}",
+                        f"probe series removed: {key(GONE)}",
+                        "schedule.interval: 0.3 s -> 0.2 s",
+                        "api: changed (restart required)",
+                    ],
                     "message": "applied 3 change(s); 1 take effect at the next restart",
                 }
                 assert jobs(scheduler) == {key(KEEP): 0.2, key(NEW): 0.2}
@@ -228,8 +258,9 @@ async def test_reload_endpoint_applies_and_lists_the_changes(
                 await wait_until(lambda: len(served(simulator, NEW)) >= 2, 3, "probes of NEW")
                 stored = "SELECT count(*) FROM probe_results WHERE model = $1"
                 deadline = time.monotonic() + 3
-                while (await pool.fetchval(stored, NEW) == 0
-                       or await pool.fetchval(stored, GONE) < len(served(simulator, GONE))):
+                while await pool.fetchval(stored, NEW) == 0 or await pool.fetchval(stored, GONE) < len(
+                    served(simulator, GONE)
+                ):
                     assert time.monotonic() < deadline, "results of NEW and GONE were not all stored"
                     await asyncio.sleep(0.05)
                 # The stats list NEW among the configured models.
@@ -254,10 +285,15 @@ async def test_reload_endpoint_applies_and_lists_the_changes(
 
 def run_config(models: list[str], interval: str) -> str:
     """For ``routewatch run`` with its own simulator."""
-    return config_text([router_entry(models=models)], [prompt_entry(content="Count from 1 to 10.", max_tokens=16)],
-                       region="test", schedule={"interval": interval, "jitter": "100ms", "concurrency": 4},
-                       timeouts={"connect": "2s", "headers": "5s", "first_token": "5s", "idle": "2s", "total": "10s"},
-                       api=LOOPBACK_API, aggregator={"refresh": "300ms"})
+    return config_text(
+        [router_entry(models=models)],
+        [prompt_entry(content="Count from 1 to 10.", max_tokens=16)],
+        region="test",
+        schedule={"interval": interval, "jitter": "100ms", "concurrency": 4},
+        timeouts={"connect": "2s", "headers": "5s", "first_token": "5s", "idle": "2s", "total": "10s"},
+        api=LOOPBACK_API,
+        aggregator={"refresh": "300ms"},
+    )
 
 
 @pytest.mark.system
@@ -271,9 +307,14 @@ def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
     data_dir.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
     env[ENV_ADMIN_TOKEN] = TOKEN
-    proc = subprocess.Popen([sys.executable, "-m", "routewatch.cli", "run", "--config", str(path),
-                             "--data-dir", str(data_dir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "routewatch.cli", "run", "--config", str(path), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -284,13 +325,16 @@ def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
         api = m.group(1)
 
         path.write_text(run_config([nano, gemini], "500ms"))
-        request = urllib.request.Request(api + "/v1/config/reload", method="POST",
-                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        request = urllib.request.Request(
+            api + "/v1/config/reload", method="POST", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             report = json.loads(resp.read())
         assert report["applied"] is True and report["restart_required"] is False, report
-        assert report["changes"] == [f"probe series added: orcarouter|{gemini}|short",
-                                     "schedule.interval: 1 s -> 0.5 s"]
+        assert report["changes"] == [
+            f"probe series added: orcarouter|{gemini}|short",
+            "schedule.interval: 1 s -> 0.5 s",
+        ]
 
         deadline = time.monotonic() + 20
         while True:
@@ -329,8 +373,11 @@ def _copy(name: str) -> Callable[[Path], None]:
 @pytest.mark.parametrize(
     ("write", "expected"),
     [
-        (_copy("bad-yaml-alias-bomb"), ":14: (yaml): the file expands to more than 100,000 values "
-         "(alias *d repeats 11,111 values): use aliases only for small repeated parts"),
+        (
+            _copy("bad-yaml-alias-bomb"),
+            ":14: (yaml): the file expands to more than 100,000 values "
+            "(alias *d repeats 11,111 values): use aliases only for small repeated parts",
+        ),
         (_copy("bad-yaml-deep-nesting"), ":9: (yaml): nested more than 64 levels deep"),
         # Its line is checked in test_config_limits.py; here, the slow parse.
         (_many_values, ":{line}: (yaml): the file expands to more than 100,000 values"),
@@ -338,8 +385,11 @@ def _copy(name: str) -> Callable[[Path], None]:
     ids=["alias-bomb", "deep-nesting", "many-values"],
 )
 async def test_reload_refuses_a_yaml_bomb_while_healthz_answers(
-    db_dsn: str, tmp_path: Path, aiohttp_client,
-    write: Callable[[Path], None], expected: str,
+    db_dsn: str,
+    tmp_path: Path,
+    aiohttp_client,
+    write: Callable[[Path], None],
+    expected: str,
 ) -> None:
     """A real server: the bomb is a 400 naming the line, and the event loop is never held up by the parse."""
     path = tmp_path / "probes.yaml"
@@ -348,8 +398,9 @@ async def test_reload_refuses_a_yaml_bomb_while_healthz_answers(
     series, _ = plan(config, {})
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
     try:
-        aggregator = Aggregator(pool, WINDOWS, [("sim", KEEP)], 10.0, slo=config.slo,
-                                probe_interval_s=config.schedule.interval)
+        aggregator = Aggregator(
+            pool, WINDOWS, [("sim", KEEP)], 10.0, slo=config.slo, probe_interval_s=config.schedule.interval
+        )
         admin = LocalAdmin(config, path, series)
         client = await aiohttp_client(create_app(aggregator, admin=admin, admin_token=SecretStr(TOKEN)))
         write(path)

@@ -55,18 +55,36 @@ TOKEN = "s3cret-admin-token-" + uuid.uuid4().hex
 PRICES = {("sim", FAST): 0.15}  # USD per 1M input tokens, for the badges and /status.json
 
 
-def _probe(router: str, model: str, at: datetime, *, ok: bool = True, provider: str | None = "Alpha",
-           region: str = "eu", ttft: float = 100.0) -> ProbeResult:
-    return probe_result(started_at=at, region=region, router=router, model=model, provider=provider, input_tokens=12,
-                        **outcome(ok, ttft_ms=ttft, ttfat_ms=ttft, output_tokens=20, output_tps=80.0))
+def _probe(
+    router: str,
+    model: str,
+    at: datetime,
+    *,
+    ok: bool = True,
+    provider: str | None = "Alpha",
+    region: str = "eu",
+    ttft: float = 100.0,
+) -> ProbeResult:
+    return probe_result(
+        started_at=at,
+        region=region,
+        router=router,
+        model=model,
+        provider=provider,
+        input_tokens=12,
+        **outcome(ok, ttft_ms=ttft, ttfat_ms=ttft, output_tokens=20, output_tps=80.0),
+    )
 
 
 def _probes(now: datetime) -> list[ProbeResult]:
     out = []
     for i in range(30):  # FAST: two providers, two regions, all ok
         at = now - timedelta(minutes=50) + timedelta(seconds=60 * i)
-        out.append(_probe("sim", FAST, at, provider="Alpha" if i % 2 else "Beta", region="eu" if i < 20 else "us",
-                          ttft=100.0 + i))
+        out.append(
+            _probe(
+                "sim", FAST, at, provider="Alpha" if i % 2 else "Beta", region="eu" if i < 20 else "us", ttft=100.0 + i
+            )
+        )
     for i in range(10):  # FLAKY: the last probes fail, so it is down
         at = now - timedelta(minutes=30) + timedelta(seconds=60 * i)
         out.append(_probe("sim", FLAKY, at, ok=i < 5, provider="Beta"))
@@ -213,8 +231,19 @@ async def test_provider_cells_are_capped_and_no_provider_is_null(db_dsn: str, ai
         now = datetime.now(UTC) - timedelta(seconds=5)
         async with pool.acquire() as conn:
             await ensure_schema(conn)
-            await write_batch(conn, [_probe("sim", FAST, now - timedelta(seconds=230 - i), ok=i % 9 != 0,
-                                            provider=f"up-{i}" if i % 10 else None) for i in range(220)])
+            await write_batch(
+                conn,
+                [
+                    _probe(
+                        "sim",
+                        FAST,
+                        now - timedelta(seconds=230 - i),
+                        ok=i % 9 != 0,
+                        provider=f"up-{i}" if i % 10 else None,
+                    )
+                    for i in range(220)
+                ],
+            )
         aggregator = Aggregator(pool, WINDOWS, [("sim", FAST)], INTERVAL_S, max_providers=2)
         await aggregator.refresh()
         client = await _client(aiohttp_client, create_app(aggregator))
@@ -224,8 +253,9 @@ async def test_provider_cells_are_capped_and_no_provider_is_null(db_dsn: str, ai
             found = (await (await client.get("/v1/models", params={"provider": label})).json())["models"]
             assert [m["id"] for m in found] == [FAST], label
         for window in WINDOWS:
-            body = await (await client.get(f"/v1/models/{FAST}/stats", params={"by": "provider",
-                                                                             "window": window})).json()
+            body = await (
+                await client.get(f"/v1/models/{FAST}/stats", params={"by": "provider", "window": window})
+            ).json()
             cells = body["breakdown"]["provider"]
             assert set(cells) == {"up-1", "up-2", "other", "unknown"}, window
             assert cells["unknown"]["samples"]["attempted"] == 22
@@ -306,8 +336,14 @@ async def test_unknown_paths_and_methods_are_json(seeded: Seeded, aiohttp_client
 # ---------------------------------------------------------------- series
 
 
-def _expected(history: History, window: str, bucket: timedelta, start: datetime, end: datetime,
-              pick: Callable[[tuple[datetime, str, float, float]], float]) -> list[tuple[datetime, float]]:
+def _expected(
+    history: History,
+    window: str,
+    bucket: timedelta,
+    start: datetime,
+    end: datetime,
+    pick: Callable[[tuple[datetime, str, float, float]], float],
+) -> list[tuple[datetime, float]]:
     """The last value per UTC bucket, computed here independently of the SQL."""
     last: dict[datetime, tuple[datetime, float]] = {}
     for row in sorted(history.rows):
@@ -334,23 +370,24 @@ async def test_series_reads_the_last_value_per_bucket(seeded: Seeded, aiohttp_cl
     assert (body["metric"], body["bucket"], body["window"], body["aggregation"]) == ("ttft_p50", "1h", "7d", "last")
     assert datetime.fromisoformat(body["to"]) == snap_at
     assert datetime.fromisoformat(body["from"]) == snap_at - timedelta(days=7)
-    hourly = _expected(seeded.history, "7d", timedelta(hours=1), snap_at - timedelta(days=7), snap_at,
-                       lambda r: r[2])
+    hourly = _expected(seeded.history, "7d", timedelta(hours=1), snap_at - timedelta(days=7), snap_at, lambda r: r[2])
     assert _points(body) == hourly
     assert [v for _, v in hourly][-2:] == [110.0, 120.0]  # the 40-minute row beat the 10-minute one
     assert 50.0 not in [v for _, v in hourly]  # 8 days old: outside the default range
 
     daily = await (await client.get(url, params={"bucket": "1d", "metric": "error_rate"})).json()
-    assert _points(daily) == _expected(seeded.history, "7d", timedelta(days=1), snap_at - timedelta(days=7),
-                                       snap_at, lambda r: r[3])
+    assert _points(daily) == _expected(
+        seeded.history, "7d", timedelta(days=1), snap_at - timedelta(days=7), snap_at, lambda r: r[3]
+    )
     assert all(datetime.fromisoformat(p["t"]).hour == 0 for p in daily["points"])
 
     one_hour = await (await client.get(url, params={"window": "1h"})).json()
     assert [v for _, v in _points(one_hour)] == [900.0]
 
     start = seeded.now - timedelta(days=9)
-    wide = await (await client.get(url, params={"from": start.isoformat(), "to": snap_at.isoformat(),
-                                                "bucket": "1d"})).json()
+    wide = await (
+        await client.get(url, params={"from": start.isoformat(), "to": snap_at.isoformat(), "bucket": "1d"})
+    ).json()
     assert _points(wide)[0][1] == 50.0
     p95 = await (await client.get(url, params={"metric": "ttft_p95"})).json()
     assert [v for _, v in _points(p95)][-1] == 240.0
@@ -367,8 +404,9 @@ async def test_series_bad_input(seeded: Seeded, aiohttp_client: ClientFactory) -
     await _error(await client.get(url, params={"bucket": "5m"}), 400, "bucket")
     await _error(await client.get(url, params={"to": "yesterday"}), 400, "to")
     await _error(await client.get(url, params={"from": "2024-13-45T00:00:00Z"}), 400, "from")
-    await _error(await client.get(url, params={"from": "2024-05-02T00:00:00Z", "to": "2024-05-01T00:00:00Z"}),
-                 400, "from")
+    await _error(
+        await client.get(url, params={"from": "2024-05-02T00:00:00Z", "to": "2024-05-01T00:00:00Z"}), 400, "from"
+    )
     too_long = {"from": "2024-01-01T00:00:00Z", "to": "2024-07-01T00:00:00Z"}
     assert str(MAX_SERIES_POINTS) in await _error(await client.get(url, params=too_long), 400, "from")
     assert (await client.get(url, params={**too_long, "bucket": "1d"})).status == 200
@@ -474,19 +512,27 @@ async def test_readyz_before_and_after_a_refresh(db_dsn: str, aiohttp_client: Cl
 
 
 def _config_text(base_url: str, models: list[str], max_tokens: int | str = 32) -> str:
-    return config_text([router_entry("sim", base_url, models)],
-                       [prompt_entry(content="Count from 1 to 10.", max_tokens=max_tokens, min_output_tokens=4)],
-                       region="test", timeouts=LOOPBACK_TIMEOUTS)
+    return config_text(
+        [router_entry("sim", base_url, models)],
+        [prompt_entry(content="Count from 1 to 10.", max_tokens=max_tokens, min_output_tokens=4)],
+        region="test",
+        timeouts=LOOPBACK_TIMEOUTS,
+    )
 
 
 @pytest.fixture
 async def simulator() -> AsyncIterator[RunningSimulator]:
-    sim = await start_simulator([
-        ModelProfile(model=FAST, provider="Alpha", ttft_median_ms=20, ttft_sigma=0.1, tokens_per_s=500,
-                     output_tokens=8),
-        ModelProfile(model=FLAKY, provider="Beta", ttft_median_ms=20, ttft_sigma=0.1, tokens_per_s=500,
-                     output_tokens=8),
-    ], seed=7)
+    sim = await start_simulator(
+        [
+            ModelProfile(
+                model=FAST, provider="Alpha", ttft_median_ms=20, ttft_sigma=0.1, tokens_per_s=500, output_tokens=8
+            ),
+            ModelProfile(
+                model=FLAKY, provider="Beta", ttft_median_ms=20, ttft_sigma=0.1, tokens_per_s=500, output_tokens=8
+            ),
+        ],
+        seed=7,
+    )
     yield sim
     await sim.close()
 
@@ -500,7 +546,10 @@ def _local_admin(sim: RunningSimulator, path: Path) -> LocalAdmin:
 
 @pytest.mark.db
 async def test_admin_endpoints_are_disabled_without_a_token(
-    seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
+    seeded: Seeded,
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    aiohttp_client: ClientFactory,
 ) -> None:
     admin = _local_admin(simulator, tmp_path / "probes.yaml")
     client = await _client(aiohttp_client, create_app(seeded.aggregator, admin=admin))
@@ -512,7 +561,10 @@ async def test_admin_endpoints_are_disabled_without_a_token(
 
 @pytest.mark.db
 async def test_admin_token_checks_and_actions(
-    seeded: Seeded, simulator: RunningSimulator, tmp_path: Path, aiohttp_client: ClientFactory,
+    seeded: Seeded,
+    simulator: RunningSimulator,
+    tmp_path: Path,
+    aiohttp_client: ClientFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -568,9 +620,7 @@ async def test_admin_token_checks_and_actions(
 
 
 @pytest.mark.db
-async def test_admin_token_set_but_no_actions_is_forbidden(
-    seeded: Seeded, aiohttp_client: ClientFactory
-) -> None:
+async def test_admin_token_set_but_no_actions_is_forbidden(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator, admin_token=SecretStr(TOKEN)))
     resp = await client.post("/v1/config/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert "not available" in await _error(resp, 403, None)
@@ -588,10 +638,13 @@ class _BrokenAdmin:
 
 @pytest.mark.db
 async def test_an_unexpected_error_is_a_json_500_without_detail(
-    seeded: Seeded, aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture,
+    seeded: Seeded,
+    aiohttp_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client = await _client(aiohttp_client, create_app(seeded.aggregator, admin=_BrokenAdmin(),
-                                                      admin_token=SecretStr(TOKEN)))
+    client = await _client(
+        aiohttp_client, create_app(seeded.aggregator, admin=_BrokenAdmin(), admin_token=SecretStr(TOKEN))
+    )
     resp = await client.post(f"/v1/models/{FAST}/probe", headers={"Authorization": f"Bearer {TOKEN}"})
     assert await _error(resp, 500, None) == "internal error"
     text = await resp.text()
@@ -627,11 +680,17 @@ async def test_openapi_names_the_content_types_served(seeded: Seeded, aiohttp_cl
     client = await _client(aiohttp_client, create_app(seeded.aggregator, prices=PRICES))
     doc = openapi.build(tuple(WINDOWS))
     calls = [
-        ("/status", "/status", 200), ("/status.json", "/status.json", 200), ("/metrics", "/metrics", 200),
-        ("/v1/incidents", "/v1/incidents?state=closed", 200), ("/v1/incidents", "/v1/incidents?limit=501", 400),
-        ("/badge/status.svg", "/badge/status.svg", 200), ("/badge/status.svg", "/badge/status.svg?model=no/ne", 404),
-        ("/badge/{model_id}.svg", f"/badge/{FAST}.svg", 200), ("/badge/{model_id}.svg", "/badge/no/ne.svg", 404),
-        ("/badge/{model_id}.svg", "/badge/a%0Ab.svg", 404), ("/badge/{model_id}.svg", "/badge/acme%2Ffast.svg", 200),
+        ("/status", "/status", 200),
+        ("/status.json", "/status.json", 200),
+        ("/metrics", "/metrics", 200),
+        ("/v1/incidents", "/v1/incidents?state=closed", 200),
+        ("/v1/incidents", "/v1/incidents?limit=501", 400),
+        ("/badge/status.svg", "/badge/status.svg", 200),
+        ("/badge/status.svg", "/badge/status.svg?model=no/ne", 404),
+        ("/badge/{model_id}.svg", f"/badge/{FAST}.svg", 200),
+        ("/badge/{model_id}.svg", "/badge/no/ne.svg", 404),
+        ("/badge/{model_id}.svg", "/badge/a%0Ab.svg", 404),
+        ("/badge/{model_id}.svg", "/badge/acme%2Ffast.svg", 200),
         ("/v1/models", "/v1/models", 200),
     ]
     for path, url, status in calls:
@@ -668,12 +727,18 @@ def _schemathesis_run(base_url: str, fixed_id: str, max_examples: int) -> dict[t
     seen: dict[tuple[str, str, int], int] = {}
 
     def run(strategy: Any) -> None:
-        @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=strategy)
         def check(case: Any) -> None:
-            response = case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"},
-                                              checks=checks, timeout=10)
+            response = case.call_and_validate(
+                base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"}, checks=checks, timeout=10
+            )
             key = (case.method.upper(), case.operation.path, response.status_code)
             seen[key] = seen.get(key, 0) + 1
 
@@ -715,13 +780,21 @@ async def test_schemathesis_against_a_running_server(
     finally:
         await runner.cleanup()
     # schemathesis leaves out the endpoint its schema came from (/openapi.json is tested above).
-    documented = {(method.upper(), path) for path, item in openapi.build()["paths"].items() for method in item
-                  if path != "/openapi.json"}
+    documented = {
+        (method.upper(), path)
+        for path, item in openapi.build()["paths"].items()
+        for method in item
+        if path != "/openapi.json"
+    }
     assert {(m, p) for m, p, _ in seen} == documented, "every operation was called"
     ok = {(m, p) for m, p, status in seen if status == 200}
     assert ok == documented, f"every operation answered 200 at least once: missing {documented - ok}"
-    assert {p for _, p, status in seen if status == 400} >= {"/v1/models", "/v1/models/{id}/stats",
-                                                            "/v1/models/{id}/series", "/v1/incidents"}
+    assert {p for _, p, status in seen if status == 400} >= {
+        "/v1/models",
+        "/v1/models/{id}/stats",
+        "/v1/models/{id}/series",
+        "/v1/incidents",
+    }
     assert {p for _, p, status in seen if status == 404} >= {"/badge/status.svg", "/badge/{model_id}.svg"}
 
 

@@ -36,8 +36,11 @@ def _parse(svg: str) -> ET.Element:
     width = float(root.attrib["width"])
     assert root.attrib["height"] == "20"
     assert root.attrib["viewBox"] == f"0 0 {root.attrib['width']} 20"
-    left, right = (float(r.attrib["width"]) for r in root.iter(f"{SVG_NS}rect") if "fill" in r.attrib
-                   and not r.attrib["fill"].startswith(("url", "#fff")))
+    left, right = (
+        float(r.attrib["width"])
+        for r in root.iter(f"{SVG_NS}rect")
+        if "fill" in r.attrib and not r.attrib["fill"].startswith(("url", "#fff"))
+    )
     assert left + right == pytest.approx(width)
     return root
 
@@ -66,7 +69,7 @@ def test_badge_is_valid_svg_with_label_value_and_title() -> None:
 
 @pytest.mark.unit
 def test_every_text_is_xml_escaped() -> None:
-    nasty_label, nasty_value = 'a<b>&"\'', "x</text><script>alert(1)</script>"
+    nasty_label, nasty_value = "a<b>&\"'", "x</text><script>alert(1)</script>"
     svg = render_badge(nasty_label, nasty_value, '"/><script/>', title="t<&>")
     root = _parse(svg)
     assert _texts(root) == [nasty_label, nasty_value]

@@ -56,8 +56,9 @@ class Run:
     """A ``routewatch run`` child process and the lines it printed."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(ROUTEWATCH + args, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        self.proc = subprocess.Popen(
+            ROUTEWATCH + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+        )
         self.lines: list[str] = []
 
     def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match[str]:
@@ -179,11 +180,21 @@ def test_embedded_postgres_dies_with_a_killed_routewatch(config_file: Path, data
 
 
 def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
-    proc = subprocess.run(ROUTEWATCH + ["once", "--config", str(config_file)], env=_env(COLUMNS="200"),
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run(
+        ROUTEWATCH + ["once", "--config", str(config_file)],
+        env=_env(COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
-    for model in ("openai/gpt-4.1-nano", "anthropic/claude-haiku-4.5", "google/gemini-2.5-flash",
-                  "deepseek/deepseek-r1"):
+    for model in (
+        "openai/gpt-4.1-nano",
+        "anthropic/claude-haiku-4.5",
+        "google/gemini-2.5-flash",
+        "deepseek/deepseek-r1",
+    ):
         assert model in proc.stdout
     m = re.search(r"(\d+) of (\d+) probes ok", proc.stdout)
     assert m and int(m.group(2)) == 4, proc.stdout
@@ -191,9 +202,14 @@ def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
 
 
 def test_real_router_without_its_key_is_a_clear_error(config_file: Path) -> None:
-    proc = subprocess.run(ROUTEWATCH + ["once", "--config", str(config_file)],
-                          env=_env(ROUTEWATCH_ROUTER_URL="http://127.0.0.1:9/v1"),
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        ROUTEWATCH + ["once", "--config", str(config_file)],
+        env=_env(ROUTEWATCH_ROUTER_URL="http://127.0.0.1:9/v1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
         "routewatch: router 'orcarouter': environment variable ROUTEWATCH_API_KEY is not set "
@@ -203,10 +219,16 @@ def test_real_router_without_its_key_is_a_clear_error(config_file: Path) -> None
 
 def test_real_router_url_from_the_environment_is_probed(config_file: Path) -> None:
     """ROUTEWATCH_ROUTER_URL replaces the simulator; here a closed loopback port refuses."""
-    proc = subprocess.run(ROUTEWATCH + ["once", "--config", str(config_file)],
-                          env=_env(ROUTEWATCH_ROUTER_URL="http://127.0.0.1:9/v1", ROUTEWATCH_API_KEY="sk-test-secret-123456",
-                                   COLUMNS="200"),
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        ROUTEWATCH + ["once", "--config", str(config_file)],
+        env=_env(
+            ROUTEWATCH_ROUTER_URL="http://127.0.0.1:9/v1", ROUTEWATCH_API_KEY="sk-test-secret-123456", COLUMNS="200"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert proc.returncode == 2
     assert "simulator" not in proc.stdout
     assert proc.stdout.count("connect_error") == 4
@@ -220,7 +242,10 @@ def test_unreachable_database_is_a_clear_error_without_the_password(config_file:
         proc = subprocess.run(
             ROUTEWATCH + ["run", "--config", str(config_file), "--data-dir", str(data_dir)],
             env=_env(ROUTEWATCH_DATABASE_URL=f"postgresql://rw:hunter2secret@127.0.0.1:{port}/rw"),
-            capture_output=True, text=True, timeout=60, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
         )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith(
@@ -235,6 +260,7 @@ def test_unreachable_database_is_a_clear_error_without_the_password(config_file:
 
 def _sql(dsn: str, query: str, *args: object) -> object:
     """One value from ``query`` on a private event loop."""
+
     async def fetch() -> object:
         conn = await asyncpg.connect(dsn)
         try:
@@ -269,19 +295,22 @@ def test_a_task_that_dies_stops_run_loudly(config_file: Path, data_dir: Path, db
     """The stats refresh dies on a corrupt rollup row: `run` logs it, stores its probes and exits 1."""
     loop = asyncio.new_event_loop()
     leader = loop.run_until_complete(asyncpg.connect(db_dsn))
-    run = Run(["run", "--config", str(config_file), "--data-dir", str(data_dir)],
-              _env(ROUTEWATCH_DATABASE_URL=db_dsn))
+    run = Run(["run", "--config", str(config_file), "--data-dir", str(data_dir)], _env(ROUTEWATCH_DATABASE_URL=db_dsn))
     try:
         # Another aggregator holds the refresher role, so this run is a standby,
         # which reads every rollup row of its windows at each refresh.
         assert loop.run_until_complete(leader.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
         run.wait_for(r"API:\s+http://")
         _wait_until(lambda: bool(_sql(db_dsn, "SELECT count(*) FROM probe_results")), 30, "stored probes")
-        _sql(db_dsn, """
+        _sql(
+            db_dsn,
+            """
             INSERT INTO probe_hist_hourly (bucket, router, model, provider, region, prompt, methodology,
                 attempts, ok, rate_limited, overloaded, input_tokens, output_tokens, ttft, ttfat, tps)
             VALUES (date_trunc('hour', now()), 'orcarouter', 'openai/gpt-4.1-nano', 'p', 'test', 'short', 'm1',
-                1, 1, 0, 0, 0, 0, $1, $1, $1)""", b"\x00")
+                1, 1, 0, 0, 0, 0, $1, $1, $1)""",
+            b"\x00",
+        )
         code = run.proc.wait(timeout=40)
     finally:
         if run.proc.poll() is None:
@@ -291,8 +320,9 @@ def test_a_task_that_dies_stops_run_loudly(config_file: Path, data_dir: Path, db
         loop.close()
     out = run.output()
     assert code == 1, out
-    assert re.search(r"ERROR routewatch: the aggregator refresh task failed: ValueError: histogram bytes truncated",
-                     out), out
+    assert re.search(
+        r"ERROR routewatch: the aggregator refresh task failed: ValueError: histogram bytes truncated", out
+    ), out
     assert "routewatch: stopped because the aggregator refresh task failed" in out
     stored = re.search(r"stored (\d+) probe results", out)
     assert stored and int(stored.group(1)) > 0, out
@@ -301,8 +331,7 @@ def test_a_task_that_dies_stops_run_loudly(config_file: Path, data_dir: Path, db
 
 
 @pytest.mark.timeout(120)
-def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(config_file: Path,
-                                                                           data_dir: Path) -> None:
+def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(config_file: Path, data_dir: Path) -> None:
     run = Run(["run", "--config", str(config_file), "--data-dir", str(data_dir)], _env())
     try:
         run.wait_for(r"API:\s+http://")
@@ -312,14 +341,29 @@ def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(confi
         os.kill(pid, signal.SIGKILL)
         run.wait_for(r"ERROR routewatch: the embedded PostgreSQL was killed by signal 9 \(SIGKILL\)", 10)
         run.wait_for(r"restarting the embedded PostgreSQL in 1s \(try 1 of 5", 10)
-        again = run.wait_for(r"the embedded PostgreSQL is running again \(pid (\d+), port (\d+)\) after it was killed"
-                             r" by signal 9", 30)
+        again = run.wait_for(
+            r"the embedded PostgreSQL is running again \(pid (\d+), port (\d+)\) after it was killed"
+            r" by signal 9",
+            30,
+        )
         new_pid = int(again.group(1))
         assert new_pid != pid and _alive(new_pid)
         assert _embedded_dsn(data_dir) == dsn  # same port and password: clients' URLs still work
         since = _sql(dsn, "SELECT now()")
-        _wait_until(lambda: int(_sql(dsn, "SELECT count(*) FROM probe_results WHERE started_at > $1",  # type: ignore[arg-type]
-                                     since)) >= 4, 30, "probes stored after the restart")
+        _wait_until(
+            lambda: (
+                int(
+                    _sql(
+                        dsn,
+                        "SELECT count(*) FROM probe_results WHERE started_at > $1",  # type: ignore[arg-type]
+                        since,
+                    )
+                )
+                >= 4
+            ),
+            30,
+            "probes stored after the restart",
+        )
     finally:
         code, out = _interrupt(run)
     assert code == 0, out
@@ -352,8 +396,14 @@ def test_taken_api_port_is_reported_before_anything_starts(config_file: Path, da
 
 @pytest.mark.parametrize("port", ["80800", "eighty"])
 def test_bad_api_port_in_the_environment_is_a_clear_error(config_file: Path, data_dir: Path, port: str) -> None:
-    proc = subprocess.run(ROUTEWATCH + ["run", "--config", str(config_file), "--data-dir", str(data_dir)],
-                          env=_env(ROUTEWATCH_API_PORT=port), capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        ROUTEWATCH + ["run", "--config", str(config_file), "--data-dir", str(data_dir)],
+        env=_env(ROUTEWATCH_API_PORT=port),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"routewatch: ROUTEWATCH_API_PORT: {port!r} is not a port number (0-65535)"
     assert not (data_dir / "pgdata").exists()  # refused before anything started
@@ -382,7 +432,9 @@ def test_runs_started_together_on_an_empty_data_dir(config_file: Path, data_dir:
         out = refused.output()
         assert re.search(
             rf"routewatch: another `routewatch run` \(pid {running[0].proc.pid}\) uses the data directory {data_dir};"
-            r" give each run its own --data-dir", out), out
+            r" give each run its own --data-dir",
+            out,
+        ), out
         assert "Traceback" not in out
         # One server on the data directory, which the serve and the run share.
         banners = "".join(running[0].lines) + "".join(serve.lines)
@@ -398,11 +450,11 @@ def test_runs_started_together_on_an_empty_data_dir(config_file: Path, data_dir:
 
 
 @pytest.mark.timeout(90)
-def test_slow_clients_are_cut_off_and_the_api_keeps_answering(config_file: Path, data_dir: Path,
-                                                               db_dsn: str) -> None:
+def test_slow_clients_are_cut_off_and_the_api_keeps_answering(config_file: Path, data_dir: Path, db_dsn: str) -> None:
     """200 connections trickling a request head byte by byte are closed after HEAD_TIMEOUT_S."""
-    run = Run(["serve", "--config", str(config_file), "--data-dir", str(data_dir)],
-              _env(ROUTEWATCH_DATABASE_URL=db_dsn))
+    run = Run(
+        ["serve", "--config", str(config_file), "--data-dir", str(data_dir)], _env(ROUTEWATCH_DATABASE_URL=db_dsn)
+    )
     socks: list[socket.socket] = []
     try:
         api = run.wait_for(r"API:\s+(http://\S+)").group(1)

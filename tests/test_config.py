@@ -208,7 +208,7 @@ BAD = {
     "bad-duplicate-router-name": "testdata/bad-duplicate-router-name.yaml:5: routers[1].name: "
     'duplicate router name "orcarouter" (also routers[0])',
     "bad-price-unlisted-model": "testdata/bad-price-unlisted-model.yaml:7: "
-    "routers[0].prices[\"openai/gpt-4.1-mini\"]: no such model in this router's models",
+    'routers[0].prices["openai/gpt-4.1-mini"]: no such model in this router\'s models',
     "bad-negative-price": "testdata/bad-negative-price.yaml:7: "
     'routers[0].prices["openai/gpt-4.1-nano"].input: Input should be greater than or equal to 0',
     "bad-credentials-in-url": "testdata/bad-credentials-in-url.yaml:3: routers[0].base_url: "
@@ -261,56 +261,68 @@ BAD = {
     # Values that passed the check and then crashed or corrupted at run time.
     "bad-yaml-lone-surrogate": "testdata/bad-yaml-lone-surrogate.yaml:4: (yaml): "
     "a lone surrogate escape (\\ud800-\\udfff) is not a character",
-    "bad-model-id-control": "\n".join([
-        "testdata/bad-model-id-control.yaml:4: routers[0].models[0]: "
-        "must not contain control characters (U+0000 at character 20)",
-        "testdata/bad-model-id-control.yaml:4: routers[0].models[1]: "
-        "must not contain control characters (U+001B at character 20)",
-    ]),
+    "bad-model-id-control": "\n".join(
+        [
+            "testdata/bad-model-id-control.yaml:4: routers[0].models[0]: "
+            "must not contain control characters (U+0000 at character 20)",
+            "testdata/bad-model-id-control.yaml:4: routers[0].models[1]: "
+            "must not contain control characters (U+001B at character 20)",
+        ]
+    ),
     "bad-region-control": "testdata/bad-region-control.yaml:1: region: "
     "must not contain control characters (U+0000 at character 8)",
-    "bad-header-control": "\n".join([
-        'testdata/bad-header-control.yaml:6: routers[0].headers["HTTP-Referer"]: '
-        "must not contain control characters (U+0000 at character 27)",
-        'testdata/bad-header-control.yaml:7: routers[0].headers["X-Title"]: '
-        "must not contain control characters (U+007F at character 7)",
-        'testdata/bad-header-control.yaml:8: routers[0].headers["X-Nul\\u0000"]: not a valid HTTP header name',
-    ]),
-    "bad-header-reserved": "\n".join([
-        'testdata/bad-header-reserved.yaml:6: routers[0].headers["Content-Length"]: cannot be set here: '
-        "the probe sets it for the JSON body it sends; a fixed value would corrupt the request",
-        "testdata/bad-header-reserved.yaml:7: routers[0].headers.Host: cannot be set here: "
-        "taken from base_url: put the host there",
-        'testdata/bad-header-reserved.yaml:8: routers[0].headers["Transfer-Encoding"]: cannot be set here: '
-        "the probe sets it for the JSON body it sends; a fixed value would corrupt the request",
-        "testdata/bad-header-reserved.yaml:9: routers[0].headers.Connection: cannot be set here: "
-        "a connection header, managed by the HTTP client; it cannot be set per request",
-    ]),
+    "bad-header-control": "\n".join(
+        [
+            'testdata/bad-header-control.yaml:6: routers[0].headers["HTTP-Referer"]: '
+            "must not contain control characters (U+0000 at character 27)",
+            'testdata/bad-header-control.yaml:7: routers[0].headers["X-Title"]: '
+            "must not contain control characters (U+007F at character 7)",
+            'testdata/bad-header-control.yaml:8: routers[0].headers["X-Nul\\u0000"]: not a valid HTTP header name',
+        ]
+    ),
+    "bad-header-reserved": "\n".join(
+        [
+            'testdata/bad-header-reserved.yaml:6: routers[0].headers["Content-Length"]: cannot be set here: '
+            "the probe sets it for the JSON body it sends; a fixed value would corrupt the request",
+            "testdata/bad-header-reserved.yaml:7: routers[0].headers.Host: cannot be set here: "
+            "taken from base_url: put the host there",
+            'testdata/bad-header-reserved.yaml:8: routers[0].headers["Transfer-Encoding"]: cannot be set here: '
+            "the probe sets it for the JSON body it sends; a fixed value would corrupt the request",
+            "testdata/bad-header-reserved.yaml:9: routers[0].headers.Connection: cannot be set here: "
+            "a connection header, managed by the HTTP client; it cannot be set per request",
+        ]
+    ),
     "bad-duration-too-long": "testdata/bad-duration-too-long.yaml:9: storage.retention: "
     'duration must be at most 36500d (100 years), got "99999999999999999d"',
-    "bad-duplicate-window": "\n".join([
-        'testdata/bad-duplicate-window.yaml:9: aggregator.windows[2]: duplicate window "60m" '
-        '(the same as windows[0], "1h")',
-        'testdata/bad-duplicate-window.yaml:9: aggregator.windows[4]: duplicate window "1d" '
-        '(the same as windows[1], "24h")',
-    ]),
-    "bad-infinite-price": "\n".join([
-        'testdata/bad-infinite-price.yaml:7: routers[0].prices["openai/gpt-4.1-nano"].input: '
-        "Input should be a finite number",
-        'testdata/bad-infinite-price.yaml:8: routers[0].prices["openai/gpt-4.1-nano"].output: '
-        "Input should be a finite number",
-    ]),
+    "bad-duplicate-window": "\n".join(
+        [
+            'testdata/bad-duplicate-window.yaml:9: aggregator.windows[2]: duplicate window "60m" '
+            '(the same as windows[0], "1h")',
+            'testdata/bad-duplicate-window.yaml:9: aggregator.windows[4]: duplicate window "1d" '
+            '(the same as windows[1], "24h")',
+        ]
+    ),
+    "bad-infinite-price": "\n".join(
+        [
+            'testdata/bad-infinite-price.yaml:7: routers[0].prices["openai/gpt-4.1-nano"].input: '
+            "Input should be a finite number",
+            'testdata/bad-infinite-price.yaml:8: routers[0].prices["openai/gpt-4.1-nano"].output: '
+            "Input should be a finite number",
+        ]
+    ),
     "bad-maintenance-invalid-date": "testdata/bad-maintenance-invalid-date.yaml:12: maintenance[1].start: "
     'invalid date "2025-13-01T02:00:00Z": month must be in 1..12',
-    "bad-api-key-env-own-setting": "\n".join([
-        f"testdata/bad-api-key-env-own-setting.yaml:4: routers[0].api_key_env: ROUTEWATCH_ADMIN_TOKEN {OWN_SETTING}",
-        f"testdata/bad-api-key-env-own-setting.yaml:8: routers[1].api_key_env: ROUTEWATCH_DATABASE_URL {OWN_SETTING}",
-    ]),
+    "bad-api-key-env-own-setting": "\n".join(
+        [
+            f"testdata/bad-api-key-env-own-setting.yaml:4: routers[0].api_key_env: ROUTEWATCH_ADMIN_TOKEN {OWN_SETTING}",
+            f"testdata/bad-api-key-env-own-setting.yaml:8: routers[1].api_key_env: ROUTEWATCH_DATABASE_URL {OWN_SETTING}",
+        ]
+    ),
     "bad-multiple-errors": "\n".join(
         [
             "testdata/bad-multiple-errors.yaml:4: routers[0].base_url: "
             'must be an http:// or https:// URL, or "simulator"',
-            "testdata/bad-multiple-errors.yaml:5: routers[0].models[1]: duplicate model \"openai/gpt-4.1-nano\"",
+            'testdata/bad-multiple-errors.yaml:5: routers[0].models[1]: duplicate model "openai/gpt-4.1-nano"',
             "testdata/bad-multiple-errors.yaml:8: prompts[0].messages[0].role: "
             'the last message must be from "user", not "system"',
             "testdata/bad-multiple-errors.yaml:9: prompts[0].max_tokens: Input should be greater than or equal to 1",
@@ -461,12 +473,17 @@ def test_maintenance_model_in_a_second_router() -> None:
 @pytest.mark.unit
 def test_max_providers_per_model_defaults_to_5_and_must_be_at_least_1() -> None:
     assert parse_config(MINIMAL_CONFIG, "probes.yaml").aggregator.max_providers_per_model == 5
-    assert parse_config(MINIMAL_CONFIG + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml") \
-        .aggregator.max_providers_per_model == 2
+    assert (
+        parse_config(
+            MINIMAL_CONFIG + "aggregator: {max_providers_per_model: 2}\n", "probes.yaml"
+        ).aggregator.max_providers_per_model
+        == 2
+    )
     with pytest.raises(ConfigError) as excinfo:
         parse_config(MINIMAL_CONFIG + "aggregator:\n  max_providers_per_model: 0\n", "probes.yaml")
     assert str(excinfo.value) == (
-        "probes.yaml:9: aggregator.max_providers_per_model: Input should be greater than or equal to 1")
+        "probes.yaml:9: aggregator.max_providers_per_model: Input should be greater than or equal to 1"
+    )
 
 
 def _refusal(text: str) -> str:
@@ -511,8 +528,14 @@ def test_check_config_refuses_the_bomb_with_bounded_memory(tmp_path: Path) -> No
     def cap_memory() -> None:  # so that a regression fails this test instead of exhausting the machine
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
-    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, str(peak), "check-config", str(BOMB)],
-                          capture_output=True, text=True, cwd=REPO, preexec_fn=cap_memory, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_CHILD, str(peak), "check-config", str(BOMB)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=cap_memory,
+        timeout=60,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"{BOMB}:14: (yaml): the file expands to more than 100,000 values"), proc.stderr
@@ -535,7 +558,8 @@ def test_nesting_up_to_the_limit_is_parsed() -> None:
     at_limit = _refusal(MINIMAL_CONFIG + "extra: " + "[" * 63 + "]" * 63 + "\n")
     assert at_limit.startswith('probes.yaml:8: extra: unknown field "extra"'), at_limit
     assert _refusal(MINIMAL_CONFIG + "extra: " + "[" * 64 + "]" * 64 + "\n") == (
-        "probes.yaml:8: (yaml): nested more than 64 levels deep")
+        "probes.yaml:8: (yaml): nested more than 64 levels deep"
+    )
 
 
 @pytest.mark.unit
@@ -615,7 +639,7 @@ def test_endless_file_is_refused() -> None:
 
 @pytest.mark.unit
 def test_huge_integer_is_reported_at_its_line() -> None:
-    text = MINIMAL_CONFIG.replace('    messages:', f"    max_tokens: {'9' * 5000}\n    messages:")
+    text = MINIMAL_CONFIG.replace("    messages:", f"    max_tokens: {'9' * 5000}\n    messages:")
     assert _refusal(text) == (
         'probes.yaml:7: prompts[0].max_tokens: invalid number "' + "9" * 40 + '…": '
         "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"
@@ -623,8 +647,9 @@ def test_huge_integer_is_reported_at_its_line() -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("field", ["schedule:\n  interval", "storage:\n  retention", "slo:\n  window",
-                                   "aggregator:\n  refresh"])
+@pytest.mark.parametrize(
+    "field", ["schedule:\n  interval", "storage:\n  retention", "slo:\n  window", "aggregator:\n  refresh"]
+)
 def test_every_duration_is_bounded(field: str) -> None:
     message = _refusal(MINIMAL_CONFIG + f"{field}: 99999999999999999d\n")
     assert message.endswith('duration must be at most 36500d (100 years), got "99999999999999999d"'), message
@@ -643,9 +668,24 @@ def test_the_longest_duration_still_works_with_dates() -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ["Content-Length", "content-length", "Host", "Transfer-Encoding", "Connection",
-                                  "Keep-Alive", "TE", "Trailer", "Upgrade", "Expect", "Proxy-Connection",
-                                  "Content-Type", "Content-Encoding"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Content-Length",
+        "content-length",
+        "Host",
+        "Transfer-Encoding",
+        "Connection",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Expect",
+        "Proxy-Connection",
+        "Content-Type",
+        "Content-Encoding",
+    ],
+)
 def test_headers_the_probe_owns_are_refused(name: str) -> None:
     text = MINIMAL_CONFIG.replace("base_url: simulator", f'base_url: simulator\n    headers: {{"{name}": "x"}}')
     assert _refusal(text).startswith("probes.yaml:4: routers[0].headers"), name
@@ -654,7 +694,9 @@ def test_headers_the_probe_owns_are_refused(name: str) -> None:
 
 @pytest.mark.unit
 def test_a_header_value_may_hold_a_tab_and_non_ascii() -> None:
-    text = MINIMAL_CONFIG.replace("base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}')
+    text = MINIMAL_CONFIG.replace(
+        "base_url: simulator", 'base_url: simulator\n    headers: {X-Title: "status\\tpage é"}'
+    )
     assert parse_config(text, "probes.yaml").routers[0].headers == {"X-Title": "status\tpage é"}
 
 
@@ -682,8 +724,10 @@ def test_no_routewatch_setting_can_be_a_router_key() -> None:
 @pytest.mark.parametrize(
     ("section", "field"),
     [
-        ('maintenance:\n  - {start: 2025-06-01T02:00:00Z, end: 2025-06-01T03:00:00Z, reason: "up\\0"}',
-         "maintenance[0].reason"),
+        (
+            'maintenance:\n  - {start: 2025-06-01T02:00:00Z, end: 2025-06-01T03:00:00Z, reason: "up\\0"}',
+            "maintenance[0].reason",
+        ),
         ('api:\n  host: "127.0.0.1\\0"', "api.host"),
     ],
 )

@@ -19,8 +19,13 @@ from routewatch.storage.spool import Spool
 def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
     env["ROUTEWATCH_DATABASE_URL"] = dsn
-    return subprocess.run([sys.executable, "-m", "routewatch.cli", *args, "--data-dir", str(data_dir)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "routewatch.cli", *args, "--data-dir", str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.system
@@ -28,7 +33,10 @@ def test_migrate_then_status(db_dsn: str, db_mode: str, tmp_path: Path) -> None:
     first = _cli(["db", "migrate"], db_dsn, tmp_path)
     assert first.returncode == 0, first.stderr
     assert f"storage mode: {db_mode}" in first.stdout
-    assert "applied: 0001_probe_results, 0002_rollup_hourly, 0003_hist_rollup, 0004_stats_history, 0005_status, 0006_ingest_done" in first.stdout
+    assert (
+        "applied: 0001_probe_results, 0002_rollup_hourly, 0003_hist_rollup, 0004_stats_history, 0005_status, 0006_ingest_done"
+        in first.stdout
+    )
     again = _cli(["db", "migrate"], db_dsn, tmp_path)
     assert "applied: nothing to apply" in again.stdout
 

@@ -49,11 +49,15 @@ PROFILES = """
 
 
 def config(base_url: str) -> str:
-    return config_text([router_entry("sim", base_url, ["dur/fast", "dur/flaky"])],
-                       [prompt_entry(max_tokens=32, min_output_tokens=8)], region="test",
-                       schedule={"interval": "300ms", "jitter": "100ms", "concurrency": 8},
-                       timeouts={"connect": "1s", "headers": "2s", "first_token": "2s", "idle": "1s", "total": "3s"},
-                       api=LOOPBACK_API, aggregator={"refresh": "1s"})
+    return config_text(
+        [router_entry("sim", base_url, ["dur/fast", "dur/flaky"])],
+        [prompt_entry(max_tokens=32, min_output_tokens=8)],
+        region="test",
+        schedule={"interval": "300ms", "jitter": "100ms", "concurrency": 8},
+        timeouts={"connect": "1s", "headers": "2s", "first_token": "2s", "idle": "1s", "total": "3s"},
+        api=LOOPBACK_API,
+        aggregator={"refresh": "1s"},
+    )
 
 
 def _free_port() -> int:
@@ -100,7 +104,9 @@ class Routewatch:
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "routewatch.cli", "run", "--config", str(cfg), "--data-dir", str(workdir / "data")],
-            env=env, stdout=self._out, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while "API:" not in self.log.read_text():

@@ -30,21 +30,34 @@ from routewatch.storage.writer import BatchWriter
 pytestmark = pytest.mark.system
 
 PROFILES = (
-    ModelProfile(model="test/fast", provider="FastCo", ttft_median_ms=40, ttft_sigma=0.2,
-                 tokens_per_s=200, output_tokens=24),
-    ModelProfile(model="test/flaky", provider="FlakyCo", ttft_median_ms=90, ttft_sigma=0.2,
-                 tokens_per_s=150, output_tokens=24, error_rate=0.3,
-                 faults={"http_500": 1.0, "http_429": 1.0, "drop": 1.0}),
-    ModelProfile(model="test/slow", provider="SlowCo", ttft_median_ms=220, ttft_sigma=0.2,
-                 tokens_per_s=100, output_tokens=24),
+    ModelProfile(
+        model="test/fast", provider="FastCo", ttft_median_ms=40, ttft_sigma=0.2, tokens_per_s=200, output_tokens=24
+    ),
+    ModelProfile(
+        model="test/flaky",
+        provider="FlakyCo",
+        ttft_median_ms=90,
+        ttft_sigma=0.2,
+        tokens_per_s=150,
+        output_tokens=24,
+        error_rate=0.3,
+        faults={"http_500": 1.0, "http_429": 1.0, "drop": 1.0},
+    ),
+    ModelProfile(
+        model="test/slow", provider="SlowCo", ttft_median_ms=220, ttft_sigma=0.2, tokens_per_s=100, output_tokens=24
+    ),
 )
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 
 
 def sim_config(base_url: str, models: Sequence[str], interval: str, jitter: str) -> str:
-    return config_text([router_entry("sim", base_url, models)], [prompt_entry(max_tokens=64, min_output_tokens=16)],
-                       region="test", schedule={"interval": interval, "jitter": jitter, "concurrency": 16},
-                       timeouts=LOOPBACK_TIMEOUTS)
+    return config_text(
+        [router_entry("sim", base_url, models)],
+        [prompt_entry(max_tokens=64, min_output_tokens=16)],
+        region="test",
+        schedule={"interval": interval, "jitter": jitter, "concurrency": 16},
+        timeouts=LOOPBACK_TIMEOUTS,
+    )
 
 
 @pytest.fixture
@@ -54,8 +67,9 @@ async def simulator() -> AsyncIterator[RunningSimulator]:
     await sim.close()
 
 
-async def run_scheduled(series: list[Series], pool: asyncpg.Pool, interval: float, jitter: float,
-                        seconds: float, spool_dir: Path) -> Prober:
+async def run_scheduled(
+    series: list[Series], pool: asyncpg.Pool, interval: float, jitter: float, seconds: float, spool_dir: Path
+) -> Prober:
     """Probe ``series`` on the real scheduler for ``seconds``, storing every result."""
     writer = BatchWriter(pool, spool_dir, flush_s=0.1)
     await writer.start()
@@ -85,9 +99,12 @@ async def test_scheduled_probes_reach_the_api_with_true_figures(
             assert await ensure_schema(conn) == db_mode
             assert await ensure_schema(conn) == db_mode, "a second start must find the schema in place"
             if db_mode == "timescaledb":
-                assert await conn.fetchval(
-                    "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'probe_results'"
-                ) == 1
+                assert (
+                    await conn.fetchval(
+                        "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'probe_results'"
+                    )
+                    == 1
+                )
         prober = await run_scheduled(series, pool, 0.5, 0.1, seconds=8.0, spool_dir=tmp_path / "spool")
         assert prober.completed >= 3 * 10, "the scheduler should have run about 16 rounds"
 
@@ -143,8 +160,9 @@ async def test_scheduled_probes_reach_the_api_with_true_figures(
 
 async def test_a_probe_never_overlaps_itself(db_dsn: str, tmp_path: Path) -> None:
     """A model slower than the interval is probed back to back, never twice at once."""
-    slow = ModelProfile(model="test/glacial", provider="Slow", ttft_median_ms=600, ttft_sigma=0.0,
-                        tokens_per_s=100, output_tokens=5)
+    slow = ModelProfile(
+        model="test/glacial", provider="Slow", ttft_median_ms=600, ttft_sigma=0.0, tokens_per_s=100, output_tokens=5
+    )
     async with await start_simulator([slow], seed=3) as sim:
         config = parse_config(sim_config(sim.base_url, [slow.model], "200ms", "0s"), "overlap.yaml")
         series, _ = plan(config, {})

@@ -26,17 +26,29 @@ from routewatch.storage.writer import write_batch
 pytestmark = pytest.mark.system
 
 REFRESH_S = 2.0
-CONFIG = config_text([router_entry("sim", models=["ha/model"])], api=LOOPBACK_API, aggregator={"refresh": f"{REFRESH_S}s"})
+CONFIG = config_text(
+    [router_entry("sim", models=["ha/model"])], api=LOOPBACK_API, aggregator={"refresh": f"{REFRESH_S}s"}
+)
 
 
 def _result(ttft_ms: float) -> ProbeResult:
-    return probe_result(started_at=datetime.now(UTC) - timedelta(seconds=5), router="sim", model="ha/model",
-                        ttft_ms=ttft_ms, output_tokens=10)
+    return probe_result(
+        started_at=datetime.now(UTC) - timedelta(seconds=5),
+        router="sim",
+        model="ha/model",
+        ttft_ms=ttft_ms,
+        output_tokens=10,
+    )
 
 
 def _failure() -> ProbeResult:
-    return probe_result(started_at=datetime.now(UTC) - timedelta(seconds=1), router="sim", model="ha/model",
-                        error_class="http_5xx", error_detail="injected")
+    return probe_result(
+        started_at=datetime.now(UTC) - timedelta(seconds=1),
+        router="sim",
+        model="ha/model",
+        error_class="http_5xx",
+        error_detail="injected",
+    )
 
 
 async def _store(dsn: str, results: list[ProbeResult]) -> None:
@@ -66,9 +78,10 @@ class Serve:
         env["ROUTEWATCH_DATABASE_URL"] = dsn
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "routewatch.cli", "serve", "--config", str(cfg),
-             "--data-dir", str(workdir / name)],
-            env=env, stdout=self._out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "routewatch.cli", "serve", "--config", str(cfg), "--data-dir", str(workdir / name)],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while not (m := re.search(r"API:\s+(http://\S+)", self.log.read_text())):

@@ -20,8 +20,13 @@ WINDOWS = {"1h": 3600.0, "7d": 7 * 86400.0}
 
 
 def _result(ttft_ms: float, ok: bool = True) -> ProbeResult:
-    return probe_result(started_at=datetime.now(UTC) - timedelta(seconds=30), region="r", router="sim",
-                        model="h/model", **outcome(ok, ttft_ms=ttft_ms, output_tokens=10))
+    return probe_result(
+        started_at=datetime.now(UTC) - timedelta(seconds=30),
+        region="r",
+        router="sim",
+        model="h/model",
+        **outcome(ok, ttft_ms=ttft_ms, output_tokens=10),
+    )
 
 
 async def test_each_refresh_is_recorded_and_can_be_read_back_at_any_time(db_dsn: str) -> None:

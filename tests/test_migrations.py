@@ -34,10 +34,20 @@ from routewatch.storage.migrate import (
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import write_batch
 
-LABELS = ["0001_probe_results", "0002_rollup_hourly", "0003_hist_rollup", "0004_stats_history", "0005_status",
-          "0006_ingest_done"]
-SHARED_LABELS = {"0003_hist_rollup", "0004_stats_history", "0005_status", "0006_ingest_done"}  # one NNNN_name.sql for both modes
-
+LABELS = [
+    "0001_probe_results",
+    "0002_rollup_hourly",
+    "0003_hist_rollup",
+    "0004_stats_history",
+    "0005_status",
+    "0006_ingest_done",
+]
+SHARED_LABELS = {
+    "0003_hist_rollup",
+    "0004_stats_history",
+    "0005_status",
+    "0006_ingest_done",
+}  # one NNNN_name.sql for both modes
 
 
 async def recorded_versions(conn: asyncpg.Connection) -> list[tuple[int, str]]:
@@ -81,8 +91,14 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
     report = await migrate(conn, mode=mode)
 
     assert (report.mode, report.version, report.applied) == (mode, len(LABELS), LABELS)
-    assert await recorded_versions(conn) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history"), (5, "status"),
-                                                  (6, "ingest_done")]
+    assert await recorded_versions(conn) == [
+        (1, "probe_results"),
+        (2, "rollup_hourly"),
+        (3, "hist_rollup"),
+        (4, "stats_history"),
+        (5, "status"),
+        (6, "ingest_done"),
+    ]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_results'::regclass AND attnum > 0"
@@ -94,19 +110,36 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         " AND NOT attisdropped ORDER BY attnum"
     )
     assert [c["attname"] for c in rollup_columns] == [
-        "bucket", "router", "model", "provider", "region", "prompt", "methodology", "attempts", "ok",
-        "timeouts", "http_429", "http_5xx", "other_failures", "input_tokens", "output_tokens",
+        "bucket",
+        "router",
+        "model",
+        "provider",
+        "region",
+        "prompt",
+        "methodology",
+        "attempts",
+        "ok",
+        "timeouts",
+        "http_429",
+        "http_5xx",
+        "other_failures",
+        "input_tokens",
+        "output_tokens",
         "prober_overloaded",
     ]
-    indexes = {r["indexname"] for r in await conn.fetch(
-        "SELECT indexname FROM pg_indexes WHERE tablename = 'probe_results'")}
+    indexes = {
+        r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'probe_results'")
+    }
     assert "probe_results_model_time" in indexes
 
     if mode == "timescaledb":
         assert report.timescaledb_version
-        assert await conn.fetchval(
-            "SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_name = 'probe_results'"
-        ) == CHUNK_INTERVAL
+        assert (
+            await conn.fetchval(
+                "SELECT time_interval FROM timescaledb_information.dimensions WHERE hypertable_name = 'probe_results'"
+            )
+            == CHUNK_INTERVAL
+        )
         settings = await conn.fetchrow(
             "SELECT segmentby, orderby FROM timescaledb_information.hypertable_compression_settings"
             " WHERE hypertable = 'probe_results'::regclass"
@@ -119,9 +152,10 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         )
         assert cagg is not None and cagg["materialized_only"]
         # routewatch runs refresh, retention and compression itself: no policies.
-        assert await conn.fetchval(
-            "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"
-        ) == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")
+            == 0
+        )
     else:
         assert report.timescaledb_version is None
         assert await conn.fetchval("SELECT relkind FROM pg_class WHERE relname = 'probe_results'") == b"p"
@@ -151,8 +185,14 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
         assert {r.version for r in reports} == {len(LABELS)}
         # Exactly one of them did the work; the others waited and found nothing to do.
         assert sorted(len(r.applied) for r in reports) == [0, 0, len(LABELS)]
-        assert await recorded_versions(conns[0]) == [(1, "probe_results"), (2, "rollup_hourly"), (3, "hist_rollup"), (4, "stats_history"), (5, "status"),
-                                                  (6, "ingest_done")]
+        assert await recorded_versions(conns[0]) == [
+            (1, "probe_results"),
+            (2, "rollup_hourly"),
+            (3, "hist_rollup"),
+            (4, "stats_history"),
+            (5, "status"),
+            (6, "ingest_done"),
+        ]
     finally:
         for c in conns:
             await c.close()
@@ -185,8 +225,10 @@ async def test_recorded_mode_wins_over_a_different_request(
     assert report.mode == "plain" and report.applied == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
-        ("timescaledb mode was asked for, but this database was set up in plain mode; keeping plain"
-         " (changing mode needs a new database)")
+        (
+            "timescaledb mode was asked for, but this database was set up in plain mode; keeping plain"
+            " (changing mode needs a new database)"
+        )
     ]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == "plain"
 
@@ -197,8 +239,10 @@ async def test_recorded_mode_wins_over_a_different_request(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     if db_mode == "timescaledb":
         assert warnings == [
-            ("this server offers timescaledb mode, but this database was set up in plain mode; keeping plain"
-             " (changing mode needs a new database)")
+            (
+                "this server offers timescaledb mode, but this database was set up in plain mode; keeping plain"
+                " (changing mode needs a new database)"
+            )
         ]
     else:
         assert warnings == []
@@ -278,9 +322,13 @@ async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: st
     if db_mode == "plain":
         today = partition_day(await conn.fetchval("SELECT now()"))
         expected = {partition_name(today + timedelta(days=n)) for n in range(-1, PARTITIONS_AHEAD_DAYS + 1)}
-        names = {r["relname"] for r in await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'probe_results'::regclass")}
+        names = {
+            r["relname"]
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'probe_results'::regclass"
+            )
+        }
         assert names == expected
     # Writes for now work straight away in either mode.
     assert await write_batch(conn, [probe_result()]) == 1

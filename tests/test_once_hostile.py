@@ -55,8 +55,12 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         served = json.dumps(SERVED_BY)[1:-1] + "\\udfff"
         chunk = '{"id": "c1", "model": "' + served + '", "choices": [{"delta": {"content": "one two three four"}}]}'
         await resp.write(_event(chunk))
-        await resp.write(_event('{"choices": [{"delta": {}, "finish_reason": "stop"}], '
-                                '"usage": {"prompt_tokens": 12, "completion_tokens": 4}}'))
+        await resp.write(
+            _event(
+                '{"choices": [{"delta": {}, "finish_reason": "stop"}], '
+                '"usage": {"prompt_tokens": 12, "completion_tokens": 4}}'
+            )
+        )
         await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
@@ -71,13 +75,21 @@ async def hostile_router(aiohttp_server) -> str:  # type: ignore[no-untyped-def]
 
 
 def _config(base_url: str, models: list[str]) -> str:
-    return yaml.safe_dump({
-        "region": "test",
-        "routers": [{"name": "hostile", "base_url": base_url, "models": models}],
-        "prompts": [{"name": "short", "messages": [{"role": "user", "content": "Count from 1 to 10."}],
-                     "max_tokens": 16, "min_output_tokens": 2}],
-        "timeouts": {"connect": "2s", "headers": "5s", "first_token": "5s", "idle": "2s", "total": "10s"},
-    })
+    return yaml.safe_dump(
+        {
+            "region": "test",
+            "routers": [{"name": "hostile", "base_url": base_url, "models": models}],
+            "prompts": [
+                {
+                    "name": "short",
+                    "messages": [{"role": "user", "content": "Count from 1 to 10."}],
+                    "max_tokens": 16,
+                    "min_output_tokens": 2,
+                }
+            ],
+            "timeouts": {"connect": "2s", "headers": "5s", "first_token": "5s", "idle": "2s", "total": "10s"},
+        }
+    )
 
 
 def _model_ids(table_lines: list[str]) -> list[str]:
@@ -104,13 +116,21 @@ async def _once(base_url: str, models: list[str], tmp_path: Path) -> tuple[int, 
     """Run ``routewatch once`` in an 80-column pipe; (exit code, stdout, stderr)."""
     config = tmp_path / "probes.yaml"
     config.write_text(_config(base_url, models))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ROUTEWATCH_", "FORCE_COLOR", "TTY_", "CLICOLOR"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROUTEWATCH_", "FORCE_COLOR", "TTY_", "CLICOLOR"))}
     env.update(COLUMNS=str(COLUMNS), LINES="50", PYTHONIOENCODING="utf-8")
     # Not subprocess.run: the router serves from this event loop while the child runs.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "routewatch.cli", "once", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO)
+        sys.executable,
+        "-m",
+        "routewatch.cli",
+        "once",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=REPO,
+    )
     raw_out, raw_err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return proc.returncode, raw_out.decode("utf-8"), raw_err.decode("utf-8")  # strict: valid UTF-8

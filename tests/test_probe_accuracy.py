@@ -76,8 +76,16 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
         async def staggered(i: int) -> tuple[int, chat_stream.ProbeResult]:
             await asyncio.sleep(i / N_PROBES)
             marks: list[StreamMarks] = []
-            r = await chat_stream.run(session, target, canary, Timeouts(), region="test",
-                                      lag=lag, max_lag_ms=MAX_LAG_MS, on_marks=marks.append)
+            r = await chat_stream.run(
+                session,
+                target,
+                canary,
+                Timeouts(),
+                region="test",
+                lag=lag,
+                max_lag_ms=MAX_LAG_MS,
+                on_marks=marks.append,
+            )
             return marks[0].t0, r
 
         runs = await asyncio.gather(*(staggered(i) for i in range(N_PROBES)))
@@ -107,8 +115,10 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
     assert len(ttft_err) >= 50, f"{flagged} of {N_PROBES} probes flagged: too few left to judge"
     ttft_err.sort()
     tps_err.sort()
-    print(f"TTFT |error| ms: p50 {statistics.median(ttft_err):.3f} p99 {ttft_err[int(0.99 * len(ttft_err))]:.3f} "
-          f"max {ttft_err[-1]:.3f}; tok/s |error|: p50 {statistics.median(tps_err):.4%} max {tps_err[-1]:.4%}; {flagged} flagged")
+    print(
+        f"TTFT |error| ms: p50 {statistics.median(ttft_err):.3f} p99 {ttft_err[int(0.99 * len(ttft_err))]:.3f} "
+        f"max {ttft_err[-1]:.3f}; tok/s |error|: p50 {statistics.median(tps_err):.4%} max {tps_err[-1]:.4%}; {flagged} flagged"
+    )
     # The probe stamps a token when its bytes are read; the gap to the
     # simulator's send is loopback transit plus the prober's queueing.
     assert statistics.median(ttft_err) < 2.0, ttft_err[-10:]

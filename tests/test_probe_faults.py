@@ -53,18 +53,52 @@ def fault(name: str, **extra: Any) -> ModelProfile:
 
 
 PROFILES = [
-    ModelProfile(model="ok/plain", provider="Good", ttft_median_ms=20, ttft_sigma=0.0, tokens_per_s=200,
-                 output_tokens=12),
-    ModelProfile(model="ok/renamed", provider="Good", ttft_median_ms=20, ttft_sigma=0.0, tokens_per_s=200,
-                 output_tokens=12, served_model="ok/renamed-2025-01-01"),
-    ModelProfile(model="ok/no-usage", provider="Good", ttft_median_ms=20, ttft_sigma=0.0, tokens_per_s=200,
-                 output_tokens=12, include_usage=False),
-    ModelProfile(model="ok/keepalive", provider="Good", ttft_median_ms=200, ttft_sigma=0.0, tokens_per_s=200,
-                 output_tokens=12, keepalive_ms=20),
-    fault("http_429"), fault("http_500"), fault("http_400"), fault("drop"), fault("malformed"),
-    fault("stream_error"), fault("stall", stall_s=30), fault("empty"), fault("slow_headers", stall_s=30),
-    fault("trickle", trickle_s=0.2), fault("keepalive_forever", keepalive_ms=50), fault("endless"),
-    fault("huge"), fault("invalid_utf8"), fault("long_line", stall_s=0.5), fault("not_sse"),
+    ModelProfile(
+        model="ok/plain", provider="Good", ttft_median_ms=20, ttft_sigma=0.0, tokens_per_s=200, output_tokens=12
+    ),
+    ModelProfile(
+        model="ok/renamed",
+        provider="Good",
+        ttft_median_ms=20,
+        ttft_sigma=0.0,
+        tokens_per_s=200,
+        output_tokens=12,
+        served_model="ok/renamed-2025-01-01",
+    ),
+    ModelProfile(
+        model="ok/no-usage",
+        provider="Good",
+        ttft_median_ms=20,
+        ttft_sigma=0.0,
+        tokens_per_s=200,
+        output_tokens=12,
+        include_usage=False,
+    ),
+    ModelProfile(
+        model="ok/keepalive",
+        provider="Good",
+        ttft_median_ms=200,
+        ttft_sigma=0.0,
+        tokens_per_s=200,
+        output_tokens=12,
+        keepalive_ms=20,
+    ),
+    fault("http_429"),
+    fault("http_500"),
+    fault("http_400"),
+    fault("drop"),
+    fault("malformed"),
+    fault("stream_error"),
+    fault("stall", stall_s=30),
+    fault("empty"),
+    fault("slow_headers", stall_s=30),
+    fault("trickle", trickle_s=0.2),
+    fault("keepalive_forever", keepalive_ms=50),
+    fault("endless"),
+    fault("huge"),
+    fault("invalid_utf8"),
+    fault("long_line", stall_s=0.5),
+    fault("not_sse"),
 ]
 
 
@@ -80,13 +114,15 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     # One connection only: a probe that leaked its connection would make the
     # next probe on this session wait and fail.
     connector = aiohttp.TCPConnector(limit=1)
-    async with aiohttp.ClientSession(connector=connector, trace_configs=[chat_stream.trace_config()],
-                                     timeout=aiohttp.ClientTimeout(total=None)) as s:
+    async with aiohttp.ClientSession(
+        connector=connector, trace_configs=[chat_stream.trace_config()], timeout=aiohttp.ClientTimeout(total=None)
+    ) as s:
         yield s
 
 
-async def probe(session: aiohttp.ClientSession, base_url: str, model: str,
-                timeouts: Timeouts = Timeouts(), key: str | None = None) -> tuple[ProbeResult, float]:
+async def probe(
+    session: aiohttp.ClientSession, base_url: str, model: str, timeouts: Timeouts = Timeouts(), key: str | None = None
+) -> tuple[ProbeResult, float]:
     t = time.monotonic()
     result = await chat_stream.run(session, Target("sim", base_url, model, key), CANARY, timeouts, region="test")
     return result, time.monotonic() - t
@@ -108,8 +144,9 @@ def check_shape(r: ProbeResult) -> None:
 
 async def test_healthy_stream_measures_every_phase(session, sim) -> None:
     marks: list[StreamMarks] = []
-    r = await chat_stream.run(session, Target("sim", sim.base_url, "ok/plain"), CANARY, Timeouts(),
-                              region="test", on_marks=marks.append)
+    r = await chat_stream.run(
+        session, Target("sim", sim.base_url, "ok/plain"), CANARY, Timeouts(), region="test", on_marks=marks.append
+    )
     check_shape(r)
     truth = sim.ground_truth.by_request_id(r.request_id)
     assert r.ok and r.http_status == 200 and truth is not None
@@ -192,8 +229,9 @@ async def test_stream_faults(session, sim, model: str, error_class: str, detail:
         ("fault/endless", "timeout_total", Timeouts().total),
     ],
 )
-async def test_timeouts_fire_at_their_phase_deadline(session, sim, model: str, error_class: str,
-                                                     deadline_s: float) -> None:
+async def test_timeouts_fire_at_their_phase_deadline(
+    session, sim, model: str, error_class: str, deadline_s: float
+) -> None:
     r, elapsed = await probe(session, sim.base_url, model)
     check_shape(r)
     assert r.error_class == error_class, r.error_detail
@@ -270,16 +308,25 @@ async def test_loop_lag_during_a_probe_is_recorded_and_flagged(sim) -> None:
     lag = LoopLagMonitor(tick_s=0.005)
     lag.start()
     async with new_session(4) as session:
+
         async def block_loop() -> None:
             await asyncio.sleep(0.01)
             time.sleep(0.12)  # deliberately block the loop while the probe streams
 
         blocker = asyncio.create_task(block_loop())
-        r = await chat_stream.run(session, Target("sim", sim.base_url, "ok/keepalive"), CANARY, Timeouts(),
-                                  region="test", lag=lag, max_lag_ms=50)
+        r = await chat_stream.run(
+            session,
+            Target("sim", sim.base_url, "ok/keepalive"),
+            CANARY,
+            Timeouts(),
+            region="test",
+            lag=lag,
+            max_lag_ms=50,
+        )
         await blocker
-        calm = await chat_stream.run(session, Target("sim", sim.base_url, "ok/plain"), CANARY, Timeouts(),
-                                     region="test", lag=lag, max_lag_ms=50)
+        calm = await chat_stream.run(
+            session, Target("sim", sim.base_url, "ok/plain"), CANARY, Timeouts(), region="test", lag=lag, max_lag_ms=50
+        )
     await lag.stop()
     assert r.loop_lag_ms is not None and r.loop_lag_ms >= 100
     assert r.prober_overloaded

@@ -109,8 +109,7 @@ async def test_impossible_usage_counts_are_a_bad_response(session, router, usage
 
 
 async def test_usage_as_whole_floats_is_accepted(session, router) -> None:
-    r = await probe(session, router, Reply(body=healthy_body(usage={"prompt_tokens": 20.0,
-                                                                    "completion_tokens": 3.0})))
+    r = await probe(session, router, Reply(body=healthy_body(usage={"prompt_tokens": 20.0, "completion_tokens": 3.0})))
     assert r.ok and (r.input_tokens, r.output_tokens) == (20, 3) and not r.tokens_estimated
 
 
@@ -136,9 +135,11 @@ async def test_invalid_text_in_an_error_event_is_made_storable(session, router) 
 async def test_invalid_bytes_in_headers_are_made_storable(session) -> None:
     """Headers that are not UTF-8 come out of the HTTP client as lone surrogates."""
     body = healthy_body()
-    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
-            b"X-Request-Id: req-\xff\xfe-1\r\nX-Provider: Prov\xc3(ider\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+        b"X-Request-Id: req-\xff\xfe-1\r\nX-Provider: Prov\xc3(ider\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -197,16 +198,23 @@ async def test_key_across_the_error_body_cut_leaves_no_prefix(session, router, k
 @pytest.mark.parametrize("key", KEYS)
 async def test_key_echoed_in_part_is_masked(session, router, key: str) -> None:
     body = json.dumps({"error": {"message": f"invalid api key {key[:14]}...{key[-6:]}"}}).encode()
-    r = await probe(session, router, Reply(status=403, headers={"Content-Type": "application/json"}, body=body),
-                    key=key)
+    r = await probe(
+        session, router, Reply(status=403, headers={"Content-Type": "application/json"}, body=body), key=key
+    )
     assert r.error_class == "http_4xx"
     assert key[:8] not in (r.error_detail or "") and leaked(key, r, n=8) == []
 
 
 @pytest.mark.parametrize("provider", ["", "   ", "\x00"])
 async def test_blank_provider_is_none_never_empty(session, router, provider: str) -> None:
-    r = await probe(session, router, Reply(headers={**SSE_HEADERS, "X-Provider": provider.replace("\x00", "")},
-                                           body=sse(token(" one", provider=provider), finish())))
+    r = await probe(
+        session,
+        router,
+        Reply(
+            headers={**SSE_HEADERS, "X-Provider": provider.replace("\x00", "")},
+            body=sse(token(" one", provider=provider), finish()),
+        ),
+    )
     assert r.ok and r.provider is None
 
 
@@ -266,8 +274,9 @@ async def test_json_nested_past_the_parser_stack_is_a_bad_response(session, rout
     assert r.error_class == "bad_response" and "malformed JSON" in (r.error_detail or "")
 
 
-async def test_an_unforeseen_error_while_parsing_is_a_bad_response(session, router, monkeypatch,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_unforeseen_error_while_parsing_is_a_bad_response(
+    session, router, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(data: str) -> Any:
         raise ZeroDivisionError(f"boom near {KEYS[1]}")
 
@@ -336,8 +345,9 @@ _chunk = st.fixed_dictionaries(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chunks=st.lists(_maybe(_chunk), min_size=1, max_size=4), done=st.booleans())
-async def test_any_json_in_any_field_gives_a_classified_storable_result(session, router, chunks: list[Any],
-                                                                         done: bool) -> None:
+async def test_any_json_in_any_field_gives_a_classified_storable_result(
+    session, router, chunks: list[Any], done: bool
+) -> None:
     # Each chunk JSON-encoded, strings included (a lone surrogate becomes a \\u escape).
     r = await probe(session, router, Reply(body=sse(*(json.dumps(c).encode() for c in chunks), done=done)))
     assert_classified_and_storable(r)
@@ -350,11 +360,18 @@ async def test_any_json_in_any_field_gives_a_classified_storable_result(session,
 
 @pytest.mark.parametrize(
     ("status", "error_class"),
-    [(299, "bad_response"), (204, "bad_response"), (201, "bad_response"), (300, "bad_response"),
-     (304, "bad_response"), (418, "http_4xx"), (429, "http_429"), (503, "http_5xx")],
+    [
+        (299, "bad_response"),
+        (204, "bad_response"),
+        (201, "bad_response"),
+        (300, "bad_response"),
+        (304, "bad_response"),
+        (418, "http_4xx"),
+        (429, "http_429"),
+        (503, "http_5xx"),
+    ],
 )
-async def test_statuses_other_than_200_are_classified_by_range(session, router, status: int,
-                                                               error_class: str) -> None:
+async def test_statuses_other_than_200_are_classified_by_range(session, router, status: int, error_class: str) -> None:
     body = b"" if status in (204, 304) else healthy_body()
     r = await probe(session, router, Reply(status=status, body=body))
     assert_classified_and_storable(r)
@@ -363,10 +380,10 @@ async def test_statuses_other_than_200_are_classified_by_range(session, router, 
 
 
 async def test_never_ending_stream_says_it_did_not_finish(session, router) -> None:
-    reply = Reply(body=sse(token(" one"), done=False), endless=sse(token(" more"), done=False),
-                  endless_every_s=0.05)
-    r = await probe(session, router, reply, limits=timeouts(connect=0.6, headers=0.6, first_token=0.6, idle=0.5,
-                                                         total=0.6))
+    reply = Reply(body=sse(token(" one"), done=False), endless=sse(token(" more"), done=False), endless_every_s=0.05)
+    r = await probe(
+        session, router, reply, limits=timeouts(connect=0.6, headers=0.6, first_token=0.6, idle=0.5, total=0.6)
+    )
     assert r.error_class == "timeout_total"
     assert r.error_detail == "stream did not finish within the total limit of 0.6 s"
     assert r.chunks > 5
@@ -375,16 +392,30 @@ async def test_never_ending_stream_says_it_did_not_finish(session, router) -> No
 async def test_silence_past_the_total_limit_names_what_was_awaited(session, router) -> None:
     reply = Reply(body=b": waiting\n\n", endless=b": still waiting\n\n", endless_every_s=0.05)
     # The first-token limit is the total one (a config allows no more).
-    r = await probe(session, router, reply, limits=timeouts(connect=0.4, headers=0.4, first_token=0.4, idle=0.4,
-                                                         total=0.4))
+    r = await probe(
+        session, router, reply, limits=timeouts(connect=0.4, headers=0.4, first_token=0.4, idle=0.4, total=0.4)
+    )
     assert r.error_class == "timeout_total"
     assert r.error_detail == "no first token within the total limit of 0.4 s"
 
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("120", 120.0), ("0", 0.0), (" 7.5 ", 7.5), ("86400", 86400.0), ("-100", None), ("NaN", None),
-     ("nan", None), ("inf", None), ("-inf", None), ("1e308", None), ("86401", None), ("soon", None), ("", None)],
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        (" 7.5 ", 7.5),
+        ("86400", 86400.0),
+        ("-100", None),
+        ("NaN", None),
+        ("nan", None),
+        ("inf", None),
+        ("-inf", None),
+        ("1e308", None),
+        ("86401", None),
+        ("soon", None),
+        ("", None),
+    ],
 )
 async def test_retry_after_is_a_sane_delay_or_nothing(session, router, header: str, expected: float | None) -> None:
     reply = Reply(status=429, headers={"Content-Type": "application/json", "Retry-After": header}, body=b"{}")

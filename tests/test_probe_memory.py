@@ -67,8 +67,12 @@ async def router() -> AsyncIterator[HostileRouter]:
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS")
 async def test_huge_answers_keep_memory_and_loop_stalls_bounded(router: HostileRouter) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, str(CHILD), router.base_url, *SCENARIOS,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(CHILD),
+        router.base_url,
+        *SCENARIOS,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(child.communicate(), timeout=60)
     assert child.returncode == 0, err.decode()

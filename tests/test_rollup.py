@@ -77,8 +77,9 @@ def synthetic(now: datetime, seed: int = 7, per_hour: int = 12, current_hour: in
         for provider in providers:
             for region in regions:
                 n_bulk = int(per_hour * bulk_span / 3600)
-                offsets = np.concatenate([rng.random(n_bulk) * bulk_span,
-                                          bulk_span + rng.random(current_hour) * cur_span])
+                offsets = np.concatenate(
+                    [rng.random(n_bulk) * bulk_span, bulk_span + rng.random(current_hour) * cur_span]
+                )
                 n = offsets.size
                 ttft = ttft_of(rng, n)
                 ttfat = ttft * (1 + rng.lognormal(np.log(0.3), 0.8, n))
@@ -87,15 +88,23 @@ def synthetic(now: datetime, seed: int = 7, per_hour: int = 12, current_hour: in
                 overloaded = rng.random(n) < 0.01
                 for i in range(n):
                     error = str(rng.choice(FAILURES)) if failed[i] else None
-                    out.append(probe_result(
-                        started_at=begin + timedelta(seconds=float(offsets[i])), region=region, router=router,
-                        model=model, error_class=error, error_detail=error and "detail", provider=provider,
-                        ttft_ms=None if error else float(ttft[i]),
-                        ttfat_ms=None if error else float(ttfat[i]),
-                        output_tps=None if error else float(tps[i]),
-                        input_tokens=20, output_tokens=None if error else int(rng.integers(10, 200)),
-                        prober_overloaded=bool(overloaded[i]),
-                    ))
+                    out.append(
+                        probe_result(
+                            started_at=begin + timedelta(seconds=float(offsets[i])),
+                            region=region,
+                            router=router,
+                            model=model,
+                            error_class=error,
+                            error_detail=error and "detail",
+                            provider=provider,
+                            ttft_ms=None if error else float(ttft[i]),
+                            ttfat_ms=None if error else float(ttfat[i]),
+                            output_tps=None if error else float(tps[i]),
+                            input_tokens=20,
+                            output_tokens=None if error else int(rng.integers(10, 200)),
+                            prober_overloaded=bool(overloaded[i]),
+                        )
+                    )
     out.sort(key=lambda r: r.started_at)
     return out
 
@@ -129,7 +138,9 @@ def key_of(row: asyncpg.Record, key: CellKey) -> bool:
 async def exact_rows(conn: asyncpg.Connection, start: datetime) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT router, model, provider, region, ttft_ms, ttfat_ms, output_tps FROM probe_results"
-        " WHERE started_at >= $1 AND ok AND NOT prober_overloaded", start)
+        " WHERE started_at >= $1 AND ok AND NOT prober_overloaded",
+        start,
+    )
 
 
 def pct(values: list[float | None], q: float) -> float:
@@ -180,14 +191,21 @@ async def test_counts_equal_exact_sql(conn: asyncpg.Connection, mode: str) -> No
         assert {k for k in cells if len(k) == 2} == set(exact)
         for key, ref in exact.items():
             c = cells[key].counts
-            assert (c.attempts, c.ok, c.rate_limited, c.overloaded) == \
-                (ref.attempts, ref.ok, ref.rate_limited, ref.overloaded)
+            assert (c.attempts, c.ok, c.rate_limited, c.overloaded) == (
+                ref.attempts,
+                ref.ok,
+                ref.rate_limited,
+                ref.overloaded,
+            )
             assert (c.input_tokens, c.output_tokens) == (ref.input_tokens, ref.output_tokens)
             assert (c.first_probe, c.last_probe) == (ref.first_probe, ref.last_probe)
             classes = await conn.fetch(
                 "SELECT error_class, count(*) AS n FROM probe_results WHERE router = $1 AND model = $2"
                 " AND started_at >= $3 AND NOT ok AND NOT prober_overloaded GROUP BY error_class",
-                key[0], key[1], start)
+                key[0],
+                key[1],
+                start,
+            )
             assert cells[key].errors_by_class == {r["error_class"]: r["n"] for r in classes}
             # The breakdowns partition the model's counts.
             for dim in ("provider", "region"):
@@ -213,19 +231,28 @@ async def test_refresh_is_incremental_and_picks_up_late_rows(conn: asyncpg.Conne
     # A late row (a replayed spool) for an hour three days ago.
     late_hour = floor_hour(now - timedelta(days=3))
     before = await conn.fetchval(
-        "SELECT coalesce(sum(attempts), 0) FROM probe_hist_hourly WHERE bucket = $1", late_hour)
-    late = probe_result(started_at=late_hour + timedelta(minutes=17), router="r", model="m/lognormal",
-                        error_class="http_5xx", error_detail="late", provider="P1", input_tokens=20)
+        "SELECT coalesce(sum(attempts), 0) FROM probe_hist_hourly WHERE bucket = $1", late_hour
+    )
+    late = probe_result(
+        started_at=late_hour + timedelta(minutes=17),
+        router="r",
+        model="m/lognormal",
+        error_class="http_5xx",
+        error_detail="late",
+        provider="P1",
+        input_tokens=20,
+    )
     assert await store(conn, mode, [late]) == 1
     third = await refresh_hist(conn)
     assert third.log_rows == 1
     assert third.hours == (late_hour,)
-    after = await conn.fetchval(
-        "SELECT coalesce(sum(attempts), 0) FROM probe_hist_hourly WHERE bucket = $1", late_hour)
+    after = await conn.fetchval("SELECT coalesce(sum(attempts), 0) FROM probe_hist_hourly WHERE bucket = $1", late_hour)
     assert after == before + 1
     exact = await conn.fetchval(
-        "SELECT count(*) FROM probe_results WHERE started_at >= $1 AND started_at < $2"
-        " AND NOT prober_overloaded", late_hour, late_hour + timedelta(hours=1))
+        "SELECT count(*) FROM probe_results WHERE started_at >= $1 AND started_at < $2 AND NOT prober_overloaded",
+        late_hour,
+        late_hour + timedelta(hours=1),
+    )
     assert after == exact
 
     # A new probe in the current hour shows at the next refresh.
@@ -258,8 +285,14 @@ async def test_thin_cells_are_marked(conn: asyncpg.Connection, mode: str) -> Non
     await migrate(conn, mode=mode)
     now = await conn.fetchval("SELECT now()")
     results = [
-        probe_result(started_at=floor_hour(now) + (now - floor_hour(now)) * (i / 5), router="r", model="m/thin",
-                     prompt="p", ttft_ms=100.0 + i, output_tps=30.0)
+        probe_result(
+            started_at=floor_hour(now) + (now - floor_hour(now)) * (i / 5),
+            router="r",
+            model="m/thin",
+            prompt="p",
+            ttft_ms=100.0 + i,
+            output_tps=30.0,
+        )
         for i in range(5)
     ]
     await store(conn, mode, results)
@@ -281,8 +314,7 @@ async def test_aggregator_publishes_intervals_and_breakdowns(db_dsn: str) -> Non
     finally:
         await pool.close()
     assert snap.models[0] == ("r", "m/configured-only")
-    assert set(snap.models) == {("r", "m/configured-only"), ("r", "m/lognormal"), ("r", "m/bimodal"),
-                                ("r2", "m/tail")}
+    assert set(snap.models) == {("r", "m/configured-only"), ("r", "m/lognormal"), ("r", "m/bimodal"), ("r2", "m/tail")}
     stats = snap.stats["7d"][("r", "m/bimodal")]
     body = stats.as_json(breakdown=True)
     assert body["samples"]["sufficient"] is True
@@ -311,12 +343,22 @@ async def test_current_hour_deltas_equal_a_whole_hour_recompute(db_dsn: str, con
         for _ in range(n):
             router, model, providers, regions, ttft_of, tps_of = SERIES[int(rng.integers(len(SERIES)))]
             error = str(rng.choice(FAILURES)) if rng.random() < 0.1 else None
-            out.append(probe_result(
-                started_at=hour + (now - hour) * float(rng.random()), region=regions[0], router=router, model=model,
-                error_class=error, error_detail=error and "detail", provider=providers[0],
-                ttft_ms=None if error else float(ttft_of(rng, 1)[0]), output_tps=None if error else float(tps_of(rng, 1)[0]),
-                input_tokens=20, output_tokens=None if error else 50, prober_overloaded=bool(rng.random() < 0.05),
-            ))
+            out.append(
+                probe_result(
+                    started_at=hour + (now - hour) * float(rng.random()),
+                    region=regions[0],
+                    router=router,
+                    model=model,
+                    error_class=error,
+                    error_detail=error and "detail",
+                    provider=providers[0],
+                    ttft_ms=None if error else float(ttft_of(rng, 1)[0]),
+                    output_tps=None if error else float(tps_of(rng, 1)[0]),
+                    input_tokens=20,
+                    output_tokens=None if error else 50,
+                    prober_overloaded=bool(rng.random() < 0.05),
+                )
+            )
         return out
 
     first = batch(40)
@@ -353,13 +395,19 @@ async def test_current_hour_deltas_equal_a_whole_hour_recompute(db_dsn: str, con
     assert {series_key(h): h for h in table} == stored
 
 
-
 # ---------------------------------------------------------------- provider names are router-controlled
 
 
 def _named(model: str, provider: str | None, at: datetime, ok: bool = True) -> ProbeResult:
-    return probe_result(started_at=at, router="r", model=model, prompt="p", provider=provider, input_tokens=10,
-                        **outcome(ok, ttft_ms=100.0, output_tokens=5))
+    return probe_result(
+        started_at=at,
+        router="r",
+        model=model,
+        prompt="p",
+        provider=provider,
+        input_tokens=10,
+        **outcome(ok, ttft_ms=100.0, output_tokens=5),
+    )
 
 
 def _provider_cells(cells: dict[CellKey, CellStats], model: str) -> dict[str, CellStats]:
@@ -388,8 +436,10 @@ async def test_provider_names_are_capped_in_the_rollup(
     assert report.hours, "the second batch recomputes earlier hours"
 
     admitted = {f"name-{i:03d}" for i in (0, 2, 4, 6, 8)}  # the first five stored, by start time
-    stored = {r["provider"] for r in await conn.fetch(
-        "SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/hostile'")}
+    stored = {
+        r["provider"]
+        for r in await conn.fetch("SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/hostile'")
+    }
     assert stored == admitted | {"other", ""}
     raw = await conn.fetchval("SELECT count(DISTINCT provider) FROM probe_results WHERE model = 'm/hostile'")
     assert raw == 200, "the raw rows keep every name as reported"
@@ -402,8 +452,7 @@ async def test_provider_names_are_capped_in_the_rollup(
         assert len(providers) <= 5 + 2
         for field in ("attempts", "ok", "input_tokens", "output_tokens"):
             assert sum(getattr(c.counts, field) for c in providers.values()) == getattr(model.counts, field)
-        assert sum(sum(c.errors_by_class.values()) for c in providers.values()) == sum(
-            model.errors_by_class.values())
+        assert sum(sum(c.errors_by_class.values()) for c in providers.values()) == sum(model.errors_by_class.values())
     week = _provider_cells(stats["7d"], "m/hostile")
     assert week["other"].counts.attempts == 195 and week["unknown"].counts.attempts == 20
     assert set(_provider_cells(stats["7d"], "m/fine")) == {"P1"}
@@ -414,8 +463,10 @@ async def test_provider_names_are_capped_in_the_rollup(
     # More new names later: still only "other", and no second log line.
     await store(conn, mode, [_named("m/hostile", f"late-{i}", report.now) for i in range(30)])
     again = await refresh_hist(conn, max_providers=5)
-    assert {r["provider"] for r in await conn.fetch(
-        "SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/hostile'")} == stored
+    assert {
+        r["provider"]
+        for r in await conn.fetch("SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/hostile'")
+    } == stored
     after = await window_stats(conn, WINDOWS, again.now, max_providers=5)
     assert _provider_cells(after["7d"], "m/hostile")["other"].counts.attempts == 195 + 30
     assert len([r for r in caplog.records if "distinct providers" in r.getMessage()]) == 1
@@ -425,8 +476,9 @@ async def test_a_lower_limit_applies_to_what_the_table_already_holds(conn: async
     """Rows stored under a higher limit (or before the cap): published with the busiest names kept."""
     await migrate(conn, mode="plain")
     now = await conn.fetchval("SELECT now()")
-    results = [_named("m/many", f"P{i}", now - timedelta(minutes=1 + j))
-               for i in range(6) for j in range(i + 1)]  # P5 has the most probes, P0 the fewest
+    results = [
+        _named("m/many", f"P{i}", now - timedelta(minutes=1 + j)) for i in range(6) for j in range(i + 1)
+    ]  # P5 has the most probes, P0 the fewest
     await store(conn, "plain", results + [_named("m/many", None, now - timedelta(minutes=2))])
     report = await refresh_hist(conn, max_providers=10)
     cells = (await window_stats(conn, {"1h": 3600.0}, report.now, max_providers=2))["1h"]

@@ -34,8 +34,15 @@ def poisoned() -> ProbeResult:
     return probe_result(
         error_class="bad_response",
         error_detail=f"bad \ud800 \x00 {KEY} " + "x" * 10_000,
-        http_status=200, model_served="\udfff" * 3, provider="", request_id=f"id-{KEY}",
-        input_tokens=-5, output_tokens=2**40, chunks=2**33, ttft_ms=math.nan, e2e_ms=math.inf,
+        http_status=200,
+        model_served="\udfff" * 3,
+        provider="",
+        request_id=f"id-{KEY}",
+        input_tokens=-5,
+        output_tokens=2**40,
+        chunks=2**33,
+        ttft_ms=math.nan,
+        e2e_ms=math.inf,
         retry_after_s=-math.inf,
     )
 
@@ -51,8 +58,16 @@ def test_storable_leaves_nothing_the_database_refuses() -> None:
 
 
 def test_storable_keeps_good_values() -> None:
-    good = probe_result(http_status=200, model_served="openai/gpt-4.1", provider="OpenAI", request_id="gen-123",
-                        ttft_ms=12.5, input_tokens=20, output_tokens=3, chunks=3)
+    good = probe_result(
+        http_status=200,
+        model_served="openai/gpt-4.1",
+        provider="OpenAI",
+        request_id="gen-123",
+        ttft_ms=12.5,
+        input_tokens=20,
+        output_tokens=3,
+        chunks=3,
+    )
     assert storable(good, [KEY]) == good
 
 

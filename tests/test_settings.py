@@ -26,8 +26,11 @@ def _no_routewatch_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_only_the_settings_module_reads_the_environment() -> None:
-    readers = sorted(str(p.relative_to(REPO)) for p in SOURCES
-                     if re.search(r"\bos\.(environ|getenv)\b", p.read_text(encoding="utf-8")))
+    readers = sorted(
+        str(p.relative_to(REPO))
+        for p in SOURCES
+        if re.search(r"\bos\.(environ|getenv)\b", p.read_text(encoding="utf-8"))
+    )
     assert readers == ["routewatch/config/settings.py"]
 
 

@@ -379,7 +379,7 @@ async def test_trickle_sends_one_byte_at_a_time(start: Start, session: aiohttp.C
     async with session.post(f"{sim.base_url}/chat/completions", json=chat("test/trickle")) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
         pieces = await read_raw(resp, limit_bytes=8)
-    assert [d for _, d in pieces] == [bytes([b]) for b in b"data: {\""]
+    assert [d for _, d in pieces] == [bytes([b]) for b in b'data: {"']
     gaps = [(b - a) / MS for (a, _), (b, _) in zip(pieces, pieces[1:])]
     assert min(gaps) >= 15 and statistics.median(gaps) < 40
     await asyncio.sleep(0.05)
@@ -711,8 +711,16 @@ def test_default_profiles() -> None:
         assert sum(p.faults.values()) == pytest.approx(1)
         if "stall" in p.faults:
             assert 30 < p.stall_s < 120  # caught by the default 30 s idle timeout
-    assert {"slow_headers", "trickle", "keepalive_forever", "endless", "huge", "invalid_utf8", "long_line",
-            "not_sse"} <= set(FAULT_KINDS)
+    assert {
+        "slow_headers",
+        "trickle",
+        "keepalive_forever",
+        "endless",
+        "huge",
+        "invalid_utf8",
+        "long_line",
+        "not_sse",
+    } <= set(FAULT_KINDS)
     p = DEFAULT_PROFILES[0]
     assert (p.trickle_s, p.huge_bytes, p.long_line_bytes) == (60.0, 50_000_000, 4 * 1024 * 1024)
 

@@ -254,8 +254,11 @@ def test_malformed_bytes_rejected() -> None:
         "length": good[:-1],
         "length ": good + b"\x00",
         "trimmed": header[:10] + (3).to_bytes(2, "little") + b"\x00\x01\x01",
-        "outside": header[:2] + (MAX_INDEX).to_bytes(4, "little", signed=True) + header[6:10]
-        + (2).to_bytes(2, "little") + b"\x01\x01",
+        "outside": header[:2]
+        + (MAX_INDEX).to_bytes(4, "little", signed=True)
+        + header[6:10]
+        + (2).to_bytes(2, "little")
+        + b"\x01\x01",
         "empty": header[:2] + (5).to_bytes(4, "little", signed=True) + header[6:10] + b"\x00\x00",
         "exceeds": header[:10] + (NUM_BUCKETS + 1).to_bytes(2, "little") + b"\x01" * (NUM_BUCKETS + 1),
     }
@@ -294,9 +297,7 @@ def _integer_ms(rng: np.random.Generator, n: int) -> np.ndarray:
 
 DATASETS: dict[str, Gen] = {
     **{
-        f"lognormal-s{s}": functools.partial(
-            lambda rng, n, s: rng.lognormal(math.log(800), s, n), s=s
-        )
+        f"lognormal-s{s}": functools.partial(lambda rng, n, s: rng.lognormal(math.log(800), s, n), s=s)
         for s in (0.25, 0.5, 1.0, 2.0)
     },
     "mixture-90-10": _mixture,

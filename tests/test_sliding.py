@@ -40,12 +40,23 @@ def probes(times: list[datetime], rng: np.random.Generator) -> list[ProbeResult]
         roll = rng.random()
         error = "http_429" if roll < 0.04 else "http_5xx" if roll < 0.1 else None
         ttft = float(rng.lognormal(np.log(400), 0.7))
-        out.append(probe_result(
-            started_at=t, region=region, router=router, model=model, error_class=error, error_detail=error and "detail",
-            provider=provider, ttft_ms=None if error else ttft, ttfat_ms=None if error else ttft * 1.2,
-            output_tps=None if error else float(rng.lognormal(np.log(60), 0.3)), input_tokens=20,
-            output_tokens=None if error else int(rng.integers(10, 200)), prober_overloaded=bool(rng.random() < 0.02),
-        ))
+        out.append(
+            probe_result(
+                started_at=t,
+                region=region,
+                router=router,
+                model=model,
+                error_class=error,
+                error_detail=error and "detail",
+                provider=provider,
+                ttft_ms=None if error else ttft,
+                ttfat_ms=None if error else ttft * 1.2,
+                output_tps=None if error else float(rng.lognormal(np.log(60), 0.3)),
+                input_tokens=20,
+                output_tokens=None if error else int(rng.integers(10, 200)),
+                prober_overloaded=bool(rng.random() < 0.02),
+            )
+        )
     return out
 
 
@@ -89,8 +100,12 @@ async def test_sliding_windows_follow_the_table(conn: asyncpg.Connection) -> Non
     await check(conn, sliding, later)
 
     # Late probes in earlier hours: 3 h ago (in 24h and 7d), 30 h ago (7d only), 9 days ago (in no window).
-    late = [later - timedelta(hours=3), later - timedelta(hours=30), later - timedelta(hours=30, minutes=5),
-            later - timedelta(days=9)]
+    late = [
+        later - timedelta(hours=3),
+        later - timedelta(hours=30),
+        later - timedelta(hours=30, minutes=5),
+        later - timedelta(days=9),
+    ]
     await store(conn, probes(late, rng))
     await check(conn, sliding, later + timedelta(seconds=30))
     assert sliding.rebuilds == 1, "late rows are applied as a swap of the recomputed hours, not a rebuild"
@@ -153,8 +168,10 @@ async def test_capped_providers_follow_the_table(conn: asyncpg.Connection) -> No
 
     def hostile(times: list[datetime]) -> list[ProbeResult]:
         out = probes(times, rng)
-        return [replace(p, router="r", model="m/h", provider=None if i % 5 == 4 else f"n{next(names)}")
-                for i, p in enumerate(out)]
+        return [
+            replace(p, router="r", model="m/h", provider=None if i % 5 == 4 else f"n{next(names)}")
+            for i, p in enumerate(out)
+        ]
 
     t = floor_hour(await conn.fetchval("SELECT now()")) - timedelta(hours=10)
     sliding = SlidingWindows(windows, max_providers=cap)
@@ -171,8 +188,12 @@ async def test_capped_providers_follow_the_table(conn: asyncpg.Connection) -> No
         mine, table = sliding.stats(), await window_stats(conn, windows, t, max_providers=cap)
         assert mine == table, step
         horizon = floor_hour(t) - timedelta(hours=3)
-        held = {r["provider"] for r in await conn.fetch(
-            "SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/h' AND bucket >= $1", horizon)}
+        held = {
+            r["provider"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT provider FROM probe_hist_hourly WHERE model = 'm/h' AND bucket >= $1", horizon
+            )
+        }
         named = held - {"other", ""}
         assert len(named) <= cap, (step, sorted(named))
         admitted_over_time.append(named)

@@ -83,7 +83,7 @@ def test_every_field_type_round_trips(tmp_path: Path) -> None:
         started_at=datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
         ok=False,
         error_class="http_5xx",
-        error_detail="upstream said «nein» 🙅 \u2028 \"quoted\" \\ \n",
+        error_detail='upstream said «nein» 🙅 \u2028 "quoted" \\ \n',
         model_served="modèle-ü",
         provider="Ωmega",
         request_id="gen-\ud800",  # a lone surrogate, as a broken stream might hand over
@@ -132,7 +132,7 @@ def test_old_and_new_payloads_decode(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("payload", [b"", b"[1]", b"{}", b"{\"id\": 5}", b"nope", b"{} {}", b"\xff"])
+@pytest.mark.parametrize("payload", [b"", b"[1]", b"{}", b'{"id": 5}', b"nope", b"{} {}", b"\xff"])
 def test_bad_payloads_raise_value_error(payload: bytes) -> None:
     with pytest.raises(ValueError):
         decode_result(payload)
@@ -398,9 +398,7 @@ def test_torn_tail_is_skipped_and_truncated(
 
 
 @pytest.mark.unit
-def test_corruption_mid_segment_loses_only_the_damaged_record(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_corruption_mid_segment_loses_only_the_damaged_record(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
     _spool_with(tmp_path, 10, segment_bytes=4 * record)  # 4 + 4 + 2
     first = segment_files(tmp_path)[0]
@@ -473,8 +471,9 @@ def test_one_flipped_byte_loses_exactly_the_record_it_hits(tmp_path: Path) -> No
     original = tmp_path / "original"
     with Spool(original) as spool:
         # Several appends per write, as the writer does under load.
-        positions = [p for i in range(0, count, 5)
-                     for p in _append_each(spool, [make_result(k) for k in range(i, i + 5)])]
+        positions = [
+            p for i in range(0, count, 5) for p in _append_each(spool, [make_result(k) for k in range(i, i + 5)])
+        ]
     size = positions[-1].offset
     assert len(segment_files(original)) == 1 and size > 1024 * 1024
     rng = random.Random(20250301)

@@ -40,8 +40,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount_point.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command: cannot make a small file system to fill")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
     try:
@@ -141,8 +142,15 @@ async def test_file_size_limit_counts_as_disk_full(pool: asyncpg.Pool, db_dsn: s
     async with pool.acquire() as conn:
         await ensure_schema(conn)
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, db_dsn, str(tmp_path / "spool"), str(Path(__file__).parent),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "error"},
+        sys.executable,
+        "-c",
+        _CHILD,
+        db_dsn,
+        str(tmp_path / "spool"),
+        str(Path(__file__).parent),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     out, err = await asyncio.wait_for(child.communicate(), 60)
     log = err.decode()

@@ -93,9 +93,7 @@ def test_empty_chunk_between_cr_and_lf_keeps_one_line_end() -> None:
 
 # --- property-based: any split of a valid stream gives the same events ---
 
-_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40
-)
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40)
 _line_end = st.sampled_from([b"\n", b"\r\n", b"\r"])
 
 

@@ -109,9 +109,12 @@ async def _runner_connections(dsn: str) -> int:
     """Connections to the test database other than the tests' own."""
     conn = await asyncpg.connect(dsn, server_settings={"application_name": TEST_CONNECTION})
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name <> $1", TEST_CONNECTION))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name <> $1",
+                TEST_CONNECTION,
+            )
+        )
     finally:
         await conn.close()
 
@@ -181,8 +184,9 @@ def make_run(tmp_path: Path, db_dsn: str, settings: Settings) -> Iterator[Callab
     def make(**options: object) -> Run:
         sockets = bind_listeners("127.0.0.1", 0)
         opened.extend(sockets)
-        opts = RunOptions(config=config, config_path=str(path), data_dir=tmp_path / "data",
-                          host="127.0.0.1", port=0, **options)  # type: ignore[arg-type]
+        opts = RunOptions(
+            config=config, config_path=str(path), data_dir=tmp_path / "data", host="127.0.0.1", port=0, **options
+        )  # type: ignore[arg-type]
         return Run(opts, settings, Database(db_dsn, "the test database"), sockets)
 
     yield make
@@ -220,11 +224,14 @@ async def _corrupt_rollup_row(run: Run, held: AsyncExitStack) -> tuple[type[Base
     conn = await _connect(run.database.dsn)
     held.push_async_callback(conn.close)
     await migrate(conn)
-    await conn.execute("""
+    await conn.execute(
+        """
         INSERT INTO probe_hist_hourly (bucket, router, model, provider, region, prompt, methodology,
             attempts, ok, rate_limited, overloaded, input_tokens, output_tokens, ttft, ttfat, tps)
         VALUES (date_trunc('hour', now()), 'orcarouter', 'openai/gpt-4.1-nano', 'p', 'test', 'short', 'm1',
-            1, 1, 0, 0, 0, 0, $1, $1, $1)""", b"\x00")
+            1, 1, 0, 0, 0, 0, $1, $1, $1)""",
+        b"\x00",
+    )
     # Another process refreshes, so this one is a standby, which reads every rollup row of its windows.
     assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY)
     return ValueError, "histogram bytes truncated"
@@ -258,8 +265,9 @@ REAL_FAULTS: dict[str, Fault] = {
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("step", STARTUP_STEPS)
-async def test_a_step_that_fails_to_start_leaves_nothing_behind(step: str, make_run: Callable[..., Run],
-                                                                 db_dsn: str) -> None:
+async def test_a_step_that_fails_to_start_leaves_nothing_behind(
+    step: str, make_run: Callable[..., Run], db_dsn: str
+) -> None:
     before = Held.now()
     async with AsyncExitStack() as held:
         if step in REAL_FAULTS:
@@ -290,8 +298,9 @@ async def _serving(run: Run, capsys: pytest.CaptureFixture[str]) -> AsyncIterato
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("probes", [True, False], ids=["run", "serve"])
-async def test_sigterm_stops_everything_with_exit_code_0(probes: bool, make_run: Callable[..., Run], db_dsn: str,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+async def test_sigterm_stops_everything_with_exit_code_0(
+    probes: bool, make_run: Callable[..., Run], db_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = Held.now()
     run = make_run(probes=probes)
     async with _serving(run, capsys) as task:
@@ -309,7 +318,10 @@ async def test_sigterm_stops_everything_with_exit_code_0(probes: bool, make_run:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("step", [s for s in STARTUP_STEPS if s not in STARTUP_MARKS])
 async def test_a_step_that_fails_to_stop_does_not_keep_the_others_running(
-    step: str, make_run: Callable[..., Run], db_dsn: str, capsys: pytest.CaptureFixture[str],
+    step: str,
+    make_run: Callable[..., Run],
+    db_dsn: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     before = Held.now()
     run = make_run(fail_stopping=step)
@@ -351,23 +363,32 @@ def _main_thread_released(data_dir: Path, port: int, children: set[int]) -> None
 
 @pytest.mark.timeout(120)
 def test_a_failed_start_stops_the_embedded_server_and_frees_the_lock_and_port(
-    data_dir: Path, tmp_path: Path, settings: Settings,
+    data_dir: Path,
+    tmp_path: Path,
+    settings: Settings,
 ) -> None:
     """The embedded server, started on the main thread, is stopped when a step on the event loop fails."""
     children = _child_pids()
     path = tmp_path / "probes.yaml"
     path.write_text(CONFIG)
     port = _free_port()
-    opts = RunOptions(config=load_config(path), config_path=str(path), data_dir=data_dir, host="127.0.0.1",
-                      port=port, fail_at="migrations")  # after the server's watch has started
+    opts = RunOptions(
+        config=load_config(path),
+        config_path=str(path),
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=port,
+        fail_at="migrations",
+    )  # after the server's watch has started
     with pytest.raises(InjectedFault):
         run(opts, settings)
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()
     _main_thread_released(data_dir, port, children)
 
 
-def test_a_database_that_refuses_frees_the_lock_and_port(data_dir: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_that_refuses_frees_the_lock_and_port(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     children = _child_pids()
     with socket.socket() as refuser:
         refuser.bind(("127.0.0.1", 0))
@@ -376,8 +397,9 @@ def test_a_database_that_refuses_frees_the_lock_and_port(data_dir: Path, tmp_pat
         path = tmp_path / "probes.yaml"
         path.write_text(CONFIG)
         port = _free_port()
-        opts = RunOptions(config=load_config(path), config_path=str(path), data_dir=data_dir, host="127.0.0.1",
-                          port=port)
+        opts = RunOptions(
+            config=load_config(path), config_path=str(path), data_dir=data_dir, host="127.0.0.1", port=port
+        )
         with pytest.raises(DatabaseUnavailable):
             run(opts, settings)
     _main_thread_released(data_dir, port, children)

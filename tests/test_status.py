@@ -90,17 +90,13 @@ def test_back_after_m_consecutive_successes() -> None:
     assert states[-1] == DOWN  # M - 1
     states = replay([False] * 3 + [True, True], HYSTERESIS_ONLY, first_ok=5)
     assert states[-2:] == [DOWN, OP]  # M
-    states = replay(
-        [False] * 3 + [True, False, True, True], HYSTERESIS_ONLY, first_ok=5
-    )
+    states = replay([False] * 3 + [True, False, True, True], HYSTERESIS_ONLY, first_ok=5)
     assert states[-4:] == [DOWN, DOWN, DOWN, OP]  # a failure restarts the count
 
 
 def test_down_counters_and_reason() -> None:
     history = [probe(k, ok=False) for k in range(4)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(3), HYSTERESIS_ONLY, INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(3), HYSTERESIS_ONLY, INTERVAL)
     assert (
         status.state,
         status.consecutive_failures,
@@ -118,15 +114,13 @@ def test_advance_is_pure_and_idempotent() -> None:
     # Probes already counted are not counted again.
     assert advance(once, history, at(2), HYSTERESIS_ONLY, INTERVAL) == once
     # Probes after `now` are not seen yet.
-    assert (
-        advance(start, [*history, probe(3, ok=False)], at(2), HYSTERESIS_ONLY, INTERVAL)
-        == once
-    )
+    assert advance(start, [*history, probe(3, ok=False)], at(2), HYSTERESIS_ONLY, INTERVAL) == once
 
 
 def test_a_probe_that_arrives_after_the_evaluation_it_started_before_still_counts() -> None:
     """A probe is stored when it ends, seconds after it started: one that started before an
     evaluation but was stored after it is counted by the next one, and only once."""
+
     def with_id(k: float, ok: bool) -> Observation:
         return replace(probe(k, ok), id=f"p{k}")
 
@@ -158,12 +152,8 @@ def test_naive_now_is_rejected() -> None:
 
 
 def test_degraded_by_error_rate() -> None:
-    history = [
-        probe(k, ok=k % 10 != 5) for k in range(20)
-    ]  # 2 of 20 failed, never consecutive
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(19), SLOConfig(), INTERVAL
-    )
+    history = [probe(k, ok=k % 10 != 5) for k in range(20)]  # 2 of 20 failed, never consecutive
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(19), SLOConfig(), INTERVAL)
     assert status.state == DEG
     assert status.reason == "error rate 10% > 5% over 15m (2/20)"
 
@@ -171,18 +161,14 @@ def test_degraded_by_error_rate() -> None:
 def test_error_rate_only_counts_the_window() -> None:
     # The two failures are 20 rounds (10 min) before the 15-minute window.
     history = [probe(k, ok=k not in (0, 5)) for k in range(50)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(49), SLOConfig(), INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(49), SLOConfig(), INTERVAL)
     assert status.state == OP
 
 
 @pytest.mark.parametrize(("samples", "state"), [(4, OP), (5, DEG)])
 def test_degraded_by_p95_ttft_needs_min_samples(samples: int, state: State) -> None:
     history = [probe(k, ttft=6000.0) for k in range(samples)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(samples - 1), SLOConfig(), INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(samples - 1), SLOConfig(), INTERVAL)
     assert status.state == state
     if state == DEG:
         assert status.reason == "p95 TTFT 6000 ms > 5000 ms over 15m"
@@ -191,9 +177,7 @@ def test_degraded_by_p95_ttft_needs_min_samples(samples: int, state: State) -> N
 def test_p95_not_mean() -> None:
     # 19 fast and 1 very slow probe: p95 (linear) = 800 + 0.05 * 59200 = 3760 ms, under 5000.
     history = [probe(k, ttft=60000.0 if k == 0 else 800.0) for k in range(20)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(19), SLOConfig(), INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(19), SLOConfig(), INTERVAL)
     assert status.state == OP
 
 
@@ -208,17 +192,10 @@ def test_recovered_model_can_be_degraded() -> None:
 
 def test_prober_gap_is_unknown_not_up_or_down() -> None:
     history = [probe(k) for k in range(10)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(9), SLOConfig(), INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(9), SLOConfig(), INTERVAL)
     assert status.state == OP
     # Within 2 x interval of the last probe: still healthy.
-    assert (
-        advance(
-            status, history, at(9) + timedelta(seconds=60), SLOConfig(), INTERVAL
-        ).state
-        == OP
-    )
+    assert advance(status, history, at(9) + timedelta(seconds=60), SLOConfig(), INTERVAL).state == OP
     gap = advance(status, history, at(9) + timedelta(seconds=61), SLOConfig(), INTERVAL)
     assert gap.state == UNK
     assert gap.reason == f"prober silent for over 1m (last at {at(9).isoformat()})"
@@ -226,9 +203,7 @@ def test_prober_gap_is_unknown_not_up_or_down() -> None:
 
 def test_prober_gap_keeps_a_down_model_down_afterwards() -> None:
     history = [probe(k, ok=False) for k in range(3)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(2), HYSTERESIS_ONLY, INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(2), HYSTERESIS_ONLY, INTERVAL)
     assert status.state == DOWN
     status = advance(status, history, at(20), HYSTERESIS_ONLY, INTERVAL)
     assert status.state == UNK  # not down: nobody looked
@@ -241,25 +216,19 @@ def test_prober_gap_keeps_a_down_model_down_afterwards() -> None:
 def test_other_models_are_the_heartbeat() -> None:
     # The prober is alive (it probes OTHER) but has no probe of MODEL in the window.
     history = [probe(0), *(probe(k, model=OTHER) for k in range(40))]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(39), SLOConfig(), INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(39), SLOConfig(), INTERVAL)
     assert (status.state, status.reason) == (UNK, "no probe in the last 15m")
 
 
 def test_overloaded_prober_is_unknown() -> None:
     history = [probe(k) for k in range(9)] + [probe(9, model=OTHER, overloaded=True)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(9), SLOConfig(), INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(9), SLOConfig(), INTERVAL)
     assert (status.state, status.reason) == (UNK, "prober overloaded")
 
 
 def test_overloaded_failures_do_not_count() -> None:
     history = [probe(k, ok=False, overloaded=True) for k in range(5)] + [probe(5)]
-    status = advance(
-        ModelStatus.initial(MODEL, T0), history, at(5), HYSTERESIS_ONLY, INTERVAL
-    )
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(5), HYSTERESIS_ONLY, INTERVAL)
     assert (
         status.state,
         status.consecutive_failures,
@@ -268,20 +237,14 @@ def test_overloaded_failures_do_not_count() -> None:
 
 
 def test_evaluate_all_reports_transitions() -> None:
-    history = [probe(k, ok=False) for k in range(3)] + [
-        probe(k, model=OTHER) for k in range(3)
-    ]
-    statuses, transitions = evaluate_all(
-        {}, [OTHER, MODEL], history, at(2), HYSTERESIS_ONLY, INTERVAL
-    )
+    history = [probe(k, ok=False) for k in range(3)] + [probe(k, model=OTHER) for k in range(3)]
+    statuses, transitions = evaluate_all({}, [OTHER, MODEL], history, at(2), HYSTERESIS_ONLY, INTERVAL)
     assert {m: s.state for m, s in statuses.items()} == {MODEL: DOWN, OTHER: OP}
     assert transitions == [
         Transition(OTHER, UNK, OP, at(2)),
         Transition(MODEL, UNK, DOWN, at(2)),
     ]
-    again, none = evaluate_all(
-        statuses, [OTHER, MODEL], history, at(2), HYSTERESIS_ONLY, INTERVAL
-    )
+    again, none = evaluate_all(statuses, [OTHER, MODEL], history, at(2), HYSTERESIS_ONLY, INTERVAL)
     assert (again, none) == (statuses, [])
 
 
@@ -339,38 +302,28 @@ def test_unknown_opens_no_incident() -> None:
 
 def test_a_new_incident_after_one_closes() -> None:
     book = IncidentBook()
-    book.update(
-        [t(MODEL, OP, DEG, 1), t(MODEL, DEG, OP, 2)], T0 + timedelta(minutes=2), []
-    )
+    book.update([t(MODEL, OP, DEG, 1), t(MODEL, DEG, OP, 2)], T0 + timedelta(minutes=2), [])
     (second,) = book.update([t(MODEL, OP, DEG, 3)], T0 + timedelta(minutes=3), [])
     assert second.id == 2 and second.start == T0 + timedelta(minutes=3)
     assert [i.end is None for i in book.incidents] == [False, True]
 
 
 def window(models: list[str] | None = None) -> MaintenanceWindow:
-    return MaintenanceWindow(
-        start=T0, end=T0 + timedelta(minutes=30), models=models, reason="upgrade"
-    )
+    return MaintenanceWindow(start=T0, end=T0 + timedelta(minutes=30), models=models, reason="upgrade")
 
 
 def test_maintenance_suppresses() -> None:
     book = IncidentBook()
-    (inc,) = book.update(
-        [t(MODEL, OP, DOWN, 5)], T0 + timedelta(minutes=5), [window([MODEL])]
-    )
+    (inc,) = book.update([t(MODEL, OP, DOWN, 5)], T0 + timedelta(minutes=5), [window([MODEL])])
     assert inc.suppressed
-    (inc,) = book.update(
-        [t(MODEL, DOWN, OP, 20)], T0 + timedelta(minutes=20), [window([MODEL])]
-    )
+    (inc,) = book.update([t(MODEL, DOWN, OP, 20)], T0 + timedelta(minutes=20), [window([MODEL])])
     assert inc.suppressed and inc.end == T0 + timedelta(minutes=20)
 
 
 def test_uncovered_model_unsuppresses() -> None:
     book = IncidentBook()
     book.update([t(MODEL, OP, DOWN, 5)], T0 + timedelta(minutes=5), [window([MODEL])])
-    (inc,) = book.update(
-        [t(OTHER, OP, DEG, 6)], T0 + timedelta(minutes=6), [window([MODEL])]
-    )
+    (inc,) = book.update([t(OTHER, OP, DEG, 6)], T0 + timedelta(minutes=6), [window([MODEL])])
     assert not inc.suppressed and inc.models == {MODEL, OTHER}
 
 
@@ -378,9 +331,7 @@ def test_still_down_after_maintenance_unsuppresses() -> None:
     book = IncidentBook()
     book.update([t(MODEL, OP, DOWN, 5)], T0 + timedelta(minutes=5), [window()])
     assert book.update([], T0 + timedelta(minutes=29), [window()]) == []
-    (inc,) = book.update(
-        [], T0 + timedelta(minutes=30), [window()]
-    )  # the window's end is exclusive
+    (inc,) = book.update([], T0 + timedelta(minutes=30), [window()])  # the window's end is exclusive
     assert not inc.suppressed and inc.end is None
 
 
@@ -443,7 +394,9 @@ def test_one_early_failure_does_not_degrade_a_model_with_few_probes() -> None:
     """Below min_samples probes in the window, the error rate is not judged."""
     slo = SLOConfig(min_samples=5)
     now = T0 + timedelta(minutes=3)
-    obs = [Observation("m", T0 + timedelta(minutes=1), False, None, False),
-           Observation("m", T0 + timedelta(minutes=2), True, 100.0, False)]
+    obs = [
+        Observation("m", T0 + timedelta(minutes=1), False, None, False),
+        Observation("m", T0 + timedelta(minutes=2), True, 100.0, False),
+    ]
     status = advance(ModelStatus.initial("m", T0), obs, now, slo, 60.0)
     assert status.state is State.OPERATIONAL

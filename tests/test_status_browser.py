@@ -204,18 +204,25 @@ async def headless_chromium(binary: str) -> AsyncIterator[DevTools]:
         profile = Path(tmp, "profile")
         # Port 0: chromium picks a free loopback port and writes it to DevToolsActivePort.
         proc = await asyncio.create_subprocess_exec(
-            binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-            "--window-size=1280,1600", "about:blank",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            binary,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1280,1600",
+            "about:blank",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         assert proc.stderr is not None
         # Drained all along, so a chatty browser never blocks on a full pipe; kept for failure messages.
         stderr = asyncio.create_task(proc.stderr.read())
         try:
             port, path = await _devtools_address(profile / "DevToolsActivePort", proc, stderr)
-            async with aiohttp.ClientSession() as http, http.ws_connect(
-                f"ws://127.0.0.1:{port}{path}", max_msg_size=0
-            ) as ws:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0) as ws,
+            ):
                 devtools = DevTools(ws)
                 yield devtools
                 await devtools.call("Browser.close")
@@ -263,8 +270,14 @@ async def load(devtools: DevTools, url: str, width: int = 1280, height: int = 16
     """Open ``url`` in a new tab with a ``width`` x ``height`` viewport and wait for its load event."""
     target = (await devtools.call("Target.createTarget", url="about:blank"))["targetId"]
     session = (await devtools.call("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
-    await devtools.call("Emulation.setDeviceMetricsOverride", session, width=width, height=height,
-                        deviceScaleFactor=1, mobile=width < 600)
+    await devtools.call(
+        "Emulation.setDeviceMetricsOverride",
+        session,
+        width=width,
+        height=height,
+        deviceScaleFactor=1,
+        mobile=width < 600,
+    )
     await devtools.call("Page.enable", session)
     await devtools.call("Page.navigate", session, url=url)
     await devtools.event("Page.loadEventFired", session)
@@ -324,7 +337,9 @@ async def test_status_page_in_headless_chromium_without_javascript(
     states = {name: row.find("span", "state").text for name, row in rows.items()}
     assert states == {EVIL: "Operational", NANO: "Operational", BROKEN: "Down"}
     ttft = rows[NANO].find("b", "ttft").text
-    assert ttft.endswith(" ms") and float(ttft.removesuffix(" ms").replace(",", "")) == pytest.approx(NANO_TTFT_MS, rel=0.05)
+    assert ttft.endswith(" ms") and float(ttft.removesuffix(" ms").replace(",", "")) == pytest.approx(
+        NANO_TTFT_MS, rel=0.05
+    )
     assert rows[BROKEN].find("b", "ttft").text == "—"
     assert rows[NANO].find("span", "router").text == ROUTER
     assert "$0.10/M input tokens" in rows[NANO].find("p", "figures").text

@@ -122,8 +122,18 @@ def test_bar_text_gives_the_day_and_its_percentages() -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("price", "text"),
-    [(None, MISSING), (0.0, "$0"), (0.1, "$0.10"), (2.5, "$2.50"), (15.0, "$15"), (0.075, "$0.075"),
-     (0.0375, "$0.0375"), (1250.0, "$1,250"), (1234.5678, "$1,234.5678"), (1.5e-7, "$1.5e-07")],
+    [
+        (None, MISSING),
+        (0.0, "$0"),
+        (0.1, "$0.10"),
+        (2.5, "$2.50"),
+        (15.0, "$15"),
+        (0.075, "$0.075"),
+        (0.0375, "$0.0375"),
+        (1250.0, "$1,250"),
+        (1234.5678, "$1,234.5678"),
+        (1.5e-7, "$1.5e-07"),
+    ],
 )
 def test_format_price(price: float | None, text: str) -> None:
     assert format_price(price) == text
@@ -140,8 +150,16 @@ def test_missing_figures_read_as_a_dash() -> None:
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(5, "5 s"), (60, "1 min"), (900, "15 min"), (7500, "2 h 5 min"), (7200, "2 h"),
-                          (3 * 86400 + 4 * 3600, "3 d 4 h"), (-3, "0 s")],
+    ("seconds", "text"),
+    [
+        (5, "5 s"),
+        (60, "1 min"),
+        (900, "15 min"),
+        (7500, "2 h 5 min"),
+        (7200, "2 h"),
+        (3 * 86400 + 4 * 3600, "3 d 4 h"),
+        (-3, "0 s"),
+    ],
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
@@ -153,7 +171,7 @@ def test_format_duration(seconds: float, text: str) -> None:
 @pytest.mark.unit
 def test_every_name_is_escaped_in_text_and_attributes() -> None:
     incident = Incident(4, T0 - timedelta(minutes=5), None, State.DOWN, frozenset({NASTY}), False)
-    report = _report(_status(NASTY, State.DOWN, reason="<b>boom</b> & \"quoted\""), open_=(incident,))
+    report = _report(_status(NASTY, State.DOWN, reason='<b>boom</b> & "quoted"'), open_=(incident,))
     uptime = {(NASTY, TODAY): DayUptime(operational=10)}
     view = build_view(report, None, uptime, TODAY)
     page = render_status_page(view)
@@ -217,8 +235,14 @@ def test_unknown_days_are_grey_and_listed_in_the_legend_never_up() -> None:
 @pytest.mark.unit
 def test_incidents_open_and_recent() -> None:
     open_ = Incident(3, T0 - timedelta(minutes=15), None, State.DOWN, frozenset({BROKEN}), False)
-    closed = Incident(2, T0 - timedelta(days=1), T0 - timedelta(days=1) + timedelta(hours=2, minutes=5),
-                      State.DEGRADED, frozenset({NANO, BROKEN}), True)
+    closed = Incident(
+        2,
+        T0 - timedelta(days=1),
+        T0 - timedelta(days=1) + timedelta(hours=2, minutes=5),
+        State.DEGRADED,
+        frozenset({NANO, BROKEN}),
+        True,
+    )
     report = _report(_status(BROKEN, State.DOWN), open_=(open_,), recent=(closed,))
     page = render_status_page(build_view(report, None, {}, TODAY))
     assert '<li class="incident w-down"><span class="tag">#3 Down</span>' in page
@@ -235,7 +259,7 @@ def test_no_script_and_a_viewport_for_narrow_screens() -> None:
     assert not re.search(r"<[^>]*\son\w+=", page)  # no event handler attributes either
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
     assert "@media (max-width:600px)" in page
-    assert "Updated <time datetime=\"2025-06-01T12:00:00+00:00\">2025-06-01 12:00 UTC</time>" in page
+    assert 'Updated <time datetime="2025-06-01T12:00:00+00:00">2025-06-01 12:00 UTC</time>' in page
 
 
 @pytest.mark.unit
@@ -254,9 +278,15 @@ def test_view_json_has_ninety_days_per_model_and_nulls_for_missing() -> None:
     assert model["id"] == NANO and model["state"] == "degraded" and model["reason"] == "slow"
     assert model["routers"] == [] and model["uptime_90d"] == 0.9
     assert len(model["uptime"]) == UPTIME_DAYS
-    assert model["uptime"][0] == {"day": (TODAY - timedelta(days=89)).isoformat(), "level": "unknown",
-                                  "fraction_up": None, "operational_s": 0.0, "degraded_s": 0.0,
-                                  "down_s": 0.0, "unknown_s": 0.0}
+    assert model["uptime"][0] == {
+        "day": (TODAY - timedelta(days=89)).isoformat(),
+        "level": "unknown",
+        "fraction_up": None,
+        "operational_s": 0.0,
+        "degraded_s": 0.0,
+        "down_s": 0.0,
+        "unknown_s": 0.0,
+    }
     assert model["uptime"][-1]["level"] == "major" and model["uptime"][-1]["fraction_up"] == 0.9
 
 
@@ -282,7 +312,10 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
     assert "<script" not in page and "evil/&lt;script&gt;alert(1)&lt;/script&gt;&amp;co" in page
     nano = page.split('<li class="model">')[2]
     assert nano.startswith(f'<div class="model-head"><span class="name">{NANO}</span>')
-    assert re.search(r'<b class="ttft">(\d+) ms</b>', nano) and f"$0.10/M input tokens · via <span class=\"router\">{ROUTER}" in nano
+    assert (
+        re.search(r'<b class="ttft">(\d+) ms</b>', nano)
+        and f'$0.10/M input tokens · via <span class="router">{ROUTER}' in nano
+    )
     assert f"#{OPEN_ID} Down" in page and f"#{CLOSED_ID} Degraded" in page and f"#{MAINTENANCE_ID} Down" in page
 
     again = await client.get("/status", headers={"If-None-Match": resp.headers["ETag"]})
@@ -316,9 +349,14 @@ async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
 @pytest.mark.db
 @pytest.mark.parametrize(
     ("query", "ids"),
-    [("", [OPEN_ID, CLOSED_ID, MAINTENANCE_ID]), ("?state=open", [OPEN_ID]),
-     ("?state=closed", [CLOSED_ID, MAINTENANCE_ID]), ("?limit=2", [OPEN_ID, CLOSED_ID]),
-     ("?state=closed&limit=1", [CLOSED_ID]), ("?state=all&limit=500", [OPEN_ID, CLOSED_ID, MAINTENANCE_ID])],
+    [
+        ("", [OPEN_ID, CLOSED_ID, MAINTENANCE_ID]),
+        ("?state=open", [OPEN_ID]),
+        ("?state=closed", [CLOSED_ID, MAINTENANCE_ID]),
+        ("?limit=2", [OPEN_ID, CLOSED_ID]),
+        ("?state=closed&limit=1", [CLOSED_ID]),
+        ("?state=all&limit=500", [OPEN_ID, CLOSED_ID, MAINTENANCE_ID]),
+    ],
 )
 async def test_incidents_list(seeded, pool, aiohttp_client, query: str, ids: list[int]) -> None:
     client = await aiohttp_client(status_app(seeded))
@@ -335,8 +373,15 @@ async def test_incidents_list(seeded, pool, aiohttp_client, query: str, ids: lis
 @pytest.mark.db
 @pytest.mark.parametrize(
     ("query", "parameter"),
-    [("?limit=0", "limit"), ("?limit=501", "limit"), ("?limit=ten", "limit"), ("?limit=", "limit"),
-     ("?limit=-1", "limit"), ("?limit=%2B5", "limit"), ("?state=opened", "state")],
+    [
+        ("?limit=0", "limit"),
+        ("?limit=501", "limit"),
+        ("?limit=ten", "limit"),
+        ("?limit=", "limit"),
+        ("?limit=-1", "limit"),
+        ("?limit=%2B5", "limit"),
+        ("?state=opened", "state"),
+    ],
 )
 async def test_incidents_bad_parameters_are_400(seeded, pool, aiohttp_client, query: str, parameter: str) -> None:
     client = await aiohttp_client(status_app(seeded))

@@ -26,8 +26,9 @@ CONFIGURED = [("sim", BROKEN), ("sim", FINE), ("sim", SILENT)]
 
 
 def _probe(model: str, ok: bool, started_at: datetime) -> ProbeResult:
-    return probe_result(started_at=started_at, region="r", router="sim", model=model,
-                        **outcome(ok, ttft_ms=100.0, output_tokens=10))
+    return probe_result(
+        started_at=started_at, region="r", router="sim", model=model, **outcome(ok, ttft_ms=100.0, output_tokens=10)
+    )
 
 
 def _aggregator(pool: asyncpg.Pool) -> Aggregator:
@@ -38,23 +39,22 @@ async def _states(conn: asyncpg.Connection) -> dict[str, str]:
     return {r["model"]: r["state"] for r in await conn.fetch("SELECT model, state FROM model_status")}
 
 
-async def test_down_model_opens_an_incident_that_closes_after_up_after_ok_probes(
-    db_dsn: str, aiohttp_client
-) -> None:
+async def test_down_model_opens_an_incident_that_closes_after_up_after_ok_probes(db_dsn: str, aiohttp_client) -> None:
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
     try:
         now = datetime.now(UTC)
         async with pool.acquire() as conn:
             await ensure_schema(conn)
             earlier = [now - timedelta(seconds=s) for s in (50, 40, 30)]
-            await write_batch(conn, [_probe(BROKEN, False, t) for t in earlier]
-                              + [_probe(FINE, True, t) for t in earlier])
+            await write_batch(
+                conn, [_probe(BROKEN, False, t) for t in earlier] + [_probe(FINE, True, t) for t in earlier]
+            )
         aggregator = _aggregator(pool)
         await aggregator.refresh()
 
         async with pool.acquire() as conn:
             assert await _states(conn) == {BROKEN: "down", FINE: "operational", SILENT: "unknown"}
-            incidents = await conn.fetch('SELECT * FROM incidents')
+            incidents = await conn.fetch("SELECT * FROM incidents")
         assert len(incidents) == 1 and incidents[0]["end"] is None
         assert incidents[0]["models"] == [BROKEN] and incidents[0]["worst_state"] == "down"
 
@@ -87,7 +87,7 @@ async def test_down_model_opens_an_incident_that_closes_after_up_after_ok_probes
         await restarted.refresh()
         async with pool.acquire() as conn:
             assert (await _states(conn))[BROKEN] == "operational"
-            closed = await conn.fetchrow('SELECT * FROM incidents WHERE id = 1')
+            closed = await conn.fetchrow("SELECT * FROM incidents WHERE id = 1")
             uptime = await conn.fetch("SELECT * FROM uptime_daily WHERE model = $1", BROKEN)
         assert closed["end"] is not None
         assert sum(r["down_s"] for r in uptime) > 0  # the down spell between refreshes was counted

@@ -55,15 +55,32 @@ def every_field_set(at: datetime) -> ProbeResult:
         id=uuid.UUID(int=2**128 - 1),
         # Microseconds, in a zone that is not UTC nor a whole hour away from it.
         started_at=at.replace(microsecond=987654).astimezone(timezone(timedelta(hours=-9, minutes=-30))),
-        region="ap-south-1", router="routeur-é", model="vendor/model:free", prompt="long",
+        region="ap-south-1",
+        router="routeur-é",
+        model="vendor/model:free",
+        prompt="long",
         error_class="http_429",
         # COPY's own escapes and NULL marker, quotes, a tab, a newline, a character beyond the BMP.
         error_detail='quota «épuisé» 🙅 "quoted"\t\\N back\\slash\nsecond line ' + "x" * 400,
-        http_status=429, model_served="", provider="Ωmega", request_id="gen-0000",
-        connect_ms=0.0, ttfb_ms=5e-324, ttft_ms=0.1 + 0.2, ttfat_ms=1e-9, e2e_ms=1.7976931348623157e308,
-        output_tps=123.45678901234568, input_tokens=0, output_tokens=INT4_MAX, tokens_estimated=True,
-        chunks=INT4_MAX, chunk_gap_max_ms=1 / 3, chunk_gap_p95_ms=math.pi, retry_after_s=86400.0,
-        loop_lag_ms=2.5e-7, prober_overloaded=True,
+        http_status=429,
+        model_served="",
+        provider="Ωmega",
+        request_id="gen-0000",
+        connect_ms=0.0,
+        ttfb_ms=5e-324,
+        ttft_ms=0.1 + 0.2,
+        ttfat_ms=1e-9,
+        e2e_ms=1.7976931348623157e308,
+        output_tps=123.45678901234568,
+        input_tokens=0,
+        output_tokens=INT4_MAX,
+        tokens_estimated=True,
+        chunks=INT4_MAX,
+        chunk_gap_max_ms=1 / 3,
+        chunk_gap_p95_ms=math.pi,
+        retry_after_s=86400.0,
+        loop_lag_ms=2.5e-7,
+        prober_overloaded=True,
     )
 
 
@@ -109,15 +126,22 @@ async def test_the_rollups_count_what_was_written(conn: asyncpg.Connection, mode
     now = await database_now(conn)
     hour = floor_hour(now) - timedelta(hours=1)  # a complete hour: both rollups hold it whole
     ttfts = [100.0 + 7 * i for i in range(40)]
-    results = [probe_result(started_at=hour + timedelta(seconds=60 * i), ttft_ms=t, input_tokens=12, output_tokens=30)
-               for i, t in enumerate(ttfts)]
+    results = [
+        probe_result(started_at=hour + timedelta(seconds=60 * i), ttft_ms=t, input_tokens=12, output_tokens=30)
+        for i, t in enumerate(ttfts)
+    ]
     results += [
         probe_result(started_at=hour + timedelta(minutes=41), error_class="http_429", input_tokens=12),
         probe_result(started_at=hour + timedelta(minutes=42), error_class="http_5xx", input_tokens=12),
         probe_result(started_at=hour + timedelta(minutes=43), error_class="timeout_ttft", input_tokens=12),
         # Measured while the prober lagged: left out of the outcomes, still counted as traffic.
-        probe_result(started_at=hour + timedelta(minutes=44), ttft_ms=9999.0, input_tokens=12, output_tokens=30,
-                     prober_overloaded=True),
+        probe_result(
+            started_at=hour + timedelta(minutes=44),
+            ttft_ms=9999.0,
+            input_tokens=12,
+            output_tokens=30,
+            prober_overloaded=True,
+        ),
     ]
     assert await store(conn, mode, results) == len(results)
 
@@ -131,9 +155,20 @@ async def test_the_rollups_count_what_was_written(conn: asyncpg.Connection, mode
     assert await refresh_rollups(conn, mode, hour, now) is not None
     row = await conn.fetchrow(
         "SELECT attempts, ok, timeouts, http_429, http_5xx, other_failures, input_tokens, output_tokens,"
-        " prober_overloaded FROM probe_rollup_hourly WHERE bucket = $1 AND router = 'sim' AND model = 'm/a'", hour)
-    assert dict(row) == {"attempts": 43, "ok": 40, "timeouts": 1, "http_429": 1, "http_5xx": 1, "other_failures": 0,
-                         "input_tokens": 44 * 12, "output_tokens": 41 * 30, "prober_overloaded": 1}
+        " prober_overloaded FROM probe_rollup_hourly WHERE bucket = $1 AND router = 'sim' AND model = 'm/a'",
+        hour,
+    )
+    assert dict(row) == {
+        "attempts": 43,
+        "ok": 40,
+        "timeouts": 1,
+        "http_429": 1,
+        "http_5xx": 1,
+        "other_failures": 0,
+        "input_tokens": 44 * 12,
+        "output_tokens": 41 * 30,
+        "prober_overloaded": 1,
+    }
 
 
 async def test_retention_drops_old_days_and_keeps_the_rest(conn: asyncpg.Connection, mode: str) -> None:

@@ -48,7 +48,9 @@ async def served(pool: asyncpg.Pool, db_dsn: str) -> AsyncIterator[tuple[Supervi
 
 @pytest.mark.db
 async def test_a_dying_task_makes_readyz_fail_and_stops_the_process(
-    served: tuple[Supervisor, asyncio.Event, str], db_dsn: str, caplog: pytest.LogCaptureFixture,
+    served: tuple[Supervisor, asyncio.Event, str],
+    db_dsn: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     supervisor, stop, url = served
     async with aiohttp.ClientSession() as http:
@@ -128,5 +130,7 @@ async def test_an_explained_give_up_is_logged_without_a_traceback(caplog: pytest
         supervisor.watch("embedded PostgreSQL watch", asyncio.create_task(gives_up()), explained=(GaveUp,))
         await asyncio.wait_for(stop.wait(), 5)
     [record] = caplog.records
-    assert record.getMessage() == ("the embedded PostgreSQL watch task failed: GaveUp: the server could not be"
-                                   " restarted: 5 tries within 600s failed; stopping routewatch")
+    assert record.getMessage() == (
+        "the embedded PostgreSQL watch task failed: GaveUp: the server could not be"
+        " restarted: 5 tries within 600s failed; stopping routewatch"
+    )

@@ -15,8 +15,14 @@ MS = 1_000_000
 
 
 def test_derive_from_marks() -> None:
-    marks = StreamMarks(t0=1_000 * MS, connect_start=1_000 * MS, connect_end=1_012 * MS, headers=1_100 * MS,
-                        first_answer=1_400 * MS, token_times=[1_300 * MS, 1_400 * MS, 1_420 * MS, 1_500 * MS])
+    marks = StreamMarks(
+        t0=1_000 * MS,
+        connect_start=1_000 * MS,
+        connect_end=1_012 * MS,
+        headers=1_100 * MS,
+        first_answer=1_400 * MS,
+        token_times=[1_300 * MS, 1_400 * MS, 1_420 * MS, 1_500 * MS],
+    )
     t = derive(marks, output_tokens=4)
     assert t.connect_ms == 12
     assert t.ttfb_ms == 100
@@ -65,8 +71,14 @@ def test_chunk_gaps() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("", 0), (" one two three", 3), (" seventeen nineteen", 2), ("Hello, world!", 4),
-     ("supercalifragilistic", 5), ("12345", 2)],
+    [
+        ("", 0),
+        (" one two three", 3),
+        (" seventeen nineteen", 2),
+        ("Hello, world!", 4),
+        ("supercalifragilistic", 5),
+        ("12345", 2),
+    ],
 )
 def test_estimate_tokens(text: str, expected: int) -> None:
     assert estimate_tokens(text) == expected
@@ -82,8 +94,15 @@ def counted_in_pieces(text: str, cuts: list[int]) -> int:
 
 @pytest.mark.parametrize(
     ("pieces", "expected"),
-    [([" super", "califragi", "listic"], 5), ([" one", " two"], 2), (["12", "345"], 2), (["1", "2", "3", "4"], 2),
-     (["Hello", ",", " world", "!"], 4), (["", " a", "", "_b"], 2), ([], 0)],
+    [
+        ([" super", "califragi", "listic"], 5),
+        ([" one", " two"], 2),
+        (["12", "345"], 2),
+        (["1", "2", "3", "4"], 2),
+        (["Hello", ",", " world", "!"], 4),
+        (["", " a", "", "_b"], 2),
+        ([], 0),
+    ],
 )
 def test_token_counter_counts_a_word_split_across_pieces_once(pieces: list[str], expected: int) -> None:
     counter = TokenCounter()
@@ -106,8 +125,9 @@ def test_token_counter_keeps_no_text() -> None:
     for _ in range(1000):
         counter.feed("x" * 1000)  # one word a million letters long, fed in pieces
     assert counter.count == estimate_tokens("x" * 1_000_000) == 250_000
-    assert not any(isinstance(getattr(counter, name), str) and len(getattr(counter, name)) > 16
-                   for name in TokenCounter.__slots__)
+    assert not any(
+        isinstance(getattr(counter, name), str) and len(getattr(counter, name)) > 16 for name in TokenCounter.__slots__
+    )
 
 
 def test_redact_removes_keys_and_url_credentials() -> None:

@@ -32,11 +32,15 @@ POISONS: dict[str, tuple[dict[str, Any], str]] = {
     "completion tokens 2**31": ({"output_tokens": 2**31}, "OverflowError"),
     "completion tokens 2**63": ({"output_tokens": 2**63}, "OverflowError"),
     "lone surrogate in error_detail": (
-        {"ok": False, "error_class": "bad_response", "error_detail": "upstream said \ud800"}, "UnicodeEncodeError"),
+        {"ok": False, "error_class": "bad_response", "error_detail": "upstream said \ud800"},
+        "UnicodeEncodeError",
+    ),
     "lone surrogate in model_served": ({"model_served": "gpt-\ud800"}, "UnicodeEncodeError"),
     "lone surrogate in request_id": ({"request_id": "gen-\udfff"}, "UnicodeEncodeError"),
     "NUL in error_detail": (
-        {"ok": False, "error_class": "http_5xx", "error_detail": "bad\x00gateway"}, "CharacterNotInRepertoireError"),
+        {"ok": False, "error_class": "http_5xx", "error_detail": "bad\x00gateway"},
+        "CharacterNotInRepertoireError",
+    ),
     "text where a number belongs": ({"ttft_ms": "fast"}, "TypeError"),
 }
 
@@ -103,7 +107,9 @@ async def test_poison_in_a_batch_is_rejected_and_the_rest_stored(
         with caplog.at_level(logging.WARNING, logger="routewatch.storage.writer"):
             for r in [*good[:10], poison, *good[10:]]:
                 await writer.submit(r)
-            await until("the good results of the batch", lambda: writer.written >= len(good) and bool(rejected(spool_dir)))
+            await until(
+                "the good results of the batch", lambda: writer.written >= len(good) and bool(rejected(spool_dir))
+            )
         assert any("retrying row by row" in m for m in caplog.messages)
         assert writer.failed is None and writer.rejected == 1
         # The writer keeps going.

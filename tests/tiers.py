@@ -45,7 +45,9 @@ def tier_problems(items: list[pytest.Item]) -> list[str]:
         elif tiers[0] == "unit" and uses_database:
             problems.append(f"{item.nodeid}: marked unit but uses the database; mark it db or system")
         elif tiers[0] == "db" and not uses_database:
-            problems.append(f"{item.nodeid}: marked db but never reaches the database (pg_server); mark it unit or system")
+            problems.append(
+                f"{item.nodeid}: marked db but never reaches the database (pg_server); mark it unit or system"
+            )
     return problems
 
 
@@ -70,6 +72,7 @@ def guard_tier(tier: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         def refused(*args: Any, **kwargs: Any) -> Any:
             attempts.append(what)
             raise TierViolation(f"a {tier} test may not {what}: mark it {higher}")
+
         return refused
 
     monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse("start a child process"))

@@ -314,8 +314,9 @@ class ApiState:
 
     def respond(self, request: web.Request, body: Body) -> web.Response:
         """``body`` with ETag/304/Cache-Control/gzip, cacheable for one refresh interval."""
-        return cached_response(request, body.data, content_type=JSON_TYPE,
-                               max_age=self.aggregator.interval_s, etag=body.etag)
+        return cached_response(
+            request, body.data, content_type=JSON_TYPE, max_age=self.aggregator.interval_s, etag=body.etag
+        )
 
 
 API = web.AppKey("routewatch_api", ApiState)
@@ -338,8 +339,7 @@ def _resolve(api: ApiState, snap: Snapshot, model: str, query: Mapping[str, str]
     router = query.get("router")
     if router is None:
         if len(routers) > 1:
-            raise ApiError(400, f"model {model!r} is probed on several routers; add router=one of {routers}",
-                           "router")
+            raise ApiError(400, f"model {model!r} is probed on several routers; add router=one of {routers}", "router")
         return window, routers[0]
     if router not in routers:
         raise ApiError(404, f"model {model!r} is not probed on router {_clip(router)!r}", "router")
@@ -360,8 +360,11 @@ async def list_models(request: web.Request) -> web.Response:
     provider = query.get("provider")
     key = ("models", provider, state)
     known = bodies.get(key)
-    body = (api.cache.link(bodies, request.raw_path, known) if known is not None
-            else api.cache.store(bodies, key, request.raw_path, _listing(api, snap, provider, state)))
+    body = (
+        api.cache.link(bodies, request.raw_path, known)
+        if known is not None
+        else api.cache.store(bodies, key, request.raw_path, _listing(api, snap, provider, state))
+    )
     return api.respond(request, body)
 
 
@@ -377,10 +380,21 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
         model_state = states.get(model, "unknown")
         if (provider is not None and provider not in labels) or (state is not None and model_state != state):
             continue
-        models.append({"id": model, "router": router, "state": model_state, "providers": _providers(labels),
-                       "stats": stats.as_json()})
-    return {"window": window, "updated_at": snap.updated_at.isoformat(),
-            "status_enabled": api.aggregator.status_enabled, "models": models}
+        models.append(
+            {
+                "id": model,
+                "router": router,
+                "state": model_state,
+                "providers": _providers(labels),
+                "stats": stats.as_json(),
+            }
+        )
+    return {
+        "window": window,
+        "updated_at": snap.updated_at.isoformat(),
+        "status_enabled": api.aggregator.status_enabled,
+        "models": models,
+    }
 
 
 def _providers(labels: Iterable[str]) -> list[str | None]:
@@ -402,8 +416,11 @@ async def model_stats(request: web.Request) -> web.Response:
     by = _choice(query, "by", BREAKDOWNS, None)
     key = ("stats", router, model, window, by)
     known = bodies.get(key)
-    body = (api.cache.link(bodies, request.raw_path, known) if known is not None
-            else api.cache.store(bodies, key, request.raw_path, _stats_json(snap, router, model, window, by)))
+    body = (
+        api.cache.link(bodies, request.raw_path, known)
+        if known is not None
+        else api.cache.store(bodies, key, request.raw_path, _stats_json(snap, router, model, window, by))
+    )
     return api.respond(request, body)
 
 
@@ -470,8 +487,12 @@ def _series_query(api: ApiState, snap: Snapshot, model: str, request: web.Reques
     step = _BUCKET_UNITS[bucket][1]
     points = math.ceil((end - start) / step) + 1  # a range not aligned to buckets touches one more
     if points > MAX_SERIES_POINTS:
-        raise ApiError(400, f"from..to spans {points} buckets of {bucket}; at most {MAX_SERIES_POINTS}: "
-                            "shorten the range or use a larger bucket", "from")
+        raise ApiError(
+            400,
+            f"from..to spans {points} buckets of {bucket}; at most {MAX_SERIES_POINTS}: "
+            "shorten the range or use a larger bucket",
+            "from",
+        )
     return SeriesQuery(router, model, window, metric, bucket, start, end)
 
 
@@ -484,8 +505,9 @@ def _timestamp(value: str, name: str) -> datetime:
         except ValueError:
             continue
     else:
-        raise ApiError(400, f"{name} must be an ISO-8601 timestamp such as 2024-05-01T00:00:00Z; "
-                            f"got {_clip(value)!r}", name)
+        raise ApiError(
+            400, f"{name} must be an ISO-8601 timestamp such as 2024-05-01T00:00:00Z; got {_clip(value)!r}", name
+        )
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
@@ -501,14 +523,21 @@ async def _read_series(pool: asyncpg.Pool | None, q: SeriesQuery) -> dict[str, A
     column = SERIES_METRICS[q.metric]  # from a fixed map, never from the request text
     unit = _BUCKET_UNITS[q.bucket][0]
     try:
-        rows = await series_points(pool, q.router, q.model, q.window, column, unit, q.start, q.end,
-                                   timeout=SERIES_TIMEOUT_S)
+        rows = await series_points(
+            pool, q.router, q.model, q.window, column, unit, q.start, q.end, timeout=SERIES_TIMEOUT_S
+        )
     except DATABASE_ERRORS as exc:
         log.warning("series read failed (%s)", exc.__class__.__name__)
         raise ApiError(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"}) from None
     return {
-        "model": q.model, "router": q.router, "window": q.window, "metric": q.metric, "bucket": q.bucket,
-        "from": q.start.isoformat(), "to": q.end.isoformat(), "aggregation": "last",
+        "model": q.model,
+        "router": q.router,
+        "window": q.window,
+        "metric": q.metric,
+        "bucket": q.bucket,
+        "from": q.start.isoformat(),
+        "to": q.end.isoformat(),
+        "aggregation": "last",
         "points": [{"t": r["b"].isoformat(), "taken_at": r["taken_at"].isoformat(), "value": r["v"]} for r in rows],
     }
 
@@ -547,8 +576,9 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 def _uncached(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=dumps(payload),
-                        headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store"})
+    return web.Response(
+        status=status, body=dumps(payload), headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store"}
+    )
 
 
 @errors_as_json
@@ -557,12 +587,14 @@ async def healthz(request: web.Request) -> web.Response:
     _query(request, ())
     aggregator = request.app[API].aggregator
     snap = aggregator.snapshot
-    return _uncached({
-        "status": "ok",
-        "role": aggregator.role,
-        "refreshes": aggregator.refreshes,
-        "updated_at": snap.updated_at.isoformat() if snap else None,
-    })
+    return _uncached(
+        {
+            "status": "ok",
+            "role": aggregator.role,
+            "refreshes": aggregator.refreshes,
+            "updated_at": snap.updated_at.isoformat() if snap else None,
+        }
+    )
 
 
 @errors_as_json
@@ -578,15 +610,35 @@ async def readyz(request: web.Request) -> web.Response:
     failed = request.app.get(FAILED_COMPONENTS)
     if failed:
         age_s = None if snap is None else round((datetime.now(UTC) - snap.updated_at).total_seconds(), 3)
-        return _uncached({"status": "not_ready", "reason": "; ".join(failed),
-                          "updated_at": snap.updated_at.isoformat() if snap else None,
-                          "age_s": age_s, "max_age_s": limit}, 503)
+        return _uncached(
+            {
+                "status": "not_ready",
+                "reason": "; ".join(failed),
+                "updated_at": snap.updated_at.isoformat() if snap else None,
+                "age_s": age_s,
+                "max_age_s": limit,
+            },
+            503,
+        )
     if snap is None:
-        return _uncached({"status": "not_ready", "reason": "no stats snapshot yet: the first refresh has not finished",
-                          "updated_at": None, "age_s": None, "max_age_s": limit}, 503)
+        return _uncached(
+            {
+                "status": "not_ready",
+                "reason": "no stats snapshot yet: the first refresh has not finished",
+                "updated_at": None,
+                "age_s": None,
+                "max_age_s": limit,
+            },
+            503,
+        )
     age = (datetime.now(UTC) - snap.updated_at).total_seconds()
-    body = {"status": "ready", "reason": None, "updated_at": snap.updated_at.isoformat(),
-            "age_s": round(age, 3), "max_age_s": limit}
+    body = {
+        "status": "ready",
+        "reason": None,
+        "updated_at": snap.updated_at.isoformat(),
+        "age_s": round(age, 3),
+        "max_age_s": limit,
+    }
     if age > limit:
         body["status"] = "not_ready"
         body["reason"] = f"the last stats refresh was {age:.1f}s ago, more than {READY_INTERVALS} intervals"
@@ -605,12 +657,20 @@ def _authorize(request: web.Request) -> AdminActions:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     given = given.strip()
     if scheme.lower() != "bearer" or not given:
-        raise ApiError(401, "this endpoint needs Authorization: Bearer <token>", "Authorization",
-                       headers={"WWW-Authenticate": 'Bearer realm="routewatch"'})
+        raise ApiError(
+            401,
+            "this endpoint needs Authorization: Bearer <token>",
+            "Authorization",
+            headers={"WWW-Authenticate": 'Bearer realm="routewatch"'},
+        )
     if not api.token.matches(given):
         # Nothing about the token that was sent goes into the answer or the log.
-        raise ApiError(401, "the bearer token is not valid", "Authorization",
-                       headers={"WWW-Authenticate": 'Bearer realm="routewatch", error="invalid_token"'})
+        raise ApiError(
+            401,
+            "the bearer token is not valid",
+            "Authorization",
+            headers={"WWW-Authenticate": 'Bearer realm="routewatch", error="invalid_token"'},
+        )
     if api.admin is None:
         raise ApiError(403, "admin actions are not available in this process")
     return api.admin
@@ -639,8 +699,9 @@ async def reload_config(request: web.Request) -> web.Response:
     try:
         report = await admin.reload_config()
     except ConfigRejected as exc:
-        raise ApiError(400, "the config file is not valid; the running configuration is kept:\n" + str(exc),
-                       issues=exc.issues) from None
+        raise ApiError(
+            400, "the config file is not valid; the running configuration is kept:\n" + str(exc), issues=exc.issues
+        ) from None
     return _uncached(report)
 
 

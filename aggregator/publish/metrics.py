@@ -230,27 +230,53 @@ _Extract = Callable[[WindowCounts], "float | None"]
 # provider/region); a value of None gives no sample. Token counts and the
 # sufficiency flag are per model only: they add series, not insight, per slice.
 _CELL_STATS: tuple[tuple[str, str, _Extract, bool], ...] = (
-    ("ttft_p50_seconds", "Median time to first token (any output delta) over ok probes",
-     lambda c: _ms_to_s(c.ttft_p50_ms), True),
-    ("ttft_p95_seconds", "95th percentile time to first token over ok probes",
-     lambda c: _ms_to_s(c.ttft_p95_ms), True),
-    ("ttfat_p50_seconds", "Median time to first answer (content) token over ok probes",
-     lambda c: _ms_to_s(c.ttfat_p50_ms), True),
-    ("ttfat_p95_seconds", "95th percentile time to first answer (content) token over ok probes",
-     lambda c: _ms_to_s(c.ttfat_p95_ms), True),
-    ("output_tokens_per_second_p50", "Median output speed over ok probes, in tokens per second",
-     lambda c: c.tps_p50, True),
+    (
+        "ttft_p50_seconds",
+        "Median time to first token (any output delta) over ok probes",
+        lambda c: _ms_to_s(c.ttft_p50_ms),
+        True,
+    ),
+    ("ttft_p95_seconds", "95th percentile time to first token over ok probes", lambda c: _ms_to_s(c.ttft_p95_ms), True),
+    (
+        "ttfat_p50_seconds",
+        "Median time to first answer (content) token over ok probes",
+        lambda c: _ms_to_s(c.ttfat_p50_ms),
+        True,
+    ),
+    (
+        "ttfat_p95_seconds",
+        "95th percentile time to first answer (content) token over ok probes",
+        lambda c: _ms_to_s(c.ttfat_p95_ms),
+        True,
+    ),
+    (
+        "output_tokens_per_second_p50",
+        "Median output speed over ok probes, in tokens per second",
+        lambda c: c.tps_p50,
+        True,
+    ),
     ("error_ratio", "Failed / attempted probes", lambda c: error_rate(c.attempts, c.ok), True),
-    ("error_excl_429_ratio", "Failed / attempted probes, rate-limited (HTTP 429) attempts left out",
-     lambda c: error_rate(c.attempts - c.rate_limited, c.ok), True),
-    ("window_probes_attempted", "Probes attempted (those flagged prober_overloaded are left out)",
-     lambda c: c.attempts, True),
+    (
+        "error_excl_429_ratio",
+        "Failed / attempted probes, rate-limited (HTTP 429) attempts left out",
+        lambda c: error_rate(c.attempts - c.rate_limited, c.ok),
+        True,
+    ),
+    (
+        "window_probes_attempted",
+        "Probes attempted (those flagged prober_overloaded are left out)",
+        lambda c: c.attempts,
+        True,
+    ),
     ("window_probes_ok", "Probes that succeeded", lambda c: c.ok, True),
     ("window_input_tokens", "Input tokens sent by probes", lambda c: c.input_tokens, False),
     ("window_output_tokens", "Output tokens received by probes", lambda c: c.output_tokens, False),
-    ("window_samples_sufficient",
-     f"1 when there are at least {MIN_OK_SAMPLES} ok probes, enough to publish the percentiles unmarked",
-     lambda c: float(c.ok >= MIN_OK_SAMPLES), False),
+    (
+        "window_samples_sufficient",
+        f"1 when there are at least {MIN_OK_SAMPLES} ok probes, enough to publish the percentiles unmarked",
+        lambda c: float(c.ok >= MIN_OK_SAMPLES),
+        False,
+    ),
 )
 
 _BASE_LABELS = ("router", "model", "window")
@@ -295,7 +321,8 @@ def _stats_families(snap: Snapshot) -> Iterator[Metric]:
 
 def _status_families(status: StatusReport) -> Iterator[Metric]:
     state = GaugeMetricFamily(
-        "routewatch_model_state", "Model status: 1 for the current state, 0 for the others",
+        "routewatch_model_state",
+        "Model status: 1 for the current state, 0 for the others",
         labels=["model", "state"],
     )
     for m in status.models:
@@ -314,71 +341,108 @@ def _aggregator_families(state: ScrapeState) -> Iterator[Metric]:
     for name in ("leader", "standby"):
         role.add_metric([name], 1.0 if state.role == name else 0.0)
     yield role
-    yield CounterMetricFamily("routewatch_refreshes", "Stats refreshes completed by this process",
-                              value=state.refreshes)
-    yield GaugeMetricFamily("routewatch_stats_refresh_interval_seconds", "Seconds between stats refreshes",
-                            value=state.refresh_interval_s)
+    yield CounterMetricFamily(
+        "routewatch_refreshes", "Stats refreshes completed by this process", value=state.refreshes
+    )
+    yield GaugeMetricFamily(
+        "routewatch_stats_refresh_interval_seconds", "Seconds between stats refreshes", value=state.refresh_interval_s
+    )
     if state.last_refresh_s is not None:
-        yield GaugeMetricFamily("routewatch_stats_refresh_duration_seconds",
-                                "Wall time of this process's last stats refresh", value=state.last_refresh_s)
+        yield GaugeMetricFamily(
+            "routewatch_stats_refresh_duration_seconds",
+            "Wall time of this process's last stats refresh",
+            value=state.last_refresh_s,
+        )
     if state.snapshot is not None:  # before the first refresh there is no age to tell
         age = (state.now - state.snapshot.updated_at).total_seconds()
-        yield GaugeMetricFamily("routewatch_stats_age_seconds",
-                                "Seconds since the published stats were computed", value=max(0.0, age))
+        yield GaugeMetricFamily(
+            "routewatch_stats_age_seconds", "Seconds since the published stats were computed", value=max(0.0, age)
+        )
 
 
 def _prober_families(health: ProberHealth) -> Iterator[Metric]:
     results = CounterMetricFamily(
-        "routewatch_probes", "Probes completed by this process, by result: ok or the error class",
+        "routewatch_probes",
+        "Probes completed by this process, by result: ok or the error class",
         labels=["result"],
     )
     # Every known result from the start, so that rate() sees a series' first increase.
     for result in dict.fromkeys(("ok", *ERROR_CLASSES, *sorted(health.results))):
         results.add_metric([result], float(health.results.get(result, 0)))
     yield results
-    yield CounterMetricFamily("routewatch_probes_overloaded",
-                              "Probes flagged prober_overloaded: the event loop lagged past its bound",
-                              value=health.overloaded)
-    yield GaugeMetricFamily("routewatch_probes_in_flight", "Probes holding a concurrency slot (sending or streaming)",
-                            value=health.in_flight)
-    yield GaugeMetricFamily("routewatch_probes_queued", "Probes due and waiting for a concurrency slot",
-                            value=health.queued)
-    yield GaugeMetricFamily("routewatch_probe_concurrency_limit", "At most this many probes run at once",
-                            value=health.concurrency)
-    yield CounterMetricFamily("routewatch_results_stored", "Probe results inserted into the database",
-                              value=health.stored)
-    yield GaugeMetricFamily("routewatch_results_pending", "Probe results accepted but not yet confirmed stored",
-                            value=health.pending)
-    yield CounterMetricFamily("routewatch_results_dropped", "Probe results lost: neither spooled nor stored",
-                              value=health.dropped)
-    yield CounterMetricFamily("routewatch_results_rejected",
-                              "Probe results that could not be stored at all; kept in the spool's rejected file",
-                              value=health.rejected)
-    yield CounterMetricFamily("routewatch_results_unspooled",
-                              "Probe results the spool could not take (disk full), sent from memory only",
-                              value=health.unspooled)
-    yield CounterMetricFamily("routewatch_spool_corrupt_records",
-                              "Damaged spool records skipped when the spool was read back", value=health.spool_corrupt)
-    yield GaugeMetricFamily("routewatch_writer_running",
-                            "1 while the result writer runs; 0 once it has died and nothing more is stored",
-                            value=float(health.writer_running))
-    yield GaugeMetricFamily("routewatch_event_loop_tasks", "asyncio tasks alive in the prober's event loop",
-                            value=health.tasks)
-    yield CounterMetricFamily("routewatch_writer_failed_flushes",
-                              "Result writes that failed because the database was unavailable",
-                              value=health.failed_flushes)
-    yield GaugeMetricFamily("routewatch_writer_database_up",
-                            "1 when the result writer's last attempt reached the database, 0 during an outage",
-                            value=float(health.database_ok))
-    yield GaugeMetricFamily("routewatch_spool_bytes", "Bytes the local result spool holds on disk",
-                            value=health.spool_bytes)
+    yield CounterMetricFamily(
+        "routewatch_probes_overloaded",
+        "Probes flagged prober_overloaded: the event loop lagged past its bound",
+        value=health.overloaded,
+    )
+    yield GaugeMetricFamily(
+        "routewatch_probes_in_flight",
+        "Probes holding a concurrency slot (sending or streaming)",
+        value=health.in_flight,
+    )
+    yield GaugeMetricFamily(
+        "routewatch_probes_queued", "Probes due and waiting for a concurrency slot", value=health.queued
+    )
+    yield GaugeMetricFamily(
+        "routewatch_probe_concurrency_limit", "At most this many probes run at once", value=health.concurrency
+    )
+    yield CounterMetricFamily(
+        "routewatch_results_stored", "Probe results inserted into the database", value=health.stored
+    )
+    yield GaugeMetricFamily(
+        "routewatch_results_pending", "Probe results accepted but not yet confirmed stored", value=health.pending
+    )
+    yield CounterMetricFamily(
+        "routewatch_results_dropped", "Probe results lost: neither spooled nor stored", value=health.dropped
+    )
+    yield CounterMetricFamily(
+        "routewatch_results_rejected",
+        "Probe results that could not be stored at all; kept in the spool's rejected file",
+        value=health.rejected,
+    )
+    yield CounterMetricFamily(
+        "routewatch_results_unspooled",
+        "Probe results the spool could not take (disk full), sent from memory only",
+        value=health.unspooled,
+    )
+    yield CounterMetricFamily(
+        "routewatch_spool_corrupt_records",
+        "Damaged spool records skipped when the spool was read back",
+        value=health.spool_corrupt,
+    )
+    yield GaugeMetricFamily(
+        "routewatch_writer_running",
+        "1 while the result writer runs; 0 once it has died and nothing more is stored",
+        value=float(health.writer_running),
+    )
+    yield GaugeMetricFamily(
+        "routewatch_event_loop_tasks", "asyncio tasks alive in the prober's event loop", value=health.tasks
+    )
+    yield CounterMetricFamily(
+        "routewatch_writer_failed_flushes",
+        "Result writes that failed because the database was unavailable",
+        value=health.failed_flushes,
+    )
+    yield GaugeMetricFamily(
+        "routewatch_writer_database_up",
+        "1 when the result writer's last attempt reached the database, 0 during an outage",
+        value=float(health.database_ok),
+    )
+    yield GaugeMetricFamily(
+        "routewatch_spool_bytes", "Bytes the local result spool holds on disk", value=health.spool_bytes
+    )
     if health.loop_lag_s is not None:
-        yield GaugeMetricFamily("routewatch_event_loop_lag_seconds",
-                                "The prober's event-loop lag at its latest sample", value=health.loop_lag_s)
+        yield GaugeMetricFamily(
+            "routewatch_event_loop_lag_seconds",
+            "The prober's event-loop lag at its latest sample",
+            value=health.loop_lag_s,
+        )
     if health.loop_lag_max_s is not None:
-        yield GaugeMetricFamily("routewatch_event_loop_lag_max_seconds",
-                                f"The prober's worst event-loop lag over the last {LAG_MAX_WINDOW_S:g} s",
-                                value=health.loop_lag_max_s)
+        yield GaugeMetricFamily(
+            "routewatch_event_loop_lag_max_seconds",
+            f"The prober's worst event-loop lag over the last {LAG_MAX_WINDOW_S:g} s",
+            value=health.loop_lag_max_s,
+        )
 
 
 class StatsCollector(Collector):
@@ -438,8 +502,7 @@ def render(state: ScrapeState) -> bytes:
 
 def _accepts_gzip(request: web.Request) -> bool:
     return any(
-        part.split(";")[0].strip().lower() == "gzip"
-        for part in request.headers.get("Accept-Encoding", "").split(",")
+        part.split(";")[0].strip().lower() == "gzip" for part in request.headers.get("Accept-Encoding", "").split(",")
     )
 
 

@@ -88,18 +88,20 @@ def _figures() -> dict[str, Schema]:
         "error_rate": rate,
         "error_rate_excl_429": rate,
         "tokens": _object({"input": count, "output": count, "total": count}),
-        "samples": _object({
-            "attempted": count,
-            "ok": count,
-            "failed": count,
-            "rate_limited": count,
-            "excluded_prober_overloaded": count,
-            "sufficient": {
-                "type": "boolean",
-                "description": f"at least {MIN_OK_SAMPLES} ok samples: percentiles are publishable unmarked",
-            },
-            "min_ok_for_sufficient": {"type": "integer", "const": MIN_OK_SAMPLES},
-        }),
+        "samples": _object(
+            {
+                "attempted": count,
+                "ok": count,
+                "failed": count,
+                "rate_limited": count,
+                "excluded_prober_overloaded": count,
+                "sufficient": {
+                    "type": "boolean",
+                    "description": f"at least {MIN_OK_SAMPLES} ok samples: percentiles are publishable unmarked",
+                },
+                "min_ok_for_sufficient": {"type": "integer", "const": MIN_OK_SAMPLES},
+            }
+        ),
         "first_probe": DATE_TIME_OR_NULL,
         "last_probe": DATE_TIME_OR_NULL,
         "ci95": {
@@ -126,10 +128,12 @@ def _model_stats() -> Schema:
         "breakdown": {
             "type": "object",
             "description": "only with by=: the model's cells for that one dimension, keyed by value. "
-                           "Providers: at most aggregator.max_providers_per_model names, then 'other' "
-                           "(every provider past them) and 'unknown' (the router named no provider)",
-            "properties": {dim: {"type": "object", "additionalProperties": _ref("Cell"),
-                                 "propertyNames": {"minLength": 1}} for dim in BREAKDOWNS},
+            "Providers: at most aggregator.max_providers_per_model names, then 'other' "
+            "(every provider past them) and 'unknown' (the router named no provider)",
+            "properties": {
+                dim: {"type": "object", "additionalProperties": _ref("Cell"), "propertyNames": {"minLength": 1}}
+                for dim in BREAKDOWNS
+            },
             "additionalProperties": False,
             "minProperties": 1,
             "maxProperties": 1,
@@ -161,15 +165,20 @@ def _probe_result() -> Schema:
 
 def _incidents() -> Schema:
     """Open incidents (end null) and the most recent closed ones (end set), as status_store writes them."""
-    return _object({
-        "open": {"type": "array", "items": {"allOf": [_ref("Incident"), {"properties": {"end": {"type": "null"}}}]}},
-        "recent": {
-            "type": "array",
-            "maxItems": RECENT_INCIDENTS,
-            "items": {"allOf": [_ref("Incident"), {"properties": {"end": DATE_TIME}}]},
-            "description": f"closed incidents, newest first, at most {RECENT_INCIDENTS}",
-        },
-    })
+    return _object(
+        {
+            "open": {
+                "type": "array",
+                "items": {"allOf": [_ref("Incident"), {"properties": {"end": {"type": "null"}}}]},
+            },
+            "recent": {
+                "type": "array",
+                "maxItems": RECENT_INCIDENTS,
+                "items": {"allOf": [_ref("Incident"), {"properties": {"end": DATE_TIME}}]},
+                "description": f"closed incidents, newest first, at most {RECENT_INCIDENTS}",
+            },
+        }
+    )
 
 
 def _status_page() -> Schema:
@@ -177,160 +186,227 @@ def _status_page() -> Schema:
     state: Schema = {"type": "string", "enum": list(STATES)}
     seconds: Schema = {"type": "number", "minimum": 0}
     share: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-    route = _object({
-        "router": {"type": "string"},
-        "ttft_p50_ms": {"type": ["number", "null"], "minimum": 0,
-                        "description": "p50 TTFT over the page window; null with no ok probe"},
-        "tps_p50": {"type": ["number", "null"], "minimum": 0},
-        "input_price_per_mtok": {"type": ["number", "null"], "minimum": 0,
-                                 "description": "USD per 1M input tokens from probes.yaml; null: not configured"},
-    })
-    day = _object({
-        "day": {"type": "string", "format": "date", "description": "UTC day"},
-        "level": {"type": "string", "enum": list(DAY_LEVELS),
-                  "description": "unknown: no data, or more than half of the recorded time unknown"},
-        "fraction_up": {**share, "description": "operational / known time; null: nothing known"},
-        "operational_s": seconds,
-        "degraded_s": seconds,
-        "down_s": seconds,
-        "unknown_s": seconds,
-    })
-    model = _object({
-        "id": {"type": "string"},
-        "state": state,
-        "since": {**DATE_TIME_OR_NULL, "description": "when it entered this state"},
-        "reason": {"type": "string", "description": "one line; empty when operational"},
-        "routers": {"type": "array", "items": route, "description": "configured routers first"},
-        "uptime_90d": {**share, "description": "operational / known time over the days below; null: nothing known"},
-        "uptime": {"type": "array", "items": day, "minItems": UPTIME_DAYS, "maxItems": UPTIME_DAYS,
-                   "description": f"{UPTIME_DAYS} days, oldest first; the last is today (UTC)"},
-    })
-    return _object({
-        "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
-        "stats_updated_at": {**DATE_TIME_OR_NULL, "description": "time of the p50 figures"},
-        "window": {"type": ["string", "null"], "description": "window of the p50 figures; null without stats"},
-        "overall": state,
-        "models": {"type": "array", "items": model},
-        "incidents": _incidents(),
-    })
+    route = _object(
+        {
+            "router": {"type": "string"},
+            "ttft_p50_ms": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "p50 TTFT over the page window; null with no ok probe",
+            },
+            "tps_p50": {"type": ["number", "null"], "minimum": 0},
+            "input_price_per_mtok": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "USD per 1M input tokens from probes.yaml; null: not configured",
+            },
+        }
+    )
+    day = _object(
+        {
+            "day": {"type": "string", "format": "date", "description": "UTC day"},
+            "level": {
+                "type": "string",
+                "enum": list(DAY_LEVELS),
+                "description": "unknown: no data, or more than half of the recorded time unknown",
+            },
+            "fraction_up": {**share, "description": "operational / known time; null: nothing known"},
+            "operational_s": seconds,
+            "degraded_s": seconds,
+            "down_s": seconds,
+            "unknown_s": seconds,
+        }
+    )
+    model = _object(
+        {
+            "id": {"type": "string"},
+            "state": state,
+            "since": {**DATE_TIME_OR_NULL, "description": "when it entered this state"},
+            "reason": {"type": "string", "description": "one line; empty when operational"},
+            "routers": {"type": "array", "items": route, "description": "configured routers first"},
+            "uptime_90d": {**share, "description": "operational / known time over the days below; null: nothing known"},
+            "uptime": {
+                "type": "array",
+                "items": day,
+                "minItems": UPTIME_DAYS,
+                "maxItems": UPTIME_DAYS,
+                "description": f"{UPTIME_DAYS} days, oldest first; the last is today (UTC)",
+            },
+        }
+    )
+    return _object(
+        {
+            "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
+            "stats_updated_at": {**DATE_TIME_OR_NULL, "description": "time of the p50 figures"},
+            "window": {"type": ["string", "null"], "description": "window of the p50 figures; null without stats"},
+            "overall": state,
+            "models": {"type": "array", "items": model},
+            "incidents": _incidents(),
+        }
+    )
 
 
 def _schemas() -> dict[str, Schema]:
     state: Schema = {"type": "string", "enum": list(STATES)}
     return {
-        "Error": _object({
-            "error": _object({
-                "status": {"type": "integer", "minimum": 400, "maximum": 599},
-                "message": {"type": "string"},
-                "parameter": {
-                    "type": ["string", "null"],
-                    "description": "the query, path or header parameter at fault; null when none",
-                },
-                "issues": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "description": "config reload only: every problem as file:line: field: message",
-                },
-            }, optional=("issues",)),
-        }),
+        "Error": _object(
+            {
+                "error": _object(
+                    {
+                        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                        "message": {"type": "string"},
+                        "parameter": {
+                            "type": ["string", "null"],
+                            "description": "the query, path or header parameter at fault; null when none",
+                        },
+                        "issues": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "config reload only: every problem as file:line: field: message",
+                        },
+                    },
+                    optional=("issues",),
+                ),
+            }
+        ),
         "Cell": _object(_figures()),
         "ModelStats": _model_stats(),
-        "ModelSummary": _object({
-            "id": {"type": "string"},
-            "router": {"type": "string"},
-            "state": {**state, "description": "from the status engine; unknown when it has no verdict "
-                                              "or status is not enabled (no SLO configured)"},
-            "providers": {"type": "array", "items": {"type": ["string", "null"], "minLength": 1},
-                          "uniqueItems": True,
-                          "description": "providers seen in the listing window: at most "
-                                         "aggregator.max_providers_per_model names (sorted), then 'other' "
-                                         "(every provider past them), then null (the router named no provider)"},
-            "stats": _ref("ModelStats"),
-        }),
-        "ModelList": _object({
-            "window": {"type": "string"},
-            "updated_at": DATE_TIME,
-            "status_enabled": {"type": "boolean"},
-            "models": {"type": "array", "items": _ref("ModelSummary")},
-        }),
-        "Series": _object({
-            "model": {"type": "string"},
-            "router": {"type": "string"},
-            "window": {"type": "string"},
-            "metric": {"type": "string", "enum": list(SERIES_METRICS)},
-            "bucket": {"type": "string", "enum": list(SERIES_BUCKETS)},
-            "from": DATE_TIME,
-            "to": DATE_TIME,
-            "aggregation": {"type": "string", "const": "last"},
-            "points": {
-                "type": "array",
-                "maxItems": MAX_SERIES_POINTS,
-                "items": _object({
-                    "t": {**DATE_TIME, "description": "start of the bucket (UTC)"},
-                    "taken_at": {**DATE_TIME, "description": "the snapshot whose value this is"},
-                    "value": NUMBER_OR_NULL,
-                }),
-            },
-        }),
-        "Status": _object({
-            "updated_at": DATE_TIME_OR_NULL,
-            "overall": state,
-            "models": {"type": "array", "items": _object({
+        "ModelSummary": _object(
+            {
                 "id": {"type": "string"},
-                "state": state,
-                "since": DATE_TIME_OR_NULL,
-                "reason": {"type": "string"},
-            }, closed=False)},
-            "incidents": _incidents(),
-        }),
-        "Incident": _object({
-            "id": {"type": "integer", "minimum": 1},
-            "start": DATE_TIME,
-            "end": {**DATE_TIME_OR_NULL, "description": "null while open"},
-            "worst_state": {"type": "string", "enum": list(INCIDENT_WORST_STATES)},
-            "models": {"type": "array", "items": {"type": "string"}, "description": "every model affected, sorted"},
-            "suppressed": {"type": "boolean",
-                           "description": "every bad spell so far fell inside planned maintenance"},
-        }),
-        "IncidentList": _object({
-            "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
-            "state": {"type": "string", "enum": list(INCIDENT_STATES)},
-            "limit": {"type": "integer", "minimum": 1, "maximum": INCIDENT_LIST_MAX},
-            "incidents": {"type": "array", "items": _ref("Incident"), "maxItems": INCIDENT_LIST_MAX,
-                          "description": "open incidents first, then closed ones newest first"},
-        }),
+                "router": {"type": "string"},
+                "state": {
+                    **state,
+                    "description": "from the status engine; unknown when it has no verdict "
+                    "or status is not enabled (no SLO configured)",
+                },
+                "providers": {
+                    "type": "array",
+                    "items": {"type": ["string", "null"], "minLength": 1},
+                    "uniqueItems": True,
+                    "description": "providers seen in the listing window: at most "
+                    "aggregator.max_providers_per_model names (sorted), then 'other' "
+                    "(every provider past them), then null (the router named no provider)",
+                },
+                "stats": _ref("ModelStats"),
+            }
+        ),
+        "ModelList": _object(
+            {
+                "window": {"type": "string"},
+                "updated_at": DATE_TIME,
+                "status_enabled": {"type": "boolean"},
+                "models": {"type": "array", "items": _ref("ModelSummary")},
+            }
+        ),
+        "Series": _object(
+            {
+                "model": {"type": "string"},
+                "router": {"type": "string"},
+                "window": {"type": "string"},
+                "metric": {"type": "string", "enum": list(SERIES_METRICS)},
+                "bucket": {"type": "string", "enum": list(SERIES_BUCKETS)},
+                "from": DATE_TIME,
+                "to": DATE_TIME,
+                "aggregation": {"type": "string", "const": "last"},
+                "points": {
+                    "type": "array",
+                    "maxItems": MAX_SERIES_POINTS,
+                    "items": _object(
+                        {
+                            "t": {**DATE_TIME, "description": "start of the bucket (UTC)"},
+                            "taken_at": {**DATE_TIME, "description": "the snapshot whose value this is"},
+                            "value": NUMBER_OR_NULL,
+                        }
+                    ),
+                },
+            }
+        ),
+        "Status": _object(
+            {
+                "updated_at": DATE_TIME_OR_NULL,
+                "overall": state,
+                "models": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "id": {"type": "string"},
+                            "state": state,
+                            "since": DATE_TIME_OR_NULL,
+                            "reason": {"type": "string"},
+                        },
+                        closed=False,
+                    ),
+                },
+                "incidents": _incidents(),
+            }
+        ),
+        "Incident": _object(
+            {
+                "id": {"type": "integer", "minimum": 1},
+                "start": DATE_TIME,
+                "end": {**DATE_TIME_OR_NULL, "description": "null while open"},
+                "worst_state": {"type": "string", "enum": list(INCIDENT_WORST_STATES)},
+                "models": {"type": "array", "items": {"type": "string"}, "description": "every model affected, sorted"},
+                "suppressed": {
+                    "type": "boolean",
+                    "description": "every bad spell so far fell inside planned maintenance",
+                },
+            }
+        ),
+        "IncidentList": _object(
+            {
+                "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
+                "state": {"type": "string", "enum": list(INCIDENT_STATES)},
+                "limit": {"type": "integer", "minimum": 1, "maximum": INCIDENT_LIST_MAX},
+                "incidents": {
+                    "type": "array",
+                    "items": _ref("Incident"),
+                    "maxItems": INCIDENT_LIST_MAX,
+                    "description": "open incidents first, then closed ones newest first",
+                },
+            }
+        ),
         "StatusPage": _status_page(),
-        "Health": _object({
-            "status": {"type": "string", "const": "ok"},
-            "role": {"type": "string", "enum": ["leader", "standby"]},
-            "refreshes": {"type": "integer", "minimum": 0},
-            "updated_at": DATE_TIME_OR_NULL,
-        }),
-        "Readiness": _object({
-            "status": {"type": "string", "enum": ["ready", "not_ready"]},
-            "reason": {"type": ["string", "null"]},
-            "updated_at": DATE_TIME_OR_NULL,
-            "age_s": NUMBER_OR_NULL,
-            "max_age_s": {"type": "number"},
-        }),
+        "Health": _object(
+            {
+                "status": {"type": "string", "const": "ok"},
+                "role": {"type": "string", "enum": ["leader", "standby"]},
+                "refreshes": {"type": "integer", "minimum": 0},
+                "updated_at": DATE_TIME_OR_NULL,
+            }
+        ),
+        "Readiness": _object(
+            {
+                "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                "reason": {"type": ["string", "null"]},
+                "updated_at": DATE_TIME_OR_NULL,
+                "age_s": NUMBER_OR_NULL,
+                "max_age_s": {"type": "number"},
+            }
+        ),
         "ProbeResult": _probe_result(),
-        "ProbeRun": _object({
-            "model": {"type": "string"},
-            "results": {"type": "array", "items": _ref("ProbeResult")},
-        }),
-        "ReloadReport": _object({
-            "file": {"type": "string"},
-            "applied": {
-                "type": "boolean",
-                "description": (
-                    "true: changes were applied live (probe series, schedule, timeouts, SLO, maintenance); "
-                    "false: nothing was"
-                ),
-            },
-            "restart_required": {"type": "boolean"},
-            "changes": {"type": "array", "items": {"type": "string"}},
-            "message": {"type": "string"},
-        }),
+        "ProbeRun": _object(
+            {
+                "model": {"type": "string"},
+                "results": {"type": "array", "items": _ref("ProbeResult")},
+            }
+        ),
+        "ReloadReport": _object(
+            {
+                "file": {"type": "string"},
+                "applied": {
+                    "type": "boolean",
+                    "description": (
+                        "true: changes were applied live (probe series, schedule, timeouts, SLO, maintenance); "
+                        "false: nothing was"
+                    ),
+                },
+                "restart_required": {"type": "boolean"},
+                "changes": {"type": "array", "items": {"type": "string"}},
+                "message": {"type": "string"},
+            }
+        ),
     }
 
 
@@ -342,20 +418,26 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 
 
 def _parameters(windows: Sequence[str] | None) -> dict[str, Schema]:
-    window: Schema = {"type": "string", "enum": list(windows)} if windows else {
-        "type": "string", "pattern": WINDOW_PATTERN}
+    window: Schema = (
+        {"type": "string", "enum": list(windows)} if windows else {"type": "string", "pattern": WINDOW_PATTERN}
+    )
     return {
         "ModelId": {
-            "name": "id", "in": "path", "required": True,
+            "name": "id",
+            "in": "path",
+            "required": True,
             "schema": {"type": "string", "minLength": 1},
-            "description": "model id as the router names it, e.g. openai/gpt-4o; its '/' may be "
-                           "sent as is or as %2F",
+            "description": "model id as the router names it, e.g. openai/gpt-4o; its '/' may be sent as is or as %2F",
         },
         "Window": _query("window", window, "rolling window; default 7d (or the longest configured)"),
-        "Router": _query("router", {"type": "string"},
-                         "the router, needed only when the model is probed on several"),
-        "IfNoneMatch": {"name": "If-None-Match", "in": "header", "required": False,
-                        "schema": {"type": "string"}, "description": "an ETag from an earlier response"},
+        "Router": _query("router", {"type": "string"}, "the router, needed only when the model is probed on several"),
+        "IfNoneMatch": {
+            "name": "If-None-Match",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "an ETag from an earlier response",
+        },
     }
 
 
@@ -364,8 +446,11 @@ def _content(media_type: str, schema: Schema, description: str, *, cached: bool 
     if cached:
         out["headers"] = {
             "ETag": {"required": True, "schema": {"type": "string"}, "description": "weak validator"},
-            "Cache-Control": {"required": True, "schema": {"type": "string"},
-                              "description": "public, max-age=<refresh interval in seconds>"},
+            "Cache-Control": {
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "public, max-age=<refresh interval in seconds>",
+            },
         }
     return out
 
@@ -385,19 +470,28 @@ def _svg(description: str, *, cached: bool = False) -> Schema:
 def _responses() -> dict[str, Schema]:
     return {
         "NotModified": {"description": "If-None-Match matched the current ETag; no body"},
-        "BadRequest": _json("Error", "bad input: unknown or repeated query parameter, bad value; "
-                                     "error.parameter names it"),
+        "BadRequest": _json(
+            "Error", "bad input: unknown or repeated query parameter, bad value; error.parameter names it"
+        ),
         "NotFound": _json("Error", "no such model (or router for it); error.parameter names it"),
         "Unavailable": _json("Error", "no stats snapshot yet (Retry-After), or the database is unreachable"),
         "Unauthorized": _json("Error", "missing or wrong bearer token (WWW-Authenticate: Bearer)"),
-        "Forbidden": _json("Error", "admin endpoints are disabled: ROUTEWATCH_ADMIN_TOKEN is not set, "
-                                    "or this process offers no admin actions"),
+        "Forbidden": _json(
+            "Error",
+            "admin endpoints are disabled: ROUTEWATCH_ADMIN_TOKEN is not set, or this process offers no admin actions",
+        ),
     }
 
 
 def _std(ok: Schema, *codes: str) -> dict[str, Schema]:
-    refs = {"304": "NotModified", "400": "BadRequest", "401": "Unauthorized", "403": "Forbidden",
-            "404": "NotFound", "503": "Unavailable"}
+    refs = {
+        "304": "NotModified",
+        "400": "BadRequest",
+        "401": "Unauthorized",
+        "403": "Forbidden",
+        "404": "NotFound",
+        "503": "Unavailable",
+    }
     return {"200": ok, **{code: {"$ref": "#/components/responses/" + refs[code]} for code in codes}}
 
 
@@ -416,95 +510,133 @@ def _paths() -> dict[str, Schema]:
         _query("bucket", {"type": "string", "enum": list(SERIES_BUCKETS)}, "point spacing; default 1h"),
         _query("from", DATE_TIME, "start, ISO-8601 (no offset: UTC); default to - 7d"),
         _query("to", DATE_TIME, "end, ISO-8601 (no offset: UTC); default the snapshot time (now)"),
-        _p("Window"), _p("Router"), _p("IfNoneMatch"),
+        _p("Window"),
+        _p("Router"),
+        _p("IfNoneMatch"),
     ]
     admin: list[Schema] = [{"bearerAuth": []}]
     return {
-        "/v1/models": {"get": {
-            "operationId": "listModels",
-            "summary": "Every model with its catalog-window (7d) stats",
-            "parameters": [
-                _query("provider", {"type": "string"},
-                       "only models with this provider in their breakdown ('other' and 'unknown' included)"),
-                state_q, _p("IfNoneMatch"),
-            ],
-            "responses": _std(_json("ModelList", "the models", cached=True), "304", "400", "503"),
-        }},
-        "/v1/models/{id}/stats": {"get": {
-            "operationId": "modelStats",
-            "summary": "One model's stats over one window, optionally broken down",
-            "parameters": [
-                _p("ModelId"), _p("Window"), _p("Router"),
-                _query("by", {"type": "string", "enum": list(BREAKDOWNS)},
-                       "add the per-provider or per-region cells as breakdown.<by>"),
-                _p("IfNoneMatch"),
-            ],
-            "responses": _std(_json("ModelStats", "the stats", cached=True), "304", "400", "404", "503"),
-        }},
-        "/v1/models/{id}/series": {"get": {
-            "operationId": "modelSeries",
-            "summary": "A published figure over time, for charts",
-            "description": (
-                "Read from stats_history: what the catalog showed over time for one window "
-                "(7d unless window= is given). Each bucket's value is the LAST snapshot taken in "
-                "that bucket (what the catalog showed at its end), not an average: the figures "
-                "are already rolling-window aggregates. Buckets with no snapshot are left out. "
-                f"At most {MAX_SERIES_POINTS} buckets per request: a longer range is a 400 on from."
-            ),
-            "parameters": series_params,
-            "responses": _std(_json("Series", "the points, oldest first", cached=True),
-                              "304", "400", "404", "503"),
-        }},
-        "/v1/status": {"get": {
-            "operationId": "status",
-            "summary": "Every model's state, the overall state, open and recent incidents",
-            "parameters": [_p("IfNoneMatch")],
-            "responses": {
-                **_std(_json("Status", "the status", cached=True), "304", "400", "503"),
-                "404": _json("Error", "status is not enabled on this server (no SLO configured)"),
-            },
-        }},
-        "/v1/models/{id}/probe": {"post": {
-            "operationId": "probeModel",
-            "summary": "Probe the model now (every router and prompt); results are returned, not stored",
-            "security": admin,
-            "parameters": [_p("ModelId")],
-            "responses": _std(_json("ProbeRun", "the probe results"), "400", "401", "403", "404"),
-        }},
-        "/v1/config/reload": {"post": {
-            "operationId": "reloadConfig",
-            "summary": "Re-read probes.yaml: validate it and report what would change",
-            "description": "A bad file is a 400 listing every issue as file:line: field: message; "
-                           "the running configuration is kept either way.",
-            "security": admin,
-            "responses": _std(_json("ReloadReport", "the file is valid"), "400", "401", "403"),
-        }},
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "Every model with its catalog-window (7d) stats",
+                "parameters": [
+                    _query(
+                        "provider",
+                        {"type": "string"},
+                        "only models with this provider in their breakdown ('other' and 'unknown' included)",
+                    ),
+                    state_q,
+                    _p("IfNoneMatch"),
+                ],
+                "responses": _std(_json("ModelList", "the models", cached=True), "304", "400", "503"),
+            }
+        },
+        "/v1/models/{id}/stats": {
+            "get": {
+                "operationId": "modelStats",
+                "summary": "One model's stats over one window, optionally broken down",
+                "parameters": [
+                    _p("ModelId"),
+                    _p("Window"),
+                    _p("Router"),
+                    _query(
+                        "by",
+                        {"type": "string", "enum": list(BREAKDOWNS)},
+                        "add the per-provider or per-region cells as breakdown.<by>",
+                    ),
+                    _p("IfNoneMatch"),
+                ],
+                "responses": _std(_json("ModelStats", "the stats", cached=True), "304", "400", "404", "503"),
+            }
+        },
+        "/v1/models/{id}/series": {
+            "get": {
+                "operationId": "modelSeries",
+                "summary": "A published figure over time, for charts",
+                "description": (
+                    "Read from stats_history: what the catalog showed over time for one window "
+                    "(7d unless window= is given). Each bucket's value is the LAST snapshot taken in "
+                    "that bucket (what the catalog showed at its end), not an average: the figures "
+                    "are already rolling-window aggregates. Buckets with no snapshot are left out. "
+                    f"At most {MAX_SERIES_POINTS} buckets per request: a longer range is a 400 on from."
+                ),
+                "parameters": series_params,
+                "responses": _std(_json("Series", "the points, oldest first", cached=True), "304", "400", "404", "503"),
+            }
+        },
+        "/v1/status": {
+            "get": {
+                "operationId": "status",
+                "summary": "Every model's state, the overall state, open and recent incidents",
+                "parameters": [_p("IfNoneMatch")],
+                "responses": {
+                    **_std(_json("Status", "the status", cached=True), "304", "400", "503"),
+                    "404": _json("Error", "status is not enabled on this server (no SLO configured)"),
+                },
+            }
+        },
+        "/v1/models/{id}/probe": {
+            "post": {
+                "operationId": "probeModel",
+                "summary": "Probe the model now (every router and prompt); results are returned, not stored",
+                "security": admin,
+                "parameters": [_p("ModelId")],
+                "responses": _std(_json("ProbeRun", "the probe results"), "400", "401", "403", "404"),
+            }
+        },
+        "/v1/config/reload": {
+            "post": {
+                "operationId": "reloadConfig",
+                "summary": "Re-read probes.yaml: validate it and report what would change",
+                "description": "A bad file is a 400 listing every issue as file:line: field: message; "
+                "the running configuration is kept either way.",
+                "security": admin,
+                "responses": _std(_json("ReloadReport", "the file is valid"), "400", "401", "403"),
+            }
+        },
         **_public_paths(),
-        "/metrics": {"get": {
-            "operationId": "metrics",
-            "summary": "Prometheus metrics: the latest stats, model status, the aggregator's and prober's health",
-            "description": "Prometheus text exposition format, uncached (Cache-Control: no-store); "
-                           "gzip-compressed when the scraper accepts it. Query parameters are ignored.",
-            "responses": {"200": _content(METRICS_CONTENT_TYPE, {"type": "string"}, "the exposition")},
-        }},
-        "/healthz": {"get": {
-            "operationId": "healthz",
-            "summary": "The process is up (stats may still be computing)",
-            "responses": _std(_json("Health", "up"), "400"),
-        }},
-        "/readyz": {"get": {
-            "operationId": "readyz",
-            "summary": "Ready: a snapshot exists and the last refresh is recent",
-            "responses": {**_std(_json("Readiness", "ready"), "400"),
-                          "503": _json("Readiness", "not ready; reason says why")},
-        }},
-        "/openapi.json": {"get": {
-            "operationId": "openapi",
-            "summary": "This document",
-            "parameters": [_p("IfNoneMatch")],
-            "responses": _std({"description": "the OpenAPI document",
-                               "content": {"application/json": {"schema": {"type": "object"}}}}, "304", "400"),
-        }},
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics: the latest stats, model status, the aggregator's and prober's health",
+                "description": "Prometheus text exposition format, uncached (Cache-Control: no-store); "
+                "gzip-compressed when the scraper accepts it. Query parameters are ignored.",
+                "responses": {"200": _content(METRICS_CONTENT_TYPE, {"type": "string"}, "the exposition")},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is up (stats may still be computing)",
+                "responses": _std(_json("Health", "up"), "400"),
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Ready: a snapshot exists and the last refresh is recent",
+                "responses": {
+                    **_std(_json("Readiness", "ready"), "400"),
+                    "503": _json("Readiness", "not ready; reason says why"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "parameters": [_p("IfNoneMatch")],
+                "responses": _std(
+                    {
+                        "description": "the OpenAPI document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "304",
+                    "400",
+                ),
+            }
+        },
     }
 
 
@@ -512,76 +644,101 @@ def _public_paths() -> dict[str, Schema]:
     """The public status routes of public_routes.py. They ignore query parameters they do not know."""
     not_enabled = "model status is not enabled on this server (no SLO configured)"
     model_badge_id: Schema = {
-        "name": "model_id", "in": "path", "required": True,
+        "name": "model_id",
+        "in": "path",
+        "required": True,
         "schema": {"type": "string", "minLength": 1},
         "description": "model id as the router names it, e.g. openai/gpt-4o; its '/' may be sent as is or as %2F",
     }
     return {
-        "/status": {"get": {
-            "operationId": "statusPage",
-            "summary": "The status page: every model's state, daily uptime bars and incidents (HTML, no script)",
-            "description": "A 200 page also says so when status is not enabled or not computed yet.",
-            "parameters": [_p("IfNoneMatch")],
-            "responses": {
-                **_std(_html("the page", cached=True), "304"),
-                "503": _html("the status database cannot be read right now (Retry-After)"),
-            },
-        }},
-        "/status.json": {"get": {
-            "operationId": "statusPageJson",
-            "summary": "The status page's data: states, p50s per router, daily uptime and incidents",
-            "parameters": [_p("IfNoneMatch")],
-            "responses": {
-                **_std(_json("StatusPage", "the status", cached=True), "304"),
-                "404": _json("Error", not_enabled),
-                "503": _json("Error", "status not computed yet, or the database cannot be read (Retry-After)"),
-            },
-        }},
-        "/v1/incidents": {"get": {
-            "operationId": "listIncidents",
-            "summary": "The incident history: open incidents first, then closed ones, newest first",
-            "parameters": [
-                _query("state", {"type": "string", "enum": list(INCIDENT_STATES), "default": "all"},
-                       "open, closed or all incidents; default all"),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": INCIDENT_LIST_MAX,
-                                 "default": DEFAULT_INCIDENT_LIMIT},
-                       f"at most this many incidents; default {DEFAULT_INCIDENT_LIMIT}"),
-                _p("IfNoneMatch"),
-            ],
-            "responses": {
-                **_std(_json("IncidentList", "the incidents", cached=True), "304", "400"),
-                "404": _json("Error", not_enabled),
-                "503": _json("Error", "status not computed yet, or the database cannot be read (Retry-After)"),
-            },
-        }},
-        "/badge/status.svg": {"get": {
-            "operationId": "statusBadge",
-            "summary": "A badge with the overall state, or one model's",
-            "parameters": [
-                _query("model", {"type": "string"}, "a model id: its state instead of the overall one"),
-                _p("IfNoneMatch"),
-            ],
-            "responses": {
-                **_std(_svg("the badge", cached=True), "304"),
-                "404": _svg("a badge saying why: status is not enabled, or no such model"),
-                "503": _svg("a pending badge: status not computed yet (Retry-After)"),
-            },
-        }},
-        "/badge/{model_id}.svg": {"get": {
-            "operationId": "modelBadge",
-            "summary": "A model's embed badge: input price, p50 TTFT and router",
-            "parameters": [
-                model_badge_id,
-                _query("router", {"type": "string"},
-                       "the router to show when the model is probed on several; default the first configured"),
-                _p("IfNoneMatch"),
-            ],
-            "responses": {
-                **_std(_svg("the badge", cached=True), "304"),
-                "404": _svg("a badge saying why: no such model, or not probed on that router"),
-                "503": _svg("a pending badge: stats not computed yet (Retry-After)"),
-            },
-        }},
+        "/status": {
+            "get": {
+                "operationId": "statusPage",
+                "summary": "The status page: every model's state, daily uptime bars and incidents (HTML, no script)",
+                "description": "A 200 page also says so when status is not enabled or not computed yet.",
+                "parameters": [_p("IfNoneMatch")],
+                "responses": {
+                    **_std(_html("the page", cached=True), "304"),
+                    "503": _html("the status database cannot be read right now (Retry-After)"),
+                },
+            }
+        },
+        "/status.json": {
+            "get": {
+                "operationId": "statusPageJson",
+                "summary": "The status page's data: states, p50s per router, daily uptime and incidents",
+                "parameters": [_p("IfNoneMatch")],
+                "responses": {
+                    **_std(_json("StatusPage", "the status", cached=True), "304"),
+                    "404": _json("Error", not_enabled),
+                    "503": _json("Error", "status not computed yet, or the database cannot be read (Retry-After)"),
+                },
+            }
+        },
+        "/v1/incidents": {
+            "get": {
+                "operationId": "listIncidents",
+                "summary": "The incident history: open incidents first, then closed ones, newest first",
+                "parameters": [
+                    _query(
+                        "state",
+                        {"type": "string", "enum": list(INCIDENT_STATES), "default": "all"},
+                        "open, closed or all incidents; default all",
+                    ),
+                    _query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": INCIDENT_LIST_MAX,
+                            "default": DEFAULT_INCIDENT_LIMIT,
+                        },
+                        f"at most this many incidents; default {DEFAULT_INCIDENT_LIMIT}",
+                    ),
+                    _p("IfNoneMatch"),
+                ],
+                "responses": {
+                    **_std(_json("IncidentList", "the incidents", cached=True), "304", "400"),
+                    "404": _json("Error", not_enabled),
+                    "503": _json("Error", "status not computed yet, or the database cannot be read (Retry-After)"),
+                },
+            }
+        },
+        "/badge/status.svg": {
+            "get": {
+                "operationId": "statusBadge",
+                "summary": "A badge with the overall state, or one model's",
+                "parameters": [
+                    _query("model", {"type": "string"}, "a model id: its state instead of the overall one"),
+                    _p("IfNoneMatch"),
+                ],
+                "responses": {
+                    **_std(_svg("the badge", cached=True), "304"),
+                    "404": _svg("a badge saying why: status is not enabled, or no such model"),
+                    "503": _svg("a pending badge: status not computed yet (Retry-After)"),
+                },
+            }
+        },
+        "/badge/{model_id}.svg": {
+            "get": {
+                "operationId": "modelBadge",
+                "summary": "A model's embed badge: input price, p50 TTFT and router",
+                "parameters": [
+                    model_badge_id,
+                    _query(
+                        "router",
+                        {"type": "string"},
+                        "the router to show when the model is probed on several; default the first configured",
+                    ),
+                    _p("IfNoneMatch"),
+                ],
+                "responses": {
+                    **_std(_svg("the badge", cached=True), "304"),
+                    "404": _svg("a badge saying why: no such model, or not probed on that router"),
+                    "503": _svg("a pending badge: stats not computed yet (Retry-After)"),
+                },
+            }
+        },
     }
 
 
@@ -607,9 +764,12 @@ def build(windows: Sequence[str] | None = None) -> Schema:
             "schemas": _schemas(),
             "parameters": _parameters(windows),
             "responses": _responses(),
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer",
-                "description": "the value of ROUTEWATCH_ADMIN_TOKEN",
-            }},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the value of ROUTEWATCH_ADMIN_TOKEN",
+                }
+            },
         },
     }

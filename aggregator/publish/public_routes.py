@@ -115,8 +115,9 @@ def _svg_error(svg: str, status: int, max_age: float) -> web.Response:
     headers = {"Cache-Control": f"public, max-age={max(0, int(max_age))}"}
     if status == 503:
         headers = {"Cache-Control": "no-cache", "Retry-After": str(RETRY_AFTER_S)}
-    return _locked_down(web.Response(body=svg.encode(), status=status, content_type="image/svg+xml",
-                                     charset="utf-8", headers=headers))
+    return _locked_down(
+        web.Response(body=svg.encode(), status=status, content_type="image/svg+xml", charset="utf-8", headers=headers)
+    )
 
 
 async def _published(request: web.Request) -> Published | None:
@@ -148,8 +149,14 @@ async def status_page(request: web.Request) -> web.Response:
     published = await _published(request)
     if published is None:
         body = render_message_page("Model status", "The status database cannot be read right now.")
-        return _locked_down(web.Response(text=body, status=503, content_type="text/html",
-                                         headers={"Retry-After": str(RETRY_AFTER_S), "Cache-Control": "no-cache"}))
+        return _locked_down(
+            web.Response(
+                text=body,
+                status=503,
+                content_type="text/html",
+                headers={"Retry-After": str(RETRY_AFTER_S), "Cache-Control": "no-cache"},
+            )
+        )
     data, etag = published.body("html", lambda view: render_status_page(view).encode())
     return _locked_down(cached_response(request, data, content_type=HTML, max_age=_max_age(aggregator), etag=etag))
 

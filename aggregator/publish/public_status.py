@@ -88,8 +88,10 @@ class PublicStatus:
             except DATABASE_ERRORS as exc:
                 if cur is None:
                     raise
-                log.warning("status page: cannot read uptime and incidents (%s); serving the previous ones",
-                            exc.__class__.__name__)
+                log.warning(
+                    "status page: cannot read uptime and incidents (%s); serving the previous ones",
+                    exc.__class__.__name__,
+                )
                 uptime, open_, closed = _uptime_of(cur.view), cur.open, cur.closed
             view = build_view(report, snapshot, uptime, today, self.prices)
             self._current = Published(report, snapshot, view, open_, closed)
@@ -103,12 +105,7 @@ def _today(report: StatusReport, snapshot: Snapshot | None) -> date:
 
 
 def _uptime_of(view: StatusView) -> dict[tuple[str, date], DayUptime]:
-    return {
-        (row.model, bar.day): bar.uptime
-        for row in view.models
-        for bar in row.days
-        if bar.uptime is not None
-    }
+    return {(row.model, bar.day): bar.uptime for row in view.models for bar in row.days if bar.uptime is not None}
 
 
 def json_bytes(body: object) -> bytes:

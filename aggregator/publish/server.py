@@ -299,8 +299,9 @@ class ApiServer:
         await self.runner.cleanup()
 
 
-async def start_api(app: web.Application, sockets: Sequence[socket.socket],
-                    limits: ApiLimits | None = None) -> ApiServer:
+async def start_api(
+    app: web.Application, sockets: Sequence[socket.socket], limits: ApiLimits | None = None
+) -> ApiServer:
     """Serve ``app`` on ``sockets`` (from :func:`bind_listeners`) within ``limits``."""
     limits = limits or ApiLimits()
     handler_args: dict[str, Any] = {

@@ -98,14 +98,16 @@ def esc(text: object) -> str:
 
 def render_status_page(view: StatusView) -> str:
     """The complete status page for ``view``."""
-    body = "".join([
-        _header(view),
-        f'<section class="banner s-{view.overall.value}" role="status">{esc(BANNERS[view.overall])}</section>',
-        _incident_section("open-h", "Open incidents", view.open, view, "No open incidents."),
-        _models_section(view),
-        _incident_section("recent-h", "Recent incidents", view.recent, view, "No incidents recently."),
-        _footer(view),
-    ])
+    body = "".join(
+        [
+            _header(view),
+            f'<section class="banner s-{view.overall.value}" role="status">{esc(BANNERS[view.overall])}</section>',
+            _incident_section("open-h", "Open incidents", view.open, view, "No open incidents."),
+            _models_section(view),
+            _incident_section("recent-h", "Recent incidents", view.recent, view, "No incidents recently."),
+            _footer(view),
+        ]
+    )
     return _document("Model status", body)
 
 
@@ -177,8 +179,7 @@ def _model(row: ModelRow) -> str:
 def _figures(route: RouteFigures | None) -> str:
     if route is None:
         return (
-            f'<p class="figures">p50 TTFT <b class="ttft">{MISSING}</b>'
-            f' · p50 output <b class="tps">{MISSING}</b></p>'
+            f'<p class="figures">p50 TTFT <b class="ttft">{MISSING}</b> · p50 output <b class="tps">{MISSING}</b></p>'
         )
     price = f" · {esc(format_price(route.input_price))}/M input tokens" if route.input_price is not None else ""
     return (
@@ -215,9 +216,7 @@ def bar_text(bar: DayBar, today: bool = False) -> str:
     if u.known <= 0:
         return f"{day}: unknown ({unknown})"
     up = format_percent(u.operational / u.known)
-    split = (
-        f"degraded {format_percent(u.degraded / u.known)}, down {format_percent(u.down / u.known)}"
-    )
+    split = f"degraded {format_percent(u.degraded / u.known)}, down {format_percent(u.down / u.known)}"
     if bar.level == "unknown":
         return f"{day}: mostly unknown ({unknown}); {up} up when known ({split})"
     return f"{day}: {up} up ({split}); {unknown}"
@@ -232,10 +231,7 @@ def _incident_section(
 ) -> str:
     items = "".join(_incident(i, view) for i in incidents)
     content = f'<ul class="incidents">{items}</ul>' if items else f'<p class="muted">{esc(empty)}</p>'
-    return (
-        f'<section aria-labelledby="{heading_id}"><h2 id="{heading_id}">{esc(heading)}</h2>'
-        f"{content}</section>"
-    )
+    return f'<section aria-labelledby="{heading_id}"><h2 id="{heading_id}">{esc(heading)}</h2>{content}</section>'
 
 
 def _incident(incident: Incident, view: StatusView) -> str:
@@ -244,7 +240,8 @@ def _incident(incident: Incident, view: StatusView) -> str:
     if incident.end is None:
         ongoing = (
             f" for {esc(format_duration((view.updated_at - incident.start).total_seconds()))}"
-            if view.updated_at is not None else ""
+            if view.updated_at is not None
+            else ""
         )
         when = f"started {_time(incident.start)}, ongoing{ongoing}"
     else:
@@ -258,11 +255,9 @@ def _incident(incident: Incident, view: StatusView) -> str:
 
 
 def _footer(view: StatusView) -> str:
-    stats = (
-        f" Figures from the stats of {_time(view.stats_updated_at)}." if view.stats_updated_at else ""
-    )
+    stats = f" Figures from the stats of {_time(view.stats_updated_at)}." if view.stats_updated_at else ""
     return (
-        f'<footer><p>Status evaluated {_time(view.updated_at)}.{stats}'
+        f"<footer><p>Status evaluated {_time(view.updated_at)}.{stats}"
         ' Machine-readable: <a href="/status.json">/status.json</a>,'
         ' <a href="/v1/incidents">/v1/incidents</a>.</p></footer>'
     )

@@ -130,9 +130,7 @@ def page_window(snapshot: Snapshot) -> str:
     return PAGE_WINDOW if PAGE_WINDOW in snapshot.windows else snapshot.windows[-1]
 
 
-def route_figures(
-    snapshot: Snapshot | None, model: str, prices: Mapping[SeriesKey, float]
-) -> tuple[RouteFigures, ...]:
+def route_figures(snapshot: Snapshot | None, model: str, prices: Mapping[SeriesKey, float]) -> tuple[RouteFigures, ...]:
     """Each router's figures for ``model`` in the page window, in the snapshot's order."""
     if snapshot is None or not snapshot.windows:
         return ()
@@ -143,12 +141,14 @@ def route_figures(
             continue
         found = stats.get(key)
         counts = found.counts if found is not None else None
-        out.append(RouteFigures(
-            key[0],
-            counts.ttft_p50_ms if counts is not None else None,
-            counts.tps_p50 if counts is not None else None,
-            prices.get(key),
-        ))
+        out.append(
+            RouteFigures(
+                key[0],
+                counts.ttft_p50_ms if counts is not None else None,
+                counts.tps_p50 if counts is not None else None,
+                prices.get(key),
+            )
+        )
     return tuple(out)
 
 
@@ -157,10 +157,7 @@ def uptime_days(
 ) -> tuple[DayBar, ...]:
     """``days`` bars ending with ``today``, oldest first; days without a row have ``uptime=None``."""
     first = today - timedelta(days=days - 1)
-    return tuple(
-        DayBar(day, uptime.get((model, day)))
-        for day in (first + timedelta(days=i) for i in range(days))
-    )
+    return tuple(DayBar(day, uptime.get((model, day))) for day in (first + timedelta(days=i) for i in range(days)))
 
 
 def build_view(
@@ -174,7 +171,10 @@ def build_view(
     prices = prices or {}
     rows = tuple(
         ModelRow(
-            m.model, m.state, m.since, m.reason,
+            m.model,
+            m.state,
+            m.since,
+            m.reason,
             route_figures(snapshot, m.model, prices),
             uptime_days(m.model, uptime, today),
         )
@@ -275,4 +275,3 @@ def _iso(value: datetime | None) -> str | None:
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
-

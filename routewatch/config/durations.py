@@ -64,8 +64,7 @@ def _parse_text(value: str) -> float:
         rank = _UNIT_ORDER.index(unit)
         if rank <= last_rank:
             raise ValueError(
-                f'invalid duration "{value}": units go from largest to smallest, '
-                "each once (e.g. 1h30m, 1m30s)"
+                f'invalid duration "{value}": units go from largest to smallest, each once (e.g. 1h30m, 1m30s)'
             )
         last_rank = rank
         total_ms += float(number) * _UNIT_MS[unit]

@@ -93,8 +93,10 @@ class _LineLoader(yaml.SafeLoader):
             node = self._compose(parent, index)
             size = self._sizes.get(id(node))
             if size is None:  # the anchored node is still open: the alias is inside it
-                raise _Refused(mark, f"alias *{event.anchor} is inside its own anchor: "
-                               "a recursive structure is not a configuration")
+                raise _Refused(
+                    mark,
+                    f"alias *{event.anchor} is inside its own anchor: a recursive structure is not a configuration",
+                )
             self._count(size, mark, f"alias *{event.anchor} repeats {size:,} values")
             return node
         self._count(1, mark, None)
@@ -136,8 +138,9 @@ class _LineLoader(yaml.SafeLoader):
         except (ValueError, OverflowError) as exc:  # e.g. datetime(2025, 13, 1), a 5,000-digit integer
             kind = {"timestamp": "date", "int": "number", "float": "number"}.get(node.tag.rsplit(":", 1)[-1], "value")
             reason = str(exc).split("; ")[0]  # Python's advice on its own limits is no help here
-            raise _Refused(node.start_mark, f"invalid {kind} {_excerpt(node.value)}: {reason}",
-                           self._paths.get(id(node))) from None
+            raise _Refused(
+                node.start_mark, f"invalid {kind} {_excerpt(node.value)}: {reason}", self._paths.get(id(node))
+            ) from None
 
     def _index(
         self,

@@ -347,9 +347,7 @@ class PromptConfig(_Section):
             raise ValueError("list at least one message")
         last = len(messages) - 1
         if messages[last].role != "user":
-            raise _problems(
-                [((last, "role"), f'the last message must be from "user", not "{messages[last].role}"')]
-            )
+            raise _problems([((last, "role"), f'the last message must be from "user", not "{messages[last].role}"')])
         return messages
 
     @field_validator("min_output_tokens")
@@ -367,9 +365,7 @@ class ScheduleConfig(_Section):
     interval: Annotated[Seconds, _at_least(0.1)] = Field(
         60.0, description="seconds between probes of one series; default 60s"
     )
-    jitter: Seconds = Field(
-        10.0, description="random delay up to this many seconds, below interval; default 10s"
-    )
+    jitter: Seconds = Field(10.0, description="random delay up to this many seconds, below interval; default 10s")
     concurrency: int = Field(64, ge=1, le=10000, description="probes in flight at most; default 64")
     max_loop_lag: PositiveSeconds = Field(
         0.05,
@@ -428,15 +424,12 @@ class SLOConfig(_Section):
     window: PositiveSeconds = Field(
         900.0, description="recent span the error rate and p95 TTFT are judged over; default 15m"
     )
-    down_after: int = Field(
-        3, ge=1, description="consecutive failed probes that make a model down; default 3"
-    )
-    up_after: int = Field(
-        2, ge=1, description="consecutive ok probes that bring a down model back; default 2"
-    )
+    down_after: int = Field(3, ge=1, description="consecutive failed probes that make a model down; default 3")
+    up_after: int = Field(2, ge=1, description="consecutive ok probes that bring a down model back; default 2")
     min_samples: int = Field(
-        5, ge=1, description="probes in the window needed to judge the error rate, and ok probes to "
-        "judge p95 TTFT; default 5"
+        5,
+        ge=1,
+        description="probes in the window needed to judge the error rate, and ok probes to judge p95 TTFT; default 5",
     )
 
 
@@ -530,17 +523,13 @@ class StorageConfig(_Section):
     compress_after: Annotated[Seconds, _at_least(3600)] = Field(
         3 * 86400.0, description="TimescaleDB: chunks older than this are compressed; default 3d"
     )
-    spool_max_mb: int = Field(
-        1024, ge=1, description="the local spool's limit in MiB (a warning at 80%); default 1024"
-    )
+    spool_max_mb: int = Field(1024, ge=1, description="the local spool's limit in MiB (a warning at 80%); default 1024")
 
 
 class Config(_Section):
     """A whole probes.yaml. Only routers and prompts are required."""
 
-    region: Label = Field(
-        "local", description="label of this prober; default local"
-    )
+    region: Label = Field("local", description="label of this prober; default local")
     routers: list[RouterConfig] = Field(description="at least one; names unique")
     prompts: list[PromptConfig] = Field(description="at least one; names unique")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -571,9 +560,7 @@ class Config(_Section):
 
     @field_validator("maintenance")
     @classmethod
-    def _check_maintenance(
-        cls, windows: list[MaintenanceWindow], info: ValidationInfo
-    ) -> list[MaintenanceWindow]:
+    def _check_maintenance(cls, windows: list[MaintenanceWindow], info: ValidationInfo) -> list[MaintenanceWindow]:
         routers = info.data.get("routers")
         if routers is None:  # routers itself is invalid and already reported
             return windows

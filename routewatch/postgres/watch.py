@@ -54,8 +54,7 @@ class RestartPolicy:
         return min(self.max_delay_s, self.first_delay_s * 2.0**recent)
 
 
-async def watch_postgres(server: LocalPostgres, policy: RestartPolicy | None = None,
-                         poll_s: float = POLL_S) -> None:
+async def watch_postgres(server: LocalPostgres, policy: RestartPolicy | None = None, poll_s: float = POLL_S) -> None:
     """Restart ``server`` whenever its postmaster dies; runs until cancelled.
 
     :raises PostgresGaveUp: the policy's tries are used up; the message says
@@ -81,8 +80,13 @@ async def _bring_back(server: LocalPostgres, policy: RestartPolicy, tries: list[
                 f" {policy.window_s:g}s failed or died again. Last error: {_gist(last_error) or ended}."
                 f" Server log: {server.log_path}"
             )
-        log.warning("restarting the embedded PostgreSQL in %gs (try %d of %d within %gs)",
-                    delay, len(tries) + 1, policy.max_tries, policy.window_s)
+        log.warning(
+            "restarting the embedded PostgreSQL in %gs (try %d of %d within %gs)",
+            delay,
+            len(tries) + 1,
+            policy.max_tries,
+            policy.window_s,
+        )
         await asyncio.sleep(delay)
         tries.append(time.monotonic())
         try:
@@ -91,8 +95,9 @@ async def _bring_back(server: LocalPostgres, policy: RestartPolicy, tries: list[
             last_error = str(exc)
             log.error("restarting the embedded PostgreSQL failed: %s", exc)
             continue
-        log.warning("the embedded PostgreSQL is running again (pid %s, port %s) after it %s",
-                    server.pid, server.port, ended)
+        log.warning(
+            "the embedded PostgreSQL is running again (pid %s, port %s) after it %s", server.pid, server.port, ended
+        )
         return
 
 

@@ -34,8 +34,18 @@ class SimulatorProcess:
 
     def start(self, wait_s: float = 30.0) -> None:
         """Spawn it and return once /healthz answers."""
-        cmd = [sys.executable, "-m", "routewatch.cli", "simulate", "--host", "127.0.0.1",
-               "--port", str(self.port), "--profiles", str(self._profiles)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "routewatch.cli",
+            "simulate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--profiles",
+            str(self._profiles),
+        ]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -78,6 +88,7 @@ class SimulatorProcess:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -13,9 +13,7 @@ from typing import Any
 import yaml
 
 # Faults answered before any byte of a stream, with the HTTP status they send.
-HTTP_FAULTS: Mapping[str, int] = MappingProxyType(
-    {"http_429": 429, "http_500": 500, "http_400": 400}
-)
+HTTP_FAULTS: Mapping[str, int] = MappingProxyType({"http_429": 429, "http_500": 500, "http_400": 400})
 # Faults that happen inside a 200 streaming response (or, for slow_headers, before it).
 STREAM_FAULTS: tuple[str, ...] = (
     "drop",  # the connection is cut mid-stream

@@ -265,9 +265,7 @@ async def whole_completion(
         return web.Response(status=200)  # never reaches the client
     if plan.fault == "stream_error":
         record.status = 502
-        return web.json_response(
-            {"error": {"message": "Upstream provider error (simulated)", "code": 502}}, status=502
-        )
+        return web.json_response({"error": {"message": "Upstream provider error (simulated)", "code": 502}}, status=502)
     if plan.fault == "malformed":
         return web.Response(body=chunks.malformed()[len(b"data: ") :], content_type="application/json")
     reasoning = "".join(text for kind, text in tokens if kind == "reasoning")

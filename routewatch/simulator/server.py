@@ -63,8 +63,7 @@ async def _cancel_handlers(app: web.Application) -> None:
 
 async def list_models(request: web.Request) -> web.Response:
     data = [
-        {"id": p.model, "object": "model", "created": 0, "owned_by": p.provider}
-        for p in request.app[PROFILES].values()
+        {"id": p.model, "object": "model", "created": 0, "owned_by": p.provider} for p in request.app[PROFILES].values()
     ]
     return web.json_response({"object": "list", "data": data})
 
@@ -168,9 +167,7 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
         whole = await whole_completion(plan, chunks, record, abort)
         whole.headers.update(headers)
         return whole
-    resp = web.StreamResponse(
-        headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
+    resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     try:
         await sleep_until(record.received_ns + plan.headers_delay_ns)  # slow_headers: not a byte before
         record.headers_ns = time.perf_counter_ns()
@@ -229,8 +226,10 @@ async def _serve_forever(host: str, port: int, profiles: Iterable[ModelProfile],
     async with await start_simulator(profiles, host, port, seed) as sim:
         print(f"routewatch simulator: {sim.base_url} (no API key needed)")
         for p in sim.app[PROFILES].values():
-            print(f"  {p.model:<36} {p.provider:<18} TTFT p50 {p.ttft_median_ms:.0f} ms, "
-                  f"{p.tokens_per_s:.0f} tok/s, errors {p.error_rate:.0%}")
+            print(
+                f"  {p.model:<36} {p.provider:<18} TTFT p50 {p.ttft_median_ms:.0f} ms, "
+                f"{p.tokens_per_s:.0f} tok/s, errors {p.error_rate:.0%}"
+            )
         print("Ctrl-C stops it.", flush=True)
         await asyncio.Event().wait()
 

@@ -74,8 +74,7 @@ async def db_status(conn: Conn) -> DbStatus:
     tsdb = await timescaledb_version(conn)
     has_raw = await conn.fetchval("SELECT to_regclass($1)", PROBE_RESULTS) is not None
     if mode is None or not has_raw:
-        return DbStatus(mode, tsdb, server_version, version, None, "exact count", None, None,
-                        None, None, None, None)
+        return DbStatus(mode, tsdb, server_version, version, None, "exact count", None, None, None, None, None, None)
 
     timescale = mode == "timescaledb"
     if timescale:
@@ -90,9 +89,7 @@ async def db_status(conn: Conn) -> DbStatus:
         size = await conn.fetchval(
             f"SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree('{PROBE_RESULTS}')"
         )
-        partitions = await conn.fetchval(
-            f"SELECT count(*) FROM pg_partition_tree('{PROBE_RESULTS}') WHERE isleaf"
-        )
+        partitions = await conn.fetchval(f"SELECT count(*) FROM pg_partition_tree('{PROBE_RESULTS}') WHERE isleaf")
         compression = None
     # reltuples is -1 (counted as 0) until a table is first analysed, so a
     # small estimate may be an unknown one: count those exactly.

@@ -36,17 +36,46 @@ HIST_GENERATION_KEY = "hist_generation"
 # One hourly row: the series key (bucket first), counts, error counts (JSON),
 # first/last probe, and the three histograms (bytes). COPY writes this order.
 HIST_COLUMNS = (
-    "bucket", "router", "model", "provider", "region", "prompt", "methodology",
-    "attempts", "ok", "rate_limited", "overloaded", "errors", "input_tokens", "output_tokens",
-    "first_started", "last_started", "ttft", "ttfat", "tps",
+    "bucket",
+    "router",
+    "model",
+    "provider",
+    "region",
+    "prompt",
+    "methodology",
+    "attempts",
+    "ok",
+    "rate_limited",
+    "overloaded",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "first_started",
+    "last_started",
+    "ttft",
+    "ttfat",
+    "tps",
 )
 _HIST_LIST = ", ".join(HIST_COLUMNS)
 
 # One raw probe as the rollup reads it, with its hour (``bucket``).
 RAW_COLUMNS = (
-    "bucket", "router", "model", "provider", "region", "prompt", "methodology",
-    "ok", "prober_overloaded", "error_class", "input_tokens", "output_tokens", "started_at",
-    "ttft_ms", "ttfat_ms", "output_tps",
+    "bucket",
+    "router",
+    "model",
+    "provider",
+    "region",
+    "prompt",
+    "methodology",
+    "ok",
+    "prober_overloaded",
+    "error_class",
+    "input_tokens",
+    "output_tokens",
+    "started_at",
+    "ttft_ms",
+    "ttfat_ms",
+    "output_tps",
 )
 RAW_SELECT = f"""
 SELECT date_bin(INTERVAL '1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
@@ -122,9 +151,7 @@ async def delete_hours(conn: Conn, hours: Sequence[datetime]) -> list[asyncpg.Re
     return await conn.fetch(_DELETE_HOURS, hours)
 
 
-async def delete_series(
-    conn: Conn, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str]]
-) -> None:
+async def delete_series(conn: Conn, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str]]) -> None:
     """Delete the rows of ``hour`` whose (router, model, provider, region, prompt, methodology) is in ``series``."""
     columns = [list(col) for col in zip(*series, strict=True)]
     if columns:

@@ -17,9 +17,22 @@ from routewatch.storage.tables import STATS_HISTORY
 
 # One row: a model's figures for one window at one snapshot. COPY writes this order.
 HISTORY_COLUMNS = (
-    "taken_at", "router", "model", "window", "attempts", "ok", "rate_limited", "error_rate",
-    "error_rate_excl_429", "ttft_p50_ms", "ttft_p95_ms", "ttfat_p50_ms", "ttfat_p95_ms", "tps_p50",
-    "input_tokens", "output_tokens",
+    "taken_at",
+    "router",
+    "model",
+    "window",
+    "attempts",
+    "ok",
+    "rate_limited",
+    "error_rate",
+    "error_rate_excl_429",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "ttfat_p50_ms",
+    "ttfat_p95_ms",
+    "tps_p50",
+    "input_tokens",
+    "output_tokens",
 )
 
 
@@ -49,9 +62,7 @@ async def copy_history(conn: Conn, rows: Sequence[tuple[object, ...]]) -> None:
         await conn.copy_records_to_table(STATS_HISTORY, records=rows, columns=HISTORY_COLUMNS)
 
 
-async def last_published(
-    conn: Conn, router: str, model: str, window: str, at: datetime
-) -> asyncpg.Record | None:
+async def last_published(conn: Conn, router: str, model: str, window: str, at: datetime) -> asyncpg.Record | None:
     """The row (:data:`HISTORY_COLUMNS`) of the last snapshot at or before ``at``, or None."""
     return await conn.fetchrow(_LAST_PUBLISHED, router, model, window, at)
 

@@ -217,8 +217,13 @@ async def apply_retention(
     await conn.execute(f"DELETE FROM {UPTIME_DAILY} WHERE day < $1", oldest_day)
     await conn.execute(f'DELETE FROM {INCIDENTS} WHERE "end" < $1', horizon)
     if dropped:
-        log.info("retention: dropped %d %s of %s older than %s", dropped,
-                 "chunks" if mode == "timescaledb" else "partitions", PROBE_RESULTS, horizon.isoformat())
+        log.info(
+            "retention: dropped %d %s of %s older than %s",
+            dropped,
+            "chunks" if mode == "timescaledb" else "partitions",
+            PROBE_RESULTS,
+            horizon.isoformat(),
+        )
     return int(dropped)
 
 

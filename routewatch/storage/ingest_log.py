@@ -35,8 +35,7 @@ _LOG_BATCH = (
     f"SELECT min(started_at), max(started_at), $1 FROM {PROBE_RESULTS_STAGING}"
 )
 _PENDING = (
-    f"SELECT id, first_started, last_started, xid::text AS xid FROM {PROBE_INGEST_LOG}"
-    " WHERE NOT hist_done ORDER BY id"
+    f"SELECT id, first_started, last_started, xid::text AS xid FROM {PROBE_INGEST_LOG} WHERE NOT hist_done ORDER BY id"
 )
 # A row's xmin is the 32-bit id of the transaction that inserted it; the log
 # row holds the full 64-bit id (pg_current_xact_id()). A row a batch skipped
@@ -75,8 +74,7 @@ async def log_batch(conn: Conn, rows: int) -> None:
 async def pending_batches(conn: Conn) -> list[PendingBatch]:
     """The batches not yet taken in, in the order they were logged."""
     return [
-        PendingBatch(r["id"], r["first_started"], r["last_started"], int(r["xid"]))
-        for r in await conn.fetch(_PENDING)
+        PendingBatch(r["id"], r["first_started"], r["last_started"], int(r["xid"])) for r in await conn.fetch(_PENDING)
     ]
 
 

@@ -126,9 +126,7 @@ def load_migrations(directory: Traversable | None = None) -> list[Migration]:
 
 async def timescaledb_available(conn: Conn) -> bool:
     """Whether the server can run TimescaleDB: installed and preloaded."""
-    installed = await conn.fetchval(
-        "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-    )
+    installed = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
     if not installed:
         return False
     preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")

@@ -20,8 +20,15 @@ from routewatch.storage.tables import INCIDENTS, MODEL_STATUS, PROBE_RESULTS, UP
 
 # One model's state, as save_model_state takes it.
 STATUS_COLUMNS = (
-    "model", "state", "since", "reason", "consecutive_failures", "consecutive_successes",
-    "latched_down", "as_of", "updated_at",
+    "model",
+    "state",
+    "since",
+    "reason",
+    "consecutive_failures",
+    "consecutive_successes",
+    "latched_down",
+    "as_of",
+    "updated_at",
 )
 # One incident, as save_model_state takes it ("end" is null while it is open).
 INCIDENT_COLUMNS = ("id", "start", "end", "worst_state", "models", "suppressed", "updated_at")

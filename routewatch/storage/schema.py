@@ -25,7 +25,5 @@ async def ensure_schema(conn: Conn) -> str:
     """
     report = await migrate(conn)
     today = partition_day(await db_now(conn))
-    await ensure_partitions(
-        conn, report.mode, today - timedelta(days=1), today + timedelta(days=PARTITIONS_AHEAD_DAYS)
-    )
+    await ensure_partitions(conn, report.mode, today - timedelta(days=1), today + timedelta(days=PARTITIONS_AHEAD_DAYS))
     return report.mode

@@ -299,8 +299,9 @@ class Spool:
             least this many bytes (0: always).
         """
         if segment_bytes <= 0 or max_bytes <= 0 or not 0 < warn_fraction <= 1 or keep_confirmed_bytes < 0:
-            raise ValueError("segment_bytes and max_bytes must be > 0, warn_fraction in (0, 1], "
-                             "keep_confirmed_bytes >= 0")
+            raise ValueError(
+                "segment_bytes and max_bytes must be > 0, warn_fraction in (0, 1], keep_confirmed_bytes >= 0"
+            )
         self._dir = Path(directory)
         self._segment_bytes = segment_bytes
         self._keep_confirmed = keep_confirmed_bytes
@@ -493,16 +494,34 @@ class Spool:
         self.skipped_bytes += fault.skipped
         path = self._path(segment)
         if fault.torn:
-            log.warning("spool: torn record at the end of %s, offset %d (%s); skipping %d bytes",
-                        path, fault.offset, fault.reason, fault.skipped)
+            log.warning(
+                "spool: torn record at the end of %s, offset %d (%s); skipping %d bytes",
+                path,
+                fault.offset,
+                fault.reason,
+                fault.skipped,
+            )
             return
         self.corrupt_records += 1
         if fault.resumed is not None:
-            log.warning("spool: corrupt record in %s at offset %d (%s); skipping %d bytes to the next intact "
-                        "record at offset %d", path, fault.offset, fault.reason, fault.skipped, fault.resumed)
+            log.warning(
+                "spool: corrupt record in %s at offset %d (%s); skipping %d bytes to the next intact "
+                "record at offset %d",
+                path,
+                fault.offset,
+                fault.reason,
+                fault.skipped,
+                fault.resumed,
+            )
         else:
-            log.warning("spool: corrupt record in %s at offset %d (%s); no intact record follows: skipping "
-                        "the remaining %d bytes of the segment", path, fault.offset, fault.reason, fault.skipped)
+            log.warning(
+                "spool: corrupt record in %s at offset %d (%s); no intact record follows: skipping "
+                "the remaining %d bytes of the segment",
+                path,
+                fault.offset,
+                fault.reason,
+                fault.skipped,
+            )
 
     def _report_undecodable(self, segment: int, offset: int, length: int, exc: Exception) -> None:
         """Log once an intact record that is not a result (a bug, not a crash)."""
@@ -578,15 +597,24 @@ class Spool:
         level = self._warn_fraction * self._max_bytes
         if used < level:
             if self._warned_step is not None:
-                log.info("spool back below %.0f%% of its limit: %d of %d bytes",
-                         self._warn_fraction * 100, used, self._max_bytes)
+                log.info(
+                    "spool back below %.0f%% of its limit: %d of %d bytes",
+                    self._warn_fraction * 100,
+                    used,
+                    self._max_bytes,
+                )
                 self._warned_step = None
             return
         step = int((used - level) // (WARN_STEP_FRACTION * self._max_bytes))
         if self._warned_step is None or step > self._warned_step:
-            log.warning("SPOOL %.0f%% FULL: %d of %d bytes in %s; the database is not keeping up, "
-                        "and at the limit new results are refused",
-                        100 * used / self._max_bytes, used, self._max_bytes, self._dir)
+            log.warning(
+                "SPOOL %.0f%% FULL: %d of %d bytes in %s; the database is not keeping up, "
+                "and at the limit new results are refused",
+                100 * used / self._max_bytes,
+                used,
+                self._max_bytes,
+                self._dir,
+            )
         self._warned_step = step  # also lowered, so that climbing again warns again
 
 

@@ -193,8 +193,12 @@ class BatchWriter:
         head = self._spool.head
         if self._confirmed is not None and self._confirmed > head:
             # Appends would land before the cursor and never be read back.
-            log.warning("spool cursor %s is past the spool's end %s (spool files removed or cut?); "
-                        "replaying all of %s", self._confirmed, head, self._dir)
+            log.warning(
+                "spool cursor %s is past the spool's end %s (spool files removed or cut?); replaying all of %s",
+                self._confirmed,
+                head,
+                self._dir,
+            )
             self._confirmed = None
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-writer")
         self._task.add_done_callback(self._flush_task_done)
@@ -218,9 +222,14 @@ class BatchWriter:
             return  # close() stopped it
         self._failed = task.exception() or RuntimeError("the flush task returned")
         self._stopped.set()
-        log.critical("batch writer stopped by an unexpected %s: %s; results are kept in the spool %s "
-                     "but nothing more is stored until routewatch restarts",
-                     type(self._failed).__name__, self._failed, self._dir, exc_info=self._failed)
+        log.critical(
+            "batch writer stopped by an unexpected %s: %s; results are kept in the spool %s "
+            "but nothing more is stored until routewatch restarts",
+            type(self._failed).__name__,
+            self._failed,
+            self._dir,
+            exc_info=self._failed,
+        )
 
     @property
     def backlog(self) -> int:
@@ -276,19 +285,30 @@ class BatchWriter:
             kind, what = "write error", f"cannot write to {self._dir} ({exc})"
         else:
             # This one result cannot be encoded (a bug where it was made), not an episode.
-            log.error("spool: cannot journal a result for %s (%s: %s); sending it from memory only",
-                      result.model, type(exc).__name__, exc)
+            log.error(
+                "spool: cannot journal a result for %s (%s: %s); sending it from memory only",
+                result.model,
+                type(exc).__name__,
+                exc,
+            )
             return
         self._trouble_unspooled += 1
         if kind != self._spool_trouble:
             self._spool_trouble = kind
-            log.error("spool: %s; results are sent to the database from memory only, without a journal, "
-                      "until the spool takes them again", what)
+            log.error(
+                "spool: %s; results are sent to the database from memory only, without a journal, "
+                "until the spool takes them again",
+                what,
+            )
 
     def _spool_accepted(self) -> None:
         if self._spool_trouble is not None:
-            log.info("spool: journaling again at %s (%s is over); %d results were sent from memory only meanwhile",
-                     self._dir, self._spool_trouble, self._trouble_unspooled)
+            log.info(
+                "spool: journaling again at %s (%s is over); %d results were sent from memory only meanwhile",
+                self._dir,
+                self._spool_trouble,
+                self._trouble_unspooled,
+            )
             self._spool_trouble = None
             self._trouble_unspooled = 0
 
@@ -320,8 +340,9 @@ class BatchWriter:
     def _outage(self, exc: BaseException) -> None:
         self.failed_flushes += 1
         if self.database_ok:
-            log.warning("database unavailable (%s); results go to the spool and are replayed later",
-                        exc.__class__.__name__)
+            log.warning(
+                "database unavailable (%s); results go to the spool and are replayed later", exc.__class__.__name__
+            )
         self.database_ok = False
         self._replaying = True
 
@@ -371,8 +392,12 @@ class BatchWriter:
         # Caught up: everything spooled so far is stored. Memory entries at or
         # before the confirmed position are duplicates of what was replayed.
         confirmed = self._confirmed
-        while self._memory and self._memory[0][1] is not None and confirmed is not None \
-                and self._memory[0][1] <= confirmed:
+        while (
+            self._memory
+            and self._memory[0][1] is not None
+            and confirmed is not None
+            and self._memory[0][1] <= confirmed
+        ):
             self._memory.popleft()
         self._replaying = False
 
@@ -387,8 +412,9 @@ class BatchWriter:
             except Exception as exc:
                 if database_unavailable(exc):
                     raise
-                log.warning("a batch of %d results failed (%s: %s); retrying row by row",
-                            len(results), type(exc).__name__, exc)
+                log.warning(
+                    "a batch of %d results failed (%s: %s); retrying row by row", len(results), type(exc).__name__, exc
+                )
                 await self._store_one_by_one(conn, results)
 
     async def _write(self, conn: Conn, results: list[ProbeResult]) -> None:
@@ -410,8 +436,13 @@ class BatchWriter:
             self.rejected += len(rejected)
             await self._in_io(self._dead_letter, rejected)
             reasons = sorted({reason for _, reason in rejected})
-            log.error("could not store %d of %d results; they are kept in %s: %s",
-                      len(rejected), len(results), self._dir / DEAD_LETTER_FILE, "; ".join(reasons))
+            log.error(
+                "could not store %d of %d results; they are kept in %s: %s",
+                len(rejected),
+                len(results),
+                self._dir / DEAD_LETTER_FILE,
+                "; ".join(reasons),
+            )
 
     def _dead_letter(self, rejected: list[tuple[ProbeResult, str]]) -> None:
         lines = b"".join(_dead_letter_line(r, reason) for r, reason in rejected)
@@ -424,8 +455,12 @@ class BatchWriter:
         except OSError as exc:
             # The spool position moves past these rows all the same (or they
             # would block every later one), so the log keeps them instead.
-            log.error("cannot write %s (%s); the results it should hold follow:\n%s",
-                      path, exc, lines.decode("ascii").rstrip("\n"))
+            log.error(
+                "cannot write %s (%s); the results it should hold follow:\n%s",
+                path,
+                exc,
+                lines.decode("ascii").rstrip("\n"),
+            )
 
     async def _confirm(self, pos: SpoolPosition) -> None:
         if self._confirmed is None or pos > self._confirmed:
@@ -476,8 +511,10 @@ class BatchWriter:
         if self._in_flight is not None:
             await asyncio.wait([self._in_flight])  # a batch the cancel caught half-way finishes first
             if not self._in_flight.cancelled() and self._in_flight.exception() is not None:
-                log.warning("the last batch before shutdown was not stored (%s); it stays in the spool",
-                            type(self._in_flight.exception()).__name__)
+                log.warning(
+                    "the last batch before shutdown was not stored (%s); it stays in the spool",
+                    type(self._in_flight.exception()).__name__,
+                )
             self._in_flight = None
         self._stopped.set()
         deadline = time.monotonic() + timeout_s
@@ -496,8 +533,9 @@ class BatchWriter:
         if self._spool is not None:
             pending = await self._in_io(self._spool.pending_records, self._confirmed)
             if pending:
-                log.warning("%d probe results kept in the spool (%s); they are stored at the next start",
-                            pending, self._dir)
+                log.warning(
+                    "%d probe results kept in the spool (%s); they are stored at the next start", pending, self._dir
+                )
             await self._in_io(self._spool.close)
         self._io.shutdown(wait=True)
         if self._lock is not None:

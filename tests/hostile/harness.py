@@ -99,7 +99,7 @@ class LeakFinder:
             at = data.find(needle)
             if at < 0:
                 continue
-            context = data[max(0, at - 60): at + len(needle) + 20].decode("utf-8", "replace")
+            context = data[max(0, at - 60) : at + len(needle) + 20].decode("utf-8", "replace")
             leak = Leak(where, what, context.replace("\n", "\\n"))
             if all((old.where, old.what) != (leak.where, leak.what) for old in found):
                 found.append(leak)
@@ -135,8 +135,9 @@ class Process:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=REPO)
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO
+        )
         self.exit_code: int | None = None
 
     @property
@@ -156,8 +157,9 @@ class Process:
             if m:
                 return m
             if self.proc.poll() is not None:
-                raise AssertionError(f"exited with {self.proc.returncode} before printing {pattern!r}:\n"
-                                     + self.output()[-4000:])
+                raise AssertionError(
+                    f"exited with {self.proc.returncode} before printing {pattern!r}:\n" + self.output()[-4000:]
+                )
             time.sleep(0.05)
         raise AssertionError(f"no {pattern!r} within {timeout:g} s:\n" + self.output()[-4000:])
 
@@ -220,6 +222,7 @@ def http(url: str, *, method: str = "GET", headers: dict[str, str] | None = None
 
 def strict_json(body: bytes) -> Any:
     """JSON as a standard parser reads it: NaN and Infinity are errors."""
+
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
@@ -229,8 +232,19 @@ def strict_json(body: bytes) -> Any:
 def sweep_paths(series: Iterable[tuple[str, str]], windows: Iterable[str]) -> Iterator[str]:
     """Every public read of the API for the configured (router, model) series."""
     windows = list(windows)
-    yield from ("/v1/models", "/v1/models?state=down", "/v1/status", "/v1/incidents?state=all", "/status",
-                "/status.json", "/badge/status.svg", "/metrics", "/openapi.json", "/healthz", "/readyz")
+    yield from (
+        "/v1/models",
+        "/v1/models?state=down",
+        "/v1/status",
+        "/v1/incidents?state=all",
+        "/status",
+        "/status.json",
+        "/badge/status.svg",
+        "/metrics",
+        "/openapi.json",
+        "/healthz",
+        "/readyz",
+    )
     models: list[str] = []
     for router, model in series:
         if model not in models:
@@ -281,8 +295,9 @@ def dump_database(dsn: str) -> tuple[bytes, str]:
         netloc = parts.netloc.rsplit("@", 1)[-1]
         user = parts.username or ""
         no_password = urlunsplit(parts._replace(netloc=f"{user}@{netloc}" if user else netloc))
-        proc = subprocess.run([str(binary), "--no-owner", "--dbname", no_password], env=env,
-                              capture_output=True, timeout=120)
+        proc = subprocess.run(
+            [str(binary), "--no-owner", "--dbname", no_password], env=env, capture_output=True, timeout=120
+        )
         if proc.returncode == 0:
             return proc.stdout, f"pg_dump ({binary})"
     return run_async(lambda: _copy_every_table(dsn)), "COPY of every table (no usable pg_dump)"
@@ -316,6 +331,7 @@ class _Sink:
 
 def fetch_rows(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
     """Rows of one query, as dicts."""
+
     async def go() -> list[dict[str, Any]]:
         conn = await asyncpg.connect(dsn)
         try:
@@ -328,6 +344,7 @@ def fetch_rows(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 def fetch_value(dsn: str, sql: str, *args: Any) -> Any:
     """The first column of the first row of one query (None when the table does not exist yet)."""
+
     async def go() -> Any:
         conn = await asyncpg.connect(dsn)
         try:

@@ -140,8 +140,15 @@ def openai_error(message: str) -> str:
 async def control_a(request: web.Request, ex: Exchange) -> web.StreamResponse:
     """Well-behaved: a provider header, usage, nothing echoed."""
     headers = {"X-Request-Id": f"req-{ex.n}", "X-Provider": "ControlCo"}
-    return await answer(request, ex, headers=headers, usage={"prompt_tokens": 12, "completion_tokens": 8},
-                        id=f"chatcmpl-{ex.n}", model=ex.model, provider="ControlCo")
+    return await answer(
+        request,
+        ex,
+        headers=headers,
+        usage={"prompt_tokens": 12, "completion_tokens": 8},
+        id=f"chatcmpl-{ex.n}",
+        model=ex.model,
+        provider="ControlCo",
+    )
 
 
 async def control_b(request: web.Request, ex: Exchange) -> web.StreamResponse:
@@ -194,8 +201,14 @@ async def nul_strings(request: web.Request, ex: Exchange) -> web.StreamResponse:
     """NUL characters in the served model, provider and id (PostgreSQL text refuses NUL)."""
     headers = ex.headers()
     del headers["X-Request-Id"], headers["X-Provider"]
-    return await answer(request, ex, headers=headers, model=f"nul\x00model-{ex.echo}",
-                        provider=f"nul\x00prov-{ex.echo}", id=f"nul\x00id-{ex.echo}")
+    return await answer(
+        request,
+        ex,
+        headers=headers,
+        model=f"nul\x00model-{ex.echo}",
+        provider=f"nul\x00prov-{ex.echo}",
+        id=f"nul\x00id-{ex.echo}",
+    )
 
 
 # ---------------------------------------------------------------- echoed key

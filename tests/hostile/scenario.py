@@ -58,8 +58,16 @@ ROUTER_BARE = "hostile-bare"
 ENV_SK, ENV_BARE = "RW_HOSTILE_SK_KEY", "RW_HOSTILE_BARE_KEY"
 # The second router repeats the behaviours that put router text somewhere,
 # with the key that no "sk-" pattern can recognise.
-BARE_BEHAVIOURS = ("echo_headers", "echo_body", "echo_error_straddle", "provider_per_response",
-                   "markup_escapes", "http_299", "negative_usage", "retry_after_nan")
+BARE_BEHAVIOURS = (
+    "echo_headers",
+    "echo_body",
+    "echo_error_straddle",
+    "provider_per_response",
+    "markup_escapes",
+    "http_299",
+    "negative_usage",
+    "retry_after_nan",
+)
 ADMIN_PROBED = ("retry_after_nan", "echo_headers")
 # A triage aid, not for CI: leave these behaviours out of the configuration,
 # e.g. the poison values that stop today's writer, to see what else leaks.
@@ -171,9 +179,15 @@ class Sweep:
         # Under /tmp and world-traversable, as tests/test_cli_run.py's data_dir: ours alone to read.
         self.data_dir = Path(tempfile.mkdtemp(prefix="routewatch-hostile-"))
         self.data_dir.chmod(0o755)
-        self.env = clean_env(**{ENV_SK: self.keys.sk_key, ENV_BARE: self.keys.bare_key,
-                                "ROUTEWATCH_ADMIN_TOKEN": self.keys.admin_token,
-                                "ROUTEWATCH_DATABASE_URL": dsn, "COLUMNS": "80"})
+        self.env = clean_env(
+            **{
+                ENV_SK: self.keys.sk_key,
+                ENV_BARE: self.keys.bare_key,
+                "ROUTEWATCH_ADMIN_TOKEN": self.keys.admin_token,
+                "ROUTEWATCH_DATABASE_URL": dsn,
+                "COLUMNS": "80",
+            }
+        )
 
     def run(self) -> Scenario:
         """The whole scenario; the router process and the data directory are gone afterwards."""
@@ -195,8 +209,11 @@ class Sweep:
         """Start ``routewatch run`` and wait for its banner; None (and the reason in ``record``) when it dies first."""
         path = self.work / f"{name}.yaml"
         path.write_text(config)
-        proc = Process(ROUTEWATCH + ["run", "--config", str(path), "--data-dir", str(self.data_dir), "--port", "0"],
-                       self.env, self.work / f"{name}.log")
+        proc = Process(
+            ROUTEWATCH + ["run", "--config", str(path), "--data-dir", str(self.data_dir), "--port", "0"],
+            self.env,
+            self.work / f"{name}.log",
+        )
         try:
             record.api = proc.wait_for(r"API:\s+(http://\S+)").group(1)
         except AssertionError as exc:
@@ -241,14 +258,18 @@ class Sweep:
             if sep and key in by_key:
                 scenario.served[f"{by_key[key]}|{model}"] = count
         scenario.rows = fetch_rows(self.dsn, "SELECT * FROM probe_results ORDER BY started_at")
-        scenario.rejected = [line for path in self.data_dir.rglob("rejected*.jsonl")
-                             for line in path.read_text("utf-8", "replace").splitlines()]
+        scenario.rejected = [
+            line
+            for path in self.data_dir.rglob("rejected*.jsonl")
+            for line in path.read_text("utf-8", "replace").splitlines()
+        ]
 
     def _once(self, scenario: Scenario, router_url: str) -> None:
         path = self.work / "once.yaml"
         path.write_text(probes_yaml(router_url, self.series))
-        proc = subprocess.run(ROUTEWATCH + ["once", "--config", str(path)], env=self.env, capture_output=True,
-                              timeout=120, cwd=self.work)
+        proc = subprocess.run(
+            ROUTEWATCH + ["once", "--config", str(path)], env=self.env, capture_output=True, timeout=120, cwd=self.work
+        )
         scenario.once_code, scenario.once_stdout, scenario.once_stderr = proc.returncode, proc.stdout, proc.stderr
         self.finder.scan("once output", "stdout", proc.stdout)
         self.finder.scan("once output", "stderr", proc.stderr)
@@ -266,8 +287,9 @@ class Sweep:
         deadline = time.monotonic() + 12
         fresh = 0
         while time.monotonic() < deadline and proc.proc.poll() is None:
-            fresh = int(fetch_value(self.dsn, "SELECT count(*) FROM probe_results WHERE started_at > $1",
-                                    record.started) or 0)
+            fresh = int(
+                fetch_value(self.dsn, "SELECT count(*) FROM probe_results WHERE started_at > $1", record.started) or 0
+            )
             if fresh >= 4:
                 break
             time.sleep(0.5)
@@ -279,5 +301,6 @@ class Sweep:
                 scenario.admin[path] = answer
                 self.finder.scan("api", f"POST {path}", answer.body)
         self._finish(proc, record)
-        scenario.rows_after_restart = int(fetch_value(
-            self.dsn, "SELECT count(*) FROM probe_results WHERE started_at > $1", record.started) or 0)
+        scenario.rows_after_restart = int(
+            fetch_value(self.dsn, "SELECT count(*) FROM probe_results WHERE started_at > $1", record.started) or 0
+        )

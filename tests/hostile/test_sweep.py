@@ -28,8 +28,14 @@ from .scenario import ADMIN_PROBED, ROUTER_BARE, ROUTER_SK, WINDOWS, Scenario
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 INT4_MAX = 2**31 - 1  # probe_results' token columns are PostgreSQL integers
-POISON = ("usage_overflow_31", "usage_overflow_63", "lone_surrogate_error", "lone_surrogate_model",
-          "lone_surrogate_id", "nul_strings")
+POISON = (
+    "usage_overflow_31",
+    "usage_overflow_63",
+    "lone_surrogate_error",
+    "lone_surrogate_model",
+    "lone_surrogate_id",
+    "nul_strings",
+)
 ECHO = ("echo_headers", "echo_body", "echo_error_straddle")
 # Distinct providers one model may publish: a "small default" cap of at most 10, plus "other".
 PROVIDER_BOUND = 11
@@ -52,8 +58,10 @@ def _tail(text: str, chars: int = 3000) -> str:
 
 def _stored(scenario: Scenario, router: str, model: str) -> list[dict[str, Any]]:
     rows = scenario.rows_of(router, model)
-    assert rows, (f"no probe of {router}|{model} was stored in the first run "
-                  f"({scenario.served.get(f'{router}|{model}', 0)} served); nothing to judge")
+    assert rows, (
+        f"no probe of {router}|{model} was stored in the first run "
+        f"({scenario.served.get(f'{router}|{model}', 0)} served); nothing to judge"
+    )
     return rows
 
 
@@ -61,8 +69,10 @@ def _once_table(scenario: Scenario) -> str:
     """once's stdout, once it is known to hold the table (so checks on it are not vacuous)."""
     out = scenario.once_stdout.decode("utf-8", "replace")
     summary = rf"\b\d+ of {len(scenario.series)} probes\b"
-    assert re.search(summary, out), (f"once printed no '{summary}' summary (exit {scenario.once_code}):\n"
-                                     + (out + scenario.once_stderr.decode("utf-8", "replace"))[-3000:])
+    assert re.search(summary, out), (
+        f"once printed no '{summary}' summary (exit {scenario.once_code}):\n"
+        + (out + scenario.once_stderr.decode("utf-8", "replace"))[-3000:]
+    )
     return out
 
 
@@ -70,14 +80,15 @@ def _metric_samples(scenario: Scenario, name: str) -> list[tuple[dict[str, str],
     samples = []
     for line in scenario.api["/metrics"].body.decode("utf-8", "replace").splitlines():
         if line.startswith(name + "{"):
-            labels_text, _, value = line[len(name) + 1:].rpartition("} ")
+            labels_text, _, value = line[len(name) + 1 :].rpartition("} ")
             samples.append((dict(_LABELS.findall(labels_text)), float(value)))
     return samples
 
 
 def _stats_bodies(scenario: Scenario) -> dict[str, Any]:
-    return {path: scenario.api_json(path) for path in scenario.api
-            if "/stats?" in path and scenario.api[path].status == 200}
+    return {
+        path: scenario.api_json(path) for path in scenario.api if "/stats?" in path and scenario.api[path].status == 200
+    }
 
 
 def _published_attempts(scenario: Scenario, router: str, model: str) -> int:
@@ -180,8 +191,11 @@ def test_providers_per_model_are_capped(scenario: Scenario) -> None:
         attempts = _published_attempts(scenario, router, model)
         # Each probe brought a new name: with fewer, an uncapped publication could not exceed the bound.
         assert attempts >= PROVIDER_BOUND + 5, f"{router}|{model}: only {attempts} probes published; cannot judge"
-        labels = {s["provider"] for s, _ in _metric_samples(scenario, "routewatch_provider_window_probes_attempted")
-                  if s["model"] == model and s["router"] == router}
+        labels = {
+            s["provider"]
+            for s, _ in _metric_samples(scenario, "routewatch_provider_window_probes_attempted")
+            if s["model"] == model and s["router"] == router
+        }
         assert len(labels) <= PROVIDER_BOUND, f"/metrics: {len(labels)} provider labels for {router}|{model}"
         for window in WINDOWS:
             body = scenario.api_json(f"/v1/models/{model}/stats?window={window}&router={router}&by=provider")
@@ -195,8 +209,11 @@ def test_unknown_provider_is_never_an_empty_string(scenario: Scenario) -> None:
     """A router that names no provider: ``null`` in JSON, ``unknown`` in labels, never ``""``."""
     model = CONTROLS[1]  # answers without any provider
     assert _published_attempts(scenario, ROUTER_SK, model), f"{model} not published; cannot judge"
-    empty = [s for s, _ in _metric_samples(scenario, "routewatch_provider_window_probes_attempted")
-             if s.get("provider") == ""]
+    empty = [
+        s
+        for s, _ in _metric_samples(scenario, "routewatch_provider_window_probes_attempted")
+        if s.get("provider") == ""
+    ]
     assert not empty, f'/metrics has provider="" samples: {empty[:3]}'
     for path, body in _stats_bodies(scenario).items():
         assert "" not in body.get("breakdown", {}).get("provider", {}), path
@@ -231,7 +248,8 @@ def test_a_16_mib_answer_keeps_memory_bounded(scenario: Scenario) -> None:
     peak, base = run.memory_kb.get("VmHWM"), run.rss_at_banner_kb
     assert peak is not None and base is not None, run.memory_kb
     assert peak - base <= HUGE_ANSWER_RSS_BUDGET_KB, (
-        f"peak RSS {peak / 1024:.0f} MiB, {(peak - base) / 1024:.0f} MiB over the {base / 1024:.0f} MiB at start")
+        f"peak RSS {peak / 1024:.0f} MiB, {(peak - base) / 1024:.0f} MiB over the {base / 1024:.0f} MiB at start"
+    )
 
 
 # ---------------------------------------------------------------- classification
