@@ -113,17 +113,37 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"database: throwaway LocalPostgres, binaries from {source}; {preload}"
 
 
+def _summary_lines(server: PgServer) -> list[str]:
+    if server.mode == "timescaledb":
+        modes = "timescaledb and plain (plain forced on the TimescaleDB server)"
+    else:
+        modes = f"plain only: this server has no TimescaleDB; {TIMESCALEDB_ENV}=1 runs both"
+    return [
+        f"database used: PostgreSQL {server.version} ({server.mode}), {server.origin}, {server.display_dsn}",
+        f"storage modes tested: {modes}",
+    ]
+
+
+# Summary lines of the servers that pytest-xdist workers started (each worker has its own).
+_worker_lines: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand the lines to the controller
+        workeroutput["routewatch_summary"] = [line for server in _used for line in _summary_lines(server)]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _worker_lines.extend(getattr(node, "workeroutput", {}).get("routewatch_summary", []))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for server in _used:
-        terminalreporter.write_line(
-            f"database used: PostgreSQL {server.version} ({server.mode}),"
-            f" {server.origin}, {server.display_dsn}"
-        )
-        if server.mode == "timescaledb":
-            modes = "timescaledb and plain (plain forced on the TimescaleDB server)"
-        else:
-            modes = f"plain only: this server has no TimescaleDB; {TIMESCALEDB_ENV}=1 runs both"
-        terminalreporter.write_line(f"storage modes tested: {modes}")
+    lines = [line for server in _used for line in _summary_lines(server)] + _worker_lines
+    # Each server's line, then the "storage modes" lines, which the workers' servers share, once each.
+    for line in sorted(dict.fromkeys(lines), key=lambda text: not text.startswith("database used")):
+        terminalreporter.write_line(line)
 
 
 def _stop_session(reason: str) -> NoReturn:
