@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -92,11 +92,35 @@ def _timescaledb_wanted() -> bool | None:
     return value == "1"
 
 
+def _check_timescaledb_mode() -> None:
+    """Stop the run at once if ``ROUTEWATCH_TEST_TIMESCALEDB`` asks for what the server cannot be."""
+    wanted = _timescaledb_wanted()
+    if wanted is None:
+        return
+    url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
+    if url:
+        mode = _run(lambda: _describe_external(url))[1]
+        if wanted != (mode == "timescaledb"):
+            raise pytest.UsageError(f"{TIMESCALEDB_ENV}={int(wanted)}, but the server at"
+                                    f" ROUTEWATCH_TEST_DATABASE_URL offers {mode} mode")
+    elif wanted:
+        try:  # nothing is written until start(): this only looks at the binaries
+            LocalPostgres(Path(tempfile.gettempdir()) / "unused", bin_dir=_test_bin_dir(), timescaledb=True)
+        except LocalPostgresError as exc:
+            raise pytest.UsageError(f"{exc}; build it with {BUILD_TIMESCALEDB}") from None
+
+
+def _test_bin_dir() -> Path:
+    env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
+    return Path(env_bin) if env_bin else resolve_bin_dir()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    _timescaledb_wanted()  # a bad value stops the run before anything starts
     config.addinivalue_line("markers", cpu_share.MARKER_HELP)
-    # The run's own process, with pytest-xdist workers to come (-n N).
-    if not hasattr(config, "workerinput") and config.getoption("numprocesses", default=None):
+    if hasattr(config, "workerinput"):
+        return  # a pytest-xdist worker: the run's own process did the rest
+    _check_timescaledb_mode()
+    if config.getoption("numprocesses", default=None):  # pytest-xdist workers to come (-n N)
         lock_dir = tempfile.mkdtemp(prefix="routewatch-test-cpu-")
         config.stash[_LOCK_DIR] = lock_dir
         os.environ[cpu_share.LOCK_DIR_ENV] = lock_dir
@@ -167,40 +191,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(line)
 
 
-def _stop_session(reason: str) -> NoReturn:
-    """End the run with one message, not an error in every test that needs the database."""
-    pytest.exit(reason, returncode=pytest.ExitCode.USAGE_ERROR)
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the whole test session."""
     url = os.environ.get("ROUTEWATCH_TEST_DATABASE_URL")
     if url:
         version, mode = _run(lambda: _describe_external(url))
-        wanted = _timescaledb_wanted()
-        if wanted is not None and wanted != (mode == "timescaledb"):
-            _stop_session(f"{TIMESCALEDB_ENV}={int(wanted)}, but the server at"
-                          f" ROUTEWATCH_TEST_DATABASE_URL offers {mode} mode")
         server = PgServer(url, redact_dsn(url), version, mode, "existing server")
         _used.append(server)
         yield server
         return
 
-    env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
-    bin_dir = Path(env_bin) if env_bin else resolve_bin_dir()
     # Under /tmp rather than $TMPDIR: as root the server user must be able to reach it.
     base = Path(tempfile.mkdtemp(prefix="routewatch-test-pg-", dir="/tmp"))
     base.chmod(0o711)  # ours: traversable by the server user, not listable
-    wanted = _timescaledb_wanted()
+    pg: LocalPostgres | None = None
     try:
-        pg = LocalPostgres(base / "data", bin_dir=bin_dir, timescaledb=wanted)
-    except LocalPostgresError as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        if wanted:
-            _stop_session(f"{exc}; build it with {BUILD_TIMESCALEDB}")
-        raise
-    try:
+        pg = LocalPostgres(base / "data", bin_dir=_test_bin_dir(), timescaledb=_timescaledb_wanted())
         pg.start()
         server = PgServer(
             dsn=pg.dsn,
@@ -212,7 +219,8 @@ def pg_server() -> Iterator[PgServer]:
         _used.append(server)
         yield server
     finally:
-        pg.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
