@@ -7,7 +7,8 @@ TimescaleDB preloaded (an error if the binaries lack it), ``=0`` without it
 even where it is installed; unset, it is preloaded where installed, as
 ``routewatch run`` does. ``ROUTEWATCH_TEST_DATABASE_URL`` points the suite at
 an existing server instead. Each test that asks for ``db_dsn`` gets its own
-empty database on that server.
+empty database on that server. Under pytest-xdist each worker starts its own
+server, and tests marked ``alone`` run while no other test does (cpu_share).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class PgServer:
 
 _used: list[PgServer] = []
 _LOCK_DIR = pytest.StashKey[str]()
+_CPU_SHARE = pytest.StashKey[cpu_share.CpuShare]()
 
 # How to get TimescaleDB into the wheel's binaries; see the README's test section.
 BUILD_TIMESCALEDB = (
@@ -133,12 +135,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ.pop(cpu_share.LOCK_DIR_ENV, None)
 
 
+def _alone(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker(cpu_share.MARKER) is not None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     lock_dir = os.environ.get(cpu_share.LOCK_DIR_ENV)
     if not hasattr(item.config, "workerinput") or lock_dir is None:
         return (yield)  # one process runs one test at a time anyway
-    with cpu_share.holding(Path(lock_dir), alone=item.get_closest_marker(cpu_share.MARKER) is not None):
+    share = item.config.stash.setdefault(_CPU_SHARE, cpu_share.CpuShare(Path(lock_dir)))
+    with share.test(alone=_alone(item), next_alone=_alone(nextitem)):
         return (yield)
 
 
