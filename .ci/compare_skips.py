@@ -19,8 +19,10 @@ def outcomes(report: Path) -> dict[str, str]:
         test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
         skipped = case.find("skipped")
         # An xfail is reported as a skip too; it did run, so it counts as run.
-        ran = skipped is None or skipped.get("type") == "pytest.xfail"
-        result[test_id] = "" if ran else (skipped.get("message") or "skipped")
+        if skipped is None or skipped.get("type") == "pytest.xfail":
+            result[test_id] = ""
+        else:
+            result[test_id] = skipped.get("message") or "skipped"
     return result
 
 
