@@ -775,8 +775,15 @@ async def test_schemathesis_against_a_running_server(
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        # schemathesis makes blocking calls: run it off the loop that serves them.
-        seen = await asyncio.to_thread(_schemathesis_run, base_url, FAST, 30)
+        # Refreshing as `routewatch run` does: /readyz must not turn 503 because the run is slow.
+        refresher = asyncio.create_task(seeded.aggregator.run())
+        try:
+            # schemathesis makes blocking calls: run it off the loop that serves them.
+            seen = await asyncio.to_thread(_schemathesis_run, base_url, FAST, 30)
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
     finally:
         await runner.cleanup()
     # schemathesis leaves out the endpoint its schema came from (/openapi.json is tested above).

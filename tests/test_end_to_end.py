@@ -88,6 +88,7 @@ def _timeouts():  # type: ignore[no-untyped-def]
     return parse_config(sim_config("http://127.0.0.1:1/v1", ["x"], "1s", "0s"), "t.yaml").timeouts
 
 
+@pytest.mark.alone  # latencies must match the injected ones within 5 ms
 async def test_scheduled_probes_reach_the_api_with_true_figures(
     db_dsn: str, db_mode: str, simulator: RunningSimulator, aiohttp_client, tmp_path: Path
 ) -> None:

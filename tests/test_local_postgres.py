@@ -152,6 +152,20 @@ def test_restart_keeps_data(workdir: Path) -> None:
 
 
 @pytest.mark.system
+def test_timescaledb_preload_is_chosen_by_the_caller(workdir: Path) -> None:
+    """By default TimescaleDB is preloaded where installed; ``timescaledb=False`` runs the same binaries plain."""
+    installed = LocalPostgres(workdir / "data").has_timescaledb
+    if not installed:
+        with pytest.raises(LocalPostgresError, match="TimescaleDB was asked for"):
+            LocalPostgres(workdir / "data", timescaledb=True)
+    with LocalPostgres(workdir / "data", timescaledb=False) as pg:
+        assert not pg.has_timescaledb
+        assert query(pg.dsn, "SHOW shared_preload_libraries") == ""
+    with LocalPostgres(workdir / "data") as pg:
+        assert ("timescaledb" in query(pg.dsn, "SHOW shared_preload_libraries")) == installed
+
+
+@pytest.mark.system
 def test_password_never_shown(workdir: Path) -> None:
     pg = LocalPostgres(workdir / "data")
     with pg:

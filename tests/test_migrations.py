@@ -1,8 +1,8 @@
 """Versioned migrations against the real server, in both storage modes.
 
 Plain mode runs on every server (it is forced on a TimescaleDB server);
-timescaledb mode needs a server with TimescaleDB preloaded, e.g.
-``ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin``.
+timescaledb mode needs a server with TimescaleDB preloaded
+(``ROUTEWATCH_TEST_TIMESCALEDB=1``, see the README's test section).
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from routewatch.probe.target import Canary, Target
 from routewatch.probe.timing import StreamMarks
 from routewatch.simulator.process import SimulatorProcess
 
-pytestmark = pytest.mark.system
+# Probes are flagged when the loop lags 25 ms: no other test may take the CPU meanwhile.
+pytestmark = [pytest.mark.system, pytest.mark.alone]
 
 N_PROBES = 200
 MAX_LAG_MS = 25.0

@@ -27,7 +27,8 @@ from routewatch.probe.timing import StreamMarks
 from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
-pytestmark = pytest.mark.system
+# Phase deadlines are checked with small margins: no other test may take the CPU meanwhile.
+pytestmark = [pytest.mark.system, pytest.mark.alone]
 
 # The margin every probe must end within, past its deciding deadline.
 MARGIN_S = 0.1

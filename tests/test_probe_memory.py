@@ -64,6 +64,7 @@ async def router() -> AsyncIterator[HostileRouter]:
         yield r
 
 
+@pytest.mark.alone  # loop stalls are bounded to the millisecond
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS")
 async def test_huge_answers_keep_memory_and_loop_stalls_bounded(router: HostileRouter) -> None:
     child = await asyncio.create_subprocess_exec(

@@ -1,7 +1,7 @@
 """Hourly histogram rollups (aggregator/rollup.py) against exact figures on the raw rows.
 
 Both storage modes via the ``mode`` fixture (timescaledb needs
-``ROUTEWATCH_TEST_PG_BIN=/usr/lib/postgresql/15/bin``).
+``ROUTEWATCH_TEST_TIMESCALEDB=1``, see the README's test section).
 """
 
 from __future__ import annotations

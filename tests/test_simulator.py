@@ -25,6 +25,9 @@ from routewatch.simulator import (
 )
 from routewatch.simulator.server import HANDLERS
 
+# Token gaps and deadlines are checked to the millisecond: no other test may take the CPU meanwhile.
+pytestmark = pytest.mark.alone
+
 Start = Callable[..., Awaitable[RunningSimulator]]
 MS = 1_000_000
 

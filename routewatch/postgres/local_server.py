@@ -396,6 +396,9 @@ class LocalPostgres:
     :param pg_user: the ``ROUTEWATCH_PG_USER`` setting (see ``run_as``).
     :param port: listen on this port (clients keep their URL across a
         restart); default a free port chosen at each start.
+    :param timescaledb: preload TimescaleDB: by default whenever it is
+        installed in the binaries; ``False`` never (a plain server from the
+        same binaries); ``True`` requires it.
     """
 
     def __init__(
@@ -406,6 +409,7 @@ class LocalPostgres:
         run_as: str | None = None,
         port: int | None = None,
         pg_user: str | None = None,
+        timescaledb: bool | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.pgdata = self.data_dir / "pgdata"
@@ -419,10 +423,16 @@ class LocalPostgres:
         self._version_line = _postgres_version_line(self._source_bin_dir)
         self.version: str = _parse_version(self._version_line)
         self._source_share_dir = _share_dir(self._source_bin_dir)
-        self.has_timescaledb: bool = any(
+        installed = any(
             (share / "extension" / "timescaledb.control").is_file()
             for share in (self._source_share_dir, self._source_bin_dir.parent / "share")
         )
+        if timescaledb and not installed:
+            raise LocalPostgresError(
+                f"TimescaleDB was asked for, but it is not installed in {self._source_bin_dir.parent}"
+            )
+        # Whether the server preloads TimescaleDB (and so offers timescaledb mode).
+        self.has_timescaledb: bool = installed if timescaledb is None else timescaledb
         # Set by start(): the directory actually run from (may be a private copy).
         self.bin_dir: Path = self._source_bin_dir
         self._env: dict[str, str] = {}
