@@ -63,6 +63,9 @@ from routewatch.storage.connection import Conn
 
 log = logging.getLogger(__name__)
 
+# A rebuild reads the table this many hours at a time.
+REBUILD_CHUNK = 24 * HOUR
+
 
 @dataclass(slots=True)
 class _CellHours:
@@ -282,23 +285,36 @@ class SlidingWindows:
         self._settle(touched, current)
 
     async def _rebuild(self, conn: Conn, current: datetime) -> None:
-        """Read the complete hours of the longest window and sum them per window."""
+        """Read the complete hours of the longest window and sum them per window.
+
+        A day of hourly rows at a time: each day is summed per cell and added to
+        the sums, so memory holds one day's rows, not the whole window's (a week
+        of 1,000 series is 168,000 rows of three histograms).
+        """
         self.forget()
-        rows = [decode_row(r) for r in await hist_queries.rows_between(conn, current - self._longest * HOUR, current)]
         self._current = current
         self._sums = {name: {} for name in self._lengths}
-        self._spans(rows)
         touched: set[tuple[str, CellKey]] = set()
-        for name in self._lengths:
-            start = self._start(name, current)
-            by_key: dict[CellKey, list[HourRow]] = {}
-            for h in rows:
-                if h.bucket >= start:
-                    for key in cell_keys(h.router, h.model, h.provider, h.region):
-                        by_key.setdefault(key, []).append(h)
-            for key, hours in by_key.items():
-                self._sums[name][key] = _sum(hours)
-                touched.add((name, key))
+        lo = current - self._longest * HOUR
+        while lo < current:
+            hi = min(lo + REBUILD_CHUNK, current)
+            rows = [decode_row(r) for r in await hist_queries.rows_between(conn, lo, hi)]
+            self._spans(rows)
+            for name in self._lengths:
+                start = self._start(name, current)
+                by_key: dict[CellKey, list[HourRow]] = {}
+                for h in rows:
+                    if h.bucket >= start:
+                        for key in cell_keys(h.router, h.model, h.provider, h.region):
+                            by_key.setdefault(key, []).append(h)
+                sums = self._sums[name]
+                for key, hours in by_key.items():
+                    part = _sum(hours)
+                    acc = sums.get(key)
+                    sums[key] = part if acc is None else combine(acc, part)
+                    touched.add((name, key))
+            del rows
+            lo = hi
         self._settle(touched, current)
         self.rebuilds += 1
 

@@ -28,23 +28,32 @@ import asyncio
 import gzip
 import json
 import os
+import random
 import shutil
 import signal
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import yaml
 from benchdb import create_database, dsn_for, throwaway_server
 from machine import describe_machine, print_table, result_header, write_results
 
+from routewatch.aggregator.rollup import refresh_hist
+from routewatch.results.probe_result import ERROR_CLASSES, METHODOLOGY_VERSION, ProbeResult
 from routewatch.simulator import FAULT_KINDS
 from routewatch.simulator.process import SimulatorProcess
+from routewatch.storage.housekeeping import ensure_partitions, partition_day
+from routewatch.storage.schema import ensure_schema
+from routewatch.storage.writer import write_batch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -164,6 +173,104 @@ def config_yaml(sim_url: str, hostile_url: str | None, plan: Plan) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+# ---------------------------------------------------------------- a week of history
+
+HISTORY_STEP_S = 600.0  # one stored probe per series every 10 min: every hourly cell of the week exists
+RECENT_S = 20 * 60  # the last 20 min at the probe rate: the status engine's window (15 min + 2 intervals) is full
+ROLLUP_EVERY = timedelta(days=1)  # the history is rolled up as it is stored, as on a running system
+HOSTILE_PROVIDERS = 12  # more than the per-model provider cap, so the capped "other" cells exist too
+
+
+def soak_series(hostile: bool) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(router, model, prompt, providers) of every series the soak probes."""
+    out = [
+        (SIM_ROUTER, f"soak/model-{i:03d}", prompt, (PROVIDERS[i % len(PROVIDERS)],))
+        for i in range(MODELS)
+        for prompt in PROMPTS
+    ]
+    if hostile:
+        names = tuple(f"provider-{n}" for n in range(HOSTILE_PROVIDERS))
+        out += [(HOSTILE_ROUTER, model_id(b), prompt, names) for b in BEHAVIOURS for prompt in PROMPTS]
+    return out
+
+
+def history_result(series: tuple[str, str, str, tuple[str, ...]], started: datetime, rng: random.Random) -> ProbeResult:
+    """One made-up stored probe of ``series``: 5% failures spread over every error class."""
+    router, model, prompt, providers = series
+    provider = rng.choice(providers)
+    common = {
+        "id": uuid.UUID(int=rng.getrandbits(128), version=4),
+        "started_at": started,
+        "region": "soak",
+        "router": router,
+        "model": model,
+        "prompt": prompt,
+        "methodology": METHODOLOGY_VERSION,
+        "provider": provider,
+    }
+    if rng.random() < 0.05:
+        error = rng.choice(ERROR_CLASSES)
+        return ProbeResult(ok=False, error_class=error, error_detail=f"history {error}", **common)
+    ttft = rng.lognormvariate(5.8, 0.4)
+    tokens = rng.randint(32, 64)
+    tps = rng.uniform(60, 140)
+    return ProbeResult(
+        ok=True,
+        error_class=None,
+        error_detail=None,
+        http_status=200,
+        model_served=model,
+        ttfb_ms=ttft * 0.6,
+        ttft_ms=ttft,
+        ttfat_ms=ttft,
+        e2e_ms=ttft + (tokens - 1) / tps * 1000,
+        output_tps=tps,
+        input_tokens=20,
+        output_tokens=tokens,
+        chunks=tokens,
+        **common,
+    )
+
+
+async def fill_history(dsn: str, days: float, interval_s: float, hostile: bool, log: Any) -> int:
+    """Store ``days`` of made-up probes for every soak series, ending now, through routewatch's own
+    schema and batch writer, and roll them up: a week at one probe per 10 min, then the last 20 min
+    at the probe rate.
+
+    routewatch then starts as it would on a database it has been writing for a week: the in-memory
+    windows, the /metrics cells and the status engine's recent probes are full from the first refresh,
+    so the soak's memory measures steady state, not the windows filling up.
+    """
+    rng = random.Random(7)
+    series = soak_series(hostile)
+    end = datetime.now(UTC)
+    recent = end - timedelta(seconds=RECENT_S)
+    start = end - timedelta(days=days)
+    conn = await asyncpg.connect(dsn)
+    try:
+        mode = await ensure_schema(conn)
+        await ensure_partitions(conn, mode, partition_day(start), partition_day(end))
+        stored = 0
+        t, step = start, timedelta(seconds=HISTORY_STEP_S)
+        next_rollup = t + ROLLUP_EVERY
+        while t < end:
+            if t >= recent:
+                step = timedelta(seconds=interval_s)
+            batch = [
+                history_result(s, t + timedelta(seconds=rng.uniform(0, step.total_seconds())), rng) for s in series
+            ]
+            stored += await write_batch(conn, [r for r in batch if r.started_at < end])
+            t += step
+            if t >= next_rollup:  # as the running aggregator would have, here a day at a time
+                await refresh_hist(conn)
+                next_rollup += ROLLUP_EVERY
+        await refresh_hist(conn)
+    finally:
+        await conn.close()
+    log(f"stored {stored:,} probes of history ({days:g} days, {len(series)} series), ending {end:%H:%M:%S} UTC")
+    return stored
+
+
 # ---------------------------------------------------------------- sampling
 
 
@@ -191,13 +298,13 @@ def _proc_status(pid: int) -> tuple[float, int, int]:
     return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")), int(fields["Threads"])
 
 
-def take_sample(t_s: float, pid: int, dsn: str, metrics: dict[str, float]) -> Sample:
-    """Read /proc, the database and the last /metrics."""
+def take_sample(t_s: float, pid: int, dsn: str, metrics: dict[str, float], since: datetime) -> Sample:
+    """Read /proc, the database (rows probed from ``since``) and the last /metrics."""
     rss, fds, threads = _proc_status(pid)
     conns = fetch_value(
         dsn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
-    stored = fetch_value(dsn, "SELECT count(*) FROM probe_results")
+    stored = fetch_value(dsn, "SELECT count(*) FROM probe_results WHERE started_at >= $1", since)
     tasks = int(metrics[TASK_METRIC]) if TASK_METRIC in metrics else None
     lag = metrics.get("routewatch_event_loop_lag_seconds")
     lag_max = metrics.get("routewatch_event_loop_lag_max_seconds")
@@ -218,10 +325,27 @@ def take_sample(t_s: float, pid: int, dsn: str, metrics: dict[str, float]) -> Sa
     )
 
 
-def soak(proc: Process, api: str, dsn: str, plan: Plan, log: Any) -> tuple[list[Sample], list[float]]:
-    """Sample until ``plan.probe_s`` is over or the process exits; returns (samples, lag samples in ms)."""
+def background_tasks(metrics: dict[str, float]) -> int | None:
+    """asyncio tasks that are not probes: all tasks minus the probes running or waiting for a slot.
+
+    Every probe is a task while it waits or runs, so the task count swings with
+    the probes in flight at the instant of a scrape; what is left is the fixed
+    set of long-lived tasks, which a leak would make grow.
+    """
+    names = (TASK_METRIC, "routewatch_probes_in_flight", "routewatch_probes_queued")
+    if not all(n in metrics for n in names):
+        return None
+    return int(metrics[names[0]] - metrics[names[1]] - metrics[names[2]])
+
+
+def soak(
+    proc: Process, api: str, dsn: str, plan: Plan, since: datetime, log: Any
+) -> tuple[list[Sample], list[float], list[tuple[float, int]]]:
+    """Sample until ``plan.probe_s`` is over or the process exits; returns (samples, lag samples in ms,
+    (time, background tasks) at every scrape)."""
     samples: list[Sample] = []
     lags: list[float] = []
+    tasks: list[tuple[float, int]] = []
     metrics: dict[str, float] = {}
     t0 = time.monotonic()
     next_sample = t0
@@ -230,10 +354,12 @@ def soak(proc: Process, api: str, dsn: str, plan: Plan, log: Any) -> tuple[list[
             metrics = _metrics(api)
             if "routewatch_event_loop_lag_seconds" in metrics:
                 lags.append(metrics["routewatch_event_loop_lag_seconds"] * 1000)
+            if (background := background_tasks(metrics)) is not None:
+                tasks.append((elapsed, background))
         except OSError as exc:
             log(f"  /metrics unanswered at {elapsed:.0f} s: {exc}")
         if time.monotonic() >= next_sample:
-            sample = take_sample(elapsed, proc.pid, dsn, metrics)
+            sample = take_sample(elapsed, proc.pid, dsn, metrics, since)
             samples.append(sample)
             log(
                 f"  {sample.t_s:6.0f} s  rss {sample.rss_mib:7.1f} MiB  fds {sample.fds:4d}  "
@@ -242,8 +368,8 @@ def soak(proc: Process, api: str, dsn: str, plan: Plan, log: Any) -> tuple[list[
             next_sample += plan.sample_s
         time.sleep(max(0.0, min(LAG_EVERY_S, next_sample - time.monotonic())))
     if proc.proc.poll() is None and (not samples or samples[-1].t_s < plan.probe_s - 1):
-        samples.append(take_sample(time.monotonic() - t0, proc.pid, dsn, metrics))  # the end of the soak
-    return samples, lags
+        samples.append(take_sample(time.monotonic() - t0, proc.pid, dsn, metrics, since))  # the end of the soak
+    return samples, lags, tasks
 
 
 # ---------------------------------------------------------------- the end: what was stored
@@ -254,13 +380,16 @@ def _json(url: str, timeout: float = 120) -> Any:
         return json.loads(resp.read())
 
 
-def compare_with_truth(dsn: str, sim_root: str) -> dict[str, Any]:
-    """Stored rows of the simulator's router against every request it served."""
+def compare_with_truth(dsn: str, sim_root: str, since: datetime) -> dict[str, Any]:
+    """Stored rows of the simulator's router (probed from ``since``: not the history) against every request it served."""
     truth = _json(sim_root + "/v1/ground-truth")
     served_ids = {r["request_id"] for r in truth if r["headers_ns"] is not None}
     unseen = sum(1 for r in truth if r["headers_ns"] is None)  # no headers went out: no id to store
     rows = fetch_rows(
-        dsn, "SELECT request_id, count(*) AS n FROM probe_results WHERE router = $1 GROUP BY 1", SIM_ROUTER
+        dsn,
+        "SELECT request_id, count(*) AS n FROM probe_results WHERE router = $1 AND started_at >= $2 GROUP BY 1",
+        SIM_ROUTER,
+        since,
     )
     stored = {r["request_id"]: int(r["n"]) for r in rows if r["request_id"] is not None}
     no_id = sum(int(r["n"]) for r in rows if r["request_id"] is None)
@@ -286,25 +415,34 @@ def compare_with_truth(dsn: str, sim_root: str) -> dict[str, Any]:
     }
 
 
-def compare_hostile(dsn: str, router_root: str, key: str, data_dir: Path) -> dict[str, Any]:
+def compare_hostile(dsn: str, router_root: str, key: str, data_dir: Path, since: datetime) -> dict[str, Any]:
     """Stored and rejected rows of the hostile router against the requests it served with our key."""
     served = _json(router_root + "/served", timeout=30)
     total = sum(n for name, n in served.items() if name.endswith("|" + key))
-    stored = int(fetch_value(dsn, "SELECT count(*) FROM probe_results WHERE router = $1", HOSTILE_ROUTER) or 0)
+    stored = int(
+        fetch_value(
+            dsn, "SELECT count(*) FROM probe_results WHERE router = $1 AND started_at >= $2", HOSTILE_ROUTER, since
+        )
+        or 0
+    )
     rejected = sum(len(p.read_text("utf-8", "replace").splitlines()) for p in data_dir.rglob("rejected*.jsonl"))
     return {"served": total, "stored": stored, "rejected": rejected, "lost": max(0, total - stored - rejected)}
 
 
-def outcomes(dsn: str) -> dict[str, Any]:
-    """Stored rows by outcome, and the loop lag the probes recorded."""
+def outcomes(dsn: str, since: datetime) -> dict[str, Any]:
+    """Stored rows probed from ``since`` by outcome, and the loop lag the probes recorded."""
     rows = fetch_rows(
         dsn,
-        "SELECT coalesce(error_class, 'ok') AS outcome, count(*) AS n FROM probe_results GROUP BY 1 ORDER BY 2 DESC",
+        "SELECT coalesce(error_class, 'ok') AS outcome, count(*) AS n FROM probe_results WHERE started_at >= $1"
+        " GROUP BY 1 ORDER BY 2 DESC",
+        since,
     )
     lag = fetch_rows(
         dsn,
         "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY loop_lag_ms) AS p,"
-        " max(loop_lag_ms) AS worst, avg(prober_overloaded::int) AS overloaded FROM probe_results",
+        " max(loop_lag_ms) AS worst, avg(prober_overloaded::int) AS overloaded FROM probe_results"
+        " WHERE started_at >= $1",
+        since,
     )
     p = lag[0]["p"] or [None, None]
     return {
@@ -330,6 +468,7 @@ def judge(
     truth: dict[str, Any],
     hostile: dict[str, Any] | None,
     lags: list[float],
+    tasks: list[tuple[float, int]],
     exit_code: int | None,
     traceback: bool,
 ) -> list[dict[str, Any]]:
@@ -337,17 +476,15 @@ def judge(
     steady = [s for s in samples if s.t_s >= plan.warmup_s]
     first, last = (steady[0], steady[-1]) if len(steady) >= 2 else (None, None)
 
-    def growth(attr: str) -> tuple[str, bool | None]:
-        if first is None or last is None or getattr(first, attr) is None:
+    def growth(values: list[int]) -> tuple[str, bool | None]:
+        if len(values) < 2:
             return "n/a", None
-        # Open fds, tasks and connections rise and fall with the probes in flight at
-        # the instant of a sample; a leak raises their floor. So compare the lowest
+        # Open fds and connections rise and fall with the probes in flight at the
+        # instant of a sample; a leak raises their floor. So compare the lowest
         # value of the last third of the steady state with that of the first third.
-        third = max(2, len(steady) // 3)
-        early = min(getattr(s, attr) for s in steady[:third])
-        late = min(getattr(s, attr) for s in steady[-third:])
-        peak = max(getattr(s, attr) for s in steady)
-        return f"floor {early} -> {late} (peak {peak})", late <= early
+        third = max(1, len(values) // 3)
+        early, late = min(values[:third]), min(values[-third:])
+        return f"floor {early} -> {late} (peak {max(values)})", late <= early
 
     rss_ok = None if first is None or last is None else (last.rss_mib - first.rss_mib) / first.rss_mib < GROWTH_LIMIT
     rss_text = (
@@ -361,8 +498,14 @@ def judge(
         {"target": "nothing doubled", "value": str(truth["doubled"]), "ok": truth["doubled"] == 0},
         {"target": "RSS growth after warm-up < 5%", "value": rss_text, "ok": rss_ok},
     ]
-    for attr, name in (("fds", "open fds"), ("tasks", "asyncio tasks"), ("db_connections", "database connections")):
-        text, ok = growth(attr)
+    series = {
+        "open fds": [s.fds for s in steady],
+        # Sampled at every /metrics scrape (5 s): tasks that are not probes in flight.
+        "asyncio tasks (besides probes in flight)": [n for t, n in tasks if t >= plan.warmup_s],
+        "database connections": [s.db_connections for s in steady],
+    }
+    for name, values in series.items():
+        text, ok = growth(values)
         rows.append({"target": f"no growth in {name}", "value": text, "ok": ok})
     p99 = _percentile(lags, 0.99)
     rows.append(
@@ -452,6 +595,10 @@ def run_soak(args: argparse.Namespace, plan: Plan, log: Any) -> dict[str, Any]:
         pg.start()
         asyncio.run(create_database(pg.dsn, "soak"))
         dsn = dsn_for(pg.dsn, "soak")
+        history = 0
+        if args.history_days > 0:
+            history = asyncio.run(fill_history(dsn, args.history_days, plan.interval_s, not args.no_hostile, log))
+        since = datetime.now(UTC)  # rows probed by this soak's routewatch started after this
         profiles = work / "profiles.yaml"
         profiles.write_text(yaml.safe_dump(simulator_profiles(args.fault_pct), sort_keys=False))
         data_dir = Path(tempfile.mkdtemp(prefix="routewatch-soak-data-"))
@@ -475,24 +622,24 @@ def run_soak(args: argparse.Namespace, plan: Plan, log: Any) -> dict[str, Any]:
                     f"routewatch {routewatch.pid} probing {n_series} series every {plan.interval_s:g} s "
                     f"for {plan.probe_s:g} s"
                 )
-                samples, lags = soak(routewatch, api, dsn, plan, log)
+                samples, lags, tasks = soak(routewatch, api, dsn, plan, since, log)
                 died = routewatch.proc.poll() is not None
                 exit_code = routewatch.stop(signal.SIGTERM, timeout=120)
                 output = routewatch.output()
                 log(f"routewatch exited with {exit_code}{' (before the end of the soak)' if died else ''}")
-                truth = {**compare_with_truth(dsn, sim.root), "probe_s": plan.probe_s}
+                truth = {**compare_with_truth(dsn, sim.root, since), "probe_s": plan.probe_s}
                 hostile = (
                     None
                     if router is None
-                    else compare_hostile(dsn, hostile_url.removesuffix("/v1"), keys.sk_key, data_dir)
+                    else compare_hostile(dsn, hostile_url.removesuffix("/v1"), keys.sk_key, data_dir, since)
                 )
-                lag = outcomes(dsn)
+                lag = outcomes(dsn, since)
             finally:
                 for proc in (routewatch, router):
                     if proc is not None:
                         proc.stop()
                 shutil.rmtree(data_dir, ignore_errors=True)
-        verdicts = judge(samples, plan, truth, hostile, lags, exit_code, "Traceback" in output)
+        verdicts = judge(samples, plan, truth, hostile, lags, tasks, exit_code, "Traceback" in output)
         return {
             "samples": samples,
             "verdicts": verdicts,
@@ -500,6 +647,8 @@ def run_soak(args: argparse.Namespace, plan: Plan, log: Any) -> dict[str, Any]:
             "hostile": hostile,
             "lag": lag,
             "lag_samples_ms": [round(v, 2) for v in lags],
+            "background_tasks": tasks,
+            "history_rows": history,
             "exit_code": exit_code,
             "died_early": died,
             "output_tail": output[-4000:],
@@ -530,6 +679,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-hostile", action="store_true", help="leave the hostile router out")
     parser.add_argument(
+        "--history-days",
+        type=float,
+        default=7.0,
+        help="days of made-up history stored before routewatch starts, so its windows start full as on a "
+        "database it has written for a week (default 7; 0: start from an empty database)",
+    )
+    parser.add_argument(
         "--pg-bin",
         type=Path,
         default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
@@ -559,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fault_pct_each": args.fault_pct,
                 "fault_kinds": list(FAULT_KINDS),
                 "hostile_behaviours": [] if args.no_hostile else list(BEHAVIOURS),
+                "history_days": args.history_days,
             },
             **{k: v for k, v in result.items() if k != "samples"},
             "samples": [asdict(s) for s in result["samples"]],
