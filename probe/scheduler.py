@@ -86,6 +86,7 @@ class Prober:
         # loop lag flagged, since start: monotonic, so /metrics exports them as counters.
         self.results: Counter[str] = Counter()
         self.overloaded = 0
+        self.closed = False  # set by close(): scheduled probes no longer start
 
     async def probe(self, series: Series) -> ProbeResult:
         """Probe one series once (waiting for a free slot first).
@@ -119,7 +120,8 @@ class Prober:
             self.results["ok" if result.ok else result.error_class or "unknown"] += 1
             self.overloaded += result.prober_overloaded
             if self._sink is not None:
-                await self._sink(result)
+                # A finished measurement reaches the sink even when a shutdown cancels its probe now.
+                await asyncio.shield(self._sink(result))
             return result
         finally:
             if queued:  # cancelled while waiting for a slot
@@ -127,6 +129,26 @@ class Prober:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
+
+    async def scheduled(self, series: Series) -> None:
+        """The scheduler's job: probe ``series`` once, unless the prober is closed.
+
+        A job the scheduler started just before shutdown can reach the loop
+        after ``close``: it returns without sending a request (the HTTP session
+        may be closed by then). A probe the shutdown cancels, still running
+        past its grace time, is logged in one line, not as a job failure.
+        """
+        if self.closed:
+            return
+        try:
+            await self.probe(series)
+        except asyncio.CancelledError:
+            # The job's own task, cancelled by the scheduler's shutdown: nothing awaits it.
+            log.warning("probe of %s cancelled at shutdown, still running past the grace time", series.key)
+
+    def close(self) -> None:
+        """Start no more scheduled probes; those in flight go on (``idle`` waits for them)."""
+        self.closed = True
 
     async def idle(self) -> None:
         """Return once no probe is in flight (at once if none is)."""
@@ -182,7 +204,7 @@ def schedule(
     now = datetime.now(UTC)
     for s in series:
         scheduler.add_job(
-            prober.probe,
+            prober.scheduled,
             _trigger(interval_s, jitter_s),
             args=[s],
             id=s.key,
@@ -281,7 +303,12 @@ async def stop(scheduler: AsyncIOScheduler, prober: Prober, limit_s: float) -> N
     APScheduler cancels running coroutine jobs at shutdown; pausing first
     keeps every probe that already sent its request from being lost.
     """
+    prober.close()
     scheduler.pause()
+    # A job submitted just before the pause has a task that has not run yet; let it
+    # run (closed, it returns at once) rather than be cancelled before its first step,
+    # which APScheduler would log as a job failure with a traceback.
+    await asyncio.sleep(0)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(limit_s):
             await prober.idle()
