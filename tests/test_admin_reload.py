@@ -379,7 +379,7 @@ def _copy(name: str) -> Callable[[Path], None]:
             "(alias *d repeats 11,111 values): use aliases only for small repeated parts",
         ),
         (_copy("bad-yaml-deep-nesting"), ":9: (yaml): nested more than 64 levels deep"),
-        # Its line is checked in test_config_limits.py; here, the slow parse.
+        # Its line is checked in test_config.py; here, the slow parse.
         (_many_values, ":{line}: (yaml): the file expands to more than 100,000 values"),
     ],
     ids=["alias-bomb", "deep-nesting", "many-values"],

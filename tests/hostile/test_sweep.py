@@ -8,9 +8,8 @@ while the run lasts), a ``pg_dump`` of the database and every API answer.
 
 ``pytest tests/hostile`` takes about 40 s (``-m "not system"`` leaves it out).
 A test that cannot judge its row says so ("nothing to judge", "cannot
-judge") rather than pass on nothing: the poison values stop today's writer,
-which hides what else goes wrong; ``ROUTEWATCH_HOSTILE_EXCLUDE=name,...``
-leaves behaviours out of a run to look past one failure.
+judge") rather than pass on nothing; ``ROUTEWATCH_HOSTILE_EXCLUDE=name,...``
+leaves behaviours out of a run, to look past one failure that hides others.
 """
 
 from __future__ import annotations
