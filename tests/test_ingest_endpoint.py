@@ -291,4 +291,3 @@ async def test_a_database_outage_is_503_and_nothing_is_lost_for_the_sender(centr
         "/v1/ingest", data=json.dumps({"results": [record()]}), headers={"Authorization": f"Bearer {EU_TOKEN}"}
     )
     assert resp.status == 503 and int(resp.headers["Retry-After"]) > 0
-
