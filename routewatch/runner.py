@@ -173,6 +173,11 @@ def run(opts: RunOptions, settings: Settings) -> int:
     :raises DataDirInUse: another ``routewatch run`` uses ``opts.data_dir``.
     :raises PortInUse: the API port is taken (nothing has been started).
     """
+    if opts.probes and opts.config.ingest is not None:
+        raise IngestSetupError(
+            "this config pushes results to a central server (ingest.url): run the prober alone with"
+            " `routewatch probe`; `routewatch run` stores into its own database"
+        )
     database_url = settings.database_dsn()
     print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
     local = None if database_url else embedded_postgres(opts.data_dir, settings)
@@ -182,11 +187,6 @@ def run(opts: RunOptions, settings: Settings) -> int:
         local.prepare_data_dir()
     _plan(opts.config, settings, SIMULATOR_PENDING)  # fail on config before starting anything
     ingest_tokens(opts.config, settings)
-    if opts.probes and opts.config.ingest is not None:
-        raise IngestSetupError(
-            "this config pushes results to a central server (ingest.url): run the prober alone with"
-            " `routewatch probe`; `routewatch run` stores into its own database"
-        )
     with ExitStack() as main_thread:
         if opts.probes:
             main_thread.enter_context(_run_lock(opts.data_dir))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,97 +18,50 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from factories import config_text, probe_result, router_entry
+from factories import probe_result
+from ingest_support import EU_TOKEN, MODEL, US_TOKEN, central_parts, record
 
-from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.publish.ingest import MAX_BODY_BYTES, MAX_RESULTS
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.config import parse_config
-from routewatch.config.settings import Settings
-from routewatch.delivery.spool import encode_result
-from routewatch.results.probe_result import ProbeResult
-from routewatch.sinks import DatabaseTarget, ingest_receiver
-from routewatch.storage.housekeeping import PartitionCache
-from routewatch.storage.schema import ensure_schema
 
 pytestmark = pytest.mark.db
 
 ClientFactory = Callable[..., Any]
-EU_TOKEN = "eu-ingest-" + uuid.uuid4().hex
-US_TOKEN = "us-ingest-" + uuid.uuid4().hex
-MODEL = "m/a"
 
 
 @dataclass
-class Central:
+class Client:
     client: TestClient
-    pool: asyncpg.Pool
-    aggregator: Aggregator
+    central: Client
 
-    async def push(self, records: list[Any], token: str = EU_TOKEN, **kwargs: Any) -> tuple[int, Any]:
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.central.pool
+
+    @property
+    def aggregator(self) -> Aggregator:
+        return self.central.aggregator
+
+    async def push(self, records: list[Any], token: str = EU_TOKEN) -> tuple[int, Any]:
         """POST a batch; (status, JSON answer)."""
         resp = await self.client.post(
             "/v1/ingest",
             data=json.dumps({"results": records}),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            **kwargs,
         )
         return resp.status, await resp.json()
 
     async def rows(self) -> list[asyncpg.Record]:
-        return await self.pool.fetch("SELECT id, region, model, error_detail, input_tokens FROM probe_results")
-
-
-def record(result: ProbeResult | None = None, **changes: Any) -> dict[str, Any]:
-    """A result as the prober's spool encodes it, with ``changes`` applied (None removes a key)."""
-    raw: dict[str, Any] = json.loads(encode_result(result or probe_result(region="eu", model=MODEL)))
-    for key, value in changes.items():
-        if value is None:
-            raw.pop(key, None)
-        else:
-            raw[key] = value
-    return raw
-
-
-def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return Settings()
-
-
-async def _central(
-    db_dsn: str, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, tokens: list[dict[str, str]]
-) -> AsyncIterator[Central]:
-    config = parse_config(
-        config_text([router_entry("sim", models=[MODEL])], api={"host": "127.0.0.1", "ingest_tokens": tokens}),
-        "probes.yaml",
-    )
-    settings = _settings(monkeypatch, EU_TOKEN=EU_TOKEN, US_TOKEN=US_TOKEN)
-    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=3)
-    try:
-        async with pool.acquire() as conn:
-            mode = await ensure_schema(conn)
-        aggregator = Aggregator(pool, {"1h": 3600.0}, [("sim", MODEL)], 10.0)
-        await aggregator.refresh()
-        receiver = ingest_receiver(config, settings, DatabaseTarget(pool, PartitionCache(), mode), timedelta(days=90))
-        client: TestClient = await aiohttp_client(create_app(aggregator, ingest=receiver))
-        yield Central(client, pool, aggregator)
-    finally:
-        await pool.close()
-
-
-REGIONS = [{"region": "eu", "token_env": "EU_TOKEN"}, {"region": "us", "token_env": "US_TOKEN"}]
+        return await self.central.rows()
 
 
 @pytest.fixture
-async def central(
-    db_dsn: str, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Central]:
-    async for c in _central(db_dsn, aiohttp_client, monkeypatch, REGIONS):
-        yield c
+async def central(db_dsn: str, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Client]:
+    async with central_parts(db_dsn, monkeypatch) as parts:
+        yield Client(await aiohttp_client(parts.app()), parts)
 
 
-async def test_a_batch_is_stored_and_the_aggregator_sees_it_like_local_results(central: Central) -> None:
+async def test_a_batch_is_stored_and_the_aggregator_sees_it_like_local_results(central: Client) -> None:
     results = [probe_result(region="eu", model=MODEL, ttft_ms=100.0 + i) for i in range(5)]
     status, report = await central.push([record(r) for r in results])
     assert status == 200, report
@@ -125,7 +77,7 @@ async def test_a_batch_is_stored_and_the_aggregator_sees_it_like_local_results(c
     assert set(stats.breakdown["region"]) == {"eu"}
 
 
-async def test_a_replayed_batch_stores_nothing_twice(central: Central) -> None:
+async def test_a_replayed_batch_stores_nothing_twice(central: Client) -> None:
     batch = [record(probe_result(region="eu", model=MODEL)) for _ in range(4)]
     first = await central.push(batch)
     again = await central.push(batch)
@@ -137,7 +89,7 @@ async def test_a_replayed_batch_stores_nothing_twice(central: Central) -> None:
     assert len(ids) == len(set(ids)) == 5
 
 
-async def test_the_token_decides_the_region(central: Central) -> None:
+async def test_the_token_decides_the_region(central: Client) -> None:
     """A token for eu cannot write us: a record naming us is rejected, one naming no region is stored as eu."""
     claims_us = record(probe_result(region="us", model=MODEL))
     no_region = record(region=None)
@@ -154,7 +106,7 @@ async def test_the_token_decides_the_region(central: Central) -> None:
     assert rows == {no_region["id"]: "eu", claims_us["id"]: "us"}
 
 
-async def test_bad_tokens_are_401_without_detail(central: Central, caplog: pytest.LogCaptureFixture) -> None:
+async def test_bad_tokens_are_401_without_detail(central: Client, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     body = json.dumps({"results": [record()]})
     wrong = EU_TOKEN[:-1] + ("0" if EU_TOKEN[-1] != "0" else "1")
@@ -183,13 +135,14 @@ async def test_bad_tokens_are_401_without_detail(central: Central, caplog: pytes
 async def test_without_tokens_ingest_is_disabled(
     db_dsn: str, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async for central in _central(db_dsn, aiohttp_client, monkeypatch, []):
-        status, answer = await central.push([record()])
-        assert status == 403
-        assert "no api.ingest_tokens" in answer["error"]["message"]
+    async with central_parts(db_dsn, monkeypatch, tokens=[]) as parts:
+        assert parts.receiver is None
+        status, answer = await Client(await aiohttp_client(parts.app()), parts).push([record()])
+    assert status == 403
+    assert "no api.ingest_tokens" in answer["error"]["message"]
 
 
-async def test_oversize_requests_are_413_with_the_limit(central: Central) -> None:
+async def test_oversize_requests_are_413_with_the_limit(central: Client) -> None:
     # Declared too large: refused before the body is read.
     resp = await central.client.post(
         "/v1/ingest",
@@ -224,14 +177,14 @@ async def test_oversize_requests_are_413_with_the_limit(central: Central) -> Non
         (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
     ],
 )
-async def test_an_unreadable_body_is_400(central: Central, body: bytes, says: str) -> None:
+async def test_an_unreadable_body_is_400(central: Client, body: bytes, says: str) -> None:
     resp = await central.client.post("/v1/ingest", data=body, headers={"Authorization": f"Bearer {EU_TOKEN}"})
     error = (await resp.json())["error"]
     assert resp.status == 400 and error["parameter"] == "body"
     assert says in error["message"]
 
 
-async def test_malformed_records_are_rejected_with_their_reason_and_the_rest_stored(central: Central) -> None:
+async def test_malformed_records_are_rejected_with_their_reason_and_the_rest_stored(central: Client) -> None:
     now = datetime.now(UTC)
     good = [record() for _ in range(3)]
     bad: list[tuple[Any, str]] = [
@@ -264,7 +217,7 @@ async def test_malformed_records_are_rejected_with_their_reason_and_the_rest_sto
     assert {str(r["id"]) for r in await central.rows()} == {g["id"] for g in good}
 
 
-async def test_router_values_are_normalised_as_the_prober_does(central: Central) -> None:
+async def test_router_values_are_normalised_as_the_prober_does(central: Client) -> None:
     """The same rules as a local probe's (router_values.storable): redacted, cleaned, bounded."""
     raw = record(
         ok=False,
@@ -282,7 +235,7 @@ async def test_router_values_are_normalised_as_the_prober_does(central: Central)
     assert provider == "\ufffdodd"
 
 
-async def test_a_database_outage_is_503_and_nothing_is_lost_for_the_sender(central: Central) -> None:
+async def test_a_database_outage_is_503_and_nothing_is_lost_for_the_sender(central: Client) -> None:
     await central.pool.close()  # every acquire now fails as it does while the server is away
     status, answer = await central.push([record()])
     assert status == 503

@@ -344,11 +344,8 @@ class SpooledDelivery:
                 await asyncio.sleep(self.retry_delay())
 
     def retry_delay(self) -> float:
-        """Seconds to wait before the next attempt: ``retry_s`` doubled per failure in a row, up to
-        ``max_retry_s``, less up to a quarter at random so that many probers do not retry in step."""
-        exponent = min(max(self._failures_in_a_row - 1, 0), 30)
-        delay = min(self._retry_s * 2.0**exponent, self._max_retry_s)
-        return delay * random.uniform(0.75, 1.0) if delay > self._retry_s else delay
+        """Seconds to wait before the next attempt (:func:`backoff_delay`)."""
+        return backoff_delay(self._failures_in_a_row, self._retry_s, self._max_retry_s, random.random())
 
     def _outage(self, reason: str) -> None:
         self.failed_flushes += 1
@@ -533,6 +530,15 @@ class SpooledDelivery:
         self._io.shutdown(wait=True)
         if self._lock is not None:
             self._lock.close()
+
+
+def backoff_delay(failures: int, retry_s: float, max_retry_s: float, spread: float) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: ``retry_s`` doubled per failure
+    after the first, up to ``max_retry_s``; past the first doubling, less up to a quarter, by
+    ``spread`` (0..1, random), so that many probers cut off at once do not retry in step."""
+    exponent = min(max(failures - 1, 0), 30)
+    delay = min(retry_s * 2.0**exponent, max(retry_s, max_retry_s))
+    return delay * (1 - 0.25 * spread) if delay > retry_s else delay
 
 
 def read_cursor(spool_dir: Path) -> SpoolPosition | None:
