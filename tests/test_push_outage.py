@@ -24,6 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
+from ground_truth import served, simulator_process
 from hostile.harness import Answer, LeakFinder, Process, clean_env, dump_database, http, scan_tree
 
 from routewatch.simulator.process import SimulatorProcess
@@ -75,9 +76,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    profiles = tmp_path / "profiles.yaml"
-    profiles.write_text(PROFILES)
-    with SimulatorProcess(profiles) as sim:
+    with simulator_process(tmp_path, PROFILES) as sim:
         yield sim
 
 
@@ -136,11 +135,6 @@ class Setup:
         proc = Process([*argv, "--data-dir", str(self.root / "remote")], self.remote_env, log)
         proc.wait_for(r"push prober running", timeout=60)
         return proc
-
-
-def served(sim: SimulatorProcess) -> list[dict]:  # type: ignore[type-arg]
-    with urllib.request.urlopen(sim.base_url + "/ground-truth", timeout=10) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
 def stored(dsn: str) -> list[asyncpg.Record]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -185,6 +185,19 @@ def _model_id(value: str) -> str:
     return value
 
 
+def _url_without_credentials(value: str, *, invalid: str, credentials: str) -> SplitResult:
+    """``value`` split as a URL: one line, a valid port, no user or password (messages never repeat it)."""
+    _one_line(value)  # a NUL or a newline would reach the request line
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError(invalid) from None
+    if url.username is not None or url.password is not None:
+        raise ValueError(credentials)
+    return url
+
+
 def _env_name(value: str, example: str, what: str) -> str:
     # Not echoed: the usual mistake is pasting the secret itself here.
     if not _ENV_NAME.fullmatch(value):
@@ -263,17 +276,12 @@ class RouterConfig(_Section):
         # Messages never repeat the URL: it may carry a password.
         if value == SIMULATOR:
             return value
-        _one_line(value)  # a NUL or a newline would reach the request line
-        try:
-            url = urlsplit(value)
-            url.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError:
-            raise ValueError('is not a valid URL: use an http(s) URL or "simulator"') from None
-        if url.username is not None or url.password is not None:
-            raise ValueError(
-                "remove the credentials from base_url: "
-                "set api_key_env to the name of the environment variable holding the key"
-            )
+        url = _url_without_credentials(
+            value,
+            invalid='is not a valid URL: use an http(s) URL or "simulator"',
+            credentials="remove the credentials from base_url: "
+            "set api_key_env to the name of the environment variable holding the key",
+        )
         if url.scheme not in ("http", "https"):
             got = f' (got "{url.scheme}:")' if url.scheme else ""
             raise ValueError(f'must be an http:// or https:// URL, or "simulator"{got}')
@@ -538,14 +546,11 @@ class IngestConfig(_Section):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        _one_line(value)
-        try:
-            url = urlsplit(value)
-            url.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError:
-            raise ValueError("is not a valid URL") from None
-        if url.username is not None or url.password is not None:
-            raise ValueError("remove the credentials from the URL: the token comes from token_env")
+        url = _url_without_credentials(
+            value,
+            invalid="is not a valid URL",
+            credentials="remove the credentials from the URL: the token comes from token_env",
+        )
         if not url.hostname:
             raise ValueError("the URL has no host name")
         if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
