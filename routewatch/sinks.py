@@ -19,6 +19,7 @@ the variable its entry names, and the same store the batch writer uses.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -109,6 +110,19 @@ def push_token(config: Config, settings: Settings) -> str:
     return value
 
 
+def _ca_file(config: Config) -> Path | None:
+    """``ingest.ca_file`` as a path, checked to hold certificates; IngestSetupError if not."""
+    assert config.ingest is not None
+    if config.ingest.ca_file is None:
+        return None
+    path = Path(config.ingest.ca_file).expanduser()
+    try:
+        ssl.create_default_context(cafile=path)
+    except OSError as exc:  # ssl.SSLError is one: not PEM, no certificate in it
+        raise IngestSetupError(f"ingest.ca_file: cannot use {path} ({exc.strerror or exc})") from None
+    return path
+
+
 @asynccontextmanager
 async def push_sink(config: Config, settings: Settings, spool_dir: Path) -> AsyncIterator[SpooledDelivery]:
     """The push writer of ``config.ingest``; at exit it sends what is queued (what it cannot stays in the spool)."""
@@ -119,6 +133,7 @@ async def push_sink(config: Config, settings: Settings, spool_dir: Path) -> Asyn
         spool_dir,
         token_env=config.ingest.token_env,
         spool_max_bytes=_spool_max_bytes(config.storage),
+        ca_file=_ca_file(config),
     )
     await writer.start()
     try:

@@ -13,7 +13,7 @@ from factories import config_text
 from routewatch.config import Config, ConfigError, parse_config
 from routewatch.config.settings import Settings
 from routewatch.delivery.spooled import backoff_delay
-from routewatch.sinks import IngestSetupError, ingest_tokens, needs_database, push_token, result_sink
+from routewatch.sinks import IngestSetupError, ingest_tokens, needs_database, push_sink, push_token, result_sink
 
 pytestmark = pytest.mark.unit
 
@@ -157,3 +157,19 @@ def test_without_ingest_the_sink_needs_a_database(monkeypatch: pytest.MonkeyPatc
 )
 def test_retries_back_off_doubling_up_to_a_cap(failures: int, spread: float, expected: float) -> None:
     assert backoff_delay(failures, 1.0, 15.0, spread) == expected
+
+
+async def test_a_ca_file_that_holds_no_certificate_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    for path, says in ((not_pem, "ingest.ca_file: cannot use"), (tmp_path / "missing.pem", "No such file")):
+        config = parse_config(
+            config_text(ingest={"url": "https://c.example/v1/ingest", "token_env": "EU_TOKEN", "ca_file": str(path)}),
+            "probes.yaml",
+        )
+        with pytest.raises(IngestSetupError, match=says):
+            async with push_sink(config, settings(monkeypatch, EU_TOKEN=TOKEN), tmp_path / "spool"):
+                pass
+    assert not (tmp_path / "spool").exists(), "nothing was started"

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,13 +22,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from factories import probe_result
+from factories import config_text, probe_result
 from ingest_support import EU_TOKEN, MODEL, US_TOKEN, Central, central_parts
 from writer_support import until
 
+from routewatch.config import parse_config
+from routewatch.config.settings import Settings
 from routewatch.delivery.push import push_writer
 from routewatch.delivery.spooled import DEAD_LETTER_FILE, SpooledDelivery
 from routewatch.results.probe_result import ProbeResult
+from routewatch.sinks import push_sink
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,18 +43,19 @@ def _free_port() -> int:
 
 
 class Server:
-    """An aiohttp app on a fixed loopback port that can be stopped and started again."""
+    """An aiohttp app on a fixed loopback port that can be stopped and started again; over TLS with ``tls``."""
 
-    def __init__(self, app: Callable[[], web.Application]) -> None:
+    def __init__(self, app: Callable[[], web.Application], tls: ssl.SSLContext | None = None) -> None:
         self._app = app
+        self._tls = tls
         self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1/ingest"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/v1/ingest"
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app(), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._tls).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -57,8 +64,8 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(app: Callable[[], web.Application]) -> AsyncIterator[Server]:
-    server = Server(app)
+async def serving(app: Callable[[], web.Application], tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
+    server = Server(app, tls)
     await server.start()
     try:
         yield server
@@ -292,3 +299,66 @@ async def test_redirects_are_not_followed(tmp_path: Path, caplog: pytest.LogCapt
     assert seen == []
     assert w.written == 0
     assert any("a redirect, not followed" in m for m in caplog.messages)
+
+
+def self_signed(directory: Path) -> tuple[Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 (its own authority) and a server context serving it."""
+    openssl = shutil.which("openssl")
+    assert openssl, "these tests make their certificate with the openssl command"
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return cert, context
+
+
+@pytest.mark.system
+async def test_results_go_over_https_to_a_server_the_configured_authority_vouches_for(
+    central: Central, tmp_path: Path
+) -> None:
+    """Through the command line's wiring (sinks.push_sink) from a probes.yaml with ingest.ca_file."""
+    cert, tls = self_signed(tmp_path)
+    sent = results(8)
+    async with serving(central.app, tls) as server:
+        config = parse_config(
+            config_text(ingest={"url": server.url, "token_env": "EU_TOKEN", "ca_file": str(cert)}), "probes.yaml"
+        )
+        async with push_sink(config, Settings(), tmp_path / "spool") as w:
+            await submit(w, sent)
+            await until("the results", lambda: w.written == 8)
+    assert sorted(await central.ids()) == sorted(r.id for r in sent)
+
+
+@pytest.mark.system
+async def test_a_certificate_no_authority_vouches_for_is_an_outage_and_the_token_is_not_sent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, tls = self_signed(tmp_path)
+    heard: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        heard.append(request.headers.get("Authorization", ""))
+        return web.json_response({})
+
+    def app() -> web.Application:
+        served_app = web.Application()
+        served_app.router.add_post("/v1/ingest", handler)
+        return served_app
+
+    async with serving(app, tls) as server:
+        w = writer(server.url, tmp_path / "spool")  # the system's authorities only
+        await w.start()
+        try:
+            await submit(w, results(2))
+            await until("refused handshakes", lambda: w.failed_flushes >= 2)
+        finally:
+            await w.close(timeout_s=0.2)
+    assert heard == [] and w.written == 0 and w.rejected == 0
+    assert any("unavailable" in m and "certificate" in m.lower() for m in caplog.messages), caplog.messages
+    assert EU_TOKEN not in caplog.text

@@ -542,6 +542,10 @@ class IngestConfig(_Section):
         "https, or http to a loopback address only"
     )
     token_env: TokenEnv = Field(description="name of the environment variable holding this region's ingest token")
+    ca_file: Annotated[str, AfterValidator(_non_empty), AfterValidator(_one_line)] | None = Field(
+        None,
+        description="PEM file of the certificate authorities to trust for url (a private CA); default the system's",
+    )
 
     @field_validator("url")
     @classmethod

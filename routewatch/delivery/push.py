@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,13 @@ class IngestDestination:
         *,
         token_env: str,
         timeout_s: float = REQUEST_TIMEOUT_S,
+        ca_file: Path | None = None,
     ) -> None:
         """``url`` is the endpoint (``https://central.example/v1/ingest``), ``token`` the region's token
-        and ``token_env`` the variable it came from (named in log lines; the token never is)."""
+        and ``token_env`` the variable it came from (named in log lines; the token never is).
+        ``ca_file``: the certificate authorities to trust for ``url`` (PEM); default the system's."""
         self._url = url
+        self._ca_file = ca_file
         self._token = token
         self._token_env = token_env
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=CONNECT_TIMEOUT_S)
@@ -133,8 +137,10 @@ class IngestDestination:
 
     async def open(self) -> None:
         """Create the HTTP client: one connection, reused between batches."""
+        # Certificates are always verified: against ca_file, else the system's authorities.
+        tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=self._ca_file) if self._ca_file else True
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1),
+            connector=aiohttp.TCPConnector(limit=1, ssl=tls),
             timeout=self._timeout,
             headers={"User-Agent": "routewatch-prober"},
         )
@@ -245,10 +251,11 @@ def push_writer(
     max_retry_s: float = MAX_RETRY_S,
     flush_s: float = 0.5,
     timeout_s: float = REQUEST_TIMEOUT_S,
+    ca_file: Path | None = None,
 ) -> SpooledDelivery:
     """A spooled writer that pushes to the ingest endpoint at ``url`` (``start()`` it, ``close()`` it)."""
     return SpooledDelivery(
-        IngestDestination(url, token, token_env=token_env, timeout_s=timeout_s),
+        IngestDestination(url, token, token_env=token_env, timeout_s=timeout_s, ca_file=ca_file),
         spool_dir,
         label="push writer",
         flush_s=flush_s,

@@ -110,8 +110,6 @@ async def store_rows(
     except Exception as exc:
         if database_unavailable(exc):
             raise
-        if len(results) == 1:
-            return [(results[0], f"{type(exc).__name__}: {exc}")]
         log.warning("a batch of %d results failed (%s: %s); retrying row by row", len(results), type(exc).__name__, exc)
     rejected: list[Rejected] = []
     for r in results:
