@@ -178,6 +178,7 @@ def run(opts: RunOptions, settings: Settings) -> int:
             "this config pushes results to a central server (ingest.url): run the prober alone with"
             " `routewatch probe`; `routewatch run` stores into its own database"
         )
+    ingest_tokens(opts.config, settings)  # every region's token set and usable, before anything starts
     database_url = settings.database_dsn()
     print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
     local = None if database_url else embedded_postgres(opts.data_dir, settings)
@@ -186,7 +187,6 @@ def run(opts: RunOptions, settings: Settings) -> int:
     else:
         local.prepare_data_dir()
     _plan(opts.config, settings, SIMULATOR_PENDING)  # fail on config before starting anything
-    ingest_tokens(opts.config, settings)
     with ExitStack() as main_thread:
         if opts.probes:
             main_thread.enter_context(_run_lock(opts.data_dir))

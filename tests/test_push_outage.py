@@ -297,3 +297,18 @@ def test_a_prober_killed_while_the_centre_is_down_delivers_its_spool_after_resta
     assert set(request_ids) <= {r["request_id"] for r in served(simulator)}
     lost = {r["request_id"] for r in before_kill} - set(request_ids)
     assert len(lost) <= 8, f"{len(lost)} lost: more than the probes that can be in flight"
+
+
+@pytest.mark.timeout(120)
+def test_serve_refuses_to_start_without_a_regions_token(tmp_path: Path) -> None:
+    config = tmp_path / "central.yaml"
+    config.write_text(config_text(api={"ingest_tokens": [{"region": "eu", "token_env": "EU_INGEST_TOKEN"}]}))
+    log = tmp_path / "serve.log"
+    argv = [*ROUTEWATCH, "serve", "--config", str(config), "--data-dir", str(tmp_path / "d")]
+    proc = Process(argv, clean_env(EU_INGEST_TOKEN="too-short"), log)
+    code = proc.proc.wait(timeout=60)
+    proc.stop()
+    assert code == 1, proc.output()
+    assert "api.ingest_tokens[0] (region eu): $EU_INGEST_TOKEN is shorter than 16 characters" in proc.output()
+    assert "too-short" not in proc.output()
+    assert not (tmp_path / "d").exists(), "nothing was started or created"
