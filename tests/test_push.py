@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -53,7 +54,7 @@ class Server:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._tls).start()
 
@@ -362,3 +363,42 @@ async def test_a_certificate_no_authority_vouches_for_is_an_outage_and_the_token
     assert heard == [] and w.written == 0 and w.rejected == 0
     assert any("unavailable" in m and "certificate" in m.lower() for m in caplog.messages), caplog.messages
     assert EU_TOKEN not in caplog.text
+
+
+@pytest.mark.db
+async def test_shutdown_is_bounded_when_the_centre_hangs_and_the_batch_stays_in_the_spool(
+    central: Central, tmp_path: Path
+) -> None:
+    """A central server that takes the request and never answers: close() keeps to its time, nothing is lost."""
+    arrived = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def hanging() -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/ingest", hang)
+        return app
+
+    spool = tmp_path / "spool"
+    kept = results(3)
+    async with serving(hanging) as server:
+        w = writer(server.url, spool)
+        await w.start()
+        await submit(w, kept)
+        await asyncio.wait_for(arrived.wait(), 10)
+        started = time.monotonic()
+        await w.close(timeout_s=0.5)
+        took = time.monotonic() - started
+    assert took < 2.0, f"close took {took:.1f} s"
+    assert w.written == 0
+    async with serving(central.app) as server:
+        again = writer(server.url, spool)
+        await again.start()
+        try:
+            await until("the kept batch", lambda: again.written == 3)
+        finally:
+            await again.close()
+    assert sorted(await central.ids()) == sorted(r.id for r in kept)

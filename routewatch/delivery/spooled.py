@@ -490,20 +490,28 @@ class SpooledDelivery:
         Whatever the destination cannot take in time stays in the spool and is
         replayed at the next start. Does not raise if the flush task had died.
         """
+        deadline = time.monotonic() + timeout_s
         if self._task is not None:
             task, self._task = self._task, None
             task.cancel()
             await asyncio.wait([task])  # its exception, if any, went to _flush_task_done
         if self._in_flight is not None:
-            await asyncio.wait([self._in_flight])  # a batch the cancel caught half-way finishes first
-            if not self._in_flight.cancelled() and self._in_flight.exception() is not None:
+            # A batch the cancel caught half-way finishes first, within the time given.
+            done, _ = await asyncio.wait([self._in_flight], timeout=timeout_s)
+            if not done:
+                # Safe to cut: the destination stores by id, and the spool still holds the batch.
+                self._in_flight.cancel()
+                await asyncio.wait([self._in_flight])
+                log.warning(
+                    "the batch being stored did not finish within %g s at shutdown; it stays in the spool", timeout_s
+                )
+            elif not self._in_flight.cancelled() and self._in_flight.exception() is not None:
                 log.warning(
                     "the last batch before shutdown was not stored (%s); it stays in the spool",
                     type(self._in_flight.exception()).__name__,
                 )
             self._in_flight = None
         self._stopped.set()
-        deadline = time.monotonic() + timeout_s
         try:
             while self._opened and (self._replaying or self._memory) and time.monotonic() < deadline:
                 if self._replaying:
