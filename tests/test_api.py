@@ -665,6 +665,7 @@ async def test_openapi_document_describes_this_server(seeded: Seeded, aiohttp_cl
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["parameters"]["Window"]["schema"]["enum"] == list(WINDOWS)
     assert doc["paths"]["/v1/models/{id}/probe"]["post"]["security"] == [{"bearerAuth": []}]
+    assert doc["paths"]["/v1/ingest"]["post"]["security"] == [{"ingestAuth": []}]
     # The served stats carry exactly the documented fields.
     stats = await (await client.get(f"/v1/models/{FAST}/stats?by=region")).json()
     schema = doc["components"]["schemas"]["ModelStats"]
