@@ -497,7 +497,7 @@ async def compress_all(conn: asyncpg.Connection, size: SizeResult) -> None:
 
 def fill_spool(directory: Path, factory: ResultFactory, records: int) -> SpoolResult:
     """Write ``records`` results with ``append(..., sync=False)``; the time excludes generating them."""
-    from routewatch.storage.spool import Spool
+    from routewatch.delivery.spool import Spool
 
     spool = Spool(directory, max_bytes=8 * GIB)
     spent = 0.0
@@ -522,7 +522,7 @@ def fill_spool(directory: Path, factory: ResultFactory, records: int) -> SpoolRe
 
 def decode_spool(directory: Path) -> tuple[int, float]:
     """Read and decode the whole spool in ``REPLAY_BATCH`` steps; (records, seconds)."""
-    from routewatch.storage.spool import Spool
+    from routewatch.delivery.spool import Spool
 
     spool = Spool(directory, max_bytes=8 * GIB)
     try:
@@ -543,7 +543,7 @@ def decode_spool(directory: Path) -> tuple[int, float]:
 
 async def replay_spool(conn: asyncpg.Connection, directory: Path) -> int:
     """What the writer does after an outage: read the spool and ``write_batch`` each step."""
-    from routewatch.storage.spool import Spool
+    from routewatch.delivery.spool import Spool
     from routewatch.storage.writer import write_batch
 
     spool = Spool(directory, max_bytes=8 * GIB)

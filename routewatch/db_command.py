@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 from pathlib import Path
 
 import asyncpg
 
 from routewatch.config.settings import Settings
+from routewatch.delivery.spool import Spool
+from routewatch.delivery.spooled import read_cursor
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.runner import embedded_postgres
 from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.migrate import migrate
-from routewatch.storage.spool import Spool, SpoolPosition
-from routewatch.storage.writer import CURSOR_FILE
 
 
 def spool_backlog(spool_dir: Path) -> str:
@@ -35,13 +34,8 @@ def spool_backlog(spool_dir: Path) -> str:
         except BlockingIOError:
             # Opening the spool would recover its tail under a live writer.
             return f"{size:,} bytes in {len(segments)} segment(s), in use by a running routewatch"
-        try:
-            raw = json.loads((spool_dir / CURSOR_FILE).read_text())
-            cursor: SpoolPosition | None = SpoolPosition(int(raw["segment"]), int(raw["offset"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            cursor = None
         with Spool(spool_dir) as spool:
-            pending = spool.pending_records(cursor)
+            pending = spool.pending_records(read_cursor(spool_dir))
     if not pending:
         return f"nothing waiting ({size:,} bytes of stored results not yet reclaimed)"
     return f"{pending:,} results waiting to be stored ({size:,} bytes); the next `routewatch run` stores them"

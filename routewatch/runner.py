@@ -71,9 +71,8 @@ from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.redact import redact, redact_dsn
 from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_session
 from routewatch.probe.targets import RouterPlan, plan, uses_simulator
-from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simulator
-from routewatch.storage.connection import Conn
+from routewatch.sinks import DatabaseTarget, IngestSetupError, database_sink, ingest_receiver, ingest_tokens
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.migrate import migrate
@@ -174,6 +173,12 @@ def run(opts: RunOptions, settings: Settings) -> int:
     :raises DataDirInUse: another ``routewatch run`` uses ``opts.data_dir``.
     :raises PortInUse: the API port is taken (nothing has been started).
     """
+    if opts.probes and opts.config.ingest is not None:
+        raise IngestSetupError(
+            "this config pushes results to a central server (ingest.url): run the prober alone with"
+            " `routewatch probe`; `routewatch run` stores into its own database"
+        )
+    ingest_tokens(opts.config, settings)  # every region's token set and usable, before anything starts
     database_url = settings.database_dsn()
     print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
     local = None if database_url else embedded_postgres(opts.data_dir, settings)
@@ -266,6 +271,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
         async with pool.acquire() as conn:
             report = await migrate(conn)
         partitions = PartitionCache()
+        database_target = DatabaseTarget(pool, partitions, report.mode)
         await stack.start(
             "housekeeping", _housekeeping(supervisor, pool, report.mode, partitions, config.storage, leadership)
         )
@@ -290,12 +296,13 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
             admin_token=settings.admin_token,
             prices=input_prices(config.routers),
             prober_health=prober_health,
+            ingest=ingest_receiver(config, settings, database_target, timedelta(seconds=config.storage.retention)),
         )
         app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
         api = await stack.start("api", _api_server(app, sockets))
         if opts.probes:
             writer = await stack.start(
-                "writer", _batch_writer(pool, opts.data_dir / "spool", config.storage, partitions, report.mode)
+                "writer", database_sink(database_target, opts.data_dir / "spool", config.storage)
             )
             await stack.start("writer watch", supervisor.running("batch writer", partial(_writer_alive, writer)))
             lag = await stack.start("loop lag", _loop_lag())
@@ -494,23 +501,6 @@ async def _api_server(app: web.Application, sockets: Sequence[socket.socket]) ->
         yield api
     finally:
         await api.close()
-
-
-@asynccontextmanager
-async def _batch_writer(
-    pool: asyncpg.Pool, spool_dir: Path, storage: StorageConfig, partitions: PartitionCache, mode: str
-) -> AsyncIterator[BatchWriter]:
-    """The spool-backed writer; at exit it stores what is queued (what it cannot stays in the spool)."""
-
-    async def prepare(conn: Conn, results: list[ProbeResult]) -> None:
-        await partitions.ensure_for(conn, mode, (r.started_at for r in results))
-
-    writer = BatchWriter(pool, spool_dir, prepare=prepare, spool_max_bytes=storage.spool_max_mb * 1024 * 1024)
-    await writer.start()
-    try:
-        yield writer
-    finally:
-        await writer.close()
 
 
 async def _writer_alive(writer: BatchWriter) -> None:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from routewatch.admin import LocalAdmin
 from routewatch.aggregator.publish import openapi
 from routewatch.aggregator.publish.api import API, create_app
 from routewatch.aggregator.publish.http_errors import JSON_TYPE
+from routewatch.aggregator.publish.ingest import IngestReceiver, IngestTokens
 from routewatch.aggregator.publish.openapi import MAX_SERIES_POINTS
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import SLOConfig, load_config
@@ -41,7 +43,7 @@ from routewatch.probe.targets import plan
 from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 from routewatch.storage.schema import ensure_schema
-from routewatch.storage.writer import write_batch
+from routewatch.storage.writer import store_results, write_batch
 
 ClientFactory = Callable[..., Any]  # pytest-aiohttp's aiohttp_client
 
@@ -663,6 +665,7 @@ async def test_openapi_document_describes_this_server(seeded: Seeded, aiohttp_cl
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["parameters"]["Window"]["schema"]["enum"] == list(WINDOWS)
     assert doc["paths"]["/v1/models/{id}/probe"]["post"]["security"] == [{"bearerAuth": []}]
+    assert doc["paths"]["/v1/ingest"]["post"]["security"] == [{"ingestAuth": []}]
     # The served stats carry exactly the documented fields.
     stats = await (await client.get(f"/v1/models/{FAST}/stats?by=region")).json()
     schema = doc["components"]["schemas"]["ModelStats"]
@@ -768,7 +771,11 @@ async def test_schemathesis_against_a_running_server(
     """
     admin = _local_admin(simulator, tmp_path / "probes.yaml")
     assert seeded.aggregator.status_enabled and seeded.aggregator.status is not None
-    app = create_app(seeded.aggregator, admin=admin, admin_token=SecretStr(TOKEN), prices=PRICES)
+    # The admin token doubles as a region's ingest token: schemathesis sends one token to every operation.
+    ingest = IngestReceiver(
+        IngestTokens({"test": SecretStr(TOKEN)}), partial(store_results, seeded.pool), timedelta(days=90)
+    )
+    app = create_app(seeded.aggregator, admin=admin, admin_token=SecretStr(TOKEN), prices=PRICES, ingest=ingest)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -13,7 +13,7 @@ import pytest
 from factories import probe_result
 
 from routewatch.db_command import spool_backlog
-from routewatch.storage.spool import Spool
+from routewatch.delivery.spool import Spool
 
 
 def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ and ``routewatch run`` as a user runs it.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -17,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
+from ground_truth import served, simulator_process
 
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.simulator.process import SimulatorProcess
@@ -86,9 +85,7 @@ def database(workdir: Path) -> Iterator[LocalPostgres]:
 
 @pytest.fixture
 def simulator(workdir: Path) -> Iterator[SimulatorProcess]:
-    profiles = workdir / "profiles.yaml"
-    profiles.write_text(PROFILES)
-    with SimulatorProcess(profiles) as sim:
+    with simulator_process(workdir, PROFILES) as sim:
         yield sim
 
 
@@ -122,11 +119,6 @@ class Routewatch:
 
     def output(self) -> str:
         return self.log.read_text()
-
-
-def served(sim: SimulatorProcess) -> list[dict]:  # type: ignore[type-arg]
-    with urllib.request.urlopen(sim.base_url + "/ground-truth", timeout=10) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
 async def stored(dsn: str) -> list[str]:

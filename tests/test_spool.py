@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 from factories import probe_result
 
-from routewatch.results.probe_result import COLUMNS, ProbeResult
-from routewatch.storage.spool import (
+from routewatch.delivery.spool import (
     HEADER_BYTES,
     MAGIC,
     Spool,
@@ -31,6 +30,7 @@ from routewatch.storage.spool import (
     decode_result,
     encode_result,
 )
+from routewatch.results.probe_result import COLUMNS, ProbeResult
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -323,7 +323,7 @@ def test_spool_full_writes_nothing(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_warns_at_80_percent_then_every_5_percent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     record = len(encode_result(make_result(0))) + HEADER_BYTES
-    caplog.set_level(logging.INFO, logger="routewatch.storage.spool")
+    caplog.set_level(logging.INFO, logger="routewatch.delivery.spool")
     with Spool(tmp_path, segment_bytes=20 * record, max_bytes=40 * record) as spool:  # 5% = 2 records
         for i in range(31):
             spool.append([make_result(i)], sync=False)
@@ -546,7 +546,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
     from factories import probe_result
-    from routewatch.storage.spool import Spool
+    from routewatch.delivery.spool import Spool
 
     spool = Spool(Path(sys.argv[1]), segment_bytes=256 * 1024)
     i = 0

@@ -73,7 +73,7 @@ async def test_full_disk_is_reported_once_per_episode_and_nothing_is_lost(
 ) -> None:
     async with pool.acquire() as conn:
         await ensure_schema(conn)
-    caplog.set_level(logging.INFO, logger="routewatch.storage")
+    caplog.set_level(logging.INFO, logger="routewatch.delivery")
     spool_dir = small_disk / "spool"
     writer = BatchWriter(pool, spool_dir, flush_s=0.05)
     await writer.start()

@@ -9,8 +9,8 @@ import pytest
 from factories import probe_result
 from writer_support import stored_ids, until
 
+from routewatch.delivery.spool import Spool
 from routewatch.storage.schema import ensure_schema
-from routewatch.storage.spool import Spool
 from routewatch.storage.writer import BatchWriter
 
 pytestmark = pytest.mark.db

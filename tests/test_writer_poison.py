@@ -20,10 +20,11 @@ import pytest
 from factories import probe_result
 from writer_support import stored_ids, until
 
+from routewatch.delivery.spool import Spool
+from routewatch.delivery.spooled import DEAD_LETTER_FILE
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.schema import ensure_schema
-from routewatch.storage.spool import Spool
-from routewatch.storage.writer import DEAD_LETTER_FILE, BatchWriter
+from routewatch.storage.writer import BatchWriter
 
 pytestmark = pytest.mark.db
 

@@ -21,7 +21,7 @@ import hmac
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -33,7 +33,9 @@ from pydantic import SecretStr
 from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish import openapi
 from routewatch.aggregator.publish.http_cache import cached_response, etag_for
-from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps, error_payload
+from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, Handler, dumps, error_payload, errors_as_json
+from routewatch.aggregator.publish.http_errors import clip as _clip
+from routewatch.aggregator.publish.ingest import IngestReceiver, setup_ingest_route
 from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.aggregator.publish.metrics import HealthSource, setup_metrics_route
 from routewatch.aggregator.publish.openapi import (
@@ -60,7 +62,6 @@ SERIES_TIMEOUT_S = 5.0
 # from/to values and query-string spellings are unbounded, the memory is not.
 MAX_CACHED_BODIES = 4096
 _BUCKET_UNITS = {"1h": ("hour", timedelta(hours=1)), "1d": ("day", timedelta(days=1))}
-_CLIP = 80  # longest piece of user input echoed back in an error message
 
 assert set(_BUCKET_UNITS) == set(SERIES_BUCKETS)
 
@@ -75,35 +76,6 @@ class ConfigRejected(Exception):
     def __init__(self, issues: list[str]) -> None:
         super().__init__("\n".join(issues))
         self.issues = issues
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _CLIP else text[:_CLIP] + "…"
-
-
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def errors_as_json(handler: Handler) -> Handler:
-    """``handler`` with ApiError as its JSON response, and anything unexpected a logged JSON 500.
-
-    A decorator rather than a middleware: aiohttp's middleware chain costs
-    more per request than the cached hot path itself, and the hot paths
-    (``hit`` then ``respond``) raise nothing of their own.
-    """
-
-    @functools.wraps(handler)
-    async def guarded(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return exc.response()
-        except Exception:
-            # The traceback goes to the log, never to the client.
-            log.exception("unhandled error serving %s %s", request.method, _clip(request.path))
-            return ApiError(500, "internal error").response()
-
-    return guarded
 
 
 def cached_read(render: Handler) -> Handler:
@@ -728,14 +700,16 @@ def create_app(
     admin_token: SecretStr | None = None,
     prices: Mapping[tuple[str, str], float] | None = None,
     prober_health: HealthSource | None = None,
+    ingest: IngestReceiver | None = None,
 ) -> web.Application:
     """Everything routewatch serves over ``aggregator``'s snapshots: the catalog API,
-    the status page and its JSON twin, badges and ``/metrics``.
+    the status page and its JSON twin, badges, ``/metrics`` and the ingest endpoint.
 
     ``admin`` serves the token-protected endpoints, which also need
     ``admin_token`` (the ``ROUTEWATCH_ADMIN_TOKEN`` setting; None or blank: disabled).
     ``prices``: USD per 1M input tokens per (router, model), for the badges.
     ``prober_health``: the prober's health for ``/metrics`` (``routewatch run``).
+    ``ingest``: the regions' tokens and the store behind ``POST /v1/ingest`` (None: it answers 403).
     """
     token = admin_token.get_secret_value().strip() if admin_token is not None else ""
     app = web.Application()
@@ -745,4 +719,5 @@ def create_app(
     setup_routes(app)
     setup_status_routes(app, pool=aggregator.pool, prices=prices)
     setup_metrics_route(app, aggregator, prober_health)
+    setup_ingest_route(app, ingest)
     return app

@@ -9,21 +9,34 @@ One shape for the catalog API (``api.py``) and the public status routes
 fault, or null when none applies. The config reload endpoint adds
 ``issues``. The OpenAPI document describes it as the ``Error`` schema.
 
-A module of its own so that both route modules use the same code:
-``api.py`` imports ``public_routes.py``, so neither can import the other.
+A module of its own so that every route module uses the same code:
+``api.py`` imports ``public_routes.py`` and ``ingest.py``, so none of them can
+import another.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["JSON_TYPE", "ApiError", "dumps", "error_payload"]
+__all__ = ["JSON_TYPE", "ApiError", "Handler", "clip", "dumps", "error_payload", "errors_as_json"]
+
+log = logging.getLogger(__name__)
 
 JSON_TYPE = "application/json; charset=utf-8"
+CLIP = 80  # longest piece of user input echoed back in an error message
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def clip(text: str) -> str:
+    """``text`` cut to CLIP characters, for echoing user input in a message."""
+    return text if len(text) <= CLIP else text[:CLIP] + "…"
 
 
 def dumps(payload: Any) -> bytes:
@@ -70,3 +83,25 @@ class ApiError(Exception):
         body = dumps(error_payload(self.status, self.message, self.parameter, issues=self.issues))
         headers = {"Content-Type": JSON_TYPE, "Cache-Control": "no-store", **self.headers}
         return web.Response(status=self.status, body=body, headers=headers)
+
+
+def errors_as_json(handler: Handler) -> Handler:
+    """``handler`` with ApiError as its JSON response, and anything unexpected a logged JSON 500.
+
+    A decorator rather than a middleware: aiohttp's middleware chain costs
+    more per request than the cached hot path itself, and the hot paths
+    (``hit`` then ``respond``) raise nothing of their own.
+    """
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except Exception:
+            # The traceback goes to the log, never to the client.
+            log.exception("unhandled error serving %s %s", request.method, clip(request.path))
+            return ApiError(500, "internal error").response()
+
+    return guarded

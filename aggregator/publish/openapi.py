@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
 
 It describes everything ``api.create_app`` serves: the catalog API
-(``api.py``), the public status routes (``public_routes.py``: the status page,
+(``api.py``), the ingest endpoint (``ingest.py``), the public status routes (``public_routes.py``: the status page,
 ``/status.json``, ``/v1/incidents``, the badges) and ``/metrics``
 (``metrics.py``). It is built from the same constants the handlers validate
 against and answer with (states, breakdown dimensions, series metrics and
@@ -20,12 +20,15 @@ from typing import Any
 
 from routewatch.aggregator.model_state import UPTIME_DAYS, State
 from routewatch.aggregator.model_state_store import INCIDENT_LIST_MAX, RECENT_INCIDENTS
+from routewatch.aggregator.publish.ingest import MAX_BODY_BYTES, MAX_RESULTS
+from routewatch.aggregator.publish.ingest_records import OPTIONAL_FIELDS
 from routewatch.aggregator.publish.metrics import METRICS_CONTENT_TYPE
 from routewatch.aggregator.publish.public_routes import DEFAULT_INCIDENT_LIMIT, HTML, INCIDENT_STATES, SVG
 from routewatch.aggregator.publish.status_view import LEVELS
 from routewatch.aggregator.rollup import BREAKDOWNS
 from routewatch.aggregator.stats import CI_FIELDS, MIN_OK_SAMPLES
-from routewatch.results.probe_result import ProbeResult
+from routewatch.probe.router_values import MAX_LABEL_CHARS
+from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 
 Schema = dict[str, Any]
 
@@ -142,8 +145,8 @@ def _model_stats() -> Schema:
     return _object(props, optional=("breakdown",))
 
 
-def _probe_result() -> Schema:
-    """ProbeResult's fields as api.probe_result_json writes them (uuid and datetime as strings)."""
+def _probe_result_fields() -> dict[str, Schema]:
+    """A schema per ProbeResult field, as JSON carries it (uuid and datetime as strings)."""
     types = {
         "uuid.UUID": {"type": "string", "format": "uuid"},
         "datetime": DATE_TIME,
@@ -160,7 +163,57 @@ def _probe_result() -> Schema:
         if nullable:
             base["type"] = [base["type"], "null"]
         props[f.name] = base
-    return _object(props)
+    return props
+
+
+def _probe_result() -> Schema:
+    """ProbeResult's fields as api.probe_result_json writes them."""
+    return _object(_probe_result_fields())
+
+
+def _ingest_record() -> Schema:
+    """One result of a POST /v1/ingest batch, as ingest_records.read_record reads it."""
+    props = _probe_result_fields()
+    label: Schema = {"minLength": 1, "maxLength": MAX_LABEL_CHARS}
+    for name in ("router", "model", "prompt", "methodology"):
+        props[name] = {**props[name], **label}
+    props["region"] = {
+        **props["region"],
+        **label,
+        "description": "optional: the token's region is used; a record naming another region is rejected",
+    }
+    props["error_class"] = {"type": ["string", "null"], "enum": [*ERROR_CLASSES, None]}
+    props["started_at"] = {
+        **props["started_at"],
+        "description": "with a UTC offset; within the server's retention, at most an hour ahead of its clock",
+    }
+    return {
+        **_object(props, optional=sorted(OPTIONAL_FIELDS)),
+        "description": "a probe result as a prober's spool holds it; ok is true exactly when error_class is null",
+    }
+
+
+def _ingest_report() -> Schema:
+    count: Schema = {"type": "integer", "minimum": 0}
+    return _object(
+        {
+            "region": {"type": "string", "description": "the region of the token: every stored result's region"},
+            "received": count,
+            "stored": {**count, "description": "results newly stored"},
+            "duplicates": {**count, "description": "results stored before (same probe id and start): skipped"},
+            "rejected": {
+                "type": "array",
+                "description": "results not stored, each with its index in the batch and the reason",
+                "items": _object(
+                    {
+                        "index": count,
+                        "id": {"type": ["string", "null"], "description": "the record's id, when it has a valid one"},
+                        "reason": {"type": "string"},
+                    }
+                ),
+            },
+        }
+    )
 
 
 def _incidents() -> Schema:
@@ -386,6 +439,11 @@ def _schemas() -> dict[str, Schema]:
             }
         ),
         "ProbeResult": _probe_result(),
+        "IngestBatch": _object(
+            {"results": {"type": "array", "maxItems": MAX_RESULTS, "items": _ref("IngestRecord")}},
+        ),
+        "IngestRecord": _ingest_record(),
+        "IngestReport": _ingest_report(),
         "ProbeRun": _object(
             {
                 "model": {"type": "string"},
@@ -595,6 +653,31 @@ def _paths() -> dict[str, Schema]:
                 "responses": _std(_json("ReloadReport", "the file is valid"), "400", "401", "403"),
             }
         },
+        "/v1/ingest": {
+            "post": {
+                "operationId": "ingest",
+                "summary": "Store a batch of probe results pushed by a prober in another region",
+                "description": (
+                    "The bearer token is a region's ingest token (api.ingest_tokens in the server's probes.yaml) "
+                    "and decides the region of every result. Each record is validated on its own: a bad one is "
+                    "rejected with its reason, the others stored. Idempotent: a result stored before (same id "
+                    f"and started_at) is counted as a duplicate. At most {MAX_RESULTS} results and "
+                    f"{MAX_BODY_BYTES} bytes per request (413 beyond). A 200 means the results are committed."
+                ),
+                "security": [{"ingestAuth": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("IngestBatch")}},
+                },
+                "responses": {
+                    **_std(_json("IngestReport", "what was stored, skipped as a duplicate or rejected"), "400", "401"),
+                    "403": _json("Error", "ingest is disabled: the server's probes.yaml sets no api.ingest_tokens"),
+                    "408": _json("Error", "the request body did not arrive in time"),
+                    "413": _json("Error", "too many results or bytes in one request; error.message names the limit"),
+                    "503": _json("Error", "the database is unavailable (Retry-After): send the batch again"),
+                },
+            }
+        },
         **_public_paths(),
         "/metrics": {
             "get": {
@@ -769,7 +852,12 @@ def build(windows: Sequence[str] | None = None) -> Schema:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "the value of ROUTEWATCH_ADMIN_TOKEN",
-                }
+                },
+                "ingestAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a region's ingest token (the variable its api.ingest_tokens entry names)",
+                },
             },
         },
     }

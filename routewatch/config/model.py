@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -185,6 +185,42 @@ def _model_id(value: str) -> str:
     return value
 
 
+def _url_without_credentials(value: str, *, invalid: str, credentials: str) -> SplitResult:
+    """``value`` split as a URL: one line, a valid port, no user or password (messages never repeat it)."""
+    _one_line(value)  # a NUL or a newline would reach the request line
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError(invalid) from None
+    if url.username is not None or url.password is not None:
+        raise ValueError(credentials)
+    return url
+
+
+def _env_name(value: str, example: str, what: str) -> str:
+    # Not echoed: the usual mistake is pasting the secret itself here.
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            f"must be the name of an environment variable (letters, digits and _, e.g. {example}), "
+            f"not the {what} itself"
+        )
+    return value
+
+
+def _token_env(value: str) -> str:
+    _env_name(value, "EU_WEST_INGEST_TOKEN", "token")
+    if value.upper().startswith(_OWN_ENV_PREFIX):
+        # Those are routewatch's own settings, which are not looked up by name.
+        raise ValueError(f"{value} is one of routewatch's own settings: use a variable of your own")
+    return value
+
+
+TokenEnv = Annotated[str, AfterValidator(_token_env)]
+# http:// only where the token cannot cross a network.
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
 def _window(value: str) -> str:
     if parse_duration(value) <= 0:
         raise ValueError("a window must be longer than 0 s")
@@ -240,17 +276,12 @@ class RouterConfig(_Section):
         # Messages never repeat the URL: it may carry a password.
         if value == SIMULATOR:
             return value
-        _one_line(value)  # a NUL or a newline would reach the request line
-        try:
-            url = urlsplit(value)
-            url.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError:
-            raise ValueError('is not a valid URL: use an http(s) URL or "simulator"') from None
-        if url.username is not None or url.password is not None:
-            raise ValueError(
-                "remove the credentials from base_url: "
-                "set api_key_env to the name of the environment variable holding the key"
-            )
+        url = _url_without_credentials(
+            value,
+            invalid='is not a valid URL: use an http(s) URL or "simulator"',
+            credentials="remove the credentials from base_url: "
+            "set api_key_env to the name of the environment variable holding the key",
+        )
         if url.scheme not in ("http", "https"):
             got = f' (got "{url.scheme}:")' if url.scheme else ""
             raise ValueError(f'must be an http:// or https:// URL, or "simulator"{got}')
@@ -263,12 +294,8 @@ class RouterConfig(_Section):
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        # Not echoed: the usual mistake is pasting the key itself here.
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError(
-                "must be the name of an environment variable (letters, digits and _, "
-                "e.g. ORCAROUTER_API_KEY), not the key itself"
-            )
+        if value is not None:
+            _env_name(value, "ORCAROUTER_API_KEY", "key")
         if value is not None and value.upper().startswith(_OWN_ENV_PREFIX) and value.upper() != _ROUTER_KEY_ENV:
             # A name, not a secret: safe to repeat. Its value would go to the router as the key.
             raise ValueError(
@@ -471,13 +498,75 @@ class MaintenanceWindow(_Section):
         return self.start <= at < self.end and (self.models is None or model in self.models)
 
 
+class IngestToken(_Section):
+    """A region whose probers may push results to this server's ``POST /v1/ingest``."""
+
+    region: Label = Field(description="the region every result sent with this token is stored under")
+    token_env: TokenEnv = Field(description="name of the environment variable holding the region's token")
+
+
 class ApiConfig(_Section):
-    """Where the HTTP API listens."""
+    """Where the HTTP API listens, and which regions may push results to it."""
 
     host: Annotated[str, AfterValidator(_one_line)] = Field(
         "127.0.0.1", description="listen address; default 127.0.0.1 (local only)"
     )
     port: int = Field(8321, ge=0, le=65535, description="listen port, 0 = any free; default 8321")
+    ingest_tokens: list[IngestToken] = Field(
+        default_factory=list,
+        description="regions that may push results (POST /v1/ingest), each with its own token; default none",
+    )
+
+    @field_validator("ingest_tokens")
+    @classmethod
+    def _check_ingest_tokens(cls, tokens: list[IngestToken]) -> list[IngestToken]:
+        # One token per region, and a token decides its region: neither may repeat.
+        dupes: list[tuple[Loc, str]] = []
+        for key in ("region", "token_env"):
+            first: dict[str, int] = {}
+            for i, token in enumerate(tokens):
+                value = getattr(token, key)
+                if value in first:
+                    dupes.append(((i, key), f'duplicate {key} "{value}" (also ingest_tokens[{first[value]}])'))
+                first.setdefault(value, i)
+        if dupes:
+            raise _problems(dupes)
+        return tokens
+
+
+class IngestConfig(_Section):
+    """Push results to a central routewatch (``POST /v1/ingest``) instead of writing to a database."""
+
+    url: str = Field(
+        description="the central server's ingest endpoint, e.g. https://central.example.com/v1/ingest; "
+        "https, or http to a loopback address only"
+    )
+    token_env: TokenEnv = Field(description="name of the environment variable holding this region's ingest token")
+    ca_file: Annotated[str, AfterValidator(_non_empty), AfterValidator(_one_line)] | None = Field(
+        None,
+        description="PEM file of the certificate authorities to trust for url (a private CA); default the system's",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        url = _url_without_credentials(
+            value,
+            invalid="is not a valid URL",
+            credentials="remove the credentials from the URL: the token comes from token_env",
+        )
+        if not url.hostname:
+            raise ValueError("the URL has no host name")
+        if url.scheme == "http" and url.hostname not in _LOOPBACK_HOSTS:
+            raise ValueError(
+                "must be https:// (over http the token would cross the network in clear); "
+                "http:// is allowed to a loopback address only"
+            )
+        if url.scheme not in ("http", "https"):
+            raise ValueError("must be an https:// URL")
+        if url.query or url.fragment:
+            raise ValueError("must have no query or fragment")
+        return value
 
 
 class AggregatorConfig(_Section):
@@ -540,6 +629,11 @@ class Config(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     maintenance: list[MaintenanceWindow] = Field(
         default_factory=list, description="planned maintenance windows; default none"
+    )
+    ingest: IngestConfig | None = Field(
+        None,
+        description="push results to a central routewatch instead of writing to a database "
+        "(`routewatch probe`); default none",
     )
 
     @field_validator("routers")

@@ -1,55 +1,55 @@
-"""Storing probe results: journal first, then PostgreSQL in batches.
+"""Storing probe results in PostgreSQL: COPY in batches, idempotent by probe id.
 
-Every result is appended to the local spool (``routewatch/storage/spool.py``) before it
-counts as measured: once ``submit`` returns, the bytes are in the kernel's
-page cache and survive a SIGKILL of this process. The flush loop then
-fsyncs the spool, writes a batch with COPY into a per-connection staging
-table and ``INSERT ... ON CONFLICT DO NOTHING`` (a replayed batch never
-counts a probe twice), and confirms the batch's spool position.
+:func:`write_batch` is the one write path: COPY into a per-connection staging
+table, then ``INSERT ... ON CONFLICT DO NOTHING`` into ``probe_results``
+(whose key is the probe's id and start time), so a batch written twice stores
+each probe once, and the batch is logged for the rollup in the same
+transaction. :func:`store_rows` adds what a batch needs when the database
+refuses it for a reason other than an outage (a row it will not take, a value
+asyncpg cannot even encode: an integer out of range, a lone surrogate): the
+batch is retried row by row and the rows that still fail are returned with
+the reason, the others stored. Both callers use it: the :class:`BatchWriter`
+of a prober that writes to the database, and the ``POST /v1/ingest`` endpoint
+that stores what remote probers push.
 
-When the database is down, nothing is dropped: the writer switches to
-replay, reading the spool from the last confirmed position until it has
-caught up, then returns to the in-memory path. A batch that fails for any
-other reason (the database refuses a row, or asyncpg cannot even encode one:
-an integer out of range, a lone surrogate) is retried row by row; the rows
-that still fail go to a dead-letter file with the reason, the others are
-stored, and the spool position moves past all of them, so one bad row can
-neither block the rest nor be replayed forever.
-
-If the flush task dies anyway (a bug), it is logged and :attr:`BatchWriter.failed`
-says so; :meth:`BatchWriter.wait_failed` lets a supervisor react at once.
+:class:`BatchWriter` is the database's :class:`~routewatch.delivery.spooled.SpooledDelivery`:
+every result is spooled locally first, and a database outage only makes the
+spool grow until it is replayed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import fcntl
-import json
 import logging
-import os
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
 
 import asyncpg
 
+from routewatch.delivery.spooled import Rejected, SpooledDelivery, SpoolInUse
 from routewatch.results.probe_result import COLUMNS, ProbeResult
 from routewatch.storage.connection import Conn
 from routewatch.storage.errors import database_unavailable
 from routewatch.storage.ingest_log import log_batch
-from routewatch.storage.spool import Spool, SpoolFull, SpoolPosition, encode_result, is_disk_full
 from routewatch.storage.tables import PROBE_RESULTS, PROBE_RESULTS_STAGING
+
+__all__ = [
+    "BatchWriter",
+    "DatabaseDestination",
+    "Prepare",
+    "SpoolInUse",
+    "Stored",
+    "insert_batch",
+    "store_results",
+    "store_rows",
+    "write_batch",
+]
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 # Runs on the batch's connection before its rows are written (e.g. creating their partitions).
 Prepare = Callable[[Conn, list[ProbeResult]], Awaitable[None]]
+ACQUIRE_TIMEOUT_S = 10.0
 
 _CREATE_STAGING = (
     f"CREATE TEMP TABLE IF NOT EXISTS {PROBE_RESULTS_STAGING} "
@@ -60,12 +60,6 @@ _INSERT_NEW = (
     f"INSERT INTO {PROBE_RESULTS} ({_COLUMN_LIST}) "
     f"SELECT {_COLUMN_LIST} FROM {PROBE_RESULTS_STAGING} ON CONFLICT DO NOTHING"
 )
-CURSOR_FILE = "confirmed.json"  # last spool position known to be stored
-DEAD_LETTER_FILE = "rejected.jsonl"  # results that could not be stored, one JSON line each with the reason
-
-
-class SpoolInUse(Exception):
-    """Another process writes to the same spool directory."""
 
 
 async def write_batch(conn: Conn, results: Sequence[ProbeResult]) -> int:
@@ -95,42 +89,87 @@ async def insert_batch(conn: Conn, results: Sequence[ProbeResult]) -> int:
     return inserted
 
 
-def _lock_spool(directory: Path) -> IO[str]:
-    """Take the spool directory's lock file, held open (and so locked) until closed.
-
-    :raises SpoolInUse: another process holds the lock.
-    """
-    lock = open(directory / "lock", "a")  # noqa: SIM115 - the open file is the lock, held for the writer's life
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise SpoolInUse(
-            f"{directory} is in use by another routewatch process; give each one its own --data-dir"
-        ) from None
-    return lock
+async def _prepared_write(conn: Conn, results: list[ProbeResult], prepare: Prepare | None) -> int:
+    if prepare is not None:
+        await prepare(conn, results)
+    return await write_batch(conn, results)
 
 
-def _dead_letter_line(result: ProbeResult, reason: str) -> bytes:
-    """One line of the dead-letter file: ASCII JSON, whatever the result holds.
+async def store_rows(
+    conn: Conn, results: list[ProbeResult], count_stored: Callable[[int], None], prepare: Prepare | None = None
+) -> list[Rejected]:
+    """Write ``results`` as one batch, or row by row if the database refuses the batch; return the refused rows.
 
-    The spool's encoding escapes lone surrogates and keeps integers of any
-    size; a result it cannot encode at all is kept as the repr of each field.
+    ``count_stored(n)`` is told of every row newly inserted as it commits.
+    An outage (``errors.database_unavailable``) is raised, whatever was
+    stored before it; rows stored are not doubled when the batch is retried.
     """
     try:
-        row = encode_result(result)
-    except Exception:  # noqa: BLE001 - the line must be written whatever the result holds
-        row = json.dumps({name: repr(getattr(result, name, None)) for name in COLUMNS}).encode("ascii")
-    return b'{"error":' + json.dumps(reason).encode("ascii") + b',"result":' + row + b"}\n"
+        count_stored(await _prepared_write(conn, results, prepare))
+        return []
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise
+        log.warning("a batch of %d results failed (%s: %s); retrying row by row", len(results), type(exc).__name__, exc)
+    rejected: list[Rejected] = []
+    for r in results:
+        try:
+            count_stored(await _prepared_write(conn, [r], prepare))
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise  # the whole batch is retried later; stored rows are not doubled
+            rejected.append((r, f"{type(exc).__name__}: {exc}"))
+    return rejected
 
 
-class BatchWriter:
-    """Spool-backed writer; ``submit`` from probes, one flush task, ``close`` at exit.
+@dataclass
+class Stored:
+    """What :func:`store_results` did with a batch."""
 
-    A supervisor learns that the flush task died, which stops storing while
-    results pile up in the spool, from :attr:`failed` (polling, e.g. for
-    ``/readyz``) or by awaiting :meth:`wait_failed`.
-    """
+    inserted: int = 0  # rows newly stored
+    rejected: list[Rejected] = field(default_factory=list)  # rows the database refused, with the reason
+
+    def count(self, n: int) -> None:
+        """Add ``n`` newly stored rows (a ``count_stored`` callback)."""
+        self.inserted += n
+
+
+async def store_results(pool: asyncpg.Pool, results: list[ProbeResult], prepare: Prepare | None = None) -> Stored:
+    """:func:`store_rows` on a connection of ``pool``; an outage is raised (see ``errors.database_unavailable``)."""
+    stored = Stored()
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+        stored.rejected = await store_rows(conn, results, stored.count, prepare)
+    return stored
+
+
+class DatabaseDestination:
+    """The database as a :class:`~routewatch.delivery.spooled.Destination`."""
+
+    name = "database"
+
+    def __init__(self, pool: asyncpg.Pool, prepare: Prepare | None = None) -> None:
+        """``prepare(conn, results)``, if given, runs before each batch (e.g. creating partitions)."""
+        self._pool = pool
+        self._prepare = prepare
+
+    async def open(self) -> None:
+        """Nothing to open: the pool belongs to the caller."""
+
+    async def close(self) -> None:
+        """Nothing to close: the pool belongs to the caller."""
+
+    def outage(self, exc: BaseException) -> str | None:
+        """The exception's class when it means the database is unavailable (never its text: it may hold the DSN)."""
+        return exc.__class__.__name__ if database_unavailable(exc) else None
+
+    async def deliver(self, results: list[ProbeResult], count_stored: Callable[[int], None]) -> list[Rejected]:
+        """:func:`store_rows` on a pooled connection."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            return await store_rows(conn, results, count_stored, self._prepare)
+
+
+class BatchWriter(SpooledDelivery):
+    """Spool-backed database writer; ``submit`` from probes, one flush task, ``close`` at exit."""
 
     def __init__(
         self,
@@ -144,399 +183,22 @@ class BatchWriter:
         spool_max_bytes: int = 1024**3,
         prepare: Prepare | None = None,
     ) -> None:
-        """``prepare(conn, results)``, if given, runs before each batch (e.g. creating partitions)."""
-        self._pool = pool
-        self._dir = spool_dir
-        self._batch_size = batch_size
-        self._flush_s = flush_s
-        self._memory_limit = memory_limit
-        self._retry_s = retry_s
-        self._prepare = prepare
-        # One thread does all spool I/O, in submission order.
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-        self._spool_max = spool_max_bytes
-        self._spool: Spool | None = None
-        self._memory: deque[tuple[ProbeResult, SpoolPosition | None]] = deque()
-        self._wakeup = asyncio.Event()
-        self._confirmed: SpoolPosition | None = None
-        self._replaying = True  # at start, whatever the spool holds may be unstored
-        self._task: asyncio.Task[None] | None = None
-        self._in_flight: asyncio.Future[None] | None = None  # the batch being stored, see _to_the_end
-        self._failed: BaseException | None = None
-        self._stopped = asyncio.Event()  # the flush task ended: died, or close() stopped it
-        self._lock: IO[str] | None = None
-        # Why appends fail, while they do ("disk full", ...): logged once per episode.
-        self._spool_trouble: str | None = None
-        self._trouble_unspooled = 0
-        self._local_failing: set[str] = set()  # other local files failing now (cursor, fsync, ...)
-        self.written = 0  # rows inserted since start (duplicates excluded)
-        self.failed_flushes = 0
-        self.dropped = 0  # results that could be neither spooled nor stored
-        self.rejected = 0  # results that could not be stored, kept in the dead-letter file
-        self.unspooled = 0  # results the spool could not take, sent from memory only
-        self.database_ok = True
+        """``prepare(conn, results)``, if given, runs before each batch (e.g. creating partitions).
 
-    async def _in_io(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
-
-    async def start(self) -> None:
-        """Open the spool (recovering a torn tail) and start the flush task.
-
-        :raises SpoolInUse: another process holds this spool directory.
+        A local database is retried every ``retry_s`` while it is down: no backoff, it costs nothing.
         """
-        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Two writers appending to one spool would interleave segments; the
-        # lock is released by the kernel when this process exits, however it exits.
-        self._lock = await self._in_io(_lock_spool, self._dir)
-        self._spool = await self._in_io(lambda: Spool(self._dir, max_bytes=self._spool_max))
-        self._confirmed = await self._in_io(self._read_cursor)
-        head = self._spool.head
-        if self._confirmed is not None and self._confirmed > head:
-            # Appends would land before the cursor and never be read back.
-            log.warning(
-                "spool cursor %s is past the spool's end %s (spool files removed or cut?); replaying all of %s",
-                self._confirmed,
-                head,
-                self._dir,
-            )
-            self._confirmed = None
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-writer")
-        self._task.add_done_callback(self._flush_task_done)
-
-    @property
-    def failed(self) -> BaseException | None:
-        """What the flush task died of; None while it runs, or if :meth:`close` stopped it.
-
-        Once set, nothing more is stored: results are still journaled in the
-        spool and stored by the next process that opens it.
-        """
-        return self._failed
-
-    async def wait_failed(self) -> BaseException | None:
-        """Wait until the flush task stops: what it died of, or None if :meth:`close` stopped it."""
-        await self._stopped.wait()
-        return self._failed
-
-    def _flush_task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return  # close() stopped it
-        self._failed = task.exception() or RuntimeError("the flush task returned")
-        self._stopped.set()
-        log.critical(
-            "batch writer stopped by an unexpected %s: %s; results are kept in the spool %s "
-            "but nothing more is stored until routewatch restarts",
-            type(self._failed).__name__,
-            self._failed,
-            self._dir,
-            exc_info=self._failed,
+        super().__init__(
+            DatabaseDestination(pool, prepare),
+            spool_dir,
+            label="batch writer",
+            batch_size=batch_size,
+            flush_s=flush_s,
+            memory_limit=memory_limit,
+            retry_s=retry_s,
+            spool_max_bytes=spool_max_bytes,
         )
 
     @property
-    def backlog(self) -> int:
-        """Results accepted but not yet confirmed stored (exact only while not replaying)."""
-        return len(self._memory)
-
-    @property
-    def spool_bytes(self) -> int:
-        """Bytes the spool holds on disk."""
-        return 0 if self._spool is None else self._spool.bytes
-
-    @property
-    def spool_corrupt_records(self) -> int:
-        """Damaged or undecodable spool records skipped on replay since start."""
-        return 0 if self._spool is None else self._spool.corrupt_records
-
-    async def submit(self, result: ProbeResult) -> None:
-        """Journal ``result``, then queue it for the database.
-
-        Never raises: a result the spool cannot take (full, disk full, not
-        encodable) is still sent to the database from memory, and counted
-        in :attr:`unspooled`.
-        """
-        spool = self._spool
-        assert spool is not None, "start() first"
-        pos: SpoolPosition | None
-        try:
-            pos = await self._in_io(lambda: spool.append([result], sync=False))
-        except Exception as exc:  # noqa: BLE001 - journaling is best effort; the database path remains
-            self._spool_refused(result, exc)
-            pos = None
-        else:
-            self._spool_accepted()
-        if len(self._memory) >= self._memory_limit:
-            if pos is None:
-                self.dropped += 1
-                log.error("result for %s lost: spool and memory both full", result.model)
-            else:
-                self._replaying = True  # it is in the spool; replay will find it
-        else:
-            self._memory.append((result, pos))
-        if len(self._memory) >= self._batch_size:
-            self._wakeup.set()
-
-    def _spool_refused(self, result: ProbeResult, exc: Exception) -> None:
-        """Count a result the spool did not take; log the cause once per episode."""
-        self.unspooled += 1
-        if isinstance(exc, SpoolFull):
-            kind, what = "limit reached", str(exc)
-        elif is_disk_full(exc):
-            kind, what = "disk full", f"disk full at {self._dir} ({exc})"
-        elif isinstance(exc, OSError):
-            kind, what = "write error", f"cannot write to {self._dir} ({exc})"
-        else:
-            # This one result cannot be encoded (a bug where it was made), not an episode.
-            log.error(
-                "spool: cannot journal a result for %s (%s: %s); sending it from memory only",
-                result.model,
-                type(exc).__name__,
-                exc,
-            )
-            return
-        self._trouble_unspooled += 1
-        if kind != self._spool_trouble:
-            self._spool_trouble = kind
-            log.error(
-                "spool: %s; results are sent to the database from memory only, without a journal, "
-                "until the spool takes them again",
-                what,
-            )
-
-    def _spool_accepted(self) -> None:
-        if self._spool_trouble is not None:
-            log.info(
-                "spool: journaling again at %s (%s is over); %d results were sent from memory only meanwhile",
-                self._dir,
-                self._spool_trouble,
-                self._trouble_unspooled,
-            )
-            self._spool_trouble = None
-            self._trouble_unspooled = 0
-
-    def _local_problem(self, what: str, exc: OSError | None) -> None:
-        """Log once when a local file operation starts failing, and once when it works again."""
-        if exc is not None and what not in self._local_failing:
-            self._local_failing.add(what)
-            log.error("spool: %s failing in %s (%s); storing goes on", what, self._dir, exc)
-        elif exc is None and what in self._local_failing:
-            self._local_failing.discard(what)
-            log.info("spool: %s works again in %s", what, self._dir)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                if self._replaying:
-                    await self._replay_step()
-                else:
-                    await self._memory_step()
-                if not self.database_ok:
-                    log.info("database reachable again; writing resumed")
-                self.database_ok = True
-            except Exception as exc:
-                if not database_unavailable(exc):
-                    raise  # a bug: _flush_task_done reports it
-                self._outage(exc)
-                await asyncio.sleep(self._retry_s)
-
-    def _outage(self, exc: BaseException) -> None:
-        self.failed_flushes += 1
-        if self.database_ok:
-            log.warning(
-                "database unavailable (%s); results go to the spool and are replayed later", exc.__class__.__name__
-            )
-        self.database_ok = False
-        self._replaying = True
-
-    async def _memory_step(self) -> None:
-        if len(self._memory) < self._batch_size:
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._flush_s)
-        batch = [self._memory.popleft() for _ in range(min(self._batch_size, len(self._memory)))]
-        if batch:
-            await self._to_the_end(self._store_memory_batch(batch))
-
-    async def _store_memory_batch(self, batch: list[tuple[ProbeResult, SpoolPosition | None]]) -> None:
-        try:
-            await self._in_io(self._sync)
-            await self._store([r for r, _ in batch])
-        except BaseException:
-            # Put them back in order; a replay would also find them in the spool.
-            self._memory.extendleft(reversed(batch))
-            raise
-        positions = [p for _, p in batch if p is not None]
-        if positions:
-            await self._confirm(positions[-1])
-
-    async def _to_the_end(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run one batch's store-and-confirm to its end, even if ``close`` cancels the flush task meanwhile.
-
-        Cancelled half-way, a batch would be stored (or sent to the rejected
-        file) and then stored again by ``close``; instead ``close`` waits for it.
-        """
-        self._in_flight = asyncio.ensure_future(work)
-        await asyncio.shield(self._in_flight)
-
-    async def _replay_step(self) -> None:
-        assert self._spool is not None
-        try:
-            results, pos = await self._in_io(self._spool.read, self._confirmed, self._batch_size)
-        except OSError as exc:
-            # The spool, not the database, is failing: try again shortly.
-            self._local_problem("reading the spool", exc)
-            await asyncio.sleep(self._retry_s)
-            return
-        self._local_problem("reading the spool", None)
-        if results:
-            await self._to_the_end(self._store_replayed(results, pos))
-            return
-        # Caught up: everything spooled so far is stored. Memory entries at or
-        # before the confirmed position are duplicates of what was replayed.
-        confirmed = self._confirmed
-        while (
-            self._memory
-            and self._memory[0][1] is not None
-            and confirmed is not None
-            and self._memory[0][1] <= confirmed
-        ):
-            self._memory.popleft()
-        self._replaying = False
-
-    async def _store_replayed(self, results: list[ProbeResult], pos: SpoolPosition) -> None:
-        await self._store(results)
-        await self._confirm(pos)
-
-    async def _store(self, results: list[ProbeResult]) -> None:
-        async with self._pool.acquire(timeout=10) as conn:
-            try:
-                await self._write(conn, results)
-            except Exception as exc:
-                if database_unavailable(exc):
-                    raise
-                log.warning(
-                    "a batch of %d results failed (%s: %s); retrying row by row", len(results), type(exc).__name__, exc
-                )
-                await self._store_one_by_one(conn, results)
-
-    async def _write(self, conn: Conn, results: list[ProbeResult]) -> None:
-        if self._prepare is not None:
-            await self._prepare(conn, results)
-        self.written += await write_batch(conn, results)
-
-    async def _store_one_by_one(self, conn: Conn, results: list[ProbeResult]) -> None:
-        """Store each result alone; those that fail for their own sake go to the dead-letter file."""
-        rejected: list[tuple[ProbeResult, str]] = []
-        for r in results:
-            try:
-                await self._write(conn, [r])
-            except Exception as exc:
-                if database_unavailable(exc):
-                    raise  # the whole batch is retried later; stored rows are not doubled
-                rejected.append((r, f"{type(exc).__name__}: {exc}"))
-        if rejected:
-            self.rejected += len(rejected)
-            await self._in_io(self._dead_letter, rejected)
-            reasons = sorted({reason for _, reason in rejected})
-            log.error(
-                "could not store %d of %d results; they are kept in %s: %s",
-                len(rejected),
-                len(results),
-                self._dir / DEAD_LETTER_FILE,
-                "; ".join(reasons),
-            )
-
-    def _dead_letter(self, rejected: list[tuple[ProbeResult, str]]) -> None:
-        lines = b"".join(_dead_letter_line(r, reason) for r, reason in rejected)
-        path = self._dir / DEAD_LETTER_FILE
-        try:
-            with open(path, "ab") as fh:
-                fh.write(lines)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            # The spool position moves past these rows all the same (or they
-            # would block every later one), so the log keeps them instead.
-            log.error(
-                "cannot write %s (%s); the results it should hold follow:\n%s",
-                path,
-                exc,
-                lines.decode("ascii").rstrip("\n"),
-            )
-
-    async def _confirm(self, pos: SpoolPosition) -> None:
-        if self._confirmed is None or pos > self._confirmed:
-            self._confirmed = pos
-        assert self._spool is not None
-        await self._in_io(self._confirm_io, self._confirmed)
-
-    def _sync(self) -> None:
-        assert self._spool is not None
-        try:
-            self._spool.sync()
-        except OSError as exc:
-            # The results are on their way to the database anyway.
-            self._local_problem("fsync of the spool", exc)
-        else:
-            self._local_problem("fsync of the spool", None)
-
-    def _confirm_io(self, pos: SpoolPosition) -> None:
-        assert self._spool is not None
-        try:
-            self._spool.confirm(pos)
-            # The cursor only saves replay work after a restart: losing it is safe.
-            tmp = self._dir / (CURSOR_FILE + ".tmp")
-            tmp.write_text(json.dumps(asdict(pos)))
-            tmp.replace(self._dir / CURSOR_FILE)
-        except OSError as exc:
-            self._local_problem("saving the confirmed position", exc)
-        else:
-            self._local_problem("saving the confirmed position", None)
-
-    def _read_cursor(self) -> SpoolPosition | None:
-        try:
-            raw = json.loads((self._dir / CURSOR_FILE).read_text())
-            return SpoolPosition(int(raw["segment"]), int(raw["offset"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    async def close(self, timeout_s: float = 10.0) -> None:
-        """Store what is queued (up to ``timeout_s``), fsync the spool, stop.
-
-        Whatever the database cannot take in time stays in the spool and is
-        replayed at the next start. Does not raise if the flush task had died.
-        """
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            await asyncio.wait([task])  # its exception, if any, went to _flush_task_done
-        if self._in_flight is not None:
-            await asyncio.wait([self._in_flight])  # a batch the cancel caught half-way finishes first
-            if not self._in_flight.cancelled() and self._in_flight.exception() is not None:
-                log.warning(
-                    "the last batch before shutdown was not stored (%s); it stays in the spool",
-                    type(self._in_flight.exception()).__name__,
-                )
-            self._in_flight = None
-        self._stopped.set()
-        deadline = time.monotonic() + timeout_s
-        try:
-            while (self._replaying or self._memory) and time.monotonic() < deadline:
-                if self._replaying:
-                    await asyncio.wait_for(self._replay_step(), max(0.1, deadline - time.monotonic()))
-                else:
-                    self._wakeup.set()
-                    await asyncio.wait_for(self._memory_step(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - close() never raises: any failure is logged, the spool keeps the rest
-            if database_unavailable(exc):
-                log.warning("database unavailable at shutdown (%s)", exc.__class__.__name__)
-            else:
-                log.error("could not store the queued results at shutdown (%s: %s)", type(exc).__name__, exc)
-        if self._spool is not None:
-            pending = await self._in_io(self._spool.pending_records, self._confirmed)
-            if pending:
-                log.warning(
-                    "%d probe results kept in the spool (%s); they are stored at the next start", pending, self._dir
-                )
-            await self._in_io(self._spool.close)
-        self._io.shutdown(wait=True)
-        if self._lock is not None:
-            self._lock.close()
+    def database_ok(self) -> bool:
+        """The writer's last attempt reached the database."""
+        return self.destination_ok

@@ -1,9 +1,11 @@
-"""The local append-only spool: probe results on disk until the database has them.
+"""The local append-only spool: probe results on disk until their destination has them.
 
-Every completed result is appended here before it is sent to the database;
-the writer confirms positions once they are stored, and after a crash or an
-outage everything not yet confirmed is read back in order. Replays may repeat
-results (inserts are idempotent by UUID) but must never drop one.
+Every completed result is appended here before it is sent on (to the
+database, or to a central routewatch over HTTPS); the delivery loop
+(``routewatch/delivery/spooled.py``) confirms positions once they are stored,
+and after a crash or an outage everything not yet confirmed is read back in
+order. Replays may repeat results (every destination stores by probe id, so a
+repeat is skipped) but must never drop one.
 
 Layout: a directory of segment files ``00000001.spool``, ``00000002.spool``, ...
 appended in order. A segment holds whole records, each
@@ -21,7 +23,7 @@ a WARNING naming the file and offset, and skipped. After a corrupt record the
 reader resyncs on the next intact one (magic, then a length and CRC that
 verify), so damage costs the records it touches, not the rest of the segment.
 
-Threading: :class:`Spool` does no locking. The writer runs every call on one
+Threading: :class:`Spool` does no locking. The delivery loop runs every call on one
 dedicated worker thread, and one process owns a spool directory at a time.
 """
 
@@ -329,7 +331,7 @@ class Spool:
             self._recover(next(reversed(self._sizes)))
         else:
             # The current segment exists even when empty so that numbering
-            # never restarts: the writer keeps positions across restarts.
+            # never restarts: the delivery loop keeps positions across restarts.
             self._create(1)
             self.sync()
         self._check_level()
@@ -608,7 +610,7 @@ class Spool:
         step = int((used - level) // (WARN_STEP_FRACTION * self._max_bytes))
         if self._warned_step is None or step > self._warned_step:
             log.warning(
-                "SPOOL %.0f%% FULL: %d of %d bytes in %s; the database is not keeping up, "
+                "SPOOL %.0f%% FULL: %d of %d bytes in %s; its destination is not keeping up, "
                 "and at the limit new results are refused",
                 100 * used / self._max_bytes,
                 used,
