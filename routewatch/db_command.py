@@ -15,8 +15,8 @@ from pathlib import Path
 import asyncpg
 
 from routewatch.config.settings import Settings
+from routewatch.parts import embedded_postgres
 from routewatch.postgres.local_server import LocalPostgres
-from routewatch.runner import embedded_postgres
 from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.migrate import migrate
 from routewatch.storage.spool import Spool, SpoolPosition
