@@ -398,24 +398,24 @@ class PhasedSchedule:
             raise RuntimeError("the probe schedule has stopped")
         self.ownership = ownership
         now = self.clock.now_us()
-        live = {shard for shard, tenure in ownership.tenures.items() if tenure.end_us > now}
+        live = {shard: spans for shard, spans in ownership.tenures.items() if any(t.end_us > now for t in spans)}
         for key in [k for k in self._jobs if self._entries[k].shard not in live]:
             self._scheduler.remove_job(key)
             self._jobs.discard(key)
-        for shard in sorted(live & self._by_shard.keys()):
-            tenure = ownership.tenures[shard]
+        for shard in sorted(live.keys() & self._by_shard.keys()):
             for key in self._by_shard[shard]:
                 if key not in self._jobs:
-                    self._add_job(self._entries[key], tenure, now)
+                    self._add_job(self._entries[key], live[shard], now)
 
-    def _add_job(self, entry: _Slotted, tenure: Tenure, now: int) -> None:
+    def _add_job(self, entry: _Slotted, spans: Sequence[Tenure], now: int) -> None:
         latest = slot_at_or_before(now, entry.phase, self._interval)
         due = slot_time(latest, entry.phase, self._interval)
-        recent = tenure.start_us > now - self._interval
-        if recent and tenure.covers(due) and (entry.last is None or latest > entry.last):
+        recent = any(t.start_us > now - self._interval and t.covers(due) for t in spans)
+        if recent and (entry.last is None or latest > entry.last):
             first = datetime.now(UTC)  # its slot has just passed: probe it now
         else:
-            first = self.clock.to_local(first_slot_from(max(now + 1, tenure.start_us), entry.phase, self._interval))
+            start = min(t.start_us for t in spans if t.end_us > now)
+            first = self.clock.to_local(first_slot_from(max(now + 1, start), entry.phase, self._interval))
         key = entry.series.key
         self._scheduler.add_job(
             self._fire,

@@ -90,27 +90,27 @@ class Tenure:
 class Ownership:
     """Which slots this process may probe now.
 
-    ``tenures``: per shard, the slots it owns (on the shared clock). A shard
-    missing is not owned. ``deadline``: a ``time.monotonic()`` value after
+    ``tenures``: per shard, the spans of slots it owns (on the shared clock),
+    in time order; more than one when a shard given away comes back before
+    the hand-over point. A shard missing is not owned. ``deadline``: a ``time.monotonic()`` value after
     which nothing is owned, whatever the tenures say: the end of leases that
     could not be renewed, kept on this machine's monotonic clock so that a
     stepped or skewed wall clock cannot stretch it. None: no deadline.
     """
 
-    tenures: Mapping[int, Tenure] = field(default_factory=dict)
+    tenures: Mapping[int, tuple[Tenure, ...]] = field(default_factory=dict)
     deadline: float | None = None
 
     @classmethod
     def everything(cls, shards: Iterable[int]) -> Ownership:
         """Every slot of every shard, for ever: a process probing on its own."""
-        return cls({shard: Tenure(-FOREVER_US) for shard in shards})
+        return cls({shard: (Tenure(-FOREVER_US),) for shard in shards})
 
     def owns(self, shard: int, slot_us: int, mono: float) -> bool:
         """Whether the slot of ``shard`` due at ``slot_us`` is this process's to probe at monotonic time ``mono``."""
         if self.deadline is not None and mono >= self.deadline:
             return False
-        tenure = self.tenures.get(shard)
-        return tenure is not None and tenure.covers(slot_us)
+        return any(tenure.covers(slot_us) for tenure in self.tenures.get(shard, ()))
 
 
 class SharedClock:

@@ -60,7 +60,7 @@ class ShardCoordinator:
         self.member = uuid.uuid4().hex
         self._host = socket.gethostname()
         self._pid = os.getpid()
-        self._tenures: dict[int, Tenure] = {}
+        self._tenures: dict[int, tuple[Tenure, ...]] = {}
         self._deadline: float | None = None
         self._readings: deque[tuple[int, int]] = deque(maxlen=OFFSET_READINGS)  # (round trip ns, offset µs)
         self._failing = False
@@ -104,12 +104,22 @@ class ShardCoordinator:
         self._deadline = started + (beat.expires_at - beat.now).total_seconds()
         now = to_us(beat.now)
         held = {lease.shard: Tenure(to_us(lease.owned_from), to_us(lease.until)) for lease in beat.leases}
-        # A shard handed over stays ours up to its hand-over point.
-        for shard, tenure in self._tenures.items():
-            if shard not in held and tenure.end_us > now:
-                held[shard] = tenure
-        self._tenures = held
-        self._schedule.apply(Ownership(held, self._deadline))
+        tenures: dict[int, tuple[Tenure, ...]] = {}
+        for shard in held.keys() | self._tenures.keys():
+            # A shard handed over stays ours up to its hand-over point, even if it has come
+            # back since (from a later point): a lease renewed keeps its start and replaces its span.
+            lease = held.get(shard)
+            spans = [
+                t
+                for t in self._tenures.get(shard, ())
+                if t.end_us > now and (lease is None or t.start_us != lease.start_us)
+            ]
+            if lease is not None:
+                spans.append(lease)
+            if spans:
+                tenures[shard] = tuple(sorted(spans, key=lambda t: t.start_us))
+        self._tenures = tenures
+        self._schedule.apply(Ownership(tenures, self._deadline))
         before, self.last = self.last, beat
         if (
             before is None
@@ -180,7 +190,10 @@ class ShardCoordinator:
             )
             self._schedule.apply(Ownership())
             return
-        self._tenures = {s: Tenure(t.start_us, min(t.end_us, point)) for s, t in self._tenures.items()}
+        self._tenures = {
+            shard: tuple(Tenure(t.start_us, min(t.end_us, point)) for t in spans if t.start_us < point)
+            for shard, spans in self._tenures.items()
+        }
         self._schedule.apply(Ownership(self._tenures, self._deadline))
         wait = (point - self._schedule.clock.now_us()) / 1e6
         if self._deadline is not None:

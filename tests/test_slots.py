@@ -102,13 +102,16 @@ def test_times_convert_to_microseconds_exactly() -> None:
 
 
 def test_ownership_needs_a_tenure_and_the_deadline_not_passed() -> None:
-    owned = Ownership({3: Tenure(10 * SEC, 20 * SEC)}, deadline=100.0)
+    owned = Ownership({3: (Tenure(10 * SEC, 20 * SEC),)}, deadline=100.0)
     assert owned.owns(3, 10 * SEC, 99.0)
     assert not owned.owns(3, 20 * SEC, 99.0)  # the end is the next owner's
     assert not owned.owns(3, 9 * SEC, 99.0)
     assert not owned.owns(4, 15 * SEC, 99.0)
     assert not owned.owns(3, 15 * SEC, 100.0)  # leases not renewed in time: nothing is owned
     assert Ownership.everything(range(SHARDS)).owns(127, -(10**15), 1e12)
+    # Given away at 20 s, back from 40 s: the slots between are another's.
+    back = Ownership({3: (Tenure(10 * SEC, 20 * SEC), Tenure(40 * SEC, 50 * SEC))}, deadline=100.0)
+    assert [back.owns(3, t * SEC, 0.0) for t in (15, 20, 39, 40, 49, 50)] == [True, False, False, True, True, False]
 
 
 @pytest.fixture
@@ -135,8 +138,8 @@ async def test_a_hand_over_point_gives_every_slot_to_exactly_one_process(
     interval = 2 * SEC
     a, b = make_schedule(keys, 2.0), make_schedule(keys, 2.0)
     handover = 1_700_000_000 * SEC + 777_777
-    a.apply(Ownership({s: Tenure(0, handover) for s in range(SHARDS)}, deadline=1e12))
-    b.apply(Ownership({s: Tenure(handover) for s in range(SHARDS)}, deadline=1e12))
+    a.apply(Ownership({s: (Tenure(0, handover),) for s in range(SHARDS)}, deadline=1e12))
+    b.apply(Ownership({s: (Tenure(handover),) for s in range(SHARDS)}, deadline=1e12))
     start = handover - 5 * interval
     for s in keys:
         phase = phase_us(s.key, interval)
@@ -161,7 +164,7 @@ async def test_a_hand_over_point_gives_every_slot_to_exactly_one_process(
 async def test_a_slot_is_not_taken_after_the_deadline_nor_twice(make_schedule: Callable[..., PhasedSchedule]) -> None:
     keys = series(1)
     schedule = make_schedule(keys, 2.0)
-    schedule.apply(Ownership({s: Tenure(0) for s in range(SHARDS)}, deadline=50.0))
+    schedule.apply(Ownership({s: (Tenure(0),) for s in range(SHARDS)}, deadline=50.0))
     key = keys[0].key
     now = 1_700_000_000 * SEC
     assert schedule.take_slot(key, now, 49.0) is not None
@@ -199,7 +202,7 @@ async def test_jobs_exist_for_owned_shards_only_and_start_at_the_first_owned_slo
     interval = 10 * SEC
     now = schedule.clock.now_us()
     later = now + 25 * SEC
-    held = {0: Tenure(now - 3600 * SEC), 1: Tenure(later)}
+    held = {0: (Tenure(now - 3600 * SEC),), 1: (Tenure(later),)}
     schedule.apply(Ownership(held, deadline=1e12))
     jobs = {job.id: job for job in schedule._scheduler.get_jobs()}
     expected = {s.key for s in keys if shard_of(s.key, SHARDS) in held}
@@ -216,7 +219,7 @@ async def test_jobs_exist_for_owned_shards_only_and_start_at_the_first_owned_slo
     # the slots that fell between the grant and now (one each at most), and only those.
     granted = schedule.clock.now_us() - 2 * SEC
     before = schedule.clock.now_us()
-    schedule.apply(Ownership({1: Tenure(later), 2: Tenure(granted)}, deadline=1e12))
+    schedule.apply(Ownership({1: (Tenure(later),), 2: (Tenure(granted),)}, deadline=1e12))
     after = schedule.clock.now_us()
     jobs = {job.id: job for job in schedule._scheduler.get_jobs()}
     assert {shard_of(k, SHARDS) for k in jobs} == {1, 2}
