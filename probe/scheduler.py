@@ -20,12 +20,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -293,6 +294,10 @@ class ProbeSchedule:
         await stop(self._scheduler, self._prober, limit_s)  # the module's stop(), below
 
 
+# Jobs a PhasedSchedule adds or removes between two turns of the event loop: about 10 ms of APScheduler's work.
+JOBS_PER_TURN = 200
+
+
 class SlotTrigger(BaseTrigger):
     """Fires at one series' slots on the shared clock: exact times, no jitter, no drift."""
 
@@ -360,6 +365,7 @@ class PhasedSchedule:
         for key, entry in self._entries.items():
             self._by_shard.setdefault(entry.shard, []).append(key)
         self._jobs: set[str] = set()
+        self._applying = asyncio.Lock()
         self.clock = clock or SharedClock()
         self.ownership = Ownership()
         self.stopped = False
@@ -384,28 +390,52 @@ class PhasedSchedule:
         """The shard of the series ``key``."""
         return self._entries[key].shard
 
-    def apply(self, ownership: Ownership) -> None:
+    async def apply(self, ownership: Ownership) -> None:
         """Probe the slots ``ownership`` gives, from now on.
 
-        Synchronous, so no job sees half of it. Series of newly owned shards
-        get a job whose first run is their first owned slot. A tenure that
-        began less than an interval ago was granted a moment before this
-        process heard of it: a series whose slot fell in between is probed at
-        once, the only catching up there is. Jobs of shards whose tenure has
-        ended are removed.
+        The ownership is swapped in at once: from then on every job asks the
+        new one. Series of newly owned shards get a job whose first run is
+        their first owned slot. A tenure that began less than an interval ago
+        was granted a moment before this process heard of it: a series whose
+        slot fell in between is probed at once, the only catching up there is.
+        Jobs of shards whose tenure has ended are removed. Adding or removing
+        thousands of jobs takes APScheduler tenths of a second, so it is done
+        :data:`JOBS_PER_TURN` at a time, letting probes in flight read their
+        streams in between (a stalled loop would spoil their timings).
         """
-        if self.stopped:
-            raise RuntimeError("the probe schedule has stopped")
-        self.ownership = ownership
-        now = self.clock.now_us()
-        live = {shard: spans for shard, spans in ownership.tenures.items() if any(t.end_us > now for t in spans)}
-        for key in [k for k in self._jobs if self._entries[k].shard not in live]:
-            self._scheduler.remove_job(key)
-            self._jobs.discard(key)
-        for shard in sorted(live.keys() & self._by_shard.keys()):
-            for key in self._by_shard[shard]:
-                if key not in self._jobs:
-                    self._add_job(self._entries[key], live[shard], now)
+        async with self._applying:
+            if self.stopped:
+                raise RuntimeError("the probe schedule has stopped")
+            self.ownership = ownership
+            now = self.clock.now_us()
+            live = {shard for shard, spans in ownership.tenures.items() if any(t.end_us > now for t in spans)}
+            gone = [(k, True) for k in self._jobs if self._entries[k].shard not in live]
+            new = [(k, False) for shard in sorted(live & self._by_shard.keys()) for k in self._by_shard[shard]]
+            work = gone + new
+            for at in range(0, len(work), JOBS_PER_TURN):
+                if at:
+                    await asyncio.sleep(0)
+                with self._quiet():
+                    for key, ended in work[at : at + JOBS_PER_TURN]:
+                        if ended:
+                            self._scheduler.remove_job(key)
+                            self._jobs.discard(key)
+                        elif key not in self._jobs:
+                            entry = self._entries[key]
+                            self._add_job(entry, self.ownership.tenures[entry.shard], self.clock.now_us())
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Keep a running scheduler from waking up once per job added or removed (it would
+        recompute its next wake-up for every one); it wakes up once at the end instead."""
+        running = self._scheduler.state == STATE_RUNNING
+        if running:
+            self._scheduler.pause()
+        try:
+            yield
+        finally:
+            if running and self._scheduler.state == STATE_PAUSED:
+                self._scheduler.resume()
 
     def _add_job(self, entry: _Slotted, spans: Sequence[Tenure], now: int) -> None:
         latest = slot_at_or_before(now, entry.phase, self._interval)

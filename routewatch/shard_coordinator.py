@@ -84,7 +84,7 @@ class ShardCoordinator:
         async with asyncio.timeout(BEAT_TIMEOUT_S), self._pool.acquire() as conn:
             await self._read_clock(conn)
             beat = await shard_leases.beat(conn, self.region, self.member, self._host, self._pid)
-        self._take(beat, started)
+        await self._take(beat, started)
         return beat
 
     async def _read_clock(self, conn: Conn) -> None:
@@ -99,7 +99,7 @@ class ShardCoordinator:
                 log.info("the database's clock is %+.3f s from this machine's", offset / 1e6)
             clock.offset_us = offset
 
-    def _take(self, beat: shard_leases.Beat, started: float) -> None:
+    async def _take(self, beat: shard_leases.Beat, started: float) -> None:
         # The leases end TTL after the transaction's now(), which came after `started`.
         self._deadline = started + (beat.expires_at - beat.now).total_seconds()
         now = to_us(beat.now)
@@ -119,7 +119,7 @@ class ShardCoordinator:
             if spans:
                 tenures[shard] = tuple(sorted(spans, key=lambda t: t.start_us))
         self._tenures = tenures
-        self._schedule.apply(Ownership(tenures, self._deadline))
+        await self._schedule.apply(Ownership(tenures, self._deadline))
         before, self.last = self.last, beat
         if (
             before is None
@@ -188,13 +188,13 @@ class ShardCoordinator:
                 exc,
                 shard_leases.TAKEOVER_S,
             )
-            self._schedule.apply(Ownership())
+            await self._schedule.apply(Ownership())
             return
         self._tenures = {
             shard: tuple(Tenure(t.start_us, min(t.end_us, point)) for t in spans if t.start_us < point)
             for shard, spans in self._tenures.items()
         }
-        self._schedule.apply(Ownership(self._tenures, self._deadline))
+        await self._schedule.apply(Ownership(self._tenures, self._deadline))
         wait = (point - self._schedule.clock.now_us()) / 1e6
         if self._deadline is not None:
             wait = min(wait, self._deadline - time.monotonic())

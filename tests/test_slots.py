@@ -138,8 +138,8 @@ async def test_a_hand_over_point_gives_every_slot_to_exactly_one_process(
     interval = 2 * SEC
     a, b = make_schedule(keys, 2.0), make_schedule(keys, 2.0)
     handover = 1_700_000_000 * SEC + 777_777
-    a.apply(Ownership({s: (Tenure(0, handover),) for s in range(SHARDS)}, deadline=1e12))
-    b.apply(Ownership({s: (Tenure(handover),) for s in range(SHARDS)}, deadline=1e12))
+    await a.apply(Ownership({s: (Tenure(0, handover),) for s in range(SHARDS)}, deadline=1e12))
+    await b.apply(Ownership({s: (Tenure(handover),) for s in range(SHARDS)}, deadline=1e12))
     start = handover - 5 * interval
     for s in keys:
         phase = phase_us(s.key, interval)
@@ -164,7 +164,7 @@ async def test_a_hand_over_point_gives_every_slot_to_exactly_one_process(
 async def test_a_slot_is_not_taken_after_the_deadline_nor_twice(make_schedule: Callable[..., PhasedSchedule]) -> None:
     keys = series(1)
     schedule = make_schedule(keys, 2.0)
-    schedule.apply(Ownership({s: (Tenure(0),) for s in range(SHARDS)}, deadline=50.0))
+    await schedule.apply(Ownership({s: (Tenure(0),) for s in range(SHARDS)}, deadline=50.0))
     key = keys[0].key
     now = 1_700_000_000 * SEC
     assert schedule.take_slot(key, now, 49.0) is not None
@@ -203,7 +203,7 @@ async def test_jobs_exist_for_owned_shards_only_and_start_at_the_first_owned_slo
     now = schedule.clock.now_us()
     later = now + 25 * SEC
     held = {0: (Tenure(now - 3600 * SEC),), 1: (Tenure(later),)}
-    schedule.apply(Ownership(held, deadline=1e12))
+    await schedule.apply(Ownership(held, deadline=1e12))
     jobs = {job.id: job for job in schedule._scheduler.get_jobs()}
     expected = {s.key for s in keys if shard_of(s.key, SHARDS) in held}
     assert set(jobs) == expected and schedule.scheduled == len(expected)
@@ -219,7 +219,7 @@ async def test_jobs_exist_for_owned_shards_only_and_start_at_the_first_owned_slo
     # the slots that fell between the grant and now (one each at most), and only those.
     granted = schedule.clock.now_us() - 2 * SEC
     before = schedule.clock.now_us()
-    schedule.apply(Ownership({1: (Tenure(later),), 2: (Tenure(granted),)}, deadline=1e12))
+    await schedule.apply(Ownership({1: (Tenure(later),), 2: (Tenure(granted),)}, deadline=1e12))
     after = schedule.clock.now_us()
     jobs = {job.id: job for job in schedule._scheduler.get_jobs()}
     assert {shard_of(k, SHARDS) for k in jobs} == {1, 2}
