@@ -119,7 +119,7 @@ async def _probe(opts: ProbeOptions, database: Database, series: list[Series], r
         parts = await start_prober(stack, supervisor, pool, opts.spool_dir, config, partitions, report.mode)
         prober, writer, lag = parts.prober, parts.writer, parts.lag
         schedule = await stack.start("scheduler", _phased_schedule(config, series, prober))
-        coordinator = ShardCoordinator(pool, config.region, schedule)
+        coordinator = ShardCoordinator(database.dsn, config.region, schedule, dsn_secrets(database.dsn))
         try:
             await stack.start("shard leases", holding_shards(coordinator, supervisor))
         except DATABASE_ERRORS as exc:

@@ -26,11 +26,12 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
 
+from routewatch.probe.redact import redact
 from routewatch.probe.scheduler import PhasedSchedule
 from routewatch.probe.slots import Ownership, Tenure, to_us
 from routewatch.storage import shard_leases
@@ -53,8 +54,11 @@ OFFSET_SLACK_US = 20_000
 class ShardCoordinator:
     """Joins the region's prober group, beats every ``HEARTBEAT_S``, leaves on a clean stop."""
 
-    def __init__(self, pool: asyncpg.Pool, region: str, schedule: PhasedSchedule) -> None:
-        self._pool = pool
+    def __init__(self, dsn: str, region: str, schedule: PhasedSchedule, secrets: Sequence[str] = ()) -> None:
+        """``secrets`` (the database URL and password) are masked in what is logged."""
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+        self._secrets = list(secrets)
         self.region = region
         self._schedule = schedule
         self.member = uuid.uuid4().hex
@@ -74,18 +78,62 @@ class ShardCoordinator:
 
     async def join(self) -> shard_leases.Beat:
         """Register in the group and take a first share; raises what the database raises."""
-        async with asyncio.timeout(BEAT_TIMEOUT_S * 2), self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await shard_leases.join(conn, self.region)
         return await self.beat()
 
     async def beat(self) -> shard_leases.Beat:
         """One heartbeat; the schedule is told what it holds now. Raises what the database raises."""
         started = time.monotonic()
-        async with asyncio.timeout(BEAT_TIMEOUT_S), self._pool.acquire() as conn:
+        async with self._connection() as conn:
             await self._read_clock(conn)
             beat = await shard_leases.beat(conn, self.region, self.member, self._host, self._pid)
         await self._take(beat, started)
         return beat
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """The heartbeats' own connection, for at most ``BEAT_TIMEOUT_S``.
+
+        Its own, so that heartbeats never queue behind the writer for a pooled
+        one. Past the time limit it is closed at once (what waits on it fails
+        then, rather than when TCP gives up on a partitioned server) and a new
+        one is made next time. The server ends a transaction left idle for as
+        long (``idle_in_transaction_session_timeout``), so a heartbeat cut off
+        mid-way cannot keep lease rows locked from the other members.
+        """
+        if self._conn is None or self._conn.is_closed():
+            limit_ms = str(int(BEAT_TIMEOUT_S * 1000))
+            self._conn = await asyncpg.connect(
+                self._dsn,
+                timeout=BEAT_TIMEOUT_S,
+                server_settings={"idle_in_transaction_session_timeout": limit_ms, "statement_timeout": limit_ms},
+            )
+        conn = self._conn
+        late = asyncio.Event()
+
+        def cut() -> None:
+            late.set()
+            conn.terminate()
+
+        timer = asyncio.get_running_loop().call_later(BEAT_TIMEOUT_S, cut)
+        try:
+            yield conn
+        except BaseException:
+            conn.terminate()  # in whatever state it was left: start afresh next time
+            if late.is_set():
+                raise TimeoutError(f"no answer from the database within {BEAT_TIMEOUT_S:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+        if late.is_set():  # cut as the last statement returned: its answer may be lost
+            raise TimeoutError(f"no answer from the database within {BEAT_TIMEOUT_S:g} s")
+
+    async def close(self) -> None:
+        """Close the heartbeats' connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
 
     async def _read_clock(self, conn: Conn) -> None:
         before = time.time_ns()
@@ -151,9 +199,8 @@ class ShardCoordinator:
                 if not self._failing:
                     left = max(0.0, (self._deadline or 0.0) - time.monotonic())
                     log.warning(
-                        "cannot renew the shard leases (%s: %s); probing stops in %.1f s unless a heartbeat succeeds",
-                        exc.__class__.__name__,
-                        exc,
+                        "cannot renew the shard leases (%s); probing stops in %.1f s unless a heartbeat succeeds",
+                        self._describe(exc),
                         left,
                     )
                 self._failing = True
@@ -161,6 +208,9 @@ class ShardCoordinator:
                 if self._failing:
                     log.info("shard leases renewed again")
                 self._failing = False
+
+    def _describe(self, exc: BaseException) -> str:
+        return redact(f"{exc.__class__.__name__}: {exc}", self._secrets)
 
     def _period(self) -> float:
         """The time to the next heartbeat: up to a quarter shorter than ``HEARTBEAT_S``, at random.
@@ -179,13 +229,12 @@ class ShardCoordinator:
         take the shards over when the leases expire.
         """
         try:
-            async with asyncio.timeout(BEAT_TIMEOUT_S), self._pool.acquire() as conn:
+            async with self._connection() as conn:
                 point = to_us(await shard_leases.leave(conn, self.region, self.member))
         except DATABASE_ERRORS as exc:  # TimeoutError too: an OSError
             log.warning(
-                "could not hand the shards over (%s: %s); the other probers take them over within %g s",
-                exc.__class__.__name__,
-                exc,
+                "could not hand the shards over (%s); the other probers take them over within %g s",
+                self._describe(exc),
                 shard_leases.TAKEOVER_S,
             )
             await self._schedule.apply(Ownership())
@@ -206,9 +255,12 @@ class ShardCoordinator:
 @asynccontextmanager
 async def holding_shards(coordinator: ShardCoordinator, supervisor: Supervisor) -> AsyncIterator[ShardCoordinator]:
     """Join (a first share at once), beat while open (watched as "shard leases"), leave at exit."""
-    await coordinator.join()
     try:
-        async with supervisor.running("shard leases", coordinator.run):
-            yield coordinator
+        await coordinator.join()
+        try:
+            async with supervisor.running("shard leases", coordinator.run):
+                yield coordinator
+        finally:
+            await coordinator.leave()
     finally:
-        await coordinator.leave()
+        await coordinator.close()

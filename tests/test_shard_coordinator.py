@@ -1,12 +1,15 @@
 """A prober process's shard leases turned into owned slots: two coordinators on the real database, each
-telling its own phased schedule (on a scheduler never started) what it owns, through hand-overs both ways."""
+telling its own phased schedule (on a scheduler never started) what it owns, through hand-overs both ways
+and a partition of one of them from the database (a relay on loopback that stops relaying)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -16,6 +19,7 @@ from routewatch.probe.scheduler import PhasedSchedule, Prober, Series, new_sessi
 from routewatch.probe.slots import Tenure
 from routewatch.probe.target import Canary, Target
 from routewatch.shard_coordinator import ShardCoordinator
+from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.migrate import migrate
 from routewatch.storage.shard_leases import SHARDS
 
@@ -25,23 +29,37 @@ SEC = 1_000_000
 
 
 @pytest.fixture
-async def setup(db_dsn: str) -> AsyncIterator[tuple[asyncpg.Pool, aiohttp.ClientSession]]:
-    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
+async def coordinator(db_dsn: str) -> AsyncIterator[Callable[[str], ShardCoordinator]]:
+    """Makes coordinators (on the migrated test database, or another URL to it), closed afterwards."""
+    async with connected(db_dsn) as conn:
         await migrate(conn)
     session = new_session(4)
-    yield pool, session
+    made: list[ShardCoordinator] = []
+
+    def make(dsn: str = db_dsn) -> ShardCoordinator:
+        series = [
+            Series(
+                Target("sim", "http://127.0.0.1:9/v1", f"m{i}"), Canary("p", [{"role": "user", "content": "x"}], 8, 1)
+            )
+            for i in range(300)
+        ]
+        prober = Prober(session, TimeoutsConfig(), "eu", 4)
+        made.append(ShardCoordinator(dsn, "eu", PhasedSchedule(AsyncIOScheduler(), prober, series, 2.0, SHARDS)))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
     await session.close()
-    await pool.close()
 
 
-def coordinator(pool: asyncpg.Pool, session: aiohttp.ClientSession) -> ShardCoordinator:
-    series = [
-        Series(Target("sim", "http://127.0.0.1:9/v1", f"m{i}"), Canary("p", [{"role": "user", "content": "x"}], 8, 1))
-        for i in range(300)
-    ]
-    prober = Prober(session, TimeoutsConfig(), "eu", 4)
-    return ShardCoordinator(pool, "eu", PhasedSchedule(AsyncIOScheduler(), prober, series, 2.0, SHARDS))
+@asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def spans(c: ShardCoordinator) -> dict[int, tuple[Tenure, ...]]:
@@ -67,10 +85,9 @@ def assert_partition(a: ShardCoordinator, b: ShardCoordinator, start: int, end: 
 
 
 async def test_shards_go_and_come_back_with_every_slot_owned_once(
-    setup: tuple[asyncpg.Pool, aiohttp.ClientSession],
+    coordinator: Callable[..., ShardCoordinator],
 ) -> None:
-    pool, session = setup
-    a, b = coordinator(pool, session), coordinator(pool, session)
+    a, b = coordinator(), coordinator()
     await a.join()
     assert len(spans(a)) == SHARDS
     t0 = a._schedule.clock.now_us()
@@ -96,3 +113,97 @@ async def test_shards_go_and_come_back_with_every_slot_owned_once(
     assert len(second_point) == 1 and second_point.pop() > point
     await leaving
     assert_partition(a, b, t0, max(t.start_us for two in back.values() for t in two) + SEC)
+
+
+class Partition:
+    """A TCP relay to the database on loopback that can stop relaying (a partition: no reset,
+    no answer, the connections left open) and start again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._open = asyncio.Event()
+        self._open.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    def heal(self) -> None:
+        self._open.set()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    await self._open.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        pumps = [asyncio.create_task(pump(reader, up_writer)), asyncio.create_task(pump(up_reader, writer))]
+        self._tasks.update(pumps)
+        await asyncio.gather(*pumps)
+
+    async def close(self) -> None:
+        self.heal()
+        if self.server is not None:
+            self.server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_a_member_cut_off_stops_probing_before_another_takes_its_shards(
+    coordinator: Callable[..., ShardCoordinator], db_dsn: str
+) -> None:
+    parts = urlsplit(db_dsn)
+    partition = Partition(parts.hostname or "127.0.0.1", parts.port or 5432)
+    port = await partition.start()
+    relayed = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{port}"))
+    try:
+        a, b = coordinator(relayed), coordinator()
+        await a.join()
+        await b.join()
+        for member in (a, b, a, b):  # even shares
+            await member.beat()
+        held_by_a = {lease.shard for lease in a.last.leases} if a.last else set()
+        assert len(held_by_a) == SHARDS // 2
+        partition.cut()
+        with pytest.raises(TimeoutError):
+            await a.beat()  # its deadline stands: the end of the lease it renewed last
+        while True:  # b takes a's shards once a's leases have run out in the database
+            await b.beat()
+            if b.last and held_by_a <= {lease.shard for lease in b.last.leases}:
+                break
+            await asyncio.sleep(0.2)
+        taken_at = time.monotonic()
+        now_us = b._schedule.clock.now_us()
+        for shard in held_by_a:
+            assert not a._schedule.ownership.owns(shard, now_us, taken_at), shard  # a had stopped already
+            assert b._schedule.ownership.owns(shard, now_us + 2 * SEC, taken_at)
+        # a's deadline passed no later than its leases ended in the database, before b's claim
+        deadline = a._schedule.ownership.deadline
+        assert deadline is not None and deadline <= taken_at
+        partition.heal()
+        for _ in range(20):  # a rejoins when it can reach the database again: nothing renewed, a fresh share
+            try:
+                await a.beat()
+            except (TimeoutError, *DATABASE_ERRORS):
+                await asyncio.sleep(0.2)
+                continue
+            break
+        for member in (b, a, b, a):
+            await member.beat()
+        assert a.last is not None and len(a.last.leases) == SHARDS // 2
+    finally:
+        await partition.close()
