@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -29,10 +28,9 @@ SEC = 1_000_000
 
 
 @pytest.fixture
-async def coordinator(db_dsn: str) -> AsyncIterator[Callable[[str], ShardCoordinator]]:
+async def coordinator(db_dsn: str, conn: asyncpg.Connection) -> AsyncIterator[Callable[[str], ShardCoordinator]]:
     """Makes coordinators (on the migrated test database, or another URL to it), closed afterwards."""
-    async with connected(db_dsn) as conn:
-        await migrate(conn)
+    await migrate(conn)
     session = new_session(4)
     made: list[ShardCoordinator] = []
 
@@ -51,15 +49,6 @@ async def coordinator(db_dsn: str) -> AsyncIterator[Callable[[str], ShardCoordin
     for c in made:
         await c.close()
     await session.close()
-
-
-@asynccontextmanager
-async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def spans(c: ShardCoordinator) -> dict[int, tuple[Tenure, ...]]:
