@@ -49,6 +49,9 @@ BEAT_TIMEOUT_S = shard_leases.LEASE_TTL_S / 2
 # moves by more than the slack, so that network noise does not shift slots.
 OFFSET_READINGS = 30
 OFFSET_SLACK_US = 20_000
+# How far the shared clock may be off the database's (half a round trip, plus the slack above),
+# with room to spare: what is decided from the shared clock alone keeps this margin.
+CLOCK_DOUBT_S = 1.0
 
 
 class ShardCoordinator:
@@ -85,11 +88,31 @@ class ShardCoordinator:
     async def beat(self) -> shard_leases.Beat:
         """One heartbeat; the schedule is told what it holds now. Raises what the database raises."""
         started = time.monotonic()
-        async with self._connection() as conn:
-            await self._read_clock(conn)
-            beat = await shard_leases.beat(conn, self.region, self.member, self._host, self._pid)
+        started_us = self._schedule.clock.now_us()
+        try:
+            async with self._connection() as conn:
+                await self._read_clock(conn)
+                beat = await shard_leases.beat(conn, self.region, self.member, self._host, self._pid)
+        except Exception:
+            await self._distrust(started_us)
+            raise
         await self._take(beat, started)
         return beat
+
+    async def _distrust(self, started_us: int) -> None:
+        """A heartbeat failed, but may have committed all the same (its answer lost on the way):
+        it may have offered shards this process did not hear of. Such an offer's hand-over point
+        lies a lead after the heartbeat began, so no slot from there on is probed until a
+        heartbeat says which shards are still this process's."""
+        cap = started_us + int((shard_leases.HANDOVER_LEAD_S - CLOCK_DOUBT_S) * 1_000_000)
+        held = {lease.shard for lease in self.last.leases} if self.last else set()
+        self._tenures = {  # shards already given away end at their known hand-over point
+            shard: tuple(Tenure(t.start_us, min(t.end_us, cap)) for t in spans if t.start_us < cap)
+            if shard in held
+            else spans
+            for shard, spans in self._tenures.items()
+        }
+        await self._schedule.apply(Ownership(self._tenures, self._deadline))
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -168,8 +168,13 @@ async def test_a_member_cut_off_stops_probing_before_another_takes_its_shards(
         held_by_a = {lease.shard for lease in a.last.leases} if a.last else set()
         assert len(held_by_a) == SHARDS // 2
         partition.cut()
+        before = a._schedule.clock.now_us()
         with pytest.raises(TimeoutError):
             await a.beat()  # its deadline stands: the end of the lease it renewed last
+        # That heartbeat may have committed unheard, offering shards at a point a lead after it
+        # began: until a heartbeat succeeds, nothing from a second before that point is a's.
+        ends = [t.end_us for shard in held_by_a for t in a._schedule.ownership.tenures[shard]]
+        assert len(ends) == SHARDS // 2 and max(ends) <= before + 2 * SEC + 50_000
         while True:  # b takes a's shards once a's leases have run out in the database
             await b.beat()
             if b.last and held_by_a <= {lease.shard for lease in b.last.leases}:
