@@ -1,10 +1,15 @@
 """Running probes: one APScheduler job per model × prompt, a global limit.
 
-Each series (router, model, prompt) is one interval job with jitter that
-never overlaps itself (``max_instances=1``). A global semaphore caps how
-many probes are in flight, because a prober that opens too many streams at
-once measures its own queueing instead of the model. ``ProbeSchedule``
-owns the jobs of ``routewatch run`` and swaps them when the config is reloaded.
+Each series (router, model, prompt) is one job that never overlaps itself
+(``max_instances=1``). A global semaphore caps how many probes are in
+flight, because a prober that opens too many streams at once measures its
+own queueing instead of the model. Two schedules:
+
+* ``ProbeSchedule`` (``routewatch run``): interval jobs with jitter, swapped
+  when the config is reloaded;
+* ``PhasedSchedule`` (``routewatch probe``, one of several processes sharing
+  the series): each series at its fixed slots (``slots.py``), probed only
+  when the slot is this process's, as the shard leases say.
 """
 
 from __future__ import annotations
@@ -13,17 +18,31 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from routewatch.probe import chat_stream
 from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.probe.slots import (
+    Ownership,
+    SharedClock,
+    Tenure,
+    first_slot_from,
+    interval_us,
+    phase_us,
+    shard_of,
+    slot_at_or_before,
+    slot_time,
+)
 from routewatch.probe.target import Canary, Target
 from routewatch.results.probe_result import ProbeResult
 
@@ -295,6 +314,198 @@ class ProbeSchedule:
         """Stop starting probes, let those in flight finish (up to ``limit_s``), shut the scheduler down."""
         self.stopped = True
         await stop(self._scheduler, self._prober, limit_s)  # the module's stop(), below
+
+
+# Jobs a PhasedSchedule adds or removes between two turns of the event loop: about 10 ms of APScheduler's work.
+JOBS_PER_TURN = 200
+
+
+class SlotTrigger(BaseTrigger):
+    """Fires at one series' slots on the shared clock: exact times, no jitter, no drift."""
+
+    __slots__ = ("_clock", "_interval", "_phase")
+
+    def __init__(self, phase: int, interval: int, clock: SharedClock) -> None:
+        self._phase = phase
+        self._interval = interval
+        self._clock = clock
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime:
+        """The first slot after the previous run (or from ``now``), as a local wall-clock time."""
+        if previous_fire_time is None:
+            due = first_slot_from(self._clock.from_local(now), self._phase, self._interval)
+        else:
+            # Strictly after the previous run: with the same offset that is the next slot;
+            # after the offset shrank it may be the same slot again, which _fire() skips.
+            due = first_slot_from(self._clock.from_local(previous_fire_time) + 1, self._phase, self._interval)
+        return self._clock.to_local(due)
+
+    def __str__(self) -> str:
+        return f"slots[phase {self._phase} µs, every {self._interval} µs]"
+
+
+@dataclass(slots=True)
+class _Slotted:
+    """One series on the slot grid, and the last slot this process probed."""
+
+    series: Series
+    shard: int
+    phase: int
+    last: int | None = None
+
+
+class PhasedSchedule:
+    """Probes each series at its slots, those of the shards this process owns (``apply``).
+
+    Jobs exist only for the series of shards whose tenure has not ended, so a
+    process holding a third of the shards wakes up for a third of the slots.
+    Every job asks at its slot whether the slot is owned (the ownership may
+    have changed since the job was added) and never probes a slot twice.
+    """
+
+    def __init__(
+        self,
+        scheduler: AsyncIOScheduler,
+        prober: Prober,
+        series: Sequence[Series],
+        interval_s: float,
+        shards: int,
+        clock: SharedClock | None = None,
+    ) -> None:
+        """Nothing is owned (so nothing probed) until the first ``apply``."""
+        self._scheduler = scheduler
+        self._prober = prober
+        self.interval_s = interval_s
+        self._interval = interval_us(interval_s)
+        # A job runs a little after its slot; one that finds the shared clock slightly
+        # before it (the offset changed since it was scheduled) still means that slot.
+        self._early_us = min(self._interval // 4, 500_000)
+        # APScheduler drops a run later than this; one less late still finds its own slot.
+        self._grace = max(1, (self._interval - self._early_us) // 1_000_000)
+        self._entries = {s.key: _Slotted(s, shard_of(s.key, shards), phase_us(s.key, self._interval)) for s in series}
+        self._by_shard: dict[int, list[str]] = {}
+        for key, entry in self._entries.items():
+            self._by_shard.setdefault(entry.shard, []).append(key)
+        self._jobs: set[str] = set()
+        self._applying = asyncio.Lock()
+        self.clock = clock or SharedClock()
+        self.ownership = Ownership()
+        self.stopped = False
+        self.not_owned = 0  # slots that fired but were not this process's (an ownership that ended)
+
+    @property
+    def prober(self) -> Prober:
+        """What runs the probes."""
+        return self._prober
+
+    @property
+    def series(self) -> list[Series]:
+        """Every configured series, owned or not."""
+        return [entry.series for entry in self._entries.values()]
+
+    @property
+    def scheduled(self) -> int:
+        """Series with a job now: those of the shards this process owns or is handing over."""
+        return len(self._jobs)
+
+    def shard(self, key: str) -> int:
+        """The shard of the series ``key``."""
+        return self._entries[key].shard
+
+    async def apply(self, ownership: Ownership) -> None:
+        """Probe the slots ``ownership`` gives, from now on.
+
+        The ownership is swapped in at once: from then on every job asks the
+        new one. Series of newly owned shards get a job whose first run is
+        their first owned slot. A tenure that began less than an interval ago
+        was granted a moment before this process heard of it: a series whose
+        slot fell in between is probed at once, the only catching up there is.
+        Jobs of shards whose tenure has ended are removed. Adding or removing
+        thousands of jobs takes APScheduler tenths of a second, so it is done
+        :data:`JOBS_PER_TURN` at a time, letting probes in flight read their
+        streams in between (a stalled loop would spoil their timings).
+        """
+        async with self._applying:
+            if self.stopped:
+                raise RuntimeError("the probe schedule has stopped")
+            self.ownership = ownership
+            now = self.clock.now_us()
+            live = {shard for shard, spans in ownership.tenures.items() if any(t.end_us > now for t in spans)}
+            gone = [(k, True) for k in self._jobs if self._entries[k].shard not in live]
+            new = [(k, False) for shard in sorted(live & self._by_shard.keys()) for k in self._by_shard[shard]]
+            work = gone + new
+            for at in range(0, len(work), JOBS_PER_TURN):
+                if at:
+                    await asyncio.sleep(0)
+                with self._quiet():
+                    for key, ended in work[at : at + JOBS_PER_TURN]:
+                        if ended:
+                            self._scheduler.remove_job(key)
+                            self._jobs.discard(key)
+                        elif key not in self._jobs:
+                            entry = self._entries[key]
+                            self._add_job(entry, self.ownership.tenures[entry.shard], self.clock.now_us())
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Keep a running scheduler from waking up once per job added or removed (it would
+        recompute its next wake-up for every one); it wakes up once at the end instead."""
+        running = self._scheduler.state == STATE_RUNNING
+        if running:
+            self._scheduler.pause()
+        try:
+            yield
+        finally:
+            if running and self._scheduler.state == STATE_PAUSED:
+                self._scheduler.resume()
+
+    def _add_job(self, entry: _Slotted, spans: Sequence[Tenure], now: int) -> None:
+        latest = slot_at_or_before(now, entry.phase, self._interval)
+        due = slot_time(latest, entry.phase, self._interval)
+        recent = any(t.start_us > now - self._interval and t.covers(due) for t in spans)
+        if recent and (entry.last is None or latest > entry.last):
+            first = datetime.now(UTC)  # its slot has just passed: probe it now
+        else:
+            start = min(t.start_us for t in spans if t.end_us > now)
+            first = self.clock.to_local(first_slot_from(max(now + 1, start), entry.phase, self._interval))
+        key = entry.series.key
+        self._scheduler.add_job(
+            self._fire,
+            SlotTrigger(entry.phase, self._interval, self.clock),
+            args=[key],
+            id=key,
+            name=key,
+            next_run_time=first,
+            max_instances=1,  # a slow probe delays its own next run, never overlaps it
+            coalesce=True,  # after a stall, run once, not once per missed slot
+            misfire_grace_time=self._grace,
+        )
+        self._jobs.add(key)
+
+    def take_slot(self, key: str, now_us: int, mono: float) -> int | None:
+        """The slot of series ``key`` due at ``now_us`` (shared clock), marked as probed, if this
+        process is to probe it; None if it is not this process's or has been probed already."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        k = slot_at_or_before(now_us + self._early_us, entry.phase, self._interval)
+        if entry.last is not None and k <= entry.last:
+            return None
+        if not self.ownership.owns(entry.shard, slot_time(k, entry.phase, self._interval), mono):
+            self.not_owned += 1
+            return None
+        entry.last = k
+        return k
+
+    async def _fire(self, key: str) -> None:
+        if self.stopped or self.take_slot(key, self.clock.now_us(), time.monotonic()) is None:
+            return
+        await self._prober.probe(self._entries[key].series)
+
+    async def stop(self, limit_s: float) -> None:
+        """Stop starting probes, let those in flight finish (up to ``limit_s``), shut the scheduler down."""
+        self.stopped = True
+        await stop(self._scheduler, self._prober, limit_s)
 
 
 async def stop(scheduler: AsyncIOScheduler, prober: Prober, limit_s: float) -> None:

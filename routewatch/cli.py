@@ -1,4 +1,4 @@
-"""The ``routewatch`` command: run, once, check-config, simulate."""
+"""The ``routewatch`` command: run, serve, probe, once, check-config, db, simulate."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 from routewatch.aggregator.publish.server import PortInUse
 from routewatch.config import Config, ConfigError, check_config_main, load_config
 from routewatch.config.settings import ENV_API_PORT, ENV_CONFIG, ENV_DATA_DIR, Settings, SettingsError, load_settings
+from routewatch.parts import DatabaseUnavailable
 from routewatch.postgres.local_server import LocalPostgresError, default_data_dir
 from routewatch.probe.targets import TargetError
-from routewatch.runner import DatabaseUnavailable, DataDirInUse
+from routewatch.runner import DataDirInUse
 from routewatch.storage.migrate import MigrationError
 from routewatch.storage.writer import SpoolInUse
 
@@ -114,6 +115,28 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--host", help="as for run")
     serve.add_argument("--port", type=_cli_port, help="as for run")
 
+    probe = sub.add_parser(
+        "probe",
+        help="probe and store only, sharing the region's series with every other `routewatch probe` on the database",
+    )
+    probe.add_argument("--config", help="as for run")
+    probe.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the spool lives, and the embedded PostgreSQL another routewatch runs (without "
+        f"ROUTEWATCH_DATABASE_URL); default: ${ENV_DATA_DIR} or {data_dir}",
+    )
+    probe.add_argument(
+        "--simulator-url",
+        help="where routers whose base_url is `simulator` are served: a router simulator another process runs"
+        " (e.g. http://127.0.0.1:8400/v1); ROUTEWATCH_ROUTER_URL, a real router, takes precedence",
+    )
+    probe.add_argument(
+        "--spool-dir",
+        type=Path,
+        help="this process's own spool, one per process (default: spool-probe in the data directory)",
+    )
+
     once = sub.add_parser("once", help="probe every configured model once and print a table (stores nothing)")
     once.add_argument("--config", help="probes.yaml to use")
 
@@ -170,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             from routewatch.once import once
 
             return once(config, settings)
+        if args.command == "probe":
+            from routewatch.probe_command import ProbeOptions, probe_main
+
+            data_dir = _data_dir(args.data_dir, settings)
+            spool_dir = args.spool_dir or data_dir / "spool-probe"
+            return probe_main(ProbeOptions(config, path, data_dir, spool_dir, args.simulator_url), settings)
         from routewatch.runner import RunOptions, run
 
         return run(

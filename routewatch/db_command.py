@@ -16,8 +16,8 @@ import asyncpg
 from routewatch.config.settings import Settings
 from routewatch.delivery.spool import Spool
 from routewatch.delivery.spooled import read_cursor
+from routewatch.parts import embedded_postgres
 from routewatch.postgres.local_server import LocalPostgres
-from routewatch.runner import embedded_postgres
 from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.migrate import migrate
 

@@ -28,16 +28,13 @@ that dies stops the process, in order, with a non-zero exit.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
-    AsyncExitStack,
     ExitStack,
     asynccontextmanager,
     contextmanager,
@@ -47,10 +44,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -64,19 +59,28 @@ from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import Config, StorageConfig
 from routewatch.config.durations import parse_duration
 from routewatch.config.settings import ENV_DATABASE_URL, ENV_ROUTER_URL, Settings
+from routewatch.delivery.spooled import SpooledDelivery
+from routewatch.parts import (
+    Database,
+    Startup,
+    database_pool,
+    embedded_postgres,
+    frozen_heap,
+    report_status,
+    start_prober,
+    stop_on_signals,
+)
 from routewatch.postgres.file_lock import FileLock
-from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
+from routewatch.postgres.local_server import LocalPostgres
 from routewatch.postgres.watch import PostgresGaveUp, watch_postgres
-from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.probe.redact import redact, redact_dsn
-from routewatch.probe.scheduler import Prober, ProbeSchedule, Series, new_session
+from routewatch.probe.redact import redact_dsn
+from routewatch.probe.scheduler import Prober, ProbeSchedule, Series
 from routewatch.probe.targets import RouterPlan, plan, uses_simulator
 from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simulator
 from routewatch.sinks import DatabaseTarget, IngestSetupError, database_sink, ingest_receiver, ingest_tokens
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.migrate import migrate
-from routewatch.storage.writer import BatchWriter
 from routewatch.supervision import Supervisor, dsn_secrets
 
 log = logging.getLogger("routewatch")
@@ -85,9 +89,7 @@ _T = TypeVar("_T")
 
 # Stands in for the simulator's URL while checking the plan, before it is started.
 SIMULATOR_PENDING = "http://127.0.0.1:0/v1"
-STATUS_EVERY_S = 30.0
 RUN_LOCK = "run.lock"  # in the data directory: one `routewatch run` per spool
-POOL_CLOSE_S = 10.0  # then connections still in use are terminated
 
 # What serve() starts, in order (the last, "running", is everything started).
 # `serve` reaches the steps up to "api"; `run` all of them.
@@ -112,16 +114,8 @@ STARTUP_STEPS = (
 STARTUP_MARKS = ("migrations", "running")
 
 
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached at start."""
-
-
 class DataDirInUse(Exception):
     """Another ``routewatch run`` uses this data directory (and its spool)."""
-
-
-class InjectedFault(Exception):
-    """Raised at a step named by ``RunOptions.fail_at`` or ``fail_stopping`` (tests only)."""
 
 
 @dataclass
@@ -150,21 +144,6 @@ class RunOptions:
         stopped = [step for step in STARTUP_STEPS if step not in STARTUP_MARKS]
         if self.fail_stopping is not None and self.fail_stopping not in stopped:
             raise ValueError(f"no step {self.fail_stopping!r} that stops; those are {', '.join(stopped)}")
-
-
-@dataclass(frozen=True)
-class Database:
-    """The database this process uses: its URL (a secret), how the banner names it,
-    and the embedded server when this process runs it (to watch and restart)."""
-
-    dsn: str
-    label: str
-    server: LocalPostgres | None = None
-
-
-def embedded_postgres(data_dir: Path, settings: Settings) -> LocalPostgres:
-    """The embedded PostgreSQL of ``data_dir``, with the binaries and server user the settings name."""
-    return LocalPostgres(data_dir, bin_dir=resolve_bin_dir(settings.pg_bin), pg_user=settings.pg_user)
 
 
 def run(opts: RunOptions, settings: Settings) -> int:
@@ -260,10 +239,10 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
     config = opts.config
     stop = asyncio.Event()
     supervisor = Supervisor(stop, dsn_secrets(database.dsn))
-    writer: BatchWriter | None = None
-    async with _Startup(supervisor, opts.fail_at, opts.fail_stopping) as stack:
-        stack.enter_context(_stop_on_signals(stop))
-        pool = await stack.start("database", _database_pool(database))
+    writer: SpooledDelivery | None = None
+    async with Startup(supervisor, opts.fail_at, opts.fail_stopping) as stack:
+        stack.enter_context(stop_on_signals(stop))
+        pool = await stack.start("database", database_pool(database))
         simulator = await stack.start("simulator", _simulator(config, settings, opts.probes))
         leadership = await stack.start("leadership", _leadership(database.dsn))
         await stack.start("postgres watch", _postgres_watch(supervisor, database.server))
@@ -301,28 +280,16 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
         app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
         api = await stack.start("api", _api_server(app, sockets))
         if opts.probes:
-            writer = await stack.start(
-                "writer", database_sink(database_target, opts.data_dir / "spool", config.storage)
+            parts = await start_prober(
+                stack, supervisor, database_sink(database_target, opts.data_dir / "spool", config.storage), config
             )
-            await stack.start("writer watch", supervisor.running("batch writer", partial(_writer_alive, writer)))
-            lag = await stack.start("loop lag", _loop_lag())
-            session = await stack.start("http session", _http_session(config.schedule.concurrency))
-            prober = Prober(
-                session,
-                config.timeouts,
-                config.region,
-                config.schedule.concurrency,
-                sink=writer.submit,
-                lag=lag,
-                max_lag_s=config.schedule.max_loop_lag,
-            )
+            prober, writer, lag = parts.prober, parts.writer, parts.lag
             prober_health.attach(prober, writer, lag)
             admin.attach(await stack.start("scheduler", _probe_schedule(config, series, prober)))
-            await stack.start(
-                "status reporter", supervisor.running("status reporter", partial(_report, prober, writer, lag, stop))
-            )
+            status = partial(report_status, prober, writer, lag, stop)
+            await stack.start("status reporter", supervisor.running("status reporter", status))
         stack.reach("running")
-        stack.enter_context(_frozen_heap())
+        stack.enter_context(frozen_heap())
         api_url = f"http://{opts.host}:{api.addresses[0][1]}"
         print(
             _banner(
@@ -348,75 +315,6 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
     for failure in supervisor.failed:
         print(f"routewatch: stopped because {failure.describe()}", file=sys.stderr, flush=True)
     return supervisor.exit_code
-
-
-class _Startup(AsyncExitStack):
-    """The AsyncExitStack of :func:`serve`, whose parts are entered as named steps (:data:`STARTUP_STEPS`).
-
-    Unwinding it is the process stopping: the supervisor is told first, so
-    that no task stopped from then on counts as a failure.
-    """
-
-    def __init__(self, supervisor: Supervisor, fail_at: str | None, fail_stopping: str | None) -> None:
-        super().__init__()
-        self._supervisor = supervisor
-        self._fail_at = fail_at
-        self._fail_stopping = fail_stopping
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
-        self._supervisor.closing()
-        return await super().__aexit__(exc_type, exc, tb)
-
-    def reach(self, step: str) -> None:
-        """Start-up has come to ``step``: a step without a part to enter, or before entering its part."""
-        if step == self._fail_at:
-            raise InjectedFault(f"injected fault at the start of {step!r}")
-
-    async def start(self, step: str, part: AbstractAsyncContextManager[_T]) -> _T:
-        """Enter ``part`` as ``step``: it is stopped when the stack unwinds, after every later part."""
-        self.reach(step)
-        if step == self._fail_stopping:
-            self.callback(_fail_stopping, step)  # below the part: runs once the part has stopped
-        return await self.enter_async_context(part)
-
-
-def _fail_stopping(step: str) -> None:
-    raise InjectedFault(f"injected fault once {step!r} had stopped")
-
-
-@contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``stop`` (from start-up on, so a Ctrl-C then stops cleanly too)."""
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        yield
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
-@asynccontextmanager
-async def _database_pool(database: Database) -> AsyncIterator[asyncpg.Pool]:
-    """The connection pool; closed at exit, its connections still in use terminated after POOL_CLOSE_S."""
-    try:
-        pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=4, timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot reach the database, {database.label}: {redact(str(exc), [database.dsn])}"
-        ) from None
-    try:
-        yield pool
-    finally:
-        try:
-            await asyncio.wait_for(pool.close(), POOL_CLOSE_S)
-        except TimeoutError:
-            log.warning("database connections still in use after %gs at shutdown; closing them", POOL_CLOSE_S)
-            pool.terminate()
 
 
 @asynccontextmanager
@@ -503,30 +401,6 @@ async def _api_server(app: web.Application, sockets: Sequence[socket.socket]) ->
         await api.close()
 
 
-async def _writer_alive(writer: BatchWriter) -> None:
-    """Ends when the writer's flush task does: raising what it died of, for the supervisor."""
-    failed = await writer.wait_failed()
-    if failed is not None:
-        raise failed
-
-
-@asynccontextmanager
-async def _loop_lag() -> AsyncIterator[LoopLagMonitor]:
-    lag = LoopLagMonitor()
-    lag.start()
-    try:
-        yield lag
-    finally:
-        await lag.stop()
-
-
-@asynccontextmanager
-async def _http_session(concurrency: int) -> AsyncIterator[aiohttp.ClientSession]:
-    """The probes' HTTP client, created on entry (an unused one would be reported unclosed)."""
-    async with new_session(concurrency) as session:
-        yield session
-
-
 @asynccontextmanager
 async def _probe_schedule(config: Config, series: list[Series], prober: Prober) -> AsyncIterator[ProbeSchedule]:
     """Probes on the schedule; at exit no new probe starts and those in flight finish."""
@@ -538,39 +412,6 @@ async def _probe_schedule(config: Config, series: list[Series], prober: Prober) 
     finally:
         # A reload may have changed the timeouts; a probe in flight may still run on the old ones.
         await probes.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
-
-
-@contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """Everything built at start lives for the whole run: keep it out of the collector's
-    full scans, whose pauses would stall the loop (and be flagged as prober lag) in the
-    middle of measurements."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-async def _report(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor, stop: asyncio.Event) -> None:
-    """One status line every STATUS_EVERY_S: is it working?"""
-    last = 0
-    while not stop.is_set():
-        await asyncio.sleep(STATUS_EVERY_S)
-        worst = lag.recent_max(STATUS_EVERY_S)
-        log.info(
-            "probes: %d in the last %.0fs, %d stored in total, %d waiting to be stored, spool %d bytes,"
-            " worst loop lag %.1f ms%s",
-            prober.completed - last,
-            STATUS_EVERY_S,
-            writer.written,
-            writer.backlog,
-            writer.spool_bytes,
-            worst or 0.0,
-            "" if writer.database_ok else "; DATABASE UNAVAILABLE, results kept in the spool",
-        )
-        last = prober.completed
 
 
 def _banner(

@@ -41,12 +41,14 @@ LABELS = [
     "0004_stats_history",
     "0005_status",
     "0006_ingest_done",
+    "0007_shard_leases",
 ]
 SHARED_LABELS = {
     "0003_hist_rollup",
     "0004_stats_history",
     "0005_status",
     "0006_ingest_done",
+    "0007_shard_leases",
 }  # one NNNN_name.sql for both modes
 
 
@@ -61,7 +63,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0006 are shared files: plain tables in both modes.
+        # 0003 to 0007 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -98,6 +100,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         (4, "stats_history"),
         (5, "status"),
         (6, "ingest_done"),
+        (7, "shard_leases"),
     ]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
@@ -192,6 +195,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
             (4, "stats_history"),
             (5, "status"),
             (6, "ingest_done"),
+            (7, "shard_leases"),
         ]
     finally:
         for c in conns:

@@ -1,10 +1,8 @@
 """A region without database credentials, end to end, with real processes.
 
 The router simulator in its own process (its ground truth says what was
-served), a central ``routewatch serve`` on the test database, and a prober
-that pushes (``tests/push_prober.py``: the config, the settings and
-``sinks.result_sink`` as ``routewatch probe`` wires them) with its region's
-token. The central server is stopped for 30 s while the prober runs.
+served), a central ``routewatch serve`` on the test database, and a
+``routewatch probe`` whose config pushes, with its region's token. The central server is stopped for 30 s while the prober runs.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ pytestmark = pytest.mark.system
 
 OUTAGE_S = 30.0  # the issue asks for the central endpoint to be down for 30 s
 INTERVAL_S = 0.3
-PUSH_PROBER = Path(__file__).with_name("push_prober.py")
 ROUTEWATCH = [sys.executable, "-m", "routewatch.cli"]
 # Random, so that any hit in a log, an answer or the database is a leak of this run.
 EU_TOKEN = secrets.token_hex(24)
@@ -131,9 +128,9 @@ class Setup:
     def prober(self, name: str) -> Process:
         log = self.root / f"{name}.log"
         self.logs.append(log)
-        argv = [sys.executable, str(PUSH_PROBER), "--config", str(self.remote_config)]
+        argv = [*ROUTEWATCH, "probe", "--config", str(self.remote_config)]
         proc = Process([*argv, "--data-dir", str(self.root / "remote")], self.remote_env, log)
-        proc.wait_for(r"push prober running", timeout=60)
+        proc.wait_for(r"routewatch probe is running", timeout=60)
         return proc
 
 

@@ -31,14 +31,12 @@ import pytest
 from routewatch.aggregator.publish.server import bind_listeners
 from routewatch.config import load_config
 from routewatch.config.settings import ENV_PREFIX, Settings
+from routewatch.parts import Database, DatabaseUnavailable, InjectedFault
 from routewatch.postgres.file_lock import FileLock
 from routewatch.runner import (
     RUN_LOCK,
     STARTUP_MARKS,
     STARTUP_STEPS,
-    Database,
-    DatabaseUnavailable,
-    InjectedFault,
     RunOptions,
     run,
     serve,

@@ -67,9 +67,9 @@ from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts, error_rate
 from routewatch.results.probe_result import ERROR_CLASSES
 
 if TYPE_CHECKING:
+    from routewatch.delivery.spooled import SpooledDelivery
     from routewatch.probe.loop_lag import LoopLagMonitor
     from routewatch.probe.scheduler import Prober
-    from routewatch.storage.writer import BatchWriter
 
 __all__ = [
     "LAG_MAX_WINDOW_S",
@@ -118,7 +118,7 @@ class ProberHealth:
     spool_corrupt: int  # damaged spool records skipped when reading the spool back
     writer_running: bool  # False once the writer's flush task has died: nothing more is stored
     failed_flushes: int  # writes that failed because the database was unavailable
-    database_ok: bool  # the writer's last attempt reached the database
+    database_ok: bool  # the writer's last attempt reached its destination (the database, or the ingest endpoint)
     spool_bytes: int  # bytes the local spool holds on disk
     loop_lag_s: float | None  # the latest event-loop lag sample; None without a monitor or a sample
     loop_lag_max_s: float | None  # the worst sample of the last LAG_MAX_WINDOW_S
@@ -133,7 +133,7 @@ def _ms_to_s(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000.0
 
 
-def read_prober_health(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor | None = None) -> ProberHealth:
+def read_prober_health(prober: Prober, writer: SpooledDelivery, lag: LoopLagMonitor | None = None) -> ProberHealth:
     """Read ``prober``, ``writer`` and ``lag`` into a :class:`ProberHealth`.
 
     Call it on the event loop that runs them: their counters and the lag
@@ -153,7 +153,7 @@ def read_prober_health(prober: Prober, writer: BatchWriter, lag: LoopLagMonitor 
         spool_corrupt=writer.spool_corrupt_records,
         writer_running=writer.failed is None,
         failed_flushes=writer.failed_flushes,
-        database_ok=writer.database_ok,
+        database_ok=writer.destination_ok,
         spool_bytes=writer.spool_bytes,
         loop_lag_s=_ms_to_s(lag.latest_ms) if lag is not None else None,
         loop_lag_max_s=_ms_to_s(lag.recent_max(LAG_MAX_WINDOW_S)) if lag is not None else None,
@@ -171,9 +171,9 @@ class ProberHealthSlot:
     """
 
     def __init__(self) -> None:
-        self._parts: tuple[Prober, BatchWriter, LoopLagMonitor | None] | None = None
+        self._parts: tuple[Prober, SpooledDelivery, LoopLagMonitor | None] | None = None
 
-    def attach(self, prober: Prober, writer: BatchWriter, lag: LoopLagMonitor | None = None) -> None:
+    def attach(self, prober: Prober, writer: SpooledDelivery, lag: LoopLagMonitor | None = None) -> None:
         """From now on, scrapes report ``prober``, ``writer`` and ``lag``."""
         self._parts = (prober, writer, lag)
 

@@ -31,3 +31,8 @@ STATS_HISTORY = "stats_history"
 MODEL_STATUS = "model_status"
 INCIDENTS = "incidents"
 UPTIME_DAILY = "uptime_daily"
+
+# Sharded probing: the prober processes of each region, and one lease per
+# (region, shard) saying which of them probes the shard's series.
+SHARD_MEMBERS = "shard_members"
+SHARD_LEASES = "shard_leases"
