@@ -500,7 +500,7 @@ class PhasedSchedule:
     async def _fire(self, key: str) -> None:
         if self.stopped or self.take_slot(key, self.clock.now_us(), time.monotonic()) is None:
             return
-        await self._prober.probe(self._entries[key].series)
+        await self._prober.scheduled(self._entries[key].series)  # quiet if cancelled at shutdown
 
     async def stop(self, limit_s: float) -> None:
         """Stop starting probes, let those in flight finish (up to ``limit_s``), shut the scheduler down."""
