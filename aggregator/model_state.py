@@ -44,6 +44,7 @@ __all__ = [
     "State",
     "Transition",
     "advance",
+    "by_model",
     "evaluate_all",
     "prober_healthy",
 ]
@@ -167,10 +168,38 @@ def advance(
     ``interval`` is the schedule interval in seconds.
     """
     _check_aware(now, "now")
-    mine = sorted(
-        (o for o in observations if o.model == status.model and o.started_at <= now),
-        key=lambda o: o.started_at,
-    )
+    mine = by_model(observations, now).get(status.model, [])
+    return _advance(status, mine, prober_healthy(observations, now, interval), now, slo)
+
+
+def by_model(observations: Iterable[Observation], now: datetime) -> dict[str, list[Observation]]:
+    """Each model's probes started at or before ``now``, in the order they started.
+
+    One pass and one sort per model: what :func:`evaluate_all` does once for
+    every model instead of scanning all probes again for each one. The sort
+    is stable, so probes starting at the same instant keep their given order.
+    """
+    out: dict[str, list[Observation]] = {}
+    for obs in observations:
+        if obs.started_at <= now:
+            out.setdefault(obs.model, []).append(obs)
+    for mine in out.values():
+        mine.sort(key=_started_at)
+    return out
+
+
+def _started_at(obs: Observation) -> datetime:
+    return obs.started_at
+
+
+def _advance(
+    status: ModelStatus,
+    mine: Sequence[Observation],
+    health: tuple[bool, str],
+    now: datetime,
+    slo: SLOConfig,
+) -> ModelStatus:
+    """``status`` moved to ``now``, given its model's probes (``by_model``) and the prober's health."""
     failures, successes, latched = (
         status.consecutive_failures,
         status.consecutive_successes,
@@ -193,7 +222,7 @@ def advance(
             if failures >= slo.down_after:
                 latched = True
 
-    state, reason = _judge(mine, observations, now, slo, interval, failures, latched)
+    state, reason = _judge(mine, health, now, slo, failures, latched)
     since = status.since if state == status.state else now
     counted = frozenset(o.id for o in mine if o.id is not None)
     return ModelStatus(status.model, state, since, failures, successes, reason, latched, now, counted)
@@ -201,17 +230,17 @@ def advance(
 
 def _judge(
     mine: Sequence[Observation],
-    everyone: Iterable[Observation],
+    health: tuple[bool, str],
     now: datetime,
     slo: SLOConfig,
-    interval: float,
     failures: int,
     latched: bool,
 ) -> tuple[State, str]:
-    healthy, why = prober_healthy(everyone, now, interval)
+    healthy, why = health
     if not healthy:
         return State.UNKNOWN, why
-    window = [o for o in mine if now - o.started_at < timedelta(seconds=slo.window) and not o.prober_overloaded]
+    window_start = now - timedelta(seconds=slo.window)
+    window = [o for o in mine if o.started_at > window_start and not o.prober_overloaded]
     span = _fmt_span(slo.window)
     if not window:
         return State.UNKNOWN, f"no probe in the last {span}"
@@ -252,12 +281,18 @@ def evaluate_all(
 
     Returns the new statuses and the state changes, ordered by model id.
     Models in ``statuses`` but not in ``models`` (removed from config) are dropped.
+    The same as :func:`advance` on each model, in time linear in the probes
+    and the models: the probes are grouped by model once and the prober's
+    health is judged once.
     """
+    _check_aware(now, "now")
+    mine = by_model(observations, now)
+    health = prober_healthy(observations, now, interval)
     new: dict[str, ModelStatus] = {}
     transitions: list[Transition] = []
     for model in sorted(set(models)):
         old = statuses.get(model) or ModelStatus.initial(model, now)
-        new[model] = advance(old, observations, now, slo, interval)
+        new[model] = _advance(old, mine.get(model, []), health, now, slo)
         if new[model].state != old.state:
             transitions.append(Transition(model, old.state, new[model].state, now))
     return new, transitions
