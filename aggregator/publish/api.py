@@ -36,6 +36,7 @@ from routewatch.aggregator.publish.http_cache import cached_response, etag_for
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps, error_payload
 from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.aggregator.publish.metrics import HealthSource, setup_metrics_route
+from routewatch.aggregator.publish.metrics_snapshot import DEFAULT_EXPORT, MetricsExport
 from routewatch.aggregator.publish.openapi import (
     MAX_SERIES_POINTS,
     SERIES_BUCKETS,
@@ -728,6 +729,7 @@ def create_app(
     admin_token: SecretStr | None = None,
     prices: Mapping[tuple[str, str], float] | None = None,
     prober_health: HealthSource | None = None,
+    metrics: MetricsExport = DEFAULT_EXPORT,
 ) -> web.Application:
     """Everything routewatch serves over ``aggregator``'s snapshots: the catalog API,
     the status page and its JSON twin, badges and ``/metrics``.
@@ -736,6 +738,7 @@ def create_app(
     ``admin_token`` (the ``ROUTEWATCH_ADMIN_TOKEN`` setting; None or blank: disabled).
     ``prices``: USD per 1M input tokens per (router, model), for the badges.
     ``prober_health``: the prober's health for ``/metrics`` (``routewatch run``).
+    ``metrics``: which windows and breakdowns of the stats ``/metrics`` exports.
     """
     token = admin_token.get_secret_value().strip() if admin_token is not None else ""
     app = web.Application()
@@ -744,5 +747,5 @@ def create_app(
     app[API] = ApiState(aggregator, aggregator.pool, admin, _Token(token) if token else None)
     setup_routes(app)
     setup_status_routes(app, pool=aggregator.pool, prices=prices)
-    setup_metrics_route(app, aggregator, prober_health)
+    setup_metrics_route(app, aggregator, prober_health, metrics)
     return app
