@@ -46,6 +46,7 @@ __all__ = [
     "advance",
     "by_model",
     "evaluate_all",
+    "evaluate_grouped",
     "prober_healthy",
 ]
 
@@ -129,15 +130,13 @@ def prober_healthy(observations: Iterable[Observation], now: datetime, interval:
     several probes at that same instant, any flagged one makes it unhealthy:
     when in doubt the answer is unknown, never up.
     """
-    latest: datetime | None = None
-    overloaded = False
-    for obs in observations:
-        if obs.started_at > now:
-            continue
-        if latest is None or obs.started_at > latest:
-            latest, overloaded = obs.started_at, obs.prober_overloaded
-        elif obs.started_at == latest:
-            overloaded = overloaded or obs.prober_overloaded
+    return _prober_health(by_model(observations, now), now, interval)
+
+
+def _prober_health(grouped: Mapping[str, Sequence[Observation]], now: datetime, interval: float) -> tuple[bool, str]:
+    """:func:`prober_healthy` of probes already grouped as :func:`by_model` groups them."""
+    # Each model's last probe is the latest of its own; the latest of all is among those.
+    latest = max((mine[-1].started_at for mine in grouped.values() if mine), default=None)
     limit = timedelta(seconds=HEARTBEAT_INTERVALS * interval)
     if latest is None or now - latest > limit:
         last = "never" if latest is None else f"last at {latest.isoformat()}"
@@ -145,8 +144,12 @@ def prober_healthy(observations: Iterable[Observation], now: datetime, interval:
             False,
             f"prober silent for over {_fmt_span(limit.total_seconds())} ({last})",
         )
-    if overloaded:
-        return False, "prober overloaded"
+    for mine in grouped.values():
+        for obs in reversed(mine):
+            if obs.started_at != latest:
+                break
+            if obs.prober_overloaded:
+                return False, "prober overloaded"
     return True, ""
 
 
@@ -168,8 +171,8 @@ def advance(
     ``interval`` is the schedule interval in seconds.
     """
     _check_aware(now, "now")
-    mine = by_model(observations, now).get(status.model, [])
-    return _advance(status, mine, prober_healthy(observations, now, interval), now, slo)
+    grouped = by_model(observations, now)
+    return _advance(status, grouped.get(status.model, []), _prober_health(grouped, now, interval), now, slo)
 
 
 def by_model(observations: Iterable[Observation], now: datetime) -> dict[str, list[Observation]]:
@@ -286,13 +289,26 @@ def evaluate_all(
     health is judged once.
     """
     _check_aware(now, "now")
-    mine = by_model(observations, now)
-    health = prober_healthy(observations, now, interval)
+    return evaluate_grouped(statuses, models, by_model(observations, now), now, slo, interval)
+
+
+def evaluate_grouped(
+    statuses: Mapping[str, ModelStatus],
+    models: Iterable[str],
+    grouped: Mapping[str, Sequence[Observation]],
+    now: datetime,
+    slo: SLOConfig,
+    interval: float,
+) -> tuple[dict[str, ModelStatus], list[Transition]]:
+    """:func:`evaluate_all` of probes already grouped as :func:`by_model` groups them: per model,
+    in the order they started, none after ``now`` (a caller that keeps them so need not regroup)."""
+    _check_aware(now, "now")
+    health = _prober_health(grouped, now, interval)
     new: dict[str, ModelStatus] = {}
     transitions: list[Transition] = []
     for model in sorted(set(models)):
         old = statuses.get(model) or ModelStatus.initial(model, now)
-        new[model] = _advance(old, mine.get(model, []), health, now, slo)
+        new[model] = _advance(old, grouped.get(model, ()), health, now, slo)
         if new[model].state != old.state:
             transitions.append(Transition(model, old.state, new[model].state, now))
     return new, transitions

@@ -28,7 +28,7 @@ import asyncpg
 from routewatch.aggregator.history import record as record_history
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
-from routewatch.aggregator.rollup import CellKey, refresh_hist, window_hours, window_start, window_stats
+from routewatch.aggregator.rollup import CellKey, RefreshReport, refresh_hist, window_hours, window_start, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
 from routewatch.config import MaintenanceWindow, SLOConfig
@@ -199,6 +199,7 @@ class Aggregator:
     async def _refresh(self, laps: _Laps) -> Snapshot:
         if self._leadership is not None:
             await self._leadership.try_acquire()
+        report: RefreshReport | None = None  # the leader's rollup refresh
         async with self._pool.acquire() as conn:
             if self.role == "leader":
                 report = await refresh_hist(
@@ -227,7 +228,7 @@ class Aggregator:
         }
         laps.lap("snapshot")
         if self._status is not None:
-            await self._refresh_status(now, [model for _, model in seen])
+            await self._refresh_status(now, [model for _, model in seen], report)
             laps.lap("status")
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
         self.refreshes += 1
@@ -238,12 +239,12 @@ class Aggregator:
             laps.lap("history")
         return self.snapshot
 
-    async def _refresh_status(self, now: datetime, models: list[str]) -> None:
+    async def _refresh_status(self, now: datetime, models: list[str], report: RefreshReport | None) -> None:
         """Leader: evaluate and store the status; everyone: read back what is stored."""
         assert self._status is not None
         async with self._pool.acquire() as conn:
             if self.role == "leader":
-                await self._status.evaluate(conn, models, now)
+                await self._status.evaluate(conn, models, now, report)
             else:
                 self._status.forget()  # a later leadership starts from the tables
             self.status = await read_report(conn)
