@@ -17,6 +17,7 @@ not used here; it stays as the exact reference.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +41,26 @@ from routewatch.storage.leadership import Leadership
 log = logging.getLogger(__name__)
 
 SeriesKey = tuple[str, str]  # (router, model)
+
+FULL_COLLECTION_EVERY = 100
+"""The garbage collector's third threshold in a refreshing process (CPython's default is 10):
+see :func:`collect_less_often`."""
+
+
+def collect_less_often() -> None:
+    """Make full garbage collections about 10 times rarer in this process.
+
+    Between two refreshes the aggregator keeps hundreds of thousands of
+    objects alive (window sums, the snapshot, the status window), and a
+    refresh replaces many of them. With CPython's default thresholds the
+    collector walks all of them about twice per refresh: a third of a
+    refresh's time at 10,000 series. Those objects hold no reference cycles,
+    so reference counting frees them; the collector is only needed for
+    cycles elsewhere, which the rarer full collections still reclaim. Young
+    collections, the short and frequent ones, are left as they are.
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +276,11 @@ class Aggregator:
         return self._history_last is None or now - self._history_last >= self._history_every
 
     async def run(self) -> None:
-        """Refresh forever; a failed refresh keeps the last snapshot published."""
+        """Refresh forever; a failed refresh keeps the last snapshot published.
+
+        Also makes full garbage collections rarer in this process (:func:`collect_less_often`).
+        """
+        collect_less_often()
         while True:
             try:
                 await self.refresh()
