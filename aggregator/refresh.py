@@ -204,6 +204,17 @@ class Aggregator:
         return self._interval
 
     @property
+    def window_rebuilds(self) -> int:
+        """How often the leader read its window sums whole from the table (``sliding.SlidingWindows``)."""
+        return self._sliding.rebuilds
+
+    @property
+    def status_window_reads(self) -> int:
+        """How often the leader read the SLO window's probes whole from the table
+        (``model_state_store.RecentProbes``); 0 with status disabled."""
+        return self._status.recent.reloads if self._status is not None else 0
+
+    @property
     def role(self) -> str:
         """``leader`` (this process refreshes the rollups) or ``standby``."""
         return "leader" if self._leadership is None or self._leadership.is_leader else "standby"
