@@ -130,59 +130,15 @@ def generate(
         )
     ):
         del t5
+        head = (ids[i], started[i], "eu-central", routers[s], models[s], prompts[s], METHODOLOGY_VERSION)
         if f:
             cls = _ERRORS[e]
-            rows.append(
-                (
-                    ids[i],
-                    started[i],
-                    "eu-central",
-                    routers[s],
-                    models[s],
-                    prompts[s],
-                    METHODOLOGY_VERSION,
-                    False,
-                    cls,
-                    f"generated {cls}",
-                    503 if cls == "http_5xx" else None,
-                    providers[s],
-                    t0 if cls != "connect_error" else None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    ti,
-                    None,
-                    0,
-                    o,
-                )
-            )
+            detail = (False, cls, f"generated {cls}", 503 if cls == "http_5xx" else None, providers[s])
+            measured = (t0 if cls != "connect_error" else None, None, None, None, None, ti, None, 0, o)
         else:
-            rows.append(
-                (
-                    ids[i],
-                    started[i],
-                    "eu-central",
-                    routers[s],
-                    models[s],
-                    prompts[s],
-                    METHODOLOGY_VERSION,
-                    True,
-                    None,
-                    None,
-                    200,
-                    providers[s],
-                    t0,
-                    t1,
-                    t2,
-                    t3,
-                    t4,
-                    ti,
-                    to,
-                    to,
-                    o,
-                )
-            )
+            detail = (True, None, None, 200, providers[s])
+            measured = (t0, t1, t2, t3, t4, ti, to, to, o)
+        rows.append(head + detail + measured)
     return rows
 
 
