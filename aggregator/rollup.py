@@ -37,6 +37,7 @@ module decodes their records into :class:`HourRow` and does the arithmetic.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -329,7 +330,7 @@ def encode_row(h: HourRow) -> tuple[Any, ...]:
         h.ok,
         h.rate_limited,
         h.overloaded,
-        json.dumps(dict(sorted(h.errors.items()))),
+        _errors_json(tuple(sorted(h.errors.items()))),
         h.input_tokens,
         h.output_tokens,
         h.first,
@@ -338,6 +339,11 @@ def encode_row(h: HourRow) -> tuple[Any, ...]:
         h.ttfat.to_bytes(),
         h.tps.to_bytes(),
     )
+
+
+@functools.lru_cache(maxsize=4096)  # a refresh encodes every series of the hour; few distinct error mixes
+def _errors_json(errors: tuple[tuple[str, int], ...]) -> str:
+    return json.dumps(dict(errors))
 
 
 def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
