@@ -42,21 +42,23 @@ log = logging.getLogger(__name__)
 
 SeriesKey = tuple[str, str]  # (router, model)
 
-FULL_COLLECTION_EVERY = 100
+FULL_COLLECTION_EVERY = 1000
 """The garbage collector's third threshold in a refreshing process (CPython's default is 10):
 see :func:`collect_less_often`."""
 
 
 def collect_less_often() -> None:
-    """Make full garbage collections about 10 times rarer in this process.
+    """Make full garbage collections rare in this process.
 
     Between two refreshes the aggregator keeps hundreds of thousands of
     objects alive (window sums, the snapshot, the status window), and a
-    refresh replaces many of them. With CPython's default thresholds the
-    collector walks all of them about twice per refresh: a third of a
-    refresh's time at 10,000 series. Those objects hold no reference cycles,
-    so reference counting frees them; the collector is only needed for
-    cycles elsewhere, which the rarer full collections still reclaim. Young
+    refresh and the bodies rendered after it replace many of them. A full
+    collection walks all of them: 0.4 s at 10,000 series. With CPython's
+    default thresholds (700, 10, 10) there are about two per refresh, a
+    third of its time; with the third threshold at 1000, about one every ten
+    refreshes (fewer with fewer series, which allocate less). Those objects
+    hold no reference cycles, so reference counting frees them; the
+    collector is only needed for cycles elsewhere, which wait longer. Young
     collections, the short and frequent ones, are left as they are.
     """
     young, middle, _ = gc.get_threshold()

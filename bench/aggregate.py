@@ -32,8 +32,8 @@ the same data in the same run:
 
 Cases (``--quick``: 100, 500 and 1,000 series x 1 day): 1,000, 5,000 and
 10,000 series x 1 day at one probe a minute, growing one database, then
-1,000 x 7 days ("flat in days") and 100 x 1 day at one probe every 10 s
-("flat in probe rate") in databases of their own. Linearity: each case's
+1,000 x 7 days ("flat in days"), and 100 x 1 day at one probe a minute and
+every 10 s ("flat in probe rate"), in databases of their own. Linearity: each case's
 whole refresh per series against the smallest case's, same run.
 See bench/README.md.
 """
@@ -340,6 +340,7 @@ FULL_STEPS = [
     Step("grow", 1000, 5000, 1, 5000, 1),
     Step("grow", 5000, 10000, 1, 10000, 1),
     Step("s1000d7", 0, 1000, 7, 1000, 7),
+    Step("s100", 0, 100, 1, 100, 1),
     Step("rate10s", 0, 100, 1, 100, 1, step_s=10.0),
 ]
 
