@@ -12,7 +12,8 @@ the same data in the same run:
 
 * whole refresh: ``Aggregator.refresh`` as ``routewatch run`` configures it
   (windows 1h / 24h / 7d, status with the default SLO, stats history, the
-  process's garbage-collector policy from ``Aggregator.run``), after one
+  process's garbage-collector policy from ``Aggregator.run``, whose full
+  collections land where they would and are counted), after one
   minute of new probes of every series was stored the way the writer stores
   a batch; timed whole (wall and this process's CPU) and by part (rollup,
   windows, snapshot, status, history: ``Aggregator.last_refresh_parts``).
@@ -122,6 +123,7 @@ class CaseResult:
     publish_ms: float = 0.0  # median of the per-run sums over PUBLISHED
     publish_parts_ms: dict[str, float] = field(default_factory=dict)  # median per path
     total_runs_ms: list[float] = field(default_factory=list)  # refresh + publish, per run
+    full_collections: list[tuple[int, float]] = field(default_factory=list)  # per run: (count, ms) of gen-2 GCs
     total_ms: float = 0.0  # median
     per_series_us: float = 0.0  # total_ms per series
     metrics_lines: int = 0  # GET /metrics at default settings
@@ -135,6 +137,29 @@ class CaseResult:
     naive_per_window_ms: dict[str, float] = field(default_factory=dict)  # of the last run
     ratio: float = 0.0  # naive / (rollup + windows parts)
     check: dict[str, Any] = field(default_factory=dict)
+
+
+class _FullCollections:
+    """Counts the garbage collector's full (generation 2) collections and their time."""
+
+    def __init__(self) -> None:
+        self.count, self.seconds, self._started = 0, 0.0, 0.0
+        gc.callbacks.append(self._seen)
+
+    def _seen(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._started
+
+    def reset(self) -> None:
+        self.count, self.seconds = 0, 0.0
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._seen)
 
 
 def _median(values: list[float]) -> float:
@@ -230,6 +255,7 @@ async def measure(
     base = f"http://127.0.0.1:{port}"
     parts: list[dict[str, float]] = []
     cpu: list[float] = []
+    full = _FullCollections()
     metrics = b""
     try:
         async with aiohttp.ClientSession() as session:
@@ -237,8 +263,10 @@ async def measure(
                 result.arrivals_per_refresh = await add_arrivals(
                     conn, series, result.series, end, result.probe_interval_s, ARRIVALS_S, rng
                 )
-                gc.collect()
+                # No gc.collect() here: the collector runs when it would in the server, and
+                # the full collections that land in a run are counted.
                 clock[0] += timedelta(seconds=1)
+                full.reset()
                 t0, c0 = time.perf_counter(), time.process_time()
                 await aggregator.refresh()
                 wall, used = time.perf_counter() - t0, time.process_time() - c0
@@ -248,7 +276,9 @@ async def measure(
                 parts.append({k: v * 1000 for k, v in aggregator.last_refresh_parts.items()})
                 result.publish_runs_ms.append(published)
                 result.total_runs_ms.append(round(wall * 1000 + sum(published.values()), 1))
+                result.full_collections.append((full.count, round(full.seconds * 1000, 1)))
     finally:
+        full.close()
         await runner.cleanup()
     if aggregator.window_rebuilds != 1 or aggregator.status_window_reads != 1:
         raise RuntimeError(
@@ -273,7 +303,8 @@ async def measure(
     result.metrics_all_series_per_route = _series_per_label(everything)[0]
     log(
         f"  whole refresh: median {result.refresh_ms:,.0f} ms (cpu {result.refresh_cpu_ms:,.0f}) {result.parts_ms}"
-        f" + publish {result.publish_ms:,.0f} ms {result.publish_parts_ms}; runs {result.total_runs_ms}"
+        f" + publish {result.publish_ms:,.0f} ms {result.publish_parts_ms}; runs {result.total_runs_ms};"
+        f" full GCs (count, ms) per run {result.full_collections}"
     )
 
     exact: dict[str, Any] = {}
@@ -505,6 +536,7 @@ def print_results(cases: list[CaseResult]) -> None:
             "whole ms",
             "us/series",
             "x base",
+            "full GCs",
         ]
     ]
     for c in cases:
@@ -523,6 +555,7 @@ def print_results(cases: list[CaseResult]) -> None:
                 f"{c.total_ms:,.0f}",
                 f"{c.per_series_us:.0f}",
                 f"{c.per_series_us / base.per_series_us:.2f}" if base is not None and c.database == "grow" else "",
+                f"{sum(n for n, _ in c.full_collections)} ({sum(ms for _, ms in c.full_collections):,.0f} ms)",
             ]
         )
     print_table(lines)
@@ -601,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nwhole = Aggregator.refresh after {ARRIVALS_S:g} s of new probes of every series (rollup, windows 1h/24h/7d,"
         f" snapshot, status, history) + the first GET of {', '.join(PUBLISHED)} after it; median of"
         f" {result['plan']['refresh_runs']}. x base = per-series cost against the smallest growing case, same run."
+        " full GCs = the collector's full collections that fell in the measured runs (count, their time)."
         f" naive = exact percentile_cont x 3 windows (median of {result['plan']['naive_runs']}, 1 run above"
         f" {NAIVE_ONE_RUN_S:g} s); ratio = naive / (rollup + windows). {result['mode']} mode, PostgreSQL"
         f" {pg.version}; load average {result['machine']['loadavg_start']} -> {result['machine']['loadavg_end']};"
