@@ -44,7 +44,9 @@ __all__ = [
     "State",
     "Transition",
     "advance",
+    "by_model",
     "evaluate_all",
+    "evaluate_grouped",
     "prober_healthy",
 ]
 
@@ -128,15 +130,13 @@ def prober_healthy(observations: Iterable[Observation], now: datetime, interval:
     several probes at that same instant, any flagged one makes it unhealthy:
     when in doubt the answer is unknown, never up.
     """
-    latest: datetime | None = None
-    overloaded = False
-    for obs in observations:
-        if obs.started_at > now:
-            continue
-        if latest is None or obs.started_at > latest:
-            latest, overloaded = obs.started_at, obs.prober_overloaded
-        elif obs.started_at == latest:
-            overloaded = overloaded or obs.prober_overloaded
+    return _prober_health(by_model(observations, now), now, interval)
+
+
+def _prober_health(grouped: Mapping[str, Sequence[Observation]], now: datetime, interval: float) -> tuple[bool, str]:
+    """:func:`prober_healthy` of probes already grouped as :func:`by_model` groups them."""
+    # Each model's last probe is the latest of its own; the latest of all is among those.
+    latest = max((mine[-1].started_at for mine in grouped.values() if mine), default=None)
     limit = timedelta(seconds=HEARTBEAT_INTERVALS * interval)
     if latest is None or now - latest > limit:
         last = "never" if latest is None else f"last at {latest.isoformat()}"
@@ -144,8 +144,12 @@ def prober_healthy(observations: Iterable[Observation], now: datetime, interval:
             False,
             f"prober silent for over {_fmt_span(limit.total_seconds())} ({last})",
         )
-    if overloaded:
-        return False, "prober overloaded"
+    for mine in grouped.values():
+        for obs in reversed(mine):
+            if obs.started_at != latest:
+                break
+            if obs.prober_overloaded:
+                return False, "prober overloaded"
     return True, ""
 
 
@@ -167,10 +171,38 @@ def advance(
     ``interval`` is the schedule interval in seconds.
     """
     _check_aware(now, "now")
-    mine = sorted(
-        (o for o in observations if o.model == status.model and o.started_at <= now),
-        key=lambda o: o.started_at,
-    )
+    grouped = by_model(observations, now)
+    return _advance(status, grouped.get(status.model, []), _prober_health(grouped, now, interval), now, slo)
+
+
+def by_model(observations: Iterable[Observation], now: datetime) -> dict[str, list[Observation]]:
+    """Each model's probes started at or before ``now``, in the order they started.
+
+    One pass and one sort per model: what :func:`evaluate_all` does once for
+    every model instead of scanning all probes again for each one. The sort
+    is stable, so probes starting at the same instant keep their given order.
+    """
+    out: dict[str, list[Observation]] = {}
+    for obs in observations:
+        if obs.started_at <= now:
+            out.setdefault(obs.model, []).append(obs)
+    for mine in out.values():
+        mine.sort(key=_started_at)
+    return out
+
+
+def _started_at(obs: Observation) -> datetime:
+    return obs.started_at
+
+
+def _advance(
+    status: ModelStatus,
+    mine: Sequence[Observation],
+    health: tuple[bool, str],
+    now: datetime,
+    slo: SLOConfig,
+) -> ModelStatus:
+    """``status`` moved to ``now``, given its model's probes (``by_model``) and the prober's health."""
     failures, successes, latched = (
         status.consecutive_failures,
         status.consecutive_successes,
@@ -193,7 +225,7 @@ def advance(
             if failures >= slo.down_after:
                 latched = True
 
-    state, reason = _judge(mine, observations, now, slo, interval, failures, latched)
+    state, reason = _judge(mine, health, now, slo, failures, latched)
     since = status.since if state == status.state else now
     counted = frozenset(o.id for o in mine if o.id is not None)
     return ModelStatus(status.model, state, since, failures, successes, reason, latched, now, counted)
@@ -201,17 +233,17 @@ def advance(
 
 def _judge(
     mine: Sequence[Observation],
-    everyone: Iterable[Observation],
+    health: tuple[bool, str],
     now: datetime,
     slo: SLOConfig,
-    interval: float,
     failures: int,
     latched: bool,
 ) -> tuple[State, str]:
-    healthy, why = prober_healthy(everyone, now, interval)
+    healthy, why = health
     if not healthy:
         return State.UNKNOWN, why
-    window = [o for o in mine if now - o.started_at < timedelta(seconds=slo.window) and not o.prober_overloaded]
+    window_start = now - timedelta(seconds=slo.window)
+    window = [o for o in mine if o.started_at > window_start and not o.prober_overloaded]
     span = _fmt_span(slo.window)
     if not window:
         return State.UNKNOWN, f"no probe in the last {span}"
@@ -252,12 +284,31 @@ def evaluate_all(
 
     Returns the new statuses and the state changes, ordered by model id.
     Models in ``statuses`` but not in ``models`` (removed from config) are dropped.
+    The same as :func:`advance` on each model, in time linear in the probes
+    and the models: the probes are grouped by model once and the prober's
+    health is judged once.
     """
+    _check_aware(now, "now")
+    return evaluate_grouped(statuses, models, by_model(observations, now), now, slo, interval)
+
+
+def evaluate_grouped(
+    statuses: Mapping[str, ModelStatus],
+    models: Iterable[str],
+    grouped: Mapping[str, Sequence[Observation]],
+    now: datetime,
+    slo: SLOConfig,
+    interval: float,
+) -> tuple[dict[str, ModelStatus], list[Transition]]:
+    """:func:`evaluate_all` of probes already grouped as :func:`by_model` groups them: per model,
+    in the order they started, none after ``now`` (a caller that keeps them so need not regroup)."""
+    _check_aware(now, "now")
+    health = _prober_health(grouped, now, interval)
     new: dict[str, ModelStatus] = {}
     transitions: list[Transition] = []
     for model in sorted(set(models)):
         old = statuses.get(model) or ModelStatus.initial(model, now)
-        new[model] = advance(old, observations, now, slo, interval)
+        new[model] = _advance(old, grouped.get(model, ()), health, now, slo)
         if new[model].state != old.state:
             transitions.append(Transition(model, old.state, new[model].state, now))
     return new, transitions

@@ -114,24 +114,27 @@ Row = TypeVar("Row", bound=Counted)
 CellKey = tuple[str, ...]
 
 
-def cap_cells(groups: Mapping[CellKey, Sequence[Row]], limit: int) -> dict[CellKey, list[Row]]:
+def cap_cells(groups: Mapping[CellKey, Sequence[Row]], limit: int) -> dict[CellKey, Sequence[Row]]:
     """``groups`` (cell key -> rows) with at most ``limit`` named provider cells per (router, model).
 
     The named providers with the most probes are kept (ties by name); the
     rows of the others join the ``other`` cell. Other keys pass unchanged.
-    The lists are new: the caller's are never extended.
+    When some cell moves, the lists are new: the caller's are never extended;
+    when none does (the usual case), the groups come back as they were.
     """
-    named: dict[SeriesKey, list[tuple[int, str]]] = {}
+    named: dict[SeriesKey, list[CellKey]] = {}
     for key, rows in groups.items():
         if rows and len(key) == 4 and key[2] == "provider" and is_named(key[3]):
-            probes = sum(h.attempts + h.overloaded for h in rows)
-            named.setdefault((key[0], key[1]), []).append((-probes, key[3]))
+            named.setdefault((key[0], key[1]), []).append(key)
     excess: set[CellKey] = set()
-    for (router, model), cells in named.items():
+    for cells in named.values():
         if len(cells) > limit:
-            excess.update((router, model, "provider", name) for _, name in sorted(cells)[limit:])
-    out: dict[CellKey, list[Row]] = {}
+            ranked = sorted((-sum(h.attempts + h.overloaded for h in groups[key]), key[3], key) for key in cells)
+            excess.update(key for _, _, key in ranked[limit:])
+    if not excess:
+        return dict(groups)
+    out: dict[CellKey, Sequence[Row]] = {}
     for key, rows in groups.items():
         target = (key[0], key[1], "provider", OTHER) if key in excess else key
-        out.setdefault(target, []).extend(rows)
+        out[target] = [*out.get(target, ()), *rows]
     return out

@@ -17,9 +17,10 @@ not used here; it stays as the exact reference.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -28,7 +29,7 @@ import asyncpg
 from routewatch.aggregator.history import record as record_history
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
-from routewatch.aggregator.rollup import refresh_hist, window_hours, window_start, window_stats
+from routewatch.aggregator.rollup import CellKey, RefreshReport, refresh_hist, window_hours, window_start, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
 from routewatch.config import MaintenanceWindow, SLOConfig
@@ -40,6 +41,28 @@ from routewatch.storage.leadership import Leadership
 log = logging.getLogger(__name__)
 
 SeriesKey = tuple[str, str]  # (router, model)
+
+FULL_COLLECTION_EVERY = 1000
+"""The garbage collector's third threshold in a refreshing process (CPython's default is 10):
+see :func:`collect_less_often`."""
+
+
+def collect_less_often() -> None:
+    """Make full garbage collections rare in this process.
+
+    Between two refreshes the aggregator keeps hundreds of thousands of
+    objects alive (window sums, the snapshot, the status window), and a
+    refresh and the bodies rendered after it replace many of them. A full
+    collection walks all of them: 0.4 s at 10,000 series. With CPython's
+    default thresholds (700, 10, 10) there are about two per refresh, a
+    third of its time; with the third threshold at 1000, about one every ten
+    refreshes (fewer with fewer series, which allocate less). Those objects
+    hold no reference cycles, so reference counting frees them; the
+    collector is only needed for cycles elsewhere, which wait longer. Young
+    collections, the short and frequent ones, are left as they are.
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +77,47 @@ class Snapshot:
 
 def _empty(key: SeriesKey) -> WindowCounts:
     return WindowCounts(key[0], key[1], 0, 0, 0, 0, None, None, None, None, None, 0, 0, None, None)
+
+
+def _window_stats(
+    name: str, now: datetime, seconds: float, cells: Mapping[CellKey, CellStats], models: Sequence[SeriesKey]
+) -> dict[SeriesKey, ModelStats]:
+    """Each of ``models``' published stats over one window, from that window's cells."""
+    start = window_start(now, seconds)
+    breakdowns: dict[SeriesKey, dict[str, dict[str, CellStats]]] = {}
+    for cell_key, slice_ in cells.items():
+        if len(cell_key) == 4:
+            by_dim = breakdowns.setdefault((cell_key[0], cell_key[1]), {})
+            by_dim.setdefault(cell_key[2], {})[cell_key[3]] = slice_
+    out: dict[SeriesKey, ModelStats] = {}
+    for key in models:
+        cell = cells.get(key)
+        out[key] = ModelStats(
+            key[0],
+            key[1],
+            name,
+            start,
+            now,
+            now,
+            cell.counts if cell is not None else _empty(key),
+            cell=cell,
+            breakdown=breakdowns.get(key, {}),
+        )
+    return out
+
+
+class _Laps:
+    """Wall time of each part of one refresh, in the order the parts ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        """``part`` ended now: it took the time since the previous lap."""
+        now = time.perf_counter()
+        self.seconds[part] = now - self._last
+        self._last = now
 
 
 class Aggregator:
@@ -73,6 +137,7 @@ class Aggregator:
         probe_interval_s: float | None = None,
         maintenance: Sequence[MaintenanceWindow] = (),
         max_providers: int = DEFAULT_MAX_PROVIDERS,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
@@ -83,7 +148,8 @@ class Aggregator:
         refreshing process also evaluates model status, incidents and daily
         uptime (``model_state_store``); every process publishes them as ``status``.
         ``max_providers``: named providers per model at most, the rest counted
-        as ``other`` (``provider_cap``)."""
+        as ``other`` (``provider_cap``). ``clock`` gives each refresh's time
+        instead of the database's clock (a benchmark pins it)."""
         self._pool = pool
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
@@ -98,11 +164,14 @@ class Aggregator:
                 raise ValueError("status needs the probe schedule interval (probe_interval_s) with slo")
             self._status = StatusTracker(slo, probe_interval_s, maintenance, refresh_s=interval_s)
         self._max_providers = max_providers
+        self._clock = clock
         self._sliding = SlidingWindows(self._windows, max_providers)
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
         self.last_refresh_s: float | None = None  # wall time of the last successful refresh
+        # ... and of its parts: rollup (leader), windows, snapshot, status, history (when they ran).
+        self.last_refresh_parts: dict[str, float] = {}
 
     def set_configured(self, models: Iterable[SeriesKey]) -> None:
         """Replace the configured (router, model) list, e.g. after a config reload.
@@ -137,6 +206,17 @@ class Aggregator:
         return self._interval
 
     @property
+    def window_rebuilds(self) -> int:
+        """How often the leader read its window sums whole from the table (``sliding.SlidingWindows``)."""
+        return self._sliding.rebuilds
+
+    @property
+    def status_window_reads(self) -> int:
+        """How often the leader read the SLO window's probes whole from the table
+        (``model_state_store.RecentProbes``); 0 with status disabled."""
+        return self._status.recent.reloads if self._status is not None else 0
+
+    @property
     def role(self) -> str:
         """``leader`` (this process refreshes the rollups) or ``standby``."""
         return "leader" if self._leadership is None or self._leadership.is_leader else "standby"
@@ -144,71 +224,61 @@ class Aggregator:
     async def refresh(self) -> Snapshot:
         """Bring the rollup up to date (leader only), recompute every window, publish the result."""
         started = time.perf_counter()
-        snapshot = await self._refresh()
+        parts = _Laps()
+        snapshot = await self._refresh(parts)
         self.last_refresh_s = time.perf_counter() - started
+        self.last_refresh_parts = parts.seconds
         return snapshot
 
-    async def _refresh(self) -> Snapshot:
+    async def _refresh(self, laps: _Laps) -> Snapshot:
         if self._leadership is not None:
             await self._leadership.try_acquire()
+        report: RefreshReport | None = None  # the leader's rollup refresh
         async with self._pool.acquire() as conn:
             if self.role == "leader":
                 report = await refresh_hist(
                     conn,
+                    now=self._clock() if self._clock is not None else None,
                     retention=self._retention,
                     known=self._sliding.known_hour(),
                     max_providers=self._max_providers,
                     label_hours=max((window_hours(s) for s in self._windows.values()), default=1),
                 )
                 now = report.now
+                laps.lap("rollup")
                 await self._sliding.update(conn, report)
                 cells = self._sliding.stats()
             else:
                 self._sliding.forget()  # a later leadership rebuilds it from the table
-                now = await db_now(conn)
+                now = self._clock() if self._clock is not None else await db_now(conn)
                 cells = await window_stats(conn, self._windows, now, self._max_providers)
+            laps.lap("windows")
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
         seen.extend(others)
-        stats: dict[str, dict[SeriesKey, ModelStats]] = {}
-        for name, seconds in self._windows.items():
-            start = window_start(now, seconds)
-            per_window = cells.get(name, {})
-            breakdowns: dict[SeriesKey, dict[str, dict[str, CellStats]]] = {}
-            for cell_key, slice_ in per_window.items():
-                if len(cell_key) == 4:
-                    by_dim = breakdowns.setdefault((cell_key[0], cell_key[1]), {})
-                    by_dim.setdefault(cell_key[2], {})[cell_key[3]] = slice_
-            stats[name] = {}
-            for key in seen:
-                cell = per_window.get(key)
-                stats[name][key] = ModelStats(
-                    key[0],
-                    key[1],
-                    name,
-                    start,
-                    now,
-                    now,
-                    cell.counts if cell is not None else _empty(key),
-                    cell=cell,
-                    breakdown=breakdowns.get(key, {}),
-                )
+        stats = {
+            name: _window_stats(name, now, seconds, cells.get(name, {}), seen)
+            for name, seconds in self._windows.items()
+        }
+        laps.lap("snapshot")
         if self._status is not None:
-            await self._refresh_status(now, [model for _, model in seen])
+            await self._refresh_status(now, [model for _, model in seen], report)
+            laps.lap("status")
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
         self.refreshes += 1
         if self._history_due(now):
             async with self._pool.acquire() as conn:
                 await record_history(conn, now, [m for per in stats.values() for m in per.values()])
             self._history_last = now
+            laps.lap("history")
         return self.snapshot
 
-    async def _refresh_status(self, now: datetime, models: list[str]) -> None:
+    async def _refresh_status(self, now: datetime, models: list[str], report: RefreshReport | None) -> None:
         """Leader: evaluate and store the status; everyone: read back what is stored."""
         assert self._status is not None
         async with self._pool.acquire() as conn:
             if self.role == "leader":
-                await self._status.evaluate(conn, models, now)
+                await self._status.evaluate(conn, models, now, report)
             else:
                 self._status.forget()  # a later leadership starts from the tables
             self.status = await read_report(conn)
@@ -219,7 +289,11 @@ class Aggregator:
         return self._history_last is None or now - self._history_last >= self._history_every
 
     async def run(self) -> None:
-        """Refresh forever; a failed refresh keeps the last snapshot published."""
+        """Refresh forever; a failed refresh keeps the last snapshot published.
+
+        Also makes full garbage collections rarer in this process (:func:`collect_less_often`).
+        """
+        collect_less_often()
         while True:
             try:
                 await self.refresh()

@@ -37,12 +37,13 @@ module decodes their records into :class:`HourRow` and does the arithmetic.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,7 +59,7 @@ from routewatch.aggregator.provider_cap import (
     provider_label,
     stored_provider,
 )
-from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, quantile_table
+from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, grouped_histograms, quantile_table
 from routewatch.aggregator.stats import CellStats, WindowCounts
 from routewatch.storage import hist_queries, ingest_log
 from routewatch.storage.clock import db_now
@@ -96,6 +97,7 @@ class RefreshReport:
     written: tuple[HourRow, ...] = ()  # the rows written in the recomputed hours
     replaced: tuple[HourRow, ...] = ()  # the rows they replaced
     capped: tuple[SeriesKey, ...] = ()  # (router, model) whose providers overflowed into "other" first now
+    batches: tuple[ingest_log.PendingBatch, ...] = ()  # the batches taken in
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -278,6 +280,7 @@ async def _refresh(
         tuple(written),
         tuple(replaced),
         tuple(cap.newly_capped),
+        tuple(logs),
     )
 
 
@@ -327,7 +330,7 @@ def encode_row(h: HourRow) -> tuple[Any, ...]:
         h.ok,
         h.rate_limited,
         h.overloaded,
-        json.dumps(dict(sorted(h.errors.items()))),
+        _errors_json(tuple(sorted(h.errors.items()))),
         h.input_tokens,
         h.output_tokens,
         h.first,
@@ -338,42 +341,61 @@ def encode_row(h: HourRow) -> tuple[Any, ...]:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a refresh encodes every series of the hour; few distinct error mixes
+def _errors_json(errors: tuple[tuple[str, int], ...]) -> str:
+    return json.dumps(dict(errors))
+
+
 def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
     """``a`` with ``b`` added (sign 1) or taken out (sign -1), counts and histograms.
 
     first/last become the min/max of both (meaningless when taking out: the
     caller sets them). ValueError if a count would go negative.
     """
-    errors = Counter(a.errors)
+    errors = dict(a.errors)
+    for cls, n in b.errors.items():
+        errors[cls] = errors.get(cls, 0) + sign * n
+    if sign < 0 and any(v < 0 for v in errors.values()):
+        raise ValueError("an error count would go negative")
     if sign > 0:
-        errors.update(b.errors)
+        ttft, ttfat, tps = a.ttft.merge(b.ttft), a.ttfat.merge(b.ttfat), a.tps.merge(b.tps)
     else:
-        errors.subtract(b.errors)
-        if any(v < 0 for v in errors.values()):
-            raise ValueError("an error count would go negative")
-
-    def hist(x: Histogram, y: Histogram) -> Histogram:
-        return x.merge(y) if sign > 0 else x.subtract(y)
-
-    out = replace(
-        a,
-        attempts=a.attempts + sign * b.attempts,
-        ok=a.ok + sign * b.ok,
-        rate_limited=a.rate_limited + sign * b.rate_limited,
-        overloaded=a.overloaded + sign * b.overloaded,
-        errors={k: v for k, v in errors.items() if v},
-        input_tokens=a.input_tokens + sign * b.input_tokens,
-        output_tokens=a.output_tokens + sign * b.output_tokens,
-        first=min((t for t in (a.first, b.first) if t is not None), default=None),
-        last=max((t for t in (a.last, b.last) if t is not None), default=None),
-        ttft=hist(a.ttft, b.ttft),
-        ttfat=hist(a.ttfat, b.ttfat),
-        tps=hist(a.tps, b.tps),
-        rows=a.rows + sign * b.rows,
+        ttft, ttfat, tps = a.ttft.subtract(b.ttft), a.ttfat.subtract(b.ttfat), a.tps.subtract(b.tps)
+    # Built directly, not with dataclasses.replace: a refresh combines every
+    # series of the current hour, and replace() costs more than the rest.
+    out = HourRow(
+        a.bucket,
+        a.router,
+        a.model,
+        a.provider,
+        a.region,
+        a.prompt,
+        a.methodology,
+        a.attempts + sign * b.attempts,
+        a.ok + sign * b.ok,
+        a.rate_limited + sign * b.rate_limited,
+        a.overloaded + sign * b.overloaded,
+        {k: v for k, v in errors.items() if v},
+        a.input_tokens + sign * b.input_tokens,
+        a.output_tokens + sign * b.output_tokens,
+        _earliest(a.first, b.first),
+        _latest(a.last, b.last),
+        ttft,
+        ttfat,
+        tps,
+        a.rows + sign * b.rows,
     )
     if min(out.attempts, out.ok, out.rate_limited, out.overloaded, out.rows) < 0:
         raise ValueError("a count would go negative")
     return out
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None or a <= b else b
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None or a >= b else b
 
 
 ProviderOf = Callable[[str, str, "str | None"], str]  # (router, model, reported) -> stored provider
@@ -430,23 +452,16 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     for i in np.flatnonzero(counted & ~ok).tolist():
         errors[int(group[i])][rows[i]["error_class"] or "unknown"] += 1
 
-    # Per metric: the good values' bucket indices (sorted within each run), zeros apart.
+    # Per metric: the good values' bucket indices per run, zeros apart, made into
+    # every run's histogram at once.
+    run_of = np.repeat(np.arange(starts.size), ends - starts)
     hists: list[list[Histogram]] = []
     for column in ("ttft_ms", "ttfat_ms", "output_tps"):
         x = np.array([r[column] for r in rows], dtype=np.float64)
         keep = good & ~np.isnan(x)
         positive = keep & (x > 0)
-        idx = np.zeros(n, dtype=np.int64)
-        idx[positive] = bucket_indices(x[positive])
         zero_counts = np.add.reduceat((keep & ~positive).astype(np.int64), starts).tolist()
-        pos_in = np.cumsum(positive) - positive  # positives before each row
-        pos_idx = idx[positive]
-        per_group = []
-        for g, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-            lo_p = int(pos_in[a])
-            hi_p = int(pos_in[b - 1] + positive[b - 1])
-            per_group.append(Histogram.from_indices(pos_idx[lo_p:hi_p], zeros=zero_counts[g]))
-        hists.append(per_group)
+        hists.append(grouped_histograms(run_of[positive], bucket_indices(x[positive]), zero_counts))
 
     return [
         HourRow(
@@ -542,72 +557,91 @@ def cells_stats(groups: Mapping[CellKey, Sequence[HourRow]]) -> dict[CellKey, Ce
     model served by one provider, probed from one region: the common case)
     gets the model cell's CellStats without computing them again.
     """
+    return cells_stats_many([groups])[0]
+
+
+def cells_stats_many(windows: Sequence[Mapping[CellKey, Sequence[HourRow]]]) -> list[dict[CellKey, CellStats]]:
+    """:func:`cells_stats` of each of several sets of cells (one per window), with
+    one :func:`~.sketch.quantile_table` per metric for all of them."""
     unique: list[tuple[CellKey, Sequence[HourRow]]] = []
-    same_as: dict[CellKey, CellKey] = {}
-    seen: dict[tuple[str, str, tuple[int, ...]], CellKey] = {}
-    for key, rows in groups.items():
-        if not rows:
-            continue
-        signature = (key[0], key[1], tuple(map(id, rows)))
-        first = seen.setdefault(signature, key)
-        if first is key:
-            unique.append((key, rows))
-        else:
-            same_as[key] = first
+    slots: list[dict[CellKey, int]] = []  # per window: cell key -> index in unique
+    for groups in windows:
+        seen: dict[tuple[str, str, tuple[int, ...]], int] = {}
+        slot: dict[CellKey, int] = {}
+        for key, rows in groups.items():
+            if not rows:
+                continue
+            signature = (key[0], key[1], tuple(map(id, rows)))
+            at = seen.get(signature)
+            if at is None:
+                at = seen[signature] = len(unique)
+                unique.append((key, rows))
+            slot[key] = at
+        slots.append(slot)
     ttft = _columns(quantile_table([[h.ttft for h in rows] for _, rows in unique], (0.5, 0.95)))
     ttfat = _columns(quantile_table([[h.ttfat for h in rows] for _, rows in unique], (0.5, 0.95)))
     tps = _columns(quantile_table([[h.tps for h in rows] for _, rows in unique], (0.5,)))
-    out: dict[CellKey, CellStats] = {}
-    for g, (key, rows) in enumerate(unique):
-        attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
-        errors: dict[str, int] = {}
-        first_probe: datetime | None = None
-        last_probe: datetime | None = None
-        for h in rows:
-            attempts += h.attempts
-            ok += h.ok
-            rate_limited += h.rate_limited
-            overloaded += h.overloaded
-            tokens_in += h.input_tokens
-            tokens_out += h.output_tokens
-            for cls, n in h.errors.items():
-                errors[cls] = errors.get(cls, 0) + n
-            if h.first is not None and (first_probe is None or h.first < first_probe):
-                first_probe = h.first
-            if h.last is not None and (last_probe is None or h.last > last_probe):
-                last_probe = h.last
-        (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft[g]
-        (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat[g]
-        ((tps_p50, tps_p50_ci),) = tps[g]
-        counts = WindowCounts(
-            key[0],
-            key[1],
-            attempts,
-            ok,
-            rate_limited,
-            overloaded,
-            ttft_p50,
-            ttft_p95,
-            ttfat_p50,
-            ttfat_p95,
-            tps_p50,
-            tokens_in,
-            tokens_out,
-            first_probe,
-            last_probe,
-        )
-        out[key] = CellStats(
-            counts=counts,
-            errors_by_class=dict(sorted((k, v) for k, v in errors.items() if v)),
-            ttft_p50_ci=ttft_p50_ci,
-            ttft_p95_ci=ttft_p95_ci,
-            ttfat_p50_ci=ttfat_p50_ci,
-            ttfat_p95_ci=ttfat_p95_ci,
-            tps_p50_ci=tps_p50_ci,
-        )
-    for key, first in same_as.items():
-        out[key] = out[first]
-    return out
+    computed = [_cell_stats(key, rows, ttft[g], ttfat[g], tps[g][0]) for g, (key, rows) in enumerate(unique)]
+    return [{key: computed[at] for key, at in slot.items()} for slot in slots]
+
+
+_Quantile = tuple[float | None, tuple[float, float] | None]  # a value and its interval
+
+
+def _cell_stats(
+    key: CellKey,
+    rows: Sequence[HourRow],
+    ttft: Sequence[_Quantile],
+    ttfat: Sequence[_Quantile],
+    tps: _Quantile,
+) -> CellStats:
+    """One cell's CellStats: its rows' counts added up, and its quantiles."""
+    attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
+    errors: dict[str, int] = {}
+    first_probe: datetime | None = None
+    last_probe: datetime | None = None
+    for h in rows:
+        attempts += h.attempts
+        ok += h.ok
+        rate_limited += h.rate_limited
+        overloaded += h.overloaded
+        tokens_in += h.input_tokens
+        tokens_out += h.output_tokens
+        for cls, n in h.errors.items():
+            errors[cls] = errors.get(cls, 0) + n
+        if h.first is not None and (first_probe is None or h.first < first_probe):
+            first_probe = h.first
+        if h.last is not None and (last_probe is None or h.last > last_probe):
+            last_probe = h.last
+    (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft
+    (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat
+    tps_p50, tps_p50_ci = tps
+    counts = WindowCounts(
+        key[0],
+        key[1],
+        attempts,
+        ok,
+        rate_limited,
+        overloaded,
+        ttft_p50,
+        ttft_p95,
+        ttfat_p50,
+        ttfat_p95,
+        tps_p50,
+        tokens_in,
+        tokens_out,
+        first_probe,
+        last_probe,
+    )
+    return CellStats(
+        counts,
+        dict(sorted((k, v) for k, v in errors.items() if v)),
+        ttft_p50_ci,
+        ttft_p95_ci,
+        ttfat_p50_ci,
+        ttfat_p95_ci,
+        tps_p50_ci,
+    )
 
 
 def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float, float] | None]]]:
@@ -622,7 +656,7 @@ def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float,
                 for v, lo, hi in zip(values, lows, highs, strict=True)
             ]
         )
-    return [list(row) for row in zip(*per_q, strict=True)] if per_q else []
+    return list(map(list, zip(*per_q, strict=True))) if per_q else []
 
 
 async def window_stats(

@@ -20,6 +20,7 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from statistics import NormalDist
 from typing import Any
 
@@ -362,6 +363,13 @@ class Histogram:
             kept = self if self.counts.size else other
             return Histogram._trusted(kept.offset, kept.counts, self.zeros + other.zeros)
         # Both non-empty: the union's end buckets are non-zero, nothing to trim.
+        big, small = (self, other) if self.counts.size >= other.counts.size else (other, self)
+        at = small.offset - big.offset
+        if at >= 0 and at + small.counts.size <= big.counts.size:
+            # One span holds the other (an hour's rows plus a minute's): one copy, one addition.
+            dense = big.counts.copy()
+            dense[at : at + small.counts.size] += small.counts
+            return Histogram._trusted(big.offset, dense, self.zeros + other.zeros)
         lo = min(self.offset, other.offset)
         dense = np.zeros(max(self.offset + self.counts.size, other.offset + other.counts.size) - lo, dtype=np.int64)
         dense[self.offset - lo : self.offset - lo + self.counts.size] += self.counts
@@ -474,6 +482,40 @@ class Histogram:
         return cls._trusted(offset, counts, zeros)
 
 
+def grouped_histograms(
+    run_of: npt.NDArray[np.int64], indices: npt.NDArray[Any], zeros: Sequence[int]
+) -> list[Histogram]:
+    """One histogram per run ``r`` in ``range(len(zeros))``: of the bucket indices ``indices[k]``
+    whose ``run_of[k] == r``, plus ``zeros[r]`` values <= 0.
+
+    The same histograms as ``Histogram.from_indices`` on each run's indices,
+    built for all runs at once: one ``bincount`` lays every run's counts end
+    to end, and each run's histogram is its slice (copied, so that it does
+    not keep the others' memory alive). A rollup builds tens of thousands
+    of hourly histograms per refresh; one numpy call per histogram is most
+    of what that would cost.
+    """
+    idx = np.asarray(indices).astype(np.int64, copy=False)
+    if idx.size and not np.issubdtype(np.asarray(indices).dtype, np.integer):
+        raise ValueError("bucket indices must be integers")
+    _check_indices(idx)
+    n_runs = len(zeros)
+    lo = np.full(n_runs, MAX_INDEX + 1, dtype=np.int64)
+    hi = np.full(n_runs, MIN_INDEX - 1, dtype=np.int64)
+    np.minimum.at(lo, run_of, idx)
+    np.maximum.at(hi, run_of, idx)
+    span = np.where(hi >= lo, hi - lo + 1, 0)
+    start = np.cumsum(span) - span
+    flat = np.bincount(start[run_of] + idx - lo[run_of], minlength=int(span.sum())).astype(np.int64)
+    out: list[Histogram] = []
+    for first, at, width, z in zip(lo.tolist(), start.tolist(), span.tolist(), zeros, strict=True):
+        if width:  # trimmed by construction: the run's lowest and highest index each hold a value
+            out.append(Histogram._trusted(first, flat[at : at + width].copy(), z))
+        else:
+            out.append(Histogram._trusted(0, _EMPTY_COUNTS, z))
+    return out
+
+
 # --- Quantiles of many merged histograms at once ---------------------------
 
 
@@ -513,23 +555,19 @@ def quantile_table(
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"q must be in [0, 1], got {q}")
     n_groups, n_q = len(groups), len(qs)
-    # One pass over the members (the only per-histogram Python work): group, offset, counts.
+    # The members, flattened: a few passes of attribute reads, the only
+    # per-histogram Python work besides one slice addition each (below).
+    members = [h for group in groups for h in group]
+    mg_all = np.repeat(np.arange(n_groups, dtype=np.intp), [len(group) for group in groups])
     zeros = np.zeros(n_groups, dtype=np.int64)
-    m_group: list[int] = []
-    m_offset: list[int] = []
-    parts: list[npt.NDArray[np.int64]] = []
-    for g, members in enumerate(groups):
-        z = 0
-        for h in members:
-            z += h.zeros
-            if h.counts.size:
-                m_group.append(g)
-                m_offset.append(h.offset)
-                parts.append(h.counts)
-        zeros[g] = z
-    mg = np.array(m_group, dtype=np.intp)
-    mo = np.array(m_offset, dtype=np.int64)
-    ms = np.array([c.size for c in parts], dtype=np.int64)
+    np.add.at(zeros, mg_all, np.fromiter([h.zeros for h in members], np.int64, len(members)))
+    all_parts = [h.counts for h in members]
+    sizes = np.fromiter([c.size for c in all_parts], np.int64, len(all_parts))
+    keep = sizes > 0
+    mg = mg_all[keep]
+    mo = np.fromiter([h.offset for h in members], np.int64, len(members))[keep]
+    ms = sizes[keep]
+    parts = list(compress(all_parts, keep.tolist()))
     # Each group's span: the union of its members' spans.
     lo = np.full(n_groups, MAX_INDEX + 1, dtype=np.int64)
     hi = np.full(n_groups, MIN_INDEX, dtype=np.int64)

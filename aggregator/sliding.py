@@ -38,7 +38,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -50,7 +50,7 @@ from routewatch.aggregator.rollup import (
     KnownHour,
     RefreshReport,
     cell_keys,
-    cells_stats,
+    cells_stats_many,
     combine,
     decode_row,
     floor_hour,
@@ -187,7 +187,7 @@ class SlidingWindows:
         for h in self._now_rows:
             for key in cell_keys(h.router, h.model, h.provider, h.region):
                 current_by_key.setdefault(key, []).append(h)
-        out: dict[str, dict[CellKey, CellStats]] = {}
+        per_window: list[dict[CellKey, Sequence[HourRow]]] = []
         for name, sums in self._sums.items():
             aliases = self._aliases.get(name, set())
             groups: dict[CellKey, list[HourRow]] = {
@@ -195,8 +195,9 @@ class SlidingWindows:
             }
             for key, rows in current_by_key.items():
                 groups.setdefault(key, []).extend(rows)
-            out[name] = cells_stats(cap_cells(groups, self._max_providers))
-        return out
+            per_window.append(cap_cells(groups, self._max_providers))
+        # One computation of the percentiles for every window at once.
+        return dict(zip(self._sums, cells_stats_many(per_window), strict=True))
 
     # -- keeping the sums ----------------------------------------------
 

@@ -53,6 +53,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from routewatch.admin import LocalAdmin
 from routewatch.aggregator.publish.api import FAILED_COMPONENTS, create_app
 from routewatch.aggregator.publish.metrics import ProberHealthSlot
+from routewatch.aggregator.publish.metrics_snapshot import MetricsExport
 from routewatch.aggregator.publish.public_routes import input_prices
 from routewatch.aggregator.publish.server import ApiServer, bind_listeners, start_api
 from routewatch.aggregator.refresh import Aggregator
@@ -276,6 +277,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
             prices=input_prices(config.routers),
             prober_health=prober_health,
             ingest=ingest_receiver(config, settings, database_target, timedelta(seconds=config.storage.retention)),
+            metrics=MetricsExport.from_config(config.aggregator),
         )
         app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
         api = await stack.start("api", _api_server(app, sockets))

@@ -486,6 +486,51 @@ def test_max_providers_per_model_defaults_to_5_and_must_be_at_least_1() -> None:
     )
 
 
+@pytest.mark.unit
+def test_metrics_export_the_shortest_window_by_default_and_what_aggregator_metrics_names() -> None:
+    default = parse_config(MINIMAL_CONFIG, "probes.yaml").aggregator
+    assert (default.metrics.windows, default.metrics.breakdowns, default.metrics_windows()) == (None, [], ["1h"])
+    reordered = parse_config(MINIMAL_CONFIG + "aggregator: {windows: [7d, 30m, 24h]}\n", "probes.yaml").aggregator
+    assert reordered.metrics_windows() == ["30m"]
+    chosen = parse_config(
+        MINIMAL_CONFIG + "aggregator:\n  metrics:\n    windows: [7d, 1h]\n    breakdowns: [region, provider]\n",
+        "probes.yaml",
+    ).aggregator
+    assert (chosen.metrics_windows(), chosen.metrics.breakdowns) == (["7d", "1h"], ["region", "provider"])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            "aggregator:\n  metrics:\n    windows: [1h, 30d]\n",
+            'probes.yaml:10: aggregator.metrics.windows[1]: "30d" is not one of aggregator.windows (1h, 24h, 7d)',
+        ),
+        (
+            "aggregator:\n  windows: [1h]\n  metrics:\n    windows:\n      - 1h\n      - 7d\n",
+            'probes.yaml:13: aggregator.metrics.windows[1]: "7d" is not one of aggregator.windows (1h)',
+        ),
+        (
+            "aggregator:\n  metrics:\n    breakdowns: [provider, provider]\n",
+            'probes.yaml:10: aggregator.metrics.breakdowns[1]: "provider" is listed twice (also [0])',
+        ),
+        (
+            "aggregator:\n  metrics:\n    breakdowns: [model]\n",
+            "probes.yaml:10: aggregator.metrics.breakdowns[0]: Input should be 'provider' or 'region'",
+        ),
+        (
+            "aggregator:\n  metrics:\n    labels: [router]\n",
+            'probes.yaml:10: aggregator.metrics.labels: unknown field "labels" (allowed: windows, breakdowns)',
+        ),
+    ],
+)
+def test_bad_metrics_options_are_refused_with_their_line(section: str, message: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(MINIMAL_CONFIG + section, "probes.yaml")
+    assert str(excinfo.value) == message
+
+
 def _refusal(text: str) -> str:
     with pytest.raises(ConfigError) as excinfo:
         parse_config(text, "probes.yaml")

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.publish.metrics import ProberHealthSlot
+from routewatch.aggregator.publish.metrics_snapshot import BREAKDOWNS, MetricsExport
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts
 from routewatch.config import SLOConfig, parse_config
@@ -89,6 +90,9 @@ PERCENTILES = {  # family suffix -> WindowCounts field (ms)
 }
 
 Labels = frozenset[tuple[str, str]]
+
+# Every window and breakdown, where a test checks them all (the default exports fewer).
+EVERYTHING = MetricsExport(tuple(WINDOWS), BREAKDOWNS)
 
 
 class Scrape:
@@ -156,7 +160,7 @@ def expected_cell(counts: WindowCounts, prefix: str, per_slice: bool) -> dict[st
 
 
 def expected_stats(snap: Snapshot) -> dict[tuple[str, Labels], float]:
-    """Every stats sample of ``snap``, per model and per provider / region slice."""
+    """Every stats sample of ``snap``, per model and per provider / region slice, in every window."""
     out: dict[tuple[str, Labels], float] = {}
     for window, per_model in snap.stats.items():
         for (router, model), stats in per_model.items():
@@ -213,7 +217,7 @@ async def test_metrics_publish_the_snapshot_and_the_probers_health(
         lag.start()
         aggregator = Aggregator(pool, WINDOWS, CONFIGURED, 10.0)
         slot = ProberHealthSlot()
-        app = create_app(aggregator, prober_health=slot)
+        app = create_app(aggregator, prober_health=slot, metrics=EVERYTHING)
         client = await aiohttp_client(app)
 
         # Before the first refresh and before any prober: no stats, no prober health.
@@ -353,7 +357,8 @@ async def test_serve_mode_has_status_and_role_but_no_prober_metrics(db_dsn: str,
 
         apps = {}
         for name, aggregator in (("leader", leader), ("standby", standby)):
-            app = create_app(aggregator)  # `routewatch serve`: no prober health source
+            # `routewatch serve`: no prober health source
+            app = create_app(aggregator, metrics=MetricsExport(("1h",), BREAKDOWNS))
             apps[name] = await scrape(await aiohttp_client(app))
 
         for role, s in apps.items():
@@ -433,7 +438,7 @@ async def test_a_router_naming_a_new_provider_per_answer_adds_a_bounded_number_o
             await ensure_schema(conn)
         await writer.start()
         aggregator = Aggregator(pool, WINDOWS, [("sim", HOSTILE)], 10.0, max_providers=CAP)
-        client = await aiohttp_client(create_app(aggregator))
+        client = await aiohttp_client(create_app(aggregator, metrics=EVERYTHING))
         async with new_session(8) as session:
             prober = Prober(session, config.timeouts, REGION, 8, sink=writer.submit)
             results: list[ProbeResult] = []
@@ -489,4 +494,78 @@ async def test_a_router_naming_a_new_provider_per_answer_adds_a_bounded_number_o
         assert HOSTILE in capped[0].getMessage() and "upstream-" not in capped[0].getMessage()
     finally:
         await writer.close()
+        await pool.close()
+
+
+# ---------------------------------------------------------------- how many series per model
+
+
+TWO_PROVIDERS, ONE_PROVIDER = "t/two-providers", "t/one-provider"
+
+
+def _series_per_model(s: Scrape) -> Counter[str]:
+    """Samples per model id, over every family that carries a model label."""
+    return Counter(dict(labels)["model"] for (_, labels) in s.values if "model" in dict(labels))
+
+
+async def test_metrics_default_to_under_20_series_per_model_and_aggregator_metrics_adds_windows_and_breakdowns(
+    db_dsn: str, aiohttp_client
+) -> None:
+    """At default settings a model has 12 stats series (the shortest window) and 4 state series;
+    aggregator.metrics in probes.yaml adds windows and breakdowns, each sample equal to the snapshot's."""
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
+    try:
+        now = datetime.now(UTC)
+        probes = [
+            probe_result(
+                started_at=now - timedelta(seconds=60 + i),
+                region="r",
+                router="sim",
+                model=model,
+                provider=provider,
+                **outcome(True, ttft_ms=100.0 + i, ttfat_ms=120.0 + i, output_tps=50.0 + i, output_tokens=10),
+            )
+            for i in range(30)
+            for model, provider in ((TWO_PROVIDERS, f"P{i % 2}"), (ONE_PROVIDER, "P"))
+        ]
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+            await write_batch(conn, probes)
+        windows = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # the default aggregator.windows
+        configured = [("sim", TWO_PROVIDERS), ("sim", ONE_PROVIDER)]
+        aggregator = Aggregator(pool, windows, configured, 10.0, slo=SLO, probe_interval_s=60.0)
+        await aggregator.refresh()
+        assert aggregator.snapshot is not None
+
+        async def scrape_with(aggregator_section: str) -> Scrape:
+            config = parse_config(
+                config_text([router_entry("sim", "simulator", [m for _, m in configured])], [prompt_entry()])
+                + aggregator_section,
+                "probes.yaml",
+            )
+            app = create_app(aggregator, metrics=MetricsExport.from_config(config.aggregator))
+            return await scrape(await aiohttp_client(app))
+
+        default = await scrape_with("")
+        assert _series_per_model(default) == {TWO_PROVIDERS: 12 + 4, ONE_PROVIDER: 12 + 4}
+        assert all(n < 20 for n in _series_per_model(default).values())
+        assert {dict(ls)["window"] for ls in default.labelsets("routewatch_ttft_p50_seconds")} == {"1h"}
+        assert not any(n.startswith(("routewatch_provider_", "routewatch_region_")) for n in default.families)
+
+        longer = await scrape_with("aggregator:\n  metrics:\n    windows: [7d, 1h]\n")
+        assert _series_per_model(longer) == {TWO_PROVIDERS: 2 * 12 + 4, ONE_PROVIDER: 2 * 12 + 4}
+
+        everything = await scrape_with(
+            "aggregator:\n  metrics:\n    windows: [1h, 24h, 7d]\n    breakdowns: [provider, region]\n"
+        )
+        # Per window: 12 per model, 9 per provider (two, or one), 9 for the one region.
+        assert _series_per_model(everything) == {
+            TWO_PROVIDERS: 3 * (12 + 9 * 2 + 9) + 4,
+            ONE_PROVIDER: 3 * (12 + 9 + 9) + 4,
+        }
+        assert published_stats(everything) == expected_stats(aggregator.snapshot)
+        # Fewer series, the same figures: the default is a subset of the whole.
+        assert published_stats(default).items() <= published_stats(everything).items()
+        assert published_stats(longer).items() <= published_stats(everything).items()
+    finally:
         await pool.close()

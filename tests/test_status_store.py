@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from factories import outcome, probe_result
 
+from routewatch.aggregator.model_state import ModelStatus, Observation, evaluate_all
+from routewatch.aggregator.model_state_store import StatusTracker, load_statuses
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
+from routewatch.aggregator.rollup import refresh_hist
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.schema import ensure_schema
@@ -145,3 +149,65 @@ async def test_retention_drops_old_uptime_days_and_old_closed_incidents(db_dsn: 
         await conn.close()
     assert days == [today - timedelta(days=89)]  # UPTIME_DAYS days, today included
     assert ids == [2, 3]  # an open incident stays, however old
+
+
+# ---------------------------------------------------------------- the leader's copy of the SLO window
+
+
+def _counters(statuses: Mapping[str, ModelStatus]) -> dict[str, tuple[str, int, int, bool]]:
+    return {
+        m: (s.state.value, s.consecutive_failures, s.consecutive_successes, s.latched_down) for m, s in statuses.items()
+    }
+
+
+async def test_the_leader_reads_only_the_new_batches_and_judges_as_if_it_had_read_every_probe(db_dsn: str) -> None:
+    """Refresh after refresh, the tracker (which reads the whole SLO window once, then only the
+    batches each rollup refresh takes in) stores the states and hysteresis counters that the pure
+    engine computes from every probe: late probes count once, and when another process took
+    batches in, the tracker reads the window again instead of missing them."""
+    # up_after 3 and min_samples above what is written: the counters decide every state here.
+    slo = SLOConfig(window=900, down_after=3, up_after=3, min_samples=50)
+    models = [BROKEN, FINE]
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await ensure_schema(conn)
+        tracker = StatusTracker(slo, INTERVAL, refresh_s=10.0)
+        every: list[Observation] = []
+        expected: dict[str, ModelStatus] = {}
+        judged_at: list[datetime] = []
+
+        async def store(probes: list[ProbeResult], *, judged: bool = True) -> None:
+            nonlocal expected
+            await write_batch(conn, probes)
+            every.extend(Observation(p.model, p.started_at, p.ok, p.ttft_ms, False, p.id.int) for p in probes)
+            report = await refresh_hist(conn)
+            if not judged:  # another process's refresh: it takes the batch in, this tracker does not judge
+                return
+            await tracker.evaluate(conn, models, report.now, report)
+            judged_at.append(report.now)
+            expected, _ = evaluate_all(expected, models, every, report.now, slo, INTERVAL)
+            assert _counters(await load_statuses(conn)) == _counters(expected)
+
+        def just_now() -> datetime:
+            return datetime.now(UTC) - timedelta(milliseconds=10)
+
+        # Broken fails three times (down), then recovers; a late ok probe (started before
+        # the previous evaluation, stored after it) counts once.
+        for broken_ok in [False, False, False, True, True]:
+            at = just_now()
+            await store([_probe(BROKEN, broken_ok, at), _probe(FINE, True, at)])
+        assert _counters(expected)[BROKEN] == ("down", 0, 2, True)
+        await store([_probe(BROKEN, True, judged_at[-2] - timedelta(seconds=1)), _probe(FINE, True, just_now())])
+        assert _counters(expected)[BROKEN] == ("operational", 0, 3, False)
+        assert tracker.recent.reloads == 1  # the first evaluation read the window, the others only batches
+
+        # Another process takes a batch in: this tracker never sees it in a report, so it must read
+        # the window again at its next evaluation, and count the two failures it holds.
+        at = just_now()
+        await store([_probe(BROKEN, False, at), _probe(FINE, True, at)], judged=False)
+        at = just_now()
+        await store([_probe(BROKEN, False, at), _probe(FINE, True, at)])
+        assert tracker.recent.reloads == 2
+        assert _counters(expected)[BROKEN] == ("operational", 2, 0, False)
+    finally:
+        await conn.close()

@@ -38,6 +38,7 @@ from routewatch.aggregator.publish.http_errors import clip as _clip
 from routewatch.aggregator.publish.ingest import IngestReceiver, setup_ingest_route
 from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.aggregator.publish.metrics import HealthSource, setup_metrics_route
+from routewatch.aggregator.publish.metrics_snapshot import DEFAULT_EXPORT, MetricsExport
 from routewatch.aggregator.publish.openapi import (
     MAX_SERIES_POINTS,
     SERIES_BUCKETS,
@@ -701,6 +702,7 @@ def create_app(
     prices: Mapping[tuple[str, str], float] | None = None,
     prober_health: HealthSource | None = None,
     ingest: IngestReceiver | None = None,
+    metrics: MetricsExport = DEFAULT_EXPORT,
 ) -> web.Application:
     """Everything routewatch serves over ``aggregator``'s snapshots: the catalog API,
     the status page and its JSON twin, badges, ``/metrics`` and the ingest endpoint.
@@ -710,6 +712,7 @@ def create_app(
     ``prices``: USD per 1M input tokens per (router, model), for the badges.
     ``prober_health``: the prober's health for ``/metrics`` (``routewatch run``).
     ``ingest``: the regions' tokens and the store behind ``POST /v1/ingest`` (None: it answers 403).
+    ``metrics``: which windows and breakdowns of the stats ``/metrics`` exports.
     """
     token = admin_token.get_secret_value().strip() if admin_token is not None else ""
     app = web.Application()
@@ -718,6 +721,6 @@ def create_app(
     app[API] = ApiState(aggregator, aggregator.pool, admin, _Token(token) if token else None)
     setup_routes(app)
     setup_status_routes(app, pool=aggregator.pool, prices=prices)
-    setup_metrics_route(app, aggregator, prober_health)
+    setup_metrics_route(app, aggregator, prober_health, metrics)
     setup_ingest_route(app, ingest)
     return app

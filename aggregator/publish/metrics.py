@@ -4,13 +4,14 @@ Nothing here keeps metric state of its own. Each scrape reads what the
 process already publishes, on the event loop (:class:`ScrapeState`): the
 aggregator's latest :class:`~.refresh.Snapshot` and status report, its role
 and refresh count, and, when probes run in this same process (``routewatch
-run``), the prober's health (:class:`ProberHealth`). Custom collectors
-(:class:`StatsCollector`, :class:`LiveCollector`) turn that reading into
-metric families, and ``prometheus_client.generate_latest`` serialises them
-on registries of our own, never the library's global default one. The
-stats part is serialised once per snapshot (see :class:`_MetricsEndpoint`).
+run``), the prober's health (:class:`ProberHealth`). The stats and model
+states change only at a refresh: ``metrics_snapshot`` writes them in the
+text format once per refresh. The health families are built at each scrape
+by a custom collector (:class:`LiveCollector`) and serialised by
+``prometheus_client.generate_latest`` on a registry of our own, never the
+library's global default one.
 
-Families (labels in braces; every stat is over one window: "1h", "24h", "7d"):
+Families (labels in braces; every stat is over one window, e.g. "1h"):
 
 * stats per model ``{router, model, window}``: ``routewatch_ttft_p50_seconds``,
   ``_ttft_p95_seconds``, ``_ttfat_p50_seconds``, ``_ttfat_p95_seconds``,
@@ -21,12 +22,15 @@ Families (labels in braces; every stat is over one window: "1h", "24h", "7d"):
   prober region (``routewatch_region_*``, plus ``region``), in families of
   their own so that a sum over one family never counts a probe twice. A
   percentile or ratio that does not exist (no ok probe, no attempt) is
-  absent, never 0.
+  absent, never 0. Which windows and breakdowns are exported is
+  ``aggregator.metrics`` (:class:`~.metrics_snapshot.MetricsExport`); by
+  default the shortest window and no breakdown: 12 series per (router, model).
 * status (with an SLO configured): ``routewatch_model_state{model, state}``
   (1 for the current state, 0 for the others), ``routewatch_incidents_open``.
 * aggregator: ``routewatch_aggregator_role{role}``, ``routewatch_refreshes_total``,
   ``routewatch_stats_age_seconds`` (absent before the first refresh),
-  ``routewatch_stats_refresh_interval_seconds``.
+  ``routewatch_stats_refresh_interval_seconds``,
+  ``routewatch_stats_refresh_duration_seconds`` (absent before the first refresh).
 * prober (``routewatch run`` only; absent, not 0, in ``routewatch serve``):
   ``routewatch_probes_total{result}``, ``routewatch_probes_overloaded_total``,
   ``routewatch_probes_in_flight``, ``routewatch_probes_queued``,
@@ -60,10 +64,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from routewatch.aggregator.model_state import State
 from routewatch.aggregator.model_state_store import StatusReport
+from routewatch.aggregator.publish.metrics_snapshot import (
+    DEFAULT_EXPORT,
+    MetricsExport,
+    render_states,
+    render_stats,
+)
 from routewatch.aggregator.refresh import Aggregator, Snapshot
-from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts, error_rate
 from routewatch.results.probe_result import ERROR_CLASSES
 
 if TYPE_CHECKING:
@@ -76,14 +84,13 @@ __all__ = [
     "METRICS_CONTENT_TYPE",
     "HealthSource",
     "LiveCollector",
+    "MetricsExport",
     "ProberHealth",
     "ProberHealthSlot",
     "ScrapeState",
-    "StatsCollector",
     "read_prober_health",
     "render",
     "render_live",
-    "render_stats",
     "setup_metrics_route",
 ]
 
@@ -224,113 +231,6 @@ class ScrapeState:
 
 # ---------------------------------------------------------------- families
 
-_Extract = Callable[[WindowCounts], "float | None"]
-
-# (name after the level prefix, help, value of one cell's counts, also per
-# provider/region); a value of None gives no sample. Token counts and the
-# sufficiency flag are per model only: they add series, not insight, per slice.
-_CELL_STATS: tuple[tuple[str, str, _Extract, bool], ...] = (
-    (
-        "ttft_p50_seconds",
-        "Median time to first token (any output delta) over ok probes",
-        lambda c: _ms_to_s(c.ttft_p50_ms),
-        True,
-    ),
-    ("ttft_p95_seconds", "95th percentile time to first token over ok probes", lambda c: _ms_to_s(c.ttft_p95_ms), True),
-    (
-        "ttfat_p50_seconds",
-        "Median time to first answer (content) token over ok probes",
-        lambda c: _ms_to_s(c.ttfat_p50_ms),
-        True,
-    ),
-    (
-        "ttfat_p95_seconds",
-        "95th percentile time to first answer (content) token over ok probes",
-        lambda c: _ms_to_s(c.ttfat_p95_ms),
-        True,
-    ),
-    (
-        "output_tokens_per_second_p50",
-        "Median output speed over ok probes, in tokens per second",
-        lambda c: c.tps_p50,
-        True,
-    ),
-    ("error_ratio", "Failed / attempted probes", lambda c: error_rate(c.attempts, c.ok), True),
-    (
-        "error_excl_429_ratio",
-        "Failed / attempted probes, rate-limited (HTTP 429) attempts left out",
-        lambda c: error_rate(c.attempts - c.rate_limited, c.ok),
-        True,
-    ),
-    (
-        "window_probes_attempted",
-        "Probes attempted (those flagged prober_overloaded are left out)",
-        lambda c: c.attempts,
-        True,
-    ),
-    ("window_probes_ok", "Probes that succeeded", lambda c: c.ok, True),
-    ("window_input_tokens", "Input tokens sent by probes", lambda c: c.input_tokens, False),
-    ("window_output_tokens", "Output tokens received by probes", lambda c: c.output_tokens, False),
-    (
-        "window_samples_sufficient",
-        f"1 when there are at least {MIN_OK_SAMPLES} ok probes, enough to publish the percentiles unmarked",
-        lambda c: float(c.ok >= MIN_OK_SAMPLES),
-        False,
-    ),
-)
-
-_BASE_LABELS = ("router", "model", "window")
-# Family prefix and help suffix per level (None: the model as a whole). A
-# breakdown dimension the snapshot carries but this table does not name is
-# left out, not mislabelled.
-_LEVELS: dict[str | None, tuple[str, str]] = {
-    None: ("routewatch_", ""),
-    "provider": ("routewatch_provider_", ", per upstream provider the router reported"),
-    "region": ("routewatch_region_", ", per region of the prober that measured"),
-}
-
-
-def _stats_families(snap: Snapshot) -> Iterator[Metric]:
-    """One family per stat and level; a sample per (router, model, window[, dimension value])."""
-    families: dict[str | None, list[tuple[GaugeMetricFamily, _Extract]]] = {}
-    for dim, (prefix, help_tail) in _LEVELS.items():
-        labels = [*_BASE_LABELS, dim] if dim is not None else list(_BASE_LABELS)
-        families[dim] = [
-            (GaugeMetricFamily(prefix + name, help_ + help_tail, labels=labels), value_of)
-            for name, help_, value_of, per_slice in _CELL_STATS
-            if dim is None or per_slice
-        ]
-
-    def add(dim: str | None, labels: list[str], counts: WindowCounts) -> None:
-        for family, value_of in families[dim]:
-            value = value_of(counts)
-            if value is not None:
-                family.add_metric(labels, float(value))
-
-    for window, per_model in snap.stats.items():
-        for (router, model), stats in per_model.items():
-            add(None, [router, model, window], stats.counts)
-            for dim, cells in stats.breakdown.items():
-                if dim not in _LEVELS:
-                    continue
-                for value, cell in sorted(cells.items()):
-                    add(dim, [router, model, window, value], cell.counts)
-    for per_level in families.values():
-        yield from (family for family, _ in per_level)
-
-
-def _status_families(status: StatusReport) -> Iterator[Metric]:
-    state = GaugeMetricFamily(
-        "routewatch_model_state",
-        "Model status: 1 for the current state, 0 for the others",
-        labels=["model", "state"],
-    )
-    for m in status.models:
-        for s in State:
-            state.add_metric([m.model, s.value], 1.0 if m.state == s else 0.0)
-    yield state
-    yield GaugeMetricFamily("routewatch_incidents_open", "Incidents open now", value=len(status.open))
-
 
 def _aggregator_families(state: ScrapeState) -> Iterator[Metric]:
     role = GaugeMetricFamily(
@@ -445,19 +345,8 @@ def _prober_families(health: ProberHealth) -> Iterator[Metric]:
         )
 
 
-class StatsCollector(Collector):
-    """The stats of one snapshot: they change only when the aggregator publishes the next one."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        """One gauge family per stat and level (see the module docstring)."""
-        return _stats_families(self._snapshot)
-
-
 class LiveCollector(Collector):
-    """What one scrape reads besides the stats: status, the aggregator's and the prober's health."""
+    """What one scrape reads besides the stats and states: the aggregator's and the prober's health."""
 
     def __init__(self, state: ScrapeState) -> None:
         self._state = state
@@ -465,8 +354,6 @@ class LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Every family the state has data for; absent data gives no family, never a 0."""
         state = self._state
-        if state.status is not None:
-            yield from _status_families(state.status)
         yield from _aggregator_families(state)
         if state.prober is not None:
             yield from _prober_families(state.prober)
@@ -480,21 +367,20 @@ def _exposition(collector: Collector) -> bytes:
     return generate_latest(registry)
 
 
-def render_stats(snapshot: Snapshot) -> bytes:
-    """The text exposition of ``snapshot``'s stats families."""
-    return _exposition(StatsCollector(snapshot))
-
-
 def render_live(state: ScrapeState) -> bytes:
     """The text exposition of ``state``'s status and health families."""
     return _exposition(LiveCollector(state))
 
 
-def render(state: ScrapeState) -> bytes:
+def render(state: ScrapeState, export: MetricsExport = DEFAULT_EXPORT) -> bytes:
     """The whole text exposition (``CONTENT_TYPE_LATEST``) of ``state``."""
-    stats = render_stats(state.snapshot) if state.snapshot is not None else b""
-    # Two expositions with disjoint family names concatenate into one valid one.
-    return stats + render_live(state)
+    return _snapshot_part(state, export) + render_live(state)
+
+
+def _snapshot_part(state: ScrapeState, export: MetricsExport) -> bytes:
+    stats = render_stats(state.snapshot, export) if state.snapshot is not None else b""
+    # Expositions with disjoint family names concatenate into one valid one.
+    return stats + (render_states(state.status) if state.status is not None else b"")
 
 
 # ---------------------------------------------------------------- HTTP
@@ -507,35 +393,33 @@ def _accepts_gzip(request: web.Request) -> bool:
 
 
 class _MetricsEndpoint:
-    """``GET /metrics``; keeps the stats exposition of the latest snapshot.
+    """``GET /metrics``; keeps the stats and states exposition of the latest refresh.
 
-    Serialising the stats costs about 0.5 ms of CPU per model (90 series
-    with 3 windows, one provider and one region): hundreds of ms for
-    hundreds of models. A snapshot is immutable, so its exposition is
+    A snapshot and a status report are immutable and change only at a
+    refresh, so their part of the exposition (``metrics_snapshot``) is
     rendered once and reused by every scrape until the next refresh (two
     Prometheus servers scraping, or a scrape interval shorter than the
-    refresh interval, cost nothing more). Status and health are rendered at
-    each scrape.
+    refresh interval, cost nothing more). The aggregator's and the prober's
+    health are rendered at each scrape.
     """
 
-    def __init__(self, aggregator: Aggregator, prober_health: HealthSource | None) -> None:
+    def __init__(self, aggregator: Aggregator, prober_health: HealthSource | None, export: MetricsExport) -> None:
         self._aggregator = aggregator
         self._prober_health = prober_health
-        self._stats: tuple[Snapshot, bytes] | None = None
+        self._export = export
+        self._cached: tuple[Snapshot | None, StatusReport | None, bytes] | None = None
 
-    def _stats_body(self, snapshot: Snapshot | None) -> bytes:
-        if snapshot is None:
-            return b""
-        cached = self._stats
-        if cached is not None and cached[0] is snapshot:
-            return cached[1]
-        body = render_stats(snapshot)
+    def _snapshot_body(self, state: ScrapeState) -> bytes:
+        cached = self._cached
+        if cached is not None and cached[0] is state.snapshot and cached[1] is state.status:
+            return cached[2]
+        body = _snapshot_part(state, self._export)
         # Two scrapes racing here both render; either result is the same bytes.
-        self._stats = (snapshot, body)
+        self._cached = (state.snapshot, state.status, body)
         return body
 
     def _body(self, state: ScrapeState, compress: bool) -> bytes:
-        body = self._stats_body(state.snapshot) + render_live(state)
+        body = self._snapshot_body(state) + render_live(state)
         return gzip.compress(body, compresslevel=6) if compress else body
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -553,11 +437,15 @@ class _MetricsEndpoint:
 
 
 def setup_metrics_route(
-    app: web.Application, aggregator: Aggregator, prober_health: HealthSource | None = None
+    app: web.Application,
+    aggregator: Aggregator,
+    prober_health: HealthSource | None = None,
+    export: MetricsExport = DEFAULT_EXPORT,
 ) -> None:
     """Register ``GET /metrics`` on ``app``: ``aggregator``'s stats and health, and the prober's if any.
 
     ``prober_health`` is read at each scrape; None (``routewatch serve``) or a
-    source returning None leaves every prober metric out.
+    source returning None leaves every prober metric out. ``export``: which
+    windows and breakdowns of the stats (``aggregator.metrics`` in probes.yaml).
     """
-    app.router.add_get("/metrics", _MetricsEndpoint(aggregator, prober_health).handle)
+    app.router.add_get("/metrics", _MetricsEndpoint(aggregator, prober_health, export).handle)

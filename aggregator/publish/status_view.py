@@ -132,16 +132,21 @@ def page_window(snapshot: Snapshot) -> str:
 
 def route_figures(snapshot: Snapshot | None, model: str, prices: Mapping[SeriesKey, float]) -> tuple[RouteFigures, ...]:
     """Each router's figures for ``model`` in the page window, in the snapshot's order."""
+    return _routes_by_model(snapshot, prices).get(model, ())
+
+
+def _routes_by_model(
+    snapshot: Snapshot | None, prices: Mapping[SeriesKey, float]
+) -> dict[str, tuple[RouteFigures, ...]]:
+    """:func:`route_figures` of every model, in one pass over the snapshot's routes."""
     if snapshot is None or not snapshot.windows:
-        return ()
+        return {}
     stats = snapshot.stats.get(page_window(snapshot), {})
-    out: list[RouteFigures] = []
+    out: dict[str, list[RouteFigures]] = {}
     for key in snapshot.models:
-        if key[1] != model:
-            continue
         found = stats.get(key)
         counts = found.counts if found is not None else None
-        out.append(
+        out.setdefault(key[1], []).append(
             RouteFigures(
                 key[0],
                 counts.ttft_p50_ms if counts is not None else None,
@@ -149,7 +154,7 @@ def route_figures(snapshot: Snapshot | None, model: str, prices: Mapping[SeriesK
                 prices.get(key),
             )
         )
-    return tuple(out)
+    return {model: tuple(routes) for model, routes in out.items()}
 
 
 def uptime_days(
@@ -168,14 +173,14 @@ def build_view(
     prices: Mapping[SeriesKey, float] | None = None,
 ) -> StatusView:
     """Join the status report, the snapshot's p50s and the daily uptime; ``today`` is the last bar's UTC day."""
-    prices = prices or {}
+    routes = _routes_by_model(snapshot, prices or {})
     rows = tuple(
         ModelRow(
             m.model,
             m.state,
             m.since,
             m.reason,
-            route_figures(snapshot, m.model, prices),
+            routes.get(m.model, ()),
             uptime_days(m.model, uptime, today),
         )
         for m in report.models

@@ -569,6 +569,41 @@ class IngestConfig(_Section):
         return value
 
 
+class MetricsConfig(_Section):
+    """Which of the published stats ``GET /metrics`` exports as gauges.
+
+    Every (router, model) gets 12 gauges per exported window, and each
+    breakdown adds 9 per window and per provider (or region) of that model,
+    so the default (the shortest window, no breakdown) keeps a model at 12
+    stats series, plus 4 ``routewatch_model_state`` series per model id. The
+    JSON API publishes every window and breakdown whatever is chosen here.
+    """
+
+    windows: list[Label] | None = Field(
+        None,
+        description="which of aggregator.windows get gauges; default the shortest (the first to show a change)",
+    )
+    breakdowns: list[Literal["provider", "region"]] = Field(
+        default_factory=list,
+        description="also export the per-provider and/or per-region gauges (9 per window and value each); default none",
+    )
+
+    @field_validator("windows", "breakdowns")
+    @classmethod
+    def _check_unique(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        first: dict[str, int] = {}
+        dupes: list[tuple[Loc, str]] = []
+        for i, value in enumerate(values):
+            if value in first:
+                dupes.append(((i,), f'"{value}" is listed twice (also [{first[value]}])'))
+            first.setdefault(value, i)
+        if dupes:
+            raise _problems(dupes)
+        return values
+
+
 class AggregatorConfig(_Section):
     """Rolling stats."""
 
@@ -584,6 +619,9 @@ class AggregatorConfig(_Section):
     )
     max_providers_per_model: int = Field(
         5, ge=1, description="distinct providers published per model, the rest counted as 'other'; default 5"
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="what GET /metrics exports; default the shortest window, per model"
     )
 
     @field_validator("windows")
@@ -601,6 +639,27 @@ class AggregatorConfig(_Section):
         if dupes:
             raise _problems(dupes)
         return windows
+
+    @field_validator("metrics")
+    @classmethod
+    def _check_metrics_windows(cls, metrics: MetricsConfig, info: ValidationInfo) -> MetricsConfig:
+        windows = info.data.get("windows")
+        if windows is None or metrics.windows is None:  # windows itself is invalid and already reported
+            return metrics
+        stray: list[tuple[Loc, str]] = [
+            (("windows", i), f'"{window}" is not one of aggregator.windows ({", ".join(windows) or "none"})')
+            for i, window in enumerate(metrics.windows)
+            if window not in windows
+        ]
+        if stray:
+            raise _problems(stray)
+        return metrics
+
+    def metrics_windows(self) -> list[str]:
+        """The windows ``/metrics`` exports: ``metrics.windows``, or the shortest of ``windows``."""
+        if self.metrics.windows is not None:
+            return list(self.metrics.windows)
+        return [min(self.windows, key=parse_duration)] if self.windows else []
 
 
 class StorageConfig(_Section):

@@ -1,6 +1,7 @@
 """Model state in the database: ``model_status``, ``incidents`` and ``uptime_daily``.
 
-The leading aggregator reads the recent probes (:func:`recent_probes`),
+The leading aggregator reads the recent probes (:func:`recent_probes`, or
+only those of the batches its rollup refresh just took in: :func:`batch_probes`),
 computes, and saves the states, the incidents that changed and the seconds
 to add to each day's uptime in one transaction (:func:`save_model_state`).
 Everyone reads back what is stored. Rows go in as plain tuples and come out
@@ -40,6 +41,10 @@ SELECT id, model, started_at, ok, ttft_ms, prober_overloaded
 FROM {PROBE_RESULTS}
 WHERE started_at > $1
 """
+
+# The same columns, of the rows some logged batches inserted (found by their
+# transaction id, as ingest_log.batch_rows finds them), started in [$1, $2].
+_BATCH_PROBES = _RECENT_PROBES.rstrip() + " AND started_at <= $2 AND xmin::text::bigint = ANY($3::bigint[])\n"
 
 _UPSERT_STATUS = f"""
 INSERT INTO {MODEL_STATUS} (model, state, since, reason, consecutive_failures, consecutive_successes,
@@ -84,6 +89,12 @@ _UPTIME_SINCE = f"SELECT {', '.join(UPTIME_COLUMNS)} FROM {UPTIME_DAILY} WHERE d
 async def recent_probes(conn: Conn, since: datetime) -> list[asyncpg.Record]:
     """The probes started after ``since``: id, model, started_at, ok, ttft_ms, prober_overloaded."""
     return await conn.fetch(_RECENT_PROBES, since)
+
+
+async def batch_probes(conn: Conn, since: datetime, until: datetime, xmins: Sequence[int]) -> list[asyncpg.Record]:
+    """Like :func:`recent_probes`, but only the rows written by the transactions ``xmins``
+    (32-bit ids, ``ingest_log.PendingBatch.xmin``) and started no later than ``until``."""
+    return await conn.fetch(_BATCH_PROBES, since, until, list(xmins))
 
 
 async def save_model_state(
