@@ -89,6 +89,11 @@ CHUNK_ROWS = 50_000
 # windows are read from the table again, a day at a time.
 REPORT_ROWS = 50_000
 
+# ... and the batches it took in only up to this many: after an outage they
+# are about one per probe. Pending batches are read this many at a time.
+REPORT_BATCHES = 50_000
+BATCH_PIECE = 10_000
+
 # Breakdown dimensions of window_stats keys.
 BREAKDOWNS = ("provider", "region")
 
@@ -117,6 +122,9 @@ class RefreshReport:
     # and ``replaced`` are left empty rather than holding them all; a copy of
     # the rollup kept in memory must read the changed hours from the table.
     rows_omitted: bool = False
+    # More than ``report_batches`` batches were taken in: ``batches`` is left
+    # empty; a copy of the probes kept in memory must read them from the table.
+    batches_omitted: bool = False
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -169,6 +177,7 @@ async def refresh_hist(
     label_hours: int = DEFAULT_HORIZON_HOURS,
     chunk_rows: float = CHUNK_ROWS,
     report_rows: float = REPORT_ROWS,
+    report_batches: float = REPORT_BATCHES,
 ) -> RefreshReport:
     """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
@@ -201,14 +210,18 @@ async def refresh_hist(
     as soon as all its rows are read, and the cap learns the names to admit
     from an aggregate on the server. The report carries the hours' rows
     (written and replaced) only up to ``report_rows`` of them
-    (``rows_omitted`` otherwise). ``math.inf`` for both reads every recomputed hour into one
-    list and reports every row, as the refresh did before it was bounded
-    (kept for the benchmark to compare).
+    (``rows_omitted`` otherwise), and the batches it took in (read from the
+    ingest log a piece at a time) only up to ``report_batches``
+    (``batches_omitted`` otherwise). ``math.inf`` for all three reads every
+    recomputed hour into one list and reports every row and batch, as the
+    refresh did before it was bounded (kept for the benchmark to compare).
     """
     if not chunk_rows >= 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     async with hist_queries.refresh_transaction(conn):
-        report = await _refresh(conn, retention, now, known, max_providers, label_hours, chunk_rows, report_rows)
+        report = await _refresh(
+            conn, retention, now, known, max_providers, label_hours, chunk_rows, report_rows, report_batches
+        )
     log.debug("hist refresh: %s", report)
     for router, model in report.capped:  # committed: the "other" rows now in the table keep it to once
         log.warning(
@@ -232,33 +245,17 @@ async def _refresh(
     label_hours: int,
     chunk_rows: float,
     report_rows: float,
+    report_batches: float,
 ) -> RefreshReport:
     if now is None:
         now = await db_now(conn)
     generation_before = await hist_queries.bump_hist_generation(conn)
-    logs = await ingest_log.pending_batches(conn)
     current = floor_hour(now)
-    horizon = now - retention
-    latest = current + MAX_FUTURE
-    affected: set[datetime] = set()
-    skipped: set[datetime] = set()
-    for batch in logs:
-        hour = floor_hour(batch.first_started)
-        last = min(floor_hour(batch.last_started), latest)
-        if hour < horizon:
-            # Whole hours older than the horizon are left alone; jump
-            # straight to the first hour that may be recomputed.
-            first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
-            old_end = min(last + HOUR, first_ok)
-            skipped.update(hour + i * HOUR for i in range(int((old_end - hour) / HOUR)))
-            hour = first_ok
-        while hour <= last:
-            affected.add(hour)
-            hour += HOUR
-    hours = sorted(affected - {current})
+    pending = await _pending(conn, current, now - retention, report_batches)
+    hours = sorted(pending.affected - {current})
 
     # The current hour: the pending batches' rows in it, to be added to what is there.
-    batches = [b for b in logs if b.first_started < current + HOUR and b.last_started >= current]
+    batches = pending.in_current
     new_raw: list[asyncpg.Record] = []
     if batches:
         new_raw = await ingest_log.batch_rows(
@@ -290,12 +287,12 @@ async def _refresh(
         await hist_queries.delete_series(conn, current, [series_key(h)[1:] for h in changed])
     await hist_queries.copy_rows(conn, [encode_row(h) for h in changed])
 
-    await ingest_log.mark_taken(conn, logs, now)
+    await ingest_log.mark_taken(conn, now)
     return RefreshReport(
         now,
-        len(logs),
+        pending.count,
         tuple(hours),
-        len(skipped),
+        len(pending.skipped),
         redone.raw_rows + len(new_raw),
         redone.series_hours + len(changed),
         generation_before,
@@ -304,9 +301,53 @@ async def _refresh(
         tuple(redone.written or ()),
         tuple(redone.replaced or ()),
         tuple(cap.newly_capped),
-        tuple(logs),
+        tuple(pending.kept or ()),
         rows_omitted=redone.written is None,
+        batches_omitted=pending.kept is None,
     )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What :func:`_pending` learnt from the batches not yet taken in."""
+
+    count: int = 0
+    affected: set[datetime] = field(default_factory=set)  # hours to bring up to date
+    skipped: set[datetime] = field(default_factory=set)  # hours touched but past the retention horizon
+    in_current: list[ingest_log.PendingBatch] = field(default_factory=list)  # batches reaching into the current hour
+    kept: list[ingest_log.PendingBatch] | None = field(default_factory=list)  # all of them, while few enough
+
+
+async def _pending(conn: Conn, current: datetime, horizon: datetime, keep: float) -> _Pending:
+    """The hours the pending batches touched, read :data:`BATCH_PIECE` batches at a time.
+
+    After an outage the ingest log holds about a batch per probe (a writer
+    flushes every half second), so they are never all held at once: only
+    those reaching into the current hour (whose rows are added as a delta),
+    and all of them only while they are at most ``keep``.
+    """
+    latest = current + MAX_FUTURE
+    first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
+    out = _Pending()
+    async for piece in ingest_log.pending_batches(conn, BATCH_PIECE):
+        out.count += len(piece)
+        for batch in piece:
+            hour = floor_hour(batch.first_started)
+            last = min(floor_hour(batch.last_started), latest)
+            if hour < horizon:
+                # Whole hours older than the horizon are left alone; jump
+                # straight to the first hour that may be recomputed.
+                old_end = min(last + HOUR, first_ok)
+                out.skipped.update(hour + i * HOUR for i in range(int((old_end - hour) / HOUR)))
+                hour = first_ok
+            while hour <= last:
+                out.affected.add(hour)
+                hour += HOUR
+            if batch.first_started < current + HOUR and batch.last_started >= current:
+                out.in_current.append(batch)
+        if out.kept is not None:
+            out.kept = out.kept + piece if out.count <= keep else None
+    return out
 
 
 async def _first_seen(
