@@ -80,18 +80,22 @@ MAX_FUTURE = timedelta(days=1)
 # A recompute holds at most this many raw rows at once (about 1 KiB each in
 # Python): a catch-up after hours or days of backlog reads them a piece at a
 # time and writes each hour once all its rows are read.
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 20_000
 
 # A report carries the hourly rows it wrote and replaced in earlier hours
-# (for the in-memory windows, ``sliding.SlidingWindows``) only up to this many
-# in all: late probes, a short spool replay, the previous hour recomputed as
-# the hour turns. A longer catch-up sets ``rows_omitted`` instead, and the
-# windows are read from the table again, a day at a time.
-REPORT_ROWS = 50_000
+# (for the in-memory windows, ``sliding.SlidingWindows``; about 3 KiB each)
+# when it recomputed at most REPORT_HOURS hours (late probes, a short spool
+# replay, the previous hour as the hour turns), or at most REPORT_ROWS rows
+# in all. A longer catch-up sets ``rows_omitted`` instead, and the windows
+# are read from the table again, a day at a time: never fewer rows than
+# REPORT_HOURS hours' worth would have been.
+REPORT_HOURS = 6
+REPORT_ROWS = 10_000
 
 # ... and the batches it took in only up to this many: after an outage they
-# are about one per probe. Pending batches are read this many at a time.
-REPORT_BATCHES = 50_000
+# are about one per probe (a refresh usually takes in tens or hundreds).
+# Pending batches are read this many at a time.
+REPORT_BATCHES = 20_000
 BATCH_PIECE = 10_000
 
 # Breakdown dimensions of window_stats keys.
@@ -118,9 +122,10 @@ class RefreshReport:
     replaced: tuple[HourRow, ...] = ()  # the rows they replaced
     capped: tuple[SeriesKey, ...] = ()  # (router, model) whose providers overflowed into "other" first now
     batches: tuple[ingest_log.PendingBatch, ...] = ()  # the batches taken in
-    # The recomputed hours' rows were more than ``report_rows``: ``written``
-    # and ``replaced`` are left empty rather than holding them all; a copy of
-    # the rollup kept in memory must read the changed hours from the table.
+    # More than REPORT_HOURS hours and more than ``report_rows`` rows were
+    # recomputed: ``written`` and ``replaced`` are left empty rather than
+    # holding them all; a copy of the rollup kept in memory must read the
+    # changed hours from the table.
     rows_omitted: bool = False
     # More than ``report_batches`` batches were taken in: ``batches`` is left
     # empty; a copy of the probes kept in memory must read them from the table.
@@ -209,8 +214,8 @@ async def refresh_hist(
     read in time order ``chunk_rows`` raw rows at a time, each hour written
     as soon as all its rows are read, and the cap learns the names to admit
     from an aggregate on the server. The report carries the hours' rows
-    (written and replaced) only up to ``report_rows`` of them
-    (``rows_omitted`` otherwise), and the batches it took in (read from the
+    (written and replaced) when they are at most :data:`REPORT_HOURS` hours
+    or ``report_rows`` rows (``rows_omitted`` otherwise), and the batches it took in (read from the
     ingest log a piece at a time) only up to ``report_batches``
     (``batches_omitted`` otherwise). ``math.inf`` for all three reads every
     recomputed hour into one list and reports every row and batch, as the
@@ -268,7 +273,8 @@ async def _refresh(
     cap = await _label_cap(conn, known, generation_before, current, max_providers, label_hours)
     cap.admit(await _first_seen(conn, hours, new_raw, max_providers))
     # Any earlier hour: recomputed whole, a bounded number of raw rows at a time.
-    redone = await _recompute(conn, hours, cap.label, chunk_rows, report_rows)
+    keep = math.inf if len(hours) <= REPORT_HOURS else report_rows
+    redone = await _recompute(conn, hours, cap.label, chunk_rows, keep)
 
     delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
