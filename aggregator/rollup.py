@@ -90,7 +90,7 @@ CHUNK_ROWS = 20_000
 # are read from the table again, a day at a time: never fewer rows than
 # REPORT_HOURS hours' worth would have been.
 REPORT_HOURS = 6
-REPORT_ROWS = 10_000
+REPORT_ROWS = 5_000
 
 # ... and the batches it took in only up to this many: after an outage they
 # are about one per probe (a refresh usually takes in tens or hundreds).
