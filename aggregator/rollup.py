@@ -215,9 +215,9 @@ async def refresh_hist(
     as soon as all its rows are read, and the cap learns the names to admit
     from an aggregate on the server. The report carries the hours' rows
     (written and replaced) when they are at most :data:`REPORT_HOURS` hours
-    or ``report_rows`` rows (``rows_omitted`` otherwise), and the batches it took in (read from the
-    ingest log a piece at a time) only up to ``report_batches``
-    (``batches_omitted`` otherwise). ``math.inf`` for all three reads every
+    or ``report_rows`` rows (``rows_omitted`` otherwise), and the batches it
+    took in (read from the ingest log a piece at a time) only up to
+    ``report_batches`` (``batches_omitted`` otherwise). ``math.inf`` for all three reads every
     recomputed hour into one list and reports every row and batch, as the
     refresh did before it was bounded (kept for the benchmark to compare).
     """
@@ -351,8 +351,10 @@ async def _pending(conn: Conn, current: datetime, horizon: datetime, keep: float
                 hour += HOUR
             if batch.first_started < current + HOUR and batch.last_started >= current:
                 out.in_current.append(batch)
-        if out.kept is not None:
-            out.kept = out.kept + piece if out.count <= keep else None
+        if out.kept is not None and out.count <= keep:
+            out.kept.extend(piece)
+        else:
+            out.kept = None
     return out
 
 

@@ -28,7 +28,9 @@ from routewatch.aggregator.model_state_store import RecentProbes
 from routewatch.aggregator.rollup import HOUR, RefreshReport, floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.housekeeping import PartitionCache
 from routewatch.storage.migrate import migrate
+from routewatch.storage.writer import write_batch
 
 pytestmark = pytest.mark.db
 
@@ -64,10 +66,10 @@ async def published(conn: asyncpg.Connection, now: datetime) -> object:
     return await window_stats(conn, WINDOWS, now, max_providers=CAP)
 
 
-async def test_a_catch_up_equals_hour_by_hour_refreshes(conn: asyncpg.Connection) -> None:
+async def test_a_catch_up_equals_hour_by_hour_refreshes(conn: asyncpg.Connection, mode: str) -> None:
     """39 hours of probes (4 series, one of them hostile, late probes now and then), taken in at
     each store, then again in one catch-up read 7 raw rows at a time, then in one read whole."""
-    await migrate(conn, mode="plain")
+    await migrate(conn, mode=mode)
     rng = np.random.default_rng(21)
     names = itertools.count()
     start = floor_hour(await conn.fetchval("SELECT now()")) - timedelta(hours=40)
@@ -85,7 +87,8 @@ async def test_a_catch_up_equals_hour_by_hour_refreshes(conn: asyncpg.Connection
     # Hour by hour: each batch stored and taken in, the windows in memory following.
     sliding = SlidingWindows(WINDOWS, max_providers=CAP)
     for batch in steps:
-        await store(conn, batch)
+        await PartitionCache().ensure_for(conn, mode, (p.started_at for p in batch))
+        await write_batch(conn, batch)
         at = max(p.started_at for p in batch) + timedelta(seconds=1)
         report = await refresh_hist(conn, now=at, known=sliding.known_hour(), max_providers=CAP)
         await sliding.update(conn, report)
