@@ -116,6 +116,7 @@ class RecentProbes:
         ``report`` (the rollup refresh that has just run on ``conn``)."""
         in_step = (
             report is not None
+            and not report.batches_omitted  # a catch-up too long to list its batches
             and self._generation is not None
             and report.generation_before == self._generation
             and self._since is not None

@@ -42,8 +42,8 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,9 @@ import numpy as np
 from routewatch.aggregator.provider_cap import (
     DEFAULT_HORIZON_HOURS,
     DEFAULT_MAX_PROVIDERS,
+    NO_PROVIDER,
+    OTHER,
+    UNKNOWN,
     LabelCap,
     SeriesKey,
     cap_cells,
@@ -74,6 +77,27 @@ HOUR = timedelta(hours=1)
 # hour (a prober with a wrong clock) only gets that many future hours recomputed.
 MAX_FUTURE = timedelta(days=1)
 
+# A recompute holds at most this many raw rows at once (about 1 KiB each in
+# Python): a catch-up after hours or days of backlog reads them a piece at a
+# time and writes each hour once all its rows are read.
+CHUNK_ROWS = 20_000
+
+# A report carries the hourly rows it wrote and replaced in earlier hours
+# (for the in-memory windows, ``sliding.SlidingWindows``; about 3 KiB each)
+# when it recomputed at most REPORT_HOURS hours (late probes, a short spool
+# replay, the previous hour as the hour turns), or at most REPORT_ROWS rows
+# in all. A longer catch-up sets ``rows_omitted`` instead, and the windows
+# are read from the table again, a day at a time: never fewer rows than
+# REPORT_HOURS hours' worth would have been.
+REPORT_HOURS = 6
+REPORT_ROWS = 5_000
+
+# ... and the batches it took in only up to this many: after an outage they
+# are about one per probe (a refresh usually takes in tens or hundreds).
+# Pending batches are read this many at a time.
+REPORT_BATCHES = 20_000
+BATCH_PIECE = 10_000
+
 # Breakdown dimensions of window_stats keys.
 BREAKDOWNS = ("provider", "region")
 
@@ -94,10 +118,18 @@ class RefreshReport:
     generation_before: int  # hist_queries.HIST_GENERATION_KEY when this refresh started
     generation: int  # ... and after it
     current: tuple[HourRow, ...] = ()  # every row of the current hour, as it now stands
-    written: tuple[HourRow, ...] = ()  # the rows written in the recomputed hours
+    written: tuple[HourRow, ...] = ()  # the rows written in the recomputed hours (see rows_omitted)
     replaced: tuple[HourRow, ...] = ()  # the rows they replaced
     capped: tuple[SeriesKey, ...] = ()  # (router, model) whose providers overflowed into "other" first now
     batches: tuple[ingest_log.PendingBatch, ...] = ()  # the batches taken in
+    # More than REPORT_HOURS hours and more than ``report_rows`` rows were
+    # recomputed: ``written`` and ``replaced`` are left empty rather than
+    # holding them all; a copy of the rollup kept in memory must read the
+    # changed hours from the table.
+    rows_omitted: bool = False
+    # More than ``report_batches`` batches were taken in: ``batches`` is left
+    # empty; a copy of the probes kept in memory must read them from the table.
+    batches_omitted: bool = False
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -148,6 +180,9 @@ async def refresh_hist(
     known: KnownHour | None = None,
     max_providers: int = DEFAULT_MAX_PROVIDERS,
     label_hours: int = DEFAULT_HORIZON_HOURS,
+    chunk_rows: float = CHUNK_ROWS,
+    report_rows: float = REPORT_ROWS,
+    report_batches: float = REPORT_BATCHES,
 ) -> RefreshReport:
     """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
@@ -173,9 +208,25 @@ async def refresh_hist(
     ``label_hours`` whole hours (the longest published window) and later; the
     first seen are kept, the others stored as ``other``. The first time a
     model overflows within that horizon is logged, once.
+
+    Memory does not grow with the backlog (an aggregator that was down while
+    probers kept writing, a long spool replayed): the recomputed hours are
+    read in time order ``chunk_rows`` raw rows at a time, each hour written
+    as soon as all its rows are read, and the cap learns the names to admit
+    from an aggregate on the server. The report carries the hours' rows
+    (written and replaced) when they are at most :data:`REPORT_HOURS` hours
+    or ``report_rows`` rows (``rows_omitted`` otherwise), and the batches it
+    took in (read from the ingest log a piece at a time) only up to
+    ``report_batches`` (``batches_omitted`` otherwise). ``math.inf`` for all three reads every
+    recomputed hour into one list and reports every row and batch, as the
+    refresh did before it was bounded (kept for the benchmark to compare).
     """
+    if not chunk_rows >= 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     async with hist_queries.refresh_transaction(conn):
-        report = await _refresh(conn, retention, now, known, max_providers, label_hours)
+        report = await _refresh(
+            conn, retention, now, known, max_providers, label_hours, chunk_rows, report_rows, report_batches
+        )
     log.debug("hist refresh: %s", report)
     for router, model in report.capped:  # committed: the "other" rows now in the table keep it to once
         log.warning(
@@ -197,37 +248,19 @@ async def _refresh(
     known: KnownHour | None,
     max_providers: int,
     label_hours: int,
+    chunk_rows: float,
+    report_rows: float,
+    report_batches: float,
 ) -> RefreshReport:
     if now is None:
         now = await db_now(conn)
     generation_before = await hist_queries.bump_hist_generation(conn)
-    logs = await ingest_log.pending_batches(conn)
     current = floor_hour(now)
-    horizon = now - retention
-    latest = current + MAX_FUTURE
-    affected: set[datetime] = set()
-    skipped: set[datetime] = set()
-    for batch in logs:
-        hour = floor_hour(batch.first_started)
-        last = min(floor_hour(batch.last_started), latest)
-        if hour < horizon:
-            # Whole hours older than the horizon are left alone; jump
-            # straight to the first hour that may be recomputed.
-            first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
-            old_end = min(last + HOUR, first_ok)
-            skipped.update(hour + i * HOUR for i in range(int((old_end - hour) / HOUR)))
-            hour = first_ok
-        while hour <= last:
-            affected.add(hour)
-            hour += HOUR
-    hours = sorted(affected - {current})
+    pending = await _pending(conn, current, now - retention, report_batches)
+    hours = sorted(pending.affected - {current})
 
-    # Hours other than the current one: recomputed whole.
-    raw: list[asyncpg.Record] = []
-    for start, end in _hour_ranges(hours):
-        raw.extend(await hist_queries.raw_rows(conn, start, end))
-    # The current hour: the pending batches' rows in it, added to what is there.
-    batches = [b for b in logs if b.first_started < current + HOUR and b.last_started >= current]
+    # The current hour: the pending batches' rows in it, to be added to what is there.
+    batches = pending.in_current
     new_raw: list[asyncpg.Record] = []
     if batches:
         new_raw = await ingest_log.batch_rows(
@@ -238,15 +271,10 @@ async def _refresh(
         )
     # Read before anything is deleted: the names admitted are those the table holds.
     cap = await _label_cap(conn, known, generation_before, current, max_providers, label_hours)
-    first_seen: dict[tuple[str, str, str | None], datetime] = {}
-    for r in (*raw, *new_raw):
-        key, t = (r["router"], r["model"], r["provider"]), r["started_at"]
-        if first_seen.get(key, t) >= t:
-            first_seen[key] = t
-    cap.admit(first_seen)
-
-    written = _hourly_rows(raw, cap.label)
-    replaced = [decode_row(r) for r in await hist_queries.delete_hours(conn, hours)] if hours else []
+    cap.admit(await _first_seen(conn, hours, new_raw, max_providers))
+    # Any earlier hour: recomputed whole, a bounded number of raw rows at a time.
+    keep = math.inf if len(hours) <= REPORT_HOURS else report_rows
+    redone = await _recompute(conn, hours, cap.label, chunk_rows, keep)
 
     delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
@@ -263,25 +291,181 @@ async def _refresh(
     now_rows.extend(delta.values())
     if changed:
         await hist_queries.delete_series(conn, current, [series_key(h)[1:] for h in changed])
-    to_write = [*written, *changed]
-    await hist_queries.copy_rows(conn, [encode_row(h) for h in to_write])
+    await hist_queries.copy_rows(conn, [encode_row(h) for h in changed])
 
-    await ingest_log.mark_taken(conn, logs, now)
+    await ingest_log.mark_taken(conn, now)
     return RefreshReport(
         now,
-        len(logs),
+        pending.count,
         tuple(hours),
-        len(skipped),
-        len(raw) + len(new_raw),
-        len(to_write),
+        len(pending.skipped),
+        redone.raw_rows + len(new_raw),
+        redone.series_hours + len(changed),
         generation_before,
         generation_before + 1,
         tuple(now_rows),
-        tuple(written),
-        tuple(replaced),
+        tuple(redone.written or ()),
+        tuple(redone.replaced or ()),
         tuple(cap.newly_capped),
-        tuple(logs),
+        tuple(pending.kept or ()),
+        rows_omitted=redone.written is None,
+        batches_omitted=pending.kept is None,
     )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What :func:`_pending` learnt from the batches not yet taken in."""
+
+    count: int = 0
+    affected: set[datetime] = field(default_factory=set)  # hours to bring up to date
+    skipped: set[datetime] = field(default_factory=set)  # hours touched but past the retention horizon
+    in_current: list[ingest_log.PendingBatch] = field(default_factory=list)  # batches reaching into the current hour
+    kept: list[ingest_log.PendingBatch] | None = field(default_factory=list)  # all of them, while few enough
+
+
+async def _pending(conn: Conn, current: datetime, horizon: datetime, keep: float) -> _Pending:
+    """The hours the pending batches touched, read :data:`BATCH_PIECE` batches at a time.
+
+    After an outage the ingest log holds about a batch per probe (a writer
+    flushes every half second), so they are never all held at once: only
+    those reaching into the current hour (whose rows are added as a delta),
+    and all of them only while they are at most ``keep``.
+    """
+    latest = current + MAX_FUTURE
+    first_ok = floor_hour(horizon) + (HOUR if floor_hour(horizon) < horizon else timedelta(0))
+    out = _Pending()
+    async for piece in ingest_log.pending_batches(conn, BATCH_PIECE):
+        out.count += len(piece)
+        for batch in piece:
+            hour = floor_hour(batch.first_started)
+            last = min(floor_hour(batch.last_started), latest)
+            if hour < horizon:
+                # Whole hours older than the horizon are left alone; jump
+                # straight to the first hour that may be recomputed.
+                old_end = min(last + HOUR, first_ok)
+                out.skipped.update(hour + i * HOUR for i in range(int((old_end - hour) / HOUR)))
+                hour = first_ok
+            while hour <= last:
+                out.affected.add(hour)
+                hour += HOUR
+            if batch.first_started < current + HOUR and batch.last_started >= current:
+                out.in_current.append(batch)
+        if out.kept is not None and out.count <= keep:
+            out.kept.extend(piece)
+        else:
+            out.kept = None
+    return out
+
+
+async def _first_seen(
+    conn: Conn, hours: Sequence[datetime], new_raw: Sequence[asyncpg.Record], limit: int
+) -> dict[tuple[str, str, str | None], datetime]:
+    """(router, model, reported provider) -> earliest probe, over ``hours`` and the rows ``new_raw``.
+
+    What ``LabelCap.admit`` needs before any row is labelled. For the
+    recomputed hours it comes from an aggregate on the server, which keeps
+    per (router, model) only the first ``limit + 1`` names: the names a
+    refresh admits are among the first ``limit``, and a model overflows
+    (one of them is refused) exactly when it has more than ``limit`` names,
+    so the cap ends the same as with every name, while a router naming a
+    new provider on every answer cannot make this dict as long as the rows.
+    A name cut here but present in ``new_raw`` enters later than its first
+    probe, behind ``limit + 1`` earlier names: refused either way.
+    """
+    first: dict[tuple[str, str, str | None], datetime] = {}
+    for start, end in _hour_ranges(hours):
+        for r in await hist_queries.first_providers(conn, start, end, (NO_PROVIDER, UNKNOWN, OTHER), limit + 1):
+            key, t = (r["router"], r["model"], r["provider"]), r["first_started"]
+            if first.get(key, t) >= t:
+                first[key] = t
+    for r in new_raw:
+        key, t = (r["router"], r["model"], r["provider"]), r["started_at"]
+        if first.get(key, t) >= t:
+            first[key] = t
+    return first
+
+
+@dataclass(slots=True)
+class _Recomputed:
+    """What :func:`_recompute` did; ``written``/``replaced`` None once more than ``keep`` in all."""
+
+    keep: float
+    raw_rows: int = 0
+    series_hours: int = 0
+    written: list[HourRow] | None = field(default_factory=list)
+    replaced: list[HourRow] | None = field(default_factory=list)
+
+
+async def _recompute(
+    conn: Conn, hours: Sequence[datetime], provider_of: ProviderOf, chunk_rows: float, keep: float
+) -> _Recomputed:
+    """Recompute ``hours`` whole from the raw rows, holding at most ``chunk_rows`` of them at once.
+
+    Each contiguous run of hours is read in order of ``started_at``, a piece
+    at a time; a piece's hourly rows are added to those of its hours read so
+    far, and every hour before the last row's is complete: its old rows are
+    deleted and the new ones written. Both are returned (for the report)
+    while they are at most ``keep`` rows in all. An infinite ``chunk_rows``
+    reads each run as one unordered list.
+    """
+    done = _Recomputed(keep)
+    for start, end in _hour_ranges(hours):
+        partial: dict[datetime, dict[HourKey, HourRow]] = {}  # per hour, per series: the rows so far
+        written_to = start  # the hours before it are written
+        pieces = (
+            hist_queries.raw_row_pieces(conn, start, end, int(chunk_rows))
+            if math.isfinite(chunk_rows)
+            else _one_piece(conn, start, end)
+        )
+        async for piece in pieces:
+            done.raw_rows += len(piece)
+            for h in _hourly_rows(piece, provider_of):
+                rows = partial.setdefault(h.bucket, {})
+                key = series_key(h)
+                before = rows.get(key)
+                rows[key] = h if before is None else _joined(before, h)
+            if math.isfinite(chunk_rows):  # in time order: the hours before the last row's are whole
+                complete = piece[-1]["bucket"]
+                del piece
+                await _write_hours(conn, written_to, complete, partial, done)
+                written_to = complete
+        await _write_hours(conn, written_to, end, partial, done)
+    return done
+
+
+async def _one_piece(conn: Conn, start: datetime, end: datetime) -> AsyncIterator[list[asyncpg.Record]]:
+    rows = await hist_queries.raw_rows(conn, start, end)
+    if rows:
+        yield rows
+
+
+def _joined(a: HourRow, b: HourRow) -> HourRow:
+    """Two parts of one series-hour's rollup, read in different pieces, as one row."""
+    joined = combine(a, b)
+    joined.rows = 1
+    return joined
+
+
+async def _write_hours(
+    conn: Conn, start: datetime, end: datetime, partial: dict[datetime, dict[HourKey, HourRow]], done: _Recomputed
+) -> None:
+    """Replace the rows of the hours in ``[start, end)`` by those in ``partial`` (taken out of it)."""
+    hours = [start + i * HOUR for i in range(int((end - start) / HOUR))]
+    if not hours:
+        return
+    rows = [h for hour in hours for h in partial.pop(hour, {}).values()]
+    if done.replaced is None or done.written is None:
+        await hist_queries.drop_hours(conn, hours)
+    else:
+        replaced = await hist_queries.delete_hours(conn, hours)
+        if len(done.replaced) + len(done.written) + len(replaced) + len(rows) <= done.keep:
+            done.replaced.extend(map(decode_row, replaced))
+            done.written.extend(rows)
+        else:  # too many to report: the report says so instead
+            done.replaced = done.written = None
+    await hist_queries.copy_rows(conn, [encode_row(h) for h in rows])
+    done.series_hours += len(rows)
 
 
 async def _label_cap(

@@ -29,8 +29,9 @@ The copy must never drift from the table. Every transaction that changes
 (``storage.hist_queries.bump_hist_generation``); a refresh whose
 ``generation_before`` is not the generation this copy last saw (another
 process refreshed in between, or retention deleted hours) rebuilds from the
-table, as does the first refresh and any inconsistency (a subtraction that
-would go negative).
+table, as does the first refresh, any inconsistency (a subtraction that
+would go negative) and a catch-up that recomputed too many hours in the
+windows for its report to carry their rows (``RefreshReport.rows_omitted``).
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ class SlidingWindows:
             and self._generation == report.generation_before
             and self._current <= current < self._current + self._longest * HOUR
         )
+        if in_step and report.rows_omitted and report.hours[-1] >= self._current - self._longest * HOUR:  # type: ignore[operator]
+            in_step = False  # a long catch-up did not carry the rows it changed in the windows: read the table
         try:
             if in_step:
                 self._replace_rows(report.replaced, report.written)

@@ -97,6 +97,21 @@ _DELETE_SERIES = (
     " IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]))"
 )
 _STORED_PROVIDERS = f"SELECT DISTINCT router, model, provider FROM {PROBE_HIST_HOURLY} WHERE bucket >= $1"
+_DROP_HOURS = f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket = ANY($1::timestamptz[])"
+# In time order, so that a reader holding part of the rows knows which hours it has whole.
+_RAW_IN_ORDER = RAW_SELECT.rstrip() + "\nORDER BY started_at\n"
+# Per (router, model), the first $4 provider values (other than $3) by their earliest probe.
+_FIRST_PROVIDERS = f"""
+SELECT router, model, provider, first_started FROM (
+    SELECT router, model, provider, min(started_at) AS first_started,
+           row_number() OVER (PARTITION BY router, model ORDER BY min(started_at), provider) AS rank
+    FROM {PROBE_RESULTS}
+    WHERE started_at >= $1 AND started_at < $2 AND provider <> ALL($3::text[])
+    GROUP BY router, model, provider
+) AS named
+WHERE rank <= $4
+ORDER BY first_started, router, model, provider
+"""
 
 
 @asynccontextmanager
@@ -131,6 +146,30 @@ async def raw_rows(conn: Conn, start: datetime, end: datetime) -> list[asyncpg.R
     return await conn.fetch(RAW_SELECT, start, end)
 
 
+async def raw_row_pieces(conn: Conn, start: datetime, end: datetime, size: int) -> AsyncIterator[list[asyncpg.Record]]:
+    """:func:`raw_rows` in order of ``started_at``, ``size`` rows at a time (the last piece may be shorter).
+
+    Read through a cursor, so it must run inside a transaction; other
+    statements may run on ``conn`` between two pieces.
+    """
+    cursor = await conn.cursor(_RAW_IN_ORDER, start, end)
+    while piece := await cursor.fetch(size):
+        yield piece
+
+
+async def first_providers(
+    conn: Conn, start: datetime, end: datetime, unnamed: Sequence[str], per_model: int
+) -> list[asyncpg.Record]:
+    """Per (router, model), its first ``per_model`` providers by earliest probe in ``[start, end)``.
+
+    Records (router, model, provider, first_started), earliest first (ties by
+    router, model, provider). A NULL provider and the values in ``unnamed``
+    are left out: they name no provider. One aggregate on the server: what
+    comes back is bounded by the models, however many rows and names.
+    """
+    return await conn.fetch(_FIRST_PROVIDERS, start, end, list(unnamed), per_model)
+
+
 async def rows_between(conn: Conn, start: datetime, end: datetime) -> list[asyncpg.Record]:
     """The hourly rows of the hours in ``[start, end)``."""
     return await conn.fetch(_ROWS_BETWEEN, start, end)
@@ -149,6 +188,11 @@ async def rows_of_hours(conn: Conn, hours: Sequence[datetime]) -> list[asyncpg.R
 async def delete_hours(conn: Conn, hours: Sequence[datetime]) -> list[asyncpg.Record]:
     """Delete every row of these hours; return the rows deleted."""
     return await conn.fetch(_DELETE_HOURS, hours)
+
+
+async def drop_hours(conn: Conn, hours: Sequence[datetime]) -> None:
+    """Delete every row of these hours, returning nothing."""
+    await conn.execute(_DROP_HOURS, hours)
 
 
 async def delete_series(conn: Conn, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str]]) -> None:

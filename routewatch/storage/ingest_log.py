@@ -6,9 +6,10 @@ Both halves of the handshake live here:
   :func:`log_batch`: one ``probe_ingest_log`` row with the batch's
   ``started_at`` range and the writing transaction's id;
 * the rollup refresh, in its own snapshot, takes the batches not yet taken
-  in (:func:`pending_batches`), reads the rows each wrote (:func:`batch_rows`:
-  by the transaction id, without scanning the hour), and marks them taken in
-  the same commit (:func:`mark_taken`), so each batch is counted exactly once.
+  in (:func:`pending_batches`, a piece at a time: after an outage they can be
+  millions), reads the rows each wrote (:func:`batch_rows`: by the
+  transaction id, without scanning the hour), and marks them taken in the same
+  commit (:func:`mark_taken`), so each batch is counted exactly once.
 
 The range a log row records is the whole batch's, a superset of the rows
 actually inserted (duplicates are skipped): cheap and safe, as the refresh
@@ -17,7 +18,7 @@ recomputes whole hours from the raw rows wherever it does not add a delta.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,7 +42,9 @@ _PENDING = (
 # row holds the full 64-bit id (pg_current_xact_id()). A row a batch skipped
 # as a duplicate keeps its first writer's xmin, so it is not read twice.
 _BATCH_ROWS = RAW_SELECT.rstrip() + " AND xmin::text::bigint = ANY($3::bigint[])\n"
-_MARK_TAKEN = f"UPDATE {PROBE_INGEST_LOG} SET hist_done = true WHERE id = ANY($1::bigint[])"
+# Under REPEATABLE READ an UPDATE sees the transaction's snapshot: exactly the
+# pending rows pending_batches read, none committed since.
+_MARK_TAKEN = f"UPDATE {PROBE_INGEST_LOG} SET hist_done = true WHERE NOT hist_done"
 _PRUNE_TAKEN = f"DELETE FROM {PROBE_INGEST_LOG} WHERE hist_done AND stored_at < $1"
 
 
@@ -71,11 +74,15 @@ async def log_batch(conn: Conn, rows: int) -> None:
     await conn.execute(_LOG_BATCH, rows)
 
 
-async def pending_batches(conn: Conn) -> list[PendingBatch]:
-    """The batches not yet taken in, in the order they were logged."""
-    return [
-        PendingBatch(r["id"], r["first_started"], r["last_started"], int(r["xid"])) for r in await conn.fetch(_PENDING)
-    ]
+async def pending_batches(conn: Conn, size: int) -> AsyncIterator[list[PendingBatch]]:
+    """The batches not yet taken in, in the order they were logged, ``size`` at a time.
+
+    Read through a cursor, so it must run inside a transaction (the
+    refresh's REPEATABLE READ one, see :func:`mark_taken`).
+    """
+    cursor = await conn.cursor(_PENDING)
+    while piece := await cursor.fetch(size):
+        yield [PendingBatch(r["id"], r["first_started"], r["last_started"], int(r["xid"])) for r in piece]
 
 
 async def batch_rows(
@@ -85,11 +92,13 @@ async def batch_rows(
     return await conn.fetch(_BATCH_ROWS, start, end, [b.xmin for b in batches])
 
 
-async def mark_taken(conn: Conn, batches: Sequence[PendingBatch], now: datetime) -> None:
-    """Mark ``batches`` taken in; prune those taken in and stored before ``now - KEEP_TAKEN``.
+async def mark_taken(conn: Conn, now: datetime) -> None:
+    """Mark every batch :func:`pending_batches` read taken in; prune those taken in and
+    stored before ``now - KEEP_TAKEN``.
 
-    In the transaction that took them in, so that they count once.
+    In the REPEATABLE READ transaction that read and took them in, so that
+    they count once: its snapshot is what the update sees, so a batch
+    committed meanwhile stays pending for the next refresh.
     """
-    if batches:
-        await conn.execute(_MARK_TAKEN, [b.id for b in batches])
+    await conn.execute(_MARK_TAKEN)
     await conn.execute(_PRUNE_TAKEN, now - KEEP_TAKEN)
