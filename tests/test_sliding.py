@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import numpy as np
 import pytest
-from factories import probe_result
+from mixed_probes import mixed, spread
 
 from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
@@ -33,41 +33,13 @@ SERIES = [("r", "m/a", "P1", "eu"), ("r", "m/a", "P2", "us"), ("r2", "m/b", None
 
 
 def probes(times: list[datetime], rng: np.random.Generator) -> list[ProbeResult]:
-    """One probe per time, cycling through SERIES; ~10% fail, some 429s, a few overloaded."""
-    out = []
-    for i, t in enumerate(times):
-        router, model, provider, region = SERIES[i % len(SERIES)]
-        roll = rng.random()
-        error = "http_429" if roll < 0.04 else "http_5xx" if roll < 0.1 else None
-        ttft = float(rng.lognormal(np.log(400), 0.7))
-        out.append(
-            probe_result(
-                started_at=t,
-                region=region,
-                router=router,
-                model=model,
-                error_class=error,
-                error_detail=error and "detail",
-                provider=provider,
-                ttft_ms=None if error else ttft,
-                ttfat_ms=None if error else ttft * 1.2,
-                output_tps=None if error else float(rng.lognormal(np.log(60), 0.3)),
-                input_tokens=20,
-                output_tokens=None if error else int(rng.integers(10, 200)),
-                prober_overloaded=bool(rng.random() < 0.02),
-            )
-        )
-    return out
+    """One probe per time, cycling through SERIES (mixed_probes.mixed)."""
+    return mixed(times, rng, SERIES)
 
 
 async def store(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
     await PartitionCache().ensure_for(conn, "plain", (r.started_at for r in results))
     await write_batch(conn, results)
-
-
-def spread(start: datetime, end: datetime, n: int, rng: np.random.Generator) -> list[datetime]:
-    span = (end - start).total_seconds()
-    return sorted(start + timedelta(seconds=float(s)) for s in rng.random(n) * span)
 
 
 async def check(conn: asyncpg.Connection, sliding: SlidingWindows, now: datetime) -> None:

@@ -21,7 +21,7 @@ import asyncpg
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
-from factories import probe_result
+from mixed_probes import mixed, spread
 
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
@@ -44,34 +44,7 @@ Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def made_at(times: list[datetime], rng: np.random.Generator) -> list[ProbeResult]:
-    """A probe per time, series taken in turn; some fail (a few rate limited), a few flagged overloaded."""
-    out = []
-    for i, started in enumerate(times):
-        router, model, provider, region = SERIES[i % len(SERIES)]
-        roll = rng.random()
-        error = "http_429" if roll < 0.03 else "timeout" if roll < 0.08 else None
-        ttft = float(rng.lognormal(np.log(300), 0.6))
-        out.append(
-            probe_result(
-                started_at=started,
-                router=router,
-                model=model,
-                provider=provider,
-                region=region,
-                error_class=error,
-                ttft_ms=None if error else ttft,
-                ttfat_ms=None if error else ttft + 40,
-                output_tps=None if error else float(rng.lognormal(np.log(80), 0.2)),
-                input_tokens=12,
-                output_tokens=None if error else int(rng.integers(5, 90)),
-                prober_overloaded=bool(rng.random() < 0.02),
-            )
-        )
-    return out
-
-
-def between(start: datetime, end: datetime, n: int, rng: np.random.Generator) -> list[datetime]:
-    return sorted(start + (end - start) * float(f) for f in rng.random(n))
+    return mixed(times, rng, SERIES)
 
 
 class Pair:
@@ -146,7 +119,7 @@ async def test_standby_publishes_what_the_leader_publishes(
             await partitions.ensure_for(conn, mode, (r.started_at for r in results))
             await write_batch(conn, results)
 
-    await store(made_at(between(now - timedelta(days=7, hours=3), now, 4000, rng), rng))
+    await store(made_at(spread(now - timedelta(days=7, hours=3), now, 4000, rng), rng))
     clock = [now]
     pair = Pair(pool, db_dsn, clock)
     leader, standby = pair.aggregators
@@ -168,13 +141,13 @@ async def test_standby_publishes_what_the_leader_publishes(
             return published
 
         t = now + timedelta(minutes=2)
-        await step("new probes", made_at(between(now, t, 40, rng), rng), t)
+        await step("new probes", made_at(spread(now, t, 40, rng), rng), t)
         late = [t - timedelta(hours=2), t - timedelta(hours=2, minutes=5), t - timedelta(hours=40)]
         await step("late probes, 2 h and 40 h back", made_at(late, rng), t + timedelta(seconds=10))
         assert standby.window_rebuilds == 2, "the hour 40 h back is older than the hours a standby keeps"
 
         turn = floor_hour(t) + timedelta(hours=1, minutes=1)
-        await step("the hour turned", made_at(between(t, turn, 60, rng), rng), turn)
+        await step("the hour turned", made_at(spread(t, turn, 60, rng), rng), turn)
         await step(
             "a probe of the hour just completed, stored after the turn",
             made_at([turn - timedelta(minutes=2), turn + timedelta(seconds=5)], rng),
@@ -184,7 +157,7 @@ async def test_standby_publishes_what_the_leader_publishes(
 
         # Retention cuts the rollup inside the 7-day window: both read it again.
         week = await attempts_7d(pair.clients[1], "r1", "m/a")
-        await store(made_at(between(turn, turn + timedelta(minutes=1), 8, rng), rng))
+        await store(made_at(spread(turn, turn + timedelta(minutes=1), 8, rng), rng))
         async with pool.acquire() as conn:
             await apply_retention(
                 conn, mode, timedelta(days=30), rollup_retention=timedelta(days=5), now=turn + timedelta(minutes=1)
@@ -198,18 +171,18 @@ async def test_standby_publishes_what_the_leader_publishes(
 
         # The leader refreshes once more, unseen by the standby, and goes away (its lock connection
         # closes); the standby takes over at its next refresh.
-        await store(made_at(between(turn + timedelta(minutes=1), turn + timedelta(minutes=2), 10, rng), rng))
+        await store(made_at(spread(turn + timedelta(minutes=1), turn + timedelta(minutes=2), 10, rng), rng))
         clock[0] = turn + timedelta(minutes=2)
         await leader.refresh()
         await pair.locks[0].release()
-        probes = made_at(between(turn + timedelta(minutes=1), turn + timedelta(minutes=3), 20, rng), rng)
+        probes = made_at(spread(turn + timedelta(minutes=1), turn + timedelta(minutes=3), 20, rng), rng)
         await step("leadership changed", probes, turn + timedelta(minutes=3), first=1)
         assert (leader.role, standby.role) == ("standby", "leader")
         assert standby.window_rebuilds == rebuilt[1], "the new leader carried its sums over"
         assert leader.window_rebuilds == rebuilt[0], "the old leader, now standby, follows from where it led"
 
         end = turn + timedelta(minutes=5)
-        probes = made_at(between(turn + timedelta(minutes=3), end, 20, rng), rng)
+        probes = made_at(spread(turn + timedelta(minutes=3), end, 20, rng), rng)
         await step("new probes under the new leader", probes, end, first=1)
         assert (leader.window_rebuilds, standby.window_rebuilds) == rebuilt
     finally:
