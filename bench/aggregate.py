@@ -619,13 +619,19 @@ def targets(cases: list[CaseResult]) -> list[str]:
     return out
 
 
+CASE_COLUMNS = ("series", "days", "probe")
+
+
+def _case(c: CaseResult) -> list[str]:
+    """The CASE_COLUMNS of ``c``."""
+    return [f"{c.series:,}", str(c.days), f"{c.probe_interval_s:g}s"]
+
+
 def print_results(cases: list[CaseResult]) -> None:
     base = _baseline(cases)
     lines = [
         [
-            "series",
-            "days",
-            "probe",
+            *CASE_COLUMNS,
             "rows",
             "cold ms",
             "refresh ms",
@@ -642,9 +648,7 @@ def print_results(cases: list[CaseResult]) -> None:
         p = c.parts_ms
         lines.append(
             [
-                f"{c.series:,}",
-                str(c.days),
-                f"{c.probe_interval_s:g}s",
+                *_case(c),
                 f"{c.rows:,}",
                 f"{c.cold_ms:,.0f}",
                 f"{c.refresh_ms:,.0f}",
@@ -661,9 +665,7 @@ def print_results(cases: list[CaseResult]) -> None:
     print()
     lines = [
         [
-            "series",
-            "days",
-            "probe",
+            *CASE_COLUMNS,
             "/metrics /v1/models /v1/status /status ms",
             "metrics lines",
             "per route+state",
@@ -677,9 +679,7 @@ def print_results(cases: list[CaseResult]) -> None:
     for c in cases:
         lines.append(
             [
-                f"{c.series:,}",
-                str(c.days),
-                f"{c.probe_interval_s:g}s",
+                *_case(c),
                 " ".join(f"{c.publish_parts_ms.get(path, 0):.0f}" for path in PUBLISHED),
                 f"{c.metrics_lines:,}",
                 f"{c.metrics_series_per_route}+{c.metrics_state_series_per_model}",
@@ -694,9 +694,7 @@ def print_results(cases: list[CaseResult]) -> None:
     print()
     lines = [
         [
-            "series",
-            "days",
-            "probe",
+            *CASE_COLUMNS,
             "leader refresh ms",
             "standby refresh ms",
             "cpu ms",
@@ -710,9 +708,7 @@ def print_results(cases: list[CaseResult]) -> None:
         p = c.standby_parts_ms
         lines.append(
             [
-                f"{c.series:,}",
-                str(c.days),
-                f"{c.probe_interval_s:g}s",
+                *_case(c),
                 f"{c.refresh_ms:,.0f}",
                 f"{c.standby_refresh_ms:,.0f}",
                 f"{c.standby_cpu_ms:,.0f}",
