@@ -212,24 +212,28 @@ class SlidingWindows:
         what changed (see the module docstring).
         """
         current = floor_hour(now)
-        async with hist_queries.follow_transaction(conn):
-            position = await hist_queries.position(conn)
-            followed = False
-            if (
-                self._position is not None
-                and self._current is not None
-                and self._current <= current < self._current + self._longest * HOUR
-            ):
-                changed = await hist_queries.hours_changed_since(conn, self._position)
-                try:
-                    followed = changed is not None and await self._catch_up(conn, current, changed)
-                except ValueError as exc:
-                    log.warning("sliding windows inconsistent with the rollup (%s): rebuilding", exc)
-            if followed:
-                self.follows += 1
-            else:
-                await self._rebuild(conn, current)
-                self._now_rows = tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+        try:
+            async with hist_queries.follow_transaction(conn):
+                position = await hist_queries.position(conn)
+                followed = False
+                if (
+                    self._position is not None
+                    and self._current is not None
+                    and self._current <= current < self._current + self._longest * HOUR
+                ):
+                    changed = await hist_queries.hours_changed_since(conn, self._position)
+                    try:
+                        followed = changed is not None and await self._catch_up(conn, current, changed)
+                    except ValueError as exc:
+                        log.warning("sliding windows inconsistent with the rollup (%s): rebuilding", exc)
+                if followed:
+                    self.follows += 1
+                else:
+                    await self._rebuild(conn, current)
+                    self._now_rows = tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+        except BaseException:
+            self.forget()  # part of the sums may have moved: start again from the table
+            raise
         self._generation = position.generation
         self._position = position
 
