@@ -180,7 +180,8 @@ class Aggregator:
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
         self.last_refresh_s: float | None = None  # wall time of the last successful refresh
-        # ... and of its parts: rollup (leader), windows, snapshot, status, history (when they ran).
+        # ... and of its parts: catch-up (a new leader), rollup (leader), windows, snapshot, status,
+        # history (when they ran).
         self.last_refresh_parts: dict[str, float] = {}
 
     def set_configured(self, models: Iterable[SeriesKey]) -> None:
@@ -257,6 +258,7 @@ class Aggregator:
                     # stands, so that the refresh below finds them in step.
                     await self._sliding.follow(conn, await self._now(conn))
                     self._led_last = True
+                    laps.lap("catch-up")
                 report = await refresh_hist(
                     conn,
                     now=self._clock() if self._clock is not None else None,
