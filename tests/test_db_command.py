@@ -44,7 +44,7 @@ def test_migrate_then_status(db_dsn: str, db_mode: str, tmp_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     lines = dict(line.split(":", 1) for line in status.stdout.splitlines())
     assert lines["storage mode"].strip() == db_mode
-    assert lines["schema version"].strip() == "7"
+    assert lines["schema version"].strip() == "8"
     assert lines["probe results"].strip().startswith("0 rows")
     assert lines["spool backlog"].strip() == "empty"
     password = db_dsn.split(":")[2].split("@")[0]
