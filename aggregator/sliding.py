@@ -54,6 +54,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
+
+import asyncpg
 
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS, SeriesKey, cap_cells
 from routewatch.aggregator.rollup import (
@@ -66,6 +69,7 @@ from routewatch.aggregator.rollup import (
     cells_stats_many,
     combine,
     decode_row,
+    encode_row,
     floor_hour,
     window_hours,
 )
@@ -75,6 +79,9 @@ from routewatch.storage import hist_queries
 from routewatch.storage.connection import Conn
 
 log = logging.getLogger(__name__)
+
+# An hourly row as the table holds it: a record with hist_queries.HIST_COLUMNS.
+StoredRow = asyncpg.Record | Mapping[str, Any]
 
 # A rebuild reads the table this many hours at a time.
 REBUILD_CHUNK = 24 * HOUR
@@ -149,8 +156,9 @@ class SlidingWindows:
         self._sums: dict[str, dict[CellKey, HourRow]] = {}
         self._cells: dict[CellKey, _CellHours] = {}
         self._now_rows: tuple[HourRow, ...] = ()  # the current hour, from the last report
-        # The rows of the complete hours [current - _keep h, current), as the table holds them.
-        self._recent: dict[datetime, list[HourRow]] = {}
+        # The rows of the complete hours [current - _keep h, current), as the table holds them,
+        # kept encoded: a decoded row's histograms take about eight times the memory.
+        self._recent: dict[datetime, list[StoredRow]] = {}
         # What the table looked like when the sums were last brought to it (None: unknown).
         self._position: hist_queries.Position | None = None
         # Per window, the breakdown cells whose sums equal their model cell's (one provider,
@@ -181,7 +189,8 @@ class SlidingWindows:
         )
         try:
             if in_step:
-                self._replace_rows(report.hours, report.replaced, report.written)
+                self._replace_rows(report.replaced, report.written)
+                self._renew_recent(report.hours, [stored(h) for h in report.written if h.bucket in self._recent])
                 if current > self._current:  # type: ignore[operator]
                     await self._advance(conn, current)
         except ValueError as exc:
@@ -246,8 +255,10 @@ class SlidingWindows:
         if any(h not in self._recent for h in redone):
             return False
         if redone:
-            new = [decode_row(r) for r in await hist_queries.rows_of_hours(conn, redone)]
-            self._replace_rows(redone, [h for hour in redone for h in self._recent[hour]], new)
+            records = await hist_queries.rows_of_hours(conn, redone)
+            old = [decode_row(r) for hour in redone for r in self._recent[hour]]
+            self._replace_rows(old, [decode_row(r) for r in records])
+            self._renew_recent(redone, records)
         if current > previous:
             await self._advance(conn, current)
         if current > previous or current in changed:
@@ -331,15 +342,12 @@ class SlidingWindows:
                 key for key, acc in sums.items() if len(key) > 2 and key[:2] in sums and _same_sums(acc, sums[key[:2]])
             }
 
-    def _replace_rows(self, hours: Iterable[datetime], old: Iterable[HourRow], new: Iterable[HourRow]) -> None:
-        """Whole earlier ``hours`` were recomputed: swap their ``old`` rows for the ``new`` ones."""
+    def _replace_rows(self, old: Iterable[HourRow], new: Iterable[HourRow]) -> None:
+        """Whole earlier hours were recomputed: swap their ``old`` rows for the ``new`` ones."""
         assert self._current is not None
         lo = self._current - self._longest * HOUR
         old = [h for h in old if lo <= h.bucket < self._current]
         new = [h for h in new if lo <= h.bucket < self._current]
-        for hour in hours:
-            if hour in self._recent:
-                self._recent[hour] = [h for h in new if h.bucket == hour]
         if not old and not new:
             return
         touched: set[tuple[str, CellKey]] = set()
@@ -363,7 +371,8 @@ class SlidingWindows:
         needed = sorted(
             {lo + i * HOUR for lo, hi in [*gains.values(), *losses.values()] for i in range(int((hi - lo) / HOUR))}
         )
-        rows = [decode_row(r) for r in await hist_queries.rows_of_hours(conn, needed)]
+        records = await hist_queries.rows_of_hours(conn, needed)
+        rows = [decode_row(r) for r in records]
         touched: set[tuple[str, CellKey]] = set()
         for name in self._sums:
             g0, g1 = gains[name]
@@ -371,7 +380,7 @@ class SlidingWindows:
             touched |= self._apply([h for h in rows if g0 <= h.bucket < g1], +1, [name])
             touched |= self._apply([h for h in rows if l0 <= h.bucket < l1], -1, [name])
         self._spans(h for h in rows if previous <= h.bucket < current)
-        self._keep_recent(current, (h for h in rows if previous <= h.bucket < current))
+        self._keep_recent(current, (r for r in records if previous <= r["bucket"] < current))
         horizon = current - self._longest * HOUR
         for cell in self._cells.values():
             while cell.hours and cell.hours[0] < horizon:
@@ -379,16 +388,22 @@ class SlidingWindows:
         self._current = current
         self._settle(touched, current)
 
-    def _keep_recent(self, current: datetime, rows: Iterable[HourRow]) -> None:
+    def _keep_recent(self, current: datetime, rows: Iterable[StoredRow]) -> None:
         """Keep the rows of the complete hours [current - _keep h, current) that are in ``rows``
-        (read whole from the table), dropping the hours before; every such hour has an entry."""
+        (hours read whole from the table), dropping the hours before; every such hour has an entry."""
         first = current - self._keep * HOUR
         self._recent = {hour: kept for hour, kept in self._recent.items() if first <= hour < current}
         for i in range(self._keep):
             self._recent.setdefault(first + i * HOUR, [])
-        for h in rows:
-            if first <= h.bucket < current:
-                self._recent[h.bucket].append(h)
+        for r in rows:
+            if first <= r["bucket"] < current:
+                self._recent[r["bucket"]].append(r)
+
+    def _renew_recent(self, hours: Iterable[datetime], rows: Sequence[StoredRow]) -> None:
+        """``hours`` were recomputed whole: the kept ones now hold ``rows`` (their new rows)."""
+        for hour in hours:
+            if hour in self._recent:
+                self._recent[hour] = [r for r in rows if r["bucket"] == hour]
 
     async def _rebuild(self, conn: Conn, current: datetime) -> None:
         """Read the complete hours of the longest window and sum them per window.
@@ -405,9 +420,11 @@ class SlidingWindows:
         self._keep_recent(current, ())
         while lo < current:
             hi = min(lo + REBUILD_CHUNK, current)
-            rows = [decode_row(r) for r in await hist_queries.rows_between(conn, lo, hi)]
+            records = await hist_queries.rows_between(conn, lo, hi)
+            self._keep_recent(current, records)
+            rows = [decode_row(r) for r in records]
+            del records
             self._spans(rows)
-            self._keep_recent(current, rows)
             for name in self._lengths:
                 start = self._start(name, current)
                 by_key: dict[CellKey, list[HourRow]] = {}
@@ -425,6 +442,11 @@ class SlidingWindows:
             lo = hi
         self._settle(touched, current)
         self.rebuilds += 1
+
+
+def stored(h: HourRow) -> StoredRow:
+    """``h`` as the table stores it (``hist_queries.HIST_COLUMNS``), for :func:`~.rollup.decode_row`."""
+    return dict(zip(hist_queries.HIST_COLUMNS, encode_row(h), strict=True))
 
 
 def _sum(hours: list[HourRow]) -> HourRow:
