@@ -7,9 +7,11 @@ A refresh first brings the hourly histogram rollup up to date
 (``rollup.refresh_hist``: only the hours that received rows, plus the
 current one). The leader then updates its in-memory window sums
 (``sliding.SlidingWindows``: what changed since the last refresh) and adds
-the current hour; a standby, which keeps no such copy, merges the hourly
-rows of each window from the table (``rollup.window_stats``). Both give the
-same figures. Windows are hour-aligned: ``n`` whole hours plus the current
+the current hour; a standby keeps the same sums and follows the leader's
+changes (``SlidingWindows.follow``: the hours the leader changed since its
+previous refresh, read from the table). Both give the figures
+``rollup.window_stats`` computes from the table, and a standby that becomes
+leader carries its sums over. Windows are hour-aligned: ``n`` whole hours plus the current
 partial hour. ``exact_reference.window_counts`` (exact percentiles over raw rows) is
 not used here; it stays as the exact reference.
 """
@@ -29,16 +31,22 @@ import asyncpg
 from routewatch.aggregator.history import record as record_history
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
-from routewatch.aggregator.rollup import CellKey, RefreshReport, refresh_hist, window_hours, window_start, window_stats
+from routewatch.aggregator.rollup import CellKey, RefreshReport, floor_hour, refresh_hist, window_hours, window_start
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
 from routewatch.config import MaintenanceWindow, SLOConfig
+from routewatch.storage import hist_queries
 from routewatch.storage.clock import db_now
+from routewatch.storage.connection import Conn
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.housekeeping import DEFAULT_RETENTION
 from routewatch.storage.leadership import Leadership
 
 log = logging.getLogger(__name__)
+
+KEEP_CHANGES = timedelta(days=1)
+"""How long the record of which rollup hours changed (``probe_hist_changes``) is kept:
+a standby that has not refreshed for longer rebuilds its window sums."""
 
 SeriesKey = tuple[str, str]  # (router, model)
 
@@ -166,11 +174,14 @@ class Aggregator:
         self._max_providers = max_providers
         self._clock = clock
         self._sliding = SlidingWindows(self._windows, max_providers)
+        self._led_last = False  # whether the previous refresh was the leader's
+        self._pruned_hour: datetime | None = None  # the hour probe_hist_changes was last pruned in
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
         self.last_refresh_s: float | None = None  # wall time of the last successful refresh
-        # ... and of its parts: rollup (leader), windows, snapshot, status, history (when they ran).
+        # ... and of its parts: catch-up (a new leader), rollup (leader), windows, snapshot, status,
+        # history (when they ran).
         self.last_refresh_parts: dict[str, float] = {}
 
     def set_configured(self, models: Iterable[SeriesKey]) -> None:
@@ -207,8 +218,14 @@ class Aggregator:
 
     @property
     def window_rebuilds(self) -> int:
-        """How often the leader read its window sums whole from the table (``sliding.SlidingWindows``)."""
+        """How often this process read its window sums whole from the table (``sliding.SlidingWindows``)."""
         return self._sliding.rebuilds
+
+    @property
+    def window_follows(self) -> int:
+        """How often this process, as a standby, brought its window sums up to date by
+        reading only what the leader changed (``SlidingWindows.follow``)."""
+        return self._sliding.follows
 
     @property
     def status_window_reads(self) -> int:
@@ -236,6 +253,12 @@ class Aggregator:
         report: RefreshReport | None = None  # the leader's rollup refresh
         async with self._pool.acquire() as conn:
             if self.role == "leader":
+                if not self._led_last:
+                    # Just became leader (or started): bring the sums to the table as it
+                    # stands, so that the refresh below finds them in step.
+                    await self._sliding.follow(conn, await self._now(conn))
+                    self._led_last = True
+                    laps.lap("catch-up")
                 report = await refresh_hist(
                     conn,
                     now=self._clock() if self._clock is not None else None,
@@ -247,11 +270,14 @@ class Aggregator:
                 now = report.now
                 laps.lap("rollup")
                 await self._sliding.update(conn, report)
+                await self._sliding.note_position(conn)
+                await self._prune_changes(conn, now)
                 cells = self._sliding.stats()
             else:
-                self._sliding.forget()  # a later leadership rebuilds it from the table
-                now = self._clock() if self._clock is not None else await db_now(conn)
-                cells = await window_stats(conn, self._windows, now, self._max_providers)
+                self._led_last = False
+                now = await self._now(conn)
+                await self._sliding.follow(conn, now)
+                cells = self._sliding.stats()
             laps.lap("windows")
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
@@ -272,6 +298,16 @@ class Aggregator:
             self._history_last = now
             laps.lap("history")
         return self.snapshot
+
+    async def _now(self, conn: Conn) -> datetime:
+        return self._clock() if self._clock is not None else await db_now(conn)
+
+    async def _prune_changes(self, conn: Conn, now: datetime) -> None:
+        """Once an hour, forget which rollup hours changed more than KEEP_CHANGES ago."""
+        hour = floor_hour(now)
+        if self._pruned_hour != hour:
+            await hist_queries.prune_changes(conn, KEEP_CHANGES)
+            self._pruned_hour = hour
 
     async def _refresh_status(self, now: datetime, models: list[str], report: RefreshReport | None) -> None:
         """Leader: evaluate and store the status; everyone: read back what is stored."""

@@ -32,6 +32,19 @@ process refreshed in between, or retention deleted hours) rebuilds from the
 table, as does the first refresh, any inconsistency (a subtraction that
 would go negative) and a catch-up that recomputed too many hours in the
 windows for its report to carry their rows (``RefreshReport.rows_omitted``).
+
+A **standby** (an aggregator not holding the refresher lock) keeps the same
+sums and follows the leader's changes with :meth:`SlidingWindows.follow`:
+triggers record which hours each transaction changed
+(``probe_hist_changes``, migration 0008), and a follow reads, in one
+snapshot, only the changes its previous snapshot did not see. The current
+hour it reads again when it changed; a complete hour the leader recomputed
+(late rows) it swaps like the leader does, taking the old rows from the
+last :data:`RECENT_HOURS` complete hours it keeps; the hour turning it
+handles like the leader. It rebuilds when it cannot tell what changed (first
+follow, changes pruned, a TRUNCATE, a recomputed hour older than those it
+keeps, time moving back). Its sums are then what the leader's are, so a
+standby that takes the lock carries on without reading the table whole.
 """
 
 from __future__ import annotations
@@ -42,6 +55,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
+
+import asyncpg
 
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS, SeriesKey, cap_cells
 from routewatch.aggregator.rollup import (
@@ -54,6 +70,7 @@ from routewatch.aggregator.rollup import (
     cells_stats_many,
     combine,
     decode_row,
+    encode_row,
     floor_hour,
     window_hours,
 )
@@ -64,8 +81,18 @@ from routewatch.storage.connection import Conn
 
 log = logging.getLogger(__name__)
 
+# An hourly row as the table holds it: a record with hist_queries.HIST_COLUMNS.
+StoredRow = asyncpg.Record | Mapping[str, Any]
+
 # A rebuild reads the table this many hours at a time.
 REBUILD_CHUNK = 24 * HOUR
+
+# The complete hours whose rows are kept (besides the sums): a follower takes
+# the old rows of an hour the leader recomputed from here. The leader
+# recomputes the hour just completed at nearly every hour turn (probes started
+# before it and stored after it); older ones after an outage, when a spool
+# is replayed. A recomputed hour older than these makes a follower rebuild.
+RECENT_HOURS = 3
 
 
 @dataclass(slots=True)
@@ -123,17 +150,24 @@ class SlidingWindows:
         ``max_providers``: named provider cells per model at most (``provider_cap.cap_cells``)."""
         self._lengths = {name: window_hours(seconds) for name, seconds in windows.items()}
         self._longest = max(self._lengths.values(), default=1)
+        self._keep = min(RECENT_HOURS, self._longest)
         self._max_providers = max_providers
         self._current: datetime | None = None  # the hour the sums are aligned to
         self._generation: int | None = None
         self._sums: dict[str, dict[CellKey, HourRow]] = {}
         self._cells: dict[CellKey, _CellHours] = {}
         self._now_rows: tuple[HourRow, ...] = ()  # the current hour, from the last report
+        # The rows of the complete hours [current - _keep h, current), as the table holds them,
+        # kept encoded: a decoded row's histograms take about eight times the memory.
+        self._recent: dict[datetime, list[StoredRow]] = {}
+        # What the table looked like when the sums were last brought to it (None: unknown).
+        self._position: hist_queries.Position | None = None
         # Per window, the breakdown cells whose sums equal their model cell's (one provider,
         # one region): stats() hands cells_stats the model's sum object for them, so their
         # figures are computed once (see rollup.cells_stats).
         self._aliases: dict[str, set[CellKey]] = {}
         self.rebuilds = 0  # how often the sums were read from the table whole
+        self.follows = 0  # how often they followed the table without a rebuild
 
     def forget(self) -> None:
         """Drop everything (leadership lost): the next update rebuilds."""
@@ -143,6 +177,8 @@ class SlidingWindows:
         self._cells = {}
         self._now_rows = ()
         self._aliases = {}
+        self._recent = {}
+        self._position = None
 
     async def update(self, conn: Conn, report: RefreshReport) -> None:
         """Bring the sums to ``report``: the refresh_hist that has just run on ``conn``."""
@@ -157,6 +193,7 @@ class SlidingWindows:
         try:
             if in_step:
                 self._replace_rows(report.replaced, report.written)
+                self._renew_recent(report.hours, [stored(h) for h in report.written if h.bucket in self._recent])
                 if current > self._current:  # type: ignore[operator]
                     await self._advance(conn, current)
         except ValueError as exc:
@@ -166,6 +203,70 @@ class SlidingWindows:
             await self._rebuild(conn, current)
         self._generation = report.generation
         self._now_rows = report.current
+        self._position = None  # until note_position finds where the table stands
+
+    async def note_position(self, conn: Conn) -> None:
+        """After :meth:`update`: remember where the table stands, so that a later
+        :meth:`follow` (this process no longer leading) reads only what changed after.
+
+        The sums are the table as the refresh left it; if the generation has moved
+        on since, another process changed the table meanwhile, and a later follow rebuilds.
+        """
+        async with hist_queries.follow_transaction(conn):
+            position = await hist_queries.position(conn)
+        self._position = position if position.generation == self._generation else None
+
+    async def follow(self, conn: Conn, now: datetime) -> None:
+        """Standby: bring the sums to the table as it stands, aligned to ``now``'s hour.
+
+        Reads, in one snapshot, the hours changed since the previous follow (or
+        :meth:`note_position`) and only those rows; rebuilds when it cannot tell
+        what changed (see the module docstring).
+        """
+        current = floor_hour(now)
+        try:
+            async with hist_queries.follow_transaction(conn):
+                position = await hist_queries.position(conn)
+                followed = False
+                if (
+                    self._position is not None
+                    and self._current is not None
+                    and self._current <= current < self._current + self._longest * HOUR
+                ):
+                    changed = await hist_queries.hours_changed_since(conn, self._position)
+                    try:
+                        followed = changed is not None and await self._catch_up(conn, current, changed)
+                    except ValueError as exc:
+                        log.warning("sliding windows inconsistent with the rollup (%s): rebuilding", exc)
+                if followed:
+                    self.follows += 1
+                else:
+                    await self._rebuild(conn, current)
+                    self._now_rows = tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+        except BaseException:
+            self.forget()  # part of the sums may have moved: start again from the table
+            raise
+        self._generation = position.generation
+        self._position = position
+
+    async def _catch_up(self, conn: Conn, current: datetime, changed: Sequence[datetime]) -> bool:
+        """Apply the ``changed`` hours to the sums; False (sums unusable) when an hour
+        in them changed whose old rows are not kept."""
+        assert self._current is not None
+        previous = self._current
+        redone = [h for h in changed if previous - self._longest * HOUR <= h < previous]
+        if any(h not in self._recent for h in redone):
+            return False
+        if redone:
+            records = await hist_queries.rows_of_hours(conn, redone)
+            old = [decode_row(r) for hour in redone for r in self._recent[hour]]
+            self._replace_rows(old, [decode_row(r) for r in records])
+            self._renew_recent(redone, records)
+        if current > previous:
+            await self._advance(conn, current)
+        if current > previous or current in changed:
+            self._now_rows = tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+        return True
 
     def known_hour(self) -> KnownHour | None:
         """The current hour's rows as of the last update, for the next refresh_hist."""
@@ -245,7 +346,7 @@ class SlidingWindows:
             }
 
     def _replace_rows(self, old: Iterable[HourRow], new: Iterable[HourRow]) -> None:
-        """refresh_hist recomputed whole earlier hours: swap their old rows for the new ones."""
+        """Whole earlier hours were recomputed: swap their ``old`` rows for the ``new`` ones."""
         assert self._current is not None
         lo = self._current - self._longest * HOUR
         old = [h for h in old if lo <= h.bucket < self._current]
@@ -273,7 +374,8 @@ class SlidingWindows:
         needed = sorted(
             {lo + i * HOUR for lo, hi in [*gains.values(), *losses.values()] for i in range(int((hi - lo) / HOUR))}
         )
-        rows = [decode_row(r) for r in await hist_queries.rows_of_hours(conn, needed)]
+        records = await hist_queries.rows_of_hours(conn, needed)
+        rows = [decode_row(r) for r in records]
         touched: set[tuple[str, CellKey]] = set()
         for name in self._sums:
             g0, g1 = gains[name]
@@ -281,12 +383,30 @@ class SlidingWindows:
             touched |= self._apply([h for h in rows if g0 <= h.bucket < g1], +1, [name])
             touched |= self._apply([h for h in rows if l0 <= h.bucket < l1], -1, [name])
         self._spans(h for h in rows if previous <= h.bucket < current)
+        self._keep_recent(current, (r for r in records if previous <= r["bucket"] < current))
         horizon = current - self._longest * HOUR
         for cell in self._cells.values():
             while cell.hours and cell.hours[0] < horizon:
                 cell.drop(cell.hours[0])
         self._current = current
         self._settle(touched, current)
+
+    def _keep_recent(self, current: datetime, rows: Iterable[StoredRow]) -> None:
+        """Keep the rows of the complete hours [current - _keep h, current) that are in ``rows``
+        (hours read whole from the table), dropping the hours before; every such hour has an entry."""
+        first = current - self._keep * HOUR
+        self._recent = {hour: kept for hour, kept in self._recent.items() if first <= hour < current}
+        for i in range(self._keep):
+            self._recent.setdefault(first + i * HOUR, [])
+        for r in rows:
+            if first <= r["bucket"] < current:
+                self._recent[r["bucket"]].append(r)
+
+    def _renew_recent(self, hours: Iterable[datetime], rows: Sequence[StoredRow]) -> None:
+        """``hours`` were recomputed whole: the kept ones now hold ``rows`` (their new rows)."""
+        for hour in hours:
+            if hour in self._recent:
+                self._recent[hour] = [r for r in rows if r["bucket"] == hour]
 
     async def _rebuild(self, conn: Conn, current: datetime) -> None:
         """Read the complete hours of the longest window and sum them per window.
@@ -300,9 +420,13 @@ class SlidingWindows:
         self._sums = {name: {} for name in self._lengths}
         touched: set[tuple[str, CellKey]] = set()
         lo = current - self._longest * HOUR
+        self._keep_recent(current, ())
         while lo < current:
             hi = min(lo + REBUILD_CHUNK, current)
-            rows = [decode_row(r) for r in await hist_queries.rows_between(conn, lo, hi)]
+            records = await hist_queries.rows_between(conn, lo, hi)
+            self._keep_recent(current, records)
+            rows = [decode_row(r) for r in records]
+            del records
             self._spans(rows)
             for name in self._lengths:
                 start = self._start(name, current)
@@ -321,6 +445,11 @@ class SlidingWindows:
             lo = hi
         self._settle(touched, current)
         self.rebuilds += 1
+
+
+def stored(h: HourRow) -> StoredRow:
+    """``h`` as the table stores it (``hist_queries.HIST_COLUMNS``), for :func:`~.rollup.decode_row`."""
+    return dict(zip(hist_queries.HIST_COLUMNS, encode_row(h), strict=True))
 
 
 def _sum(hours: list[HourRow]) -> HourRow:

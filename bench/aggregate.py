@@ -24,7 +24,16 @@ the same data in the same run:
   ``GET /metrics``, ``/v1/models``, ``/v1/status``, ``/status``, each the
   first request after the refresh (the one that builds the body).
 * cold: a new leader's first refresh (window sums and the SLO window read
-  from the tables); standby: ``window_stats`` from the table.
+  from the tables).
+* standby: a second ``Aggregator`` on the same database, whose refresher
+  lock (``Leadership``) the leader holds, as a standby ``routewatch serve``
+  runs: its first refresh (window sums read whole), then, in each run, its
+  refresh right after the leader's and timed the same way (it follows the
+  leader's changes, ``SlidingWindows.follow``); the ratio against the
+  leader's refresh in the same run, and whether both published the same
+  figures. ``window_stats`` from the table (every window merged from the
+  hourly rows, what a standby did at every refresh before it kept sums) is
+  timed once as the "before".
 * naive: exact ``percentile_cont`` over raw rows for the 3 windows
   (``exact_reference.window_counts``), against the refresh's rollup and
   window parts: the ratio.
@@ -72,6 +81,7 @@ from routewatch.aggregator.refresh import Aggregator, collect_less_often
 from routewatch.aggregator.rollup import window_start, window_stats
 from routewatch.config import SLOConfig
 from routewatch.postgres.local_server import LocalPostgres
+from routewatch.storage.leadership import Leadership
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -88,6 +98,7 @@ TARGET_REFRESH_S = 1.0  # whole refresh (refresh + publish) at TARGET_SERIES
 TARGET_SERIES = 10_000
 TARGET_SERIES_PER_MODEL = 20  # /metrics series per model at default settings, below
 TARGET_RATIO = 50.0  # naive / (rollup + windows) on 1,000 series x 7 days
+TARGET_STANDBY_RATIO = 2.0  # a standby's refresh against the leader's, every case
 _MODEL_LABEL = re.compile(rb'model="([^"]*)"')
 _ROUTER_LABEL = re.compile(rb'router="([^"]*)"')
 
@@ -114,7 +125,15 @@ class CaseResult:
     arrivals_per_refresh: int = 0  # probes stored before each timed refresh
     cold_ms: float = 0.0  # a new leader's first refresh
     cold_parts_ms: dict[str, float] = field(default_factory=dict)
-    standby_window_stats_ms: float = 0.0  # a standby's window_stats from the table
+    standby_window_stats_ms: float = 0.0  # window_stats from the table: a standby's refresh before it kept sums
+    standby_cold_ms: float = 0.0  # the standby's first refresh (window sums read whole)
+    standby_cold_parts_ms: dict[str, float] = field(default_factory=dict)
+    standby_runs_ms: list[float] = field(default_factory=list)  # its refresh after each of the leader's
+    standby_refresh_ms: float = 0.0  # median wall time
+    standby_cpu_ms: float = 0.0  # median CPU time of this process during it
+    standby_parts_ms: dict[str, float] = field(default_factory=dict)  # median per part
+    standby_full_collections: list[tuple[int, float]] = field(default_factory=list)
+    standby_ratio: float = 0.0  # standby_refresh_ms / refresh_ms
     refresh_runs_ms: list[float] = field(default_factory=list)
     refresh_ms: float = 0.0  # median wall time of Aggregator.refresh
     refresh_cpu_ms: float = 0.0  # median CPU time of this process during it
@@ -202,6 +221,7 @@ async def _publish(session: aiohttp.ClientSession, base: str) -> tuple[dict[str,
 
 
 async def measure(
+    dsn: str,
     pool: asyncpg.Pool,
     conn: asyncpg.Connection,
     series: SeriesSet,
@@ -212,7 +232,7 @@ async def measure(
     runs: int,
     naive_runs: int,
 ) -> None:
-    """Cold, steady (``runs``), publish, /metrics and naive measurements of one case into ``result``."""
+    """Cold, steady (``runs``), standby, publish, /metrics and naive measurements of one case into ``result``."""
     await conn.execute("TRUNCATE stats_history")  # an earlier case recorded the same instants
     await conn.execute("VACUUM (ANALYZE) probe_results")
     await conn.execute("VACUUM (ANALYZE) probe_hist_hourly")
@@ -224,27 +244,68 @@ async def measure(
     # "Now" moves on by a second per refresh (stats_history is keyed by the time), staying
     # in the hour: the end of the data is 30 s before it turns.
     clock = [end]
-    aggregator = Aggregator(
-        pool,
-        WINDOWS,
-        routes,
-        10.0,
-        history_every=timedelta(0),
-        slo=SLOConfig(),
-        probe_interval_s=result.probe_interval_s,
-        clock=lambda: clock[0],
+    locks = [Leadership(dsn), Leadership(dsn)]  # the leader's, then the standby's
+    aggregator, standby = (
+        Aggregator(
+            pool,
+            WINDOWS,
+            routes,
+            10.0,
+            leadership=lock,
+            history_every=timedelta(0),
+            slo=SLOConfig(),
+            probe_interval_s=result.probe_interval_s,
+            clock=lambda: clock[0],
+        )
+        for lock in locks
     )
+    try:
+        await _measure(aggregator, standby, conn, series, end, clock, result, rng, log, runs, naive_runs)
+    finally:
+        for lock in locks:
+            await lock.release()
+
+
+async def _timed_refresh(aggregator: Aggregator) -> tuple[float, float, dict[str, float]]:
+    """``aggregator.refresh()``: wall ms, this process's CPU ms, ms per part."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    await aggregator.refresh()
+    wall, used = time.perf_counter() - t0, time.process_time() - c0
+    return wall * 1000, used * 1000, {k: v * 1000 for k, v in aggregator.last_refresh_parts.items()}
+
+
+async def _measure(
+    aggregator: Aggregator,
+    standby: Aggregator,
+    conn: asyncpg.Connection,
+    series: SeriesSet,
+    end: datetime,
+    clock: list[datetime],
+    result: CaseResult,
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+    runs: int,
+    naive_runs: int,
+) -> None:
     gc.collect()
     t0 = time.perf_counter()
     await aggregator.refresh()
     result.cold_ms = round((time.perf_counter() - t0) * 1000, 1)
     result.cold_parts_ms = {k: round(v * 1000, 1) for k, v in aggregator.last_refresh_parts.items()}
+    gc.collect()
+    t0 = time.perf_counter()
+    await standby.refresh()
+    result.standby_cold_ms = round((time.perf_counter() - t0) * 1000, 1)
+    result.standby_cold_parts_ms = {k: round(v * 1000, 1) for k, v in standby.last_refresh_parts.items()}
+    if (aggregator.role, standby.role) != ("leader", "standby"):
+        raise RuntimeError(f"roles {aggregator.role}, {standby.role}: expected leader, standby")
     t0 = time.perf_counter()
     await window_stats(conn, WINDOWS, end)
     result.standby_window_stats_ms = round((time.perf_counter() - t0) * 1000, 1)
     log(
         f"  cold refresh (new leader): {result.cold_ms:,.0f} ms {result.cold_parts_ms};"
-        f" standby window_stats: {result.standby_window_stats_ms:,.0f} ms"
+        f" standby's first: {result.standby_cold_ms:,.0f} ms {result.standby_cold_parts_ms};"
+        f" window_stats from the table (a standby's refresh before): {result.standby_window_stats_ms:,.0f} ms"
     )
 
     runner = web.AppRunner(create_app(aggregator), access_log=None)
@@ -255,6 +316,9 @@ async def measure(
     base = f"http://127.0.0.1:{port}"
     parts: list[dict[str, float]] = []
     cpu: list[float] = []
+    standby_parts: list[dict[str, float]] = []
+    standby_cpu: list[float] = []
+    different: list[int] = []  # runs in which the standby published other figures than the leader
     full = _FullCollections()
     metrics = b""
     try:
@@ -267,24 +331,37 @@ async def measure(
                 # the full collections that land in a run are counted.
                 clock[0] += timedelta(seconds=1)
                 full.reset()
-                t0, c0 = time.perf_counter(), time.process_time()
-                await aggregator.refresh()
-                wall, used = time.perf_counter() - t0, time.process_time() - c0
+                wall, used, by_part = await _timed_refresh(aggregator)
                 published, metrics = await _publish(session, base)
-                result.refresh_runs_ms.append(round(wall * 1000, 1))
-                cpu.append(used * 1000)
-                parts.append({k: v * 1000 for k, v in aggregator.last_refresh_parts.items()})
+                result.refresh_runs_ms.append(round(wall, 1))
+                cpu.append(used)
+                parts.append(by_part)
                 result.publish_runs_ms.append(published)
-                result.total_runs_ms.append(round(wall * 1000 + sum(published.values()), 1))
+                result.total_runs_ms.append(round(wall + sum(published.values()), 1))
                 result.full_collections.append((full.count, round(full.seconds * 1000, 1)))
+                # The standby refreshes right after, at the same instant, timed the same way.
+                full.reset()
+                wall, used, by_part = await _timed_refresh(standby)
+                result.standby_runs_ms.append(round(wall, 1))
+                standby_cpu.append(used)
+                standby_parts.append(by_part)
+                result.standby_full_collections.append((full.count, round(full.seconds * 1000, 1)))
+                if standby.snapshot != aggregator.snapshot or standby.status != aggregator.status:
+                    different.append(len(result.standby_runs_ms))
     finally:
         full.close()
         await runner.cleanup()
-    if aggregator.window_rebuilds != 1 or aggregator.status_window_reads != 1:
+    if aggregator.window_rebuilds != 1 or aggregator.status_window_reads != 1 or standby.window_rebuilds != 1:
         raise RuntimeError(
             f"steady refreshes read the tables whole: window sums {aggregator.window_rebuilds},"
-            f" SLO window {aggregator.status_window_reads} times (1 expected: the cold refresh)"
+            f" SLO window {aggregator.status_window_reads} times, the standby's window sums"
+            f" {standby.window_rebuilds} times (1 expected: the cold refresh)"
         )
+    if different:
+        raise RuntimeError(f"the standby published other figures or states than the leader in runs {different}")
+    result.standby_refresh_ms = _median(result.standby_runs_ms)
+    result.standby_cpu_ms = _median(standby_cpu)
+    result.standby_parts_ms = {k: _median([p.get(k, 0.0) for p in standby_parts]) for k in standby_parts[0]}
     result.refresh_ms = _median(result.refresh_runs_ms)
     result.refresh_cpu_ms = _median(cpu)
     result.parts_ms = {k: _median([p.get(k, 0.0) for p in parts]) for k in parts[0]}
@@ -292,6 +369,7 @@ async def measure(
     result.publish_ms = _median([sum(p.values()) for p in result.publish_runs_ms])
     result.total_ms = _median(result.total_runs_ms)
     result.per_series_us = round(result.total_ms * 1000 / result.series, 1)
+    result.standby_ratio = round(result.standby_refresh_ms / result.refresh_ms, 2)
     result.metrics_lines = metrics.count(b"\n")
     result.metrics_series_per_route, result.metrics_state_series_per_model = _series_per_label(metrics)
     snapshot = aggregator.snapshot
@@ -305,6 +383,11 @@ async def measure(
         f"  whole refresh: median {result.refresh_ms:,.0f} ms (cpu {result.refresh_cpu_ms:,.0f}) {result.parts_ms}"
         f" + publish {result.publish_ms:,.0f} ms {result.publish_parts_ms}; runs {result.total_runs_ms};"
         f" full GCs (count, ms) per run {result.full_collections}"
+    )
+    log(
+        f"  standby refresh: median {result.standby_refresh_ms:,.0f} ms (cpu {result.standby_cpu_ms:,.0f})"
+        f" {result.standby_parts_ms}, x{result.standby_ratio:.2f} the leader's; runs {result.standby_runs_ms};"
+        f" full GCs {result.standby_full_collections}"
     )
 
     exact: dict[str, Any] = {}
@@ -405,6 +488,7 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
                 await prepare_schema(conn, mode, (end - timedelta(days=8)).date(), end.date() + timedelta(days=1))
                 conns[step.database] = (conn, await asyncpg.create_pool(dsn_for(pg.dsn, name), min_size=1, max_size=4))
             conn, pool = conns[step.database]
+            dsn = dsn_for(pg.dsn, f"bench_agg_{step.database}")
             rows, gen_s, load_s, build_s = await load_hours(
                 conn, series, step.lo, step.hi, end - timedelta(days=step.days), end, step.step_s, rng, log
             )
@@ -422,7 +506,9 @@ async def main_async(pg: LocalPostgres, mode: str, steps: list[Step], log: Calla
                 initial_rollup_s=round(build_s, 2),
                 hist_rows=0,
             )
-            await measure(pool, conn, series, end, result, rng, log, *((3, 1) if quick else (REFRESH_RUNS, NAIVE_RUNS)))
+            await measure(
+                dsn, pool, conn, series, end, result, rng, log, *((3, 1) if quick else (REFRESH_RUNS, NAIVE_RUNS))
+            )
             results.append(result)
         if mode == "timescaledb":
             info["timescaledb"] = await next(iter(conns.values()))[0].fetchval(
@@ -510,6 +596,19 @@ def targets(cases: list[CaseResult]) -> list[str]:
                 f"flat in days: whole refresh at 1,000 series, 1 -> 7 days: {day.total_ms:,.0f} ->"
                 f" {week.total_ms:,.0f} ms (x{week.total_ms / day.total_ms:.2f})"
             )
+    if cases:
+        worst = max(cases, key=lambda c: c.standby_ratio)
+        ok = worst.standby_ratio <= TARGET_STANDBY_RATIO
+        out.append(
+            f"standby refresh <= {TARGET_STANDBY_RATIO:g}x the leader's in every case: {'MET' if ok else 'NOT MET'}"
+            f" (worst x{worst.standby_ratio:.2f} at {worst.series:,} series x {worst.days} d; "
+            + ", ".join(
+                f"{c.series:,}x{c.days}d{'' if c.probe_interval_s == 60.0 else f'@{c.probe_interval_s:g}s'}"
+                f" {c.standby_refresh_ms:,.0f}/{c.refresh_ms:,.0f} ms"
+                for c in cases
+            )
+            + ")"
+        )
     small = next((c for c in cases if c.series == 100 and c.days == 1 and c.probe_interval_s == 60.0), None)
     fast = next((c for c in cases if c.probe_interval_s != 60.0), None)
     if small is not None and fast is not None:
@@ -520,13 +619,19 @@ def targets(cases: list[CaseResult]) -> list[str]:
     return out
 
 
+CASE_COLUMNS = ("series", "days", "probe")
+
+
+def _case(c: CaseResult) -> list[str]:
+    """The CASE_COLUMNS of ``c``."""
+    return [f"{c.series:,}", str(c.days), f"{c.probe_interval_s:g}s"]
+
+
 def print_results(cases: list[CaseResult]) -> None:
     base = _baseline(cases)
     lines = [
         [
-            "series",
-            "days",
-            "probe",
+            *CASE_COLUMNS,
             "rows",
             "cold ms",
             "refresh ms",
@@ -543,9 +648,7 @@ def print_results(cases: list[CaseResult]) -> None:
         p = c.parts_ms
         lines.append(
             [
-                f"{c.series:,}",
-                str(c.days),
-                f"{c.probe_interval_s:g}s",
+                *_case(c),
                 f"{c.rows:,}",
                 f"{c.cold_ms:,.0f}",
                 f"{c.refresh_ms:,.0f}",
@@ -562,9 +665,7 @@ def print_results(cases: list[CaseResult]) -> None:
     print()
     lines = [
         [
-            "series",
-            "days",
-            "probe",
+            *CASE_COLUMNS,
             "/metrics /v1/models /v1/status /status ms",
             "metrics lines",
             "per route+state",
@@ -578,9 +679,7 @@ def print_results(cases: list[CaseResult]) -> None:
     for c in cases:
         lines.append(
             [
-                f"{c.series:,}",
-                str(c.days),
-                f"{c.probe_interval_s:g}s",
+                *_case(c),
                 " ".join(f"{c.publish_parts_ms.get(path, 0):.0f}" for path in PUBLISHED),
                 f"{c.metrics_lines:,}",
                 f"{c.metrics_series_per_route}+{c.metrics_state_series_per_model}",
@@ -589,6 +688,34 @@ def print_results(cases: list[CaseResult]) -> None:
                 f"{c.metrics_all_render_ms:,.0f}",
                 f"{c.naive_ms:,.0f}",
                 f"{c.ratio:.0f}x",
+            ]
+        )
+    print_table(lines)
+    print()
+    lines = [
+        [
+            *CASE_COLUMNS,
+            "leader refresh ms",
+            "standby refresh ms",
+            "cpu ms",
+            "windows+snapshot+status",
+            "x leader",
+            "standby first ms",
+            "before: window_stats ms",
+        ]
+    ]
+    for c in cases:
+        p = c.standby_parts_ms
+        lines.append(
+            [
+                *_case(c),
+                f"{c.refresh_ms:,.0f}",
+                f"{c.standby_refresh_ms:,.0f}",
+                f"{c.standby_cpu_ms:,.0f}",
+                "+".join(f"{p.get(k, 0):.0f}" for k in ("windows", "snapshot", "status")),
+                f"{c.standby_ratio:.2f}",
+                f"{c.standby_cold_ms:,.0f}",
+                f"{c.standby_window_stats_ms:,.0f}",
             ]
         )
     print_table(lines)
@@ -636,7 +763,10 @@ def main(argv: list[str] | None = None) -> int:
         f" {result['plan']['refresh_runs']}. x base = per-series cost against the smallest growing case, same run."
         " full GCs = the collector's full collections that fell in the measured runs (count, their time)."
         f" naive = exact percentile_cont x 3 windows (median of {result['plan']['naive_runs']}, 1 run above"
-        f" {NAIVE_ONE_RUN_S:g} s); ratio = naive / (rollup + windows). {result['mode']} mode, PostgreSQL"
+        f" {NAIVE_ONE_RUN_S:g} s); ratio = naive / (rollup + windows). standby = a second Aggregator that does not"
+        " hold the refresher lock, refreshed right after the leader at the same instant; x leader = its median"
+        " refresh against the leader's, same run; before = window_stats from the table, what a standby read at"
+        f" every refresh before it kept window sums. {result['mode']} mode, PostgreSQL"
         f" {pg.version}; load average {result['machine']['loadavg_start']} -> {result['machine']['loadavg_end']};"
         f" run took {result['duration_s']} s"
     )

@@ -42,6 +42,7 @@ LABELS = [
     "0005_status",
     "0006_ingest_done",
     "0007_shard_leases",
+    "0008_hist_changes",
 ]
 SHARED_LABELS = {
     "0003_hist_rollup",
@@ -49,6 +50,7 @@ SHARED_LABELS = {
     "0005_status",
     "0006_ingest_done",
     "0007_shard_leases",
+    "0008_hist_changes",
 }  # one NNNN_name.sql for both modes
 
 
@@ -63,7 +65,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0007 are shared files: plain tables in both modes.
+        # 0003 to 0008 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -101,6 +103,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         (5, "status"),
         (6, "ingest_done"),
         (7, "shard_leases"),
+        (8, "hist_changes"),
     ]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
@@ -196,6 +199,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
             (5, "status"),
             (6, "ingest_done"),
             (7, "shard_leases"),
+            (8, "hist_changes"),
         ]
     finally:
         for c in conns:

@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 import asyncpg
 import numpy as np
 import pytest
-from factories import probe_result
+from mixed_probes import mixed, spread
 
 from routewatch.aggregator.rollup import floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.results.probe_result import ProbeResult
-from routewatch.storage.hist_queries import bump_hist_generation
+from routewatch.storage.hist_queries import bump_hist_generation, prune_changes
 from routewatch.storage.housekeeping import PartitionCache
 from routewatch.storage.migrate import migrate
 from routewatch.storage.writer import write_batch
@@ -33,41 +33,13 @@ SERIES = [("r", "m/a", "P1", "eu"), ("r", "m/a", "P2", "us"), ("r2", "m/b", None
 
 
 def probes(times: list[datetime], rng: np.random.Generator) -> list[ProbeResult]:
-    """One probe per time, cycling through SERIES; ~10% fail, some 429s, a few overloaded."""
-    out = []
-    for i, t in enumerate(times):
-        router, model, provider, region = SERIES[i % len(SERIES)]
-        roll = rng.random()
-        error = "http_429" if roll < 0.04 else "http_5xx" if roll < 0.1 else None
-        ttft = float(rng.lognormal(np.log(400), 0.7))
-        out.append(
-            probe_result(
-                started_at=t,
-                region=region,
-                router=router,
-                model=model,
-                error_class=error,
-                error_detail=error and "detail",
-                provider=provider,
-                ttft_ms=None if error else ttft,
-                ttfat_ms=None if error else ttft * 1.2,
-                output_tps=None if error else float(rng.lognormal(np.log(60), 0.3)),
-                input_tokens=20,
-                output_tokens=None if error else int(rng.integers(10, 200)),
-                prober_overloaded=bool(rng.random() < 0.02),
-            )
-        )
-    return out
+    """One probe per time, cycling through SERIES (mixed_probes.mixed)."""
+    return mixed(times, rng, SERIES)
 
 
 async def store(conn: asyncpg.Connection, results: list[ProbeResult]) -> None:
     await PartitionCache().ensure_for(conn, "plain", (r.started_at for r in results))
     await write_batch(conn, results)
-
-
-def spread(start: datetime, end: datetime, n: int, rng: np.random.Generator) -> list[datetime]:
-    span = (end - start).total_seconds()
-    return sorted(start + timedelta(seconds=float(s)) for s in rng.random(n) * span)
 
 
 async def check(conn: asyncpg.Connection, sliding: SlidingWindows, now: datetime) -> None:
@@ -202,3 +174,104 @@ async def test_capped_providers_follow_the_table(conn: asyncpg.Connection) -> No
             assert len(labels) <= cap + 2 and "" not in labels, (step, labels)
     assert sliding.rebuilds == 1, "every refresh took the admitted names from memory"
     assert len(set().union(*admitted_over_time)) > cap, "slots free up as names leave the windows"
+
+
+async def same_as_table(conn: asyncpg.Connection, sliding: SlidingWindows, now: datetime, what: str) -> None:
+    """Every cell of every window of ``sliding`` equals what the table gives at ``now``."""
+    mine, table = sliding.stats(), await window_stats(conn, WINDOWS, now)
+    for name in WINDOWS:
+        assert table[name], f"window {name} is empty: the test compares nothing"
+        assert set(mine[name]) == set(table[name]), (what, name)
+        for key, cell in table[name].items():
+            assert mine[name][key] == cell, (what, name, key)
+
+
+async def test_a_follower_keeps_the_leaders_sums(conn: asyncpg.Connection, db_dsn: str) -> None:
+    """A second SlidingWindows on its own connection follows what the leader's refreshes changed.
+
+    After each step the follower's figures equal the table's; it rebuilds only where it cannot
+    tell what changed (first follow, an hour recomputed older than the hours it keeps, retention
+    inside a window, the record of changes pruned past its last follow), and follows otherwise.
+    """
+    await migrate(conn, mode="plain")
+    other = await asyncpg.connect(db_dsn)
+    try:
+        rng = np.random.default_rng(14)
+        now = floor_hour(await conn.fetchval("SELECT now()")) + timedelta(minutes=20)
+        await store(conn, probes(spread(now - timedelta(days=7, hours=2), now, 3000, rng), rng))
+        leader, follower = SlidingWindows(WINDOWS), SlidingWindows(WINDOWS)
+
+        async def lead(at: datetime) -> None:
+            await leader.update(conn, await refresh_hist(conn, now=at, known=leader.known_hour()))
+            await leader.note_position(conn)
+
+        async def follow(at: datetime, what: str, rebuilds: int) -> None:
+            await follower.follow(other, at)
+            await same_as_table(conn, follower, at, what)
+            assert follower.stats() == leader.stats(), what
+            assert follower.rebuilds == rebuilds, what
+
+        await lead(now)
+        await follow(now, "first follow: built from the table", 1)
+
+        later = now + timedelta(minutes=5)
+        await store(conn, probes(spread(now, later, 40, rng), rng))
+        await lead(later)
+        await follow(later, "new probes in the current hour", 1)
+        follows = follower.follows
+
+        # Late probes 2 h ago: an hour the follower keeps the rows of, swapped as the leader swaps it.
+        await store(conn, probes([later - timedelta(hours=2), later - timedelta(hours=2, minutes=1)], rng))
+        await lead(later + timedelta(seconds=10))
+        await follow(later + timedelta(seconds=10), "late probes 2 h ago", 1)
+        assert follower.follows == follows + 1
+
+        # Late probes 30 h ago: the follower does not keep that hour's old rows, so it rebuilds.
+        await store(conn, probes([later - timedelta(hours=30)], rng))
+        await lead(later + timedelta(seconds=20))
+        await follow(later + timedelta(seconds=20), "late probes 30 h ago", 2)
+
+        # The hour turns; then a probe that started before the turn arrives for the old hour.
+        turn = floor_hour(later) + timedelta(hours=1, minutes=1)
+        await store(conn, probes(spread(later, turn, 60, rng), rng))
+        await lead(turn)
+        await follow(turn, "the hour turned", 2)
+        await store(conn, probes([turn - timedelta(minutes=3)], rng))
+        await lead(turn + timedelta(minutes=1))
+        await follow(turn + timedelta(minutes=1), "a late probe for the hour just completed", 2)
+
+        # The follower misses three refreshes, two hours pass, late rows land in between.
+        t = turn + timedelta(minutes=1)
+        for step in range(3):
+            nxt = t + timedelta(minutes=50)
+            await store(conn, probes([*spread(t, nxt, 30, rng), nxt - timedelta(minutes=70 + step)], rng))
+            t = nxt
+            await lead(t)
+        await follow(t, "three refreshes and two hour turns missed", 2)
+        assert leader.rebuilds == 1, "the leader never rebuilt: the comparison is with a leader in step"
+
+        # Retention deletes hours that are in no window: nothing to rebuild.
+        await store(conn, probes([t - timedelta(days=9)], rng))
+        await lead(t + timedelta(seconds=5))
+        async with conn.transaction():
+            await conn.execute("DELETE FROM probe_hist_hourly WHERE bucket < $1", floor_hour(t) - timedelta(days=8))
+            await bump_hist_generation(conn)
+        await follow(t + timedelta(seconds=10), "retention outside every window", 2)
+
+        # Retention inside the longest window: rebuilt, as the leader rebuilds.
+        async with conn.transaction():
+            await conn.execute("DELETE FROM probe_hist_hourly WHERE bucket < $1", floor_hour(t) - timedelta(days=6))
+            await bump_hist_generation(conn)
+        await lead(t + timedelta(seconds=15))
+        await follow(t + timedelta(seconds=15), "retention inside the 7d window", 3)
+
+        # The record of changes pruned past the follower's last follow: it cannot tell, so it rebuilds.
+        await store(conn, probes(spread(t, t + timedelta(minutes=2), 10, rng), rng))
+        await lead(t + timedelta(minutes=2))
+        await prune_changes(conn, timedelta(0))
+        await follow(t + timedelta(minutes=2), "changes pruned", 4)
+        await store(conn, probes(spread(t + timedelta(minutes=2), t + timedelta(minutes=3), 10, rng), rng))
+        await lead(t + timedelta(minutes=3))
+        await follow(t + timedelta(minutes=3), "after the pruning, following again", 4)
+    finally:
+        await other.close()

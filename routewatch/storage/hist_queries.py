@@ -7,20 +7,25 @@ probes); writes take records already encoded in :data:`HIST_COLUMNS` order.
 
 A refresh runs inside :func:`refresh_transaction`, and every transaction that
 changes the table counts itself with :func:`bump_hist_generation`, so that an
-in-memory copy of the rollup knows when it missed a change.
+in-memory copy of the rollup knows when it missed a change. Triggers
+(migration 0008) also record which hours each transaction changed, in
+``probe_hist_changes``: a standby following the rollup reads, inside
+:func:`follow_transaction`, its :func:`position` and the
+:func:`hours_changed_since` its previous one.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from routewatch.storage.connection import Conn
-from routewatch.storage.tables import META_TABLE, PROBE_HIST_HOURLY, PROBE_RESULTS
+from routewatch.storage.tables import META_TABLE, PROBE_HIST_CHANGES, PROBE_HIST_HOURLY, PROBE_RESULTS
 
 # Session-level advisory lock held around each refresh: two refreshers never
 # interleave, and the next one's snapshot (taken after the lock) sees what
@@ -32,6 +37,11 @@ HIST_LOCK_KEY = 0x7277_6869_7374_0001
 # missed a change when the count its refresh started from is not the one it
 # last saw.
 HIST_GENERATION_KEY = "hist_generation"
+
+# routewatch_meta key holding the highest transaction id (xid8) whose rows
+# were pruned from probe_hist_changes: a reader whose previous snapshot did not
+# see that transaction finished cannot tell what it missed.
+HIST_CHANGES_PRUNED_KEY = "hist_changes_pruned"
 
 # One hourly row: the series key (bucket first), counts, error counts (JSON),
 # first/last probe, and the three histograms (bytes). COPY writes this order.
@@ -111,6 +121,30 @@ SELECT router, model, provider, first_started FROM (
 ) AS named
 WHERE rank <= $4
 ORDER BY first_started, router, model, provider
+"""
+
+_POSITION = (
+    "SELECT pg_current_snapshot()::text AS snapshot,"
+    f" coalesce((SELECT value::bigint FROM {META_TABLE} WHERE key = $1), 0) AS generation"
+)
+# The changes of the transactions the earlier snapshot $1 did not see (those
+# below its xmin had all ended before it); '-infinity' is a TRUNCATE.
+_CHANGED_SINCE = f"""
+WITH earlier AS (SELECT $1::text::pg_snapshot AS s),
+new AS (
+    SELECT DISTINCT c.bucket FROM {PROBE_HIST_CHANGES} c, earlier
+    WHERE c.xid >= pg_snapshot_xmin(earlier.s) AND NOT pg_visible_in_snapshot(c.xid, earlier.s)
+)
+SELECT coalesce((SELECT m.value::xid8 >= pg_snapshot_xmin(earlier.s) FROM {META_TABLE} m, earlier
+                 WHERE m.key = $2), false)
+       OR EXISTS (SELECT 1 FROM new WHERE bucket = '-infinity') AS unknown,
+       array(SELECT bucket FROM new WHERE bucket <> '-infinity' ORDER BY bucket) AS hours
+"""
+_PRUNE_CHANGES = f"""
+WITH gone AS (DELETE FROM {PROBE_HIST_CHANGES} WHERE changed_at < now() - $1::interval RETURNING xid)
+INSERT INTO {META_TABLE} (key, value)
+SELECT $2, max(xid)::text FROM gone HAVING count(*) > 0
+ON CONFLICT (key) DO UPDATE SET value = greatest({META_TABLE}.value::xid8, excluded.value::xid8)::text
 """
 
 
@@ -211,3 +245,41 @@ async def copy_rows(conn: Conn, records: Sequence[tuple[Any, ...]]) -> None:
 async def stored_providers(conn: Conn, since: datetime) -> list[asyncpg.Record]:
     """The distinct (router, model, provider) of the rows from hour ``since`` on."""
     return await conn.fetch(_STORED_PROVIDERS, since)
+
+
+@asynccontextmanager
+async def follow_transaction(conn: Conn) -> AsyncIterator[None]:
+    """One read-only REPEATABLE READ transaction: a follower's position, the
+    changes since its previous one and the rows it reads all come from one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        yield
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a reader of the rollup stands: what its snapshot sees."""
+
+    generation: int  # HIST_GENERATION_KEY as that snapshot sees it (0 before any change)
+    snapshot: str  # pg_current_snapshot() as text: the transactions it sees
+
+
+async def position(conn: Conn) -> Position:
+    """The current transaction's :class:`Position` (call it first in :func:`follow_transaction`)."""
+    row = await conn.fetchrow(_POSITION, HIST_GENERATION_KEY)
+    assert row is not None
+    return Position(int(row["generation"]), str(row["snapshot"]))
+
+
+async def hours_changed_since(conn: Conn, earlier: Position) -> list[datetime] | None:
+    """The hours whose rows changed in transactions ``earlier`` did not see, ascending;
+    None when that cannot be told: the changes it missed were pruned, or the table was truncated."""
+    row = await conn.fetchrow(_CHANGED_SINCE, earlier.snapshot, HIST_CHANGES_PRUNED_KEY)
+    assert row is not None
+    if row["unknown"]:
+        return None
+    return list(row["hours"])
+
+
+async def prune_changes(conn: Conn, keep: timedelta) -> None:
+    """Forget the changes recorded more than ``keep`` ago (the database's clock), noting the last one forgotten."""
+    await conn.execute(_PRUNE_CHANGES, keep, HIST_CHANGES_PRUNED_KEY)

@@ -23,6 +23,8 @@ PROBE_INGEST_LOG = "probe_ingest_log"
 # TimescaleDB mode).
 PROBE_HIST_HOURLY = "probe_hist_hourly"
 PROBE_ROLLUP_HOURLY = "probe_rollup_hourly"
+# Which hours of probe_hist_hourly each transaction changed (written by triggers).
+PROBE_HIST_CHANGES = "probe_hist_changes"
 
 # The published figures over time.
 STATS_HISTORY = "stats_history"
