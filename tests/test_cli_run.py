@@ -145,12 +145,18 @@ def test_run_serves_stats_and_stops_cleanly_on_ctrl_c(config_file: Path, data_di
         assert all(m["stats"]["samples"]["attempted"] >= 2 for m in models), models
         stats = _get(api + "/v1/models/openai/gpt-4.1-nano/stats?window=7d")
         assert stats["model"] == "openai/gpt-4.1-nano" and stats["ttft_p50_ms"] > 0
-        # The banner's other addresses answer: the status page and the prober's metrics.
+        # The banner's other addresses answer: the status page and the metrics, with each prober worker's.
         status_url = run.wait_for(r"status:\s+(http://\S+)").group(1)
         with urllib.request.urlopen(status_url, timeout=10) as resp:
             assert "openai/gpt-4.1-nano" in resp.read().decode()
         with urllib.request.urlopen(api + "/metrics", timeout=10) as resp:
-            assert 'routewatch_probes_total{result="ok"}' in resp.read().decode()
+            metrics = resp.read().decode()
+        workers = len(os.sched_getaffinity(0))  # --workers defaults to the usable cores
+        assert f"by {workers} prober process" in banner
+        assert f"routewatch_prober_workers {workers:.1f}" in metrics
+        for worker in range(1, workers + 1):
+            assert f'routewatch_prober_worker_up{{worker="{worker}"}} 1.0' in metrics
+            assert f'routewatch_probes_total{{result="ok",worker="{worker}"}}' in metrics
     finally:
         code, out = _interrupt(run)
     assert code == 0, out

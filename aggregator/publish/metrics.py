@@ -3,8 +3,9 @@
 Nothing here keeps metric state of its own. Each scrape reads what the
 process already publishes, on the event loop (:class:`ScrapeState`): the
 aggregator's latest :class:`~.refresh.Snapshot` and status report, its role
-and refresh count, and, when probes run in this same process (``routewatch
-run``), the prober's health (:class:`ProberHealth`). Custom collectors
+and refresh count, and the probers' health: in ``routewatch run``, every
+prober worker's own ``/metrics``, read at each scrape (:data:`WorkerMetrics`);
+in a process that probes on its own loop, its prober (:class:`ProberHealth`). Custom collectors
 (:class:`StatsCollector`, :class:`LiveCollector`) turn that reading into
 metric families, and ``prometheus_client.generate_latest`` serialises them
 on registries of our own, never the library's global default one. The
@@ -27,16 +28,12 @@ Families (labels in braces; every stat is over one window: "1h", "24h", "7d"):
 * aggregator: ``routewatch_aggregator_role{role}``, ``routewatch_refreshes_total``,
   ``routewatch_stats_age_seconds`` (absent before the first refresh),
   ``routewatch_stats_refresh_interval_seconds``.
-* prober (``routewatch run`` only; absent, not 0, in ``routewatch serve``):
-  ``routewatch_probes_total{result}``, ``routewatch_probes_overloaded_total``,
-  ``routewatch_probes_in_flight``, ``routewatch_probes_queued``,
-  ``routewatch_probe_concurrency_limit``, ``routewatch_results_stored_total``,
-  ``routewatch_results_pending``, ``routewatch_results_dropped_total``,
-  ``routewatch_results_rejected_total``, ``routewatch_results_unspooled_total``,
-  ``routewatch_spool_corrupt_records_total``, ``routewatch_writer_running``,
-  ``routewatch_event_loop_tasks``, ``routewatch_writer_failed_flushes_total``, ``routewatch_writer_database_up``,
-  ``routewatch_spool_bytes``, ``routewatch_event_loop_lag_seconds``,
-  ``routewatch_event_loop_lag_max_seconds``.
+* prober (absent, not 0, in ``routewatch serve``): the families of
+  ``routewatch/probe/health.py`` (``routewatch_probes_total{result}``,
+  ``routewatch_event_loop_lag_max_seconds``, the writer's and the spool's, …).
+  In ``routewatch run`` they come from its prober workers, each sample with a
+  ``worker`` label, besides the workers' own (``routewatch_prober_workers``,
+  ``routewatch_prober_worker_up{worker}``, …; see ``routewatch/prober_metrics.py``).
 
 Label values are router names, model ids, windows, providers, regions,
 states, roles and error classes: never a URL, a key or a DSN. Providers are
@@ -50,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -64,7 +61,7 @@ from routewatch.aggregator.model_state import State
 from routewatch.aggregator.model_state_store import StatusReport
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.aggregator.stats import MIN_OK_SAMPLES, WindowCounts, error_rate
-from routewatch.results.probe_result import ERROR_CLASSES
+from routewatch.probe.health import LAG_MAX_WINDOW_S, ProberHealth, prober_families, read_prober_health
 
 if TYPE_CHECKING:
     from routewatch.delivery.spooled import SpooledDelivery
@@ -80,17 +77,13 @@ __all__ = [
     "ProberHealthSlot",
     "ScrapeState",
     "StatsCollector",
+    "WorkerMetrics",
     "read_prober_health",
     "render",
     "render_live",
     "render_stats",
     "setup_metrics_route",
 ]
-
-LAG_MAX_WINDOW_S = 60.0
-"""``routewatch_event_loop_lag_max_seconds`` is the worst lag over this many
-seconds: longer than a usual scrape interval (15-30 s), so no stall falls
-between two scrapes."""
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The ``Content-Type`` of ``GET /metrics``: the text exposition format that
@@ -101,64 +94,16 @@ prometheus_client 0.26). The OpenAPI document names this very value."""
 # ---------------------------------------------------------------- prober health
 
 
-@dataclass(frozen=True, slots=True)
-class ProberHealth:
-    """The in-process prober's health at one instant; counters count since the process started."""
-
-    results: Mapping[str, int]  # completed probes by outcome: "ok" or the error class
-    overloaded: int  # completed probes flagged prober_overloaded (loop lag over its bound)
-    in_flight: int  # probes holding a concurrency slot (sending or streaming)
-    queued: int  # probes due and waiting for a slot
-    concurrency: int  # the slot limit (schedule.concurrency)
-    stored: int  # results the writer inserted (duplicates excluded)
-    pending: int  # results accepted by the writer, not yet confirmed stored
-    dropped: int  # results neither spooled nor stored
-    rejected: int  # results that could not be stored at all, kept in the spool's rejected file
-    unspooled: int  # results the spool could not take (disk full), sent from memory only
-    spool_corrupt: int  # damaged spool records skipped when reading the spool back
-    writer_running: bool  # False once the writer's flush task has died: nothing more is stored
-    failed_flushes: int  # writes that failed because the database was unavailable
-    database_ok: bool  # the writer's last attempt reached its destination (the database, or the ingest endpoint)
-    spool_bytes: int  # bytes the local spool holds on disk
-    loop_lag_s: float | None  # the latest event-loop lag sample; None without a monitor or a sample
-    loop_lag_max_s: float | None  # the worst sample of the last LAG_MAX_WINDOW_S
-    tasks: int  # asyncio tasks alive in the prober's event loop (a leak shows as growth)
-
-
 HealthSource = Callable[[], "ProberHealth | None"]
 """Reads the prober's health now, or None when no prober runs in this process."""
+
+WorkerMetrics = Callable[[], Awaitable[bytes]]
+"""Reads the prober workers' families now, as text exposition (``routewatch run``):
+families no other part of ``/metrics`` has, each sample labelled with its ``worker``."""
 
 
 def _ms_to_s(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000.0
-
-
-def read_prober_health(prober: Prober, writer: SpooledDelivery, lag: LoopLagMonitor | None = None) -> ProberHealth:
-    """Read ``prober``, ``writer`` and ``lag`` into a :class:`ProberHealth`.
-
-    Call it on the event loop that runs them: their counters and the lag
-    samples are only ever changed there, so the reading is consistent.
-    """
-    return ProberHealth(
-        results=dict(prober.results),
-        overloaded=prober.overloaded,
-        in_flight=prober.running,
-        queued=prober.queued,
-        concurrency=prober.concurrency,
-        stored=writer.written,
-        pending=writer.backlog,
-        dropped=writer.dropped,
-        rejected=writer.rejected,
-        unspooled=writer.unspooled,
-        spool_corrupt=writer.spool_corrupt_records,
-        writer_running=writer.failed is None,
-        failed_flushes=writer.failed_flushes,
-        database_ok=writer.destination_ok,
-        spool_bytes=writer.spool_bytes,
-        loop_lag_s=_ms_to_s(lag.latest_ms) if lag is not None else None,
-        loop_lag_max_s=_ms_to_s(lag.recent_max(LAG_MAX_WINDOW_S)) if lag is not None else None,
-        tasks=len(asyncio.all_tasks()),
-    )
 
 
 class ProberHealthSlot:
@@ -360,91 +305,6 @@ def _aggregator_families(state: ScrapeState) -> Iterator[Metric]:
         )
 
 
-def _prober_families(health: ProberHealth) -> Iterator[Metric]:
-    results = CounterMetricFamily(
-        "routewatch_probes",
-        "Probes completed by this process, by result: ok or the error class",
-        labels=["result"],
-    )
-    # Every known result from the start, so that rate() sees a series' first increase.
-    for result in dict.fromkeys(("ok", *ERROR_CLASSES, *sorted(health.results))):
-        results.add_metric([result], float(health.results.get(result, 0)))
-    yield results
-    yield CounterMetricFamily(
-        "routewatch_probes_overloaded",
-        "Probes flagged prober_overloaded: the event loop lagged past its bound",
-        value=health.overloaded,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_probes_in_flight",
-        "Probes holding a concurrency slot (sending or streaming)",
-        value=health.in_flight,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_probes_queued", "Probes due and waiting for a concurrency slot", value=health.queued
-    )
-    yield GaugeMetricFamily(
-        "routewatch_probe_concurrency_limit", "At most this many probes run at once", value=health.concurrency
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_stored", "Probe results inserted into the database", value=health.stored
-    )
-    yield GaugeMetricFamily(
-        "routewatch_results_pending", "Probe results accepted but not yet confirmed stored", value=health.pending
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_dropped", "Probe results lost: neither spooled nor stored", value=health.dropped
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_rejected",
-        "Probe results that could not be stored at all; kept in the spool's rejected file",
-        value=health.rejected,
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_unspooled",
-        "Probe results the spool could not take (disk full), sent from memory only",
-        value=health.unspooled,
-    )
-    yield CounterMetricFamily(
-        "routewatch_spool_corrupt_records",
-        "Damaged spool records skipped when the spool was read back",
-        value=health.spool_corrupt,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_writer_running",
-        "1 while the result writer runs; 0 once it has died and nothing more is stored",
-        value=float(health.writer_running),
-    )
-    yield GaugeMetricFamily(
-        "routewatch_event_loop_tasks", "asyncio tasks alive in the prober's event loop", value=health.tasks
-    )
-    yield CounterMetricFamily(
-        "routewatch_writer_failed_flushes",
-        "Result writes that failed because the database was unavailable",
-        value=health.failed_flushes,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_writer_database_up",
-        "1 when the result writer's last attempt reached the database, 0 during an outage",
-        value=float(health.database_ok),
-    )
-    yield GaugeMetricFamily(
-        "routewatch_spool_bytes", "Bytes the local result spool holds on disk", value=health.spool_bytes
-    )
-    if health.loop_lag_s is not None:
-        yield GaugeMetricFamily(
-            "routewatch_event_loop_lag_seconds",
-            "The prober's event-loop lag at its latest sample",
-            value=health.loop_lag_s,
-        )
-    if health.loop_lag_max_s is not None:
-        yield GaugeMetricFamily(
-            "routewatch_event_loop_lag_max_seconds",
-            f"The prober's worst event-loop lag over the last {LAG_MAX_WINDOW_S:g} s",
-            value=health.loop_lag_max_s,
-        )
-
-
 class StatsCollector(Collector):
     """The stats of one snapshot: they change only when the aggregator publishes the next one."""
 
@@ -469,7 +329,7 @@ class LiveCollector(Collector):
             yield from _status_families(state.status)
         yield from _aggregator_families(state)
         if state.prober is not None:
-            yield from _prober_families(state.prober)
+            yield from prober_families(state.prober)
 
 
 def _exposition(collector: Collector) -> bytes:
@@ -518,9 +378,12 @@ class _MetricsEndpoint:
     each scrape.
     """
 
-    def __init__(self, aggregator: Aggregator, prober_health: HealthSource | None) -> None:
+    def __init__(
+        self, aggregator: Aggregator, prober_health: HealthSource | None, workers: WorkerMetrics | None = None
+    ) -> None:
         self._aggregator = aggregator
         self._prober_health = prober_health
+        self._workers = workers
         self._stats: tuple[Snapshot, bytes] | None = None
 
     def _stats_body(self, snapshot: Snapshot | None) -> bytes:
@@ -534,18 +397,19 @@ class _MetricsEndpoint:
         self._stats = (snapshot, body)
         return body
 
-    def _body(self, state: ScrapeState, compress: bool) -> bytes:
-        body = self._stats_body(state.snapshot) + render_live(state)
+    def _body(self, state: ScrapeState, compress: bool, workers: bytes) -> bytes:
+        body = self._stats_body(state.snapshot) + render_live(state) + workers
         return gzip.compress(body, compresslevel=6) if compress else body
 
     async def handle(self, request: web.Request) -> web.Response:
         """Serve one scrape."""
+        workers = await self._workers() if self._workers is not None else b""
         state = ScrapeState.read(self._aggregator, self._prober_health)
         compress = _accepts_gzip(request)
         # In a thread: while it serialises, the event loop (which may be
         # timing probes) gets the GIL back every switch interval instead of
         # stalling for the whole rendering.
-        body = await asyncio.get_running_loop().run_in_executor(None, self._body, state, compress)
+        body = await asyncio.get_running_loop().run_in_executor(None, self._body, state, compress, workers)
         headers = {"Content-Type": METRICS_CONTENT_TYPE, "Cache-Control": "no-store", "Vary": "Accept-Encoding"}
         if compress:
             headers["Content-Encoding"] = "gzip"
@@ -553,11 +417,15 @@ class _MetricsEndpoint:
 
 
 def setup_metrics_route(
-    app: web.Application, aggregator: Aggregator, prober_health: HealthSource | None = None
+    app: web.Application,
+    aggregator: Aggregator,
+    prober_health: HealthSource | None = None,
+    workers: WorkerMetrics | None = None,
 ) -> None:
-    """Register ``GET /metrics`` on ``app``: ``aggregator``'s stats and health, and the prober's if any.
+    """Register ``GET /metrics`` on ``app``: ``aggregator``'s stats and health, and the probers' if any.
 
-    ``prober_health`` is read at each scrape; None (``routewatch serve``) or a
-    source returning None leaves every prober metric out.
+    ``prober_health`` (a prober on this process's loop) and ``workers`` (the
+    prober workers of ``routewatch run``) are read at each scrape; None
+    (``routewatch serve``) or a source returning None leaves them out.
     """
-    app.router.add_get("/metrics", _MetricsEndpoint(aggregator, prober_health).handle)
+    app.router.add_get("/metrics", _MetricsEndpoint(aggregator, prober_health, workers).handle)
