@@ -254,15 +254,15 @@ class ProberWorkers:
             await self._final_report(w)
             why = ended(code)
             log.error("prober worker %d (pid %d) %s; the others take its shards over within seconds", w.index, pid, why)
-            await self._bring_back(w, why)
+            await self._bring_back(w, f"it {why}")
 
     async def _bring_back(self, w: _Worker, why: str) -> None:
         while True:
             delay = self._policy.delay(w.tries, time.monotonic())
             if delay is None:
                 raise WorkersGaveUp(
-                    f"prober worker {w.index} {why}, and {len(w.tries)} restarts within"
-                    f" {self._policy.window_s:g} s did not keep it running"
+                    f"prober worker {w.index} could not be kept running: {len(w.tries)} restarts within"
+                    f" {self._policy.window_s:g} s; last: {why}"
                 )
             log.warning(
                 "restarting prober worker %d in %g s (try %d of %d within %g s)",
@@ -282,6 +282,8 @@ class ProberWorkers:
                 await self._final_report(w)
                 continue
             w.restarts += 1
+            assert w.proc is not None
+            log.warning("prober worker %d is running again (pid %d) after %s", w.index, w.proc.pid, why)
             return
 
     async def _final_report(self, w: _Worker) -> None:

@@ -445,7 +445,8 @@ async def _running(workers: ProberWorkers, supervisor: Supervisor) -> AsyncItera
 
 def orphan_spools(data_dir: Path, workers: int) -> list[Path]:
     """Spools in ``data_dir`` that no worker of this run opens and that hold segments: a run's from
-    before it had workers (``spool``), and those of workers beyond ``--workers`` (run with more before)."""
+    before it had workers (``spool``), and those of workers beyond ``--workers`` (run with more before).
+    Their segments may all be stored already (the last is kept until it fills); opening one says."""
     found = [data_dir / LEGACY_SPOOL]
     for path in sorted(data_dir.glob(WORKER_SPOOL.format("*"))):
         index = path.name.rsplit("-", 1)[1]
@@ -463,7 +464,8 @@ async def _store_orphan_spools(target: DatabaseTarget, data_dir: Path, workers: 
         except SpoolInUse:
             log.warning("the spool %s is in use by another process; leaving it to that process", spool)
             continue
-        log.info("stored %d probe results left in %s by an earlier run", writer.written, spool)
+        if writer.written:
+            log.info("stored %d probe results left in %s by an earlier run", writer.written, spool)
 
 
 def _banner(
