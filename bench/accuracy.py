@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import json
 import os
@@ -523,6 +524,9 @@ async def probe_worker() -> None:
                 await client.aclose()
             sys.stdout.write(json.dumps(asdict(burst)) + "\n")
             sys.stdout.flush()
+            # As a routewatch probe process does once started: what lives on is kept out of the collector's scans.
+            gc.collect()
+            gc.freeze()
     finally:
         await lag.stop()
 
@@ -530,7 +534,8 @@ async def probe_worker() -> None:
 # ---------------------------------------------------------------- analysis
 
 
-def _stats(values: Sequence[float]) -> dict[str, float | None]:
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p99 and max of ``values`` (None each when there are none)."""
     if not values:
         return {"p50": None, "p99": None, "max": None}
     arr = np.asarray(values, dtype=float)
@@ -615,14 +620,14 @@ def analyse(level: int, pattern: str, client: str, out: PhaseOutcome, truth: dic
         failed=sum(errors.values()),
         errors=errors,
         unmatched=unmatched,
-        ttft_abs_err_ms=_stats([abs(e) for e in ttft_err]),
-        ttft_signed_err_ms_p50=_stats(ttft_err)["p50"],
-        last_token_abs_err_ms=_stats([abs(e) for e in last_err]),
-        tps_abs_err=_stats([abs(e) for e in tps_err]),
-        tps_signed_err_p50=_stats(tps_err)["p50"],
-        tps_abs_err_pct=_stats([abs(e) for e in tps_pct]),
-        ttfb_abs_err_ms=_stats([abs(e) for e in ttfb_err]) if ttfb_err else None,
-        loop_lag_ms=_stats(out.lags_ms),
+        ttft_abs_err_ms=percentiles([abs(e) for e in ttft_err]),
+        ttft_signed_err_ms_p50=percentiles(ttft_err)["p50"],
+        last_token_abs_err_ms=percentiles([abs(e) for e in last_err]),
+        tps_abs_err=percentiles([abs(e) for e in tps_err]),
+        tps_signed_err_p50=percentiles(tps_err)["p50"],
+        tps_abs_err_pct=percentiles([abs(e) for e in tps_pct]),
+        ttfb_abs_err_ms=percentiles([abs(e) for e in ttfb_err]) if ttfb_err else None,
+        loop_lag_ms=percentiles(out.lags_ms),
         lag_samples=len(out.lags_ms),
         cpu_ms_per_probe=1e3 * out.cpu_s / max(len(out.samples), 1),
         sim_cpu_s=out.sim_cpu_s,
@@ -630,8 +635,8 @@ def analyse(level: int, pattern: str, client: str, out: PhaseOutcome, truth: dic
         peak_in_flight=out.peak_in_flight,
         max_wall_ms=max_wall,
         total_timeout_overshoot_ms=max(0.0, (max_wall or 0.0) - TIMEOUTS.total * 1e3),
-        sim_first_token_late_ms=_stats(late),
-        injected_tps=_stats(injected),
+        sim_first_token_late_ms=percentiles(late),
+        injected_tps=percentiles(injected),
         min_send_to_receive_ms=min(causal) if causal else None,
     )
 

@@ -49,7 +49,7 @@ import aiohttp
 import asyncpg
 import numpy as np
 import yaml
-from accuracy import BenchSimulator, Truth
+from accuracy import BenchSimulator, Truth, percentiles
 from benchdb import throwaway_server
 from machine import describe_machine, print_table, result_header, write_results
 
@@ -208,13 +208,6 @@ class Step:
     why_not: str
 
 
-def _stats(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    arr = np.asarray(values, dtype=float)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "max": float(arr.max())}
-
-
 def _spread(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"p1": None, "p50": None, "p99": None}
@@ -281,7 +274,7 @@ async def run_step(work: Path, dsn: str, sims: Sequence[BenchSimulator], plan: P
     probes = len(rows)
     flagged = sum(bool(r["prober_overloaded"]) for r in rows)
     missed = max(0, series - probes)
-    ttft = _stats([abs(e) for e in errors])
+    ttft = percentiles([abs(e) for e in errors])
     why = []
     if ttft["p99"] is None or ttft["p99"] > TTFT_P99_LIMIT_MS:
         why.append(f"TTFT error p99 {ttft['p99']} ms > {TTFT_P99_LIMIT_MS:g}")
