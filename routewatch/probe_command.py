@@ -53,6 +53,7 @@ from routewatch.parts import (
     database_pool,
     embedded_postgres,
     frozen_heap,
+    refreeze_heap,
     report_status,
     start_prober,
     stop_on_signals,
@@ -185,6 +186,8 @@ async def _probe(
         metrics = await stack.start("metrics", metrics_endpoint(view, opts.metrics_host, opts.metrics_port))
         await stack.start("reload", _reloading_on_hangup(opts, settings, schedule))
         stack.enter_context(frozen_heap())
+        refreeze = partial(refreeze_heap, lambda: schedule.scheduled)
+        await stack.start("heap", supervisor.running("heap freezer", refreeze))
         if opts.worker is None:
             print(_banner(opts, routers, len(series), where, metrics), flush=True)
         else:
