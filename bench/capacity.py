@@ -80,8 +80,8 @@ class Plan:
         return round(series * 60 / self.interval_s)
 
 
-FULL = Plan(interval_s=60.0, warmup_s=60.0, ladder=(2000, 5000, 7500, 10000, 12500, 15000, 20000, 25000))
-QUICK = Plan(interval_s=6.0, warmup_s=8.0, ladder=(200, 500, 1000, 1500, 2000, 2500))
+FULL = Plan(interval_s=60.0, warmup_s=60.0, ladder=(1000, 2000, 3000, 5000, 8000, 10000, 15000, 20000))
+QUICK = Plan(interval_s=6.0, warmup_s=8.0, ladder=(100, 200, 300, 500, 800, 1000, 1500, 2000))
 
 PROFILE = {
     "provider": "Bench",
