@@ -429,6 +429,7 @@ async def run_phase(
 
 WORKER_FLAG = "--probe-worker"
 START_LEAD_S = 0.5  # every worker has its round's job well before the common start
+READ_LIMIT = 64 * 1024 * 1024  # a worker's answer is one line: a round's samples and lag ticks
 
 
 class ProbeWorkers:
@@ -453,6 +454,7 @@ class ProbeWorkers:
                     WORKER_FLAG,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
+                    limit=READ_LIMIT,
                 )
             )
         await self.burst(base_url, MODEL_FOR["together"], [[0.0] for _ in self._procs])
