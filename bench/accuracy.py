@@ -18,6 +18,12 @@ compare both with the ground truth:
 * tok/s error = measured - injected, injected = (n - 1) / (last write - first
   write) over the token chunks the simulator really sent.
 
+A third client, ``routewatch xN``, is routewatch's probe in N processes at
+once (``--workers``, default the usable cores), as ``routewatch run --workers
+N`` probes: each process takes every N-th stream of the round, on its own
+event loop, and all start at the same instant (a start time on the shared
+monotonic clock). Its CPU per probe is the workers' CPU summed.
+
 Run ``python bench/accuracy.py --quick`` (under a minute) or without
 ``--quick`` (a few minutes). See bench/README.md.
 """
@@ -26,14 +32,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
+import json
 import os
 import random
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -332,6 +340,50 @@ class PhaseOutcome:
     peak_in_flight: int
 
 
+@dataclass(slots=True)
+class Burst:
+    """What one process measured in one round: its samples, its loop's lag, its CPU."""
+
+    samples: list[Sample] = field(default_factory=list)
+    lags_ms: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    peak_in_flight: int = 0
+
+
+async def probe_burst(
+    client: Client, delays: Sequence[float], lag: LoopLagMonitor, start_ns: int | None = None
+) -> Burst:
+    """One probe per delay (seconds after ``start_ns``, on the monotonic clock; now if None), concurrently."""
+    in_flight = peak = 0
+    if start_ns is not None:
+        await asyncio.sleep(max(0.0, (start_ns - time.perf_counter_ns()) / 1e9))
+    t0 = time.perf_counter_ns()
+
+    async def one(delay_s: float) -> Sample:
+        nonlocal in_flight, peak
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await client.probe()
+        finally:
+            in_flight -= 1
+
+    cpu0 = time.process_time()
+    samples = list(await asyncio.gather(*(one(d) for d in delays)))
+    cpu_s = time.process_time() - cpu0
+    return Burst(samples, lag.samples_since(t0), cpu_s, peak)
+
+
+def round_delays(rng: random.Random, level: int, pattern: str, interval_s: float) -> list[float]:
+    """When each of a round's ``level`` probes starts (seconds after the round does)."""
+    # A lone stream has nothing to be spread against; waiting out the
+    # interval would only cost time, so level 1 starts at once.
+    spread = pattern == "spread" and level > 1
+    return [rng.uniform(0.0, interval_s) if spread else 0.0 for _ in range(level)]
+
+
 async def run_phase(
     sim: SimulatorProcess,
     client_name: str,
@@ -349,55 +401,143 @@ async def run_phase(
         client = RoutewatchClient(sim.base_url, model, level, lag)
     else:
         client = OpenAIClient(sim.base_url, model, level)
-    # Same seed for both clients: they face the same arrival schedule.
+    # Same seed for every client: they face the same arrival schedule.
     rng = random.Random(seed)
-    in_flight = peak = 0
-
-    async def one(delay_s: float) -> Sample:
-        nonlocal in_flight, peak
-        if delay_s > 0:
-            await asyncio.sleep(delay_s)
-        in_flight += 1
-        peak = max(peak, in_flight)
-        try:
-            return await client.probe()
-        finally:
-            in_flight -= 1
-
-    samples: list[Sample] = []
+    bursts: list[Burst] = []
     lag.start()
     t_start_ns = time.perf_counter_ns()
     sim_cpu0 = sim.cpu_s()
-    cpu0 = time.process_time()
     try:
         for _ in range(rounds):
-            # A lone stream has nothing to be spread against; waiting out the
-            # interval would only cost time, so level 1 starts at once.
-            spread = pattern == "spread" and level > 1
-            delays = [rng.uniform(0.0, interval_s) if spread else 0.0 for _ in range(level)]
-            samples.extend(await asyncio.gather(*(one(d) for d in delays)))
-        cpu_s = time.process_time() - cpu0
+            bursts.append(await probe_burst(client, round_delays(rng, level, pattern, interval_s), lag))
         wall_s = (time.perf_counter_ns() - t_start_ns) / 1e9
         sim_cpu1 = sim.cpu_s()
     finally:
         await lag.stop()
         await client.aclose()
-    # Every tick since the phase began; the deque holds minutes, a phase is seconds.
-    lags = lag.samples_since(t_start_ns)
     return PhaseOutcome(
-        samples=samples,
-        lags_ms=lags,
-        cpu_s=cpu_s,
+        samples=[s for b in bursts for s in b.samples],
+        lags_ms=[x for b in bursts for x in b.lags_ms],
+        cpu_s=sum(b.cpu_s for b in bursts),
+        sim_cpu_s=None if sim_cpu0 is None or sim_cpu1 is None else sim_cpu1 - sim_cpu0,
+        wall_s=wall_s,
+        peak_in_flight=max((b.peak_in_flight for b in bursts), default=0),
+    )
+
+
+# ---------------------------------------------------------------- routewatch in N processes
+
+WORKER_FLAG = "--probe-worker"
+START_LEAD_S = 0.5  # every worker has its round's job well before the common start
+READ_LIMIT = 64 * 1024 * 1024  # a worker's answer is one line: a round's samples and lag ticks
+
+
+class ProbeWorkers:
+    """N processes of this script (``--probe-worker``), each probing its share of every round.
+
+    Each reads one JSON job a line on stdin (simulator URL, model, its
+    delays, the round's start on the monotonic clock) and answers one JSON
+    :class:`Burst` a line on stdout.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, base_url: str) -> None:
+        """Start them, and have each probe once unmeasured (imports, first connection)."""
+        for _ in range(self.count):
+            self._procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    WORKER_FLAG,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    limit=READ_LIMIT,
+                )
+            )
+        await self.burst(base_url, MODEL_FOR["together"], [[0.0] for _ in self._procs])
+
+    async def _ask(self, proc: asyncio.subprocess.Process, job: dict[str, Any]) -> Burst:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write((json.dumps(job) + "\n").encode())
+        await proc.stdin.drain()
+        line = await proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"probe worker {proc.pid} exited with {await proc.wait()}")
+        raw = json.loads(line)
+        return Burst([Sample(**s) for s in raw["samples"]], raw["lags_ms"], raw["cpu_s"], raw["peak_in_flight"])
+
+    async def burst(self, base_url: str, model: str, shares: list[list[float]]) -> list[Burst]:
+        """One round: worker i probes with ``shares[i]``'s delays, every worker from the same instant."""
+        start_ns = time.perf_counter_ns() + int(START_LEAD_S * 1e9)
+        jobs = [{"base_url": base_url, "model": model, "delays": share, "start_ns": start_ns} for share in shares]
+        return list(await asyncio.gather(*(self._ask(p, j) for p, j in zip(self._procs, jobs, strict=True))))
+
+    async def close(self) -> None:
+        """End them (EOF on stdin)."""
+        for proc in self._procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for proc in self._procs:
+            await proc.wait()
+
+
+async def run_workers_phase(
+    sim: SimulatorProcess, workers: ProbeWorkers, level: int, pattern: str, rounds: int, interval_s: float, seed: int
+) -> PhaseOutcome:
+    """As :func:`run_phase`, the round's probes dealt to the workers in turn (every N-th to each)."""
+    rng = random.Random(seed)
+    bursts: list[Burst] = []
+    t_start_ns = time.perf_counter_ns()
+    sim_cpu0 = sim.cpu_s()
+    peak = 0
+    for _ in range(rounds):
+        delays = round_delays(rng, level, pattern, interval_s)
+        shares = [delays[i :: workers.count] for i in range(workers.count)]
+        round_bursts = await workers.burst(sim.base_url, MODEL_FOR[pattern], shares)
+        bursts += round_bursts
+        peak = max(peak, sum(b.peak_in_flight for b in round_bursts))
+    wall_s = (time.perf_counter_ns() - t_start_ns) / 1e9 - rounds * START_LEAD_S
+    sim_cpu1 = sim.cpu_s()
+    return PhaseOutcome(
+        samples=[s for b in bursts for s in b.samples],
+        lags_ms=[x for b in bursts for x in b.lags_ms],
+        cpu_s=sum(b.cpu_s for b in bursts),
         sim_cpu_s=None if sim_cpu0 is None or sim_cpu1 is None else sim_cpu1 - sim_cpu0,
         wall_s=wall_s,
         peak_in_flight=peak,
     )
 
 
+async def probe_worker() -> None:
+    """``--probe-worker``: answer jobs from stdin until it closes (see :class:`ProbeWorkers`)."""
+    loop = asyncio.get_running_loop()
+    lag = LoopLagMonitor()
+    lag.start()
+    try:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            job = json.loads(line)
+            client = RoutewatchClient(job["base_url"], job["model"], len(job["delays"]), lag)
+            try:
+                burst = await probe_burst(client, job["delays"], lag, job["start_ns"])
+            finally:
+                await client.aclose()
+            sys.stdout.write(json.dumps(asdict(burst)) + "\n")
+            sys.stdout.flush()
+            # As a routewatch probe process does once started: what lives on is kept out of the collector's scans.
+            gc.collect()
+            gc.freeze()
+    finally:
+        await lag.stop()
+
+
 # ---------------------------------------------------------------- analysis
 
 
-def _stats(values: Sequence[float]) -> dict[str, float | None]:
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p99 and max of ``values`` (None each when there are none)."""
     if not values:
         return {"p50": None, "p99": None, "max": None}
     arr = np.asarray(values, dtype=float)
@@ -482,14 +622,14 @@ def analyse(level: int, pattern: str, client: str, out: PhaseOutcome, truth: dic
         failed=sum(errors.values()),
         errors=errors,
         unmatched=unmatched,
-        ttft_abs_err_ms=_stats([abs(e) for e in ttft_err]),
-        ttft_signed_err_ms_p50=_stats(ttft_err)["p50"],
-        last_token_abs_err_ms=_stats([abs(e) for e in last_err]),
-        tps_abs_err=_stats([abs(e) for e in tps_err]),
-        tps_signed_err_p50=_stats(tps_err)["p50"],
-        tps_abs_err_pct=_stats([abs(e) for e in tps_pct]),
-        ttfb_abs_err_ms=_stats([abs(e) for e in ttfb_err]) if ttfb_err else None,
-        loop_lag_ms=_stats(out.lags_ms),
+        ttft_abs_err_ms=percentiles([abs(e) for e in ttft_err]),
+        ttft_signed_err_ms_p50=percentiles(ttft_err)["p50"],
+        last_token_abs_err_ms=percentiles([abs(e) for e in last_err]),
+        tps_abs_err=percentiles([abs(e) for e in tps_err]),
+        tps_signed_err_p50=percentiles(tps_err)["p50"],
+        tps_abs_err_pct=percentiles([abs(e) for e in tps_pct]),
+        ttfb_abs_err_ms=percentiles([abs(e) for e in ttfb_err]) if ttfb_err else None,
+        loop_lag_ms=percentiles(out.lags_ms),
         lag_samples=len(out.lags_ms),
         cpu_ms_per_probe=1e3 * out.cpu_s / max(len(out.samples), 1),
         sim_cpu_s=out.sim_cpu_s,
@@ -497,8 +637,8 @@ def analyse(level: int, pattern: str, client: str, out: PhaseOutcome, truth: dic
         peak_in_flight=out.peak_in_flight,
         max_wall_ms=max_wall,
         total_timeout_overshoot_ms=max(0.0, (max_wall or 0.0) - TIMEOUTS.total * 1e3),
-        sim_first_token_late_ms=_stats(late),
-        injected_tps=_stats(injected),
+        sim_first_token_late_ms=percentiles(late),
+        injected_tps=percentiles(injected),
         min_send_to_receive_ms=min(causal) if causal else None,
     )
 
@@ -564,28 +704,37 @@ def machine_info() -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 
 
-async def main_async(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+async def main_async(quick: bool, workers: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Calibrate, start the simulator, run every phase; the report as a JSON-ready dict."""
     plan = QUICK if quick else FULL
     info = machine_info()
+    info["probe_workers"] = workers
     started = time.monotonic()
     rows: list[Row] = []
     sim = BenchSimulator(PROFILES)
+    pool = ProbeWorkers(workers)
+    multi = f"routewatch x{workers}"
     async with aiohttp.ClientSession() as control:
         try:
             await asyncio.to_thread(sim.start)
             # One unmeasured probe per client first: lazy imports and first-use
             # set-up in either library must not count as load.
             await asyncio.gather(
-                *(run_phase(sim, name, 1, "together", 1, 0.0, seed=0) for name in ("routewatch", "openai"))
+                *(run_phase(sim, name, 1, "together", 1, 0.0, seed=0) for name in ("routewatch", "openai")),
+                pool.start(sim.base_url),
             )
             await sim.take_ground_truth(control)
             for level in plan.levels:
                 for pattern in ("together", "spread"):
                     rounds = (plan.together_rounds if pattern == "together" else plan.spread_rounds)[level]
                     seed = level * 10 + (pattern == "spread")
-                    for name in ("routewatch", "openai"):
-                        out = await run_phase(sim, name, level, pattern, rounds, plan.spread_interval_s, seed)
+                    for name in ("routewatch", multi, "openai"):
+                        if name == multi:
+                            out = await run_workers_phase(
+                                sim, pool, level, pattern, rounds, plan.spread_interval_s, seed
+                            )
+                        else:
+                            out = await run_phase(sim, name, level, pattern, rounds, plan.spread_interval_s, seed)
                         truth = await sim.take_ground_truth(control)
                         row = analyse(level, pattern, name, out, truth)
                         rows.append(row)
@@ -596,6 +745,7 @@ async def main_async(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
                         )
                         await asyncio.sleep(0.2)  # let the simulator close the phase's connections
         finally:
+            await pool.close()
             sim.stop()
     info["loadavg_end"] = list(os.getloadavg())
     return {
@@ -618,18 +768,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="levels 1, 100, 500, fewer rounds: under a minute")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="processes of the routewatch xN client (default: the usable cores)",
+    )
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--json",
         type=Path,
         help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)}, "
         f"or {DEFAULT_JSON_QUICK.relative_to(REPO)} with --quick)",
     )
     args = parser.parse_args(argv)
+    if args.probe_worker:
+        asyncio.run(probe_worker())
+        return 0
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     json_path: Path = args.json or (DEFAULT_JSON_QUICK if args.quick else DEFAULT_JSON)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    result = asyncio.run(main_async(args.quick, log))
+    result = asyncio.run(main_async(args.quick, args.workers, log))
     rows: list[Row] = result.pop("_rows")
     print_results(rows)
     print(f"\nrun took {result['duration_s']} s")

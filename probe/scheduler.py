@@ -375,17 +375,10 @@ class PhasedSchedule:
         """Nothing is owned (so nothing probed) until the first ``apply``."""
         self._scheduler = scheduler
         self._prober = prober
-        self.interval_s = interval_s
-        self._interval = interval_us(interval_s)
-        # A job runs a little after its slot; one that finds the shared clock slightly
-        # before it (the offset changed since it was scheduled) still means that slot.
-        self._early_us = min(self._interval // 4, 500_000)
-        # APScheduler drops a run later than this; one less late still finds its own slot.
-        self._grace = max(1, (self._interval - self._early_us) // 1_000_000)
-        self._entries = {s.key: _Slotted(s, shard_of(s.key, shards), phase_us(s.key, self._interval)) for s in series}
-        self._by_shard: dict[int, list[str]] = {}
-        for key, entry in self._entries.items():
-            self._by_shard.setdefault(entry.shard, []).append(key)
+        self._shards = shards
+        self._entries: dict[str, _Slotted] = {}
+        self._retime(interval_s)
+        self._plan(series)
         self._jobs: set[str] = set()
         self._applying = asyncio.Lock()
         self.clock = clock or SharedClock()
@@ -393,10 +386,63 @@ class PhasedSchedule:
         self.stopped = False
         self.not_owned = 0  # slots that fired but were not this process's (an ownership that ended)
 
+    def _retime(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._interval = interval_us(interval_s)
+        # A job runs a little after its slot; one that finds the shared clock slightly
+        # before it (the offset changed since it was scheduled) still means that slot.
+        self._early_us = min(self._interval // 4, 500_000)
+        # APScheduler drops a run later than this; one less late still finds its own slot.
+        self._grace = max(1, (self._interval - self._early_us) // 1_000_000)
+
+    def _plan(self, series: Sequence[Series]) -> None:
+        """The slot grid of ``series`` at the current interval; a series kept keeps its last slot."""
+        entries = {}
+        for s in series:
+            entry = self._entries.get(s.key) or _Slotted(s, shard_of(s.key, self._shards), 0)
+            entry.series = s  # same key, maybe another URL, header or message
+            entry.phase = phase_us(s.key, self._interval)
+            entries[s.key] = entry
+        self._entries = entries
+        self._by_shard: dict[int, list[str]] = {}
+        for key, entry in entries.items():
+            self._by_shard.setdefault(entry.shard, []).append(key)
+
     @property
     def prober(self) -> Prober:
         """What runs the probes."""
         return self._prober
+
+    async def replace(self, series: Sequence[Series], interval_s: float) -> None:
+        """Probe ``series`` every ``interval_s`` from now on (a configuration reload), on the owned slots.
+
+        A series kept at the same interval keeps its job and its slots; one
+        whose URL, headers or message changed is probed with them from its
+        next slot. A series removed loses its job (a probe of it in flight
+        finishes and reaches the sink); a new one gets a job if its shard is
+        owned. A new interval moves every phase (a phase is taken modulo the
+        interval), so every job is made anew: each series may see one gap
+        shorter or longer than either interval.
+        """
+        async with self._applying:
+            if self.stopped:
+                raise RuntimeError("the probe schedule has stopped")
+            retimed = interval_us(interval_s) != self._interval
+            keep = {s.key for s in series}
+            drop = [key for key in self._jobs if retimed or key not in keep]
+            for at in range(0, len(drop), JOBS_PER_TURN):
+                if at:
+                    await asyncio.sleep(0)
+                with self._quiet():
+                    for key in drop[at : at + JOBS_PER_TURN]:
+                        self._scheduler.remove_job(key)
+                        self._jobs.discard(key)
+            if retimed:
+                self._retime(interval_s)
+                for entry in self._entries.values():
+                    entry.last = None  # slot numbers of the old grid mean nothing on the new one
+            self._plan(series)
+        await self.apply(self.ownership)
 
     @property
     def series(self) -> list[Series]:

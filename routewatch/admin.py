@@ -13,7 +13,10 @@ models from the next refresh on. What is bound to objects built at start (the
 region stamped by the prober, its concurrency limit and connection pool, the
 API listener and prices, the aggregator's windows and refresh, storage)
 is reported as needing a restart. Without a probe schedule (``routewatch
-serve``) nothing is applied and every change waits for a restart.
+serve``) nothing is applied and every change waits for a restart. In
+``routewatch run`` the probes run in prober workers (:class:`LiveProbes`):
+a reload applies the aggregator's part here and tells each worker to re-read
+the same file (SIGHUP), which applies the same live part to its own schedule.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from routewatch.aggregator.publish.api import ConfigRejected, probe_result_json
 from routewatch.aggregator.refresh import Aggregator
@@ -55,6 +58,19 @@ _AT_START: tuple[tuple[str, Callable[[Config], Any]], ...] = (
 )
 
 
+class LiveProbes(Protocol):
+    """Probes elsewhere than on this event loop (``routewatch run``'s workers), which a reload reaches."""
+
+    @property
+    def stopped(self) -> bool:
+        """Stopping or stopped: nothing to apply to."""
+        ...
+
+    def apply(self, config: Config, series: Sequence[Series]) -> None:
+        """Probe ``series`` with ``config``'s live settings from now on."""
+        ...
+
+
 class LocalAdmin:
     """``AdminActions`` over the configuration this process runs."""
 
@@ -67,7 +83,7 @@ class LocalAdmin:
         simulator_url: str | None = None,
         router_keys: Mapping[str, str] | None = None,
         router_url: str | None = None,
-        schedule: ProbeSchedule | None = None,
+        schedule: ProbeSchedule | LiveProbes | None = None,
         aggregator: Aggregator | None = None,
     ) -> None:
         """``series`` is what the scheduler probes (targets resolved); ``simulator_url``
@@ -87,7 +103,7 @@ class LocalAdmin:
         self._aggregator = aggregator
         self._lock = asyncio.Lock()  # one reload at a time
 
-    def attach(self, schedule: ProbeSchedule) -> None:
+    def attach(self, schedule: ProbeSchedule | LiveProbes) -> None:
         """Apply reloads to ``schedule`` from now on (``routewatch run``, once its probes start)."""
         self._schedule = schedule
 
@@ -156,8 +172,11 @@ class LocalAdmin:
     def _apply(self, new: Config, series: list[Series]) -> None:
         """Swap the new settings in; no await, so the event loop sees them change at once."""
         assert self._schedule is not None
-        self._schedule.replace(series, new.schedule.interval, new.schedule.jitter)
-        self._schedule.prober.retune(new.timeouts, new.schedule.max_loop_lag)
+        if isinstance(self._schedule, ProbeSchedule):
+            self._schedule.replace(series, new.schedule.interval, new.schedule.jitter)
+            self._schedule.prober.retune(new.timeouts, new.schedule.max_loop_lag)
+        else:
+            self._schedule.apply(new, series)
         if self._aggregator is not None:
             self._aggregator.set_configured([(r.name, m) for r in new.routers for m in r.models])
             self._aggregator.set_status_rules(new.slo, new.schedule.interval, new.maintenance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from routewatch.config.settings import ENV_API_PORT, ENV_CONFIG, ENV_DATA_DIR, S
 from routewatch.parts import DatabaseUnavailable
 from routewatch.postgres.local_server import LocalPostgresError, default_data_dir
 from routewatch.probe.targets import TargetError
+from routewatch.prober_workers import WorkerFailed
 from routewatch.runner import DataDirInUse
 from routewatch.storage.migrate import MigrationError
+from routewatch.storage.shard_leases import SHARDS
 from routewatch.storage.writer import SpoolInUse
 
 _PACKAGED_CONFIG = Path(__file__).with_name("default_probes.yaml")
@@ -47,6 +50,32 @@ def _cli_port(text: str) -> int:
         return _port_number(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _workers(text: str) -> int:
+    """--workers: 1 to SHARDS prober processes (more would hold no shard)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= SHARDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of prober processes from 1 to {SHARDS}")
+    return count
+
+
+def _fd(text: str) -> int:
+    try:
+        fd = int(text)
+    except ValueError:
+        fd = -1
+    if fd < 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an inherited file descriptor (3 or more)")
+    return fd
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _api_port(arg: int | None, config: Config, settings: Settings) -> int:
@@ -108,6 +137,14 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         type=_cli_port,
         help=f"API port (default: ${ENV_API_PORT}, else api.port in the config; 0 picks a free one)",
     )
+    cores = usable_cores()
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=cores,
+        help="prober processes to run, each `routewatch probe` on its own core, sharing the series through"
+        f" shard leases (default: the usable cores, {cores} here)",
+    )
 
     serve = sub.add_parser("serve", help="aggregator and API only, no probes (a standby or extra API replica)")
     serve.add_argument("--config", help="as for run")
@@ -136,6 +173,18 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         type=Path,
         help="this process's own spool, one per process (default: spool-probe in the data directory)",
     )
+    probe.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of this process's /metrics (default: 127.0.0.1)"
+    )
+    probe.add_argument(
+        "--metrics-port",
+        type=_cli_port,
+        default=0,
+        help="port of this process's /metrics (default 0: any free port; the banner says which)",
+    )
+    # Set by `routewatch run` for its prober workers.
+    probe.add_argument("--worker", type=_workers, help=argparse.SUPPRESS)
+    probe.add_argument("--ready-fd", type=_fd, help=argparse.SUPPRESS)
 
     once = sub.add_parser("once", help="probe every configured model once and print a table (stores nothing)")
     once.add_argument("--config", help="probes.yaml to use")
@@ -166,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"routewatch: {exc}", file=sys.stderr)
         return 1
     args = _parser(settings).parse_args(argv)
+    # A prober worker's lines are interleaved with run's: each says whose it is.
+    worker = f"worker-{args.worker} " if args.command == "probe" and args.worker else ""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {worker}%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
         for noisy in ("apscheduler", "aiohttp.access"):  # a line per probe otherwise
@@ -198,7 +249,18 @@ def main(argv: list[str] | None = None) -> int:
 
             data_dir = _data_dir(args.data_dir, settings)
             spool_dir = args.spool_dir or data_dir / "spool-probe"
-            return probe_main(ProbeOptions(config, path, data_dir, spool_dir, args.simulator_url), settings)
+            opts = ProbeOptions(
+                config,
+                path,
+                data_dir,
+                spool_dir,
+                args.simulator_url,
+                metrics_host=args.metrics_host,
+                metrics_port=args.metrics_port,
+                worker=args.worker,
+                ready_fd=args.ready_fd,
+            )
+            return probe_main(opts, settings)
         from routewatch.runner import RunOptions, run
 
         return run(
@@ -209,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 host=args.host or config.api.host,
                 port=_api_port(args.port, config, settings),
                 probes=args.command == "run",
+                workers=args.workers if args.command == "run" else 0,
             ),
             settings,
         )
@@ -221,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         PortInUse,
         DataDirInUse,
+        WorkerFailed,
     ) as exc:
         print(f"routewatch: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,14 @@ def spool_backlog(spool_dir: Path) -> str:
     return f"{pending:,} results waiting to be stored ({size:,} bytes); the next `routewatch run` stores them"
 
 
+def spool_backlogs(data_dir: Path) -> str:
+    """:func:`spool_backlog` of every spool in ``data_dir`` (one per prober worker of `run`), by name."""
+    spools = sorted(d for d in data_dir.glob("spool*") if d.is_dir()) if data_dir.is_dir() else []
+    found = [(d.name, spool_backlog(d)) for d in spools]
+    found = [(name, text) for name, text in found if text != "empty"]
+    return "; ".join(f"{name}: {text}" for name, text in found) or "empty"
+
+
 def _with_database(data_dir: Path, action: str, settings: Settings) -> str:
     """Run ``action`` ("migrate" or "status") against the configured database; return its text."""
     url = settings.database_dsn()
@@ -67,7 +75,7 @@ async def _run(url: str, action: str, data_dir: Path) -> str:
             done = ", ".join(report.applied) if report.applied else "nothing to apply"
             tsdb = f" (TimescaleDB {report.timescaledb_version})" if report.timescaledb_version else ""
             return f"storage mode: {report.mode}{tsdb}\nschema version: {report.version}\napplied: {done}"
-        return format_status(await db_status(conn), spool_backlog(data_dir / "spool"))
+        return format_status(await db_status(conn), spool_backlogs(data_dir))
     finally:
         await conn.close()
 

@@ -15,7 +15,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +40,7 @@ log = logging.getLogger("routewatch")
 _T = TypeVar("_T")
 
 STATUS_EVERY_S = 30.0
+REFREEZE_S = 5.0  # how often a prober looks whether its scheduled series changed (see refreeze_heap)
 POOL_CLOSE_S = 10.0  # then connections still in use are terminated
 
 
@@ -207,6 +208,27 @@ def frozen_heap() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+async def refreeze_heap(scheduled: Callable[[], int], every_s: float = REFREEZE_S) -> None:
+    """Freeze the heap again whenever the number of scheduled series has changed; runs until cancelled.
+
+    A prober that gains shards after start-up (a second worker takes its
+    share a few seconds after the first) builds thousands of scheduler jobs
+    after :func:`frozen_heap` froze the heap; unfrozen, every full collection
+    would scan them, tens of milliseconds of stalled loop each, and the
+    probes in flight would time the stall. Frozen without a collection first
+    (which would stall the loop once, at length): the cyclic garbage of that
+    moment is kept, a few probes' worth, at each change of shards, which
+    happens when probers join or leave.
+    """
+    last = scheduled()
+    while True:
+        await asyncio.sleep(every_s)
+        now = scheduled()
+        if now != last:
+            gc.freeze()
+            last = now
 
 
 async def report_status(prober: Prober, writer: SpooledDelivery, lag: LoopLagMonitor, stop: asyncio.Event) -> None:

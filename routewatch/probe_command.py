@@ -15,23 +15,36 @@ process probes every series of its region (run one per region). Routers
 configured as ``simulator`` are probed at ``--simulator-url``
 (a simulator another process runs), or at ``ROUTEWATCH_ROUTER_URL`` (a real
 router in its place).
+
+Each process serves its own ``/metrics`` (``prober_metrics.py``; loopback,
+``--metrics-port``, 0 for any free port, printed in the banner), and re-reads
+its configuration file on SIGHUP: the series, the interval, the probe
+timeouts and the loop-lag limit change live; the region and the concurrency
+limit are logged as needing a restart. ``routewatch run`` starts its prober
+workers as this command (``prober_workers.py``), with ``--worker`` (a log
+prefix and a one-line banner) and ``--ready-fd`` (a pipe on which it reports
+ready, with its metrics address, and at exit how many results it stored).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlsplit
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from routewatch.config import Config
+from routewatch.config import Config, ConfigError, load_config
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
 from routewatch.parts import (
     Database,
@@ -40,6 +53,7 @@ from routewatch.parts import (
     database_pool,
     embedded_postgres,
     frozen_heap,
+    refreeze_heap,
     report_status,
     start_prober,
     stop_on_signals,
@@ -47,7 +61,8 @@ from routewatch.parts import (
 from routewatch.probe.redact import redact, redact_dsn
 from routewatch.probe.scheduler import PhasedSchedule, Prober, Series
 from routewatch.probe.slots import Ownership
-from routewatch.probe.targets import RouterPlan, plan
+from routewatch.probe.targets import RouterPlan, TargetError, plan
+from routewatch.prober_metrics import ProberParts, metrics_endpoint
 from routewatch.shard_coordinator import ShardCoordinator, holding_shards
 from routewatch.sinks import DatabaseTarget, needs_database, result_sink
 from routewatch.storage import shard_leases
@@ -70,6 +85,10 @@ class ProbeOptions:
     data_dir: Path  # where the embedded server runs, if it is the database
     spool_dir: Path  # this process's own spool (one writer per spool)
     simulator_url: str | None = None  # where routers configured as `simulator` are served
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: any free port
+    worker: int | None = None  # routewatch run's worker number: a log prefix and a one-line banner
+    ready_fd: int | None = None  # a pipe to report ready (and, at exit, results stored) on
 
     def __post_init__(self) -> None:
         if self.simulator_url is not None:
@@ -103,16 +122,34 @@ def probe_main(opts: ProbeOptions, settings: Settings) -> int:
 
     :raises TargetError: a router cannot be probed as configured.
     :raises DatabaseUnavailable: no database to use, or it cannot be reached.
+    :raises MetricsAddressError: the metrics address cannot be bound.
     """
+    # Opened first: whatever fails from here on, the process's exit closes it, which tells run.
+    ready = os.fdopen(opts.ready_fd, "w", encoding="utf-8") if opts.ready_fd is not None else None
     series, routers = plan(opts.config, settings.router_keys, opts.simulator_url, router_url=settings.router_url)
     database = find_database(opts.data_dir, settings) if needs_database(opts.config) else None
     opts.spool_dir.mkdir(parents=True, exist_ok=True)
-    print(f"spool: {opts.spool_dir}", flush=True)
-    return asyncio.run(_probe(opts, settings, database, series, routers))
+    if opts.worker is None:
+        print(f"spool: {opts.spool_dir}", flush=True)
+    return asyncio.run(_probe(opts, settings, database, series, routers, ready))
+
+
+def _report(ready: TextIO | None, **fields: object) -> None:
+    """One JSON line to ``routewatch run`` on the ready pipe (nothing without one)."""
+    if ready is None:
+        return
+    with suppress(OSError):  # run has gone: nobody to tell
+        ready.write(json.dumps(fields) + "\n")
+        ready.flush()
 
 
 async def _probe(
-    opts: ProbeOptions, settings: Settings, database: Database | None, series: list[Series], routers: list[RouterPlan]
+    opts: ProbeOptions,
+    settings: Settings,
+    database: Database | None,
+    series: list[Series],
+    routers: list[RouterPlan],
+    ready: TextIO | None = None,
 ) -> int:
     config = opts.config
     stop = asyncio.Event()
@@ -129,6 +166,7 @@ async def _probe(
         parts = await start_prober(stack, supervisor, sink, config)
         prober, writer, lag = parts.prober, parts.writer, parts.lag
         schedule = await stack.start("scheduler", _phased_schedule(config, series, prober))
+        coordinator = None
         if database is None:
             await schedule.apply(Ownership.everything(range(shard_leases.SHARDS)))
             where: str | list[str] = (
@@ -144,13 +182,26 @@ async def _probe(
             where = _sharing(database.label, report.mode, coordinator)
         status = partial(report_status, prober, writer, lag, stop)
         await stack.start("status reporter", supervisor.running("status reporter", status))
+        view = ProberParts(prober, writer, lag, schedule, coordinator)
+        metrics = await stack.start("metrics", metrics_endpoint(view, opts.metrics_host, opts.metrics_port))
+        await stack.start("reload", _reloading_on_hangup(opts, settings, schedule))
         stack.enter_context(frozen_heap())
-        print(_banner(opts, routers, len(series), where), flush=True)
+        refreeze = partial(refreeze_heap, lambda: schedule.scheduled)
+        await stack.start("heap", supervisor.running("heap freezer", refreeze))
+        if opts.worker is None:
+            print(_banner(opts, routers, len(series), where, metrics), flush=True)
+        else:
+            print(_worker_banner(opts.worker, coordinator, metrics), flush=True)
+        _report(ready, metrics=metrics, pid=os.getpid())
         await stop.wait()
-        print("\nstopping: handing the shards over, finishing probes in flight and storing results …", flush=True)
-    print(f"stored {writer.written} probe results this run; bye", flush=True)
+        if opts.worker is None:
+            print("\nstopping: handing the shards over, finishing probes in flight and storing results …", flush=True)
+    _report(ready, stored=writer.written)
+    if opts.worker is None:
+        print(f"stored {writer.written} probe results this run; bye", flush=True)
     for failure in supervisor.failed:
-        print(f"routewatch: stopped because {failure.describe()}", flush=True)
+        who = "routewatch" if opts.worker is None else f"routewatch prober worker {opts.worker}"
+        print(f"{who}: stopped because {failure.describe()}", file=sys.stderr, flush=True)
     return supervisor.exit_code
 
 
@@ -164,7 +215,101 @@ async def _phased_schedule(config: Config, series: list[Series], prober: Prober)
     try:
         yield schedule
     finally:
-        await schedule.stop(config.timeouts.total + 1)
+        # A reload may have changed the timeouts; a probe in flight may still run on the old ones.
+        await schedule.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
+
+
+class _Reloader:
+    """Re-reads the configuration file on SIGHUP and applies to the schedule what can change live."""
+
+    def __init__(self, opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule) -> None:
+        self._opts = opts
+        self._settings = settings
+        self._schedule = schedule
+        self._config = opts.config  # as last applied
+        self._task: asyncio.Task[None] | None = None
+        self._again = False  # a SIGHUP came while a reload ran: read the file once more after it
+
+    def request(self) -> None:
+        """SIGHUP: reload now, or once the reload under way is done."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._reload(), name="config reload")
+
+    async def _reload(self) -> None:
+        while True:
+            self._again = False
+            await self._reload_once()
+            if not self._again:
+                return
+
+    async def _reload_once(self) -> None:
+        path = self._opts.config_path
+        settings = self._settings
+        try:
+            # A file read and a YAML parse: off the event loop, which times probes.
+            new = await asyncio.to_thread(load_config, path)
+            series, _ = plan(new, settings.router_keys, self._opts.simulator_url, router_url=settings.router_url)
+        except ConfigError as exc:
+            log.warning(
+                "config reload rejected: %s has %d problem(s); running configuration kept", path, len(exc.issues)
+            )
+            return
+        except TargetError as exc:
+            log.warning("config reload rejected: %s: %s; running configuration kept", path, exc)
+            return
+        if self._schedule.stopped:
+            return
+        before = len(self._schedule.series), self._schedule.interval_s
+        await self._schedule.replace(series, new.schedule.interval)
+        self._schedule.prober.retune(new.timeouts, new.schedule.max_loop_lag)
+        self._config = new
+        started = self._opts.config
+        pending = [
+            name
+            for name, differs in (
+                ("region", new.region != started.region),
+                ("schedule.concurrency", new.schedule.concurrency != started.schedule.concurrency),
+                ("storage", new.storage != started.storage),
+                ("ingest", new.ingest != started.ingest),
+            )
+            if differs
+        ]
+        log.info(
+            "config reload of %s: probing %d series every %g s (was %d every %g s)%s",
+            path,
+            len(series),
+            new.schedule.interval,
+            *before,
+            f"; {', '.join(pending)} changed: take effect at the next restart" if pending else "",
+        )
+
+    async def close(self) -> None:
+        """Stop a reload under way."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+
+@asynccontextmanager
+async def _reloading_on_hangup(opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule) -> AsyncIterator[None]:
+    """SIGHUP re-reads the configuration file while open."""
+    loop = asyncio.get_running_loop()
+    reloader = _Reloader(opts, settings, schedule)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await reloader.close()
+
+
+def _worker_banner(worker: int, coordinator: ShardCoordinator | None, metrics: str) -> str:
+    """``routewatch run``'s worker: one line (run prints the banner)."""
+    held = f"{coordinator.held} of {shard_leases.SHARDS} shards now" if coordinator is not None else "every series"
+    return f"prober worker {worker} (pid {os.getpid()}) is probing: {held}; metrics {metrics}"
 
 
 def _sharing(db_label: str, mode: str, coordinator: ShardCoordinator) -> list[str]:
@@ -179,7 +324,7 @@ def _sharing(db_label: str, mode: str, coordinator: ShardCoordinator) -> list[st
     ]
 
 
-def _banner(opts: ProbeOptions, routers: list[RouterPlan], n_series: int, where: str | list[str]) -> str:
+def _banner(opts: ProbeOptions, routers: list[RouterPlan], n_series: int, where: str | list[str], metrics: str) -> str:
     schedule = opts.config.schedule
     lines = [
         "",
@@ -194,8 +339,9 @@ def _banner(opts: ProbeOptions, routers: list[RouterPlan], n_series: int, where:
         f"  probing:  {n_series} series every {schedule.interval:g}s, each at a fixed phase, at most"
         f" {schedule.concurrency} at once",
         *([f"  results:  {where}"] if isinstance(where, str) else where),
+        f"  metrics:  {metrics}  (this process's own; --metrics-port)",
         "",
-        "  Ctrl-C stops (the shards are handed over first).",
+        "  Ctrl-C stops (the shards are handed over first); SIGHUP re-reads the configuration file.",
         "",
     ]
     return "\n".join(lines)

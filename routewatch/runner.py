@@ -1,7 +1,14 @@
-"""The main job, ``routewatch run`` (and ``serve``): every part wired together in one process.
+"""The main job, ``routewatch run`` (and ``serve``): every part wired together.
 
-config → simulator (when no real router is configured) → scheduled probes →
-batch writer → PostgreSQL → aggregator → HTTP API.
+config → simulator (when no real router is configured) → prober workers
+(child processes, ``prober_workers.py``: scheduled probes → batch writer) →
+PostgreSQL → aggregator → HTTP API.
+
+``run`` keeps the embedded PostgreSQL, the simulator, housekeeping, the
+aggregator and the API in its own process, and probes in ``--workers``
+children (``routewatch probe``), one event loop each, which share the series
+through the shard leases: so the loop that times probes does nothing else,
+whatever the aggregator and the API cost. ``serve`` starts no workers.
 
 Each long-lived part is a context manager, entered in order on one stack, so
 that whatever fails, at start-up or while stopping, everything already
@@ -22,14 +29,15 @@ started is stopped, in reverse order:
   everything that uses it.
 
 While running, every long-lived task is watched (``supervision.py``): one
-that dies stops the process, in order, with a non-zero exit.
+that dies stops the process, in order, with a non-zero exit. A prober worker
+that dies is restarted, a bounded number of times (``prober_workers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -48,11 +56,9 @@ from typing import TypeVar
 
 import asyncpg
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from routewatch.admin import LocalAdmin
 from routewatch.aggregator.publish.api import FAILED_COMPONENTS, create_app
-from routewatch.aggregator.publish.metrics import ProberHealthSlot
 from routewatch.aggregator.publish.metrics_snapshot import MetricsExport
 from routewatch.aggregator.publish.public_routes import input_prices
 from routewatch.aggregator.publish.server import ApiServer, bind_listeners, start_api
@@ -60,28 +66,29 @@ from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import Config, StorageConfig
 from routewatch.config.durations import parse_duration
 from routewatch.config.settings import ENV_DATABASE_URL, ENV_ROUTER_URL, Settings
-from routewatch.delivery.spooled import SpooledDelivery
+from routewatch.delivery.spooled import SpoolInUse
 from routewatch.parts import (
     Database,
     Startup,
     database_pool,
     embedded_postgres,
     frozen_heap,
-    report_status,
-    start_prober,
     stop_on_signals,
 )
 from routewatch.postgres.file_lock import FileLock
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.postgres.watch import PostgresGaveUp, watch_postgres
 from routewatch.probe.redact import redact_dsn
-from routewatch.probe.scheduler import Prober, ProbeSchedule, Series
+from routewatch.probe.scheduler import Series
 from routewatch.probe.targets import RouterPlan, plan, uses_simulator
+from routewatch.prober_metrics import gathering
+from routewatch.prober_workers import ProberWorkers, WorkersGaveUp
 from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simulator
 from routewatch.sinks import DatabaseTarget, IngestSetupError, database_sink, ingest_receiver, ingest_tokens
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.migrate import migrate
+from routewatch.storage.shard_leases import HANDOVER_LEAD_S
 from routewatch.supervision import Supervisor, dsn_secrets
 
 log = logging.getLogger("routewatch")
@@ -91,9 +98,14 @@ _T = TypeVar("_T")
 # Stands in for the simulator's URL while checking the plan, before it is started.
 SIMULATOR_PENDING = "http://127.0.0.1:0/v1"
 RUN_LOCK = "run.lock"  # in the data directory: one `routewatch run` per spool
+WORKER_SPOOL = "spool-worker-{}"  # in the data directory: prober worker i's own spool
+LEGACY_SPOOL = "spool"  # where a run that probed in its own process kept its spool
+WRITER_CLOSE_S = 10.0  # what a worker's writer takes at most to store what it holds at exit
 
 # What serve() starts, in order (the last, "running", is everything started).
-# `serve` reaches the steps up to "api"; `run` all of them.
+# `serve` reaches the steps up to "api"; `run` all of them. The prober workers
+# come last, so they are the first to stop: they store what they hold while
+# the database and the API are still there.
 STARTUP_STEPS = (
     "database",
     "simulator",
@@ -103,16 +115,12 @@ STARTUP_STEPS = (
     "housekeeping",
     "aggregator",
     "api",
-    "writer",
-    "writer watch",
-    "loop lag",
-    "http session",
-    "scheduler",
-    "status reporter",
+    "spools",
+    "prober workers",
     "running",
 )
 # Steps that start nothing that is stopped later: points of start-up only.
-STARTUP_MARKS = ("migrations", "running")
+STARTUP_MARKS = ("migrations", "spools", "running")
 
 
 class DataDirInUse(Exception):
@@ -136,10 +144,13 @@ class RunOptions:
     host: str
     port: int
     probes: bool = True  # False: `routewatch serve`, aggregator and API only
+    workers: int = 1  # prober worker processes (`run --workers`, whose default is the usable cores)
     fail_at: str | None = None
     fail_stopping: str | None = None
 
     def __post_init__(self) -> None:
+        if self.probes and self.workers < 1:
+            raise ValueError(f"routewatch run needs at least one prober worker, not {self.workers}")
         if self.fail_at is not None and self.fail_at not in STARTUP_STEPS:
             raise ValueError(f"no start-up step {self.fail_at!r}; the steps are {', '.join(STARTUP_STEPS)}")
         stopped = [step for step in STARTUP_STEPS if step not in STARTUP_MARKS]
@@ -240,7 +251,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
     config = opts.config
     stop = asyncio.Event()
     supervisor = Supervisor(stop, dsn_secrets(database.dsn))
-    writer: SpooledDelivery | None = None
+    workers: ProberWorkers | None = None
     async with Startup(supervisor, opts.fail_at, opts.fail_stopping) as stack:
         stack.enter_context(stop_on_signals(stop))
         pool = await stack.start("database", database_pool(database))
@@ -269,27 +280,26 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
             router_keys=settings.router_keys,
             router_url=settings.router_url,
         )
-        prober_health = ProberHealthSlot()  # /metrics reports the prober once it runs (`run` only)
+        gatherer = None
+        if opts.probes:  # started after the API; /metrics reports them from then on
+            workers = _prober_workers(opts, database, simulator)
+            gatherer = await stack.enter_async_context(gathering(workers.views))
         app = create_app(
             aggregator,
             admin=admin,
             admin_token=settings.admin_token,
             prices=input_prices(config.routers),
-            prober_health=prober_health,
+            prober_workers=gatherer,
             ingest=ingest_receiver(config, settings, database_target, timedelta(seconds=config.storage.retention)),
             metrics=MetricsExport.from_config(config.aggregator),
         )
         app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
         api = await stack.start("api", _api_server(app, sockets))
-        if opts.probes:
-            parts = await start_prober(
-                stack, supervisor, database_sink(database_target, opts.data_dir / "spool", config.storage), config
-            )
-            prober, writer, lag = parts.prober, parts.writer, parts.lag
-            prober_health.attach(prober, writer, lag)
-            admin.attach(await stack.start("scheduler", _probe_schedule(config, series, prober)))
-            status = partial(report_status, prober, writer, lag, stop)
-            await stack.start("status reporter", supervisor.running("status reporter", status))
+        if workers is not None:
+            stack.reach("spools")
+            await _store_orphan_spools(database_target, opts.data_dir, opts.workers, config.storage)
+            await stack.start("prober workers", _running(workers, supervisor))
+            admin.attach(workers)
         stack.reach("running")
         stack.enter_context(frozen_heap())
         api_url = f"http://{opts.host}:{api.addresses[0][1]}"
@@ -304,16 +314,19 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
                 api_url,
                 config.routers[0].models[0],
                 aggregator.role,
+                workers,
             ),
             flush=True,
         )
         await stop.wait()
         print(
-            "\nstopping: finishing probes in flight and storing results …" if opts.probes else "\nstopping …",
+            "\nstopping: finishing probes in flight and storing results (the prober workers first) …"
+            if opts.probes
+            else "\nstopping …",
             flush=True,
         )
-    if writer is not None:
-        print(f"stored {writer.written} probe results this run; bye", flush=True)
+    if workers is not None:
+        print(f"stored {workers.stored} probe results this run; bye", flush=True)
     for failure in supervisor.failed:
         print(f"routewatch: stopped because {failure.describe()}", file=sys.stderr, flush=True)
     return supervisor.exit_code
@@ -403,17 +416,58 @@ async def _api_server(app: web.Application, sockets: Sequence[socket.socket]) ->
         await api.close()
 
 
+def _prober_workers(opts: RunOptions, database: Database, simulator: RunningSimulator | None) -> ProberWorkers:
+    """``opts.workers`` children of ``routewatch probe`` on this run's configuration, data directory and
+    database (its URL in their environment), each with its own spool; not started yet."""
+    argv = [sys.executable, "-m", "routewatch.cli", *(["-v"] if log.isEnabledFor(logging.DEBUG) else []), "probe"]
+    argv += ["--config", opts.config_path, "--data-dir", str(opts.data_dir)]
+    if simulator is not None:
+        argv += ["--simulator-url", simulator.base_url]
+
+    def worker_argv(index: int) -> list[str]:
+        return [*argv, "--spool-dir", str(opts.data_dir / WORKER_SPOOL.format(index)), "--worker", str(index)]
+
+    # Handing over, the probes in flight (a reload may lengthen their limit), the writer, and slack.
+    stop_limit_s = HANDOVER_LEAD_S + opts.config.timeouts.total + 1 + WRITER_CLOSE_S + 5
+    # The children need the router keys the configuration names, whatever their variables are called.
+    env = {**os.environ, ENV_DATABASE_URL: database.dsn}
+    return ProberWorkers(opts.workers, worker_argv, env, stop_limit_s=stop_limit_s)
+
+
 @asynccontextmanager
-async def _probe_schedule(config: Config, series: list[Series], prober: Prober) -> AsyncIterator[ProbeSchedule]:
-    """Probes on the schedule; at exit no new probe starts and those in flight finish."""
-    scheduler = AsyncIOScheduler()
-    probes = ProbeSchedule(scheduler, prober, series, config.schedule.interval, config.schedule.jitter, random.Random())
-    scheduler.start()
+async def _running(workers: ProberWorkers, supervisor: Supervisor) -> AsyncIterator[ProberWorkers]:
+    """The workers started (each has joined the probers), restarted when they die, stopped at exit."""
     try:
-        yield probes
+        await workers.start()
+        async with supervisor.running("prober workers", workers.run, explained=(WorkersGaveUp,)):
+            yield workers
     finally:
-        # A reload may have changed the timeouts; a probe in flight may still run on the old ones.
-        await probes.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
+        await workers.stop()
+
+
+def orphan_spools(data_dir: Path, workers: int) -> list[Path]:
+    """Spools in ``data_dir`` that no worker of this run opens and that hold segments: a run's from
+    before it had workers (``spool``), and those of workers beyond ``--workers`` (run with more before).
+    Their segments may all be stored already (the last is kept until it fills); opening one says."""
+    found = [data_dir / LEGACY_SPOOL]
+    for path in sorted(data_dir.glob(WORKER_SPOOL.format("*"))):
+        index = path.name.rsplit("-", 1)[1]
+        if not index.isdigit() or int(index) > workers:
+            found.append(path)
+    return [path for path in found if path.is_dir() and any(path.glob("*.spool"))]
+
+
+async def _store_orphan_spools(target: DatabaseTarget, data_dir: Path, workers: int, storage: StorageConfig) -> None:
+    """Replay every orphan spool into the database now (what cannot be stored stays for the next start)."""
+    for spool in orphan_spools(data_dir, workers):
+        try:
+            async with database_sink(target, spool, storage) as writer:
+                pass  # opening replays it; closing stores what it read, within the writer's time limit
+        except SpoolInUse:
+            log.warning("the spool %s is in use by another process; leaving it to that process", spool)
+            continue
+        if writer.written:
+            log.info("stored %d probe results left in %s by an earlier run", writer.written, spool)
 
 
 def _banner(
@@ -426,6 +480,7 @@ def _banner(
     api_url: str,
     example_model: str,
     role: str,
+    workers: ProberWorkers | None = None,
 ) -> str:
     title = "routewatch is running" if opts.probes else "routewatch is serving stats (no probes in this process)"
     lines = ["", title, f"  config:   {opts.config_path}"]
@@ -440,16 +495,18 @@ def _banner(
             lines.append(f"  router:   {r.name} → {r.url}{key}")
     store_mode = f"TimescaleDB {tsdb}" if mode == "timescaledb" else "plain PostgreSQL tables"
     lines.append(f"  database: {db_label} ({store_mode})")
-    if opts.probes:
+    if workers is not None:
+        count = workers.count
         lines.append(
-            f"  probing:  {n_series} series every {opts.config.schedule.interval:g}s "
-            f"(jitter {opts.config.schedule.jitter:g}s, at most {opts.config.schedule.concurrency} at once)"
+            f"  probing:  {n_series} series every {opts.config.schedule.interval:g}s, each at a fixed phase,"
+            f" by {count} prober process{'es' if count != 1 else ''} (pid {', '.join(map(str, workers.pids))};"
+            f" --workers N), at most {opts.config.schedule.concurrency} probes at once in each"
         )
     lines += [
         f"  stats:    {role} (one process refreshes rollups; the others serve what it computed)",
         f"  API:      {api_url}  (OpenAPI document: {api_url}/openapi.json)",
         f"  status:   {api_url}/status",
-        f"  metrics:  {api_url}/metrics",
+        f"  metrics:  {api_url}/metrics" + ("  (the prober workers' with a worker label)" if workers else ""),
         "",
         "  try:",
         f"    curl {api_url}/v1/models",

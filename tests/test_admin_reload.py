@@ -299,7 +299,7 @@ def run_config(models: list[str], interval: str) -> str:
 @pytest.mark.system
 @pytest.mark.timeout(60)
 def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
-    """The runner hands its probe schedule and aggregator to the reload endpoint."""
+    """The runner applies a reload to its aggregator and its prober workers (which re-read the file)."""
     nano, gemini = "openai/gpt-4.1-nano", "google/gemini-2.5-flash"
     path = tmp_path / "probes.yaml"
     path.write_text(run_config([nano], "1s"))
@@ -354,6 +354,10 @@ def test_routewatch_run_applies_a_reload(tmp_path: Path) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
     assert code == 0, out
     assert f"config reload of {path}: 2 change(s) applied, 0 need a restart" in out
+    # The probes run in run's prober workers: each re-read the file (SIGHUP) and applied it.
+    assert re.search(
+        rf"worker-1 INFO routewatch: config reload of {re.escape(str(path))}: probing 2 series every 0.5 s", out
+    )
     assert TOKEN not in out and "Traceback" not in out
 
 

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 import asyncpg
 import pytest
+from hostile.harness import alive
 
 from routewatch.aggregator.publish.server import HEAD_TIMEOUT_S
 from routewatch.storage.leadership import LEADER_LOCK_KEY
@@ -94,14 +95,6 @@ def _get(url: str) -> dict:  # type: ignore[type-arg]
         return json.loads(resp.read())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def _interrupt(run: Run) -> tuple[int, str]:
     """Ctrl-C ``run`` (unless it has exited); its exit code and everything it printed."""
     if run.proc.poll() is None:
@@ -145,38 +138,48 @@ def test_run_serves_stats_and_stops_cleanly_on_ctrl_c(config_file: Path, data_di
         assert all(m["stats"]["samples"]["attempted"] >= 2 for m in models), models
         stats = _get(api + "/v1/models/openai/gpt-4.1-nano/stats?window=7d")
         assert stats["model"] == "openai/gpt-4.1-nano" and stats["ttft_p50_ms"] > 0
-        # The banner's other addresses answer: the status page and the prober's metrics.
+        # The banner's other addresses answer: the status page and the metrics, with each prober worker's.
         status_url = run.wait_for(r"status:\s+(http://\S+)").group(1)
         with urllib.request.urlopen(status_url, timeout=10) as resp:
             assert "openai/gpt-4.1-nano" in resp.read().decode()
         with urllib.request.urlopen(api + "/metrics", timeout=10) as resp:
-            assert 'routewatch_probes_total{result="ok"}' in resp.read().decode()
+            metrics = resp.read().decode()
+        workers = len(os.sched_getaffinity(0))  # --workers defaults to the usable cores
+        assert f"by {workers} prober process" in banner
+        assert f"routewatch_prober_workers {workers:.1f}" in metrics
+        for worker in range(1, workers + 1):
+            assert f'routewatch_prober_worker_up{{worker="{worker}"}} 1.0' in metrics
+            assert f'routewatch_probes_total{{result="ok",worker="{worker}"}}' in metrics
     finally:
         code, out = _interrupt(run)
     assert code == 0, out
     assert "Traceback" not in out
     assert re.search(r"stored \d+ probe results", out)
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(pid), "the embedded PostgreSQL outlived routewatch"
+    assert not alive(pid), "the embedded PostgreSQL outlived routewatch"
 
 
 @pytest.mark.timeout(180)
-def test_embedded_postgres_dies_with_a_killed_routewatch(config_file: Path, data_dir: Path) -> None:
+def test_embedded_postgres_and_the_prober_workers_die_with_a_killed_routewatch(
+    config_file: Path, data_dir: Path
+) -> None:
     run = Run(["run", "--config", str(config_file), "--data-dir", str(data_dir)], _env())
     try:
         run.wait_for(r"API:\s+http://")
         pid = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
-        assert _alive(pid)
+        workers = [int(p) for p in re.findall(r"prober worker \d+ is running \(pid (\d+)", "".join(run.lines))]
+        assert alive(pid) and workers and all(alive(w) for w in workers)
     finally:
         run.proc.kill()
         run.proc.wait(timeout=30)
         run.output()
     deadline = time.monotonic() + 15
-    while _alive(pid) and time.monotonic() < deadline:
+    while any(map(alive, [pid, *workers])) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(pid), "the embedded PostgreSQL outlived a SIGKILLed routewatch"
+    assert not alive(pid), "the embedded PostgreSQL outlived a SIGKILLed routewatch"
+    assert not any(map(alive, workers)), "a prober worker outlived a SIGKILLed routewatch"
 
 
 def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
@@ -347,7 +350,7 @@ def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(confi
             30,
         )
         new_pid = int(again.group(1))
-        assert new_pid != pid and _alive(new_pid)
+        assert new_pid != pid and alive(new_pid)
         assert _embedded_dsn(data_dir) == dsn  # same port and password: clients' URLs still work
         since = _sql(dsn, "SELECT now()")
         _wait_until(
@@ -368,7 +371,7 @@ def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(confi
         code, out = _interrupt(run)
     assert code == 0, out
     assert "Traceback" not in out
-    _wait_until(lambda: not _alive(new_pid), 15, "the restarted PostgreSQL to stop with routewatch")
+    _wait_until(lambda: not alive(new_pid), 15, "the restarted PostgreSQL to stop with routewatch")
 
 
 @pytest.mark.parametrize("how", ["--port", "ROUTEWATCH_API_PORT"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from factories import probe_result
 
-from routewatch.db_command import spool_backlog
+from routewatch.db_command import spool_backlog, spool_backlogs
 from routewatch.delivery.spool import Spool
 
 
@@ -62,3 +62,15 @@ def test_spool_backlog_counts_unstored_results(tmp_path: Path) -> None:
     with open(spool_dir / "lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert "in use by a running routewatch" in spool_backlog(spool_dir)
+
+
+@pytest.mark.unit
+def test_spool_backlogs_name_every_prober_workers_spool(tmp_path: Path) -> None:
+    assert spool_backlogs(tmp_path) == "empty"
+    for name, count in (("spool-worker-1", 2), ("spool-worker-2", 0), ("spool-worker-3", 4)):
+        with Spool(tmp_path / name) as spool:
+            spool.append([probe_result() for _ in range(count)])
+    text = spool_backlogs(tmp_path)
+    assert text.startswith("spool-worker-1: 2 results waiting to be stored")
+    assert "; spool-worker-3: 4 results waiting to be stored" in text
+    assert "; spool-worker-2: nothing waiting" in text

@@ -1,4 +1,4 @@
-"""Nothing measured is lost: database outages and a SIGKILLed prober.
+"""Nothing measured is lost: database outages and a SIGKILLed ``routewatch run`` (and its prober workers).
 
 Real processes throughout: a PostgreSQL this module starts and stops, the
 router simulator in its own process (its ground truth says what was served)
@@ -26,6 +26,7 @@ from ground_truth import served, simulator_process
 
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.simulator.process import SimulatorProcess
+from routewatch.storage.shard_leases import LEASE_TTL_S
 
 pytestmark = pytest.mark.system
 
@@ -145,21 +146,32 @@ def stored_ids(dsn: str) -> list[str]:
 def test_database_outage_loses_nothing_and_duplicates_nothing(
     workdir: Path, database: LocalPostgres, simulator: SimulatorProcess
 ) -> None:
+    """The prober workers share the series through leases in the database, so they stop probing
+    once they cannot renew them (docs/scale-out.md); what they measured until then is stored once
+    the database is back, and probing resumes."""
     rw = Routewatch(workdir, database.dsn, simulator.base_url, "run")
     try:
         time.sleep(3)
+        outage_ns = time.perf_counter_ns()  # CLOCK_MONOTONIC, as the simulator's marks
         database.stop()
         time.sleep(OUTAGE_S)
         database.start()
-        time.sleep(3)
+        back_ns = time.perf_counter_ns()
+        time.sleep(10)  # the workers claim their shards afresh at their next heartbeat
     finally:
         code = rw.stop(signal.SIGTERM)  # SIGTERM: finish probes in flight, store everything
     out = rw.output()
     assert code == 0, out
     assert "database unavailable" in out  # the outage was noticed, loudly
+    assert "cannot renew the shard leases" in out
     truth = served(simulator)
     ids = stored_ids(database.dsn)
-    assert len(truth) > 2 * OUTAGE_S / 0.4, "probing should have gone on during the outage"
+    during = [r for r in truth if outage_ns < r["received_ns"] < back_ns]
+    # Probed in the outage's first seconds (in the spool until the database came back), then nothing:
+    # a worker stops at the latest when the lease it last renewed runs out.
+    assert during, "no probe in the outage's first seconds"
+    assert max(r["received_ns"] for r in during) < outage_ns + (LEASE_TTL_S + 1) * 1e9
+    assert sum(r["received_ns"] > back_ns for r in truth) >= 10, "probing did not resume after the outage"
     assert len(ids) == len(set(ids)), "a probe was stored twice"
     assert set(ids) == {r["request_id"] for r in truth}
 

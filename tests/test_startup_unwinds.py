@@ -3,9 +3,10 @@
 Each step of :data:`~routewatch.runner.STARTUP_STEPS` is made to fail, by a
 real condition where one exists (a database that refuses, a schema that
 cannot be migrated, a corrupt rollup row at the first refresh, the API port
-taken between its pre-bind and listen, a spool another process holds) and
-by the runner's ``fail_at`` test hook for the rest. After each, no asyncio
-task, no connection to the test database, no child process and no listening
+taken between its pre-bind and listen, a prober worker whose spool another
+process holds) and by the runner's ``fail_at`` test hook for the rest. After
+each, no asyncio task, no connection to the test database, no child process
+(the prober workers are real ``routewatch probe`` processes) and no listening
 socket of this process is left. The runner is called in-process, on the
 test's event loop, against the test database.
 """
@@ -33,6 +34,7 @@ from routewatch.config import load_config
 from routewatch.config.settings import ENV_PREFIX, Settings
 from routewatch.parts import Database, DatabaseUnavailable, InjectedFault
 from routewatch.postgres.file_lock import FileLock
+from routewatch.prober_workers import WorkerFailed
 from routewatch.runner import (
     RUN_LOCK,
     STARTUP_MARKS,
@@ -43,7 +45,6 @@ from routewatch.runner import (
 )
 from routewatch.storage.leadership import LEADER_LOCK_KEY
 from routewatch.storage.migrate import MigrationError, migrate
-from routewatch.storage.writer import SpoolInUse
 
 pytestmark = pytest.mark.system
 
@@ -182,6 +183,7 @@ def make_run(tmp_path: Path, db_dsn: str, settings: Settings) -> Iterator[Callab
     def make(**options: object) -> Run:
         sockets = bind_listeners("127.0.0.1", 0)
         opened.extend(sockets)
+        options.setdefault("workers", 2)
         opts = RunOptions(
             config=config, config_path=str(path), data_dir=tmp_path / "data", host="127.0.0.1", port=0, **options
         )  # type: ignore[arg-type]
@@ -244,12 +246,13 @@ async def _api_port_taken_after_pre_bind(run: Run, held: AsyncExitStack) -> tupl
     return OSError, "Address already in use"
 
 
-async def _spool_held(run: Run, held: AsyncExitStack) -> tuple[type[BaseException], str]:
-    spool = run.opts.data_dir / "spool"
+async def _worker_spool_held(run: Run, held: AsyncExitStack) -> tuple[type[BaseException], str]:
+    spool = run.opts.data_dir / "spool-worker-2"
     spool.mkdir(parents=True)
     lock = held.enter_context(open(spool / "lock", "a"))
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another routewatch's writer does
-    return SpoolInUse, "is in use by another routewatch process"
+    # Worker 1 starts and joins the probers; worker 2 exits at start: both must be gone afterwards.
+    return WorkerFailed, r"prober worker 2 \(pid \d+\) exited with code 1 while starting"
 
 
 REAL_FAULTS: dict[str, Fault] = {
@@ -257,7 +260,7 @@ REAL_FAULTS: dict[str, Fault] = {
     "migrations": _schema_not_migratable,
     "aggregator": _corrupt_rollup_row,
     "api": _api_port_taken_after_pre_bind,
-    "writer": _spool_held,
+    "prober workers": _worker_spool_held,
 }
 
 

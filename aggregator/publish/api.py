@@ -37,7 +37,7 @@ from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, Handl
 from routewatch.aggregator.publish.http_errors import clip as _clip
 from routewatch.aggregator.publish.ingest import IngestReceiver, setup_ingest_route
 from routewatch.aggregator.publish.keys import AGGREGATOR
-from routewatch.aggregator.publish.metrics import HealthSource, setup_metrics_route
+from routewatch.aggregator.publish.metrics import HealthSource, WorkerMetrics, setup_metrics_route
 from routewatch.aggregator.publish.metrics_snapshot import DEFAULT_EXPORT, MetricsExport
 from routewatch.aggregator.publish.openapi import (
     MAX_SERIES_POINTS,
@@ -701,6 +701,7 @@ def create_app(
     admin_token: SecretStr | None = None,
     prices: Mapping[tuple[str, str], float] | None = None,
     prober_health: HealthSource | None = None,
+    prober_workers: WorkerMetrics | None = None,
     ingest: IngestReceiver | None = None,
     metrics: MetricsExport = DEFAULT_EXPORT,
 ) -> web.Application:
@@ -710,7 +711,8 @@ def create_app(
     ``admin`` serves the token-protected endpoints, which also need
     ``admin_token`` (the ``ROUTEWATCH_ADMIN_TOKEN`` setting; None or blank: disabled).
     ``prices``: USD per 1M input tokens per (router, model), for the badges.
-    ``prober_health``: the prober's health for ``/metrics`` (``routewatch run``).
+    ``prober_health``: a prober on this process's loop, for ``/metrics``;
+    ``prober_workers``: the families of ``routewatch run``'s prober workers, for ``/metrics``.
     ``ingest``: the regions' tokens and the store behind ``POST /v1/ingest`` (None: it answers 403).
     ``metrics``: which windows and breakdowns of the stats ``/metrics`` exports.
     """
@@ -721,6 +723,6 @@ def create_app(
     app[API] = ApiState(aggregator, aggregator.pool, admin, _Token(token) if token else None)
     setup_routes(app)
     setup_status_routes(app, pool=aggregator.pool, prices=prices)
-    setup_metrics_route(app, aggregator, prober_health, metrics)
+    setup_metrics_route(app, aggregator, prober_health, metrics, prober_workers)
     setup_ingest_route(app, ingest)
     return app

@@ -3,13 +3,14 @@
 Nothing here keeps metric state of its own. Each scrape reads what the
 process already publishes, on the event loop (:class:`ScrapeState`): the
 aggregator's latest :class:`~.refresh.Snapshot` and status report, its role
-and refresh count, and, when probes run in this same process (``routewatch
-run``), the prober's health (:class:`ProberHealth`). The stats and model
-states change only at a refresh: ``metrics_snapshot`` writes them in the
-text format once per refresh. The health families are built at each scrape
-by a custom collector (:class:`LiveCollector`) and serialised by
-``prometheus_client.generate_latest`` on a registry of our own, never the
-library's global default one.
+and refresh count, and the probers' health: in ``routewatch run``, every
+prober worker's own ``/metrics``, read at each scrape (:data:`WorkerMetrics`);
+in a process that probes on its own loop, its prober (:class:`ProberHealth`).
+The stats and model states change only at a refresh: ``metrics_snapshot``
+writes them in the text format once per refresh. The health families are
+built at each scrape by a custom collector (:class:`LiveCollector`) and
+serialised by ``prometheus_client.generate_latest`` on a registry of our
+own, never the library's global default one.
 
 Families (labels in braces; every stat is over one window, e.g. "1h"):
 
@@ -31,16 +32,12 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   ``routewatch_stats_age_seconds`` (absent before the first refresh),
   ``routewatch_stats_refresh_interval_seconds``,
   ``routewatch_stats_refresh_duration_seconds`` (absent before the first refresh).
-* prober (``routewatch run`` only; absent, not 0, in ``routewatch serve``):
-  ``routewatch_probes_total{result}``, ``routewatch_probes_overloaded_total``,
-  ``routewatch_probes_in_flight``, ``routewatch_probes_queued``,
-  ``routewatch_probe_concurrency_limit``, ``routewatch_results_stored_total``,
-  ``routewatch_results_pending``, ``routewatch_results_dropped_total``,
-  ``routewatch_results_rejected_total``, ``routewatch_results_unspooled_total``,
-  ``routewatch_spool_corrupt_records_total``, ``routewatch_writer_running``,
-  ``routewatch_event_loop_tasks``, ``routewatch_writer_failed_flushes_total``, ``routewatch_writer_database_up``,
-  ``routewatch_spool_bytes``, ``routewatch_event_loop_lag_seconds``,
-  ``routewatch_event_loop_lag_max_seconds``.
+* prober (absent, not 0, in ``routewatch serve``): the families of
+  ``routewatch/probe/health.py`` (``routewatch_probes_total{result}``,
+  ``routewatch_event_loop_lag_max_seconds``, the writer's and the spool's, …).
+  In ``routewatch run`` they come from its prober workers, each sample with a
+  ``worker`` label, besides the workers' own (``routewatch_prober_workers``,
+  ``routewatch_prober_worker_up{worker}``, …; see ``routewatch/prober_metrics.py``).
 
 Label values are router names, model ids, windows, providers, regions,
 states, roles and error classes: never a URL, a key or a DSN. Providers are
@@ -54,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -72,7 +69,7 @@ from routewatch.aggregator.publish.metrics_snapshot import (
     render_stats,
 )
 from routewatch.aggregator.refresh import Aggregator, Snapshot
-from routewatch.results.probe_result import ERROR_CLASSES
+from routewatch.probe.health import LAG_MAX_WINDOW_S, ProberHealth, prober_families, read_prober_health
 
 if TYPE_CHECKING:
     from routewatch.delivery.spooled import SpooledDelivery
@@ -88,16 +85,12 @@ __all__ = [
     "ProberHealth",
     "ProberHealthSlot",
     "ScrapeState",
+    "WorkerMetrics",
     "read_prober_health",
     "render",
     "render_live",
     "setup_metrics_route",
 ]
-
-LAG_MAX_WINDOW_S = 60.0
-"""``routewatch_event_loop_lag_max_seconds`` is the worst lag over this many
-seconds: longer than a usual scrape interval (15-30 s), so no stall falls
-between two scrapes."""
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The ``Content-Type`` of ``GET /metrics``: the text exposition format that
@@ -108,64 +101,12 @@ prometheus_client 0.26). The OpenAPI document names this very value."""
 # ---------------------------------------------------------------- prober health
 
 
-@dataclass(frozen=True, slots=True)
-class ProberHealth:
-    """The in-process prober's health at one instant; counters count since the process started."""
-
-    results: Mapping[str, int]  # completed probes by outcome: "ok" or the error class
-    overloaded: int  # completed probes flagged prober_overloaded (loop lag over its bound)
-    in_flight: int  # probes holding a concurrency slot (sending or streaming)
-    queued: int  # probes due and waiting for a slot
-    concurrency: int  # the slot limit (schedule.concurrency)
-    stored: int  # results the writer inserted (duplicates excluded)
-    pending: int  # results accepted by the writer, not yet confirmed stored
-    dropped: int  # results neither spooled nor stored
-    rejected: int  # results that could not be stored at all, kept in the spool's rejected file
-    unspooled: int  # results the spool could not take (disk full), sent from memory only
-    spool_corrupt: int  # damaged spool records skipped when reading the spool back
-    writer_running: bool  # False once the writer's flush task has died: nothing more is stored
-    failed_flushes: int  # writes that failed because the database was unavailable
-    database_ok: bool  # the writer's last attempt reached its destination (the database, or the ingest endpoint)
-    spool_bytes: int  # bytes the local spool holds on disk
-    loop_lag_s: float | None  # the latest event-loop lag sample; None without a monitor or a sample
-    loop_lag_max_s: float | None  # the worst sample of the last LAG_MAX_WINDOW_S
-    tasks: int  # asyncio tasks alive in the prober's event loop (a leak shows as growth)
-
-
 HealthSource = Callable[[], "ProberHealth | None"]
 """Reads the prober's health now, or None when no prober runs in this process."""
 
-
-def _ms_to_s(ms: float | None) -> float | None:
-    return None if ms is None else ms / 1000.0
-
-
-def read_prober_health(prober: Prober, writer: SpooledDelivery, lag: LoopLagMonitor | None = None) -> ProberHealth:
-    """Read ``prober``, ``writer`` and ``lag`` into a :class:`ProberHealth`.
-
-    Call it on the event loop that runs them: their counters and the lag
-    samples are only ever changed there, so the reading is consistent.
-    """
-    return ProberHealth(
-        results=dict(prober.results),
-        overloaded=prober.overloaded,
-        in_flight=prober.running,
-        queued=prober.queued,
-        concurrency=prober.concurrency,
-        stored=writer.written,
-        pending=writer.backlog,
-        dropped=writer.dropped,
-        rejected=writer.rejected,
-        unspooled=writer.unspooled,
-        spool_corrupt=writer.spool_corrupt_records,
-        writer_running=writer.failed is None,
-        failed_flushes=writer.failed_flushes,
-        database_ok=writer.destination_ok,
-        spool_bytes=writer.spool_bytes,
-        loop_lag_s=_ms_to_s(lag.latest_ms) if lag is not None else None,
-        loop_lag_max_s=_ms_to_s(lag.recent_max(LAG_MAX_WINDOW_S)) if lag is not None else None,
-        tasks=len(asyncio.all_tasks()),
-    )
+WorkerMetrics = Callable[[], Awaitable[bytes]]
+"""Reads the prober workers' families now, as text exposition (``routewatch run``):
+families no other part of ``/metrics`` has, each sample labelled with its ``worker``."""
 
 
 class ProberHealthSlot:
@@ -260,91 +201,6 @@ def _aggregator_families(state: ScrapeState) -> Iterator[Metric]:
         )
 
 
-def _prober_families(health: ProberHealth) -> Iterator[Metric]:
-    results = CounterMetricFamily(
-        "routewatch_probes",
-        "Probes completed by this process, by result: ok or the error class",
-        labels=["result"],
-    )
-    # Every known result from the start, so that rate() sees a series' first increase.
-    for result in dict.fromkeys(("ok", *ERROR_CLASSES, *sorted(health.results))):
-        results.add_metric([result], float(health.results.get(result, 0)))
-    yield results
-    yield CounterMetricFamily(
-        "routewatch_probes_overloaded",
-        "Probes flagged prober_overloaded: the event loop lagged past its bound",
-        value=health.overloaded,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_probes_in_flight",
-        "Probes holding a concurrency slot (sending or streaming)",
-        value=health.in_flight,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_probes_queued", "Probes due and waiting for a concurrency slot", value=health.queued
-    )
-    yield GaugeMetricFamily(
-        "routewatch_probe_concurrency_limit", "At most this many probes run at once", value=health.concurrency
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_stored", "Probe results inserted into the database", value=health.stored
-    )
-    yield GaugeMetricFamily(
-        "routewatch_results_pending", "Probe results accepted but not yet confirmed stored", value=health.pending
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_dropped", "Probe results lost: neither spooled nor stored", value=health.dropped
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_rejected",
-        "Probe results that could not be stored at all; kept in the spool's rejected file",
-        value=health.rejected,
-    )
-    yield CounterMetricFamily(
-        "routewatch_results_unspooled",
-        "Probe results the spool could not take (disk full), sent from memory only",
-        value=health.unspooled,
-    )
-    yield CounterMetricFamily(
-        "routewatch_spool_corrupt_records",
-        "Damaged spool records skipped when the spool was read back",
-        value=health.spool_corrupt,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_writer_running",
-        "1 while the result writer runs; 0 once it has died and nothing more is stored",
-        value=float(health.writer_running),
-    )
-    yield GaugeMetricFamily(
-        "routewatch_event_loop_tasks", "asyncio tasks alive in the prober's event loop", value=health.tasks
-    )
-    yield CounterMetricFamily(
-        "routewatch_writer_failed_flushes",
-        "Result writes that failed because the database was unavailable",
-        value=health.failed_flushes,
-    )
-    yield GaugeMetricFamily(
-        "routewatch_writer_database_up",
-        "1 when the result writer's last attempt reached the database, 0 during an outage",
-        value=float(health.database_ok),
-    )
-    yield GaugeMetricFamily(
-        "routewatch_spool_bytes", "Bytes the local result spool holds on disk", value=health.spool_bytes
-    )
-    if health.loop_lag_s is not None:
-        yield GaugeMetricFamily(
-            "routewatch_event_loop_lag_seconds",
-            "The prober's event-loop lag at its latest sample",
-            value=health.loop_lag_s,
-        )
-    if health.loop_lag_max_s is not None:
-        yield GaugeMetricFamily(
-            "routewatch_event_loop_lag_max_seconds",
-            f"The prober's worst event-loop lag over the last {LAG_MAX_WINDOW_S:g} s",
-            value=health.loop_lag_max_s,
-        )
-
-
 class LiveCollector(Collector):
     """What one scrape reads besides the stats and states: the aggregator's and the prober's health."""
 
@@ -356,7 +212,7 @@ class LiveCollector(Collector):
         state = self._state
         yield from _aggregator_families(state)
         if state.prober is not None:
-            yield from _prober_families(state.prober)
+            yield from prober_families(state.prober)
 
 
 def _exposition(collector: Collector) -> bytes:
@@ -399,14 +255,21 @@ class _MetricsEndpoint:
     refresh, so their part of the exposition (``metrics_snapshot``) is
     rendered once and reused by every scrape until the next refresh (two
     Prometheus servers scraping, or a scrape interval shorter than the
-    refresh interval, cost nothing more). The aggregator's and the prober's
-    health are rendered at each scrape.
+    refresh interval, cost nothing more). The aggregator's and the probers'
+    health are read and rendered at each scrape.
     """
 
-    def __init__(self, aggregator: Aggregator, prober_health: HealthSource | None, export: MetricsExport) -> None:
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        prober_health: HealthSource | None,
+        export: MetricsExport,
+        workers: WorkerMetrics | None = None,
+    ) -> None:
         self._aggregator = aggregator
         self._prober_health = prober_health
         self._export = export
+        self._workers = workers
         self._cached: tuple[Snapshot | None, StatusReport | None, bytes] | None = None
 
     def _snapshot_body(self, state: ScrapeState) -> bytes:
@@ -418,18 +281,19 @@ class _MetricsEndpoint:
         self._cached = (state.snapshot, state.status, body)
         return body
 
-    def _body(self, state: ScrapeState, compress: bool) -> bytes:
-        body = self._snapshot_body(state) + render_live(state)
+    def _body(self, state: ScrapeState, compress: bool, workers: bytes) -> bytes:
+        body = self._snapshot_body(state) + render_live(state) + workers
         return gzip.compress(body, compresslevel=6) if compress else body
 
     async def handle(self, request: web.Request) -> web.Response:
         """Serve one scrape."""
+        workers = await self._workers() if self._workers is not None else b""
         state = ScrapeState.read(self._aggregator, self._prober_health)
         compress = _accepts_gzip(request)
         # In a thread: while it serialises, the event loop (which may be
         # timing probes) gets the GIL back every switch interval instead of
         # stalling for the whole rendering.
-        body = await asyncio.get_running_loop().run_in_executor(None, self._body, state, compress)
+        body = await asyncio.get_running_loop().run_in_executor(None, self._body, state, compress, workers)
         headers = {"Content-Type": METRICS_CONTENT_TYPE, "Cache-Control": "no-store", "Vary": "Accept-Encoding"}
         if compress:
             headers["Content-Encoding"] = "gzip"
@@ -441,11 +305,14 @@ def setup_metrics_route(
     aggregator: Aggregator,
     prober_health: HealthSource | None = None,
     export: MetricsExport = DEFAULT_EXPORT,
+    workers: WorkerMetrics | None = None,
 ) -> None:
-    """Register ``GET /metrics`` on ``app``: ``aggregator``'s stats and health, and the prober's if any.
+    """Register ``GET /metrics`` on ``app``: ``aggregator``'s stats and health, and the probers' if any.
 
-    ``prober_health`` is read at each scrape; None (``routewatch serve``) or a
-    source returning None leaves every prober metric out. ``export``: which
-    windows and breakdowns of the stats (``aggregator.metrics`` in probes.yaml).
+    ``prober_health`` (a prober on this process's loop) and ``workers`` (the
+    prober workers of ``routewatch run``) are read at each scrape; None
+    (``routewatch serve``) or a source returning None leaves them out.
+    ``export``: which windows and breakdowns of the stats (``aggregator.metrics``
+    in probes.yaml).
     """
-    app.router.add_get("/metrics", _MetricsEndpoint(aggregator, prober_health, export).handle)
+    app.router.add_get("/metrics", _MetricsEndpoint(aggregator, prober_health, export, workers).handle)

@@ -164,15 +164,17 @@ class Process:
         raise AssertionError(f"no {pattern!r} within {timeout:g} s:\n" + self.output()[-4000:])
 
     def memory_kb(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS) in KiB from /proc, while it runs."""
+        """VmRSS and VmHWM (peak RSS) in KiB from /proc, while it runs, summed over it and its children
+        (``routewatch run``'s prober workers probe, so a big answer grows one of them)."""
         out: dict[str, int] = {}
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                name, _, value = line.partition(":")
-                if name in ("VmRSS", "VmHWM"):
-                    out[name] = int(value.split()[0])
-        except OSError:
-            pass
+        for pid in (self.pid, *_children(self.pid)):
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    name, _, value = line.partition(":")
+                    if name in ("VmRSS", "VmHWM"):
+                        out[name] = out.get(name, 0) + int(value.split()[0])
+            except OSError:
+                continue
         return out
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
@@ -187,6 +189,23 @@ class Process:
         self._log.close()
         self.exit_code = self.proc.returncode
         return self.exit_code
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux /proc)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def start_router(log_path: Path) -> tuple[Process, str]:
