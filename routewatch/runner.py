@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -65,7 +64,7 @@ from routewatch.aggregator.publish.server import ApiServer, bind_listeners, star
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import Config, StorageConfig
 from routewatch.config.durations import parse_duration
-from routewatch.config.settings import ENV_DATABASE_URL, ENV_ROUTER_URL, Settings
+from routewatch.config.settings import ENV_DATABASE_URL, ENV_ROUTER_URL, Settings, process_environment
 from routewatch.delivery.spooled import SpoolInUse
 from routewatch.parts import (
     Database,
@@ -430,7 +429,7 @@ def _prober_workers(opts: RunOptions, database: Database, simulator: RunningSimu
     # Handing over, the probes in flight (a reload may lengthen their limit), the writer, and slack.
     stop_limit_s = HANDOVER_LEAD_S + opts.config.timeouts.total + 1 + WRITER_CLOSE_S + 5
     # The children need the router keys the configuration names, whatever their variables are called.
-    env = {**os.environ, ENV_DATABASE_URL: database.dsn}
+    env = {**process_environment(), ENV_DATABASE_URL: database.dsn}
     return ProberWorkers(opts.workers, worker_argv, env, stop_limit_s=stop_limit_s)
 
 
