@@ -1,0 +1,98 @@
+"""A loopback receiver for notification tests: records every request, answers as it is told.
+
+Each path has a script of behaviours, one per request, the last repeated:
+``ok`` (200), ``status:NNN``, ``slow:S`` (answer 200 after S seconds), ``hold``
+(never answer until released), ``drop`` (close the connection unanswered),
+``store-drop`` (record as stored, then drop: an answer lost on the way back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    """One request as the receiver saw it, and whether it was answered 2xx."""
+
+    path: str
+    method: str
+    headers: dict[str, str]
+    body: bytes
+    acked: bool = False  # answered 2xx to a client still there to read it
+    late: bool = False  # processed, but the client had given up (timed out) before the answer
+
+    @property
+    def key(self) -> str | None:
+        return self.headers.get("Idempotency-Key")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """The app's state: scripts per path, requests seen, Grafana annotations stored."""
+
+    scripts: dict[str, list[str]] = field(default_factory=dict)
+    seen: list[Received] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def behaviour(self, path: str) -> str:
+        script = self.scripts.get(path, ["ok"])
+        return script.pop(0) if len(script) > 1 else script[0]
+
+    def acked(self, path: str | None = None) -> list[Received]:
+        return [r for r in self.seen if r.acked and (path is None or r.path == path)]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        got = Received(request.path, request.method, dict(request.headers), body)
+        self.seen.append(got)
+        self.arrived.set()
+        if request.method == "GET" and request.path.endswith("/api/annotations"):
+            tag = request.query.get("tags", "")
+            found = [a for a in self.annotations if tag in a["tags"]]
+            got.acked = True
+            return web.json_response(found[: int(request.query.get("limit", "100"))])
+        what = self.behaviour(request.path)
+        if what == "hold":
+            await self.release.wait()
+            what = "ok"
+        if what.startswith("slow:"):
+            await asyncio.sleep(float(what.split(":")[1]))
+            if request.transport is None or request.transport.is_closing():
+                got.late = True  # done on this side; the sender never hears of it
+                return web.Response(status=200)
+            what = "ok"
+        if what in ("drop", "store-drop"):
+            if what == "store-drop":
+                self.annotations.append(got.json())
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)  # never reaches the client
+        if what.startswith("status:"):
+            return web.Response(status=int(what.split(":")[1]), text="no thanks")
+        if request.path.endswith("/api/annotations"):
+            self.annotations.append(got.json())
+        got.acked = True
+        return web.json_response({"ok": True}, status=202 if "pagerduty" in request.path else 200)
+
+
+async def start_receiver(receiver: Receiver) -> tuple[web.AppRunner, str]:
+    """Serve ``receiver`` on 127.0.0.1, port 0; return the runner and its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
