@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,11 +64,11 @@ class Receiver:
             got.acked = True
             return web.json_response(found[: int(request.query.get("limit", "100"))])
         what = self.behaviour(request.path)
-        if what == "hold":
-            await self.release.wait()
-            what = "ok"
-        if what.startswith("slow:"):
-            await asyncio.sleep(float(what.split(":")[1]))
+        if what == "hold" or what.startswith("slow:"):
+            if what == "hold":
+                await self.release.wait()
+            else:
+                await asyncio.sleep(float(what.split(":")[1]))
             if request.transport is None or request.transport.is_closing():
                 got.late = True  # done on this side; the sender never hears of it
                 return web.Response(status=200)
@@ -84,6 +85,34 @@ class Receiver:
             self.annotations.append(got.json())
         got.acked = True
         return web.json_response({"ok": True}, status=202 if "pagerduty" in request.path else 200)
+
+
+class ReceiverThread:
+    """A :class:`Receiver` served from a thread of its own, for tests that wait synchronously."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        assert self._started.wait(10), "receiver did not start"
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._runner, self.url = self._loop.run_until_complete(start_receiver(self.receiver))
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    def release(self) -> None:
+        """Let held requests go on (to find, by now, whether their client is still there)."""
+        self._loop.call_soon_threadsafe(self.receiver.release.set)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 async def start_receiver(receiver: Receiver) -> tuple[web.AppRunner, str]:
