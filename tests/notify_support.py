@@ -87,41 +87,63 @@ class Receiver:
         return web.json_response({"ok": True}, status=202 if "pagerduty" in request.path else 200)
 
 
-class ReceiverThread:
-    """A :class:`Receiver` served from a thread of its own, for tests that wait synchronously."""
+class AppThread:
+    """An aiohttp application served on 127.0.0.1 from a thread of its own, for tests that wait synchronously."""
 
-    def __init__(self, receiver: Receiver) -> None:
-        self.receiver = receiver
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
-        assert self._started.wait(10), "receiver did not start"
+        assert self._started.wait(10), "server did not start"
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._runner, self.url = self._loop.run_until_complete(start_receiver(self.receiver))
+        self._runner, self.url = self._loop.run_until_complete(start_app(self._app))
         self._started.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
 
-    def release(self) -> None:
-        """Let held requests go on (to find, by now, whether their client is still there)."""
-        self._loop.call_soon_threadsafe(self.receiver.release.set)
+    def call(self, callback: Any) -> None:
+        """Run ``callback()`` on the server's loop."""
+        self._loop.call_soon_threadsafe(callback)
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
 
-async def start_receiver(receiver: Receiver) -> tuple[web.AppRunner, str]:
-    """Serve ``receiver`` on 127.0.0.1, port 0; return the runner and its base URL."""
+class ReceiverThread(AppThread):
+    """A :class:`Receiver` served from a thread of its own."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        super().__init__(receiver_app(receiver))
+
+    def release(self) -> None:
+        """Let held requests go on (to find, by now, whether their client is still there)."""
+        self.call(self.receiver.release.set)
+
+
+def receiver_app(receiver: Receiver) -> web.Application:
+    """The application answering every path with ``receiver``."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", receiver.handle)
+    return app
+
+
+async def start_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on 127.0.0.1, port 0; return the runner and its base URL."""
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+async def start_receiver(receiver: Receiver) -> tuple[web.AppRunner, str]:
+    """Serve ``receiver`` on 127.0.0.1, port 0; return the runner and its base URL."""
+    return await start_app(receiver_app(receiver))

@@ -18,7 +18,8 @@ import aiohttp
 import asyncpg
 import pytest
 from factories import config_text
-from notify_support import Receiver, start_receiver
+from grafana_standin import GrafanaStandIn
+from notify_support import Receiver, start_app, start_receiver
 
 from routewatch.config import ConfigError, NotificationsConfig, NotificationTarget, parse_config
 from routewatch.notify import signing
@@ -363,3 +364,26 @@ def test_event_json_of_two_saves_is_byte_identical() -> None:
     target = Target("hook", "webhook", "https://example.com/h")
     bodies = {hashlib.sha256(render(target, _row(), now_s=n).body).hexdigest() for n in range(5)}
     assert len(bodies) == 1
+
+
+@pytest.mark.db
+@pytest.mark.timeout(30)
+async def test_incident_annotations_land_on_the_drill_down_in_the_grafana_stand_in(pool: asyncpg.Pool) -> None:
+    grafana = GrafanaStandIn(GRAFANA_TOKEN)
+    runner, base = await start_app(grafana.app())
+    configs = [NotificationTarget(name="g", kind="grafana", url_env="G", token_env="T")]
+    targets = resolve_targets(configs, {"G": base, "T": GRAFANA_TOKEN})
+    try:
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+            await save_model_state(conn, STATUS, [_incident(1)], [], ["g"])
+            await save_model_state(conn, STATUS, [_incident(1, T0 + timedelta(minutes=9))], [], ["g"])
+        async with aiohttp.ClientSession() as session:
+            await _deliver_all(OutboxSender(pool, targets, NotificationsConfig(targets=configs), session), pool, 10)
+    finally:
+        await runner.cleanup()
+    assert grafana.problems == []
+    opened, closed = grafana.annotations
+    assert opened["dashboardUID"] == closed["dashboardUID"] == "routewatch-model"
+    assert "timeEnd" not in opened and closed["timeEnd"] - closed["time"] == 9 * 60_000
+    assert {"incident-1", "opened"} <= set(opened["tags"]) and {"incident-1", "resolved"} <= set(closed["tags"])

@@ -663,7 +663,9 @@ class AggregatorConfig(_Section):
 
 
 # Variables holding routewatch's own secrets: never sent to a notification target.
-_NOT_FOR_TARGETS = frozenset({"ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_ADMIN_TOKEN", "ROUTEWATCH_API_KEY"})
+_NOT_FOR_TARGETS = frozenset(
+    {"ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_ADMIN_TOKEN", "ROUTEWATCH_API_KEY", "ROUTEWATCH_GRAFANA_DB_URL"}
+)
 NOTIFY_KINDS = ("webhook", "slack", "pagerduty", "grafana")
 # Which *_env fields each kind needs, and which it may take.
 _KIND_NEEDS: dict[str, tuple[str, ...]] = {

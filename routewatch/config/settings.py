@@ -37,8 +37,9 @@ ENV_API_KEY = "ROUTEWATCH_API_KEY"
 ENV_PG_BIN = "ROUTEWATCH_PG_BIN"
 ENV_PG_USER = "ROUTEWATCH_PG_USER"
 ENV_GRAFANA_TOKEN = "ROUTEWATCH_GRAFANA_TOKEN"
+ENV_GRAFANA_DB_URL = "ROUTEWATCH_GRAFANA_DB_URL"
 # routewatch's own secrets: never handed to a router or a notification target by name.
-OWN_SECRETS = frozenset({ENV_DATABASE_URL, ENV_ADMIN_TOKEN, ENV_API_KEY})
+OWN_SECRETS = frozenset({ENV_DATABASE_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_GRAFANA_DB_URL})
 ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
 
 
@@ -130,6 +131,11 @@ class Settings(BaseSettings):
         None,
         validation_alias=ENV_GRAFANA_TOKEN,
         description="service-account token of `routewatch grafana publish`",
+    )
+    grafana_db_url: SecretStr | None = Field(
+        None,
+        validation_alias=ENV_GRAFANA_DB_URL,
+        description="postgresql:// URL Grafana's PostgreSQL data source reaches the database with (a read-only role)",
     )
     xdg_data_home: Path | None = Field(
         None,
