@@ -21,7 +21,7 @@ from factories import config_text
 from grafana_standin import GrafanaStandIn
 from notify_support import Receiver, start_app, start_receiver
 
-from routewatch.config import ConfigError, NotificationsConfig, NotificationTarget, parse_config
+from routewatch.config import ConfigError, NotificationsConfig, NotificationTarget, format_summary, parse_config
 from routewatch.notify import signing
 from routewatch.notify.formats import dedup_key, render
 from routewatch.notify.sender import OutboxSender, backoff_s
@@ -387,3 +387,10 @@ async def test_incident_annotations_land_on_the_drill_down_in_the_grafana_stand_
     assert opened["dashboardUID"] == closed["dashboardUID"] == "routewatch-model"
     assert "timeEnd" not in opened and closed["timeEnd"] - closed["time"] == 9 * 60_000
     assert {"incident-1", "opened"} <= set(opened["tags"]) and {"incident-1", "resolved"} <= set(closed["tags"])
+
+
+@pytest.mark.unit
+def test_check_config_summary_names_the_targets_and_their_variables() -> None:
+    text = config_text() + "notifications:\n  targets:\n    - {name: chat, kind: slack, url_env: SLACK_URL}\n"
+    summary = format_summary(parse_config(text, "probes.yaml"), "probes.yaml")
+    assert summary.splitlines()[-1] == "  incidents notified to chat (slack: SLACK_URL)"
