@@ -21,6 +21,7 @@ from factories import config_text
 from grafana_standin import GrafanaStandIn
 from notify_support import Receiver, start_app, start_receiver
 
+from routewatch.admin import restart_changes
 from routewatch.config import ConfigError, NotificationsConfig, NotificationTarget, format_summary, parse_config
 from routewatch.notify import signing
 from routewatch.notify.formats import dedup_key, render
@@ -394,3 +395,10 @@ def test_check_config_summary_names_the_targets_and_their_variables() -> None:
     text = config_text() + "notifications:\n  targets:\n    - {name: chat, kind: slack, url_env: SLACK_URL}\n"
     summary = format_summary(parse_config(text, "probes.yaml"), "probes.yaml")
     assert summary.splitlines()[-1] == "  incidents notified to chat (slack: SLACK_URL)"
+
+
+@pytest.mark.unit
+def test_a_reload_that_changes_the_targets_asks_for_a_restart() -> None:
+    before = parse_config(config_text(), "probes.yaml")
+    text = config_text() + "notifications:\n  targets:\n    - {name: chat, kind: slack, url_env: SLACK_URL}\n"
+    assert restart_changes(before, parse_config(text, "probes.yaml")) == ["notifications: changed"]

@@ -163,3 +163,23 @@ def test_sigkill_mid_delivery_loses_nothing_and_acknowledges_each_key_once(db_ds
     assert [(r["transition"], r["state"]) for r in rows] == [("open", "sent"), ("close", "sent")]
     assert [str(r["id"]) for r in rows] == [r.key for r in acked]
     assert SECRET not in logs and SECRET not in json.dumps([dict(r) for r in rows], default=str)
+
+
+@pytest.mark.timeout(60)
+def test_a_target_whose_variable_is_unset_stops_serve_at_start_naming_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "probes.yaml"
+    cfg.write_text(CONFIG)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_") and k not in ("HOOK_URL", "HOOK_SECRET")
+    }
+    env.update(ROUTEWATCH_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", HOOK_SECRET=SECRET)
+    done = subprocess.run(
+        [sys.executable, "-m", "routewatch.cli", "serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == "routewatch: notification target 'hook': environment variable HOOK_URL is not set\n"
+    assert SECRET not in done.stdout + done.stderr
