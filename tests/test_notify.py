@@ -22,13 +22,16 @@ from grafana_standin import GrafanaStandIn
 from notify_support import Receiver, start_app, start_receiver
 
 from routewatch.admin import restart_changes
+from routewatch.aggregator.model_state_store import StatusReport
+from routewatch.aggregator.publish.metrics_snapshot import render_states
 from routewatch.config import ConfigError, NotificationsConfig, NotificationTarget, format_summary, parse_config
 from routewatch.notify import signing
 from routewatch.notify.formats import dedup_key, render
 from routewatch.notify.sender import OutboxSender, backoff_s
 from routewatch.notify.targets import Target, TargetSetupError, resolve_targets
+from routewatch.storage.describe import DbStatus, format_status
 from routewatch.storage.model_state_queries import save_model_state
-from routewatch.storage.outbox_queries import CLOSE, OPEN, OutboxRow, outbox_counts
+from routewatch.storage.outbox_queries import CLOSE, OPEN, OutboxCounts, OutboxRow, outbox_counts
 from routewatch.storage.schema import ensure_schema
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -402,3 +405,18 @@ def test_a_reload_that_changes_the_targets_asks_for_a_restart() -> None:
     before = parse_config(config_text(), "probes.yaml")
     text = config_text() + "notifications:\n  targets:\n    - {name: chat, kind: slack, url_env: SLACK_URL}\n"
     assert restart_changes(before, parse_config(text, "probes.yaml")) == ["notifications: changed"]
+
+
+@pytest.mark.unit
+def test_dead_and_pending_notifications_show_in_db_status_and_metrics() -> None:
+    counts = OutboxCounts(pending=1, sent=5, dead=2, oldest_pending=T0)
+    status = DbStatus("plain", None, "18", 10, 0, "exact count", 0, None, None, None, 0, 1, counts)
+    line = next(line for line in format_status(status).splitlines() if line.startswith("notifications:"))
+    assert (
+        line == "notifications:   1 pending, 5 sent, 2 dead (given up); oldest pending queued 2026-11-29 12:00:00+00:00"
+    )
+    text = render_states(StatusReport(T0, (), (), (), counts)).decode()
+    assert 'routewatch_notifications{state="dead"} 2' in text
+    assert 'routewatch_notifications{state="pending"} 1' in text
+    (oldest,) = [line for line in text.splitlines() if line.startswith("routewatch_notification_oldest_pending_")]
+    assert float(oldest.split()[1]) == T0.timestamp()
