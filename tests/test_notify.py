@@ -287,7 +287,7 @@ async def test_flaky_receivers_get_every_transition_once_per_key(
         NotificationTarget(name="refused", kind="webhook", url_env="REFUSED_URL"),
     ]
     targets = resolve_targets(configs, env)
-    policy = NotificationsConfig(targets=configs, timeout=1.0, max_attempts=4, backoff_initial=0.05, backoff_max=0.2)
+    policy = NotificationsConfig(targets=configs, timeout=1.0, max_attempts=5, backoff_initial=0.05, backoff_max=0.2)
     try:
         async with pool.acquire() as conn:
             await ensure_schema(conn)
@@ -330,7 +330,7 @@ async def test_flaky_receivers_get_every_transition_once_per_key(
     assert all(r.headers["Authorization"] == f"Bearer {GRAFANA_TOKEN}" for r in grafana_posts)
     # Refused outright: dead after one attempt; never answering: dead after max_attempts.
     assert [(r["state"], r["attempts"]) for r in by_target["gone"]] == [("dead", 1), ("dead", 1)]
-    assert [(r["state"], r["attempts"]) for r in by_target["refused"]] == [("dead", 4), ("dead", 4)]
+    assert [(r["state"], r["attempts"]) for r in by_target["refused"]] == [("dead", 5), ("dead", 5)]
     assert "HTTP 404" in by_target["gone"][0]["last_error"]
     assert "ClientConnectorError" in by_target["refused"][0]["last_error"]
     # No secret in the database or the logs (the URLs' tokens included).
