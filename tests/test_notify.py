@@ -4,6 +4,7 @@ incident, and the sender against a flaky loopback receiver."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -420,3 +421,37 @@ def test_dead_and_pending_notifications_show_in_db_status_and_metrics() -> None:
     assert 'routewatch_notifications{state="pending"} 1' in text
     (oldest,) = [line for line in text.splitlines() if line.startswith("routewatch_notification_oldest_pending_")]
     assert float(oldest.split()[1]) == T0.timestamp()
+
+
+@pytest.mark.db
+@pytest.mark.timeout(30)
+async def test_only_the_leader_sends(pool: asyncpg.Pool) -> None:
+    receiver = Receiver()
+    runner, base = await start_receiver(receiver)
+    configs = [NotificationTarget(name="hook", kind="webhook", url_env="U")]
+    targets = resolve_targets(configs, {"U": f"{base}/hook"})
+    leading = False
+    try:
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+            await save_model_state(conn, STATUS, [_incident(1)], [], ["hook"])
+        async with aiohttp.ClientSession() as session:
+            sender = OutboxSender(
+                pool, targets, NotificationsConfig(targets=configs), session, is_leader=lambda: leading, poll_s=0.05
+            )
+            task = asyncio.create_task(sender.run())
+            try:
+                await asyncio.sleep(0.5)  # ten polls as a standby
+                assert receiver.seen == []
+                leading = True
+                for _ in range(100):
+                    if receiver.acked():
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await runner.cleanup()
+    assert [r.json()["type"] for r in receiver.acked()] == ["incident.opened"]
