@@ -57,7 +57,7 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
         "data": [
             {
                 "refId": "A",
-                "datasourceUid": PROMETHEUS_UID,
+                "datasourceUid": "${PROMETHEUS_DATASOURCE_UID}",  # as Grafana's file provisioning expands it
                 "relativeTimeRange": {"from": 600, "to": 0},
                 "model": {"expr": 'max by (model) (routewatch_model_state{state="down"})', "refId": "A"},
             }
@@ -120,6 +120,7 @@ def test_publish_creates_everything_then_a_second_run_changes_nothing(
     assert stored["meta"]["folderUid"] == "routewatch" and stored["dashboard"]["title"] == "Model drill-down"
     rule = grafana.rules["rw-model-down"]
     assert (rule["folderUID"], rule["ruleGroup"], rule["for"]) == ("routewatch", "routewatch-models", "2m")
+    assert rule["data"][0]["datasourceUid"] == PROMETHEUS_UID
     assert PASSWORD not in "\n".join(first + second) and TOKEN not in "\n".join(first + second)
 
 
@@ -181,3 +182,14 @@ def test_the_repository_files_publish_and_republish_unchanged(capsys: pytest.Cap
     assert grafana.problems == []
     assert len(grafana.dashboards) == len(list(dashboards.glob("*.json"))) if dashboards.is_dir() else True
     assert second and all(line.startswith("unchanged") for line in second), second
+
+
+def test_a_variable_publish_cannot_fill_in_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dashboards, alerting = _files(tmp_path)
+    text = (alerting / "rules.yaml").read_text().replace("${PROMETHEUS_DATASOURCE_UID}", "${MY_UID}")
+    (alerting / "rules.yaml").write_text(text)
+    assert grafana_main(_options("http://127.0.0.1:9", dashboards, alerting), _settings()) == 1
+    err = capsys.readouterr().err
+    assert "rules.yaml: ${MY_UID} is not a variable publish can fill in (PROMETHEUS_DATASOURCE_UID" in err

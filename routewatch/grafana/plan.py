@@ -12,6 +12,7 @@ provisioning-file format to the API's). The data sources' secrets live in
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ PROMETHEUS_UID = "routewatch-prometheus"
 # Grafana's plugin id of its PostgreSQL data source (``postgres`` before Grafana 10.3 still loads it).
 POSTGRES_TYPE = "grafana-postgresql-datasource"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+# What Grafana would expand from its environment when it loads an alert
+# provisioning file; over the API, publish puts in the data sources it creates.
+PROVISIONING_VARIABLES = {"PROMETHEUS_DATASOURCE_UID": PROMETHEUS_UID, "POSTGRES_DATASOURCE_UID": POSTGRES_UID}
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class PlanError(ValueError):
@@ -158,8 +163,30 @@ def load_alert_rules(directory: Path) -> tuple[list[dict[str, Any]], list[RuleGr
             if not name:
                 raise PlanError(f"{path}: a rule group without a name")
             groups.append(RuleGroup(name, int(parse_duration(group.get("interval", "1m")))))
-            rules.extend(_api_rule(path, name, rule) for rule in group.get("rules", []))
+            rules.extend(_expand(path, _api_rule(path, name, rule)) for rule in group.get("rules", []))
     return rules, groups
+
+
+def _expand(path: Path, value: Any) -> Any:
+    """``value`` with ``${NAME}`` replaced as Grafana's file provisioning would
+    (:data:`PROVISIONING_VARIABLES`) and ``$$`` as ``$``; another variable is an error."""
+    if isinstance(value, dict):
+        return {k: _expand(path, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(path, v) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        if name not in PROVISIONING_VARIABLES:
+            known = ", ".join(PROVISIONING_VARIABLES)
+            raise PlanError(f"{path}: ${{{name}}} is not a variable publish can fill in ({known})")
+        return PROVISIONING_VARIABLES[name]
+
+    return _VARIABLE.sub(one, value)
 
 
 def _api_rule(path: Path, group: str, rule: dict[str, Any]) -> dict[str, Any]:
