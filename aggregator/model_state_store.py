@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from routewatch.aggregator.rollup import RefreshReport
 from routewatch.config import MaintenanceWindow, SLOConfig
 from routewatch.storage import model_state_queries as queries
 from routewatch.storage.connection import Conn
+from routewatch.storage.outbox_queries import OutboxCounts, outbox_counts
 
 RECENT_INCIDENTS = 10  # closed incidents published besides the open one
 INCIDENT_LIST_MAX = 500  # closed incidents GET /v1/incidents can list at most (its limit's ceiling)
@@ -59,6 +60,7 @@ class StatusReport:
     models: tuple[ModelStatus, ...]  # by model id
     open: tuple[Incident, ...]
     recent: tuple[Incident, ...]  # closed, newest first, at most RECENT_INCIDENTS
+    notifications: OutboxCounts = field(default_factory=OutboxCounts)  # the notification outbox by state
 
     @property
     def overall(self) -> State:
@@ -182,9 +184,13 @@ class StatusTracker:
         maintenance: Sequence[MaintenanceWindow] = (),
         *,
         refresh_s: float = 0.0,
+        notify_targets: Sequence[str] = (),
     ) -> None:
-        """``interval_s`` is the probe schedule interval; ``refresh_s`` the aggregator's."""
+        """``interval_s`` is the probe schedule interval; ``refresh_s`` the aggregator's.
+        ``notify_targets``: the notification targets every incident open and close is
+        queued for, with the incident itself (``storage.outbox_queries``)."""
         self._refresh_s = refresh_s
+        self._notify_targets = tuple(notify_targets)
         self.reconfigure(slo, interval_s, maintenance)
         self._statuses: dict[str, ModelStatus] | None = None  # None: load from the table first
         self._book = IncidentBook()
@@ -223,7 +229,7 @@ class StatusTracker:
             new, transitions = evaluate_grouped(self._statuses, everyone, probes, now, slo, interval)
             changed = self._book.update(transitions, now, maintenance)
             uptime = self._elapsed(new, now)
-            await _save(conn, new, changed, uptime, now)
+            await _save(conn, new, changed, uptime, now, self._notify_targets)
         except BaseException:
             self.forget()  # memory may be ahead of the tables: start again from them
             raise
@@ -274,6 +280,7 @@ async def read_report(conn: Conn) -> StatusReport:
         tuple(statuses.values()),
         tuple(_incident(r) for r in open_),
         tuple(_incident(r) for r in recent),
+        await outbox_counts(conn),
     )
 
 
@@ -293,8 +300,10 @@ async def _save(
     incidents: Sequence[Incident],
     uptime: DailyUptime,
     now: datetime,
+    notify_targets: Sequence[str] = (),
 ) -> None:
-    """Persist in one transaction; models not in ``statuses`` are no longer published."""
+    """Persist in one transaction, with the notifications of the incidents that opened or
+    closed; models not in ``statuses`` are no longer published."""
     await queries.save_model_state(
         conn,
         [
@@ -313,6 +322,7 @@ async def _save(
         ],
         [(i.id, i.start, i.end, i.worst_state.value, sorted(i.models), i.suppressed, now) for i in incidents],
         [(model, day, d.operational, d.degraded, d.down, d.unknown) for (model, day), d in uptime.days.items()],
+        notify_targets,
     )
 
 

@@ -146,6 +146,7 @@ class Aggregator:
         maintenance: Sequence[MaintenanceWindow] = (),
         max_providers: int = DEFAULT_MAX_PROVIDERS,
         clock: Callable[[], datetime] | None = None,
+        notify_targets: Sequence[str] = (),
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
@@ -157,7 +158,8 @@ class Aggregator:
         uptime (``model_state_store``); every process publishes them as ``status``.
         ``max_providers``: named providers per model at most, the rest counted
         as ``other`` (``provider_cap``). ``clock`` gives each refresh's time
-        instead of the database's clock (a benchmark pins it)."""
+        instead of the database's clock (a benchmark pins it). ``notify_targets``: the
+        notification targets each incident open and close is queued for."""
         self._pool = pool
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
@@ -170,7 +172,9 @@ class Aggregator:
         if slo is not None:
             if probe_interval_s is None:
                 raise ValueError("status needs the probe schedule interval (probe_interval_s) with slo")
-            self._status = StatusTracker(slo, probe_interval_s, maintenance, refresh_s=interval_s)
+            self._status = StatusTracker(
+                slo, probe_interval_s, maintenance, refresh_s=interval_s, notify_targets=notify_targets
+            )
         self._max_providers = max_providers
         self._clock = clock
         self._sliding = SlidingWindows(self._windows, max_providers)

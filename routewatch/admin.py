@@ -55,6 +55,8 @@ _AT_START: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("api", lambda c: c.api),
     ("aggregator", lambda c: c.aggregator),
     ("storage", lambda c: c.storage),
+    # The targets' secrets are read from the environment at start, with the sender.
+    ("notifications", lambda c: c.notifications),
 )
 
 

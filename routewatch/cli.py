@@ -200,6 +200,20 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
     db.add_argument("--data-dir", type=Path, help="as for run")
 
+    grafana = sub.add_parser("grafana", help="publish dashboards, data sources and alert rules to Grafana")
+    grafana.add_argument("action", choices=["publish"], help="publish: upsert them (idempotent)")
+    grafana.add_argument("--url", required=True, help="Grafana's base URL; token from $ROUTEWATCH_GRAFANA_TOKEN")
+    grafana.add_argument("--diff", action="store_true", help="show what would change, change nothing")
+    grafana.add_argument("--dashboards", type=Path, default=Path("dashboards"), help="default: ./dashboards")
+    grafana.add_argument(
+        "--alerting",
+        type=Path,
+        default=Path("deploy/grafana/provisioning/alerting"),
+        help="Grafana alert provisioning files; default: ./deploy/grafana/provisioning/alerting",
+    )
+    grafana.add_argument("--prometheus-url", default="http://localhost:9090", help="as Grafana reaches Prometheus")
+    grafana.add_argument("--timescaledb", action="store_true", help="the database runs TimescaleDB")
+
     sim = sub.add_parser("simulate", help="run the router simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8400)
@@ -238,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             from routewatch.db_command import db_main
 
             return db_main(args.action, _data_dir(args.data_dir, settings), settings)
+        if args.command == "grafana":
+            from routewatch.grafana_command import PublishOptions, grafana_main
+
+            options = [args.url, args.diff, args.dashboards, args.alerting, args.prometheus_url, args.timescaledb]
+            return grafana_main(PublishOptions(*options), settings)
         path = _config_path(args.config, settings)
         config = _load(path)
         if args.command == "once":

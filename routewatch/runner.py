@@ -66,6 +66,8 @@ from routewatch.config import Config, StorageConfig
 from routewatch.config.durations import parse_duration
 from routewatch.config.settings import ENV_DATABASE_URL, ENV_ROUTER_URL, Settings, process_environment
 from routewatch.delivery.spooled import SpoolInUse
+from routewatch.notify.sender import OutboxSender, notification_session
+from routewatch.notify.targets import Target, resolve_targets
 from routewatch.parts import (
     Database,
     Startup,
@@ -113,6 +115,7 @@ STARTUP_STEPS = (
     "migrations",
     "housekeeping",
     "aggregator",
+    "notifications",
     "api",
     "spools",
     "prober workers",
@@ -169,6 +172,7 @@ def run(opts: RunOptions, settings: Settings) -> int:
             " `routewatch probe`; `routewatch run` stores into its own database"
         )
     ingest_tokens(opts.config, settings)  # every region's token set and usable, before anything starts
+    resolve_targets(opts.config.notifications.targets, settings.notify_secrets)  # likewise every target's
     database_url = settings.database_dsn()
     print(f"data directory: {opts.data_dir}  (--data-dir or ROUTEWATCH_DATA_DIR to change)", flush=True)
     local = None if database_url else embedded_postgres(opts.data_dir, settings)
@@ -249,7 +253,9 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
     """
     config = opts.config
     stop = asyncio.Event()
-    supervisor = Supervisor(stop, dsn_secrets(database.dsn))
+    targets = resolve_targets(config.notifications.targets, settings.notify_secrets)
+    secrets = [s for target in targets.values() for s in target.secrets()]
+    supervisor = Supervisor(stop, [*dsn_secrets(database.dsn), *secrets])
     workers: ProberWorkers | None = None
     async with Startup(supervisor, opts.fail_at, opts.fail_stopping) as stack:
         stack.enter_context(stop_on_signals(stop))
@@ -266,6 +272,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
             "housekeeping", _housekeeping(supervisor, pool, report.mode, partitions, config.storage, leadership)
         )
         aggregator = await stack.start("aggregator", _refreshing(_aggregator(config, pool, leadership), supervisor))
+        await stack.start("notifications", _notifications(config, targets, pool, leadership, supervisor))
         series, routers = _plan(config, settings, simulator.base_url if simulator else SIMULATOR_PENDING)
         # A reload is applied once the probes run (admin.attach); a router moved to the
         # simulator is rejected when this process did not start one.
@@ -394,6 +401,7 @@ def _aggregator(config: Config, pool: asyncpg.Pool, leadership: Leadership) -> A
         probe_interval_s=config.schedule.interval,
         maintenance=config.maintenance,
         max_providers=config.aggregator.max_providers_per_model,
+        notify_targets=[t.name for t in config.notifications.targets],
     )
 
 
@@ -403,6 +411,25 @@ async def _refreshing(aggregator: Aggregator, supervisor: Supervisor) -> AsyncIt
     await aggregator.refresh()
     async with supervisor.running("aggregator refresh", aggregator.run):
         yield aggregator
+
+
+def _notifications(
+    config: Config, targets: dict[str, Target], pool: asyncpg.Pool, leadership: Leadership, supervisor: Supervisor
+) -> AbstractAsyncContextManager[object]:
+    """The outbox sender (while this process leads), when notification targets are configured."""
+    if not targets:
+        return nullcontext()
+    return _sending(config, targets, pool, leadership, supervisor)
+
+
+@asynccontextmanager
+async def _sending(
+    config: Config, targets: dict[str, Target], pool: asyncpg.Pool, leadership: Leadership, supervisor: Supervisor
+) -> AsyncIterator[OutboxSender]:
+    async with notification_session() as session:
+        sender = OutboxSender(pool, targets, config.notifications, session, is_leader=lambda: leadership.is_leader)
+        async with supervisor.running("notification sender", sender.run):
+            yield sender
 
 
 @asynccontextmanager

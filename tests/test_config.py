@@ -198,7 +198,7 @@ OWN_SETTING = (
 
 BAD = {
     "bad-unknown-key": 'testdata/bad-unknown-key.yaml:9: probes: unknown field "probes" '
-    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, storage, maintenance, ingest)",
+    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, storage, maintenance, ingest, notifications)",
     "bad-unknown-nested-key": "testdata/bad-unknown-nested-key.yaml:10: timeouts.timeout: "
     'unknown field "timeout" (allowed: connect, headers, first_token, idle, total)',
     "bad-missing-routers": "testdata/bad-missing-routers.yaml:1: routers: required field is missing",

@@ -43,7 +43,10 @@ LABELS = [
     "0006_ingest_done",
     "0007_shard_leases",
     "0008_hist_changes",
+    "0010_notification_outbox",
 ]
+# The newest version (numbers may skip one that another branch adds).
+NEWEST = int(LABELS[-1][:4])
 SHARED_LABELS = {
     "0003_hist_rollup",
     "0004_stats_history",
@@ -51,6 +54,7 @@ SHARED_LABELS = {
     "0006_ingest_done",
     "0007_shard_leases",
     "0008_hist_changes",
+    "0010_notification_outbox",
 }  # one NNNN_name.sql for both modes
 
 
@@ -65,7 +69,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008 are shared files: plain tables in both modes.
+        # 0003 to 0008 and 0010 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -94,7 +98,7 @@ def test_load_migrations_rejects_a_bad_layout(tmp_path: Path, files: dict[str, s
 async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, mode: str) -> None:
     report = await migrate(conn, mode=mode)
 
-    assert (report.mode, report.version, report.applied) == (mode, len(LABELS), LABELS)
+    assert (report.mode, report.version, report.applied) == (mode, NEWEST, LABELS)
     assert await recorded_versions(conn) == [
         (1, "probe_results"),
         (2, "rollup_hourly"),
@@ -104,6 +108,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         (6, "ingest_done"),
         (7, "shard_leases"),
         (8, "hist_changes"),
+        (10, "notification_outbox"),
     ]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
@@ -176,7 +181,7 @@ async def test_rerun_applies_nothing(conn: asyncpg.Connection, mode: str) -> Non
 
     again = await migrate(conn, mode=mode)
 
-    assert (again.mode, again.version, again.applied) == (mode, len(LABELS), [])
+    assert (again.mode, again.version, again.applied) == (mode, NEWEST, [])
     assert await conn.fetch("SELECT * FROM schema_migrations ORDER BY version") == before
     # The session lock is released after each run.
     assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
@@ -188,7 +193,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
     try:
         reports = await asyncio.gather(*(migrate(c, mode=mode) for c in conns))
         assert {r.mode for r in reports} == {mode}
-        assert {r.version for r in reports} == {len(LABELS)}
+        assert {r.version for r in reports} == {NEWEST}
         # Exactly one of them did the work; the others waited and found nothing to do.
         assert sorted(len(r.applied) for r in reports) == [0, 0, len(LABELS)]
         assert await recorded_versions(conns[0]) == [
@@ -200,6 +205,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
             (6, "ingest_done"),
             (7, "shard_leases"),
             (8, "hist_changes"),
+            (10, "notification_outbox"),
         ]
     finally:
         for c in conns:
@@ -326,7 +332,7 @@ async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mod
 async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: str) -> None:
     assert await ensure_schema(conn) == db_mode
     assert await ensure_schema(conn) == db_mode
-    assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == len(LABELS)
+    assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == NEWEST
     if db_mode == "plain":
         today = partition_day(await conn.fetchval("SELECT now()"))
         expected = {partition_name(today + timedelta(days=n)) for n in range(-1, PARTITIONS_AHEAD_DAYS + 1)}

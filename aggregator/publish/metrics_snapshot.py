@@ -224,7 +224,8 @@ def render_stats(snapshot: Snapshot, export: MetricsExport = DEFAULT_EXPORT) -> 
 
 
 def render_states(status: StatusReport) -> bytes:
-    """``routewatch_model_state`` (1 for each model's state, 0 for the others) and ``routewatch_incidents_open``."""
+    """``routewatch_model_state`` (1 for each model's state, 0 for the others), ``routewatch_incidents_open``,
+    and the notification outbox: ``routewatch_notifications{state}`` and the oldest pending row's time."""
     out = [_header("routewatch_model_state", "Model status: 1 for the current state, 0 for the others")]
     for m in status.models:
         for state in State:
@@ -232,4 +233,23 @@ def render_states(status: StatusReport) -> bytes:
             out.append(f"routewatch_model_state{_labels(model=m.model, state=state.value)} {value}\n")
     out.append(_header("routewatch_incidents_open", "Incidents open now"))
     out.append(f"routewatch_incidents_open {_number(len(status.open))}\n")
+    counts = status.notifications
+    out.append(
+        _header(
+            "routewatch_notifications",
+            "Incident notifications in the outbox by state: pending (to be sent or retried), sent, dead (given up)",
+        )
+    )
+    for outbox_state, n in (("pending", counts.pending), ("sent", counts.sent), ("dead", counts.dead)):
+        out.append(f"routewatch_notifications{_labels(state=outbox_state)} {_number(n)}\n")
+    if counts.oldest_pending is not None:
+        out.append(
+            _header(
+                "routewatch_notification_oldest_pending_timestamp_seconds",
+                "When the oldest notification still pending was queued (Unix time)",
+            )
+        )
+        out.append(
+            f"routewatch_notification_oldest_pending_timestamp_seconds {_number(counts.oldest_pending.timestamp())}\n"
+        )
     return "".join(out).encode("utf-8")

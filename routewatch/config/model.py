@@ -662,6 +662,113 @@ class AggregatorConfig(_Section):
         return [min(self.windows, key=parse_duration)] if self.windows else []
 
 
+# Variables holding routewatch's own secrets: never sent to a notification target.
+_NOT_FOR_TARGETS = frozenset(
+    {"ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_ADMIN_TOKEN", "ROUTEWATCH_API_KEY", "ROUTEWATCH_GRAFANA_DB_URL"}
+)
+NOTIFY_KINDS = ("webhook", "slack", "pagerduty", "grafana")
+# Which *_env fields each kind needs, and which it may take.
+_KIND_NEEDS: dict[str, tuple[str, ...]] = {
+    "webhook": ("url_env",),
+    "slack": ("url_env",),
+    "pagerduty": ("routing_key_env",),
+    "grafana": ("url_env", "token_env"),
+}
+_KIND_MAY: dict[str, tuple[str, ...]] = {
+    "webhook": ("url_env", "secret_env"),
+    "slack": ("url_env",),
+    "pagerduty": ("routing_key_env", "url_env"),
+    "grafana": ("url_env", "token_env", "dashboard_uid"),
+}
+_KIND_ENV_HELP = {
+    "url_env": "the variable holding the URL to post to",
+    "secret_env": "the variable holding the HMAC-SHA256 signing secret",
+    "routing_key_env": "the variable holding the PagerDuty integration (routing) key",
+    "token_env": "the variable holding a Grafana service-account token",
+    "dashboard_uid": "the dashboard the annotations belong to",
+}
+
+
+def _target_env(value: str) -> str:
+    _env_name(value, "SLACK_WEBHOOK_URL", "URL or secret")
+    if value in _NOT_FOR_TARGETS:
+        raise ValueError(f"{value} holds one of routewatch's own secrets; it is never sent to a notification target")
+    return value
+
+
+TargetEnv = Annotated[str, AfterValidator(_target_env)]
+
+
+class NotificationTarget(_Section):
+    """Where incident opens and resolves are posted; every URL, key and token comes from the environment."""
+
+    name: Name = Field(description="label of the target in logs, /metrics and db status: letters, digits, _ . -")
+    kind: Literal["webhook", "slack", "pagerduty", "grafana"] = Field(
+        description="webhook (generic JSON, HMAC-signed with secret_env), slack (incoming webhook), "
+        "pagerduty (Events API v2) or grafana (annotations)"
+    )
+    url_env: TargetEnv | None = Field(
+        None,
+        description="variable holding the URL: the webhook's or Slack's; Grafana's base URL; "
+        "PagerDuty's events endpoint (optional, default https://events.pagerduty.com/v2/enqueue)",
+    )
+    secret_env: TargetEnv | None = Field(None, description="webhook: variable holding the HMAC-SHA256 secret")
+    routing_key_env: TargetEnv | None = Field(
+        None, description="pagerduty: variable holding the integration (routing) key"
+    )
+    token_env: TargetEnv | None = Field(None, description="grafana: variable holding a service-account token")
+    dashboard_uid: Annotated[str, AfterValidator(_name)] = Field(
+        "routewatch-model", description="grafana: the dashboard the annotations belong to; default routewatch-model"
+    )
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> NotificationTarget:
+        problems: list[tuple[Loc, str]] = [
+            ((field,), f"a {self.kind} target needs {field}: {_KIND_ENV_HELP[field]}")
+            for field in _KIND_NEEDS[self.kind]
+            if getattr(self, field) is None
+        ]
+        for field in ("url_env", "secret_env", "routing_key_env", "token_env"):
+            if getattr(self, field) is not None and field not in _KIND_MAY[self.kind]:
+                unsigned = field == "secret_env" and self.kind == "slack"
+                hint = " (Slack's incoming webhooks are not signed: the URL is the secret)" if unsigned else ""
+                problems.append(((field,), f"a {self.kind} target takes no {field}{hint}"))
+        if "dashboard_uid" in self.model_fields_set and self.kind != "grafana":
+            problems.append((("dashboard_uid",), f"a {self.kind} target takes no dashboard_uid"))
+        if problems:
+            raise _problems(problems)
+        return self
+
+    def env_names(self) -> list[str]:
+        """The environment variables this target reads."""
+        return [v for v in (self.url_env, self.secret_env, self.routing_key_env, self.token_env) if v is not None]
+
+
+class NotificationsConfig(_Section):
+    """Incident opens and resolves posted to webhooks, Slack, PagerDuty or Grafana, from a durable outbox."""
+
+    targets: list[NotificationTarget] = Field(default_factory=list, description="where to post; default none")
+    timeout: PositiveSeconds = Field(10.0, description="for one request, connecting included; default 10s")
+    max_attempts: int = Field(
+        12, ge=1, le=1000, description="attempts of one notification before it is given up (dead); default 12"
+    )
+    backoff_initial: PositiveSeconds = Field(2.0, description="wait after the first failed attempt; default 2s")
+    backoff_max: PositiveSeconds = Field(600.0, description="longest wait between two attempts; default 10m")
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, targets: list[NotificationTarget]) -> list[NotificationTarget]:
+        _unique_names([t.name for t in targets], "target")
+        return targets
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> NotificationsConfig:
+        if self.backoff_max < self.backoff_initial:
+            least = format_seconds(self.backoff_initial)
+            raise _problems([(("backoff_max",), f"must be at least backoff_initial ({least})")])
+        return self
+
+
 class StorageConfig(_Section):
     """How long results are kept, and the local spool's limit."""
 
@@ -693,6 +800,9 @@ class Config(_Section):
         None,
         description="push results to a central routewatch instead of writing to a database "
         "(`routewatch probe`); default none",
+    )
+    notifications: NotificationsConfig = Field(
+        default_factory=NotificationsConfig, description="where incident opens and resolves are posted; default none"
     )
 
     @field_validator("routers")

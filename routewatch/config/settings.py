@@ -36,6 +36,10 @@ ENV_ROUTER_URL = "ROUTEWATCH_ROUTER_URL"
 ENV_API_KEY = "ROUTEWATCH_API_KEY"
 ENV_PG_BIN = "ROUTEWATCH_PG_BIN"
 ENV_PG_USER = "ROUTEWATCH_PG_USER"
+ENV_GRAFANA_TOKEN = "ROUTEWATCH_GRAFANA_TOKEN"
+ENV_GRAFANA_DB_URL = "ROUTEWATCH_GRAFANA_DB_URL"
+# routewatch's own secrets: never handed to a router or a notification target by name.
+OWN_SECRETS = frozenset({ENV_DATABASE_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_GRAFANA_DB_URL})
 ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
 
 
@@ -52,7 +56,26 @@ def process_environment() -> dict[str, str]:
     return dict(os.environ)
 
 
-class RouterKeys(Mapping[str, str]):
+class NamedSecrets(Mapping[str, str]):
+    """Values of environment variables by name; the repr shows how many, never a value."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = MappingProxyType(dict(values))
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<{len(self._values)} variables, values hidden>)"
+
+
+class RouterKeys(NamedSecrets):
     """Router keys by variable name: the environment as read at start, less routewatch's own settings.
 
     ``ROUTEWATCH_API_KEY`` is the one setting that exists to hold a router's
@@ -65,19 +88,7 @@ class RouterKeys(Mapping[str, str]):
         keys = {name: value for name, value in environ.items() if not name.startswith(ENV_PREFIX)}
         if api_key is not None:
             keys[ENV_API_KEY] = api_key.get_secret_value()
-        self._keys = MappingProxyType(keys)
-
-    def __getitem__(self, name: str) -> str:
-        return self._keys[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __repr__(self) -> str:
-        return f"RouterKeys(<{len(self._keys)} variables, values hidden>)"
+        super().__init__(keys)
 
 
 class Settings(BaseSettings):
@@ -115,6 +126,16 @@ class Settings(BaseSettings):
         None,
         validation_alias=ENV_PG_USER,
         description="account the embedded PostgreSQL runs as when routewatch runs as root",
+    )
+    grafana_token: SecretStr | None = Field(
+        None,
+        validation_alias=ENV_GRAFANA_TOKEN,
+        description="service-account token of `routewatch grafana publish`",
+    )
+    grafana_db_url: SecretStr | None = Field(
+        None,
+        validation_alias=ENV_GRAFANA_DB_URL,
+        description="postgresql:// URL Grafana's PostgreSQL data source reaches the database with (a read-only role)",
     )
     xdg_data_home: Path | None = Field(
         None,
@@ -171,6 +192,12 @@ class Settings(BaseSettings):
     def router_keys(self) -> RouterKeys:
         """Where a router's ``api_key_env`` is looked up: the environment as read at start."""
         return RouterKeys(self._environ, self.api_key)
+
+    @property
+    def notify_secrets(self) -> NamedSecrets:
+        """Where a notification target's ``*_env`` names are looked up: the environment as
+        read at start, less routewatch's own secrets (database URL, admin token, router key)."""
+        return NamedSecrets({k: v for k, v in self._environ.items() if k not in OWN_SECRETS})
 
     def database_dsn(self) -> str | None:
         """The database URL in clear, for the one call that connects with it; never print it."""

@@ -90,6 +90,11 @@ def format_summary(config: Config, path: str | Path) -> str:
         lines.append(f"  ≤ {_usd(s.cost_per_day_usd)}/day (prices for {s.priced_models} of {s.models} models)")
     if s.note:
         lines.append(f"  {s.note}")
+    targets = config.notifications.targets
+    if targets:
+        # Names of variables only: their values are read when routewatch starts.
+        listed = ", ".join(f"{t.name} ({t.kind}: {', '.join(t.env_names())})" for t in targets)
+        lines.append(f"  incidents notified to {listed}")
     return "\n".join(lines)
 
 

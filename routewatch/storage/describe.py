@@ -11,7 +11,8 @@ from datetime import datetime
 
 from routewatch.storage.connection import Conn
 from routewatch.storage.migrate import recorded_mode, schema_version, timescaledb_version
-from routewatch.storage.tables import PROBE_RESULTS, PROBE_ROLLUP_HOURLY
+from routewatch.storage.outbox_queries import OutboxCounts, outbox_counts
+from routewatch.storage.tables import NOTIFICATION_OUTBOX, PROBE_RESULTS, PROBE_ROLLUP_HOURLY
 
 # Above this many rows (by the planner's estimate) the status shows the
 # estimate instead of running count(*), which reads the whole table: 90 days
@@ -59,6 +60,7 @@ class DbStatus:
     newest: datetime | None  # latest started_at stored
     rollup_rows: int | None  # rows in probe_rollup_hourly (exact)
     partitions: int | None  # daily partitions (plain) or chunks (TimescaleDB) of probe_results
+    notifications: OutboxCounts | None = None  # the notification outbox; None before its migration
 
     @property
     def partition_kind(self) -> str:
@@ -99,6 +101,9 @@ async def db_status(conn: Conn) -> DbStatus:
         rows, rows_source = await conn.fetchval(f"SELECT count(*) FROM {PROBE_RESULTS}"), "exact count"
     span = await conn.fetchrow(f"SELECT min(started_at) AS oldest, max(started_at) AS newest FROM {PROBE_RESULTS}")
     assert span is not None  # an aggregate without GROUP BY returns exactly one row
+    notifications = None
+    if await conn.fetchval("SELECT to_regclass($1)", NOTIFICATION_OUTBOX) is not None:
+        notifications = await outbox_counts(conn)
     rollup_rows = None
     if await conn.fetchval("SELECT to_regclass($1)", PROBE_ROLLUP_HOURLY) is not None:
         rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {PROBE_ROLLUP_HOURLY}")
@@ -115,6 +120,7 @@ async def db_status(conn: Conn) -> DbStatus:
         newest=span["newest"],
         rollup_rows=rollup_rows,
         partitions=partitions,
+        notifications=notifications,
     )
 
 
@@ -167,9 +173,18 @@ def format_status(status: DbStatus, spool_backlog: str | None = None) -> str:
             lines.append(f"compression:     {_bytes(c.before_bytes)} -> {_bytes(c.after_bytes)} ({c.ratio:.1f}x)")
     if status.rollup_rows is not None:
         lines.append(f"hourly rollup:   {status.rollup_rows:,} rows")
+    if status.notifications is not None:
+        lines.append(f"notifications:   {_notifications(status.notifications)}")
     if spool_backlog is not None:
         lines.append(f"spool backlog:   {spool_backlog}")
     return "\n".join(lines)
+
+
+def _notifications(counts: OutboxCounts) -> str:
+    text = f"{counts.pending:,} pending, {counts.sent:,} sent, {counts.dead:,} dead (given up)"
+    if counts.oldest_pending is not None:
+        text += f"; oldest pending queued {_when(counts.oldest_pending)}"
+    return text
 
 
 def _bytes(n: int | None) -> str:

@@ -31,6 +31,7 @@ from routewatch.storage.hist_queries import bump_hist_generation
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.tables import (
     INCIDENTS,
+    NOTIFICATION_OUTBOX,
     PROBE_HIST_HOURLY,
     PROBE_RESULTS,
     PROBE_ROLLUP_HOURLY,
@@ -216,6 +217,8 @@ async def apply_retention(
     oldest_day = partition_day(now) - timedelta(days=UPTIME_DAYS - 1)
     await conn.execute(f"DELETE FROM {UPTIME_DAILY} WHERE day < $1", oldest_day)
     await conn.execute(f'DELETE FROM {INCIDENTS} WHERE "end" < $1', horizon)
+    # Delivered and given-up notifications go with their incidents; pending ones stay.
+    await conn.execute(f"DELETE FROM {NOTIFICATION_OUTBOX} WHERE state <> 'pending' AND created_at < $1", horizon)
     if dropped:
         log.info(
             "retention: dropped %d %s of %s older than %s",

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from routewatch.storage.connection import Conn
+from routewatch.storage.outbox_queries import record_transitions
 from routewatch.storage.tables import INCIDENTS, MODEL_STATUS, PROBE_RESULTS, UPTIME_DAILY
 
 # One model's state, as save_model_state takes it.
@@ -102,14 +103,17 @@ async def save_model_state(
     statuses: Sequence[tuple[Any, ...]],
     incidents: Sequence[tuple[Any, ...]],
     uptime: Sequence[tuple[Any, ...]],
+    notify_targets: Sequence[str] = (),
 ) -> None:
     """In one transaction: upsert ``statuses`` (:data:`STATUS_COLUMNS`) and delete every
     other model's, upsert ``incidents`` (:data:`INCIDENT_COLUMNS`), add ``uptime``
-    (:data:`UPTIME_COLUMNS`) to the days' seconds."""
+    (:data:`UPTIME_COLUMNS`) to the days' seconds, and queue a notification to each
+    of ``notify_targets`` for every incident that opened or closed (``outbox_queries``)."""
     async with conn.transaction():
         await conn.executemany(_UPSERT_STATUS, statuses)
         # Models no longer configured nor probed are no longer published.
         await conn.execute(_DELETE_OTHER_STATUSES, [s[0] for s in statuses])
+        await record_transitions(conn, incidents, statuses, notify_targets)
         await conn.executemany(_UPSERT_INCIDENT, incidents)
         await conn.executemany(_ADD_UPTIME, uptime)
 

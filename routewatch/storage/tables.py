@@ -38,3 +38,7 @@ UPTIME_DAILY = "uptime_daily"
 # (region, shard) saying which of them probes the shard's series.
 SHARD_MEMBERS = "shard_members"
 SHARD_LEASES = "shard_leases"
+
+# Incident notifications waiting to be posted (or posted, or given up): one row
+# per (incident transition, target), written with the transition itself.
+NOTIFICATION_OUTBOX = "notification_outbox"
