@@ -9,7 +9,11 @@ import pytest
 
 REQUIRE_ENV = "ROUTEWATCH_REQUIRE_PROMETHEUS"
 # Debian names the Alertmanager binary prometheus-alertmanager.
-NAMES = {"promtool": ("promtool",), "prometheus": ("prometheus",), "alertmanager": ("prometheus-alertmanager", "alertmanager")}
+NAMES = {
+    "promtool": ("promtool",),
+    "prometheus": ("prometheus",),
+    "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+}
 
 
 def tool(name: str) -> str:

@@ -31,7 +31,9 @@ def test_committed_files_are_what_the_shipped_probes_yaml_renders() -> None:
     for relative, text in files.items():
         path = DEPLOY / relative
         assert path.is_file(), f"{path} is missing: run `routewatch alerts render --config probes.yaml --out deploy`"
-        assert path.read_text() == text, f"{path} is stale: run `routewatch alerts render --config probes.yaml --out deploy`"
+        assert path.read_text() == text, (
+            f"{path} is stale: run `routewatch alerts render --config probes.yaml --out deploy`"
+        )
     generated = {p.relative_to(DEPLOY).as_posix() for p in (DEPLOY / "prometheus").glob("routewatch-rules*")}
     assert generated == {k for k in files if k.startswith("prometheus/")}, "a rule or test file no longer generated"
 
@@ -64,7 +66,9 @@ def test_every_alert_has_routing_labels_and_a_link_to_the_drill_down() -> None:
         else:
             assert a["labels"]["region"] == "local" and "/d/routewatch-health" in url
     # The route inventory carries every configured model with its router and region.
-    inventory = [r["labels"] for g in rules["groups"] for r in g["rules"] if r.get("record") == "routewatch:configured_route"]
+    inventory = [
+        r["labels"] for g in rules["groups"] for r in g["rules"] if r.get("record") == "routewatch:configured_route"
+    ]
     config = load_config(str(SHIPPED))
     assert inventory == [{"router": r.name, "model": m, "region": "local"} for r in config.routers for m in r.models]
 
@@ -91,6 +95,12 @@ def test_no_window_pages_on_one_failure_or_on_thin_data_whatever_the_schedule() 
             # At least half the probes the schedule sends in each window (and slo.min_samples).
             expected_long = b.long_s / plan.interval_s * plan.probes_per_interval
             assert b.min_probes_long >= max(5, math.ceil(expected_long / 2)), (interval, b.name)
+            # ...and each window is expected to hold enough probes for its guards, or it could never fire.
+            expected_short = b.short_s / plan.interval_s * plan.probes_per_interval
+            assert expected_short >= b.min_probes_short and expected_short >= 2 * b.min_failures_short, (
+                interval,
+                b.name,
+            )
         # One failure never keeps a model down longer than the down alert's hold: up_after ok probes end it.
         assert plan.model_down_for_s > plan.up_after_s
 
@@ -99,8 +109,17 @@ def test_no_window_pages_on_one_failure_or_on_thin_data_whatever_the_schedule() 
 def test_the_shipped_numbers_are_the_documented_ones() -> None:
     plan = plan_alerts(load_config(str(SHIPPED)))
     got = [
-        (duration(b.long_s), duration(b.short_s), b.burn, b.severity, round(b.threshold, 4),
-         b.min_probes_long, b.min_failures_long, b.min_probes_short, b.min_failures_short)
+        (
+            duration(b.long_s),
+            duration(b.short_s),
+            b.burn,
+            b.severity,
+            round(b.threshold, 4),
+            b.min_probes_long,
+            b.min_failures_long,
+            b.min_probes_short,
+            b.min_failures_short,
+        )
         for b in plan.burns
     ]
     assert got == [
@@ -147,13 +166,20 @@ def test_grafana_provisioning_queries_the_datasource_variable_and_never_uses_dol
 
 
 @pytest.mark.unit
-def test_render_command_writes_the_files_and_refuses_a_bad_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_command_writes_the_files_and_refuses_a_bad_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    assert main(["alerts", "render", "--config", str(SHIPPED), "--out", str(out), "--grafana-url", "https://g.example/"]) == 0
+    assert (
+        main(["alerts", "render", "--config", str(SHIPPED), "--out", str(out), "--grafana-url", "https://g.example/"])
+        == 0
+    )
     assert (out / RULES_FILE).is_file() and (out / TESTS_FILE).is_file() and (out / GRAFANA_FILE).is_file()
     assert "https://g.example/d/routewatch-model?" in (out / RULES_FILE).read_text()
     assert str(out / RULES_FILE) in capsys.readouterr().out
-    assert main(["alerts", "render", "--config", str(SHIPPED), "--out", str(out), "--grafana-url", "https://u:p@g/"]) == 1
+    assert (
+        main(["alerts", "render", "--config", str(SHIPPED), "--out", str(out), "--grafana-url", "https://u:p@g/"]) == 1
+    )
     err = capsys.readouterr().err
     assert "must not carry credentials" in err and "u:p" not in err
     (tmp_path / "file").write_text("")

@@ -17,6 +17,10 @@ two probes is 50 %. Every window therefore also needs
   failed probes: never fewer than 2 nor than ``slo.down_after`` (what the
   model-state engine needs to call a model down), so a single failed probe
   can never page, whatever the ratio.
+
+A window too short to hold twice those numbers at the configured rate (a
+probe every 5 minutes leaves one in the workbook's 5-minute window) is
+stretched until it does, so that every alert can fire.
 """
 
 from __future__ import annotations
@@ -179,11 +183,15 @@ def _min_probes(window_s: float, plan_rate: float, min_samples: int) -> int:
 
 def _burn_alert(window: BurnWindow, config: Config, scale: float, per_s: float) -> BurnAlert:
     slo = config.slo
-    long_s, short_s = window.long_s / scale, window.short_s / scale
+    floor = max(2, slo.down_after)
+    # A window must be expected to hold twice the probes its guards ask for, or the alert could
+    # never fire: with a sparse schedule (a probe every 5 minutes) the short window is stretched.
+    shortest = 2 * max(floor, slo.min_samples) / per_s
+    short_s = max(window.short_s / scale, shortest)
+    long_s = max(window.long_s / scale, short_s)
     threshold = round(window.burn * slo.error_rate, 12)  # 6 x 0.05 is 0.30000000000000004 in binary
     n_long = _min_probes(long_s, per_s, slo.min_samples)
     n_short = _min_probes(short_s, per_s, slo.min_samples)
-    floor = max(2, slo.down_after)
     return BurnAlert(
         name=f"RoutewatchErrorBudgetBurn{_duration_name(window.long_s)}",
         long_s=long_s,
