@@ -128,9 +128,9 @@ def test_the_shipped_numbers_are_the_documented_ones() -> None:
         ("1d", "2h", 3.0, "ticket", 0.15, 1440, 216, 120, 18),
         ("3d", "6h", 1.0, "ticket", 0.05, 4320, 216, 360, 18),
     ]
-    assert duration(plan.model_down_for_s) == "1m35s"
+    assert duration(plan.model_down_for_s) == "1m40s"
     # From the first failed probe to the page, at 15 s scrapes and evaluations and a 30 s group_wait.
-    assert plan.model_down_promise_s() == pytest.approx(90 + 5 + 0.5 + 10 + 15 + 95 + 30 + 30)
+    assert plan.model_down_promise_s() == pytest.approx(90 + 10 + 0.5 + 10 + 15 + 100 + 30 + 30 + 1)
 
 
 @pytest.mark.unit

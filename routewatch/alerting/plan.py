@@ -79,6 +79,7 @@ class Deployment:
     evaluation_interval_s: float = 15.0
     group_wait_s: float = 30.0
     writer_flush_s: float = 0.5  # the batch writer's flush interval (storage's default)
+    delivery_s: float = 1.0  # Prometheus to Alertmanager to the receiver, over HTTP
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
@@ -135,7 +136,7 @@ class AlertPlan:
     writer_for_s: float
     scrape_for_s: float
     down_after: int
-    up_after_s: float  # up_after ok probes, interval apart, plus jitter
+    up_after_s: float  # up_after ok probes, interval apart, plus twice the jitter
     deployment: Deployment
 
     def model_down_promise_s(self) -> float:
@@ -143,27 +144,31 @@ class AlertPlan:
 
         For failures the router answers at once (an error status, a refused
         connection); a probe that hangs adds its timeout. The ``down_after``
-        failed probes (``interval`` apart, plus jitter), the writer's flush, a
-        refresh that turns the state to down, a scrape, the rule's hold plus
-        one evaluation to notice it, and Alertmanager's ``group_wait``.
+        failed probes (``interval`` apart, each moved by up to the jitter:
+        twice the jitter at worst), the writer's flush, a refresh that turns
+        the state to down, a scrape, an evaluation that sees it, the rule's
+        hold and the evaluation that ends it, Alertmanager's ``group_wait``,
+        and the two HTTP deliveries.
         """
         d = self.deployment
         return (
             self.down_after * self.interval_s
-            + self.jitter_s
+            + 2 * self.jitter_s
             + d.writer_flush_s
             + self.refresh_s
             + d.scrape_interval_s
             + self.model_down_for_s
             + 2 * d.evaluation_interval_s
             + d.group_wait_s
+            + d.delivery_s
         )
 
     def model_down_resolve_s(self) -> float:
         """Worst case from the first ok probe after an outage to the resolved notification.
 
-        ``up_after`` ok probes, flush, refresh, scrape, one evaluation, and
-        Alertmanager's ``group_interval`` (taken as ``group_wait``) for the resolved message.
+        ``up_after`` ok probes, flush, refresh, scrape, two evaluations,
+        Alertmanager's ``group_interval`` (taken as ``group_wait``) for the
+        resolved message, and the deliveries.
         """
         d = self.deployment
         return (
@@ -173,6 +178,7 @@ class AlertPlan:
             + d.scrape_interval_s
             + 2 * d.evaluation_interval_s
             + d.group_wait_s
+            + d.delivery_s
         )
 
 
@@ -240,7 +246,7 @@ def plan_alerts(config: Config, deployment: Deployment | None = None) -> AlertPl
         ttft_for_s=slo.window,
         # Longer than a model stays down after one failure when down_after is 1
         # (it comes back after up_after ok probes): one failure never pages.
-        model_down_for_s=(slo.up_after + 1) * interval + config.schedule.jitter,
+        model_down_for_s=(slo.up_after + 1) * interval + 2 * config.schedule.jitter,
         fresh_window_s=fresh,
         fresh_for_s=fresh,
         stale_refreshes=5,
@@ -254,6 +260,6 @@ def plan_alerts(config: Config, deployment: Deployment | None = None) -> AlertPl
         writer_for_s=300 / d.scale,
         scrape_for_s=120 / d.scale,
         down_after=slo.down_after,
-        up_after_s=slo.up_after * interval + config.schedule.jitter,
+        up_after_s=slo.up_after * interval + 2 * config.schedule.jitter,
         deployment=d,
     )
