@@ -23,6 +23,9 @@ BUILTINS = {
     "__range_ms": "300000",
     "__range": "5m",
 }
+# Grafana's prometheusSpecialRegexEscape: a regex metacharacter gets two backslashes, so that the
+# PromQL string literal holds one (a single one would be an invalid escape in PromQL).
+_REGEX_SPECIAL = re.compile(r"([$^*+?.()|\\{}\[\]])")
 _VAR = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)\]\]|\$(\w+)")
 
 
@@ -78,6 +81,6 @@ def substitute(expr: str, values: Mapping[str, list[str]]) -> str:
         chosen = values[name]
         if len(chosen) == 1:
             return chosen[0]
-        return "(" + "|".join(re.escape(v) for v in chosen) + ")"
+        return "(" + "|".join(_REGEX_SPECIAL.sub(r"\\\\\1", v) for v in chosen) + ")"
 
     return _VAR.sub(one, expr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 from pathlib import Path
 
@@ -73,20 +72,18 @@ def test_every_alert_has_routing_labels_and_a_link_to_the_drill_down() -> None:
     assert inventory == [{"router": r.name, "model": m, "region": "local"} for r in config.routers for m in r.models]
 
 
+def _variant(interval: str, extra_prompts: int, down_after: int) -> str:
+    """The shipped probes.yaml with another schedule, more prompts and another down_after."""
+    text = SHIPPED.read_text().replace("interval: 30s", f"interval: {interval}").replace("jitter: 5s", "jitter: 200ms")
+    text = text.replace("down_after: 3", f"down_after: {down_after}")
+    prompts = "".join(f"  - name: p{i}\n    messages: [{{role: user, content: hi}}]\n" for i in range(extra_prompts))
+    return text.replace("    min_output_tokens: 32       # ask", f"    min_output_tokens: 32\n{prompts}    # ask", 1)
+
+
 @pytest.mark.unit
 def test_no_window_pages_on_one_failure_or_on_thin_data_whatever_the_schedule() -> None:
-    base = SHIPPED.read_text()
     for interval, prompts_extra, down_after in (("30s", 0, 3), ("5s", 2, 1), ("5m", 0, 1), ("1h", 1, 1)):
-        text = re.sub(r"interval: 30s", f"interval: {interval}", base)
-        text = re.sub(r"jitter: 5s", "jitter: 1s", text)
-        text = re.sub(r"down_after: 3", f"down_after: {down_after}", text)
-        text = text.replace(
-            "    min_output_tokens: 32       # ask",
-            "    min_output_tokens: 32\n"
-            + "".join(f"  - name: p{i}\n    messages: [{{role: user, content: hi}}]\n" for i in range(prompts_extra))
-            + "    # ask",
-            1,
-        )
+        text = _variant(interval, prompts_extra, down_after)
         plan = plan_alerts(parse_config(text, "probes.yaml"))
         for b in plan.burns:
             # Two failures at least, in each window, whatever the ratio.
@@ -201,6 +198,27 @@ def test_promtool_accepts_the_shipped_rules_and_their_unit_tests_pass() -> None:
     result = _promtool("test", "rules", *tests, cwd=folder)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(tests)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize(
+    ("interval", "extra_prompts", "down_after", "scale"),
+    [("5m", 1, 1, 1.0), ("1s", 0, 3, 240.0)],
+    ids=["sparse: a probe every 5 minutes, 2 prompts, down_after 1", "the real-stack test's: 1 s, windows / 240"],
+)
+def test_the_generated_promtool_tests_pass_for_other_schedules(
+    tmp_path: Path, interval: str, extra_prompts: int, down_after: int, scale: float
+) -> None:
+    plan = plan_alerts(
+        parse_config(_variant(interval, extra_prompts, down_after), "probes.yaml"), Deployment(scale=scale)
+    )
+    names = []
+    for relative, text in render_files(plan).items():
+        if relative.startswith("prometheus/"):
+            (tmp_path / Path(relative).name).write_text(text)
+            names.append(Path(relative).name)
+    result = _promtool("test", "rules", *sorted(n for n in names if n.endswith(".test.yml")), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
 
 
 @pytest.mark.system
