@@ -13,11 +13,12 @@ NAMES = {
     "promtool": ("promtool",),
     "prometheus": ("prometheus",),
     "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+    "amtool": ("amtool",),
 }
 
 
 def tool(name: str) -> str:
-    """The path of ``name`` (promtool, prometheus, alertmanager); skips, or fails when required, without it."""
+    """The path of ``name`` (promtool, prometheus, alertmanager, amtool); skips, or fails when required, without it."""
     for candidate in NAMES[name]:
         path = shutil.which(candidate)
         if path:

@@ -235,3 +235,19 @@ def test_promtool_tests_fail_when_the_guards_are_removed(tmp_path: Path) -> None
     result = _promtool("test", "rules", "t.test.yml", cwd=tmp_path)
     assert result.returncode != 0
     assert "case/thin" in result.stdout + result.stderr
+
+
+@pytest.mark.system
+def test_the_example_prometheus_and_alertmanager_configurations_are_valid() -> None:
+    prometheus = _promtool("check", "config", "prometheus.yml", cwd=DEPLOY / "prometheus")
+    assert prometheus.returncode == 0, prometheus.stdout + prometheus.stderr
+    assert "1 rule files found" in prometheus.stdout  # the generated rules, next to it
+    alertmanager = subprocess.run(
+        [tool("amtool"), "check-config", "alertmanager.yml"],
+        cwd=DEPLOY / "alertmanager",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert alertmanager.returncode == 0, alertmanager.stdout + alertmanager.stderr
+    assert "2 inhibit rules" in alertmanager.stdout
