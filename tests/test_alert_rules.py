@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -221,20 +223,36 @@ def test_the_generated_promtool_tests_pass_for_other_schedules(
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
 
 
+def _without_burn_guards(rule: dict[str, Any]) -> None:
+    if rule.get("alert", "").startswith("RoutewatchErrorBudgetBurn"):
+        rule["expr"] = "\n  and ".join(t for t in rule["expr"].split("\n  and ") if "_ratio:" in t)
+
+
+def _short_model_down_hold(rule: dict[str, Any]) -> None:
+    if rule.get("alert") == "RoutewatchModelDown":
+        rule["for"] = "30s"
+
+
 @pytest.mark.system
-def test_promtool_tests_fail_when_the_guards_are_removed(tmp_path: Path) -> None:
-    """The unit tests can fail: without the minimum probe and failure counts, thin data or one failure pages."""
-    files = render_files(plan_alerts(load_config(str(SHIPPED)), Deployment()))
-    rules = yaml.safe_load(files[RULES_FILE].split("\n", 2)[2])
+@pytest.mark.parametrize(
+    ("mutate", "caught"),
+    [(_without_burn_guards, "case/thin"), (_short_model_down_hold, "RoutewatchModelDown: quiet on a blip")],
+    ids=["burn alerts without their minimum probes and failures", "model-down hold shorter than one failure lasts"],
+)
+def test_promtool_tests_fail_when_a_guard_is_removed(
+    tmp_path: Path, mutate: Callable[[dict[str, Any]], None], caught: str
+) -> None:
+    """The unit tests can fail: without its guard, thin data or one failure pages, and promtool says where."""
+    files = _shipped_files()
+    rules = yaml.safe_load(files[RULES_FILE])
     for group in rules["groups"]:
         for rule in group["rules"]:
-            if rule.get("alert", "").startswith("RoutewatchErrorBudgetBurn"):
-                rule["expr"] = "\n  and ".join(t for t in rule["expr"].split("\n  and ") if "_ratio:" in t)
+            mutate(rule)
     (tmp_path / "routewatch-rules.yml").write_text(yaml.safe_dump(rules))
     (tmp_path / "t.test.yml").write_text(files[TESTS_FILE])
     result = _promtool("test", "rules", "t.test.yml", cwd=tmp_path)
     assert result.returncode != 0
-    assert "case/thin" in result.stdout + result.stderr
+    assert caught in result.stdout + result.stderr
 
 
 @pytest.mark.system

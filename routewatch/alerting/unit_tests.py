@@ -139,6 +139,7 @@ class _Phases:
     ok: int
     bad: int
     thin: int
+    blip: int = 1
 
     def starts(self) -> dict[str, int]:
         """The first sample of each phase, and the end."""
@@ -153,7 +154,7 @@ class _Phases:
         """(phase, samples) in order."""
         return [
             ("ok1", self.ok),
-            ("blip", 1),
+            ("blip", self.blip),
             ("ok2", self.ok),
             ("thin", self.thin),
             ("ok3", self.ok),
@@ -175,7 +176,7 @@ def _phase_group(
         f"{alert.name}: quiet on a blip and on thin data, fires on a long bad spell, resolves",
         tuple(series),
         (
-            _Check(at["ok2"] + 1, alert.name, ()),
+            _Check(at["ok2"] - 1, alert.name, ()),  # the blip's last sample: still pending at most
             _Check(at["ok3"], alert.name, ()),
             _Check(at["ok4"] - 1, alert.name, (labels,)),
             _Check(at["end"] - 1, alert.name, ()),
@@ -184,9 +185,9 @@ def _phase_group(
     )
 
 
-def _phases(plan: AlertPlan, alert: Alert, thin: int = 0) -> _Phases:
+def _phases(plan: AlertPlan, alert: Alert, thin: int = 0, blip: int = 1) -> _Phases:
     step = plan.interval_s
-    return _Phases(ok=3, bad=_steps(alert.for_s, step) + 4, thin=thin)
+    return _Phases(ok=3, bad=_steps(alert.for_s, step) + 4, thin=thin, blip=blip)
 
 
 def test_files(plan: AlertPlan, alerts: Sequence[Alert]) -> list[TestFile]:
@@ -212,7 +213,8 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
     groups: list[_Group] = []
 
     down = by_name["RoutewatchModelDown"]
-    ph = _phases(plan, down, thin=3)
+    # One failed probe keeps a model down (with down_after 1) until up_after ok probes: the longest blip.
+    ph = _phases(plan, down, thin=3, blip=max(1, math.floor(plan.up_after_s / plan.interval_s)))
     groups.append(
         _phase_group(
             plan,
