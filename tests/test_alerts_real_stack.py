@@ -68,7 +68,7 @@ schedule: {{interval: 1s, jitter: 200ms, concurrency: 8}}
 timeouts: {{connect: 2s, headers: 3s, first_token: 3s, idle: 2s, total: 5s}}
 slo: {{down_after: 3, up_after: 2, window: 10s, min_samples: 3}}
 api: {{host: 127.0.0.1, port: {port}}}
-aggregator: {{refresh: 500ms, windows: [1h]}}
+aggregator: {{refresh: 500ms, windows: [1h], metrics: {{breakdowns: [provider, region]}}}}
 """
 
 
@@ -190,15 +190,18 @@ async def _variable_values(
         query = var.get("query")
         query = query.get("query", "") if isinstance(query, dict) else str(query or "")
         if kind == "query":
-            label = re.findall(r"(\w+)\s*\)\s*$", query)
-            if label:
-                async with session.get(f"{prometheus}/api/v1/label/{label[0]}/values") as resp:
-                    found = (await resp.json())["data"]
-                values[name] = found or ["none"]
+            # label_values(…, label) against Prometheus; a variable filled by SQL names a column that is
+            # also a label of routewatch's metrics (router, model, provider, region, window).
+            found_label = re.search(r"label_values\((?:.*,\s*)?(\w+)\s*\)", query)
+            label = found_label.group(1) if found_label else name
+            async with session.get(f"{prometheus}/api/v1/label/{label}/values") as resp:
+                values[name] = (await resp.json())["data"] or ["none"]
         elif kind in ("custom", "interval", "constant", "textbox"):
             current = var.get("current", {}).get("value")
             chosen = current if isinstance(current, list) else [current] if current else query.split(",")[:1]
             values[name] = [str(v).strip() for v in chosen if str(v) not in ("$__all", "All")] or ["1m"]
+        if name in values and not (var.get("multi") or var.get("includeAll")):
+            values[name] = values[name][:1]  # a single-value variable: Grafana sends the one selected
     return values
 
 
