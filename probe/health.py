@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -59,6 +59,9 @@ class ProberHealth:
     loop_lag_s: float | None  # the latest event-loop lag sample; None without a monitor or a sample
     loop_lag_max_s: float | None  # the worst sample of the last LAG_MAX_WINDOW_S
     tasks: int  # asyncio tasks alive in the prober's event loop (a leak shows as growth)
+    region: str = ""  # the prober's region, a label of the per-route counters
+    # (router, model) -> (probes, failed probes), overloaded ones left out
+    routes: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 def _seconds(ms: float | None) -> float | None:
@@ -90,6 +93,8 @@ def read_prober_health(prober: Prober, writer: SpooledDelivery, lag: LoopLagMoni
         loop_lag_s=_seconds(lag.latest_ms) if lag is not None else None,
         loop_lag_max_s=_seconds(lag.recent_max(LAG_MAX_WINDOW_S)) if lag is not None else None,
         tasks=len(asyncio.all_tasks()),
+        region=prober.region,
+        routes={route: (n, prober.route_failures[route]) for route, n in prober.route_attempts.items()},
     )
 
 
@@ -104,6 +109,7 @@ def prober_families(health: ProberHealth) -> Iterator[Metric]:
     for result in dict.fromkeys(("ok", *ERROR_CLASSES, *sorted(health.results))):
         results.add_metric([result], float(health.results.get(result, 0)))
     yield results
+    yield from _route_families(health)
     yield CounterMetricFamily(
         "routewatch_probes_overloaded",
         "Probes flagged prober_overloaded: the event loop lagged past its bound",
@@ -177,3 +183,22 @@ def prober_families(health: ProberHealth) -> Iterator[Metric]:
             f"The prober's worst event-loop lag over the last {LAG_MAX_WINDOW_S:g} s",
             value=health.loop_lag_max_s,
         )
+
+
+def _route_families(health: ProberHealth) -> Iterator[Metric]:
+    labels = ["router", "model", "region"]
+    attempts = CounterMetricFamily(
+        "routewatch_route_probes",
+        "Probes completed per (router, model) by this process, those flagged prober_overloaded left out",
+        labels=labels,
+    )
+    failures = CounterMetricFamily(
+        "routewatch_route_probe_failures",
+        "Failed probes per (router, model) by this process, those flagged prober_overloaded left out",
+        labels=labels,
+    )
+    for (router, model), (n, failed) in sorted(health.routes.items()):
+        attempts.add_metric([router, model, health.region], float(n))
+        failures.add_metric([router, model, health.region], float(failed))
+    yield attempts
+    yield failures

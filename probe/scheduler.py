@@ -105,6 +105,10 @@ class Prober:
         # loop lag flagged, since start: monotonic, so /metrics exports them as counters.
         self.results: Counter[str] = Counter()
         self.overloaded = 0
+        # Per (router, model): probes and failed probes, those flagged overloaded left out as the
+        # published error rate leaves them out. The alert rules' burn rates are computed from these.
+        self.route_attempts: Counter[tuple[str, str]] = Counter()
+        self.route_failures: Counter[tuple[str, str]] = Counter()
         self.closed = False  # set by close(): scheduled probes no longer start
 
     async def probe(self, series: Series) -> ProbeResult:
@@ -138,6 +142,10 @@ class Prober:
             self.completed += 1
             self.results["ok" if result.ok else result.error_class or "unknown"] += 1
             self.overloaded += result.prober_overloaded
+            if not result.prober_overloaded:
+                route = (result.router, result.model)
+                self.route_attempts[route] += 1
+                self.route_failures[route] += not result.ok
             if self._sink is not None:
                 # A finished measurement reaches the sink even when a shutdown cancels its probe now.
                 await asyncio.shield(self._sink(result))
@@ -172,6 +180,11 @@ class Prober:
     async def idle(self) -> None:
         """Return once no probe is in flight (at once if none is)."""
         await self._idle.wait()
+
+    @property
+    def region(self) -> str:
+        """The region stored with every result of this prober."""
+        return self._region
 
     @property
     def concurrency(self) -> int:

@@ -1,4 +1,4 @@
-"""The ``routewatch`` command: run, serve, probe, once, check-config, db, simulate."""
+"""The ``routewatch`` command: run, serve, probe, once, check-config, db, alerts, simulate."""
 
 from __future__ import annotations
 
@@ -214,6 +214,15 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     grafana.add_argument("--prometheus-url", default="http://localhost:9090", help="as Grafana reaches Prometheus")
     grafana.add_argument("--timescaledb", action="store_true", help="the database runs TimescaleDB")
 
+    alerts = sub.add_parser("alerts", help="Prometheus alert rules, their promtool tests, Grafana alert provisioning")
+    alerts.add_argument("action", choices=["render"], help="render: write the files for a probes.yaml")
+    alerts.add_argument("--config", help="as for run")
+    alerts.add_argument("--out", type=Path, required=True, help="directory to write prometheus/ and grafana/ under")
+    alerts.add_argument(
+        "--grafana-url", default="http://localhost:3000", help="Grafana's address, for the dashboard links"
+    )
+    alerts.add_argument("--job", default="routewatch", help="Prometheus's scrape job for routewatch")
+
     sim = sub.add_parser("simulate", help="run the router simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8400)
@@ -259,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             return grafana_main(PublishOptions(*options), settings)
         path = _config_path(args.config, settings)
         config = _load(path)
+        if args.command == "alerts":
+            from routewatch.alerts_command import render_alerts
+
+            return render_alerts(config, args.out, args.grafana_url, args.job)
         if args.command == "once":
             from routewatch.once import once
 

@@ -64,6 +64,8 @@ CONFIGURED = [("sim", p.model) for p in PROFILES] + [("sim", SILENT)]
 # Families that only a prober in the same process can fill.
 PROBER_FAMILIES = {
     "routewatch_probes",
+    "routewatch_route_probes",
+    "routewatch_route_probe_failures",
     "routewatch_probes_overloaded",
     "routewatch_probes_in_flight",
     "routewatch_probes_queued",
@@ -264,6 +266,13 @@ async def test_metrics_publish_the_snapshot_and_the_probers_health(
             for result in ("ok", *ERROR_CLASSES):
                 assert s.get("routewatch_probes_total", result=result) == outcomes.get(result, 0), result
             assert s.get("routewatch_probes_overloaded_total") == sum(r.prober_overloaded for r in results)
+            # Per route, the counters the alert rules' burn rates read.
+            for p in PROFILES:
+                mine = [r for r in results if r.model == p.model and not r.prober_overloaded]
+                labels = {"router": "sim", "model": p.model, "region": REGION}
+                assert s.get("routewatch_route_probes_total", **labels) == len(mine), p.model
+                assert s.get("routewatch_route_probe_failures_total", **labels) == sum(not r.ok for r in mine)
+            assert s.get("routewatch_route_probe_failures_total", router="sim", model="test/flaky", region=REGION)
             assert s.get("routewatch_probes_in_flight") == 0 and s.get("routewatch_probes_queued") == 0
             assert s.get("routewatch_probe_concurrency_limit") == 8
             assert s.get("routewatch_results_stored_total") == len(results)

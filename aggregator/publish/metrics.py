@@ -34,6 +34,9 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   ``routewatch_stats_refresh_duration_seconds`` (absent before the first refresh).
 * prober (absent, not 0, in ``routewatch serve``): the families of
   ``routewatch/probe/health.py`` (``routewatch_probes_total{result}``,
+  ``routewatch_route_probes_total{router, model, region}`` and
+  ``routewatch_route_probe_failures_total{router, model, region}`` (the alert
+  rules' burn rates; a route appears at its first probe, failures at 0),
   ``routewatch_event_loop_lag_max_seconds``, the writer's and the spool's, …).
   In ``routewatch run`` they come from its prober workers, each sample with a
   ``worker`` label, besides the workers' own (``routewatch_prober_workers``,
