@@ -1,0 +1,1 @@
+"""Grafana: routewatch's dashboards as code (``dashboards``), rendered to the JSON committed under ``dashboards/``."""
