@@ -42,12 +42,16 @@ def sql_queries(d: JSON) -> list[PanelQuery]:
             if t.get("datasource", {}).get("type") == POSTGRES_TYPE:
                 where = f"panel {panel['id']} {panel['title']!r} ({t['refId']})"
                 out.append(PanelQuery(uid, where, "panel", t["rawSql"], t["format"], panel["type"]))
-    for v in d.get("templating", {}).get("list", []):
-        if v.get("type") == "query" and v.get("datasource", {}).get("type") == POSTGRES_TYPE:
-            out.append(PanelQuery(uid, f"variable {v['name']}", "variable", v["query"], "table"))
-    for a in d.get("annotations", {}).get("list", []):
-        if a.get("datasource", {}).get("type") == POSTGRES_TYPE:
-            out.append(PanelQuery(uid, f"annotation {a['name']!r}", "annotation", a["target"]["rawSql"], "table"))
+    out += [
+        PanelQuery(uid, f"variable {v['name']}", "variable", v["query"], "table")
+        for v in d.get("templating", {}).get("list", [])
+        if v.get("type") == "query" and v.get("datasource", {}).get("type") == POSTGRES_TYPE
+    ]
+    out += [
+        PanelQuery(uid, f"annotation {a['name']!r}", "annotation", a["target"]["rawSql"], "table")
+        for a in d.get("annotations", {}).get("list", [])
+        if a.get("datasource", {}).get("type") == POSTGRES_TYPE
+    ]
     return out
 
 
