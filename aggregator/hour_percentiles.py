@@ -23,9 +23,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from routewatch.aggregator.provider_cap import provider_label
-from routewatch.aggregator.sketch import Histogram, bucket_values, quantile_table
+from routewatch.aggregator.sketch import MAX_INDEX, MIN_INDEX, Histogram, bucket_values, quantile_table
 
 if TYPE_CHECKING:
     from routewatch.aggregator.rollup import HourRow
@@ -81,15 +82,27 @@ def scope_keys(h: HourRow) -> list[PercentileKey]:
     ]
 
 
+# For every bucket index of the sketch, the TTFT cell its values fall in (by the bucket's
+# representative value): one lookup per histogram instead of a search.
+_CELL_OF_INDEX = np.searchsorted(_BOUNDS, bucket_values(np.arange(MIN_INDEX, MAX_INDEX + 1)), side="left")
+_CELLS = _BOUNDS.size + 1
+
+
 def ttft_counts(h: Histogram) -> list[int]:
     """How many values of ``h`` fall at or below each bound of :data:`TTFT_HEATMAP_BOUNDS_MS`
     (and above the previous one), then how many above the last: ``len(bounds) + 1`` cells."""
-    cells = np.zeros(_BOUNDS.size + 1, dtype=np.int64)
-    cells[0] += h.zeros
+    return [int(c) for c in _cells(h)]
+
+
+def _cells(h: Histogram) -> npt.NDArray[np.int64]:
+    cells = np.zeros(_CELLS, dtype=np.int64)
+    cells[0] = h.zeros
     if h.counts.size:
-        values = bucket_values(np.arange(h.offset, h.offset + h.counts.size, dtype=np.int64))
-        np.add.at(cells, np.searchsorted(_BOUNDS, values, side="left"), h.counts)
-    return [int(c) for c in cells]
+        at = h.offset - MIN_INDEX
+        cells += np.bincount(_CELL_OF_INDEX[at : at + h.counts.size], weights=h.counts, minlength=_CELLS).astype(
+            np.int64
+        )
+    return cells
 
 
 def percentile_rows(rows: Sequence[HourRow]) -> list[tuple[Any, ...]]:
@@ -97,43 +110,59 @@ def percentile_rows(rows: Sequence[HourRow]) -> list[tuple[Any, ...]]:
 
     ``rows`` must hold every hourly row of each (hour, router, model) it
     touches: a scope's record is computed from the rows given, and replaces
-    whatever the table held for that key.
+    whatever the table held for that key. A scope made of the very same rows
+    as another (a model served by one provider, probed from one region: the
+    common case, where all four scopes are one) is computed once.
     """
-    groups: dict[PercentileKey, list[HourRow]] = defaultdict(list)
-    for h in rows:
+    groups: dict[PercentileKey, list[int]] = defaultdict(list)
+    for i, h in enumerate(rows):
         for key in scope_keys(h):
-            groups[key].append(h)
-    keys = list(groups)
-    members = [groups[k] for k in keys]
+            groups[key].append(i)
+    unique: dict[tuple[int, ...], int] = {}
+    slot: dict[PercentileKey, int] = {}
+    for key, members in groups.items():
+        slot[key] = unique.setdefault(tuple(members), len(unique))
+    members = [[rows[i] for i in m] for m in unique]
     ttft = quantile_table([[h.ttft for h in g] for g in members], (0.5, 0.95, 0.99))
     ttfat = quantile_table([[h.ttfat for h in g] for g in members], (0.5, 0.95))
     tps = quantile_table([[h.tps for h in g] for g in members], (0.5,))
-    out = []
-    for i, (key, group) in enumerate(zip(keys, members, strict=True)):
-        errors: dict[str, int] = defaultdict(int)
-        for h in group:
-            for cls, n in h.errors.items():
-                errors[cls] += n
-        attempts = sum(h.attempts for h in group)
-        ok = sum(h.ok for h in group)
-        out.append(
-            (
-                *key,
-                attempts,
-                ok,
-                attempts - ok,
-                sum(h.rate_limited for h in group),
-                sum(h.overloaded for h in group),
-                json.dumps(dict(sorted(errors.items()))),
-                sum(h.input_tokens for h in group),
-                sum(h.output_tokens for h in group),
-                ttft.value(i, 0),
-                ttft.value(i, 1),
-                ttft.value(i, 2),
-                ttfat.value(i, 0),
-                ttfat.value(i, 1),
-                tps.value(i, 0),
-                ttft_counts(Histogram.merge_all(h.ttft for h in group)),
-            )
+    row_cells = np.stack([_cells(h.ttft) for h in rows]) if rows else np.zeros((0, _CELLS), dtype=np.int64)
+    records = [
+        (
+            *_counts(group),
+            ttft.value(g, 0),
+            ttft.value(g, 1),
+            ttft.value(g, 2),
+            ttfat.value(g, 0),
+            ttfat.value(g, 1),
+            tps.value(g, 0),
+            row_cells[list(ids)].sum(axis=0).tolist(),
         )
-    return out
+        for g, (ids, group) in enumerate(zip(unique, members, strict=True))
+    ]
+    return [(*key, *records[g]) for key, g in slot.items()]
+
+
+def _counts(group: Sequence[HourRow]) -> tuple[Any, ...]:
+    """(attempts, ok, failures, rate_limited, overloaded, errors as JSON, input tokens, output tokens) of ``group``."""
+    errors: dict[str, int] = defaultdict(int)
+    attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
+    for h in group:
+        for cls, n in h.errors.items():
+            errors[cls] += n
+        attempts += h.attempts
+        ok += h.ok
+        rate_limited += h.rate_limited
+        overloaded += h.overloaded
+        tokens_in += h.input_tokens
+        tokens_out += h.output_tokens
+    return (
+        attempts,
+        ok,
+        attempts - ok,
+        rate_limited,
+        overloaded,
+        json.dumps(dict(sorted(errors.items()))),
+        tokens_in,
+        tokens_out,
+    )

@@ -110,6 +110,13 @@ def fleet() -> Dashboard:
                 width=24,
                 height=10,
                 links=(Link("model", "Model drill-down", MODEL_LINK),),
+                column_units=(
+                    ("ttft_p50_ms", "ms"),
+                    ("ttft_p95_ms", "ms"),
+                    ("tps_p50", "suffix: tok/s"),
+                    ("error_rate", "percentunit"),
+                    ("attempts", "short"),
+                ),
             ),
             Panel(
                 "Models by state",
@@ -133,10 +140,11 @@ def fleet() -> Dashboard:
                 "Open incidents",
                 "What is broken now, since when, and which models it covers (suppressed: inside planned maintenance).",
                 "table",
-                "s",
+                "none",
                 (Sql(q.OPEN_INCIDENTS, "table"),),
                 width=8,
                 height=6,
+                column_units=(("open_for", "s"),),
             ),
             Panel(
                 "TTFT p95 per model",

@@ -102,6 +102,7 @@ class Panel:
     links: tuple[Link, ...] = ()
     decimals: int | None = None
     thresholds: tuple[tuple[float, str], ...] = ()  # (from value, colour) after the base green
+    column_units: tuple[tuple[str, str], ...] = ()  # (column, unit) where a table column differs from ``unit``
 
     def render(self, panel_id: int, x: int, y: int) -> JSON:
         """The panel's JSON at ``(x, y)`` with ``panel_id``."""
@@ -130,6 +131,9 @@ class Panel:
                 "properties": [{"id": "links", "value": [{"title": link.title, "url": link.url}]}],
             }
             for link in self.links
+        ] + [
+            {"matcher": {"id": "byName", "options": column}, "properties": [{"id": "unit", "value": unit}]}
+            for column, unit in self.column_units
         ]
         return {
             "datasource": _datasource(source),
