@@ -120,8 +120,8 @@ def percentile_rows(rows: Sequence[HourRow]) -> list[tuple[Any, ...]]:
             groups[key].append(i)
     unique: dict[tuple[int, ...], int] = {}
     slot: dict[PercentileKey, int] = {}
-    for key, members in groups.items():
-        slot[key] = unique.setdefault(tuple(members), len(unique))
+    for key, indices in groups.items():
+        slot[key] = unique.setdefault(tuple(indices), len(unique))
     members = [[rows[i] for i in m] for m in unique]
     ttft = quantile_table([[h.ttft for h in g] for g in members], (0.5, 0.95, 0.99))
     ttfat = quantile_table([[h.ttfat for h in g] for g in members], (0.5, 0.95))
