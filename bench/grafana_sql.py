@@ -15,6 +15,11 @@ over small tables (published figures, states, incidents) and the raw-row
 panels (served model, recent failures: the last 6 hours only) have no
 baseline. Each query: median of ``--repeat`` runs after one warm-up.
 
+Then what the table costs the leader: ``refresh_hist`` after one minute of
+new probes of every series (the steady state, the current hour nearly full),
+with the percentile rows written and, alternately in the same run, with that
+step switched off (``--refreshes`` runs each, median).
+
 ``--quick``: a probe every 10 min per series (~1M rows), 1 run per raw query.
 Full: every 60 s (~10M rows), 3 runs.
 """
@@ -34,10 +39,11 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from aggregate_data import load_hours, make_series
+from aggregate_data import add_arrivals, load_hours, make_series
 from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
 from machine import describe_machine, print_table, result_header, write_results
 
+from routewatch.aggregator import rollup
 from routewatch.aggregator.hour_percentiles import TTFT_HEATMAP_BOUNDS_MS
 from routewatch.grafana.dashboards import all_dashboards
 from routewatch.grafana.panel_queries import selections, sql_queries, variable_options
@@ -142,9 +148,43 @@ async def timed(conn: asyncpg.Connection, sql: str, repeat: int) -> tuple[float,
     return statistics.median(times), rows
 
 
-async def run(dsn: str, step_s: float, repeat: int, raw_repeat: int, log: Any) -> tuple[list[dict[str, Any]], int]:
-    """Load, then time every SQL panel query; returns (one dict per query, raw rows loaded)."""
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+async def refresh_cost(conn: asyncpg.Connection, end: datetime, runs: int, log: Any) -> dict[str, Any]:
+    """refresh_hist after a minute of arrivals, with and without the percentile rows, alternating."""
+    series = make_series(SERIES)
+    rng = np.random.default_rng(11)
+    keep, keep_write = rollup.percentile_rows, rollup.percentile_queries.replace_models
+
+    async def no_write(*args: Any) -> None:
+        return None
+
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for i in range(runs):
+        for variant in ("with", "without") if i % 2 == 0 else ("without", "with"):
+            await add_arrivals(conn, series, SERIES, end, 60.0, 60.0, rng)
+            if variant == "without":  # neither computed nor written
+                rollup.percentile_rows = lambda rows: []  # type: ignore[assignment]
+                rollup.percentile_queries.replace_models = no_write  # type: ignore[assignment]
+            try:
+                t0 = time.perf_counter()
+                await rollup.refresh_hist(conn, now=end)
+                times[variant].append((time.perf_counter() - t0) * 1000.0)
+            finally:
+                rollup.percentile_rows, rollup.percentile_queries.replace_models = keep, keep_write
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["runs"] = runs
+    out["with_over_without"] = out["with"] / out["without"]
+    log(
+        f"  refresh_hist after a minute of arrivals: {out['with']:.0f} ms with the percentiles, {out['without']:.0f} without"
+    )
+    return out
+
+
+async def run(
+    dsn: str, step_s: float, repeat: int, raw_repeat: int, refreshes: int, log: Any
+) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """Load, then time every SQL panel query and the refresh; returns (one dict per query, raw rows, refresh cost)."""
+    # Data ends 30 s before an hour turns: the current hour, what a refresh works on, is as full as it gets.
+    end = datetime.now(UTC).replace(minute=59, second=30, microsecond=0) - timedelta(hours=1)
     start = end - timedelta(days=DAYS)
     conn = await asyncpg.connect(dsn)
     try:
@@ -186,7 +226,7 @@ async def run(dsn: str, step_s: float, repeat: int, raw_repeat: int, log: Any) -
                     }
                 )
                 log(f"  {q.dashboard} {q.where}: {rollup_ms:.1f} ms" + (f", raw {raw_ms:.0f} ms" if raw_ms else ""))
-        return out, rows
+        return out, rows, await refresh_cost(conn, end, refreshes, log)
     finally:
         await conn.close()
 
@@ -210,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     step_s, repeat, raw_repeat = (600.0, 5, 1) if args.quick else (60.0, 7, 3)
     step_s = args.step_s or step_s
+    refreshes = 5 if args.quick else 9
     json_path: Path = args.json or (DEFAULT_JSON_QUICK if args.quick else DEFAULT_JSON)
 
     def log(msg: str) -> None:
@@ -220,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting PostgreSQL {pg.version} ({pg.bin_dir}) in {work}")
         pg.start()
         asyncio.run(create_database(pg.dsn, "grafana_bench"))
-        results, rows = asyncio.run(run(dsn_for(pg.dsn, "grafana_bench"), step_s, repeat, raw_repeat, log))
+        results, rows, refresh = asyncio.run(
+            run(dsn_for(pg.dsn, "grafana_bench"), step_s, repeat, raw_repeat, refreshes, log)
+        )
         version = pg.version
     machine["loadavg_end"] = list(os.getloadavg())
     lines = [["dashboard", "panel", "rows", "rollup ms", "raw ms", "raw / rollup"]]
@@ -241,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{SERIES:,} series x {DAYS} days = {rows:,} raw rows (PostgreSQL {version}, plain mode)."
         f" Range 7 days, interval 10 min, every variable on All. rollup: median of {repeat} runs; raw: median of"
         f" {raw_repeat}. raw / rollup: median {statistics.median(ratios):.0f}x, least {min(ratios):.0f}x."
+        f"\nrefresh_hist after a minute of new probes of every series: {refresh['with']:.0f} ms writing the"
+        f" percentile rows, {refresh['without']:.0f} ms without ({refresh['with_over_without']:.2f}x;"
+        f" median of {refreshes} each, alternating)."
     )
     result = result_header("grafana_sql", args.quick, machine)
     result.update(
@@ -258,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             "queries": results,
             "raw_over_rollup_median": statistics.median(ratios),
             "raw_over_rollup_min": min(ratios),
+            "refresh_ms": refresh,
         }
     )
     write_results(json_path, result)

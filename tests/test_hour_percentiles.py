@@ -17,10 +17,11 @@ from factories import probe_result
 from test_maintenance import make_results, store
 
 from routewatch.aggregator.hour_percentiles import TTFT_HEATMAP_BOUNDS_MS, ttft_counts
-from routewatch.aggregator.rollup import HOUR, floor_hour, refresh_hist, window_stats
+from routewatch.aggregator.rollup import HOUR, _hourly_rows, encode_row, floor_hour, refresh_hist, window_stats
 from routewatch.aggregator.sketch import Histogram
 from routewatch.results.probe_result import ProbeResult
-from routewatch.storage.migrate import migrate
+from routewatch.storage import hist_queries
+from routewatch.storage.migrate import load_migrations, migrate
 from routewatch.storage.percentile_queries import BACKFILL_KEY
 
 TABLE = "SELECT * FROM probe_percentiles_hourly ORDER BY bucket, router, model, scope, provider, region"
@@ -140,3 +141,33 @@ async def test_hours_stored_before_the_table_are_backfilled(conn: asyncpg.Connec
         refreshes += 1
         assert refreshes <= hours // 24 + 2
     assert await conn.fetch(TABLE) == expected
+
+
+@pytest.mark.db
+async def test_an_upgraded_database_gets_the_percentiles_of_its_old_hours(conn: asyncpg.Connection, mode: str) -> None:
+    migrations = load_migrations()
+    await migrate(conn, mode=mode, migrations=[m for m in migrations if m.version < 9])
+    now = await conn.fetchval("SELECT now()")
+    await store(conn, mode, make_results(now, n=800))
+    # What the rollup refresh of the previous version left: hourly rows, batches taken in, no percentiles.
+    raw = await hist_queries.raw_rows(conn, now - timedelta(days=11), now)
+    await hist_queries.copy_rows(conn, [encode_row(h) for h in _hourly_rows(raw)])
+    await conn.execute("UPDATE probe_ingest_log SET hist_done = true")
+
+    report = await migrate(conn, mode=mode)
+    assert [m.split("_", 1)[0] for m in report.applied] == ["0009"]
+    assert await conn.fetchval("SELECT to_regclass('probe_rollup_hourly')") is None
+    assert await conn.fetchval("SELECT value::timestamptz FROM routewatch_meta WHERE key = $1", BACKFILL_KEY) == (
+        await conn.fetchval("SELECT max(bucket) FROM probe_hist_hourly")
+    )
+    while await conn.fetchval("SELECT count(*) FROM routewatch_meta WHERE key = $1", BACKFILL_KEY):
+        await refresh_hist(conn, now=now)
+    backfilled = await conn.fetch(TABLE)
+
+    # The same as the refresh of this version computes from the same rows.
+    await conn.execute("DELETE FROM probe_percentiles_hourly")
+    await conn.execute("DELETE FROM probe_hist_hourly")
+    await conn.execute("UPDATE probe_ingest_log SET hist_done = false")
+    await refresh_hist(conn, now=now)
+    assert backfilled == await conn.fetch(TABLE)
+    assert len(backfilled) > 500

@@ -50,9 +50,9 @@ CREATE TABLE probe_percentiles_hourly (
     PRIMARY KEY (bucket, router, model, scope, provider, region)
 );
 
--- The dashboards ask for a scope over a time range, often of one model.
+-- The dashboards ask for a scope over a time range, often of one model; a
+-- range over every model (and retention) uses the primary key, bucket first.
 CREATE INDEX probe_percentiles_hourly_model ON probe_percentiles_hourly (scope, model, bucket);
-CREATE INDEX probe_percentiles_hourly_bucket ON probe_percentiles_hourly (bucket);
 
 -- The hours the rollup held before this table existed are filled by the
 -- refresh, newest first, a day per refresh: this key names the newest hour
