@@ -30,58 +30,43 @@ MODEL_LINK = (
 # PromQL label matchers of the variables (Prometheus formats multi-value selections as a regex).
 ROUTER_MODEL = 'router=~"$router", model=~"$model"'
 
-_SCOPE_OPTIONS = (
-    "SELECT DISTINCT {column} FROM probe_percentiles_hourly WHERE scope = '{scope}' AND $__timeFilter(bucket)"
-)
+
+def _scope_var(name: str, label: str, scope: str, description: str, where: str = "", multi: bool = True) -> Variable:
+    """A variable whose options are the values of column ``name`` in the hourly rows of ``scope`` over the range."""
+    query = (
+        f"SELECT DISTINCT {name} FROM probe_percentiles_hourly WHERE scope = '{scope}' AND $__timeFilter(bucket)"
+        f"{where} ORDER BY 1"
+    )
+    return Variable(name, label, "query", query, description, multi=multi, include_all=multi)
 
 
 def _router_var() -> Variable:
-    return Variable(
-        "router",
-        "Router",
-        "query",
-        _SCOPE_OPTIONS.format(column="router", scope="model") + " ORDER BY 1",
-        "Routers probed in the time range",
-        multi=True,
-        include_all=True,
-    )
+    return _scope_var("router", "Router", "model", "Routers probed in the time range")
 
 
 def _model_var(multi: bool = True) -> Variable:
-    return Variable(
+    return _scope_var(
         "model",
         "Model",
-        "query",
-        _SCOPE_OPTIONS.format(column="model", scope="model") + " AND router IN (${router:sqlstring}) ORDER BY 1",
+        "model",
         "Models of the chosen routers probed in the time range",
-        multi=multi,
-        include_all=multi,
+        " AND router IN (${router:sqlstring})",
+        multi,
     )
 
 
 def _provider_var() -> Variable:
-    return Variable(
+    return _scope_var(
         "provider",
         "Provider",
-        "query",
-        _SCOPE_OPTIONS.format(column="provider", scope="provider")
-        + " AND router IN (${router:sqlstring}) AND model IN (${model:sqlstring}) ORDER BY 1",
+        "provider",
         "Upstream providers the routers reported for the chosen models ('unknown': none named)",
-        multi=True,
-        include_all=True,
+        " AND router IN (${router:sqlstring}) AND model IN (${model:sqlstring})",
     )
 
 
 def _region_var() -> Variable:
-    return Variable(
-        "region",
-        "Region",
-        "query",
-        _SCOPE_OPTIONS.format(column="region", scope="region") + " ORDER BY 1",
-        "Regions of the probers that measured",
-        multi=True,
-        include_all=True,
-    )
+    return _scope_var("region", "Region", "region", "Regions of the probers that measured")
 
 
 def fleet() -> Dashboard:
@@ -420,6 +405,25 @@ def slo() -> Dashboard:
     )
 
 
+# Each routewatch process Prometheus scrapes (the health dashboard's "instance" variable).
+_PROCESS = 'instance=~"$instance"'
+
+
+def _gauge(metric: str, label: str = "") -> PromQL:
+    """A gauge per process, as reported."""
+    return PromQL(f"{metric}{{{_PROCESS}}}", "{{instance}}" + (f" {label}" if label else ""))
+
+
+def _increase(metric: str, label: str) -> PromQL:
+    """A counter's increase per process over Grafana's rate interval."""
+    return PromQL(f"increase({metric}{{{_PROCESS}}}[$__rate_interval])", f"{{{{instance}}}} {label}")
+
+
+def _live(title: str, description: str, unit: str, *queries: PromQL) -> Panel:
+    """A live time series panel over Prometheus."""
+    return Panel(title, description, "timeseries", unit, queries)
+
+
 def health() -> Dashboard:
     """Prober and aggregator health: throughput, saturation, lag, backlog, refreshes, leadership."""
     instance = Variable(
@@ -432,130 +436,96 @@ def health() -> Dashboard:
         include_all=True,
         on="prometheus",
     )
-    i = 'instance=~"$instance"'
     return Dashboard(
         HEALTH_UID,
         "routewatch: prober and aggregator health",
         "routewatch itself: is it probing, keeping up, storing, refreshing, and which process leads.",
         (*datasource_variables(), instance, _region_var()),
         (
-            Panel(
+            _live(
                 "Probes per second",
                 "Is each process probing at the rate its schedule asks? Completed probes per second by result.",
-                "timeseries",
                 "reqps",
-                (
-                    PromQL(
-                        f"sum by (instance, result) (rate(routewatch_probes_total{{{i}}}[$__rate_interval]))",
-                        "{{instance}} {{result}}",
-                    ),
+                PromQL(
+                    f"sum by (instance, result) (rate(routewatch_probes_total{{{_PROCESS}}}[$__rate_interval]))",
+                    "{{instance}} {{result}}",
                 ),
             ),
-            Panel(
+            _live(
                 "Probes in flight and queued",
                 "Is the prober saturated? Probes running, waiting for a slot, and the concurrency limit.",
-                "timeseries",
                 "short",
-                (
-                    PromQL(f"routewatch_probes_in_flight{{{i}}}", "{{instance}} in flight"),
-                    PromQL(f"routewatch_probes_queued{{{i}}}", "{{instance}} queued"),
-                    PromQL(f"routewatch_probe_concurrency_limit{{{i}}}", "{{instance}} limit"),
-                ),
+                _gauge("routewatch_probes_in_flight", "in flight"),
+                _gauge("routewatch_probes_queued", "queued"),
+                _gauge("routewatch_probe_concurrency_limit", "limit"),
             ),
-            Panel(
+            _live(
                 "Event loop lag",
                 "Are measurements trustworthy? Lag of the prober's event loop (timings are skewed by about this).",
-                "timeseries",
                 "s",
-                (
-                    PromQL(f"routewatch_event_loop_lag_seconds{{{i}}}", "{{instance}} now"),
-                    PromQL(f"routewatch_event_loop_lag_max_seconds{{{i}}}", "{{instance}} worst"),
-                ),
+                _gauge("routewatch_event_loop_lag_seconds", "now"),
+                _gauge("routewatch_event_loop_lag_max_seconds", "worst"),
             ),
-            Panel(
+            _live(
                 "Overloaded probes",
                 "How many probes were measured while the prober lagged (left out of the figures)?",
-                "timeseries",
                 "short",
-                (
-                    PromQL(
-                        f"sum by (instance) (increase(routewatch_probes_overloaded_total{{{i}}}[$__rate_interval]))",
-                        "{{instance}}",
-                    ),
-                ),
+                _increase("routewatch_probes_overloaded_total", "overloaded"),
             ),
-            Panel(
+            _live(
                 "Results waiting to be stored",
                 "Is the writer keeping up? Results accepted but not yet confirmed in the database.",
-                "timeseries",
                 "short",
-                (PromQL(f"routewatch_results_pending{{{i}}}", "{{instance}}"),),
+                _gauge("routewatch_results_pending"),
             ),
-            Panel(
+            _live(
                 "Spool on disk",
                 "Is a backlog building on disk (database unreachable or slow)? Bytes the result spool holds.",
-                "timeseries",
                 "bytes",
-                (PromQL(f"routewatch_spool_bytes{{{i}}}", "{{instance}}"),),
+                _gauge("routewatch_spool_bytes"),
             ),
-            Panel(
+            _live(
                 "Results stored, failed flushes, drops",
                 "Is data reaching the database, and is any lost? Stored per second; failed flushes and dropped, "
                 "rejected and unspooled results per interval.",
-                "timeseries",
                 "short",
-                (
-                    PromQL(f"rate(routewatch_results_stored_total{{{i}}}[$__rate_interval])", "{{instance}} stored/s"),
-                    PromQL(
-                        f"increase(routewatch_writer_failed_flushes_total{{{i}}}[$__rate_interval])",
-                        "{{instance}} failed flushes",
-                    ),
-                    PromQL(
-                        f"increase(routewatch_results_dropped_total{{{i}}}[$__rate_interval])", "{{instance}} dropped"
-                    ),
-                    PromQL(
-                        f"increase(routewatch_results_rejected_total{{{i}}}[$__rate_interval])", "{{instance}} rejected"
-                    ),
-                    PromQL(
-                        f"increase(routewatch_results_unspooled_total{{{i}}}[$__rate_interval])",
-                        "{{instance}} unspooled",
-                    ),
+                PromQL(
+                    f"rate(routewatch_results_stored_total{{{_PROCESS}}}[$__rate_interval])", "{{instance}} stored/s"
                 ),
+                _increase("routewatch_writer_failed_flushes_total", "failed flushes"),
+                _increase("routewatch_results_dropped_total", "dropped"),
+                _increase("routewatch_results_rejected_total", "rejected"),
+                _increase("routewatch_results_unspooled_total", "unspooled"),
             ),
             Panel(
                 "Database reachable",
                 "Can each process's writer reach the database right now (1) or not (0)?",
                 "stat",
                 "bool_yes_no",
-                (PromQL(f"routewatch_writer_database_up{{{i}}}", "{{instance}}", instant=True),),
+                (PromQL(f"routewatch_writer_database_up{{{_PROCESS}}}", "{{instance}}", instant=True),),
                 thresholds=((0.5, "green"),),
             ),
-            Panel(
+            _live(
                 "Stats age and refresh duration",
                 "Are the published figures fresh? Seconds since the last refresh, how long refreshes take, and "
                 "the interval they should keep.",
-                "timeseries",
                 "s",
-                (
-                    PromQL(f"routewatch_stats_age_seconds{{{i}}}", "{{instance}} age"),
-                    PromQL(f"routewatch_stats_refresh_duration_seconds{{{i}}}", "{{instance}} duration"),
-                    PromQL(f"routewatch_stats_refresh_interval_seconds{{{i}}}", "{{instance}} interval"),
-                ),
+                _gauge("routewatch_stats_age_seconds", "age"),
+                _gauge("routewatch_stats_refresh_duration_seconds", "duration"),
+                _gauge("routewatch_stats_refresh_interval_seconds", "interval"),
             ),
-            Panel(
+            _live(
                 "Refreshes per minute",
                 "Is the refresh loop running in each process?",
-                "timeseries",
                 "short",
-                (PromQL(f"60 * rate(routewatch_refreshes_total{{{i}}}[$__rate_interval])", "{{instance}}"),),
+                PromQL(f"60 * rate(routewatch_refreshes_total{{{_PROCESS}}}[$__rate_interval])", "{{instance}}"),
             ),
-            Panel(
+            _live(
                 "Leader",
                 "Which process leads (refreshes the rollups and decides states)? 1 for the leader; exactly one "
                 "process should show 1.",
-                "timeseries",
                 "none",
-                (PromQL(f'max by (instance) (routewatch_aggregator_role{{role="leader", {i}}})', "{{instance}}"),),
+                PromQL(f'max by (instance) (routewatch_aggregator_role{{role="leader", {_PROCESS}}})', "{{instance}}"),
             ),
             Panel(
                 "Probes stored per hour by region",
