@@ -31,8 +31,13 @@ Provider names come from the router, so their number is capped (see
 providers per (router, model) within the label horizon, the rest as
 ``other``; no provider is stored as ``''`` and published as ``unknown``.
 
-The SQL is in ``routewatch.storage.hist_queries`` and ``.ingest_log``; this
-module decodes their records into :class:`HourRow` and does the arithmetic.
+Every hour a refresh writes also gets its SQL-readable counts and
+percentiles (``probe_percentiles_hourly``, ``hour_percentiles``) replaced in
+the same transaction, so Grafana's SQL always reads what the histograms say.
+
+The SQL is in ``routewatch.storage.hist_queries``, ``.percentile_queries`` and
+``.ingest_log``; this module decodes their records into :class:`HourRow` and
+does the arithmetic.
 """
 
 from __future__ import annotations
