@@ -186,3 +186,10 @@ def test_variables_expand_as_grafanas_sql_data_sources() -> None:
     )
     with pytest.raises(KeyError, match="nope"):
         interpolate_variables("$nope", variables)
+
+
+def test_a_stat_or_gauge_over_a_sql_table_shows_each_row() -> None:
+    for d in committed().values():
+        for p in d["panels"]:
+            if p["type"] in ("stat", "bargauge") and p["targets"][0].get("format") == "table":
+                assert p["options"]["reduceOptions"]["values"] is True, p["title"]

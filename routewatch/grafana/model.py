@@ -141,14 +141,15 @@ class Panel:
             "fieldConfig": {"defaults": defaults, "overrides": overrides},
             "gridPos": {"h": self.height, "w": self.width, "x": x, "y": y},
             "id": panel_id,
-            "options": _options(self.kind),
+            "options": _options(self.kind, rows=all(isinstance(q, Sql) and q.format == "table" for q in self.queries)),
             "targets": [q.target(chr(ord("A") + i)) for i, q in enumerate(self.queries)],
             "title": self.title,
             "type": self.kind,
         }
 
 
-def _options(kind: PanelKind) -> JSON:
+def _options(kind: PanelKind, rows: bool = False) -> JSON:
+    """Panel options; ``rows``: a stat or bar gauge shows each row of a table (one per state, per model)."""
     if kind == "timeseries":
         return {"legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull", "max"]}}
     if kind == "table":
@@ -161,7 +162,7 @@ def _options(kind: PanelKind) -> JSON:
             "color": {"mode": "scheme", "scheme": "Oranges"},
             "cellGap": 1,
         }
-    return {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    return {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": rows}}
 
 
 @dataclass(frozen=True, slots=True)
