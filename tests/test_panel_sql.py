@@ -200,3 +200,26 @@ async def test_recent_failures_show_the_stored_detail_of_the_chosen_slice(
 
 async def _first_column(conn: asyncpg.Connection, sql: str) -> list[str]:
     return [str(r[0]) for r in await conn.fetch(sql)]
+
+
+async def test_the_budget_over_time_ends_where_the_budget_panel_stands(
+    seeded: tuple[asyncpg.Connection, datetime],
+) -> None:
+    """Over a range shorter than the SLO period, the running budget still counts from the period's start."""
+    conn, now = seeded
+    tr = TimeRange(now - timedelta(hours=24), now, timedelta(minutes=1))
+    slo = next(d.render() for d in all_dashboards() if d.uid == "routewatch-slo")
+    queries = {q.where.split("'")[1]: q for q in sql_queries(slo) if q.kind == "panel"}
+    options = await variable_options(slo, lambda s: _first_column(conn, s), tr)
+    chosen = selections(slo, options)["all"]
+    assert chosen["slo_period"].values == ("30d",)
+    budget = {
+        r["model"]: r["budget_remaining"]
+        for r in await conn.fetch(expand(queries["Error budget remaining"].sql, chosen, tr))
+    }
+    running = await conn.fetch(expand(queries["Error budget remaining over time"].sql, chosen, tr))
+    last = {r["metric"]: r["value"] for r in running}  # in time order: the last point of each line
+    assert last.keys() == budget.keys() and len(budget) == 6
+    for model, value in budget.items():
+        assert last[model] == pytest.approx(value), model
+    assert min(budget.values()) < 1 - 1e-9, "failures spent some budget"

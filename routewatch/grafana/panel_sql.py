@@ -192,12 +192,16 @@ GROUP BY router, model
 ORDER BY burn_1h DESC NULLS LAST, router, model
 """
 
+# The running sums start at the period's start even when the range starts later.
 BUDGET_OVER_TIME = f"""
-SELECT bucket AS "time", router || ' ' || model AS metric,
-       1 - (sum(failures) OVER w)::float8 / nullif(sum(attempts) OVER w, 0) / {_SLO} AS value
-FROM {P}
-WHERE scope = 'model' AND {ROUTERS} AND {MODELS} AND {_PERIOD} AND $__timeFilter(bucket)
-WINDOW w AS (PARTITION BY router, model ORDER BY bucket)
+SELECT "time", metric, value FROM (
+    SELECT bucket AS "time", router || ' ' || model AS metric,
+           1 - (sum(failures) OVER w)::float8 / nullif(sum(attempts) OVER w, 0) / {_SLO} AS value
+    FROM {P}
+    WHERE scope = 'model' AND {ROUTERS} AND {MODELS} AND {_PERIOD}
+    WINDOW w AS (PARTITION BY router, model ORDER BY bucket)
+) AS running
+WHERE $__timeFilter("time")
 ORDER BY 1, 2
 """
 
