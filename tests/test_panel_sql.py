@@ -223,3 +223,16 @@ async def test_the_budget_over_time_ends_where_the_budget_panel_stands(
     for model, value in budget.items():
         assert last[model] == pytest.approx(value), model
     assert min(budget.values()) < 1 - 1e-9, "failures spent some budget"
+
+
+async def test_the_fleet_table_is_the_catalog_as_last_published(seeded: tuple[asyncpg.Connection, datetime]) -> None:
+    conn, now = seeded
+    tr = TimeRange(now - timedelta(days=7), now, timedelta(minutes=10))
+    fleet = next(d.render() for d in all_dashboards() if d.uid == "routewatch-fleet")
+    table = next(q for q in sql_queries(fleet) if q.where.startswith("panel 1 "))
+    options = await variable_options(fleet, lambda s: _first_column(conn, s), tr)
+    assert options["window"] == ["1h", "24h", "7d"]
+    rows = await conn.fetch(expand(table.sql, selections(fleet, options)["all"], tr))
+    assert len(rows) == 6, "every (router, model) once"
+    assert {r["as_of"] for r in rows} == {now - timedelta(minutes=10)}, "the newest snapshot"
+    assert {r["model"]: r["state"] for r in rows} == {"m/a": "down", "m/b": "degraded", "m/c": "operational"}

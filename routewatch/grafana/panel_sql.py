@@ -68,17 +68,18 @@ ORDER BY 1, 2
 
 # -- fleet --------------------------------------------------------------------------------------------------------
 
+# The catalog as last published at or before the range's end: one snapshot holds every model.
 FLEET_TABLE = f"""
+WITH latest AS (
+    SELECT max(taken_at) AS taken_at FROM {STATS_HISTORY}
+    WHERE taken_at BETWEEN $__timeTo()::timestamptz - INTERVAL '1 day' AND $__timeTo()
+)
 SELECT s.router, s.model, coalesce(m.state, 'unknown') AS state, m.since AS state_since,
        s.ttft_p50_ms, s.ttft_p95_ms, s.tps_p50, s.error_rate, s.attempts, s.taken_at AS as_of
-FROM (
-    SELECT DISTINCT ON (router, model) *
-    FROM {STATS_HISTORY}
-    WHERE "window" = ${{window:sqlstring}} AND {ROUTERS} AND {MODELS}
-      AND taken_at BETWEEN $__timeTo()::timestamptz - INTERVAL '1 day' AND $__timeTo()
-    ORDER BY router, model, taken_at DESC
-) AS s
+FROM {STATS_HISTORY} AS s
+JOIN latest ON s.taken_at = latest.taken_at
 LEFT JOIN {MODEL_STATUS} AS m ON m.model = s.model
+WHERE s."window" = ${{window:sqlstring}} AND s.{ROUTERS} AND s.{MODELS}
 ORDER BY s.error_rate DESC NULLS LAST, s.router, s.model
 """
 
