@@ -31,8 +31,13 @@ Provider names come from the router, so their number is capped (see
 providers per (router, model) within the label horizon, the rest as
 ``other``; no provider is stored as ``''`` and published as ``unknown``.
 
-The SQL is in ``routewatch.storage.hist_queries`` and ``.ingest_log``; this
-module decodes their records into :class:`HourRow` and does the arithmetic.
+Every hour a refresh writes also gets its SQL-readable counts and
+percentiles (``probe_percentiles_hourly``, ``hour_percentiles``) replaced in
+the same transaction, so Grafana's SQL always reads what the histograms say.
+
+The SQL is in ``routewatch.storage.hist_queries``, ``.percentile_queries`` and
+``.ingest_log``; this module decodes their records into :class:`HourRow` and
+does the arithmetic.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from routewatch.aggregator.hour_percentiles import PERCENTILE_COLUMNS, percentile_rows
 from routewatch.aggregator.provider_cap import (
     DEFAULT_HORIZON_HOURS,
     DEFAULT_MAX_PROVIDERS,
@@ -64,7 +70,7 @@ from routewatch.aggregator.provider_cap import (
 )
 from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, grouped_histograms, quantile_table
 from routewatch.aggregator.stats import CellStats, WindowCounts
-from routewatch.storage import hist_queries, ingest_log
+from routewatch.storage import hist_queries, ingest_log, percentile_queries
 from routewatch.storage.clock import db_now
 from routewatch.storage.connection import Conn
 from routewatch.storage.housekeeping import DEFAULT_RETENTION
@@ -91,6 +97,10 @@ CHUNK_ROWS = 20_000
 # REPORT_HOURS hours' worth would have been.
 REPORT_HOURS = 6
 REPORT_ROWS = 5_000
+
+# Hours of percentiles a refresh backfills (rows stored before
+# probe_percentiles_hourly existed), newest first: a day's worth at a time.
+BACKFILL_HOURS = 24
 
 # ... and the batches it took in only up to this many: after an outage they
 # are about one per probe (a refresh usually takes in tens or hundreds).
@@ -292,6 +302,11 @@ async def _refresh(
     if changed:
         await hist_queries.delete_series(conn, current, [series_key(h)[1:] for h in changed])
     await hist_queries.copy_rows(conn, [encode_row(h) for h in changed])
+    # The percentiles of every model whose rows changed, from all its rows of the hour.
+    models = {(h.router, h.model) for h in changed}
+    model_rows = [h for h in now_rows if (h.router, h.model) in models]
+    await percentile_queries.replace_models(conn, current, models, percentile_rows(model_rows), PERCENTILE_COLUMNS)
+    await _backfill_percentiles(conn)
 
     await ingest_log.mark_taken(conn, now)
     return RefreshReport(
@@ -465,7 +480,25 @@ async def _write_hours(
         else:  # too many to report: the report says so instead
             done.replaced = done.written = None
     await hist_queries.copy_rows(conn, [encode_row(h) for h in rows])
+    await percentile_queries.replace_hours(conn, hours, percentile_rows(rows), PERCENTILE_COLUMNS)
     done.series_hours += len(rows)
+
+
+async def _backfill_percentiles(conn: Conn) -> None:
+    """Compute the percentiles of up to :data:`BACKFILL_HOURS` hours stored before their table existed.
+
+    Newest first, from the hourly rows as this transaction sees them (what
+    this refresh wrote included), so a backfilled hour agrees with its rows.
+    """
+    newest = await percentile_queries.backfill_cursor(conn)
+    if newest is None:
+        return
+    oldest = newest - (BACKFILL_HOURS - 1) * HOUR
+    rows = [decode_row(r) for r in await hist_queries.rows_between(conn, oldest, newest + HOUR)]
+    hours = [oldest + i * HOUR for i in range(BACKFILL_HOURS)]
+    await percentile_queries.replace_hours(conn, hours, percentile_rows(rows), PERCENTILE_COLUMNS)
+    next_hour = await percentile_queries.hist_hour_at_or_before(conn, oldest - HOUR)
+    await percentile_queries.set_backfill_cursor(conn, next_hour)
 
 
 async def _label_cap(

@@ -373,7 +373,7 @@ def _housekeeping(
     storage: StorageConfig,
     leadership: Leadership,
 ) -> AbstractAsyncContextManager[object]:
-    """Partitions, retention, compression and the hourly rollup, on the refresher's schedule."""
+    """Partitions, retention and compression, on the refresher's schedule."""
     return supervisor.running(
         "maintenance",
         partial(

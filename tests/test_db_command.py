@@ -36,7 +36,7 @@ def test_migrate_then_status(db_dsn: str, db_mode: str, tmp_path: Path) -> None:
     assert f"storage mode: {db_mode}" in first.stdout
     assert (
         "applied: 0001_probe_results, 0002_rollup_hourly, 0003_hist_rollup, 0004_stats_history, 0005_status, 0006_ingest_done,"
-        " 0007_shard_leases, 0008_hist_changes" in first.stdout
+        " 0007_shard_leases, 0008_hist_changes, 0009_hour_percentiles" in first.stdout
     )
     again = _cli(["db", "migrate"], db_dsn, tmp_path)
     assert "applied: nothing to apply" in again.stdout

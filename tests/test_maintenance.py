@@ -1,4 +1,4 @@
-"""Partitions, retention, compression, rollups and status against the real server.
+"""Partitions, retention, compression, the SQL-readable rollup and status against the real server.
 
 Each test seeds a few thousand probe results over ten days through the real
 writer path and checks maintenance in every storage mode the server offers.
@@ -7,6 +7,7 @@ writer path and checks maintenance in every storage mode the server offers.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from collections import Counter
@@ -19,6 +20,7 @@ import pytest
 from conftest import NO_TIMESCALEDB
 from factories import probe_result
 
+from routewatch.aggregator.rollup import refresh_hist
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage import describe as db_status_module
 from routewatch.storage.describe import db_status, format_status
@@ -30,7 +32,6 @@ from routewatch.storage.housekeeping import (
     ensure_partitions,
     partition_day,
     partition_name,
-    refresh_rollups,
     run_maintenance,
 )
 from routewatch.storage.migrate import load_migrations, migrate
@@ -95,45 +96,37 @@ async def seeded(conn: asyncpg.Connection, mode: str) -> Seeded:
     return Seeded(conn, mode, now, results)
 
 
-def expected_rollup(results: list[ProbeResult]) -> dict[tuple[Any, ...], dict[str, int]]:
-    """The hourly rollup computed here, independently of SQL."""
+def expected_rollup(results: list[ProbeResult]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """probe_percentiles_hourly's "series" rows computed here, independently of the refresh:
+    per hour, router, model, provider (as published) and region; prompts merged."""
     out: dict[tuple[Any, ...], Counter[str]] = {}
+    errors: dict[tuple[Any, ...], Counter[str]] = {}
     for r in results:
         bucket = r.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        c = out.setdefault((bucket, r.router, r.model, r.provider, r.region, r.prompt, r.methodology), Counter())
+        key = (bucket, r.router, r.model, r.provider or "unknown", r.region)
+        c = out.setdefault(key, Counter())
+        e = errors.setdefault(key, Counter())
         c["input_tokens"] += r.input_tokens or 0
         c["output_tokens"] += r.output_tokens or 0
         if r.prober_overloaded:
-            c["prober_overloaded"] += 1
+            c["overloaded"] += 1
             continue
         c["attempts"] += 1
-        error = r.error_class or ""
         if r.ok:
             c["ok"] += 1
-        elif error.startswith("timeout"):
-            c["timeouts"] += 1
-        elif error in ("http_429", "http_5xx"):
-            c[error] += 1
         else:
-            c["other_failures"] += 1
-    names = (
-        "attempts",
-        "ok",
-        "timeouts",
-        "http_429",
-        "http_5xx",
-        "other_failures",
-        "input_tokens",
-        "output_tokens",
-        "prober_overloaded",
-    )
-    return {key: {n: c[n] for n in names} for key, c in out.items()}
+            c["failures"] += 1
+            c["rate_limited"] += r.error_class == "http_429"
+            e[r.error_class or "unknown"] += 1
+    names = ("attempts", "ok", "failures", "rate_limited", "overloaded", "input_tokens", "output_tokens")
+    return {key: {**{n: c[n] for n in names}, "errors": dict(errors[key])} for key, c in out.items()}
 
 
-async def stored_rollup(conn: asyncpg.Connection) -> dict[tuple[Any, ...], dict[str, int]]:
-    rows = await conn.fetch("SELECT * FROM probe_rollup_hourly")
-    keys = ("bucket", "router", "model", "provider", "region", "prompt", "methodology")
-    return {tuple(r[k] for k in keys): {k: v for k, v in r.items() if k not in keys} for r in rows}
+async def stored_rollup(conn: asyncpg.Connection) -> dict[tuple[Any, ...], dict[str, Any]]:
+    rows = await conn.fetch("SELECT * FROM probe_percentiles_hourly WHERE scope = 'series'")
+    keys = ("bucket", "router", "model", "provider", "region")
+    names = ("attempts", "ok", "failures", "rate_limited", "overloaded", "input_tokens", "output_tokens")
+    return {tuple(r[k] for k in keys): {**{n: r[n] for n in names}, "errors": json.loads(r["errors"])} for r in rows}
 
 
 def kept_after_retention(results: list[ProbeResult], horizon: datetime) -> list[ProbeResult]:
@@ -227,19 +220,15 @@ async def test_retention_drops_whole_old_days_and_keeps_the_rest(seeded: Seeded)
         assert not {partition_name(d) for d in old_days} & await partition_names(conn)
 
 
-# -- rollups -------------------------------------------------------------------
+# -- the SQL-readable rollup ----------------------------------------------------
 
 
-async def test_refreshed_rollup_matches_the_raw_rows(seeded: Seeded) -> None:
+async def test_refreshed_percentiles_match_the_raw_rows(seeded: Seeded) -> None:
     conn, mode, now = seeded.conn, seeded.mode, seeded.now
-    window = await refresh_rollups(conn, mode, now - timedelta(days=DAYS + 1), now)
-    assert window is not None
-    lo, hi = window
-    assert lo.minute == lo.second == lo.microsecond == 0 and hi.minute == hi.second == 0
-    assert lo <= now - timedelta(days=DAYS + 1) < lo + timedelta(hours=1) and hi >= now
+    await refresh_hist(conn, now=now)
     assert await stored_rollup(conn) == expected_rollup(seeded.results)
 
-    # Against a direct GROUP BY over the raw rows, too.
+    # The whole model, against a direct GROUP BY over the raw rows.
     direct = await conn.fetch(
         "SELECT count(*) FILTER (WHERE NOT prober_overloaded) AS attempts,"
         " count(*) FILTER (WHERE ok AND NOT prober_overloaded) AS ok,"
@@ -247,49 +236,36 @@ async def test_refreshed_rollup_matches_the_raw_rows(seeded: Seeded) -> None:
         " FROM probe_results GROUP BY date_trunc('hour', started_at AT TIME ZONE 'UTC'), router, model"
         " ORDER BY 1, 2, 3, 4"
     )
-    grouped = await conn.fetch(
-        "SELECT sum(attempts) AS attempts, sum(ok) AS ok, sum(prober_overloaded) AS overloaded,"
-        " sum(output_tokens) AS out FROM probe_rollup_hourly GROUP BY bucket, router, model ORDER BY 1, 2, 3, 4"
+    whole = await conn.fetch(
+        "SELECT attempts, ok, overloaded, output_tokens AS out FROM probe_percentiles_hourly"
+        " WHERE scope = 'model' ORDER BY 1, 2, 3, 4"
     )
-    assert [tuple(r) for r in grouped] == [tuple(r) for r in direct]
+    assert [tuple(r) for r in whole] == [tuple(r) for r in direct]
+    # Every scope counts every probe once.
+    per_scope = await conn.fetch(
+        "SELECT scope, sum(attempts + overloaded) AS n FROM probe_percentiles_hourly GROUP BY 1"
+    )
+    assert {r["scope"]: r["n"] for r in per_scope} == dict.fromkeys(
+        ("series", "provider", "region", "model"), len(seeded.results)
+    )
 
     # Late rows in an old hour (a spool replay) are picked up by the next refresh.
     late = make_results(now, n=50, seed=8)
     assert await store(conn, mode, late) == 50
-    await refresh_rollups(conn, mode, now - timedelta(days=DAYS + 1), now)
+    await refresh_hist(conn, now=now)
     assert await stored_rollup(conn) == expected_rollup(seeded.results + late)
 
 
-async def test_refresh_never_reaches_into_data_dropped_by_retention(seeded: Seeded) -> None:
+async def test_retention_cuts_both_hourly_rollups_at_the_same_hour(seeded: Seeded) -> None:
     conn, mode, now = seeded.conn, seeded.mode, seeded.now
-    everything = expected_rollup(seeded.results)
-    await refresh_rollups(conn, mode, now - timedelta(days=DAYS + 1), now)
-    retention = timedelta(days=5)
-    # Raw rows go after 5 days; the rollup is kept for 30.
-    assert await apply_retention(conn, mode, retention, rollup_retention=timedelta(days=30), now=now) > 0
-    assert await conn.fetchval("SELECT count(*) FROM probe_results") < len(seeded.results)
-
-    # A refresh over the whole old window is clamped to after the horizon ...
-    window = await refresh_rollups(conn, mode, now - timedelta(days=DAYS + 1), now, retention, now=now)
-    # ... so the buckets whose raw rows are gone are still there, unchanged.
-    assert await stored_rollup(conn) == everything
-    assert window is not None and window[0] > now - retention
-
-    # Without the clamp (a retention that claims everything is still there),
-    # the refresh recomputes the old buckets from nothing and they vanish: the
-    # pitfall the clamp exists for.
-    await refresh_rollups(conn, mode, now - timedelta(days=DAYS + 1), now, timedelta(days=365), now=now)
-    assert len(await stored_rollup(conn)) < len(everything)
-
-
-# Plain mode only: TimescaleDB drops whole aggregate chunks, so its retention is not bucket-exact.
-@pytest.mark.parametrize("mode", ["plain"])
-async def test_plain_rollup_retention_deletes_old_buckets(seeded: Seeded) -> None:
-    conn, now = seeded.conn, seeded.now
-    await refresh_rollups(conn, "plain", now - timedelta(days=DAYS + 1), now)
-    await apply_retention(conn, "plain", timedelta(days=5), rollup_retention=timedelta(days=3), now=now)
-    oldest = await conn.fetchval("SELECT min(bucket) FROM probe_rollup_hourly")
-    assert now - timedelta(days=3) <= oldest < now - timedelta(days=3) + timedelta(hours=1)
+    await refresh_hist(conn, now=now)
+    await apply_retention(conn, mode, timedelta(days=5), rollup_retention=timedelta(days=3), now=now)
+    hist_hours = await conn.fetchval("SELECT array_agg(DISTINCT bucket ORDER BY bucket) FROM probe_hist_hourly")
+    percentile_hours = await conn.fetchval(
+        "SELECT array_agg(DISTINCT bucket ORDER BY bucket) FROM probe_percentiles_hourly"
+    )
+    assert hist_hours == percentile_hours
+    assert now - timedelta(days=3) <= percentile_hours[0] < now - timedelta(days=3) + timedelta(hours=1)
 
 
 # -- compression ---------------------------------------------------------------
@@ -330,8 +306,8 @@ async def test_compression_keeps_data_readable(seeded: Seeded) -> None:
     assert await write_batch(conn, [_result(oldest.started_at)]) == 1
 
     # The rollup refreshes over compressed chunks just the same.
-    await refresh_rollups(conn, mode, now - timedelta(days=DAYS + 1), now)
-    total = await conn.fetchval("SELECT sum(attempts + prober_overloaded) FROM probe_rollup_hourly")
+    await refresh_hist(conn, now=now)
+    total = await conn.fetchval("SELECT sum(attempts + overloaded) FROM probe_percentiles_hourly WHERE scope = 'model'")
     assert total == len(seeded.results) + 1
 
 
@@ -369,7 +345,7 @@ async def test_db_status_before_migration(conn: asyncpg.Connection) -> None:
 
 async def test_db_status_numbers_match(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
     conn, mode, now = seeded.conn, seeded.mode, seeded.now
-    await refresh_rollups(conn, mode, now - timedelta(days=DAYS + 1), now)
+    await refresh_hist(conn, now=now)
     days = {partition_day(r.started_at) for r in seeded.results}
 
     status = await db_status(conn)
@@ -379,7 +355,10 @@ async def test_db_status_numbers_match(seeded: Seeded, monkeypatch: pytest.Monke
     assert (status.rows, status.rows_source) == (len(seeded.results), "exact count")
     assert status.oldest == min(r.started_at for r in seeded.results)
     assert status.newest == max(r.started_at for r in seeded.results)
-    assert status.rollup_rows == len(expected_rollup(seeded.results))
+    series = expected_rollup(seeded.results)
+    scopes = [{(k[0], k[1], k[2], k[3]) for k in series}, {(k[0], k[1], k[2], k[4]) for k in series}]
+    models = {k[:3] for k in series}
+    assert status.rollup_rows == len(series) + sum(map(len, scopes)) + len(models)
     assert status.partitions == len(days)
     assert status.size_bytes is not None and status.size_bytes > 100_000
     if mode == "plain":

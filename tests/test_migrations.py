@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from factories import probe_result
 
+from routewatch.aggregator.hour_percentiles import PERCENTILE_COLUMNS
 from routewatch.results.probe_result import COLUMNS
 from routewatch.storage.housekeeping import (
     CHUNK_INTERVAL,
@@ -43,6 +44,7 @@ LABELS = [
     "0006_ingest_done",
     "0007_shard_leases",
     "0008_hist_changes",
+    "0009_hour_percentiles",
     "0010_notification_outbox",
 ]
 # The newest version (numbers may skip one that another branch adds).
@@ -108,6 +110,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         (6, "ingest_done"),
         (7, "shard_leases"),
         (8, "hist_changes"),
+        (9, "hour_percentiles"),
         (10, "notification_outbox"),
     ]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
@@ -116,28 +119,14 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         " AND NOT attisdropped ORDER BY attnum"
     )
     assert tuple(c["attname"] for c in columns) == COLUMNS
-    rollup_columns = await conn.fetch(
-        "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_rollup_hourly'::regclass AND attnum > 0"
+    # 0009 retired the counts rollup of 0002 and made the SQL-readable percentiles.
+    assert await conn.fetchval("SELECT to_regclass('probe_rollup_hourly')") is None
+    assert await conn.fetchval("SELECT to_regproc('probe_rollup_hourly_compute')") is None
+    percentile_columns = await conn.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_percentiles_hourly'::regclass AND attnum > 0"
         " AND NOT attisdropped ORDER BY attnum"
     )
-    assert [c["attname"] for c in rollup_columns] == [
-        "bucket",
-        "router",
-        "model",
-        "provider",
-        "region",
-        "prompt",
-        "methodology",
-        "attempts",
-        "ok",
-        "timeouts",
-        "http_429",
-        "http_5xx",
-        "other_failures",
-        "input_tokens",
-        "output_tokens",
-        "prober_overloaded",
-    ]
+    assert tuple(c["attname"] for c in percentile_columns) == PERCENTILE_COLUMNS
     indexes = {
         r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'probe_results'")
     }
@@ -157,11 +146,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         )
         assert settings["segmentby"] == "model"
         assert settings["orderby"].startswith("started_at DESC")
-        cagg = await conn.fetchrow(
-            "SELECT materialized_only FROM timescaledb_information.continuous_aggregates"
-            " WHERE view_name = 'probe_rollup_hourly'"
-        )
-        assert cagg is not None and cagg["materialized_only"]
+        assert await conn.fetchval("SELECT count(*) FROM timescaledb_information.continuous_aggregates") == 0
         # routewatch runs refresh, retention and compression itself: no policies.
         assert (
             await conn.fetchval("SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL")
@@ -170,7 +155,6 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
     else:
         assert report.timescaledb_version is None
         assert await conn.fetchval("SELECT relkind FROM pg_class WHERE relname = 'probe_results'") == b"p"
-        assert await conn.fetchval("SELECT relkind FROM pg_class WHERE relname = 'probe_rollup_hourly'") == b"r"
         assert "probe_results_started_at" in indexes
 
 
@@ -205,6 +189,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
             (6, "ingest_done"),
             (7, "shard_leases"),
             (8, "hist_changes"),
+            (9, "hour_percentiles"),
             (10, "notification_outbox"),
         ]
     finally:

@@ -1,5 +1,4 @@
-"""Grafana: publishing dashboards, data sources and alert rules to a Grafana server.
-
-:mod:`~routewatch.grafana.publish` is ``routewatch grafana publish``; it needs
-the extra ``routewatch[grafana]`` (grafana-client).
+"""Grafana: routewatch's dashboards as code (``dashboards``), rendered to the JSON committed
+under ``dashboards/``, and publishing them, the data sources and the alert rules to a Grafana
+server (``publish``: ``routewatch grafana publish``, which needs the extra ``routewatch[grafana]``).
 """

@@ -12,7 +12,7 @@ from datetime import datetime
 from routewatch.storage.connection import Conn
 from routewatch.storage.migrate import recorded_mode, schema_version, timescaledb_version
 from routewatch.storage.outbox_queries import OutboxCounts, outbox_counts
-from routewatch.storage.tables import NOTIFICATION_OUTBOX, PROBE_RESULTS, PROBE_ROLLUP_HOURLY
+from routewatch.storage.tables import NOTIFICATION_OUTBOX, PROBE_PERCENTILES_HOURLY, PROBE_RESULTS
 
 # Above this many rows (by the planner's estimate) the status shows the
 # estimate instead of running count(*), which reads the whole table: 90 days
@@ -58,7 +58,7 @@ class DbStatus:
     compression: CompressionStats | None  # TimescaleDB only
     oldest: datetime | None  # earliest started_at stored
     newest: datetime | None  # latest started_at stored
-    rollup_rows: int | None  # rows in probe_rollup_hourly (exact)
+    rollup_rows: int | None  # rows in probe_percentiles_hourly (exact)
     partitions: int | None  # daily partitions (plain) or chunks (TimescaleDB) of probe_results
     notifications: OutboxCounts | None = None  # the notification outbox; None before its migration
 
@@ -105,8 +105,8 @@ async def db_status(conn: Conn) -> DbStatus:
     if await conn.fetchval("SELECT to_regclass($1)", NOTIFICATION_OUTBOX) is not None:
         notifications = await outbox_counts(conn)
     rollup_rows = None
-    if await conn.fetchval("SELECT to_regclass($1)", PROBE_ROLLUP_HOURLY) is not None:
-        rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {PROBE_ROLLUP_HOURLY}")
+    if await conn.fetchval("SELECT to_regclass($1)", PROBE_PERCENTILES_HOURLY) is not None:
+        rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {PROBE_PERCENTILES_HOURLY}")
     return DbStatus(
         mode=mode,
         timescaledb_version=tsdb,
@@ -172,7 +172,7 @@ def format_status(status: DbStatus, spool_backlog: str | None = None) -> str:
         else:
             lines.append(f"compression:     {_bytes(c.before_bytes)} -> {_bytes(c.after_bytes)} ({c.ratio:.1f}x)")
     if status.rollup_rows is not None:
-        lines.append(f"hourly rollup:   {status.rollup_rows:,} rows")
+        lines.append(f"hourly rollup:   {status.rollup_rows:,} rows of percentiles")
     if status.notifications is not None:
         lines.append(f"notifications:   {_notifications(status.notifications)}")
     if spool_backlog is not None:

@@ -1,11 +1,12 @@
-"""Keeping the store in shape: partitions, retention, compression, rollups.
+"""Keeping the store in shape: partitions, retention, compression.
 
 One code path for both storage modes: each function takes the connection and
 the mode (from :func:`routewatch.storage.migrate.migrate`) and does the
 mode's work, or nothing where the mode needs none. routewatch calls
-:func:`run_maintenance` periodically (hourly is plenty) and
-:func:`refresh_rollups` from the aggregator; no TimescaleDB background job is
-relied on, so the store stays correct on servers where those jobs fail.
+:func:`run_maintenance` periodically (hourly is plenty); no TimescaleDB
+background job is relied on, so the store stays correct on servers where
+those jobs fail. The hourly rollups are the aggregator's refresh's to write
+(``routewatch.aggregator.rollup``); retention here cuts them.
 
 Days are UTC days throughout: plain partitions and TimescaleDB chunks both
 start at UTC midnight.
@@ -29,12 +30,12 @@ from routewatch.storage.connection import Conn
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.hist_queries import bump_hist_generation
 from routewatch.storage.leadership import Leadership
+from routewatch.storage.percentile_queries import delete_before as delete_percentiles_before
 from routewatch.storage.tables import (
     INCIDENTS,
     NOTIFICATION_OUTBOX,
     PROBE_HIST_HOURLY,
     PROBE_RESULTS,
-    PROBE_ROLLUP_HOURLY,
     STATS_HISTORY,
     UPTIME_DAILY,
 )
@@ -63,23 +64,9 @@ DEFAULT_RETENTION = timedelta(days=90)
 # and writing into a compressed chunk is much slower than into a plain one.
 COMPRESS_AFTER = timedelta(days=3)
 
-# Width of one rollup bucket; the migrations define the same.
-ROLLUP_BUCKET = timedelta(hours=1)
-
-# A rollup refresh starts at least this far past the retention horizon.
-# Refreshing a window whose raw rows are gone recomputes its buckets from
-# nothing, which deletes them: the documented continuous-aggregate pitfall.
-# Raw rows at or after the horizon are never dropped, so one bucket of margin
-# (after rounding the start down to a whole bucket) keeps every refreshed
-# bucket whole.
-REFRESH_HORIZON_MARGIN = ROLLUP_BUCKET
-
 # Advisory locks, fixed 64-bit keys (ASCII tag + 1) unique to routewatch:
-# creating partitions, so concurrent writers create each day once ...
+# creating partitions, so concurrent writers create each day once.
 PARTITION_LOCK_KEY = 0x7277_7061_7274_0001  # "rwpart"
-# ... and refreshing the plain rollup, so two refreshes of one window do not
-# both insert the rows they each deleted.
-ROLLUP_LOCK_KEY = 0x7277_726F_6C6C_0001  # "rwroll"
 
 PARTITION_PREFIX = f"{PROBE_RESULTS}_p"
 _PARTITION_NAME = re.compile(rf"^{re.escape(PARTITION_PREFIX)}(\d{{8}})$")
@@ -180,10 +167,9 @@ async def apply_retention(
 
     Only whole days go: a partition or chunk is dropped when its entire range
     is older than ``now - retention`` (``now`` defaults to the database's).
-    The rollup is cut at ``now - rollup_retention`` (default: ``retention``):
-    plain mode deletes older buckets; TimescaleDB drops the aggregate's chunks
-    that are entirely older (its chunks span several days, so it keeps a little
-    more). Pass the same ``retention`` to :func:`refresh_rollups`.
+    The hourly rollups (histograms and percentiles, deleted together) and
+    the published history are cut at ``now - rollup_retention`` (default:
+    ``retention``).
     """
     now = now or await db_now(conn)
     horizon = now - retention
@@ -191,9 +177,6 @@ async def apply_retention(
     if mode == "timescaledb":
         dropped = await conn.fetchval(
             f"SELECT count(*) FROM drop_chunks('{PROBE_RESULTS}', older_than => $1::timestamptz)", horizon
-        )
-        await conn.execute(
-            f"SELECT drop_chunks('{PROBE_ROLLUP_HOURLY}', older_than => $1::timestamptz)", rollup_horizon
         )
     else:
         dropped = 0
@@ -206,11 +189,12 @@ async def apply_retention(
                 await conn.execute(f"ALTER TABLE {PROBE_RESULTS} DETACH PARTITION {name}")
                 await conn.execute(f"DROP TABLE {name}")
             dropped += 1
-        await conn.execute(f"DELETE FROM {PROBE_ROLLUP_HOURLY} WHERE bucket < $1", rollup_horizon)
-    # The histogram rollup is a plain table in both modes (migration 0003).
+    # The hourly rollups are plain tables in both modes (migrations 0003, 0009),
+    # cut in one transaction so that they always cover the same hours.
     async with conn.transaction():
         if await conn.execute(f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket < $1", rollup_horizon) != "DELETE 0":
             await bump_hist_generation(conn)
+        await delete_percentiles_before(conn, rollup_horizon)
     await conn.execute(f"DELETE FROM {STATS_HISTORY} WHERE taken_at < $1", rollup_horizon)
     # Status tables (migration 0005): the status page draws UPTIME_DAYS days,
     # and closed incidents are kept as long as the raw data.
@@ -261,47 +245,6 @@ async def compress_old(
     if chunks:
         log.info("compressed %d chunks of %s", len(chunks), PROBE_RESULTS)
     return len(chunks)
-
-
-async def refresh_rollups(
-    conn: Conn,
-    mode: str,
-    start: datetime,
-    end: datetime,
-    retention: timedelta = DEFAULT_RETENTION,
-    *,
-    now: datetime | None = None,
-) -> tuple[datetime, datetime] | None:
-    """Recompute the hourly rollup over ``[start, end)``; return the window refreshed.
-
-    The window is widened to whole hours (start down, end up) and its start
-    clamped to ``now - retention + REFRESH_HORIZON_MARGIN``, so that it never
-    reaches raw data that retention has dropped: the rollup keeps those
-    buckets. Returns None when nothing is left to refresh.
-
-    TimescaleDB: ``refresh_continuous_aggregate``, which must run outside a
-    transaction block. Plain: the window's buckets are deleted and recomputed
-    in one transaction.
-    """
-    now = now or await db_now(conn)
-    lo = _floor_bucket(max(start, now - retention + REFRESH_HORIZON_MARGIN))
-    hi = _ceil_bucket(end)
-    if lo >= hi:
-        return None
-    if mode == "timescaledb":
-        if conn.is_in_transaction():
-            raise RuntimeError("refresh_rollups() in timescaledb mode must be called outside a transaction")
-        await conn.execute(
-            f"CALL refresh_continuous_aggregate('{PROBE_ROLLUP_HOURLY}', $1::timestamptz, $2::timestamptz)", lo, hi
-        )
-    else:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK_KEY)
-            await conn.execute(f"DELETE FROM {PROBE_ROLLUP_HOURLY} WHERE bucket >= $1 AND bucket < $2", lo, hi)
-            await conn.execute(
-                f"INSERT INTO {PROBE_ROLLUP_HOURLY} SELECT * FROM {PROBE_ROLLUP_HOURLY}_compute($1, $2)", lo, hi
-            )
-    return lo, hi
 
 
 async def run_maintenance(
@@ -369,23 +312,9 @@ def _day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _floor_bucket(ts: datetime) -> datetime:
-    """``ts`` rounded down to a whole UTC hour."""
-    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _ceil_bucket(ts: datetime) -> datetime:
-    """``ts`` rounded up to a whole UTC hour."""
-    floor = _floor_bucket(ts)
-    return floor if floor == ts else floor + ROLLUP_BUCKET
-
-
 # How often `maintenance_loop` runs: partitions are made days ahead and
 # retention counts in days, so hourly is plenty.
 MAINTENANCE_INTERVAL = timedelta(hours=1)
-# The first rollup refresh after start covers this much: the longest
-# published window (7 days) and a day of margin.
-FIRST_REFRESH_SPAN = timedelta(days=8)
 
 
 async def maintenance_loop(
@@ -398,15 +327,13 @@ async def maintenance_loop(
     compress_after: timedelta = COMPRESS_AFTER,
     leadership: Leadership | None = None,
 ) -> None:
-    """Run maintenance and refresh the hourly rollup now, then every ``interval``.
+    """Run maintenance now, then every ``interval``.
 
-    Each pass refreshes the rollup from the hour before the previous pass,
-    so late rows (a replayed spool) are folded in. A failed pass is logged
-    and retried at the next interval: the store stays usable meanwhile.
+    A failed pass is logged and retried at the next interval: the store
+    stays usable meanwhile.
     With ``leadership``, only the process holding the refresher lock runs
     passes, so two processes never drop the same partition at once.
     """
-    since: datetime | None = None
     while True:
         if leadership is not None and not await leadership.try_acquire():
             await asyncio.sleep(interval.total_seconds())
@@ -416,10 +343,6 @@ async def maintenance_loop(
                 await run_maintenance(conn, mode, retention=retention, compress_after=compress_after)
                 # Retention may have dropped partitions the writers' cache knows.
                 partitions.forget()
-                now = await db_now(conn)
-                start = since - ROLLUP_BUCKET if since else now - FIRST_REFRESH_SPAN
-                await refresh_rollups(conn, mode, start, now, retention)
-                since = now
         except DATABASE_ERRORS as exc:
             log.warning("maintenance pass failed (%s); next try in %s", exc.__class__.__name__, interval)
         await asyncio.sleep(interval.total_seconds())

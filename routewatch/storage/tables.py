@@ -19,10 +19,10 @@ PROBE_RESULTS_STAGING = "probe_results_staging"
 PROBE_INGEST_LOG = "probe_ingest_log"
 
 # Hourly rollups: counts and mergeable latency histograms (what the aggregator
-# publishes from), and the plain per-hour aggregates (a continuous aggregate in
-# TimescaleDB mode).
+# publishes from), and their counts and percentiles in a form SQL can read
+# (what Grafana reads), written together.
 PROBE_HIST_HOURLY = "probe_hist_hourly"
-PROBE_ROLLUP_HOURLY = "probe_rollup_hourly"
+PROBE_PERCENTILES_HOURLY = "probe_percentiles_hourly"
 # Which hours of probe_hist_hourly each transaction changed (written by triggers).
 PROBE_HIST_CHANGES = "probe_hist_changes"
 
