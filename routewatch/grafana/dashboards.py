@@ -407,16 +407,19 @@ def slo() -> Dashboard:
 
 # Each routewatch process Prometheus scrapes (the health dashboard's "instance" variable).
 _PROCESS = 'instance=~"$instance"'
+# A legend naming the process; `routewatch run` labels its prober workers' samples with `worker`
+# (empty for a process's own families).
+_WHO = "{{instance}} {{worker}}"
 
 
 def _gauge(metric: str, label: str = "") -> PromQL:
     """A gauge per process, as reported."""
-    return PromQL(f"{metric}{{{_PROCESS}}}", "{{instance}}" + (f" {label}" if label else ""))
+    return PromQL(f"{metric}{{{_PROCESS}}}", _WHO + (f" {label}" if label else ""))
 
 
 def _increase(metric: str, label: str) -> PromQL:
     """A counter's increase per process over Grafana's rate interval."""
-    return PromQL(f"increase({metric}{{{_PROCESS}}}[$__rate_interval])", f"{{{{instance}}}} {label}")
+    return PromQL(f"increase({metric}{{{_PROCESS}}}[$__rate_interval])", f"{_WHO} {label}")
 
 
 def _live(title: str, description: str, unit: str, *queries: PromQL) -> Panel:
@@ -447,8 +450,9 @@ def health() -> Dashboard:
                 "Is each process probing at the rate its schedule asks? Completed probes per second by result.",
                 "reqps",
                 PromQL(
-                    f"sum by (instance, result) (rate(routewatch_probes_total{{{_PROCESS}}}[$__rate_interval]))",
-                    "{{instance}} {{result}}",
+                    "sum by (instance, worker, result)"
+                    f" (rate(routewatch_probes_total{{{_PROCESS}}}[$__rate_interval]))",
+                    f"{_WHO} {{{{result}}}}",
                 ),
             ),
             _live(
@@ -489,9 +493,7 @@ def health() -> Dashboard:
                 "Is data reaching the database, and is any lost? Stored per second; failed flushes and dropped, "
                 "rejected and unspooled results per interval.",
                 "short",
-                PromQL(
-                    f"rate(routewatch_results_stored_total{{{_PROCESS}}}[$__rate_interval])", "{{instance}} stored/s"
-                ),
+                PromQL(f"rate(routewatch_results_stored_total{{{_PROCESS}}}[$__rate_interval])", f"{_WHO} stored/s"),
                 _increase("routewatch_writer_failed_flushes_total", "failed flushes"),
                 _increase("routewatch_results_dropped_total", "dropped"),
                 _increase("routewatch_results_rejected_total", "rejected"),
@@ -502,7 +504,7 @@ def health() -> Dashboard:
                 "Can each process's writer reach the database right now (1) or not (0)?",
                 "stat",
                 "bool_yes_no",
-                (PromQL(f"routewatch_writer_database_up{{{_PROCESS}}}", "{{instance}}", instant=True),),
+                (PromQL(f"routewatch_writer_database_up{{{_PROCESS}}}", _WHO, instant=True),),
                 thresholds=((0.5, "green"),),
             ),
             _live(
