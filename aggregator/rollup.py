@@ -130,6 +130,10 @@ class RefreshReport:
     # More than ``report_batches`` batches were taken in: ``batches`` is left
     # empty; a copy of the probes kept in memory must read them from the table.
     batches_omitted: bool = False
+    # When the current hour's rows were ``known.rows`` with the new probes added (not read
+    # again): per series that received probes, its index in ``current`` and the row of
+    # those probes alone; a copy of the hour kept in memory adds these. None otherwise.
+    added: tuple[tuple[int, HourRow], ...] | None = None
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -279,15 +283,21 @@ async def _refresh(
     delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
         now_rows = list(known.rows)
+        added: list[tuple[int, HourRow]] | None = []
     else:
         now_rows = [decode_row(r) for r in await hist_queries.rows_of_hour(conn, current)]
+        added = None  # the rows were read again: the caller's copy of the hour is no base to add to
     changed: list[HourRow] = []
     for i, h in enumerate(now_rows):
         d = delta.pop(series_key(h), None)
         if d is not None:
             now_rows[i] = combine(h, d)
             changed.append(now_rows[i])
-    changed.extend(delta.values())  # series new in this hour
+            if added is not None:
+                added.append((i, d))
+    if added is not None:  # series new in this hour
+        added.extend(enumerate(delta.values(), len(now_rows)))
+    changed.extend(delta.values())
     now_rows.extend(delta.values())
     if changed:
         await hist_queries.delete_series(conn, current, [series_key(h)[1:] for h in changed])
@@ -310,6 +320,7 @@ async def _refresh(
         tuple(pending.kept or ()),
         rows_omitted=redone.written is None,
         batches_omitted=pending.kept is None,
+        added=None if added is None else tuple(added),
     )
 
 
@@ -762,9 +773,9 @@ def cells_stats_many(windows: Sequence[Mapping[CellKey, Sequence[HourRow]]]) -> 
                 unique.append((key, rows))
             slot[key] = at
         slots.append(slot)
-    ttft = _columns(quantile_table([[h.ttft for h in rows] for _, rows in unique], (0.5, 0.95)))
-    ttfat = _columns(quantile_table([[h.ttfat for h in rows] for _, rows in unique], (0.5, 0.95)))
-    tps = _columns(quantile_table([[h.tps for h in rows] for _, rows in unique], (0.5,)))
+    ttft = quantile_columns(quantile_table([[h.ttft for h in rows] for _, rows in unique], (0.5, 0.95)))
+    ttfat = quantile_columns(quantile_table([[h.ttfat for h in rows] for _, rows in unique], (0.5, 0.95)))
+    tps = quantile_columns(quantile_table([[h.tps for h in rows] for _, rows in unique], (0.5,)))
     computed = [_cell_stats(key, rows, ttft[g], ttfat[g], tps[g][0]) for g, (key, rows) in enumerate(unique)]
     return [{key: computed[at] for key, at in slot.items()} for slot in slots]
 
@@ -828,7 +839,7 @@ def _cell_stats(
     )
 
 
-def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float, float] | None]]]:
+def quantile_columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float, float] | None]]]:
     """Per group, per quantile: (value or None, interval or None), as Python floats."""
     per_q = []
     for j in range(table.values.shape[1]):

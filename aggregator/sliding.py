@@ -76,6 +76,7 @@ from routewatch.aggregator.rollup import (
 )
 from routewatch.aggregator.sketch import Histogram
 from routewatch.aggregator.stats import CellStats
+from routewatch.aggregator.window_arrays import WindowArrays
 from routewatch.storage import hist_queries
 from routewatch.storage.connection import Conn
 
@@ -166,8 +167,16 @@ class SlidingWindows:
         # one region): stats() hands cells_stats the model's sum object for them, so their
         # figures are computed once (see rollup.cells_stats).
         self._aliases: dict[str, set[CellKey]] = {}
+        # Per window, the sums plus the current hour as arrays over all cells: what stats() reads.
+        self._arrays = WindowArrays(max_providers)
         self.rebuilds = 0  # how often the sums were read from the table whole
         self.follows = 0  # how often they followed the table without a rebuild
+
+    @property
+    def array_compiles(self) -> int:
+        """How often the windows' arrays were laid out from scratch rather than added to
+        (``window_arrays.WindowArrays``)."""
+        return self._arrays.compiles
 
     def forget(self) -> None:
         """Drop everything (leadership lost): the next update rebuilds."""
@@ -179,6 +188,7 @@ class SlidingWindows:
         self._aliases = {}
         self._recent = {}
         self._position = None
+        self._arrays.rows = None
 
     async def update(self, conn: Conn, report: RefreshReport) -> None:
         """Bring the sums to ``report``: the refresh_hist that has just run on ``conn``."""
@@ -190,6 +200,7 @@ class SlidingWindows:
         )
         if in_step and report.rows_omitted and report.hours[-1] >= self._current - self._longest * HOUR:  # type: ignore[operator]
             in_step = False  # a long catch-up did not carry the rows it changed in the windows: read the table
+        held = self._now_rows
         try:
             if in_step:
                 self._replace_rows(report.replaced, report.written)
@@ -203,6 +214,10 @@ class SlidingWindows:
             await self._rebuild(conn, current)
         self._generation = report.generation
         self._now_rows = report.current
+        # The arrays hold the sums as they stood and the hour's rows as the refresh found them
+        # (nothing changed the sums, which drops them): add the minute's probes.
+        if self._arrays.rows is held and held and report.added is not None:
+            self._arrays.add(report.current, report.added)
         self._position = None  # until note_position finds where the table stands
 
     async def note_position(self, conn: Conn) -> None:
@@ -286,7 +301,20 @@ class SlidingWindows:
         return {k: frozenset(v) for k, v in found.items()}, self._lengths[longest]
 
     def stats(self) -> dict[str, dict[CellKey, CellStats]]:
-        """Stats per window per cell: the complete hours' sums plus the current hour's rows."""
+        """Stats per window per cell: the complete hours' sums plus the current hour's rows.
+
+        From the arrays (``window_arrays``), laid out again when the sums or the hour's
+        rows changed otherwise than by an addition; merged from the rows when a window's
+        provider cells are capped, which the arrays do not do.
+        """
+        if self._arrays.rows is not self._now_rows and not self._arrays.compile(
+            self._sums, self._aliases, self._now_rows
+        ):
+            return self._merged_stats()
+        return self._arrays.stats()
+
+    def _merged_stats(self) -> dict[str, dict[CellKey, CellStats]]:
+        """stats() merged from the rows, provider cells capped (``provider_cap.cap_cells``)."""
         current_by_key: dict[CellKey, list[HourRow]] = {}
         for h in self._now_rows:
             for key in cell_keys(h.router, h.model, h.provider, h.region):
@@ -331,6 +359,7 @@ class SlidingWindows:
 
     def _settle(self, touched: set[tuple[str, CellKey]], current: datetime) -> None:
         """Drop emptied sums; set first/last of the changed ones from the cells' hour spans."""
+        self._arrays.rows = None  # the sums change: lay the arrays out again
         for name, key in touched:
             acc = self._sums[name][key]
             if acc.rows == 0:
