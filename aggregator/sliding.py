@@ -72,6 +72,7 @@ from routewatch.aggregator.rollup import (
     decode_row,
     encode_row,
     floor_hour,
+    series_key,
     window_hours,
 )
 from routewatch.aggregator.sketch import Histogram
@@ -280,8 +281,43 @@ class SlidingWindows:
         if current > previous:
             await self._advance(conn, current)
         if current > previous or current in changed:
-            self._now_rows = tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+            self._now_rows = self._grown_hour(
+                tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+            )
         return True
+
+    def _grown_hour(self, rows: tuple[HourRow, ...]) -> tuple[HourRow, ...]:
+        """The current hour's ``rows`` read again: in the order of the rows they replace, and,
+        when the arrays hold those (nothing else changed the sums), added to the arrays as
+        what each series gained (a series' row of the current hour only ever grows)."""
+        held = self._now_rows
+        if self._arrays.rows is not held or not held:
+            return rows
+        at = {series_key(h): i for i, h in enumerate(held)}
+        ordered: list[HourRow | None] = [None] * len(held)
+        new: list[HourRow] = []
+        for h in rows:
+            i = at.get(series_key(h))
+            if i is None:
+                new.append(h)
+            else:
+                ordered[i] = h
+        kept = [h for h in ordered if h is not None]
+        if new or len(kept) != len(held):  # a series new in the hour (or gone): laid out again
+            self._arrays.rows = None
+            return (*kept, *new)
+        grown = tuple(kept)
+        try:
+            gained = [
+                (i, combine(h, old, -1))
+                for i, (old, h) in enumerate(zip(held, grown, strict=True))
+                if (h.attempts, h.overloaded) != (old.attempts, old.overloaded)
+            ]
+        except ValueError:  # a row that shrank: not a gain to add
+            self._arrays.rows = None
+            return grown
+        self._arrays.add(grown, gained)
+        return grown
 
     def known_hour(self) -> KnownHour | None:
         """The current hour's rows as of the last update, for the next refresh_hist."""

@@ -85,6 +85,8 @@ class _Window:
     pair_slot: Ints
     layouts: dict[str, _Layout]
     base_counts: dict[str, Ints]  # per _COUNTS name, per slot, the sum's count
+    rowset: list[int]  # per slot, its current rows (an index into WindowArrays' row sets)
+    key_of: list[CellKey]  # per slot, the first key in it (its router and model are every key's)
 
     @property
     def slots(self) -> int:
@@ -98,6 +100,7 @@ class WindowArrays:
         """``max_providers``: named provider cells per model at most (``provider_cap.cap_cells``)."""
         self._max_providers = max_providers
         self._windows: dict[str, _Window] = {}
+        self._rowsets: dict[tuple[int, ...], int] = {}  # indices of current rows -> row set id
         self.rows: tuple[HourRow, ...] | None = None  # the current hour's rows the totals hold; None: none
         self.compiles = 0  # how often the totals were laid out from scratch
 
@@ -112,6 +115,7 @@ class WindowArrays:
         ``rows``. False, and nothing kept, when a window's provider cells would be capped."""
         self.rows = None
         self._windows = {}
+        self._rowsets = {}
         current: dict[CellKey, list[int]] = {}
         for i, h in enumerate(rows):
             for key in cell_keys(h.router, h.model, h.provider, h.region):
@@ -144,16 +148,20 @@ class WindowArrays:
         seen: dict[tuple[Any, ...], int] = {}
         slot_of: list[int] = []
         base: list[HourRow | None] = []
+        rowset: list[int] = []
+        key_of: list[CellKey] = []
         pair_row: list[int] = []
         pair_slot: list[int] = []
         for key in keys:
             row = sums[key[:2]] if key in aliases else sums.get(key)
-            members = current.get(key, ())
-            signature = (key[0], key[1], id(row), tuple(members))
+            members = tuple(current.get(key, ()))
+            signature = (key[0], key[1], id(row), members)
             slot = seen.get(signature)
             if slot is None:
                 slot = seen[signature] = len(base)
                 base.append(row)
+                rowset.append(self._rowsets.setdefault(members, len(self._rowsets)))
+                key_of.append(key)
                 pair_row.extend(members)
                 pair_slot.extend([slot] * len(members))
             slot_of.append(slot)
@@ -168,6 +176,8 @@ class WindowArrays:
                 name: np.fromiter((getattr(b, name) if b is not None else 0 for b in base), np.int64, len(base))
                 for name in _COUNTS
             },
+            rowset,
+            key_of,
         )
         base_slots = np.flatnonzero(np.array([b is not None for b in base], dtype=bool))
         member_slot = np.concatenate([base_slots, window.pair_slot])
@@ -217,9 +227,10 @@ class WindowArrays:
         if rows is None:
             raise RuntimeError("WindowArrays.stats before compile")
         now_counts = {name: np.fromiter((getattr(h, name) for h in rows), np.int64, len(rows)) for name in _COUNTS}
+        now_rest = [_merged_rest(rows, members) for members in self._rowsets]
         out: dict[str, dict[CellKey, CellStats]] = {}
         for name, window in self._windows.items():
-            cells = _window_stats(window, rows, now_counts)
+            cells = _window_stats(window, now_counts, now_rest)
             out[name] = {key: cells[slot] for key, slot in zip(window.keys, window.slot_of, strict=True)}
         return out
 
@@ -314,27 +325,33 @@ def _widen(layout: _Layout, slots: Ints, lo: Ints, hi: Ints) -> None:
     layout.dead += int(old_width.sum())
 
 
-def _window_stats(window: _Window, rows: Sequence[HourRow], now_counts: Mapping[str, Ints]) -> list[CellStats]:
-    """Per slot of ``window``, its CellStats."""
+_Rest = tuple[dict[str, int], datetime | None, datetime | None]  # errors, first and last probe
+
+
+def _merged_rest(rows: Sequence[HourRow], members: Sequence[int]) -> _Rest:
+    """The errors, first and last probe of ``rows[i]`` for ``i`` in ``members`` together."""
+    errors: dict[str, int] = {}
+    first: datetime | None = None
+    last: datetime | None = None
+    for i in members:
+        h = rows[i]
+        for cls, k in h.errors.items():
+            errors[cls] = errors.get(cls, 0) + k
+        if h.first is not None and (first is None or h.first < first):
+            first = h.first
+        if h.last is not None and (last is None or h.last > last):
+            last = h.last
+    return errors, first, last
+
+
+def _window_stats(window: _Window, now_counts: Mapping[str, Ints], now_rest: Sequence[_Rest]) -> list[CellStats]:
+    """Per slot of ``window``, its CellStats: its sum's counts plus those of its current rows
+    (``now_counts`` per row, ``now_rest`` per row set), and its percentiles."""
     n = window.slots
     counts = {}
     for name in _COUNTS:
         now = np.bincount(window.pair_slot, weights=now_counts[name][window.pair_row], minlength=n)
         counts[name] = (window.base_counts[name] + now.astype(np.int64)).tolist()
-    errors: list[dict[str, int]] = [dict(b.errors) if b is not None else {} for b in window.base]
-    first: list[datetime | None] = [b.first if b is not None else None for b in window.base]
-    last: list[datetime | None] = [b.last if b is not None else None for b in window.base]
-    for i, slot in zip(window.pair_row.tolist(), window.pair_slot.tolist(), strict=True):
-        h = rows[i]
-        if h.errors:
-            into = errors[slot]
-            for cls, k in h.errors.items():
-                into[cls] = into.get(cls, 0) + k
-        f, lt = first[slot], last[slot]
-        if h.first is not None and (f is None or h.first < f):
-            first[slot] = h.first
-        if h.last is not None and (lt is None or h.last > lt):
-            last[slot] = h.last
     tables = {
         metric: quantile_columns(
             quantiles_of_layout(
@@ -352,9 +369,17 @@ def _window_stats(window: _Window, rows: Sequence[HourRow], now_counts: Mapping[
     ttft, ttfat, tps = tables["ttft"], tables["ttfat"], tables["tps"]
     attempts, ok, rate_limited, overloaded = (counts[k] for k in _COUNTS[:4])
     tokens_in, tokens_out = counts["input_tokens"], counts["output_tokens"]
-    key_of = _slot_keys(window)
-    for s in range(n):
-        key = key_of[s]
+    for s, (key, base, rowset) in enumerate(zip(window.key_of, window.base, window.rowset, strict=True)):
+        now_errors, first, last = now_rest[rowset]
+        errors = now_errors
+        if base is not None:
+            errors = dict(base.errors)
+            for cls, k in now_errors.items():
+                errors[cls] = errors.get(cls, 0) + k
+            if base.first is not None and (first is None or base.first < first):
+                first = base.first
+            if base.last is not None and (last is None or base.last > last):
+                last = base.last
         (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft[s]
         (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat[s]
         ((tps_p50, tps_p50_ci),) = tps[s]
@@ -372,13 +397,13 @@ def _window_stats(window: _Window, rows: Sequence[HourRow], now_counts: Mapping[
             tps_p50,
             tokens_in[s],
             tokens_out[s],
-            first[s],
-            last[s],
+            first,
+            last,
         )
         out.append(
             CellStats(
                 cell_counts,
-                dict(sorted((k, v) for k, v in errors[s].items() if v)),
+                dict(sorted((k, v) for k, v in errors.items() if v)),
                 ttft_p50_ci,
                 ttft_p95_ci,
                 ttfat_p50_ci,
@@ -387,12 +412,3 @@ def _window_stats(window: _Window, rows: Sequence[HourRow], now_counts: Mapping[
             )
         )
     return out
-
-
-def _slot_keys(window: _Window) -> list[CellKey]:
-    """Per slot, the first cell key in it (its router and model are every key's)."""
-    key_of: list[CellKey | None] = [None] * window.slots
-    for key, slot in zip(window.keys, window.slot_of, strict=True):
-        if key_of[slot] is None:
-            key_of[slot] = key
-    return [k for k in key_of if k is not None]

@@ -5,14 +5,15 @@ A leader's refreshes a minute apart add each minute's probes to the arrays
 refresh, ``SlidingWindows.stats()`` must equal ``rollup.window_stats`` read
 from the table, every cell of every window field by field, for mixed probes
 (failures, rate limits, overloaded probes, two providers and regions of one
-model, a model without a provider), in both storage modes, through a value
+model, a model without a provider), in both storage modes, for the leader and
+for a standby following it (which adds what each series gained), through a value
 far outside every span (its cells move to a wider span), a series new in the hour, late probes and the hour
 turning.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -38,35 +39,57 @@ async def store(conn: asyncpg.Connection, mode: str, results: list[ProbeResult])
     await write_batch(conn, results)
 
 
-async def refresh_and_compare(conn: asyncpg.Connection, sliding: SlidingWindows, now: datetime, what: str) -> None:
-    """A leader's refresh at ``now`` (the current hour known from the last one), then the
-    windows compared with the table."""
-    report = await refresh_hist(conn, now=now, known=sliding.known_hour())
-    await sliding.update(conn, report)
-    await same_as_table(conn, sliding, now, what)
+@dataclass
+class Pair:
+    """A leader's windows and a standby's, following the leader on a connection of its own."""
+
+    conn: asyncpg.Connection
+    other: asyncpg.Connection
+    leader: SlidingWindows = field(default_factory=lambda: SlidingWindows(WINDOWS))
+    standby: SlidingWindows = field(default_factory=lambda: SlidingWindows(WINDOWS))
+
+    async def refresh_and_compare(self, now: datetime, what: str) -> None:
+        """A leader's refresh at ``now`` (the current hour known from the last one), the
+        standby's follow; both compared with the table."""
+        report = await refresh_hist(self.conn, now=now, known=self.leader.known_hour())
+        await self.leader.update(self.conn, report)
+        await self.leader.note_position(self.conn)
+        await same_as_table(self.conn, self.leader, now, what)
+        await self.standby.follow(self.other, now)
+        await same_as_table(self.conn, self.standby, now, f"standby: {what}")
 
 
-async def test_array_windows_publish_what_the_table_gives(conn: asyncpg.Connection, mode: str) -> None:
+async def test_array_windows_publish_what_the_table_gives(conn: asyncpg.Connection, db_dsn: str, mode: str) -> None:
+    other = await asyncpg.connect(db_dsn)
+    try:
+        await run_steps(Pair(conn, other), mode)
+    finally:
+        await other.close()
+
+
+async def run_steps(pair: Pair, mode: str) -> None:
+    conn = pair.conn
     await migrate(conn, mode=mode)
     rng = np.random.default_rng(21)
     start = floor_hour(await conn.fetchval("SELECT now()")) + timedelta(minutes=5)
     await store(conn, mode, mixed(spread(start - timedelta(days=3), start, 2000, rng), rng, SERIES))
-    sliding = SlidingWindows(WINDOWS)
-    await refresh_and_compare(conn, sliding, start, "first refresh")
-    assert sliding.array_compiles == 1
+    sliding, standby = pair.leader, pair.standby
+    await pair.refresh_and_compare(start, "first refresh")
+    assert sliding.array_compiles == standby.array_compiles == 1
 
     # A minute of probes of every series at a time: added to the arrays, not laid out again.
     t = start
     for minute in range(8):
         t += timedelta(minutes=1)
         await store(conn, mode, mixed(spread(t - timedelta(minutes=1), t, len(SERIES), rng), rng, SERIES))
-        await refresh_and_compare(conn, sliding, t, f"minute {minute}")
+        await pair.refresh_and_compare(t, f"minute {minute}")
     assert sliding.array_compiles <= 3, "most minutes were added to the arrays"
+    assert standby.array_compiles <= 3, "the standby added what each series gained, too"
     compiles = sliding.array_compiles
 
     # A refresh with nothing new changes nothing.
     t += timedelta(seconds=10)
-    await refresh_and_compare(conn, sliding, t, "nothing new")
+    await pair.refresh_and_compare(t, "nothing new")
     assert sliding.array_compiles == compiles
 
     # A TTFT far outside every cell's span: its cells move to wider spans, still equal.
@@ -74,7 +97,7 @@ async def test_array_windows_publish_what_the_table_gives(conn: asyncpg.Connecti
     outlier = replace(outlier, ok=True, error_class=None, error_detail=None, ttft_ms=900_000.0, ttfat_ms=900_000.0)
     t += timedelta(minutes=1)
     await store(conn, mode, [outlier])
-    await refresh_and_compare(conn, sliding, t, "an outlier")
+    await pair.refresh_and_compare(t, "an outlier")
     assert sliding.array_compiles == compiles, "moved, not laid out again"
 
     # A series new in the hour (another region), with late probes 2 and 30 hours back.
@@ -82,12 +105,15 @@ async def test_array_windows_publish_what_the_table_gives(conn: asyncpg.Connecti
     late = [t - timedelta(hours=2), t - timedelta(hours=30)]
     t += timedelta(minutes=1)
     await store(conn, mode, mixed([*late, *spread(t - timedelta(minutes=1), t, 5, rng)], rng, newcomer))
-    await refresh_and_compare(conn, sliding, t, "a new series and late probes")
+    await pair.refresh_and_compare(t, "a new series and late probes")
 
     # Then minutes again, and the hour turning under them.
     for minute in range(4):
         t += timedelta(minutes=20)
         await store(conn, mode, mixed(spread(t - timedelta(minutes=20), t, 12, rng), rng, newcomer))
-        await refresh_and_compare(conn, sliding, t, f"after the hour turned, step {minute}")
+        await pair.refresh_and_compare(t, f"after the hour turned, step {minute}")
     assert floor_hour(t) > floor_hour(start)
     assert sliding.rebuilds == 1, "the comparison is with a leader in step, never rebuilt"
+    assert standby.rebuilds == 2, (
+        "the standby rebuilt once, for the probe 30 h late (an hour whose rows it does not keep)"
+    )
