@@ -42,7 +42,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -792,9 +792,6 @@ def _cell_stats(
 ) -> CellStats:
     """One cell's CellStats: its rows' counts added up, and its quantiles."""
     attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
-    errors: dict[str, int] = {}
-    first_probe: datetime | None = None
-    last_probe: datetime | None = None
     for h in rows:
         attempts += h.attempts
         ok += h.ok
@@ -802,12 +799,7 @@ def _cell_stats(
         overloaded += h.overloaded
         tokens_in += h.input_tokens
         tokens_out += h.output_tokens
-        for cls, n in h.errors.items():
-            errors[cls] = errors.get(cls, 0) + n
-        if h.first is not None and (first_probe is None or h.first < first_probe):
-            first_probe = h.first
-        if h.last is not None and (last_probe is None or h.last > last_probe):
-            last_probe = h.last
+    errors, first_probe, last_probe = errors_and_span(rows)
     (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft
     (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat
     tps_p50, tps_p50_ci = tps
@@ -837,6 +829,21 @@ def _cell_stats(
         ttfat_p95_ci,
         tps_p50_ci,
     )
+
+
+def errors_and_span(rows: Iterable[HourRow]) -> tuple[dict[str, int], datetime | None, datetime | None]:
+    """The failures per class of ``rows`` together (zeros kept), and their first and last probe."""
+    errors: dict[str, int] = {}
+    first: datetime | None = None
+    last: datetime | None = None
+    for h in rows:
+        for cls, n in h.errors.items():
+            errors[cls] = errors.get(cls, 0) + n
+        if h.first is not None and (first is None or h.first < first):
+            first = h.first
+        if h.last is not None and (last is None or h.last > last):
+            last = h.last
+    return errors, first, last
 
 
 def quantile_columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float, float] | None]]]:

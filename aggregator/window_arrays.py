@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routewatch.aggregator.provider_cap import is_named
-from routewatch.aggregator.rollup import CellKey, HourRow, cell_keys, quantile_columns
+from routewatch.aggregator.rollup import CellKey, HourRow, cell_keys, errors_and_span, quantile_columns
 from routewatch.aggregator.sketch import MAX_INDEX, MIN_INDEX, Histogram, quantiles_of_layout
 from routewatch.aggregator.stats import CellStats, WindowCounts
 
@@ -227,7 +227,7 @@ class WindowArrays:
         if rows is None:
             raise RuntimeError("WindowArrays.stats before compile")
         now_counts = {name: np.fromiter((getattr(h, name) for h in rows), np.int64, len(rows)) for name in _COUNTS}
-        now_rest = [_merged_rest(rows, members) for members in self._rowsets]
+        now_rest = [errors_and_span(rows[i] for i in members) for members in self._rowsets]
         out: dict[str, dict[CellKey, CellStats]] = {}
         for name, window in self._windows.items():
             cells = _window_stats(window, now_counts, now_rest)
@@ -326,22 +326,6 @@ def _widen(layout: _Layout, slots: Ints, lo: Ints, hi: Ints) -> None:
 
 
 _Rest = tuple[dict[str, int], datetime | None, datetime | None]  # errors, first and last probe
-
-
-def _merged_rest(rows: Sequence[HourRow], members: Sequence[int]) -> _Rest:
-    """The errors, first and last probe of ``rows[i]`` for ``i`` in ``members`` together."""
-    errors: dict[str, int] = {}
-    first: datetime | None = None
-    last: datetime | None = None
-    for i in members:
-        h = rows[i]
-        for cls, k in h.errors.items():
-            errors[cls] = errors.get(cls, 0) + k
-        if h.first is not None and (first is None or h.first < first):
-            first = h.first
-        if h.last is not None and (last is None or h.last > last):
-            last = h.last
-    return errors, first, last
 
 
 def _window_stats(window: _Window, now_counts: Mapping[str, Ints], now_rest: Sequence[_Rest]) -> list[CellStats]:
