@@ -15,10 +15,13 @@ and changes it only by what changed:
 * when the hour turns, each window gains the hour that just completed and
   loses the one that slid out, both read from the table (two hours of rows).
 
-A refresh then merges, per cell, one summed row per window with the current
-hour's rows (provider cells capped by ``provider_cap.cap_cells``, as
-``window_stats`` does), and computes every percentile of every cell in one
-``quantile_table`` call per metric. The longest window's provider cells are
+A window's figures are its sums plus the current hour's rows, kept as
+arrays over all cells (``window_arrays.WindowArrays``): a leader's refresh
+adds the probes it took in (``RefreshReport.added``), a standby's follow what
+each series gained, and every percentile of every cell comes from one
+cumulative sum per window and metric. Where ``provider_cap.cap_cells`` would
+move provider cells into ``other``, the rows are merged per cell as
+``window_stats`` does. The longest window's provider cells are
 also what the next ``refresh_hist`` is told were admitted
 (``KnownHour.providers``), so it need not read them back. The result is the same as
 ``window_stats`` on the same table (tests/test_sliding.py checks it through
