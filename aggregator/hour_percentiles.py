@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -165,26 +165,44 @@ def percentile_rows(rows: Sequence[HourRow]) -> list[tuple[Any, ...]]:
     return [(*key, *records[g]) for key, g in slot.items()]
 
 
-def _counts(group: Sequence[HourRow]) -> tuple[Any, ...]:
-    """(attempts, ok, failures, rate_limited, overloaded, errors as JSON, input tokens, output tokens) of ``group``."""
-    errors: dict[str, int] = defaultdict(int)
+class RowTotals(NamedTuple):
+    """The counters of hourly rows added up."""
+
+    attempts: int
+    ok: int
+    rate_limited: int
+    overloaded: int
+    input_tokens: int
+    output_tokens: int
+
+
+def row_totals(rows: Iterable[HourRow]) -> RowTotals:
+    """The counters of ``rows`` added up (the published cells and the percentile rows share it)."""
     attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
-    for h in group:
-        for cls, n in h.errors.items():
-            errors[cls] += n
+    for h in rows:
         attempts += h.attempts
         ok += h.ok
         rate_limited += h.rate_limited
         overloaded += h.overloaded
         tokens_in += h.input_tokens
         tokens_out += h.output_tokens
+    return RowTotals(attempts, ok, rate_limited, overloaded, tokens_in, tokens_out)
+
+
+def _counts(group: Sequence[HourRow]) -> tuple[Any, ...]:
+    """(attempts, ok, failures, rate_limited, overloaded, errors as JSON, input tokens, output tokens) of ``group``."""
+    errors: dict[str, int] = defaultdict(int)
+    for h in group:
+        for cls, n in h.errors.items():
+            errors[cls] += n
+    t = row_totals(group)
     return (
-        attempts,
-        ok,
-        attempts - ok,
-        rate_limited,
-        overloaded,
+        t.attempts,
+        t.ok,
+        t.attempts - t.ok,
+        t.rate_limited,
+        t.overloaded,
         json.dumps(dict(sorted(errors.items()))),
-        tokens_in,
-        tokens_out,
+        t.input_tokens,
+        t.output_tokens,
     )

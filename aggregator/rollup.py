@@ -55,7 +55,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from routewatch.aggregator.hour_percentiles import PERCENTILE_COLUMNS, percentile_rows
+from routewatch.aggregator.hour_percentiles import PERCENTILE_COLUMNS, percentile_rows, row_totals
 from routewatch.aggregator.provider_cap import (
     DEFAULT_HORIZON_HOURS,
     DEFAULT_MAX_PROVIDERS,
@@ -824,14 +824,7 @@ def _cell_stats(
     tps: _Quantile,
 ) -> CellStats:
     """One cell's CellStats: its rows' counts added up, and its quantiles."""
-    attempts = ok = rate_limited = overloaded = tokens_in = tokens_out = 0
-    for h in rows:
-        attempts += h.attempts
-        ok += h.ok
-        rate_limited += h.rate_limited
-        overloaded += h.overloaded
-        tokens_in += h.input_tokens
-        tokens_out += h.output_tokens
+    attempts, ok, rate_limited, overloaded, tokens_in, tokens_out = row_totals(rows)
     errors, first_probe, last_probe = errors_and_span(rows)
     (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft
     (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat
