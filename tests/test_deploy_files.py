@@ -10,6 +10,7 @@ present in the repository).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from routewatch.config.loader import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -225,3 +228,160 @@ def test_prometheus_in_the_stack_loads_the_shipped_rules_and_scrapes_both_replic
     targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert {"serve-1:8321", "serve-2:8321"} <= targets
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+# --- the Kubernetes manifests ---------------------------------------------------------------
+
+KUBERNETES = DEPLOY / "kubernetes"
+BASE = KUBERNETES / "base"
+OVERLAY = KUBERNETES / "overlays" / "example"
+# prometheus-operator's custom resources: kubernetes-validate carries the schemas of Kubernetes' own
+# API only, so these are skipped there by kind and checked below against what they must agree with
+# (the shipped rules that promtool tests, the Service the monitor selects).
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The overlay's strategic-merge patch is a fragment of the serve Deployment, not a whole object.
+PATCHES = {"serve-resources.yaml"}
+SECRET_ENV = {"ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_API_KEY", "ROUTEWATCH_ADMIN_TOKEN"}
+
+
+def _objects(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every whole object of a kustomization folder by file name: its resources, less patches."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
+    found = {}
+    for resource in kustomization["resources"]:
+        path = folder / resource
+        if path.is_file():
+            found[resource] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return found
+
+
+def _base() -> list[dict[str, Any]]:
+    return list(_objects(BASE).values())
+
+
+def _of_kind(kind: str) -> list[dict[str, Any]]:
+    return [o for o in _base() if o["kind"] == kind]
+
+
+def _pod_templates() -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o["spec"]["template"] for o in _base() if o["kind"] in ("Deployment", "Job")}
+
+
+def _validate_strictly(tmp_path: Path, documents: list[dict[str, Any]]) -> None:
+    """kubernetes-validate --strict on each non-CRD object; every one must pass."""
+    files = []
+    for i, document in enumerate(d for d in documents if d["kind"] not in CRD_KINDS):
+        path = tmp_path / f"{i:02d}-{document['kind']}-{document['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(document), encoding="utf-8")
+        files.append(str(path))
+    result = _run(_tool("kubernetes-validate"), "--strict", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == len(files), result.stdout
+
+
+@pytest.mark.system
+def test_every_base_and_overlay_object_is_valid_against_the_kubernetes_api_strictly(tmp_path: Path) -> None:
+    documents = [*_base(), *_objects(OVERLAY).values()]
+    assert sorted(p.name for p in OVERLAY.glob("*.yaml") if p.name != "kustomization.yaml") == sorted(
+        [*(n for n in _objects(OVERLAY)), *PATCHES]
+    ), "an overlay file that is neither a resource nor a known patch"
+    _validate_strictly(tmp_path, documents)
+
+
+@pytest.mark.system
+def test_the_rendered_example_overlay_is_valid_against_the_kubernetes_api_strictly(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (its built-in kustomize renders the overlay) is not installed")
+    result = _run(kubectl, "kustomize", str(OVERLAY))
+    assert result.returncode == 0, result.stderr
+    rendered = list(yaml.safe_load_all(result.stdout))
+    assert {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"} == {"routewatch"}
+    serve = next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "routewatch-serve")
+    container = serve["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example.com/routewatch:0.1.0"
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}, "the overlay's patch merged"
+    _validate_strictly(tmp_path, rendered)
+
+
+@pytest.mark.unit
+def test_every_pod_runs_non_root_on_a_read_only_root_with_limits_and_secrets_only_by_reference() -> None:
+    templates = _pod_templates()
+    assert set(templates) == {
+        "routewatch-serve",
+        "routewatch-probe-eu-west",
+        "routewatch-probe-us-east",
+        "routewatch-migrate",
+    }
+    for name, template in templates.items():
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0, name
+        assert spec["automountServiceAccountToken"] is False, name
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"], name
+            for kind in ("requests", "limits"):
+                assert set(container["resources"][kind]) == {"cpu", "memory"}, f"{name}: {kind}"
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts["/var/lib/routewatch"]], f"{name}: the data dir and spool are writable"
+            for variable in container.get("env", []):
+                if variable["name"] in SECRET_ENV:
+                    assert "value" not in variable and variable["valueFrom"]["secretKeyRef"]["name"] == "routewatch"
+
+
+@pytest.mark.unit
+def test_serve_runs_two_replicas_behind_a_service_with_health_probes_and_a_disruption_budget() -> None:
+    (serve,) = (d for d in _of_kind("Deployment") if d["metadata"]["name"] == "routewatch-serve")
+    assert serve["spec"]["replicas"] == 2
+    container = serve["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "serve"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    pod_labels = serve["spec"]["template"]["metadata"]["labels"]
+    (service,) = _of_kind("Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {p["name"] for p in container["ports"]}
+    (budget,) = _of_kind("PodDisruptionBudget")
+    assert (
+        budget["spec"]["minAvailable"] == 1 and budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    )
+    (policy,) = _of_kind("NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert {"Ingress", "Egress"} == set(policy["spec"]["policyTypes"])
+
+
+@pytest.mark.unit
+def test_one_prober_per_region_each_reading_a_valid_configuration_of_its_own_region() -> None:
+    (configmap,) = _of_kind("ConfigMap")
+    probers = [
+        d
+        for d in _of_kind("Deployment")
+        if d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "probe"
+    ]
+    regions = set()
+    for prober in probers:
+        args = prober["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[0] == "probe"
+        key = args[args.index("--config") + 1].removeprefix("/etc/routewatch/")
+        config = parse_config(configmap["data"][key], key)
+        assert config.region == prober["metadata"]["labels"]["routewatch.io/region"]
+        regions.add(config.region)
+    assert len(regions) == len(probers) == 2
+    (job,) = _of_kind("Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "migrate"]
+
+
+@pytest.mark.unit
+def test_the_prometheus_operator_objects_carry_the_shipped_rules_and_scrape_the_serve_service() -> None:
+    (rule,) = _of_kind("PrometheusRule")
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "routewatch-rules.yml").read_text(encoding="utf-8"))
+    assert rule["spec"]["groups"] == shipped["groups"], "render the rules again into prometheusrule.yaml"
+    (monitor,) = _of_kind("ServiceMonitor")
+    (service,) = _of_kind("Service")
+    base_labels = yaml.safe_load((BASE / "kustomization.yaml").read_text(encoding="utf-8"))["labels"][0]["pairs"]
+    service_labels = {**base_labels, **service["metadata"]["labels"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+    assert service_labels[monitor["spec"]["jobLabel"]] == "routewatch", "the job the rules were rendered for"
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
