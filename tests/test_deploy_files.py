@@ -230,6 +230,23 @@ def test_prometheus_in_the_stack_loads_the_shipped_rules_and_scrapes_both_replic
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 
+@pytest.mark.unit
+def test_grafana_gets_every_variable_its_provisioning_files_expand() -> None:
+    grafana = _compose()["services"]["grafana"]
+    mounts = dict(m.split(":")[:2] for m in grafana["volumes"])
+    provisioning = DEPLOY / next(src for src, dst in mounts.items() if dst == "/etc/grafana/provisioning")
+    assert mounts["../dashboards"] == "/var/lib/grafana/dashboards/routewatch"
+    expanded = set()
+    for path in provisioning.rglob("*.yaml"):
+        # Comments mention ${VAR} as the syntax; only what Grafana reads is expanded.
+        text = "\n".join(line.split("#")[0] for line in path.read_text(encoding="utf-8").splitlines())
+        expanded.update(re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", text))
+    assert expanded, "no variable found: the provisioning files moved?"
+    assert expanded <= set(grafana["environment"]), (
+        f"unset in Grafana's environment: {expanded - set(grafana['environment'])}"
+    )
+
+
 # --- the Kubernetes manifests ---------------------------------------------------------------
 
 KUBERNETES = DEPLOY / "kubernetes"
