@@ -9,11 +9,11 @@ probes that were there before the upgrade.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import pytest
 from factories import probe_result
+from table_rows import every_row
 
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.housekeeping import ensure_partitions, partition_day
@@ -23,24 +23,9 @@ from routewatch.storage.writer import write_batch
 # Tables a later migration drops on purpose, holding only what can be recomputed.
 RETIRED = {"probe_rollup_hourly"}
 # Bookkeeping that migrate itself changes.
-MIGRATION_TABLES = {"schema_migrations"}
+MIGRATION_TABLES = frozenset({"schema_migrations"})
 PROBES = 40
 OLDER_VERSIONS = (8, load_migrations()[-2].version)
-
-
-async def every_row(conn: asyncpg.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every ordinary table (partitions through their parent), sorted."""
-    tables = await conn.fetch(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
-    )
-    found = {}
-    for table in (r["relname"] for r in tables):
-        if table in MIGRATION_TABLES:
-            continue
-        rows = await conn.fetch(f'SELECT * FROM "{table}"')
-        found[table] = sorted((tuple(r.values()) for r in rows), key=repr)
-    return found
 
 
 @pytest.mark.db
@@ -62,14 +47,14 @@ async def test_migrate_keeps_the_data_of_an_older_schema(db_dsn: str, mode: str,
                 days = sorted({partition_day(r.started_at) for r in results})
                 await ensure_partitions(conn, mode, days[0], days[-1])
             assert await write_batch(conn, results) == PROBES
-            before = await every_row(conn)
+            before = await every_row(conn, MIGRATION_TABLES)
             assert len(before["probe_results"]) == PROBES
 
             report = await migrate(conn)
 
             assert report.applied == [m.label for m in migrations if m.version > from_version]
             assert report.mode == mode
-            after = await every_row(conn)
+            after = await every_row(conn, MIGRATION_TABLES)
             for table, rows in before.items():
                 if table in RETIRED:
                     assert table not in after, f"{table} was expected to be retired"
