@@ -96,7 +96,7 @@ class Watcher:
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[tuple[LocalPostgres, Path]]:
     base = Path("/tmp") / f"rw-failover-{os.getpid()}-{tmp_path.name}"
-    primary = LocalPostgres(base / "primary", timescaledb=False)
+    primary = LocalPostgres(base / "primary")  # TimescaleDB preloaded where installed, as in production
     try:
         primary.start()
         yield primary, base
@@ -174,7 +174,10 @@ def test_probers_and_leader_ride_a_primary_failover_losing_nothing(
         _wait(
             lambda: [_attempted(api) for api in apis] == [total, total],
             10 * REFRESH_S,
-            lambda: f"figures of every probe: {total} stored, published {[_attempted(api) for api in apis]}",
+            lambda: (
+                f"figures of every probe: {total} stored, published {[_attempted(api) for api in apis]}"
+                + _rollup_diagnosis(dsn)
+            ),
         )
         gaps = [w.longest_gap_s(killed) for w in watchers]
         print(
@@ -215,3 +218,25 @@ def _attempted(api: str) -> int:
         with urllib.request.urlopen(f"{api}/v1/models/{model}/stats?window=1h", timeout=5) as resp:
             total += int(strict_json(resp.read())["samples"]["attempted"])
     return total
+
+
+def _rollup_diagnosis(dsn: str) -> str:
+    """Where stored probes and the hourly rollup disagree, and the ingest log: to find a lost count."""
+    raw = fetch_rows(
+        dsn,
+        "SELECT date_trunc('hour', started_at) AS bucket, model, region, count(*) AS n"
+        " FROM probe_results GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    rolled = {
+        (r["bucket"], r["model"], r["region"]): r["n"]
+        for r in fetch_rows(
+            dsn, "SELECT bucket, model, region, sum(attempts) AS n FROM probe_hist_hourly GROUP BY 1, 2, 3"
+        )
+    }
+    differ = [
+        (r["bucket"].isoformat(), r["model"], r["region"], r["n"], rolled.get((r["bucket"], r["model"], r["region"])))
+        for r in raw
+        if rolled.get((r["bucket"], r["model"], r["region"])) != r["n"]
+    ]
+    log = fetch_rows(dsn, "SELECT id, rows, hist_done, xid::text AS xid, stored_at FROM probe_ingest_log ORDER BY id")
+    return f"\nraw vs rollup (bucket, model, region, raw, rolled): {differ}\ningest log: {log}"

@@ -25,7 +25,7 @@ from routewatch.postgres.local_server import LocalPostgres
 def primary(tmp_path: Path) -> Iterator[LocalPostgres]:
     """A primary of this test's own (the suite's server must stay up for the others)."""
     base = Path("/tmp") / f"rw-primary-{os.getpid()}-{tmp_path.name}"
-    server = LocalPostgres(base, timescaledb=False)
+    server = LocalPostgres(base)  # TimescaleDB preloaded where installed, as in production
     try:
         server.start()
         yield server
