@@ -239,4 +239,17 @@ def _rollup_diagnosis(dsn: str) -> str:
         if rolled.get((r["bucket"], r["model"], r["region"])) != r["n"]
     ]
     log = fetch_rows(dsn, "SELECT id, rows, hist_done, xid::text AS xid, stored_at FROM probe_ingest_log ORDER BY id")
-    return f"\nraw vs rollup (bucket, model, region, raw, rolled): {differ}\ningest log: {log}"
+    # The rows of the cells that differ, with the transaction that wrote each: is one outside every logged batch?
+    cells = [
+        fetch_rows(
+            dsn,
+            "SELECT xmin::text AS xmin, started_at FROM probe_results"
+            " WHERE date_trunc('hour', started_at) = $1::text::timestamptz AND model = $2 AND region = $3"
+            " ORDER BY started_at",
+            bucket,
+            model,
+            region,
+        )
+        for bucket, model, region, _, _ in differ
+    ]
+    return f"\nraw vs rollup (bucket, model, region, raw, rolled): {differ}\nrows there: {cells}\ningest log: {log}"
