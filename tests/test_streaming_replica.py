@@ -23,20 +23,20 @@ from routewatch.postgres.local_server import LocalPostgres
 
 @pytest.fixture
 def primary(tmp_path: Path) -> Iterator[LocalPostgres]:
-    """A primary of this test's own (the suite's server must stay up for the others)."""
+    """A primary of this test's own (the suite's server must stay up for the others); its replica goes beside it."""
     base = Path("/tmp") / f"rw-primary-{os.getpid()}-{tmp_path.name}"
-    server = LocalPostgres(base)  # TimescaleDB preloaded where installed, as in production
+    server = LocalPostgres(base / "primary")  # TimescaleDB preloaded where installed, as in production
     try:
         server.start()
         yield server
     finally:
         server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)  # the replica's directory too, even if it never started
 
 
 @pytest.mark.system
 async def test_replica_follows_then_takes_over_after_the_primary_is_killed(primary: LocalPostgres) -> None:
-    replica = await make_replica(primary, primary.data_dir.with_name(primary.data_dir.name + "-replica"))
+    replica = await make_replica(primary, primary.data_dir.with_name("replica"))
     try:
         both = multi_host_dsn([primary, replica])
         writer = await asyncpg.connect(both)
@@ -72,4 +72,3 @@ async def test_replica_follows_then_takes_over_after_the_primary_is_killed(prima
             await writer.close()
     finally:
         replica.stop()
-        shutil.rmtree(replica.data_dir, ignore_errors=True)
