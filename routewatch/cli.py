@@ -199,6 +199,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         help="migrate: apply pending schema migrations; status: mode, size, rows, spool backlog",
     )
     db.add_argument("--data-dir", type=Path, help="as for run")
+    db.add_argument(
+        "--dry-run", action="store_true", help="with migrate: list the pending migrations and change nothing"
+    )
 
     grafana = sub.add_parser("grafana", help="publish dashboards, data sources and alert rules to Grafana")
     grafana.add_argument("action", choices=["publish"], help="publish: upsert them (idempotent)")
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "db":
             from routewatch.db_command import db_main
 
-            return db_main(args.action, _data_dir(args.data_dir, settings), settings)
+            return db_main(args.action, _data_dir(args.data_dir, settings), settings, dry_run=args.dry_run)
         if args.command == "grafana":
             from routewatch.grafana_command import PublishOptions, grafana_main
 

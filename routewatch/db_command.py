@@ -1,4 +1,4 @@
-"""``routewatch db migrate`` and ``routewatch db status``.
+"""``routewatch db migrate`` (or its ``--dry-run``) and ``routewatch db status``.
 
 Both reach the same database ``routewatch run`` uses: ``ROUTEWATCH_DATABASE_URL``,
 or the embedded server in the data directory (the running one, if
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +20,7 @@ from routewatch.delivery.spooled import read_cursor
 from routewatch.parts import embedded_postgres
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.storage.describe import db_status, format_status
-from routewatch.storage.migrate import migrate
+from routewatch.storage.migrate import PendingReport, migrate, pending_migrations
 
 
 def spool_backlog(spool_dir: Path) -> str:
@@ -50,7 +51,7 @@ def spool_backlogs(data_dir: Path) -> str:
 
 
 def _with_database(data_dir: Path, action: str, settings: Settings) -> str:
-    """Run ``action`` ("migrate" or "status") against the configured database; return its text."""
+    """Run ``action`` ("migrate", "dry-run" or "status") against the configured database; return its text."""
     url = settings.database_dsn()
     server: LocalPostgres | None = None
     if not url:
@@ -75,12 +76,27 @@ async def _run(url: str, action: str, data_dir: Path) -> str:
             done = ", ".join(report.applied) if report.applied else "nothing to apply"
             tsdb = f" (TimescaleDB {report.timescaledb_version})" if report.timescaledb_version else ""
             return f"storage mode: {report.mode}{tsdb}\nschema version: {report.version}\napplied: {done}"
+        if action == "dry-run":
+            return format_pending(await pending_migrations(conn))
         return format_status(await db_status(conn), spool_backlogs(data_dir))
     finally:
         await conn.close()
 
 
-def db_main(action: str, data_dir: Path, settings: Settings) -> int:
-    """Print the result of ``action``; 0 on success."""
-    print(_with_database(data_dir, action, settings))
+def format_pending(report: PendingReport) -> str:
+    """The ``db migrate --dry-run`` text: mode, current version, what would be applied."""
+    how = "recorded" if report.mode_recorded else "not recorded yet: the first migrate would choose it"
+    pending = ", ".join(report.pending) if report.pending else "nothing to apply"
+    return (
+        f"storage mode: {report.mode} ({how})\nschema version: {report.version}\n"
+        f"would apply: {pending}\ndry run: nothing was changed"
+    )
+
+
+def db_main(action: str, data_dir: Path, settings: Settings, *, dry_run: bool = False) -> int:
+    """Print the result of ``action``; 0 on success. ``dry_run`` only lists what ``migrate`` would apply."""
+    if dry_run and action != "migrate":
+        print(f"--dry-run applies to `db migrate` only, not `db {action}`", file=sys.stderr)
+        return 2
+    print(_with_database(data_dir, "dry-run" if dry_run else action, settings))
     return 0

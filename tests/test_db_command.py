@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import subprocess
@@ -9,12 +10,13 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from factories import probe_result
 
 from routewatch.db_command import spool_backlog, spool_backlogs
 from routewatch.delivery.spool import Spool
-from routewatch.storage.migrate import load_migrations
+from routewatch.storage.migrate import load_migrations, migrate
 
 
 def _cli(args: list[str], dsn: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -76,3 +78,56 @@ def test_spool_backlogs_name_every_prober_workers_spool(tmp_path: Path) -> None:
     assert text.startswith("spool-worker-1: 2 results waiting to be stored")
     assert "; spool-worker-3: 4 results waiting to be stored" in text
     assert "; spool-worker-2: nothing waiting" in text
+
+
+async def _migrate_up_to(dsn: str, version: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn, mode="plain", migrations=[m for m in load_migrations() if m.version <= version])
+    finally:
+        await conn.close()
+
+
+async def _tables(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    return {r["tablename"] for r in rows}
+
+
+@pytest.mark.system
+async def test_migrate_dry_run_lists_pending_and_changes_nothing(db_dsn: str, tmp_path: Path) -> None:
+    labels = [m.label for m in load_migrations()]
+
+    empty = await asyncio.to_thread(_cli, ["db", "migrate", "--dry-run"], db_dsn, tmp_path)
+    assert empty.returncode == 0, empty.stderr
+    assert "not recorded yet" in empty.stdout
+    assert "schema version: 0" in empty.stdout
+    assert f"would apply: {', '.join(labels)}" in empty.stdout
+    assert await _tables(db_dsn) == set(), "a dry run on an empty database created something"
+
+    # A database an older release left at version 8: the two newer ones are pending.
+    await _migrate_up_to(db_dsn, 8)
+    before = await _tables(db_dsn)
+    older = await asyncio.to_thread(_cli, ["db", "migrate", "--dry-run"], db_dsn, tmp_path)
+    assert older.returncode == 0, older.stderr
+    assert "storage mode: plain (recorded)" in older.stdout
+    assert "schema version: 8" in older.stdout
+    assert f"would apply: {', '.join(labels[8:])}" in older.stdout
+    assert "dry run: nothing was changed" in older.stdout
+    assert await _tables(db_dsn) == before
+
+    applied = await asyncio.to_thread(_cli, ["db", "migrate"], db_dsn, tmp_path)
+    assert f"applied: {', '.join(labels[8:])}" in applied.stdout
+    done = await asyncio.to_thread(_cli, ["db", "migrate", "--dry-run"], db_dsn, tmp_path)
+    assert "would apply: nothing to apply" in done.stdout
+
+
+@pytest.mark.system
+def test_dry_run_is_refused_for_status(db_dsn: str, tmp_path: Path) -> None:
+    refused = _cli(["db", "status", "--dry-run"], db_dsn, tmp_path)
+    assert refused.returncode == 2
+    assert "--dry-run applies to `db migrate` only" in refused.stderr
+    assert "Traceback" not in refused.stderr

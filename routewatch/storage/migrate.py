@@ -155,6 +155,33 @@ async def schema_version(conn: Conn) -> int:
     return version
 
 
+@dataclass(frozen=True, slots=True)
+class PendingReport:
+    """What :func:`migrate` would do, found without changing anything."""
+
+    mode: str  # the recorded storage mode, or the one a first migrate would choose
+    mode_recorded: bool  # False: no migrate has run yet, ``mode`` is the server's default
+    version: int  # highest applied version now (0: none)
+    pending: list[str] = field(default_factory=list)  # labels migrate would apply, in order
+
+
+async def pending_migrations(conn: Conn, migrations: Sequence[Migration] | None = None) -> PendingReport:
+    """Read which migrations :func:`migrate` would apply; writes nothing, takes no lock.
+
+    The answer can go stale at once if another process migrates meanwhile; it
+    is for an operator planning an upgrade, not for deciding anything.
+    """
+    known = list(migrations) if migrations is not None else load_migrations()
+    recorded = await recorded_mode(conn)
+    default = "timescaledb" if await timescaledb_available(conn) else "plain"
+    mode = recorded or default
+    done: set[int] = set()
+    if await conn.fetchval("SELECT to_regclass($1)", SCHEMA_MIGRATIONS) is not None:
+        done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {SCHEMA_MIGRATIONS}")}
+    pending = [m.label for m in sorted(known, key=lambda m: m.version) if m.version not in done]
+    return PendingReport(mode=mode, mode_recorded=recorded is not None, version=max(done, default=0), pending=pending)
+
+
 async def migrate(
     conn: Conn,
     *,
