@@ -123,9 +123,18 @@ WHERE rank <= $4
 ORDER BY first_started, router, model, provider
 """
 
+# On a hot standby pg_current_snapshot() lists no transaction in progress: it copies
+# the snapshot's top-level xids, and a standby's snapshot keeps every running xid
+# among its subtransaction ids. A transaction of the primary still running would
+# then count as seen and its changes be missed once it commits. There the position
+# says only what is certain: every transaction below xmin has ended (xmin:xmin:),
+# so the next reader re-reads the hours of any transaction from xmin on, some of them
+# again, which changes nothing.
 _POSITION = (
-    "SELECT pg_current_snapshot()::text AS snapshot,"
+    "SELECT CASE WHEN pg_is_in_recovery()"
+    " THEN pg_snapshot_xmin(s)::text || ':' || pg_snapshot_xmin(s)::text || ':' ELSE s::text END AS snapshot,"
     f" coalesce((SELECT value::bigint FROM {META_TABLE} WHERE key = $1), 0) AS generation"
+    " FROM pg_current_snapshot() AS s"
 )
 # The changes of the transactions the earlier snapshot $1 did not see (those
 # below its xmin had all ended before it); '-infinity' is a TRUNCATE.
