@@ -6,8 +6,10 @@ reads that may be a little behind (a standby's refresh, the API's history and
 status reads) take a connection from :meth:`ReadPools.acquire`, which hands
 out the replica's while it is *in use*, the primary's otherwise.
 
-The replica falls out of use when a connection to it cannot be had or a read
-on it fails as an outage (``errors.DATABASE_UNAVAILABLE``): one WARNING,
+The replica falls out of use when a connection to it cannot be had (for any
+reason the server gives, a refused login too) or a read on it fails as an
+outage (``errors.DATABASE_UNAVAILABLE``; a query the replica cancels for a
+conflict with recovery fails that read only): one WARNING,
 then reads go to the primary, so a lost replica costs the primary some load,
 not a figure. :meth:`ReadPools.watch` looks at the replica every
 ``check_s`` seconds: it measures how far behind it is (the lag gauge) and,
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from routewatch.storage.connection import Conn
-from routewatch.storage.errors import DATABASE_UNAVAILABLE
+from routewatch.storage.errors import DATABASE_ERRORS, DATABASE_UNAVAILABLE
 from routewatch.storage.replication import replica_lag
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ class ReadPools:
             if self._replica is not None and self._in_use:
                 try:
                     conn = await stack.enter_async_context(self._replica.acquire(timeout=self._acquire_timeout_s))
-                except DATABASE_UNAVAILABLE as exc:
+                except DATABASE_ERRORS as exc:  # a refused login too: the primary still serves
                     self._out_of_use(exc)
                 else:
                     try:
@@ -124,7 +126,7 @@ class ReadPools:
         try:
             async with self._replica.acquire(timeout=self._acquire_timeout_s) as conn:
                 lag = await replica_lag(conn)
-        except DATABASE_UNAVAILABLE as exc:
+        except DATABASE_ERRORS as exc:
             self._out_of_use(exc)
             return
         self.lag_s = lag.lag_s if lag.in_recovery else 0.0  # a promoted replica is the primary: 0 behind
