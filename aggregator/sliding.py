@@ -252,7 +252,7 @@ class SlidingWindows:
                     and self._current is not None
                     and self._current <= current < self._current + self._longest * HOUR
                 ):
-                    changed = await hist_queries.hours_changed_since(conn, self._position)
+                    changed = await hist_queries.hours_changed_since(conn, self._position, position)
                     try:
                         followed = changed is not None and await self._catch_up(conn, current, changed)
                     except ValueError as exc:

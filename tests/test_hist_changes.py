@@ -43,7 +43,7 @@ async def where(conn: asyncpg.Connection) -> hist_queries.Position:
 
 async def since(conn: asyncpg.Connection, earlier: hist_queries.Position) -> list[datetime] | None:
     async with hist_queries.follow_transaction(conn):
-        return await hist_queries.hours_changed_since(conn, earlier)
+        return await hist_queries.hours_changed_since(conn, earlier, await hist_queries.position(conn))
 
 
 async def test_every_change_is_listed_once_for_a_reader_that_has_not_seen_it(

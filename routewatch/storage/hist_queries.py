@@ -123,17 +123,24 @@ WHERE rank <= $4
 ORDER BY first_started, router, model, provider
 """
 
+# The server is named by its postmaster's start time and address: transaction
+# ids are only comparable within one server's history. After a failover the
+# promoted replica may hand out again ids the old primary had used (for
+# transactions whose records never reached it), so a snapshot taken on the
+# old primary would take the new primary's changes under those ids as seen.
+#
 # On a hot standby pg_current_snapshot() lists no transaction in progress: it copies
 # the snapshot's top-level xids, and a standby's snapshot keeps every running xid
 # among its subtransaction ids. A transaction of the primary still running would
 # then count as seen and its changes be missed once it commits. There the position
 # says only what is certain: every transaction below xmin has ended (xmin:xmin:),
 # so the next reader re-reads the hours of any transaction from xmin on, some of them
-# again, which changes nothing.
+# again, which only repeats work.
 _POSITION = (
     "SELECT CASE WHEN pg_is_in_recovery()"
     " THEN pg_snapshot_xmin(s)::text || ':' || pg_snapshot_xmin(s)::text || ':' ELSE s::text END AS snapshot,"
-    f" coalesce((SELECT value::bigint FROM {META_TABLE} WHERE key = $1), 0) AS generation"
+    f" coalesce((SELECT value::bigint FROM {META_TABLE} WHERE key = $1), 0) AS generation,"
+    " concat_ws(' ', pg_postmaster_start_time(), inet_server_addr(), inet_server_port()) AS server"
     " FROM pg_current_snapshot() AS s"
 )
 # The changes of the transactions the earlier snapshot $1 did not see (those
@@ -270,18 +277,23 @@ class Position:
 
     generation: int  # HIST_GENERATION_KEY as that snapshot sees it (0 before any change)
     snapshot: str  # pg_current_snapshot() as text: the transactions it sees
+    server: str  # which server took the snapshot (see _POSITION): snapshots of two servers do not compare
 
 
 async def position(conn: Conn) -> Position:
     """The current transaction's :class:`Position` (call it first in :func:`follow_transaction`)."""
     row = await conn.fetchrow(_POSITION, HIST_GENERATION_KEY)
     assert row is not None
-    return Position(int(row["generation"]), str(row["snapshot"]))
+    return Position(int(row["generation"]), str(row["snapshot"]), str(row["server"]))
 
 
-async def hours_changed_since(conn: Conn, earlier: Position) -> list[datetime] | None:
-    """The hours whose rows changed in transactions ``earlier`` did not see, ascending;
-    None when that cannot be told: the changes it missed were pruned, or the table was truncated."""
+async def hours_changed_since(conn: Conn, earlier: Position, now: Position) -> list[datetime] | None:
+    """The hours whose rows changed in transactions ``earlier`` did not see, ascending, read in
+    the transaction whose position is ``now``; None when that cannot be told: ``earlier`` was taken
+    on another server (a failover, a restart), the changes it missed were pruned, or the table was
+    truncated."""
+    if earlier.server != now.server:
+        return None
     row = await conn.fetchrow(_CHANGED_SINCE, earlier.snapshot, HIST_CHANGES_PRUNED_KEY)
     assert row is not None
     if row["unknown"]:
