@@ -31,6 +31,7 @@ import asyncpg
 from routewatch.aggregator.history import record as record_history
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
+from routewatch.aggregator.replication_watch import ReplicationWatch
 from routewatch.aggregator.rollup import CellKey, RefreshReport, floor_hour, refresh_hist, window_hours, window_start
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
@@ -41,6 +42,7 @@ from routewatch.storage.connection import Conn
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.housekeeping import DEFAULT_RETENTION
 from routewatch.storage.leadership import Leadership
+from routewatch.storage.read_pools import PRIMARY, ReadPools
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ class Aggregator:
         max_providers: int = DEFAULT_MAX_PROVIDERS,
         clock: Callable[[], datetime] | None = None,
         notify_targets: Sequence[str] = (),
+        reads: ReadPools | None = None,
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
@@ -159,8 +162,15 @@ class Aggregator:
         ``max_providers``: named providers per model at most, the rest counted
         as ``other`` (``provider_cap``). ``clock`` gives each refresh's time
         instead of the database's clock (a benchmark pins it). ``notify_targets``: the
-        notification targets each incident open and close is queued for."""
+        notification targets each incident open and close is queued for. ``reads``: where
+        a standby reads (a read replica's pool while it answers, see ``storage.read_pools``);
+        default ``pool``. The leader reads and writes on ``pool`` alone."""
         self._pool = pool
+        self._reads = reads if reads is not None else ReadPools(pool)
+        # The server the window sums were last read from (read_pools.PRIMARY or REPLICA):
+        # state read from one server is never carried on against another's tables.
+        self._sums_from: str | None = None
+        self._replication = ReplicationWatch()
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
         self._interval = interval_s
@@ -216,6 +226,11 @@ class Aggregator:
         return self._pool
 
     @property
+    def reads(self) -> ReadPools:
+        """Where this process's reads that may be a little behind go (a standby's refresh, the API's)."""
+        return self._reads
+
+    @property
     def interval_s(self) -> float:
         """Seconds between refreshes."""
         return self._interval
@@ -243,10 +258,21 @@ class Aggregator:
         return "leader" if self._leadership is None or self._leadership.is_leader else "standby"
 
     async def refresh(self) -> Snapshot:
-        """Bring the rollup up to date (leader only), recompute every window, publish the result."""
+        """Bring the rollup up to date (leader only), recompute every window, publish the result.
+
+        A standby's refresh that failed because its read replica went away is
+        tried again at once, on the primary.
+        """
         started = time.perf_counter()
         parts = _Laps()
-        snapshot = await self._refresh(parts)
+        switches = self._reads.switches
+        try:
+            snapshot = await self._refresh(parts)
+        except DATABASE_ERRORS:
+            if self._reads.switches == switches:
+                raise
+            parts = _Laps()
+            snapshot = await self._refresh(parts)
         self.last_refresh_s = time.perf_counter() - started
         self.last_refresh_parts = parts.seconds
         return snapshot
@@ -255,14 +281,17 @@ class Aggregator:
         if self._leadership is not None:
             await self._leadership.try_acquire()
         report: RefreshReport | None = None  # the leader's rollup refresh
-        async with self._pool.acquire() as conn:
-            if self.role == "leader":
+        if self.role == "leader":
+            async with self._pool.acquire() as conn:
+                self._sums_on(PRIMARY)
                 if not self._led_last:
                     # Just became leader (or started): bring the sums to the table as it
                     # stands, so that the refresh below finds them in step.
                     await self._sliding.follow(conn, await self._now(conn))
                     self._led_last = True
                     laps.lap("catch-up")
+                if self._replication.due():
+                    await self._replication.check(conn)
                 report = await refresh_hist(
                     conn,
                     now=self._clock() if self._clock is not None else None,
@@ -277,12 +306,14 @@ class Aggregator:
                 await self._sliding.note_position(conn)
                 await self._prune_changes(conn, now)
                 cells = self._sliding.stats()
-            else:
-                self._led_last = False
-                now = await self._now(conn)
-                await self._sliding.follow(conn, now)
+        else:
+            self._led_last = False
+            async with self._reads.acquire() as read:
+                self._sums_on(read.server)
+                now = await self._now(read.conn)
+                await self._sliding.follow(read.conn, now)
                 cells = self._sliding.stats()
-            laps.lap("windows")
+        laps.lap("windows")
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
         seen.extend(others)
@@ -303,6 +334,14 @@ class Aggregator:
             laps.lap("history")
         return self.snapshot
 
+    def _sums_on(self, server: str) -> None:
+        """The window sums are about to be read from ``server``: from another than last time,
+        they start again from its tables (a replica is behind the primary; positions taken
+        on one are not compared against the other)."""
+        if self._sums_from is not None and self._sums_from != server:
+            self._sliding.forget()
+        self._sums_from = server
+
     async def _now(self, conn: Conn) -> datetime:
         return self._clock() if self._clock is not None else await db_now(conn)
 
@@ -316,11 +355,13 @@ class Aggregator:
     async def _refresh_status(self, now: datetime, models: list[str], report: RefreshReport | None) -> None:
         """Leader: evaluate and store the status; everyone: read back what is stored."""
         assert self._status is not None
-        async with self._pool.acquire() as conn:
-            if self.role == "leader":
+        if self.role == "leader":
+            async with self._pool.acquire() as conn:
                 await self._status.evaluate(conn, models, now, report)
-            else:
-                self._status.forget()  # a later leadership starts from the tables
+                self.status = await read_report(conn)
+            return
+        self._status.forget()  # a later leadership starts from the tables
+        async with self._reads.connection() as conn:
             self.status = await read_report(conn)
 
     def _history_due(self, now: datetime) -> bool:

@@ -14,13 +14,17 @@ from pathlib import Path
 
 import asyncpg
 
-from routewatch.config.settings import Settings
+from routewatch.config.settings import ENV_DATABASE_READ_URL, Settings
 from routewatch.delivery.spool import Spool
 from routewatch.delivery.spooled import read_cursor
 from routewatch.parts import embedded_postgres
 from routewatch.postgres.local_server import LocalPostgres
+from routewatch.probe.redact import redact_dsn
+from routewatch.storage.connection import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, Conn
 from routewatch.storage.describe import db_status, format_status
+from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.migrate import PendingReport, migrate, pending_migrations
+from routewatch.storage.replication import describe_lag, describe_standbys, replica_lag, standbys
 
 
 def spool_backlog(spool_dir: Path) -> str:
@@ -62,14 +66,16 @@ def _with_database(data_dir: Path, action: str, settings: Settings) -> str:
             server.start()
             url = server.dsn
     try:
-        return asyncio.run(_run(url, action, data_dir))
+        return asyncio.run(_run(url, action, data_dir, settings.database_read_dsn()))
     finally:
         if server is not None:
             server.stop()
 
 
-async def _run(url: str, action: str, data_dir: Path) -> str:
-    conn = await asyncpg.connect(url, timeout=10)
+async def _run(url: str, action: str, data_dir: Path, read_url: str | None = None) -> str:
+    # A migration may rewrite a large table for longer than any query should take: no limit for it.
+    limit = None if action == "migrate" else COMMAND_TIMEOUT_S
+    conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S, command_timeout=limit)
     try:
         if action == "migrate":
             report = await migrate(conn)
@@ -78,9 +84,33 @@ async def _run(url: str, action: str, data_dir: Path) -> str:
             return f"storage mode: {report.mode}{tsdb}\nschema version: {report.version}\napplied: {done}"
         if action == "dry-run":
             return format_pending(await pending_migrations(conn))
-        return format_status(await db_status(conn), spool_backlogs(data_dir))
+        status = format_status(await db_status(conn), spool_backlogs(data_dir))
+        return "\n".join([status, *await replication_lines(conn, read_url)])
     finally:
         await conn.close()
+
+
+async def replication_lines(conn: Conn, read_url: str | None) -> list[str]:
+    """``db status``'s lines about replication: what the server on ``conn`` is (a primary with its
+    standbys and their sync state, or a replica and its lag), and the read replica's lag when one is set."""
+    lag = await replica_lag(conn)
+    if lag.in_recovery:
+        lines = [f"replication:     {describe_lag(lag)}"]
+    else:
+        lines = [f"replication:     a primary; standbys: {describe_standbys(await standbys(conn))}"]
+    if read_url is not None:
+        where = f"{redact_dsn(read_url)} (from {ENV_DATABASE_READ_URL})"
+        try:
+            replica = await asyncpg.connect(read_url, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S)
+        except DATABASE_ERRORS as exc:
+            # The class only: the error's text may hold the URL.
+            lines.append(f"read replica:    {where}: cannot be reached ({exc.__class__.__name__})")
+            return lines
+        try:
+            lines.append(f"read replica:    {where}: {describe_lag(await replica_lag(replica))}")
+        finally:
+            await replica.close()
+    return lines
 
 
 def format_pending(report: PendingReport) -> str:

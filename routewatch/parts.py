@@ -33,6 +33,8 @@ from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.redact import redact
 from routewatch.probe.scheduler import Prober, new_session
+from routewatch.storage.connection import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
+from routewatch.storage.migrate import MigrationReport, migrate
 from routewatch.supervision import Supervisor
 
 log = logging.getLogger("routewatch")
@@ -55,11 +57,13 @@ class InjectedFault(Exception):
 @dataclass(frozen=True)
 class Database:
     """The database this process uses: its URL (a secret), how the banner names it,
-    and the embedded server when this process runs it (to watch and restart)."""
+    the embedded server when this process runs it (to watch and restart), and a
+    read replica's URL (a secret too) when one is configured."""
 
     dsn: str
     label: str
     server: LocalPostgres | None = None
+    read_dsn: str | None = None
 
 
 def embedded_postgres(data_dir: Path, settings: Settings) -> LocalPostgres:
@@ -121,21 +125,67 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 @asynccontextmanager
 async def database_pool(database: Database) -> AsyncIterator[asyncpg.Pool]:
-    """The connection pool; closed at exit, its connections still in use terminated after POOL_CLOSE_S."""
+    """The connection pool; closed at exit, its connections still in use terminated after POOL_CLOSE_S.
+
+    Connections are made within CONNECT_TIMEOUT_S and every query ends within
+    COMMAND_TIMEOUT_S (``storage.connection``), so that a query in flight on a
+    host that vanished fails as an outage instead of waiting for TCP.
+    """
     try:
-        pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=4, timeout=10)
+        pool = await _create_pool(database.dsn, min_size=1, command_timeout_s=COMMAND_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(
             f"cannot reach the database, {database.label}: {redact(str(exc), [database.dsn])}"
         ) from None
-    try:
+    async with _closing(pool):
         yield pool
+
+
+@asynccontextmanager
+async def read_pool(
+    database: Database, *, command_timeout_s: float = COMMAND_TIMEOUT_S
+) -> AsyncIterator[asyncpg.Pool | None]:
+    """The read replica's pool when one is configured, else None; closed at exit.
+
+    It opens no connection up front (``min_size=0``): a replica that is down
+    at start does not stop the process, reads go to the primary until it
+    answers (``storage.read_pools``). Same time limits as the primary's pool
+    (a test shortens ``command_timeout_s``).
+    """
+    if database.read_dsn is None:
+        yield None
+        return
+    pool = await _create_pool(database.read_dsn, min_size=0, command_timeout_s=command_timeout_s)
+    async with _closing(pool):
+        yield pool
+
+
+async def _create_pool(dsn: str, *, min_size: int, command_timeout_s: float) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=4, timeout=CONNECT_TIMEOUT_S, command_timeout=command_timeout_s
+    )
+
+
+@asynccontextmanager
+async def _closing(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    try:
+        yield
     finally:
         try:
             await asyncio.wait_for(pool.close(), POOL_CLOSE_S)
         except TimeoutError:
             log.warning("database connections still in use after %gs at shutdown; closing them", POOL_CLOSE_S)
             pool.terminate()
+
+
+async def migrated(database: Database) -> MigrationReport:
+    """Apply the pending migrations on a connection of their own, without the pools' COMMAND_TIMEOUT_S:
+    a migration may rewrite a large table for longer than any query of the running system should take."""
+    conn = await asyncpg.connect(database.dsn, timeout=CONNECT_TIMEOUT_S)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
 
 
 async def writer_alive(writer: SpooledDelivery) -> None:

@@ -53,6 +53,7 @@ from routewatch.parts import (
     database_pool,
     embedded_postgres,
     frozen_heap,
+    migrated,
     refreeze_heap,
     report_status,
     start_prober,
@@ -68,7 +69,6 @@ from routewatch.sinks import DatabaseTarget, needs_database, result_sink
 from routewatch.storage import shard_leases
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.housekeeping import PartitionCache
-from routewatch.storage.migrate import migrate
 from routewatch.supervision import Supervisor, dsn_secrets
 
 log = logging.getLogger("routewatch")
@@ -159,8 +159,7 @@ async def _probe(
         target = None
         if database is not None:
             pool = await stack.start("database", database_pool(database))
-            async with pool.acquire() as conn:
-                report = await migrate(conn)
+            report = await migrated(database)
             target = DatabaseTarget(pool, PartitionCache(), report.mode)
         sink = result_sink(config, settings, opts.spool_dir, target)
         parts = await start_prober(stack, supervisor, sink, config)

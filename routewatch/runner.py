@@ -64,7 +64,13 @@ from routewatch.aggregator.publish.server import ApiServer, bind_listeners, star
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import Config, StorageConfig
 from routewatch.config.durations import parse_duration
-from routewatch.config.settings import ENV_DATABASE_URL, ENV_ROUTER_URL, Settings, process_environment
+from routewatch.config.settings import (
+    ENV_DATABASE_READ_URL,
+    ENV_DATABASE_URL,
+    ENV_ROUTER_URL,
+    Settings,
+    process_environment,
+)
 from routewatch.delivery.spooled import SpoolInUse
 from routewatch.notify.sender import OutboxSender, notification_session
 from routewatch.notify.targets import Target, resolve_targets
@@ -74,6 +80,8 @@ from routewatch.parts import (
     database_pool,
     embedded_postgres,
     frozen_heap,
+    migrated,
+    read_pool,
     stop_on_signals,
 )
 from routewatch.postgres.file_lock import FileLock
@@ -88,7 +96,7 @@ from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simul
 from routewatch.sinks import DatabaseTarget, IngestSetupError, database_sink, ingest_receiver, ingest_tokens
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
-from routewatch.storage.migrate import migrate
+from routewatch.storage.read_pools import ReadPools
 from routewatch.storage.shard_leases import HANDOVER_LEAD_S
 from routewatch.supervision import Supervisor, dsn_secrets
 
@@ -185,7 +193,7 @@ def run(opts: RunOptions, settings: Settings) -> int:
         if opts.probes:
             main_thread.enter_context(_run_lock(opts.data_dir))
         sockets = main_thread.enter_context(_listeners(opts.host, opts.port))
-        database = main_thread.enter_context(_database(local, database_url, opts.data_dir))
+        database = main_thread.enter_context(_database(local, database_url, opts.data_dir, settings))
         return asyncio.run(serve(opts, settings, database, sockets))
 
 
@@ -216,12 +224,17 @@ def _listeners(host: str, port: int) -> Iterator[list[socket.socket]]:
 
 
 @contextmanager
-def _database(local: LocalPostgres | None, url: str | None, data_dir: Path) -> Iterator[Database]:
-    """The external database at ``url``, else the embedded one: started (and stopped at exit)
-    unless another routewatch process already runs it on ``data_dir``."""
+def _database(local: LocalPostgres | None, url: str | None, data_dir: Path, settings: Settings) -> Iterator[Database]:
+    """The external database at ``url`` (with the read replica the settings name, if any), else the
+    embedded one: started (and stopped at exit) unless another routewatch process already runs it on
+    ``data_dir``."""
     if local is None:
         assert url is not None
-        yield Database(url, f"PostgreSQL at {redact_dsn(url)} (from {ENV_DATABASE_URL})")
+        read_url = settings.database_read_dsn()
+        label = f"PostgreSQL at {redact_dsn(url)} (from {ENV_DATABASE_URL})"
+        if read_url is not None:
+            label += f"; reads from the replica at {redact_dsn(read_url)} (from {ENV_DATABASE_READ_URL})"
+        yield Database(url, label, read_dsn=read_url)
         return
     with local.startup_lock():
         shared = local.running_dsn()
@@ -255,23 +268,26 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
     stop = asyncio.Event()
     targets = resolve_targets(config.notifications.targets, settings.notify_secrets)
     secrets = [s for target in targets.values() for s in target.secrets()]
-    supervisor = Supervisor(stop, [*dsn_secrets(database.dsn), *secrets])
+    dsns = [database.dsn, *([database.read_dsn] if database.read_dsn else [])]
+    supervisor = Supervisor(stop, [*(s for dsn in dsns for s in dsn_secrets(dsn)), *secrets])
     workers: ProberWorkers | None = None
     async with Startup(supervisor, opts.fail_at, opts.fail_stopping) as stack:
         stack.enter_context(stop_on_signals(stop))
         pool = await stack.start("database", database_pool(database))
+        reads = ReadPools(pool, await stack.enter_async_context(read_pool(database)))
+        if reads.has_replica:
+            await stack.enter_async_context(supervisor.running("read replica watch", reads.watch))
         simulator = await stack.start("simulator", _simulator(config, settings, opts.probes))
         leadership = await stack.start("leadership", _leadership(database.dsn))
         await stack.start("postgres watch", _postgres_watch(supervisor, database.server))
         stack.reach("migrations")
-        async with pool.acquire() as conn:
-            report = await migrate(conn)
+        report = await migrated(database)
         partitions = PartitionCache()
         database_target = DatabaseTarget(pool, partitions, report.mode)
         await stack.start(
             "housekeeping", _housekeeping(supervisor, pool, report.mode, partitions, config.storage, leadership)
         )
-        aggregator = await stack.start("aggregator", _refreshing(_aggregator(config, pool, leadership), supervisor))
+        aggregator = await stack.start("aggregator", _refreshing(_aggregator(config, reads, leadership), supervisor))
         await stack.start("notifications", _notifications(config, targets, pool, leadership, supervisor))
         series, routers = _plan(config, settings, simulator.base_url if simulator else SIMULATOR_PENDING)
         # A reload is applied once the probes run (admin.attach); a router moved to the
@@ -388,9 +404,9 @@ def _housekeeping(
     )
 
 
-def _aggregator(config: Config, pool: asyncpg.Pool, leadership: Leadership) -> Aggregator:
+def _aggregator(config: Config, reads: ReadPools, leadership: Leadership) -> Aggregator:
     return Aggregator(
-        pool,
+        reads.primary,
         {name: parse_duration(name) for name in config.aggregator.windows},
         [(r.name, m) for r in config.routers for m in r.models],
         config.aggregator.refresh,
@@ -402,6 +418,7 @@ def _aggregator(config: Config, pool: asyncpg.Pool, leadership: Leadership) -> A
         maintenance=config.maintenance,
         max_providers=config.aggregator.max_providers_per_model,
         notify_targets=[t.name for t in config.notifications.targets],
+        reads=reads,
     )
 
 

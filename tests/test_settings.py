@@ -68,6 +68,7 @@ def test_a_bad_port_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPa
 def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     secrets = {
         "ROUTEWATCH_DATABASE_URL": "postgresql://rw:db-secret-1@127.0.0.1:5432/rw",
+        "ROUTEWATCH_DATABASE_READ_URL": "postgresql://rw:db-secret-5@127.0.0.1:5433/rw",
         "ROUTEWATCH_ADMIN_TOKEN": "admin-secret-2",
         "ROUTEWATCH_API_KEY": "sk-secret-3",
         "ORCAROUTER_API_KEY": "sk-secret-4",
@@ -79,6 +80,9 @@ def test_secrets_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     for value in secrets.values():
         assert value not in shown
     assert settings.database_dsn() == secrets["ROUTEWATCH_DATABASE_URL"]
+    assert settings.database_read_dsn() == secrets["ROUTEWATCH_DATABASE_READ_URL"]
+    assert "ROUTEWATCH_DATABASE_READ_URL" not in settings.router_keys
+    assert "ROUTEWATCH_DATABASE_READ_URL" not in settings.notify_secrets
     assert settings.admin_token is not None and settings.admin_token.get_secret_value() == "admin-secret-2"
 
 
@@ -93,3 +97,43 @@ def test_router_keys_are_the_environment_as_read_without_routewatch_settings(mon
     assert keys["ORCAROUTER_API_KEY"] == "sk-or"
     assert keys["ROUTEWATCH_API_KEY"] == "sk-default"
     assert "ROUTEWATCH_ADMIN_TOKEN" not in keys and "ROUTEWATCH_DATABASE_URL" not in keys
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://rw:pw@db/rw", "not a postgresql:// URL"),
+        ("postgresql://rw:pw@db-a:5432,db-b:54x2/rw", "host 2 of the URL's host list is not host[:port]"),
+        ("postgresql://rw:pw@db-a:5432,,db-b/rw", "host 2 of the URL's host list is not host[:port]"),
+        (
+            "postgresql://rw:pw@db-a,db-b/rw?target_session_attrs=readwrite",
+            "target_session_attrs must be one of any, prefer-standby, primary, read-only, read-write, standby",
+        ),
+    ],
+)
+def test_a_bad_database_url_is_named_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    monkeypatch.setenv("ROUTEWATCH_DATABASE_URL", "postgresql://rw:pw@db-a:5432,db-b:5432/rw")
+    monkeypatch.setenv("ROUTEWATCH_DATABASE_READ_URL", url)
+    with pytest.raises(SettingsError) as bad:
+        load_settings()
+    assert str(bad.value) == f"ROUTEWATCH_DATABASE_READ_URL: {problem}"
+
+
+def test_multi_host_urls_with_target_session_attrs_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    primary = "postgresql://rw:pw@db-a:5432,db-b:5432,[::1]:5433/rw?target_session_attrs=read-write"
+    monkeypatch.setenv("ROUTEWATCH_DATABASE_URL", primary)
+    monkeypatch.setenv("ROUTEWATCH_DATABASE_READ_URL", "postgres://rw:pw@db-b/rw?target_session_attrs=prefer-standby")
+    settings = load_settings()
+    assert settings.database_dsn() == primary
+
+
+def test_a_read_url_needs_the_primary_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTEWATCH_DATABASE_READ_URL", "postgresql://rw:secret-pw@db-b/rw")
+    with pytest.raises(SettingsError) as bad:
+        load_settings()
+    assert str(bad.value).startswith(
+        "ROUTEWATCH_DATABASE_READ_URL is a replica of the database ROUTEWATCH_DATABASE_URL names"
+    )
+    assert "secret-pw" not in str(bad.value)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import asyncpg
 from aiohttp import web
 from pydantic import SecretStr
 
@@ -52,6 +51,7 @@ from routewatch.config.settings import ENV_ADMIN_TOKEN
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.history_queries import series_points
+from routewatch.storage.read_pools import ReadPools
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,10 @@ class _Token:
 
 @dataclass(slots=True)
 class ApiState:
-    """What the handlers share: the aggregator, its pool, the cache, the admin side."""
+    """What the handlers share: the aggregator, where it reads (its pools), the cache, the admin side."""
 
     aggregator: Aggregator
-    pool: asyncpg.Pool | None
+    reads: ReadPools | None
     admin: AdminActions | None
     token: _Token | None
     cache: BodyCache = dataclasses.field(default_factory=BodyCache)
@@ -430,7 +430,7 @@ async def model_series(request: web.Request) -> web.Response:
     if known is not None:
         body = api.cache.link(api.cache.generation(snap, api.aggregator.status), request.raw_path, known)
     else:
-        payload = await _read_series(api.pool, series)
+        payload = await _read_series(api.reads, series)
         if api.aggregator.snapshot is snap:
             bodies = api.cache.generation(snap, api.aggregator.status)
             body = api.cache.store(bodies, series, request.raw_path, payload)
@@ -489,16 +489,18 @@ def _timestamp(value: str, name: str) -> datetime:
         raise ApiError(400, f"{name} is out of range", name) from None
 
 
-async def _read_series(pool: asyncpg.Pool | None, q: SeriesQuery) -> dict[str, Any]:
-    """The last snapshot's value in each bucket (DISTINCT ON picks the newest row per bucket)."""
-    if pool is None:
+async def _read_series(reads: ReadPools | None, q: SeriesQuery) -> dict[str, Any]:
+    """The last snapshot's value in each bucket (DISTINCT ON picks the newest row per bucket);
+    from the read replica while it answers."""
+    if reads is None:
         raise ApiError(503, "series are not available: this server has no database pool")
     column = SERIES_METRICS[q.metric]  # from a fixed map, never from the request text
     unit = _BUCKET_UNITS[q.bucket][0]
     try:
-        rows = await series_points(
-            pool, q.router, q.model, q.window, column, unit, q.start, q.end, timeout=SERIES_TIMEOUT_S
-        )
+        async with reads.connection() as conn:
+            rows = await series_points(
+                conn, q.router, q.model, q.window, column, unit, q.start, q.end, timeout=SERIES_TIMEOUT_S
+            )
     except DATABASE_ERRORS as exc:
         log.warning("series read failed (%s)", exc.__class__.__name__)
         raise ApiError(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"}) from None
@@ -720,9 +722,9 @@ def create_app(
     app = web.Application()
     app.on_response_prepare.append(router_errors_as_json)
     app[AGGREGATOR] = aggregator
-    app[API] = ApiState(aggregator, aggregator.pool, admin, _Token(token) if token else None)
+    app[API] = ApiState(aggregator, aggregator.reads, admin, _Token(token) if token else None)
     setup_routes(app)
-    setup_status_routes(app, pool=aggregator.pool, prices=prices)
+    setup_status_routes(app, reads=aggregator.reads, prices=prices)
     setup_metrics_route(app, aggregator, prober_health, metrics, prober_workers)
     setup_ingest_route(app, ingest)
     return app

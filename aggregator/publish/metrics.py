@@ -32,6 +32,10 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   ``routewatch_stats_age_seconds`` (absent before the first refresh),
   ``routewatch_stats_refresh_interval_seconds``,
   ``routewatch_stats_refresh_duration_seconds`` (absent before the first refresh).
+* read replica (only with ``ROUTEWATCH_DATABASE_READ_URL``): ``routewatch_read_replica_in_use``
+  (1 while reads go to the replica, 0 while they fall back to the primary),
+  ``routewatch_read_replica_lag_seconds`` (how far its replay is behind the
+  primary; absent while it cannot be reached), ``routewatch_read_replica_switches_total``.
 * prober (absent, not 0, in ``routewatch serve``): the families of
   ``routewatch/probe/health.py`` (``routewatch_probes_total{result}``,
   ``routewatch_route_probes_total{router, model, region}`` and
@@ -73,6 +77,7 @@ from routewatch.aggregator.publish.metrics_snapshot import (
 )
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.probe.health import LAG_MAX_WINDOW_S, ProberHealth, prober_families, read_prober_health
+from routewatch.storage.read_pools import REPLICA, ReadPools
 
 if TYPE_CHECKING:
     from routewatch.delivery.spooled import SpooledDelivery
@@ -141,6 +146,22 @@ class ProberHealthSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """Where reads go, read at one scrape: the replica or (fallen back) the primary, and its lag."""
+
+    in_use: bool
+    lag_s: float | None  # None: unknown (the replica cannot be reached)
+    switches: int
+
+    @classmethod
+    def read(cls, reads: ReadPools) -> ReplicaState | None:
+        """``reads``' state now; None without a read replica."""
+        if not reads.has_replica:
+            return None
+        return cls(reads.server == REPLICA, reads.lag_s, reads.switches)
+
+
+@dataclass(frozen=True, slots=True)
 class ScrapeState:
     """Everything one scrape reports, read at one instant on the event loop."""
 
@@ -152,6 +173,7 @@ class ScrapeState:
     refresh_interval_s: float
     last_refresh_s: float | None  # how long the last refresh took; None before the first
     prober: ProberHealth | None  # None: no prober in this process
+    replica: ReplicaState | None = None  # None: no read replica configured
 
     @classmethod
     def read(cls, aggregator: Aggregator, prober_health: HealthSource | None = None) -> ScrapeState:
@@ -170,6 +192,7 @@ class ScrapeState:
             refresh_interval_s=aggregator.interval_s,
             last_refresh_s=aggregator.last_refresh_s,
             prober=prober_health() if prober_health is not None else None,
+            replica=ReplicaState.read(aggregator.reads),
         )
 
 
@@ -204,6 +227,25 @@ def _aggregator_families(state: ScrapeState) -> Iterator[Metric]:
         )
 
 
+def _replica_families(replica: ReplicaState) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "routewatch_read_replica_in_use",
+        "1 while this process reads from the read replica, 0 while it reads from the primary (the replica failed)",
+        value=1.0 if replica.in_use else 0.0,
+    )
+    if replica.lag_s is not None:
+        yield GaugeMetricFamily(
+            "routewatch_read_replica_lag_seconds",
+            "How far the read replica's replay is behind the primary (0 when it has replayed all it received)",
+            value=replica.lag_s,
+        )
+    yield CounterMetricFamily(
+        "routewatch_read_replica_switches",
+        "Times this process's reads moved between the read replica and the primary",
+        value=replica.switches,
+    )
+
+
 class LiveCollector(Collector):
     """What one scrape reads besides the stats and states: the aggregator's and the prober's health."""
 
@@ -214,6 +256,8 @@ class LiveCollector(Collector):
         """Every family the state has data for; absent data gives no family, never a 0."""
         state = self._state
         yield from _aggregator_families(state)
+        if state.replica is not None:
+            yield from _replica_families(state.replica)
         if state.prober is not None:
             yield from prober_families(state.prober)
 

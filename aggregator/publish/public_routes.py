@@ -1,6 +1,6 @@
 """Public status endpoints: the status page, its JSON twin, the incident list and the badges.
 
-``setup_status_routes(app, pool=..., prices=...)`` registers them on an app
+``setup_status_routes(app, reads=..., prices=...)`` registers them on an app
 built by ``api.create_app`` (which sets ``AGGREGATOR``):
 
 - ``GET /status``: the HTML status page (no JavaScript); a plain page that
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
-import asyncpg
 from aiohttp import web
 
 from routewatch.aggregator.model_state import Incident
@@ -40,6 +39,7 @@ from routewatch.aggregator.publish.status_view import page_window, route_figures
 from routewatch.aggregator.refresh import Aggregator, SeriesKey
 from routewatch.config import RouterConfig
 from routewatch.storage.errors import DATABASE_ERRORS
+from routewatch.storage.read_pools import ReadPools
 
 __all__ = ["INCIDENT_STATES", "input_prices", "setup_status_routes"]
 
@@ -70,17 +70,17 @@ def input_prices(routers: Iterable[RouterConfig]) -> dict[SeriesKey, float]:
 def setup_status_routes(
     app: web.Application,
     *,
-    pool: asyncpg.Pool,
+    reads: ReadPools,
     prices: Mapping[SeriesKey, float] | None = None,
 ) -> None:
     """Register the public status routes on ``app``.
 
-    ``pool`` is the aggregator's database pool (the uptime and incident
-    history are read from it once per refresh); ``prices`` maps (router,
+    ``reads`` is where the aggregator reads (the uptime and incident history
+    are read there once per refresh: the read replica while it answers); ``prices`` maps (router,
     model) to USD per 1M input tokens, e.g. ``input_prices(config.routers)``.
     ``app[AGGREGATOR]`` must be set before the first request.
     """
-    app[PUBLIC_STATUS] = PublicStatus(pool, prices)
+    app[PUBLIC_STATUS] = PublicStatus(reads, prices)
     app.router.add_get("/status", status_page)
     app.router.add_get("/status.json", status_json)
     app.router.add_get("/v1/incidents", list_incidents)

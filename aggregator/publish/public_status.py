@@ -18,14 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-import asyncpg
-
 from routewatch.aggregator.model_state import UPTIME_DAYS, DayUptime, Incident
 from routewatch.aggregator.model_state_store import StatusReport, read_incidents, read_uptime
 from routewatch.aggregator.publish.http_cache import etag_for
 from routewatch.aggregator.publish.status_view import StatusView, build_view
 from routewatch.aggregator.refresh import Aggregator, SeriesKey, Snapshot
 from routewatch.storage.errors import DATABASE_ERRORS
+from routewatch.storage.read_pools import ReadPools
 
 __all__ = ["PublicStatus", "Published"]
 
@@ -57,9 +56,10 @@ class Published:
 class PublicStatus:
     """Reads the uptime and incident history for the aggregator's current status, once per refresh."""
 
-    def __init__(self, pool: asyncpg.Pool, prices: Mapping[SeriesKey, float] | None = None) -> None:
-        """``prices``: USD per 1M input tokens by (router, model), from probes.yaml; see ``input_prices``."""
-        self._pool = pool
+    def __init__(self, reads: ReadPools, prices: Mapping[SeriesKey, float] | None = None) -> None:
+        """``reads``: where to read (``storage.read_pools``); ``prices``: USD per 1M input tokens
+        by (router, model), from probes.yaml; see ``input_prices``."""
+        self._reads = reads
         self.prices: Mapping[SeriesKey, float] = dict(prices or {})
         self._current: Published | None = None
         # One reader at a time: the requests arriving just after a refresh share one read.
@@ -82,7 +82,7 @@ class PublicStatus:
                 return cur
             today = _today(report, snapshot)
             try:
-                async with self._pool.acquire() as conn:
+                async with self._reads.connection() as conn:
                     uptime = await read_uptime(conn, today - timedelta(days=UPTIME_DAYS - 1))
                     open_, closed = await read_incidents(conn)
             except DATABASE_ERRORS as exc:

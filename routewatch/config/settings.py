@@ -21,8 +21,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -30,6 +31,7 @@ ENV_PREFIX = "ROUTEWATCH_"
 ENV_CONFIG = "ROUTEWATCH_CONFIG"
 ENV_DATA_DIR = "ROUTEWATCH_DATA_DIR"
 ENV_DATABASE_URL = "ROUTEWATCH_DATABASE_URL"
+ENV_DATABASE_READ_URL = "ROUTEWATCH_DATABASE_READ_URL"
 ENV_API_PORT = "ROUTEWATCH_API_PORT"
 ENV_ADMIN_TOKEN = "ROUTEWATCH_ADMIN_TOKEN"
 ENV_ROUTER_URL = "ROUTEWATCH_ROUTER_URL"
@@ -39,8 +41,10 @@ ENV_PG_USER = "ROUTEWATCH_PG_USER"
 ENV_GRAFANA_TOKEN = "ROUTEWATCH_GRAFANA_TOKEN"
 ENV_GRAFANA_DB_URL = "ROUTEWATCH_GRAFANA_DB_URL"
 # routewatch's own secrets: never handed to a router or a notification target by name.
-OWN_SECRETS = frozenset({ENV_DATABASE_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_GRAFANA_DB_URL})
+OWN_SECRETS = frozenset({ENV_DATABASE_URL, ENV_DATABASE_READ_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_GRAFANA_DB_URL})
 ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
+# libpq's values, which asyncpg accepts too.
+TARGET_SESSION_ATTRS = frozenset({"any", "primary", "standby", "read-write", "read-only", "prefer-standby"})
 
 
 class SettingsError(ValueError):
@@ -104,6 +108,11 @@ class Settings(BaseSettings):
     )
     database_url: SecretStr | None = Field(
         None, validation_alias=ENV_DATABASE_URL, description="an external PostgreSQL instead of the embedded one"
+    )
+    database_read_url: SecretStr | None = Field(
+        None,
+        validation_alias=ENV_DATABASE_READ_URL,
+        description="a streaming replica of that database, for reads that may be a little behind",
     )
     api_port: int | None = Field(
         None, validation_alias=ENV_API_PORT, description="the API's port when --port is not given (0: any free port)"
@@ -183,6 +192,25 @@ class Settings(BaseSettings):
             raise PydanticCustomError("port", "{text} is not a port number (0-65535)", {"text": repr(value)})
         return port
 
+    @field_validator("database_url", "database_read_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            problem = database_url_problem(value.get_secret_value())
+            if problem:
+                raise PydanticCustomError("database_url", problem)
+        return value
+
+    @model_validator(mode="after")
+    def _read_url_needs_a_primary(self) -> Settings:
+        if self.database_read_url is not None and self.database_url is None:
+            raise PydanticCustomError(
+                "read_url",
+                f"{ENV_DATABASE_READ_URL} is a replica of the database {ENV_DATABASE_URL} names;"
+                " set that too (the embedded server has no replica)",
+            )
+        return self
+
     @field_validator("data_dir", "pg_bin")
     @classmethod
     def _home(cls, value: Path | None) -> Path | None:
@@ -203,6 +231,31 @@ class Settings(BaseSettings):
         """The database URL in clear, for the one call that connects with it; never print it."""
         return self.database_url.get_secret_value() if self.database_url is not None else None
 
+    def database_read_dsn(self) -> str | None:
+        """The read replica's URL in clear, for the one call that connects with it; never print it."""
+        return self.database_read_url.get_secret_value() if self.database_read_url is not None else None
+
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, in words that never repeat it (it holds a password); None if nothing.
+
+    Checks what asyncpg would otherwise report with the URL in its message, or
+    not at all: the scheme, each port of a libpq-style host list
+    (``host1:5432,host2:5432``), and the ``target_session_attrs`` value.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        return "not a postgresql:// URL"
+    hosts = parts.netloc.rpartition("@")[2]
+    for i, host in enumerate(hosts.split(",") if hosts else [], start=1):
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host.rpartition("]")[2] else ""
+        if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            return f"host {i} of the URL's host list is not host[:port]"
+    attrs = parse_qs(parts.query).get("target_session_attrs", [])
+    if any(value not in TARGET_SESSION_ATTRS for value in attrs):
+        return f"target_session_attrs must be one of {', '.join(sorted(TARGET_SESSION_ATTRS))}"
+    return None
+
 
 def load_settings() -> Settings:
     """Read the settings from this process's environment.
@@ -218,4 +271,4 @@ def load_settings() -> Settings:
 
 def _problem(error: Any) -> str:
     where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg']}" if where else str(error["msg"])

@@ -128,10 +128,20 @@ ORDER BY first_started, router, model, provider
 # promoted replica may hand out again ids the old primary had used (for
 # transactions whose records never reached it), so a snapshot taken on the
 # old primary would take the new primary's changes under those ids as seen.
+#
+# On a hot standby pg_current_snapshot() lists no transaction in progress: it copies
+# the snapshot's top-level xids, and a standby's snapshot keeps every running xid
+# among its subtransaction ids. A transaction of the primary still running would
+# then count as seen and its changes be missed once it commits. There the position
+# says only what is certain: every transaction below xmin has ended (xmin:xmin:),
+# so the next reader re-reads the hours of any transaction from xmin on, some of them
+# again, which only repeats work.
 _POSITION = (
-    "SELECT pg_current_snapshot()::text AS snapshot,"
+    "SELECT CASE WHEN pg_is_in_recovery()"
+    " THEN pg_snapshot_xmin(s)::text || ':' || pg_snapshot_xmin(s)::text || ':' ELSE s::text END AS snapshot,"
     f" coalesce((SELECT value::bigint FROM {META_TABLE} WHERE key = $1), 0) AS generation,"
     " concat_ws(' ', pg_postmaster_start_time(), inet_server_addr(), inet_server_port()) AS server"
+    " FROM pg_current_snapshot() AS s"
 )
 # The changes of the transactions the earlier snapshot $1 did not see (those
 # below its xmin had all ended before it); '-infinity' is a TRUNCATE.

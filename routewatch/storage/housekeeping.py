@@ -45,6 +45,9 @@ UPTIME_DAYS = 90
 
 log = logging.getLogger(__name__)
 
+# Compressing a day's chunk of a large fleet can outlast a pool's COMMAND_TIMEOUT_S.
+COMPRESS_TIMEOUT_S = 1800.0
+
 # One partition (plain) or chunk (TimescaleDB) per day: a 7-day window touches
 # 7-8 of them, retention drops whole days, and a day of 1,000 series probed
 # once a minute (~1.4M rows, ~0.5 GB) stays well under the "a chunk and its
@@ -241,7 +244,11 @@ async def compress_old(
         now - after,
     )
     for row in chunks:
-        await conn.execute("SELECT compress_chunk($1::text::regclass, if_not_compressed => true)", row["chunk"])
+        await conn.execute(
+            "SELECT compress_chunk($1::text::regclass, if_not_compressed => true)",
+            row["chunk"],
+            timeout=COMPRESS_TIMEOUT_S,
+        )
     if chunks:
         log.info("compressed %d chunks of %s", len(chunks), PROBE_RESULTS)
     return len(chunks)

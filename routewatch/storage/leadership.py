@@ -14,12 +14,16 @@ import logging
 
 import asyncpg
 
+from routewatch.storage.connection import CONNECT_TIMEOUT_S
 from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
 # A fixed 64-bit key, unique to routewatch ("rwlead" + 1).
 LEADER_LOCK_KEY = 0x7277_6C65_6164_0001
+# The lock connection's queries never wait on the server (try-lock, SELECT 1): an answer within
+# this or the server is gone, and with it the lock.
+LOCK_QUERY_TIMEOUT_S = 5.0
 
 
 class Leadership:
@@ -49,13 +53,13 @@ class Leadership:
     async def _try_acquire(self) -> bool:
         if self._conn is not None:
             try:
-                await self._conn.fetchval("SELECT 1", timeout=5)
+                await self._conn.fetchval("SELECT 1", timeout=LOCK_QUERY_TIMEOUT_S)
                 return True
             except DATABASE_ERRORS:
                 log.warning("lost the connection holding the refresher lock")
                 await self._drop()
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=10)
+            conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=LOCK_QUERY_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError):
             return False
         try:
