@@ -694,6 +694,10 @@ async def test_openapi_names_the_content_types_served(seeded: Seeded, aiohttp_cl
         ("/badge/{model_id}.svg", "/badge/no/ne.svg", 404),
         ("/badge/{model_id}.svg", "/badge/a%0Ab.svg", 404),
         ("/badge/{model_id}.svg", "/badge/acme%2Ffast.svg", 200),
+        ("/status/models/{model_id}", f"/status/models/{FAST}", 200),
+        ("/status/models/{model_id}", "/status/models/no/ne", 404),
+        ("/v1/models/{id}", f"/v1/models/{FAST}", 200),
+        ("/v1/models/{id}", "/v1/models/no/ne", 404),
         ("/v1/models", "/v1/models", 200),
     ]
     for path, url, status in calls:
@@ -805,11 +809,17 @@ async def test_schemathesis_against_a_running_server(
     assert ok == documented, f"every operation answered 200 at least once: missing {documented - ok}"
     assert {p for _, p, status in seen if status == 400} >= {
         "/v1/models",
+        "/v1/models/{id}",
         "/v1/models/{id}/stats",
         "/v1/models/{id}/series",
         "/v1/incidents",
     }
-    assert {p for _, p, status in seen if status == 404} >= {"/badge/status.svg", "/badge/{model_id}.svg"}
+    assert {p for _, p, status in seen if status == 404} >= {
+        "/badge/status.svg",
+        "/badge/{model_id}.svg",
+        "/v1/models/{id}",
+        "/status/models/{model_id}",
+    }
 
 
 @pytest.mark.unit

@@ -210,7 +210,8 @@ def test_missing_numbers_are_dashes_never_none() -> None:
     page = render_status_page(build_view(report, None, {}, TODAY))
     assert "None" not in page
     assert page.count(f'<b class="ttft">{MISSING}</b>') == 2 and page.count(f'<b class="tps">{MISSING}</b>') == 2
-    assert f"{MISSING} uptime over 90 days" in page  # nothing known in 90 days
+    assert page.count(f'<b class="errors">{MISSING}</b>') == 2  # nothing attempted: no error rate, not 0%
+    assert page.count("no uptime data yet") == 2 and "over 90 days" not in page  # nothing known in 90 days
 
 
 @pytest.mark.unit
@@ -311,7 +312,7 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
     assert _bars_per_model(page) == [UPTIME_DAYS] * len(MODELS)
     assert "<script" not in page and "evil/&lt;script&gt;alert(1)&lt;/script&gt;&amp;co" in page
     nano = page.split('<li class="model">')[2]
-    assert nano.startswith(f'<div class="model-head"><span class="name">{NANO}</span>')
+    assert nano.startswith(f'<div class="model-head"><a class="name" href="/status/models/{NANO}">{NANO}</a>')
     assert (
         re.search(r'<b class="ttft">(\d+) ms</b>', nano)
         and f'$0.10/M input tokens · via <span class="router">{ROUTER}' in nano
