@@ -239,8 +239,13 @@ class Loaded:
     content_width: float  # CSS px; wider than the viewport means a horizontal scroll bar
 
 
-async def load(devtools: DevTools, url: str, width: int = 1280, height: int = 1600) -> Loaded:
-    """Open ``url`` in a new tab with a ``width`` x ``height`` viewport and wait for its load event."""
+async def load(
+    devtools: DevTools, url: str, width: int = 1280, height: int = 1600, *, full_page: bool = False
+) -> Loaded:
+    """Open ``url`` in a new tab with a ``width`` x ``height`` viewport and wait for its load event.
+
+    The screenshot is of the viewport, or with ``full_page`` of the whole page, top to bottom.
+    """
     target = (await devtools.call("Target.createTarget", url="about:blank"))["targetId"]
     session = (await devtools.call("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
     await devtools.call(
@@ -256,7 +261,12 @@ async def load(devtools: DevTools, url: str, width: int = 1280, height: int = 16
     await devtools.event("Page.loadEventFired", session)
     root = (await devtools.call("DOM.getDocument", session, depth=0))["root"]["nodeId"]
     markup = (await devtools.call("DOM.getOuterHTML", session, nodeId=root))["outerHTML"]
-    shot = await devtools.call("Page.captureScreenshot", session, format="png")
     metrics = await devtools.call("Page.getLayoutMetrics", session)
+    area: dict[str, Any] = {}
+    if full_page:
+        size = metrics["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": width, "height": float(size["height"]), "scale": 1}
+        area = {"captureBeyondViewport": True, "clip": clip}
+    shot = await devtools.call("Page.captureScreenshot", session, format="png", **area)
     await devtools.call("Target.closeTarget", targetId=target)
     return Loaded(markup, base64.b64decode(shot["data"]), float(metrics["cssContentSize"]["width"]))

@@ -7,6 +7,7 @@ refreshes (model_page_seed.py), served by aiohttp's test server on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, date, datetime, timedelta
 
@@ -330,3 +331,26 @@ async def test_model_page_unknown_model_and_status_page_figures(seeded, aiohttp_
     first = (aggregator.snapshot.updated_at.date() - timedelta(days=max(PAST_DAYS))).isoformat()
     assert re.search(rf"\d+\.\d\d% uptime since {first} \(5 d( \d+ h)? of data\)", nano), nano
     assert "over 90 days" not in status
+
+
+@pytest.mark.db
+async def test_model_page_is_read_once_per_refresh(seeded, pool, aiohttp_client) -> None:
+    """Within one refresh the page is served from memory (concurrent requests share one render);
+    the next refresh reads the history again."""
+    aggregator, _ = seeded
+    client = await aiohttp_client(status_app(aggregator))
+    path = model_page_path(NANO)
+    first = await asyncio.gather(*(client.get(path) for _ in range(8)))
+    bodies = {await r.text() for r in first}
+    assert {r.status for r in first} == {200} and len(bodies) == 1
+    (page,) = bodies
+    assert 'data-chart="ttft-24h"' in page and "data-v=" in page.split('data-chart="ttft-24h"')[1].split("</svg>")[0]
+
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM stats_history WHERE model = $1", NANO)
+    assert await (await client.get(path)).text() == page  # same refresh: the stored body, no read
+
+    await aggregator.refresh()
+    after = await (await client.get(path)).text()
+    ttft = after.split('data-chart="ttft-24h"')[1].split("</svg>")[0]
+    assert "data-v=" not in ttft and "no data in this range yet" in ttft

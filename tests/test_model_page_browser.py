@@ -7,7 +7,7 @@ scripts disabled; the test reads the rendered DOM and checks what a reader
 would: the charts are there with the points the stored history holds, the
 time-of-day profile has its 24 bars, the uptime says over what span it was
 measured, and the embed snippets are ready to paste. Screenshots go to
-``test-artifacts/model-page.png`` (1280 px wide) and
+``test-artifacts/model-page.png`` (1280 px wide, the whole page) and
 ``model-page-narrow.png`` (360 px), next to the status page's.
 """
 
@@ -82,7 +82,7 @@ async def test_model_page_in_headless_chromium_without_javascript(
 ) -> None:
     url = served.base + model_page_path(NANO)
     async with asyncio.timeout(BROWSER_TIMEOUT_S), headless_chromium(chromium) as devtools:
-        page = await load(devtools, url)
+        page = await load(devtools, url, full_page=True)
         narrow = await load(devtools, url, width=360, height=740)
         evil = await load(devtools, served.base + model_page_path(EVIL))
     dom = parse_dom(page.markup)

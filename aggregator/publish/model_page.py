@@ -75,7 +75,7 @@ def render_model_page(view: ModelPageView, public_url: str | None = None) -> str
             f'<p class="updated">Updated {time_html(view.updated_at)}</p></header>',
             f'<p><span class="state s-{view.state.value}">{esc(label)}</span>{since}</p>{reason}',
             _uptime(view),
-            *(_route(view, route, several) for route in view.routes),
+            *(_route(route, several) for route in view.routes),
             _incidents(view),
             _embed(view, public_url),
             _footer(view),
@@ -93,12 +93,12 @@ def _uptime(view: ModelPageView) -> str:
     )
 
 
-def _route(view: ModelPageView, route: RoutePage, several: bool) -> str:
+def _route(route: RoutePage, several: bool) -> str:
     slug = esc(quote_model_id(route.router))
     heading = f"Via {esc(route.router)}" if several else "Figures"
     return (
         f'<section class="route" aria-labelledby="r-{slug}"><h2 id="r-{slug}">{heading}</h2>'
-        f"{_summary(route)}{_charts(route)}{_profile(route, slug)}{_shares(view, route)}</section>"
+        f"{_summary(route)}{_charts(route)}{_profile(route, slug)}{_shares(route)}</section>"
     )
 
 
@@ -146,20 +146,17 @@ def _profile(route: RoutePage, slug: str) -> str:
     )
 
 
-def _shares(view: ModelPageView, route: RoutePage) -> str:
-    return (
-        f"<h3>Providers</h3>"
-        f'<p class="note">Who served the probes of the last {esc(view.window)}, as the router named them.</p>'
-        f"{_share_list(route.providers, 'providers', 'no provider named')}"
-        f"<h3>Served models</h3>"
-        f'<p class="note">The model the router says answered, since {time_html(route.served_since)}.</p>'
-        f"{_share_list(route.served, 'served', 'not reported')}"
+def _shares(route: RoutePage) -> str:
+    return "".join(
+        f'<h3>{esc(table.title)}</h3><p class="note">{esc(table.note)}</p>'
+        f"{_share_list(table.shares, table.key, table.none_label)}"
+        for table in route.shares
     )
 
 
 def _share_list(shares: Sequence[Share], cls: str, none_label: str) -> str:
     if not shares:
-        return '<p class="muted">No probes in this window.</p>'
+        return f'<p class="muted {esc(cls)}">No probes in this window.</p>'
     items = []
     for share in shares:
         if share.label is None:
@@ -174,7 +171,7 @@ def _share_list(shares: Sequence[Share], cls: str, none_label: str) -> str:
             f'<span class="meter" title="{share.probes:,} probes"><span style="width:{share.share * 100:.1f}%">'
             "</span></span></li>"
         )
-    return f'<ul class="shares {cls}">{"".join(items)}</ul>'
+    return f'<ul class="shares {esc(cls)}">{"".join(items)}</ul>'
 
 
 def _incidents(view: ModelPageView) -> str:

@@ -22,6 +22,7 @@ from datetime import datetime
 import asyncpg
 
 from routewatch.aggregator.model_state import State
+from routewatch.aggregator.publish.display import format_utc
 from routewatch.aggregator.publish.http_cache import etag_for
 from routewatch.aggregator.publish.model_view import (
     CHART_METRICS,
@@ -30,6 +31,7 @@ from routewatch.aggregator.publish.model_view import (
     Chart,
     ModelPageView,
     RoutePage,
+    ShareTable,
     chart_lines,
     chart_window,
     hour_profile,
@@ -185,9 +187,22 @@ async def _route_page(conn: Conn, snapshot: Snapshot, router: str, model: str, p
         input_price=price,
         charts=tuple(charts),
         profile=hour_profile(hours),
-        providers=provider_shares(headline),
-        served=served_shares(served),
-        served_since=served_from,
+        shares=(
+            ShareTable(
+                "providers",
+                "Providers",
+                f"Who served the probes of the last {headline.window}, as the router named them.",
+                "no provider named",
+                provider_shares(headline),
+            ),
+            ShareTable(
+                "served",
+                "Served models",
+                f"The model the router says answered, since {format_utc(served_from)}.",
+                "not reported",
+                served_shares(served),
+            ),
+        ),
     )
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "RoutePage",
     "Row",
     "Share",
+    "ShareTable",
     "chart_window",
     "hour_profile",
     "model_incidents",
@@ -146,6 +147,18 @@ class Share:
 
 
 @dataclass(frozen=True, slots=True)
+class ShareTable:
+    """One "who answered" breakdown of the probes: providers, served models, and whatever a router
+    dialect adds later (a new table is one more entry in :attr:`RoutePage.shares`)."""
+
+    key: str  # CSS class and anchor: "providers", "served"
+    title: str
+    note: str  # what was counted, over what span
+    none_label: str  # what a None label reads as
+    shares: tuple[Share, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePage:
     """The model through one router."""
 
@@ -154,9 +167,7 @@ class RoutePage:
     input_price: float | None
     charts: tuple[Chart, ...]
     profile: tuple[HourOfDay, ...]  # 24, hour 0 first
-    providers: tuple[Share, ...]
-    served: tuple[Share, ...]
-    served_since: datetime  # start of the served-model count
+    shares: tuple[ShareTable, ...]  # providers, served models
 
 
 @dataclass(frozen=True, slots=True)
