@@ -16,6 +16,7 @@ Without chromium the test is skipped, unless ROUTEWATCH_REQUIRE_BROWSER=1
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -107,6 +108,14 @@ async def test_status_page_in_headless_chromium_without_javascript(
     assert rows[NANO].find("span", "router").text == ROUTER
     assert "$0.10/M input tokens" in rows[NANO].find("p", "figures").text
     assert rows[BROKEN].find("p", "reason").text == "4 consecutive failed probes"  # 3 + 1 per seed round
+    # The error rate beside the figures, and the uptime with the span it was measured over.
+    assert rows[NANO].find("b", "errors").text == "0.00%" and rows[BROKEN].find("b", "errors").text == "100.00%"
+    first_day = (datetime.now(UTC).date() - timedelta(days=max(PAST_LEVELS) - 1)).isoformat()
+    for name, row in rows.items():
+        uptime = row.find("span", "uptime").text
+        # Five whole days of rows and minutes of today: never "over 90 days".
+        assert re.fullmatch(rf"\d+\.\d\d% uptime since {first_day} \(5 d of data\)", uptime), (name, uptime)
+        assert row.find("a", "name").attrs["href"].startswith("/status/models/")
 
     today = datetime.now(UTC).date()
     for name, row in rows.items():

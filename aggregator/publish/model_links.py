@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-__all__ = ["badge_path", "model_page_path", "quote_model_id"]
+__all__ = ["badge_path", "model_json_path", "model_page_path", "quote_model_id"]
 
 MODEL_PAGE_PREFIX = "/status/models/"
+# GET /v1/models/<id> reads a path ending in one of these as that sub-resource of a shorter id.
+SUB_RESOURCES = ("stats", "series", "probe")
 
 
 def quote_model_id(model: str) -> str:
@@ -37,3 +39,12 @@ def model_page_path(model: str) -> str:
 def badge_path(model: str) -> str:
     """The path of ``model``'s embed badge."""
     return "/badge/" + quote_model_id(model) + ".svg"
+
+
+def model_json_path(model: str, router: str | None = None) -> str:
+    """The path of ``GET /v1/models/<id>`` (``?router=`` when given); an id ending in a
+    sub-resource's name has its slashes encoded, which the route matches as part of the id."""
+    quoted = quote_model_id(model)
+    if model.rsplit("/", 1)[-1] in SUB_RESOURCES:
+        quoted = quoted.replace("/", "%2F")
+    return "/v1/models/" + quoted + (f"?router={quote(router, safe='')}" if router is not None else "")

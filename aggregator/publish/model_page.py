@@ -24,7 +24,7 @@ from routewatch.aggregator.publish.display import (
     format_tps,
     format_ttft,
 )
-from routewatch.aggregator.publish.model_links import badge_path, model_page_path, quote_model_id
+from routewatch.aggregator.publish.model_links import badge_path, model_json_path, model_page_path, quote_model_id
 from routewatch.aggregator.publish.model_view import PROFILE_SPAN, RANGES, ModelPageView, RoutePage, Share
 from routewatch.aggregator.publish.status_page import document, esc, incident_item, time_html, uptime_bars
 from routewatch.aggregator.publish.svg_chart import bar_chart, line_chart
@@ -231,12 +231,11 @@ def _embed(view: ModelPageView, public_url: str | None) -> str:
 
 
 def _footer(view: ModelPageView) -> str:
-    json_path = "/v1/models/" + quote_model_id(view.model)
-    if view.model.rsplit("/", 1)[-1] in ("stats", "series", "probe"):
-        json_path = "/v1/models/" + quote_model_id(view.model).replace("/", "%2F")
+    several = len(view.routes) > 1
+    paths = [model_json_path(view.model, route.router if several else None) for route in view.routes]
+    links = ", ".join(f'<a href="{esc(path)}">{esc(path)}</a>' for path in paths)
     status = f" Status evaluated {time_html(view.status_updated_at)}." if view.status_updated_at else ""
     return (
         f"<footer><p>Figures from the stats of {time_html(view.updated_at)}.{status}"
-        f' Machine-readable: <a href="{esc(json_path)}">{esc(json_path)}</a>.'
-        f" {MISSING} = not measured.</p></footer>"
+        f" Machine-readable: {links}. {MISSING} = not measured.</p></footer>"
     )
