@@ -70,7 +70,8 @@ class ModelPages:
         self._prices = prices
         self._generation: _Generation | None = None
         self._bodies: dict[str, Body] = {}
-        self._pending: dict[str, asyncio.Future[Body | None]] = {}
+        # By (snapshot, status, model) identity: a render of the previous refresh is never waited for.
+        self._pending: dict[tuple[int, int, str], asyncio.Future[Body | None]] = {}
 
     async def body(
         self, aggregator: Aggregator, published: Published | None, model: str, render: Render
@@ -88,11 +89,13 @@ class ModelPages:
         found = self._bodies.get(model)
         if found is not None:
             return found
-        pending = self._pending.get(model)
+        # The ids are unique while the render runs: it holds gen, and with it both objects.
+        key = (id(snapshot), id(gen.status), model)
+        pending = self._pending.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[Body | None] = asyncio.get_running_loop().create_future()
-        self._pending[model] = future
+        self._pending[key] = future
         try:
             view = await load_view(self._pool, aggregator, snapshot, published, model, self._prices)
             result = None if view is None else _with_etag(render(view))
@@ -106,7 +109,7 @@ class ModelPages:
             future.exception()  # retrieved: waiters get it; no "never retrieved" warning without them
             raise
         finally:
-            del self._pending[model]
+            del self._pending[key]
 
 
 def _same(a: _Generation, b: _Generation) -> bool:
