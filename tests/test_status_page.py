@@ -323,6 +323,9 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
     assert again.status == 304 and await again.read() == b""
 
 
+SECONDS = ("operational_s", "degraded_s", "down_s", "unknown_s")
+
+
 @pytest.mark.db
 async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     client = await aiohttp_client(status_app(seeded))
@@ -339,10 +342,15 @@ async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     assert nano["ttft_p50_ms"] == pytest.approx(NANO_TTFT_MS, rel=0.05)
     assert nano["tps_p50"] == pytest.approx(NANO_TPS, rel=0.05)
     assert models[BROKEN]["routers"][0]["ttft_p50_ms"] is None  # never an ok probe
+    assert nano["error_rate"] == 0.0 and models[BROKEN]["routers"][0]["error_rate"] == 1.0
     for model in models.values():
         days = model["uptime"]
         assert len(days) == UPTIME_DAYS
         assert {ago: days[-1 - ago]["level"] for ago in PAST_LEVELS} == PAST_LEVELS
+        # The uptime covers five seeded days and today's minutes, not 90 days.
+        measured = model["uptime_measured"]
+        assert measured["since"] == days[-6]["day"] and measured["full"] is False
+        assert measured["recorded_s"] == pytest.approx(sum(sum(d[k] for k in SECONDS) for d in days))
     assert [i["id"] for i in body["incidents"]["open"]] == [OPEN_ID]
     assert [i["id"] for i in body["incidents"]["recent"]] == [CLOSED_ID, MAINTENANCE_ID]
 
