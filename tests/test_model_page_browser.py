@@ -106,13 +106,12 @@ async def test_model_page_in_headless_chromium_without_javascript(
         ("ttft-90d", "7d", "day", timedelta(days=90)),
     ):
         svg = _chart(dom, chart_id)
-        p50 = {
-            c.attrs["data-t"]: float(c.attrs["data-v"]) for c in svg.find_all("circle") if c.attrs["data-line"] == "p50"
-        }
+        (points,) = [g for g in svg.find_all("g", "pts") if g.attrs["data-line"] == "p50"]
+        p50 = {c.attrs["data-t"]: float(c.attrs["data-v"]) for c in points.find_all("circle")}
         assert p50 == expected_points(served.history, window, unit, end - span_td, end), chart_id
         assert svg.attrs["data-window"] == window
         # Each point says its time and value on hover, as a reader sees it.
-        first = next(c for c in svg.find_all("circle") if c.attrs["data-line"] == "p50")
+        first = points.find("circle")
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC · p50 [\d,]+ ms", first.find("title").text)
     assert "latest" in _chart(dom, "ttft-24h").find("desc").text
 

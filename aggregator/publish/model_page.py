@@ -46,7 +46,7 @@ _CSS = """
 .tick,.axis-title,.empty{font:10px system-ui,sans-serif;fill:#59636e}
 polyline{fill:none;stroke-width:1.6}
 polyline.l1{stroke:#0969da}polyline.l2{stroke:#bc4c00}polyline.l3{stroke:#8250df}
-circle.l1{fill:#0969da}circle.l2{fill:#bc4c00}circle.l3{fill:#8250df}
+.pts.l1{fill:#0969da}.pts.l2{fill:#bc4c00}.pts.l3{fill:#8250df}
 .bar{fill:#0969da}.bar.nodata{fill:#aab3bd}
 .keys{margin-left:.5rem}.key{margin-right:.6rem;white-space:nowrap}
 .sw{display:inline-block;width:.9em;height:.25em;vertical-align:.2em;margin-right:.25em}

@@ -162,12 +162,13 @@ def _line(line: Line, cls: str, chart: Chart, x: Callable[[datetime], float], y:
         px, py = _n(x(p.t)), _n(y(p.value))
         segments[-1].append(f"{px},{py}")
         text = f"{p.t:%Y-%m-%d %H:%M} UTC · {line.name} {format_value(p.value, chart.unit)}"
+        # Class and line name sit on the group: a 7-day chart has 168 points per line.
         circles.append(
-            f'<circle class="pt {cls}" cx="{px}" cy="{py}" r="2" data-line="{esc(line.name)}" '
-            f'data-t="{esc(p.t.isoformat())}" data-v="{p.value!r}"><title>{esc(text)}</title></circle>'
+            f'<circle cx="{px}" cy="{py}" r="2" data-t="{esc(p.t.isoformat())}" data-v="{p.value!r}">'
+            f"<title>{esc(text)}</title></circle>"
         )
     paths = "".join(f'<polyline class="{cls}" points="{" ".join(s)}"/>' for s in segments if len(s) > 1)
-    return paths + "".join(circles)
+    return f'{paths}<g class="pts {cls}" data-line="{esc(line.name)}">{"".join(circles)}</g>'
 
 
 def _legend(lines: Sequence[Line]) -> str:
