@@ -355,3 +355,22 @@ async def test_model_page_is_read_once_per_refresh(seeded, pool, aiohttp_client)
     after = await (await client.get(path)).text()
     ttft = after.split('data-chart="ttft-24h"')[1].split("</svg>")[0]
     assert "data-v=" not in ttft and "no data in this range yet" in ttft
+
+
+@pytest.mark.db
+async def test_unreadable_history_is_a_503_page_and_nothing_is_cached(seeded, pool, aiohttp_client) -> None:
+    aggregator, _ = seeded
+    client = await aiohttp_client(status_app(aggregator))
+    path = model_page_path(NANO)
+    async with pool.acquire() as conn:
+        await conn.execute("ALTER TABLE stats_history RENAME TO stats_history_away")
+    try:
+        resp = await client.get(path)
+        assert resp.status == 503 and resp.content_type == "text/html"
+        assert resp.headers["Retry-After"] == "5" and resp.headers["Cache-Control"] == "no-cache"
+        assert "cannot be read right now" in await resp.text()
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute("ALTER TABLE stats_history_away RENAME TO stats_history")
+    again = await client.get(path)  # the failure was not cached: the same refresh now serves the page
+    assert again.status == 200 and 'data-chart="ttft-24h"' in await again.text()
