@@ -77,6 +77,8 @@ def test_uptime_says_what_span_it_was_measured_over() -> None:
     span = uptime_span(two_minutes)
     assert span.first_day == today and span.recorded_s == 120.0 and not span.full
     assert uptime_text(1.0, span) == "100.00% uptime since 2026-11-30 (2 min of data)"
+    unknown = uptime_span((*days[:-1], DayBar(today, DayUptime(unknown=3600.0))))
+    assert uptime_text(None, unknown) == "uptime unknown since 2026-11-30 (1 h of data, none known)"
     full = tuple(DayBar(b.day, DayUptime(operational=86400.0)) for b in days)
     assert uptime_text(0.99951, uptime_span(full)) == "99.95% uptime over 90 days"
 

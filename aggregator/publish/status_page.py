@@ -230,8 +230,10 @@ def _bar(bar: DayBar, today: bool) -> str:
 def uptime_text(uptime: float | None, span: UptimeSpan) -> str:
     """``99.95% uptime over 90 days`` only when all 90 days have data; else what was measured:
     ``100.00% uptime since 2025-11-29 (2 min of data)``, or ``no uptime data yet``."""
-    if span.first_day is None or uptime is None:
+    if span.first_day is None:
         return "no uptime data yet"
+    if uptime is None:  # time recorded, all of it unknown (no probes, or the prober down)
+        return f"uptime unknown since {_day(span.first_day)} ({format_duration(span.recorded_s)} of data, none known)"
     if span.full:
         return f"{format_percent(uptime)} uptime over {span.days} days"
     return f"{format_percent(uptime)} uptime since {_day(span.first_day)} ({format_duration(span.recorded_s)} of data)"
