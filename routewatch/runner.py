@@ -314,6 +314,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
             prober_workers=gatherer,
             ingest=ingest_receiver(config, settings, database_target, timedelta(seconds=config.storage.retention)),
             metrics=MetricsExport.from_config(config.aggregator),
+            public_url=config.api.public_url,
         )
         app[FAILED_COMPONENTS] = supervisor.failures  # /readyz: 503 once a part has died
         api = await stack.start("api", _api_server(app, sockets))

@@ -10,6 +10,7 @@ needs escaping, and a model without measurements.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -67,8 +68,13 @@ def _round(models: tuple[str, ...], at: datetime) -> list[ProbeResult]:
     return [_probe(m, m != BROKEN, at) for m in models]
 
 
-async def seed_status(pool: asyncpg.Pool) -> Aggregator:
-    """Seed the database behind ``pool`` and return a refreshed aggregator (status enabled)."""
+async def seed_status(
+    pool: asyncpg.Pool, before_refresh: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+) -> Aggregator:
+    """Seed the database behind ``pool`` and return a refreshed aggregator (status enabled).
+
+    ``before_refresh`` writes more on the seeding connection before the first refresh.
+    """
     now = datetime.now(UTC)
     today = now.date()
     async with pool.acquire() as conn:
@@ -76,6 +82,8 @@ async def seed_status(pool: asyncpg.Pool) -> Aggregator:
         probes = [p for s in (50, 40, 30) for p in _round(MODELS, now - timedelta(seconds=s))]
         await write_batch(conn, probes)
         await _seed_history(conn, now, today)
+        if before_refresh is not None:
+            await before_refresh(conn)
     aggregator = Aggregator(pool, WINDOWS, CONFIGURED, REFRESH_S, slo=SLO, probe_interval_s=INTERVAL)
     await aggregator.refresh()
     async with pool.acquire() as conn:

@@ -311,6 +311,25 @@ async def test_stats_by_provider_and_region(seeded: Seeded, aiohttp_client: Clie
 
 
 @pytest.mark.db
+async def test_one_model_on_two_routers(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
+    """GET /v1/models/{id} asks which router, as /stats does; the page shows both, each with its snippet."""
+    client = await _client(aiohttp_client, create_app(seeded.aggregator, prices=PRICES))
+    assert "router" in await _error(await client.get(f"/v1/models/{BOTH}"), 400, "router")
+    alt = await (await client.get(f"/v1/models/{BOTH}", params={"router": "alt"})).json()
+    assert alt["router"] == "alt" and alt["routers"] == ["sim", "alt"]
+    assert alt["windows"]["1h"]["ttft_p50_ms"] == pytest.approx(300.0, rel=0.05)
+    assert alt["windows"]["7d"]["breakdown"]["provider"]["Gamma"]["samples"]["attempted"] == 4
+    await _error(await client.get(f"/v1/models/{BOTH}", params={"router": "nope"}), 404, "router")
+
+    page = await (await client.get(f"/status/models/{BOTH}")).text()
+    assert '<h2 id="r-sim">Via sim</h2>' in page and '<h2 id="r-alt">Via alt</h2>' in page
+    for router in ("sim", "alt"):
+        assert f"/badge/{BOTH}.svg?router={router}" in page
+        assert f'href="/v1/models/{BOTH}?router={router}"' in page  # the JSON link names its router
+        assert (await client.get(f"/v1/models/{BOTH}?router={router}")).status == 200
+
+
+@pytest.mark.db
 async def test_stats_bad_input_names_the_parameter(seeded: Seeded, aiohttp_client: ClientFactory) -> None:
     client = await _client(aiohttp_client, create_app(seeded.aggregator))
     url = f"/v1/models/{FAST}/stats"
@@ -694,6 +713,10 @@ async def test_openapi_names_the_content_types_served(seeded: Seeded, aiohttp_cl
         ("/badge/{model_id}.svg", "/badge/no/ne.svg", 404),
         ("/badge/{model_id}.svg", "/badge/a%0Ab.svg", 404),
         ("/badge/{model_id}.svg", "/badge/acme%2Ffast.svg", 200),
+        ("/status/models/{model_id}", f"/status/models/{FAST}", 200),
+        ("/status/models/{model_id}", "/status/models/no/ne", 404),
+        ("/v1/models/{id}", f"/v1/models/{FAST}", 200),
+        ("/v1/models/{id}", "/v1/models/no/ne", 404),
         ("/v1/models", "/v1/models", 200),
     ]
     for path, url, status in calls:
@@ -805,11 +828,17 @@ async def test_schemathesis_against_a_running_server(
     assert ok == documented, f"every operation answered 200 at least once: missing {documented - ok}"
     assert {p for _, p, status in seen if status == 400} >= {
         "/v1/models",
+        "/v1/models/{id}",
         "/v1/models/{id}/stats",
         "/v1/models/{id}/series",
         "/v1/incidents",
     }
-    assert {p for _, p, status in seen if status == 404} >= {"/badge/status.svg", "/badge/{model_id}.svg"}
+    assert {p for _, p, status in seen if status == 404} >= {
+        "/badge/status.svg",
+        "/badge/{model_id}.svg",
+        "/v1/models/{id}",
+        "/status/models/{model_id}",
+    }
 
 
 @pytest.mark.unit

@@ -42,7 +42,7 @@ prompts:
     messages: [{role: user, content: "Count from 1 to 40 in words."}]
 schedule: {interval: 1s, jitter: 200ms, concurrency: 8}
 timeouts: {connect: 2s, headers: 5s, first_token: 5s, idle: 2s, total: 10s}
-api: {host: 127.0.0.1, port: 0}
+api: {host: 127.0.0.1, port: 0, public_url: "https://rw.example.org"}
 aggregator: {refresh: 500ms}
 """
 
@@ -142,6 +142,9 @@ def test_run_serves_stats_and_stops_cleanly_on_ctrl_c(config_file: Path, data_di
         status_url = run.wait_for(r"status:\s+(http://\S+)").group(1)
         with urllib.request.urlopen(status_url, timeout=10) as resp:
             assert "openai/gpt-4.1-nano" in resp.read().decode()
+        # The model page's embed snippet links to api.public_url.
+        with urllib.request.urlopen(api + "/status/models/openai/gpt-4.1-nano", timeout=10) as resp:
+            assert "src=&quot;https://rw.example.org/badge/openai/gpt-4.1-nano.svg&quot;" in resp.read().decode()
         with urllib.request.urlopen(api + "/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
         workers = len(os.sched_getaffinity(0))  # --workers defaults to the usable cores

@@ -210,7 +210,8 @@ def test_missing_numbers_are_dashes_never_none() -> None:
     page = render_status_page(build_view(report, None, {}, TODAY))
     assert "None" not in page
     assert page.count(f'<b class="ttft">{MISSING}</b>') == 2 and page.count(f'<b class="tps">{MISSING}</b>') == 2
-    assert f"{MISSING} uptime over 90 days" in page  # nothing known in 90 days
+    assert page.count(f'<b class="errors">{MISSING}</b>') == 2  # nothing attempted: no error rate, not 0%
+    assert page.count("no uptime data yet") == 2 and "over 90 days" not in page  # nothing known in 90 days
 
 
 @pytest.mark.unit
@@ -311,7 +312,7 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
     assert _bars_per_model(page) == [UPTIME_DAYS] * len(MODELS)
     assert "<script" not in page and "evil/&lt;script&gt;alert(1)&lt;/script&gt;&amp;co" in page
     nano = page.split('<li class="model">')[2]
-    assert nano.startswith(f'<div class="model-head"><span class="name">{NANO}</span>')
+    assert nano.startswith(f'<div class="model-head"><a class="name" href="/status/models/{NANO}">{NANO}</a>')
     assert (
         re.search(r'<b class="ttft">(\d+) ms</b>', nano)
         and f'$0.10/M input tokens · via <span class="router">{ROUTER}' in nano
@@ -320,6 +321,9 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
 
     again = await client.get("/status", headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status == 304 and await again.read() == b""
+
+
+SECONDS = ("operational_s", "degraded_s", "down_s", "unknown_s")
 
 
 @pytest.mark.db
@@ -338,10 +342,15 @@ async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     assert nano["ttft_p50_ms"] == pytest.approx(NANO_TTFT_MS, rel=0.05)
     assert nano["tps_p50"] == pytest.approx(NANO_TPS, rel=0.05)
     assert models[BROKEN]["routers"][0]["ttft_p50_ms"] is None  # never an ok probe
+    assert nano["error_rate"] == 0.0 and models[BROKEN]["routers"][0]["error_rate"] == 1.0
     for model in models.values():
         days = model["uptime"]
         assert len(days) == UPTIME_DAYS
         assert {ago: days[-1 - ago]["level"] for ago in PAST_LEVELS} == PAST_LEVELS
+        # The uptime covers five seeded days and today's minutes, not 90 days.
+        measured = model["uptime_measured"]
+        assert measured["since"] == days[-6]["day"] and measured["full"] is False
+        assert measured["recorded_s"] == pytest.approx(sum(sum(d[k] for k in SECONDS) for d in days))
     assert [i["id"] for i in body["incidents"]["open"]] == [OPEN_ID]
     assert [i["id"] for i in body["incidents"]["recent"]] == [CLOSED_ID, MAINTENANCE_ID]
 

@@ -21,7 +21,7 @@ import hmac
 import logging
 import math
 import uuid
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -47,6 +47,7 @@ from routewatch.aggregator.publish.openapi import (
 from routewatch.aggregator.publish.public_routes import setup_status_routes
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.aggregator.rollup import BREAKDOWNS
+from routewatch.aggregator.stats import ModelStats
 from routewatch.config.settings import ENV_ADMIN_TOKEN
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import DATABASE_ERRORS
@@ -208,6 +209,15 @@ class BodyCache:
         self._put(bodies, alias, body)
         return body
 
+    def get_or_store(
+        self, bodies: dict[Hashable, Body], key: Hashable, alias: Hashable, build: Callable[[], Any]
+    ) -> Body:
+        """The body under ``key`` (remembered under ``alias`` too), serialized from ``build()`` if there is none."""
+        known = bodies.get(key)
+        if known is not None:
+            return self.link(bodies, alias, known)
+        return self.store(bodies, key, alias, build())
+
     def link(self, bodies: dict[Hashable, Body], alias: Hashable, body: Body) -> Body:
         """Remember ``body`` under ``alias`` too (another spelling of the same request)."""
         self._put(bodies, alias, body)
@@ -332,12 +342,7 @@ async def list_models(request: web.Request) -> web.Response:
     state = _choice(query, "state", STATES, None)
     provider = query.get("provider")
     key = ("models", provider, state)
-    known = bodies.get(key)
-    body = (
-        api.cache.link(bodies, request.raw_path, known)
-        if known is not None
-        else api.cache.store(bodies, key, request.raw_path, _listing(api, snap, provider, state))
-    )
+    body = api.cache.get_or_store(bodies, key, request.raw_path, lambda: _listing(api, snap, provider, state))
     return api.respond(request, body)
 
 
@@ -348,25 +353,28 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
     states = {m.model: m.state.value for m in report.models} if report is not None else {}
     models = []
     for router, model in snap.models:
-        stats = snap.stats[window][(router, model)]
-        labels = stats.breakdown.get("provider", {})
+        labels = snap.stats[window][(router, model)].breakdown.get("provider", {})
         model_state = states.get(model, "unknown")
         if (provider is not None and provider not in labels) or (state is not None and model_state != state):
             continue
-        models.append(
-            {
-                "id": model,
-                "router": router,
-                "state": model_state,
-                "providers": _providers(labels),
-                "stats": stats.as_json(),
-            }
-        )
+        models.append(_listing_entry(snap, router, model, window, model_state))
     return {
         "window": window,
         "updated_at": snap.updated_at.isoformat(),
         "status_enabled": api.aggregator.status_enabled,
         "models": models,
+    }
+
+
+def _listing_entry(snap: Snapshot, router: str, model: str, window: str, state: str) -> dict[str, Any]:
+    """One model of the listing: its state, providers and ``window``'s stats."""
+    stats = snap.stats[window][(router, model)]
+    return {
+        "id": model,
+        "router": router,
+        "state": state,
+        "providers": _providers(stats.breakdown.get("provider", {})),
+        "stats": stats.as_json(),
     }
 
 
@@ -388,13 +396,46 @@ async def model_stats(request: web.Request) -> web.Response:
     window, router = _resolve(api, snap, model, query)
     by = _choice(query, "by", BREAKDOWNS, None)
     key = ("stats", router, model, window, by)
-    known = bodies.get(key)
-    body = (
-        api.cache.link(bodies, request.raw_path, known)
-        if known is not None
-        else api.cache.store(bodies, key, request.raw_path, _stats_json(snap, router, model, window, by))
-    )
+    body = api.cache.get_or_store(bodies, key, request.raw_path, lambda: _stats_json(snap, router, model, window, by))
     return api.respond(request, body)
+
+
+@cached_read
+async def model_detail(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}[?router=name]: one model as the listing shows it, plus every window in full."""
+    api = request.app[API]
+    snap = api.snapshot()
+    bodies = api.cache.generation(snap, api.aggregator.status)
+    model = request.match_info["id"]
+    query = _query(request, ("router",))
+    _, router = _resolve(api, snap, model, query)
+    key = ("model", router, model)
+    body = api.cache.get_or_store(bodies, key, request.raw_path, lambda: _detail_json(api, snap, router, model))
+    return api.respond(request, body)
+
+
+def _detail_json(api: ApiState, snap: Snapshot, router: str, model: str) -> dict[str, Any]:
+    window = _default_window(snap)
+    report = api.aggregator.status
+    state = next((m.state.value for m in report.models if m.model == model), "unknown") if report else "unknown"
+    return {
+        **_listing_entry(snap, router, model, window, state),
+        "routers": api.cache.routers_of(snap, model),
+        "window": window,
+        "updated_at": snap.updated_at.isoformat(),
+        "status_enabled": api.aggregator.status_enabled,
+        "windows": {w: _full_stats_json(snap.stats[w][(router, model)]) for w in snap.windows},
+    }
+
+
+def _full_stats_json(stats: ModelStats) -> dict[str, Any]:
+    """``stats`` with every breakdown dimension (present even when empty)."""
+    payload = stats.as_json()
+    payload["breakdown"] = {
+        dim: {value: cell.as_json() for value, cell in sorted(stats.breakdown.get(dim, {}).items())}
+        for dim in BREAKDOWNS
+    }
+    return payload
 
 
 def _stats_json(snap: Snapshot, router: str, model: str, window: str, by: str | None) -> dict[str, Any]:
@@ -689,6 +730,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(r"/v1/models/{id:.+}/stats", model_stats)
     app.router.add_get(r"/v1/models/{id:.+}/series", model_series)
     app.router.add_post(r"/v1/models/{id:.+}/probe", probe_model)
+    # The rest of the path is the id, unless it ends in one of the sub-resources above:
+    # an id that itself ends in "/stats" is asked for with that "/" sent as %2F (matched encoded).
+    app.router.add_get(r"/v1/models/{id:[\s\S]+(?<!/stats)(?<!/series)(?<!/probe)}", model_detail)
     app.router.add_post("/v1/config/reload", reload_config)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/openapi.json", openapi_document)
@@ -706,6 +750,7 @@ def create_app(
     prober_workers: WorkerMetrics | None = None,
     ingest: IngestReceiver | None = None,
     metrics: MetricsExport = DEFAULT_EXPORT,
+    public_url: str | None = None,
 ) -> web.Application:
     """Everything routewatch serves over ``aggregator``'s snapshots: the catalog API,
     the status page and its JSON twin, badges, ``/metrics`` and the ingest endpoint.
@@ -717,6 +762,7 @@ def create_app(
     ``prober_workers``: the families of ``routewatch run``'s prober workers, for ``/metrics``.
     ``ingest``: the regions' tokens and the store behind ``POST /v1/ingest`` (None: it answers 403).
     ``metrics``: which windows and breakdowns of the stats ``/metrics`` exports.
+    ``public_url``: this server's public address (``api.public_url``), for the model pages' embed snippets.
     """
     token = admin_token.get_secret_value().strip() if admin_token is not None else ""
     app = web.Application()
@@ -724,7 +770,7 @@ def create_app(
     app[AGGREGATOR] = aggregator
     app[API] = ApiState(aggregator, aggregator.reads, admin, _Token(token) if token else None)
     setup_routes(app)
-    setup_status_routes(app, reads=aggregator.reads, prices=prices)
+    setup_status_routes(app, reads=aggregator.reads, prices=prices, public_url=public_url)
     setup_metrics_route(app, aggregator, prober_health, metrics, prober_workers)
     setup_ingest_route(app, ingest)
     return app

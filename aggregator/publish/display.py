@@ -14,6 +14,7 @@ __all__ = [
     "MISSING",
     "STATE_LABELS",
     "format_duration",
+    "format_error_rate",
     "format_percent",
     "format_price",
     "format_tps",
@@ -49,6 +50,14 @@ def format_percent(fraction: float | None) -> str:
     if fraction is None:
         return MISSING
     return f"{math.floor(fraction * 10000 + 1e-9) / 100:.2f}%"
+
+
+def format_error_rate(fraction: float | None) -> str:
+    """``0.25%``, rounded *up* to 1/100 of a percent so that some errors never read as ``0.00%``;
+    :data:`MISSING` for None (nothing attempted)."""
+    if fraction is None:
+        return MISSING
+    return f"{math.ceil(fraction * 10000 - 1e-9) / 100:.2f}%"
 
 
 def format_price(usd_per_mtok: float | None) -> str:

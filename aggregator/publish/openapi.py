@@ -119,7 +119,8 @@ def _figures() -> dict[str, Schema]:
     }
 
 
-def _model_stats() -> Schema:
+def _model_stats(*, every_breakdown: bool = False) -> Schema:
+    """A stats object; with ``every_breakdown``, its ``breakdown`` holds every dimension (GET /v1/models/{id})."""
     props: dict[str, Schema] = {
         "model": {"type": "string"},
         "router": {"type": "string"},
@@ -142,6 +143,13 @@ def _model_stats() -> Schema:
             "maxProperties": 1,
         },
     }
+    if every_breakdown:
+        cells: Schema = {"type": "object", "additionalProperties": _ref("Cell"), "propertyNames": {"minLength": 1}}
+        props["breakdown"] = {
+            **_object(dict.fromkeys(BREAKDOWNS, cells)),
+            "description": "the model's cells for every dimension, keyed by value (empty when none was measured)",
+        }
+        return _object(props)
     return _object(props, optional=("breakdown",))
 
 
@@ -253,6 +261,18 @@ def _status_page() -> Schema:
                 "minimum": 0,
                 "description": "USD per 1M input tokens from probes.yaml; null: not configured",
             },
+            "error_rate": {**share, "description": "failed / attempted over the page window; null: nothing attempted"},
+        }
+    )
+    measured = _object(
+        {
+            "since": {
+                "type": ["string", "null"],
+                "format": "date",
+                "description": "the first UTC day with uptime data; null: none yet",
+            },
+            "recorded_s": {**seconds, "description": "seconds of data behind uptime_90d (unknown time included)"},
+            "full": {"type": "boolean", "description": "every day of the uptime list has data"},
         }
     )
     day = _object(
@@ -278,6 +298,7 @@ def _status_page() -> Schema:
             "reason": {"type": "string", "description": "one line; empty when operational"},
             "routers": {"type": "array", "items": route, "description": "configured routers first"},
             "uptime_90d": {**share, "description": "operational / known time over the days below; null: nothing known"},
+            "uptime_measured": {**measured, "description": "over what span uptime_90d was measured"},
             "uptime": {
                 "type": "array",
                 "items": day,
@@ -342,6 +363,35 @@ def _schemas() -> dict[str, Schema]:
                     "(every provider past them), then null (the router named no provider)",
                 },
                 "stats": _ref("ModelStats"),
+            }
+        ),
+        "ModelDetail": _object(
+            {
+                "id": {"type": "string"},
+                "router": {"type": "string"},
+                "state": state,
+                "providers": {
+                    "type": "array",
+                    "items": {"type": ["string", "null"], "minLength": 1},
+                    "uniqueItems": True,
+                    "description": "as in the listing (ModelSummary)",
+                },
+                "stats": {**_ref("ModelStats"), "description": "the listing's window, as in the listing"},
+                "routers": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                    "description": "every router the model is published for (router= picks one)",
+                },
+                "window": {"type": "string", "description": "the listing's window"},
+                "updated_at": DATE_TIME,
+                "status_enabled": {"type": "boolean"},
+                "windows": {
+                    "type": "object",
+                    "additionalProperties": _model_stats(every_breakdown=True),
+                    "minProperties": 1,
+                    "description": "every configured window, each with every breakdown",
+                },
             }
         ),
         "ModelList": _object(
@@ -590,6 +640,18 @@ def _paths() -> dict[str, Schema]:
                 "responses": _std(_json("ModelList", "the models", cached=True), "304", "400", "503"),
             }
         },
+        "/v1/models/{id}": {
+            "get": {
+                "operationId": "model",
+                "summary": "One model: its listing entry and its stats over every window, with every breakdown",
+                "description": (
+                    "The id is the rest of the path. An id whose last segment is stats, series or probe "
+                    "names that sub-resource instead: send such an id with its last '/' as %2F."
+                ),
+                "parameters": [_p("ModelId"), _p("Router"), _p("IfNoneMatch")],
+                "responses": _std(_json("ModelDetail", "the model", cached=True), "304", "400", "404", "503"),
+            }
+        },
         "/v1/models/{id}/stats": {
             "get": {
                 "operationId": "modelStats",
@@ -755,6 +817,19 @@ def _public_paths() -> dict[str, Schema]:
                     **_std(_json("StatusPage", "the status", cached=True), "304"),
                     "404": _json("Error", not_enabled),
                     "503": _json("Error", "status not computed yet, or the database cannot be read (Retry-After)"),
+                },
+            }
+        },
+        "/status/models/{model_id}": {
+            "get": {
+                "operationId": "modelPage",
+                "summary": "One model's page: charts over 24 h, 7 d and 90 d, time-of-day profile, providers, "
+                "served models, incidents and embed snippets (HTML, no script)",
+                "parameters": [model_badge_id, _p("IfNoneMatch")],
+                "responses": {
+                    **_std(_html("the page", cached=True), "304"),
+                    "404": _html("no such model: a page that says so"),
+                    "503": _html("stats not computed yet, or the history cannot be read (Retry-After)"),
                 },
             }
         },

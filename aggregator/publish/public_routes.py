@@ -11,6 +11,8 @@ built by ``api.create_app`` (which sets ``AGGREGATOR``):
 - ``GET /badge/status.svg[?model=<id>]``: the overall (or one model's) state.
 - ``GET /badge/<model id>.svg[?router=<name>]``: a model's embed badge
   (input price, p50 TTFT, router). Model ids contain ``/``.
+- ``GET /status/models/<model id>``: one model's page (charts, time-of-day
+  profile, providers, incidents, embed snippets; ``model_page.py``).
 
 Every 200 goes through :func:`~.http_cache.cached_response` (ETag, 304,
 ``Cache-Control: public, max-age=<refresh interval>``, gzip). Errors are
@@ -32,7 +34,9 @@ from routewatch.aggregator.model_state_store import INCIDENT_LIST_MAX, incident_
 from routewatch.aggregator.publish.badges import message_badge, model_badge, status_badge
 from routewatch.aggregator.publish.http_cache import cached_response
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError
-from routewatch.aggregator.publish.keys import AGGREGATOR, PUBLIC_STATUS
+from routewatch.aggregator.publish.keys import AGGREGATOR, MODEL_PAGES, PUBLIC_STATUS, PUBLIC_URL
+from routewatch.aggregator.publish.model_page import render_model_page
+from routewatch.aggregator.publish.model_page_store import ModelPages
 from routewatch.aggregator.publish.public_status import PublicStatus, Published, json_bytes
 from routewatch.aggregator.publish.status_page import render_message_page, render_status_page
 from routewatch.aggregator.publish.status_view import page_window, route_figures, view_json
@@ -72,17 +76,23 @@ def setup_status_routes(
     *,
     reads: ReadPools,
     prices: Mapping[SeriesKey, float] | None = None,
+    public_url: str | None = None,
 ) -> None:
     """Register the public status routes on ``app``.
 
     ``reads`` is where the aggregator reads (the uptime and incident history
     are read there once per refresh: the read replica while it answers); ``prices`` maps (router,
-    model) to USD per 1M input tokens, e.g. ``input_prices(config.routers)``.
+    model) to USD per 1M input tokens, e.g. ``input_prices(config.routers)``;
+    ``public_url`` (``api.public_url``) is the base of the model pages' embed snippets.
     ``app[AGGREGATOR]`` must be set before the first request.
     """
     app[PUBLIC_STATUS] = PublicStatus(reads, prices)
+    app[MODEL_PAGES] = ModelPages(reads, app[PUBLIC_STATUS].prices)
+    app[PUBLIC_URL] = public_url or ""
     app.router.add_get("/status", status_page)
     app.router.add_get("/status.json", status_json)
+    # [\s\S]: ids are whatever routers call their models; the path is matched encoded, so %2F works too.
+    app.router.add_get(r"/status/models/{model_id:[\s\S]+}", model_page)
     app.router.add_get("/v1/incidents", list_incidents)
     # Before the model badge route, whose pattern would also match "status".
     app.router.add_get("/badge/status.svg", state_badge)
@@ -173,6 +183,38 @@ async def status_json(request: web.Request) -> web.Response:
         return _json_error(503, "the status database cannot be read right now")
     data, etag = published.body("json", lambda view: json_bytes(view_json(view)))
     return cached_response(request, data, content_type=JSON, max_age=_max_age(aggregator), etag=etag)
+
+
+async def model_page(request: web.Request) -> web.Response:
+    """GET /status/models/<model id>: one model's page (HTML); 404 page for a model nobody publishes."""
+    aggregator = request.app[AGGREGATOR]
+    model = request.match_info["model_id"]
+    if aggregator.snapshot is None:
+        body = render_message_page("Model", "The figures have not been computed yet. This page fills in shortly.")
+        return _locked_down(_html_error(body, 503))
+    published = await _published(request) if aggregator.status is not None else None
+    public_url = request.app[PUBLIC_URL] or None
+    try:
+        found = await request.app[MODEL_PAGES].body(
+            aggregator, published, model, lambda view: render_model_page(view, public_url).encode()
+        )
+    except DATABASE_ERRORS as exc:
+        log.warning("model page: cannot read its history (%s)", exc.__class__.__name__)
+        body = render_message_page("Model", "The model's history cannot be read right now.")
+        return _locked_down(_html_error(body, 503))
+    if found is None:
+        body = render_message_page("Unknown model", f"No model {model!r} is monitored here.")
+        return _locked_down(_html_error(body, 404))
+    data, etag = found
+    return _locked_down(cached_response(request, data, content_type=HTML, max_age=_max_age(aggregator), etag=etag))
+
+
+def _html_error(body: str, status: int) -> web.Response:
+    """An HTML error page; a 503 says when to come back."""
+    headers = {"Cache-Control": "no-cache"}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return web.Response(text=body, status=status, content_type="text/html", headers=headers)
 
 
 # ---------------------------------------------------------------- incidents

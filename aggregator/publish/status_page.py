@@ -23,15 +23,29 @@ from routewatch.aggregator.publish.display import (
     MISSING,
     STATE_LABELS,
     format_duration,
+    format_error_rate,
     format_percent,
     format_price,
     format_tps,
     format_ttft,
     format_utc,
 )
-from routewatch.aggregator.publish.status_view import LEVELS, DayBar, ModelRow, RouteFigures, StatusView
+from routewatch.aggregator.publish.model_links import model_page_path
+from routewatch.aggregator.publish.status_view import LEVELS, DayBar, ModelRow, RouteFigures, StatusView, UptimeSpan
 
-__all__ = ["BANNERS", "bar_text", "esc", "render_message_page", "render_status_page"]
+__all__ = [
+    "BANNERS",
+    "CSS",
+    "bar_text",
+    "document",
+    "esc",
+    "incident_item",
+    "render_message_page",
+    "render_status_page",
+    "time_html",
+    "uptime_bars",
+    "uptime_text",
+]
 
 BANNERS = {
     State.OPERATIONAL: "All models operational",
@@ -44,7 +58,7 @@ _LEVEL_NAMES = {level: text for level, _, text in LEVELS} | {"unknown": "no data
 
 # Colours: states and levels are also written out, so colour is never the only cue;
 # the unknown stripes keep unknown days apart from every uptime colour.
-_CSS = """
+CSS = """
 :root{color-scheme:light;--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--bg:#fff;
 --up:#2da44e;--minor:#9bd35a;--partial:#d4a72c;--major:#cf222e;--unknown:#aab3bd}
 *{box-sizing:border-box}
@@ -67,6 +81,7 @@ border:1px solid transparent}
 .model{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:.75rem 1rem;margin:0 0 .75rem}
 .model-head{display:flex;flex-wrap:wrap;justify-content:space-between;gap:.25rem .75rem;align-items:baseline}
 .name{font-weight:600;overflow-wrap:anywhere}
+a.name{color:inherit}
 .state{font-weight:600;white-space:nowrap}
 .state::before{content:"";display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.35em;
 background:currentColor}
@@ -108,7 +123,7 @@ def render_status_page(view: StatusView) -> str:
             _footer(view),
         ]
     )
-    return _document("Model status", body)
+    return document("Model status", body)
 
 
 def render_message_page(heading: str, message: str) -> str:
@@ -118,24 +133,26 @@ def render_message_page(heading: str, message: str) -> str:
         f'<section class="banner s-unknown" role="status">{esc(message)}</section>'
         '<p class="note">The figures are also served as JSON: <a href="/v1/models">/v1/models</a>.</p>'
     )
-    return _document(heading, body)
+    return document(heading, body)
 
 
-def _document(title: str, body: str) -> str:
+def document(title: str, body: str, extra_css: str = "") -> str:
+    """A complete page: ``body`` in the status page's frame and style (plus ``extra_css``)."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)} · routewatch</title><style>{_CSS}</style></head>"
+        f"<title>{esc(title)} · routewatch</title><style>{CSS}{extra_css}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
 
 
 def _header(view: StatusView) -> str:
-    updated = _time(view.updated_at)
+    updated = time_html(view.updated_at)
     return f'<header><h1>Model status</h1><p class="updated">Updated {updated}</p></header>'
 
 
-def _time(value: datetime | None) -> str:
+def time_html(value: datetime | None) -> str:
+    """``value`` as a ``<time>`` element in UTC; :data:`MISSING` for None."""
     if value is None:
         return MISSING
     return f'<time datetime="{esc(value.isoformat())}">{esc(format_utc(value))}</time>'
@@ -165,38 +182,42 @@ def _legend() -> str:
 
 def _model(row: ModelRow) -> str:
     label = STATE_LABELS[row.state]
-    since = f' <span class="muted">since {_time(row.since)}</span>' if row.since is not None else ""
+    since = f' <span class="muted">since {time_html(row.since)}</span>' if row.since is not None else ""
     reason = f'<p class="reason">{esc(row.reason)}</p>' if row.reason else ""
     # A model probed but not (yet) in the stats still gets its figure line, with dashes.
     figures = "".join(_figures(route) for route in row.routes) or _figures(None)
     return (
-        f'<li class="model"><div class="model-head"><span class="name">{esc(row.model)}</span>'
+        f'<li class="model"><div class="model-head"><a class="name" href="{esc(model_page_path(row.model))}">'
+        f"{esc(row.model)}</a>"
         f'<span><span class="state s-{row.state.value}">{esc(label)}</span>{since}</span></div>'
-        f"{reason}{figures}{_bars(row)}</li>"
+        f"{reason}{figures}{uptime_bars(row)}</li>"
     )
 
 
 def _figures(route: RouteFigures | None) -> str:
     if route is None:
         return (
-            f'<p class="figures">p50 TTFT <b class="ttft">{MISSING}</b> · p50 output <b class="tps">{MISSING}</b></p>'
+            f'<p class="figures">p50 TTFT <b class="ttft">{MISSING}</b> · p50 output <b class="tps">{MISSING}</b>'
+            f' · errors <b class="errors">{MISSING}</b></p>'
         )
     price = f" · {esc(format_price(route.input_price))}/M input tokens" if route.input_price is not None else ""
     return (
         f'<p class="figures">p50 TTFT <b class="ttft">{esc(format_ttft(route.ttft_p50_ms))}</b>'
-        f' · p50 output <b class="tps">{esc(format_tps(route.tps_p50))}</b>{price}'
+        f' · p50 output <b class="tps">{esc(format_tps(route.tps_p50))}</b>'
+        f' · errors <b class="errors">{esc(format_error_rate(route.error_rate))}</b>{price}'
         f' · via <span class="router">{esc(route.router)}</span></p>'
     )
 
 
-def _bars(row: ModelRow) -> str:
+def uptime_bars(row: ModelRow) -> str:
+    """The daily uptime bars of ``row`` with their foot line (first day, uptime and its span, today)."""
     today = row.days[-1].day if row.days else None
     bars = "".join(_bar(bar, bar.day == today) for bar in row.days)
     first = row.days[0].day.isoformat() if row.days else MISSING
     return (
         f'<ol class="bars" aria-label="Daily uptime of {esc(row.model)}, {len(row.days)} days">{bars}</ol>'
         f'<div class="bars-foot"><span>{esc(first)}</span>'
-        f"<span>{esc(format_percent(row.uptime))} uptime over {len(row.days)} days</span>"
+        f'<span class="uptime">{esc(uptime_text(row.uptime, row.measured))}</span>'
         "<span>today</span></div>"
     )
 
@@ -204,6 +225,18 @@ def _bars(row: ModelRow) -> str:
 def _bar(bar: DayBar, today: bool) -> str:
     text = esc(bar_text(bar, today))
     return f'<li class="bar l-{bar.level}" title="{text}" aria-label="{text}"></li>'
+
+
+def uptime_text(uptime: float | None, span: UptimeSpan) -> str:
+    """``99.95% uptime over 90 days`` only when all 90 days have data; else what was measured:
+    ``100.00% uptime since 2025-11-29 (2 min of data)``, or ``no uptime data yet``."""
+    if span.first_day is None:
+        return "no uptime data yet"
+    if uptime is None:  # time recorded, all of it unknown (no probes, or the prober down)
+        return f"uptime unknown since {_day(span.first_day)} ({format_duration(span.recorded_s)} of data, none known)"
+    if span.full:
+        return f"{format_percent(uptime)} uptime over {span.days} days"
+    return f"{format_percent(uptime)} uptime since {_day(span.first_day)} ({format_duration(span.recorded_s)} of data)"
 
 
 def bar_text(bar: DayBar, today: bool = False) -> str:
@@ -229,24 +262,21 @@ def _day(day: date) -> str:
 def _incident_section(
     heading_id: str, heading: str, incidents: Iterable[Incident], view: StatusView, empty: str
 ) -> str:
-    items = "".join(_incident(i, view) for i in incidents)
+    items = "".join(incident_item(i, view.updated_at) for i in incidents)
     content = f'<ul class="incidents">{items}</ul>' if items else f'<p class="muted">{esc(empty)}</p>'
     return f'<section aria-labelledby="{heading_id}"><h2 id="{heading_id}">{esc(heading)}</h2>{content}</section>'
 
 
-def _incident(incident: Incident, view: StatusView) -> str:
+def incident_item(incident: Incident, now: datetime | None) -> str:
+    """One incident as a list item; an open one says for how long as of ``now``."""
     worst = incident.worst_state
     models = ", ".join(f'<span class="name">{esc(m)}</span>' for m in sorted(incident.models))
     if incident.end is None:
-        ongoing = (
-            f" for {esc(format_duration((view.updated_at - incident.start).total_seconds()))}"
-            if view.updated_at is not None
-            else ""
-        )
-        when = f"started {_time(incident.start)}, ongoing{ongoing}"
+        ongoing = f" for {esc(format_duration((now - incident.start).total_seconds()))}" if now is not None else ""
+        when = f"started {time_html(incident.start)}, ongoing{ongoing}"
     else:
         lasted = format_duration((incident.end - incident.start).total_seconds())
-        when = f"{_time(incident.start)} to {_time(incident.end)} ({esc(lasted)})"
+        when = f"{time_html(incident.start)} to {time_html(incident.end)} ({esc(lasted)})"
     planned = ' · <span class="tag">planned maintenance</span>' if incident.suppressed else ""
     return (
         f'<li class="incident w-{worst.value}"><span class="tag">#{incident.id} {esc(STATE_LABELS[worst])}</span>'
@@ -255,9 +285,9 @@ def _incident(incident: Incident, view: StatusView) -> str:
 
 
 def _footer(view: StatusView) -> str:
-    stats = f" Figures from the stats of {_time(view.stats_updated_at)}." if view.stats_updated_at else ""
+    stats = f" Figures from the stats of {time_html(view.stats_updated_at)}." if view.stats_updated_at else ""
     return (
-        f"<footer><p>Status evaluated {_time(view.updated_at)}.{stats}"
+        f"<footer><p>Status evaluated {time_html(view.updated_at)}.{stats}"
         ' Machine-readable: <a href="/status.json">/status.json</a>,'
         ' <a href="/v1/incidents">/v1/incidents</a>.</p></footer>'
     )

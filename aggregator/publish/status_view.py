@@ -30,9 +30,11 @@ __all__ = [
     "ModelRow",
     "RouteFigures",
     "StatusView",
+    "UptimeSpan",
     "build_view",
     "day_level",
     "page_window",
+    "uptime_span",
     "view_json",
 ]
 
@@ -59,6 +61,7 @@ class RouteFigures:
     ttft_p50_ms: float | None
     tps_p50: float | None
     input_price: float | None  # USD per 1M input tokens from probes.yaml; None: not configured
+    error_rate: float | None = None  # failed / attempted over the page window; None: nothing attempted
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,32 @@ class ModelRow:
         known = sum(b.uptime.known for b in self.days if b.uptime is not None)
         up = sum(b.uptime.operational for b in self.days if b.uptime is not None)
         return up / known if known > 0 else None
+
+    @property
+    def measured(self) -> UptimeSpan:
+        """Over what the uptime was measured: its first day with data and the seconds recorded."""
+        return uptime_span(self.days)
+
+
+@dataclass(frozen=True, slots=True)
+class UptimeSpan:
+    """What an uptime figure covers: so that two minutes of data never read as 90 days."""
+
+    first_day: date | None  # the first day with recorded time; None: none has any
+    recorded_s: float  # seconds recorded over the days, unknown time included
+    days: int  # the days the figure could cover (the bars shown)
+    full: bool  # the first bar's day has data: the figure covers every day shown
+
+
+def uptime_span(days: tuple[DayBar, ...]) -> UptimeSpan:
+    """The span ``days`` (oldest first) actually measured."""
+    first = next((bar.day for bar in days if bar.recorded > 0), None)
+    return UptimeSpan(
+        first_day=first,
+        recorded_s=sum(bar.recorded for bar in days),
+        days=len(days),
+        full=first is not None and first == days[0].day,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +181,7 @@ def _routes_by_model(
                 counts.ttft_p50_ms if counts is not None else None,
                 counts.tps_p50 if counts is not None else None,
                 prices.get(key),
+                found.error_rate if found is not None else None,
             )
         )
     return {model: tuple(routes) for model, routes in out.items()}
@@ -212,8 +242,12 @@ def view_json(view: StatusView) -> dict[str, Any]:
             "since": "2025-06-01T11:00:00+00:00",       # when it entered this state
             "reason": "",                               # one line; empty when operational
             "routers": [{"router": "orcarouter", "ttft_p50_ms": 412.3, "tps_p50": 85.2,
-                         "input_price_per_mtok": 0.1}],  # USD per 1M input tokens, null: not configured
+                         "input_price_per_mtok": 0.1,   # USD per 1M input tokens, null: not configured
+                         "error_rate": 0.002}],         # failed / attempted in the window, null: none
             "uptime_90d": 0.9995,                       # operational / known time over the days below
+            "uptime_measured": {"since": "2025-05-30",  # first day with data; null: none yet
+                                "recorded_s": 180.0,    # seconds of data behind uptime_90d
+                                "full": false},         # true once every one of the 90 days has data
             "uptime": [{                                # 90 entries, oldest first, the last is today (UTC)
               "day": "2025-03-04",
               "level": "up" | "minor" | "partial" | "major" | "unknown",
@@ -253,11 +287,21 @@ def _model_json(row: ModelRow) -> dict[str, Any]:
                 "ttft_p50_ms": _round(r.ttft_p50_ms),
                 "tps_p50": _round(r.tps_p50),
                 "input_price_per_mtok": r.input_price,
+                "error_rate": _round(r.error_rate, 4),
             }
             for r in row.routes
         ],
         "uptime_90d": _round(row.uptime, 6),
+        "uptime_measured": _span_json(row.measured),
         "uptime": [_day_json(bar) for bar in row.days],
+    }
+
+
+def _span_json(span: UptimeSpan) -> dict[str, Any]:
+    return {
+        "since": span.first_day.isoformat() if span.first_day is not None else None,
+        "recorded_s": round(span.recorded_s, 1),
+        "full": span.full,
     }
 
 

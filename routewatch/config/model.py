@@ -512,10 +512,31 @@ class ApiConfig(_Section):
         "127.0.0.1", description="listen address; default 127.0.0.1 (local only)"
     )
     port: int = Field(8321, ge=0, le=65535, description="listen port, 0 = any free; default 8321")
+    public_url: str | None = Field(
+        None,
+        description="the address readers reach this API at, e.g. https://status.example.org; the model "
+        "pages' embed snippets link there; default none (the snippets use paths relative to the server)",
+    )
     ingest_tokens: list[IngestToken] = Field(
         default_factory=list,
         description="regions that may push results (POST /v1/ingest), each with its own token; default none",
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = _url_without_credentials(
+            value,
+            invalid="is not a valid URL: use an http(s) URL such as https://status.example.org",
+            credentials="remove the credentials: this address is published in every embed snippet",
+        )
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, such as https://status.example.org")
+        if url.query or url.fragment:
+            raise ValueError("must not have a query or fragment: page and badge paths are appended to it")
+        return value.rstrip("/")
 
     @field_validator("ingest_tokens")
     @classmethod

@@ -274,8 +274,11 @@ def sweep_paths(series: Iterable[tuple[str, str]], windows: Iterable[str]) -> It
             for by in ("provider", "region"):
                 yield f"/v1/models/{quoted}/stats?window={window}&router={r}&by={by}"
         yield f"/v1/models/{quoted}/series?metric=ttft_p50&bucket=1h&router={r}"
+    for router, model in series:
+        yield f"/v1/models/{quote(model, safe='/')}?router={quote(router, safe='')}"
     for model in models:
         quoted = quote(model, safe="/")
+        yield f"/status/models/{quoted}"
         yield f"/badge/{quoted}.svg"
         yield f"/badge/status.svg?model={quote(model, safe='')}"
 

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 import pytest
+from html_tags import active_parts
 
 from .harness import readable_in_table, strict_json
 from .router import CONTROLS, model_id
@@ -218,6 +219,19 @@ def test_unknown_provider_is_never_an_empty_string(scenario: Scenario) -> None:
         assert "" not in body.get("breakdown", {}).get("provider", {}), path
     for entry in scenario.api_json("/v1/models")["models"]:
         assert "" not in entry["providers"], entry["id"]
+
+
+def test_model_pages_show_router_text_inert(scenario: Scenario) -> None:
+    """Every model's page and JSON answer 200, and the page runs nothing, whatever the routers named."""
+    pages = {path: a for path, a in scenario.api.items() if path.startswith("/status/models/")}
+    details = {path: a for path, a in scenario.api.items() if re.match(r"/v1/models/[^?]+\?router=", path)}
+    assert pages and details, "no model page was read: nothing to judge"
+    for path, answer in {**pages, **details}.items():
+        assert answer.status == 200, (path, answer.status, answer.body[:200])
+    for path, answer in pages.items():
+        assert active_parts(answer.body.decode("utf-8")) == [], path
+    for path in details:
+        strict_json(scenario.api[path].body)
 
 
 # ---------------------------------------------------------------- malformed structure
