@@ -21,6 +21,7 @@ from routewatch.parts import embedded_postgres
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.migrate import PendingReport, migrate, pending_migrations
+from routewatch.storage.session_name import session_settings
 
 
 def spool_backlog(spool_dir: Path) -> str:
@@ -69,7 +70,7 @@ def _with_database(data_dir: Path, action: str, settings: Settings) -> str:
 
 
 async def _run(url: str, action: str, data_dir: Path) -> str:
-    conn = await asyncpg.connect(url, timeout=10)
+    conn = await asyncpg.connect(url, timeout=10, server_settings=session_settings(url, f"db {action}"))
     try:
         if action == "migrate":
             report = await migrate(conn)

@@ -33,6 +33,7 @@ from routewatch.postgres.local_server import LocalPostgres, resolve_bin_dir
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.redact import redact
 from routewatch.probe.scheduler import Prober, new_session
+from routewatch.storage.session_name import session_settings
 from routewatch.supervision import Supervisor
 
 log = logging.getLogger("routewatch")
@@ -120,10 +121,13 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def database_pool(database: Database) -> AsyncIterator[asyncpg.Pool]:
-    """The connection pool; closed at exit, its connections still in use terminated after POOL_CLOSE_S."""
+async def database_pool(database: Database, command: str) -> AsyncIterator[asyncpg.Pool]:
+    """The connection pool, its sessions named after ``command`` (``routewatch <command> <pid>@<host>``);
+    closed at exit, its connections still in use terminated after POOL_CLOSE_S."""
     try:
-        pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=4, timeout=10)
+        pool = await asyncpg.create_pool(
+            database.dsn, min_size=1, max_size=4, timeout=10, server_settings=session_settings(database.dsn, command)
+        )
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(
             f"cannot reach the database, {database.label}: {redact(str(exc), [database.dsn])}"

@@ -158,7 +158,7 @@ async def _probe(
         stack.enter_context(stop_on_signals(stop))
         target = None
         if database is not None:
-            pool = await stack.start("database", database_pool(database))
+            pool = await stack.start("database", database_pool(database, "probe"))
             async with pool.acquire() as conn:
                 report = await migrate(conn)
             target = DatabaseTarget(pool, PartitionCache(), report.mode)

@@ -25,8 +25,10 @@ LEADER_LOCK_KEY = 0x7277_6C65_6164_0001
 class Leadership:
     """Try, hold and give up the refresher role."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, server_settings: dict[str, str] | None = None) -> None:
+        """``server_settings`` go to the lock's session (its ``application_name``, which ``db status`` shows)."""
         self._dsn = dsn
+        self._server_settings = server_settings
         self._conn: asyncpg.Connection | None = None
         # The refresher and the maintenance task both ask; one lock connection
         # must never run two queries at once.
@@ -55,7 +57,7 @@ class Leadership:
                 log.warning("lost the connection holding the refresher lock")
                 await self._drop()
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=10)
+            conn = await asyncpg.connect(self._dsn, timeout=10, server_settings=self._server_settings)
         except (OSError, TimeoutError, asyncpg.PostgresError):
             return False
         try:
