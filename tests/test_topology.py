@@ -20,6 +20,7 @@ each region's probes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -85,10 +86,12 @@ def timescaledb_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.getfixturevalue("db_mode") == "timescaledb":
         yield request.getfixturevalue("db_dsn")
         return
-    base = Path(tempfile.mkdtemp(prefix="rw-topology-", dir="/tmp"))  # /tmp: reachable by the server's user
+    base = Path(tempfile.mkdtemp(prefix="rw-topology-", dir="/tmp"))
+    base.chmod(0o711)  # as root the server runs as another user, which must reach its data directory
     try:
         try:
-            server = LocalPostgres(base / "data", timescaledb=True)
+            env_bin = os.environ.get("ROUTEWATCH_TEST_PG_BIN")  # the suite's binaries, as its own server's
+            server = LocalPostgres(base / "data", bin_dir=Path(env_bin) if env_bin else None, timescaledb=True)
         except LocalPostgresError as exc:
             pytest.skip(
                 f"TimescaleDB is not installed in this PostgreSQL ({exc}); build it with"
