@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import pytest
 import yaml
+from db_status_text import status_lines
 from hostile.harness import REPO, ROUTEWATCH, Process, clean_env, fetch_rows, fetch_value, strict_json, wait_until
 from rollup_diagnosis import rollup_diagnosis
 
@@ -218,15 +219,6 @@ class Stack:
             assert region and region.group(1) in REGIONS, r["nonce_prompt"]
             out[(r["model"], region.group(1))] += 1
         return out
-
-
-def status_lines(text: str) -> dict[str, list[str]]:
-    """``db status`` lines by their label (the text before the first colon), stripped."""
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        label, _, value = line.partition(":")
-        out.setdefault(label.strip(), []).append(value.strip())
-    return out
 
 
 def assert_describes(
