@@ -338,8 +338,8 @@ def test_a_read_in_flight_on_a_vanished_replica_ends_and_reads_go_to_the_primary
     async def go() -> tuple[float, float]:
         database = Database(primary.dsn, "the test's primary", read_dsn=replica.dsn)
         async with (
-            database_pool(database) as primary_pool,
-            read_pool(database, command_timeout_s=limit_s) as replica_pool,
+            database_pool(database, "serve") as primary_pool,
+            read_pool(database, "serve", command_timeout_s=limit_s) as replica_pool,
         ):
             reads = ReadPools(primary_pool, replica_pool, acquire_timeout_s=limit_s)
             await reads.check()

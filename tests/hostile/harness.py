@@ -191,6 +191,15 @@ class Process:
         return self.exit_code
 
 
+def wait_until(check: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> None:
+    """Poll ``check`` until it is true; AssertionError naming ``what`` (called then, if callable) past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+        time.sleep(0.1)
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie does not)."""
     try:
