@@ -191,13 +191,15 @@ class Process:
         return self.exit_code
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> None:
-    """Poll ``check`` until it is true; AssertionError naming ``what`` (called then, if callable) past ``timeout``."""
-    deadline = time.monotonic() + timeout
+def wait_until(check: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> float:
+    """Poll ``check`` until it is true; the seconds that took. AssertionError naming ``what``
+    (called then, if callable) past ``timeout``."""
+    start = time.monotonic()
     while not check():
-        if time.monotonic() > deadline:
+        if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
-        time.sleep(0.1)
+        time.sleep(0.05)
+    return time.monotonic() - start
 
 
 def alive(pid: int) -> bool:
