@@ -25,6 +25,7 @@ from routewatch.storage.describe import db_status, format_status
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.migrate import PendingReport, migrate, pending_migrations
 from routewatch.storage.replication import describe_lag, describe_standbys, replica_lag, standbys
+from routewatch.storage.session_name import session_settings
 
 
 def spool_backlog(spool_dir: Path) -> str:
@@ -75,7 +76,9 @@ def _with_database(data_dir: Path, action: str, settings: Settings) -> str:
 async def _run(url: str, action: str, data_dir: Path, read_url: str | None = None) -> str:
     # A migration may rewrite a large table for longer than any query should take: no limit for it.
     limit = None if action == "migrate" else COMMAND_TIMEOUT_S
-    conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S, command_timeout=limit)
+    conn = await asyncpg.connect(
+        url, timeout=CONNECT_TIMEOUT_S, command_timeout=limit, server_settings=session_settings(url, f"db {action}")
+    )
     try:
         if action == "migrate":
             report = await migrate(conn)

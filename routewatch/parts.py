@@ -35,6 +35,7 @@ from routewatch.probe.redact import redact
 from routewatch.probe.scheduler import Prober, new_session
 from routewatch.storage.connection import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
 from routewatch.storage.migrate import MigrationReport, migrate
+from routewatch.storage.session_name import session_settings
 from routewatch.supervision import Supervisor
 
 log = logging.getLogger("routewatch")
@@ -124,15 +125,16 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 
 @asynccontextmanager
-async def database_pool(database: Database) -> AsyncIterator[asyncpg.Pool]:
-    """The connection pool; closed at exit, its connections still in use terminated after POOL_CLOSE_S.
+async def database_pool(database: Database, command: str) -> AsyncIterator[asyncpg.Pool]:
+    """The connection pool, its sessions named after ``command`` (``routewatch <command> <pid>@<host>``);
+    closed at exit, its connections still in use terminated after POOL_CLOSE_S.
 
     Connections are made within CONNECT_TIMEOUT_S and every query ends within
     COMMAND_TIMEOUT_S (``storage.connection``), so that a query in flight on a
     host that vanished fails as an outage instead of waiting for TCP.
     """
     try:
-        pool = await _create_pool(database.dsn, min_size=1, command_timeout_s=COMMAND_TIMEOUT_S)
+        pool = await _create_pool(database.dsn, command, min_size=1, command_timeout_s=COMMAND_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(
             f"cannot reach the database, {database.label}: {redact(str(exc), [database.dsn])}"
@@ -143,7 +145,7 @@ async def database_pool(database: Database) -> AsyncIterator[asyncpg.Pool]:
 
 @asynccontextmanager
 async def read_pool(
-    database: Database, *, command_timeout_s: float = COMMAND_TIMEOUT_S
+    database: Database, command: str, *, command_timeout_s: float = COMMAND_TIMEOUT_S
 ) -> AsyncIterator[asyncpg.Pool | None]:
     """The read replica's pool when one is configured, else None; closed at exit.
 
@@ -155,14 +157,19 @@ async def read_pool(
     if database.read_dsn is None:
         yield None
         return
-    pool = await _create_pool(database.read_dsn, min_size=0, command_timeout_s=command_timeout_s)
+    pool = await _create_pool(database.read_dsn, command, min_size=0, command_timeout_s=command_timeout_s)
     async with _closing(pool):
         yield pool
 
 
-async def _create_pool(dsn: str, *, min_size: int, command_timeout_s: float) -> asyncpg.Pool:
+async def _create_pool(dsn: str, command: str, *, min_size: int, command_timeout_s: float) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=4, timeout=CONNECT_TIMEOUT_S, command_timeout=command_timeout_s
+        dsn,
+        min_size=min_size,
+        max_size=4,
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=command_timeout_s,
+        server_settings=session_settings(dsn, command),
     )
 
 
@@ -178,10 +185,13 @@ async def _closing(pool: asyncpg.Pool) -> AsyncIterator[None]:
             pool.terminate()
 
 
-async def migrated(database: Database) -> MigrationReport:
-    """Apply the pending migrations on a connection of their own, without the pools' COMMAND_TIMEOUT_S:
-    a migration may rewrite a large table for longer than any query of the running system should take."""
-    conn = await asyncpg.connect(database.dsn, timeout=CONNECT_TIMEOUT_S)
+async def migrated(database: Database, command: str) -> MigrationReport:
+    """Apply the pending migrations on a connection of their own (named after ``command``), without the
+    pools' COMMAND_TIMEOUT_S: a migration may rewrite a large table for longer than any query of the
+    running system should take."""
+    conn = await asyncpg.connect(
+        database.dsn, timeout=CONNECT_TIMEOUT_S, server_settings=session_settings(database.dsn, command)
+    )
     try:
         return await migrate(conn)
     finally:

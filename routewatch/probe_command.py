@@ -158,8 +158,8 @@ async def _probe(
         stack.enter_context(stop_on_signals(stop))
         target = None
         if database is not None:
-            pool = await stack.start("database", database_pool(database))
-            report = await migrated(database)
+            pool = await stack.start("database", database_pool(database, "probe"))
+            report = await migrated(database, "probe")
             target = DatabaseTarget(pool, PartitionCache(), report.mode)
         sink = result_sink(config, settings, opts.spool_dir, target)
         parts = await start_prober(stack, supervisor, sink, config)

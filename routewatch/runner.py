@@ -97,6 +97,7 @@ from routewatch.sinks import DatabaseTarget, IngestSetupError, database_sink, in
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.read_pools import ReadPools
+from routewatch.storage.session_name import session_settings
 from routewatch.storage.shard_leases import HANDOVER_LEAD_S
 from routewatch.supervision import Supervisor, dsn_secrets
 
@@ -273,15 +274,16 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
     workers: ProberWorkers | None = None
     async with Startup(supervisor, opts.fail_at, opts.fail_stopping) as stack:
         stack.enter_context(stop_on_signals(stop))
-        pool = await stack.start("database", database_pool(database))
-        reads = ReadPools(pool, await stack.enter_async_context(read_pool(database)))
+        command = "run" if opts.probes else "serve"
+        pool = await stack.start("database", database_pool(database, command))
+        reads = ReadPools(pool, await stack.enter_async_context(read_pool(database, command)))
         if reads.has_replica:
             await stack.enter_async_context(supervisor.running("read replica watch", reads.watch))
         simulator = await stack.start("simulator", _simulator(config, settings, opts.probes))
-        leadership = await stack.start("leadership", _leadership(database.dsn))
+        leadership = await stack.start("leadership", _leadership(database.dsn, command))
         await stack.start("postgres watch", _postgres_watch(supervisor, database.server))
         stack.reach("migrations")
-        report = await migrated(database)
+        report = await migrated(database, command)
         partitions = PartitionCache()
         database_target = DatabaseTarget(pool, partitions, report.mode)
         await stack.start(
@@ -366,9 +368,9 @@ async def _simulator(config: Config, settings: Settings, probes: bool) -> AsyncI
 
 
 @asynccontextmanager
-async def _leadership(dsn: str) -> AsyncIterator[Leadership]:
-    """The refresher role; given up at exit (its lock connection closed)."""
-    leadership = Leadership(dsn)
+async def _leadership(dsn: str, command: str) -> AsyncIterator[Leadership]:
+    """The refresher role, its lock session named after ``command``; given up at exit (its lock connection closed)."""
+    leadership = Leadership(dsn, session_settings(dsn, command))
     try:
         yield leadership
     finally:

@@ -38,6 +38,7 @@ from routewatch.storage import shard_leases
 from routewatch.storage.clock import db_clock
 from routewatch.storage.connection import Conn
 from routewatch.storage.errors import DATABASE_ERRORS
+from routewatch.storage.session_name import session_settings
 from routewatch.supervision import Supervisor
 
 log = logging.getLogger("routewatch")
@@ -130,7 +131,11 @@ class ShardCoordinator:
             self._conn = await asyncpg.connect(
                 self._dsn,
                 timeout=BEAT_TIMEOUT_S,
-                server_settings={"idle_in_transaction_session_timeout": limit_ms, "statement_timeout": limit_ms},
+                server_settings={
+                    "idle_in_transaction_session_timeout": limit_ms,
+                    "statement_timeout": limit_ms,
+                    **session_settings(self._dsn, "probe"),
+                },
             )
         conn = self._conn
         late = asyncio.Event()

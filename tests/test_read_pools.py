@@ -43,7 +43,7 @@ async def test_an_unusable_replica_sends_reads_to_the_primary_with_one_warning(
     secret = "not-the-password-0"
     read_url = _with(db_dsn, password=secret) if broken == "wrong password" else _with(db_dsn, port=_unused_port())
     caplog.set_level(logging.INFO, logger="routewatch.storage.read_pools")
-    async with read_pool(Database(db_dsn, "test", read_dsn=read_url)) as replica:
+    async with read_pool(Database(db_dsn, "test", read_dsn=read_url), "serve") as replica:
         reads = ReadPools(pool, replica)
         assert reads.has_replica and reads.server == REPLICA
         async with reads.acquire() as read:

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,11 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
-from hostile.harness import ROUTEWATCH, Process, _children, clean_env, fetch_value, run_async, strict_json
+from hostile.harness import ROUTEWATCH, Process, _children, clean_env, fetch_value, run_async, strict_json, wait_until
+from rollup_diagnosis import rollup_diagnosis
 from streaming_replica import make_replica
 from test_hist_changes import put, since, where
-from test_replica_failover import MODELS, _config, _profiles, _rollup_diagnosis
+from test_replica_failover import MODELS, _config, _profiles
 
 from routewatch.parts import Database, database_pool, read_pool
 from routewatch.postgres.local_server import LocalPostgres
@@ -74,16 +75,6 @@ def servers(tmp_path: Path) -> Iterator[tuple[LocalPostgres, LocalPostgres]]:
             replica.stop()
         primary.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> float:
-    """Poll ``check`` until true; the seconds it took. AssertionError naming ``what`` after ``timeout``."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if check():
-            return time.perf_counter() - start
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout:g} s: {what() if callable(what) else what}")
 
 
 async def _replayed(replica: LocalPostgres, primary: LocalPostgres) -> None:
@@ -233,15 +224,14 @@ def test_a_standby_serves_from_the_replica_falls_back_to_the_primary_and_returns
             probe and its figures stay put, the seconds from the leader first publishing them to the
             standby first publishing them."""
             prober = probing(run)
-            _wait(lambda: stored() >= at_least, 60, f"{at_least} probes stored")
+            wait_until(lambda: stored() >= at_least, 60, f"{at_least} probes stored")
             assert prober.stop() == 0, prober.output()[-3000:]
             total = stored()
-            _wait(
+            wait_until(
                 lambda: published(leader_api) == total,
                 15,
                 lambda: (
-                    f"the leader publishing {total} probes, not {published(leader_api)}"
-                    + _rollup_diagnosis(primary.dsn)
+                    f"the leader publishing {total} probes, not {published(leader_api)}" + rollup_diagnosis(primary.dsn)
                 ),
             )
             first_seen: dict[tuple[str, str], float] = {}
@@ -277,7 +267,7 @@ def test_a_standby_serves_from_the_replica_falls_back_to_the_primary_and_returns
         # 2. The replica stopped: the standby reads from the primary and publishes what the leader does.
         replica.stop()
         stopped = time.perf_counter()
-        _wait(lambda: metric(standby_api, "routewatch_read_replica_in_use") == 0.0, CHECK_S + 15, "falling back")
+        wait_until(lambda: metric(standby_api, "routewatch_read_replica_in_use") == 0.0, CHECK_S + 15, "falling back")
         fell_back = time.perf_counter() - stopped
         assert metric(standby_api, "routewatch_read_replica_lag_seconds") is None  # unknown, not 0
         before = stored()
@@ -290,7 +280,7 @@ def test_a_standby_serves_from_the_replica_falls_back_to_the_primary_and_returns
         )
         again.start()
         try:
-            back = _wait(
+            back = wait_until(
                 lambda: metric(standby_api, "routewatch_read_replica_in_use") == 1.0, CHECK_S + 15, "returning"
             )
             behind_again = same_figures_after_probing(3, stored() + 2 * len(MODELS))
@@ -338,8 +328,8 @@ def test_a_read_in_flight_on_a_vanished_replica_ends_and_reads_go_to_the_primary
     async def go() -> tuple[float, float]:
         database = Database(primary.dsn, "the test's primary", read_dsn=replica.dsn)
         async with (
-            database_pool(database) as primary_pool,
-            read_pool(database, command_timeout_s=limit_s) as replica_pool,
+            database_pool(database, "serve") as primary_pool,
+            read_pool(database, "serve", command_timeout_s=limit_s) as replica_pool,
         ):
             reads = ReadPools(primary_pool, replica_pool, acquire_timeout_s=limit_s)
             await reads.check()

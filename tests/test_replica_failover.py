@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hostile.harness import ROUTEWATCH, Process, clean_env, fetch_rows, run_async, strict_json
+from hostile.harness import ROUTEWATCH, Process, clean_env, fetch_rows, run_async, strict_json, wait_until
+from rollup_diagnosis import rollup_diagnosis
 from streaming_replica import make_replica, multi_host_dsn, promote
 
 from routewatch.postgres.local_server import LocalPostgres
@@ -141,7 +142,7 @@ def test_probers_and_leader_ride_a_primary_failover_losing_nothing(
         def stored() -> int:
             return int(fetch_rows(dsn, "SELECT count(*) AS n FROM probe_results")[0]["n"])
 
-        _wait(lambda: stored() >= 2 * len(MODELS) * len(REGIONS), 60, "probes stored before the failover")
+        wait_until(lambda: stored() >= 2 * len(MODELS) * len(REGIONS), 60, "probes stored before the failover")
         time.sleep(2 * REFRESH_S)
 
         os.kill(primary.pid or 0, signal.SIGKILL)
@@ -151,8 +152,8 @@ def test_probers_and_leader_ride_a_primary_failover_losing_nothing(
         promoted = time.perf_counter()
         # Probes keep arriving on the new primary, and the figures are published again.
         after_promotion = stored()
-        _wait(lambda: stored() > after_promotion + len(MODELS) * len(REGIONS), 30, "probes stored after promotion")
-        _wait(lambda: all(w.seen and w.seen[-1][0] > promoted for w in watchers), 30, "publishing after promotion")
+        wait_until(lambda: stored() > after_promotion + len(MODELS) * len(REGIONS), 30, "probes stored after promotion")
+        wait_until(lambda: all(w.seen and w.seen[-1][0] > promoted for w in watchers), 30, "publishing after promotion")
         time.sleep(2 * INTERVAL_S)
 
         stop_at = time.perf_counter()
@@ -173,12 +174,12 @@ def test_probers_and_leader_ride_a_primary_failover_losing_nothing(
         total = stored()
         flagged = int(fetch_rows(dsn, "SELECT count(*) AS n FROM probe_results WHERE prober_overloaded")[0]["n"])
         expected = (total - flagged, flagged)
-        _wait(
+        wait_until(
             lambda: [_published(api) for api in apis] == [expected, expected],
             10 * REFRESH_S,
             lambda: (
                 f"figures of every probe: {total} stored ({flagged} flagged for loop lag),"
-                f" published (attempted, excluded) {[_published(api) for api in apis]}" + _rollup_diagnosis(dsn)
+                f" published (attempted, excluded) {[_published(api) for api in apis]}" + rollup_diagnosis(dsn)
             ),
         )
         gaps = [w.longest_gap_s(killed) for w in watchers]
@@ -205,14 +206,6 @@ def test_probers_and_leader_ride_a_primary_failover_losing_nothing(
         replica.stop()
 
 
-def _wait(check: Any, timeout: float, what: Any) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
-        time.sleep(0.1)
-
-
 def _published(api: str) -> tuple[int, int]:
     """Probes a ``serve`` publishes over the last hour, every model summed: those in its figures
     (``attempted``), and those it leaves out because the prober's loop lag was over its bound
@@ -224,38 +217,3 @@ def _published(api: str) -> tuple[int, int]:
         attempted += int(samples["attempted"])
         excluded += int(samples["excluded_prober_overloaded"])
     return attempted, excluded
-
-
-def _rollup_diagnosis(dsn: str) -> str:
-    """Where stored probes and the hourly rollup disagree, and the ingest log: to find a lost count."""
-    raw = fetch_rows(
-        dsn,
-        "SELECT date_trunc('hour', started_at) AS bucket, model, region, count(*) AS n"
-        " FROM probe_results GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-    )
-    rolled = {
-        (r["bucket"], r["model"], r["region"]): r["n"]
-        for r in fetch_rows(
-            dsn, "SELECT bucket, model, region, sum(attempts + overloaded) AS n FROM probe_hist_hourly GROUP BY 1, 2, 3"
-        )
-    }
-    differ = [
-        (r["bucket"].isoformat(), r["model"], r["region"], r["n"], rolled.get((r["bucket"], r["model"], r["region"])))
-        for r in raw
-        if rolled.get((r["bucket"], r["model"], r["region"])) != r["n"]
-    ]
-    log = fetch_rows(dsn, "SELECT id, rows, hist_done, xid::text AS xid, stored_at FROM probe_ingest_log ORDER BY id")
-    # The rows of the cells that differ, with the transaction that wrote each: is one outside every logged batch?
-    cells = [
-        fetch_rows(
-            dsn,
-            "SELECT xmin::text AS xmin, started_at FROM probe_results"
-            " WHERE date_trunc('hour', started_at) = $1::text::timestamptz AND model = $2 AND region = $3"
-            " ORDER BY started_at",
-            bucket,
-            model,
-            region,
-        )
-        for bucket, model, region, _, _ in differ
-    ]
-    return f"\nraw vs rollup (bucket, model, region, raw, rolled): {differ}\nrows there: {cells}\ningest log: {log}"

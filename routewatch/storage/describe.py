@@ -12,7 +12,8 @@ from datetime import datetime
 from routewatch.storage.connection import Conn
 from routewatch.storage.migrate import recorded_mode, schema_version, timescaledb_version
 from routewatch.storage.outbox_queries import OutboxCounts, outbox_counts
-from routewatch.storage.tables import NOTIFICATION_OUTBOX, PROBE_PERCENTILES_HOURLY, PROBE_RESULTS
+from routewatch.storage.processes import Processes, process_lines, processes
+from routewatch.storage.tables import NOTIFICATION_OUTBOX, PROBE_PERCENTILES_HOURLY, PROBE_RESULTS, SHARD_LEASES
 
 # Above this many rows (by the planner's estimate) the status shows the
 # estimate instead of running count(*), which reads the whole table: 90 days
@@ -61,6 +62,7 @@ class DbStatus:
     rollup_rows: int | None  # rows in probe_percentiles_hourly (exact)
     partitions: int | None  # daily partitions (plain) or chunks (TimescaleDB) of probe_results
     notifications: OutboxCounts | None = None  # the notification outbox; None before its migration
+    processes: Processes | None = None  # the leader, connected processes and prober members
 
     @property
     def partition_kind(self) -> str:
@@ -107,6 +109,7 @@ async def db_status(conn: Conn) -> DbStatus:
     rollup_rows = None
     if await conn.fetchval("SELECT to_regclass($1)", PROBE_PERCENTILES_HOURLY) is not None:
         rollup_rows = await conn.fetchval(f"SELECT count(*) FROM {PROBE_PERCENTILES_HOURLY}")
+    shard_tables = await conn.fetchval("SELECT to_regclass($1)", SHARD_LEASES) is not None
     return DbStatus(
         mode=mode,
         timescaledb_version=tsdb,
@@ -121,6 +124,7 @@ async def db_status(conn: Conn) -> DbStatus:
         rollup_rows=rollup_rows,
         partitions=partitions,
         notifications=notifications,
+        processes=await processes(conn, shard_tables=shard_tables),
     )
 
 
@@ -175,6 +179,8 @@ def format_status(status: DbStatus, spool_backlog: str | None = None) -> str:
         lines.append(f"hourly rollup:   {status.rollup_rows:,} rows of percentiles")
     if status.notifications is not None:
         lines.append(f"notifications:   {_notifications(status.notifications)}")
+    if status.processes is not None:
+        lines += process_lines(status.processes)
     if spool_backlog is not None:
         lines.append(f"spool backlog:   {spool_backlog}")
     return "\n".join(lines)

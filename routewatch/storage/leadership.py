@@ -29,8 +29,10 @@ LOCK_QUERY_TIMEOUT_S = 5.0
 class Leadership:
     """Try, hold and give up the refresher role."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, server_settings: dict[str, str] | None = None) -> None:
+        """``server_settings`` go to the lock's session (its ``application_name``, which ``db status`` shows)."""
         self._dsn = dsn
+        self._server_settings = server_settings
         self._conn: asyncpg.Connection | None = None
         # The refresher and the maintenance task both ask; one lock connection
         # must never run two queries at once.
@@ -59,7 +61,12 @@ class Leadership:
                 log.warning("lost the connection holding the refresher lock")
                 await self._drop()
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S, command_timeout=LOCK_QUERY_TIMEOUT_S)
+            conn = await asyncpg.connect(
+                self._dsn,
+                timeout=CONNECT_TIMEOUT_S,
+                command_timeout=LOCK_QUERY_TIMEOUT_S,
+                server_settings=self._server_settings,
+            )
         except (OSError, TimeoutError, asyncpg.PostgresError):
             return False
         try:

@@ -191,6 +191,17 @@ class Process:
         return self.exit_code
 
 
+def wait_until(check: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> float:
+    """Poll ``check`` until it is true; the seconds that took. AssertionError naming ``what``
+    (called then, if callable) past ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie does not)."""
     try:
