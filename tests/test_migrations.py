@@ -46,7 +46,10 @@ LABELS = [
     "0008_hist_changes",
     "0009_hour_percentiles",
     "0010_notification_outbox",
+    "0011_router_dialects",
 ]
+# (version, name) as schema_migrations records them.
+VERSIONS = [(int(label[:4]), label[5:]) for label in LABELS]
 # The newest version (numbers may skip one that another branch adds).
 NEWEST = int(LABELS[-1][:4])
 SHARED_LABELS = {
@@ -57,6 +60,7 @@ SHARED_LABELS = {
     "0007_shard_leases",
     "0008_hist_changes",
     "0010_notification_outbox",
+    "0011_router_dialects",
 }  # one NNNN_name.sql for both modes
 
 
@@ -71,7 +75,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008 and 0010 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010 and 0011 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -101,18 +105,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
     report = await migrate(conn, mode=mode)
 
     assert (report.mode, report.version, report.applied) == (mode, NEWEST, LABELS)
-    assert await recorded_versions(conn) == [
-        (1, "probe_results"),
-        (2, "rollup_hourly"),
-        (3, "hist_rollup"),
-        (4, "stats_history"),
-        (5, "status"),
-        (6, "ingest_done"),
-        (7, "shard_leases"),
-        (8, "hist_changes"),
-        (9, "hour_percentiles"),
-        (10, "notification_outbox"),
-    ]
+    assert await recorded_versions(conn) == VERSIONS
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_results'::regclass AND attnum > 0"
@@ -180,18 +173,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
         assert {r.version for r in reports} == {NEWEST}
         # Exactly one of them did the work; the others waited and found nothing to do.
         assert sorted(len(r.applied) for r in reports) == [0, 0, len(LABELS)]
-        assert await recorded_versions(conns[0]) == [
-            (1, "probe_results"),
-            (2, "rollup_hourly"),
-            (3, "hist_rollup"),
-            (4, "stats_history"),
-            (5, "status"),
-            (6, "ingest_done"),
-            (7, "shard_leases"),
-            (8, "hist_changes"),
-            (9, "hour_percentiles"),
-            (10, "notification_outbox"),
-        ]
+        assert await recorded_versions(conns[0]) == VERSIONS
     finally:
         for c in conns:
             await c.close()
