@@ -116,6 +116,28 @@ def _figures() -> dict[str, Schema]:
             "additionalProperties": count,
             "description": "failed probes (prober-overloaded ones left out) per error class",
         },
+        "router_retries": {
+            **_object(
+                {
+                    "reported_ok": count,
+                    "retried": count,
+                    "retried_share": rate,
+                    "retried_share_ci95": interval,
+                    "upstream_calls": count,
+                    "upstream_calls_failed": count,
+                    "upstream_failure_rate": rate,
+                    "upstream_failure_rate_ci95": interval,
+                    "ttft_first_attempt_p50_ms": NUMBER_OR_NULL,
+                    "ttft_first_attempt_p95_ms": NUMBER_OR_NULL,
+                    "ttft_retried_p50_ms": NUMBER_OR_NULL,
+                    "ttft_retried_p95_ms": NUMBER_OR_NULL,
+                }
+            ),
+            "description": "what the router reported of its upstream calls (docs/router-dialects.md): successes "
+            "it reported attempts for, how many it retried, upstream calls and failed calls (the failure rate "
+            "the router hid from clients, with a Wilson 95% interval), and TTFT of first-call and retried "
+            "successes. Null rates and percentiles where the router reports no attempts",
+        },
     }
 
 
