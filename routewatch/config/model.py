@@ -492,6 +492,13 @@ class SLOConfig(_Section):
 
     ttft_p95_ms: float = Field(5000.0, gt=0, description="p95 time to first token, ms; default 5000")
     error_rate: float = Field(0.05, ge=0, le=1, description="failed / attempted; default 0.05")
+    retried_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="successes the router answered only after retrying, of those it reported attempts for; "
+        "above it a model is degraded; default 0.1",
+    )
     window: PositiveSeconds = Field(
         900.0, description="recent span the error rate and p95 TTFT are judged over; default 15m"
     )
