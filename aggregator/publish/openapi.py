@@ -141,6 +141,18 @@ def _figures() -> dict[str, Schema]:
     }
 
 
+def _served_model_cell() -> Schema:
+    count: Schema = {"type": "integer", "minimum": 0}
+    return _object(
+        {
+            "share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "samples": _object({"attempted": count, "ok": count}),
+            "ttft_p50_ms": NUMBER_OR_NULL,
+            "ttft_p95_ms": NUMBER_OR_NULL,
+        }
+    )
+
+
 def _model_stats() -> Schema:
     props: dict[str, Schema] = {
         "model": {"type": "string"},
@@ -156,8 +168,18 @@ def _model_stats() -> Schema:
             "Providers: at most aggregator.max_providers_per_model names, then 'other' "
             "(every provider past them) and 'unknown' (the router named no provider)",
             "properties": {
-                dim: {"type": "object", "additionalProperties": _ref("Cell"), "propertyNames": {"minLength": 1}}
-                for dim in BREAKDOWNS
+                **{
+                    dim: {"type": "object", "additionalProperties": _ref("Cell"), "propertyNames": {"minLength": 1}}
+                    for dim in BREAKDOWNS
+                },
+                "served_model": {
+                    "type": "object",
+                    "description": "which model answered (the router's own name for it), read from the "
+                    "window's probes: share of the ok answers, counts and exact TTFT percentiles of the ok ones; "
+                    "'unknown': the router named none (most failed probes); 'other': names past the 20 most common",
+                    "additionalProperties": _served_model_cell(),
+                    "propertyNames": {"minLength": 1},
+                },
             },
             "additionalProperties": False,
             "minProperties": 1,
@@ -622,8 +644,8 @@ def _paths() -> dict[str, Schema]:
                     _p("Router"),
                     _query(
                         "by",
-                        {"type": "string", "enum": list(BREAKDOWNS)},
-                        "add the per-provider or per-region cells as breakdown.<by>",
+                        {"type": "string", "enum": [*BREAKDOWNS, "served_model"]},
+                        "add the per-provider, per-region or per-served-model cells as breakdown.<by>",
                     ),
                     _p("IfNoneMatch"),
                 ],
