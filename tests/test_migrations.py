@@ -21,6 +21,8 @@ from routewatch.results.probe_result import COLUMNS
 from routewatch.storage.housekeeping import (
     CHUNK_INTERVAL,
     PARTITIONS_AHEAD_DAYS,
+    PartitionCache,
+    compress_old,
     ensure_partitions,
     partition_day,
     partition_name,
@@ -313,3 +315,29 @@ async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: st
         assert names == expected
     # Writes for now work straight away in either mode.
     assert await write_batch(conn, [probe_result()]) == 1
+
+
+@pytest.mark.db
+async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncpg.Connection, mode: str) -> None:
+    """0011 on a database that already holds probes (compressed, in TimescaleDB mode): the old rows
+    read back with the new columns NULL, and the writer stores new rows beside them, in their chunk."""
+    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < 11])
+    now = datetime.now(UTC)
+    old_day = now - timedelta(days=5)
+    await PartitionCache().ensure_for(conn, mode, [old_day, now])
+    await conn.execute(
+        "INSERT INTO probe_results (id, started_at, region, router, model, prompt, methodology, ok)"
+        " SELECT gen_random_uuid(), $1::timestamptz + i * interval '1 minute', 'eu', 'r', 'm', 'p', 'm1', true"
+        " FROM generate_series(1, 50) AS i",
+        old_day,
+    )
+    compressed = await compress_old(conn, mode, timedelta(days=3), now=now)
+    assert compressed == (1 if mode == "timescaledb" else 0)
+
+    report = await migrate(conn, mode=mode)
+    assert report.applied == ["0011_router_dialects"]
+    assert await conn.fetchval("SELECT count(*) FROM probe_results WHERE attempts IS NULL AND dialect IS NULL") == 50
+    late = probe_result(started_at=old_day + timedelta(seconds=30), dialect="litellm", attempts=2, fallbacks=0)
+    assert await write_batch(conn, [late]) == 1
+    row = await conn.fetchrow("SELECT dialect, attempts, fallbacks FROM probe_results WHERE id = $1", late.id)
+    assert tuple(row) == ("litellm", 2, 0)
