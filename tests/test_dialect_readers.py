@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from factories import MINIMAL_CONFIG
+from factories import MINIMAL_CONFIG, probe_result
 from multidict import CIMultiDict
 
 from routewatch.config import ConfigError, parse_config
 from routewatch.config.dialects import DIALECTS
 from routewatch.config.model import RouterConfig
+from routewatch.once import result_notes
 from routewatch.probe import dialects
 from routewatch.probe.router_values import MAX_ATTEMPTS, ReportedFacts, reported_facts
 
@@ -230,3 +231,11 @@ def test_a_bad_dialect_setting_names_file_line_and_field(lines: str, message: st
     with pytest.raises(ConfigError) as excinfo:
         parse_config(config_with(lines), "probes.yaml")
     assert str(excinfo.value) == message
+
+
+def test_once_says_when_the_router_retried() -> None:
+    retried = probe_result(model="m/a", attempts=3, fallbacks=1)
+    first_call = probe_result(model="m/b", attempts=1)
+    notes = [n.plain for n in result_notes([retried, first_call])]
+    assert len(notes) == 1
+    assert notes[0].endswith("the router made 3 upstream calls, 1 to a fallback")
