@@ -217,9 +217,10 @@ def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
         request_id=label(result.request_id, secrets),
         dialect=label(result.dialect, secrets),
         router_request_id=label(result.router_request_id, secrets),
-        attempts=_int4_or_none(result.attempts),
-        fallbacks=_int4_or_none(result.fallbacks),
-        reported_cost_usd=finite(result.reported_cost_usd),
+        # The bounds of reported_facts again: a pushed result did not pass through it here.
+        attempts=reported_count(result.attempts, minimum=1),
+        fallbacks=reported_count(result.fallbacks),
+        reported_cost_usd=reported_cost(result.reported_cost_usd),
         http_status=_int4_or_none(result.http_status),
         input_tokens=_int4_or_none(result.input_tokens),
         output_tokens=_int4_or_none(result.output_tokens),

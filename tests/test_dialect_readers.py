@@ -13,7 +13,7 @@ from routewatch.config.dialects import DIALECTS
 from routewatch.config.model import RouterConfig
 from routewatch.once import result_notes
 from routewatch.probe import dialects
-from routewatch.probe.router_values import MAX_ATTEMPTS, ReportedFacts, reported_facts
+from routewatch.probe.router_values import MAX_ATTEMPTS, ReportedFacts, reported_facts, storable
 
 pytestmark = pytest.mark.unit
 
@@ -239,3 +239,12 @@ def test_once_says_when_the_router_retried() -> None:
     notes = [n.plain for n in result_notes([retried, first_call])]
     assert len(notes) == 1
     assert notes[0].endswith("the router made 3 upstream calls, 1 to a fallback")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("attempts", 0), ("attempts", -2), ("attempts", 2**31), ("fallbacks", -1), ("reported_cost_usd", -1.0)],
+)
+def test_a_result_made_elsewhere_is_held_to_the_same_bounds(field: str, value: object) -> None:
+    # What a pushed record (read by the ingest endpoint, not by a dialect here) goes through too.
+    assert getattr(storable(probe_result(**{field: value})), field) is None
