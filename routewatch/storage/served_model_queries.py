@@ -29,7 +29,7 @@ SELECT model_served,
 FROM {PROBE_RESULTS}
 WHERE model = $2 AND router = $1 AND started_at >= $3 AND started_at <= $4 AND NOT prober_overloaded
 GROUP BY model_served
-ORDER BY count(*) FILTER (WHERE ok) DESC, count(*) DESC, model_served NULLS LAST
+ORDER BY count(*) DESC, model_served NULLS LAST
 LIMIT $5
 """
 
@@ -43,7 +43,7 @@ async def served_models(
     *,
     timeout: float | None = None,
 ) -> list[asyncpg.Record]:
-    """Per served model (NULL: not named) of the probes in ``[start, end]``, the most answers first.
+    """Per served model (NULL: not named) of the probes in ``[start, end]``, the most probes first.
 
     Records ``model_served``, ``attempted``, ``ok``, ``ttft_p50`` and ``ttft_p95``
     (exact, over the ok probes) and, on every row, ``all_attempted`` and ``all_ok``
