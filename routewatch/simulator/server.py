@@ -277,7 +277,12 @@ async def _serve_forever(host: str, port: int, profiles: Iterable[ModelProfile],
         for p in sim.app[PROFILES].values():
             print(
                 f"  {p.model:<36} {p.provider:<18} TTFT p50 {p.ttft_median_ms:.0f} ms, "
-                f"{p.tokens_per_s:.0f} tok/s, errors {p.error_rate:.0%}"
+                f"{p.tokens_per_s:.0f} tok/s, errors {p.error_rate:.0%}, {p.dialect} dialect"
+                + (
+                    f", upstream fails {p.upstream_failure_rate:.0%} (retried {p.router_retries}x)"
+                    if p.upstream_failure_rate
+                    else ""
+                )
             )
         print("Ctrl-C stops it.", flush=True)
         await asyncio.Event().wait()
