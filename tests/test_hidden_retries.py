@@ -118,13 +118,14 @@ async def test_a_router_hiding_upstream_failures_is_published_as_such(
     assert retries["upstream_failure_rate_ci95"][0] <= FAILURE_RATE <= retries["upstream_failure_rate_ci95"][1]
     # A success was retried when its first call failed: P = 0.25 (less the few that never succeeded).
     assert within(retries["retried_share"], FAILURE_RATE, len(answered))
-    # Retried answers waited for a failed call that took about a first token's time: twice as slow.
+    # Retried answers waited for the failed calls (each about a first token's time) before theirs.
     first = np.array([r.ttft_ms for r in results if r.ok and r.attempts == 1])
-    again = np.array([r.ttft_ms for r in results if r.ok and r.attempts == 2])
+    again = np.array([r.ttft_ms for r in results if r.ok and r.attempts is not None and r.attempts > 1])
+    hidden_ms = np.median([t["upstream_delay_ms"] for t in retried])
     assert retries["ttft_first_attempt_p50_ms"] == pytest.approx(np.percentile(first, 50), rel=0.02)
-    assert retries["ttft_retried_p50_ms"] > 1.6 * retries["ttft_first_attempt_p50_ms"]
+    assert retries["ttft_retried_p50_ms"] == pytest.approx(np.percentile(again, 50), rel=0.02)
+    assert retries["ttft_retried_p50_ms"] - retries["ttft_first_attempt_p50_ms"] > 0.5 * hidden_ms
     assert retries["ttft_retried_p95_ms"] > retries["ttft_first_attempt_p95_ms"]
-    assert len(again) > 0
     # Who answered: the served model the router named, all of the answers.
     cells = served["breakdown"]["served_model"]
     assert cells[SERVED]["share"] == 1.0 and cells[SERVED]["samples"]["ok"] == len(answered)
