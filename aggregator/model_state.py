@@ -14,8 +14,11 @@ State of one model at an evaluation time ``now`` (:func:`advance`), first match 
    probes set it, ``up_after`` consecutive ok probes clear it. One failure
    never makes a model down, and one success never brings it back.
 4. ``degraded`` over the window, with at least ``slo.min_samples`` probes,
-   error rate > ``slo.error_rate``, or, with at least ``slo.min_samples`` ok
-   probes, p95 TTFT > ``slo.ttft_p95_ms`` (one early failure is not a trend).
+   error rate > ``slo.error_rate``; or, with at least ``slo.min_samples`` ok
+   probes whose router reported its attempts, a share of them answered only
+   after a retry > ``slo.retried_share`` (the router is hiding upstream
+   failures); or, with at least ``slo.min_samples`` ok probes, p95 TTFT >
+   ``slo.ttft_p95_ms`` (one early failure is not a trend).
 5. ``operational`` otherwise.
 
 Probes flagged prober_overloaded say nothing about the model: they count
@@ -79,6 +82,7 @@ class Observation:
     ttft_ms: float | None  # None when no first token arrived (a failed probe)
     prober_overloaded: bool = False  # the prober's loop lagged: says nothing about the model
     id: Hashable | None = None  # the probe's id: counts it once however late it arrives
+    attempts: int | None = None  # upstream calls the router reported (None: it said nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +265,17 @@ def _judge(
             State.DEGRADED,
             f"error rate {rate:.0%} > {slo.error_rate:.0%} over {span} ({failed}/{len(window)})",
         )
+    # Before p95 TTFT: the retries are what makes it slow, and the more useful reason.
+    reported = [o.attempts for o in window if o.ok and o.attempts is not None]
+    if len(reported) >= slo.min_samples:
+        retried = sum(1 for a in reported if a > 1)
+        share = retried / len(reported)
+        if share > slo.retried_share:
+            return (
+                State.DEGRADED,
+                f"router retried {share:.0%} of answers > {slo.retried_share:.0%} over {span} "
+                f"({retried}/{len(reported)}): upstream failures clients do not see",
+            )
     ttfts = [o.ttft_ms for o in window if o.ok and o.ttft_ms is not None]
     if len(ttfts) >= slo.min_samples:
         p95 = _percentile(ttfts, 0.95)

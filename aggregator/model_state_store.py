@@ -151,7 +151,9 @@ class RecentProbes:
             if key in self._ids:
                 continue
             self._ids.add(key)
-            obs = Observation(r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"], key)
+            obs = Observation(
+                r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"], key, r["attempts"]
+            )
             self._by_model.setdefault(obs.model, []).append(obs)
             touched.add(obs.model)
         for model in touched:

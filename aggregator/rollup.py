@@ -69,7 +69,7 @@ from routewatch.aggregator.provider_cap import (
     stored_provider,
 )
 from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, grouped_histograms, quantile_table
-from routewatch.aggregator.stats import CellStats, WindowCounts
+from routewatch.aggregator.stats import CellStats, RetryStats, WindowCounts
 from routewatch.storage import hist_queries, ingest_log, percentile_queries
 from routewatch.storage.clock import db_now
 from routewatch.storage.connection import Conn
@@ -566,6 +566,12 @@ def encode_row(h: HourRow) -> tuple[Any, ...]:
         h.ttft.to_bytes(),
         h.ttfat.to_bytes(),
         h.tps.to_bytes(),
+        h.reported_ok,
+        h.retried,
+        h.calls,
+        h.calls_failed,
+        h.ttft_first.to_bytes(),
+        h.ttft_retried.to_bytes(),
     )
 
 
@@ -587,8 +593,10 @@ def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
         raise ValueError("an error count would go negative")
     if sign > 0:
         ttft, ttfat, tps = a.ttft.merge(b.ttft), a.ttfat.merge(b.ttfat), a.tps.merge(b.tps)
+        first, retried = a.ttft_first.merge(b.ttft_first), a.ttft_retried.merge(b.ttft_retried)
     else:
         ttft, ttfat, tps = a.ttft.subtract(b.ttft), a.ttfat.subtract(b.ttfat), a.tps.subtract(b.tps)
+        first, retried = a.ttft_first.subtract(b.ttft_first), a.ttft_retried.subtract(b.ttft_retried)
     # Built directly, not with dataclasses.replace: a refresh combines every
     # series of the current hour, and replace() costs more than the rest.
     out = HourRow(
@@ -612,8 +620,14 @@ def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
         ttfat,
         tps,
         a.rows + sign * b.rows,
+        a.reported_ok + sign * b.reported_ok,
+        a.retried + sign * b.retried,
+        a.calls + sign * b.calls,
+        a.calls_failed + sign * b.calls_failed,
+        first,
+        retried,
     )
-    if min(out.attempts, out.ok, out.rate_limited, out.overloaded, out.rows) < 0:
+    if min(out.attempts, out.ok, out.rate_limited, out.overloaded, out.rows, out.reported_ok, out.calls) < 0:
         raise ValueError("a count would go negative")
     return out
 
@@ -674,7 +688,16 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
         per_run: list[int] = np.add.reduceat(x.astype(np.int64), starts).tolist()
         return per_run
 
+    # The upstream calls the router reported (NaN: it said nothing), over the counted rows.
+    calls_raw = np.array([r["upstream_calls"] for r in rows], dtype=np.float64)
+    reported = counted & ~np.isnan(calls_raw)
+    calls_n = np.where(reported, calls_raw, 0.0)
+    calls_failed = sums(np.maximum(calls_n - (reported & ok), 0.0))
+    first_call = good & reported & (calls_n == 1)
+    retried = good & reported & (calls_n > 1)
+
     attempts, oks, overloaded = sums(counted), sums(good), sums(over)
+    reported_ok, retried_n, calls_sum = sums(reported & ok), sums(retried), sums(calls_n)
     tokens_in, tokens_out = sums(tok_in), sums(tok_out)
     errors: list[Counter[str]] = [Counter() for _ in keys]
     for i in np.flatnonzero(counted & ~ok).tolist():
@@ -684,9 +707,15 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     # every run's histogram at once.
     run_of = np.repeat(np.arange(starts.size), ends - starts)
     hists: list[list[Histogram]] = []
-    for column in ("ttft_ms", "ttfat_ms", "output_tps"):
+    for column, among in (
+        ("ttft_ms", good),
+        ("ttfat_ms", good),
+        ("output_tps", good),
+        ("ttft_ms", first_call),
+        ("ttft_ms", retried),
+    ):
         x = np.array([r[column] for r in rows], dtype=np.float64)
-        keep = good & ~np.isnan(x)
+        keep = among & ~np.isnan(x)
         positive = keep & (x > 0)
         zero_counts = np.add.reduceat((keep & ~positive).astype(np.int64), starts).tolist()
         hists.append(grouped_histograms(run_of[positive], bucket_indices(x[positive]), zero_counts))
@@ -706,6 +735,12 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
             ttft=hists[0][g],
             ttfat=hists[1][g],
             tps=hists[2][g],
+            reported_ok=reported_ok[g],
+            retried=retried_n[g],
+            calls=calls_sum[g],
+            calls_failed=calls_failed[g],
+            ttft_first=hists[3][g],
+            ttft_retried=hists[4][g],
         )
         for g, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
     ]
@@ -739,6 +774,18 @@ class HourRow:
     ttfat: Histogram
     tps: Histogram
     rows: int = 1
+    # What the routers reported of their upstream calls (migration 0011; see _hourly_rows).
+    reported_ok: int = 0  # successes whose router reported its attempts
+    retried: int = 0  # ... of them, answered after more than one upstream call
+    calls: int = 0  # upstream calls reported
+    calls_failed: int = 0  # ... of them, failed
+    ttft_first: Histogram = field(default_factory=Histogram.empty)  # TTFT of successes at the first call
+    ttft_retried: Histogram = field(default_factory=Histogram.empty)  # TTFT of successes after a retry
+
+
+def _histogram(data: bytes | None) -> Histogram:
+    """A stored histogram; NULL (a row written before the column existed) is empty."""
+    return Histogram.empty() if data is None else Histogram.from_bytes(data)
 
 
 def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
@@ -764,6 +811,13 @@ def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
         Histogram.from_bytes(r["ttft"]),
         Histogram.from_bytes(r["ttfat"]),
         Histogram.from_bytes(r["tps"]),
+        1,
+        r["reported_ok"],
+        r["retried"],
+        r["calls"],
+        r["calls_failed"],
+        _histogram(r["ttft_first"]),
+        _histogram(r["ttft_retried"]),
     )
 
 
@@ -809,7 +863,12 @@ def cells_stats_many(windows: Sequence[Mapping[CellKey, Sequence[HourRow]]]) -> 
     ttft = quantile_columns(quantile_table([[h.ttft for h in rows] for _, rows in unique], (0.5, 0.95)))
     ttfat = quantile_columns(quantile_table([[h.ttfat for h in rows] for _, rows in unique], (0.5, 0.95)))
     tps = quantile_columns(quantile_table([[h.tps for h in rows] for _, rows in unique], (0.5,)))
-    computed = [_cell_stats(key, rows, ttft[g], ttfat[g], tps[g][0]) for g, (key, rows) in enumerate(unique)]
+    first = quantile_columns(quantile_table([[h.ttft_first for h in rows] for _, rows in unique], (0.5, 0.95)))
+    retried = quantile_columns(quantile_table([[h.ttft_retried for h in rows] for _, rows in unique], (0.5, 0.95)))
+    computed = [
+        _cell_stats(key, rows, ttft[g], ttfat[g], tps[g][0], retry_stats(retry_totals(rows), first[g], retried[g]))
+        for g, (key, rows) in enumerate(unique)
+    ]
     return [{key: computed[at] for key, at in slot.items()} for slot in slots]
 
 
@@ -822,6 +881,7 @@ def _cell_stats(
     ttft: Sequence[_Quantile],
     ttfat: Sequence[_Quantile],
     tps: _Quantile,
+    retries: RetryStats,
 ) -> CellStats:
     """One cell's CellStats: its rows' counts added up, and its quantiles."""
     attempts, ok, rate_limited, overloaded, tokens_in, tokens_out = row_totals(rows)
@@ -854,7 +914,28 @@ def _cell_stats(
         ttfat_p50_ci,
         ttfat_p95_ci,
         tps_p50_ci,
+        retries,
     )
+
+
+def retry_totals(rows: Iterable[HourRow]) -> tuple[int, int, int, int]:
+    """(reported_ok, retried, calls, calls_failed) of ``rows`` together."""
+    reported_ok = retried = calls = calls_failed = 0
+    for h in rows:
+        reported_ok += h.reported_ok
+        retried += h.retried
+        calls += h.calls
+        calls_failed += h.calls_failed
+    return reported_ok, retried, calls, calls_failed
+
+
+def retry_stats(
+    totals: tuple[int, int, int, int], first: Sequence[_Quantile], retried: Sequence[_Quantile]
+) -> RetryStats:
+    """RetryStats from ``retry_totals`` and the p50/p95 of the first-call and retried TTFTs."""
+    (first_p50, _), (first_p95, _) = first
+    (retried_p50, _), (retried_p95, _) = retried
+    return RetryStats(*totals, first_p50, first_p95, retried_p50, retried_p95)
 
 
 def errors_and_span(rows: Iterable[HourRow]) -> tuple[dict[str, int], datetime | None, datetime | None]:

@@ -144,6 +144,9 @@ def _same_sums(a: HourRow, b: HourRow) -> bool:
         and a.ttft == b.ttft
         and a.ttfat == b.ttfat
         and a.tps == b.tps
+        and (a.reported_ok, a.retried, a.calls, a.calls_failed) == (b.reported_ok, b.retried, b.calls, b.calls_failed)
+        and a.ttft_first == b.ttft_first
+        and a.ttft_retried == b.ttft_retried
     )
 
 
@@ -538,4 +541,10 @@ def _sum(hours: list[HourRow]) -> HourRow:
         ttfat=Histogram.merge_all(h.ttfat for h in hours),
         tps=Histogram.merge_all(h.tps for h in hours),
         rows=len(hours),
+        reported_ok=sum(h.reported_ok for h in hours),
+        retried=sum(h.retried for h in hours),
+        calls=sum(h.calls for h in hours),
+        calls_failed=sum(h.calls_failed for h in hours),
+        ttft_first=Histogram.merge_all(h.ttft_first for h in hours),
+        ttft_retried=Histogram.merge_all(h.ttft_retried for h in hours),
     )

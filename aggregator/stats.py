@@ -40,6 +40,76 @@ class WindowCounts:
 
 Interval = tuple[float, float]  # (lo, hi) of a 95% confidence interval
 
+# A z of 1.96: the two-sided 95% normal quantile, for the Wilson intervals of shares.
+_Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStats:
+    """What routers reported of their upstream calls, over one cell and window.
+
+    Only probes whose router reported its attempts count here (``reported_ok``
+    successes, ``calls`` upstream calls); a router that says nothing leaves
+    every figure None, never 0.
+    """
+
+    reported_ok: int = 0  # successes whose router reported its attempts
+    retried: int = 0  # ... of them, answered after more than one upstream call
+    calls: int = 0  # upstream calls reported
+    calls_failed: int = 0  # ... of them, failed
+    ttft_first_p50_ms: float | None = None  # successes answered at the first call
+    ttft_first_p95_ms: float | None = None
+    ttft_retried_p50_ms: float | None = None  # successes answered after a retry
+    ttft_retried_p95_ms: float | None = None
+
+    @property
+    def retried_share(self) -> float | None:
+        """Retried / reported successes; None with none reported."""
+        return self.retried / self.reported_ok if self.reported_ok else None
+
+    @property
+    def upstream_failure_rate(self) -> float | None:
+        """Failed upstream calls / upstream calls: the failure rate the router hid; None with none reported."""
+        return self.calls_failed / self.calls if self.calls else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``router_retries`` object of a cell."""
+        return {
+            "reported_ok": self.reported_ok,
+            "retried": self.retried,
+            "retried_share": _round(self.retried_share, 4),
+            "retried_share_ci95": _rounded_ci(wilson(self.retried, self.reported_ok)),
+            "upstream_calls": self.calls,
+            "upstream_calls_failed": self.calls_failed,
+            "upstream_failure_rate": _round(self.upstream_failure_rate, 4),
+            "upstream_failure_rate_ci95": _rounded_ci(wilson(self.calls_failed, self.calls)),
+            "ttft_first_attempt_p50_ms": _round(self.ttft_first_p50_ms),
+            "ttft_first_attempt_p95_ms": _round(self.ttft_first_p95_ms),
+            "ttft_retried_p50_ms": _round(self.ttft_retried_p50_ms),
+            "ttft_retried_p95_ms": _round(self.ttft_retried_p95_ms),
+        }
+
+
+def wilson(successes: int, trials: int) -> Interval | None:
+    """The 95% Wilson score interval of a share; None with no trials.
+
+    Upstream calls of one probe are not independent (a retry follows a
+    failure), so for the failure rate it is a lower bound on the uncertainty.
+    """
+    if trials <= 0:
+        return None
+    p = successes / trials
+    z2 = _Z95 * _Z95
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = _Z95 * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rounded_ci(ci: Interval | None) -> list[float] | None:
+    """A share's interval to 4 places, rounded outwards."""
+    return None if ci is None else [math.floor(ci[0] * 1e4) / 1e4, math.ceil(ci[1] * 1e4) / 1e4]
+
+
 # The percentiles that carry a confidence interval, as named in the JSON.
 CI_FIELDS = ("ttft_p50_ms", "ttft_p95_ms", "ttfat_p50_ms", "ttfat_p95_ms", "tps_p50")
 
@@ -60,6 +130,7 @@ class CellStats:
     ttfat_p50_ci: Interval | None = None
     ttfat_p95_ci: Interval | None = None
     tps_p50_ci: Interval | None = None
+    retries: RetryStats = field(default_factory=RetryStats)
 
     @property
     def sufficient(self) -> bool:
@@ -76,7 +147,12 @@ class CellStats:
 
     def as_json(self) -> dict[str, Any]:
         """A breakdown cell's figures, in the same shape as ModelStats.as_json's."""
-        return {**_figures(self.counts), "ci95": self.ci95(), "errors_by_class": dict(self.errors_by_class)}
+        return {
+            **_figures(self.counts),
+            "ci95": self.ci95(),
+            "errors_by_class": dict(self.errors_by_class),
+            "router_retries": self.retries.as_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +197,7 @@ class ModelStats:
         cell = self.cell if self.cell is not None else CellStats(c)
         out["ci95"] = cell.ci95()
         out["errors_by_class"] = dict(cell.errors_by_class)
+        out["router_retries"] = cell.retries.as_json()
         if breakdown:
             out["breakdown"] = {
                 dim: {value: v.as_json() for value, v in sorted(cells.items())} for dim, cells in self.breakdown.items()

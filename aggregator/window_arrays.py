@@ -46,7 +46,14 @@ import numpy as np
 import numpy.typing as npt
 
 from routewatch.aggregator.provider_cap import is_named
-from routewatch.aggregator.rollup import CellKey, HourRow, cell_keys, errors_and_span, quantile_columns
+from routewatch.aggregator.rollup import (
+    CellKey,
+    HourRow,
+    cell_keys,
+    errors_and_span,
+    quantile_columns,
+    retry_stats,
+)
 from routewatch.aggregator.sketch import MAX_INDEX, MIN_INDEX, Histogram, quantiles_of_layout
 from routewatch.aggregator.stats import CellStats, WindowCounts
 
@@ -55,9 +62,26 @@ from routewatch.aggregator.stats import CellStats, WindowCounts
 # move to a wider span.
 ROOM = 48
 
-METRICS = ("ttft", "ttfat", "tps")
-QUANTILES = {"ttft": (0.5, 0.95), "ttfat": (0.5, 0.95), "tps": (0.5,)}
-_COUNTS = ("attempts", "ok", "rate_limited", "overloaded", "input_tokens", "output_tokens")
+METRICS = ("ttft", "ttfat", "tps", "ttft_first", "ttft_retried")
+QUANTILES = {
+    "ttft": (0.5, 0.95),
+    "ttfat": (0.5, 0.95),
+    "tps": (0.5,),
+    "ttft_first": (0.5, 0.95),
+    "ttft_retried": (0.5, 0.95),
+}
+_COUNTS = (
+    "attempts",
+    "ok",
+    "rate_limited",
+    "overloaded",
+    "input_tokens",
+    "output_tokens",
+    "reported_ok",
+    "retried",
+    "calls",
+    "calls_failed",
+)
 
 Ints = npt.NDArray[np.int64]
 
@@ -367,6 +391,8 @@ def _window_stats(window: _Window, now_counts: Mapping[str, Ints], now_rest: Seq
         (ttft_p50, ttft_p50_ci), (ttft_p95, ttft_p95_ci) = ttft[s]
         (ttfat_p50, ttfat_p50_ci), (ttfat_p95, ttfat_p95_ci) = ttfat[s]
         ((tps_p50, tps_p50_ci),) = tps[s]
+        totals = (counts["reported_ok"][s], counts["retried"][s], counts["calls"][s], counts["calls_failed"][s])
+        retries = retry_stats(totals, tables["ttft_first"][s], tables["ttft_retried"][s])
         cell_counts = WindowCounts(
             key[0],
             key[1],
@@ -393,6 +419,7 @@ def _window_stats(window: _Window, now_counts: Mapping[str, Ints], now_rest: Seq
                 ttfat_p50_ci,
                 ttfat_p95_ci,
                 tps_p50_ci,
+                retries,
             )
         )
     return out

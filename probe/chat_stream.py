@@ -39,8 +39,17 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from routewatch.probe import dialects
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.probe.router_values import MAX_LABEL_CHARS, UnusableValue, retry_after_seconds, storable, token_count
+from routewatch.probe.router_values import (
+    MAX_LABEL_CHARS,
+    UnusableValue,
+    label,
+    reported_facts,
+    retry_after_seconds,
+    storable,
+    token_count,
+)
 from routewatch.probe.sse import SSEProtocolError, SSEReader
 from routewatch.probe.target import Canary, Target, new_nonce, request_body
 from routewatch.probe.timing import StreamMarks, derive
@@ -73,8 +82,6 @@ class Timeouts(Protocol):
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # Enough of an error body to say what went wrong, never the whole of it.
 MAX_ERROR_BODY_BYTES = 4096
-# Headers some routers use to name the upstream that served a request.
-PROVIDER_HEADERS = ("X-Provider", "X-Model-Provider")
 # How much of a label to hold until the result is built: more than its
 # stored length, so that redaction still sees a secret crossing the cut.
 _RAW_LABEL_CHARS = 4 * MAX_LABEL_CHARS
@@ -177,13 +184,13 @@ class _ProbeContext:
 class _Stream:
     """What the chunks of one completion said, gathered as they arrive.
 
-    Labels are kept raw (only their head: ``router_values`` cuts them far
-    shorter); the answer's text is not kept at all, only counted.
+    The request id is kept raw (only its head: ``router_values`` cuts it far
+    shorter); what the router says about serving it goes to its dialect; the
+    answer's text is not kept at all, only counted.
     """
 
-    def __init__(self) -> None:
-        self.model_served: str | None = None
-        self.provider: str | None = None
+    def __init__(self, dialect: dialects.Dialect) -> None:
+        self.dialect = dialect
         self.request_id: str | None = None
         self.finished = False  # a finish_reason was seen
         self.done = False  # [DONE] was seen
@@ -200,7 +207,9 @@ class _Stream:
         err = chunk.get("error")
         if err is not None:
             raise _Failure("stream_error", f"error event in stream: {_error_message(err)}")
-        self._labels(chunk)
+        if self.request_id is None and isinstance(chunk.get("id"), str):
+            self.request_id = chunk["id"][:_RAW_LABEL_CHARS]
+        self.dialect.chunk(chunk)
         self._usage(chunk.get("usage"))
         choices = chunk.get("choices")
         if choices is None:
@@ -211,14 +220,6 @@ class _Stream:
         for choice in choices:
             self._choice(choice, delta)
         return delta
-
-    def _labels(self, chunk: dict[str, Any]) -> None:
-        if self.model_served is not None and self.provider is not None and self.request_id is not None:
-            return
-        for attr, key in (("model_served", "model"), ("provider", "provider"), ("request_id", "id")):
-            value = chunk.get(key)
-            if getattr(self, attr) is None and isinstance(value, str):
-                setattr(self, attr, value[:_RAW_LABEL_CHARS])
 
     def _usage(self, usage: object) -> None:
         if usage is None:
@@ -354,7 +355,7 @@ async def run(
         headers["Authorization"] = f"Bearer {target.api_key}"
     body = json.dumps(request_body(target.model, canary, new_nonce())).encode()
     started_at = datetime.now(UTC)
-    stream = _Stream()
+    stream = _Stream(dialects.reader(target.dialect, target.dialect_fields))
     status: int | None = None
     retry_after: float | None = None
     error_class: str | None = None
@@ -372,6 +373,7 @@ async def run(
                 marks.headers = time.perf_counter_ns()
                 status = resp.status
                 stream.request_id = _header(resp, "X-Request-Id")
+                stream.dialect.headers(resp.headers)
                 if status != 200:
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After")) if status == 429 else None
                     head = await resp.content.read(MAX_ERROR_BODY_BYTES)
@@ -380,7 +382,6 @@ async def run(
                 ctype = resp.headers.get("Content-Type", "")
                 if "text/event-stream" not in ctype:
                     raise _Failure("bad_response", f"expected text/event-stream, got {ctype or 'no content type'}")
-                stream.provider = next(filter(None, (_header(resp, h) for h in PROVIDER_HEADERS)), None)
                 phases.enter("first_token", t0_loop + timeouts.first_token)
                 await _read(resp, stream, marks, phases, timeouts, loop)
     except _Failure as failure:
@@ -432,6 +433,11 @@ async def run(
     # Speed over a shorter answer than the canary asks for is mostly noise.
     tps = t.output_tps if (output_tokens or 0) >= canary.min_output_tokens else None
     worst_lag = None if lag is None else lag.worst_since(marks.t0)
+    secrets = [target.api_key or ""]
+    said = reported_facts(stream.dialect.facts(), secrets)
+    router_request_id = said.router_request_id
+    if router_request_id is not None and router_request_id == label(stream.request_id, secrets):
+        router_request_id = None  # the same id twice is one id
     result = ProbeResult(
         id=new_probe_id(),
         started_at=started_at,
@@ -444,8 +450,8 @@ async def run(
         error_class=error_class,
         error_detail=detail,
         http_status=status,
-        model_served=stream.model_served,
-        provider=stream.provider,
+        model_served=said.served_model,
+        provider=said.provider,
         request_id=stream.request_id,
         connect_ms=t.connect_ms,
         ttfb_ms=t.ttfb_ms,
@@ -462,8 +468,13 @@ async def run(
         retry_after_s=retry_after,
         loop_lag_ms=worst_lag,
         prober_overloaded=worst_lag is not None and max_lag_ms is not None and worst_lag > max_lag_ms,
+        dialect=said.dialect,
+        attempts=said.attempts,
+        fallbacks=said.fallbacks,
+        router_request_id=router_request_id,
+        reported_cost_usd=said.cost_usd,
     )
-    return storable(result, [target.api_key or ""])
+    return storable(result, secrets)
 
 
 def _header(resp: aiohttp.ClientResponse, name: str) -> str | None:

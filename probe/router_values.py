@@ -12,7 +12,11 @@ normalised here, in one place, with pure functions:
   ``text`` column cannot hold) and other control characters, have secrets
   redacted and are cut to a bounded length; an empty one is ``None``;
 * floats must be finite;
-* ``Retry-After`` is a sane number of seconds or nothing.
+* ``Retry-After`` is a sane number of seconds or nothing;
+* what a router dialect read (``reported_facts``): labels as above, counts of
+  attempts within ``MAX_ATTEMPTS``, a cost within ``MAX_COST_USD``. These are
+  the router's account of itself, not the measurement: a value that cannot be
+  one is dropped (None), and the probe keeps its result.
 
 ``storable`` applies the same rules to a whole result, as the last step of
 building one, so a result cannot carry a value the database would refuse.
@@ -27,6 +31,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from routewatch.probe.dialects import RouterFacts
 from routewatch.probe.redact import MAX_DETAIL_CHARS, redact
 from routewatch.results.probe_result import ProbeResult
 
@@ -36,6 +41,10 @@ INT4_MAX = 2**31 - 1  # the `integer` columns of probe_results
 MAX_LABEL_CHARS = 200
 # A Retry-After longer than a day is not advice a prober can use.
 MAX_RETRY_AFTER_S = 86_400.0
+# More upstream calls than this for one request is no count a router makes.
+MAX_ATTEMPTS = 1000
+# A canary costs fractions of a cent; a claim above this is not a price.
+MAX_COST_USD = 1000.0
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # ESC (or one-byte C1) sequences a terminal acts on: CSI (cursor, colour, clear
@@ -138,6 +147,65 @@ def _seconds_until(http_date: str, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReportedFacts:
+    """``RouterFacts`` made storable: labels, counts and a cost, each None where unusable."""
+
+    dialect: str
+    provider: str | None = None
+    served_model: str | None = None
+    attempts: int | None = None  # upstream calls, the one that answered included (>= 1)
+    fallbacks: int | None = None
+    router_request_id: str | None = None
+    cost_usd: float | None = None
+
+
+def reported_count(value: object, *, minimum: int = 0) -> int | None:
+    """A count a router reported (an int, or the decimal digits of a header), if within ``minimum..MAX_ATTEMPTS``."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = int(text) if text.isascii() and text.isdecimal() and len(text) <= 9 else None
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if minimum <= value <= MAX_ATTEMPTS else None
+
+
+def reported_cost(value: object) -> float | None:
+    """A cost in USD a router reported (a number, or one as header text), if finite and within ``0..MAX_COST_USD``."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()[:40])
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    cost = float(value)
+    return cost if math.isfinite(cost) and 0.0 <= cost <= MAX_COST_USD else None
+
+
+def reported_facts(facts: RouterFacts, secrets: Iterable[str] = ()) -> ReportedFacts:
+    """``facts`` normalised; attempts counted from retries and fallbacks where the router sends those instead."""
+    secrets = [s for s in secrets if s]
+    fallbacks = reported_count(facts.fallbacks)
+    attempts = reported_count(facts.attempts, minimum=1)
+    retries = reported_count(facts.retries)
+    if attempts is None and retries is not None:
+        # LiteLLM counts the calls after the first: retries, then fallbacks.
+        attempts = 1 + retries + (fallbacks or 0)
+        attempts = attempts if attempts <= MAX_ATTEMPTS else None
+    return ReportedFacts(
+        dialect=facts.dialect,
+        provider=label(facts.provider, secrets),
+        served_model=label(facts.served_model, secrets),
+        attempts=attempts,
+        fallbacks=fallbacks,
+        router_request_id=label(facts.router_request_id, secrets),
+        cost_usd=reported_cost(facts.cost_usd),
+    )
+
+
 def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
     """``result`` with every router-controlled field normalised (see the module docstring)."""
     secrets = [s for s in secrets if s]
@@ -147,6 +215,12 @@ def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
         model_served=label(result.model_served, secrets),
         provider=label(result.provider, secrets),
         request_id=label(result.request_id, secrets),
+        dialect=label(result.dialect, secrets),
+        router_request_id=label(result.router_request_id, secrets),
+        # The bounds of reported_facts again: a pushed result did not pass through it here.
+        attempts=reported_count(result.attempts, minimum=1),
+        fallbacks=reported_count(result.fallbacks),
+        reported_cost_usd=reported_cost(result.reported_cost_usd),
         http_status=_int4_or_none(result.http_status),
         input_tokens=_int4_or_none(result.input_tokens),
         output_tokens=_int4_or_none(result.output_tokens),

@@ -17,6 +17,8 @@ class Target:
     model: str
     api_key: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict)
+    dialect: str = "auto"  # how the router reports provider, attempts, cost (probe/dialects/)
+    dialect_fields: Mapping[str, str] = field(default_factory=dict)  # the generic dialect's sources
 
     @property
     def url(self) -> str:

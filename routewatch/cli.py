@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from routewatch.aggregator.publish.server import PortInUse
 from routewatch.config import Config, ConfigError, check_config_main, load_config
+from routewatch.config.dialects import DIALECTS
 from routewatch.config.settings import ENV_API_PORT, ENV_CONFIG, ENV_DATA_DIR, Settings, SettingsError, load_settings
 from routewatch.parts import DatabaseUnavailable
 from routewatch.postgres.local_server import LocalPostgresError, default_data_dir
@@ -230,6 +232,11 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8400)
     sim.add_argument("--profiles", type=Path, help="YAML file of model profiles (default: the built-in ones)")
+    sim.add_argument(
+        "--dialect",
+        choices=[d for d in DIALECTS if d != "auto"],
+        help="the router dialect every model is served in, over each profile's own (default: the profiles')",
+    )
     return parser
 
 
@@ -258,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             from routewatch.simulator import DEFAULT_PROFILES, load_profiles, run_simulator_forever
 
             profiles = load_profiles(args.profiles) if args.profiles else DEFAULT_PROFILES
+            if args.dialect:
+                profiles = tuple(dataclasses.replace(p, dialect=args.dialect) for p in profiles)
             run_simulator_forever(args.host, args.port, profiles)
             return 0
         if args.command == "db":

@@ -75,7 +75,7 @@ def results_table(results: list[ProbeResult]) -> Table:
 
 
 def result_notes(results: list[ProbeResult]) -> list[Text]:
-    """One line per probe with something to say: the failure's detail, another model served."""
+    """One line per probe with something to say: the failure's detail, another model served, router retries."""
     notes: list[Text] = []
     for r in results:
         said: list[Text] = []
@@ -83,6 +83,9 @@ def result_notes(results: list[ProbeResult]) -> list[Text]:
             said.append(_plain(r.error_detail, "red"))  # its class is in the table
         if r.model_served and r.model_served != r.model:
             said.append(_plain(f"served by {r.model_served}"))
+        if r.attempts is not None and r.attempts > 1:
+            fallbacks = f", {r.fallbacks} to a fallback" if r.fallbacks else ""
+            said.append(_plain(f"the router made {r.attempts} upstream calls{fallbacks}", "yellow"))
         if said:
             note = _plain(f"{r.model} ({r.router} · {r.prompt}): ", "bold")
             notes.append(note + Text("; ").join(said))

@@ -41,6 +41,9 @@ def mixed(times: list[datetime], rng: np.random.Generator, series: Sequence[Seri
                 input_tokens=20,
                 output_tokens=None if error else int(rng.integers(10, 200)),
                 prober_overloaded=bool(rng.random() < 0.02),
+                # Upstream calls as a router dialect reports them: none for a third (no report),
+                # retries now and then (from i, so the random draws stay as they were).
+                attempts=None if i % 3 == 0 else 1 + (i % 7 == 1) + (i % 11 == 2),
             )
         )
     return out

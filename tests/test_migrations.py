@@ -21,6 +21,8 @@ from routewatch.results.probe_result import COLUMNS
 from routewatch.storage.housekeeping import (
     CHUNK_INTERVAL,
     PARTITIONS_AHEAD_DAYS,
+    PartitionCache,
+    compress_old,
     ensure_partitions,
     partition_day,
     partition_name,
@@ -46,7 +48,10 @@ LABELS = [
     "0008_hist_changes",
     "0009_hour_percentiles",
     "0010_notification_outbox",
+    "0011_router_dialects",
 ]
+# (version, name) as schema_migrations records them.
+VERSIONS = [(int(label[:4]), label[5:]) for label in LABELS]
 # The newest version (numbers may skip one that another branch adds).
 NEWEST = int(LABELS[-1][:4])
 SHARED_LABELS = {
@@ -57,6 +62,7 @@ SHARED_LABELS = {
     "0007_shard_leases",
     "0008_hist_changes",
     "0010_notification_outbox",
+    "0011_router_dialects",
 }  # one NNNN_name.sql for both modes
 
 
@@ -71,7 +77,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008 and 0010 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010 and 0011 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -101,18 +107,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
     report = await migrate(conn, mode=mode)
 
     assert (report.mode, report.version, report.applied) == (mode, NEWEST, LABELS)
-    assert await recorded_versions(conn) == [
-        (1, "probe_results"),
-        (2, "rollup_hourly"),
-        (3, "hist_rollup"),
-        (4, "stats_history"),
-        (5, "status"),
-        (6, "ingest_done"),
-        (7, "shard_leases"),
-        (8, "hist_changes"),
-        (9, "hour_percentiles"),
-        (10, "notification_outbox"),
-    ]
+    assert await recorded_versions(conn) == VERSIONS
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = 'probe_results'::regclass AND attnum > 0"
@@ -180,18 +175,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
         assert {r.version for r in reports} == {NEWEST}
         # Exactly one of them did the work; the others waited and found nothing to do.
         assert sorted(len(r.applied) for r in reports) == [0, 0, len(LABELS)]
-        assert await recorded_versions(conns[0]) == [
-            (1, "probe_results"),
-            (2, "rollup_hourly"),
-            (3, "hist_rollup"),
-            (4, "stats_history"),
-            (5, "status"),
-            (6, "ingest_done"),
-            (7, "shard_leases"),
-            (8, "hist_changes"),
-            (9, "hour_percentiles"),
-            (10, "notification_outbox"),
-        ]
+        assert await recorded_versions(conns[0]) == VERSIONS
     finally:
         for c in conns:
             await c.close()
@@ -331,3 +315,29 @@ async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: st
         assert names == expected
     # Writes for now work straight away in either mode.
     assert await write_batch(conn, [probe_result()]) == 1
+
+
+@pytest.mark.db
+async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncpg.Connection, mode: str) -> None:
+    """0011 on a database that already holds probes (compressed, in TimescaleDB mode): the old rows
+    read back with the new columns NULL, and the writer stores new rows beside them, in their chunk."""
+    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < 11])
+    now = datetime.now(UTC)
+    old_day = now - timedelta(days=5)
+    await PartitionCache().ensure_for(conn, mode, [old_day, now])
+    await conn.execute(
+        "INSERT INTO probe_results (id, started_at, region, router, model, prompt, methodology, ok)"
+        " SELECT gen_random_uuid(), $1::timestamptz + i * interval '1 minute', 'eu', 'r', 'm', 'p', 'm1', true"
+        " FROM generate_series(1, 50) AS i",
+        old_day,
+    )
+    compressed = await compress_old(conn, mode, timedelta(days=3), now=now)
+    assert compressed == (1 if mode == "timescaledb" else 0)
+
+    report = await migrate(conn, mode=mode)
+    assert report.applied == ["0011_router_dialects"]
+    assert await conn.fetchval("SELECT count(*) FROM probe_results WHERE attempts IS NULL AND dialect IS NULL") == 50
+    late = probe_result(started_at=old_day + timedelta(seconds=30), dialect="litellm", attempts=2, fallbacks=0)
+    assert await write_batch(conn, [late]) == 1
+    row = await conn.fetchrow("SELECT dialect, attempts, fallbacks FROM probe_results WHERE id = $1", late.id)
+    assert tuple(row) == ("litellm", 2, 0)

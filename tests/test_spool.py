@@ -27,6 +27,7 @@ from routewatch.delivery.spool import (
     Spool,
     SpoolFull,
     SpoolPosition,
+    _frame,
     decode_result,
     encode_result,
 )
@@ -96,6 +97,11 @@ def test_every_field_type_round_trips(tmp_path: Path) -> None:
         tokens_estimated=True,
         retry_after_s=None,
         prober_overloaded=True,
+        dialect="litellm",
+        attempts=3,
+        fallbacks=1,
+        router_request_id="8911edb3-074c-4a37-8de4-42f043d434e7",
+        reported_cost_usd=4.4e-06,
     )
     sparse = make_result(2, http_status=None, ttft_ms=None, output_tokens=None, chunks=0)
     for r in (full, sparse):
@@ -129,6 +135,30 @@ def test_old_and_new_payloads_decode(caplog: pytest.LogCaptureFixture) -> None:
     unknown = [m for m in spool_warnings(caplog) if "unknown field" in m]
     assert len(unknown) == 2  # one per field name, not one per record
     assert any("from_the_future" in m for m in unknown)
+
+
+@pytest.mark.unit
+def test_a_spool_written_before_router_dialects_still_replays(tmp_path: Path) -> None:
+    # Records spooled by a prober that predates the dialect fields: same frames, fewer keys.
+    new_fields = ("dialect", "attempts", "fallbacks", "router_request_id", "reported_cost_usd")
+    with Spool(tmp_path) as spool:
+        spool.append([make_result(5), make_result(6)])
+    segment = segment_files(tmp_path)[0]
+    data = segment.read_bytes()
+    for i in (5, 6):
+        payload = encode_result(make_result(i))
+        raw = json.loads(payload)
+        for name in new_fields:
+            del raw[name]
+        old = json.dumps(raw, separators=(",", ":")).encode()
+        old_frame = _frame(old)
+        data = data.replace(_frame(payload), old_frame)
+        assert old_frame in data
+    segment.write_bytes(data)
+    with Spool(tmp_path) as spool:
+        back = read_all(spool)
+    assert back == [make_result(5), make_result(6)]
+    assert all(r.attempts is None and r.dialect is None and r.reported_cost_usd is None for r in back)
 
 
 @pytest.mark.unit

@@ -174,6 +174,35 @@ def test_degraded_by_p95_ttft_needs_min_samples(samples: int, state: State) -> N
         assert status.reason == "p95 TTFT 6000 ms > 5000 ms over 15m"
 
 
+def retried_probe(k: float, attempts: int | None, ttft: float = 800.0) -> Observation:
+    return Observation(MODEL, at(k), True, ttft, attempts=attempts)
+
+
+def test_degraded_when_the_router_quietly_retries() -> None:
+    # Every answer succeeded, but the router needed a second upstream call for 3 of 20.
+    history = [retried_probe(k, 2 if k % 7 == 3 else 1) for k in range(20)]
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(19), SLOConfig(), INTERVAL)
+    assert status.state == DEG
+    assert status.reason == (
+        "router retried 15% of answers > 10% over 15m (3/20): upstream failures clients do not see"
+    )
+
+
+def test_retries_under_the_share_or_unreported_are_no_reason() -> None:
+    one_in_twenty = [retried_probe(k, 2 if k == 3 else 1) for k in range(20)]
+    status = advance(ModelStatus.initial(MODEL, T0), one_in_twenty, at(19), SLOConfig(), INTERVAL)
+    assert status.state == OP
+    silent = [retried_probe(k, None) for k in range(20)]  # a router that reports no attempts
+    status = advance(ModelStatus.initial(MODEL, T0), silent, at(19), SLOConfig(retried_share=0.0), INTERVAL)
+    assert status.state == OP
+
+
+def test_retries_need_min_samples_of_reported_answers() -> None:
+    history = [retried_probe(k, 2 if k < 4 else None) for k in range(20)]
+    status = advance(ModelStatus.initial(MODEL, T0), history, at(19), SLOConfig(), INTERVAL)
+    assert status.state == OP  # 4 reported answers, all retried: fewer than min_samples (5)
+
+
 def test_p95_not_mean() -> None:
     # 19 fast and 1 very slow probe: p95 (linear) = 800 + 0.05 * 59200 = 3760 ms, under 5000.
     history = [probe(k, ttft=60000.0 if k == 0 else 800.0) for k in range(20)]

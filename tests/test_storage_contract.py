@@ -81,6 +81,11 @@ def every_field_set(at: datetime) -> ProbeResult:
         retry_after_s=86400.0,
         loop_lag_ms=2.5e-7,
         prober_overloaded=True,
+        dialect="litellm",
+        attempts=INT4_MAX,
+        fallbacks=0,
+        router_request_id="8911edb3-074c-4a37-8de4-42f043d434e7",
+        reported_cost_usd=4.4e-06,
     )
 
 

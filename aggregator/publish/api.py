@@ -45,6 +45,7 @@ from routewatch.aggregator.publish.openapi import (
     STATES,
 )
 from routewatch.aggregator.publish.public_routes import setup_status_routes
+from routewatch.aggregator.publish.served_models import served_model_cells
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.aggregator.rollup import BREAKDOWNS
 from routewatch.aggregator.stats import ModelStats
@@ -60,6 +61,7 @@ CATALOG_WINDOW = "7d"
 READY_INTERVALS = 3  # /readyz fails once the last refresh is older than this many intervals
 SERIES_SPAN = timedelta(days=7)  # default from = to - SERIES_SPAN
 SERIES_TIMEOUT_S = 5.0
+SERVED_MODEL = "served_model"  # the breakdown read from the probes, not from the rollup
 # Cached bodies per snapshot, beyond the first of each request shape: explicit
 # from/to values and query-string spellings are unbounded, the memory is not.
 MAX_CACHED_BODIES = 4096
@@ -387,15 +389,23 @@ def _providers(labels: Iterable[str]) -> list[str | None]:
 
 @cached_read
 async def model_stats(request: web.Request) -> web.Response:
-    """GET /v1/models/{id}/stats?window=7d[&by=provider|region][&router=name]: one model, one window."""
+    """GET /v1/models/{id}/stats?window=7d[&by=provider|region|served_model][&router=name]: one model, one window."""
     api = request.app[API]
     snap = api.snapshot()
     bodies = api.cache.generation(snap, api.aggregator.status)
     model = request.match_info["id"]
     query = _query(request, ("window", "router", "by"))
     window, router = _resolve(api, snap, model, query)
-    by = _choice(query, "by", BREAKDOWNS, None)
+    by = _choice(query, "by", (*BREAKDOWNS, SERVED_MODEL), None)
     key = ("stats", router, model, window, by)
+    if by == SERVED_MODEL and bodies.get(key) is None:
+        payload = snap.stats[window][(router, model)].as_json()
+        payload["breakdown"] = {SERVED_MODEL: await _read_served(api.reads, snap.stats[window][(router, model)])}
+        if api.aggregator.snapshot is snap:
+            body = api.cache.store(bodies, key, request.raw_path, payload)
+        else:  # a refresh landed during the read: serve it, but file nothing under the new snapshot
+            body = make_body(payload)
+        return api.respond(request, body)
     body = api.cache.get_or_store(bodies, key, request.raw_path, lambda: _stats_json(snap, router, model, window, by))
     return api.respond(request, body)
 
@@ -528,6 +538,18 @@ def _timestamp(value: str, name: str) -> datetime:
         return parsed.astimezone(UTC)
     except OverflowError:
         raise ApiError(400, f"{name} is out of range", name) from None
+
+
+async def _read_served(reads: ReadPools | None, stats: ModelStats) -> dict[str, Any]:
+    """The by=served_model cells, read from the probes of the window (on the read replica while it answers)."""
+    if reads is None:
+        raise ApiError(503, "the served-model breakdown is not available: this server has no database pool")
+    try:
+        async with reads.connection() as conn:
+            return await served_model_cells(conn, stats, SERIES_TIMEOUT_S)
+    except DATABASE_ERRORS as exc:
+        log.warning("served-model read failed (%s)", exc.__class__.__name__)
+        raise ApiError(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"}) from None
 
 
 async def _read_series(reads: ReadPools | None, q: SeriesQuery) -> dict[str, Any]:

@@ -116,7 +116,41 @@ def _figures() -> dict[str, Schema]:
             "additionalProperties": count,
             "description": "failed probes (prober-overloaded ones left out) per error class",
         },
+        "router_retries": {
+            **_object(
+                {
+                    "reported_ok": count,
+                    "retried": count,
+                    "retried_share": rate,
+                    "retried_share_ci95": interval,
+                    "upstream_calls": count,
+                    "upstream_calls_failed": count,
+                    "upstream_failure_rate": rate,
+                    "upstream_failure_rate_ci95": interval,
+                    "ttft_first_attempt_p50_ms": NUMBER_OR_NULL,
+                    "ttft_first_attempt_p95_ms": NUMBER_OR_NULL,
+                    "ttft_retried_p50_ms": NUMBER_OR_NULL,
+                    "ttft_retried_p95_ms": NUMBER_OR_NULL,
+                }
+            ),
+            "description": "what the router reported of its upstream calls (docs/router-dialects.md): successes "
+            "it reported attempts for, how many it retried, upstream calls and failed calls (the failure rate "
+            "the router hid from clients, with a Wilson 95% interval), and TTFT of first-call and retried "
+            "successes. Null rates and percentiles where the router reports no attempts",
+        },
     }
+
+
+def _served_model_cell() -> Schema:
+    count: Schema = {"type": "integer", "minimum": 0}
+    return _object(
+        {
+            "share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "samples": _object({"attempted": count, "ok": count}),
+            "ttft_p50_ms": NUMBER_OR_NULL,
+            "ttft_p95_ms": NUMBER_OR_NULL,
+        }
+    )
 
 
 def _model_stats(*, every_breakdown: bool = False) -> Schema:
@@ -135,8 +169,18 @@ def _model_stats(*, every_breakdown: bool = False) -> Schema:
             "Providers: at most aggregator.max_providers_per_model names, then 'other' "
             "(every provider past them) and 'unknown' (the router named no provider)",
             "properties": {
-                dim: {"type": "object", "additionalProperties": _ref("Cell"), "propertyNames": {"minLength": 1}}
-                for dim in BREAKDOWNS
+                **{
+                    dim: {"type": "object", "additionalProperties": _ref("Cell"), "propertyNames": {"minLength": 1}}
+                    for dim in BREAKDOWNS
+                },
+                "served_model": {
+                    "type": "object",
+                    "description": "which model answered (the router's own name for it), read from the "
+                    "window's probes: share of the ok answers, counts and exact TTFT percentiles of the ok ones; "
+                    "'unknown': the router named none (most failed probes); 'other': names past the 20 most common",
+                    "additionalProperties": _served_model_cell(),
+                    "propertyNames": {"minLength": 1},
+                },
             },
             "additionalProperties": False,
             "minProperties": 1,
@@ -662,8 +706,8 @@ def _paths() -> dict[str, Schema]:
                     _p("Router"),
                     _query(
                         "by",
-                        {"type": "string", "enum": list(BREAKDOWNS)},
-                        "add the per-provider or per-region cells as breakdown.<by>",
+                        {"type": "string", "enum": [*BREAKDOWNS, "served_model"]},
+                        "add the per-provider, per-region or per-served-model cells as breakdown.<by>",
                     ),
                     _p("IfNoneMatch"),
                 ],

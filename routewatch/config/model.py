@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from routewatch.config.dialects import GENERIC_FACTS, parse_source
 from routewatch.config.durations import parse_duration
 
 SIMULATOR = "simulator"
@@ -269,6 +270,16 @@ class RouterConfig(_Section):
         default_factory=dict,
         description="extra static request headers, e.g. HTTP-Referer; default none",
     )
+    dialect: Literal["auto", "openrouter", "litellm", "headers", "generic", "plain"] = Field(
+        "auto",
+        description="how the router reports provider, attempts, request id and cost: auto (default; "
+        "detected from each response), openrouter, litellm, headers (Ngrok-AIG-* style), generic, plain",
+    )
+    dialect_fields: dict[str, str] | None = Field(
+        None,
+        description='dialect: generic only: where each fact is, e.g. {provider: "header:X-Upstream", '
+        'cost: "field:usage.cost"}; facts: ' + ", ".join(GENERIC_FACTS),
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -348,6 +359,39 @@ class RouterConfig(_Section):
         if bad:
             raise _problems(bad)
         return headers
+
+    @field_validator("dialect_fields")
+    @classmethod
+    def _check_dialect_fields(cls, fields: dict[str, str] | None) -> dict[str, str] | None:
+        if fields is None:
+            return None
+        bad: list[tuple[Loc, str]] = []
+        if not fields:
+            bad.append(((), "name at least one fact, e.g. provider: header:X-Upstream"))
+        for fact, source in fields.items():
+            if fact not in GENERIC_FACTS:
+                bad.append(((fact,), f"unknown fact (known: {', '.join(GENERIC_FACTS)})"))
+                continue
+            try:
+                kind, name = parse_source(source) if isinstance(source, str) else ("", "")
+            except ValueError as exc:
+                bad.append(((fact,), str(exc)))
+                continue
+            if kind == "header" and not _HEADER_NAME.fullmatch(name):
+                bad.append(((fact,), f"{name!r} is not a valid HTTP header name"))
+        if bad:
+            raise _problems(bad)
+        return fields
+
+    @model_validator(mode="after")
+    def _check_dialect(self) -> RouterConfig:
+        if self.dialect == "generic" and self.dialect_fields is None:
+            raise _problems([(("dialect",), "dialect: generic needs dialect_fields: where each fact is")])
+        if self.dialect != "generic" and self.dialect_fields is not None:
+            raise _problems(
+                [(("dialect_fields",), f"only dialect: generic takes dialect_fields (this router's is {self.dialect})")]
+            )
+        return self
 
 
 class Message(_Section):
@@ -448,6 +492,13 @@ class SLOConfig(_Section):
 
     ttft_p95_ms: float = Field(5000.0, gt=0, description="p95 time to first token, ms; default 5000")
     error_rate: float = Field(0.05, ge=0, le=1, description="failed / attempted; default 0.05")
+    retried_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="successes the router answered only after retrying, of those it reported attempts for; "
+        "above it a model is degraded; default 0.1",
+    )
     window: PositiveSeconds = Field(
         900.0, description="recent span the error rate and p95 TTFT are judged over; default 15m"
     )

@@ -70,6 +70,12 @@ class ProbeResult:
     # The loop lag exceeded schedule.max_loop_lag: the timings measured the
     # prober's backlog as much as the model, so stats leave this row out.
     prober_overloaded: bool = False
+    # What the router said about serving it, read by its dialect (probe/dialects/).
+    dialect: str | None = None  # the dialect that read the response: "litellm", "openrouter", ...
+    attempts: int | None = None  # upstream calls the router made, the answering one included; None: not said
+    fallbacks: int | None = None  # of those, calls to a fallback deployment or model
+    router_request_id: str | None = None  # the router's own id, when it differs from request_id
+    reported_cost_usd: float | None = None  # the cost the router reported for the request
 
     def as_row(self) -> tuple[Any, ...]:
         """The values in column order (``COLUMNS``), for COPY."""

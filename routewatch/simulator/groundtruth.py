@@ -55,6 +55,28 @@ class ServedRequest:
     """A usage chunk was sent."""
     finished: bool = False
     """The response was complete (`[DONE]` for streams)."""
+    dialect: str | None = None
+    """The router dialect the answer was announced in."""
+    provider: str | None = None
+    """The upstream that answered (or, when every call failed, the last one tried)."""
+    provider_label: str | None = None
+    """The provider as the dialect announces it: what a reader should publish (None: not announced)."""
+    served_model: str | None = None
+    """The model named in the answer."""
+    attempts: int | None = None
+    """Upstream calls the router made, the answering one included."""
+    fallbacks: int | None = None
+    """Of those calls, the ones to the fallback upstream."""
+    attempts_sent: int | None = None
+    """The attempts the dialect announced (None: the dialect does not announce them)."""
+    fallbacks_sent: int | None = None
+    """The fallbacks the dialect announced (None: the dialect does not announce them)."""
+    upstream_delay_ms: float = 0.0
+    """Time spent on failed upstream calls before the answering one; the first token waits for it."""
+    router_request_id: str | None = None
+    """The router's own id, when its dialect sends one distinct from `request_id`."""
+    cost_usd: float | None = None
+    """The cost the dialect announced (None: not announced)."""
 
     def note_token(self, kind: str, sent_ns: int) -> None:
         """Count one token of `kind` ("content" or "reasoning") whose event was written at `sent_ns`."""

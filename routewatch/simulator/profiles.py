@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from routewatch.config.dialects import DIALECTS
+
 # Faults answered before any byte of a stream, with the HTTP status they send.
 HTTP_FAULTS: Mapping[str, int] = MappingProxyType({"http_429": 429, "http_500": 500, "http_400": 400})
 # Faults that happen inside a 200 streaming response (or, for slow_headers, before it).
@@ -73,6 +75,20 @@ class ModelProfile:
     """Answer text sent by a "huge" fault, in bytes."""
     long_line_bytes: int = 4 * 1024 * 1024
     """Length of the `data:` line a "long_line" fault sends, in bytes."""
+    dialect: str = "openrouter"
+    """How the simulated router announces provider, attempts, request id and cost (see simulator/dialects.py)."""
+    upstream_failure_rate: float = 0.0
+    """Probability that one upstream call fails; the simulated router retries it, unseen by the client."""
+    router_retries: int = 1
+    """How many times the router retries a failed upstream call before falling back or giving up."""
+    upstream_failure_ms: float | None = None
+    """How long a failed upstream call takes; None: a TTFT drawn from the profile (it failed instead of answering)."""
+    fallback_provider: str | None = None
+    """Upstream the router falls back to once its retries are spent; None: it gives up with a 502."""
+    input_usd_per_1m: float = 0.1
+    """Price of input tokens, for the cost the router reports."""
+    output_usd_per_1m: float = 0.4
+    """Price of output tokens, for the cost the router reports."""
 
     def __post_init__(self) -> None:
         def require(ok: bool, message: str) -> None:
@@ -90,6 +106,17 @@ class ModelProfile:
         require(self.keepalive_ms is None or self.keepalive_ms > 0, "keepalive_ms must be > 0")
         require(self.stall_s >= 0, "stall_s must be >= 0")
         require(self.trickle_s >= 0, "trickle_s must be >= 0")
+        require(self.dialect in DIALECTS and self.dialect != "auto", f"dialect must be one of {DIALECTS[1:]}")
+        require(0.0 <= self.upstream_failure_rate <= 1.0, "upstream_failure_rate must be in [0, 1]")
+        retries_ok = type(self.router_retries) is int and self.router_retries >= 0
+        require(retries_ok, "router_retries must be an integer >= 0")
+        require(self.upstream_failure_ms is None or self.upstream_failure_ms >= 0, "upstream_failure_ms must be >= 0")
+        require(
+            self.fallback_provider is None
+            or (isinstance(self.fallback_provider, str) and bool(self.fallback_provider)),
+            "fallback_provider must be a non-empty string",
+        )
+        require(self.input_usd_per_1m >= 0 and self.output_usd_per_1m >= 0, "prices must be >= 0")
         for name in ("huge_bytes", "long_line_bytes"):
             value = getattr(self, name)
             require(type(value) is int and value > 0, f"{name} must be an integer > 0")

@@ -51,6 +51,7 @@ class Plan:
     trickle_s: float
     huge_bytes: int
     long_line_bytes: int
+    upstream_delay_ms: float = 0.0  # failed upstream calls the router made first (simulator/upstream.py)
 
     @property
     def ttft_ns(self) -> int:
@@ -58,8 +59,9 @@ class Plan:
 
     @property
     def headers_delay_ns(self) -> int:
-        """How long after the request the headers may go out."""
-        return round(self.stall_s * 1e9) if self.fault == "slow_headers" else 0
+        """How long after the request the headers may go out: after the router's failed calls and any stall."""
+        stall_ns = round(self.stall_s * 1e9) if self.fault == "slow_headers" else 0
+        return stall_ns + round(self.upstream_delay_ms * 1e6)
 
     @property
     def served_ttft_ms(self) -> float:
@@ -103,6 +105,7 @@ def make_plan(
     max_tokens: int | None,
     prompt_tokens: int,
     wants_usage: bool,
+    upstream_delay_ms: float = 0.0,
 ) -> Plan:
     """Fit the profile's answer into the request's max_tokens."""
     # Like OpenAI's max_completion_tokens, the budget covers reasoning too.
@@ -123,6 +126,7 @@ def make_plan(
         trickle_s=profile.trickle_s,
         huge_bytes=profile.huge_bytes,
         long_line_bytes=profile.long_line_bytes,
+        upstream_delay_ms=upstream_delay_ms,
     )
 
 

@@ -13,10 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from routewatch.simulator.clock import sleep_until
+from routewatch.simulator.dialects import Announcement, announce
 from routewatch.simulator.groundtruth import GroundTruthLog, ServedRequest, json_batches
 from routewatch.simulator.profiles import DEFAULT_PROFILES, HTTP_FAULTS, ModelProfile
-from routewatch.simulator.responses import WHOLE_FAULTS, make_plan, whole_completion, write_stream
+from routewatch.simulator.responses import WHOLE_FAULTS, Plan, make_plan, whole_completion, write_stream
 from routewatch.simulator.sse import ChunkMaker
+from routewatch.simulator.upstream import Routing, route
 from routewatch.simulator.validation import ApiError, check_authorization, parse_chat_request
 
 GROUND_TRUTH = web.AppKey("ground_truth", GroundTruthLog)
@@ -138,13 +140,7 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
         fault = None  # a stream-only fault has no effect on a whole answer, so none was injected
     record.fault = fault
     record.drawn_ttft_ms = ttft_ms
-    if fault is not None and fault in HTTP_FAULTS:
-        record.status = HTTP_FAULTS[fault]
-        if fault == "http_429":
-            headers["Retry-After"] = str(RETRY_AFTER_S)
-        message, error_type, code = _HTTP_FAULT_ERRORS[fault]
-        return ApiError(record.status, message, error_type=error_type, code=code).response(headers)
-
+    routing = route(profile, rng)
     plan = make_plan(
         profile,
         fault=fault,
@@ -152,9 +148,32 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
         max_tokens=chat.max_tokens,
         prompt_tokens=chat.prompt_tokens,
         wants_usage=chat.wants_usage,
+        upstream_delay_ms=routing.delay_ms,
     )
+    said = _announce(record, profile, routing, plan)
+    headers.update(said.headers)
+    if not routing.answered:
+        # Every upstream call failed: the client waits for them all, then gets the router's 502.
+        await asyncio.sleep(routing.delay_ms / 1000)
+        record.fault, record.status = "upstream_exhausted", 502
+        _no_chunks_sent(record, said)
+        return ApiError(502, "every upstream call failed (simulated)", error_type="server_error").response(headers)
+    if fault is not None and fault in HTTP_FAULTS:
+        await asyncio.sleep(routing.delay_ms / 1000)
+        _no_chunks_sent(record, said)
+        record.status = HTTP_FAULTS[fault]
+        if fault == "http_429":
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        message, error_type, code = _HTTP_FAULT_ERRORS[fault]
+        return ApiError(record.status, message, error_type=error_type, code=code).response(headers)
+
     chunks = ChunkMaker(
-        id=record.request_id, created=int(time.time()), model=profile.reported_model, provider=profile.provider
+        id=record.request_id,
+        created=int(time.time()),
+        model=profile.reported_model,
+        provider=said.chunk_provider,
+        usage_fields=said.usage_fields,
+        usage_chunk_fields=said.usage_chunk_fields,
     )
 
     def abort() -> None:
@@ -175,7 +194,37 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
         await write_stream(resp, plan, chunks, record, abort)
     except ConnectionResetError:
         pass  # the client went away; the record shows how far the answer got
+    finally:
+        if said.cost_in_chunks and not record.usage_sent:
+            record.cost_usd = None  # the usage chunk that carries it never went out
     return resp
+
+
+def _announce(record: ServedRequest, profile: ModelProfile, routing: Routing, plan: Plan) -> Announcement:
+    """How the answer announces its serving in the profile's dialect, noted in the ground truth."""
+    output_tokens = len(plan.tokens())
+    cost = (plan.prompt_tokens * profile.input_usd_per_1m + output_tokens * profile.output_usd_per_1m) / 1e6
+    said = announce(profile.dialect, routing, profile.reported_model, cost)
+    record.dialect = profile.dialect
+    record.provider = routing.provider
+    record.provider_label = said.provider_label
+    record.served_model = profile.reported_model
+    record.attempts = routing.attempts
+    record.fallbacks = routing.fallbacks
+    record.attempts_sent = said.attempts_sent
+    record.fallbacks_sent = said.fallbacks_sent
+    record.upstream_delay_ms = routing.delay_ms
+    record.router_request_id = said.router_request_id
+    record.cost_usd = said.cost_sent
+    return said
+
+
+def _no_chunks_sent(record: ServedRequest, said: Announcement) -> None:
+    """An error answer carries headers only: what only chunks would have said was not said."""
+    if said.provider_in_chunks:
+        record.provider_label = None
+    if said.cost_in_chunks:
+        record.cost_usd = None
 
 
 @dataclass
@@ -228,7 +277,12 @@ async def _serve_forever(host: str, port: int, profiles: Iterable[ModelProfile],
         for p in sim.app[PROFILES].values():
             print(
                 f"  {p.model:<36} {p.provider:<18} TTFT p50 {p.ttft_median_ms:.0f} ms, "
-                f"{p.tokens_per_s:.0f} tok/s, errors {p.error_rate:.0%}"
+                f"{p.tokens_per_s:.0f} tok/s, errors {p.error_rate:.0%}, {p.dialect} dialect"
+                + (
+                    f", upstream fails {p.upstream_failure_rate:.0%} (retried {p.router_retries}x)"
+                    if p.upstream_failure_rate
+                    else ""
+                )
             )
         print("Ctrl-C stops it.", flush=True)
         await asyncio.Event().wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,18 +52,17 @@ class ChunkMaker:
     id: str
     created: int
     model: str
-    provider: str
+    provider: str | None  # None: the chunks carry no `provider` field
+    usage_fields: Mapping[str, Any] = field(default_factory=dict)  # extra fields of the usage object
+    usage_chunk_fields: Mapping[str, Any] = field(default_factory=dict)  # extra fields of the usage chunk
     # delta field -> (bytes before, bytes after) its JSON string in a token event
     _templates: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _base(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "provider": self.provider,
-        }
+        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        if self.provider is not None:
+            base["provider"] = self.provider
+        return base
 
     def delta(self, delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
         """A chunk with one choice carrying `delta`."""
@@ -84,7 +84,7 @@ class ChunkMaker:
 
     def usage(self, usage: dict[str, Any]) -> dict[str, Any]:
         """The trailing usage chunk, with no choices."""
-        return {**self._base(), "choices": [], "usage": usage}
+        return {**self._base(), "choices": [], "usage": {**usage, **self.usage_fields}, **self.usage_chunk_fields}
 
     def error(self, message: str, code: int) -> dict[str, Any]:
         """An error event inside a 200 stream, shaped like OpenRouter's mid-stream errors."""
@@ -111,7 +111,7 @@ class ChunkMaker:
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "provider": self.provider,
+            **({} if self.provider is None else {"provider": self.provider}),
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         }
         if usage is not None:

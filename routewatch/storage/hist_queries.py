@@ -65,6 +65,12 @@ HIST_COLUMNS = (
     "ttft",
     "ttfat",
     "tps",
+    "reported_ok",
+    "retried",
+    "calls",
+    "calls_failed",
+    "ttft_first",
+    "ttft_retried",
 )
 _HIST_LIST = ", ".join(HIST_COLUMNS)
 
@@ -86,10 +92,12 @@ RAW_COLUMNS = (
     "ttft_ms",
     "ttfat_ms",
     "output_tps",
+    "upstream_calls",  # probe_results.attempts: upstream calls the router reported
 )
+_RAW_EXPRESSIONS = {"upstream_calls": "attempts AS upstream_calls"}
 RAW_SELECT = f"""
 SELECT date_bin(INTERVAL '1 hour', started_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-       {", ".join(RAW_COLUMNS[1:])}
+       {", ".join(_RAW_EXPRESSIONS.get(c, c) for c in RAW_COLUMNS[1:])}
 FROM {PROBE_RESULTS}
 WHERE started_at >= $1 AND started_at < $2
 """
