@@ -14,6 +14,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 from factories import probe_result
+from older_schema import writing_as_older_release
 from test_maintenance import make_results, store
 
 from routewatch.aggregator.hour_percentiles import TTFT_HEATMAP_BOUNDS_MS, ttft_counts
@@ -143,29 +144,17 @@ async def test_hours_stored_before_the_table_are_backfilled(conn: asyncpg.Connec
     assert await conn.fetch(TABLE) == expected
 
 
-# The columns migration 0011 adds.
-LATER_COLUMNS = {
-    "probe_results": ("dialect", "attempts", "fallbacks", "router_request_id", "reported_cost_usd"),
-    "probe_hist_hourly": ("reported_ok", "retried", "calls", "calls_failed", "ttft_first", "ttft_retried"),
-}
-
-
 @pytest.mark.db
 async def test_an_upgraded_database_gets_the_percentiles_of_its_old_hours(conn: asyncpg.Connection, mode: str) -> None:
     migrations = load_migrations()
     await migrate(conn, mode=mode, migrations=[m for m in migrations if m.version < 9])
-    # This version's writer and refresh write columns of a later migration: they are there while
-    # the old state is written, and gone again before the upgrade.
-    dialects = next(m for m in migrations if m.label == "0011_router_dialects")
-    await conn.execute(dialects.sql[mode])
     now = await conn.fetchval("SELECT now()")
-    await store(conn, mode, make_results(now, n=800))
-    # What the rollup refresh of the previous version left: hourly rows, batches taken in, no percentiles.
-    raw = await hist_queries.raw_rows(conn, now - timedelta(days=11), now)
-    await hist_queries.copy_rows(conn, [encode_row(h) for h in _hourly_rows(raw)])
-    await conn.execute("UPDATE probe_ingest_log SET hist_done = true")
-    for table, columns in LATER_COLUMNS.items():
-        await conn.execute(f"ALTER TABLE {table} " + ", ".join(f"DROP COLUMN {c}" for c in columns))
+    async with writing_as_older_release(conn, mode, migrations):
+        await store(conn, mode, make_results(now, n=800))
+        # What the rollup refresh of the previous version left: hourly rows, batches taken in, no percentiles.
+        raw = await hist_queries.raw_rows(conn, now - timedelta(days=11), now)
+        await hist_queries.copy_rows(conn, [encode_row(h) for h in _hourly_rows(raw)])
+        await conn.execute("UPDATE probe_ingest_log SET hist_done = true")
 
     report = await migrate(conn, mode=mode)
     assert "0009_hour_percentiles" in report.applied

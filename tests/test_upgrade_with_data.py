@@ -1,7 +1,7 @@
 """An upgrade keeps the data: a database left by an older schema, with probes in it, migrated to the newest.
 
-The data is written by today's writer into the older schema (the probe table has
-not changed shape since its first version), every row of every table is read
+The data is written by today's writer into the older schema (with the columns a
+later migration adds there while it writes: ``older_schema``), every row of every table is read
 before and after ``migrate``, and the aggregator then publishes figures from the
 probes that were there before the upgrade.
 """
@@ -13,7 +13,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 from factories import probe_result
-from table_rows import every_row
+from older_schema import writing_as_older_release
+from table_rows import every_row, table_columns
 
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.storage.housekeeping import ensure_partitions, partition_day
@@ -46,15 +47,17 @@ async def test_migrate_keeps_the_data_of_an_older_schema(db_dsn: str, mode: str,
             if mode == "plain":
                 days = sorted({partition_day(r.started_at) for r in results})
                 await ensure_partitions(conn, mode, days[0], days[-1])
-            assert await write_batch(conn, results) == PROBES
+            async with writing_as_older_release(conn, mode, migrations):
+                assert await write_batch(conn, results) == PROBES
             before = await every_row(conn, MIGRATION_TABLES)
+            shape = await table_columns(conn)
             assert len(before["probe_results"]) == PROBES
 
             report = await migrate(conn)
 
             assert report.applied == [m.label for m in migrations if m.version > from_version]
             assert report.mode == mode
-            after = await every_row(conn, MIGRATION_TABLES)
+            after = await every_row(conn, MIGRATION_TABLES, shape)  # the columns there were before
             for table, rows in before.items():
                 if table in RETIRED:
                     assert table not in after, f"{table} was expected to be retired"
