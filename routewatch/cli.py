@@ -92,9 +92,10 @@ def _data_dir(arg: Path | None, settings: Settings) -> Path:
     return arg or settings.data_dir or default_data_dir(settings.xdg_data_home)
 
 
-def _load(path: str) -> Config:
+def _load(path: str, settings: Settings) -> Config:
+    """The configuration file, its region replaced by ``ROUTEWATCH_REGION`` when that is set."""
     try:
-        return load_config(path)
+        return load_config(path, settings.region)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             options = [args.url, args.diff, args.dashboards, args.alerting, args.prometheus_url, args.timescaledb]
             return grafana_main(PublishOptions(*options), settings)
         path = _config_path(args.config, settings)
-        config = _load(path)
+        config = _load(path, settings)
         if args.command == "alerts":
             from routewatch.alerts_command import render_alerts
 

@@ -38,6 +38,7 @@ ENV_PG_BIN = "ROUTEWATCH_PG_BIN"
 ENV_PG_USER = "ROUTEWATCH_PG_USER"
 ENV_GRAFANA_TOKEN = "ROUTEWATCH_GRAFANA_TOKEN"
 ENV_GRAFANA_DB_URL = "ROUTEWATCH_GRAFANA_DB_URL"
+ENV_REGION = "ROUTEWATCH_REGION"
 # routewatch's own secrets: never handed to a router or a notification target by name.
 OWN_SECRETS = frozenset({ENV_DATABASE_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_GRAFANA_DB_URL})
 ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
@@ -137,6 +138,11 @@ class Settings(BaseSettings):
         validation_alias=ENV_GRAFANA_DB_URL,
         description="postgresql:// URL Grafana's PostgreSQL data source reaches the database with (a read-only role)",
     )
+    region: str | None = Field(
+        None,
+        validation_alias=ENV_REGION,
+        description="this process's region, in place of `region` in probes.yaml (one file for every region)",
+    )
     xdg_data_home: Path | None = Field(
         None,
         validation_alias=ENV_XDG_DATA_HOME,
@@ -182,6 +188,13 @@ class Settings(BaseSettings):
         if port is not None and not 0 <= port <= 65535:
             raise PydanticCustomError("port", "{text} is not a port number (0-65535)", {"text": repr(value)})
         return port
+
+    @field_validator("region")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ch < " " or ch == "\x7f" for ch in value):
+            raise PydanticCustomError("region", "a region is one line of printable text", {})
+        return value
 
     @field_validator("data_dir", "pg_bin")
     @classmethod
