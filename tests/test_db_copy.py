@@ -1,6 +1,7 @@
-"""``routewatch db copy --to URL``: plain PostgreSQL into TimescaleDB (and into plain), as an operator runs it.
+"""``routewatch db copy --to URL``: plain PostgreSQL into TimescaleDB (and into plain, and a TimescaleDB
+database with compressed chunks into plain), as an operator runs it.
 
-The source is a plain-mode database with every kind of row routewatch keeps:
+The source is a database with every kind of row routewatch keeps:
 raw probes (some not yet rolled up), hourly rollups and percentiles, stats
 history, model status, incidents, daily uptime and queued notifications,
 made by the real writer and a real aggregator refresh. The copy runs as the
@@ -27,6 +28,7 @@ from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.database_copy import NOT_COPIED, CopyError, copy_database
+from routewatch.storage.housekeeping import PartitionCache, compress_old
 from routewatch.storage.migrate import migrate
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import write_batch
@@ -52,11 +54,15 @@ def target_dsn(second_db_dsn: str) -> str:
     return second_db_dsn
 
 
-@pytest.fixture(params=["timescaledb", "plain"])
-def target_mode(request: pytest.FixtureRequest, db_mode: str) -> str:
-    if request.param == "timescaledb" and db_mode != "timescaledb":
+@pytest.fixture(
+    params=[("plain", "timescaledb"), ("plain", "plain"), ("timescaledb", "plain")],
+    ids=["plain to timescaledb", "plain to plain", "timescaledb with compressed chunks to plain"],
+)
+def modes(request: pytest.FixtureRequest, db_mode: str) -> tuple[str, str]:
+    """(source mode, target mode); TimescaleDB is skipped only where the server has none."""
+    if "timescaledb" in request.param and db_mode != "timescaledb":
         pytest.skip(NO_TIMESCALEDB)
-    return str(request.param)
+    return request.param  # type: ignore[no-any-return]
 
 
 def _probe(model: str, region: str, ok: bool, at: datetime, ttft_ms: float) -> ProbeResult:
@@ -83,20 +89,26 @@ def _aggregator(pool: asyncpg.Pool) -> Aggregator:
     )
 
 
-async def _seed_plain_source(dsn: str) -> None:
-    """Every kind of row, in plain mode; the last batch is left for the rollup to take in."""
+async def _seed_source(dsn: str, mode: str = "plain") -> None:
+    """Every kind of row, in ``mode``; the last batch is left for the rollup to take in. In TimescaleDB
+    mode the chunks older than 3 days are compressed, as housekeeping leaves them."""
     conn = await asyncpg.connect(dsn)
     try:
-        await migrate(conn, mode="plain")
+        await migrate(conn, mode=mode)
         await ensure_schema(conn)
         now = await conn.fetchval("SELECT now()")
         probes = [
             _probe(model, region, model != BROKEN and i % 11 != 0, now - timedelta(minutes=4 * i), 90.0 + 3 * i)
-            for i in range(90)  # six hours, so several hourly rows and two days' partitions at most
+            for i in range(90)  # six hours, so several hourly rows
             for model in (NANO, BROKEN)
             for region in ("eu-west", "us-east")
         ]
+        # And one probe a day from 4 to 6 days ago: chunks old enough to compress.
+        probes += [_probe(NANO, "eu-west", True, now - timedelta(days=d), 120.0) for d in (4, 5, 6)]
+        await PartitionCache().ensure_for(conn, mode, (p.started_at for p in probes))
         assert await write_batch(conn, probes) == len(probes)
+        if mode == "timescaledb":
+            assert await compress_old(conn, mode, timedelta(days=3)) >= 3
         await conn.execute(
             'INSERT INTO incidents (id, start, "end", worst_state, models, suppressed, updated_at)'
             " VALUES (1, $1, $2, 'degraded', $3, false, $2)",
@@ -157,10 +169,11 @@ def _copy(source: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-async def test_plain_database_copied_into_a_new_one_row_for_row_and_the_same_stats_again_on_a_rerun(
-    db_dsn: str, target_dsn: str, target_mode: str
+async def test_a_database_copied_into_a_new_one_row_for_row_and_the_same_stats_again_on_a_rerun(
+    db_dsn: str, target_dsn: str, modes: tuple[str, str]
 ) -> None:
-    await _seed_plain_source(db_dsn)
+    source_mode, target_mode = modes
+    await _seed_source(db_dsn, source_mode)
     before = await _rows(db_dsn)
     counts = {table: len(rows) for table, rows in before[0].items()}
     for table in ("probe_hist_hourly", "probe_percentiles_hourly", "stats_history", "model_status", "incidents"):
@@ -203,7 +216,7 @@ async def test_plain_database_copied_into_a_new_one_row_for_row_and_the_same_sta
 
 
 async def test_an_interrupted_copy_is_completed_by_running_it_again(db_dsn: str, target_dsn: str) -> None:
-    await _seed_plain_source(db_dsn)
+    await _seed_source(db_dsn)
     batches = 0
 
     def stop_after_three(table: str, read: int, written: int, done: bool) -> None:
@@ -227,7 +240,7 @@ async def test_an_interrupted_copy_is_completed_by_running_it_again(db_dsn: str,
 
 
 async def test_a_target_with_probes_from_elsewhere_is_refused_unless_merging(db_dsn: str, target_dsn: str) -> None:
-    await _seed_plain_source(db_dsn)
+    await _seed_source(db_dsn)
     target = await asyncpg.connect(target_dsn)
     try:
         await ensure_schema(target)

@@ -162,7 +162,7 @@ async def copy_database(
         if not merge:
             await _refuse_foreign_probes(source, target)
             await _forget_earlier_runs(target)
-        pending = [int(r["xmin"]) for r in await source.fetch(_PENDING_XMINS)]
+        pending = await _pending_probes(source)
         copies = []
         for table in tables:
             count = await source.fetchval(f"SELECT count(*) FROM {table.name} WHERE {table.where}", *_args(table))
@@ -172,7 +172,7 @@ async def copy_database(
             else:
                 done.written = await _copy_upserting(source, target, table, batch_rows, tell, merge=merge)
             copies.append(done)
-        pending_rollup = 0 if not pending else int(await source.fetchval(_COUNT_PENDING, pending))
+        pending_rollup = len(pending)
     for table, done in zip(tables, copies, strict=True):
         done.target = int(
             await target.fetchval(f"SELECT count(*) FROM {table.name} WHERE {table.where}", *_args(table))
@@ -253,17 +253,32 @@ async def _forget_earlier_runs(target: Conn) -> None:
         await target.execute(f"DELETE FROM {PROBE_INGEST_LOG} WHERE NOT hist_done")
 
 
+async def _pending_probes(source: Conn) -> set[tuple[object, object]]:
+    """(id, started_at) of the probes whose batch the source's rollup has not taken in yet.
+
+    Found as the rollup finds them: by the writing transaction, within each
+    batch's time range (a compressed TimescaleDB chunk cannot show ``xmin``,
+    and a pending batch is recent, so its range never reaches one). Held in
+    memory: a few seconds' probes normally, more after a long leader outage.
+    """
+    found: set[tuple[object, object]] = set()
+    for batch in await source.fetch(_PENDING_BATCHES):
+        rows = await source.fetch(_BATCH_KEYS, batch["first_started"], batch["last_started"], batch["xmin"])
+        found.update((r["id"], r["started_at"]) for r in rows)
+    return found
+
+
 async def _copy_probes(
-    source: Conn, target: Conn, mode: str, pending: list[int], batch_rows: int, tell: Progress
+    source: Conn, target: Conn, mode: str, pending: set[tuple[object, object]], batch_rows: int, tell: Progress
 ) -> int:
     """The raw probes: those the source has rolled up without a log, the others logged for the target's rollup."""
     partitions = PartitionCache()
     read = written = 0
-    cursor = await source.cursor(_PROBES, pending)
+    cursor = await source.cursor(_PROBES)
     while rows := await cursor.fetch(batch_rows):
         await partitions.ensure_for(target, mode, (r["started_at"] for r in rows))
-        rolled = [tuple(r)[:-1] for r in rows if not r["pending_rollup"]]
-        waiting = [tuple(r)[:-1] for r in rows if r["pending_rollup"]]
+        rolled = [tuple(r) for r in rows if (r["id"], r["started_at"]) not in pending]
+        waiting = [tuple(r) for r in rows if (r["id"], r["started_at"]) in pending]
         # One transaction each: the writer's staging table is emptied at commit, and the rollup
         # finds a logged batch's rows by the transaction that wrote them.
         parts: tuple[tuple[list[tuple[object, ...]], Rollup], ...] = ((rolled, "none"), (waiting, "all"))
@@ -322,9 +337,15 @@ async def _advance_sequences(target: Conn, table: _Table) -> None:
             )
 
 
-_PENDING_XMINS = f"SELECT DISTINCT (xid::text::bigint % 4294967296) AS xmin FROM {PROBE_INGEST_LOG} WHERE NOT hist_done"
-_PROBES = f"SELECT {', '.join(COLUMNS)}, xmin::text::bigint = ANY($1::bigint[]) AS pending_rollup FROM {PROBE_RESULTS}"
-_COUNT_PENDING = f"SELECT count(*) FROM {PROBE_RESULTS} WHERE xmin::text::bigint = ANY($1::bigint[])"
+_PENDING_BATCHES = (
+    f"SELECT first_started, last_started, xid::text::bigint % 4294967296 AS xmin FROM {PROBE_INGEST_LOG}"
+    " WHERE NOT hist_done"
+)
+_BATCH_KEYS = (
+    f"SELECT id, started_at FROM {PROBE_RESULTS}"
+    " WHERE started_at >= $1 AND started_at <= $2 AND xmin::text::bigint = $3"
+)
+_PROBES = f"SELECT {', '.join(COLUMNS)} FROM {PROBE_RESULTS}"
 _FOUND_IN_SOURCE = (
     f"SELECT count(*) FROM {PROBE_RESULTS} p"
     " JOIN unnest($1::uuid[], $2::timestamptz[]) AS k(id, started_at) USING (id, started_at)"
