@@ -11,6 +11,7 @@ TimescaleDB case is skipped only where the server has no TimescaleDB.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -278,3 +279,31 @@ async def test_the_same_database_as_target_and_a_bad_url_are_clear_errors(db_dsn
     failed = _copy(db_dsn, "--to", wrong)
     assert failed.returncode == 1 and "the target" in failed.stderr
     assert "not-the-password" not in failed.stdout + failed.stderr and "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["db", "copy"], "`db copy` needs --to URL"),
+        (["db", "status", "--to", "postgresql://x@127.0.0.1/y"], "--to is for `db copy` only"),
+        (["db", "migrate", "--merge"], "--target-mode and --merge are for `db copy --to URL`"),
+    ],
+    ids=["copy without --to", "--to without copy", "--merge without copy"],
+)
+def test_misused_copy_options_are_refused_before_anything_is_touched(
+    db_dsn: str, args: list[str], message: str
+) -> None:
+    env = {"ROUTEWATCH_DATABASE_URL": db_dsn, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "routewatch.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert asyncio.run(_tables(db_dsn)) == 0, "the database was touched"
+
+
+async def _tables(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+    finally:
+        await conn.close()
