@@ -302,8 +302,8 @@ BASE = KUBERNETES / "base"
 OVERLAY = KUBERNETES / "overlays" / "example"
 # prometheus-operator's custom resources: kubernetes-validate carries the schemas of Kubernetes' own
 # API only, so these are skipped there by kind and checked below against what they must agree with
-# (the shipped rules that promtool tests, the Service the monitor selects).
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# (the rules rendered from the ConfigMap, the Service and the prober pods the monitors select).
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # The overlay's strategic-merge patch is a fragment of the serve Deployment, not a whole object.
 PATCHES = {"serve-resources.yaml"}
 SECRET_ENV = {"ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_API_KEY", "ROUTEWATCH_ADMIN_TOKEN"}
@@ -460,3 +460,27 @@ def test_the_prometheus_operator_objects_carry_the_rules_rendered_from_the_confi
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
     assert service_labels[monitor["spec"]["jobLabel"]] == "routewatch", "the job the rules were rendered for"
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+
+
+@pytest.mark.unit
+def test_the_probers_are_scraped_since_only_they_export_the_route_counters_the_rules_read() -> None:
+    (monitor,) = _of_kind("PodMonitor")
+    probers = [t for name, t in _pod_templates().items() if name.startswith("routewatch-probe-")]
+    assert len(probers) == 2
+    for template in probers:
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        ports = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    (serve,) = (t for name, t in _pod_templates().items() if name == "routewatch-serve")
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= serve["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["interval"] == "15s" and endpoint["relabelings"] == [
+        {"targetLabel": "job", "replacement": "routewatch-probers"}
+    ]
+    compose_jobs = {
+        job["job_name"]
+        for job in yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text(encoding="utf-8"))["scrape_configs"]
+    }
+    assert "routewatch-probers" in compose_jobs, "the same job in both shapes"
+    rules = {r["expr"] for g in _of_kind("PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    assert any("routewatch_route_probes_total" in expr for expr in rules), "what the probers must export"
