@@ -265,6 +265,23 @@ async def test_a_target_with_probes_from_elsewhere_is_refused_unless_merging(db_
     )
 
 
+async def test_a_target_with_routewatch_data_but_no_probes_is_refused(db_dsn: str, target_dsn: str) -> None:
+    await _seed_source(db_dsn)
+    target = await asyncpg.connect(target_dsn)
+    try:
+        await ensure_schema(target)
+        await target.execute(
+            "INSERT INTO uptime_daily (model, day, operational_s, degraded_s, down_s, unknown_s)"
+            " VALUES ('other/model', current_date, 86400, 0, 0, 0)"
+        )
+    finally:
+        await target.close()
+    refused = _copy(db_dsn, "--to", target_dsn)
+    assert refused.returncode == 1 and "holds uptime_daily rows but no probes" in refused.stderr
+    rows = (await _rows(target_dsn))[0]
+    assert len(rows["uptime_daily"]) == 1 and rows["probe_results"] == [], "the refusal wrote nothing"
+
+
 async def test_the_same_database_as_target_and_a_bad_url_are_clear_errors(db_dsn: str) -> None:
     source, same = await asyncpg.connect(db_dsn), await asyncpg.connect(db_dsn)
     try:

@@ -231,8 +231,19 @@ def _args(table: _Table) -> tuple[object, ...]:
 
 
 async def _refuse_foreign_probes(source: Conn, target: Conn) -> None:
-    """CopyError when the target holds a probe the source does not (checked in batches, both snapshots)."""
+    """CopyError when the target holds a probe the source does not (checked in batches, both snapshots),
+    or holds routewatch data but no probe at all (an installation whose raw probes are gone)."""
     async with target.transaction(isolation="repeatable_read", readonly=True):
+        if not await target.fetchval(f"SELECT EXISTS (SELECT 1 FROM {PROBE_RESULTS})"):
+            for name in COPIED:
+                if name not in (META_TABLE, PROBE_RESULTS) and await target.fetchval(
+                    f"SELECT EXISTS (SELECT 1 FROM {name})"
+                ):
+                    raise CopyError(
+                        f"the target database holds {name} rows but no probes: it is not an earlier copy of this"
+                        " source; copy into a new, empty database, or pass --merge to add the source's rows to it"
+                    )
+            return
         cursor = await target.cursor(f"SELECT id, started_at FROM {PROBE_RESULTS}")
         while rows := await cursor.fetch(LOOKUP_ROWS):
             ids, starts = [r["id"] for r in rows], [r["started_at"] for r in rows]
