@@ -484,3 +484,21 @@ def test_the_probers_are_scraped_since_only_they_export_the_route_counters_the_r
     assert "routewatch-probers" in compose_jobs, "the same job in both shapes"
     rules = {r["expr"] for g in _of_kind("PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
     assert any("routewatch_route_probes_total" in expr for expr in rules), "what the probers must export"
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0, "Ti": 1024.0**2}
+    number, unit = re.fullmatch(r"(\d+)([KMGT]i)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * units[unit]
+
+
+@pytest.mark.unit
+def test_a_probers_spool_volume_outgrows_its_spool_limit_before_the_kubelet_evicts_it() -> None:
+    (configmap,) = _of_kind("ConfigMap")
+    spool_limit_mib = parse_config(configmap["data"]["probes.yaml"], "probes.yaml").storage.spool_max_mb
+    for name, template in _pod_templates().items():
+        if not name.startswith("routewatch-probe-"):
+            continue
+        (data,) = (v for v in template["spec"]["volumes"] if v["name"] == "data")
+        size = _mebibytes(data["emptyDir"]["sizeLimit"])
+        assert size >= 1.25 * spool_limit_mib, f"{name}: a full spool ({spool_limit_mib} MiB) would get the pod evicted"
