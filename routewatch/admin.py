@@ -85,6 +85,7 @@ class LocalAdmin:
         simulator_url: str | None = None,
         router_keys: Mapping[str, str] | None = None,
         router_url: str | None = None,
+        region: str | None = None,
         schedule: ProbeSchedule | LiveProbes | None = None,
         aggregator: Aggregator | None = None,
     ) -> None:
@@ -92,7 +93,8 @@ class LocalAdmin:
         stands in for routers whose base_url is ``simulator`` when a reload is planned
         (None: such a router is rejected); ``router_keys`` and ``router_url`` are the
         settings a reload plans with (``Settings.router_keys``, ``ROUTEWATCH_ROUTER_URL``;
-        default none). A reload is applied to ``schedule`` (see ``attach``) and
+        default none); ``region`` (``ROUTEWATCH_REGION``) replaces the file's at each reload,
+        as it did at start. A reload is applied to ``schedule`` (see ``attach``) and
         ``aggregator``; without a schedule nothing is applied."""
         self._started = config  # what the parts built at start keep until a restart
         self._config = config  # the file as last applied
@@ -101,6 +103,7 @@ class LocalAdmin:
         self._simulator_url = simulator_url
         self._router_keys: Mapping[str, str] = router_keys if router_keys is not None else {}
         self._router_url = router_url
+        self._region = region
         self._schedule = schedule
         self._aggregator = aggregator
         self._lock = asyncio.Lock()  # one reload at a time
@@ -128,7 +131,7 @@ class LocalAdmin:
         async with self._lock:
             try:
                 # A file read and a YAML parse: off the event loop, which serves the API and probes.
-                new = await asyncio.to_thread(load_config, self._path)
+                new = await asyncio.to_thread(load_config, self._path, self._region)
                 series, _ = plan(new, self._router_keys, self._simulator_url, router_url=self._router_url)
             except ConfigError as exc:
                 log.warning(

@@ -18,6 +18,7 @@ from routewatch.postgres.local_server import LocalPostgresError, default_data_di
 from routewatch.probe.targets import TargetError
 from routewatch.prober_workers import WorkerFailed
 from routewatch.runner import DataDirInUse
+from routewatch.storage.database_copy import BATCH_ROWS
 from routewatch.storage.migrate import MigrationError
 from routewatch.storage.shard_leases import SHARDS
 from routewatch.storage.writer import SpoolInUse
@@ -65,6 +66,16 @@ def _workers(text: str) -> int:
     return count
 
 
+def _batch_rows(text: str) -> int:
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = 0
+    if not 1 <= rows <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of rows from 1 to 1000000")
+    return rows
+
+
 def _fd(text: str) -> int:
     try:
         fd = int(text)
@@ -94,9 +105,10 @@ def _data_dir(arg: Path | None, settings: Settings) -> Path:
     return arg or settings.data_dir or default_data_dir(settings.xdg_data_home)
 
 
-def _load(path: str) -> Config:
+def _load(path: str, settings: Settings) -> Config:
+    """The configuration file, its region replaced by ``ROUTEWATCH_REGION`` when that is set."""
     try:
-        return load_config(path)
+        return load_config(path, settings.region)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
@@ -197,12 +209,31 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema and state")
     db.add_argument(
         "action",
-        choices=["migrate", "status"],
-        help="migrate: apply pending schema migrations; status: mode, size, rows, spool backlog",
+        choices=["migrate", "status", "copy"],
+        help="migrate: apply pending schema migrations; status: mode, size, rows, spool backlog;"
+        " copy: copy every routewatch table into the database at --to, migrated first (safe to run again)",
     )
     db.add_argument("--data-dir", type=Path, help="as for run")
     db.add_argument(
         "--dry-run", action="store_true", help="with migrate: list the pending migrations and change nothing"
+    )
+    db.add_argument(
+        "--to",
+        metavar="URL",
+        help="with copy: the target database's postgresql:// URL (its password may come from PGPASSWORD instead)",
+    )
+    db.add_argument(
+        "--target-mode",
+        choices=["timescaledb", "plain"],
+        help="with copy: the target's storage mode (default: TimescaleDB where the target server has it)",
+    )
+    db.add_argument(
+        "--merge",
+        action="store_true",
+        help="with copy: add to a target that already holds probes the source does not have",
+    )
+    db.add_argument(
+        "--batch-rows", type=_batch_rows, default=BATCH_ROWS, help=f"with copy: rows per batch (default {BATCH_ROWS})"
     )
 
     grafana = sub.add_parser("grafana", help="publish dashboards, data sources and alert rules to Grafana")
@@ -270,16 +301,23 @@ def main(argv: list[str] | None = None) -> int:
             run_simulator_forever(args.host, args.port, profiles)
             return 0
         if args.command == "db":
-            from routewatch.db_command import db_main
+            from routewatch.db_command import CopyOptions, db_main
 
-            return db_main(args.action, _data_dir(args.data_dir, settings), settings, dry_run=args.dry_run)
+            copy = None
+            if args.to is not None:
+                copy = CopyOptions(args.to, args.target_mode, args.merge, args.batch_rows)
+            elif args.target_mode or args.merge:
+                print("--target-mode and --merge are for `db copy --to URL`", file=sys.stderr)
+                return 2
+            data_dir = _data_dir(args.data_dir, settings)
+            return db_main(args.action, data_dir, settings, dry_run=args.dry_run, copy=copy)
         if args.command == "grafana":
             from routewatch.grafana_command import PublishOptions, grafana_main
 
             options = [args.url, args.diff, args.dashboards, args.alerting, args.prometheus_url, args.timescaledb]
             return grafana_main(PublishOptions(*options), settings)
         path = _config_path(args.config, settings)
-        config = _load(path)
+        config = _load(path, settings)
         if args.command == "alerts":
             from routewatch.alerts_command import render_alerts
 

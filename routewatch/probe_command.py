@@ -16,7 +16,8 @@ configured as ``simulator`` are probed at ``--simulator-url``
 (a simulator another process runs), or at ``ROUTEWATCH_ROUTER_URL`` (a real
 router in its place).
 
-Each process serves its own ``/metrics`` (``prober_metrics.py``; loopback,
+Each process serves its own ``/metrics``, ``/healthz`` and ``/readyz``
+(``prober_metrics.py``, ``prober_health.py``; loopback by default,
 ``--metrics-port``, 0 for any free port, printed in the banner), and re-reads
 its configuration file on SIGHUP: the series, the interval, the probe
 timeouts and the loop-lag limit change live; the region and the concurrency
@@ -181,7 +182,7 @@ async def _probe(
             where = _sharing(database.label, report.mode, coordinator)
         status = partial(report_status, prober, writer, lag, stop)
         await stack.start("status reporter", supervisor.running("status reporter", status))
-        view = ProberParts(prober, writer, lag, schedule, coordinator)
+        view = ProberParts(prober, writer, lag, schedule, coordinator, supervisor.failures)
         metrics = await stack.start("metrics", metrics_endpoint(view, opts.metrics_host, opts.metrics_port))
         await stack.start("reload", _reloading_on_hangup(opts, settings, schedule))
         stack.enter_context(frozen_heap())
@@ -248,7 +249,7 @@ class _Reloader:
         settings = self._settings
         try:
             # A file read and a YAML parse: off the event loop, which times probes.
-            new = await asyncio.to_thread(load_config, path)
+            new = await asyncio.to_thread(load_config, path, settings.region)
             series, _ = plan(new, settings.router_keys, self._opts.simulator_url, router_url=settings.router_url)
         except ConfigError as exc:
             log.warning(

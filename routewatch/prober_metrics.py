@@ -10,6 +10,7 @@ queue, the writer and the spool), the shards it holds, and the standard
 ``process_*`` families (CPU seconds, resident memory). A scrape is rendered on
 the prober's event loop: about a hundred samples, well under a millisecond,
 so a scrape every few seconds costs the probes nothing they would notice.
+The same server answers ``/healthz`` and ``/readyz`` (``prober_health.py``).
 
 **In ``routewatch run``**: :class:`WorkerMetricsGatherer` is the API's
 ``/metrics`` source for the workers. At each scrape of ``run`` it reads every
@@ -42,6 +43,7 @@ from routewatch.delivery.spooled import SpooledDelivery
 from routewatch.probe.health import prober_families, read_prober_health
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.scheduler import PhasedSchedule, Prober
+from routewatch.prober_health import liveness, readiness
 from routewatch.prober_workers import WorkerView
 from routewatch.shard_coordinator import ShardCoordinator
 
@@ -64,13 +66,15 @@ def _exposition(collector: Collector) -> bytes:
 
 @dataclass(frozen=True)
 class ProberParts:
-    """What a prober process's ``/metrics`` reads: its prober, writer, lag, schedule and shard leases."""
+    """What a prober process's ``/metrics``, ``/healthz`` and ``/readyz`` read: its prober, writer,
+    lag, schedule and shard leases, and the failures of its supervised tasks."""
 
     prober: Prober
     writer: SpooledDelivery
     lag: LoopLagMonitor
     schedule: PhasedSchedule
     coordinator: ShardCoordinator | None  # None: it pushes its results, and probes every series alone
+    failures: Sequence[str] = ()  # the Supervisor's list: non-empty once a long-lived task has died
 
 
 class _ProberCollector(Collector):
@@ -131,7 +135,8 @@ def url_of(sock: socket.socket) -> str:
 
 @asynccontextmanager
 async def metrics_endpoint(parts: ProberParts, host: str, port: int) -> AsyncIterator[str]:
-    """Serve ``GET /metrics`` of ``parts`` on ``host:port`` while open; yields its URL.
+    """Serve ``GET /metrics``, ``/healthz`` and ``/readyz`` of ``parts`` on ``host:port`` while open;
+    yields the URL of ``/metrics``.
 
     :raises MetricsAddressError: the address cannot be bound.
     """
@@ -141,8 +146,23 @@ async def metrics_endpoint(parts: ProberParts, host: str, port: int) -> AsyncIte
         body = render_prober(parts)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
 
+    region = parts.prober.region
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(
+            liveness(region, parts.schedule, parts.coordinator), headers={"Cache-Control": "no-store"}
+        )
+
+    async def readyz(request: web.Request) -> web.Response:
+        answer = readiness(region, parts.writer, parts.coordinator, parts.failures)
+        return web.json_response(
+            answer.body, status=200 if answer.ready else 503, headers={"Cache-Control": "no-store"}
+        )
+
     app = web.Application()
     app.router.add_get("/metrics", scrape)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
         await runner.setup()

@@ -303,6 +303,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
             aggregator=aggregator,
             router_keys=settings.router_keys,
             router_url=settings.router_url,
+            region=settings.region,
         )
         gatherer = None
         if opts.probes:  # started after the API; /metrics reports them from then on

@@ -80,6 +80,11 @@ class ShardCoordinator:
         """Shards held after the last heartbeat."""
         return 0 if self.last is None else len(self.last.leases)
 
+    def lease_left_s(self) -> float | None:
+        """Seconds until the leases of the last successful heartbeat end (negative: they have);
+        None before the first. On this machine's monotonic clock, so wall-clock jumps do not count."""
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
     async def join(self) -> shard_leases.Beat:
         """Register in the group and take a first share; raises what the database raises."""
         async with self._connection() as conn:

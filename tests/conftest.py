@@ -280,6 +280,12 @@ def db_dsn(pg_server: PgServer) -> Iterator[str]:
     yield from _fresh_database(pg_server, "rw_test")
 
 
+@pytest.fixture
+def second_db_dsn(pg_server: PgServer) -> Iterator[str]:
+    """DSN of another fresh, empty database on the same server (a copy's target), dropped after the test."""
+    yield from _fresh_database(pg_server, "rw_second")
+
+
 @pytest.fixture(scope="module")
 def module_db_dsn(pg_server: PgServer) -> Iterator[str]:
     """DSN of a fresh, empty database shared by one test module, dropped after it."""

@@ -19,12 +19,17 @@ from typing import Any
 import pytest
 import yaml
 
+from routewatch.alerting import GRAFANA_FILE, RULES_FILE, plan_alerts, render_files
+from routewatch.config import Config, load_config
 from routewatch.config.loader import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
+STACK_CONFIG = DEPLOY / "config" / "probes.yaml"
+# `routewatch alerts render --config deploy/config/probes.yaml --out deploy/compose/alerts`
+STACK_ALERTS = DEPLOY / "compose" / "alerts"
 # The validators come with the test extra (pyproject.toml), as console scripts beside this Python.
 TOOLS = Path(sys.executable).parent
 # An interpolation of deploy/.env: ${NAME}, ${NAME:-default} or ${NAME:?message}.
@@ -149,9 +154,19 @@ def test_the_stack_has_the_production_shape() -> None:
     regions = set()
     for name, cmd in probers.items():
         config = cmd[cmd.index("--config") + 1].replace("/etc/routewatch", str(DEPLOY / "config"))
-        regions.add(yaml.safe_load(Path(config).read_text(encoding="utf-8"))["region"])
-        assert "--metrics-port" in cmd, f"{name}: its health check and Prometheus read its /metrics"
+        assert config == str(STACK_CONFIG), f"{name}: every prober reads the stack's one probes.yaml"
+        region = services[name]["environment"]["ROUTEWATCH_REGION"]
+        assert name == f"probe-{region}", f"{name} probes as region {region}"
+        regions.add(region)
+        assert cmd[cmd.index("--metrics-port") + 1] == "9464", f"{name}: its health check and Prometheus read :9464"
+        check = services[name]["healthcheck"]["test"]
+        assert "http://127.0.0.1:9464/healthz" in check[-1], f"{name}: its liveness is its /healthz"
+        environment = services[name]["environment"]
+        assert set(services["serve-1"]["environment"]) | {"ROUTEWATCH_REGION"} == set(environment), name
     assert len(regions) == 2, f"probers for two regions, found {regions}"
+    assert "region" not in yaml.safe_load(STACK_CONFIG.read_text(encoding="utf-8")), "the region is each prober's"
+    for name in servers:
+        assert commands[name][commands[name].index("--config") + 1] == "/etc/routewatch/probes.yaml", name
     assert [name for name, cmd in commands.items() if cmd == ["db", "migrate"]] == ["migrate"]
     images = {name: service["image"] for name, service in services.items()}
     assert images["timescaledb"].startswith("timescale/timescaledb:")
@@ -224,10 +239,43 @@ def test_prometheus_in_the_stack_loads_the_shipped_rules_and_scrapes_both_replic
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     rules_dst = {dst: src for src, dst in mounts.items()}
     for rule_file in config["rule_files"]:
-        assert rules_dst["/etc/prometheus/" + rule_file] == "./prometheus/routewatch-rules.yml"
+        assert rules_dst["/etc/prometheus/" + rule_file] == "./compose/alerts/" + RULES_FILE
     targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert {"serve-1:8321", "serve-2:8321"} <= targets
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+def _rendered(config: Config) -> dict[str, str]:
+    """What `routewatch alerts render` writes for ``config`` (default options), by relative path."""
+    return render_files(plan_alerts(config))
+
+
+@pytest.mark.unit
+def test_the_stacks_alert_rules_are_rendered_from_the_stacks_configuration() -> None:
+    rendered = _rendered(load_config(STACK_CONFIG))
+    committed = {p.relative_to(STACK_ALERTS).as_posix() for p in STACK_ALERTS.rglob("*") if p.is_file()}
+    again = "run `routewatch alerts render --config deploy/config/probes.yaml --out deploy/compose/alerts`"
+    assert committed == set(rendered), again
+    for relative, text in rendered.items():
+        assert (STACK_ALERTS / relative).read_text(encoding="utf-8") == text, f"{relative} is stale: {again}"
+    routes = yaml.safe_load(rendered[RULES_FILE])["groups"][0]["rules"]
+    configured = {(r["labels"]["router"], r["labels"]["model"]) for r in routes if "labels" in r}
+    stack = load_config(STACK_CONFIG)
+    assert configured == {(r.name, m) for r in stack.routers for m in r.models}
+    grafana = dict(m.split(":")[:2] for m in _compose()["services"]["grafana"]["volumes"])
+    assert grafana["./compose/alerts/" + GRAFANA_FILE] == "/etc/" + GRAFANA_FILE, "the stack's, over the example's"
+
+
+@pytest.mark.system
+def test_promtool_accepts_the_stacks_rules_and_their_unit_tests_pass() -> None:
+    from prometheus_tools import tool
+
+    folder = STACK_ALERTS / "prometheus"
+    tests = sorted(p.name for p in folder.glob("*.test.yml"))
+    for args in (["check", "rules", "routewatch-rules.yml"], ["test", "rules", *tests]):
+        result = subprocess.run([tool("promtool"), *args], cwd=folder, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(tests)
 
 
 @pytest.mark.unit
@@ -254,8 +302,8 @@ BASE = KUBERNETES / "base"
 OVERLAY = KUBERNETES / "overlays" / "example"
 # prometheus-operator's custom resources: kubernetes-validate carries the schemas of Kubernetes' own
 # API only, so these are skipped there by kind and checked below against what they must agree with
-# (the shipped rules that promtool tests, the Service the monitor selects).
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# (the rules rendered from the ConfigMap, the Service and the prober pods the monitors select).
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # The overlay's strategic-merge patch is a fragment of the serve Deployment, not a whole object.
 PATCHES = {"serve-resources.yaml"}
 SECRET_ENV = {"ROUTEWATCH_DATABASE_URL", "ROUTEWATCH_API_KEY", "ROUTEWATCH_ADMIN_TOKEN"}
@@ -373,7 +421,7 @@ def test_serve_runs_two_replicas_behind_a_service_with_health_probes_and_a_disru
 
 
 @pytest.mark.unit
-def test_one_prober_per_region_each_reading_a_valid_configuration_of_its_own_region() -> None:
+def test_one_prober_per_region_its_region_from_the_environment_its_health_on_its_metrics_port() -> None:
     (configmap,) = _of_kind("ConfigMap")
     probers = [
         d
@@ -382,22 +430,32 @@ def test_one_prober_per_region_each_reading_a_valid_configuration_of_its_own_reg
     ]
     regions = set()
     for prober in probers:
-        args = prober["spec"]["template"]["spec"]["containers"][0]["args"]
+        container = prober["spec"]["template"]["spec"]["containers"][0]
+        args = container["args"]
         assert args[0] == "probe"
         key = args[args.index("--config") + 1].removeprefix("/etc/routewatch/")
-        config = parse_config(configmap["data"][key], key)
-        assert config.region == prober["metadata"]["labels"]["routewatch.io/region"]
-        regions.add(config.region)
+        assert key == "probes.yaml", "every prober reads the ConfigMap's one probes.yaml"
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        assert env["ROUTEWATCH_REGION"] == prober["metadata"]["labels"]["routewatch.io/region"]
+        regions.add(env["ROUTEWATCH_REGION"])
+        metrics = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert metrics == {"metrics": int(args[args.index("--metrics-port") + 1])}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert len(regions) == len(probers) == 2
+    config = parse_config(configmap["data"]["probes.yaml"], "probes.yaml")
+    assert config.region == "local" and "region" not in yaml.safe_load(configmap["data"]["probes.yaml"])
     (job,) = _of_kind("Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "migrate"]
 
 
 @pytest.mark.unit
-def test_the_prometheus_operator_objects_carry_the_shipped_rules_and_scrape_the_serve_service() -> None:
+def test_the_prometheus_operator_objects_carry_the_rules_rendered_from_the_configmap_and_scrape_serve() -> None:
     (rule,) = _of_kind("PrometheusRule")
-    shipped = yaml.safe_load((DEPLOY / "prometheus" / "routewatch-rules.yml").read_text(encoding="utf-8"))
-    assert rule["spec"]["groups"] == shipped["groups"], "render the rules again into prometheusrule.yaml"
+    (configmap,) = _of_kind("ConfigMap")
+    rendered = _rendered(parse_config(configmap["data"]["probes.yaml"], "probes.yaml"))
+    groups = yaml.safe_load(rendered[RULES_FILE])["groups"]
+    assert rule["spec"]["groups"] == groups, "render the rules for the ConfigMap's probes.yaml into prometheusrule.yaml"
     (monitor,) = _of_kind("ServiceMonitor")
     (service,) = _of_kind("Service")
     base_labels = yaml.safe_load((BASE / "kustomization.yaml").read_text(encoding="utf-8"))["labels"][0]["pairs"]
@@ -405,3 +463,45 @@ def test_the_prometheus_operator_objects_carry_the_shipped_rules_and_scrape_the_
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
     assert service_labels[monitor["spec"]["jobLabel"]] == "routewatch", "the job the rules were rendered for"
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+
+
+@pytest.mark.unit
+def test_the_probers_are_scraped_since_only_they_export_the_route_counters_the_rules_read() -> None:
+    (monitor,) = _of_kind("PodMonitor")
+    probers = [t for name, t in _pod_templates().items() if name.startswith("routewatch-probe-")]
+    assert len(probers) == 2
+    for template in probers:
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        ports = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    (serve,) = (t for name, t in _pod_templates().items() if name == "routewatch-serve")
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= serve["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["interval"] == "15s" and endpoint["relabelings"] == [
+        {"targetLabel": "job", "replacement": "routewatch-probers"}
+    ]
+    compose_jobs = {
+        job["job_name"]
+        for job in yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text(encoding="utf-8"))["scrape_configs"]
+    }
+    assert "routewatch-probers" in compose_jobs, "the same job in both shapes"
+    rules = {r["expr"] for g in _of_kind("PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    assert any("routewatch_route_probes_total" in expr for expr in rules), "what the probers must export"
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0, "Ti": 1024.0**2}
+    number, unit = re.fullmatch(r"(\d+)([KMGT]i)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * units[unit]
+
+
+@pytest.mark.unit
+def test_a_probers_spool_volume_outgrows_its_spool_limit_before_the_kubelet_evicts_it() -> None:
+    (configmap,) = _of_kind("ConfigMap")
+    spool_limit_mib = parse_config(configmap["data"]["probes.yaml"], "probes.yaml").storage.spool_max_mb
+    for name, template in _pod_templates().items():
+        if not name.startswith("routewatch-probe-"):
+            continue
+        (data,) = (v for v in template["spec"]["volumes"] if v["name"] == "data")
+        size = _mebibytes(data["emptyDir"]["sizeLimit"])
+        assert size >= 1.25 * spool_limit_mib, f"{name}: a full spool ({spool_limit_mib} MiB) would get the pod evicted"

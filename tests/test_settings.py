@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from routewatch.config import load_config
 from routewatch.config.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 pytestmark = pytest.mark.unit
@@ -137,3 +138,19 @@ def test_a_read_url_needs_the_primary_url(monkeypatch: pytest.MonkeyPatch) -> No
         "ROUTEWATCH_DATABASE_READ_URL is a replica of the database ROUTEWATCH_DATABASE_URL names"
     )
     assert "secret-pw" not in str(bad.value)
+
+
+def test_the_region_comes_from_the_environment_over_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "probes.yaml"
+    config.write_text(
+        "region: in-the-file\nrouters: [{name: r, base_url: simulator, models: [m]}]\n"
+        "prompts: [{name: p, messages: [{role: user, content: hi}]}]\n"
+    )
+    monkeypatch.setenv("ROUTEWATCH_REGION", " eu-west ")
+    assert load_config(config, load_settings().region).region == "eu-west"
+    monkeypatch.setenv("ROUTEWATCH_REGION", "")
+    assert load_config(config, load_settings().region).region == "in-the-file"
+    monkeypatch.setenv("ROUTEWATCH_REGION", "eu\nwest")
+    with pytest.raises(SettingsError) as bad:
+        load_settings()
+    assert str(bad.value) == "ROUTEWATCH_REGION: a region is one line of printable text"

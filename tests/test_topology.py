@@ -2,7 +2,7 @@
 
 One PostgreSQL with TimescaleDB; ``routewatch db migrate`` as the one-shot
 migration; the router simulator in its own process; a ``routewatch probe``
-per region with the region files of ``deploy/config/`` (intervals shortened),
+per region with ``deploy/config/probes.yaml`` and its ``ROUTEWATCH_REGION`` (intervals shortened),
 writing to the database as the stack's probers do; two ``routewatch serve``
 replicas reading the eu-west file, as in the stack. Then what an operator
 checks: the API's per-region figures against the probes the simulator
@@ -58,9 +58,10 @@ WHEN_FIELDS = {"updated_at", "window_start", "window_end"}
 
 
 def region_config(region: str) -> dict[str, Any]:
-    """The stack's configuration of ``region`` with the test's intervals, its prompt marked with the region."""
-    config: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "config" / f"probes-{region}.yaml").read_text())
-    assert config["region"] == region
+    """The stack's configuration (one file; each prober is told its region by ROUTEWATCH_REGION)
+    with the test's intervals, its prompt marked with ``region``."""
+    config: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "config" / "probes.yaml").read_text())
+    assert "region" not in config, "the stack's file names no region"
     config["schedule"] = {"interval": f"{INTERVAL_S:g}s", "jitter": "0s", "concurrency": 16}
     config["timeouts"] = {"connect": "2s", "headers": "2s", "first_token": "2s", "idle": "2s", "total": "4s"}
     config["api"] = {"host": "127.0.0.1", "port": 0}
@@ -191,16 +192,17 @@ class Stack:
 
     def prober(self, region: str) -> Process:
         argv = [*ROUTEWATCH, "probe", "--config", str(self.configs[region]), "--data-dir", str(self.work / region)]
-        return self._start([*argv, "--simulator-url", self.sim.base_url], f"probe-{region}")
+        env = {**self.env, "ROUTEWATCH_REGION": region}  # as compose.yaml sets it
+        return self._start([*argv, "--simulator-url", self.sim.base_url], f"probe-{region}", env)
 
     def serve(self, name: str) -> Serve:
         """A replica as the stack runs it: the eu-west file, a data directory of its own."""
         argv = [*ROUTEWATCH, "serve", "--config", str(self.configs["eu-west"]), "--data-dir", str(self.work / name)]
         return Serve(name, self._start(argv, name))
 
-    def _start(self, argv: list[str], name: str) -> Process:
+    def _start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Process:
         n = sum(p.log_path.stem.startswith(name) for p in self.processes)
-        process = Process(argv, self.env, self.work / f"{name}{'-' + str(n) if n else ''}.log")
+        process = Process(argv, env or self.env, self.work / f"{name}{'-' + str(n) if n else ''}.log")
         self.processes.append(process)
         return process
 

@@ -188,10 +188,12 @@ def _excerpt(value: object) -> str:
     return json.dumps(text if len(text) <= 40 else text[:40] + "…", ensure_ascii=False)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, region: str | None = None) -> Config:
     """Read and validate a probes.yaml; raises ConfigError naming the file as given.
 
     A file over MAX_FILE_BYTES is refused after reading only that much.
+    ``region`` (``ROUTEWATCH_REGION``), when given, replaces the file's ``region``:
+    one file serves the probers of every region, each told its own.
     """
     filename = str(path)
     try:
@@ -206,7 +208,8 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError as exc:
         message = f"cannot read: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
         raise ConfigError([ConfigIssue(filename, None, None, message)]) from None
-    return parse_config(text, filename)
+    config = parse_config(text, filename)
+    return config if region is None else config.model_copy(update={"region": region})
 
 
 def _check_size(size: int, filename: str) -> None:

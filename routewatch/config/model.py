@@ -856,7 +856,9 @@ class StorageConfig(_Section):
 class Config(_Section):
     """A whole probes.yaml. Only routers and prompts are required."""
 
-    region: Label = Field("local", description="label of this prober; default local")
+    region: Label = Field(
+        "local", description="label of this prober; ROUTEWATCH_REGION, when set, replaces it; default local"
+    )
     routers: list[RouterConfig] = Field(description="at least one; names unique")
     prompts: list[PromptConfig] = Field(description="at least one; names unique")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

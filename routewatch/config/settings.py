@@ -40,6 +40,7 @@ ENV_PG_BIN = "ROUTEWATCH_PG_BIN"
 ENV_PG_USER = "ROUTEWATCH_PG_USER"
 ENV_GRAFANA_TOKEN = "ROUTEWATCH_GRAFANA_TOKEN"
 ENV_GRAFANA_DB_URL = "ROUTEWATCH_GRAFANA_DB_URL"
+ENV_REGION = "ROUTEWATCH_REGION"
 # routewatch's own secrets: never handed to a router or a notification target by name.
 OWN_SECRETS = frozenset({ENV_DATABASE_URL, ENV_DATABASE_READ_URL, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_GRAFANA_DB_URL})
 ENV_XDG_DATA_HOME = "XDG_DATA_HOME"
@@ -146,6 +147,11 @@ class Settings(BaseSettings):
         validation_alias=ENV_GRAFANA_DB_URL,
         description="postgresql:// URL Grafana's PostgreSQL data source reaches the database with (a read-only role)",
     )
+    region: str | None = Field(
+        None,
+        validation_alias=ENV_REGION,
+        description="this process's region, in place of `region` in probes.yaml (one file for every region)",
+    )
     xdg_data_home: Path | None = Field(
         None,
         validation_alias=ENV_XDG_DATA_HOME,
@@ -210,6 +216,13 @@ class Settings(BaseSettings):
                 " set that too (the embedded server has no replica)",
             )
         return self
+
+    @field_validator("region")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ch < " " or ch == "\x7f" for ch in value):
+            raise PydanticCustomError("region", "a region is one line of printable text", {})
+        return value
 
     @field_validator("data_dir", "pg_bin")
     @classmethod

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import asyncpg
 
@@ -37,9 +38,11 @@ __all__ = [
     "BatchWriter",
     "DatabaseDestination",
     "Prepare",
+    "Rollup",
     "SpoolInUse",
     "Stored",
     "insert_batch",
+    "insert_rows",
     "store_results",
     "store_rows",
     "write_batch",
@@ -47,6 +50,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# What insert_rows tells the hourly rollup (see there).
+Rollup = Literal["new", "none", "all"]
 # Runs on the batch's connection before its rows are written (e.g. creating their partitions).
 Prepare = Callable[[Conn, list[ProbeResult]], Awaitable[None]]
 ACQUIRE_TIMEOUT_S = 10.0
@@ -59,6 +64,17 @@ _COLUMN_LIST = ", ".join(COLUMNS)
 _INSERT_NEW = (
     f"INSERT INTO {PROBE_RESULTS} ({_COLUMN_LIST}) "
     f"SELECT {_COLUMN_LIST} FROM {PROBE_RESULTS_STAGING} ON CONFLICT DO NOTHING"
+)
+# The same, but a row already there is rewritten as it is: its xmin becomes this transaction's,
+# so the batch logged with it finds it.
+_INSERT_CLAIMING = (
+    f"INSERT INTO {PROBE_RESULTS} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {PROBE_RESULTS_STAGING} "
+    "ON CONFLICT (id, started_at) DO UPDATE SET id = EXCLUDED.id"
+)
+# Rows of the staging table already stored (a partitioned table cannot return xmax to tell).
+_ALREADY_STORED = (
+    f"SELECT count(*) FROM {PROBE_RESULTS_STAGING} s WHERE EXISTS "
+    f"(SELECT 1 FROM {PROBE_RESULTS} p WHERE p.id = s.id AND p.started_at = s.started_at)"
 )
 
 
@@ -80,11 +96,30 @@ async def insert_batch(conn: Conn, results: Sequence[ProbeResult]) -> int:
     (``ingest_log.log_batch``), which is how the rollup refresh learns of it
     and finds its rows; under a savepoint it would miss them.
     """
+    return await insert_rows(conn, [r.as_row() for r in results])
+
+
+async def insert_rows(conn: Conn, rows: Sequence[Sequence[object]], *, rollup: Rollup = "new") -> int:
+    """Insert raw ``probe_results`` rows (values in ``COLUMNS`` order) idempotently, in the caller's
+    top-level transaction; return how many were new to the table.
+
+    ``rollup`` says what the hourly rollup is told: ``"new"`` logs the rows
+    that were new (the writer's batches); ``"none"`` logs nothing (rows the
+    rollup already holds, as ``db copy`` brings them); ``"all"`` logs every
+    row of the batch, rows already stored included, which are rewritten so
+    that the rollup finds them under this transaction (``db copy``'s rows
+    the source had not rolled up yet, copied again by a rerun).
+    """
     await conn.execute(_CREATE_STAGING)
-    await conn.copy_records_to_table(PROBE_RESULTS_STAGING, records=[r.as_row() for r in results], columns=COLUMNS)
+    await conn.copy_records_to_table(PROBE_RESULTS_STAGING, records=rows, columns=COLUMNS)
+    if rollup == "all":
+        stored = int(await conn.fetchval(_ALREADY_STORED))
+        await conn.execute(_INSERT_CLAIMING)
+        await log_batch(conn, len(rows))
+        return len(rows) - stored
     status = await conn.execute(_INSERT_NEW)
     inserted = int(status.split()[-1])
-    if inserted:
+    if inserted and rollup == "new":
         await log_batch(conn, inserted)
     return inserted
 
