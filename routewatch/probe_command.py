@@ -46,6 +46,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from routewatch.config import Config, ConfigError, load_config
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
+from routewatch.model_discovery import ModelDiscovery, running_discovery
 from routewatch.parts import (
     Database,
     DatabaseUnavailable,
@@ -157,6 +158,7 @@ async def _probe(
     async with Startup(supervisor) as stack:
         stack.enter_context(stop_on_signals(stop))
         target = None
+        pool = None
         if database is not None:
             pool = await stack.start("database", database_pool(database))
             async with pool.acquire() as conn:
@@ -180,11 +182,15 @@ async def _probe(
                 reason = redact(f"{exc.__class__.__name__}: {exc}", [database.dsn])
                 raise DatabaseUnavailable(f"cannot join the region's probers in {database.label}: {reason}") from None
             where = _sharing(database.label, report.mode, coordinator)
+        discovery = await stack.start(
+            "discovery",
+            running_discovery(config, routers, partial(_replan, opts, settings, schedule), pool),
+        )
         status = partial(report_status, prober, writer, lag, stop)
         await stack.start("status reporter", supervisor.running("status reporter", status))
-        view = ProberParts(prober, writer, lag, schedule, coordinator)
+        view = ProberParts(prober, writer, lag, schedule, coordinator, discovery)
         metrics = await stack.start("metrics", metrics_endpoint(view, opts.metrics_host, opts.metrics_port))
-        await stack.start("reload", _reloading_on_hangup(opts, settings, schedule))
+        await stack.start("reload", _reloading_on_hangup(opts, settings, schedule, discovery))
         stack.enter_context(frozen_heap())
         refreeze = partial(refreeze_heap, lambda: schedule.scheduled)
         await stack.start("heap", supervisor.running("heap freezer", refreeze))
@@ -219,13 +225,29 @@ async def _phased_schedule(config: Config, series: list[Series], prober: Prober)
         await schedule.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
 
 
+async def _replan(opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, found: ModelDiscovery) -> None:
+    """Probe the configured series and those of the models discovery found now (a router's list changed)."""
+    series, _ = plan(
+        found.config,
+        settings.router_keys,
+        opts.simulator_url,
+        router_url=settings.router_url,
+        discovered=found.discovered,
+    )
+    if not schedule.stopped:
+        await schedule.replace(series, found.config.schedule.interval)
+
+
 class _Reloader:
     """Re-reads the configuration file on SIGHUP and applies to the schedule what can change live."""
 
-    def __init__(self, opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule) -> None:
+    def __init__(
+        self, opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, discovery: ModelDiscovery
+    ) -> None:
         self._opts = opts
         self._settings = settings
         self._schedule = schedule
+        self._discovery = discovery
         self._config = opts.config  # as last applied
         self._task: asyncio.Task[None] | None = None
         self._again = False  # a SIGHUP came while a reload ran: read the file once more after it
@@ -250,7 +272,13 @@ class _Reloader:
         try:
             # A file read and a YAML parse: off the event loop, which times probes.
             new = await asyncio.to_thread(load_config, path)
-            series, _ = plan(new, settings.router_keys, self._opts.simulator_url, router_url=settings.router_url)
+            series, routers = plan(
+                new,
+                settings.router_keys,
+                self._opts.simulator_url,
+                router_url=settings.router_url,
+                discovered=self._discovery.discovered,
+            )
         except ConfigError as exc:
             log.warning(
                 "config reload rejected: %s has %d problem(s); running configuration kept", path, len(exc.issues)
@@ -263,6 +291,7 @@ class _Reloader:
             return
         before = len(self._schedule.series), self._schedule.interval_s
         await self._schedule.replace(series, new.schedule.interval)
+        self._discovery.reconfigure(new, routers)
         self._schedule.prober.retune(new.timeouts, new.schedule.max_loop_lag)
         self._config = new
         started = self._opts.config
@@ -294,10 +323,12 @@ class _Reloader:
 
 
 @asynccontextmanager
-async def _reloading_on_hangup(opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule) -> AsyncIterator[None]:
+async def _reloading_on_hangup(
+    opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, discovery: ModelDiscovery
+) -> AsyncIterator[None]:
     """SIGHUP re-reads the configuration file while open."""
     loop = asyncio.get_running_loop()
-    reloader = _Reloader(opts, settings, schedule)
+    reloader = _Reloader(opts, settings, schedule, discovery)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
     try:
         yield

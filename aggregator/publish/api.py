@@ -359,6 +359,8 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
                 "router": router,
                 "state": model_state,
                 "providers": _providers(labels),
+                "retired": snap.retired_at((router, model)) is not None,
+                "retired_at": _retired_at(snap, (router, model)),
                 "stats": stats.as_json(),
             }
         )
@@ -368,6 +370,12 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
         "status_enabled": api.aggregator.status_enabled,
         "models": models,
     }
+
+
+def _retired_at(snap: Snapshot, key: tuple[str, str]) -> str | None:
+    """When the router's model list stopped naming the model (ISO 8601); None while listed or not discovered."""
+    at = snap.retired_at(key)
+    return at.isoformat() if at is not None else None
 
 
 def _providers(labels: Iterable[str]) -> list[str | None]:

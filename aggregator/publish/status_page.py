@@ -67,6 +67,7 @@ border:1px solid transparent}
 .model{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:.75rem 1rem;margin:0 0 .75rem}
 .model-head{display:flex;flex-wrap:wrap;justify-content:space-between;gap:.25rem .75rem;align-items:baseline}
 .name{font-weight:600;overflow-wrap:anywhere}
+.retired{font-size:.8rem;padding:0 .4em;border:1px solid var(--line);border-radius:4px;color:var(--muted)}
 .state{font-weight:600;white-space:nowrap}
 .state::before{content:"";display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.35em;
 background:currentColor}
@@ -167,10 +168,12 @@ def _model(row: ModelRow) -> str:
     label = STATE_LABELS[row.state]
     since = f' <span class="muted">since {_time(row.since)}</span>' if row.since is not None else ""
     reason = f'<p class="reason">{esc(row.reason)}</p>' if row.reason else ""
+    # No longer in its router's model list: not probed any more, its history kept.
+    retired = ' <span class="retired" title="no longer listed by its router; not probed">retired</span>' * row.retired
     # A model probed but not (yet) in the stats still gets its figure line, with dashes.
     figures = "".join(_figures(route) for route in row.routes) or _figures(None)
     return (
-        f'<li class="model"><div class="model-head"><span class="name">{esc(row.model)}</span>'
+        f'<li class="model"><div class="model-head"><span class="name">{esc(row.model)}</span>{retired}'
         f'<span><span class="state s-{row.state.value}">{esc(label)}</span>{since}</span></div>'
         f"{reason}{figures}{_bars(row)}</li>"
     )

@@ -1,0 +1,210 @@
+"""Reading a router's model list (``GET {base_url}/models``), bounded and checked.
+
+The list is router-controlled input, read as the OpenAI list shape
+``{"object": "list", "data": [{"id": ...}, ...]}``. Two ways of paging are
+followed: ``has_more`` with a cursor (``last_id``, else the last entry's id),
+asked for as ``?after=<id>`` (OpenAI's list endpoints, Anthropic's models
+list), and a ``next`` link (absolute or relative, on the router's own origin
+only: the key is never sent anywhere else). An unpaged list (OpenAI's and
+OpenRouter's ``/models``, LiteLLM's ``/v1/models``) is one page.
+
+What a listing costs is bounded whatever the router sends: each page at most
+:data:`MAX_PAGE_BYTES`, at most :data:`MAX_PAGES` pages, at most
+:data:`MAX_LISTED` ids (past it the listing is cut and marked ``truncated``:
+the ids read are used, but no model is taken as gone, since an incomplete
+list proves nothing absent). Each id is normalised as every router value is
+(``router_values.label``); one the normalisation changes (control characters,
+a secret, too long) or with white space is not an id the router would answer
+to, so it is skipped and counted. OpenRouter's ``pricing`` (USD per token, as
+strings) is read into USD per 1M tokens where it is a sane, finite number.
+
+Anything else (an HTTP error, a page that is not JSON or not a list, a
+cursor that repeats) raises :class:`ListingError`, whose message never holds
+the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import aiohttp
+
+from routewatch.probe.redact import redact
+from routewatch.probe.router_values import label
+
+MAX_PAGE_BYTES = 8 * 1024 * 1024  # OpenRouter's unpaged list of ~400 models with metadata is under 1 MiB
+MAX_PAGES = 100
+MAX_LISTED = 20_000
+# USD per 1M tokens at most (the configuration's own bound for a price).
+MAX_PRICE_PER_MTOK = 100_000.0
+
+
+class ListingError(Exception):
+    """The router's model list could not be read or is not a model list; the message is safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPrice:
+    """Prices a listing publishes for a model, USD per 1M tokens (None: not published)."""
+
+    input: float | None
+    output: float | None
+
+
+@dataclass(slots=True)
+class Listing:
+    """One complete read of a router's model list."""
+
+    models: dict[str, ListedPrice | None] = field(default_factory=dict)  # id -> prices, in the router's order
+    pages: int = 0
+    skipped: int = 0  # entries without a usable id
+    truncated: bool = False  # more than MAX_LISTED ids or MAX_PAGES pages: the rest was not read
+
+
+def models_url(base_url: str) -> str:
+    """The list endpoint of a router whose chat endpoint is ``{base_url}/chat/completions``."""
+    return base_url.rstrip("/") + "/models"
+
+
+async def read_listing(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    api_key: str | None,
+    headers: Mapping[str, str],
+    timeout_s: float,
+) -> Listing:
+    """Every page of the router's model list, within the bounds above.
+
+    :raises ListingError: the list cannot be read or is malformed.
+    """
+    secrets = [api_key] if api_key else []
+    send = dict(headers)
+    if api_key:
+        send["Authorization"] = f"Bearer {api_key}"
+    first = models_url(base_url)
+    origin = _origin(first)
+    listing = Listing()
+    url: str | None = first
+    cursors: set[str] = set()
+    while url is not None:
+        if listing.pages >= MAX_PAGES:
+            listing.truncated = True
+            break
+        page = await _get_page(session, url, send, timeout_s, secrets)
+        listing.pages += 1
+        last_id = _take_entries(page, listing)
+        if listing.truncated:
+            break
+        url = _next_url(page, first, origin, last_id, cursors)
+    return listing
+
+
+async def _get_page(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], timeout_s: float, secrets: list[str]
+) -> dict[str, Any]:
+    try:
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
+        ) as resp:
+            if resp.status != 200:
+                raise ListingError(f"GET /models answered HTTP {resp.status}")
+            body = await resp.content.read(MAX_PAGE_BYTES + 1)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        reason = redact(f"{exc.__class__.__name__}: {exc}", secrets, max_chars=200)
+        raise ListingError(f"GET /models failed: {reason}") from None
+    if len(body) > MAX_PAGE_BYTES:
+        raise ListingError(f"a page of the model list is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MiB")
+    try:
+        # A big list takes tens of milliseconds to decode: off the loop, which times the probes.
+        page = json.loads(body) if len(body) < 65_536 else await asyncio.to_thread(json.loads, body)
+    except (ValueError, RecursionError):
+        raise ListingError("the model list is not JSON") from None
+    if not isinstance(page, dict) or not isinstance(page.get("data"), list):
+        raise ListingError('the model list is not an object with a "data" array')
+    return page
+
+
+def _take_entries(page: Mapping[str, Any], listing: Listing) -> str | None:
+    """Add the page's models to ``listing``; the raw id of its last entry (a cursor), if any."""
+    last: str | None = None
+    for entry in page["data"]:
+        raw = entry.get("id") if isinstance(entry, dict) else None
+        last = raw if isinstance(raw, str) else last
+        model = usable_id(raw)
+        if model is None:
+            listing.skipped += 1
+            continue
+        if model in listing.models:
+            continue
+        if len(listing.models) >= MAX_LISTED:
+            listing.truncated = True
+            break
+        listing.models[model] = listed_price(entry.get("pricing"))
+    return last
+
+
+def usable_id(raw: object) -> str | None:
+    """``raw`` if it is a model id the router can be asked for as it is; None if normalising would change it."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    normal = label(raw)
+    if normal != raw or any(c.isspace() for c in raw):
+        return None
+    return raw
+
+
+def listed_price(pricing: object) -> ListedPrice | None:
+    """OpenRouter's ``pricing`` (USD per token as strings) as USD per 1M tokens; None if it gives neither price."""
+    if not isinstance(pricing, dict):
+        return None
+    price = ListedPrice(_per_mtok(pricing.get("prompt")), _per_mtok(pricing.get("completion")))
+    return price if price.input is not None or price.output is not None else None
+
+
+def _per_mtok(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    try:
+        per_token = float(value)
+    except ValueError:
+        return None
+    per_mtok = per_token * 1_000_000
+    # Negative is OpenRouter's "varies" (its auto router); NaN, inf and huge values are not prices.
+    if not math.isfinite(per_mtok) or not 0 <= per_mtok <= MAX_PRICE_PER_MTOK:
+        return None
+    return round(per_mtok, 9)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def _next_url(
+    page: Mapping[str, Any], first: str, origin: tuple[str, str, int | None], last_id: str | None, seen: set[str]
+) -> str | None:
+    """The next page's URL, or None on the last page."""
+    link = page.get("next")
+    if isinstance(link, str) and link:
+        target = urljoin(first, link)
+        if _origin(target) != origin:
+            raise ListingError("the model list's next link leaves the router's origin; not followed")
+        cursor = target
+    elif page.get("has_more") is True:
+        given = page.get("last_id")
+        after = given if isinstance(given, str) and given else last_id
+        if after is None:
+            raise ListingError("the model list says has_more but gives no cursor (last_id)")
+        cursor = f"{first}?{urlencode({'after': after})}"
+    else:
+        return None
+    if cursor in seen:
+        raise ListingError("the model list's pages repeat (the same cursor twice)")
+    seen.add(cursor)
+    return cursor
