@@ -114,11 +114,11 @@ async def _get_page(
         ) as resp:
             if resp.status != 200:
                 raise ListingError(f"GET /models answered HTTP {resp.status}")
-            body = await resp.content.read(MAX_PAGE_BYTES + 1)
+            body = await _body_within(resp, MAX_PAGE_BYTES)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         reason = redact(f"{exc.__class__.__name__}: {exc}", secrets, max_chars=200)
         raise ListingError(f"GET /models failed: {reason}") from None
-    if len(body) > MAX_PAGE_BYTES:
+    if body is None:
         raise ListingError(f"a page of the model list is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MiB")
     try:
         # A big list takes tens of milliseconds to decode: off the loop, which times the probes.
@@ -128,6 +128,18 @@ async def _get_page(
     if not isinstance(page, dict) or not isinstance(page.get("data"), list):
         raise ListingError('the model list is not an object with a "data" array')
     return page
+
+
+async def _body_within(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is longer than ``limit`` bytes (the rest is not read)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _take_entries(page: Mapping[str, Any], listing: Listing) -> str | None:

@@ -50,6 +50,7 @@ class ModelListing:
     page_size: int | None = None  # None: one page, as OpenAI's and OpenRouter's /models
     prices: dict[str, ListingPrice] = field(default_factory=dict)
     raw_body: bytes | None = None  # served as it is instead of the list (a malformed list)
+    pad_bytes: int = 0  # white space after the raw body: a page of any size without sending it here
     served: list[ServedPage] = field(default_factory=list)
 
     def page(self, models: list[str], after: str | None, limit: int | None) -> tuple[list[str], bool]:
@@ -81,11 +82,18 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
     """Serve the list and its controls on ``app``; ``profiles`` (the models it serves) is changed in place."""
     app[LISTING] = ModelListing()
 
-    async def list_models(request: web.Request) -> web.Response:
+    async def list_models(request: web.Request) -> web.StreamResponse:
         listing = request.app[LISTING]
         if listing.raw_body is not None:
             listing.served.append(ServedPage(time.perf_counter_ns(), None, [], raw=True))
-            return web.Response(body=listing.raw_body, content_type="application/json")
+            # Streamed: a raw body may be many megabytes (a list past the reader's bound).
+            raw = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await raw.prepare(request)
+            await raw.write(listing.raw_body)
+            for at in range(0, listing.pad_bytes, 65_536):
+                await raw.write(b" " * min(65_536, listing.pad_bytes - at))
+            await raw.write_eof()
+            return raw
         after = request.query.get("after")
         try:
             limit = _limit(request.query.get("limit"))
@@ -118,7 +126,8 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
         return web.json_response({"removed": model if gone is not None else None})
 
     async def set_listing(request: web.Request) -> web.Response:
-        """PUT /v1/simulator/listing: ``page_size``, ``prices`` ({id: [prompt, completion]}) and ``raw_body``."""
+        """PUT /v1/simulator/listing: ``page_size``, ``prices`` ({id: [prompt, completion]}), ``raw_body``
+        and ``pad_bytes`` (white space after the raw body)."""
         listing = request.app[LISTING]
         try:
             body = await request.json()
@@ -129,6 +138,8 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
             if "raw_body" in body:
                 raw = body["raw_body"]
                 listing.raw_body = None if raw is None else str(raw).encode("utf-8", "surrogatepass")
+            if "pad_bytes" in body:
+                listing.pad_bytes = max(0, int(body["pad_bytes"]))
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             return ApiError(400, f"not a listing setting: {exc}").response({})
         return web.json_response({"page_size": listing.page_size, "raw": listing.raw_body is not None})
