@@ -19,8 +19,8 @@ to, so it is skipped and counted. OpenRouter's ``pricing`` (USD per token, as
 strings) is read into USD per 1M tokens where it is a sane, finite number.
 
 Anything else (an HTTP error, a page that is not JSON or not a list, a
-cursor that repeats) raises :class:`ListingError`, whose message never holds
-the key.
+cursor that repeats, a list with no usable id at all, which no working router
+serves) raises :class:`ListingError`, whose message never holds the key.
 """
 
 from __future__ import annotations
@@ -102,6 +102,9 @@ async def read_listing(
         if listing.truncated:
             break
         url = _next_url(page, first, origin, last_id, cursors)
+    if not listing.models:
+        # A router serves at least one model: an empty list is a fault of the router, not every model gone.
+        raise ListingError(f"the model list names no usable model ({listing.skipped} entries skipped)")
     return listing
 
 

@@ -95,6 +95,8 @@ async def test_models_added_and_removed_at_run_time_are_listed_as_they_are(sim: 
         ('{"data": [{"nope": 1}], "has_more": true}', "gives no cursor"),
         ('{"data": [], "next": "http://198.51.100.7/v1/models?page=2"}', "leaves the router's origin"),
         ("[" * 100_000 + "]" * 100_000, "not"),
+        ('{"object": "list", "data": []}', "names no usable model"),
+        ('{"object": "list", "data": [{"id": ""}, {"id": null}]}', r"names no usable model \(2 entries skipped\)"),
     ],
 )
 async def test_a_malformed_list_is_an_error_that_names_the_problem_and_never_the_key(
