@@ -160,7 +160,7 @@ class ModelDiscovery:
         selection = select_models(listing.models, router.discover, router.models)
         self.over_cap[name] = selection.over_cap
         self._note(name, listing, selection.over_cap)
-        await self._record(name, seen, listing)
+        await self._record(name, seen, listing, router.models)
         if selection.models != self.discovered.get(name, ()):
             before = set(self.discovered.get(name, ()))
             self.discovered[name] = selection.models
@@ -187,7 +187,7 @@ class ModelDiscovery:
                 over_cap,
             )
 
-    async def _record(self, name: str, seen: datetime, listing: Listing) -> None:
+    async def _record(self, name: str, seen: datetime, listing: Listing, keep: Sequence[str]) -> None:
         if self._pool is None:
             return
         listed = [
@@ -196,7 +196,9 @@ class ModelDiscovery:
         ]
         try:
             async with self._pool.acquire() as conn:
-                await catalog_queries.record_listing(conn, name, seen, listed, complete=not listing.truncated)
+                await catalog_queries.record_listing(
+                    conn, name, seen, listed, complete=not listing.truncated, keep=keep
+                )
         except DATABASE_ERRORS as exc:
             # The probes follow the list all the same; the catalog catches up at the next read.
             log.warning("model list of router %s not recorded in the catalog: %s", name, type(exc).__name__)

@@ -140,3 +140,7 @@ async def test_catalog_retires_and_brings_back_models_in_the_order_lists_were_re
     rows = await _rows(conn)
     assert rows["b"].retired_at is None and rows["b"].first_seen == T0 and rows["b"].input_usd_per_mtok == 1.0
     assert await catalog_queries.listed_models(conn, "r") == ["a", "b", "c"]
+    # A model configured by hand is never retired by the list.
+    t4 = T0 + timedelta(minutes=4)
+    assert await catalog_queries.record_listing(conn, "r", t4, [("a", None, None)], complete=True, keep=["b"]) == 1
+    assert await catalog_queries.listed_models(conn, "r") == ["a", "b"]

@@ -64,10 +64,17 @@ WHERE router = $1 AND retired_at IS NULL AND last_seen < $2 AND NOT (model = ANY
 
 
 async def record_listing(
-    conn: Conn, router: str, seen: datetime, listed: Sequence[ListedModel], *, complete: bool
+    conn: Conn,
+    router: str,
+    seen: datetime,
+    listed: Sequence[ListedModel],
+    *,
+    complete: bool,
+    keep: Sequence[str] = (),
 ) -> int:
     """Record ``router``'s list as read at ``seen``; retire what it lacks only if ``complete``.
 
+    ``keep``: models never retired whatever the list says (those configured by hand).
     Returns how many models this write retired.
     """
     models = [m for m, _, _ in listed]
@@ -75,7 +82,7 @@ async def record_listing(
         await conn.execute(_UPSERT, router, seen, models, [i for _, i, _ in listed], [o for _, _, o in listed])
         if not complete:
             return 0
-        status = await conn.execute(_RETIRE, router, seen, models)
+        status = await conn.execute(_RETIRE, router, seen, [*models, *keep])
     return int(status.split()[-1])
 
 
