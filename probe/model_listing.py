@@ -187,7 +187,7 @@ def _per_mtok(value: object) -> float | None:
         return None
     try:
         per_token = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a JSON integer too large for a float
         return None
     per_mtok = per_token * 1_000_000
     # Negative is OpenRouter's "varies" (its auto router); NaN, inf and huge values are not prices.

@@ -145,9 +145,9 @@ class ModelDiscovery:
             return
         seen = datetime.now(UTC)
         try:
-            listing = await read_listing(
-                self._session, target.url, target.api_key, target.headers, self._config.timeouts.total
-            )
+            # Never longer than the refresh: a read that hangs must not make the next one wait.
+            timeout_s = min(self._config.timeouts.total, router.discover.refresh)
+            listing = await read_listing(self._session, target.url, target.api_key, target.headers, timeout_s)
         except ListingError as exc:
             self.listings[(name, "failed")] += 1
             kept = len(self.discovered.get(name, ()))

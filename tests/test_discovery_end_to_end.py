@@ -76,14 +76,28 @@ class Stack:
         self.sim.start()
         config = work / "probes.yaml"
         config.write_text(yaml.safe_dump(_config(), sort_keys=False))
-        argv = [*ROUTEWATCH, "run", "--config", str(config), "--data-dir", str(work / "data"), "--port", "0"]
-        env = clean_env(ROUTEWATCH_DATABASE_URL=dsn, ROUTEWATCH_ROUTER_URL=self.sim.base_url, ROUTEWATCH_API_KEY=KEY)
-        argv += ["--workers", "2"]
+        self._argv = [*ROUTEWATCH, "run", "--config", str(config), "--data-dir", str(work / "data"), "--port", "0"]
+        self._argv += ["--workers", "2"]
+        self._env = clean_env(
+            ROUTEWATCH_DATABASE_URL=dsn, ROUTEWATCH_ROUTER_URL=self.sim.base_url, ROUTEWATCH_API_KEY=KEY
+        )
+        self._work = work
         self.control(
             "PUT", "/v1/simulator/listing", {"page_size": PAGE_SIZE, "prices": {"disc/m0": ["0.0000025", "0.00001"]}}
         )
-        self.run = Process(argv, env, work / "run.log")
+        self.outputs: list[str] = []
+        self._start()
+
+    def _start(self) -> None:
+        self.run = Process(self._argv, self._env, self._work / f"run{len(self.outputs)}.log")
         self.api = self.run.wait_for(r"API:\s+(http://\S+)", timeout=90).group(1)
+
+    def restart(self) -> None:
+        """Stop ``routewatch run`` cleanly and start it again on the same database."""
+        code = self.run.stop(signal.SIGTERM, timeout=90)
+        self.outputs.append(self.run.output())
+        assert code == 0, self.outputs[-1][-3000:]
+        self._start()
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -118,7 +132,7 @@ class Stack:
     def close(self) -> tuple[int, str]:
         code = self.run.stop(signal.SIGTERM, timeout=90)
         self.sim.stop()
-        return code, self.run.output()
+        return code, "\n".join([*self.outputs, self.run.output()])
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -152,14 +166,15 @@ def test_discovered_models_are_probed_retired_brought_back_and_survive_a_malform
         "every discovered model has been probed",
         lambda: all(stack.requests_of(m) for m in DISCOVERED) and {m: stack.requests_of(m)[0] for m in DISCOVERED},
     )
+    wait_until("the configured model has been probed", lambda: stack.requests_of(CONFIGURED))
     served = {r["model"] for r in stack.served()}
     assert not served & set(LEFT_OUT), "an excluded or not included model was probed"
-    assert CONFIGURED in served
     pages = stack.control("GET", "/v1/simulator/listing")["served"]
     ids = [CONFIGURED, *DISCOVERED, *LEFT_OUT]  # the simulator lists them in this order
     cursors = [None, ids[2], ids[5], ids[8]]
     for cursor in cursors:
         assert sum(1 for p in pages if p["after"] == cursor) >= 2, f"page after {cursor} not read by both probers"
+    assert all(p["bearer"] for p in pages), "a list page was asked for without the router's key"
 
     # Spread, not a burst: the first probes of the 8 new models fall at their own phases in the interval.
     times = sorted(ns / 1e9 for ns in firsts.values())
@@ -233,3 +248,18 @@ def _retired_on(page: str, model: str) -> bool:
 def _text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as resp:
         return str(resp.read().decode())
+
+
+def test_a_restart_while_the_list_is_malformed_keeps_probing_the_models_found_before(stack: Stack) -> None:
+    wait_until("every discovered model has been probed", lambda: all(stack.requests_of(m) for m in DISCOVERED))
+    stack.control("PUT", "/v1/simulator/listing", {"raw_body": "<html>502 Bad Gateway</html>"})
+    stack.restart()
+    restarted = time.perf_counter_ns()
+    # From the catalog, before (and without) any good list.
+    wait_until(
+        "every discovered model is probed after the restart",
+        lambda: all(stack.requests_of(m, after_ns=restarted) for m in DISCOVERED),
+        timeout=2 * INTERVAL_S + 10,
+    )
+    assert "model list of router sim not used: the model list is not JSON" in stack.run.output()
+    assert not any(stack.requests_of(m, after_ns=restarted) for m in LEFT_OUT)

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from routewatch.probe.model_listing import MAX_PAGE_BYTES, ListedPrice, ListingError, read_listing
+from routewatch.probe.model_listing import MAX_LISTED, MAX_PAGE_BYTES, ListedPrice, ListingError, read_listing
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 
 pytestmark = pytest.mark.system
@@ -60,6 +60,7 @@ async def test_a_paged_list_is_followed_page_by_page_with_its_cursor(sim: Runnin
     assert listing.pages == 3
     truth = await _control(sim, "GET", "/simulator/listing")
     # What the simulator served, page by page: the reader asked for each page after the last one's id.
+    assert all(p["bearer"] for p in truth["served"]), "the key was not sent with every page"
     assert [(p["after"], p["ids"]) for p in truth["served"]] == [
         (None, MODELS[0:3]),
         (MODELS[2], MODELS[3:6]),
@@ -127,10 +128,12 @@ async def test_ids_that_are_not_usable_as_they_are_are_skipped_and_counted(sim: 
         {"id": 42},
         "not an object",
         {"id": "ok/other", "pricing": {"prompt": "nan", "completion": "1e308"}},
+        {"id": "ok/third", "pricing": {"prompt": "PLACEHOLDER", "completion": True}},
     ]
-    await _control(sim, "PUT", "/simulator/listing", {"raw_body": json.dumps({"object": "list", "data": data})})
+    raw = json.dumps({"object": "list", "data": data}).replace('"PLACEHOLDER"', "1" + "0" * 400)
+    await _control(sim, "PUT", "/simulator/listing", {"raw_body": raw})
     listing = await _read(sim)
-    assert listing.models == {"ok/model": None, "ok/other": None}
+    assert listing.models == {"ok/model": None, "ok/other": None, "ok/third": None}
     assert listing.skipped == 6
 
 
@@ -138,3 +141,11 @@ async def test_a_page_just_within_the_size_bound_is_read(sim: RunningSimulator) 
     head = '{"data": [{"id": "a"}]}'
     await _control(sim, "PUT", "/simulator/listing", {"raw_body": head, "pad_bytes": MAX_PAGE_BYTES - len(head)})
     assert list((await _read(sim)).models) == ["a"]
+
+
+async def test_a_list_longer_than_the_bound_is_cut_and_marked_truncated(sim: RunningSimulator) -> None:
+    data = [{"id": f"m/{i:06d}"} for i in range(MAX_LISTED + 5)]
+    await _control(sim, "PUT", "/simulator/listing", {"raw_body": json.dumps({"object": "list", "data": data})})
+    listing = await _read(sim)
+    assert listing.truncated and len(listing.models) == MAX_LISTED
+    assert list(listing.models)[-1] == f"m/{MAX_LISTED - 1:06d}"

@@ -41,6 +41,7 @@ class ServedPage:
     after: str | None
     ids: list[str]
     raw: bool  # the raw body was served instead of a list
+    bearer: bool  # the request carried an "Authorization: Bearer ..." header (the key itself is not kept)
 
 
 @dataclass
@@ -85,7 +86,7 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
     async def list_models(request: web.Request) -> web.StreamResponse:
         listing = request.app[LISTING]
         if listing.raw_body is not None:
-            listing.served.append(ServedPage(time.perf_counter_ns(), None, [], raw=True))
+            listing.served.append(ServedPage(time.perf_counter_ns(), None, [], raw=True, bearer=_bearer(request)))
             # Streamed: a raw body may be many megabytes (a list past the reader's bound).
             raw = web.StreamResponse(headers={"Content-Type": "application/json"})
             await raw.prepare(request)
@@ -100,7 +101,7 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
             ids, more = listing.page(list(profiles), after, limit)
         except ApiError as exc:
             return exc.response({})
-        listing.served.append(ServedPage(time.perf_counter_ns(), after, ids, raw=False))
+        listing.served.append(ServedPage(time.perf_counter_ns(), after, ids, raw=False, bearer=_bearer(request)))
         body: dict[str, Any] = {"object": "list", "data": [listing.entry(profiles[m]) for m in ids]}
         if listing.page_size is not None or limit is not None:
             body.update(has_more=more, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None)
@@ -147,7 +148,9 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
     async def listing_truth(request: web.Request) -> web.Response:
         """GET /v1/simulator/listing: the models listed now and every list request answered."""
         listing = request.app[LISTING]
-        served = [{"at_ns": p.at_ns, "after": p.after, "ids": p.ids, "raw": p.raw} for p in listing.served]
+        served = [
+            {"at_ns": p.at_ns, "after": p.after, "ids": p.ids, "raw": p.raw, "bearer": p.bearer} for p in listing.served
+        ]
         return web.json_response({"models": list(profiles), "served": served})
 
     app.router.add_get("/v1/models", list_models)
@@ -155,6 +158,10 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
     app.router.add_delete(r"/v1/simulator/models/{id:.+}", remove_model)
     app.router.add_put("/v1/simulator/listing", set_listing)
     app.router.add_get("/v1/simulator/listing", listing_truth)
+
+
+def _bearer(request: web.Request) -> bool:
+    return request.headers.get("Authorization", "").startswith("Bearer ")
 
 
 def _limit(value: str | None) -> int | None:
