@@ -79,7 +79,7 @@ async def read_listing(
     headers: Mapping[str, str],
     timeout_s: float,
 ) -> Listing:
-    """Every page of the router's model list, within the bounds above.
+    """Every page of the router's model list, within the bounds above and ``timeout_s`` for all of it.
 
     :raises ListingError: the list cannot be read or is malformed.
     """
@@ -92,16 +92,20 @@ async def read_listing(
     listing = Listing()
     url: str | None = first
     cursors: set[str] = set()
-    while url is not None:
-        if listing.pages >= MAX_PAGES:
-            listing.truncated = True
-            break
-        page = await _get_page(session, url, send, timeout_s, secrets)
-        listing.pages += 1
-        last_id = _take_entries(page, listing)
-        if listing.truncated:
-            break
-        url = _next_url(page, first, origin, last_id, cursors)
+    try:
+        async with asyncio.timeout(timeout_s):  # the whole list, however many pages
+            while url is not None:
+                if listing.pages >= MAX_PAGES:
+                    listing.truncated = True
+                    break
+                page = await _get_page(session, url, send, secrets)
+                listing.pages += 1
+                last_id = _take_entries(page, listing)
+                if listing.truncated:
+                    break
+                url = _next_url(page, first, origin, last_id, cursors)
+    except TimeoutError:
+        raise ListingError(f"the model list was not read within {timeout_s:g} s ({listing.pages} pages)") from None
     if not listing.models:
         # A router serves at least one model: an empty list is a fault of the router, not every model gone.
         raise ListingError(f"the model list names no usable model ({listing.skipped} entries skipped)")
@@ -109,16 +113,14 @@ async def read_listing(
 
 
 async def _get_page(
-    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], timeout_s: float, secrets: list[str]
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], secrets: list[str]
 ) -> dict[str, Any]:
     try:
-        async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
-        ) as resp:
+        async with session.get(url, headers=headers, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise ListingError(f"GET /models answered HTTP {resp.status}")
             body = await _body_within(resp, MAX_PAGE_BYTES)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (aiohttp.ClientError, ValueError) as exc:
         reason = redact(f"{exc.__class__.__name__}: {exc}", secrets, max_chars=200)
         raise ListingError(f"GET /models failed: {reason}") from None
     if body is None:

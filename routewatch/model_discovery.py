@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 
@@ -91,6 +91,10 @@ class ModelDiscovery:
 
     async def stop(self) -> None:
         """No more reads; one under way is abandoned."""
+        self._scheduler.pause()
+        # A job submitted just before the pause has a task that has not run yet: let it start
+        # (and find itself cancelled quietly) rather than be cancelled before its first step.
+        await asyncio.sleep(0)
         self._scheduler.shutdown(wait=False)
         await asyncio.sleep(0)
 
@@ -135,10 +139,19 @@ class ModelDiscovery:
             )
             return
         if self.discovered:
+            found = sum(len(models) for models in self.discovered.values())
+            log.info("probing the %d discovered models the catalog lists until the routers' lists are read", found)
             await self._apply(self)
 
     async def refresh(self, name: str) -> None:
         """Read router ``name``'s list once; on success probe what it selects, else keep the last good set."""
+        try:
+            await self._refresh(name)
+        except asyncio.CancelledError:
+            # The job's own task, cancelled by the scheduler's shutdown: nothing awaits it.
+            log.debug("model list read of router %s abandoned at shutdown", name)
+
+    async def _refresh(self, name: str) -> None:
         router = next((r for r in discovering(self._config) if r.name == name), None)
         target = self._routers.get(name)
         if router is None or router.discover is None or target is None:
@@ -161,12 +174,15 @@ class ModelDiscovery:
         self.over_cap[name] = selection.over_cap
         self._note(name, listing, selection.over_cap)
         await self._record(name, seen, listing, router.models)
-        if selection.models != self.discovered.get(name, ()):
-            before = set(self.discovered.get(name, ()))
-            self.discovered[name] = selection.models
-            added = len(set(selection.models) - before)
-            gone = len(before - set(selection.models))
-            log.info("router %s lists %d models to probe: %d new, %d gone", name, len(selection.models), added, gone)
+        before = self.discovered.get(name, ())
+        chosen = selection.models
+        if listing.truncated:  # what was cut off may still be there: nothing is dropped
+            chosen = select_models({*chosen, *before}, router.discover, router.models).models
+        if chosen != before:
+            self.discovered[name] = chosen
+            added = len(set(chosen) - set(before))
+            gone = len(set(before) - set(chosen))
+            log.info("router %s lists %d models to probe: %d new, %d gone", name, len(chosen), added, gone)
             with suppress(RuntimeError):  # the probe schedule has stopped: shutting down
                 await self._apply(self)
 
@@ -202,11 +218,6 @@ class ModelDiscovery:
         except DATABASE_ERRORS as exc:
             # The probes follow the list all the same; the catalog catches up at the next read.
             log.warning("model list of router %s not recorded in the catalog: %s", name, type(exc).__name__)
-
-
-def discovered_view(discovery: ModelDiscovery | None) -> Mapping[str, Sequence[str]]:
-    """The discovered models by router, for ``targets.plan`` (none without discovery)."""
-    return discovery.discovered if discovery is not None else {}
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ with the ids each page held, the ground truth for what a prober could have read.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class ModelListing:
     prices: dict[str, ListingPrice] = field(default_factory=dict)
     raw_body: bytes | None = None  # served as it is instead of the list (a malformed list)
     pad_bytes: int = 0  # white space after the raw body: a page of any size without sending it here
+    delay_s: float = 0.0  # wait this long before answering (a slow router)
     served: list[ServedPage] = field(default_factory=list)
 
     def page(self, models: list[str], after: str | None, limit: int | None) -> tuple[list[str], bool]:
@@ -85,6 +87,8 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
 
     async def list_models(request: web.Request) -> web.StreamResponse:
         listing = request.app[LISTING]
+        if listing.delay_s > 0:
+            await asyncio.sleep(listing.delay_s)
         if listing.raw_body is not None:
             listing.served.append(ServedPage(time.perf_counter_ns(), None, [], raw=True, bearer=_bearer(request)))
             # Streamed: a raw body may be many megabytes (a list past the reader's bound).
@@ -128,7 +132,7 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
 
     async def set_listing(request: web.Request) -> web.Response:
         """PUT /v1/simulator/listing: ``page_size``, ``prices`` ({id: [prompt, completion]}), ``raw_body``
-        and ``pad_bytes`` (white space after the raw body)."""
+        ``pad_bytes`` (white space after the raw body) and ``delay_s`` (before each answer)."""
         listing = request.app[LISTING]
         try:
             body = await request.json()
@@ -139,6 +143,8 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
             if "raw_body" in body:
                 raw = body["raw_body"]
                 listing.raw_body = None if raw is None else str(raw).encode("utf-8", "surrogatepass")
+            if "delay_s" in body:
+                listing.delay_s = max(0.0, float(body["delay_s"]))
             if "pad_bytes" in body:
                 listing.pad_bytes = max(0, int(body["pad_bytes"]))
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:

@@ -1,0 +1,108 @@
+"""One prober's discovery against the real simulator on loopback, driven read by read:
+what it probes after a good, a malformed and a truncated list, and what its ``/metrics`` says."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
+
+from routewatch.config import parse_config
+from routewatch.model_discovery import ModelDiscovery, discovery_families
+from routewatch.probe.model_listing import MAX_LISTED, ListingError, read_listing
+from routewatch.probe.targets import plan
+from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+
+pytestmark = pytest.mark.system
+
+MODELS = ["a/one", "a/two", "a/skip-three", "b/four"]
+CONFIG = """routers:
+  - name: sim
+    base_url: {url}
+    models: [b/four]
+    discover: {{include: ["a/*", "b/*"], exclude: ["*/skip-*"], refresh: 1h}}
+prompts:
+  - name: p
+    messages: [{{role: user, content: hi}}]
+"""
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[RunningSimulator]:
+    running = await start_simulator(
+        [ModelProfile(model=m, provider="P", ttft_median_ms=5, tokens_per_s=500, output_tokens=2) for m in MODELS]
+    )
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def _control(sim: RunningSimulator, path: str, body: Any) -> None:
+    async with aiohttp.ClientSession() as session, session.put(sim.base_url + path, json=body) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+class _Families(Collector):
+    def __init__(self, discovery: ModelDiscovery) -> None:
+        self._discovery = discovery
+
+    def collect(self) -> Any:
+        return discovery_families(self._discovery)
+
+
+def _metrics(discovery: ModelDiscovery) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(discovery))
+    return generate_latest(registry).decode()
+
+
+async def test_good_malformed_and_truncated_lists(sim: RunningSimulator) -> None:
+    config = parse_config(CONFIG.format(url=sim.base_url), "probes.yaml")
+    _, routers = plan(config, {})
+    applied: list[dict[str, tuple[str, ...]]] = []
+
+    async def apply(found: ModelDiscovery) -> None:
+        applied.append(dict(found.discovered))
+
+    async with aiohttp.ClientSession() as session:
+        discovery = ModelDiscovery(config, routers, session, apply)
+        await discovery.refresh("sim")
+        assert discovery.discovered == {"sim": ("a/one", "a/two")}  # b/four is configured, a/skip-three excluded
+        assert applied == [{"sim": ("a/one", "a/two")}]
+        series, _ = plan(config, {}, discovered=discovery.discovered)
+        assert sorted(s.key for s in series) == ["sim|a/one|p", "sim|a/two|p", "sim|b/four|p"]
+
+        # The same list again: nothing to re-plan.
+        await discovery.refresh("sim")
+        assert len(applied) == 1
+
+        # A malformed list: the set stays, the failure is counted.
+        await _control(sim, "/simulator/listing", {"raw_body": '{"data": 12}'})
+        await discovery.refresh("sim")
+        assert discovery.discovered == {"sim": ("a/one", "a/two")} and len(applied) == 1
+
+        # A list cut at its bound adds what it has and drops nothing it may have cut off.
+        data = [{"id": f"b/{i:06d}"} for i in range(MAX_LISTED + 1)]
+        await _control(sim, "/simulator/listing", {"raw_body": json.dumps({"data": data})})
+        await discovery.refresh("sim")
+        found = discovery.discovered["sim"]
+        assert found[:3] == ("a/one", "a/two", "b/000000") and len(found) == config.routers[0].discover.max_models
+        assert discovery.over_cap["sim"] == MAX_LISTED - config.routers[0].discover.max_models
+
+    text = _metrics(discovery)
+    assert 'routewatch_discovery_listings_total{outcome="ok",router="sim"} 3.0' in text
+    assert 'routewatch_discovery_listings_total{outcome="failed",router="sim"} 1.0' in text
+    assert 'routewatch_discovery_models{router="sim"} 500.0' in text
+
+
+async def test_a_list_slower_than_the_limit_is_a_failure_within_the_limit(sim: RunningSimulator) -> None:
+    await _control(sim, "/simulator/listing", {"delay_s": 5, "page_size": 1})
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ListingError, match=r"not read within 0\.3 s"):
+            await read_listing(session, sim.base_url, None, {}, 0.3)
