@@ -95,10 +95,18 @@ async def test_good_malformed_and_truncated_lists(sim: RunningSimulator) -> None
         assert found[:3] == ("a/one", "a/two", "b/000000") and len(found) == config.routers[0].discover.max_models
         assert discovery.over_cap["sim"] == MAX_LISTED - config.routers[0].discover.max_models
 
+        # A reload with new globs: the next read (at once) selects with them.
+        narrower = parse_config(CONFIG.format(url=sim.base_url).replace('"b/*"', '"c/*"'), "probes.yaml")
+        await _control(sim, "/simulator/listing", {"raw_body": None})
+        discovery.reconfigure(narrower, plan(narrower, {})[1])
+        await discovery.refresh("sim")
+        assert discovery.discovered == {"sim": ("a/one", "a/two")}
+        assert applied[-1] == {"sim": ("a/one", "a/two")}
+
     text = _metrics(discovery)
-    assert 'routewatch_discovery_listings_total{outcome="ok",router="sim"} 3.0' in text
+    assert 'routewatch_discovery_listings_total{outcome="ok",router="sim"} 4.0' in text
     assert 'routewatch_discovery_listings_total{outcome="failed",router="sim"} 1.0' in text
-    assert 'routewatch_discovery_models{router="sim"} 500.0' in text
+    assert 'routewatch_discovery_models{router="sim"} 2.0' in text
 
 
 async def test_a_list_slower_than_the_limit_is_a_failure_within_the_limit(sim: RunningSimulator) -> None:
