@@ -290,11 +290,11 @@ class Aggregator:
                 now = await self._now(conn)
                 await self._sliding.follow(conn, now)
                 cells = self._sliding.stats()
-            catalog = {(row.router, row.model): row for row in await catalog_queries.read_catalog(conn)}
+            seen: list[SeriesKey] = list(self._configured)
+            others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
+            seen.extend(others)
+            catalog = {(row.router, row.model): row for row in await catalog_queries.read_catalog(conn, seen)}
             laps.lap("windows")
-        seen: list[SeriesKey] = list(self._configured)
-        others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
-        seen.extend(others)
         stats = {
             name: _window_stats(name, now, seconds, cells.get(name, {}), seen)
             for name, seconds in self._windows.items()

@@ -3,12 +3,14 @@ the planned series, and the model catalog's writes in any order (the test databa
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from routewatch.config import ConfigError, DiscoverConfig, parse_config
+from routewatch.probe.model_listing import MAX_LISTED
 from routewatch.probe.model_selection import select_models
 from routewatch.probe.targets import plan
 from routewatch.storage import catalog_queries
@@ -144,3 +146,36 @@ async def test_catalog_retires_and_brings_back_models_in_the_order_lists_were_re
     t4 = T0 + timedelta(minutes=4)
     assert await catalog_queries.record_listing(conn, "r", t4, [("a", None, None)], complete=True, keep=["b"]) == 1
     assert await catalog_queries.listed_models(conn, "r") == ["a", "b"]
+
+
+@pytest.mark.db
+async def test_a_list_of_the_largest_size_read_is_recorded_and_read_back_in_bounded_time(
+    conn: asyncpg.Connection,
+) -> None:
+    await migrate(conn)
+    listed = [(f"vendor/model-{i:05d}", 0.5, 1.5) for i in range(MAX_LISTED)]
+    took: dict[str, float] = {}
+    started = time.perf_counter()
+    await catalog_queries.record_listing(conn, "big", T0, listed, complete=True)
+    took["first write"] = time.perf_counter() - started
+    started = time.perf_counter()
+    await catalog_queries.record_listing(conn, "big", T0 + timedelta(hours=1), listed, complete=True)
+    took["same list again"] = time.perf_counter() - started
+    started = time.perf_counter()
+    retired = await catalog_queries.record_listing(
+        conn, "big", T0 + timedelta(hours=2), listed[: MAX_LISTED // 2], complete=True
+    )
+    took["half gone"] = time.perf_counter() - started
+    rows = await catalog_queries.read_catalog(conn)
+    # The aggregator reads the rows of the models it publishes: at most discover.max_models of this router.
+    published = [("big", model) for model, _, _ in listed[:: MAX_LISTED // 500]]
+    started = time.perf_counter()
+    read = await catalog_queries.read_catalog(conn, published)
+    took["aggregator's read of 500"] = time.perf_counter() - started
+    assert [(row.router, row.model) for row in read] == sorted(published)
+    print(
+        "\n" + ", ".join(f"{what} {seconds * 1000:.0f} ms" for what, seconds in took.items()), f"({MAX_LISTED} models)"
+    )
+    assert retired == MAX_LISTED // 2 and len(rows) == MAX_LISTED
+    assert sum(1 for row in rows if row.retired_at is not None) == MAX_LISTED // 2
+    assert max(took.values()) < 10.0

@@ -86,12 +86,24 @@ async def record_listing(
     return int(status.split()[-1])
 
 
-async def read_catalog(conn: Conn) -> list[CatalogRow]:
-    """Every model of every router's catalog."""
-    rows = await conn.fetch(
-        f"SELECT router, model, first_seen, last_seen, retired_at, input_usd_per_mtok, output_usd_per_mtok "
-        f"FROM {MODEL_CATALOG} ORDER BY router, model"
-    )
+_COLUMNS = "c.router, c.model, c.first_seen, c.last_seen, c.retired_at, c.input_usd_per_mtok, c.output_usd_per_mtok"
+
+
+async def read_catalog(conn: Conn, keys: Sequence[tuple[str, str]] | None = None) -> list[CatalogRow]:
+    """The catalog's rows of the (router, model) ``keys``, or every row; by router and model.
+
+    The aggregator asks for the models it publishes: a router may list thousands more.
+    """
+    if keys is None:
+        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM {MODEL_CATALOG} AS c ORDER BY c.router, c.model")
+    else:
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM {MODEL_CATALOG} AS c "
+            "JOIN unnest($1::text[], $2::text[]) AS k(router, model) USING (router, model) "
+            "ORDER BY c.router, c.model",
+            [router for router, _ in keys],
+            [model for _, model in keys],
+        )
     return [CatalogRow(*row) for row in rows]
 
 
