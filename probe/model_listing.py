@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.scanner
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,12 +99,15 @@ async def read_listing(
                 if listing.pages >= MAX_PAGES:
                     listing.truncated = True
                     break
-                page = await _get_page(session, url, send, secrets)
+                body = await _get_page(session, url, send, secrets)
+                # Decoding and checking thousands of entries takes hundreds of milliseconds:
+                # in a thread that lets the event loop, which times the probes, run meanwhile.
+                page = await asyncio.to_thread(decode_page, body)
                 listing.pages += 1
-                last_id = _take_entries(page, listing)
+                _take_entries(page, listing)
                 if listing.truncated:
                     break
-                url = _next_url(page, first, origin, last_id, cursors)
+                url = _next_url(page, first, origin, cursors)
     except TimeoutError:
         raise ListingError(f"the model list was not read within {timeout_s:g} s ({listing.pages} pages)") from None
     if not listing.models:
@@ -112,9 +116,7 @@ async def read_listing(
     return listing
 
 
-async def _get_page(
-    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], secrets: list[str]
-) -> dict[str, Any]:
+async def _get_page(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], secrets: list[str]) -> bytes:
     try:
         async with session.get(url, headers=headers, allow_redirects=False) as resp:
             if resp.status != 200:
@@ -125,14 +127,60 @@ async def _get_page(
         raise ListingError(f"GET /models failed: {reason}") from None
     if body is None:
         raise ListingError(f"a page of the model list is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MiB")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a model list, decoded and checked."""
+
+    entries: list[tuple[str | None, ListedPrice | None]]  # (usable id, or None: skipped; its price)
+    last_raw_id: str | None  # the last entry's id as sent, for a cursor
+    has_more: bool
+    last_id: str | None  # the page's own cursor, if it gives one
+    next_link: str | None
+
+
+# Past this size a page is decoded by json's pure-Python scanner: the C one holds the GIL for the whole
+# page (about 100 ms for 20,000 entries), which would stall the event loop even from another thread.
+_C_DECODE_BYTES = 256 * 1024
+
+
+def _loads(body: bytes) -> Any:
+    if len(body) <= _C_DECODE_BYTES:
+        return json.loads(body)
+    decoder = json.JSONDecoder()
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder.decode(body.decode("utf-8"))
+
+
+def decode_page(body: bytes) -> Page:
+    """A page's JSON as a :class:`Page`; pure, so that it can run in a thread.
+
+    :raises ListingError: not JSON, or not an object with a ``data`` array.
+    """
     try:
-        # A big list takes tens of milliseconds to decode: off the loop, which times the probes.
-        page = json.loads(body) if len(body) < 65_536 else await asyncio.to_thread(json.loads, body)
+        page = _loads(body)
     except (ValueError, RecursionError):
         raise ListingError("the model list is not JSON") from None
     if not isinstance(page, dict) or not isinstance(page.get("data"), list):
         raise ListingError('the model list is not an object with a "data" array')
-    return page
+    entries: list[tuple[str | None, ListedPrice | None]] = []
+    last_raw: str | None = None
+    for entry in page["data"]:
+        raw = entry.get("id") if isinstance(entry, dict) else None
+        last_raw = raw if isinstance(raw, str) else last_raw
+        model = usable_id(raw)
+        entries.append((model, listed_price(entry.get("pricing")) if model is not None else None))
+    given = page.get("last_id")
+    link = page.get("next")
+    return Page(
+        entries,
+        last_raw,
+        page.get("has_more") is True,
+        given if isinstance(given, str) and given else None,
+        link if isinstance(link, str) and link else None,
+    )
 
 
 async def _body_within(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
@@ -147,23 +195,18 @@ async def _body_within(resp: aiohttp.ClientResponse, limit: int) -> bytes | None
     return b"".join(parts)
 
 
-def _take_entries(page: Mapping[str, Any], listing: Listing) -> str | None:
-    """Add the page's models to ``listing``; the raw id of its last entry (a cursor), if any."""
-    last: str | None = None
-    for entry in page["data"]:
-        raw = entry.get("id") if isinstance(entry, dict) else None
-        last = raw if isinstance(raw, str) else last
-        model = usable_id(raw)
+def _take_entries(page: Page, listing: Listing) -> None:
+    """Add the page's models to ``listing``, up to :data:`MAX_LISTED`."""
+    for model, price in page.entries:
         if model is None:
             listing.skipped += 1
+        elif model in listing.models:
             continue
-        if model in listing.models:
-            continue
-        if len(listing.models) >= MAX_LISTED:
+        elif len(listing.models) >= MAX_LISTED:
             listing.truncated = True
-            break
-        listing.models[model] = listed_price(entry.get("pricing"))
-    return last
+            return
+        else:
+            listing.models[model] = price
 
 
 def usable_id(raw: object) -> str | None:
@@ -203,19 +246,15 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
-def _next_url(
-    page: Mapping[str, Any], first: str, origin: tuple[str, str, int | None], last_id: str | None, seen: set[str]
-) -> str | None:
+def _next_url(page: Page, first: str, origin: tuple[str, str, int | None], seen: set[str]) -> str | None:
     """The next page's URL, or None on the last page."""
-    link = page.get("next")
-    if isinstance(link, str) and link:
-        target = urljoin(first, link)
+    if page.next_link is not None:
+        target = urljoin(first, page.next_link)
         if _origin(target) != origin:
             raise ListingError("the model list's next link leaves the router's origin; not followed")
         cursor = target
-    elif page.get("has_more") is True:
-        given = page.get("last_id")
-        after = given if isinstance(given, str) and given else last_id
+    elif page.has_more:
+        after = page.last_id or page.last_raw_id
         if after is None:
             raise ListingError("the model list says has_more but gives no cursor (last_id)")
         cursor = f"{first}?{urlencode({'after': after})}"
