@@ -46,7 +46,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from routewatch.config import Config, ConfigError, load_config
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
-from routewatch.model_discovery import ModelDiscovery, running_discovery
+from routewatch.model_discovery import ModelDiscovery, discovering, running_discovery
 from routewatch.parts import (
     Database,
     DatabaseUnavailable,
@@ -365,6 +365,12 @@ def _banner(opts: ProbeOptions, routers: list[RouterPlan], n_series: int, where:
     for r in routers:
         key = " (router simulator)" if r.simulated else f", key from ${r.key_env}" if r.key_env else ", no API key"
         lines.append(f"  router:   {r.name} → {r.url}{key}")
+    for router in discovering(opts.config):
+        assert router.discover is not None
+        lines.append(
+            f"  discover: {router.name}'s model list every {router.discover.refresh:g}s "
+            f"(include {', '.join(router.discover.include)}; at most {router.discover.max_models})"
+        )
     lines += [
         f"  region:   {opts.config.region}",
         f"  probing:  {n_series} series every {schedule.interval:g}s, each at a fixed phase, at most"

@@ -210,6 +210,8 @@ def test_discovered_models_are_probed_retired_brought_back_and_survive_a_malform
     assert all(stack.requests_of(m, after_ns=mark) for m in DISCOVERED[:-1]), "the models still listed stopped"
     entry = wait_until("the API marks disc/m7 retired", lambda: (e := stack.listed(gone)) and e["retired"] and e)
     assert entry["retired_at"] is not None and entry["stats"]["samples"]["attempted"] >= 1
+    shown = {k: entry[k] for k in ("id", "router", "state", "retired", "retired_at")}
+    print(f"/v1/models entry of the retired model: {json.dumps(shown)}, samples {entry['stats']['samples']}")
     assert stack.listed("disc/m0")["retired"] is False and stack.listed(CONFIGURED)["retired"] is False
     page = wait_until(
         "the status page marks disc/m7 retired", lambda: (p := stack.get("/status")) and _retired_on(p, gone) and p
