@@ -182,15 +182,16 @@ async def _probe(
                 reason = redact(f"{exc.__class__.__name__}: {exc}", [database.dsn])
                 raise DatabaseUnavailable(f"cannot join the region's probers in {database.label}: {reason}") from None
             where = _sharing(database.label, report.mode, coordinator)
+        replan = _Replanner(opts, settings, schedule)
         discovery = await stack.start(
             "discovery",
-            running_discovery(config, routers, partial(_replan, opts, settings, schedule), pool),
+            running_discovery(config, routers, replan, pool),
         )
         status = partial(report_status, prober, writer, lag, stop)
         await stack.start("status reporter", supervisor.running("status reporter", status))
         view = ProberParts(prober, writer, lag, schedule, coordinator, discovery)
         metrics = await stack.start("metrics", metrics_endpoint(view, opts.metrics_host, opts.metrics_port))
-        await stack.start("reload", _reloading_on_hangup(opts, settings, schedule, discovery))
+        await stack.start("reload", _reloading_on_hangup(opts, settings, schedule, discovery, replan))
         stack.enter_context(frozen_heap())
         refreeze = partial(refreeze_heap, lambda: schedule.scheduled)
         await stack.start("heap", supervisor.running("heap freezer", refreeze))
@@ -225,29 +226,48 @@ async def _phased_schedule(config: Config, series: list[Series], prober: Prober)
         await schedule.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
 
 
-async def _replan(opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, found: ModelDiscovery) -> None:
-    """Probe the configured series and those of the models discovery found now (a router's list changed)."""
-    series, _ = plan(
-        found.config,
-        settings.router_keys,
-        opts.simulator_url,
-        router_url=settings.router_url,
-        discovered=found.discovered,
-    )
-    if not schedule.stopped:
-        await schedule.replace(series, found.config.schedule.interval)
+class _Replanner:
+    """Puts the configured and discovered series into the schedule: after a model list changed, and
+    after a reload. One at a time, each planned from the state at its turn, so that a reload and a
+    list read meeting never leave the older plan in place."""
+
+    def __init__(self, opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule) -> None:
+        self._opts = opts
+        self._settings = settings
+        self._schedule = schedule
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, found: ModelDiscovery) -> None:
+        """Probe the configured series and those of the models ``found`` has now."""
+        async with self._lock:
+            if self._schedule.stopped:
+                return
+            series, _ = plan(
+                found.config,
+                self._settings.router_keys,
+                self._opts.simulator_url,
+                router_url=self._settings.router_url,
+                discovered=found.discovered,
+            )
+            await self._schedule.replace(series, found.config.schedule.interval)
 
 
 class _Reloader:
     """Re-reads the configuration file on SIGHUP and applies to the schedule what can change live."""
 
     def __init__(
-        self, opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, discovery: ModelDiscovery
+        self,
+        opts: ProbeOptions,
+        settings: Settings,
+        schedule: PhasedSchedule,
+        discovery: ModelDiscovery,
+        replan: _Replanner,
     ) -> None:
         self._opts = opts
         self._settings = settings
         self._schedule = schedule
         self._discovery = discovery
+        self._replan = replan
         self._config = opts.config  # as last applied
         self._task: asyncio.Task[None] | None = None
         self._again = False  # a SIGHUP came while a reload ran: read the file once more after it
@@ -272,13 +292,7 @@ class _Reloader:
         try:
             # A file read and a YAML parse: off the event loop, which times probes.
             new = await asyncio.to_thread(load_config, path)
-            series, routers = plan(
-                new,
-                settings.router_keys,
-                self._opts.simulator_url,
-                router_url=settings.router_url,
-                discovered=self._discovery.discovered,
-            )
+            _, routers = plan(new, settings.router_keys, self._opts.simulator_url, router_url=settings.router_url)
         except ConfigError as exc:
             log.warning(
                 "config reload rejected: %s has %d problem(s); running configuration kept", path, len(exc.issues)
@@ -290,8 +304,9 @@ class _Reloader:
         if self._schedule.stopped:
             return
         before = len(self._schedule.series), self._schedule.interval_s
-        await self._schedule.replace(series, new.schedule.interval)
+        # Discovery first: a list read re-planning from here on plans with the new file.
         self._discovery.reconfigure(new, routers)
+        await self._replan(self._discovery)
         self._schedule.prober.retune(new.timeouts, new.schedule.max_loop_lag)
         self._config = new
         started = self._opts.config
@@ -308,7 +323,7 @@ class _Reloader:
         log.info(
             "config reload of %s: probing %d series every %g s (was %d every %g s)%s",
             path,
-            len(series),
+            len(self._schedule.series),
             new.schedule.interval,
             *before,
             f"; {', '.join(pending)} changed: take effect at the next restart" if pending else "",
@@ -324,11 +339,11 @@ class _Reloader:
 
 @asynccontextmanager
 async def _reloading_on_hangup(
-    opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, discovery: ModelDiscovery
+    opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, discovery: ModelDiscovery, replan: _Replanner
 ) -> AsyncIterator[None]:
     """SIGHUP re-reads the configuration file while open."""
     loop = asyncio.get_running_loop()
-    reloader = _Reloader(opts, settings, schedule, discovery)
+    reloader = _Reloader(opts, settings, schedule, discovery, replan)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
     try:
         yield

@@ -37,6 +37,7 @@ LEFT_OUT = ["disc/skip-x", "other/y"]  # excluded by a glob; not included by any
 CONFIGURED = "fixed/one"
 PAGE_SIZE = 3  # 11 models: 4 pages
 KEY = f"sk-DISCOVERYSENTINEL{secrets.token_hex(12)}"
+ADMIN_TOKEN = secrets.token_hex(16)
 
 
 def _profile(model: str) -> dict[str, Any]:
@@ -74,12 +75,15 @@ class Stack:
         profiles.write_text(yaml.safe_dump([_profile(m) for m in [CONFIGURED, *DISCOVERED, *LEFT_OUT]]))
         self.sim = SimulatorProcess(profiles)
         self.sim.start()
-        config = work / "probes.yaml"
+        self.config = config = work / "probes.yaml"
         config.write_text(yaml.safe_dump(_config(), sort_keys=False))
         self._argv = [*ROUTEWATCH, "run", "--config", str(config), "--data-dir", str(work / "data"), "--port", "0"]
         self._argv += ["--workers", "2"]
         self._env = clean_env(
-            ROUTEWATCH_DATABASE_URL=dsn, ROUTEWATCH_ROUTER_URL=self.sim.base_url, ROUTEWATCH_API_KEY=KEY
+            ROUTEWATCH_DATABASE_URL=dsn,
+            ROUTEWATCH_ROUTER_URL=self.sim.base_url,
+            ROUTEWATCH_API_KEY=KEY,
+            ROUTEWATCH_ADMIN_TOKEN=ADMIN_TOKEN,
         )
         self._work = work
         self.control(
@@ -91,6 +95,14 @@ class Stack:
     def _start(self) -> None:
         self.run = Process(self._argv, self._env, self._work / f"run{len(self.outputs)}.log")
         self.api = self.run.wait_for(r"API:\s+(http://\S+)", timeout=90).group(1)
+
+    def reload(self, config: dict[str, Any]) -> Any:
+        """Write ``config`` to the file and ask ``routewatch run`` to re-read it (its workers do, on SIGHUP)."""
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        request = urllib.request.Request(self.api + "/v1/config/reload", method="POST", headers=auth)
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return strict_json(resp.read())
 
     def restart(self) -> None:
         """Stop ``routewatch run`` cleanly and start it again on the same database."""
@@ -265,3 +277,19 @@ def test_a_restart_while_the_list_is_malformed_keeps_probing_the_models_found_be
     )
     assert "model list of router sim not used: the model list is not JSON" in stack.run.output()
     assert not any(stack.requests_of(m, after_ns=restarted) for m in LEFT_OUT)
+
+    # A reload with narrower globs: the models they leave out stop being probed (the list is fine again).
+    stack.control("PUT", "/v1/simulator/listing", {"raw_body": None})
+    narrower = _config()
+    narrower["routers"][0]["discover"]["exclude"] = ["disc/skip-*", "disc/m[0-3]"]
+    answer = stack.reload(narrower)
+    assert answer["applied"] and "routers[].discover: changed" in answer["changes"], answer
+    wait_until(
+        "both workers applied the reload",
+        lambda: len(re.findall(r"worker-\d INFO routewatch: config reload of", stack.run.output())) >= 2,
+    )
+    time.sleep(REFRESH_S + 0.5)  # the list read the reload asks for
+    mark = time.perf_counter_ns()
+    time.sleep(INTERVAL_S + 1)
+    assert not any(stack.requests_of(m, after_ns=mark) for m in DISCOVERED[:4]), "excluded models still probed"
+    assert all(stack.requests_of(m, after_ns=mark) for m in DISCOVERED[4:]), "included models stopped"
