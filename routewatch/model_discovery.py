@@ -220,6 +220,30 @@ class ModelDiscovery:
             log.warning("model list of router %s not recorded in the catalog: %s", name, type(exc).__name__)
 
 
+async def discover_once(config: Config, routers: Sequence[RouterPlan]) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    """Read each discovering router's list once (``routewatch once``): the models to probe by router,
+    and one line per router saying what was found or why its list was not used."""
+    found: dict[str, tuple[str, ...]] = {}
+    lines: list[str] = []
+    targets = {r.name: r for r in routers}
+    async with aiohttp.ClientSession() as session:
+        for router in discovering(config):
+            assert router.discover is not None
+            target = targets[router.name]
+            try:
+                listing = await read_listing(session, target.url, target.api_key, target.headers, config.timeouts.total)
+            except ListingError as exc:
+                lines.append(f"router {router.name}: model list not used: {exc}")
+                continue
+            selection = select_models(listing.models, router.discover, router.models)
+            found[router.name] = selection.models
+            capped = f" ({selection.over_cap} more past discover.max_models)" if selection.over_cap else ""
+            lines.append(
+                f"router {router.name} lists {len(listing.models)} models; probing {len(selection.models)}{capped}"
+            )
+    return found, lines
+
+
 @asynccontextmanager
 async def running_discovery(
     config: Config, routers: Sequence[RouterPlan], apply: Apply, pool: asyncpg.Pool | None

@@ -4,7 +4,11 @@ what it probes after a good, a malformed and a truncated list, and what its ``/m
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -114,3 +118,24 @@ async def test_a_list_slower_than_the_limit_is_a_failure_within_the_limit(sim: R
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ListingError, match=r"not read within 0\.3 s"):
             await read_listing(session, sim.base_url, None, {}, 0.3)
+
+
+def test_once_probes_the_models_a_router_lists(tmp_path: Path) -> None:
+    config = tmp_path / "probes.yaml"
+    config.write_text(
+        "routers:\n  - name: sim\n    base_url: simulator\n"
+        '    discover: {include: ["openai/*", "google/*"]}\n'
+        "prompts:\n  - name: short\n    messages: [{role: user, content: hi}]\n    max_tokens: 16\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "routewatch.cli", "once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "COLUMNS": "120"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "router sim lists 5 models; probing 2" in done.stdout
+    assert "openai/gpt-4.1-nano" in done.stdout and "google/gemini-2.5-flash" in done.stdout
+    assert "anthropic/" not in done.stdout and "2 of 2 probes ok" in done.stdout
