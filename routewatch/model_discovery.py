@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -42,12 +43,15 @@ from routewatch.config import Config, RouterConfig
 from routewatch.probe.model_listing import Listing, ListingError, read_listing
 from routewatch.probe.model_selection import select_models
 from routewatch.probe.targets import RouterPlan
+from routewatch.results.probe_result import ProbeResult
 from routewatch.storage import catalog_queries
 from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger("routewatch.discovery")
 
 Apply = Callable[["ModelDiscovery"], Awaitable[None]]
+EARLY_READ_S = 30.0
+"""A router's list is read ahead of its schedule (a discovered model answered 404) at most this often."""
 
 
 def discovering(config: Config) -> list[RouterConfig]:
@@ -77,6 +81,7 @@ class ModelDiscovery:
         self.listings: Counter[tuple[str, str]] = Counter()  # (router, "ok" | "failed") -> reads
         self.over_cap: dict[str, int] = {}  # router -> matching models the cap left out
         self.last_ok: dict[str, float] = {}  # router -> Unix time of its last good list
+        self._early: dict[str, float] = {}  # router -> monotonic time of its last read ahead of schedule
 
     @property
     def config(self) -> Config:
@@ -142,6 +147,24 @@ class ModelDiscovery:
             found = sum(len(models) for models in self.discovered.values())
             log.info("probing the %d discovered models the catalog lists until the routers' lists are read", found)
             await self._apply(self)
+
+    def note_result(self, result: ProbeResult) -> None:
+        """A probe finished: a discovered model the router answers 404 for has probably left its list, so
+        the list is read now rather than at the next refresh (at most once per :data:`EARLY_READ_S` per
+        router), before the failures of a model that is gone make it ``down`` and open an incident."""
+        if result.http_status != 404 or result.model not in self.discovered.get(result.router, ()):
+            return
+        if not self._scheduler.running:  # stopping: probes in flight still finish
+            return
+        now = time.monotonic()
+        if now - self._early.get(result.router, -EARLY_READ_S) < EARLY_READ_S:
+            return
+        job = self._scheduler.get_job(f"discover|{result.router}")
+        if job is None:
+            return
+        self._early[result.router] = now
+        log.info("router %s answers 404 for %s: reading its model list now", result.router, result.model)
+        job.modify(next_run_time=datetime.now(UTC))
 
     async def refresh(self, name: str) -> None:
         """Read router ``name``'s list once; on success probe what it selects, else keep the last good set."""

@@ -187,6 +187,7 @@ async def _probe(
             "discovery",
             running_discovery(config, routers, replan, pool),
         )
+        prober.on_result = discovery.note_result
         status = partial(report_status, prober, writer, lag, stop)
         await stack.start("status reporter", supervisor.running("status reporter", status))
         view = ProberParts(prober, writer, lag, schedule, coordinator, discovery)

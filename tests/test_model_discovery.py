@@ -3,6 +3,8 @@ what it probes after a good, a malformed and a truncated list, and what its ``/m
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from routewatch.config import parse_config
-from routewatch.model_discovery import ModelDiscovery, discovery_families
+from routewatch.model_discovery import ModelDiscovery, discovery_families, running_discovery
+from routewatch.probe import chat_stream
 from routewatch.probe.model_listing import MAX_LISTED, ListingError, read_listing
 from routewatch.probe.targets import plan
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
@@ -139,3 +142,32 @@ def test_once_probes_the_models_a_router_lists(tmp_path: Path) -> None:
     assert "router sim lists 5 models; probing 2" in done.stdout
     assert "openai/gpt-4.1-nano" in done.stdout and "google/gemini-2.5-flash" in done.stdout
     assert "anthropic/" not in done.stdout and "2 of 2 probes ok" in done.stdout
+
+
+async def test_a_404_for_a_discovered_model_has_the_list_read_at_once(sim: RunningSimulator) -> None:
+    """With a list read every hour, a model the router drops would fail for up to an hour (and go down);
+    its first 404 has the list read now, and the model is no longer probed."""
+    config = parse_config(CONFIG.format(url=sim.base_url), "probes.yaml")
+    _, routers = plan(config, {})
+    changed = asyncio.Event()
+
+    async def apply(found: ModelDiscovery) -> None:
+        changed.set()
+
+    async with running_discovery(config, routers, apply, None) as discovery:
+        await asyncio.wait_for(changed.wait(), 10)  # the first read, at start
+        assert discovery.discovered == {"sim": ("a/one", "a/two")}
+        changed.clear()
+        async with aiohttp.ClientSession() as session, session.delete(f"{sim.base_url}/simulator/models/a/two"):
+            pass
+        async with aiohttp.ClientSession() as session:
+            target = next(s for s in plan(config, {}, discovered=discovery.discovered)[0] if s.target.model == "a/two")
+            result = await chat_stream.run(session, target.target, target.canary, config.timeouts, region="test")
+        assert result.http_status == 404
+        discovery.note_result(result)
+        await asyncio.wait_for(changed.wait(), 10)
+        assert discovery.discovered == {"sim": ("a/one",)}
+        # Another 404, for a model still listed, within EARLY_READ_S asks for no further read.
+        discovery.note_result(dataclasses.replace(result, model="a/one"))
+        await asyncio.sleep(1.0)
+        assert discovery.listings[("sim", "ok")] == 2
