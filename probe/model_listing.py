@@ -3,8 +3,8 @@
 The list is router-controlled input, read as the OpenAI list shape
 ``{"object": "list", "data": [{"id": ...}, ...]}``. Two ways of paging are
 followed: ``has_more`` with a cursor (``last_id``, else the last entry's id),
-asked for as ``?after=<id>`` (OpenAI's list endpoints, Anthropic's models
-list), and a ``next`` link (absolute or relative, on the router's own origin
+asked for as ``?after=<id>`` (the parameter of OpenAI's paged lists), and a
+``next`` link (absolute or relative, on the router's own origin
 only: the key is never sent anywhere else). An unpaged list (OpenAI's and
 OpenRouter's ``/models``, LiteLLM's ``/v1/models``) is one page.
 
@@ -39,7 +39,8 @@ import aiohttp
 from routewatch.probe.redact import redact
 from routewatch.probe.router_values import label
 
-MAX_PAGE_BYTES = 8 * 1024 * 1024  # OpenRouter's unpaged list of ~400 models with metadata is under 1 MiB
+# A few hundred models with all their metadata in one page (OpenRouter's list) take about 1 MB.
+MAX_PAGE_BYTES = 8 * 1024 * 1024
 MAX_PAGES = 100
 MAX_LISTED = 20_000
 # USD per 1M tokens at most (the configuration's own bound for a price).
