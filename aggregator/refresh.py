@@ -36,7 +36,8 @@ from routewatch.aggregator.rollup import CellKey, RefreshReport, floor_hour, ref
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
 from routewatch.config import MaintenanceWindow, SLOConfig
-from routewatch.storage import hist_queries
+from routewatch.storage import catalog_queries, hist_queries
+from routewatch.storage.catalog_queries import CatalogRow
 from routewatch.storage.clock import db_now
 from routewatch.storage.connection import Conn
 from routewatch.storage.errors import DATABASE_ERRORS
@@ -83,6 +84,13 @@ class Snapshot:
     windows: tuple[str, ...]
     models: tuple[SeriesKey, ...]  # configured first, then any others seen in the data
     stats: Mapping[str, Mapping[SeriesKey, ModelStats]] = field(default_factory=dict)
+    # What the routers' model lists said (discovery): retired models and listed prices.
+    catalog: Mapping[SeriesKey, CatalogRow] = field(default_factory=dict)
+
+    def retired_at(self, key: SeriesKey) -> datetime | None:
+        """When the router's list stopped naming this model; None while listed or never discovered."""
+        row = self.catalog.get(key)
+        return row.retired_at if row is not None else None
 
 
 def _empty(key: SeriesKey) -> WindowCounts:
@@ -313,10 +321,13 @@ class Aggregator:
                 now = await self._now(read.conn)
                 await self._sliding.follow(read.conn, now)
                 cells = self._sliding.stats()
-        laps.lap("windows")
         seen: list[SeriesKey] = list(self._configured)
         others = sorted({(k[0], k[1]) for per_window in cells.values() for k in per_window} - set(seen))
         seen.extend(others)
+        # Which models a router still lists (``discover:``): written by the probers, read where the API reads.
+        async with self._reads.connection() as conn:
+            catalog = {(row.router, row.model): row for row in await catalog_queries.read_catalog(conn, seen)}
+        laps.lap("windows")
         stats = {
             name: _window_stats(name, now, seconds, cells.get(name, {}), seen)
             for name, seconds in self._windows.items()
@@ -325,7 +336,7 @@ class Aggregator:
         if self._status is not None:
             await self._refresh_status(now, [model for _, model in seen], report)
             laps.lap("status")
-        self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
+        self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats, catalog)
         self.refreshes += 1
         if self._history_due(now):
             async with self._pool.acquire() as conn:

@@ -110,6 +110,8 @@ class Prober:
         self.route_attempts: Counter[tuple[str, str]] = Counter()
         self.route_failures: Counter[tuple[str, str]] = Counter()
         self.closed = False  # set by close(): scheduled probes no longer start
+        # Called with every finished result, after the sink (model discovery watches for a model gone).
+        self.on_result: Callable[[ProbeResult], None] | None = None
 
     async def probe(self, series: Series) -> ProbeResult:
         """Probe one series once (waiting for a free slot first).
@@ -149,6 +151,8 @@ class Prober:
             if self._sink is not None:
                 # A finished measurement reaches the sink even when a shutdown cancels its probe now.
                 await asyncio.shield(self._sink(result))
+            if self.on_result is not None:
+                self.on_result(result)
             return result
         finally:
             if queued:  # cancelled while waiting for a slot

@@ -9,8 +9,8 @@ environment at start (``Settings.router_keys``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from routewatch.config import SIMULATOR, Config, RouterConfig
@@ -25,12 +25,14 @@ class TargetError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RouterPlan:
-    """Where one configured router's probes go, for the start-up banner."""
+    """Where one configured router's probes go: for the start-up banner, and for reading its model list."""
 
     name: str
     url: str
     simulated: bool
     key_env: str | None  # the variable the key came from, never the key
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def uses_simulator(config: Config, router_url: str | None) -> bool:
@@ -55,13 +57,21 @@ def _router_url(router: RouterConfig, override: str | None, simulator_url: str |
 
 
 def plan(
-    config: Config, keys: Mapping[str, str], simulator_url: str | None = None, *, router_url: str | None = None
+    config: Config,
+    keys: Mapping[str, str],
+    simulator_url: str | None = None,
+    *,
+    router_url: str | None = None,
+    discovered: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[list[Series], list[RouterPlan]]:
     """Every (router, model, prompt) series with its resolved target.
 
     ``keys``: router keys by variable name, for each router's ``api_key_env``;
     ``simulator_url``: where the built-in simulator listens (None: not running);
-    ``router_url``: a real router in place of the simulator.
+    ``router_url``: a real router in place of the simulator; ``discovered``:
+    models found in each router's list (by router name), probed with the
+    prompts its ``discover.prompts`` names (all by default) besides its
+    configured models. A router no longer discovering ignores its entry.
     """
     series: list[Series] = []
     routers: list[RouterPlan] = []
@@ -79,10 +89,21 @@ def plan(
                     f"router {router.name!r}: environment variable {router.api_key_env} is not set "
                     "(probes.yaml names it in api_key_env)"
                 )
-        routers.append(RouterPlan(router.name, url, simulated, router.api_key_env if key else None))
+        routers.append(
+            RouterPlan(router.name, url, simulated, router.api_key_env if key else None, key, dict(router.headers))
+        )
         for model in router.models:
             target = Target(
                 router.name, url, model, key, dict(router.headers), router.dialect, dict(router.dialect_fields or {})
             )
             series.extend(Series(target, canary) for canary in canaries)
+        found = (discovered or {}).get(router.name, ())
+        if router.discover is not None and router.discover.enabled and found:
+            wanted = router.discover.prompts
+            chosen = [c for c in canaries if wanted is None or c.name in wanted]
+            configured = set(router.models)
+            for model in found:
+                if model not in configured:
+                    target = Target(router.name, url, model, key, dict(router.headers))
+                    series.extend(Series(target, canary) for canary in chosen)
     return series, routers

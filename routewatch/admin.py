@@ -45,6 +45,8 @@ _LIVE: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("timeouts", lambda c: c.timeouts),
     ("slo", lambda c: c.slo),
     ("maintenance", lambda c: c.maintenance),
+    # The probers read the model lists: new globs change what they probe at their next read.
+    ("routers[].discover", lambda c: {r.name: r.discover for r in c.routers}),
 )
 # Bound to what was built at start: the prober (region, semaphore and pool size),
 # the HTTP listener and the badges' prices, the aggregator loop, the database.

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from routewatch.config import Config
 from routewatch.config.settings import Settings
+from routewatch.model_discovery import discover_once, discovering
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.router_values import valid_text
 from routewatch.probe.scheduler import Prober, new_session
@@ -98,9 +99,15 @@ async def _round(config: Config, settings: Settings, console: Console) -> list[P
         simulator = await start_simulator(DEFAULT_PROFILES)
         console.print(f"probing the built-in router simulator at {simulator.base_url}", markup=False)
     try:
-        series, _ = plan(
-            config, settings.router_keys, simulator.base_url if simulator else None, router_url=settings.router_url
-        )
+        simulator_url = simulator.base_url if simulator else None
+        series, routers = plan(config, settings.router_keys, simulator_url, router_url=settings.router_url)
+        if discovering(config):
+            found, lines = await discover_once(config, routers)
+            for line in lines:
+                console.print(terminal_safe(line), markup=False)
+            series, _ = plan(
+                config, settings.router_keys, simulator_url, router_url=settings.router_url, discovered=found
+            )
         lag = LoopLagMonitor()
         lag.start()
         with Progress(

@@ -47,6 +47,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from routewatch.config import Config, ConfigError, load_config
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
+from routewatch.model_discovery import ModelDiscovery, discovering, running_discovery
 from routewatch.parts import (
     Database,
     DatabaseUnavailable,
@@ -158,6 +159,7 @@ async def _probe(
     async with Startup(supervisor) as stack:
         stack.enter_context(stop_on_signals(stop))
         target = None
+        pool = None
         if database is not None:
             pool = await stack.start("database", database_pool(database, "probe"))
             report = await migrated(database, "probe")
@@ -180,11 +182,17 @@ async def _probe(
                 reason = redact(f"{exc.__class__.__name__}: {exc}", [database.dsn])
                 raise DatabaseUnavailable(f"cannot join the region's probers in {database.label}: {reason}") from None
             where = _sharing(database.label, report.mode, coordinator)
+        replan = _Replanner(opts, settings, schedule)
+        discovery = await stack.start(
+            "discovery",
+            running_discovery(config, routers, replan, pool),
+        )
+        prober.on_result = discovery.note_result
         status = partial(report_status, prober, writer, lag, stop)
         await stack.start("status reporter", supervisor.running("status reporter", status))
-        view = ProberParts(prober, writer, lag, schedule, coordinator, supervisor.failures)
+        view = ProberParts(prober, writer, lag, schedule, coordinator, supervisor.failures, discovery)
         metrics = await stack.start("metrics", metrics_endpoint(view, opts.metrics_host, opts.metrics_port))
-        await stack.start("reload", _reloading_on_hangup(opts, settings, schedule))
+        await stack.start("reload", _reloading_on_hangup(opts, settings, schedule, discovery, replan))
         stack.enter_context(frozen_heap())
         refreeze = partial(refreeze_heap, lambda: schedule.scheduled)
         await stack.start("heap", supervisor.running("heap freezer", refreeze))
@@ -219,13 +227,48 @@ async def _phased_schedule(config: Config, series: list[Series], prober: Prober)
         await schedule.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
 
 
-class _Reloader:
-    """Re-reads the configuration file on SIGHUP and applies to the schedule what can change live."""
+class _Replanner:
+    """Puts the configured and discovered series into the schedule: after a model list changed, and
+    after a reload. One at a time, each planned from the state at its turn, so that a reload and a
+    list read meeting never leave the older plan in place."""
 
     def __init__(self, opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule) -> None:
         self._opts = opts
         self._settings = settings
         self._schedule = schedule
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, found: ModelDiscovery) -> None:
+        """Probe the configured series and those of the models ``found`` has now."""
+        async with self._lock:
+            if self._schedule.stopped:
+                return
+            series, _ = plan(
+                found.config,
+                self._settings.router_keys,
+                self._opts.simulator_url,
+                router_url=self._settings.router_url,
+                discovered=found.discovered,
+            )
+            await self._schedule.replace(series, found.config.schedule.interval)
+
+
+class _Reloader:
+    """Re-reads the configuration file on SIGHUP and applies to the schedule what can change live."""
+
+    def __init__(
+        self,
+        opts: ProbeOptions,
+        settings: Settings,
+        schedule: PhasedSchedule,
+        discovery: ModelDiscovery,
+        replan: _Replanner,
+    ) -> None:
+        self._opts = opts
+        self._settings = settings
+        self._schedule = schedule
+        self._discovery = discovery
+        self._replan = replan
         self._config = opts.config  # as last applied
         self._task: asyncio.Task[None] | None = None
         self._again = False  # a SIGHUP came while a reload ran: read the file once more after it
@@ -250,7 +293,7 @@ class _Reloader:
         try:
             # A file read and a YAML parse: off the event loop, which times probes.
             new = await asyncio.to_thread(load_config, path, settings.region)
-            series, _ = plan(new, settings.router_keys, self._opts.simulator_url, router_url=settings.router_url)
+            _, routers = plan(new, settings.router_keys, self._opts.simulator_url, router_url=settings.router_url)
         except ConfigError as exc:
             log.warning(
                 "config reload rejected: %s has %d problem(s); running configuration kept", path, len(exc.issues)
@@ -262,7 +305,9 @@ class _Reloader:
         if self._schedule.stopped:
             return
         before = len(self._schedule.series), self._schedule.interval_s
-        await self._schedule.replace(series, new.schedule.interval)
+        # Discovery first: a list read re-planning from here on plans with the new file.
+        self._discovery.reconfigure(new, routers)
+        await self._replan(self._discovery)
         self._schedule.prober.retune(new.timeouts, new.schedule.max_loop_lag)
         self._config = new
         started = self._opts.config
@@ -279,7 +324,7 @@ class _Reloader:
         log.info(
             "config reload of %s: probing %d series every %g s (was %d every %g s)%s",
             path,
-            len(series),
+            len(self._schedule.series),
             new.schedule.interval,
             *before,
             f"; {', '.join(pending)} changed: take effect at the next restart" if pending else "",
@@ -294,10 +339,12 @@ class _Reloader:
 
 
 @asynccontextmanager
-async def _reloading_on_hangup(opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule) -> AsyncIterator[None]:
+async def _reloading_on_hangup(
+    opts: ProbeOptions, settings: Settings, schedule: PhasedSchedule, discovery: ModelDiscovery, replan: _Replanner
+) -> AsyncIterator[None]:
     """SIGHUP re-reads the configuration file while open."""
     loop = asyncio.get_running_loop()
-    reloader = _Reloader(opts, settings, schedule)
+    reloader = _Reloader(opts, settings, schedule, discovery, replan)
     loop.add_signal_handler(signal.SIGHUP, reloader.request)
     try:
         yield
@@ -334,6 +381,12 @@ def _banner(opts: ProbeOptions, routers: list[RouterPlan], n_series: int, where:
     for r in routers:
         key = " (router simulator)" if r.simulated else f", key from ${r.key_env}" if r.key_env else ", no API key"
         lines.append(f"  router:   {r.name} → {r.url}{key}")
+    for router in discovering(opts.config):
+        assert router.discover is not None
+        lines.append(
+            f"  discover: {router.name}'s model list every {router.discover.refresh:g}s "
+            f"(include {', '.join(router.discover.include)}; at most {router.discover.max_models})"
+        )
     lines += [
         f"  region:   {opts.config.region}",
         f"  probing:  {n_series} series every {schedule.interval:g}s, each at a fixed phase, at most"

@@ -40,6 +40,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from routewatch.delivery.spooled import SpooledDelivery
+from routewatch.model_discovery import ModelDiscovery, discovery_families
 from routewatch.probe.health import prober_families, read_prober_health
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.scheduler import PhasedSchedule, Prober
@@ -75,6 +76,7 @@ class ProberParts:
     schedule: PhasedSchedule
     coordinator: ShardCoordinator | None  # None: it pushes its results, and probes every series alone
     failures: Sequence[str] = ()  # the Supervisor's list: non-empty once a long-lived task has died
+    discovery: ModelDiscovery | None = None
 
 
 class _ProberCollector(Collector):
@@ -99,6 +101,8 @@ class _ProberCollector(Collector):
                 "Live probers of this region at this process's last heartbeat, itself included",
                 value=beat.members,
             )
+        if parts.discovery is not None:
+            yield from discovery_families(parts.discovery)
         yield from ProcessCollector(registry=None).collect()
 
 

@@ -338,7 +338,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
                 report.timescaledb_version,
                 len(series) if opts.probes else 0,
                 api_url,
-                config.routers[0].models[0],
+                next((m for r in config.routers for m in r.models), "MODEL"),
                 aggregator.role,
                 workers,
             ),

@@ -202,7 +202,7 @@ BAD = {
     "bad-unknown-nested-key": "testdata/bad-unknown-nested-key.yaml:10: timeouts.timeout: "
     'unknown field "timeout" (allowed: connect, headers, first_token, idle, total)',
     "bad-missing-routers": "testdata/bad-missing-routers.yaml:1: routers: required field is missing",
-    "bad-empty-models": "testdata/bad-empty-models.yaml:4: routers[0].models: list at least one model",
+    "bad-empty-models": "testdata/bad-empty-models.yaml:4: routers[0].models: list at least one model, or turn on discover",
     "bad-duplicate-model": "testdata/bad-duplicate-model.yaml:7: routers[0].models[2]: "
     'duplicate model "openai/gpt-4.1-nano"',
     "bad-duplicate-router-name": "testdata/bad-duplicate-router-name.yaml:5: routers[1].name: "

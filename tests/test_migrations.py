@@ -49,6 +49,7 @@ LABELS = [
     "0009_hour_percentiles",
     "0010_notification_outbox",
     "0011_router_dialects",
+    "0013_model_catalog",
 ]
 # (version, name) as schema_migrations records them.
 VERSIONS = [(int(label[:4]), label[5:]) for label in LABELS]
@@ -63,6 +64,7 @@ SHARED_LABELS = {
     "0008_hist_changes",
     "0010_notification_outbox",
     "0011_router_dialects",
+    "0013_model_catalog",
 }  # one NNNN_name.sql for both modes
 
 
@@ -77,7 +79,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008, 0010 and 0011 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010, 0011 and 0013 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:

@@ -376,8 +376,16 @@ def _listing_entry(snap: Snapshot, router: str, model: str, window: str, state: 
         "router": router,
         "state": state,
         "providers": _providers(stats.breakdown.get("provider", {})),
+        "retired": snap.retired_at((router, model)) is not None,
+        "retired_at": _retired_at(snap, (router, model)),
         "stats": stats.as_json(),
     }
+
+
+def _retired_at(snap: Snapshot, key: tuple[str, str]) -> str | None:
+    """When the router's model list stopped naming the model (ISO 8601); None while listed or not discovered."""
+    at = snap.retired_at(key)
+    return at.isoformat() if at is not None else None
 
 
 def _providers(labels: Iterable[str]) -> list[str | None]:

@@ -341,6 +341,10 @@ def _status_page() -> Schema:
             "since": {**DATE_TIME_OR_NULL, "description": "when it entered this state"},
             "reason": {"type": "string", "description": "one line; empty when operational"},
             "routers": {"type": "array", "items": route, "description": "configured routers first"},
+            "retired": {
+                "type": "boolean",
+                "description": "every router that listed the model (discover) has stopped listing it; not probed",
+            },
             "uptime_90d": {**share, "description": "operational / known time over the days below; null: nothing known"},
             "uptime_measured": {**measured, "description": "over what span uptime_90d was measured"},
             "uptime": {
@@ -405,6 +409,15 @@ def _schemas() -> dict[str, Schema]:
                     "description": "providers seen in the listing window: at most "
                     "aggregator.max_providers_per_model names (sorted), then 'other' "
                     "(every provider past them), then null (the router named no provider)",
+                },
+                "retired": {
+                    "type": "boolean",
+                    "description": "the router's model list (discover) no longer names the model: it is not "
+                    "probed any more; its history stays",
+                },
+                "retired_at": {
+                    **DATE_TIME_OR_NULL,
+                    "description": "when the router's list was first read without the model; null while listed",
                 },
                 "stats": _ref("ModelStats"),
             }

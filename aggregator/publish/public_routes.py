@@ -39,7 +39,7 @@ from routewatch.aggregator.publish.model_page import render_model_page
 from routewatch.aggregator.publish.model_page_store import ModelPages
 from routewatch.aggregator.publish.public_status import PublicStatus, Published, json_bytes
 from routewatch.aggregator.publish.status_page import render_message_page, render_status_page
-from routewatch.aggregator.publish.status_view import page_window, route_figures, view_json
+from routewatch.aggregator.publish.status_view import page_window, route_figures, view_json, with_listed_prices
 from routewatch.aggregator.refresh import Aggregator, SeriesKey
 from routewatch.config import RouterConfig
 from routewatch.storage.errors import DATABASE_ERRORS
@@ -304,7 +304,7 @@ async def model_badge_svg(request: web.Request) -> web.Response:
     snapshot = aggregator.snapshot
     if snapshot is None:
         return _svg_error(message_badge(model, "pending"), 503, max_age)
-    routes = route_figures(snapshot, model, request.app[PUBLIC_STATUS].prices)
+    routes = route_figures(snapshot, model, with_listed_prices(request.app[PUBLIC_STATUS].prices, snapshot))
     if not routes:
         return _svg_error(message_badge(model, "unknown model"), 404, max_age)
     router = request.query.get("router")

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from routewatch.aggregator.model_state import UPTIME_DAYS, DayUptime, Incident
 from routewatch.aggregator.model_state_store import StatusReport, read_incidents, read_uptime
 from routewatch.aggregator.publish.http_cache import etag_for
-from routewatch.aggregator.publish.status_view import StatusView, build_view
+from routewatch.aggregator.publish.status_view import StatusView, build_view, with_listed_prices
 from routewatch.aggregator.refresh import Aggregator, SeriesKey, Snapshot
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.read_pools import ReadPools
@@ -93,7 +93,7 @@ class PublicStatus:
                     exc.__class__.__name__,
                 )
                 uptime, open_, closed = _uptime_of(cur.view), cur.open, cur.closed
-            view = build_view(report, snapshot, uptime, today, self.prices)
+            view = build_view(report, snapshot, uptime, today, with_listed_prices(self.prices, snapshot))
             self._current = Published(report, snapshot, view, open_, closed)
             return self._current
 

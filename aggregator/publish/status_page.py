@@ -82,6 +82,7 @@ border:1px solid transparent}
 .model-head{display:flex;flex-wrap:wrap;justify-content:space-between;gap:.25rem .75rem;align-items:baseline}
 .name{font-weight:600;overflow-wrap:anywhere}
 a.name{color:inherit}
+.retired{font-size:.8rem;padding:0 .4em;border:1px solid var(--line);border-radius:4px;color:var(--muted)}
 .state{font-weight:600;white-space:nowrap}
 .state::before{content:"";display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.35em;
 background:currentColor}
@@ -184,11 +185,13 @@ def _model(row: ModelRow) -> str:
     label = STATE_LABELS[row.state]
     since = f' <span class="muted">since {time_html(row.since)}</span>' if row.since is not None else ""
     reason = f'<p class="reason">{esc(row.reason)}</p>' if row.reason else ""
+    # No longer in its router's model list: not probed any more, its history kept.
+    retired = ' <span class="retired" title="no longer listed by its router; not probed">retired</span>' * row.retired
     # A model probed but not (yet) in the stats still gets its figure line, with dashes.
     figures = "".join(_figures(route) for route in row.routes) or _figures(None)
     return (
         f'<li class="model"><div class="model-head"><a class="name" href="{esc(model_page_path(row.model))}">'
-        f"{esc(row.model)}</a>"
+        f"{esc(row.model)}</a>{retired}"
         f'<span><span class="state s-{row.state.value}">{esc(label)}</span>{since}</span></div>'
         f"{reason}{figures}{uptime_bars(row)}</li>"
     )

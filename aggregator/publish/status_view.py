@@ -36,6 +36,7 @@ __all__ = [
     "page_window",
     "uptime_span",
     "view_json",
+    "with_listed_prices",
 ]
 
 PAGE_WINDOW = "7d"
@@ -92,6 +93,7 @@ class ModelRow:
     reason: str
     routes: tuple[RouteFigures, ...]  # configured routers first
     days: tuple[DayBar, ...]  # UPTIME_DAYS of them, oldest first, the last is today
+    retired: bool = False  # every router that listed it has stopped listing it (discovery)
 
     @property
     def uptime(self) -> float | None:
@@ -187,6 +189,21 @@ def _routes_by_model(
     return {model: tuple(routes) for model, routes in out.items()}
 
 
+def _retired(snapshot: Snapshot | None, model: str) -> bool:
+    """Whether every route of ``model`` the snapshot has is retired (and there is at least one)."""
+    if snapshot is None:
+        return False
+    keys = [key for key in snapshot.models if key[1] == model]
+    return bool(keys) and all(snapshot.retired_at(key) is not None for key in keys)
+
+
+def with_listed_prices(configured: Mapping[SeriesKey, float], snapshot: Snapshot | None) -> dict[SeriesKey, float]:
+    """USD per 1M input tokens by (router, model): the router's model list's price where it publishes
+    one (discovery), else the one configured in probes.yaml."""
+    listed = snapshot.catalog.items() if snapshot is not None else ()
+    return {**configured, **{key: row.input_usd_per_mtok for key, row in listed if row.input_usd_per_mtok is not None}}
+
+
 def uptime_days(
     model: str, uptime: Mapping[tuple[str, date], DayUptime], today: date, days: int = UPTIME_DAYS
 ) -> tuple[DayBar, ...]:
@@ -212,6 +229,7 @@ def build_view(
             m.reason,
             routes.get(m.model, ()),
             uptime_days(m.model, uptime, today),
+            retired=_retired(snapshot, m.model),
         )
         for m in report.models
     )
@@ -244,6 +262,7 @@ def view_json(view: StatusView) -> dict[str, Any]:
             "routers": [{"router": "orcarouter", "ttft_p50_ms": 412.3, "tps_p50": 85.2,
                          "input_price_per_mtok": 0.1,   # USD per 1M input tokens, null: not configured
                          "error_rate": 0.002}],         # failed / attempted in the window, null: none
+            "retired": false,                           # no longer in its router's model list (discover)
             "uptime_90d": 0.9995,                       # operational / known time over the days below
             "uptime_measured": {"since": "2025-05-30",  # first day with data; null: none yet
                                 "recorded_s": 180.0,    # seconds of data behind uptime_90d
@@ -281,6 +300,7 @@ def _model_json(row: ModelRow) -> dict[str, Any]:
         "state": row.state.value,
         "since": _iso(row.since),
         "reason": row.reason,
+        "retired": row.retired,
         "routers": [
             {
                 "router": r.router,

@@ -251,6 +251,40 @@ class Price(_Section):
     output: float = Field(ge=0, le=100_000, description="USD per 1M output (completion) tokens")
 
 
+def _glob(value: str) -> str:
+    _non_empty(value)
+    _one_line(value)
+    return value
+
+
+Glob = Annotated[str, AfterValidator(_glob)]
+
+
+class DiscoverConfig(_Section):
+    """Probing the models a router lists at ``GET {base_url}/models``, besides those listed in ``models``."""
+
+    enabled: bool = Field(True, description="read the router's model list; default true")
+    include: list[Glob] = Field(
+        default_factory=lambda: ["*"],
+        description='fnmatch globs over model ids; a listed model is probed if one matches; default ["*"]',
+    )
+    exclude: list[Glob] = Field(
+        default_factory=list, description="globs over model ids never probed, even if included; default none"
+    )
+    refresh: Annotated[Seconds, _at_least(1)] = Field(
+        3600.0, description="seconds between two reads of the list; default 1h"
+    )
+    max_models: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="discovered models probed at most; past it the first by id are kept (and a warning); default 500",
+    )
+    prompts: list[Name] | None = Field(
+        None, description="the prompts discovered models are probed with; default every prompt, as configured models"
+    )
+
+
 class RouterConfig(_Section):
     """One OpenAI-compatible router and the models to probe through it."""
 
@@ -262,9 +296,12 @@ class RouterConfig(_Section):
     api_key_env: str | None = Field(
         None, description="name of the environment variable holding the API key; default none"
     )
-    models: list[ModelId] = Field(description="model ids to probe, non-empty, no repeats")
+    models: list[ModelId] = Field(
+        default_factory=list, description="model ids to probe, no repeats; non-empty unless discover is on"
+    )
     prices: dict[str, Price] = Field(
-        default_factory=dict, description="price per model id (each one of models); default none"
+        default_factory=dict,
+        description="price per model id (each one of models, or any id with discover); default none",
     )
     headers: dict[str, str] = Field(
         default_factory=dict,
@@ -315,11 +352,13 @@ class RouterConfig(_Section):
             )
         return value
 
+    discover: DiscoverConfig | None = Field(
+        None, description="also probe the models the router lists at GET /models; default off"
+    )
+
     @field_validator("models")
     @classmethod
     def _check_models(cls, models: list[str]) -> list[str]:
-        if not models:
-            raise ValueError("list at least one model")
         seen: set[str] = set()
         dupes: list[tuple[Loc, str]] = []
         for i, model in enumerate(models):
@@ -330,16 +369,18 @@ class RouterConfig(_Section):
             raise _problems(dupes)
         return models
 
-    @field_validator("prices")
-    @classmethod
-    def _check_prices(cls, prices: dict[str, Price], info: ValidationInfo) -> dict[str, Price]:
-        models = info.data.get("models")
-        if models is None:  # models itself is invalid and already reported
-            return prices
-        stray = [((m,), "no such model in this router's models") for m in prices if m not in models]
-        if stray:
-            raise _problems(stray)
-        return prices
+    @model_validator(mode="after")
+    def _check_models_and_prices(self) -> RouterConfig:
+        discovers = self.discover is not None and self.discover.enabled
+        if not self.models and not discovers:
+            raise _problems([(("models",), "list at least one model, or turn on discover")])
+        if not discovers:  # with discover a price may be for a model the router lists
+            stray = [
+                (("prices", m), "no such model in this router's models") for m in self.prices if m not in self.models
+            ]
+            if stray:
+                raise _problems(stray)
+        return self
 
     @field_validator("headers")
     @classmethod
@@ -901,6 +942,8 @@ class Config(_Section):
         routers = info.data.get("routers")
         if routers is None:  # routers itself is invalid and already reported
             return windows
+        if any(r.discover is not None and r.discover.enabled for r in routers):
+            return windows  # a window may name a model a router will list
         probed = {model for router in routers for model in router.models}
         stray: list[tuple[Loc, str]] = [
             ((i, "models", j), f'no router probes "{model}"')
@@ -911,6 +954,20 @@ class Config(_Section):
         if stray:
             raise _problems(stray)
         return windows
+
+    @model_validator(mode="after")
+    def _check_discover_prompts(self) -> Config:
+        names = {p.name for p in self.prompts}
+        stray: list[tuple[Loc, str]] = [
+            (("routers", i, "discover", "prompts", j), f'no prompt named "{name}" in prompts')
+            for i, router in enumerate(self.routers)
+            if router.discover is not None
+            for j, name in enumerate(router.discover.prompts or ())
+            if name not in names
+        ]
+        if stray:
+            raise _problems(stray)
+        return self
 
 
 def _unique_names(names: list[str], kind: str) -> None:

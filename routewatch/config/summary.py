@@ -90,6 +90,13 @@ def format_summary(config: Config, path: str | Path) -> str:
         lines.append(f"  ≤ {_usd(s.cost_per_day_usd)}/day (prices for {s.priced_models} of {s.models} models)")
     if s.note:
         lines.append(f"  {s.note}")
+    for router in config.routers:
+        d = router.discover
+        if d is not None and d.enabled:
+            lines.append(
+                f"  discover: router {router.name} also probes up to {d.max_models:,} models its list names "
+                f"(include {', '.join(d.include)}; read every {format_seconds(d.refresh)}); not counted above"
+            )
     targets = config.notifications.targets
     if targets:
         # Names of variables only: their values are read when routewatch starts.

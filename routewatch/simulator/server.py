@@ -15,6 +15,7 @@ from aiohttp import web
 from routewatch.simulator.clock import sleep_until
 from routewatch.simulator.dialects import Announcement, announce
 from routewatch.simulator.groundtruth import GroundTruthLog, ServedRequest, json_batches
+from routewatch.simulator.listing import setup_listing
 from routewatch.simulator.profiles import DEFAULT_PROFILES, HTTP_FAULTS, ModelProfile
 from routewatch.simulator.responses import WHOLE_FAULTS, Plan, make_plan, whole_completion, write_stream
 from routewatch.simulator.sse import ChunkMaker
@@ -49,7 +50,7 @@ def create_app(profiles: Iterable[ModelProfile] = DEFAULT_PROFILES, *, seed: int
     app[GROUND_TRUTH] = GroundTruthLog()
     app[HANDLERS] = set()
     app.on_shutdown.append(_cancel_handlers)
-    app.router.add_get("/v1/models", list_models)
+    setup_listing(app, by_model)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/ground-truth", ground_truth)
     app.router.add_delete("/v1/ground-truth", clear_ground_truth)
@@ -61,13 +62,6 @@ async def _cancel_handlers(app: web.Application) -> None:
     handlers: set[asyncio.Task[Any]] = app[HANDLERS]
     for task in list(handlers):
         task.cancel()
-
-
-async def list_models(request: web.Request) -> web.Response:
-    data = [
-        {"id": p.model, "object": "model", "created": 0, "owned_by": p.provider} for p in request.app[PROFILES].values()
-    ]
-    return web.json_response({"object": "list", "data": data})
 
 
 async def healthz(request: web.Request) -> web.Response:

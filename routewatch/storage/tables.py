@@ -42,3 +42,7 @@ SHARD_LEASES = "shard_leases"
 # Incident notifications waiting to be posted (or posted, or given up): one row
 # per (incident transition, target), written with the transition itself.
 NOTIFICATION_OUTBOX = "notification_outbox"
+
+# Model discovery: every model a router's list has named, when it was listed
+# and when it left the list (retired), with the list's prices.
+MODEL_CATALOG = "model_catalog"
