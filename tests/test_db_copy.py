@@ -123,6 +123,14 @@ async def _seed_source(dsn: str, mode: str = "plain") -> None:
             NANO,
             (now - timedelta(days=3)).date(),
         )
+        # A router's model list as discovery records it: one model listed, one retired.
+        await conn.execute(
+            "INSERT INTO model_catalog (router, model, first_seen, last_seen, retired_at, input_usd_per_mtok)"
+            " VALUES ('sim', $1, $2, $3, NULL, 0.1), ('sim', 'gone/model', $2, $2, $3, NULL)",
+            NANO,
+            now - timedelta(days=5),
+            now - timedelta(days=1),
+        )
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
@@ -177,7 +185,14 @@ async def test_a_database_copied_into_a_new_one_row_for_row_and_the_same_stats_a
     await _seed_source(db_dsn, source_mode)
     before = await _rows(db_dsn)
     counts = {table: len(rows) for table, rows in before[0].items()}
-    for table in ("probe_hist_hourly", "probe_percentiles_hourly", "stats_history", "model_status", "incidents"):
+    for table in (
+        "probe_hist_hourly",
+        "probe_percentiles_hourly",
+        "stats_history",
+        "model_status",
+        "incidents",
+        "model_catalog",
+    ):
         assert counts[table] > 0, f"the source has no {table} rows: the test would prove nothing for it"
     assert counts["notification_outbox"] >= 2 and counts["uptime_daily"] >= 1
 

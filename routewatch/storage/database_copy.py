@@ -57,6 +57,7 @@ from routewatch.storage.migrate import MODE_KEY, migrate, schema_version
 from routewatch.storage.tables import (
     INCIDENTS,
     META_TABLE,
+    MODEL_CATALOG,
     MODEL_STATUS,
     NOTIFICATION_OUTBOX,
     PROBE_HIST_CHANGES,
@@ -86,6 +87,7 @@ COPIED = (
     INCIDENTS,
     UPTIME_DAILY,
     NOTIFICATION_OUTBOX,
+    MODEL_CATALOG,
 )
 NOT_COPIED = {
     SCHEMA_MIGRATIONS: "written by the target's own migrations",
