@@ -254,7 +254,7 @@ def test_discovered_models_are_probed_retired_brought_back_and_survive_a_malform
 def _retired_on(page: str, model: str) -> bool:
     """Whether the status page's entry for ``model`` carries the retired mark."""
     for item in page.split('<li class="model">')[1:]:
-        if f'<span class="name">{model}</span>' in item:
+        if re.search(rf'class="name"[^>]*>{re.escape(model)}<', item):  # the name links to the model's page
             return 'class="retired"' in item.split("</div>", 1)[0]
     return False
 
