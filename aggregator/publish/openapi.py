@@ -433,6 +433,8 @@ def _schemas() -> dict[str, Schema]:
                     "uniqueItems": True,
                     "description": "as in the listing (ModelSummary)",
                 },
+                "retired": {"type": "boolean", "description": "as in the listing (ModelSummary)"},
+                "retired_at": {**DATE_TIME_OR_NULL, "description": "as in the listing (ModelSummary)"},
                 "stats": {**_ref("ModelStats"), "description": "the listing's window, as in the listing"},
                 "routers": {
                     "type": "array",
