@@ -31,6 +31,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from routewatch.probe import chat_stream
+from routewatch.probe.costing import with_cost
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.slots import (
     Ownership,
@@ -137,6 +138,7 @@ class Prober:
                         lag=self.lag,
                         max_lag_ms=self._max_lag_ms,
                     )
+                    result = with_cost(result, series.target, series.canary)
                 finally:
                     self.running -= 1
             self.completed += 1

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from routewatch.config.model import Price
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -17,6 +19,7 @@ class Target:
     model: str
     api_key: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict)
+    price: Price | None = None  # the model's, from probes.yaml; None: its probes have no cost
 
     @property
     def url(self) -> str:

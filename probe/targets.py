@@ -81,6 +81,6 @@ def plan(
                 )
         routers.append(RouterPlan(router.name, url, simulated, router.api_key_env if key else None))
         for model in router.models:
-            target = Target(router.name, url, model, key, dict(router.headers))
+            target = Target(router.name, url, model, key, dict(router.headers), router.prices.get(model))
             series.extend(Series(target, canary) for canary in canaries)
     return series, routers

@@ -46,6 +46,7 @@ LABELS = [
     "0008_hist_changes",
     "0009_hour_percentiles",
     "0010_notification_outbox",
+    "0014_probe_cost",
 ]
 # The newest version (numbers may skip one that another branch adds).
 NEWEST = int(LABELS[-1][:4])
@@ -57,6 +58,7 @@ SHARED_LABELS = {
     "0007_shard_leases",
     "0008_hist_changes",
     "0010_notification_outbox",
+    "0014_probe_cost",
 }  # one NNNN_name.sql for both modes
 
 
@@ -71,7 +73,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008 and 0010 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010 and 0014 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -112,6 +114,7 @@ async def test_migrate_from_empty_creates_everything(conn: asyncpg.Connection, m
         (8, "hist_changes"),
         (9, "hour_percentiles"),
         (10, "notification_outbox"),
+        (14, "probe_cost"),
     ]
     assert await conn.fetchval("SELECT value FROM routewatch_meta WHERE key = 'storage_mode'") == mode
     columns = await conn.fetch(
@@ -191,6 +194,7 @@ async def test_concurrent_starts_apply_each_version_once(db_dsn: str, mode: str)
             (8, "hist_changes"),
             (9, "hour_percentiles"),
             (10, "notification_outbox"),
+            (14, "probe_cost"),
         ]
     finally:
         for c in conns:

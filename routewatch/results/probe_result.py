@@ -70,6 +70,10 @@ class ProbeResult:
     # The loop lag exceeded schedule.max_loop_lag: the timings measured the
     # prober's backlog as much as the model, so stats leave this row out.
     prober_overloaded: bool = False
+    # Of input_tokens, those the router says it served from its prompt cache.
+    cached_input_tokens: int | None = None
+    # USD, from the tokens and the model's price when measured (None: no price); see config/costs.py.
+    cost_usd: float | None = None
 
     def as_row(self) -> tuple[Any, ...]:
         """The values in column order (``COLUMNS``), for COPY."""

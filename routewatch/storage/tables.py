@@ -42,3 +42,6 @@ SHARD_LEASES = "shard_leases"
 # Incident notifications waiting to be posted (or posted, or given up): one row
 # per (incident transition, target), written with the transition itself.
 NOTIFICATION_OUTBOX = "notification_outbox"
+
+# Spend per UTC day and series, added to by the writer (0014).
+PROBE_COST_DAILY = "probe_cost_daily"
