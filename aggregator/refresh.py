@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from routewatch.aggregator.budget import BudgetKeeper
 from routewatch.aggregator.history import record as record_history
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
@@ -147,6 +148,7 @@ class Aggregator:
         max_providers: int = DEFAULT_MAX_PROVIDERS,
         clock: Callable[[], datetime] | None = None,
         notify_targets: Sequence[str] = (),
+        budget: BudgetKeeper | None = None,
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
@@ -159,7 +161,8 @@ class Aggregator:
         ``max_providers``: named providers per model at most, the rest counted
         as ``other`` (``provider_cap``). ``clock`` gives each refresh's time
         instead of the database's clock (a benchmark pins it). ``notify_targets``: the
-        notification targets each incident open and close is queued for."""
+        notification targets each incident open and close is queued for. ``budget``: after each
+        refresh, today's spend is read and, as leader, the budget's pauses decided (``budget.py``)."""
         self._pool = pool
         self._windows = dict(windows)  # name -> length in seconds
         self._configured = tuple(configured)
@@ -180,6 +183,7 @@ class Aggregator:
         self._sliding = SlidingWindows(self._windows, max_providers)
         self._led_last = False  # whether the previous refresh was the leader's
         self._pruned_hour: datetime | None = None  # the hour probe_hist_changes was last pruned in
+        self.budget = budget
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
@@ -294,6 +298,10 @@ class Aggregator:
         if self._status is not None:
             await self._refresh_status(now, [model for _, model in seen], report)
             laps.lap("status")
+        if self.budget is not None:  # before the snapshot: bodies cached for it carry this spend
+            async with self._pool.acquire() as conn:
+                await self.budget.check(conn, leader=self.role == "leader")
+            laps.lap("budget")
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
         self.refreshes += 1
         if self._history_due(now):

@@ -62,7 +62,12 @@ class Series:
     @property
     def key(self) -> str:
         """Stable id, also the scheduler job id."""
-        return f"{self.target.router}|{self.target.model}|{self.canary.name}"
+        return series_key(self.target.router, self.target.model, self.canary.name)
+
+
+def series_key(router: str, model: str, prompt: str) -> str:
+    """A series' stable id (``Series.key``) from its labels."""
+    return f"{router}|{model}|{prompt}"
 
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
@@ -111,6 +116,9 @@ class Prober:
         self.route_attempts: Counter[tuple[str, str]] = Counter()
         self.route_failures: Counter[tuple[str, str]] = Counter()
         self.closed = False  # set by close(): scheduled probes no longer start
+        # Series keys (Series.key) the daily budget paused: their scheduled probes are skipped.
+        self.paused: frozenset[str] = frozenset()
+        self.budget_skipped = 0  # scheduled probes skipped for the budget, since start
 
     async def probe(self, series: Series) -> ProbeResult:
         """Probe one series once (waiting for a free slot first).
@@ -160,7 +168,7 @@ class Prober:
                 self._idle.set()
 
     async def scheduled(self, series: Series) -> None:
-        """The scheduler's job: probe ``series`` once, unless the prober is closed.
+        """The scheduler's job: probe ``series`` once, unless the prober is closed or the budget paused it.
 
         A job the scheduler started just before shutdown can reach the loop
         after ``close``: it returns without sending a request (the HTTP session
@@ -168,6 +176,9 @@ class Prober:
         past its grace time, is logged in one line, not as a job failure.
         """
         if self.closed:
+            return
+        if series.key in self.paused:
+            self.budget_skipped += 1
             return
         try:
             await self.probe(series)

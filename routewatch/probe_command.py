@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from routewatch.budget_follow import follow_pauses
 from routewatch.config import Config, ConfigError, load_config
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
 from routewatch.parts import (
@@ -180,6 +181,9 @@ async def _probe(
                 reason = redact(f"{exc.__class__.__name__}: {exc}", [database.dsn])
                 raise DatabaseUnavailable(f"cannot join the region's probers in {database.label}: {reason}") from None
             where = _sharing(database.label, report.mode, coordinator)
+            await stack.start(
+                "budget pauses", supervisor.running("budget pauses", partial(follow_pauses, pool, prober))
+            )
         status = partial(report_status, prober, writer, lag, stop)
         await stack.start("status reporter", supervisor.running("status reporter", status))
         view = ProberParts(prober, writer, lag, schedule, coordinator)

@@ -32,6 +32,10 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   ``routewatch_stats_age_seconds`` (absent before the first refresh),
   ``routewatch_stats_refresh_interval_seconds``,
   ``routewatch_stats_refresh_duration_seconds`` (absent before the first refresh).
+* spend and budget (``aggregator/budget.py``), once read: ``routewatch_budget_spend_today_usd``,
+  ``routewatch_budget_usd_per_day`` (absent without a budget), ``routewatch_budget_series_paused``,
+  and ``routewatch_cost_today_usd{router, model}`` (one per priced model probed today: bounded
+  by the models probed, like the stats families).
 * prober (absent, not 0, in ``routewatch serve``): the families of
   ``routewatch/probe/health.py`` (``routewatch_probes_total{result}``,
   ``routewatch_route_probes_total{router, model, region}`` and
@@ -64,6 +68,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from routewatch.aggregator.budget import BudgetReport
 from routewatch.aggregator.model_state_store import StatusReport
 from routewatch.aggregator.publish.metrics_snapshot import (
     DEFAULT_EXPORT,
@@ -152,6 +157,7 @@ class ScrapeState:
     refresh_interval_s: float
     last_refresh_s: float | None  # how long the last refresh took; None before the first
     prober: ProberHealth | None  # None: no prober in this process
+    budget: BudgetReport | None = None  # None: spend not read yet
 
     @classmethod
     def read(cls, aggregator: Aggregator, prober_health: HealthSource | None = None) -> ScrapeState:
@@ -170,6 +176,7 @@ class ScrapeState:
             refresh_interval_s=aggregator.interval_s,
             last_refresh_s=aggregator.last_refresh_s,
             prober=prober_health() if prober_health is not None else None,
+            budget=aggregator.budget.report if aggregator.budget is not None else None,
         )
 
 
@@ -204,6 +211,35 @@ def _aggregator_families(state: ScrapeState) -> Iterator[Metric]:
         )
 
 
+def _budget_families(report: BudgetReport) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "routewatch_budget_spend_today_usd",
+        "USD the probes cost so far today (UTC day), at the prices in probes.yaml",
+        value=report.spent_today_usd,
+    )
+    if report.budget_usd is not None:
+        yield GaugeMetricFamily(
+            "routewatch_budget_usd_per_day", "budget.usd_per_day from probes.yaml", value=report.budget_usd
+        )
+    yield GaugeMetricFamily(
+        "routewatch_budget_series_paused",
+        "Series (router, model, prompt) whose probing the budget paused until the UTC day turns",
+        value=len(report.paused),
+    )
+    per_model = GaugeMetricFamily(
+        "routewatch_cost_today_usd",
+        "USD a model's probes on a router cost so far today (UTC day); only models with a price",
+        labels=["router", "model"],
+    )
+    spent: dict[tuple[str, str], float] = {}
+    for s in report.today():
+        if s.priced_probes:
+            spent[(s.router, s.model)] = spent.get((s.router, s.model), 0.0) + s.cost_usd
+    for (router, model), usd in sorted(spent.items()):
+        per_model.add_metric([router, model], usd)
+    yield per_model
+
+
 class LiveCollector(Collector):
     """What one scrape reads besides the stats and states: the aggregator's and the prober's health."""
 
@@ -214,6 +250,8 @@ class LiveCollector(Collector):
         """Every family the state has data for; absent data gives no family, never a 0."""
         state = self._state
         yield from _aggregator_families(state)
+        if state.budget is not None:
+            yield from _budget_families(state.budget)
         if state.prober is not None:
             yield from prober_families(state.prober)
 

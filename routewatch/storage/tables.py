@@ -45,3 +45,5 @@ NOTIFICATION_OUTBOX = "notification_outbox"
 
 # Spend per UTC day and series, added to by the writer (0014).
 PROBE_COST_DAILY = "probe_cost_daily"
+# Series the budget paused for a UTC day, written by the leader, read by the probers (0014).
+BUDGET_PAUSES = "budget_pauses"

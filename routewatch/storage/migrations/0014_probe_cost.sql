@@ -18,3 +18,17 @@ CREATE TABLE probe_cost_daily (
     cost_usd      double precision NOT NULL,  -- sum over priced probes
     PRIMARY KEY (day, router, model, prompt)
 );
+
+-- Series the budget paused for a UTC day, written by the aggregator's leader
+-- when the day's spend crossed budget.usd_per_day, read by every prober
+-- process (which skips them) and by the API, /metrics and the status page.
+-- A new day has no rows: probing resumes when the day turns.
+CREATE TABLE budget_pauses (
+    day           date             NOT NULL,
+    router        text             NOT NULL,
+    model         text             NOT NULL,
+    prompt        text             NOT NULL,
+    usd_per_day   double precision NOT NULL,  -- the series' measured cost rate when it was paused
+    paused_at     timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (day, router, model, prompt)
+);
