@@ -183,7 +183,8 @@ class Aggregator:
         self._sliding = SlidingWindows(self._windows, max_providers)
         self._led_last = False  # whether the previous refresh was the leader's
         self._pruned_hour: datetime | None = None  # the hour probe_hist_changes was last pruned in
-        self.budget = budget
+        # Without a budget, today's spend is still read for the API and /metrics.
+        self.budget = budget if budget is not None else BudgetKeeper(None, 0.0)
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
@@ -298,10 +299,10 @@ class Aggregator:
         if self._status is not None:
             await self._refresh_status(now, [model for _, model in seen], report)
             laps.lap("status")
-        if self.budget is not None:  # before the snapshot: bodies cached for it carry this spend
-            async with self._pool.acquire() as conn:
-                await self.budget.check(conn, leader=self.role == "leader")
-            laps.lap("budget")
+        # Before the snapshot: the bodies cached for it carry this spend.
+        async with self._pool.acquire() as conn:
+            await self.budget.check(conn, leader=self.role == "leader")
+        laps.lap("budget")
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats)
         self.refreshes += 1
         if self._history_due(now):

@@ -348,10 +348,10 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
     report = api.aggregator.status
     # Status is per model id (whatever the router); a model it has no verdict on is unknown.
     states = {m.model: m.state.value for m in report.models} if report is not None else {}
-    budget = api.aggregator.budget
+    budget = api.aggregator.budget.report
     spent: dict[tuple[str, str], float] = {}
-    if budget is not None and budget.report is not None:
-        for spend in budget.report.today():
+    if budget is not None:
+        for spend in budget.today():
             if spend.priced_probes:
                 key = (spend.router, spend.model)
                 spent[key] = spent.get(key, 0.0) + spend.cost_usd
@@ -548,7 +548,7 @@ async def costs(request: web.Request) -> web.Response:
     api = request.app[API]
     query = _query(request, ("days", "router", "model"))
     days = _int_param(query, "days", 1, MAX_COST_DAYS)
-    report = api.aggregator.budget.report if api.aggregator.budget is not None else None
+    report = api.aggregator.budget.report
     if report is None:
         raise ApiError(503, "spend not read yet", headers={"Retry-After": "5"})
     return _uncached(costs_json(report, days, query.get("router"), query.get("model")))

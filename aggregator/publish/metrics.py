@@ -176,7 +176,7 @@ class ScrapeState:
             refresh_interval_s=aggregator.interval_s,
             last_refresh_s=aggregator.last_refresh_s,
             prober=prober_health() if prober_health is not None else None,
-            budget=aggregator.budget.report if aggregator.budget is not None else None,
+            budget=aggregator.budget.report,
         )
 
 

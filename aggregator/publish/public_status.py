@@ -74,7 +74,7 @@ class PublicStatus:
         error propagates.
         """
         report, snapshot = aggregator.status, aggregator.snapshot
-        budget = aggregator.budget.report if aggregator.budget is not None else None
+        budget = aggregator.budget.report
         if report is None:
             raise ValueError("status not computed yet")
         async with self._lock:
