@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from factories import COUNT_TO_40, config_text, prompt_entry, router_entry
 
-from routewatch.config import ConfigError, format_summary, parse_config
+from routewatch.config import ConfigError, check_config_main, format_summary, parse_config
 from routewatch.config.costs import plan_costs, probe_cost_usd
 from routewatch.config.model import Price
 from routewatch.probe.costing import with_cost
@@ -146,3 +147,18 @@ def test_check_config_stays_short_with_ten_thousand_models() -> None:
     assert "no price for 5,000 models: vendor/model-00000 (b), vendor/model-00001 (b)" in text
     assert text.splitlines()[-1].endswith("vendor/model-00004 (b) and 4,995 more")
     assert "(prices for 5,000 of 10,000 models)" in text
+
+
+@pytest.mark.unit
+def test_check_config_refuses_a_plan_over_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "probes.yaml"
+    path.write_text(_priced_config(1, budget=0.1), encoding="utf-8")
+    assert check_config_main(str(path)) == 1
+    out, err = capsys.readouterr()
+    line = path.read_text(encoding="utf-8").splitlines().index("budget: {usd_per_day: 0.1}") + 1
+    assert out == ""
+    assert err == (
+        f"{path}:{line}: budget.usd_per_day: the planned cost is $0.16/day, $0.06 (60%) over the budget of "
+        "$0.10/day; per router: router0 $0.16; dearest models: vendor/model-00000 (router0) $0.16. "
+        "Raise the budget, probe less often (schedule.interval), or probe fewer or cheaper models\n"
+    )
