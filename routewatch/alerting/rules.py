@@ -285,6 +285,18 @@ def alerts(plan: AlertPlan) -> list[Alert]:
             "results will be lost when it is full.",
         )
     )
+    out.append(
+        _process(
+            plan,
+            "RoutewatchBudgetPausedSeries",
+            "routewatch_budget_series_paused > 0",
+            plan.scrape_for_s,
+            "ticket",
+            "routewatch's daily budget has paused probing",
+            "Today's measured spend reached budget.usd_per_day: the dearest series are not probed until the "
+            "UTC day turns, so their figures go stale. GET /v1/costs lists them.",
+        )
+    )
     writer = duration(plan.writer_window_s)
     out.append(
         _process(

@@ -259,6 +259,7 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
     simple: list[tuple[str, str, float, float]] = [
         ("RoutewatchScrapeFailing", "up", 1, 0),
         ("RoutewatchSpoolNearlyFull", "routewatch_spool_bytes", 0, plan.spool_limit_bytes + 1),
+        ("RoutewatchBudgetPausedSeries", "routewatch_budget_series_paused", 0, 2),
     ]
     for name, metric, good, bad in simple:
         alert = by_name[name]
