@@ -18,6 +18,7 @@ budget is raised above the day's spend.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -31,10 +32,12 @@ from routewatch.storage.cost_queries import (
     clear_pauses,
     db_today,
     read_pauses,
-    spend_since,
+    spend_between,
 )
 
 SPEND_DAYS = 31  # days of spend kept for the API's per-day figures
+PAST_REREAD_S = 600.0
+"""Past days are re-read this often (late results from a drained spool still add to them); today at every check."""
 
 
 def series_rate(spend: SeriesSpend, probes_per_day: float) -> float:
@@ -82,17 +85,23 @@ class BudgetReport:
 
     day: date
     budget_usd: float | None  # budget.usd_per_day; None without a budget
-    spend: tuple[SeriesSpend, ...] = ()  # every series on each of the last SPEND_DAYS days
+    past: tuple[SeriesSpend, ...] = ()  # every series on each of the SPEND_DAYS - 1 days before today
+    current: tuple[SeriesSpend, ...] = ()  # every series today
     paused: tuple[Pause, ...] = ()  # today's, dearest first
+
+    @property
+    def spend(self) -> tuple[SeriesSpend, ...]:
+        """Every series on each of the last SPEND_DAYS days, oldest first."""
+        return (*self.past, *self.current)
 
     @property
     def spent_today_usd(self) -> float:
         """Today's measured spend over every series."""
-        return sum(s.cost_usd for s in self.spend if s.day == self.day)
+        return sum(s.cost_usd for s in self.current)
 
-    def today(self) -> list[SeriesSpend]:
+    def today(self) -> tuple[SeriesSpend, ...]:
         """Every series' spend today."""
-        return [s for s in self.spend if s.day == self.day]
+        return self.current
 
     @property
     def note(self) -> str | None:
@@ -113,6 +122,10 @@ class BudgetKeeper:
     budget_usd: float | None
     probes_per_day: float  # per series: 86400 / schedule.interval
     report: BudgetReport | None = field(default=None)
+    # Days before today: read when the day turns and every PAST_REREAD_S, not at every refresh,
+    # so that a check reads one row per series, not SPEND_DAYS.
+    _past: tuple[SeriesSpend, ...] = field(default=(), repr=False)
+    _past_key: tuple[date, float] | None = field(default=None, repr=False)  # (today, monotonic time read)
 
     def configure(self, budget_usd: float | None, probes_per_day: float) -> None:
         """Use a reloaded configuration's budget and interval from the next check on."""
@@ -122,10 +135,13 @@ class BudgetKeeper:
     async def check(self, conn: Conn, *, leader: bool) -> BudgetReport:
         """Read spend and pauses; as ``leader``, pause (or resume) series first. Returns the new report."""
         day = await db_today(conn)
-        spend = await spend_since(conn, day - timedelta(days=SPEND_DAYS - 1))
+        if self._past_key is None or self._past_key[0] != day or time.monotonic() - self._past_key[1] > PAST_REREAD_S:
+            yesterday = day - timedelta(days=1)
+            self._past = tuple(await spend_between(conn, day - timedelta(days=SPEND_DAYS - 1), yesterday))
+            self._past_key = (day, time.monotonic())
+        today = tuple(await spend_between(conn, day, day))
         paused = await read_pauses(conn, day)
         if leader:
-            today = [s for s in spend if s.day == day]
             spent = sum(s.cost_usd for s in today)
             if paused and (self.budget_usd is None or spent < self.budget_usd):
                 await clear_pauses(conn, day)  # the budget was raised or removed
@@ -137,5 +153,5 @@ class BudgetKeeper:
                 if new:
                     await add_pauses(conn, day, new)
                     paused = await read_pauses(conn, day)
-        self.report = BudgetReport(day, self.budget_usd, tuple(spend), tuple(paused))
+        self.report = BudgetReport(day, self.budget_usd, self._past, today, tuple(paused))
         return self.report

@@ -56,12 +56,13 @@ async def db_today(conn: Conn) -> date:
     return day
 
 
-async def spend_since(conn: Conn, first_day: date) -> list[SeriesSpend]:
-    """Every series' spend on each UTC day from ``first_day`` on, oldest day first."""
+async def spend_between(conn: Conn, first_day: date, last_day: date) -> list[SeriesSpend]:
+    """Every series' spend on each UTC day from ``first_day`` to ``last_day`` (both included), oldest day first."""
     rows = await conn.fetch(
         f"SELECT day, router, model, prompt, probes, priced_probes, cost_usd FROM {PROBE_COST_DAILY} "
-        "WHERE day >= $1 ORDER BY day, router, model, prompt",
+        "WHERE day BETWEEN $1 AND $2 ORDER BY day, router, model, prompt",
         first_day,
+        last_day,
     )
     return [SeriesSpend(*row) for row in rows]
 

