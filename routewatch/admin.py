@@ -45,6 +45,7 @@ _LIVE: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("timeouts", lambda c: c.timeouts),
     ("slo", lambda c: c.slo),
     ("maintenance", lambda c: c.maintenance),
+    ("budget.usd_per_day", lambda c: str(c.budget.usd_per_day)),  # not a duration: shown as "changed"
 )
 # Bound to what was built at start: the prober (region, semaphore and pool size),
 # the HTTP listener and the badges' prices, the aggregator loop, the database.
