@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import signal
+import sys
+from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -20,7 +27,7 @@ from factories import LOOPBACK_TIMEOUTS, config_text, prompt_entry, router_entry
 from routewatch.aggregator.budget import BudgetKeeper, choose_pauses
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.budget_follow import follow_pauses
+from routewatch.budget_follow import FOLLOW_EVERY_S, follow_pauses
 from routewatch.config import parse_config
 from routewatch.config.costs import probe_cost_usd
 from routewatch.probe.scheduler import Prober, new_session, schedule, stop
@@ -197,3 +204,77 @@ def _served(records: list) -> dict[str, int]:  # type: ignore[type-arg]
     for r in records:
         counts[r.model] += 1
     return counts
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+async def test_routewatch_run_with_two_prober_processes_obeys_the_leaders_pauses(db_dsn: str, tmp_path: Path) -> None:
+    """``routewatch run --workers 2``: two prober processes share the series through shard leases; the leader
+    (the run process's aggregator) pauses the dear series, and whichever worker holds its shard stops probing it."""
+    async with await start_simulator([DEAR, CHEAP, FREE], seed=11) as sim:
+        config = tmp_path / "probes.yaml"
+        config.write_text(
+            config_text(
+                [router_entry("sim", sim.base_url, [DEAR.model, CHEAP.model, FREE.model], prices=PRICES)],
+                [prompt_entry(max_tokens=16, min_output_tokens=4)],
+                region="test",
+                schedule={"interval": "500ms", "jitter": "50ms", "concurrency": 8},
+                timeouts=LOOPBACK_TIMEOUTS,
+                api={"host": "127.0.0.1", "port": 0},
+                aggregator={"refresh": "500ms"},
+                budget={"usd_per_day": BUDGET},
+            ),
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
+        env["ROUTEWATCH_DATABASE_URL"] = db_dsn
+        argv = ["run", "--config", str(config), "--data-dir", str(tmp_path / "data"), "--workers", "2"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "routewatch.cli", *argv, env=env, stdout=PIPE, stderr=STDOUT
+        )
+        printed: list[str] = []
+        try:
+            api = await _line_matching(proc, printed, r"API:\s+(http://\S+)")
+            async with aiohttp.ClientSession() as http:
+
+                async def costs() -> dict[str, Any]:
+                    async with http.get(api + "/v1/costs") as resp:
+                        body: dict[str, Any] = await resp.json()
+                        return body
+
+                async with asyncio.timeout(60):
+                    while not (await costs())["budget"]["paused"]:
+                        await asyncio.sleep(0.2)
+                await asyncio.sleep(FOLLOW_EVERY_S + 1)  # every worker has read the pauses by then
+                counts = _served(sim.ground_truth.records)
+                await asyncio.sleep(4.0)
+                after = _served(sim.ground_truth.records)
+                body = await costs()
+                async with http.get(api + "/metrics") as resp:
+                    metrics = await resp.text()
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGINT)
+                async with asyncio.timeout(60):
+                    rest = await proc.communicate()
+                printed.append(rest[0].decode(errors="replace"))
+        assert proc.returncode == 0, "".join(printed)
+    assert [p["model"] for p in body["budget"]["paused"]] == [DEAR.model]
+    assert after[DEAR.model] == counts[DEAR.model], "no worker probed the paused series"
+    assert after[CHEAP.model] - counts[CHEAP.model] >= 4
+    assert after[FREE.model] - counts[FREE.model] >= 4
+    assert "routewatch_budget_series_paused 1.0" in metrics
+    # Two prober processes shared the series (shard leases), whichever held the dear one obeyed.
+    assert "by 2 prober process" in "".join(printed)
+
+
+async def _line_matching(proc: asyncio.subprocess.Process, printed: list[str], pattern: str) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(90):
+        while True:
+            line = (await proc.stdout.readline()).decode(errors="replace")
+            if not line:
+                raise AssertionError("routewatch exited early:\n" + "".join(printed))
+            printed.append(line)
+            if m := re.search(pattern, line):
+                return m.group(1)
