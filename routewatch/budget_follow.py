@@ -4,16 +4,19 @@ The leader decides (``aggregator/budget.py``); each prober process that
 writes to the database reads ``budget_pauses`` and hands the set to its
 :class:`~routewatch.probe.scheduler.Prober`, which skips those series' slots.
 A failed read keeps the previous set: a database outage neither pauses nor
-resumes anything. A prober that pushes its results (no database) is not told.
+resumes anything. A prober that pushes its results (no database) learns the
+set from the central server's answers to its pushes instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, date, datetime
 
 import asyncpg
 
+from routewatch.delivery.push import IngestDestination
 from routewatch.probe.scheduler import Prober, series_key
 from routewatch.storage.cost_queries import db_today, read_pauses
 from routewatch.storage.errors import DATABASE_ERRORS
@@ -45,4 +48,31 @@ async def follow_pauses(pool: asyncpg.Pool, prober: Prober, every_s: float = FOL
                     len(prober.paused - paused),
                 )
                 prober.paused = paused
+        await asyncio.sleep(every_s)
+
+
+def pushed_paused(destination: IngestDestination, today: date) -> frozenset[str]:
+    """The keys of the series the central server last said are paused, if that was for ``today`` (UTC)."""
+    paused = destination.budget_paused
+    if paused is None or paused.day != today:
+        return frozenset()  # none, or yesterday's: pauses end when the day turns
+    return frozenset(series_key(*series) for series in paused.series)
+
+
+async def follow_pushed_pauses(destination: IngestDestination, prober: Prober, every_s: float = FOLLOW_EVERY_S) -> None:
+    """Forever, for a prober that pushes its results: set ``prober.paused`` from the ingest reports.
+
+    The central server answers each pushed batch with today's paused series;
+    a prober all of whose series are paused sends nothing more, so the set is
+    also dropped here when this machine's UTC day passes the one it was for.
+    """
+    while True:
+        paused = pushed_paused(destination, datetime.now(UTC).date())
+        if paused != prober.paused:
+            log.warning(
+                "budget (from the central server): %d series paused for the rest of the day (UTC), %d resumed",
+                len(paused - prober.paused),
+                len(prober.paused - paused),
+            )
+            prober.paused = paused
         await asyncio.sleep(every_s)

@@ -44,9 +44,10 @@ from urllib.parse import urlsplit
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from routewatch.budget_follow import follow_pauses
+from routewatch.budget_follow import follow_pauses, follow_pushed_pauses
 from routewatch.config import Config, ConfigError, load_config
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
+from routewatch.delivery.push import IngestDestination
 from routewatch.parts import (
     Database,
     DatabaseUnavailable,
@@ -170,6 +171,9 @@ async def _probe(
         coordinator = None
         if database is None:
             await schedule.apply(Ownership.everything(range(shard_leases.SHARDS)))
+            if isinstance(writer.destination, IngestDestination):
+                follow = partial(follow_pushed_pauses, writer.destination, prober)
+                await stack.start("budget pauses", supervisor.running("budget pauses", follow))
             where: str | list[str] = (
                 f"pushed to {config.ingest.url if config.ingest else '?'}; every series of the region"
             )

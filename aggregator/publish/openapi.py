@@ -255,6 +255,26 @@ def _ingest_report() -> Schema:
                     }
                 ),
             },
+            "budget_paused": {
+                "type": ["object", "null"],
+                "description": "the series the daily budget paused today, for the prober to skip; "
+                "null before the server has read the day's spend",
+                "properties": {
+                    "day": {"type": "string", "format": "date", "description": "the UTC day they are paused for"},
+                    "series": {
+                        "type": "array",
+                        "items": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 3,
+                            "maxItems": 3,
+                            "description": "router, model, prompt",
+                        },
+                    },
+                },
+                "required": ["day", "series"],
+                "additionalProperties": False,
+            },
         }
     )
 
