@@ -41,14 +41,20 @@ async def follow_pauses(pool: asyncpg.Pool, prober: Prober, every_s: float = FOL
         except DATABASE_ERRORS as exc:
             log.warning("could not read the budget's paused series (%s); keeping the last", exc.__class__.__name__)
         else:
-            if paused != prober.paused:
-                log.warning(
-                    "budget: %d series paused for the rest of the day (UTC), %d resumed",
-                    len(paused - prober.paused),
-                    len(prober.paused - paused),
-                )
-                prober.paused = paused
+            _apply(prober, paused, "budget")
         await asyncio.sleep(every_s)
+
+
+def _apply(prober: Prober, paused: frozenset[str], source: str) -> None:
+    """Hand ``paused`` to the prober, logging what changed."""
+    if paused != prober.paused:
+        log.warning(
+            "%s: %d series paused for the rest of the day (UTC), %d resumed",
+            source,
+            len(paused - prober.paused),
+            len(prober.paused - paused),
+        )
+        prober.paused = paused
 
 
 def pushed_paused(destination: IngestDestination, today: date) -> frozenset[str]:
@@ -67,12 +73,5 @@ async def follow_pushed_pauses(destination: IngestDestination, prober: Prober, e
     also dropped here when this machine's UTC day passes the one it was for.
     """
     while True:
-        paused = pushed_paused(destination, datetime.now(UTC).date())
-        if paused != prober.paused:
-            log.warning(
-                "budget (from the central server): %d series paused for the rest of the day (UTC), %d resumed",
-                len(paused - prober.paused),
-                len(prober.paused - paused),
-            )
-            prober.paused = paused
+        _apply(prober, pushed_paused(destination, datetime.now(UTC).date()), "budget (from the central server)")
         await asyncio.sleep(every_s)
