@@ -34,6 +34,7 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   ``routewatch_stats_refresh_duration_seconds`` (absent before the first refresh).
 * spend and budget (``aggregator/budget.py``), once read: ``routewatch_budget_spend_today_usd``,
   ``routewatch_budget_usd_per_day`` (absent without a budget), ``routewatch_budget_series_paused``,
+  ``routewatch_budget_paused{router, model, prompt}`` (1 per paused series),
   and ``routewatch_cost_today_usd{router, model}`` (one per priced model probed today: bounded
   by the models probed, like the stats families).
 * prober (absent, not 0, in ``routewatch serve``): the families of
@@ -226,6 +227,14 @@ def _budget_families(report: BudgetReport) -> Iterator[Metric]:
         "Series (router, model, prompt) whose probing the budget paused until the UTC day turns",
         value=len(report.paused),
     )
+    paused = GaugeMetricFamily(
+        "routewatch_budget_paused",
+        "1 for each series the budget paused today: the alert on silent routes leaves these out",
+        labels=["router", "model", "prompt"],
+    )
+    for p in report.paused:
+        paused.add_metric([p.router, p.model, p.prompt], 1.0)
+    yield paused
     per_model = GaugeMetricFamily(
         "routewatch_cost_today_usd",
         "USD a model's probes on a router cost so far today (UTC day); only models with a price",

@@ -226,7 +226,9 @@ def alerts(plan: AlertPlan) -> list[Alert]:
             plan,
             "RoutewatchNoFreshProbes",
             f"{CONFIGURED} unless on (router, model)\n"
-            f"(sum by (router, model) (increase(routewatch_route_probes_total[{fresh}])) > 0)",
+            f"(sum by (router, model) (increase(routewatch_route_probes_total[{fresh}])) > 0)\n"
+            # A route the daily budget paused is silent on purpose: RoutewatchBudgetPausedSeries says so.
+            "unless on (router, model)\n(max by (router, model) (routewatch_budget_paused) == 1)",
             plan.fresh_for_s,
             "page",
             "No probe of {route} has completed recently",
