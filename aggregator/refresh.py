@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from routewatch.aggregator.budget import BudgetKeeper
 from routewatch.aggregator.history import record as record_history
 from routewatch.aggregator.model_state_store import StatusReport, StatusTracker, read_report
 from routewatch.aggregator.provider_cap import DEFAULT_MAX_PROVIDERS
@@ -158,6 +159,7 @@ class Aggregator:
         clock: Callable[[], datetime] | None = None,
         notify_targets: Sequence[str] = (),
         reads: ReadPools | None = None,
+        budget: BudgetKeeper | None = None,
     ) -> None:
         """With ``leadership``, only the process holding the refresher lock
         rewrites rollups; the others (standbys) compute their snapshots from
@@ -172,7 +174,8 @@ class Aggregator:
         instead of the database's clock (a benchmark pins it). ``notify_targets``: the
         notification targets each incident open and close is queued for. ``reads``: where
         a standby reads (a read replica's pool while it answers, see ``storage.read_pools``);
-        default ``pool``. The leader reads and writes on ``pool`` alone."""
+        default ``pool``. The leader reads and writes on ``pool`` alone. ``budget``: after each
+        refresh, today's spend is read and, as leader, the budget's pauses decided (``budget.py``)."""
         self._pool = pool
         self._reads = reads if reads is not None else ReadPools(pool)
         # The server the window sums were last read from (read_pools.PRIMARY or REPLICA):
@@ -198,6 +201,8 @@ class Aggregator:
         self._sliding = SlidingWindows(self._windows, max_providers)
         self._led_last = False  # whether the previous refresh was the leader's
         self._pruned_hour: datetime | None = None  # the hour probe_hist_changes was last pruned in
+        # Without a budget, today's spend is still read for the API and /metrics.
+        self.budget = budget if budget is not None else BudgetKeeper(None, 0.0)
         self.snapshot: Snapshot | None = None
         self.status: StatusReport | None = None  # None: status disabled, or not read yet
         self.refreshes = 0
@@ -336,6 +341,10 @@ class Aggregator:
         if self._status is not None:
             await self._refresh_status(now, [model for _, model in seen], report)
             laps.lap("status")
+        # Before the snapshot: the bodies cached for it carry this spend.
+        async with self._pool.acquire() as conn:
+            await self.budget.check(conn, leader=self.role == "leader")
+        laps.lap("budget")
         self.snapshot = Snapshot(now, tuple(self._windows), tuple(seen), stats, catalog)
         self.refreshes += 1
         if self._history_due(now):

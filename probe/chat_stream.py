@@ -196,6 +196,7 @@ class _Stream:
         self.done = False  # [DONE] was seen
         self.usage_output: int | None = None
         self.usage_input: int | None = None
+        self.usage_cached_input: int | None = None
         self.tokens = TokenCounter()
 
     def take(self, data: str) -> _Delta:
@@ -235,6 +236,18 @@ class _Stream:
             self.usage_output = output
         if prompt is not None:
             self.usage_input = prompt
+        self._cached_usage(usage.get("prompt_tokens_details"))
+
+    def _cached_usage(self, details: object) -> None:
+        # OpenAI's place for prompt-cache hits; a router that reports none leaves it out.
+        if not isinstance(details, dict):
+            return
+        try:
+            cached = token_count(details.get("cached_tokens"), "usage.prompt_tokens_details.cached_tokens")
+        except UnusableValue as exc:
+            raise _Failure("bad_response", str(exc)) from None
+        if cached is not None:
+            self.usage_cached_input = cached
 
     def _choice(self, choice: object, delta: _Delta) -> None:
         if not isinstance(choice, dict):
@@ -462,6 +475,7 @@ async def run(
         input_tokens=stream.usage_input,
         output_tokens=output_tokens,
         tokens_estimated=estimated,
+        cached_input_tokens=stream.usage_cached_input,
         chunks=len(marks.token_times),
         chunk_gap_max_ms=t.chunk_gap_max_ms,
         chunk_gap_p95_ms=t.chunk_gap_p95_ms,

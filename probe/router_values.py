@@ -224,6 +224,7 @@ def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
         http_status=_int4_or_none(result.http_status),
         input_tokens=_int4_or_none(result.input_tokens),
         output_tokens=_int4_or_none(result.output_tokens),
+        cached_input_tokens=_int4_or_none(result.cached_input_tokens),
         chunks=min(max(result.chunks, 0), INT4_MAX),
         # Every float field, by name, so that the type checker sees each one.
         connect_ms=finite(result.connect_ms),
@@ -236,6 +237,8 @@ def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
         chunk_gap_p95_ms=finite(result.chunk_gap_p95_ms),
         retry_after_s=finite(result.retry_after_s),
         loop_lag_ms=finite(result.loop_lag_ms),
+        # Negative only in a pushed record: a prober computes it from counts of 0 or more.
+        cost_usd=None if result.cost_usd is None or result.cost_usd < 0 else finite(result.cost_usd),
     )
 
 

@@ -31,6 +31,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from routewatch.probe import chat_stream
+from routewatch.probe.costing import with_cost
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.slots import (
     Ownership,
@@ -61,7 +62,12 @@ class Series:
     @property
     def key(self) -> str:
         """Stable id, also the scheduler job id."""
-        return f"{self.target.router}|{self.target.model}|{self.canary.name}"
+        return series_key(self.target.router, self.target.model, self.canary.name)
+
+
+def series_key(router: str, model: str, prompt: str) -> str:
+    """A series' stable id (``Series.key``) from its labels."""
+    return f"{router}|{model}|{prompt}"
 
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
@@ -112,6 +118,9 @@ class Prober:
         self.closed = False  # set by close(): scheduled probes no longer start
         # Called with every finished result, after the sink (model discovery watches for a model gone).
         self.on_result: Callable[[ProbeResult], None] | None = None
+        # Series keys (Series.key) the daily budget paused: their scheduled probes are skipped.
+        self.paused: frozenset[str] = frozenset()
+        self.budget_skipped = 0  # scheduled probes skipped for the budget, since start
 
     async def probe(self, series: Series) -> ProbeResult:
         """Probe one series once (waiting for a free slot first).
@@ -139,6 +148,7 @@ class Prober:
                         lag=self.lag,
                         max_lag_ms=self._max_lag_ms,
                     )
+                    result = with_cost(result, series.target, series.canary)
                 finally:
                     self.running -= 1
             self.completed += 1
@@ -162,7 +172,7 @@ class Prober:
                 self._idle.set()
 
     async def scheduled(self, series: Series) -> None:
-        """The scheduler's job: probe ``series`` once, unless the prober is closed.
+        """The scheduler's job: probe ``series`` once, unless the prober is closed or the budget paused it.
 
         A job the scheduler started just before shutdown can reach the loop
         after ``close``: it returns without sending a request (the HTTP session
@@ -170,6 +180,9 @@ class Prober:
         past its grace time, is logged in one line, not as a job failure.
         """
         if self.closed:
+            return
+        if series.key in self.paused:
+            self.budget_skipped += 1
             return
         try:
             await self.probe(series)

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from routewatch.config.model import Price
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -19,6 +21,7 @@ class Target:
     headers: Mapping[str, str] = field(default_factory=dict)
     dialect: str = "auto"  # how the router reports provider, attempts, cost (probe/dialects/)
     dialect_fields: Mapping[str, str] = field(default_factory=dict)  # the generic dialect's sources
+    price: Price | None = None  # the model's, from probes.yaml; None: its probes have no cost
 
     @property
     def url(self) -> str:

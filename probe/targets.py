@@ -94,7 +94,14 @@ def plan(
         )
         for model in router.models:
             target = Target(
-                router.name, url, model, key, dict(router.headers), router.dialect, dict(router.dialect_fields or {})
+                router.name,
+                url,
+                model,
+                key,
+                dict(router.headers),
+                router.dialect,
+                dict(router.dialect_fields or {}),
+                router.prices.get(model),
             )
             series.extend(Series(target, canary) for canary in canaries)
         found = (discovered or {}).get(router.name, ())

@@ -47,6 +47,7 @@ _LIVE: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("maintenance", lambda c: c.maintenance),
     # The probers read the model lists: new globs change what they probe at their next read.
     ("routers[].discover", lambda c: {r.name: r.discover for r in c.routers}),
+    ("budget.usd_per_day", lambda c: str(c.budget.usd_per_day)),  # not a duration: shown as "changed"
 )
 # Bound to what was built at start: the prober (region, semaphore and pool size),
 # the HTTP listener and the badges' prices, the aggregator loop, the database.
@@ -187,6 +188,7 @@ class LocalAdmin:
         if self._aggregator is not None:
             self._aggregator.set_configured([(r.name, m) for r in new.routers for m in r.models])
             self._aggregator.set_status_rules(new.slo, new.schedule.interval, new.maintenance)
+            self._aggregator.budget.configure(new.budget.usd_per_day, 86400 / new.schedule.interval)
         self._config = new
         self._series = series
 

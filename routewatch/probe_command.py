@@ -45,8 +45,10 @@ from urllib.parse import urlsplit
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from routewatch.budget_follow import follow_pauses, follow_pushed_pauses
 from routewatch.config import Config, ConfigError, load_config
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
+from routewatch.delivery.push import IngestDestination
 from routewatch.model_discovery import ModelDiscovery, discovering, running_discovery
 from routewatch.parts import (
     Database,
@@ -171,6 +173,9 @@ async def _probe(
         coordinator = None
         if database is None:
             await schedule.apply(Ownership.everything(range(shard_leases.SHARDS)))
+            if isinstance(writer.destination, IngestDestination):
+                follow = partial(follow_pushed_pauses, writer.destination, prober)
+                await stack.start("budget pauses", supervisor.running("budget pauses", follow))
             where: str | list[str] = (
                 f"pushed to {config.ingest.url if config.ingest else '?'}; every series of the region"
             )
@@ -182,6 +187,10 @@ async def _probe(
                 reason = redact(f"{exc.__class__.__name__}: {exc}", [database.dsn])
                 raise DatabaseUnavailable(f"cannot join the region's probers in {database.label}: {reason}") from None
             where = _sharing(database.label, report.mode, coordinator)
+            assert pool is not None  # opened above, with the database
+            await stack.start(
+                "budget pauses", supervisor.running("budget pauses", partial(follow_pauses, pool, prober))
+            )
         replan = _Replanner(opts, settings, schedule)
         discovery = await stack.start(
             "discovery",

@@ -57,6 +57,7 @@ import asyncpg
 from aiohttp import web
 
 from routewatch.admin import LocalAdmin
+from routewatch.aggregator.budget import BudgetKeeper
 from routewatch.aggregator.publish.api import FAILED_COMPONENTS, create_app
 from routewatch.aggregator.publish.metrics_snapshot import MetricsExport
 from routewatch.aggregator.publish.public_routes import input_prices
@@ -423,6 +424,7 @@ def _aggregator(config: Config, reads: ReadPools, leadership: Leadership) -> Agg
         max_providers=config.aggregator.max_providers_per_model,
         notify_targets=[t.name for t in config.notifications.targets],
         reads=reads,
+        budget=BudgetKeeper(config.budget.usd_per_day, 86400 / config.schedule.interval),
     )
 
 

@@ -223,6 +223,29 @@ def test_real_router_without_its_key_is_a_clear_error(config_file: Path) -> None
     )
 
 
+def test_run_refuses_a_plan_over_the_budget(config_file: Path, data_dir: Path) -> None:
+    text = config_file.read_text(encoding="utf-8").replace(
+        "api_key_env: ROUTEWATCH_API_KEY\n",
+        "api_key_env: ROUTEWATCH_API_KEY\n    prices: {openai/gpt-4.1-nano: {input: 1.0, output: 1.0}}\n",
+    )
+    over = config_file.with_name("over-budget.yaml")
+    # One priced model probed every second plans $12/day; a cent is far below.
+    over.write_text(text + "budget: {usd_per_day: 0.01}\n", encoding="utf-8")
+    line = len(over.read_text(encoding="utf-8").splitlines())
+    proc = subprocess.run(
+        ROUTEWATCH + ["run", "--config", str(over), "--data-dir", str(data_dir)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert f"{over}:{line}: budget.usd_per_day: the planned cost is $" in proc.stderr
+    assert "over the budget of $0.01/day" in proc.stderr
+    assert proc.stdout == "", "nothing was started"
+
+
 def test_real_router_url_from_the_environment_is_probed(config_file: Path) -> None:
     """ROUTEWATCH_ROUTER_URL replaces the simulator; here a closed loopback port refuses."""
     proc = subprocess.run(

@@ -135,7 +135,7 @@ def test_repository_config_summary() -> None:
     assert s.cost_per_day_usd == pytest.approx(cost)
     assert s.priced_models == n_models - len(unpriced)
     assert s.unpriced_models == unpriced
-    assert s.note == "no price for " + ", ".join(unpriced)
+    assert s.note == f"no price for {len(unpriced)} models: " + ", ".join(unpriced)
 
 
 @pytest.mark.unit
@@ -168,7 +168,8 @@ def test_format_summary() -> None:
         "  14,400 probes/day at one every 30 s per series\n"
         "  ≤ 1.84M output tokens/day, ~245K input tokens/day\n"
         "  ≤ $2.98/day (prices for 3 of 5 models)\n"
-        "  no price for meta-llama/llama-3.3-70b-instruct, deepseek/deepseek-r1"
+        "  dearest: anthropic/claude-haiku-4.5 $1.89, google/gemini-2.5-flash $0.94, openai/gpt-4.1-nano $0.15\n"
+        "  no price for 2 models: meta-llama/llama-3.3-70b-instruct, deepseek/deepseek-r1"
     )
 
 
@@ -198,7 +199,7 @@ OWN_SETTING = (
 
 BAD = {
     "bad-unknown-key": 'testdata/bad-unknown-key.yaml:9: probes: unknown field "probes" '
-    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, storage, maintenance, ingest, notifications)",
+    "(allowed: region, routers, prompts, schedule, timeouts, slo, api, aggregator, storage, maintenance, ingest, notifications, budget)",
     "bad-unknown-nested-key": "testdata/bad-unknown-nested-key.yaml:10: timeouts.timeout: "
     'unknown field "timeout" (allowed: connect, headers, first_token, idle, total)',
     "bad-missing-routers": "testdata/bad-missing-routers.yaml:1: routers: required field is missing",

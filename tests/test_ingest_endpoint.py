@@ -65,7 +65,16 @@ async def test_a_batch_is_stored_and_the_aggregator_sees_it_like_local_results(c
     results = [probe_result(region="eu", model=MODEL, ttft_ms=100.0 + i) for i in range(5)]
     status, report = await central.push([record(r) for r in results])
     assert status == 200, report
-    assert report == {"region": "eu", "received": 5, "stored": 5, "duplicates": 0, "rejected": []}
+    today = (await central.pool.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")).isoformat()
+    nothing_paused = {"day": today, "series": []}
+    assert report == {
+        "region": "eu",
+        "received": 5,
+        "stored": 5,
+        "duplicates": 0,
+        "rejected": [],
+        "budget_paused": nothing_paused,
+    }
     assert {r["id"] for r in await central.rows()} == {r.id for r in results}
     # Logged for the rollup in the same transaction, as the batch writer does.
     assert await central.pool.fetchval("SELECT sum(rows) FROM probe_ingest_log") == 5
@@ -83,7 +92,14 @@ async def test_a_replayed_batch_stores_nothing_twice(central: Client) -> None:
     again = await central.push(batch)
     overlapping = await central.push([*batch[2:], record()])
     assert first[1]["stored"] == 4
-    assert again == (200, {"region": "eu", "received": 4, "stored": 0, "duplicates": 4, "rejected": []})
+    assert again[0] == 200
+    assert {k: v for k, v in again[1].items() if k != "budget_paused"} == {
+        "region": "eu",
+        "received": 4,
+        "stored": 0,
+        "duplicates": 4,
+        "rejected": [],
+    }
     assert overlapping[1]["stored"] == 1 and overlapping[1]["duplicates"] == 2
     ids = [r["id"] for r in await central.rows()]
     assert len(ids) == len(set(ids)) == 5

@@ -256,6 +256,24 @@ async def test_refreshed_percentiles_match_the_raw_rows(seeded: Seeded) -> None:
     assert await stored_rollup(conn) == expected_rollup(seeded.results + late)
 
 
+async def test_retention_keeps_spend_as_long_as_the_probes_and_pauses_for_their_day(
+    conn: asyncpg.Connection, mode: str
+) -> None:
+    await migrate(conn, mode=mode)
+    today = partition_day(datetime.now(UTC))
+    for age in (0, 4, 6):
+        day = today - timedelta(days=age)
+        await conn.execute("INSERT INTO probe_cost_daily VALUES ($1, 'sim', 'm/a', 'short', 1, 1, 0.5)", day)
+        await conn.execute(
+            "INSERT INTO budget_pauses (day, router, model, prompt, usd_per_day) VALUES ($1, 'sim', 'm/a', 'short', 9)",
+            day,
+        )
+    await apply_retention(conn, mode, timedelta(days=5))
+    spend_days = [r["day"] for r in await conn.fetch("SELECT day FROM probe_cost_daily ORDER BY day")]
+    assert spend_days == [today - timedelta(days=4), today]
+    assert [r["day"] for r in await conn.fetch("SELECT day FROM budget_pauses")] == [today]
+
+
 async def test_retention_cuts_both_hourly_rollups_at_the_same_hour(seeded: Seeded) -> None:
     conn, mode, now = seeded.conn, seeded.mode, seeded.now
     await refresh_hist(conn, now=now)

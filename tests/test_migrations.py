@@ -50,6 +50,7 @@ LABELS = [
     "0010_notification_outbox",
     "0011_router_dialects",
     "0013_model_catalog",
+    "0014_probe_cost",
 ]
 # (version, name) as schema_migrations records them.
 VERSIONS = [(int(label[:4]), label[5:]) for label in LABELS]
@@ -65,6 +66,7 @@ SHARED_LABELS = {
     "0010_notification_outbox",
     "0011_router_dialects",
     "0013_model_catalog",
+    "0014_probe_cost",
 }  # one NNNN_name.sql for both modes
 
 
@@ -79,7 +81,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008, 0010, 0011 and 0013 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010, 0011, 0013 and 0014 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -297,6 +299,29 @@ async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mod
     if mode == "plain":
         placed = await conn.fetch("SELECT DISTINCT tableoid::regclass::text AS part FROM probe_results")
         assert {r["part"] for r in placed} == {partition_name(partition_day(r.started_at)) for r in results}
+
+
+@pytest.mark.db
+async def test_probe_cost_is_added_to_a_database_with_compressed_history(conn: asyncpg.Connection, mode: str) -> None:
+    before_cost = [m for m in load_migrations() if m.version < 14]
+    await migrate(conn, mode=mode, migrations=before_cost)
+    now = datetime.now(UTC)
+    old = [now - timedelta(days=d) for d in (5, 6)]
+    await ensure_partitions(conn, mode, partition_day(old[-1]), partition_day(now))
+    for at in old:  # written by a version without the cost columns
+        await conn.execute(
+            "INSERT INTO probe_results (id, started_at, region, router, model, prompt, methodology, ok)"
+            " VALUES (gen_random_uuid(), $1, 'eu', 'sim', 'm/a', 'short', 'm1', true)",
+            at,
+        )
+    if mode == "timescaledb":
+        assert await compress_old(conn, mode, timedelta(days=3), now=now) >= 1
+
+    assert (await migrate(conn, mode=mode)).applied == ["0014_probe_cost"]
+    costs = await conn.fetch("SELECT cost_usd, cached_input_tokens FROM probe_results")
+    assert [tuple(r) for r in costs] == [(None, None), (None, None)], "history keeps no cost: it was not measured"
+    assert await write_batch(conn, [probe_result(started_at=now, cost_usd=0.5, cached_input_tokens=7)]) == 1
+    assert await conn.fetchval("SELECT sum(cost_usd) FROM probe_cost_daily") == 0.5
 
 
 @pytest.mark.db

@@ -94,6 +94,9 @@ def leaked(key: str, r: ProbeResult, n: int = 6) -> list[str]:
         {"prompt_tokens": 20, "completion_tokens": 2.5},
         {"prompt_tokens": 20, "completion_tokens": "3"},
         {"prompt_tokens": 20, "completion_tokens": True},
+        {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": -1}},
+        {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 2**31}},
+        {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": "all"}},
     ],
     ids=repr,
 )
@@ -106,6 +109,17 @@ async def test_impossible_usage_counts_are_a_bad_response(session, router, usage
     assert r.input_tokens is None or r.input_tokens >= 0
     # What was measured before the bad chunk is kept.
     assert r.chunks == 3 and r.ttft_ms is not None
+
+
+async def test_cached_tokens_are_read_and_odd_details_ignored(session, router) -> None:
+    usage = {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 16}}
+    r = await probe(session, router, Reply(body=healthy_body(usage=usage)))
+    assert r.ok and r.cached_input_tokens == 16
+    # Details that are not an object, or without a cached count, leave it unknown rather than failing the probe.
+    for details in ("none", None, {"audio_tokens": 2}):
+        usage = {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": details}
+        r = await probe(session, router, Reply(body=healthy_body(usage=usage)))
+        assert r.ok and r.cached_input_tokens is None, details
 
 
 async def test_usage_as_whole_floats_is_accepted(session, router) -> None:

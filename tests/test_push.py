@@ -9,6 +9,7 @@ its port as an operator would restart it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,12 @@ from factories import config_text, probe_result
 from ingest_support import EU_TOKEN, MODEL, US_TOKEN, Central, central_parts
 from writer_support import until
 
+from routewatch.budget_follow import follow_pushed_pauses, pushed_paused
 from routewatch.config import parse_config
 from routewatch.config.settings import Settings
-from routewatch.delivery.push import push_writer
+from routewatch.delivery.push import BudgetPaused, IngestDestination, push_writer, read_budget_paused
 from routewatch.delivery.spooled import DEAD_LETTER_FILE, SpooledDelivery
+from routewatch.probe.scheduler import Prober, new_session
 from routewatch.results.probe_result import ProbeResult
 from routewatch.sinks import push_sink
 
@@ -402,3 +406,55 @@ async def test_shutdown_is_bounded_when_the_centre_hangs_and_the_batch_stays_in_
         finally:
             await again.close()
     assert sorted(await central.ids()) == sorted(r.id for r in kept)
+
+
+@pytest.mark.db
+async def test_a_pushing_prober_learns_the_budgets_pauses_from_the_ingest_report(
+    central: Central, tmp_path: Path
+) -> None:
+    # The central server's day so far: one series spent past the budget, so its leader pauses it.
+    today = await central.pool.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    await central.pool.execute("INSERT INTO probe_cost_daily VALUES ($1, 'sim', 'm/dear', 'short', 4, 4, 2.0)", today)
+    central.aggregator.budget.configure(1.0, 100.0)
+    await central.aggregator.refresh()
+    async with serving(central.app) as server:
+        w = writer(server.url, tmp_path / "spool")
+        await w.start()
+        try:
+            await submit(w, results(1))
+            await until("the first report", lambda: w.written == 1)
+        finally:
+            await w.close()
+    destination = w.destination
+    assert isinstance(destination, IngestDestination)
+    assert destination.budget_paused == BudgetPaused(today, frozenset({("sim", "m/dear", "short")}))
+    assert pushed_paused(destination, today) == {"sim|m/dear|short"}
+    assert pushed_paused(destination, today + timedelta(days=1)) == frozenset(), "pauses end with the day"
+    async with new_session(1) as session:
+        prober = Prober(session, parse_config(config_text(), "p.yaml").timeouts, "eu", 1)
+        following = asyncio.create_task(follow_pushed_pauses(destination, prober, every_s=0.05))
+        try:
+            await until("the prober to take the pauses", lambda: prober.paused == {"sim|m/dear|short"})
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "all",
+        {"day": "2026-11-30"},
+        {"day": "yesterday", "series": []},
+        {"day": "2026-11-30", "series": [["sim", "m"]]},
+        {"day": "2026-11-30", "series": [["sim", "m", 3]]},
+        {"day": "2026-11-30", "series": "everything"},
+    ],
+    ids=repr,
+)
+def test_a_malformed_budget_paused_keeps_what_was_known(raw: object) -> None:
+    known = BudgetPaused(date(2026, 11, 30), frozenset({("sim", "m/a", "short")}))
+    assert read_budget_paused(raw, known) is known
+    assert read_budget_paused(None, known) is known  # an older server says nothing

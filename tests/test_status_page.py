@@ -332,7 +332,8 @@ async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     resp = await client.get("/status.json")
     assert resp.status == 200 and resp.content_type == "application/json"
     body = await resp.json()
-    assert set(body) == {"updated_at", "stats_updated_at", "window", "overall", "models", "incidents"}
+    assert set(body) == {"updated_at", "stats_updated_at", "window", "overall", "models", "incidents", "budget_note"}
+    assert body["budget_note"] is None  # no budget: nothing paused
     assert body["overall"] == "down" and body["window"] == "7d"
     models = {m["id"]: m for m in body["models"]}
     assert list(models) == list(MODELS)

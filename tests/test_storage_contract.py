@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
@@ -86,6 +86,8 @@ def every_field_set(at: datetime) -> ProbeResult:
         fallbacks=0,
         router_request_id="8911edb3-074c-4a37-8de4-42f043d434e7",
         reported_cost_usd=4.4e-06,
+        cached_input_tokens=2**31 - 1,
+        cost_usd=1e-9,
     )
 
 
@@ -124,6 +126,21 @@ async def test_a_replayed_batch_is_stored_once(conn: asyncpg.Connection, mode: s
     report = await refresh_hist(conn)
     counts = (await window_stats(conn, ONE_HOUR, report.now))["1h"][("sim", "m/a")].counts
     assert (counts.attempts, counts.ok) == (6, 6), "the replays are not counted twice"
+
+
+async def test_the_daily_spend_counts_a_replayed_probe_once(conn: asyncpg.Connection, mode: str) -> None:
+    await migrate(conn, mode=mode)
+    hour = floor_hour(await database_now(conn)) - timedelta(hours=1)
+    priced = [probe_result(started_at=hour + timedelta(minutes=i), cost_usd=0.25) for i in range(4)]
+    unpriced = probe_result(started_at=hour, model="m/free")
+    assert await store(conn, mode, [*priced, unpriced]) == 5
+    assert await store(conn, mode, priced[1:]) == 0, "a replay adds nothing"
+    rows = {
+        r["model"]: tuple(r[1:])
+        for r in await conn.fetch("SELECT model, day, probes, priced_probes, cost_usd FROM probe_cost_daily")
+    }
+    day = hour.astimezone(UTC).date()
+    assert rows == {"m/a": (day, 4, 4, 1.0), "m/free": (day, 1, 0, 0.0)}
 
 
 async def test_the_rollups_count_what_was_written(conn: asyncpg.Connection, mode: str) -> None:

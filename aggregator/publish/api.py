@@ -23,12 +23,13 @@ import math
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import SecretStr
 
+from routewatch.aggregator.budget import BudgetReport
 from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish import openapi
 from routewatch.aggregator.publish.http_cache import cached_response, etag_for
@@ -39,6 +40,7 @@ from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.aggregator.publish.metrics import HealthSource, WorkerMetrics, setup_metrics_route
 from routewatch.aggregator.publish.metrics_snapshot import DEFAULT_EXPORT, MetricsExport
 from routewatch.aggregator.publish.openapi import (
+    MAX_COST_DAYS,
     MAX_SERIES_POINTS,
     SERIES_BUCKETS,
     SERIES_METRICS,
@@ -353,13 +355,22 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
     report = api.aggregator.status
     # Status is per model id (whatever the router); a model it has no verdict on is unknown.
     states = {m.model: m.state.value for m in report.models} if report is not None else {}
+    budget = api.aggregator.budget.report
+    spent: dict[tuple[str, str], float] = {}
+    if budget is not None:
+        for spend in budget.today():
+            if spend.priced_probes:
+                key = (spend.router, spend.model)
+                spent[key] = spent.get(key, 0.0) + spend.cost_usd
     models = []
     for router, model in snap.models:
         labels = snap.stats[window][(router, model)].breakdown.get("provider", {})
         model_state = states.get(model, "unknown")
         if (provider is not None and provider not in labels) or (state is not None and model_state != state):
             continue
-        models.append(_listing_entry(snap, router, model, window, model_state))
+        models.append(
+            {**_listing_entry(snap, router, model, window, model_state), "cost_today_usd": spent.get((router, model))}
+        )
     return {
         "window": window,
         "updated_at": snap.updated_at.isoformat(),
@@ -606,6 +617,74 @@ async def status(request: web.Request) -> web.Response:
 
 
 @errors_as_json
+async def costs(request: web.Request) -> web.Response:
+    """GET /v1/costs[?days=1][&router=][&model=]: spend per router, model and UTC day, and the budget."""
+    api = request.app[API]
+    query = _query(request, ("days", "router", "model"))
+    days = _int_param(query, "days", 1, MAX_COST_DAYS)
+    report = api.aggregator.budget.report
+    if report is None:
+        raise ApiError(503, "spend not read yet", headers={"Retry-After": "5"})
+    return _uncached(costs_json(report, days, query.get("router"), query.get("model")))
+
+
+def costs_json(report: BudgetReport, days: int, router: str | None, model: str | None) -> dict[str, Any]:
+    """``/v1/costs``' body: the last ``days`` days of ``report``, newest first, filtered."""
+    first = report.day - timedelta(days=days - 1)
+    models: dict[tuple[date, str, str], list[float]] = {}  # -> [probes, priced probes, usd]
+    for s in report.spend:
+        if s.day < first or (router is not None and s.router != router) or (model is not None and s.model != model):
+            continue
+        row = models.setdefault((s.day, s.router, s.model), [0, 0, 0.0])
+        row[0] += s.probes
+        row[1] += s.priced_probes
+        row[2] += s.cost_usd
+    routers: dict[tuple[date, str], list[float]] = {}
+    for (day, r, _), (probes, _, usd) in models.items():
+        total = routers.setdefault((day, r), [0, 0.0])
+        total[0] += probes
+        total[1] += usd
+    newest = sorted(models, key=lambda k: (-k[0].toordinal(), k[1], k[2]))
+    return {
+        "day": report.day.isoformat(),
+        "budget": {
+            "usd_per_day": report.budget_usd,
+            "spent_today_usd": report.spent_today_usd,
+            "paused": [
+                {"router": p.router, "model": p.model, "prompt": p.prompt, "usd_per_day": p.usd_per_day}
+                for p in report.paused
+            ],
+            "note": report.note,
+        },
+        "routers": [
+            {"day": day.isoformat(), "router": r, "probes": int(probes), "usd": usd}
+            for (day, r), (probes, usd) in sorted(routers.items(), key=lambda kv: (-kv[0][0].toordinal(), kv[0][1]))
+        ],
+        "models": [
+            {
+                "day": k[0].isoformat(),
+                "router": k[1],
+                "model": k[2],
+                "probes": int(models[k][0]),
+                "priced_probes": int(models[k][1]),
+                "usd": models[k][2],
+            }
+            for k in newest
+        ],
+    }
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    """A whole-number query parameter from 1 to ``maximum``, or a 400 naming it."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ApiError(400, f"{name} must be a whole number from 1 to {maximum}, not {_clip(raw)!r}", name)
+    return int(raw)
+
+
+@errors_as_json
 async def openapi_document(request: web.Request) -> web.Response:
     """GET /openapi.json: the OpenAPI 3.1 document, with the configured windows as the window enum."""
     api = request.app[API]
@@ -765,6 +844,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(r"/v1/models/{id:[\s\S]+(?<!/stats)(?<!/series)(?<!/probe)}", model_detail)
     app.router.add_post("/v1/config/reload", reload_config)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/costs", costs)
     app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

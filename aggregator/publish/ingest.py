@@ -7,7 +7,11 @@ the environment variable holding it); the token decides the region every
 result of the batch is stored under. The answer, ``200``, is an ingest report::
 
     {"region": "eu-west", "received": 3, "stored": 2, "duplicates": 0,
-     "rejected": [{"index": 1, "id": "…", "reason": "…"}]}
+     "rejected": [{"index": 1, "id": "…", "reason": "…"}],
+     "budget_paused": {"day": "2026-11-30", "series": [["router", "model", "prompt"]]}}
+
+``budget_paused`` tells the prober, which reads no database, which series the
+daily budget paused today (``aggregator/budget.py``); null before the first read.
 
 Rules, and why:
 
@@ -47,6 +51,7 @@ from pydantic import SecretStr
 
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps, errors_as_json
 from routewatch.aggregator.publish.ingest_records import RecordRejected, read_record, record_id
+from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import database_unavailable
 from routewatch.storage.writer import Stored
@@ -241,6 +246,7 @@ async def ingest(request: web.Request) -> web.Response:
         "stored": stored.inserted,
         "duplicates": len(valid) - len(stored.rejected) - stored.inserted,
         "rejected": rejected,
+        "budget_paused": _budget_paused(request),
     }
     if rejected:
         reasons = sorted({str(entry["reason"]) for entry in rejected})
@@ -254,6 +260,14 @@ async def ingest(request: web.Request) -> web.Response:
     else:
         log.debug("ingest: region %s sent %d results, %d stored", region, len(raws), stored.inserted)
     return web.Response(body=dumps(report), headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store"})
+
+
+def _budget_paused(request: web.Request) -> dict[str, Any] | None:
+    """Today's paused series, for a pushing prober to skip (it reads no database); None before the first read."""
+    report = request.app[AGGREGATOR].budget.report
+    if report is None:
+        return None
+    return {"day": report.day.isoformat(), "series": [[p.router, p.model, p.prompt] for p in report.paused]}
 
 
 def setup_ingest_route(app: web.Application, receiver: IngestReceiver | None) -> None:

@@ -36,6 +36,11 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   (1 while reads go to the replica, 0 while they fall back to the primary),
   ``routewatch_read_replica_lag_seconds`` (how far its replay is behind the
   primary; absent while it cannot be reached), ``routewatch_read_replica_switches_total``.
+* spend and budget (``aggregator/budget.py``), once read: ``routewatch_budget_spend_today_usd``,
+  ``routewatch_budget_usd_per_day`` (absent without a budget), ``routewatch_budget_series_paused``,
+  ``routewatch_budget_paused{router, model, prompt}`` (1 per paused series),
+  and ``routewatch_cost_today_usd{router, model}`` (one per priced model probed today: bounded
+  by the models probed, like the stats families).
 * prober (absent, not 0, in ``routewatch serve``): the families of
   ``routewatch/probe/health.py`` (``routewatch_probes_total{result}``,
   ``routewatch_route_probes_total{router, model, region}`` and
@@ -68,6 +73,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from routewatch.aggregator.budget import BudgetReport
 from routewatch.aggregator.model_state_store import StatusReport
 from routewatch.aggregator.publish.metrics_snapshot import (
     DEFAULT_EXPORT,
@@ -174,6 +180,7 @@ class ScrapeState:
     last_refresh_s: float | None  # how long the last refresh took; None before the first
     prober: ProberHealth | None  # None: no prober in this process
     replica: ReplicaState | None = None  # None: no read replica configured
+    budget: BudgetReport | None = None  # None: spend not read yet
 
     @classmethod
     def read(cls, aggregator: Aggregator, prober_health: HealthSource | None = None) -> ScrapeState:
@@ -193,6 +200,7 @@ class ScrapeState:
             last_refresh_s=aggregator.last_refresh_s,
             prober=prober_health() if prober_health is not None else None,
             replica=ReplicaState.read(aggregator.reads),
+            budget=aggregator.budget.report,
         )
 
 
@@ -246,6 +254,43 @@ def _replica_families(replica: ReplicaState) -> Iterator[Metric]:
     )
 
 
+def _budget_families(report: BudgetReport) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "routewatch_budget_spend_today_usd",
+        "USD the probes cost so far today (UTC day), at the prices in probes.yaml",
+        value=report.spent_today_usd,
+    )
+    if report.budget_usd is not None:
+        yield GaugeMetricFamily(
+            "routewatch_budget_usd_per_day", "budget.usd_per_day from probes.yaml", value=report.budget_usd
+        )
+    yield GaugeMetricFamily(
+        "routewatch_budget_series_paused",
+        "Series (router, model, prompt) whose probing the budget paused until the UTC day turns",
+        value=len(report.paused),
+    )
+    paused = GaugeMetricFamily(
+        "routewatch_budget_paused",
+        "1 for each series the budget paused today: the alert on silent routes leaves these out",
+        labels=["router", "model", "prompt"],
+    )
+    for p in report.paused:
+        paused.add_metric([p.router, p.model, p.prompt], 1.0)
+    yield paused
+    per_model = GaugeMetricFamily(
+        "routewatch_cost_today_usd",
+        "USD a model's probes on a router cost so far today (UTC day); only models with a price",
+        labels=["router", "model"],
+    )
+    spent: dict[tuple[str, str], float] = {}
+    for s in report.today():
+        if s.priced_probes:
+            spent[(s.router, s.model)] = spent.get((s.router, s.model), 0.0) + s.cost_usd
+    for (router, model), usd in sorted(spent.items()):
+        per_model.add_metric([router, model], usd)
+    yield per_model
+
+
 class LiveCollector(Collector):
     """What one scrape reads besides the stats and states: the aggregator's and the prober's health."""
 
@@ -258,6 +303,8 @@ class LiveCollector(Collector):
         yield from _aggregator_families(state)
         if state.replica is not None:
             yield from _replica_families(state.replica)
+        if state.budget is not None:
+            yield from _budget_families(state.budget)
         if state.prober is not None:
             yield from prober_families(state.prober)
 

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from routewatch.aggregator.budget import SPEND_DAYS
 from routewatch.aggregator.model_state import UPTIME_DAYS, State
 from routewatch.aggregator.model_state_store import INCIDENT_LIST_MAX, RECENT_INCIDENTS
 from routewatch.aggregator.publish.ingest import MAX_BODY_BYTES, MAX_RESULTS
@@ -49,6 +50,7 @@ SERIES_METRICS = {
     "error_rate_excl_429": "error_rate_excl_429",
 }
 SERIES_BUCKETS = ("1h", "1d")
+MAX_COST_DAYS = SPEND_DAYS  # the spend the aggregator keeps in memory
 MAX_SERIES_POINTS = 2400  # 100 days of hourly points: the default retention, hourly
 WINDOW_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)$"
 
@@ -245,6 +247,47 @@ def _ingest_record() -> Schema:
     }
 
 
+def _costs() -> Schema:
+    count: Schema = {"type": "integer", "minimum": 0}
+    usd: Schema = {"type": "number", "minimum": 0}
+    day: Schema = {"type": "string", "format": "date"}
+    row = _object(
+        {
+            "day": day,
+            "router": {"type": "string"},
+            "model": {"type": "string"},
+            "probes": count,
+            "priced_probes": {**count, "description": "probes with a cost (the model had a price)"},
+            "usd": {**usd, "description": "over the priced probes"},
+        }
+    )
+    router_day = _object({"day": day, "router": {"type": "string"}, "probes": count, "usd": usd})
+    pause = _object(
+        {
+            "router": {"type": "string"},
+            "model": {"type": "string"},
+            "prompt": {"type": "string"},
+            "usd_per_day": {**usd, "description": "the series' measured cost rate when it was paused"},
+        }
+    )
+    budget = _object(
+        {
+            "usd_per_day": {**NUMBER_OR_NULL, "description": "budget.usd_per_day; null: no budget"},
+            "spent_today_usd": usd,
+            "paused": {"type": "array", "items": pause, "description": "series paused until the UTC day turns"},
+            "note": {"type": ["string", "null"], "description": "what the status page says while series are paused"},
+        }
+    )
+    return _object(
+        {
+            "day": {**day, "description": "today (UTC), as the database's clock says"},
+            "budget": budget,
+            "routers": {"type": "array", "items": router_day, "description": "per router and day, newest first"},
+            "models": {"type": "array", "items": row, "description": "per model, router and day, newest first"},
+        }
+    )
+
+
 def _ingest_report() -> Schema:
     count: Schema = {"type": "integer", "minimum": 0}
     return _object(
@@ -263,6 +306,26 @@ def _ingest_report() -> Schema:
                         "reason": {"type": "string"},
                     }
                 ),
+            },
+            "budget_paused": {
+                "type": ["object", "null"],
+                "description": "the series the daily budget paused today, for the prober to skip; "
+                "null before the server has read the day's spend",
+                "properties": {
+                    "day": {"type": "string", "format": "date", "description": "the UTC day they are paused for"},
+                    "series": {
+                        "type": "array",
+                        "items": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 3,
+                            "maxItems": 3,
+                            "description": "router, model, prompt",
+                        },
+                    },
+                },
+                "required": ["day", "series"],
+                "additionalProperties": False,
             },
         }
     )
@@ -364,6 +427,10 @@ def _status_page() -> Schema:
             "overall": state,
             "models": {"type": "array", "items": model},
             "incidents": _incidents(),
+            "budget_note": {
+                "type": ["string", "null"],
+                "description": "while the daily budget has paused series: which and why; null otherwise",
+            },
         }
     )
 
@@ -420,6 +487,12 @@ def _schemas() -> dict[str, Schema]:
                     "description": "when the router's list was first read without the model; null while listed",
                 },
                 "stats": _ref("ModelStats"),
+                "cost_today_usd": {
+                    **NUMBER_OR_NULL,
+                    "minimum": 0,
+                    "description": "what this model's probes on this router cost today (UTC day) at the "
+                    "prices in probes.yaml; null when none of them had a price",
+                },
             }
         ),
         "ModelDetail": _object(
@@ -548,6 +621,7 @@ def _schemas() -> dict[str, Schema]:
             }
         ),
         "ProbeResult": _probe_result(),
+        "Costs": _costs(),
         "IngestBatch": _object(
             {"results": {"type": "array", "maxItems": MAX_RESULTS, "items": _ref("IngestRecord")}},
         ),
@@ -742,6 +816,22 @@ def _paths() -> dict[str, Schema]:
                 ),
                 "parameters": series_params,
                 "responses": _std(_json("Series", "the points, oldest first", cached=True), "304", "400", "404", "503"),
+            }
+        },
+        "/v1/costs": {
+            "get": {
+                "operationId": "costs",
+                "summary": "What the probes cost per router, model and UTC day, and the daily budget",
+                "parameters": [
+                    _query(
+                        "days",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_COST_DAYS},
+                        "days back from today (UTC), today included; default 1",
+                    ),
+                    _query("router", {"type": "string"}, "only this router's models"),
+                    _query("model", {"type": "string"}, "only this model"),
+                ],
+                "responses": _std(_json("Costs", "spend and budget"), "400", "503"),
             }
         },
         "/v1/status": {

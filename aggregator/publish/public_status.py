@@ -74,6 +74,7 @@ class PublicStatus:
         error propagates.
         """
         report, snapshot = aggregator.status, aggregator.snapshot
+        budget = aggregator.budget.report
         if report is None:
             raise ValueError("status not computed yet")
         async with self._lock:
@@ -93,7 +94,14 @@ class PublicStatus:
                     exc.__class__.__name__,
                 )
                 uptime, open_, closed = _uptime_of(cur.view), cur.open, cur.closed
-            view = build_view(report, snapshot, uptime, today, with_listed_prices(self.prices, snapshot))
+            view = build_view(
+                report,
+                snapshot,
+                uptime,
+                today,
+                with_listed_prices(self.prices, snapshot),
+                budget.note if budget else None,
+            )
             self._current = Published(report, snapshot, view, open_, closed)
             return self._current
 

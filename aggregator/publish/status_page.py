@@ -118,6 +118,7 @@ def render_status_page(view: StatusView) -> str:
         [
             _header(view),
             f'<section class="banner s-{view.overall.value}" role="status">{esc(BANNERS[view.overall])}</section>',
+            f'<p class="note budget" role="note">{esc(view.budget_note)}</p>' if view.budget_note else "",
             _incident_section("open-h", "Open incidents", view.open, view, "No open incidents."),
             _models_section(view),
             _incident_section("recent-h", "Recent incidents", view.recent, view, "No incidents recently."),

@@ -140,6 +140,7 @@ class StatusView:
     models: tuple[ModelRow, ...]
     open: tuple[Incident, ...]
     recent: tuple[Incident, ...]
+    budget_note: str | None = None  # while the daily budget has paused series
 
 
 def day_level(uptime: DayUptime | None) -> str:
@@ -218,6 +219,7 @@ def build_view(
     uptime: Mapping[tuple[str, date], DayUptime],
     today: date,
     prices: Mapping[SeriesKey, float] | None = None,
+    budget_note: str | None = None,
 ) -> StatusView:
     """Join the status report, the snapshot's p50s and the daily uptime; ``today`` is the last bar's UTC day."""
     routes = _routes_by_model(snapshot, prices or {})
@@ -241,6 +243,7 @@ def build_view(
         models=rows,
         open=report.open,
         recent=report.recent,
+        budget_note=budget_note,
     )
 
 
@@ -278,7 +281,8 @@ def view_json(view: StatusView) -> dict[str, Any]:
             "open": [{"id": 7, "start": "...", "end": null, "worst_state": "degraded" | "down",
                       "models": ["..."], "suppressed": false}],
             "recent": [ ... ]                           # closed, newest first, at most 10
-          }
+          },
+          "budget_note": null | "Probing of 2 series is paused ..."  # while the budget pauses series
         }
     """
     return {
@@ -291,6 +295,7 @@ def view_json(view: StatusView) -> dict[str, Any]:
             "open": [incident_json(i) for i in view.open],
             "recent": [incident_json(i) for i in view.recent],
         },
+        "budget_note": view.budget_note,
     }
 
 

@@ -226,7 +226,9 @@ def alerts(plan: AlertPlan) -> list[Alert]:
             plan,
             "RoutewatchNoFreshProbes",
             f"{CONFIGURED} unless on (router, model)\n"
-            f"(sum by (router, model) (increase(routewatch_route_probes_total[{fresh}])) > 0)",
+            f"(sum by (router, model) (increase(routewatch_route_probes_total[{fresh}])) > 0)\n"
+            # A route the daily budget paused is silent on purpose: RoutewatchBudgetPausedSeries says so.
+            "unless on (router, model)\n(max by (router, model) (routewatch_budget_paused) == 1)",
             plan.fresh_for_s,
             "page",
             "No probe of {route} has completed recently",
@@ -283,6 +285,18 @@ def alerts(plan: AlertPlan) -> list[Alert]:
             "routewatch's spool is over 80% of its limit",
             f"The local spool holds over {plan.spool_limit_bytes} bytes (80% of storage.spool_max_mb): "
             "results will be lost when it is full.",
+        )
+    )
+    out.append(
+        _process(
+            plan,
+            "RoutewatchBudgetPausedSeries",
+            "routewatch_budget_series_paused > 0",
+            plan.scrape_for_s,
+            "ticket",
+            "routewatch's daily budget has paused probing",
+            "Today's measured spend reached budget.usd_per_day: the dearest series are not probed until the "
+            "UTC day turns, so their figures go stale. GET /v1/costs lists them.",
         )
     )
     writer = duration(plan.writer_window_s)

@@ -254,11 +254,13 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
     )
 
     groups.append(_silence_group(plan, by_name["RoutewatchNoFreshProbes"], route))
+    groups.append(_paused_group(plan, by_name["RoutewatchNoFreshProbes"], route))
     groups.append(_writer_group(plan, by_name["RoutewatchWriterNotStoring"], proc))
 
     simple: list[tuple[str, str, float, float]] = [
         ("RoutewatchScrapeFailing", "up", 1, 0),
         ("RoutewatchSpoolNearlyFull", "routewatch_spool_bytes", 0, plan.spool_limit_bytes + 1),
+        ("RoutewatchBudgetPausedSeries", "routewatch_budget_series_paused", 0, 2),
     ]
     for name, metric, good, bad in simple:
         alert = by_name[name]
@@ -311,6 +313,34 @@ def _silence_group(plan: AlertPlan, alert: Alert, route: Labels) -> _Group:
             _Check(start_quiet + quiet - 1, alert.name, (route,)),
             _Check(end - 1, alert.name, ()),
         ),
+        plan.interval_s,
+    )
+
+
+def _paused_group(plan: AlertPlan, alert: Alert, route: Labels) -> _Group:
+    """A route the budget paused stops being probed on purpose: no page, however long."""
+    step = plan.interval_s
+    per = float(plan.probes_per_interval)
+    ok = _steps(plan.fresh_window_s, step) + 2
+    quiet = 2 * (_steps(plan.fresh_window_s + alert.for_s, step) + 4)
+    end = ok + quiet
+    paused = {"router": route["router"], "model": route["model"], "prompt": "short"}
+    others = [
+        (
+            _selector("routewatch_route_probes_total", {"router": r, "model": m, "region": plan.region}),
+            counter((per, end)),
+        )
+        for r, m in plan.routes
+        if (r, m) != (route["router"], route["model"])
+    ]
+    return _Group(
+        f"{alert.name}: quiet while the daily budget pauses the route",
+        (
+            (_selector("routewatch_route_probes_total", route), counter((per, ok), (0.0, quiet))),
+            (_selector("routewatch_budget_paused", paused), gauge((0, ok), (1, quiet))),
+            *others,
+        ),
+        (_Check(end - 1, alert.name, ()),),
         plan.interval_s,
     )
 

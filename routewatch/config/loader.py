@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
 )
 
+from routewatch.config.costs import budget_overrun
 from routewatch.config.model import (
     PROBLEMS_ERROR_TYPE,
     UNKNOWN_KEY_HINTS,
@@ -241,6 +242,9 @@ def parse_config(text: str, filename: str) -> Config:
         # `from None`: pydantic's own text echoes input values, which may be secrets.
         issues += _validation_issues(exc, filename, lines)
         config = None
+    if config is not None and (overrun := budget_overrun(config)):
+        loc: Loc = ("budget", "usd_per_day")
+        issues.append(ConfigIssue(filename, _line_of(loc, lines), format_path(loc), overrun))
     if issues:
         issues.sort(key=lambda issue: issue.line or 0)
         raise ConfigError(issues) from None

@@ -249,6 +249,12 @@ class Price(_Section):
 
     input: float = Field(ge=0, le=100_000, description="USD per 1M input (prompt) tokens")
     output: float = Field(ge=0, le=100_000, description="USD per 1M output (completion) tokens")
+    cached_input: float | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="USD per 1M input tokens the router served from its prompt cache; default: the input price",
+    )
 
 
 def _glob(value: str) -> str:
@@ -882,6 +888,18 @@ class NotificationsConfig(_Section):
         return self
 
 
+class BudgetConfig(_Section):
+    """What probing may spend per day, in USD, priced with ``routers[].prices``."""
+
+    usd_per_day: float | None = Field(
+        None,
+        gt=0,
+        le=10_000_000,
+        description="the planned cost above this is refused at start; a measured spend above it pauses "
+        "the most expensive series until the UTC day turns; default none (no limit)",
+    )
+
+
 class StorageConfig(_Section):
     """How long results are kept, and the local spool's limit."""
 
@@ -919,6 +937,7 @@ class Config(_Section):
     notifications: NotificationsConfig = Field(
         default_factory=NotificationsConfig, description="where incident opens and resolves are posted; default none"
     )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="the daily spending limit; default none")
 
     @field_validator("routers")
     @classmethod

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from routewatch.config.costs import CostPlan, estimate_input_tokens, format_usd, plan_costs
 from routewatch.config.loader import load_config
-from routewatch.config.model import Config, ConfigError, PromptConfig, format_seconds
+from routewatch.config.model import Config, ConfigError, format_seconds
+
+LISTED = 5
+"""At most this many model names in one line of the summary: a file may list thousands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,19 +29,18 @@ class ConfigSummary:
     cost_per_day_usd: float | None  # priced models only; None without any price
     priced_models: int
     unpriced_models: tuple[str, ...]  # model ids, "(router)" added when several routers
+    plan: CostPlan
 
     @property
     def note(self) -> str | None:
-        """Which models the cost leaves out, if any."""
+        """Which models the cost leaves out, if any: their count and the first few."""
         if not self.unpriced_models:
             return None
-        return "no price for " + ", ".join(self.unpriced_models)
-
-
-def estimate_input_tokens(prompt: PromptConfig) -> int:
-    """Rough prompt size: 4 characters a token plus 4 tokens of framing per message."""
-    chars = sum(len(m.content) for m in prompt.messages)
-    return math.ceil(chars / 4) + 4 * len(prompt.messages)
+        shown = ", ".join(self.unpriced_models[:LISTED])
+        more = len(self.unpriced_models) - LISTED
+        return f"no price for {_count(len(self.unpriced_models), 'model')}: {shown}" + (
+            f" and {more:,} more" if more > 0 else ""
+        )
 
 
 def summarize(config: Config) -> ConfigSummary:
@@ -46,18 +48,10 @@ def summarize(config: Config) -> ConfigSummary:
     runs = 86400 / config.schedule.interval  # probes per series per day
     input_per_run = sum(estimate_input_tokens(p) for p in config.prompts)  # one model, all prompts
     output_per_run = sum(p.max_tokens for p in config.prompts)
-    models = sum(len(r.models) for r in config.routers)
-    cost = 0.0
-    priced = 0
-    unpriced: list[str] = []
-    for router in config.routers:
-        for model in router.models:
-            price = router.prices.get(model)
-            if price is None:
-                unpriced.append(model if len(config.routers) == 1 else f"{model} ({router.name})")
-                continue
-            priced += 1
-            cost += runs * (input_per_run * price.input + output_per_run * price.output) / 1e6
+    plan = plan_costs(config)
+    several = len(config.routers) > 1
+    unpriced = tuple(f"{m.model} ({m.router})" if several else m.model for m in plan.unpriced())
+    models = len(plan.models)
     return ConfigSummary(
         routers=len(config.routers),
         models=models,
@@ -67,14 +61,15 @@ def summarize(config: Config) -> ConfigSummary:
         probes_per_day=models * len(config.prompts) * runs,
         input_tokens_per_day=models * input_per_run * runs,
         output_tokens_per_day=models * output_per_run * runs,
-        cost_per_day_usd=cost if priced else None,
-        priced_models=priced,
-        unpriced_models=tuple(unpriced),
+        cost_per_day_usd=plan.usd_per_day,
+        priced_models=models - len(unpriced),
+        unpriced_models=unpriced,
+        plan=plan,
     )
 
 
 def format_summary(config: Config, path: str | Path) -> str:
-    """A few lines for ``routewatch check-config``."""
+    """A few lines for ``routewatch check-config``, however many models the file lists."""
     s = summarize(config)
     lines = [
         f"{path}: OK",
@@ -87,7 +82,22 @@ def format_summary(config: Config, path: str | Path) -> str:
     if s.cost_per_day_usd is None:
         lines.append("  cost unknown: no prices in the file")
     else:
-        lines.append(f"  ≤ {_usd(s.cost_per_day_usd)}/day (prices for {s.priced_models} of {s.models} models)")
+        budget = config.budget.usd_per_day
+        within = "" if budget is None else f", within the budget of {format_usd(budget)}/day"
+        lines.append(
+            f"  ≤ {format_usd(s.cost_per_day_usd)}/day (prices for {s.priced_models:,} of {s.models:,} models){within}"
+        )
+        routers = s.plan.per_router()
+        if len(routers) > 1:
+            shown = ", ".join(f"{name} {format_usd(usd)}" for name, usd in list(routers.items())[:LISTED])
+            more = len(routers) - LISTED
+            lines.append(f"  per router: {shown}" + (f" and {more:,} more" if more > 0 else ""))
+        several = s.routers > 1
+        top = ", ".join(
+            f"{m.model}{f' ({m.router})' if several else ''} {format_usd(m.usd_per_day or 0.0)}"
+            for m in s.plan.most_expensive(LISTED)
+        )
+        lines.append(f"  dearest: {top}")
     if s.note:
         lines.append(f"  {s.note}")
     for router in config.routers:
@@ -125,8 +135,3 @@ def _tokens(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g}{suffix}"
     return f"{n:.0f}"
-
-
-def _usd(amount: float) -> str:
-    # Cents hide a small plan's cost; show it, but never as "$0.00".
-    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4f}"

@@ -37,6 +37,8 @@ import json
 import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ INGEST_PATH = "/v1/ingest"
 REQUEST_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 MAX_ANSWER_BYTES = 1024 * 1024  # an ingest report is small; more is not one
+MAX_PAUSED = 20_000  # paused series read from one report: more than a prober can hold in its 1 MiB answer
 RETRY_S = 1.0
 MAX_RETRY_S = 15.0  # the longest wait between attempts while the central server is unreachable
 _CLIP = 200
@@ -126,6 +129,8 @@ class IngestDestination:
         self._session: aiohttp.ClientSession | None = None
         self._refused_logged = False
         self._region: str | None = None  # what the server says the token is for, once it answered
+        # The central server's word on which series the daily budget paused, as of its last report.
+        self.budget_paused: BudgetPaused | None = None
 
     def __repr__(self) -> str:
         return f"IngestDestination({self._url!r}, token from ${self._token_env})"
@@ -213,6 +218,7 @@ class IngestDestination:
             self._region = region
             log.info("%s takes this prober's results as region %r", self.name, region)
         count_stored(stored)
+        self.budget_paused = read_budget_paused(report.get("budget_paused"), self.budget_paused)
         return [(results[i], reason) for i, reason in sorted(reasons.items())]
 
     def _refused(self, status: int, message: str) -> None:
@@ -231,6 +237,37 @@ class IngestDestination:
         if self._refused_logged:
             self._refused_logged = False
             log.info("%s accepts this prober's token again", self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPaused:
+    """The series (router, model, prompt) the central server's budget paused for ``day`` (UTC)."""
+
+    day: date
+    series: frozenset[tuple[str, str, str]]
+
+
+def read_budget_paused(raw: object, previous: BudgetPaused | None) -> BudgetPaused | None:
+    """An ingest report's ``budget_paused``; ``previous`` when absent (an older server) or malformed.
+
+    Advisory only: a malformed value never makes the batch fail.
+    """
+    if raw is None:
+        return previous
+    try:
+        if not isinstance(raw, dict) or not isinstance(raw.get("series"), list) or len(raw["series"]) > MAX_PAUSED:
+            raise ValueError("not {day, series}")
+        keys = frozenset(_paused_series(entry) for entry in raw["series"])
+        return BudgetPaused(date.fromisoformat(str(raw["day"])), keys)
+    except (KeyError, ValueError):
+        log.debug("an ingest report's budget_paused is not what this version reads; ignored")
+        return previous
+
+
+def _paused_series(entry: object) -> tuple[str, str, str]:
+    if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(part, str) for part in entry)):
+        raise ValueError("not [router, model, prompt]")
+    return (entry[0], entry[1], entry[2])
 
 
 def _count(value: Any, most: int) -> int:

@@ -76,6 +76,10 @@ class ProbeResult:
     fallbacks: int | None = None  # of those, calls to a fallback deployment or model
     router_request_id: str | None = None  # the router's own id, when it differs from request_id
     reported_cost_usd: float | None = None  # the cost the router reported for the request
+    # Of input_tokens, those the router says it served from its prompt cache.
+    cached_input_tokens: int | None = None
+    # USD, from the tokens and the model's price when measured (None: no price); see config/costs.py.
+    cost_usd: float | None = None
 
     def as_row(self) -> tuple[Any, ...]:
         """The values in column order (``COLUMNS``), for COPY."""

@@ -50,7 +50,9 @@ class ServedRequest:
     reasoning_tokens: int = 0
     """Of `output_tokens`, those sent as reasoning."""
     prompt_tokens: int = 0
-    """Prompt size the simulator estimated and reports in usage."""
+    """Prompt size the simulator estimated (plus the profile's overhead) and reports in usage."""
+    cached_prompt_tokens: int = 0
+    """Of `prompt_tokens`, those usage reports as cached (prompt_tokens_details.cached_tokens)."""
     usage_sent: bool = False
     """A usage chunk was sent."""
     finished: bool = False

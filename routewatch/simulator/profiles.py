@@ -63,6 +63,10 @@ class ModelProfile:
     """Relative weights among fault kinds; normalised to sum to 1."""
     include_usage: bool = True
     """Send usage in the final chunk when the request asks for it."""
+    prompt_overhead_tokens: int = 0
+    """Tokens the router adds to every prompt and bills (a system prompt of its own): usage reports them."""
+    cached_prompt_tokens: int = 0
+    """Of the reported prompt tokens, those usage says came from the prompt cache (capped to the prompt)."""
     keepalive_ms: float | None = None
     """Interval of `: OPENROUTER PROCESSING` comments before the first token."""
     served_model: str | None = None
@@ -102,6 +106,8 @@ class ModelProfile:
         require(self.tokens_per_s > 0, "tokens_per_s must be > 0")
         require(self.output_tokens >= 0, "output_tokens must be >= 0")
         require(self.reasoning_tokens >= 0, "reasoning_tokens must be >= 0")
+        require(self.prompt_overhead_tokens >= 0, "prompt_overhead_tokens must be >= 0")
+        require(self.cached_prompt_tokens >= 0, "cached_prompt_tokens must be >= 0")
         require(0.0 <= self.error_rate <= 1.0, "error_rate must be in [0, 1]")
         require(self.keepalive_ms is None or self.keepalive_ms > 0, "keepalive_ms must be > 0")
         require(self.stall_s >= 0, "stall_s must be >= 0")

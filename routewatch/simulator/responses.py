@@ -45,6 +45,7 @@ class Plan:
     content_tokens: int
     finish_reason: str
     prompt_tokens: int
+    cached_prompt_tokens: int
     include_usage: bool
     keepalive_ns: int | None
     stall_s: float
@@ -106,6 +107,7 @@ def make_plan(
     prompt_tokens: int,
     wants_usage: bool,
     upstream_delay_ms: float = 0.0,
+    cached_prompt_tokens: int = 0,
 ) -> Plan:
     """Fit the profile's answer into the request's max_tokens."""
     # Like OpenAI's max_completion_tokens, the budget covers reasoning too.
@@ -120,6 +122,7 @@ def make_plan(
         content_tokens=content,
         finish_reason="stop" if content == profile.output_tokens else "length",
         prompt_tokens=prompt_tokens,
+        cached_prompt_tokens=cached_prompt_tokens,
         include_usage=profile.include_usage and wants_usage,
         keepalive_ns=None if profile.keepalive_ms is None else round(profile.keepalive_ms * 1e6),
         stall_s=profile.stall_s,
@@ -144,7 +147,11 @@ def _ending(plan: Plan, chunks: ChunkMaker, output_tokens: int, reasoning_tokens
     """The finish chunk, the usage chunk if wanted, and [DONE]."""
     ending = [event(chunks.delta({}, plan.finish_reason))]
     if plan.include_usage:
-        ending.append(event(chunks.usage(usage_body(plan.prompt_tokens, output_tokens, reasoning_tokens))))
+        ending.append(
+            event(
+                chunks.usage(usage_body(plan.prompt_tokens, output_tokens, reasoning_tokens, plan.cached_prompt_tokens))
+            )
+        )
     return [*ending, DONE]
 
 
@@ -278,7 +285,7 @@ async def whole_completion(
     record.reasoning_tokens = plan.reasoning_tokens if tokens else 0
     if tokens:
         record.injected_ttft_ms = plan.served_ttft_ms
-    usage = usage_body(plan.prompt_tokens, record.output_tokens, record.reasoning_tokens)
+    usage = usage_body(plan.prompt_tokens, record.output_tokens, record.reasoning_tokens, plan.cached_prompt_tokens)
     record.usage_sent = True
     record.finished = True
     return web.json_response(chunks.completion(content.lstrip(), reasoning.lstrip(), plan.finish_reason, usage))

@@ -126,7 +126,8 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
 
     profile = chat.profile
     record.nonce_prompt = chat.nonce_prompt
-    record.prompt_tokens = chat.prompt_tokens
+    record.prompt_tokens = chat.prompt_tokens + profile.prompt_overhead_tokens
+    record.cached_prompt_tokens = min(profile.cached_prompt_tokens, record.prompt_tokens)
     rng = request.app[RNG]
     fault = profile.draw_fault(rng)
     ttft_ms = profile.draw_ttft_ms(rng)
@@ -140,7 +141,8 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
         fault=fault,
         ttft_ms=ttft_ms,
         max_tokens=chat.max_tokens,
-        prompt_tokens=chat.prompt_tokens,
+        prompt_tokens=record.prompt_tokens,
+        cached_prompt_tokens=record.cached_prompt_tokens,
         wants_usage=chat.wants_usage,
         upstream_delay_ms=routing.delay_ms,
     )

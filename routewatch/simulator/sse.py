@@ -35,12 +35,16 @@ def event(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
-    """OpenAI usage object; completion tokens include reasoning, as OpenAI counts them."""
+def usage_body(
+    prompt_tokens: int, completion_tokens: int, reasoning_tokens: int, cached_tokens: int = 0
+) -> dict[str, Any]:
+    """OpenAI usage object; completion tokens include reasoning, and prompt tokens the cached ones, as OpenAI
+    counts them."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
     }
 

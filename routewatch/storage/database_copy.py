@@ -55,11 +55,13 @@ from routewatch.storage.hist_queries import HIST_CHANGES_PRUNED_KEY
 from routewatch.storage.housekeeping import PartitionCache
 from routewatch.storage.migrate import MODE_KEY, migrate, schema_version
 from routewatch.storage.tables import (
+    BUDGET_PAUSES,
     INCIDENTS,
     META_TABLE,
     MODEL_CATALOG,
     MODEL_STATUS,
     NOTIFICATION_OUTBOX,
+    PROBE_COST_DAILY,
     PROBE_HIST_CHANGES,
     PROBE_HIST_HOURLY,
     PROBE_INGEST_LOG,
@@ -88,6 +90,8 @@ COPIED = (
     UPTIME_DAILY,
     NOTIFICATION_OUTBOX,
     MODEL_CATALOG,
+    PROBE_COST_DAILY,
+    BUDGET_PAUSES,
 )
 NOT_COPIED = {
     SCHEMA_MIGRATIONS: "written by the target's own migrations",

@@ -32,8 +32,10 @@ from routewatch.storage.hist_queries import bump_hist_generation
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.percentile_queries import delete_before as delete_percentiles_before
 from routewatch.storage.tables import (
+    BUDGET_PAUSES,
     INCIDENTS,
     NOTIFICATION_OUTBOX,
+    PROBE_COST_DAILY,
     PROBE_HIST_HOURLY,
     PROBE_RESULTS,
     STATS_HISTORY,
@@ -206,6 +208,9 @@ async def apply_retention(
     await conn.execute(f'DELETE FROM {INCIDENTS} WHERE "end" < $1', horizon)
     # Delivered and given-up notifications go with their incidents; pending ones stay.
     await conn.execute(f"DELETE FROM {NOTIFICATION_OUTBOX} WHERE state <> 'pending' AND created_at < $1", horizon)
+    # Spend (migration 0014) is kept as long as the probes it sums; pauses only matter on their day.
+    await conn.execute(f"DELETE FROM {PROBE_COST_DAILY} WHERE day < $1", partition_day(horizon))
+    await conn.execute(f"DELETE FROM {BUDGET_PAUSES} WHERE day < $1", partition_day(now))
     if dropped:
         log.info(
             "retention: dropped %d %s of %s older than %s",

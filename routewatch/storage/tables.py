@@ -46,3 +46,7 @@ NOTIFICATION_OUTBOX = "notification_outbox"
 # Model discovery: every model a router's list has named, when it was listed
 # and when it left the list (retired), with the list's prices.
 MODEL_CATALOG = "model_catalog"
+# Spend per UTC day and series, added to by the writer (0014).
+PROBE_COST_DAILY = "probe_cost_daily"
+# Series the budget paused for a UTC day, written by the leader, read by the probers (0014).
+BUDGET_PAUSES = "budget_pauses"

@@ -32,7 +32,7 @@ from routewatch.results.probe_result import COLUMNS, ProbeResult
 from routewatch.storage.connection import Conn
 from routewatch.storage.errors import database_unavailable
 from routewatch.storage.ingest_log import log_batch
-from routewatch.storage.tables import PROBE_RESULTS, PROBE_RESULTS_STAGING
+from routewatch.storage.tables import PROBE_COST_DAILY, PROBE_RESULTS, PROBE_RESULTS_STAGING
 
 __all__ = [
     "BatchWriter",
@@ -61,10 +61,25 @@ _CREATE_STAGING = (
     f"(LIKE {PROBE_RESULTS} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
-_INSERT_NEW = (
-    f"INSERT INTO {PROBE_RESULTS} ({_COLUMN_LIST}) "
-    f"SELECT {_COLUMN_LIST} FROM {PROBE_RESULTS_STAGING} ON CONFLICT DO NOTHING"
+# The rows newly inserted (a replayed probe is not) are added to the day's spend in the
+# same statement; sorted so that concurrent writers lock the daily rows in one order.
+_INSERT_NEW = f"""
+WITH new AS (
+    INSERT INTO {PROBE_RESULTS} ({_COLUMN_LIST})
+    SELECT {_COLUMN_LIST} FROM {PROBE_RESULTS_STAGING} ON CONFLICT DO NOTHING
+    RETURNING started_at, router, model, prompt, cost_usd
+), spend AS (
+    INSERT INTO {PROBE_COST_DAILY} AS d (day, router, model, prompt, probes, priced_probes, cost_usd)
+    SELECT (started_at AT TIME ZONE 'UTC')::date AS day, router, model, prompt,
+           count(*), count(cost_usd), coalesce(sum(cost_usd), 0)
+    FROM new GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (day, router, model, prompt) DO UPDATE
+    SET probes = d.probes + excluded.probes,
+        priced_probes = d.priced_probes + excluded.priced_probes,
+        cost_usd = d.cost_usd + excluded.cost_usd
 )
+SELECT count(*) FROM new
+"""
 # The same, but a row already there is rewritten as it is: its xmin becomes this transaction's,
 # so the batch logged with it finds it.
 _INSERT_CLAIMING = (
@@ -109,6 +124,9 @@ async def insert_rows(conn: Conn, rows: Sequence[Sequence[object]], *, rollup: R
     row of the batch, rows already stored included, which are rewritten so
     that the rollup finds them under this transaction (``db copy``'s rows
     the source had not rolled up yet, copied again by a rerun).
+
+    The day's spend (``probe_cost_daily``) gains the rows new to the table,
+    except with ``"all"``: ``db copy`` copies the spend table itself after the probes.
     """
     await conn.execute(_CREATE_STAGING)
     await conn.copy_records_to_table(PROBE_RESULTS_STAGING, records=rows, columns=COLUMNS)
@@ -117,8 +135,7 @@ async def insert_rows(conn: Conn, rows: Sequence[Sequence[object]], *, rollup: R
         await conn.execute(_INSERT_CLAIMING)
         await log_batch(conn, len(rows))
         return len(rows) - stored
-    status = await conn.execute(_INSERT_NEW)
-    inserted = int(status.split()[-1])
+    inserted: int = await conn.fetchval(_INSERT_NEW)
     if inserted and rollup == "new":
         await log_batch(conn, inserted)
     return inserted
