@@ -204,7 +204,10 @@ async def test_a_database_copied_into_a_new_one_row_for_row_and_the_same_stats_a
     assert f"target: {target_mode} mode" in out
     for table, n in counts.items():
         if table not in NOT_COMPARED:
-            assert f"  {table}: {n:,} rows read, {n:,} written done in" in out, out  # its progress
+            # The writer adds each inserted probe to the day's spend: rows of probe_cost_daily it made
+            # equal to the source's are not written again, so only what was read is fixed there.
+            written = "" if table == "probe_cost_daily" else f"{n:,} written done in"
+            assert f"  {table}: {n:,} rows read, {written}" in out, out  # its progress
             assert f"{table} " in out and f"{n:>12,}  {n:>12,}  equal" in out, out  # the final comparison
     assert "29 probes the source had not rolled up yet" in out, out
 
