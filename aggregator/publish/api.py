@@ -355,13 +355,7 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
     report = api.aggregator.status
     # Status is per model id (whatever the router); a model it has no verdict on is unknown.
     states = {m.model: m.state.value for m in report.models} if report is not None else {}
-    budget = api.aggregator.budget.report
-    spent: dict[tuple[str, str], float] = {}
-    if budget is not None:
-        for spend in budget.today():
-            if spend.priced_probes:
-                key = (spend.router, spend.model)
-                spent[key] = spent.get(key, 0.0) + spend.cost_usd
+    spent = _spent_today(api)
     models = []
     for router, model in snap.models:
         labels = snap.stats[window][(router, model)].breakdown.get("provider", {})
@@ -377,6 +371,18 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
         "status_enabled": api.aggregator.status_enabled,
         "models": models,
     }
+
+
+def _spent_today(api: ApiState) -> dict[tuple[str, str], float]:
+    """USD per (router, model) its priced probes cost today (UTC), as the budget last read it."""
+    budget = api.aggregator.budget.report
+    spent: dict[tuple[str, str], float] = {}
+    if budget is not None:
+        for spend in budget.today():
+            if spend.priced_probes:
+                key = (spend.router, spend.model)
+                spent[key] = spent.get(key, 0.0) + spend.cost_usd
+    return spent
 
 
 def _listing_entry(snap: Snapshot, router: str, model: str, window: str, state: str) -> dict[str, Any]:
@@ -449,6 +455,7 @@ def _detail_json(api: ApiState, snap: Snapshot, router: str, model: str) -> dict
     state = next((m.state.value for m in report.models if m.model == model), "unknown") if report else "unknown"
     return {
         **_listing_entry(snap, router, model, window, state),
+        "cost_today_usd": _spent_today(api).get((router, model)),
         "routers": api.cache.routers_of(snap, model),
         "window": window,
         "updated_at": snap.updated_at.isoformat(),

@@ -508,6 +508,7 @@ def _schemas() -> dict[str, Schema]:
                 },
                 "retired": {"type": "boolean", "description": "as in the listing (ModelSummary)"},
                 "retired_at": {**DATE_TIME_OR_NULL, "description": "as in the listing (ModelSummary)"},
+                "cost_today_usd": {**NUMBER_OR_NULL, "description": "as in the listing (ModelSummary)"},
                 "stats": {**_ref("ModelStats"), "description": "the listing's window, as in the listing"},
                 "routers": {
                     "type": "array",
