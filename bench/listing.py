@@ -1,7 +1,7 @@
 """What does reading a router's model list cost the prober's event loop?
 
 A prober decodes each page of a router's model list (``discover:``) in a
-thread (``probe/model_listing.py``), but a thread only helps while it lets go
+thread (``routewatch/probe/model_listing.py``), but a thread only helps while it lets go
 of the GIL: the C JSON scanner holds it for a whole page. Pages larger than
 256 KiB are therefore decoded with json's pure-Python scanner, which lets the
 event loop run every few milliseconds. This measures, for an OpenRouter-sized

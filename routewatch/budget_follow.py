@@ -1,6 +1,6 @@
 """A prober process's view of the budget: the series the aggregator's leader paused today, read every few seconds.
 
-The leader decides (``aggregator/budget.py``); each prober process that
+The leader decides (``routewatch/aggregator/budget.py``); each prober process that
 writes to the database reads ``budget_pauses`` and hands the set to its
 :class:`~routewatch.probe.scheduler.Prober`, which skips those series' slots.
 A failed read keeps the previous set: a database outage neither pauses nor

@@ -18,7 +18,7 @@ was retired. At start the catalog's listed models are probed until the first
 list is read, so that a restart while the router's list is failing keeps the
 probes going.
 
-A list that cannot be read or is malformed (``probe/model_listing.py``) keeps
+A list that cannot be read or is malformed (``routewatch/probe/model_listing.py``) keeps
 the last good set: the failure is logged (without the key) and counted in
 ``/metrics``, and the probes go on.
 """

@@ -1,4 +1,4 @@
-"""The rollup's catch-up (aggregator/rollup.py): a long backlog taken in with bounded memory, same results.
+"""The rollup's catch-up (routewatch/aggregator/rollup.py): a long backlog taken in with bounded memory, same results.
 
 An aggregator that was down while probers kept writing takes in every batch
 stored meanwhile in one ``refresh_hist``. These tests store the same probes

@@ -1,4 +1,4 @@
-"""Hourly histogram rollups (aggregator/rollup.py) against exact figures on the raw rows.
+"""Hourly histogram rollups (routewatch/aggregator/rollup.py) against exact figures on the raw rows.
 
 Both storage modes via the ``mode`` fixture (timescaledb needs
 ``ROUTEWATCH_TEST_TIMESCALEDB=1``, see the README's test section).

@@ -1,4 +1,4 @@
-"""Tests of the mergeable log-bucket histogram (aggregator/sketch.py)."""
+"""Tests of the mergeable log-bucket histogram (routewatch/aggregator/sketch.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sliding windows in memory (aggregator/sliding.py) give what the table gives.
+"""Sliding windows in memory (routewatch/aggregator/sliding.py) give what the table gives.
 
 Each step changes the data the way production does (new probes in the
 current hour, late probes in earlier hours, the hour turning, another

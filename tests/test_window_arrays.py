@@ -1,4 +1,4 @@
-"""The windows kept as arrays (aggregator/window_arrays.py) publish what the table gives.
+"""The windows kept as arrays (routewatch/aggregator/window_arrays.py) publish what the table gives.
 
 A leader's refreshes a minute apart add each minute's probes to the arrays
 (``RefreshReport.added``) instead of laying them out again; after every

@@ -70,7 +70,7 @@ class ProbeResult:
     # The loop lag exceeded schedule.max_loop_lag: the timings measured the
     # prober's backlog as much as the model, so stats leave this row out.
     prober_overloaded: bool = False
-    # What the router said about serving it, read by its dialect (probe/dialects/).
+    # What the router said about serving it, read by its dialect (routewatch/probe/dialects/).
     dialect: str | None = None  # the dialect that read the response: "litellm", "openrouter", ...
     attempts: int | None = None  # upstream calls the router made, the answering one included; None: not said
     fallbacks: int | None = None  # of those, calls to a fallback deployment or model

@@ -1,7 +1,7 @@
 """Exact stats over raw rows: the reference the rollups are measured against.
 
 The published stats come from the hourly histogram rollups
-(``aggregator/rollup.py``). ``window_counts`` computes the same figures
+(``routewatch/aggregator/rollup.py``). ``window_counts`` computes the same figures
 directly from ``probe_results`` with exact percentiles (``percentile_cont``,
 linear interpolation like numpy's default; the query is
 ``routewatch.storage.reference_queries``) over ok probes in the window: the

@@ -11,7 +11,7 @@ result of the batch is stored under. The answer, ``200``, is an ingest report::
      "budget_paused": {"day": "2026-11-30", "series": [["router", "model", "prompt"]]}}
 
 ``budget_paused`` tells the prober, which reads no database, which series the
-daily budget paused today (``aggregator/budget.py``); null before the first read.
+daily budget paused today (``routewatch/aggregator/budget.py``); null before the first read.
 
 Rules, and why:
 

@@ -36,7 +36,7 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   (1 while reads go to the replica, 0 while they fall back to the primary),
   ``routewatch_read_replica_lag_seconds`` (how far its replay is behind the
   primary; absent while it cannot be reached), ``routewatch_read_replica_switches_total``.
-* spend and budget (``aggregator/budget.py``), once read: ``routewatch_budget_spend_today_usd``,
+* spend and budget (``routewatch/aggregator/budget.py``), once read: ``routewatch_budget_spend_today_usd``,
   ``routewatch_budget_usd_per_day`` (absent without a budget), ``routewatch_budget_series_paused``,
   ``routewatch_budget_paused{router, model, prompt}`` (1 per paused series),
   and ``routewatch_cost_today_usd{router, model}`` (one per priced model probed today: bounded

@@ -19,7 +19,7 @@ class Target:
     model: str
     api_key: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict)
-    dialect: str = "auto"  # how the router reports provider, attempts, cost (probe/dialects/)
+    dialect: str = "auto"  # how the router reports provider, attempts, cost (routewatch/probe/dialects/)
     dialect_fields: Mapping[str, str] = field(default_factory=dict)  # the generic dialect's sources
     price: Price | None = None  # the model's, from probes.yaml; None: its probes have no cost
 
