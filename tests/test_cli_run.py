@@ -14,13 +14,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import asyncpg
 import pytest
-from hostile.harness import alive
+from hostile.harness import alive, wait_until
 
 from routewatch.aggregator.publish.server import HEAD_TIMEOUT_S
 from routewatch.storage.leadership import LEADER_LOCK_KEY
@@ -304,14 +304,6 @@ def _sql(dsn: str, query: str, *args: object) -> object:
         loop.close()
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
 def _embedded_dsn(data_dir: Path) -> str:
     """The URL of the embedded server routewatch runs on ``data_dir``."""
     port = int((data_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[3])
@@ -330,7 +322,7 @@ def test_a_task_that_dies_stops_run_loudly(config_file: Path, data_dir: Path, db
         # which reads every rollup row of its windows at each refresh.
         assert loop.run_until_complete(leader.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
         run.wait_for(r"API:\s+http://")
-        _wait_until(lambda: bool(_sql(db_dsn, "SELECT count(*) FROM probe_results")), 30, "stored probes")
+        wait_until(lambda: bool(_sql(db_dsn, "SELECT count(*) FROM probe_results")), 30, "stored probes")
         _sql(
             db_dsn,
             """
@@ -366,7 +358,7 @@ def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(confi
         run.wait_for(r"API:\s+http://")
         dsn = _embedded_dsn(data_dir)
         pid = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
-        _wait_until(lambda: bool(_sql(dsn, "SELECT count(*) FROM probe_results")), 30, "stored probes")
+        wait_until(lambda: bool(_sql(dsn, "SELECT count(*) FROM probe_results")), 30, "stored probes")
         os.kill(pid, signal.SIGKILL)
         run.wait_for(r"ERROR routewatch: the embedded PostgreSQL was killed by signal 9 \(SIGKILL\)", 10)
         run.wait_for(r"restarting the embedded PostgreSQL in 1s \(try 1 of 5", 10)
@@ -379,7 +371,7 @@ def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(confi
         assert new_pid != pid and alive(new_pid)
         assert _embedded_dsn(data_dir) == dsn  # same port and password: clients' URLs still work
         since = _sql(dsn, "SELECT now()")
-        _wait_until(
+        wait_until(
             lambda: (
                 int(
                     _sql(
@@ -397,7 +389,7 @@ def test_killed_embedded_postgres_is_restarted_and_probes_are_stored_again(confi
         code, out = _interrupt(run)
     assert code == 0, out
     assert "Traceback" not in out
-    _wait_until(lambda: not alive(new_pid), 15, "the restarted PostgreSQL to stop with routewatch")
+    wait_until(lambda: not alive(new_pid), 15, "the restarted PostgreSQL to stop with routewatch")
 
 
 @pytest.mark.parametrize("how", ["--port", "ROUTEWATCH_API_PORT"])

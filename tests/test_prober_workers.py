@@ -19,14 +19,13 @@ import shutil
 import signal
 import socket
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from factories import LOOPBACK_API, config_text, probe_result, prompt_entry, router_entry
-from hostile.harness import ROUTEWATCH, Process, alive, clean_env, fetch_rows, fetch_value
+from hostile.harness import ROUTEWATCH, Process, alive, clean_env, fetch_rows, fetch_value, wait_until
 
 from routewatch.cli import main
 from routewatch.delivery.spool import Spool
@@ -65,13 +64,6 @@ def _parent_of(pid: int) -> int:
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
-
-
-def _wait(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.2)
 
 
 class Run:
@@ -132,11 +124,11 @@ def test_two_workers_share_the_leases_report_through_run_and_store_every_spool(
         assert all(_parent_of(pid) == run.process.pid for pid in run.pids)
         assert sorted(run.urls) == [1, 2]
         # They split the shards evenly between them (after the second one's claim).
-        _wait(lambda: sorted(_shares(db_dsn).values()) == [SHARDS // 2, SHARDS // 2], 30, "an even split")
+        wait_until(lambda: sorted(_shares(db_dsn).values()) == [SHARDS // 2, SHARDS // 2], 30, "an even split")
         # One scrape of run answers for both (once each has heard at a heartbeat what it holds).
-        _wait(lambda: (run.metric('routewatch_results_stored_total{worker="2"}') or 0) > 0, 30, "worker 2 storing")
+        wait_until(lambda: (run.metric('routewatch_results_stored_total{worker="2"}') or 0) > 0, 30, "worker 2 storing")
         held = ('routewatch_shards_held{worker="1"}', 'routewatch_shards_held{worker="2"}')
-        _wait(lambda: [run.metric(sample) for sample in held] == [64.0, 64.0], 10, "64 shards held by each")
+        wait_until(lambda: [run.metric(sample) for sample in held] == [64.0, 64.0], 10, "64 shards held by each")
         metrics = _get(run.api + "/metrics")
         assert "routewatch_prober_workers 2.0" in metrics
         for worker in ("1", "2"):
@@ -150,7 +142,7 @@ def test_two_workers_share_the_leases_report_through_run_and_store_every_spool(
         assert re.search(r'^routewatch_probes_total\{result="ok"\} \d', own, re.MULTILINE)
         assert "routewatch_shard_members 2.0" in own
         # Every spool was stored: worker 1's by worker 1, the others by run at start.
-        _wait(
+        wait_until(
             lambda: (
                 {r["id"] for r in fetch_rows(db_dsn, "SELECT id::text FROM probe_results WHERE model LIKE 'left/%'")}
                 == spooled
@@ -179,7 +171,7 @@ def test_a_killed_worker_is_restarted_and_logged(tmp_path: Path, data_dir: Path,
         killed = run.pids[0]
         os.kill(killed, signal.SIGKILL)
         # Between its death and its restart, run's /metrics says it is down.
-        _wait(lambda: run.metric('routewatch_prober_worker_up{worker="1"}') == 0.0, 5, "worker 1 reported down")
+        wait_until(lambda: run.metric('routewatch_prober_worker_up{worker="1"}') == 0.0, 5, "worker 1 reported down")
         run.process.wait_for(rf"ERROR routewatch: prober worker 1 \(pid {killed}\) was killed by signal 9 \(SIGKILL\)")
         run.process.wait_for(r"restarting prober worker 1 in 1 s \(try 1 of 5 within 600 s\)")
         again = run.process.wait_for(
@@ -189,8 +181,8 @@ def test_a_killed_worker_is_restarted_and_logged(tmp_path: Path, data_dir: Path,
         assert new_pid != killed and _parent_of(new_pid) == run.process.pid
         assert run.metric('routewatch_prober_worker_restarts_total{worker="1"}') == 1.0
         # The restarted worker takes its share again and stores probes.
-        _wait(lambda: sorted(_shares(db_dsn).values()) == [SHARDS // 2, SHARDS // 2], 40, "an even split again")
-        _wait(lambda: run.metric('routewatch_prober_worker_up{worker="1"}') == 1.0, 10, "worker 1 reported up")
+        wait_until(lambda: sorted(_shares(db_dsn).values()) == [SHARDS // 2, SHARDS // 2], 40, "an even split again")
+        wait_until(lambda: run.metric('routewatch_prober_worker_up{worker="1"}') == 1.0, 10, "worker 1 reported up")
     finally:
         code = run.process.stop(signal.SIGTERM)
     out = run.process.output()
@@ -206,7 +198,7 @@ def test_a_worker_that_keeps_dying_stops_run_loudly(tmp_path: Path, data_dir: Pa
     with open(data_dir / "spool-worker-1" / "lock", "a") as lock:
         killed = run.pids[0]
         os.kill(killed, signal.SIGKILL)
-        _wait(lambda: not alive(killed), 10, "worker 1 to die")
+        wait_until(lambda: not alive(killed), 10, "worker 1 to die")
         fcntl.flock(lock, fcntl.LOCK_EX)  # as another process's writer would
         code = run.process.proc.wait(timeout=90)  # restarts after 1 + 2 + 4 + 8 + 16 s, then it gives up
         out = run.process.output()
