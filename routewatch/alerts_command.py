@@ -9,11 +9,14 @@ from routewatch.alerting import Deployment, plan_alerts, render_files
 from routewatch.config import Config
 
 
-def render_alerts(config: Config, out: Path, grafana_url: str, job: str) -> int:
-    """Write every generated file under ``out`` and list them; 0, or 1 with a message on a bad option or path."""
+def render_alerts(config: Config, out: Path, grafana_url: str, job: str, regions: tuple[str, ...] = ()) -> int:
+    """Write every generated file under ``out`` and list them; 0, or 1 with a message on a bad option or path.
+
+    ``regions``: every region probing the routes (default the configuration's own).
+    """
     try:
-        files = render_files(plan_alerts(config, Deployment(grafana_url=grafana_url, job=job)))
-    except ValueError as exc:  # a bad --grafana-url
+        files = render_files(plan_alerts(config, Deployment(grafana_url=grafana_url, job=job, regions=regions)))
+    except ValueError as exc:  # a bad --grafana-url or --region
         print(f"routewatch alerts: {exc}", file=sys.stderr)
         return 1
     for relative, text in files.items():

@@ -258,6 +258,13 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--grafana-url", default="http://localhost:3000", help="Grafana's address, for the dashboard links"
     )
     alerts.add_argument("--job", default="routewatch", help="Prometheus's scrape job for routewatch")
+    alerts.add_argument(
+        "--region",
+        action="append",
+        dest="regions",
+        default=[],
+        help="a region whose probers this Prometheus scrapes (repeat for each); default the configuration's",
+    )
 
     sim = sub.add_parser("simulate", help="run the router simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "alerts":
             from routewatch.alerts_command import render_alerts
 
-            return render_alerts(config, args.out, args.grafana_url, args.job)
+            return render_alerts(config, args.out, args.grafana_url, args.job, tuple(args.regions))
         if args.command == "once":
             from routewatch.once import once
 

@@ -184,6 +184,15 @@ def test_render_command_writes_the_files_and_refuses_a_bad_url(
     (tmp_path / "file").write_text("")
     assert main(["alerts", "render", "--config", str(SHIPPED), "--out", str(tmp_path / "file")]) == 1
     assert "cannot write" in capsys.readouterr().err
+    base = ["alerts", "render", "--config", str(SHIPPED), "--out", str(out)]
+    assert main([*base, "--region", "eu-west,us-east"]) == 1
+    assert "a region must be a printable name without commas, not 'eu-west,us-east'" in capsys.readouterr().err
+    assert main([*base, "--region", "eu-west", "--region", "eu-west"]) == 1
+    assert "a region is named twice" in capsys.readouterr().err
+    assert main([*base, "--region", "eu-west", "--region", "us-east"]) == 0
+    rules = yaml.safe_load((out / RULES_FILE).read_text())
+    regions = {r["labels"]["region"] for g in rules["groups"] for r in g["rules"] if "record" in r and "labels" in r}
+    assert regions == {"eu-west", "us-east", "eu-west,us-east"}
 
 
 def _promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -272,3 +281,33 @@ def test_the_example_prometheus_and_alertmanager_configurations_are_valid() -> N
     )
     assert alertmanager.returncode == 0, alertmanager.stdout + alertmanager.stderr
     assert "2 inhibit rules" in alertmanager.stdout
+
+
+def _silence_across_regions(rule: dict[str, Any]) -> None:
+    if rule.get("alert") == "RoutewatchNoFreshProbes":
+        rule["expr"] = rule["expr"].replace("(router, model, region)", "(router, model)")
+
+
+@pytest.mark.system
+def test_a_region_falling_silent_pages_while_another_region_still_probes_the_route(tmp_path: Path) -> None:
+    """Rendered for two regions, the silence test stops one region's probes while the other's go on:
+    the alert fires for that region; joined across regions (the mutation), it would stay quiet."""
+    plan = plan_alerts(load_config(str(SHIPPED)), Deployment(regions=("eu-west", "us-east")))
+    files = render_files(plan)
+    rules = yaml.safe_load(files[RULES_FILE])
+    inventory = [
+        r["labels"] for g in rules["groups"] for r in g["rules"] if r.get("record") == "routewatch:configured_route"
+    ]
+    assert {r["region"] for r in inventory} == {"eu-west", "us-east"}
+    assert len(inventory) == 2 * len(plan.routes)
+    for name, text in (("routewatch-rules.yml", files[RULES_FILE]), ("t.test.yml", files[TESTS_FILE])):
+        (tmp_path / name).write_text(text)
+    result = _promtool("test", "rules", "t.test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            _silence_across_regions(rule)
+    (tmp_path / "routewatch-rules.yml").write_text(yaml.safe_dump(rules))
+    result = _promtool("test", "rules", "t.test.yml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "RoutewatchNoFreshProbes: quiet on a missed round" in result.stdout + result.stderr

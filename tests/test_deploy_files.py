@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from routewatch.alerting import GRAFANA_FILE, RULES_FILE, plan_alerts, render_files
+from routewatch.alerting import GRAFANA_FILE, RULES_FILE, Deployment, plan_alerts, render_files
 from routewatch.config import Config, load_config
 from routewatch.config.loader import parse_config
 
@@ -245,23 +245,49 @@ def test_prometheus_in_the_stack_loads_the_shipped_rules_and_scrapes_both_replic
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 
-def _rendered(config: Config) -> dict[str, str]:
-    """What `routewatch alerts render` writes for ``config`` (default options), by relative path."""
-    return render_files(plan_alerts(config))
+def _rendered(config: Config, regions: tuple[str, ...]) -> dict[str, str]:
+    """What `routewatch alerts render --region R ...` writes for ``config``, by relative path."""
+    return render_files(plan_alerts(config, Deployment(regions=regions)))
+
+
+def _compose_regions() -> tuple[str, ...]:
+    """The regions of the compose stack's probers, in the order the file lists them."""
+    services = _compose()["services"].values()
+    return tuple(s["environment"]["ROUTEWATCH_REGION"] for s in services if s.get("command", [])[:1] == ["probe"])
+
+
+def _kubernetes_regions() -> tuple[str, ...]:
+    """The regions of the kustomize base's prober Deployments, in name order."""
+    probers = sorted(
+        (d for d in _of_kind("Deployment") if d["spec"]["template"]["metadata"]["labels"].get("routewatch.io/region")),
+        key=lambda d: d["metadata"]["name"],
+    )
+    return tuple(d["spec"]["template"]["metadata"]["labels"]["routewatch.io/region"] for d in probers)
 
 
 @pytest.mark.unit
 def test_the_stacks_alert_rules_are_rendered_from_the_stacks_configuration() -> None:
-    rendered = _rendered(load_config(STACK_CONFIG))
+    regions = _compose_regions()
+    assert regions == ("eu-west", "us-east")
+    rendered = _rendered(load_config(STACK_CONFIG), regions)
     committed = {p.relative_to(STACK_ALERTS).as_posix() for p in STACK_ALERTS.rglob("*") if p.is_file()}
-    again = "run `routewatch alerts render --config deploy/config/probes.yaml --out deploy/compose/alerts`"
+    again = (
+        "run `routewatch alerts render --config deploy/config/probes.yaml --out deploy/compose/alerts"
+        + "".join(f" --region {r}" for r in regions)
+        + "`"
+    )
     assert committed == set(rendered), again
     for relative, text in rendered.items():
         assert (STACK_ALERTS / relative).read_text(encoding="utf-8") == text, f"{relative} is stale: {again}"
     routes = yaml.safe_load(rendered[RULES_FILE])["groups"][0]["rules"]
-    configured = {(r["labels"]["router"], r["labels"]["model"]) for r in routes if "labels" in r}
     stack = load_config(STACK_CONFIG)
-    assert configured == {(r.name, m) for r in stack.routers for m in r.models}
+    configured = {
+        (r["labels"]["router"], r["labels"]["model"], r["labels"]["region"])
+        for r in routes
+        if r.get("record") == "routewatch:configured_route"
+    }
+    # Each route is expected from each region, so that one region falling silent is seen.
+    assert configured == {(r.name, m, region) for r in stack.routers for m in r.models for region in regions}
     grafana = dict(m.split(":")[:2] for m in _compose()["services"]["grafana"]["volumes"])
     assert grafana["./compose/alerts/" + GRAFANA_FILE] == "/etc/" + GRAFANA_FILE, "the stack's, over the example's"
 
@@ -453,9 +479,14 @@ def test_one_prober_per_region_its_region_from_the_environment_its_health_on_its
 def test_the_prometheus_operator_objects_carry_the_rules_rendered_from_the_configmap_and_scrape_serve() -> None:
     (rule,) = _of_kind("PrometheusRule")
     (configmap,) = _of_kind("ConfigMap")
-    rendered = _rendered(parse_config(configmap["data"]["probes.yaml"], "probes.yaml"))
+    regions = _kubernetes_regions()
+    assert len(regions) == 2, regions
+    rendered = _rendered(parse_config(configmap["data"]["probes.yaml"], "probes.yaml"), regions)
     groups = yaml.safe_load(rendered[RULES_FILE])["groups"]
-    assert rule["spec"]["groups"] == groups, "render the rules for the ConfigMap's probes.yaml into prometheusrule.yaml"
+    assert rule["spec"]["groups"] == groups, (
+        "render the rules for the ConfigMap's probes.yaml, with a --region per prober Deployment, "
+        "into prometheusrule.yaml"
+    )
     (monitor,) = _of_kind("ServiceMonitor")
     (service,) = _of_kind("Service")
     base_labels = yaml.safe_load((BASE / "kustomization.yaml").read_text(encoding="utf-8"))["labels"][0]["pairs"]

@@ -74,6 +74,9 @@ class Deployment:
 
     grafana_url: str = "http://localhost:3000"
     job: str = "routewatch"
+    # Every region whose probers report to this Prometheus; empty: the configuration's own
+    # (``region:``, or ROUTEWATCH_REGION). Routes are expected to be probed from each.
+    regions: tuple[str, ...] = ()
     scale: float = 1.0
     scrape_interval_s: float = 15.0
     evaluation_interval_s: float = 15.0
@@ -88,6 +91,12 @@ class Deployment:
             raise ValueError(f"the Grafana URL must start with http:// or https://, not {self.grafana_url!r}")
         if "@" in self.grafana_url.split("//", 1)[1].split("/", 1)[0]:
             raise ValueError("the Grafana URL must not carry credentials")
+        for region in self.regions:
+            # A comma would be ambiguous in the joined label of the alerts about every region.
+            if not region.strip() or "," in region or not region.isprintable():
+                raise ValueError(f"a region must be a printable name without commas, not {region!r}")
+        if len(set(self.regions)) != len(self.regions):
+            raise ValueError(f"a region is named twice in {', '.join(self.regions)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +121,7 @@ class AlertPlan:
     """Every number of every rule, for one configuration and deployment."""
 
     routes: tuple[tuple[str, str], ...]  # (router, model), as configured
-    region: str
+    regions: tuple[str, ...]  # each probes every route
     interval_s: float
     jitter_s: float
     probes_per_interval: int  # per (router, model): one per prompt
@@ -138,6 +147,11 @@ class AlertPlan:
     down_after: int
     up_after_s: float  # up_after ok probes, interval apart, plus twice the jitter
     deployment: Deployment
+
+    @property
+    def region(self) -> str:
+        """The ``region`` label of an alert that is about no one region: the regions, comma-separated."""
+        return ",".join(self.regions)
 
     def model_down_promise_s(self) -> float:
         """Worst case from a model's first failed probe to the notification leaving Alertmanager.
@@ -234,7 +248,7 @@ def plan_alerts(config: Config, deployment: Deployment | None = None) -> AlertPl
     fresh = config.timeouts.total + 3 * interval
     return AlertPlan(
         routes=tuple((r.name, m) for r in config.routers for m in r.models),
-        region=config.region,
+        regions=d.regions or (config.region,),
         interval_s=interval,
         jitter_s=config.schedule.jitter,
         probes_per_interval=prompts,

@@ -2,11 +2,15 @@
 
 Recording rules (group ``routewatch-recording``):
 
-* ``routewatch:configured_route`` = 1 per configured (router, model), with
-  labels ``router``, ``model`` and ``region``: the inventory the alerts join
-  against, so that a model that sends no data at all is still seen, and so
-  that alerts on per-model series without a router (the model state) carry
-  the router and region labels Alertmanager routes on;
+* ``routewatch:configured_route`` = 1 per configured (router, model) and
+  region that probes it, with labels ``router``, ``model`` and ``region``:
+  the inventory the silence alert joins against, so that a route one region
+  stops probing is seen even while the others still probe it;
+* ``routewatch:configured_model`` = 1 per configured (router, model), its
+  ``region`` every region, comma-separated: the inventory of the alerts on
+  figures that merge every region (the model state, the published p95), so
+  that they fire once, not once per region, and carry the router and region
+  labels Alertmanager routes on;
 * per burn window W: ``routewatch:route_probes:increaseW``,
   ``routewatch:route_probe_failures:increaseW`` and
   ``routewatch:route_error_ratio:W`` by (router, model, region), from the
@@ -40,6 +44,7 @@ HEALTH_UID = "routewatch-health"
 """The prober and aggregator health dashboard's uid: the process alerts link there."""
 ROUTE_LABELS = ("router", "model", "region")
 CONFIGURED = "routewatch:configured_route"
+CONFIGURED_MODEL = "routewatch:configured_model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +99,14 @@ def _windows(plan: AlertPlan) -> list[float]:
 def recordings(plan: AlertPlan) -> list[Recording]:
     """The route inventory and the per-window increases and error ratios."""
     out = [
-        Recording(CONFIGURED, "vector(1)", (("router", router), ("model", model), ("region", plan.region)))
+        Recording(CONFIGURED, "vector(1)", (("router", router), ("model", model), ("region", region)))
         for router, model in plan.routes
+        for region in plan.regions
     ]
+    out.extend(
+        Recording(CONFIGURED_MODEL, "vector(1)", (("router", router), ("model", model), ("region", plan.region)))
+        for router, model in plan.routes
+    )
     by = "sum by (router, model, region)"
     for w in _windows(plan):
         probes, failures = increase_name("route_probes", w), increase_name("route_probe_failures", w)
@@ -106,21 +116,19 @@ def recordings(plan: AlertPlan) -> list[Recording]:
     return out
 
 
-def _link(plan: AlertPlan, uid: str, per_route: bool) -> Template:
+def _link(plan: AlertPlan, uid: str, per_route: bool, merged: bool = False) -> Template:
+    """The dashboard of the alert. ``merged``: about a figure of every region, whose ``region``
+    label lists them all; with several, the link leaves the dashboard's region choice alone."""
     base = plan.deployment.grafana_url.rstrip("/")
     if not per_route:
         # The region is a static label of these rules, and templates see only the series' labels.
+        if len(plan.regions) > 1:
+            return Template((f"{base}/d/{uid}",))
         return Template((f"{base}/d/{uid}?var-region={quote_plus(plan.region, safe='')}",))
-    return Template(
-        (
-            f"{base}/d/{uid}?var-router=",
-            Label("router", query=True),
-            "&var-model=",
-            Label("model", query=True),
-            "&var-region=",
-            Label("region", query=True),
-        )
-    )
+    route = (f"{base}/d/{uid}?var-router=", Label("router", query=True), "&var-model=", Label("model", query=True))
+    if merged and len(plan.regions) > 1:
+        return Template(route)
+    return Template((*route, "&var-region=", Label("region", query=True)))
 
 
 def _route_text(text: str) -> Template:
@@ -158,7 +166,17 @@ def _burn(plan: AlertPlan, b: BurnAlert) -> Alert:
     )
 
 
-def _per_route(plan: AlertPlan, name: str, expr: str, for_s: float, severity: str, summary: str, text: str) -> Alert:
+def _per_route(
+    plan: AlertPlan,
+    name: str,
+    expr: str,
+    for_s: float,
+    severity: str,
+    summary: str,
+    text: str,
+    *,
+    merged: bool = False,
+) -> Alert:
     return Alert(
         name=name,
         expr=expr,
@@ -166,7 +184,7 @@ def _per_route(plan: AlertPlan, name: str, expr: str, for_s: float, severity: st
         severity=severity,
         summary=_route_text(summary),
         description=_route_text(text),
-        dashboard=_link(plan, DRILL_DOWN_UID, True),
+        dashboard=_link(plan, DRILL_DOWN_UID, True, merged),
         per_route=True,
         region=plan.region,
     )
@@ -197,7 +215,7 @@ def alerts(plan: AlertPlan) -> list[Alert]:
         _per_route(
             plan,
             "RoutewatchTTFTAboveSLO",
-            f"{CONFIGURED} * on (router, model) group_left ()\n"
+            f"{CONFIGURED_MODEL} * on (router, model) group_left ()\n"
             f"(\n  max by (router, model) (routewatch_ttft_p95_seconds{{window={window}}}) > {ttft}\n"
             f"  and on (router, model)\n"
             f"  max by (router, model) (routewatch_window_probes_ok{{window={window}}}) >= {plan.ttft_min_ok}\n)",
@@ -206,18 +224,21 @@ def alerts(plan: AlertPlan) -> list[Alert]:
             "p95 time to first token of {route} is above its SLO",
             f"The p95 time to first token of {{route}} over the last {plan.ttft_window} has been above the SLO's "
             f"{ttft} s for {duration(plan.ttft_for_s)}, over at least {plan.ttft_min_ok} ok probes.",
+            merged=True,
         )
     )
     out.append(
         _per_route(
             plan,
             "RoutewatchModelDown",
-            f'{CONFIGURED} * on (model) group_left ()\n(max by (model) (routewatch_model_state{{state="down"}}) == 1)',
+            f"{CONFIGURED_MODEL} * on (model) group_left ()\n"
+            '(max by (model) (routewatch_model_state{state="down"}) == 1)',
             plan.model_down_for_s,
             "page",
             "{route} is down",
             f"routewatch's model-state engine has called {{route}} down (at least {plan.down_after} consecutive "
             f"failed probes) for {duration(plan.model_down_for_s)}.",
+            merged=True,
         )
     )
     fresh = duration(plan.fresh_window_s)
@@ -225,15 +246,16 @@ def alerts(plan: AlertPlan) -> list[Alert]:
         _per_route(
             plan,
             "RoutewatchNoFreshProbes",
-            f"{CONFIGURED} unless on (router, model)\n"
-            f"(sum by (router, model) (increase(routewatch_route_probes_total[{fresh}])) > 0)\n"
+            f"{CONFIGURED} unless on (router, model, region)\n"
+            f"(sum by (router, model, region) (increase(routewatch_route_probes_total[{fresh}])) > 0)\n"
             # A route the daily budget paused is silent on purpose: RoutewatchBudgetPausedSeries says so.
             "unless on (router, model)\n(max by (router, model) (routewatch_budget_paused) == 1)",
             plan.fresh_for_s,
             "page",
             "No probe of {route} has completed recently",
             f"No probe of {{route}} completed in {fresh} (the total timeout plus three intervals) for a further "
-            f"{duration(plan.fresh_for_s)}: the prober is dead, stuck or not scraped, and this model is not watched.",
+            f"{duration(plan.fresh_for_s)}: that region's prober is dead, stuck or not scraped, and this model is "
+            "not watched from there.",
         )
     )
     out.append(

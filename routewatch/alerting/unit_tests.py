@@ -102,7 +102,7 @@ def _burn_group(plan: AlertPlan, b: BurnAlert) -> _Group:
     # The probes of one step of the test (several rounds when the step is coarser than the interval).
     per = plan.probes_per_interval * step / plan.interval_s
     routes = {
-        case: {"router": "promtool", "model": f"case/{case}", "region": plan.region}
+        case: {"router": "promtool", "model": f"case/{case}", "region": plan.regions[0]}
         for case in ("outage", "recovers", "one-failure", "thin")
     }
     fire = _steps(b.long_s + b.for_s, step) + 3
@@ -208,7 +208,9 @@ def test_files(plan: AlertPlan, alerts: Sequence[Alert]) -> list[TestFile]:
 
 def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]:
     router, model = plan.routes[0]
-    route = {"router": router, "model": model, "region": plan.region}
+    # As probed from one region; the alerts on merged figures name every region.
+    route = {"router": router, "model": model, "region": plan.regions[0]}
+    merged = {**route, "region": plan.region}
     proc = {"job": plan.deployment.job, "instance": "routewatch:8321"}
     groups: list[_Group] = []
 
@@ -228,7 +230,7 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
                     _gauge_phases(ph, 0, 0, thin=1),
                 ),
             ],
-            route,
+            merged,
         )
     )
 
@@ -249,7 +251,7 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
                     _gauge_phases(ph, plan.ttft_min_ok, plan.ttft_min_ok, thin=max(0, plan.ttft_min_ok - 1)),
                 ),
             ],
-            route,
+            merged,
         )
     )
 
@@ -300,11 +302,8 @@ def _silence_group(plan: AlertPlan, alert: Alert, route: Labels) -> _Group:
     end = start_quiet + quiet + ok + 1
     # Every other configured route is probed all along (one that is not would rightly fire too).
     healthy = counter((per, end))
-    others = [
-        (_selector("routewatch_route_probes_total", {"router": r, "model": m, "region": plan.region}), healthy)
-        for r, m in plan.routes
-        if (r, m) != (route["router"], route["model"])
-    ]
+    # ... and from every region: with several, this is one region falling silent while others probe.
+    others = [(_selector("routewatch_route_probes_total", other), healthy) for other in _other_routes(plan, route)]
     return _Group(
         f"{alert.name}: quiet on a missed round, fires when probes stop, resolves when they resume",
         ((_selector("routewatch_route_probes_total", route), values), *others),
@@ -326,12 +325,7 @@ def _paused_group(plan: AlertPlan, alert: Alert, route: Labels) -> _Group:
     end = ok + quiet
     paused = {"router": route["router"], "model": route["model"], "prompt": "short"}
     others = [
-        (
-            _selector("routewatch_route_probes_total", {"router": r, "model": m, "region": plan.region}),
-            counter((per, end)),
-        )
-        for r, m in plan.routes
-        if (r, m) != (route["router"], route["model"])
+        (_selector("routewatch_route_probes_total", other), counter((per, end))) for other in _other_routes(plan, route)
     ]
     return _Group(
         f"{alert.name}: quiet while the daily budget pauses the route",
@@ -343,6 +337,12 @@ def _paused_group(plan: AlertPlan, alert: Alert, route: Labels) -> _Group:
         (_Check(end - 1, alert.name, ()),),
         plan.interval_s,
     )
+
+
+def _other_routes(plan: AlertPlan, route: Labels) -> list[dict[str, str]]:
+    """Every (router, model, region) of the inventory but ``route``."""
+    everyone = ({"router": r, "model": m, "region": region} for r, m in plan.routes for region in plan.regions)
+    return [other for other in everyone if other != route]
 
 
 def _writer_group(plan: AlertPlan, alert: Alert, proc: Labels) -> _Group:
