@@ -258,6 +258,7 @@ class _Replanner:
                 self._opts.simulator_url,
                 router_url=self._settings.router_url,
                 discovered=found.discovered,
+                listed_prices=found.prices,
             )
             await self._schedule.replace(series, found.config.schedule.interval)
 

@@ -51,6 +51,7 @@ LABELS = [
     "0011_router_dialects",
     "0013_model_catalog",
     "0014_probe_cost",
+    "0016_listed_and_reported_cost",
 ]
 # (version, name) as schema_migrations records them.
 VERSIONS = [(int(label[:4]), label[5:]) for label in LABELS]
@@ -67,6 +68,7 @@ SHARED_LABELS = {
     "0011_router_dialects",
     "0013_model_catalog",
     "0014_probe_cost",
+    "0016_listed_and_reported_cost",
 }  # one NNNN_name.sql for both modes
 
 
@@ -81,7 +83,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008, 0010, 0011, 0013 and 0014 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010, 0011, 0013, 0014 and 0016 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -317,7 +319,7 @@ async def test_probe_cost_is_added_to_a_database_with_compressed_history(conn: a
     if mode == "timescaledb":
         assert await compress_old(conn, mode, timedelta(days=3), now=now) >= 1
 
-    assert (await migrate(conn, mode=mode)).applied == ["0014_probe_cost"]
+    assert (await migrate(conn, mode=mode)).applied[0] == "0014_probe_cost"
     costs = await conn.fetch("SELECT cost_usd, cached_input_tokens FROM probe_results")
     assert [tuple(r) for r in costs] == [(None, None), (None, None)], "history keeps no cost: it was not measured"
     assert await write_batch(conn, [probe_result(started_at=now, cost_usd=0.5, cached_input_tokens=7)]) == 1
