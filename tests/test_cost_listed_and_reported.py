@@ -30,6 +30,7 @@ from routewatch.simulator.process import SimulatorProcess
 pytestmark = pytest.mark.system
 
 INTERVAL_S = 1.0
+BUDGET = 12.0
 # model -> (listed [prompt, completion, input_cache_read] per token, the router's real price per 1M in, out)
 LISTED = {
     "lst/right": (["0.000002", "0.000008"], (2.0, 8.0)),  # the list is right: ratio 1
@@ -56,8 +57,8 @@ def _profile(model: str) -> dict[str, Any]:
         "ttft_median_ms": 10,
         "tokens_per_s": 800,
         "output_tokens": 6,
-        "prompt_overhead_tokens": 100_000,  # a cost far above float noise
-        "cached_prompt_tokens": 40_000 if model == "lst/cached" else 0,
+        "prompt_overhead_tokens": 1000,  # a cost far above float noise, far below the budget
+        "cached_prompt_tokens": 400 if model == "lst/cached" else 0,
         "dialect": "openrouter",
         "input_usd_per_1m": usd_in,
         "output_usd_per_1m": usd_out,
@@ -82,6 +83,9 @@ def _config() -> dict[str, Any]:
         "schedule": {"interval": f"{INTERVAL_S:g}s", "jitter": "0s"},
         "timeouts": {"connect": "2s", "headers": "2s", "first_token": "2s", "idle": "2s", "total": "3s"},
         "aggregator": {"refresh": "0.5s", "windows": ["1h"]},
+        # The file alone plans nothing (no model, no price): accepted. With the discovered models and
+        # listed prices the plan is $26.27/day (max_tokens of output each probe); the spend stays far below.
+        "budget": {"usd_per_day": BUDGET},
     }
 
 
@@ -127,6 +131,10 @@ def test_listed_prices_cost_discovered_probes_and_reported_costs_are_compared(db
         assert "the listed prices of 1 models not used (lst/hostile: pricing.prompt 'NaN' is not a finite number)" in (
             output
         )
+        assert (
+            "with the models discovered and the prices the routers list, the planned cost is $26.27/day, "
+            "$14.27 (119%) over the budget of $12.00/day" in output
+        ), output[-3000:]
 
         # The stored probes against the simulator's record of what it served and announced.
         truth = {r["request_id"]: r for r in strict_json(_get(sim.root + "/v1/ground-truth"))}
