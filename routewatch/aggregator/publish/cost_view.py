@@ -33,7 +33,8 @@ def listed_price(row: CatalogRow | None) -> Price | None:
     """The price the router's list published for the model (both input and output), or None."""
     if row is None or row.input_usd_per_mtok is None or row.output_usd_per_mtok is None:
         return None
-    return Price(
+    # Not validated again (this runs per model per refresh): the catalog holds only prices the list reader accepted.
+    return Price.model_construct(
         input=row.input_usd_per_mtok, output=row.output_usd_per_mtok, cached_input=row.cached_input_usd_per_mtok
     )
 
