@@ -194,6 +194,10 @@ def test_listed_prices_cost_discovered_probes_and_reported_costs_are_compared(db
             listing = {m["id"]: m for m in strict_json(_get(api + "/v1/models"))["models"]}
             assert listing["lst/override"]["price"]["source"] == "config"
             assert listing["lst/cached"]["price"]["cached_input_usd_per_mtok"] == 0.5
+            # The model page, the badge and the status page show the input price by the same rule.
+            assert "$1 per 1M input tokens" in _get(api + "/status/models/lst/wrong").decode()
+            assert "$3 per 1M input tokens" in _get(api + "/status/models/lst/override").decode()
+            assert "$3/M in" in _get(api + "/badge/lst/override.svg").decode()
         finally:
             assert serve.stop(signal.SIGTERM, timeout=90) == 0, serve.output()[-3000:]
     finally:
