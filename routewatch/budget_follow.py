@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 
 import asyncpg
@@ -35,13 +36,18 @@ async def read_paused(pool: asyncpg.Pool) -> frozenset[str]:
 
 async def follow_pauses(pool: asyncpg.Pool, prober: Prober, every_s: float = FOLLOW_EVERY_S) -> None:
     """Forever: set ``prober.paused`` to today's paused series, logging each change."""
+    await _follow(prober, lambda: read_paused(pool), "budget", every_s)
+
+
+async def _follow(prober: Prober, read: Callable[[], Awaitable[frozenset[str]]], source: str, every_s: float) -> None:
+    """Forever, every ``every_s``: hand what ``read`` returns to the prober; a failed read keeps the last set."""
     while True:
         try:
-            paused = await read_paused(pool)
+            paused = await read()
         except DATABASE_ERRORS as exc:
             log.warning("could not read the budget's paused series (%s); keeping the last", exc.__class__.__name__)
         else:
-            _apply(prober, paused, "budget")
+            _apply(prober, paused, source)
         await asyncio.sleep(every_s)
 
 
@@ -72,6 +78,8 @@ async def follow_pushed_pauses(destination: IngestDestination, prober: Prober, e
     a prober all of whose series are paused sends nothing more, so the set is
     also dropped here when this machine's UTC day passes the one it was for.
     """
-    while True:
-        _apply(prober, pushed_paused(destination, datetime.now(UTC).date()), "budget (from the central server)")
-        await asyncio.sleep(every_s)
+
+    async def read() -> frozenset[str]:
+        return pushed_paused(destination, datetime.now(UTC).date())
+
+    await _follow(prober, read, "budget (from the central server)", every_s)

@@ -18,6 +18,11 @@ was retired. At start the catalog's listed models are probed until the first
 list is read, so that a restart while the router's list is failing keeps the
 probes going.
 
+The prices a list publishes (OpenRouter's ``pricing``) are kept for the
+models probed, configured or discovered, and cost their probes where
+probes.yaml gives the model no price (``config.costs.model_price``); a change
+of price re-plans the schedule like a change of models.
+
 A list that cannot be read or is malformed (``routewatch/probe/model_listing.py``) keeps
 the last good set: the failure is logged (without the key) and counted in
 ``/metrics``, and the probes go on.
@@ -29,7 +34,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 
@@ -40,6 +45,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from routewatch.config import Config, RouterConfig
+from routewatch.config.model import Price
 from routewatch.probe.model_listing import Listing, ListingError, read_listing
 from routewatch.probe.model_selection import select_models
 from routewatch.probe.targets import RouterPlan
@@ -78,6 +84,7 @@ class ModelDiscovery:
         self._pool = pool
         self._scheduler = AsyncIOScheduler()
         self.discovered: dict[str, tuple[str, ...]] = {}  # router -> models probed besides the configured ones
+        self.prices: dict[str, dict[str, Price]] = {}  # router -> model probed -> its listed price
         self.listings: Counter[tuple[str, str]] = Counter()  # (router, "ok" | "failed") -> reads
         self.over_cap: dict[str, int] = {}  # router -> matching models the cap left out
         self.last_ok: dict[str, float] = {}  # router -> Unix time of its last good list
@@ -109,6 +116,7 @@ class ModelDiscovery:
         self._routers = {r.name: r for r in routers}
         names = {r.name for r in discovering(config)}
         self.discovered = {name: models for name, models in self.discovered.items() if name in names}
+        self.prices = {name: prices for name, prices in self.prices.items() if name in names}
         self._scheduler.remove_all_jobs()
         self._schedule_jobs()
 
@@ -138,6 +146,11 @@ class ModelDiscovery:
                     chosen = select_models(listed, router.discover, router.models).models
                     if chosen:
                         self.discovered[router.name] = chosen
+                    self.prices[router.name] = {
+                        m: Price(input=p[0], output=p[1], cached_input=p[2])
+                        for m in (*router.models, *chosen)
+                        if (p := listed.get(m)) is not None
+                    }
         except DATABASE_ERRORS as exc:
             log.warning(
                 "model catalog not read at start (%s); discovered models wait for the first list", type(exc).__name__
@@ -201,11 +214,14 @@ class ModelDiscovery:
         chosen = selection.models
         if listing.truncated:  # what was cut off may still be there: nothing is dropped
             chosen = select_models({*chosen, *before}, router.discover, router.models).models
-        if chosen != before:
+        prices = listed_prices(listing, (*router.models, *chosen), self.prices.get(name, {}))
+        if chosen != before or prices != self.prices.get(name, {}):
+            if chosen != before:
+                added = len(set(chosen) - set(before))
+                gone = len(set(before) - set(chosen))
+                log.info("router %s lists %d models to probe: %d new, %d gone", name, len(chosen), added, gone)
             self.discovered[name] = chosen
-            added = len(set(chosen) - set(before))
-            gone = len(set(before) - set(chosen))
-            log.info("router %s lists %d models to probe: %d new, %d gone", name, len(chosen), added, gone)
+            self.prices[name] = prices
             with suppress(RuntimeError):  # the probe schedule has stopped: shutting down
                 await self._apply(self)
 
@@ -219,6 +235,15 @@ class ModelDiscovery:
             )
         if listing.skipped:
             log.warning("model list of router %s: %d entries without a usable id skipped", name, listing.skipped)
+        if listing.rejected_prices:
+            model, why = next(iter(listing.rejected_prices.items()))
+            log.warning(
+                "model list of router %s: the listed prices of %d models not used (%s: %s)",
+                name,
+                len(listing.rejected_prices),
+                model,
+                why,
+            )
         if over_cap:
             log.warning(
                 "router %s lists %d more matching models than discover.max_models; the first by id are probed",
@@ -230,7 +255,7 @@ class ModelDiscovery:
         if self._pool is None:
             return
         listed = [
-            (model, price.input if price else None, price.output if price else None)
+            (model, price.input, price.output, price.cached_input) if price else (model, None, None, None)
             for model, price in listing.models.items()
         ]
         try:
@@ -243,10 +268,28 @@ class ModelDiscovery:
             log.warning("model list of router %s not recorded in the catalog: %s", name, type(exc).__name__)
 
 
-async def discover_once(config: Config, routers: Sequence[RouterPlan]) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+def listed_prices(listing: Listing, models: Sequence[str], before: Mapping[str, Price]) -> dict[str, Price]:
+    """The listed prices of ``models`` (those probed); ``before``: the last ones.
+
+    A truncated listing may not have reached a model probed before: its last price is kept.
+    """
+    out: dict[str, Price] = {}
+    for model in models:
+        found = listing.models.get(model)
+        if found is not None:
+            out[model] = found.as_price()
+        elif listing.truncated and model not in listing.models and model in before:
+            out[model] = before[model]
+    return out
+
+
+async def discover_once(
+    config: Config, routers: Sequence[RouterPlan]
+) -> tuple[dict[str, tuple[str, ...]], dict[str, dict[str, Price]], list[str]]:
     """Read each discovering router's list once (``routewatch once``): the models to probe by router,
-    and one line per router saying what was found or why its list was not used."""
+    their listed prices, and one line per router saying what was found or why its list was not used."""
     found: dict[str, tuple[str, ...]] = {}
+    prices: dict[str, dict[str, Price]] = {}
     lines: list[str] = []
     targets = {r.name: r for r in routers}
     async with aiohttp.ClientSession() as session:
@@ -260,11 +303,12 @@ async def discover_once(config: Config, routers: Sequence[RouterPlan]) -> tuple[
                 continue
             selection = select_models(listing.models, router.discover, router.models)
             found[router.name] = selection.models
+            prices[router.name] = listed_prices(listing, (*router.models, *selection.models), {})
             capped = f" ({selection.over_cap} more past discover.max_models)" if selection.over_cap else ""
             lines.append(
                 f"router {router.name} lists {len(listing.models)} models; probing {len(selection.models)}{capped}"
             )
-    return found, lines
+    return found, prices, lines
 
 
 @asynccontextmanager

@@ -102,11 +102,16 @@ async def _round(config: Config, settings: Settings, console: Console) -> list[P
         simulator_url = simulator.base_url if simulator else None
         series, routers = plan(config, settings.router_keys, simulator_url, router_url=settings.router_url)
         if discovering(config):
-            found, lines = await discover_once(config, routers)
+            found, prices, lines = await discover_once(config, routers)
             for line in lines:
                 console.print(terminal_safe(line), markup=False)
             series, _ = plan(
-                config, settings.router_keys, simulator_url, router_url=settings.router_url, discovered=found
+                config,
+                settings.router_keys,
+                simulator_url,
+                router_url=settings.router_url,
+                discovered=found,
+                listed_prices=prices,
             )
         lag = LoopLagMonitor()
         lag.start()

@@ -47,6 +47,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from routewatch.budget_follow import follow_pauses, follow_pushed_pauses
 from routewatch.config import Config, ConfigError, load_config
+from routewatch.config.costs import budget_overrun, format_usd, plan_costs
 from routewatch.config.settings import ENV_DATABASE_URL, Settings
 from routewatch.delivery.push import IngestDestination
 from routewatch.model_discovery import ModelDiscovery, discovering, running_discovery
@@ -246,6 +247,7 @@ class _Replanner:
         self._settings = settings
         self._schedule = schedule
         self._lock = asyncio.Lock()
+        self._planned: float | None = None  # the last plan noted, USD per day
 
     async def __call__(self, found: ModelDiscovery) -> None:
         """Probe the configured series and those of the models ``found`` has now."""
@@ -258,8 +260,30 @@ class _Replanner:
                 self._opts.simulator_url,
                 router_url=self._settings.router_url,
                 discovered=found.discovered,
+                listed_prices=found.prices,
             )
             await self._schedule.replace(series, found.config.schedule.interval)
+            self._note_plan(found)
+
+    def _note_plan(self, found: ModelDiscovery) -> None:
+        """Log the plan per day with the discovered models and listed prices, which the file's check
+        cannot know, when it changes; a warning when it exceeds the budget."""
+        planned = plan_costs(found.config, found.prices, found.discovered)
+        if planned.usd_per_day == self._planned:
+            return
+        self._planned = planned.usd_per_day
+        over = budget_overrun(found.config, planned)
+        if over is not None:
+            log.warning(
+                "budget.usd_per_day: with the models discovered and the prices the routers list, %s; "
+                "the dearest series are paused once the day's spend reaches the budget",
+                over,
+            )
+        elif planned.usd_per_day is not None:
+            log.info(
+                "planned cost with the models discovered and the prices the routers list: %s/day",
+                format_usd(planned.usd_per_day),
+            )
 
 
 class _Reloader:

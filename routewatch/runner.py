@@ -64,6 +64,7 @@ from routewatch.aggregator.publish.public_routes import input_prices
 from routewatch.aggregator.publish.server import ApiServer, bind_listeners, start_api
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import Config, StorageConfig
+from routewatch.config.costs import configured_prices
 from routewatch.config.durations import parse_duration
 from routewatch.config.settings import (
     ENV_DATABASE_READ_URL,
@@ -315,6 +316,7 @@ async def serve(opts: RunOptions, settings: Settings, database: Database, socket
             admin=admin,
             admin_token=settings.admin_token,
             prices=input_prices(config.routers),
+            model_prices=configured_prices(config.routers),
             prober_workers=gatherer,
             ingest=ingest_receiver(config, settings, database_target, timedelta(seconds=config.storage.retention)),
             metrics=MetricsExport.from_config(config.aggregator),

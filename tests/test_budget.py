@@ -62,6 +62,19 @@ def test_the_dearest_series_are_paused_until_the_rest_fits() -> None:
     assert [p.model for p in choose_pauses(spends, 10.0, 100, {("r", "a", "short"): 60.0})] == ["b"]
 
 
+@pytest.mark.unit
+def test_the_routers_reported_cost_is_what_the_budget_counts_where_it_reports_one() -> None:
+    # a: 10 priced probes computed at $4, of which the router reported 6 at $3.60 (computed $2.40 for them).
+    a = SeriesSpend(DAY, "r", "a", "short", 10, 10, 4.0, 6, 3.6, 6, 3.6, 2.4)
+    assert a.billed_usd == pytest.approx(4.0 - 2.4 + 3.6) and a.billed_probes == 10
+    # u: no price at all, but the router reported $8 over 10 probes: it counts, and can be paused.
+    u = SeriesSpend(DAY, "r", "u", "short", 10, 0, 0.0, 10, 8.0, 0, 0.0, 0.0)
+    assert (u.billed_usd, u.billed_probes) == (8.0, 10)
+    # $13.20 spent crosses $12; at 20 probes a day u runs at $16, a at $10.40: pausing u is enough.
+    paused = choose_pauses([a, u], 12.0, 20, {})
+    assert [(p.model, p.usd_per_day) for p in paused] == [("u", pytest.approx(16.0))]
+
+
 # ---------------------------------------------------------------- end to end
 
 DEAR = ModelProfile(
@@ -74,9 +87,14 @@ DEAR = ModelProfile(
     # The router adds a huge prompt of its own and bills it: the plan cannot know, the usage tells.
     prompt_overhead_tokens=2_000_000,
     cached_prompt_tokens=500_000,
+    dialect="plain",  # reports no cost: the budget counts the computed one (the reported case: test_cost_reported)
 )
-CHEAP = ModelProfile(model="test/cheap", provider="CheapCo", ttft_median_ms=20, tokens_per_s=500, output_tokens=8)
-FREE = ModelProfile(model="test/free", provider="FreeCo", ttft_median_ms=20, tokens_per_s=500, output_tokens=8)
+CHEAP = ModelProfile(
+    model="test/cheap", provider="CheapCo", ttft_median_ms=20, tokens_per_s=500, output_tokens=8, dialect="plain"
+)
+FREE = ModelProfile(
+    model="test/free", provider="FreeCo", ttft_median_ms=20, tokens_per_s=500, output_tokens=8, dialect="plain"
+)
 PRICES = {
     "test/dear": {"input": 1.0, "output": 1.0, "cached_input": 0.5},
     "test/cheap": {"input": 0.01, "output": 0.01},
@@ -171,7 +189,12 @@ async def test_a_tiny_budget_pauses_the_dearest_series_and_says_so(db_dsn: str, 
             assert unpriced["probes"] >= 4 and unpriced["priced_probes"] == 0
 
             client = await aiohttp_client(create_app(aggregator))
-            costs = await (await client.get("/v1/costs")).json()
+            resp = await client.get("/v1/costs")
+            costs = await resp.json()
+            # Read once per refresh: cached like the other aggregate bodies, revalidated by its ETag.
+            assert resp.headers["Cache-Control"].startswith("public, max-age=")
+            again = await client.get("/v1/costs", headers={"If-None-Match": resp.headers["ETag"]})
+            assert again.status == 304
             assert costs["budget"]["usd_per_day"] == BUDGET
             assert costs["budget"]["spent_today_usd"] == pytest.approx(expected_total)
             assert [(p["model"], p["prompt"]) for p in costs["budget"]["paused"]] == [(DEAR.model, "short")]

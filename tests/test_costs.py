@@ -11,10 +11,11 @@ import pytest
 from factories import COUNT_TO_40, config_text, prompt_entry, router_entry
 
 from routewatch.config import ConfigError, check_config_main, format_summary, parse_config
-from routewatch.config.costs import plan_costs, probe_cost_usd
+from routewatch.config.costs import model_price, plan_costs, probe_cost_usd
 from routewatch.config.model import Price
 from routewatch.probe.costing import with_cost
 from routewatch.probe.target import Canary, Target
+from routewatch.probe.targets import plan
 from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult
 
 PRICE = Price(input=2.0, output=10.0, cached_input=0.5)
@@ -113,6 +114,33 @@ def test_plan_is_probes_per_day_times_tokens_times_prices() -> None:
     assert [m.usd_per_day for m in plan.models] == pytest.approx([1440 * per_token_set * k for k in (1, 2, 3)])
     assert plan.usd_per_day == pytest.approx(1440 * per_token_set * 6)
     assert [m.model for m in plan.most_expensive(2)] == ["vendor/model-00002", "vendor/model-00001"]
+
+
+@pytest.mark.unit
+def test_probes_yaml_prices_win_over_listed_ones_and_listed_ones_cost_discovered_models() -> None:
+    router = router_entry(
+        "r",
+        models=["m/configured", "m/unpriced"],
+        prices={"m/configured": {"input": 1, "output": 1}},
+        discover={"include": ["m/*"]},
+    )
+    config = parse_config(config_text([router], [prompt_entry(max_tokens=100)]), "probes.yaml")
+    listed = {"r": {"m/configured": Price(input=9, output=9), "m/unpriced": PRICE, "m/found": PRICE}}
+    discovered = {"r": ["m/found", "m/not-priced"]}
+    series, _ = plan(config, {}, "http://127.0.0.1:9", discovered=discovered, listed_prices=listed)
+    prices = {s.target.model: s.target.price for s in series}
+    assert prices == {
+        "m/configured": Price(input=1, output=1),  # the file's, not the list's $9
+        "m/unpriced": PRICE,  # the list's, where the file gives none
+        "m/found": PRICE,  # a discovered model: the list's
+        "m/not-priced": None,
+    }
+    assert [model_price(config.routers[0], m, listed)[1] for m in prices] == ["config", "listing", "listing", None]
+    # The plan with the lists' prices and discovered models; the file alone knows only its own prices.
+    with_lists = plan_costs(config, listed, discovered)
+    assert [m.model for m in with_lists.models] == list(prices)
+    assert [m.usd_per_day is None for m in with_lists.models] == [False, False, False, True]
+    assert [m.usd_per_day is None for m in plan_costs(config).models] == [False, True]
 
 
 @pytest.mark.unit

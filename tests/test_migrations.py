@@ -18,6 +18,8 @@ from factories import probe_result
 
 from routewatch.aggregator.hour_percentiles import PERCENTILE_COLUMNS
 from routewatch.results.probe_result import COLUMNS
+from routewatch.storage.catalog_queries import read_catalog
+from routewatch.storage.cost_queries import db_today, spend_between
 from routewatch.storage.housekeeping import (
     CHUNK_INTERVAL,
     PARTITIONS_AHEAD_DAYS,
@@ -51,6 +53,7 @@ LABELS = [
     "0011_router_dialects",
     "0013_model_catalog",
     "0014_probe_cost",
+    "0016_listed_and_reported_cost",
 ]
 # (version, name) as schema_migrations records them.
 VERSIONS = [(int(label[:4]), label[5:]) for label in LABELS]
@@ -67,6 +70,7 @@ SHARED_LABELS = {
     "0011_router_dialects",
     "0013_model_catalog",
     "0014_probe_cost",
+    "0016_listed_and_reported_cost",
 }  # one NNNN_name.sql for both modes
 
 
@@ -81,7 +85,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008, 0010, 0011, 0013 and 0014 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010, 0011, 0013, 0014 and 0016 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -317,11 +321,37 @@ async def test_probe_cost_is_added_to_a_database_with_compressed_history(conn: a
     if mode == "timescaledb":
         assert await compress_old(conn, mode, timedelta(days=3), now=now) >= 1
 
-    assert (await migrate(conn, mode=mode)).applied == ["0014_probe_cost"]
+    assert (await migrate(conn, mode=mode)).applied[0] == "0014_probe_cost"
     costs = await conn.fetch("SELECT cost_usd, cached_input_tokens FROM probe_results")
     assert [tuple(r) for r in costs] == [(None, None), (None, None)], "history keeps no cost: it was not measured"
     assert await write_batch(conn, [probe_result(started_at=now, cost_usd=0.5, cached_input_tokens=7)]) == 1
     assert await conn.fetchval("SELECT sum(cost_usd) FROM probe_cost_daily") == 0.5
+
+
+@pytest.mark.db
+async def test_reported_cost_columns_are_added_to_a_day_already_counted(conn: asyncpg.Connection, mode: str) -> None:
+    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < 16])
+    now = datetime.now(UTC)
+    await ensure_partitions(conn, mode, partition_day(now), partition_day(now))
+    # Counted by a version that summed no reported cost.
+    await conn.execute(
+        "INSERT INTO probe_cost_daily (day, router, model, prompt, probes, priced_probes, cost_usd) "
+        "VALUES ($1, 'sim', 'm/a', 'short', 1, 1, 0.25)",
+        await db_today(conn),
+    )
+    await conn.execute("INSERT INTO model_catalog VALUES ('r', 'm', now(), now(), NULL, 1, 2)")
+
+    assert (await migrate(conn, mode=mode)).applied == ["0016_listed_and_reported_cost"]
+    day = await db_today(conn)
+    [before] = await spend_between(conn, day, day)
+    assert (before.cost_usd, before.reported_probes, before.reported_cost_usd, before.billed_usd) == (0.25, 0, 0, 0.25)
+    assert (await read_catalog(conn))[0].cached_input_usd_per_mtok is None
+    # The same day's row goes on counting, with both figures now.
+    assert await write_batch(conn, [probe_result(started_at=now, cost_usd=0.5, reported_cost_usd=1.5)]) == 1
+    [after] = await spend_between(conn, day, day)
+    assert (after.probes, after.cost_usd, after.reported_probes, after.reported_cost_usd) == (2, 0.75, 1, 1.5)
+    assert (after.compared_probes, after.compared_reported_usd, after.compared_computed_usd) == (1, 1.5, 0.5)
+    assert after.billed_usd == 0.25 + 1.5
 
 
 @pytest.mark.db

@@ -121,31 +121,43 @@ async def _rows(conn: asyncpg.Connection) -> dict[str, catalog_queries.CatalogRo
 async def test_catalog_retires_and_brings_back_models_in_the_order_lists_were_read(conn: asyncpg.Connection) -> None:
     await migrate(conn)
     t1, t2, t3 = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2), T0 + timedelta(minutes=3)
-    await catalog_queries.record_listing(conn, "r", T0, [("a", 2.5, 10.0), ("b", None, None)], complete=True)
+    await catalog_queries.record_listing(
+        conn, "r", T0, [("a", 2.5, 10.0, None), ("b", None, None, None)], complete=True
+    )
     # Two probers: one read the list at t2 (b gone), the other at t1 (b still there); t2's write lands first.
-    assert await catalog_queries.record_listing(conn, "r", t2, [("a", 3.0, 12.0)], complete=True) == 1
+    assert await catalog_queries.record_listing(conn, "r", t2, [("a", 3.0, 12.0, 0.3)], complete=True) == 1
     assert (
-        await catalog_queries.record_listing(conn, "r", t1, [("a", 2.5, 10.0), ("b", None, None)], complete=True) == 0
+        await catalog_queries.record_listing(
+            conn, "r", t1, [("a", 2.5, 10.0, None), ("b", None, None, None)], complete=True
+        )
+        == 0
     )
     rows = await _rows(conn)
     assert rows["b"].retired_at == t2 and rows["b"].last_seen == t1 and rows["b"].first_seen == T0
     assert (rows["a"].retired_at, rows["a"].last_seen) == (None, t2)
-    assert (rows["a"].input_usd_per_mtok, rows["a"].output_usd_per_mtok) == (3.0, 12.0)  # the newer list's prices
-    assert await catalog_queries.listed_models(conn, "r") == ["a"]
+    # The newer list's prices.
+    assert (rows["a"].input_usd_per_mtok, rows["a"].output_usd_per_mtok, rows["a"].cached_input_usd_per_mtok) == (
+        3.0,
+        12.0,
+        0.3,
+    )
+    assert await catalog_queries.listed_models(conn, "r") == {"a": (3.0, 12.0, 0.3)}
     # An incomplete list (cut at its bound) adds what it has and retires nothing.
-    assert await catalog_queries.record_listing(conn, "r", t3, [("c", None, None)], complete=False) == 0
+    assert await catalog_queries.record_listing(conn, "r", t3, [("c", None, None, None)], complete=False) == 0
     assert (await _rows(conn))["a"].retired_at is None
     # b comes back: un-retired; its first sighting stays.
     await catalog_queries.record_listing(
-        conn, "r", t3, [("a", 3.0, 12.0), ("b", 1.0, 1.0), ("c", None, None)], complete=True
+        conn, "r", t3, [("a", 3.0, 12.0, 0.3), ("b", 1.0, 1.0, None), ("c", None, None, None)], complete=True
     )
     rows = await _rows(conn)
     assert rows["b"].retired_at is None and rows["b"].first_seen == T0 and rows["b"].input_usd_per_mtok == 1.0
-    assert await catalog_queries.listed_models(conn, "r") == ["a", "b", "c"]
+    assert await catalog_queries.listed_models(conn, "r") == {"a": (3.0, 12.0, 0.3), "b": (1.0, 1.0, None), "c": None}
     # A model configured by hand is never retired by the list.
     t4 = T0 + timedelta(minutes=4)
-    assert await catalog_queries.record_listing(conn, "r", t4, [("a", None, None)], complete=True, keep=["b"]) == 1
-    assert await catalog_queries.listed_models(conn, "r") == ["a", "b"]
+    assert (
+        await catalog_queries.record_listing(conn, "r", t4, [("a", None, None, None)], complete=True, keep=["b"]) == 1
+    )
+    assert list(await catalog_queries.listed_models(conn, "r")) == ["a", "b"]
 
 
 @pytest.mark.db
@@ -153,7 +165,7 @@ async def test_a_list_of_the_largest_size_read_is_recorded_and_read_back_in_boun
     conn: asyncpg.Connection,
 ) -> None:
     await migrate(conn)
-    listed = [(f"vendor/model-{i:05d}", 0.5, 1.5) for i in range(MAX_LISTED)]
+    listed = [(f"vendor/model-{i:05d}", 0.5, 1.5, None) for i in range(MAX_LISTED)]
     took: dict[str, float] = {}
     started = time.perf_counter()
     await catalog_queries.record_listing(conn, "big", T0, listed, complete=True)
@@ -168,7 +180,7 @@ async def test_a_list_of_the_largest_size_read_is_recorded_and_read_back_in_boun
     took["half gone"] = time.perf_counter() - started
     rows = await catalog_queries.read_catalog(conn)
     # The aggregator reads the rows of the models it publishes: at most discover.max_models of this router.
-    published = [("big", model) for model, _, _ in listed[:: MAX_LISTED // 500]]
+    published = [("big", model) for model, *_ in listed[:: MAX_LISTED // 500]]
     started = time.perf_counter()
     read = await catalog_queries.read_catalog(conn, published)
     took["aggregator's read of 500"] = time.perf_counter() - started

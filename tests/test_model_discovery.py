@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from routewatch.config import parse_config
+from routewatch.config.model import Price
 from routewatch.model_discovery import ModelDiscovery, discovery_families, running_discovery
 from routewatch.probe import chat_stream
 from routewatch.probe.model_listing import MAX_LISTED, ListingError, read_listing
@@ -115,6 +116,37 @@ async def test_good_malformed_and_truncated_lists(sim: RunningSimulator) -> None
     assert 'routewatch_discovery_listings_total{outcome="ok",router="sim"} 4.0' in text
     assert 'routewatch_discovery_listings_total{outcome="failed",router="sim"} 1.0' in text
     assert 'routewatch_discovery_models{router="sim"} 2.0' in text
+
+
+async def test_a_listed_price_that_changes_re_plans_and_costs_the_probes_at_the_new_price(
+    sim: RunningSimulator,
+) -> None:
+    config = parse_config(CONFIG.format(url=sim.base_url), "probes.yaml")
+    _, routers = plan(config, {})
+    applied: list[dict[str, dict[str, Price]]] = []
+
+    async def apply(found: ModelDiscovery) -> None:
+        applied.append({r: dict(p) for r, p in found.prices.items()})
+
+    await _control(sim, "/simulator/listing", {"prices": {"a/one": ["0.000001", "0.000002"], "b/four": ["0", "0"]}})
+    async with aiohttp.ClientSession() as session:
+        discovery = ModelDiscovery(config, routers, session, apply)
+        await discovery.refresh("sim")
+        # The configured b/four has no price in the file: the list's ("0", free) costs it too.
+        assert applied[-1] == {"sim": {"a/one": Price(input=1, output=2), "b/four": Price(input=0, output=0)}}
+        await discovery.refresh("sim")
+        assert len(applied) == 1, "the same prices again: nothing to re-plan"
+        await _control(
+            sim, "/simulator/listing", {"prices": {"a/one": ["0.000003", "0.000004"], "b/four": ["-1", "0"]}}
+        )
+        await discovery.refresh("sim")
+        assert len(applied) == 2 and applied[-1] == {"sim": {"a/one": Price(input=3, output=4)}}
+    series, _ = plan(config, {}, discovered=discovery.discovered, listed_prices=discovery.prices)
+    assert {s.target.model: s.target.price for s in series} == {
+        "a/one": Price(input=3, output=4),
+        "a/two": None,
+        "b/four": None,  # its listed price now "varies": rejected, and the file gives none
+    }
 
 
 async def test_a_list_slower_than_the_limit_is_a_failure_within_the_limit(sim: RunningSimulator) -> None:

@@ -69,13 +69,52 @@ async def test_a_paged_list_is_followed_page_by_page_with_its_cursor(sim: Runnin
 
 
 async def test_prices_are_read_from_openrouters_pricing_strings(sim: RunningSimulator) -> None:
-    prices = {MODELS[0]: ["0.0000025", "0.00001"], MODELS[1]: ["0", "0.0000006"], MODELS[2]: ["-1", "-1"]}
+    prices = {
+        MODELS[0]: ["0.0000025", "0.00001", "0.00000125"],
+        MODELS[1]: ["0", "0.0000006"],
+        MODELS[2]: ["-1", "-1"],
+    }
     await _control(sim, "PUT", "/simulator/listing", {"prices": prices})
     listing = await _read(sim)
-    assert listing.models[MODELS[0]] == ListedPrice(2.5, 10.0)
-    assert listing.models[MODELS[1]] == ListedPrice(0.0, 0.6)
+    truth = (await _control(sim, "GET", "/simulator/listing"))["prices"]
+    assert truth[MODELS[0]] == {"prompt": "0.0000025", "completion": "0.00001", "input_cache_read": "0.00000125"}
+    assert listing.models[MODELS[0]] == ListedPrice(2.5, 10.0, 1.25)
+    assert listing.models[MODELS[1]] == ListedPrice(0.0, 0.6)  # "0" is free, a price
     assert listing.models[MODELS[2]] is None  # OpenRouter's "-1": the price varies; not a price
-    assert listing.models[MODELS[3]] is None
+    assert listing.rejected_prices == {MODELS[2]: "pricing.prompt '-1' is negative (the price varies)"}
+    assert listing.models[MODELS[3]] is None and MODELS[3] not in listing.rejected_prices  # no pricing: no reason
+
+
+async def test_hostile_prices_are_rejected_per_model_with_a_reason_and_the_list_is_kept(sim: RunningSimulator) -> None:
+    data = [
+        {"id": "p/nan", "pricing": {"prompt": "NaN", "completion": "0.000001"}},
+        {"id": "p/inf", "pricing": {"prompt": "0.000001", "completion": "Infinity"}},
+        {"id": "p/huge", "pricing": {"prompt": "0.5", "completion": "0.000001"}},  # $500,000 per 1M
+        {"id": "p/word", "pricing": {"prompt": "cheap", "completion": "0.000001"}},
+        {"id": "p/bool", "pricing": {"prompt": True, "completion": "0.000001"}},
+        {"id": "p/list", "pricing": ["0.000001"]},
+        {"id": "p/half", "pricing": {"prompt": "0.000001"}},
+        {"id": "p/cache", "pricing": {"prompt": "0.000001", "completion": "0.000002", "input_cache_read": "-0.1"}},
+        {"id": "p/big", "pricing": {"prompt": "PLACEHOLDER", "completion": "0.000001"}},
+        {"id": "p/fine", "pricing": {"prompt": 0.000001, "completion": "0.000002", "request": "0"}},
+    ]
+    raw = json.dumps({"object": "list", "data": data}).replace('"PLACEHOLDER"', "1" + "0" * 400)
+    await _control(sim, "PUT", "/simulator/listing", {"raw_body": raw})
+    listing = await _read(sim)
+    assert list(listing.models) == [entry["id"] for entry in data], "a bad price costs the model its price only"
+    assert listing.models["p/fine"] == ListedPrice(1.0, 2.0)
+    assert {m for m, price in listing.models.items() if price is None} == set(listing.rejected_prices)
+    assert listing.rejected_prices == {
+        "p/nan": "pricing.prompt 'NaN' is not a finite number",
+        "p/inf": "pricing.completion 'Infinity' is not a finite number",
+        "p/huge": "pricing.prompt '0.5' is over $100,000 per 1M tokens",
+        "p/word": "pricing.prompt 'cheap' is not a number",
+        "p/bool": "pricing.prompt True is not a number",
+        "p/list": "pricing is not an object",
+        "p/half": "pricing gives no completion price",
+        "p/cache": "pricing.input_cache_read '-0.1' is negative (the price varies)",
+        "p/big": "pricing.prompt 1000000000000000000000000000000000000... is not a finite number",
+    }
 
 
 async def test_models_added_and_removed_at_run_time_are_listed_as_they_are(sim: RunningSimulator) -> None:
@@ -135,6 +174,7 @@ async def test_ids_that_are_not_usable_as_they_are_are_skipped_and_counted(sim: 
     listing = await _read(sim)
     assert listing.models == {"ok/model": None, "ok/other": None, "ok/third": None}
     assert listing.skipped == 6
+    assert set(listing.rejected_prices) == {"ok/other", "ok/third"}
 
 
 async def test_a_page_just_within_the_size_bound_is_read(sim: RunningSimulator) -> None:

@@ -10,7 +10,7 @@ so the API and /metrics say the same on every instance.
 
 :func:`choose_pauses` is the rule, a pure function: nothing is paused while
 the day's spend is below the budget; once it crosses it, series are paused
-dearest first (by their measured cost rate: mean cost per priced probe today
+dearest first (by their measured cost rate: mean cost per probe today
 × probes per day) until the rate of those still probed fits within the
 budget. Pauses last until the UTC day turns (a new day has no rows) or the
 budget is raised above the day's spend.
@@ -41,10 +41,14 @@ PAST_REREAD_S = 600.0
 
 
 def series_rate(spend: SeriesSpend, probes_per_day: float) -> float:
-    """A series' measured cost rate in USD per day: its mean cost per priced probe today × probes per day."""
-    if spend.priced_probes == 0:
+    """A series' measured cost rate in USD per day: its mean cost per probe with a cost today × probes per day.
+
+    A probe's cost is the router's reported one where it reported one, else
+    the one computed from the model's price (``SeriesSpend.billed_usd``).
+    """
+    if spend.billed_probes <= 0:
         return 0.0
-    return spend.cost_usd / spend.priced_probes * probes_per_day
+    return spend.billed_usd / spend.billed_probes * probes_per_day
 
 
 def choose_pauses(
@@ -57,14 +61,15 @@ def choose_pauses(
 
     None while the day's spend is below ``budget_usd``. Then the dearest
     series not yet paused are paused until the cost rate of the series still
-    probed is at most ``budget_usd`` per day. Series without a price cost
-    nothing as far as routewatch knows and are never paused.
+    probed is at most ``budget_usd`` per day. Series without any cost (no
+    price and no reported cost) cost nothing as far as routewatch knows and
+    are never paused.
     """
     spends = list(today)
-    if sum(s.cost_usd for s in spends) < budget_usd:
+    if sum(s.billed_usd for s in spends) < budget_usd:
         return []
     rates = sorted(
-        ((series_rate(s, probes_per_day), s) for s in spends if s.priced_probes > 0),
+        ((series_rate(s, probes_per_day), s) for s in spends if s.billed_probes > 0),
         key=lambda pair: (-pair[0], pair[1].series),
     )
     running = sum(rate for rate, s in rates if s.series not in paused)
@@ -96,8 +101,8 @@ class BudgetReport:
 
     @property
     def spent_today_usd(self) -> float:
-        """Today's measured spend over every series."""
-        return sum(s.cost_usd for s in self.current)
+        """Today's measured spend over every series: the routers' reported costs where they report them."""
+        return sum(s.billed_usd for s in self.current)
 
     def today(self) -> tuple[SeriesSpend, ...]:
         """Every series' spend today."""
@@ -142,7 +147,7 @@ class BudgetKeeper:
         today = tuple(await spend_between(conn, day, day))
         paused = await read_pauses(conn, day)
         if leader:
-            spent = sum(s.cost_usd for s in today)
+            spent = sum(s.billed_usd for s in today)
             if paused and (self.budget_usd is None or spent < self.budget_usd):
                 await clear_pauses(conn, day)  # the budget was raised or removed
                 paused = []

@@ -8,12 +8,42 @@ all compute the same figures.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from routewatch.config.model import Config, Price, PromptConfig
+from routewatch.config.model import Config, Price, PromptConfig, RouterConfig
 
 PER_TOKENS = 1_000_000  # prices are per 1M tokens
+PriceSource = Literal["config", "listing"]
+# Listed prices by router, then model (USD per 1M tokens), as the routers' model lists publish them.
+ListedPrices = Mapping[str, Mapping[str, Price]]
+
+
+def model_price(
+    router: RouterConfig, model: str, listed: ListedPrices | None
+) -> tuple[Price | None, PriceSource | None]:
+    """The price ``router``'s ``model`` is costed at, and where it comes from; (None, None) without one.
+
+    A price written in probes.yaml for the model wins: the user wrote it on
+    purpose (a negotiated rate, a list that is wrong); else the router's model
+    list's price; else none.
+    """
+    return pick_price(router.prices.get(model), (listed or {}).get(router.name, {}).get(model))
+
+
+def configured_prices(routers: Iterable[RouterConfig]) -> dict[tuple[str, str], Price]:
+    """Every price probes.yaml gives, by (router, model)."""
+    return {(r.name, model): price for r in routers for model, price in r.prices.items()}
+
+
+def pick_price(configured: Price | None, listed: Price | None) -> tuple[Price | None, PriceSource | None]:
+    """The rule of :func:`model_price` on the two prices themselves: the configured one, else the listed one."""
+    if configured is not None:
+        return configured, "config"
+    if listed is not None:
+        return listed, "listing"
+    return None, None
 
 
 def probe_cost_usd(
@@ -87,18 +117,28 @@ class CostPlan:
         return [m for m in self.models if m.usd_per_day is None]
 
 
-def plan_costs(config: Config) -> CostPlan:
-    """Every router's model priced per day: probes per day × expected tokens per prompt × prices."""
+def plan_costs(
+    config: Config, listed: ListedPrices | None = None, discovered: Mapping[str, Sequence[str]] | None = None
+) -> CostPlan:
+    """Every router's model priced per day: probes per day × expected tokens per prompt × prices.
+
+    ``listed``: the routers' listed prices (see :func:`model_price`);
+    ``discovered``: models found in each router's list, probed besides the
+    configured ones with the prompts its ``discover.prompts`` names. The file
+    alone (``check-config``, the loader) knows neither.
+    """
     runs = 86400 / config.schedule.interval  # probes per series per day
-    per_prompt = [(estimate_input_tokens(p), p.max_tokens) for p in config.prompts]
+    per_prompt = {p.name: (estimate_input_tokens(p), p.max_tokens) for p in config.prompts}
     models: list[ModelPlan] = []
     for router in config.routers:
-        for model in router.models:
-            price = router.prices.get(model)
+        found = [m for m in (discovered or {}).get(router.name, ()) if m not in router.models]
+        wanted = router.discover.prompts if router.discover is not None else None
+        for model, prompts in [*((m, None) for m in router.models), *((m, wanted) for m in found)]:
+            price, _ = model_price(router, model, listed)
             cost = None
             if price is not None:
-                per_run = sum(probe_cost_usd(price, i, o) or 0.0 for i, o in per_prompt)
-                cost = runs * per_run
+                chosen = [t for name, t in per_prompt.items() if prompts is None or name in prompts]
+                cost = runs * sum(probe_cost_usd(price, i, o) or 0.0 for i, o in chosen)
             models.append(ModelPlan(router.name, model, cost))
     return CostPlan(tuple(models))
 

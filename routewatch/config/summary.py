@@ -105,7 +105,8 @@ def format_summary(config: Config, path: str | Path) -> str:
         if d is not None and d.enabled:
             lines.append(
                 f"  discover: router {router.name} also probes up to {d.max_models:,} models its list names "
-                f"(include {', '.join(d.include)}; read every {format_seconds(d.refresh)}); not counted above"
+                f"(include {', '.join(d.include)}; read every {format_seconds(d.refresh)}); not counted above, "
+                "nor priced from its list: a prober logs that plan once it has read the list"
             )
     targets = config.notifications.targets
     if targets:

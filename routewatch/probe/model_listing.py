@@ -16,7 +16,10 @@ list proves nothing absent). Each id is normalised as every router value is
 (``router_values.label``); one the normalisation changes (control characters,
 a secret, too long) or with white space is not an id the router would answer
 to, so it is skipped and counted. OpenRouter's ``pricing`` (USD per token, as
-strings) is read into USD per 1M tokens where it is a sane, finite number.
+strings: ``prompt``, ``completion``, ``input_cache_read``) is read into USD per
+1M tokens; a model whose pricing holds a value that is not a sane, finite
+number keeps its place in the list but gets no listed price, and the reason is
+kept (``Listing.rejected_prices``) for the log.
 
 Anything else (an HTTP error, a page that is not JSON or not a list, a
 cursor that repeats, a list with no usable id at all, which no working router
@@ -36,6 +39,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
+from routewatch.config.model import Price
 from routewatch.probe.redact import redact
 from routewatch.probe.router_values import label
 
@@ -53,10 +57,19 @@ class ListingError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ListedPrice:
-    """Prices a listing publishes for a model, USD per 1M tokens (None: not published)."""
+    """Prices a listing publishes for a model, USD per 1M tokens."""
 
-    input: float | None
-    output: float | None
+    input: float
+    output: float
+    cached_input: float | None = None  # None: not published (the input price applies)
+
+    def as_price(self) -> Price:
+        """As a configured price, so that a probe is costed the same whichever source its price has."""
+        return Price(input=self.input, output=self.output, cached_input=self.cached_input)
+
+
+class PriceRejected(ValueError):
+    """A model's listed pricing holds a value that is not a price; the message says which and why."""
 
 
 @dataclass(slots=True)
@@ -66,6 +79,7 @@ class Listing:
     models: dict[str, ListedPrice | None] = field(default_factory=dict)  # id -> prices, in the router's order
     pages: int = 0
     skipped: int = 0  # entries without a usable id
+    rejected_prices: dict[str, str] = field(default_factory=dict)  # id -> why its listed pricing was not used
     truncated: bool = False  # more than MAX_LISTED ids or MAX_PAGES pages: the rest was not read
 
 
@@ -135,7 +149,7 @@ async def _get_page(session: aiohttp.ClientSession, url: str, headers: Mapping[s
 class Page:
     """One page of a model list, decoded and checked."""
 
-    entries: list[tuple[str | None, ListedPrice | None]]  # (usable id, or None: skipped; its price)
+    entries: list[tuple[str | None, ListedPrice | str | None]]  # (usable id or None: skipped; price, or why not)
     last_raw_id: str | None  # the last entry's id as sent, for a cursor
     has_more: bool
     last_id: str | None  # the page's own cursor, if it gives one
@@ -166,13 +180,19 @@ def decode_page(body: bytes) -> Page:
         raise ListingError("the model list is not JSON") from None
     if not isinstance(page, dict) or not isinstance(page.get("data"), list):
         raise ListingError('the model list is not an object with a "data" array')
-    entries: list[tuple[str | None, ListedPrice | None]] = []
+    entries: list[tuple[str | None, ListedPrice | str | None]] = []
     last_raw: str | None = None
     for entry in page["data"]:
         raw = entry.get("id") if isinstance(entry, dict) else None
         last_raw = raw if isinstance(raw, str) else last_raw
         model = usable_id(raw)
-        entries.append((model, listed_price(entry.get("pricing")) if model is not None else None))
+        price: ListedPrice | str | None = None
+        if model is not None:
+            try:
+                price = listed_price(entry.get("pricing"))
+            except PriceRejected as exc:
+                price = str(exc)
+        entries.append((model, price))
     given = page.get("last_id")
     link = page.get("next")
     return Page(
@@ -206,6 +226,9 @@ def _take_entries(page: Page, listing: Listing) -> None:
         elif len(listing.models) >= MAX_LISTED:
             listing.truncated = True
             return
+        elif isinstance(price, str):
+            listing.models[model] = None
+            listing.rejected_prices[model] = price
         else:
             listing.models[model] = price
 
@@ -221,25 +244,55 @@ def usable_id(raw: object) -> str | None:
 
 
 def listed_price(pricing: object) -> ListedPrice | None:
-    """OpenRouter's ``pricing`` (USD per token as strings) as USD per 1M tokens; None if it gives neither price."""
+    """OpenRouter's ``pricing`` (USD per token as strings) as USD per 1M tokens; None if there is none.
+
+    A listed price is used whole or not at all: a cost from a half-read price
+    would be wrong without saying so.
+
+    :raises PriceRejected: ``prompt`` or ``completion`` is missing, or a price
+        field is not a number from 0 to :data:`MAX_PRICE_PER_MTOK` per 1M tokens
+        (``"-1"``, OpenRouter's "varies" on its auto router, included).
+    """
+    if pricing is None:
+        return None
     if not isinstance(pricing, dict):
+        raise PriceRejected("pricing is not an object")
+    prompt = _per_mtok(pricing, "prompt")
+    completion = _per_mtok(pricing, "completion")
+    if prompt is None or completion is None:
+        missing = " and ".join(name for name, v in (("prompt", prompt), ("completion", completion)) if v is None)
+        raise PriceRejected(f"pricing gives no {missing} price")
+    return ListedPrice(prompt, completion, _per_mtok(pricing, "input_cache_read"))
+
+
+def _per_mtok(pricing: Mapping[str, object], name: str) -> float | None:
+    """``pricing[name]`` in USD per 1M tokens; None if absent. :raises PriceRejected: not a sane price."""
+    value = pricing.get(name)
+    if value is None:
         return None
-    price = ListedPrice(_per_mtok(pricing.get("prompt")), _per_mtok(pricing.get("completion")))
-    return price if price.input is not None or price.output is not None else None
-
-
-def _per_mtok(value: object) -> float | None:
+    shown = _clip(value)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
+        raise PriceRejected(f"pricing.{name} {shown} is not a number")
     try:
         per_token = float(value)
-    except (ValueError, OverflowError):  # OverflowError: a JSON integer too large for a float
-        return None
+    except ValueError:
+        raise PriceRejected(f"pricing.{name} {shown} is not a number") from None
+    except OverflowError:  # a JSON integer too large for a float
+        raise PriceRejected(f"pricing.{name} {shown} is not a finite number") from None
     per_mtok = per_token * 1_000_000
-    # Negative is OpenRouter's "varies" (its auto router); NaN, inf and huge values are not prices.
-    if not math.isfinite(per_mtok) or not 0 <= per_mtok <= MAX_PRICE_PER_MTOK:
-        return None
+    if not math.isfinite(per_mtok):
+        raise PriceRejected(f"pricing.{name} {shown} is not a finite number")
+    if per_mtok < 0:  # "-1" is OpenRouter's "the price varies" (its auto router)
+        raise PriceRejected(f"pricing.{name} {shown} is negative (the price varies)")
+    if per_mtok > MAX_PRICE_PER_MTOK:
+        raise PriceRejected(f"pricing.{name} {shown} is over ${MAX_PRICE_PER_MTOK:,.0f} per 1M tokens")
     return round(per_mtok, 9)
+
+
+def _clip(value: object) -> str:
+    """A router's value as a message may quote it: normalised (``label``) and short."""
+    text = label(repr(value)[:200]) or "''"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -21,7 +21,7 @@ class Target:
     headers: Mapping[str, str] = field(default_factory=dict)
     dialect: str = "auto"  # how the router reports provider, attempts, cost (routewatch/probe/dialects/)
     dialect_fields: Mapping[str, str] = field(default_factory=dict)  # the generic dialect's sources
-    price: Price | None = None  # the model's, from probes.yaml; None: its probes have no cost
+    price: Price | None = None  # probes.yaml's, else the router's list's; None: its probes have no cost
 
     @property
     def url(self) -> str:

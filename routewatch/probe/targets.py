@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from routewatch.config import SIMULATOR, Config, RouterConfig
+from routewatch.config.costs import ListedPrices, model_price
 from routewatch.config.settings import ENV_ROUTER_URL
 from routewatch.probe.scheduler import Series
 from routewatch.probe.target import Canary, Target
@@ -63,6 +64,7 @@ def plan(
     *,
     router_url: str | None = None,
     discovered: Mapping[str, Sequence[str]] | None = None,
+    listed_prices: ListedPrices | None = None,
 ) -> tuple[list[Series], list[RouterPlan]]:
     """Every (router, model, prompt) series with its resolved target.
 
@@ -72,6 +74,9 @@ def plan(
     models found in each router's list (by router name), probed with the
     prompts its ``discover.prompts`` names (all by default) besides its
     configured models. A router no longer discovering ignores its entry.
+    ``listed_prices``: the prices the routers' lists publish, by router and
+    model; a model's probes are costed at its probes.yaml price, else at its
+    listed one (``config.costs.model_price``).
     """
     series: list[Series] = []
     routers: list[RouterPlan] = []
@@ -92,7 +97,14 @@ def plan(
         routers.append(
             RouterPlan(router.name, url, simulated, router.api_key_env if key else None, key, dict(router.headers))
         )
-        for model in router.models:
+        models = [(m, canaries) for m in router.models]
+        found = (discovered or {}).get(router.name, ())
+        if router.discover is not None and router.discover.enabled and found:
+            wanted = router.discover.prompts
+            chosen = [c for c in canaries if wanted is None or c.name in wanted]
+            configured = set(router.models)
+            models += [(m, chosen) for m in found if m not in configured]
+        for model, prompts in models:
             target = Target(
                 router.name,
                 url,
@@ -101,16 +113,7 @@ def plan(
                 dict(router.headers),
                 router.dialect,
                 dict(router.dialect_fields or {}),
-                router.prices.get(model),
+                model_price(router, model, listed_prices)[0],
             )
-            series.extend(Series(target, canary) for canary in canaries)
-        found = (discovered or {}).get(router.name, ())
-        if router.discover is not None and router.discover.enabled and found:
-            wanted = router.discover.prompts
-            chosen = [c for c in canaries if wanted is None or c.name in wanted]
-            configured = set(router.models)
-            for model in found:
-                if model not in configured:
-                    target = Target(router.name, url, model, key, dict(router.headers))
-                    series.extend(Series(target, canary) for canary in chosen)
+            series.extend(Series(target, canary) for canary in prompts)
     return series, routers

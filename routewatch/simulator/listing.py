@@ -32,6 +32,14 @@ class ListingPrice:
 
     prompt: str
     completion: str
+    input_cache_read: str | None = None  # the cached-input price, when given
+
+    def as_json(self) -> dict[str, str]:
+        """The ``pricing`` object of the model's entry."""
+        out = {"prompt": self.prompt, "completion": self.completion}
+        if self.input_cache_read is not None:
+            out["input_cache_read"] = self.input_cache_read
+        return out
 
 
 @dataclass(slots=True)
@@ -74,7 +82,7 @@ class ModelListing:
         out: dict[str, Any] = {"id": profile.model, "object": "model", "created": 0, "owned_by": profile.provider}
         price = self.prices.get(profile.model)
         if price is not None:
-            out["pricing"] = {"prompt": price.prompt, "completion": price.completion}
+            out["pricing"] = price.as_json()
         return out
 
 
@@ -131,7 +139,8 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
         return web.json_response({"removed": model if gone is not None else None})
 
     async def set_listing(request: web.Request) -> web.Response:
-        """PUT /v1/simulator/listing: ``page_size``, ``prices`` ({id: [prompt, completion]}), ``raw_body``
+        """PUT /v1/simulator/listing: ``page_size``, ``prices`` ({id: [prompt, completion(, input_cache_read)]},
+        USD per token as OpenRouter writes them: strings, or anything, sent as its ``str``), ``raw_body``
         ``pad_bytes`` (white space after the raw body) and ``delay_s`` (before each answer)."""
         listing = request.app[LISTING]
         try:
@@ -139,7 +148,10 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
             if "page_size" in body:
                 listing.page_size = None if body["page_size"] is None else max(1, int(body["page_size"]))
             if "prices" in body:
-                listing.prices = {m: ListingPrice(str(p[0]), str(p[1])) for m, p in body["prices"].items()}
+                listing.prices = {
+                    m: ListingPrice(str(p[0]), str(p[1]), str(p[2]) if len(p) > 2 else None)
+                    for m, p in body["prices"].items()
+                }
             if "raw_body" in body:
                 raw = body["raw_body"]
                 listing.raw_body = None if raw is None else str(raw).encode("utf-8", "surrogatepass")
@@ -152,12 +164,13 @@ def setup_listing(app: web.Application, profiles: dict[str, ModelProfile]) -> No
         return web.json_response({"page_size": listing.page_size, "raw": listing.raw_body is not None})
 
     async def listing_truth(request: web.Request) -> web.Response:
-        """GET /v1/simulator/listing: the models listed now and every list request answered."""
+        """GET /v1/simulator/listing: the models listed now, the prices published, every list request answered."""
         listing = request.app[LISTING]
         served = [
             {"at_ns": p.at_ns, "after": p.after, "ids": p.ids, "raw": p.raw, "bearer": p.bearer} for p in listing.served
         ]
-        return web.json_response({"models": list(profiles), "served": served})
+        prices = {m: p.as_json() for m, p in listing.prices.items() if m in profiles}
+        return web.json_response({"models": list(profiles), "prices": prices, "served": served})
 
     app.router.add_get("/v1/models", list_models)
     app.router.add_put("/v1/simulator/models", add_model)

@@ -36,16 +36,18 @@ class CatalogRow:
     retired_at: datetime | None
     input_usd_per_mtok: float | None
     output_usd_per_mtok: float | None
+    cached_input_usd_per_mtok: float | None = None
 
 
-# (model, input price, output price) of one listed model, prices None where the list gave none.
-ListedModel = tuple[str, float | None, float | None]
+# (model, input, output and cached-input price) of one listed model, None where the list gave none.
+ListedModel = tuple[str, float | None, float | None, float | None]
 
 _UPSERT = f"""
 INSERT INTO {MODEL_CATALOG} AS c
-    (router, model, first_seen, last_seen, retired_at, input_usd_per_mtok, output_usd_per_mtok)
-SELECT $1, m.model, $2, $2, NULL, m.input, m.output
-FROM unnest($3::text[], $4::float8[], $5::float8[]) AS m(model, input, output)
+    (router, model, first_seen, last_seen, retired_at, input_usd_per_mtok, output_usd_per_mtok,
+     cached_input_usd_per_mtok)
+SELECT $1, m.model, $2, $2, NULL, m.input, m.output, m.cached
+FROM unnest($3::text[], $4::float8[], $5::float8[], $6::float8[]) AS m(model, input, output, cached)
 ON CONFLICT (router, model) DO UPDATE SET
     first_seen = least(c.first_seen, excluded.first_seen),
     last_seen = greatest(c.last_seen, excluded.last_seen),
@@ -53,7 +55,9 @@ ON CONFLICT (router, model) DO UPDATE SET
     input_usd_per_mtok = CASE WHEN excluded.last_seen >= c.last_seen
                               THEN excluded.input_usd_per_mtok ELSE c.input_usd_per_mtok END,
     output_usd_per_mtok = CASE WHEN excluded.last_seen >= c.last_seen
-                               THEN excluded.output_usd_per_mtok ELSE c.output_usd_per_mtok END
+                               THEN excluded.output_usd_per_mtok ELSE c.output_usd_per_mtok END,
+    cached_input_usd_per_mtok = CASE WHEN excluded.last_seen >= c.last_seen
+                                     THEN excluded.cached_input_usd_per_mtok ELSE c.cached_input_usd_per_mtok END
 """
 
 _RETIRE = f"""
@@ -77,16 +81,19 @@ async def record_listing(
     ``keep``: models never retired whatever the list says (those configured by hand).
     Returns how many models this write retired.
     """
-    models = [m for m, _, _ in listed]
+    models = [m[0] for m in listed]
     async with conn.transaction():
-        await conn.execute(_UPSERT, router, seen, models, [i for _, i, _ in listed], [o for _, _, o in listed])
+        await conn.execute(_UPSERT, router, seen, models, *([m[k] for m in listed] for k in (1, 2, 3)))
         if not complete:
             return 0
         status = await conn.execute(_RETIRE, router, seen, [*models, *keep])
     return int(status.split()[-1])
 
 
-_COLUMNS = "c.router, c.model, c.first_seen, c.last_seen, c.retired_at, c.input_usd_per_mtok, c.output_usd_per_mtok"
+_COLUMNS = (
+    "c.router, c.model, c.first_seen, c.last_seen, c.retired_at, "
+    "c.input_usd_per_mtok, c.output_usd_per_mtok, c.cached_input_usd_per_mtok"
+)
 
 
 async def read_catalog(conn: Conn, keys: Sequence[tuple[str, str]] | None = None) -> list[CatalogRow]:
@@ -107,9 +114,12 @@ async def read_catalog(conn: Conn, keys: Sequence[tuple[str, str]] | None = None
     return [CatalogRow(*row) for row in rows]
 
 
-async def listed_models(conn: Conn, router: str) -> list[str]:
-    """The models of ``router`` the catalog has as listed now (not retired), by id."""
+async def listed_models(conn: Conn, router: str) -> dict[str, tuple[float, float, float | None] | None]:
+    """The models of ``router`` the catalog has as listed now (not retired), by id, with their listed
+    (input, output, cached input) prices; None where the list gave no input or output price."""
     rows = await conn.fetch(
-        f"SELECT model FROM {MODEL_CATALOG} WHERE router = $1 AND retired_at IS NULL ORDER BY model", router
+        "SELECT model, input_usd_per_mtok, output_usd_per_mtok, cached_input_usd_per_mtok "
+        f"FROM {MODEL_CATALOG} WHERE router = $1 AND retired_at IS NULL ORDER BY model",
+        router,
     )
-    return [row["model"] for row in rows]
+    return {row[0]: (row[1], row[2], row[3]) if row[1] is not None and row[2] is not None else None for row in rows}

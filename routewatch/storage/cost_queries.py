@@ -28,6 +28,21 @@ class SeriesSpend:
     probes: int
     priced_probes: int  # probes with a cost: the model had a price
     cost_usd: float  # over the priced probes
+    reported_probes: int = 0  # probes whose router reported their cost
+    reported_cost_usd: float = 0.0  # the router's figures, summed
+    compared_probes: int = 0  # probes with both figures
+    compared_reported_usd: float = 0.0  # the router's figure over those
+    compared_computed_usd: float = 0.0  # routewatch's figure over the same probes
+
+    @property
+    def billed_usd(self) -> float:
+        """The spend the budget counts: each probe at the router's reported cost, else at the computed one."""
+        return self.cost_usd - self.compared_computed_usd + self.reported_cost_usd
+
+    @property
+    def billed_probes(self) -> int:
+        """Probes with a cost either way (reported or computed)."""
+        return self.priced_probes + self.reported_probes - self.compared_probes
 
     @property
     def series(self) -> SeriesId:
@@ -59,7 +74,8 @@ async def db_today(conn: Conn) -> date:
 async def spend_between(conn: Conn, first_day: date, last_day: date) -> list[SeriesSpend]:
     """Every series' spend on each UTC day from ``first_day`` to ``last_day`` (both included), oldest day first."""
     rows = await conn.fetch(
-        f"SELECT day, router, model, prompt, probes, priced_probes, cost_usd FROM {PROBE_COST_DAILY} "
+        f"SELECT day, router, model, prompt, probes, priced_probes, cost_usd, reported_probes, reported_cost_usd, "
+        f"compared_probes, compared_reported_usd, compared_computed_usd FROM {PROBE_COST_DAILY} "
         "WHERE day BETWEEN $1 AND $2 ORDER BY day, router, model, prompt",
         first_day,
         last_day,

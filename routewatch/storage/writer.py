@@ -67,16 +67,26 @@ _INSERT_NEW = f"""
 WITH new AS (
     INSERT INTO {PROBE_RESULTS} ({_COLUMN_LIST})
     SELECT {_COLUMN_LIST} FROM {PROBE_RESULTS_STAGING} ON CONFLICT DO NOTHING
-    RETURNING started_at, router, model, prompt, cost_usd
+    RETURNING started_at, router, model, prompt, cost_usd, reported_cost_usd
 ), spend AS (
-    INSERT INTO {PROBE_COST_DAILY} AS d (day, router, model, prompt, probes, priced_probes, cost_usd)
+    INSERT INTO {PROBE_COST_DAILY} AS d (day, router, model, prompt, probes, priced_probes, cost_usd,
+        reported_probes, reported_cost_usd, compared_probes, compared_reported_usd, compared_computed_usd)
     SELECT (started_at AT TIME ZONE 'UTC')::date AS day, router, model, prompt,
-           count(*), count(cost_usd), coalesce(sum(cost_usd), 0)
+           count(*), count(cost_usd), coalesce(sum(cost_usd), 0),
+           count(reported_cost_usd), coalesce(sum(reported_cost_usd), 0),
+           count(cost_usd + reported_cost_usd),
+           coalesce(sum(reported_cost_usd) FILTER (WHERE cost_usd IS NOT NULL), 0),
+           coalesce(sum(cost_usd) FILTER (WHERE reported_cost_usd IS NOT NULL), 0)
     FROM new GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (day, router, model, prompt) DO UPDATE
     SET probes = d.probes + excluded.probes,
         priced_probes = d.priced_probes + excluded.priced_probes,
-        cost_usd = d.cost_usd + excluded.cost_usd
+        cost_usd = d.cost_usd + excluded.cost_usd,
+        reported_probes = d.reported_probes + excluded.reported_probes,
+        reported_cost_usd = d.reported_cost_usd + excluded.reported_cost_usd,
+        compared_probes = d.compared_probes + excluded.compared_probes,
+        compared_reported_usd = d.compared_reported_usd + excluded.compared_reported_usd,
+        compared_computed_usd = d.compared_computed_usd + excluded.compared_computed_usd
 )
 SELECT count(*) FROM new
 """

@@ -23,15 +23,15 @@ import math
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import SecretStr
 
-from routewatch.aggregator.budget import BudgetReport
 from routewatch.aggregator.provider_cap import OTHER, UNKNOWN, is_named
 from routewatch.aggregator.publish import openapi
+from routewatch.aggregator.publish.cost_view import costs_json, price_json
 from routewatch.aggregator.publish.http_cache import cached_response, etag_for
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, Handler, dumps, error_payload, errors_as_json
 from routewatch.aggregator.publish.http_errors import clip as _clip
@@ -51,6 +51,7 @@ from routewatch.aggregator.publish.served_models import served_model_cells
 from routewatch.aggregator.refresh import Aggregator, Snapshot
 from routewatch.aggregator.rollup import BREAKDOWNS
 from routewatch.aggregator.stats import ModelStats
+from routewatch.config.model import Price
 from routewatch.config.settings import ENV_ADMIN_TOKEN
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage.errors import DATABASE_ERRORS
@@ -290,6 +291,9 @@ class ApiState:
     admin: AdminActions | None
     token: _Token | None
     cache: BodyCache = dataclasses.field(default_factory=BodyCache)
+    prices: Mapping[tuple[str, str], Price] = dataclasses.field(default_factory=dict)  # probes.yaml's
+    # /v1/costs' bodies: of a snapshot and the budget report read in the same refresh.
+    costs_cache: BodyCache = dataclasses.field(default_factory=BodyCache)
     openapi_bodies: dict[tuple[str, ...] | None, Body] = dataclasses.field(default_factory=dict)
 
     def snapshot(self) -> Snapshot:
@@ -363,7 +367,11 @@ def _listing(api: ApiState, snap: Snapshot, provider: str | None, state: str | N
         if (provider is not None and provider not in labels) or (state is not None and model_state != state):
             continue
         models.append(
-            {**_listing_entry(snap, router, model, window, model_state), "cost_today_usd": spent.get((router, model))}
+            {
+                **_listing_entry(snap, router, model, window, model_state),
+                "cost_today_usd": spent.get((router, model)),
+                "price": _price(api, snap, (router, model)),
+            }
         )
     return {
         "window": window,
@@ -383,6 +391,11 @@ def _spent_today(api: ApiState) -> dict[tuple[str, str], float]:
                 key = (spend.router, spend.model)
                 spent[key] = spent.get(key, 0.0) + spend.cost_usd
     return spent
+
+
+def _price(api: ApiState, snap: Snapshot, key: tuple[str, str]) -> dict[str, Any] | None:
+    """The price ``key``'s probes are costed at, and its source (probes.yaml, else the router's list)."""
+    return price_json(api.prices.get(key), snap.catalog.get(key))
 
 
 def _listing_entry(snap: Snapshot, router: str, model: str, window: str, state: str) -> dict[str, Any]:
@@ -456,6 +469,7 @@ def _detail_json(api: ApiState, snap: Snapshot, router: str, model: str) -> dict
     return {
         **_listing_entry(snap, router, model, window, state),
         "cost_today_usd": _spent_today(api).get((router, model)),
+        "price": _price(api, snap, (router, model)),
         "routers": api.cache.routers_of(snap, model),
         "window": window,
         "updated_at": snap.updated_at.isoformat(),
@@ -632,53 +646,17 @@ async def costs(request: web.Request) -> web.Response:
     report = api.aggregator.budget.report
     if report is None:
         raise ApiError(503, "spend not read yet", headers={"Retry-After": "5"})
-    return _uncached(costs_json(report, days, query.get("router"), query.get("model")))
+    snap = api.snapshot()
+    router, model = query.get("router"), query.get("model")
 
+    def build() -> dict[str, Any]:
+        keys = {(s.router, s.model) for s in report.spend}
+        prices = {key: price_json(api.prices.get(key), snap.catalog.get(key)) for key in keys}
+        return costs_json(report, days, router, model, prices)
 
-def costs_json(report: BudgetReport, days: int, router: str | None, model: str | None) -> dict[str, Any]:
-    """``/v1/costs``' body: the last ``days`` days of ``report``, newest first, filtered."""
-    first = report.day - timedelta(days=days - 1)
-    models: dict[tuple[date, str, str], list[float]] = {}  # -> [probes, priced probes, usd]
-    for s in report.spend:
-        if s.day < first or (router is not None and s.router != router) or (model is not None and s.model != model):
-            continue
-        row = models.setdefault((s.day, s.router, s.model), [0, 0, 0.0])
-        row[0] += s.probes
-        row[1] += s.priced_probes
-        row[2] += s.cost_usd
-    routers: dict[tuple[date, str], list[float]] = {}
-    for (day, r, _), (probes, _, usd) in models.items():
-        total = routers.setdefault((day, r), [0, 0.0])
-        total[0] += probes
-        total[1] += usd
-    newest = sorted(models, key=lambda k: (-k[0].toordinal(), k[1], k[2]))
-    return {
-        "day": report.day.isoformat(),
-        "budget": {
-            "usd_per_day": report.budget_usd,
-            "spent_today_usd": report.spent_today_usd,
-            "paused": [
-                {"router": p.router, "model": p.model, "prompt": p.prompt, "usd_per_day": p.usd_per_day}
-                for p in report.paused
-            ],
-            "note": report.note,
-        },
-        "routers": [
-            {"day": day.isoformat(), "router": r, "probes": int(probes), "usd": usd}
-            for (day, r), (probes, usd) in sorted(routers.items(), key=lambda kv: (-kv[0][0].toordinal(), kv[0][1]))
-        ],
-        "models": [
-            {
-                "day": k[0].isoformat(),
-                "router": k[1],
-                "model": k[2],
-                "probes": int(models[k][0]),
-                "priced_probes": int(models[k][1]),
-                "usd": models[k][2],
-            }
-            for k in newest
-        ],
-    }
+    # The spend changes once per refresh, with the snapshot: cached like the other aggregate bodies.
+    bodies = api.costs_cache.generation(snap, report)
+    return api.respond(request, api.costs_cache.get_or_store(bodies, (days, router, model), request.raw_path, build))
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, maximum: int) -> int:
@@ -863,6 +841,7 @@ def create_app(
     admin: AdminActions | None = None,
     admin_token: SecretStr | None = None,
     prices: Mapping[tuple[str, str], float] | None = None,
+    model_prices: Mapping[tuple[str, str], Price] | None = None,
     prober_health: HealthSource | None = None,
     prober_workers: WorkerMetrics | None = None,
     ingest: IngestReceiver | None = None,
@@ -874,7 +853,8 @@ def create_app(
 
     ``admin`` serves the token-protected endpoints, which also need
     ``admin_token`` (the ``ROUTEWATCH_ADMIN_TOKEN`` setting; None or blank: disabled).
-    ``prices``: USD per 1M input tokens per (router, model), for the badges.
+    ``prices``: USD per 1M input tokens per (router, model), for the badges;
+    ``model_prices``: the prices probes.yaml gives per (router, model), for ``/v1/costs`` and ``/v1/models``.
     ``prober_health``: a prober on this process's loop, for ``/metrics``;
     ``prober_workers``: the families of ``routewatch run``'s prober workers, for ``/metrics``.
     ``ingest``: the regions' tokens and the store behind ``POST /v1/ingest`` (None: it answers 403).
@@ -885,7 +865,9 @@ def create_app(
     app = web.Application()
     app.on_response_prepare.append(router_errors_as_json)
     app[AGGREGATOR] = aggregator
-    app[API] = ApiState(aggregator, aggregator.reads, admin, _Token(token) if token else None)
+    app[API] = ApiState(
+        aggregator, aggregator.reads, admin, _Token(token) if token else None, prices=dict(model_prices or {})
+    )
     setup_routes(app)
     setup_status_routes(app, reads=aggregator.reads, prices=prices, public_url=public_url)
     setup_metrics_route(app, aggregator, prober_health, metrics, prober_workers)

@@ -39,8 +39,10 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
 * spend and budget (``routewatch/aggregator/budget.py``), once read: ``routewatch_budget_spend_today_usd``,
   ``routewatch_budget_usd_per_day`` (absent without a budget), ``routewatch_budget_series_paused``,
   ``routewatch_budget_paused{router, model, prompt}`` (1 per paused series),
-  and ``routewatch_cost_today_usd{router, model}`` (one per priced model probed today: bounded
-  by the models probed, like the stats families).
+  and, per (router, model) probed today (bounded by the models probed, like the stats families),
+  ``routewatch_cost_today_usd`` (computed; priced models), ``routewatch_cost_reported_today_usd``
+  (the router's own figure, where it reports one) and ``routewatch_cost_reported_ratio`` (the two
+  over the probes with both; see ``cost_view.py``).
 * prober (absent, not 0, in ``routewatch serve``): the families of
   ``routewatch/probe/health.py`` (``routewatch_probes_total{result}``,
   ``routewatch_route_probes_total{router, model, region}`` and
@@ -75,6 +77,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from routewatch.aggregator.budget import BudgetReport
 from routewatch.aggregator.model_state_store import StatusReport
+from routewatch.aggregator.publish.cost_view import cost_families
 from routewatch.aggregator.publish.metrics_snapshot import (
     DEFAULT_EXPORT,
     MetricsExport,
@@ -257,7 +260,8 @@ def _replica_families(replica: ReplicaState) -> Iterator[Metric]:
 def _budget_families(report: BudgetReport) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "routewatch_budget_spend_today_usd",
-        "USD the probes cost so far today (UTC day), at the prices in probes.yaml",
+        "USD the probes cost so far today (UTC day): the router's reported cost where it reports one, "
+        "else the cost computed from the model's price",
         value=report.spent_today_usd,
     )
     if report.budget_usd is not None:
@@ -277,18 +281,7 @@ def _budget_families(report: BudgetReport) -> Iterator[Metric]:
     for p in report.paused:
         paused.add_metric([p.router, p.model, p.prompt], 1.0)
     yield paused
-    per_model = GaugeMetricFamily(
-        "routewatch_cost_today_usd",
-        "USD a model's probes on a router cost so far today (UTC day); only models with a price",
-        labels=["router", "model"],
-    )
-    spent: dict[tuple[str, str], float] = {}
-    for s in report.today():
-        if s.priced_probes:
-            spent[(s.router, s.model)] = spent.get((s.router, s.model), 0.0) + s.cost_usd
-    for (router, model), usd in sorted(spent.items()):
-        per_model.add_metric([router, model], usd)
-    yield per_model
+    yield from cost_families(report)
 
 
 class LiveCollector(Collector):

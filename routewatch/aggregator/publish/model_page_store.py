@@ -22,6 +22,7 @@ from datetime import datetime
 import asyncpg
 
 from routewatch.aggregator.model_state import State
+from routewatch.aggregator.publish.cost_view import listed_price
 from routewatch.aggregator.publish.display import format_utc
 from routewatch.aggregator.publish.http_cache import etag_for
 from routewatch.aggregator.publish.model_view import (
@@ -121,6 +122,14 @@ def _with_etag(data: bytes) -> Body:
     return data, etag_for(data)
 
 
+def _input_price(configured: Mapping[SeriesKey, float], snapshot: Snapshot, key: SeriesKey) -> float | None:
+    """USD per 1M input tokens: probes.yaml's, else the router's list's (the rule the probes are costed by)."""
+    if key in configured:
+        return configured[key]
+    listed = listed_price(snapshot.catalog.get(key))
+    return listed.input if listed is not None else None
+
+
 async def load_view(
     reads: ReadPools,
     aggregator: Aggregator,
@@ -138,7 +147,10 @@ async def load_view(
     row = next((r for r in published.view.models if r.model == model), None) if published is not None else None
     incidents = model_incidents(model, published.open, published.closed) if published is not None else ()
     async with reads.connection() as conn:
-        routes = [await _route_page(conn, snapshot, router, model, prices.get((router, model))) for router in routers]
+        routes = [
+            await _route_page(conn, snapshot, router, model, _input_price(prices, snapshot, (router, model)))
+            for router in routers
+        ]
     return ModelPageView(
         model=model,
         state=status.state if status is not None else State.UNKNOWN,

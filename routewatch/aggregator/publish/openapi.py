@@ -247,6 +247,42 @@ def _ingest_record() -> Schema:
     }
 
 
+def _price() -> Schema:
+    per_mtok: Schema = {"type": "number", "minimum": 0}
+    return {
+        **_object(
+            {
+                "input_usd_per_mtok": per_mtok,
+                "output_usd_per_mtok": per_mtok,
+                "cached_input_usd_per_mtok": {**NUMBER_OR_NULL, "description": "null: the input price applies"},
+                "source": {
+                    "type": "string",
+                    "enum": ["config", "listing"],
+                    "description": "config: probes.yaml's price for the model (it wins); listing: the router's "
+                    "model list's",
+                },
+            }
+        ),
+        "type": ["object", "null"],
+        "description": "USD per 1M tokens the model's probes are costed at; null: no price",
+    }
+
+
+def _spend(count: Schema, usd: Schema) -> dict[str, Schema]:
+    return {
+        "probes": count,
+        "priced_probes": {**count, "description": "probes with a computed cost (the model had a price)"},
+        "usd": {**usd, "description": "computed: the reported tokens × the model's price, over the priced probes"},
+        "reported_probes": {**count, "description": "probes whose router reported their cost"},
+        "reported_usd": {**NUMBER_OR_NULL, "description": "the router's own figures, summed; null: none reported"},
+        "reported_vs_computed": {
+            **NUMBER_OR_NULL,
+            "description": "reported over computed, over the probes with both; far from 1: the price is wrong",
+        },
+        "billed_usd": {**usd, "description": "what the budget counts: the reported cost where given, else computed"},
+    }
+
+
 def _costs() -> Schema:
     count: Schema = {"type": "integer", "minimum": 0}
     usd: Schema = {"type": "number", "minimum": 0}
@@ -256,12 +292,11 @@ def _costs() -> Schema:
             "day": day,
             "router": {"type": "string"},
             "model": {"type": "string"},
-            "probes": count,
-            "priced_probes": {**count, "description": "probes with a cost (the model had a price)"},
-            "usd": {**usd, "description": "over the priced probes"},
+            **_spend(count, usd),
+            "price": {**_price(), "description": "the model's price now (not necessarily that day's)"},
         }
     )
-    router_day = _object({"day": day, "router": {"type": "string"}, "probes": count, "usd": usd})
+    router_day = _object({"day": day, "router": {"type": "string"}, **_spend(count, usd)})
     pause = _object(
         {
             "router": {"type": "string"},
@@ -273,7 +308,7 @@ def _costs() -> Schema:
     budget = _object(
         {
             "usd_per_day": {**NUMBER_OR_NULL, "description": "budget.usd_per_day; null: no budget"},
-            "spent_today_usd": usd,
+            "spent_today_usd": {**usd, "description": "billed: the routers' reported costs where given, else computed"},
             "paused": {"type": "array", "items": pause, "description": "series paused until the UTC day turns"},
             "note": {"type": ["string", "null"], "description": "what the status page says while series are paused"},
         }
@@ -490,9 +525,10 @@ def _schemas() -> dict[str, Schema]:
                 "cost_today_usd": {
                     **NUMBER_OR_NULL,
                     "minimum": 0,
-                    "description": "what this model's probes on this router cost today (UTC day) at the "
-                    "prices in probes.yaml; null when none of them had a price",
+                    "description": "what this model's probes on this router cost today (UTC day), computed "
+                    "at its price (price); null when none of them had a price",
                 },
+                "price": _price(),
             }
         ),
         "ModelDetail": _object(
@@ -509,6 +545,7 @@ def _schemas() -> dict[str, Schema]:
                 "retired": {"type": "boolean", "description": "as in the listing (ModelSummary)"},
                 "retired_at": {**DATE_TIME_OR_NULL, "description": "as in the listing (ModelSummary)"},
                 "cost_today_usd": {**NUMBER_OR_NULL, "description": "as in the listing (ModelSummary)"},
+                "price": {**_price(), "description": "as in the listing (ModelSummary)"},
                 "stats": {**_ref("ModelStats"), "description": "the listing's window, as in the listing"},
                 "routers": {
                     "type": "array",
@@ -831,8 +868,9 @@ def _paths() -> dict[str, Schema]:
                     ),
                     _query("router", {"type": "string"}, "only this router's models"),
                     _query("model", {"type": "string"}, "only this model"),
+                    _p("IfNoneMatch"),
                 ],
-                "responses": _std(_json("Costs", "spend and budget"), "400", "503"),
+                "responses": _std(_json("Costs", "spend and budget", cached=True), "304", "400", "503"),
             }
         },
         "/v1/status": {

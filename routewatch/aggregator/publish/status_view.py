@@ -20,6 +20,7 @@ from typing import Any
 
 from routewatch.aggregator.model_state import UPTIME_DAYS, DayUptime, Incident, State
 from routewatch.aggregator.model_state_store import StatusReport, incident_json
+from routewatch.aggregator.publish.cost_view import listed_price
 from routewatch.aggregator.refresh import SeriesKey, Snapshot
 
 __all__ = [
@@ -199,10 +200,11 @@ def _retired(snapshot: Snapshot | None, model: str) -> bool:
 
 
 def with_listed_prices(configured: Mapping[SeriesKey, float], snapshot: Snapshot | None) -> dict[SeriesKey, float]:
-    """USD per 1M input tokens by (router, model): the router's model list's price where it publishes
-    one (discovery), else the one configured in probes.yaml."""
+    """USD per 1M input tokens by (router, model): the one configured in probes.yaml, else the router's
+    model list's (discovery) where it publishes a whole price; the rule probes are costed by."""
     listed = snapshot.catalog.items() if snapshot is not None else ()
-    return {**configured, **{key: row.input_usd_per_mtok for key, row in listed if row.input_usd_per_mtok is not None}}
+    found = {key: price.input for key, row in listed if (price := listed_price(row)) is not None}
+    return {**found, **configured}
 
 
 def uptime_days(
