@@ -102,6 +102,7 @@ def plan(
                 router.dialect,
                 dict(router.dialect_fields or {}),
                 router.prices.get(model),
+                router.reasoning,
             )
             series.extend(Series(target, canary) for canary in canaries)
         found = (discovered or {}).get(router.name, ())
@@ -111,6 +112,6 @@ def plan(
             configured = set(router.models)
             for model in found:
                 if model not in configured:
-                    target = Target(router.name, url, model, key, dict(router.headers))
+                    target = Target(router.name, url, model, key, dict(router.headers), reasoning=router.reasoning)
                     series.extend(Series(target, canary) for canary in chosen)
     return series, routers
