@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from factories import MINIMAL_CONFIG, probe_result
 
-from routewatch.config import ReasoningConfig, TimeoutsConfig
+from routewatch.config import ConfigError, ReasoningConfig, TimeoutsConfig, parse_config
 from routewatch.probe.reasoning import (
     OPENAI,
     OPENROUTER,
@@ -23,10 +24,67 @@ from routewatch.probe.target import Canary, Target, request_body
 from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
 from routewatch.simulator.groundtruth import ServedRequest
-from tests.factories import probe_result
 
 CANARY = Canary("short", [{"role": "user", "content": "Count from 1 to 20 in words."}], 64, 8)
 MS = 1_000_000
+
+
+# ---------------------------------------------------------------- probes.yaml
+
+
+def _with_router_lines(lines: str) -> str:
+    return MINIMAL_CONFIG.replace("    base_url: simulator\n", "    base_url: simulator\n" + lines)
+
+
+@pytest.mark.unit
+def test_every_router_detects_reasoning_models_unless_told_otherwise() -> None:
+    assert parse_config(MINIMAL_CONFIG, "probes.yaml").routers[0].reasoning == ReasoningConfig(
+        budget_tokens=2048, effort=None, models=[], detect=True, request="auto"
+    )
+    lines = "    reasoning:\n      budget_tokens: 4096\n      effort: low\n      models: ['openai/o*']\n"
+    settings = parse_config(_with_router_lines(lines), "probes.yaml").routers[0].reasoning
+    assert (settings.budget_tokens, settings.effort, settings.models) == (4096, "low", ["openai/o*"])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            "    reasoning:\n      budget_tokens: 0\n",
+            "probes.yaml:5: routers[0].reasoning.budget_tokens: Input should be greater than or equal to 1",
+        ),
+        (
+            "    reasoning:\n      effort: extreme\n",
+            "probes.yaml:5: routers[0].reasoning.effort: "
+            "Input should be 'none', 'minimal', 'low', 'medium', 'high' or 'xhigh'",
+        ),
+        ("    reasoning:\n      models: ['']\n", "probes.yaml:5: routers[0].reasoning.models[0]: must not be empty"),
+        (
+            "    reasoning:\n      budget: 10\n",
+            'probes.yaml:5: routers[0].reasoning.budget: unknown field "budget" '
+            "(allowed: budget_tokens, effort, models, detect, request)",
+        ),
+        (
+            "    reasoning:\n      request: anthropic\n",
+            "probes.yaml:5: routers[0].reasoning.request: Input should be 'auto', 'openai' or 'openrouter'",
+        ),
+        (
+            "    reasoning: 4096\n",
+            "probes.yaml:4: routers[0].reasoning: expected a mapping of fields "
+            "(budget_tokens, effort, models, detect, request), got a number",
+        ),
+        (
+            "    reasoning:\n      budget_tokens: 200000\n      detect: maybe\n",
+            "probes.yaml:5: routers[0].reasoning.budget_tokens: Input should be less than or equal to 131072\n"
+            "probes.yaml:6: routers[0].reasoning.detect: Input should be a valid boolean, unable to interpret input",
+        ),
+    ],
+)
+def test_a_bad_reasoning_setting_names_file_line_and_field(lines: str, message: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(_with_router_lines(lines), "probes.yaml")
+    assert str(excinfo.value) == message
 
 
 # ---------------------------------------------------------------- the budget, pure

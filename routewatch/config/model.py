@@ -291,9 +291,6 @@ class DiscoverConfig(_Section):
     )
 
 
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-
-
 class ReasoningConfig(_Section):
     """The output budget of a router's reasoning models (configured by glob, or seen reasoning)."""
 
