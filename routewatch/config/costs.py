@@ -88,7 +88,12 @@ class CostPlan:
 
 
 def plan_costs(config: Config) -> CostPlan:
-    """Every router's model priced per day: probes per day × expected tokens per prompt × prices."""
+    """Every router's model priced per day: probes per day × expected tokens per prompt × prices.
+
+    A model that ``reasoning.models`` names may use its reasoning budget on top
+    of each prompt's ``max_tokens``, and is planned so. Models found to reason
+    only at run time (``reasoning.detect``) are planned without it.
+    """
     runs = 86400 / config.schedule.interval  # probes per series per day
     per_prompt = [(estimate_input_tokens(p), p.max_tokens) for p in config.prompts]
     models: list[ModelPlan] = []
@@ -97,7 +102,8 @@ def plan_costs(config: Config) -> CostPlan:
             price = router.prices.get(model)
             cost = None
             if price is not None:
-                per_run = sum(probe_cost_usd(price, i, o) or 0.0 for i, o in per_prompt)
+                room = router.reasoning.budget_tokens if router.reasoning.names(model) else 0
+                per_run = sum(probe_cost_usd(price, i, o + room) or 0.0 for i, o in per_prompt)
                 cost = runs * per_run
             models.append(ModelPlan(router.name, model, cost))
     return CostPlan(tuple(models))

@@ -8,6 +8,7 @@ environment variable that holds its key.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import unicodedata
@@ -318,6 +319,10 @@ class ReasoningConfig(_Section):
         description="how the budget is sent: openai (max_completion_tokens, reasoning_effort), openrouter "
         "(max_tokens and a reasoning object), auto (default: openrouter when the router's dialect is)",
     )
+
+    def names(self, model: str) -> bool:
+        """Whether a ``models`` glob names ``model``: a reasoning model from its first probe."""
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
 class RouterConfig(_Section):

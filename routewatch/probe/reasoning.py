@@ -17,7 +17,6 @@ of each model, which at worst ends ``budget_exhausted`` (not a router failure).
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -73,11 +72,6 @@ def choose_budget(answer_tokens: int, settings: ReasoningConfig, style: str) -> 
     return OutputBudget(answer_tokens + settings.budget_tokens, settings.budget_tokens, settings.effort, style)
 
 
-def configured_reasoning(settings: ReasoningConfig, model: str) -> bool:
-    """Whether a ``reasoning.models`` glob names ``model``."""
-    return any(fnmatch.fnmatchcase(model, pattern) for pattern in settings.models)
-
-
 def shows_reasoning(result: ProbeResult) -> bool:
     """Whether a probe's result shows its model reasons: reasoning tokens, or a budget spent before any answer."""
     return bool(result.reasoning_tokens) or result.error_class == "budget_exhausted"
@@ -95,7 +89,7 @@ class ReasoningModels:
         settings = target.reasoning
         if settings is None:
             return False
-        if configured_reasoning(settings, target.model):
+        if settings.names(target.model):
             return True
         return settings.detect and (target.router, target.model) in self._seen
 
