@@ -370,7 +370,14 @@ def _status_page() -> Schema:
             "ttft_p50_ms": {
                 "type": ["number", "null"],
                 "minimum": 0,
-                "description": "p50 TTFT over the page window; null with no ok probe",
+                "description": "p50 TTFT (first token of any kind, reasoning included) over the page window; "
+                "null with no ok probe",
+            },
+            "ttfat_p50_ms": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "p50 TTFAT (first answer token: for a reasoning model, after its reasoning) over "
+                "the page window; null with no ok probe",
             },
             "tps_p50": {"type": ["number", "null"], "minimum": 0},
             "input_price_per_mtok": {
