@@ -261,6 +261,10 @@ async def test_streamed_reasoning_runs_out_of_max_tokens_then_gets_its_budget(la
     assert second.ttft_ms is not None and second.ttfat_ms is not None
     assert reasoning_ms == pytest.approx(REASONING_TOKENS, abs=30)
     assert second.ttfat_ms - second.ttft_ms == pytest.approx(reasoning_ms, abs=15)
+    print(
+        f"\nreasoning time: simulator {reasoning_ms:.1f} ms, probe TTFAT - TTFT {second.ttfat_ms - second.ttft_ms:.1f} ms"
+        f" (TTFT {second.ttft_ms:.1f} ms, TTFAT {second.ttfat_ms:.1f} ms)"
+    )
     assert (lab.prober.route_attempts[("sim", "t/streamed")], lab.prober.route_failures[("sim", "t/streamed")]) == (
         1,
         0,
@@ -290,6 +294,7 @@ async def test_hidden_reasoning_is_not_an_empty_answer_and_does_not_inflate_tok_
     assert second.ttft_ms is not None and second.ttft_ms >= truth.injected_ttft_ms
     # tok/s over the answer's 20 streamed tokens: the profile's 1000, not 320 tokens over 19 ms.
     assert second.output_tps == pytest.approx(1000, rel=0.25)
+    print(f"\nhidden reasoning: tok/s {second.output_tps:.0f} (profile 1000), TTFT = TTFAT {second.ttft_ms:.1f} ms")
 
 
 @pytest.mark.system
