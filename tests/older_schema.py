@@ -1,8 +1,8 @@
 """Writing a database as an older release left it, with this release's writer.
 
 The writer and the rollup refresh of this release write what migrations 0011
-(router dialects' columns) and 0014 (cost columns and the daily spend table)
-add. A test that builds the state of an older schema applies those of them
+(router dialects' columns), 0014 (cost columns and the daily spend table)
+and 0015 (reasoning tokens) add. A test that builds the state of an older schema applies those of them
 the schema lacks while it writes, and removes what they added before
 upgrading, so the upgrade starts from exactly the older shape, with rows in it.
 """
@@ -25,6 +25,7 @@ LATER = {
         (),
     ),
     "0014_probe_cost": ({"probe_results": ("cached_input_tokens", "cost_usd")}, ("probe_cost_daily", "budget_pauses")),
+    "0015_reasoning_tokens": ({"probe_results": ("reasoning_tokens",)}, ()),
 }
 
 
