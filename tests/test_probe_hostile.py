@@ -139,6 +139,10 @@ async def test_a_stream_that_only_reasoned_until_length_is_budget_exhausted(sess
     # No usage at all, and nothing streamed (reasoning hidden): still the budget, not an empty answer.
     r = await probe(session, router, Reply(body=sse(length)))
     assert (r.error_class, r.reasoning_tokens, r.ttft_ms) == ("budget_exhausted", None, None)
+    # Usage saying no reasoning at all: an answer that never came is an empty one.
+    no_reasoning = {"prompt_tokens": 20, "completion_tokens": 0, "completion_tokens_details": {"reasoning_tokens": 0}}
+    r = await probe(session, router, Reply(body=sse({**length, "usage": no_reasoning})))
+    assert r.error_class == "empty_response"
     # Reasoning then an answer cut short by length is an answer: ok, with both first tokens.
     r = await probe(session, router, Reply(body=sse(_reasoning(" hm"), token(" one"), token(" two"), length)))
     assert r.ok and r.ttft_ms is not None and r.ttfat_ms is not None and r.ttfat_ms >= r.ttft_ms

@@ -470,7 +470,8 @@ async def run(
     if error_class is None:
         if not (stream.done or stream.finished):
             error_class, detail = "stream_error", "stream ended without [DONE] or finish_reason"
-        elif stream.finish_reason == "length" and marks.first_answer is None:
+        elif stream.finish_reason == "length" and marks.first_answer is None and stream.usage_reasoning != 0:
+            # The cap was reached before any answer: spent reasoning (streamed or not), unless usage says none.
             error_class, detail = "budget_exhausted", _exhausted_detail(canary, budget, stream.reasoning_tokens)
         elif not marks.token_times or output_tokens == 0:
             error_class, detail = "empty_response", "stream finished without output tokens"
@@ -546,7 +547,8 @@ def _exhausted_detail(canary: Canary, budget: OutputBudget | None, reasoning: in
     if budget is None:
         return (
             f"finish_reason length before any answer{spent}: max_tokens {canary.max_tokens} was spent reasoning; "
-            "the model is now known to reason and gets reasoning.budget_tokens from its next probe"
+            "with reasoning.detect on, its next probes get reasoning.budget_tokens of room (or name it in "
+            "reasoning.models)"
         )
     return (
         f"finish_reason length before any answer{spent}: the output budget of {budget.total_tokens} tokens "
