@@ -237,6 +237,7 @@ async def lab() -> AsyncIterator[Lab]:
 
 
 @pytest.mark.system
+@pytest.mark.alone  # the reasoning time is compared to 15 ms: no other test may take the CPU meanwhile
 async def test_streamed_reasoning_runs_out_of_max_tokens_then_gets_its_budget(lab: Lab) -> None:
     series = lab.series("t/streamed")
 
@@ -273,6 +274,7 @@ async def test_streamed_reasoning_runs_out_of_max_tokens_then_gets_its_budget(la
 
 
 @pytest.mark.system
+@pytest.mark.alone  # tok/s is compared to the simulator's rate
 async def test_hidden_reasoning_is_not_an_empty_answer_and_does_not_inflate_tok_s(lab: Lab) -> None:
     series = lab.series("t/hidden", effort="low")
 
