@@ -107,4 +107,8 @@ class ReasoningModels:
         key = (result.router, result.model)
         if key not in self._seen and shows_reasoning(result):
             self._seen.add(key)
-            log.info("%s on %s reasons: its probes get the reasoning budget from now on", result.model, result.router)
+            log.info(
+                "%s on %s was seen reasoning: with reasoning.detect on, its probes get the reasoning budget now",
+                result.model,
+                result.router,
+            )
