@@ -7,6 +7,7 @@ back and compared with what the prober recorded.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -105,6 +106,8 @@ async def test_budget_exhausted_probes_are_counted_apart_never_as_router_failure
         assert (stats["samples"]["failed"], stats["samples"]["excluded_budget_exhausted"]) == (2, 4)
         assert stats["errors_by_class"] == {"http_5xx": 2}
         assert stats["error_rate"] == 0.25
+        figures = ("ttft_p50_ms", "ttfat_p50_ms", "error_rate", "errors_by_class", "samples")
+        print("\n" + json.dumps({k: stats[k] for k in figures}))
         # 3 exhausted probes in a row would make it down, were they failures; 2 failures of 8 make it degraded.
         assert aggregator.status is not None
         (status,) = [m for m in aggregator.status.models if m.model == MODEL]
