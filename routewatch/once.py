@@ -133,21 +133,9 @@ async def _round(config: Config, settings: Settings, console: Console) -> list[P
                     lag=lag,
                     max_lag_s=config.schedule.max_loop_lag,
                 )
-                budgeted = {s.key for s in series if prober.reasoning.budget(s.target, s.canary.max_tokens)}
-                results = await prober.round(series)
-                # A model found reasoning in this round gets its budget and one more probe, whose result
-                # replaces the first: once's answer for a reasoning model is then what its budget gives.
-                again = [
-                    i
-                    for i, (s, r) in enumerate(zip(series, results, strict=True))
-                    if r.error_class == "budget_exhausted"
-                    and s.key not in budgeted
-                    and prober.reasoning.budget(s.target, s.canary.max_tokens) is not None
-                ]
-                if again:
-                    progress.update(task, total=len(series) + len(again))
-                    for i, result in zip(again, await prober.round([series[i] for i in again]), strict=True):
-                        results[i] = result
+                results = await prober.round_with_budgets(
+                    series, lambda n: progress.update(task, total=len(series) + n)
+                )
         await lag.stop()
         return results
     finally:

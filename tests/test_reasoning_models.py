@@ -322,6 +322,17 @@ async def test_a_budget_still_too_small_is_counted_apart_with_advice(lab: Lab) -
 
 
 @pytest.mark.system
+async def test_a_one_off_round_probes_a_model_it_finds_reasoning_again_with_its_budget(lab: Lab) -> None:
+    streamed, named = lab.series("t/streamed"), lab.series("t/hidden", models=["t/hidden"])
+    heard: list[int] = []
+    results = await lab.prober.round_with_budgets([streamed, named], heard.append)
+    assert heard == [1], "only the model found reasoning; the named one had its budget from the start"
+    assert [r.ok for r in results] == [True, True]
+    asked = [r.max_tokens_asked for r in lab.sim.ground_truth.records]
+    assert sorted(asked) == [CANARY.max_tokens, CANARY.max_tokens + 512, CANARY.max_tokens + 512]
+
+
+@pytest.mark.system
 async def test_a_plain_model_keeps_its_max_tokens(lab: Lab) -> None:
     sim = await start_simulator([_thinker("t/plain", reasoning_tokens=0)])
     try:

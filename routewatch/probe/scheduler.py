@@ -231,6 +231,31 @@ class Prober:
         """Probe every series once, concurrently; results in ``series`` order."""
         return list(await asyncio.gather(*(self.probe(s) for s in series)))
 
+    async def round_with_budgets(
+        self, series: Sequence[Series], on_again: Callable[[int], None] | None = None
+    ) -> list[ProbeResult]:
+        """``round``, then each series whose model it found reasoning once more, with its reasoning budget.
+
+        For one-off rounds (``once``, probe-now), which have no next probe: a
+        probe that spent the prompt's ``max_tokens`` reasoning is replaced by
+        one with room to reason. ``on_again`` hears how many are probed again.
+        """
+        budgeted = {s.key for s in series if self.reasoning.budget(s.target, s.canary.max_tokens)}
+        results = await self.round(series)
+        again = [
+            i
+            for i, (s, r) in enumerate(zip(series, results, strict=True))
+            if r.error_class == "budget_exhausted"
+            and s.key not in budgeted
+            and self.reasoning.budget(s.target, s.canary.max_tokens) is not None
+        ]
+        if again:
+            if on_again is not None:
+                on_again(len(again))
+            for i, result in zip(again, await self.round([series[i] for i in again]), strict=True):
+                results[i] = result
+        return results
+
 
 def first_run_delay(jitter_s: float, rng: random.Random) -> float:
     """Seconds before a series' first probe: spread over the jitter so that
