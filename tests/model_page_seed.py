@@ -105,12 +105,36 @@ async def seed_model_page(pool: asyncpg.Pool) -> tuple[Aggregator, SeededHistory
     return aggregator, history
 
 
+# Probes of NANO whose output budget ran out while it reasoned: not attempts, counted apart.
+BUDGET_EXHAUSTED = 3
+
+
+def _budget_exhausted(now: datetime) -> list[ProbeResult]:
+    return [
+        probe_result(
+            started_at=now - timedelta(minutes=20 + i),
+            region="r",
+            router=ROUTER,
+            model=NANO,
+            provider="Alpha",
+            model_served=SERVED,
+            ok=False,
+            error_class="budget_exhausted",
+            error_detail="finish_reason length before any answer",
+            ttft_ms=hour_ttft(0),
+            output_tokens=128,
+            reasoning_tokens=128,
+        )
+        for i in range(BUDGET_EXHAUSTED)
+    ]
+
+
 async def _seed_more(conn: asyncpg.Connection, now: datetime, history: SeededHistory) -> None:
     # The days' partitions, as the service's maintenance keeps them ahead of and behind the clock.
     mode = await recorded_mode(conn)
     assert mode is not None
     await ensure_partitions(conn, mode, (now - timedelta(days=DAYS + 1)).date(), now.date())
-    await write_batch(conn, _hourly_probes(now))
+    await write_batch(conn, [*_hourly_probes(now), *_budget_exhausted(now)])
     await copy_history(
         conn,
         [

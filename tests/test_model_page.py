@@ -17,6 +17,7 @@ import pytest
 from factories import MINIMAL_CONFIG, probe_result
 from html_tags import active_parts, start_tags
 from model_page_seed import (
+    BUDGET_EXHAUSTED,
     EVIL_PROVIDER,
     EVIL_SERVED,
     FALLBACK,
@@ -275,6 +276,9 @@ async def test_model_page_charts_profile_shares_and_snippets(seeded, pool, aioht
         format_ttft(v) for v in (counts.ttft_p50_ms, counts.ttft_p95_ms, counts.ttfat_p50_ms, counts.ttfat_p95_ms)
     ]
     assert "<b>TTFAT</b> the time to the first token of the answer itself" in page
+    assert re.search(
+        rf"In the last \w+, {BUDGET_EXHAUSTED} probes ran out of output budget while the model reasoned", page
+    )
 
     # The time-of-day profile: 24 bars, each hour's seeded TTFT (within the histogram's resolution).
     bars = [a for t, a in tags if t == "rect" and "data-hour" in a]
