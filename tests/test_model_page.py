@@ -279,6 +279,15 @@ async def test_model_page_charts_profile_shares_and_snippets(seeded, pool, aioht
     assert re.search(
         rf"In the last \w+, {BUDGET_EXHAUSTED} probes ran out of output budget while the model reasoned", page
     )
+    hour = aggregator.snapshot.stats["1h"][(ROUTER, NANO)]  # type: ignore[union-attr]
+    assert hour.cell is not None and hour.cell.budget_exhausted == BUDGET_EXHAUSTED
+    async with pool.acquire() as conn:
+        probed = await conn.fetchval(
+            "SELECT count(*) FROM probe_results WHERE model = $1 AND started_at >= $2 AND NOT prober_overloaded",
+            NANO,
+            hour.window_start,
+        )
+    assert counts.attempts == probed - BUDGET_EXHAUSTED, "they are not attempts"
 
     # The time-of-day profile: 24 bars, each hour's seeded TTFT (within the histogram's resolution).
     bars = [a for t, a in tags if t == "rect" and "data-hour" in a]
