@@ -18,6 +18,7 @@ from factories import probe_result
 from prometheus_client.parser import text_string_to_metric_families
 
 from routewatch.aggregator.exact_reference import window_counts
+from routewatch.aggregator.model_state import ModelStatus, Observation, State, advance
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import ReasoningConfig, SLOConfig, TimeoutsConfig
@@ -58,6 +59,20 @@ async def _probe_through_the_simulator() -> list[ProbeResult]:
             return results
     finally:
         await sim.close()
+
+
+@pytest.mark.unit
+def test_a_run_of_exhausted_budgets_is_neither_down_nor_a_silent_prober() -> None:
+    start = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    ok = [Observation(MODEL, start + timedelta(seconds=10 * i), True, 100.0, id=i) for i in range(6)]
+    spent = [
+        Observation(MODEL, start + timedelta(seconds=60 + 10 * i), False, 90.0, id=6 + i, not_router_fault=True)
+        for i in range(5)
+    ]
+    now = start + timedelta(seconds=110)
+    status = advance(ModelStatus.initial(MODEL, start), [*ok, *spent], now, SLO, 10.0)
+    # Five in a row would be down (down_after 3) were they failures; a prober that only lagged would be unknown.
+    assert (status.state, status.consecutive_failures) == (State.OPERATIONAL, 0), status.reason
 
 
 @pytest.mark.db
