@@ -123,7 +123,7 @@ class LocalAdmin:
         concurrency = self._config.schedule.concurrency
         async with new_session(concurrency) as session:
             prober = Prober(session, self._config.timeouts, self._config.region, concurrency)
-            results = await prober.round(chosen)
+            results = await prober.round_with_budgets(chosen)
         return [probe_result_json(r) for r in results]
 
     async def reload_config(self) -> dict[str, Any]:

@@ -138,7 +138,9 @@ async def _round(config: Config, settings: Settings, console: Console) -> list[P
                     lag=lag,
                     max_lag_s=config.schedule.max_loop_lag,
                 )
-                results = await prober.round(series)
+                results = await prober.round_with_budgets(
+                    series, lambda n: progress.update(task, total=len(series) + n)
+                )
         await lag.stop()
         return results
     finally:

@@ -35,6 +35,8 @@ EVIL_SERVED = "</code><script>alert(2)</script>"
 DAYS = 6
 HISTORY_HOURS = 30
 HISTORY_DAYS = 30
+# NANO reasons: its first answer token comes this long after its first (reasoning) token.
+REASONING_MS = 250.0
 
 
 def hour_ttft(hour: int) -> float:
@@ -64,7 +66,7 @@ def _probe(model: str, at: datetime, i: int) -> ProbeResult:
         model_served=served,
         input_tokens=12,
         ttft_ms=hour_ttft(hour),
-        ttfat_ms=hour_ttft(hour),
+        ttfat_ms=hour_ttft(hour) + REASONING_MS,
         output_tokens=40,
         output_tps=80.0,
     )
@@ -103,23 +105,67 @@ async def seed_model_page(pool: asyncpg.Pool) -> tuple[Aggregator, SeededHistory
     return aggregator, history
 
 
+# Probes of NANO whose output budget ran out while it reasoned: not attempts, counted apart.
+BUDGET_EXHAUSTED = 3
+
+
+def _budget_exhausted(now: datetime) -> list[ProbeResult]:
+    return [
+        probe_result(
+            started_at=now - timedelta(minutes=20 + i),
+            region="r",
+            router=ROUTER,
+            model=NANO,
+            provider="Alpha",
+            model_served=SERVED,
+            ok=False,
+            error_class="budget_exhausted",
+            error_detail="finish_reason length before any answer",
+            ttft_ms=hour_ttft(0),
+            output_tokens=128,
+            reasoning_tokens=128,
+        )
+        for i in range(BUDGET_EXHAUSTED)
+    ]
+
+
 async def _seed_more(conn: asyncpg.Connection, now: datetime, history: SeededHistory) -> None:
     # The days' partitions, as the service's maintenance keeps them ahead of and behind the clock.
     mode = await recorded_mode(conn)
     assert mode is not None
     await ensure_partitions(conn, mode, (now - timedelta(days=DAYS + 1)).date(), now.date())
-    await write_batch(conn, _hourly_probes(now))
+    await write_batch(conn, [*_hourly_probes(now), *_budget_exhausted(now)])
     await copy_history(
         conn,
         [
-            (at, ROUTER, NANO, window, 10, 9, 0, err, err, p50, p95, p50, p95, tps, 100, 200)
+            (
+                at,
+                ROUTER,
+                NANO,
+                window,
+                10,
+                9,
+                0,
+                err,
+                err,
+                p50,
+                p95,
+                p50 + REASONING_MS,
+                p95 + REASONING_MS,
+                tps,
+                100,
+                200,
+            )
             for at, window, p50, p95, tps, err in history.rows
         ],
     )
 
 
-def expected_points(history: SeededHistory, window: str, unit: str, start: datetime, end: datetime) -> dict[str, float]:
-    """What a chart must plot for ttft p50: per bucket from start's, the last seeded row up to end."""
+def expected_points(
+    history: SeededHistory, window: str, unit: str, start: datetime, end: datetime, plus: float = 0.0
+) -> dict[str, float]:
+    """What a chart must plot for ttft p50 (``plus`` REASONING_MS: ttfat p50): per bucket from start's,
+    the last seeded row up to end."""
     floor = {"hour": lambda t: t.replace(minute=0, second=0, microsecond=0)}.get(
         unit, lambda t: t.replace(hour=0, minute=0, second=0, microsecond=0)
     )
@@ -128,5 +174,5 @@ def expected_points(history: SeededHistory, window: str, unit: str, start: datet
         if w == window and floor(start) <= floor(at) and at <= end:
             bucket = floor(at)
             if bucket not in last or last[bucket][0] < at:
-                last[bucket] = (at, p50)
+                last[bucket] = (at, p50 + plus)
     return {b.isoformat(): v for b, (_, v) in sorted(last.items())}

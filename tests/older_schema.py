@@ -1,9 +1,9 @@
 """Writing a database as an older release left it, with this release's writer.
 
 The writer and the rollup refresh of this release write what migrations 0011
-(router dialects' columns), 0014 (cost columns and the daily spend table) and
-0016 (the reported cost beside the computed one) add, and 0016 alters the
-model catalog of 0013. A test that builds the state of an older schema applies those of them
+(router dialects' columns), 0014 (cost columns and the daily spend table),
+0015 (reasoning tokens) and 0016 (the reported cost beside the computed one)
+add, and 0016 alters the model catalog of 0013. A test that builds the state of an older schema applies those of them
 the schema lacks while it writes, and removes what they added before
 upgrading, so the upgrade starts from exactly the older shape, with rows in it.
 """
@@ -27,6 +27,7 @@ LATER = {
     ),
     "0013_model_catalog": ({}, ("model_catalog",)),
     "0014_probe_cost": ({"probe_results": ("cached_input_tokens", "cost_usd")}, ("probe_cost_daily", "budget_pauses")),
+    "0015_reasoning_tokens": ({"probe_results": ("reasoning_tokens",)}, ()),
     "0016_listed_and_reported_cost": (
         {
             "model_catalog": ("cached_input_usd_per_mtok",),

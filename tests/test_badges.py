@@ -126,6 +126,15 @@ def test_model_badge_without_status_is_blue_and_titled() -> None:
 
 
 @pytest.mark.unit
+def test_a_reasoning_models_badge_titles_its_ttfat_too() -> None:
+    route = RouteFigures("sim", 400.0, 50.0, None, ttfat_p50_ms=2400.0)
+    root = _parse(model_badge(NANO, route, None, "7d"))
+    title = root.find(f"{SVG_NS}title").text  # type: ignore[union-attr]
+    assert title == f"{NANO}: p50 TTFT 400 ms, p50 TTFAT 2,400 ms over 7d, via sim"
+    assert model_badge_value(route) == "p50 400 ms · via sim", "the badge's own text stays short"
+
+
+@pytest.mark.unit
 def test_ids_are_unique_per_badge() -> None:
     a, b = render_badge("a", "1", "#4c1"), render_badge("b", "2", "#4c1")
     ids = [ET.fromstring(x).find(f"{SVG_NS}clipPath").attrib["id"] for x in (a, b)]  # type: ignore[union-attr]

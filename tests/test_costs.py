@@ -144,6 +144,18 @@ def test_probes_yaml_prices_win_over_listed_ones_and_listed_ones_cost_discovered
 
 
 @pytest.mark.unit
+def test_a_model_named_reasoning_is_planned_with_its_reasoning_budget() -> None:
+    prices = {m: {"input": 1.0, "output": 1.0} for m in ("openai/o3-mini", "openai/gpt-4.1-nano")}
+    router = router_entry(models=list(prices), prices=prices, reasoning={"budget_tokens": 900, "models": ["openai/o*"]})
+    config = parse_config(config_text([router], [prompt_entry(max_tokens=100)]), "probes.yaml")
+    input_tokens = -(-len(COUNT_TO_40) // 4) + 4
+    thinker, plain = plan_costs(config).models
+    per_day = 86400 / config.schedule.interval
+    assert thinker.usd_per_day == pytest.approx(per_day * (input_tokens + 100 + 900) / 1e6)
+    assert plain.usd_per_day == pytest.approx(per_day * (input_tokens + 100) / 1e6), "detected at run time: unplanned"
+
+
+@pytest.mark.unit
 def test_a_plan_over_budget_is_refused_at_the_budget_line() -> None:
     text = _priced_config(3, budget=0.5)
     with pytest.raises(ConfigError) as caught:

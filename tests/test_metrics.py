@@ -556,21 +556,21 @@ async def test_metrics_default_to_under_20_series_per_model_and_aggregator_metri
             return await scrape(await aiohttp_client(app))
 
         default = await scrape_with("")
-        assert _series_per_model(default) == {TWO_PROVIDERS: 12 + 4, ONE_PROVIDER: 12 + 4}
+        assert _series_per_model(default) == {TWO_PROVIDERS: 13 + 4, ONE_PROVIDER: 13 + 4}
         assert all(n < 20 for n in _series_per_model(default).values())
         assert {dict(ls)["window"] for ls in default.labelsets("routewatch_ttft_p50_seconds")} == {"1h"}
         assert not any(n.startswith(("routewatch_provider_", "routewatch_region_")) for n in default.families)
 
         longer = await scrape_with("aggregator:\n  metrics:\n    windows: [7d, 1h]\n")
-        assert _series_per_model(longer) == {TWO_PROVIDERS: 2 * 12 + 4, ONE_PROVIDER: 2 * 12 + 4}
+        assert _series_per_model(longer) == {TWO_PROVIDERS: 2 * 13 + 4, ONE_PROVIDER: 2 * 13 + 4}
 
         everything = await scrape_with(
             "aggregator:\n  metrics:\n    windows: [1h, 24h, 7d]\n    breakdowns: [provider, region]\n"
         )
-        # Per window: 12 per model, 9 per provider (two, or one), 9 for the one region.
+        # Per window: 13 per model, 9 per provider (two, or one), 9 for the one region.
         assert _series_per_model(everything) == {
-            TWO_PROVIDERS: 3 * (12 + 9 * 2 + 9) + 4,
-            ONE_PROVIDER: 3 * (12 + 9 + 9) + 4,
+            TWO_PROVIDERS: 3 * (13 + 9 * 2 + 9) + 4,
+            ONE_PROVIDER: 3 * (13 + 9 + 9) + 4,
         }
         assert published_stats(everything) == expected_stats(aggregator.snapshot)
         # Fewer series, the same figures: the default is a subset of the whole.

@@ -53,6 +53,7 @@ LABELS = [
     "0011_router_dialects",
     "0013_model_catalog",
     "0014_probe_cost",
+    "0015_reasoning_tokens",
     "0016_listed_and_reported_cost",
 ]
 # (version, name) as schema_migrations records them.
@@ -70,6 +71,7 @@ SHARED_LABELS = {
     "0011_router_dialects",
     "0013_model_catalog",
     "0014_probe_cost",
+    "0015_reasoning_tokens",
     "0016_listed_and_reported_cost",
 }  # one NNNN_name.sql for both modes
 
@@ -85,7 +87,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008, 0010, 0011, 0013, 0014 and 0016 are shared files: plain tables in both modes.
+        # 0003 to 0008, 0010, 0011 and 0013 to 0016 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -305,14 +307,13 @@ async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mod
         assert {r["part"] for r in placed} == {partition_name(partition_day(r.started_at)) for r in results}
 
 
-@pytest.mark.db
-async def test_probe_cost_is_added_to_a_database_with_compressed_history(conn: asyncpg.Connection, mode: str) -> None:
-    before_cost = [m for m in load_migrations() if m.version < 14]
-    await migrate(conn, mode=mode, migrations=before_cost)
+async def _compressed_history_before(conn: asyncpg.Connection, mode: str, version: int) -> datetime:
+    """Migrate to just before ``version``, add two probes 5 and 6 days old, compressed in TimescaleDB; now."""
+    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < version])
     now = datetime.now(UTC)
     old = [now - timedelta(days=d) for d in (5, 6)]
     await ensure_partitions(conn, mode, partition_day(old[-1]), partition_day(now))
-    for at in old:  # written by a version without the cost columns
+    for at in old:
         await conn.execute(
             "INSERT INTO probe_results (id, started_at, region, router, model, prompt, methodology, ok)"
             " VALUES (gen_random_uuid(), $1, 'eu', 'sim', 'm/a', 'short', 'm1', true)",
@@ -320,10 +321,17 @@ async def test_probe_cost_is_added_to_a_database_with_compressed_history(conn: a
         )
     if mode == "timescaledb":
         assert await compress_old(conn, mode, timedelta(days=3), now=now) >= 1
+    return now
 
-    assert (await migrate(conn, mode=mode)).applied[0] == "0014_probe_cost"
+
+@pytest.mark.db
+async def test_probe_cost_is_added_to_a_database_with_compressed_history(conn: asyncpg.Connection, mode: str) -> None:
+    now = await _compressed_history_before(conn, mode, 14)  # written by a version without the cost columns
+    up_to_cost = [m for m in load_migrations() if m.version <= 14]
+    assert (await migrate(conn, mode=mode, migrations=up_to_cost)).applied == ["0014_probe_cost"]
     costs = await conn.fetch("SELECT cost_usd, cached_input_tokens FROM probe_results")
     assert [tuple(r) for r in costs] == [(None, None), (None, None)], "history keeps no cost: it was not measured"
+    await migrate(conn, mode=mode)  # the writer of this version writes the later columns too
     assert await write_batch(conn, [probe_result(started_at=now, cost_usd=0.5, cached_input_tokens=7)]) == 1
     assert await conn.fetchval("SELECT sum(cost_usd) FROM probe_cost_daily") == 0.5
 
@@ -352,6 +360,18 @@ async def test_reported_cost_columns_are_added_to_a_day_already_counted(conn: as
     assert (after.probes, after.cost_usd, after.reported_probes, after.reported_cost_usd) == (2, 0.75, 1, 1.5)
     assert (after.compared_probes, after.compared_reported_usd, after.compared_computed_usd) == (1, 1.5, 0.5)
     assert after.billed_usd == 0.25 + 1.5
+
+
+@pytest.mark.db
+async def test_reasoning_tokens_are_added_to_a_database_with_compressed_history(
+    conn: asyncpg.Connection, mode: str
+) -> None:
+    now = await _compressed_history_before(conn, mode, 15)
+    assert (await migrate(conn, mode=mode)).applied == ["0015_reasoning_tokens"]
+    counts = await conn.fetch("SELECT reasoning_tokens FROM probe_results")
+    assert [r[0] for r in counts] == [None, None], "history had no count"
+    assert await write_batch(conn, [probe_result(started_at=now, reasoning_tokens=300)]) == 1
+    assert await conn.fetchval("SELECT reasoning_tokens FROM probe_results WHERE started_at = $1", now) == 300
 
 
 @pytest.mark.db

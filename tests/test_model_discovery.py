@@ -179,6 +179,27 @@ def test_once_probes_the_models_a_router_lists(tmp_path: Path) -> None:
     assert "anthropic/" not in done.stdout and re.search(r"\b\d of 2 probes ok", done.stdout)
 
 
+def test_once_gives_a_model_it_finds_reasoning_its_budget_and_probes_it_again(tmp_path: Path) -> None:
+    # The simulator's deepseek/deepseek-r1 reasons for 24 tokens: more than this prompt's 16.
+    config = tmp_path / "probes.yaml"
+    config.write_text(
+        "routers:\n  - name: sim\n    base_url: simulator\n    models: [deepseek/deepseek-r1]\n"
+        "prompts:\n  - name: short\n    messages: [{role: user, content: hi}]\n"
+        "    max_tokens: 16\n    min_output_tokens: 4\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "routewatch.cli", "once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "COLUMNS": "160"},
+    )
+    assert "Traceback" not in done.stderr, done.stdout + done.stderr
+    # The second probe had room to reason (the model's own 3% of faults aside, it answered).
+    assert "budget_exhausted" not in done.stdout and re.search(r"\b\d of 1 probes ok", done.stdout), done.stdout
+
+
 async def test_a_404_for_a_discovered_model_has_the_list_read_at_once(sim: RunningSimulator) -> None:
     """With a list read every hour, a model the router drops would fail for up to an hour (and go down);
     its first 404 has the list read now, and the model is no longer probed."""

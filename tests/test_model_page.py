@@ -8,6 +8,7 @@ refreshes (model_page_seed.py), served by aiohttp's test server on loopback.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from datetime import UTC, date, datetime, timedelta
 
@@ -16,9 +17,11 @@ import pytest
 from factories import MINIMAL_CONFIG, probe_result
 from html_tags import active_parts, start_tags
 from model_page_seed import (
+    BUDGET_EXHAUSTED,
     EVIL_PROVIDER,
     EVIL_SERVED,
     FALLBACK,
+    REASONING_MS,
     SERVED,
     SeededHistory,
     expected_points,
@@ -29,7 +32,7 @@ from status_seed import BROKEN, EVIL, NANO, PAST_DAYS, ROUTER, WINDOWS, status_a
 
 from routewatch.aggregator.model_state import DayUptime
 from routewatch.aggregator.publish.api import create_app
-from routewatch.aggregator.publish.display import format_error_rate
+from routewatch.aggregator.publish.display import format_error_rate, format_ttft
 from routewatch.aggregator.publish.model_links import model_page_path, quote_model_id
 from routewatch.aggregator.publish.model_page import embed_snippets
 from routewatch.aggregator.publish.model_view import (
@@ -245,20 +248,46 @@ async def test_model_page_charts_profile_shares_and_snippets(seeded, pool, aioht
     # Each chart: one point per bucket, the last published value of its bucket.
     charts = [a["data-chart"] for t, a in tags if t == "svg" and "data-chart" in a]
     assert [c for c in charts if not c.startswith("profile")] == [
-        f"{m}-{r}" for r in ("24h", "7d", "90d") for m in ("ttft", "tps", "errors")
+        f"{m}-{r}" for r in ("24h", "7d", "90d") for m in ("ttft", "ttfat", "tps", "errors")
     ]
-    for chart_id, window, unit, span in (
-        ("ttft-24h", "1h", "hour", timedelta(hours=24)),
-        ("ttft-7d", "1h", "hour", timedelta(days=7)),
-        ("ttft-90d", "7d", "day", timedelta(days=90)),
+    for (chart_id, window, unit, span), (metric, plus) in itertools.product(
+        (
+            ("24h", "1h", "hour", timedelta(hours=24)),
+            ("7d", "1h", "hour", timedelta(days=7)),
+            ("90d", "7d", "day", timedelta(days=90)),
+        ),
+        (("ttft", 0.0), ("ttfat", REASONING_MS)),  # TTFAT beside TTFT: the seeded model reasons
     ):
+        chart_id = f"{metric}-{chart_id}"
         section = page.split(f'data-chart="{chart_id}"')[1].split("</svg>")[0]
         p50 = section.split('data-line="p50">')[1].split("</g>")[0]
         got = dict(re.findall(r'data-t="([^"]*)" data-v="([^"]*)"', p50))
-        want = expected_points(history, window, unit, end - span, end)
+        want = expected_points(history, window, unit, end - span, end, plus)
         assert {t: float(v) for t, v in got.items()} == want, chart_id
         assert want, chart_id  # the seed reaches every range
     assert 'data-window="1h"' in page and 'data-window="7d"' in page
+    # The table puts TTFAT beside TTFT, and the note says what each one means.
+    counts = aggregator.snapshot.stats["1h"][(ROUTER, NANO)].counts  # type: ignore[union-attr]
+    assert counts.ttft_p50_ms is not None and counts.ttfat_p50_ms is not None
+    assert counts.ttfat_p50_ms > counts.ttft_p50_ms + REASONING_MS / 2  # the window mixes in the status seed's
+    row = page.split('<tr data-window="1h">')[1].split("</tr>")[0]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    assert cells[:4] == [
+        format_ttft(v) for v in (counts.ttft_p50_ms, counts.ttft_p95_ms, counts.ttfat_p50_ms, counts.ttfat_p95_ms)
+    ]
+    assert "<b>TTFAT</b> the time to the first token of the answer itself" in page
+    assert re.search(
+        rf"In the last \w+, {BUDGET_EXHAUSTED} probes ran out of output budget while the model reasoned", page
+    )
+    hour = aggregator.snapshot.stats["1h"][(ROUTER, NANO)]  # type: ignore[union-attr]
+    assert hour.cell is not None and hour.cell.budget_exhausted == BUDGET_EXHAUSTED
+    async with pool.acquire() as conn:
+        probed = await conn.fetchval(
+            "SELECT count(*) FROM probe_results WHERE model = $1 AND started_at >= $2 AND NOT prober_overloaded",
+            NANO,
+            hour.window_start,
+        )
+    assert counts.attempts == probed - BUDGET_EXHAUSTED, "they are not attempts"
 
     # The time-of-day profile: 24 bars, each hour's seeded TTFT (within the histogram's resolution).
     bars = [a for t, a in tags if t == "rect" and "data-hour" in a]

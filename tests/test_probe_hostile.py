@@ -97,6 +97,8 @@ def leaked(key: str, r: ProbeResult, n: int = 6) -> list[str]:
         {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": -1}},
         {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 2**31}},
         {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": "all"}},
+        {"prompt_tokens": 20, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": -5}},
+        {"prompt_tokens": 20, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": [1]}},
     ],
     ids=repr,
 )
@@ -120,6 +122,31 @@ async def test_cached_tokens_are_read_and_odd_details_ignored(session, router) -
         usage = {"prompt_tokens": 20, "completion_tokens": 3, "prompt_tokens_details": details}
         r = await probe(session, router, Reply(body=healthy_body(usage=usage)))
         assert r.ok and r.cached_input_tokens is None, details
+
+
+def _reasoning(text: str) -> dict[str, Any]:
+    # DeepSeek's name for the reasoning delta; OpenRouter's is "reasoning".
+    return {"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "delta": {"reasoning_content": text}}]}
+
+
+async def test_a_stream_that_only_reasoned_until_length_is_budget_exhausted(session, router) -> None:
+    length = {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    usage = {"prompt_tokens": 20, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": 3}}
+    r = await probe(session, router, Reply(body=sse(_reasoning(" let"), _reasoning(" me"), {**length, "usage": usage})))
+    assert_classified_and_storable(r)
+    assert (r.error_class, r.reasoning_tokens, r.ttfat_ms) == ("budget_exhausted", 3, None)
+    assert r.ttft_ms is not None and "max_tokens 64 was spent reasoning" in (r.error_detail or "")
+    # No usage at all, and nothing streamed (reasoning hidden): still the budget, not an empty answer.
+    r = await probe(session, router, Reply(body=sse(length)))
+    assert (r.error_class, r.reasoning_tokens, r.ttft_ms) == ("budget_exhausted", None, None)
+    # Usage saying no reasoning at all: an answer that never came is an empty one.
+    no_reasoning = {"prompt_tokens": 20, "completion_tokens": 0, "completion_tokens_details": {"reasoning_tokens": 0}}
+    r = await probe(session, router, Reply(body=sse({**length, "usage": no_reasoning})))
+    assert r.error_class == "empty_response"
+    # Reasoning then an answer cut short by length is an answer: ok, with both first tokens.
+    r = await probe(session, router, Reply(body=sse(_reasoning(" hm"), token(" one"), token(" two"), length)))
+    assert r.ok and r.ttft_ms is not None and r.ttfat_ms is not None and r.ttfat_ms >= r.ttft_ms
+    assert r.reasoning_tokens == 1, "no usage: the streamed reasoning, counted"
 
 
 async def test_usage_as_whole_floats_is_accepted(session, router) -> None:

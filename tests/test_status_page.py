@@ -187,10 +187,15 @@ def test_every_name_is_escaped_in_text_and_attributes() -> None:
 def test_router_names_are_escaped_and_shown_with_their_figures() -> None:
     report = _report(_status(NANO, State.OPERATIONAL))
     view = build_view(report, None, {}, TODAY)
-    row = replace(view.models[0], routes=(RouteFigures("r<1>", 412.0, 85.2, 0.1),))
+    row = replace(view.models[0], routes=(RouteFigures("r<1>", 412.0, 85.2, 0.1, ttfat_p50_ms=1650.0),))
     page = render_status_page(replace(view, models=(row,)))
     assert 'via <span class="router">r&lt;1&gt;</span>' in page
     assert '<b class="ttft">412 ms</b>' in page and '<b class="tps">85.2 tok/s</b>' in page
+    # A reasoning model: its answer starts well after its first (reasoning) token, and the labels say so.
+    assert (
+        'p50 <abbr title="time to first answer token: for a reasoning model, after its reasoning">TTFAT</abbr>' in page
+    )
+    assert '<b class="ttfat">1,650 ms</b>' in page
     assert "$0.10/M input tokens" in page
 
 
@@ -343,6 +348,7 @@ async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     assert nano["ttft_p50_ms"] == pytest.approx(NANO_TTFT_MS, rel=0.05)
     assert nano["tps_p50"] == pytest.approx(NANO_TPS, rel=0.05)
     assert models[BROKEN]["routers"][0]["ttft_p50_ms"] is None  # never an ok probe
+    assert nano["ttfat_p50_ms"] is None and models[BROKEN]["routers"][0]["ttfat_p50_ms"] is None  # none seeded
     assert nano["error_rate"] == 0.0 and models[BROKEN]["routers"][0]["error_rate"] == 1.0
     for model in models.values():
         days = model["uptime"]

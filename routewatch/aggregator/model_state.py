@@ -22,7 +22,10 @@ State of one model at an evaluation time ``now`` (:func:`advance`), first match 
 5. ``operational`` otherwise.
 
 Probes flagged prober_overloaded say nothing about the model: they count
-neither as failures nor successes, and are left out of the window stats.
+neither as failures nor successes, and are left out of the window stats. So
+are probes whose output budget ran out while the model reasoned
+(``budget_exhausted``): the budget is ours to raise, not the router's fault;
+unlike an overloaded probe, such a probe still shows the prober is healthy.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Observation:
     prober_overloaded: bool = False  # the prober's loop lagged: says nothing about the model
     id: Hashable | None = None  # the probe's id: counts it once however late it arrives
     attempts: int | None = None  # upstream calls the router reported (None: it said nothing)
+    not_router_fault: bool = False  # ended for a reason of ours (budget_exhausted): neither success nor failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +217,7 @@ def _advance(
         status.latched_down,
     )
     for obs in mine:
-        if obs.prober_overloaded:
+        if obs.prober_overloaded or obs.not_router_fault:
             continue
         if status.counted is not None and obs.id is not None:
             if obs.id in status.counted:
@@ -247,7 +251,7 @@ def _judge(
     if not healthy:
         return State.UNKNOWN, why
     window_start = now - timedelta(seconds=slo.window)
-    window = [o for o in mine if o.started_at > window_start and not o.prober_overloaded]
+    window = [o for o in mine if o.started_at > window_start and not (o.prober_overloaded or o.not_router_fault)]
     span = _fmt_span(slo.window)
     if not window:
         return State.UNKNOWN, f"no probe in the last {span}"

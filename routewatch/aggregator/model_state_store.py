@@ -35,6 +35,7 @@ from routewatch.aggregator.model_state import (
 )
 from routewatch.aggregator.rollup import RefreshReport
 from routewatch.config import MaintenanceWindow, SLOConfig
+from routewatch.results.probe_result import NOT_ROUTER_FAULTS
 from routewatch.storage import model_state_queries as queries
 from routewatch.storage.connection import Conn
 from routewatch.storage.outbox_queries import OutboxCounts, outbox_counts
@@ -152,7 +153,14 @@ class RecentProbes:
                 continue
             self._ids.add(key)
             obs = Observation(
-                r["model"], r["started_at"], r["ok"], r["ttft_ms"], r["prober_overloaded"], key, r["attempts"]
+                r["model"],
+                r["started_at"],
+                r["ok"],
+                r["ttft_ms"],
+                r["prober_overloaded"],
+                key,
+                r["attempts"],
+                r["error_class"] in NOT_ROUTER_FAULTS,
             )
             self._by_model.setdefault(obs.model, []).append(obs)
             touched.add(obs.model)

@@ -70,6 +70,7 @@ from routewatch.aggregator.provider_cap import (
 )
 from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, grouped_histograms, quantile_table
 from routewatch.aggregator.stats import CellStats, RetryStats, WindowCounts
+from routewatch.results.probe_result import NOT_ROUTER_FAULTS
 from routewatch.storage import hist_queries, ingest_log, percentile_queries
 from routewatch.storage.clock import db_now
 from routewatch.storage.connection import Conn
@@ -679,7 +680,9 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
 
     ok = np.fromiter((r["ok"] for r in rows), dtype=bool, count=n)
     over = np.fromiter((r["prober_overloaded"] for r in rows), dtype=bool, count=n)
-    counted = ~over
+    # A budget spent reasoning is ours, not the router's: out of attempts and figures, counted in errors apart.
+    ours = np.fromiter((r["error_class"] in NOT_ROUTER_FAULTS for r in rows), dtype=bool, count=n)
+    counted = ~over & ~ours
     good = ok & counted
     tok_in = np.nan_to_num(np.array([r["input_tokens"] for r in rows], dtype=np.float64))
     tok_out = np.nan_to_num(np.array([r["output_tokens"] for r in rows], dtype=np.float64))
@@ -700,7 +703,7 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     reported_ok, retried_n, calls_sum = sums(reported & ok), sums(retried), sums(calls_n)
     tokens_in, tokens_out = sums(tok_in), sums(tok_out)
     errors: list[Counter[str]] = [Counter() for _ in keys]
-    for i in np.flatnonzero(counted & ~ok).tolist():
+    for i in np.flatnonzero(~over & ~ok).tolist():
         errors[int(group[i])][rows[i]["error_class"] or "unknown"] += 1
 
     # Per metric: the good values' bucket indices per run, zeros apart, made into

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from routewatch.results.probe_result import NOT_ROUTER_FAULTS
+
 # Below this many ok probes a percentile is too noisy to publish unmarked:
 # with 20 samples the 95% interval of the median spans ~6 order statistics.
 MIN_OK_SAMPLES = 20
@@ -124,7 +126,8 @@ class CellStats:
     """
 
     counts: WindowCounts
-    errors_by_class: Mapping[str, int] = field(default_factory=dict)  # failures (not overloaded) per class
+    # Failures (not overloaded) per class, with the probes of NOT_ROUTER_FAULTS that are not attempts.
+    errors_by_class: Mapping[str, int] = field(default_factory=dict)
     ttft_p50_ci: Interval | None = None
     ttft_p95_ci: Interval | None = None
     ttfat_p50_ci: Interval | None = None
@@ -147,12 +150,23 @@ class CellStats:
 
     def as_json(self) -> dict[str, Any]:
         """A breakdown cell's figures, in the same shape as ModelStats.as_json's."""
-        return {
+        out = {
             **_figures(self.counts),
             "ci95": self.ci95(),
-            "errors_by_class": dict(self.errors_by_class),
+            "errors_by_class": self.failures_by_class(),
             "router_retries": self.retries.as_json(),
         }
+        out["samples"]["excluded_budget_exhausted"] = self.budget_exhausted
+        return out
+
+    @property
+    def budget_exhausted(self) -> int:
+        """Probes whose output budget ran out while the model reasoned: not attempts, counted apart."""
+        return sum(self.errors_by_class.get(cls, 0) for cls in NOT_ROUTER_FAULTS)
+
+    def failures_by_class(self) -> dict[str, int]:
+        """The router's failures per class: ``errors_by_class`` without the classes that are not its fault."""
+        return {cls: n for cls, n in self.errors_by_class.items() if cls not in NOT_ROUTER_FAULTS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +210,8 @@ class ModelStats:
         }
         cell = self.cell if self.cell is not None else CellStats(c)
         out["ci95"] = cell.ci95()
-        out["errors_by_class"] = dict(cell.errors_by_class)
+        out["errors_by_class"] = cell.failures_by_class()
+        out["samples"]["excluded_budget_exhausted"] = cell.budget_exhausted
         out["router_retries"] = cell.retries.as_json()
         if breakdown:
             out["breakdown"] = {

@@ -126,6 +126,10 @@ def plan_costs(
     ``discovered``: models found in each router's list, probed besides the
     configured ones with the prompts its ``discover.prompts`` names. The file
     alone (``check-config``, the loader) knows neither.
+
+    A model that ``reasoning.models`` names may use its reasoning budget on top
+    of each prompt's ``max_tokens``, and is planned so. Models found to reason
+    only at run time (``reasoning.detect``) are planned without it.
     """
     runs = 86400 / config.schedule.interval  # probes per series per day
     per_prompt = {p.name: (estimate_input_tokens(p), p.max_tokens) for p in config.prompts}
@@ -137,8 +141,9 @@ def plan_costs(
             price, _ = model_price(router, model, listed)
             cost = None
             if price is not None:
+                room = router.reasoning.budget_tokens if router.reasoning.names(model) else 0
                 chosen = [t for name, t in per_prompt.items() if prompts is None or name in prompts]
-                cost = runs * sum(probe_cost_usd(price, i, o) or 0.0 for i, o in chosen)
+                cost = runs * sum(probe_cost_usd(price, i, o + room) or 0.0 for i, o in chosen)
             models.append(ModelPlan(router.name, model, cost))
     return CostPlan(tuple(models))
 

@@ -8,6 +8,7 @@ environment variable that holds its key.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import unicodedata
@@ -291,6 +292,39 @@ class DiscoverConfig(_Section):
     )
 
 
+class ReasoningConfig(_Section):
+    """The output budget of a router's reasoning models (configured by glob, or seen reasoning)."""
+
+    budget_tokens: int = Field(
+        2048,
+        ge=1,
+        le=131_072,
+        description="tokens of room for reasoning, on top of the prompt's max_tokens; default 2048",
+    )
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None,
+        description="reasoning effort asked for (OpenAI reasoning_effort, OpenRouter reasoning.effort); "
+        "default none sent: the model's own",
+    )
+    models: list[Glob] = Field(
+        default_factory=list,
+        description="fnmatch globs over model ids treated as reasoning models from their first probe; default none",
+    )
+    detect: bool = Field(
+        True,
+        description="treat a model as a reasoning model once a probe of it reasons (per prober process); default true",
+    )
+    request: Literal["auto", "openai", "openrouter"] = Field(
+        "auto",
+        description="how the budget is sent: openai (max_completion_tokens, reasoning_effort), openrouter "
+        "(max_tokens and a reasoning object), auto (default: openrouter when the router's dialect is)",
+    )
+
+    def names(self, model: str) -> bool:
+        """Whether a ``models`` glob names ``model``: a reasoning model from its first probe."""
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
 class RouterConfig(_Section):
     """One OpenAI-compatible router and the models to probe through it."""
 
@@ -322,6 +356,10 @@ class RouterConfig(_Section):
         None,
         description='dialect: generic only: where each fact is, e.g. {provider: "header:X-Upstream", '
         'cost: "field:usage.cost"}; facts: ' + ", ".join(GENERIC_FACTS),
+    )
+    reasoning: ReasoningConfig = Field(
+        default_factory=ReasoningConfig,
+        description="the output budget of reasoning models; default: 2048 tokens of room, detection on",
     )
 
     @field_validator("base_url")

@@ -226,6 +226,15 @@ def model_drilldown() -> Dashboard:
                 width=24,
             ),
             Panel(
+                "TTFT and TTFAT p50",
+                "How long until the answer itself starts? TTFT counts the first token of any kind, reasoning "
+                "included; TTFAT the first answer token. For a reasoning model the gap is its reasoning time.",
+                "timeseries",
+                "ms",
+                (Sql(q.FIRST_TOKENS),),
+                width=24,
+            ),
+            Panel(
                 "TTFT distribution",
                 "Is the tail one slow mode or a spread? Successful probes per hour by TTFT cell (upper bound, ms).",
                 "heatmap",

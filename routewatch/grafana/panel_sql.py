@@ -101,13 +101,21 @@ ORDER BY state
 
 # -- drill-down ---------------------------------------------------------------------------------------------------
 
-TTFT_PERCENTILES = f"""
+
+def _model_lines(values: str) -> str:
+    """The model's hourly rows as several named lines per router: ``values`` lists ('name', column) pairs."""
+    return f"""
 SELECT p.bucket AS "time", p.router || ' ' || q.name AS metric, q.value
 FROM {P} AS p
-CROSS JOIN LATERAL (VALUES ('p50', p.ttft_p50_ms), ('p95', p.ttft_p95_ms), ('p99', p.ttft_p99_ms)) AS q(name, value)
+CROSS JOIN LATERAL (VALUES {values}) AS q(name, value)
 WHERE p.scope = 'model' AND $__timeFilter(p.bucket) AND p.{ONE_MODEL} AND p.{ROUTERS}
 ORDER BY 1, 2
 """
+
+
+TTFT_PERCENTILES = _model_lines("('p50', p.ttft_p50_ms), ('p95', p.ttft_p95_ms), ('p99', p.ttft_p99_ms)")
+# A reasoning model's first answer token comes after its reasoning: the gap between the two lines.
+FIRST_TOKENS = _model_lines("('TTFT p50', p.ttft_p50_ms), ('TTFAT p50', p.ttfat_p50_ms)")
 
 _BOUNDS = ", ".join(str(int(b)) for b in TTFT_HEATMAP_BOUNDS_MS)
 TTFT_HEATMAP = f"""

@@ -41,6 +41,7 @@ import aiohttp
 
 from routewatch.probe import dialects
 from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.probe.reasoning import OutputBudget
 from routewatch.probe.router_values import (
     MAX_LABEL_CHARS,
     UnusableValue,
@@ -193,11 +194,15 @@ class _Stream:
         self.dialect = dialect
         self.request_id: str | None = None
         self.finished = False  # a finish_reason was seen
+        self.finish_reason: str | None = None  # the last one seen
         self.done = False  # [DONE] was seen
         self.usage_output: int | None = None
         self.usage_input: int | None = None
         self.usage_cached_input: int | None = None
+        self.usage_reasoning: int | None = None
         self.tokens = TokenCounter()
+        self.reasoning = TokenCounter()  # the reasoning deltas' text alone
+        self.reasoning_streamed = False  # a reasoning delta was seen
 
     def take(self, data: str) -> _Delta:
         """Absorb one event's data; say whether it carries a token, answer content, and its text."""
@@ -237,17 +242,26 @@ class _Stream:
         if prompt is not None:
             self.usage_input = prompt
         self._cached_usage(usage.get("prompt_tokens_details"))
+        self._reasoning_usage(usage.get("completion_tokens_details"))
 
     def _cached_usage(self, details: object) -> None:
         # OpenAI's place for prompt-cache hits; a router that reports none leaves it out.
-        if not isinstance(details, dict):
-            return
-        try:
-            cached = token_count(details.get("cached_tokens"), "usage.prompt_tokens_details.cached_tokens")
-        except UnusableValue as exc:
-            raise _Failure("bad_response", str(exc)) from None
+        cached = _detail_count(details, "prompt_tokens_details", "cached_tokens")
         if cached is not None:
             self.usage_cached_input = cached
+
+    def _reasoning_usage(self, details: object) -> None:
+        # OpenAI's count of the output tokens spent reasoning, streamed or not.
+        reasoning = _detail_count(details, "completion_tokens_details", "reasoning_tokens")
+        if reasoning is not None:
+            self.usage_reasoning = reasoning
+
+    @property
+    def reasoning_tokens(self) -> int | None:
+        """Output tokens spent reasoning: usage's count, else the streamed reasoning counted; None: no sign."""
+        if self.usage_reasoning is not None:
+            return self.usage_reasoning
+        return max(self.reasoning.count, 1) if self.reasoning_streamed else None
 
     def _choice(self, choice: object, delta: _Delta) -> None:
         if not isinstance(choice, dict):
@@ -257,6 +271,7 @@ class _Stream:
             raise _Failure("bad_response", f"finish_reason is {_json_type(finish)}, not a string")
         if finish:
             self.finished = True
+            self.finish_reason = finish
         fields = choice.get("delta")
         if fields is None:
             return
@@ -268,6 +283,9 @@ class _Stream:
                 raise _Failure("bad_response", f"delta.{key} is {_json_type(text)}, not a string")
             if text:
                 delta.add(text, answer=key == "content")
+                if key != "content":
+                    self.reasoning_streamed = True
+                    delta.reasoning.append(text)
         calls = fields.get("tool_calls")
         if calls is not None and not isinstance(calls, list):
             raise _Failure("bad_response", f"delta.tool_calls is {_json_type(calls)}, not an array")
@@ -278,17 +296,28 @@ class _Stream:
 class _Delta:
     """The output one event carried: whether any, whether answer content, and its text to count."""
 
-    __slots__ = ("answer", "texts", "token")
+    __slots__ = ("answer", "reasoning", "texts", "token")
 
     def __init__(self) -> None:
         self.token = False
         self.answer = False
         self.texts: list[str] = []
+        self.reasoning: list[str] = []  # of texts, the reasoning ones
 
     def add(self, text: str, *, answer: bool) -> None:
         self.token = True
         self.answer = self.answer or answer
         self.texts.append(text)
+
+
+def _detail_count(details: object, section: str, key: str) -> int | None:
+    """A token count in one of usage's detail objects; None when the router sent none."""
+    if not isinstance(details, dict):
+        return None
+    try:
+        return token_count(details.get(key), f"usage.{section}.{key}")
+    except UnusableValue as exc:
+        raise _Failure("bad_response", str(exc)) from None
 
 
 def _parse_chunk(data: str) -> dict[str, Any]:
@@ -351,6 +380,7 @@ async def run(
     lag: LoopLagMonitor | None = None,
     max_lag_ms: float | None = None,
     on_marks: Callable[[StreamMarks], None] | None = None,
+    budget: OutputBudget | None = None,
 ) -> ProbeResult:
     """Send one streaming canary to ``target`` and measure it.
 
@@ -359,6 +389,8 @@ async def run(
     a probe during which the lag exceeded ``max_lag_ms`` is flagged
     ``prober_overloaded``. ``on_marks``, if given, receives the raw
     monotonic marks (for comparing with a ground truth on the same clock).
+    ``budget``: a reasoning model's output budget, sent instead of the
+    canary's ``max_tokens`` (``reasoning.ReasoningModels.budget``).
     Never raises for anything the upstream does: every failure becomes a
     result with an ``error_class``.
     """
@@ -366,7 +398,8 @@ async def run(
     headers = {"Content-Type": "application/json", **target.headers}
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
-    body = json.dumps(request_body(target.model, canary, new_nonce())).encode()
+    fields = None if budget is None else budget.fields()
+    body = json.dumps(request_body(target.model, canary, new_nonce(), fields)).encode()
     started_at = datetime.now(UTC)
     stream = _Stream(dialects.reader(target.dialect, target.dialect_fields))
     status: int | None = None
@@ -437,14 +470,18 @@ async def run(
     if error_class is None:
         if not (stream.done or stream.finished):
             error_class, detail = "stream_error", "stream ended without [DONE] or finish_reason"
+        elif stream.finish_reason == "length" and marks.first_answer is None and stream.usage_reasoning != 0:
+            # The cap was reached before any answer: spent reasoning (streamed or not), unless usage says none.
+            error_class, detail = "budget_exhausted", _exhausted_detail(canary, budget, stream.reasoning_tokens)
         elif not marks.token_times or output_tokens == 0:
             error_class, detail = "empty_response", "stream finished without output tokens"
 
     if on_marks is not None:
         on_marks(marks)
-    t = derive(marks, output_tokens if marks.token_times else None)
+    streamed = _streamed_tokens(output_tokens, stream)
+    t = derive(marks, streamed if marks.token_times else None)
     # Speed over a shorter answer than the canary asks for is mostly noise.
-    tps = t.output_tps if (output_tokens or 0) >= canary.min_output_tokens else None
+    tps = t.output_tps if (streamed or 0) >= canary.min_output_tokens else None
     worst_lag = None if lag is None else lag.worst_since(marks.t0)
     secrets = [target.api_key or ""]
     said = reported_facts(stream.dialect.facts(), secrets)
@@ -487,8 +524,37 @@ async def run(
         fallbacks=said.fallbacks,
         router_request_id=router_request_id,
         reported_cost_usd=said.cost_usd,
+        reasoning_tokens=stream.reasoning_tokens,
     )
     return storable(result, secrets)
+
+
+def _streamed_tokens(output_tokens: int | None, stream: _Stream) -> int | None:
+    """The output tokens that arrived as deltas: tok/s is their rate between the first and last.
+
+    A model that reasons without streaming its reasoning (OpenAI's) is silent
+    while it reasons, yet usage counts those tokens: they are left out, or
+    tok/s would credit the answer's seconds with the reasoning's tokens.
+    """
+    if output_tokens is None or stream.reasoning_streamed or not stream.usage_reasoning:
+        return output_tokens
+    return max(output_tokens - stream.usage_reasoning, 0)
+
+
+def _exhausted_detail(canary: Canary, budget: OutputBudget | None, reasoning: int | None) -> str:
+    """Why a probe ended ``budget_exhausted``, and what the operator can do."""
+    spent = "" if reasoning is None else f" ({reasoning} reasoning tokens)"
+    if budget is None:
+        return (
+            f"finish_reason length before any answer{spent}: max_tokens {canary.max_tokens} was spent reasoning; "
+            "with reasoning.detect on, its next probes get reasoning.budget_tokens of room (or name it in "
+            "reasoning.models)"
+        )
+    return (
+        f"finish_reason length before any answer{spent}: the output budget of {budget.total_tokens} tokens "
+        f"({budget.reasoning_tokens} for reasoning) was spent reasoning; raise reasoning.budget_tokens "
+        "or lower reasoning.effort"
+    )
 
 
 def _header(resp: aiohttp.ClientResponse, name: str) -> str | None:
@@ -536,6 +602,10 @@ async def _read(
                     for text in delta.texts:
                         for i in range(0, len(text), _SLICE):
                             stream.tokens.feed(text[i : i + _SLICE])
+                            await pacer.pause()
+                    for text in delta.reasoning:
+                        for i in range(0, len(text), _SLICE):
+                            stream.reasoning.feed(text[i : i + _SLICE])
                             await pacer.pause()
                 if stream.done:
                     return

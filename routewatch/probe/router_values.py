@@ -225,6 +225,7 @@ def storable(result: ProbeResult, secrets: Iterable[str] = ()) -> ProbeResult:
         input_tokens=_int4_or_none(result.input_tokens),
         output_tokens=_int4_or_none(result.output_tokens),
         cached_input_tokens=_int4_or_none(result.cached_input_tokens),
+        reasoning_tokens=_int4_or_none(result.reasoning_tokens),
         chunks=min(max(result.chunks, 0), INT4_MAX),
         # Every float field, by name, so that the type checker sees each one.
         connect_ms=finite(result.connect_ms),

@@ -33,6 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from routewatch.probe import chat_stream
 from routewatch.probe.costing import with_cost
 from routewatch.probe.loop_lag import LoopLagMonitor
+from routewatch.probe.reasoning import ReasoningModels
 from routewatch.probe.slots import (
     Ownership,
     SharedClock,
@@ -45,7 +46,7 @@ from routewatch.probe.slots import (
     slot_time,
 )
 from routewatch.probe.target import Canary, Target
-from routewatch.results.probe_result import ProbeResult
+from routewatch.results.probe_result import NOT_ROUTER_FAULTS, ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class Prober:
         # Series keys (Series.key) the daily budget paused: their scheduled probes are skipped.
         self.paused: frozenset[str] = frozenset()
         self.budget_skipped = 0  # scheduled probes skipped for the budget, since start
+        # The models seen reasoning in this process: their probes get the reasoning output budget.
+        self.reasoning = ReasoningModels()
 
     async def probe(self, series: Series) -> ProbeResult:
         """Probe one series once (waiting for a free slot first).
@@ -147,6 +150,7 @@ class Prober:
                         region=self._region,
                         lag=self.lag,
                         max_lag_ms=self._max_lag_ms,
+                        budget=self.reasoning.budget(series.target, series.canary.max_tokens),
                     )
                     result = with_cost(result, series.target, series.canary)
                 finally:
@@ -154,7 +158,9 @@ class Prober:
             self.completed += 1
             self.results["ok" if result.ok else result.error_class or "unknown"] += 1
             self.overloaded += result.prober_overloaded
-            if not result.prober_overloaded:
+            self.reasoning.observe(result)
+            # A budget spent reasoning is ours to raise, not the router's failure: the burn rates leave it out.
+            if not result.prober_overloaded and result.error_class not in NOT_ROUTER_FAULTS:
                 route = (result.router, result.model)
                 self.route_attempts[route] += 1
                 self.route_failures[route] += not result.ok
@@ -224,6 +230,31 @@ class Prober:
     async def round(self, series: Sequence[Series]) -> list[ProbeResult]:
         """Probe every series once, concurrently; results in ``series`` order."""
         return list(await asyncio.gather(*(self.probe(s) for s in series)))
+
+    async def round_with_budgets(
+        self, series: Sequence[Series], on_again: Callable[[int], None] | None = None
+    ) -> list[ProbeResult]:
+        """``round``, then each series whose model it found reasoning once more, with its reasoning budget.
+
+        For one-off rounds (``once``, probe-now), which have no next probe: a
+        probe that spent the prompt's ``max_tokens`` reasoning is replaced by
+        one with room to reason. ``on_again`` hears how many are probed again.
+        """
+        budgeted = {s.key for s in series if self.reasoning.budget(s.target, s.canary.max_tokens)}
+        results = await self.round(series)
+        again = [
+            i
+            for i, (s, r) in enumerate(zip(series, results, strict=True))
+            if r.error_class == "budget_exhausted"
+            and s.key not in budgeted
+            and self.reasoning.budget(s.target, s.canary.max_tokens) is not None
+        ]
+        if again:
+            if on_again is not None:
+                on_again(len(again))
+            for i, result in zip(again, await self.round([series[i] for i in again]), strict=True):
+                results[i] = result
+        return results
 
 
 def first_run_delay(jitter_s: float, rng: random.Random) -> float:

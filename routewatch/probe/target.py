@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from routewatch.config.model import Price
+from routewatch.config.model import Price, ReasoningConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class Target:
     dialect: str = "auto"  # how the router reports provider, attempts, cost (routewatch/probe/dialects/)
     dialect_fields: Mapping[str, str] = field(default_factory=dict)  # the generic dialect's sources
     price: Price | None = None  # probes.yaml's, else the router's list's; None: its probes have no cost
+    reasoning: ReasoningConfig | None = None  # the router's reasoning budget; None: never sent one
 
     @property
     def url(self) -> str:
@@ -44,20 +45,24 @@ def new_nonce() -> str:
     return secrets.token_hex(8)
 
 
-def request_body(model: str, canary: Canary, nonce: str) -> dict[str, Any]:
+def request_body(
+    model: str, canary: Canary, nonce: str, budget_fields: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The streaming chat-completions body for one probe.
 
     The nonce goes at the start of the last user message, where prefix
-    caches cannot reuse anything after it.
+    caches cannot reuse anything after it. ``budget_fields`` (a reasoning
+    model's output budget, ``reasoning.OutputBudget.fields``) replace
+    ``max_tokens`` and ``temperature``: reasoning models sample as they must,
+    and OpenAI's refuse a temperature.
     """
     messages = [dict(m) for m in canary.messages]
     last = messages[-1]
     last["content"] = f"[probe {nonce}] {last['content']}"
-    return {
-        "model": model,
-        "messages": messages,
-        "max_tokens": canary.max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if budget_fields is None:
+        body.update({"max_tokens": canary.max_tokens, "temperature": 0})
+    else:
+        body.update(budget_fields)
+    body.update({"stream": True, "stream_options": {"include_usage": True}})
+    return body

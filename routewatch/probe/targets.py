@@ -114,6 +114,7 @@ def plan(
                 router.dialect,
                 dict(router.dialect_fields or {}),
                 model_price(router, model, listed_prices)[0],
+                router.reasoning,
             )
             series.extend(Series(target, canary) for canary in prompts)
     return series, routers

@@ -32,7 +32,14 @@ ERROR_CLASSES = (
     "stream_error",
     "bad_response",
     "empty_response",
+    # The output budget ran out while the model was still reasoning (finish_reason
+    # "length", no answer token): our budget was too small, not the router's fault.
+    # Counted apart and left out of the error rate (docs/reasoning-models.md).
+    "budget_exhausted",
 )
+
+# Failure classes that say nothing about the router: left out of the error rate and the model's state.
+NOT_ROUTER_FAULTS = ("budget_exhausted",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,9 @@ class ProbeResult:
     cached_input_tokens: int | None = None
     # USD, from the tokens and the model's price when measured (None: no price); see config/costs.py.
     cost_usd: float | None = None
+    # Of output_tokens, those the model spent reasoning: usage's completion_tokens_details.reasoning_tokens,
+    # else the streamed reasoning deltas counted here (None: no sign of reasoning).
+    reasoning_tokens: int | None = None
 
     def as_row(self) -> tuple[Any, ...]:
         """The values in column order (``COLUMNS``), for COPY."""

@@ -34,6 +34,10 @@ class ServedRequest:
     """HTTP status sent (None until decided)."""
     fault: str | None = None
     """Injected fault kind, or None."""
+    max_tokens_asked: int | None = None
+    """The output cap the request asked for: max_completion_tokens, else max_tokens (None: no cap)."""
+    reasoning_asked: str | None = None
+    """The reasoning control the request sent, e.g. "reasoning_effort=low" (None: none)."""
     drawn_ttft_ms: float | None = None
     """The TTFT drawn from the profile (also for requests that then got an HTTP fault)."""
     injected_ttft_ms: float | None = None
@@ -79,6 +83,11 @@ class ServedRequest:
     """The router's own id, when its dialect sends one distinct from `request_id`."""
     cost_usd: float | None = None
     """The cost the dialect announced (None: not announced)."""
+
+    def note_hidden_reasoning(self) -> None:
+        """Count one reasoning token generated but not streamed (usage reports it)."""
+        self.output_tokens += 1
+        self.reasoning_tokens += 1
 
     def note_token(self, kind: str, sent_ns: int) -> None:
         """Count one token of `kind` ("content" or "reasoning") whose event was written at `sent_ns`."""

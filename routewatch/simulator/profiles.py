@@ -56,7 +56,10 @@ class ModelProfile:
     output_tokens: int = 64
     """Answer length in content tokens, capped by the request's max_tokens."""
     reasoning_tokens: int = 0
-    """Tokens streamed as `reasoning` deltas before the content."""
+    """Tokens streamed as `reasoning` deltas before the content (all within the request's output cap)."""
+    reasoning_hidden: bool = False
+    """The reasoning is not streamed (as OpenAI's models do): the stream is silent while the model reasons,
+    one token gap per reasoning token, and only usage counts those tokens."""
     error_rate: float = 0.0
     """Probability that a request gets a fault."""
     faults: Mapping[str, float] = field(default_factory=_default_faults, hash=False)

@@ -53,6 +53,7 @@ class Plan:
     huge_bytes: int
     long_line_bytes: int
     upstream_delay_ms: float = 0.0  # failed upstream calls the router made first (simulator/upstream.py)
+    reasoning_hidden: bool = False  # reasoning takes its time and is counted, but is not streamed
 
     @property
     def ttft_ns(self) -> int:
@@ -130,6 +131,7 @@ def make_plan(
         huge_bytes=profile.huge_bytes,
         long_line_bytes=profile.long_line_bytes,
         upstream_delay_ms=upstream_delay_ms,
+        reasoning_hidden=profile.reasoning_hidden,
     )
 
 
@@ -211,6 +213,10 @@ async def _paced_tokens(
                     return False
                 base_ns, base_k, due_ns = resume_ns, k, resume_ns
         await sleep_until(due_ns)
+        if kind == "reasoning" and plan.reasoning_hidden:
+            record.note_hidden_reasoning()  # the model reasons in silence: nothing goes out
+            k += 1
+            continue
         sent_ns = time.perf_counter_ns()  # before the write: see ServedRequest.token_times_ns
         await resp.write(data)
         _note_first(record, plan)
@@ -223,7 +229,9 @@ async def _paced_tokens(
 
 def _note_first(record: ServedRequest, plan: Plan) -> None:
     if not record.token_times_ns:
-        record.injected_ttft_ms = plan.served_ttft_ms
+        # Hidden reasoning: the first token out is the answer's, a gap per reasoning token later.
+        silent_ms = plan.reasoning_tokens * plan.gap_ns / 1e6 if plan.reasoning_hidden else 0.0
+        record.injected_ttft_ms = plan.served_ttft_ms + silent_ms
 
 
 async def _strike(
@@ -279,7 +287,7 @@ async def whole_completion(
         return web.json_response({"error": {"message": "Upstream provider error (simulated)", "code": 502}}, status=502)
     if plan.fault == "malformed":
         return web.Response(body=chunks.malformed()[len(b"data: ") :], content_type="application/json")
-    reasoning = "".join(text for kind, text in tokens if kind == "reasoning")
+    reasoning = "" if plan.reasoning_hidden else "".join(text for kind, text in tokens if kind == "reasoning")
     content = "".join(text for kind, text in tokens if kind == "content")
     record.output_tokens = len(tokens)
     record.reasoning_tokens = plan.reasoning_tokens if tokens else 0

@@ -126,6 +126,8 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
 
     profile = chat.profile
     record.nonce_prompt = chat.nonce_prompt
+    record.max_tokens_asked = chat.max_tokens
+    record.reasoning_asked = chat.reasoning_asked
     record.prompt_tokens = chat.prompt_tokens + profile.prompt_overhead_tokens
     record.cached_prompt_tokens = min(profile.cached_prompt_tokens, record.prompt_tokens)
     rng = request.app[RNG]

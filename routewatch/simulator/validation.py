@@ -42,6 +42,9 @@ class ChatRequest:
     wants_usage: bool
     prompt_tokens: int
     nonce_prompt: str
+    reasoning_asked: str | None = None
+    """The reasoning control the request sent, as `field=value` (e.g. "reasoning_effort=low",
+    "reasoning.max_tokens=2048"); None: none."""
 
 
 def _text(content: Any) -> str:
@@ -57,6 +60,19 @@ def estimate_prompt_tokens(messages: list[Mapping[str, Any]]) -> int:
     """About four characters a token, plus a few tokens of framing per message."""
     chars = sum(len(_text(m.get("content"))) for m in messages)
     return math.ceil(chars / 4) + 4 * len(messages)
+
+
+def _reasoning_asked(body: Mapping[str, Any]) -> str | None:
+    """The reasoning control in an OpenAI (reasoning_effort) or OpenRouter (reasoning object) request."""
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str):
+        return f"reasoning_effort={effort}"
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, Mapping):
+        for key in ("effort", "max_tokens"):
+            if key in reasoning:
+                return f"reasoning.{key}={reasoning[key]}"
+    return None
 
 
 def check_authorization(header: str | None) -> None:
@@ -99,6 +115,7 @@ def parse_chat_request(body: Any, profiles: Mapping[str, ModelProfile]) -> ChatR
         profile=profile,
         stream=stream,
         max_tokens=max_tokens,
+        reasoning_asked=_reasoning_asked(body),
         # Outside streams OpenAI always reports usage.
         wants_usage=bool(options.get("include_usage")) if stream else True,
         prompt_tokens=estimate_prompt_tokens(messages),

@@ -38,7 +38,7 @@ INCIDENT_COLUMNS = ("id", "start", "end", "worst_state", "models", "suppressed",
 UPTIME_COLUMNS = ("model", "day", "operational_s", "degraded_s", "down_s", "unknown_s")
 
 _RECENT_PROBES = f"""
-SELECT id, model, started_at, ok, ttft_ms, prober_overloaded, attempts
+SELECT id, model, started_at, ok, ttft_ms, prober_overloaded, attempts, error_class
 FROM {PROBE_RESULTS}
 WHERE started_at > $1
 """

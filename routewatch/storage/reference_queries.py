@@ -14,12 +14,14 @@ from routewatch.storage.connection import Conn
 from routewatch.storage.tables import PROBE_RESULTS
 
 # Rows flagged prober_overloaded were measured while the prober itself was
-# behind; they are counted apart and left out of every published figure.
+# behind; they are counted apart and left out of every published figure. A
+# budget spent reasoning (budget_exhausted) is not attempted against the router.
 # percentile_cont interpolates linearly, like numpy's default.
 _WINDOW_COUNTS = f"""
 SELECT
     router, model,
-    count(*) FILTER (WHERE NOT prober_overloaded)                             AS attempts,
+    count(*) FILTER (WHERE NOT prober_overloaded
+                     AND error_class IS DISTINCT FROM 'budget_exhausted')     AS attempts,
     count(*) FILTER (WHERE ok AND NOT prober_overloaded)                      AS ok,
     count(*) FILTER (WHERE error_class = 'http_429' AND NOT prober_overloaded) AS rate_limited,
     count(*) FILTER (WHERE prober_overloaded)                                 AS overloaded,

@@ -213,7 +213,9 @@ def model_badge(model: str, route: RouteFigures, state: State | None, window: st
     price = f"{format_price(route.input_price)} per 1M input tokens, " if route.input_price is not None else ""
     over = f" over {window}" if window else ""
     status = f", {state.value}" if state is not None else ""
-    title = f"{model}: {price}p50 TTFT {format_ttft(route.ttft_p50_ms)}{over}, via {route.router}{status}"
+    # The answer's first token in the title only: the badge's own text stays short.
+    answer = f", p50 TTFAT {format_ttft(route.ttfat_p50_ms)}" if route.ttfat_p50_ms is not None else ""
+    title = f"{model}: {price}p50 TTFT {format_ttft(route.ttft_p50_ms)}{answer}{over}, via {route.router}{status}"
     color = COLORS[state] if state is not None else INFO_COLOR
     return render_badge(model, model_badge_value(route), color, title=title)
 

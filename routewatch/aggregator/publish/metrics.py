@@ -18,14 +18,16 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   ``_ttft_p95_seconds``, ``_ttfat_p50_seconds``, ``_ttfat_p95_seconds``,
   ``_output_tokens_per_second_p50``, ``_error_ratio``, ``_error_excl_429_ratio``,
   ``_window_probes_attempted``, ``_window_probes_ok``, ``_window_input_tokens``,
-  ``_window_output_tokens``, ``_window_samples_sufficient``. The first nine
+  ``_window_output_tokens``, ``_window_samples_sufficient``,
+  ``_window_probes_budget_exhausted`` (probes whose output budget ran out while
+  the model reasoned: not attempts, see docs/reasoning-models.md). The first nine
   also per provider (``routewatch_provider_*``, plus label ``provider``) and per
   prober region (``routewatch_region_*``, plus ``region``), in families of
   their own so that a sum over one family never counts a probe twice. A
   percentile or ratio that does not exist (no ok probe, no attempt) is
   absent, never 0. Which windows and breakdowns are exported is
   ``aggregator.metrics`` (:class:`~.metrics_snapshot.MetricsExport`); by
-  default the shortest window and no breakdown: 12 series per (router, model).
+  default the shortest window and no breakdown: 13 series per (router, model).
 * status (with an SLO configured): ``routewatch_model_state{model, state}``
   (1 for the current state, 0 for the others), ``routewatch_incidents_open``.
 * aggregator: ``routewatch_aggregator_role{role}``, ``routewatch_refreshes_total``,

@@ -137,7 +137,13 @@ _GAUGES: tuple[tuple[str, str, _Extract, bool], ...] = (
         False,
     ),
 )
-MODEL_GAUGES = len(_GAUGES)
+# Per model only, from the failure classes rather than the counts.
+_BUDGET_EXHAUSTED = (
+    "window_probes_budget_exhausted",
+    "Probes whose output budget ran out while the model reasoned: not attempted against the router; "
+    "raise the router's reasoning.budget_tokens",
+)
+MODEL_GAUGES = len(_GAUGES) + 1
 """Gauges per (router, model) and exported window."""
 SLICE_GAUGES = sum(1 for *_, per_slice in _GAUGES if per_slice)
 """Gauges per (router, model), exported window and value of an exported breakdown."""
@@ -220,7 +226,19 @@ def render_stats(snapshot: Snapshot, export: MetricsExport = DEFAULT_EXPORT) -> 
                         if value is not None:
                             lines.append(f"{name}{labels} {_number(value)}\n")
         out.extend(_families(names, [g[1] + help_tail for g in gauges], samples))
+        if dim is None:
+            out.extend(_budget_exhausted(snapshot, windows))
     return "".join(out).encode("utf-8")
+
+
+def _budget_exhausted(snapshot: Snapshot, windows: list[str]) -> Iterable[str]:
+    """The per-model family of probes that ran out of output budget while reasoning."""
+    name, help_ = _BUDGET_EXHAUSTED
+    yield _header("routewatch_" + name, help_)
+    for window in windows:
+        for (router, model), stats in snapshot.stats[window].items():
+            n = 0 if stats.cell is None else stats.cell.budget_exhausted
+            yield f"routewatch_{name}{_labels(router=router, model=model, window=window)} {_number(n)}\n"
 
 
 def render_states(status: StatusReport) -> bytes:

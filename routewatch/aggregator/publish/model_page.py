@@ -37,7 +37,7 @@ _CSS = """
 .summary{width:100%;border-collapse:collapse;background:var(--bg);border:1px solid var(--line);font-size:.9rem}
 .summary th,.summary td{padding:.3rem .5rem;border-bottom:1px solid var(--line);text-align:right}
 .summary th:first-child,.summary td:first-child{text-align:left}
-.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:.75rem}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(340px,100%),1fr));gap:.75rem}
 .chart{margin:0;background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:.4rem}
 .chart svg{display:block;width:100%;height:auto}
 .chart figcaption{font-size:.85rem;color:var(--muted)}
@@ -109,6 +109,8 @@ def _summary(route: RoutePage) -> str:
         rows.append(
             f'<tr data-window="{esc(window)}"><th scope="row">last {esc(window)}</th>'
             f"<td>{esc(format_ttft(c.ttft_p50_ms))}</td><td>{esc(format_ttft(c.ttft_p95_ms))}</td>"
+            f'<td class="ttfat">{esc(format_ttft(c.ttfat_p50_ms))}</td>'
+            f'<td class="ttfat">{esc(format_ttft(c.ttfat_p95_ms))}</td>'
             f"<td>{esc(format_tps(c.tps_p50))}</td><td>{esc(format_error_rate(stats.error_rate))}</td>"
             f"<td>{c.attempts:,}</td></tr>"
         )
@@ -121,8 +123,27 @@ def _summary(route: RoutePage) -> str:
         f'{price}<div class="table-wrap"><table class="summary"><caption class="muted">Via {esc(route.router)};'
         " percentiles over ok probes</caption>"
         '<thead><tr><th scope="col">window</th><th scope="col">p50 TTFT</th><th scope="col">p95 TTFT</th>'
+        '<th scope="col">p50 TTFAT</th><th scope="col">p95 TTFAT</th>'
         '<th scope="col">p50 output</th><th scope="col">error rate</th><th scope="col">probes</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>{_first_tokens_note(route)}"
+    )
+
+
+def _first_tokens_note(route: RoutePage) -> str:
+    """What TTFT and TTFAT each mean, and the probes a too small reasoning budget left out."""
+    counts = [(s.cell.budget_exhausted, w) for w, s in route.stats.items() if s.cell is not None]
+    exhausted, window = max(counts, default=(0, ""))
+    spent = (
+        f" In the last {window}, {exhausted:,} probes ran out of output budget while the model reasoned: they"
+        " are not counted as attempts (the reasoning budget is too small, which is not the router's fault)."
+        if exhausted
+        else ""
+    )
+    return (
+        '<p class="note first-tokens"><b>TTFT</b> is the time to the first token of any kind, reasoning included;'
+        " <b>TTFAT</b> the time to the first token of the answer itself. They are equal for a model that does"
+        " not reason. For a reasoning model TTFAT &minus; TTFT is the time it streams its reasoning, and a model that"
+        f" reasons without streaming it shows both only after it has reasoned.{esc(spent)}</p>"
     )
 
 

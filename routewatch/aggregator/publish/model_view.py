@@ -87,6 +87,7 @@ RANGES = (
 # (chart id, title, unit, lines as (legend, stats_history column)).
 CHART_METRICS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
     ("ttft", "Time to first token", "ms", (("p50", "ttft_p50_ms"), ("p95", "ttft_p95_ms"))),
+    ("ttfat", "Time to first answer token", "ms", (("p50", "ttfat_p50_ms"), ("p95", "ttfat_p95_ms"))),
     ("tps", "Output speed (p50)", "tok/s", (("p50", "tps_p50"),)),
     ("errors", "Error rate", "%", (("errors", "error_rate"),)),
 )

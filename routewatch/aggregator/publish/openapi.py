@@ -79,16 +79,20 @@ def _object(properties: dict[str, Schema], *, optional: Sequence[str] = (), clos
 # ---------------------------------------------------------------- schemas
 
 
+_TTFT = "time to first token of any kind, reasoning included, over ok probes (ms)"
+_TTFAT = "time to first answer (content) token over ok probes (ms): for a reasoning model, TTFT plus its reasoning time"
+
+
 def _figures() -> dict[str, Schema]:
     """stats._figures plus ci95 and errors_by_class: what a model and a breakdown cell share."""
     interval: Schema = {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
     count: Schema = {"type": "integer", "minimum": 0}
     rate: Schema = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
     return {
-        "ttft_p50_ms": NUMBER_OR_NULL,
-        "ttft_p95_ms": NUMBER_OR_NULL,
-        "ttfat_p50_ms": NUMBER_OR_NULL,
-        "ttfat_p95_ms": NUMBER_OR_NULL,
+        "ttft_p50_ms": {**NUMBER_OR_NULL, "description": "median " + _TTFT},
+        "ttft_p95_ms": {**NUMBER_OR_NULL, "description": "95th percentile " + _TTFT},
+        "ttfat_p50_ms": {**NUMBER_OR_NULL, "description": "median " + _TTFAT},
+        "ttfat_p95_ms": {**NUMBER_OR_NULL, "description": "95th percentile " + _TTFAT},
         "tps_p50": NUMBER_OR_NULL,
         "error_rate": rate,
         "error_rate_excl_429": rate,
@@ -100,6 +104,12 @@ def _figures() -> dict[str, Schema]:
                 "failed": count,
                 "rate_limited": count,
                 "excluded_prober_overloaded": count,
+                "excluded_budget_exhausted": {
+                    **count,
+                    "description": "probes whose output budget ran out while the model reasoned (finish_reason "
+                    "length before any answer): not attempts, not failures; raise the router's "
+                    "reasoning.budget_tokens",
+                },
                 "sufficient": {
                     "type": "boolean",
                     "description": f"at least {MIN_OK_SAMPLES} ok samples: percentiles are publishable unmarked",
@@ -116,7 +126,7 @@ def _figures() -> dict[str, Schema]:
         "errors_by_class": {
             "type": "object",
             "additionalProperties": count,
-            "description": "failed probes (prober-overloaded ones left out) per error class",
+            "description": "failed probes (prober-overloaded and budget-exhausted ones left out) per error class",
         },
         "router_retries": {
             **_object(
@@ -395,7 +405,14 @@ def _status_page() -> Schema:
             "ttft_p50_ms": {
                 "type": ["number", "null"],
                 "minimum": 0,
-                "description": "p50 TTFT over the page window; null with no ok probe",
+                "description": "p50 TTFT (first token of any kind, reasoning included) over the page window; "
+                "null with no ok probe",
+            },
+            "ttfat_p50_ms": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "p50 TTFAT (first answer token: for a reasoning model, after its reasoning) over "
+                "the page window; null with no ok probe",
             },
             "tps_p50": {"type": ["number", "null"], "minimum": 0},
             "input_price_per_mtok": {

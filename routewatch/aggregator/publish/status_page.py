@@ -163,7 +163,8 @@ def time_html(value: datetime | None) -> str:
 def _models_section(view: StatusView) -> str:
     window = f" over the last {esc(view.window)}" if view.window else ""
     intro = (
-        f'<p class="note">p50 = median{window}. Bars: one per UTC day, the last'
+        f'<p class="note">p50 = median{window}. TTFT: time to the first token of any kind; TTFAT: to the'
+        " first token of the answer (later than TTFT by a reasoning model's reasoning). Bars: one per UTC day, the last"
         f" {UPTIME_DAYS} days, oldest on the left;"
         " hover a bar for its figures.</p>"
     )
@@ -198,15 +199,22 @@ def _model(row: ModelRow) -> str:
     )
 
 
+# Both first-token times, labelled with what each one means (they differ for a reasoning model).
+_TTFT = '<abbr title="time to first token of any kind, reasoning included">TTFT</abbr>'
+_TTFAT = '<abbr title="time to first answer token: for a reasoning model, after its reasoning">TTFAT</abbr>'
+
+
 def _figures(route: RouteFigures | None) -> str:
     if route is None:
         return (
-            f'<p class="figures">p50 TTFT <b class="ttft">{MISSING}</b> · p50 output <b class="tps">{MISSING}</b>'
+            f'<p class="figures">p50 {_TTFT} <b class="ttft">{MISSING}</b>'
+            f' · p50 {_TTFAT} <b class="ttfat">{MISSING}</b> · p50 output <b class="tps">{MISSING}</b>'
             f' · errors <b class="errors">{MISSING}</b></p>'
         )
     price = f" · {esc(format_price(route.input_price))}/M input tokens" if route.input_price is not None else ""
     return (
-        f'<p class="figures">p50 TTFT <b class="ttft">{esc(format_ttft(route.ttft_p50_ms))}</b>'
+        f'<p class="figures">p50 {_TTFT} <b class="ttft">{esc(format_ttft(route.ttft_p50_ms))}</b>'
+        f' · p50 {_TTFAT} <b class="ttfat">{esc(format_ttft(route.ttfat_p50_ms))}</b>'
         f' · p50 output <b class="tps">{esc(format_tps(route.tps_p50))}</b>'
         f' · errors <b class="errors">{esc(format_error_rate(route.error_rate))}</b>{price}'
         f' · via <span class="router">{esc(route.router)}</span></p>'

@@ -64,6 +64,7 @@ class RouteFigures:
     tps_p50: float | None
     input_price: float | None  # USD per 1M input tokens from probes.yaml; None: not configured
     error_rate: float | None = None  # failed / attempted over the page window; None: nothing attempted
+    ttfat_p50_ms: float | None = None  # first answer token: after a reasoning model's reasoning; None: not measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,7 @@ def _routes_by_model(
                 counts.tps_p50 if counts is not None else None,
                 prices.get(key),
                 found.error_rate if found is not None else None,
+                counts.ttfat_p50_ms if counts is not None else None,
             )
         )
     return {model: tuple(routes) for model, routes in out.items()}
@@ -264,7 +266,7 @@ def view_json(view: StatusView) -> dict[str, Any]:
             "state": "operational" | "degraded" | "down" | "unknown",
             "since": "2025-06-01T11:00:00+00:00",       # when it entered this state
             "reason": "",                               # one line; empty when operational
-            "routers": [{"router": "orcarouter", "ttft_p50_ms": 412.3, "tps_p50": 85.2,
+            "routers": [{"router": "orcarouter", "ttft_p50_ms": 412.3, "ttfat_p50_ms": 430.1, "tps_p50": 85.2,
                          "input_price_per_mtok": 0.1,   # USD per 1M input tokens, null: not configured
                          "error_rate": 0.002}],         # failed / attempted in the window, null: none
             "retired": false,                           # no longer in its router's model list (discover)
@@ -312,6 +314,7 @@ def _model_json(row: ModelRow) -> dict[str, Any]:
             {
                 "router": r.router,
                 "ttft_p50_ms": _round(r.ttft_p50_ms),
+                "ttfat_p50_ms": _round(r.ttfat_p50_ms),
                 "tps_p50": _round(r.tps_p50),
                 "input_price_per_mtok": r.input_price,
                 "error_rate": _round(r.error_rate, 4),
