@@ -49,6 +49,7 @@ LABELS = [
     "0009_hour_percentiles",
     "0010_notification_outbox",
     "0011_router_dialects",
+    "0012_prompt_tiers",
     "0013_model_catalog",
     "0014_probe_cost",
 ]
@@ -65,6 +66,7 @@ SHARED_LABELS = {
     "0008_hist_changes",
     "0010_notification_outbox",
     "0011_router_dialects",
+    "0012_prompt_tiers",
     "0013_model_catalog",
     "0014_probe_cost",
 }  # one NNNN_name.sql for both modes
@@ -81,7 +83,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008, 0010, 0011, 0013 and 0014 are shared files: plain tables in both modes.
+        # 0003 to 0008 and 0010 to 0014 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:

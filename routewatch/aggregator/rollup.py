@@ -1,7 +1,7 @@
 """Hourly histogram rollups: incremental refresh and window merges.
 
 ``probe_hist_hourly`` (migration 0003) holds, per UTC hour and series
-(router, model, provider, region, prompt, methodology), the counts and the
+(router, model, provider, region, prompt, methodology, tier), the counts and the
 mergeable log-bucket histograms (``sketch.Histogram``) of TTFT, TTFAT and
 output tokens/s. Two steps use it:
 
@@ -70,6 +70,7 @@ from routewatch.aggregator.provider_cap import (
 )
 from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, grouped_histograms, quantile_table
 from routewatch.aggregator.stats import CellStats, RetryStats, WindowCounts
+from routewatch.config.tiers import DEFAULT_TIER
 from routewatch.storage import hist_queries, ingest_log, percentile_queries
 from routewatch.storage.clock import db_now
 from routewatch.storage.connection import Conn
@@ -109,7 +110,7 @@ REPORT_BATCHES = 20_000
 BATCH_PIECE = 10_000
 
 # Breakdown dimensions of window_stats keys.
-BREAKDOWNS = ("provider", "region")
+BREAKDOWNS = ("provider", "region", "tier")
 
 # Keys of window_stats: (router, model) or (router, model, dimension, value).
 CellKey = tuple[str, ...]
@@ -541,13 +542,13 @@ async def _label_cap(
     return LabelCap(limit, stored)
 
 
-# (bucket, router, model, provider, region, prompt, methodology): HourRow's leading fields.
-HourKey = tuple[datetime, str, str, str, str, str, str]
+# (bucket, router, model, provider, region, prompt, methodology, tier): HourRow's leading fields.
+HourKey = tuple[datetime, str, str, str, str, str, str, str]
 
 
 def series_key(h: HourRow) -> HourKey:
-    """(bucket, router, model, provider, region, prompt, methodology): one probe_hist_hourly row's key."""
-    return (h.bucket, h.router, h.model, h.provider, h.region, h.prompt, h.methodology)
+    """(bucket, router, model, provider, region, prompt, methodology, tier): one probe_hist_hourly row's key."""
+    return (h.bucket, h.router, h.model, h.provider, h.region, h.prompt, h.methodology, h.tier)
 
 
 def encode_row(h: HourRow) -> tuple[Any, ...]:
@@ -607,6 +608,7 @@ def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
         a.region,
         a.prompt,
         a.methodology,
+        a.tier,
         a.attempts + sign * b.attempts,
         a.ok + sign * b.ok,
         a.rate_limited + sign * b.rate_limited,
@@ -664,7 +666,16 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     group = np.empty(n, dtype=np.int64)
     for i, r in enumerate(raw):
         provider = provider_of(r["router"], r["model"], r["provider"])
-        key: HourKey = (r["bucket"], r["router"], r["model"], provider, r["region"], r["prompt"], r["methodology"])
+        key: HourKey = (
+            r["bucket"],
+            r["router"],
+            r["model"],
+            provider,
+            r["region"],
+            r["prompt"],
+            r["methodology"],
+            r["tier"],
+        )
         g = index.get(key)
         if g is None:
             g = index[key] = len(keys)
@@ -761,6 +772,7 @@ class HourRow:
     region: str
     prompt: str
     methodology: str
+    tier: str  # the prompt's input-length tier (migration 0012)
     attempts: int
     ok: int
     rate_limited: int
@@ -799,6 +811,7 @@ def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
         r["region"],
         r["prompt"],
         r["methodology"],
+        r["tier"],
         r["attempts"],
         r["ok"],
         r["rate_limited"],
@@ -821,12 +834,21 @@ def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
     )
 
 
-def cell_keys(router: str, model: str, provider: str, region: str) -> list[CellKey]:
-    """The window_stats keys one series-hour contributes to; a stored ``''`` provider is ``unknown``."""
+def cell_keys(h: HourRow, headline_tier: str) -> list[CellKey]:
+    """The window_stats keys one series-hour contributes to; a stored ``''`` provider is ``unknown``.
+
+    Every row counts in its tier's cell. Only rows of ``headline_tier`` count
+    in the model's headline cell and its provider and region cells, so a
+    10k-token prompt's slower first token never raises the headline TTFT.
+    """
+    tier_cell: CellKey = (h.router, h.model, BREAKDOWNS[2], h.tier)
+    if h.tier != headline_tier:
+        return [tier_cell]
     return [
-        (router, model),
-        (router, model, BREAKDOWNS[0], provider_label(provider)),
-        (router, model, BREAKDOWNS[1], region),
+        (h.router, h.model),
+        (h.router, h.model, BREAKDOWNS[0], provider_label(h.provider)),
+        (h.router, h.model, BREAKDOWNS[1], h.region),
+        tier_cell,
     ]
 
 
@@ -973,11 +995,13 @@ async def window_stats(
     windows: Mapping[str, float],
     now: datetime,
     max_providers: int = DEFAULT_MAX_PROVIDERS,
+    headline_tier: str = DEFAULT_TIER,
 ) -> dict[str, dict[CellKey, CellStats]]:
     """Stats per window (name -> seconds) per key, merged from probe_hist_hourly.
 
-    Keys: ``(router, model)``, ``(router, model, "provider", p)`` and
-    ``(router, model, "region", r)``; a key appears in a window only when it
+    Keys: ``(router, model)``, ``(router, model, "provider", p)``,
+    ``(router, model, "region", r)`` (those three of ``headline_tier`` alone) and
+    ``(router, model, "tier", t)``; a key appears in a window only when it
     has rows there. Windows are hour-aligned (see the module docstring) and
     include the current partial hour as last refreshed by :func:`refresh_hist`:
     call that first. The hourly rows of the longest window are read once.
@@ -992,7 +1016,7 @@ async def window_stats(
     by_key: dict[CellKey, list[HourRow]] = defaultdict(list)
     for r in rows:
         h = decode_row(r)
-        for key in cell_keys(h.router, h.model, h.provider, h.region):
+        for key in cell_keys(h, headline_tier):
             by_key[key].append(h)
     return {
         name: cells_stats(
