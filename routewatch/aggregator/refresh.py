@@ -204,7 +204,12 @@ class Aggregator:
             if probe_interval_s is None:
                 raise ValueError("status needs the probe schedule interval (probe_interval_s) with slo")
             self._status = StatusTracker(
-                slo, probe_interval_s, maintenance, refresh_s=interval_s, notify_targets=notify_targets
+                slo,
+                probe_interval_s,
+                maintenance,
+                refresh_s=interval_s,
+                notify_targets=notify_targets,
+                headline_tier=headline_tier,
             )
         self._max_providers = max_providers
         self._clock = clock

@@ -773,9 +773,10 @@ class MetricsConfig(_Section):
         None,
         description="which of aggregator.windows get gauges; default the shortest (the first to show a change)",
     )
-    breakdowns: list[Literal["provider", "region"]] = Field(
+    breakdowns: list[Literal["provider", "region", "tier"]] = Field(
         default_factory=list,
-        description="also export the per-provider and/or per-region gauges (9 per window and value each); default none",
+        description="also export the per-provider, per-region and/or per-prompt-tier gauges "
+        "(9 per window and value each); default none",
     )
 
     @field_validator("windows", "breakdowns")
