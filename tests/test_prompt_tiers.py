@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from factories import config_text, prompt_entry, router_entry
+from factories import config_text, probe_result, prompt_entry, router_entry
 
+from routewatch.aggregator.publish.ingest_records import RecordRejected, read_record
 from routewatch.config import ConfigError, parse_config
 from routewatch.config.costs import plan_costs
 from routewatch.config.model import TIER_INSTRUCTION
@@ -18,6 +22,7 @@ from routewatch.config.tiers import (
     nearest_standard_tier,
     parse_tier,
 )
+from routewatch.delivery.spool import encode_result
 from routewatch.probe.target import Canary, request_body
 from routewatch.probe.tier_prompt import WORDS, filler, tier_messages
 from routewatch.probe.tokens import estimate_tokens
@@ -194,3 +199,24 @@ def test_the_cost_plan_counts_a_tier_prompt_at_its_tier() -> None:
     plan = plan_costs(parse_config(text, "probes.yaml"))
     # 1,440 probes a day x 10,000 input tokens x $1 per 1M.
     assert plan.usd_per_day == pytest.approx(1440 * 10_000 / 1e6)
+
+
+# ---------------------------------------------------------------- pushed results
+
+
+def _pushed(**fields: object) -> dict[str, object]:
+    record = encode_result(probe_result(region="eu"))
+    return {**json.loads(record), **fields}
+
+
+@pytest.mark.unit
+def test_a_pushed_result_carries_its_tier_as_a_label_and_defaults_to_the_short_tier() -> None:
+    now = datetime.now(UTC)
+    oldest = now - timedelta(days=1)
+    assert read_record(_pushed(tier="10k"), "eu", oldest=oldest, now=now).tier == "10k"
+    without = _pushed()
+    del without["tier"]
+    assert read_record(without, "eu", oldest=oldest, now=now).tier == "100", "an older prober's result"
+    for bad, reason in (("10000", "is not written as a label ('10k')"), ("huge", "'huge' is not a tier")):
+        with pytest.raises(RecordRejected, match=re.escape(reason)):
+            read_record(_pushed(tier=bad), "eu", oldest=oldest, now=now)

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import numpy as np
 import pytest
+from factories import probe_result
 
 from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
-from routewatch.config import TimeoutsConfig
+from routewatch.config import SLOConfig, TimeoutsConfig
 from routewatch.config.model import TIER_INSTRUCTION
 from routewatch.probe import chat_stream
 from routewatch.probe.scheduler import new_session
@@ -63,6 +65,13 @@ async def probe_both_tiers() -> tuple[list[ProbeResult], list[dict[str, Any]]]:
     return list(results), truth
 
 
+async def store(pool: asyncpg.Pool, results: list[ProbeResult]) -> None:
+    """The schema made, and ``results`` written by the writer."""
+    async with pool.acquire() as conn:
+        await ensure_schema(conn)
+        assert await write_batch(conn, results) == len(results)
+
+
 async def published(pool: asyncpg.Pool, client_factory: ClientFactory, headline: str) -> dict[str, Any]:
     """What the API publishes with ``headline`` as the headline tier."""
     aggregator = Aggregator(pool, {"1h": 3600.0}, [("sim", MODEL)], 10.0, headline_tier=headline)
@@ -81,7 +90,7 @@ async def published(pool: asyncpg.Pool, client_factory: ClientFactory, headline:
 
 
 async def test_per_tier_ttft_differs_as_the_simulator_was_told_and_the_headline_is_one_tier(
-    db_dsn: str, aiohttp_client: ClientFactory
+    pool: asyncpg.Pool, aiohttp_client: ClientFactory
 ) -> None:
     results, truth = await probe_both_tiers()
     assert all(r.ok for r in results), [r.error_detail for r in results if not r.ok][:3]
@@ -93,17 +102,11 @@ async def test_per_tier_ttft_differs_as_the_simulator_was_told_and_the_headline_
     # No two probes sent the same prompt: each nonce seeded its own words.
     assert len({t["nonce_prompt"] for t in truth}) == 2 * PER_TIER
 
-    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=4)
-    try:
-        async with pool.acquire() as conn:
-            await ensure_schema(conn)
-            assert await write_batch(conn, results) == 2 * PER_TIER
-            stored = await conn.fetch("SELECT tier, count(*) AS n FROM probe_results GROUP BY tier ORDER BY tier")
-        assert [tuple(r) for r in stored] == [("100", PER_TIER), ("10k", PER_TIER)]
-        short = await published(pool, aiohttp_client, "100")
-        long = await published(pool, aiohttp_client, "10k")
-    finally:
-        await pool.close()
+    await store(pool, results)
+    stored = await pool.fetch("SELECT tier, count(*) AS n FROM probe_results GROUP BY tier ORDER BY tier")
+    assert [tuple(r) for r in stored] == [("100", PER_TIER), ("10k", PER_TIER)]
+    short = await published(pool, aiohttp_client, "100")
+    long = await published(pool, aiohttp_client, "10k")
 
     window = short["detail"]["windows"]["1h"]
     tiers = window["breakdown"]["tier"]
@@ -136,3 +139,34 @@ async def test_per_tier_ttft_differs_as_the_simulator_was_told_and_the_headline_
         by_tier = answer["by_tier"]
         assert by_tier["breakdown"]["tier"] == detail["breakdown"]["tier"]
     assert long["detail"]["windows"]["1h"]["ttft_p50_ms"] > 4 * short["detail"]["windows"]["1h"]["ttft_p50_ms"]
+
+
+@pytest.mark.parametrize(("headline", "state"), [("100", "operational"), ("10k", "degraded")])
+async def test_the_ttft_slo_is_judged_on_the_headline_tier_alone(
+    pool: asyncpg.Pool, aiohttp_client: ClientFactory, headline: str, state: str
+) -> None:
+    """Fast 100-token probes beside 10k ones whose first token takes 8 s (over the 5 s p95 target):
+    the model is operational while the headline is 100, degraded on its TTFT when it is 10k."""
+    now = datetime.now(UTC)
+    results = [
+        probe_result(
+            model=MODEL,
+            started_at=now - timedelta(seconds=60 - i),
+            prompt="long" if i % 2 else "short",
+            tier="10k" if i % 2 else "100",
+            ttft_ms=8000.0 if i % 2 else 50.0,
+        )
+        for i in range(40)
+    ]
+    await store(pool, results)
+    slo = SLOConfig(window=900)
+    aggregator = Aggregator(
+        pool, {"1h": 3600.0}, [("sim", MODEL)], 10.0, slo=slo, probe_interval_s=3600.0, headline_tier=headline
+    )
+    await aggregator.refresh()
+    client = await aiohttp_client(create_app(aggregator))
+    status = await (await client.get("/v1/status")).json()
+    (model,) = [m for m in status["models"] if m["id"] == MODEL]
+    assert model["state"] == state, model
+    if state == "degraded":
+        assert model["reason"].startswith("p95 TTFT 8000 ms > 5000 ms"), model["reason"]
