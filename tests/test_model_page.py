@@ -188,7 +188,7 @@ async def test_model_json_is_the_listing_entry_with_every_window(seeded, aiohttp
     assert body["routers"] == [ROUTER] and body["window"] == "7d" and body["state"] == "operational"
     assert list(body["windows"]) == list(WINDOWS)
     week = body["windows"]["7d"]
-    assert set(week["breakdown"]) == {"provider", "region"}
+    assert set(week["breakdown"]) == {"provider", "region", "tier"}
     providers = week["breakdown"]["provider"]
     assert {"Alpha", "Beta"} <= set(providers)
     assert sum(c["samples"]["attempted"] for c in providers.values()) == week["samples"]["attempted"]

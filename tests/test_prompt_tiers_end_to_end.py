@@ -106,10 +106,18 @@ async def test_per_tier_ttft_differs_as_the_simulator_was_told_and_the_headline_
     stored = await pool.fetch("SELECT tier, count(*) AS n FROM probe_results GROUP BY tier ORDER BY tier")
     assert [tuple(r) for r in stored] == [("100", PER_TIER), ("10k", PER_TIER)]
     short = await published(pool, aiohttp_client, "100")
+    # Grafana's SQL-readable percentiles, written by that refresh, are the headline tier's too.
+    sql = await pool.fetchrow(
+        "SELECT sum(attempts) AS attempts, max(ttft_p50_ms) AS p50 FROM probe_percentiles_hourly"
+        " WHERE scope = 'model' AND model = $1",
+        MODEL,
+    )
     long = await published(pool, aiohttp_client, "10k")
 
     window = short["detail"]["windows"]["1h"]
     tiers = window["breakdown"]["tier"]
+    assert sql["attempts"] == PER_TIER
+    assert sql["p50"] == pytest.approx(tiers["100"]["ttft_p50_ms"], rel=0.02)
     assert set(tiers) == {"100", "10k"}
     for tier, tokens in (("100", 100), ("10k", 10_000)):
         mine = [r.ttft_ms for r in results if r.tier == tier]

@@ -327,6 +327,7 @@ class Aggregator:
                     retention=self._retention,
                     known=self._sliding.known_hour(),
                     max_providers=self._max_providers,
+                    headline_tier=self._headline_tier,
                     label_hours=max((window_hours(s) for s in self._windows.values()), default=1),
                 )
                 now = report.now

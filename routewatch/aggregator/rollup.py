@@ -198,6 +198,7 @@ async def refresh_hist(
     chunk_rows: float = CHUNK_ROWS,
     report_rows: float = REPORT_ROWS,
     report_batches: float = REPORT_BATCHES,
+    headline_tier: str = DEFAULT_TIER,
 ) -> RefreshReport:
     """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
@@ -235,12 +236,24 @@ async def refresh_hist(
     ``report_batches`` (``batches_omitted`` otherwise). ``math.inf`` for all three reads every
     recomputed hour into one list and reports every row and batch, as the
     refresh did before it was bounded (kept for the benchmark to compare).
+
+    The SQL-readable percentiles (``probe_percentiles_hourly``) written with
+    the rows are of ``headline_tier``'s rows only, as the API's headline is.
     """
     if not chunk_rows >= 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     async with hist_queries.refresh_transaction(conn):
         report = await _refresh(
-            conn, retention, now, known, max_providers, label_hours, chunk_rows, report_rows, report_batches
+            conn,
+            retention,
+            now,
+            known,
+            max_providers,
+            label_hours,
+            chunk_rows,
+            report_rows,
+            report_batches,
+            headline_tier,
         )
     log.debug("hist refresh: %s", report)
     for router, model in report.capped:  # committed: the "other" rows now in the table keep it to once
@@ -266,6 +279,7 @@ async def _refresh(
     chunk_rows: float,
     report_rows: float,
     report_batches: float,
+    headline_tier: str,
 ) -> RefreshReport:
     if now is None:
         now = await db_now(conn)
@@ -289,7 +303,7 @@ async def _refresh(
     cap.admit(await _first_seen(conn, hours, new_raw, max_providers))
     # Any earlier hour: recomputed whole, a bounded number of raw rows at a time.
     keep = math.inf if len(hours) <= REPORT_HOURS else report_rows
-    redone = await _recompute(conn, hours, cap.label, chunk_rows, keep)
+    redone = await _recompute(conn, hours, cap.label, chunk_rows, keep, headline_tier)
 
     delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
@@ -316,8 +330,9 @@ async def _refresh(
     # The percentiles of every model whose rows changed, from all its rows of the hour.
     models = {(h.router, h.model) for h in changed}
     model_rows = [h for h in now_rows if (h.router, h.model) in models]
-    await percentile_queries.replace_models(conn, current, models, percentile_rows(model_rows), PERCENTILE_COLUMNS)
-    await _backfill_percentiles(conn)
+    records = percentile_rows(of_tier(model_rows, headline_tier))
+    await percentile_queries.replace_models(conn, current, models, records, PERCENTILE_COLUMNS)
+    await _backfill_percentiles(conn, headline_tier)
 
     await ingest_log.mark_taken(conn, now)
     return RefreshReport(
@@ -418,6 +433,7 @@ class _Recomputed:
     """What :func:`_recompute` did; ``written``/``replaced`` None once more than ``keep`` in all."""
 
     keep: float
+    headline_tier: str  # the tier of the percentiles written with the rows
     raw_rows: int = 0
     series_hours: int = 0
     written: list[HourRow] | None = field(default_factory=list)
@@ -425,7 +441,12 @@ class _Recomputed:
 
 
 async def _recompute(
-    conn: Conn, hours: Sequence[datetime], provider_of: ProviderOf, chunk_rows: float, keep: float
+    conn: Conn,
+    hours: Sequence[datetime],
+    provider_of: ProviderOf,
+    chunk_rows: float,
+    keep: float,
+    headline_tier: str,
 ) -> _Recomputed:
     """Recompute ``hours`` whole from the raw rows, holding at most ``chunk_rows`` of them at once.
 
@@ -436,7 +457,7 @@ async def _recompute(
     while they are at most ``keep`` rows in all. An infinite ``chunk_rows``
     reads each run as one unordered list.
     """
-    done = _Recomputed(keep)
+    done = _Recomputed(keep, headline_tier)
     for start, end in _hour_ranges(hours):
         partial: dict[datetime, dict[HourKey, HourRow]] = {}  # per hour, per series: the rows so far
         written_to = start  # the hours before it are written
@@ -492,11 +513,18 @@ async def _write_hours(
         else:  # too many to report: the report says so instead
             done.replaced = done.written = None
     await hist_queries.copy_rows(conn, [encode_row(h) for h in rows])
-    await percentile_queries.replace_hours(conn, hours, percentile_rows(rows), PERCENTILE_COLUMNS)
+    records = percentile_rows(of_tier(rows, done.headline_tier))
+    await percentile_queries.replace_hours(conn, hours, records, PERCENTILE_COLUMNS)
     done.series_hours += len(rows)
 
 
-async def _backfill_percentiles(conn: Conn) -> None:
+def of_tier(rows: Iterable[HourRow], tier: str) -> list[HourRow]:
+    """The rows of prompt tier ``tier``: probe_percentiles_hourly holds the headline tier's
+    figures, so that Grafana's lines and the model page's profile are the API's headline."""
+    return [h for h in rows if h.tier == tier]
+
+
+async def _backfill_percentiles(conn: Conn, headline_tier: str) -> None:
     """Compute the percentiles of up to :data:`BACKFILL_HOURS` hours stored before their table existed.
 
     Newest first, from the hourly rows as this transaction sees them (what
@@ -508,7 +536,9 @@ async def _backfill_percentiles(conn: Conn) -> None:
     oldest = newest - (BACKFILL_HOURS - 1) * HOUR
     rows = [decode_row(r) for r in await hist_queries.rows_between(conn, oldest, newest + HOUR)]
     hours = [oldest + i * HOUR for i in range(BACKFILL_HOURS)]
-    await percentile_queries.replace_hours(conn, hours, percentile_rows(rows), PERCENTILE_COLUMNS)
+    await percentile_queries.replace_hours(
+        conn, hours, percentile_rows(of_tier(rows, headline_tier)), PERCENTILE_COLUMNS
+    )
     next_hour = await percentile_queries.hist_hour_at_or_before(conn, oldest - HOUR)
     await percentile_queries.set_backfill_cursor(conn, next_hour)
 
