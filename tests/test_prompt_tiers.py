@@ -22,8 +22,9 @@ from routewatch.config.tiers import (
     nearest_standard_tier,
     parse_tier,
 )
-from routewatch.delivery.spool import encode_result
+from routewatch.delivery.spool import decode_result, encode_result
 from routewatch.probe.target import Canary, request_body
+from routewatch.probe.targets import plan
 from routewatch.probe.tier_prompt import WORDS, filler, tier_messages
 from routewatch.probe.tokens import estimate_tokens
 from routewatch.results.probe_result import ProbeResult
@@ -220,3 +221,23 @@ def test_a_pushed_result_carries_its_tier_as_a_label_and_defaults_to_the_short_t
     for bad, reason in (("10000", "is not written as a label ('10k')"), ("huge", "'huge' is not a tier")):
         with pytest.raises(RecordRejected, match=re.escape(reason)):
             read_record(_pushed(tier=bad), "eu", oldest=oldest, now=now)
+
+
+# ---------------------------------------------------------------- from the file to the probe and the spool
+
+
+@pytest.mark.unit
+def test_every_series_probes_with_its_prompts_tier() -> None:
+    config = parse_config(_config(prompt_entry(), {"name": "long", "tier": "10k"}), "probes.yaml")
+    series, _ = plan(config, {}, simulator_url="http://127.0.0.1:9")
+    tiers = {s.canary.name: (s.canary.tier, s.canary.tier_tokens) for s in series}
+    assert tiers == {"short": ("100", None), "long": ("10k", 10_000)}
+
+
+@pytest.mark.unit
+def test_a_spooled_result_keeps_its_tier_and_an_older_one_reads_as_the_short_tier() -> None:
+    result = probe_result(tier="1k")
+    assert decode_result(encode_result(result)).tier == "1k"
+    older = json.loads(encode_result(result))
+    del older["tier"]  # written by a release without tiers
+    assert decode_result(json.dumps(older).encode()).tier == "100"
