@@ -346,22 +346,30 @@ async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: st
     assert await write_batch(conn, [probe_result()]) == 1
 
 
-@pytest.mark.db
-async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncpg.Connection, mode: str) -> None:
-    """0011 on a database that already holds probes (compressed, in TimescaleDB mode): the old rows
-    read back with the new columns NULL, and the writer stores new rows beside them, in their chunk."""
-    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < 11])
+async def compressed_history_before(conn: asyncpg.Connection, mode: str, version: int, *, rows: int) -> datetime:
+    """The schema before ``version``, holding ``rows`` probes of five days ago, compressed in TimescaleDB
+    mode (as the release before ``version`` left them); their day."""
+    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < version])
     now = datetime.now(UTC)
     old_day = now - timedelta(days=5)
     await PartitionCache().ensure_for(conn, mode, [old_day, now])
     await conn.execute(
         "INSERT INTO probe_results (id, started_at, region, router, model, prompt, methodology, ok)"
         " SELECT gen_random_uuid(), $1::timestamptz + i * interval '1 minute', 'eu', 'r', 'm', 'p', 'm1', true"
-        " FROM generate_series(1, 50) AS i",
+        " FROM generate_series(1, $2) AS i",
         old_day,
+        rows,
     )
     compressed = await compress_old(conn, mode, timedelta(days=3), now=now)
     assert compressed == (1 if mode == "timescaledb" else 0)
+    return old_day
+
+
+@pytest.mark.db
+async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncpg.Connection, mode: str) -> None:
+    """0011 on a database that already holds probes (compressed, in TimescaleDB mode): the old rows
+    read back with the new columns NULL, and the writer stores new rows beside them, in their chunk."""
+    old_day = await compressed_history_before(conn, mode, 11, rows=50)
 
     report = await migrate(conn, mode=mode)
     assert report.applied == [m.label for m in load_migrations() if m.version >= 11]
@@ -371,3 +379,24 @@ async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncp
     assert await write_batch(conn, [late]) == 1
     row = await conn.fetchrow("SELECT dialect, attempts, fallbacks FROM probe_results WHERE id = $1", late.id)
     assert tuple(row) == ("litellm", 2, 0)
+
+
+@pytest.mark.db
+async def test_prompt_tiers_reach_old_compressed_rows_and_the_rollup_key(conn: asyncpg.Connection, mode: str) -> None:
+    """0012 on a database holding probes (compressed, in TimescaleDB mode) and hourly rows: the old
+    rows read as tier 100, new rows of another tier are stored beside them in their chunk, and the
+    rollup's key tells the tiers of one series-hour apart."""
+    old_day = await compressed_history_before(conn, mode, 12, rows=20)
+
+    assert (await migrate(conn, mode=mode)).applied[0] == "0012_prompt_tiers"
+    assert await conn.fetchval("SELECT count(*) FROM probe_results WHERE tier = '100'") == 20
+    late = probe_result(started_at=old_day + timedelta(seconds=30), prompt="long", tier="10k")
+    assert await write_batch(conn, [late]) == 1
+    assert await conn.fetchval("SELECT tier FROM probe_results WHERE id = $1", late.id) == "10k"
+    key = await conn.fetchval(
+        "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i"
+        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = 'probe_hist_hourly'::regclass AND i.indisprimary"
+    )
+    assert key == ["bucket", "router", "model", "provider", "region", "prompt", "methodology", "tier"]
