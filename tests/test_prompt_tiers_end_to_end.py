@@ -11,6 +11,7 @@ headline tier's alone (and to the other tier's when that is the headline).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -151,6 +152,12 @@ async def test_per_tier_ttft_differs_as_the_simulator_was_told_and_the_headline_
         by_tier = answer["by_tier"]
         assert by_tier["breakdown"]["tier"] == detail["breakdown"]["tier"]
     assert long["detail"]["windows"]["1h"]["ttft_p50_ms"] > 4 * short["detail"]["windows"]["1h"]["ttft_p50_ms"]
+    excerpt = {
+        "tier": window["tier"],
+        "ttft_p50_ms": window["ttft_p50_ms"],
+        "breakdown.tier": {t: {k: c[k] for k in ("ttft_p50_ms", "ttft_p95_ms", "samples")} for t, c in tiers.items()},
+    }
+    print(f"GET /v1/models/{MODEL} windows.1h (headline tier 100):", json.dumps(excerpt))
 
 
 @pytest.mark.parametrize(("headline", "state"), [("100", "operational"), ("10k", "degraded")])
