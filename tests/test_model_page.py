@@ -259,6 +259,7 @@ async def test_model_page_charts_profile_shares_and_snippets(seeded, pool, aioht
         assert {t: float(v) for t, v in got.items()} == want, chart_id
         assert want, chart_id  # the seed reaches every range
     assert 'data-window="1h"' in page and 'data-window="7d"' in page
+    assert "percentiles over ok probes of the 100-token prompt tier" in page, "the figures say which tier"
 
     # The time-of-day profile: 24 bars, each hour's seeded TTFT (within the histogram's resolution).
     bars = [a for t, a in tags if t == "rect" and "data-hour" in a]
