@@ -135,7 +135,7 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
         fault = None  # a stream-only fault has no effect on a whole answer, so none was injected
     record.fault = fault
     record.drawn_ttft_ms = ttft_ms
-    routing = route(profile, rng)
+    routing = route(profile, rng, record.prompt_tokens)
     plan = make_plan(
         profile,
         fault=fault,
