@@ -3,9 +3,9 @@
 A tier prompt's last user message becomes ``[probe <nonce>]``, then words
 drawn from a fixed table with a generator seeded by the nonce, then the
 message as configured (the instruction). The nonce opens the generated text
-and every word depends on it, so two probes differ from their first token:
-a prefix cache has nothing of one to reuse for the next, and an answer
-cache has never seen the question. The same nonce always gives the same
+and every word depends on it, so two probes differ from the nonce on: a
+prefix cache has nothing of one to reuse for the next, and an answer cache
+has never seen the question. The same nonce always gives the same
 text, so a test can check it.
 
 Every word of the table is three lowercase letters, sent with its leading
