@@ -424,6 +424,7 @@ def _aggregator(config: Config, reads: ReadPools, leadership: Leadership) -> Agg
         probe_interval_s=config.schedule.interval,
         maintenance=config.maintenance,
         max_providers=config.aggregator.max_providers_per_model,
+        headline_tier=config.headline_tier(),
         notify_targets=[t.name for t in config.notifications.targets],
         reads=reads,
         budget=BudgetKeeper(config.budget.usd_per_day, 86400 / config.schedule.interval),

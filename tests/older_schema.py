@@ -1,9 +1,10 @@
 """Writing a database as an older release left it, with this release's writer.
 
 The writer and the rollup refresh of this release write what migrations 0011
-(router dialects' columns), 0014 (cost columns and the daily spend table),
-0015 (reasoning tokens) and 0016 (the reported cost beside the computed one)
-add, and 0016 alters the model catalog of 0013. A test that builds the state of an older schema applies those of them
+(router dialects' columns), 0012 (the prompt tier, in the rollup's key too),
+0014 (cost columns and the daily spend table), 0015 (reasoning tokens) and
+0016 (the reported cost beside the computed one) add, and 0016 alters the
+model catalog of 0013. A test that builds the state of an older schema applies those of them
 the schema lacks while it writes, and removes what they added before
 upgrading, so the upgrade starts from exactly the older shape, with rows in it.
 """
@@ -25,6 +26,7 @@ LATER = {
         },
         (),
     ),
+    "0012_prompt_tiers": ({"probe_results": ("tier",), "probe_hist_hourly": ("tier",)}, ()),
     "0013_model_catalog": ({}, ("model_catalog",)),
     "0014_probe_cost": ({"probe_results": ("cached_input_tokens", "cost_usd")}, ("probe_cost_daily", "budget_pauses")),
     "0015_reasoning_tokens": ({"probe_results": ("reasoning_tokens",)}, ()),
@@ -40,6 +42,13 @@ LATER = {
             ),
         },
         (),
+    ),
+}
+# What dropping a migration's columns does not undo by itself: 0012 made the tier part of
+# the rollup's primary key, which goes with the column; the older key comes back.
+RESTORE = {
+    "0012_prompt_tiers": (
+        "ALTER TABLE probe_hist_hourly ADD PRIMARY KEY (bucket, router, model, provider, region, prompt, methodology)"
     ),
 }
 
@@ -59,3 +68,5 @@ async def writing_as_older_release(conn: Conn, mode: str, migrations: Sequence[M
             await conn.execute(f"ALTER TABLE {table} " + ", ".join(f"DROP COLUMN {c}" for c in names))
         for table in tables:
             await conn.execute(f"DROP TABLE {table}")
+        if m.label in RESTORE:
+            await conn.execute(RESTORE[m.label])

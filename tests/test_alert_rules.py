@@ -122,10 +122,10 @@ def test_the_shipped_numbers_are_the_documented_ones() -> None:
         for b in plan.burns
     ]
     assert got == [
-        ("1h", "5m", 14.4, "page", 0.72, 60, 44, 5, 4),
-        ("6h", "30m", 6.0, "page", 0.3, 360, 108, 30, 9),
-        ("1d", "2h", 3.0, "ticket", 0.15, 1440, 216, 120, 18),
-        ("3d", "6h", 1.0, "ticket", 0.05, 4320, 216, 360, 18),
+        ("1h", "5m", 14.4, "page", 0.72, 120, 87, 10, 8),
+        ("6h", "30m", 6.0, "page", 0.3, 720, 216, 60, 18),
+        ("1d", "2h", 3.0, "ticket", 0.15, 2880, 432, 240, 36),
+        ("3d", "6h", 1.0, "ticket", 0.05, 8640, 432, 720, 36),
     ]
     assert duration(plan.model_down_for_s) == "1m40s"
     # From the first failed probe to the page, at 15 s scrapes and evaluations and a 30 s group_wait.

@@ -114,8 +114,12 @@ def test_repository_config_summary() -> None:
     runs = 86400 / interval
     n_models = sum(len(r["models"]) for r in raw["routers"])
     prompts = raw["prompts"]
+    # A generated prompt is its tier's size (``1k``: 1,000 tokens); a written one ~4 characters a token.
     input_per_run = sum(
-        math.ceil(sum(len(m["content"]) for m in p["messages"]) / 4) + 4 * len(p["messages"]) for p in prompts
+        int(p["tier"].removesuffix("k")) * 1000
+        if "tier" in p
+        else math.ceil(sum(len(m["content"]) for m in p["messages"]) / 4) + 4 * len(p["messages"])
+        for p in prompts
     )
     output_per_run = sum(p["max_tokens"] for p in prompts)
     cost = sum(
@@ -164,11 +168,12 @@ def test_format_summary() -> None:
     text = format_summary(load_config(REPO_CONFIG), "probes.yaml")
     assert text == (
         "probes.yaml: OK\n"
-        "  1 router, 5 models, 1 prompt → 5 series\n"
-        "  14,400 probes/day at one every 30 s per series\n"
-        "  ≤ 1.84M output tokens/day, ~245K input tokens/day\n"
-        "  ≤ $2.98/day (prices for 3 of 5 models)\n"
-        "  dearest: anthropic/claude-haiku-4.5 $1.89, google/gemini-2.5-flash $0.94, openai/gpt-4.1-nano $0.15\n"
+        "  1 router, 5 models, 2 prompts → 10 series\n"
+        "  28,800 probes/day at one every 30 s per series\n"
+        "  prompt tiers: 100 (short), 1k (long); headline figures from tier 100\n"
+        "  ≤ 2.53M output tokens/day, ~14.6M input tokens/day\n"
+        "  ≤ $8.10/day (prices for 3 of 5 models)\n"
+        "  dearest: anthropic/claude-haiku-4.5 $5.46, google/gemini-2.5-flash $2.15, openai/gpt-4.1-nano $0.50\n"
         "  no price for 2 models: meta-llama/llama-3.3-70b-instruct, deepseek/deepseek-r1"
     )
 
@@ -518,7 +523,7 @@ def test_metrics_export_the_shortest_window_by_default_and_what_aggregator_metri
         ),
         (
             "aggregator:\n  metrics:\n    breakdowns: [model]\n",
-            "probes.yaml:10: aggregator.metrics.breakdowns[0]: Input should be 'provider' or 'region'",
+            "probes.yaml:10: aggregator.metrics.breakdowns[0]: Input should be 'provider', 'region' or 'tier'",
         ),
         (
             "aggregator:\n  metrics:\n    labels: [router]\n",

@@ -162,7 +162,7 @@ def expected_cell(counts: WindowCounts, prefix: str, per_slice: bool) -> dict[st
 
 
 def expected_stats(snap: Snapshot) -> dict[tuple[str, Labels], float]:
-    """Every stats sample of ``snap``, per model and per provider / region slice, in every window."""
+    """Every stats sample of ``snap``, per model and per provider / region / tier slice, in every window."""
     out: dict[tuple[str, Labels], float] = {}
     for window, per_model in snap.stats.items():
         for (router, model), stats in per_model.items():
@@ -178,7 +178,7 @@ def expected_stats(snap: Snapshot) -> dict[tuple[str, Labels], float]:
 
 
 def published_stats(s: Scrape) -> dict[tuple[str, Labels], float]:
-    names = {n for n in s.families if n.startswith(("routewatch_provider_", "routewatch_region_"))}
+    names = {n for n in s.families if n.startswith(("routewatch_provider_", "routewatch_region_", "routewatch_tier_"))}
     names |= {
         f"routewatch_{suffix}"
         for suffix in (
@@ -559,18 +559,20 @@ async def test_metrics_default_to_under_20_series_per_model_and_aggregator_metri
         assert _series_per_model(default) == {TWO_PROVIDERS: 13 + 4, ONE_PROVIDER: 13 + 4}
         assert all(n < 20 for n in _series_per_model(default).values())
         assert {dict(ls)["window"] for ls in default.labelsets("routewatch_ttft_p50_seconds")} == {"1h"}
-        assert not any(n.startswith(("routewatch_provider_", "routewatch_region_")) for n in default.families)
+        assert not any(
+            n.startswith(("routewatch_provider_", "routewatch_region_", "routewatch_tier_")) for n in default.families
+        )
 
         longer = await scrape_with("aggregator:\n  metrics:\n    windows: [7d, 1h]\n")
         assert _series_per_model(longer) == {TWO_PROVIDERS: 2 * 13 + 4, ONE_PROVIDER: 2 * 13 + 4}
 
         everything = await scrape_with(
-            "aggregator:\n  metrics:\n    windows: [1h, 24h, 7d]\n    breakdowns: [provider, region]\n"
+            "aggregator:\n  metrics:\n    windows: [1h, 24h, 7d]\n    breakdowns: [provider, region, tier]\n"
         )
-        # Per window: 13 per model, 9 per provider (two, or one), 9 for the one region.
+        # Per window: 13 per model, 9 per provider (two, or one), 9 for the one region, 9 for the one tier.
         assert _series_per_model(everything) == {
-            TWO_PROVIDERS: 3 * (13 + 9 * 2 + 9) + 4,
-            ONE_PROVIDER: 3 * (13 + 9 + 9) + 4,
+            TWO_PROVIDERS: 3 * (13 + 9 * 2 + 9 + 9) + 4,
+            ONE_PROVIDER: 3 * (13 + 9 + 9 + 9) + 4,
         }
         assert published_stats(everything) == expected_stats(aggregator.snapshot)
         # Fewer series, the same figures: the default is a subset of the whole.

@@ -51,6 +51,7 @@ LABELS = [
     "0009_hour_percentiles",
     "0010_notification_outbox",
     "0011_router_dialects",
+    "0012_prompt_tiers",
     "0013_model_catalog",
     "0014_probe_cost",
     "0015_reasoning_tokens",
@@ -69,6 +70,7 @@ SHARED_LABELS = {
     "0008_hist_changes",
     "0010_notification_outbox",
     "0011_router_dialects",
+    "0012_prompt_tiers",
     "0013_model_catalog",
     "0014_probe_cost",
     "0015_reasoning_tokens",
@@ -87,7 +89,7 @@ def test_packaged_migrations_have_both_variants() -> None:
     assert [m.label for m in migrations] == LABELS
     for m in migrations:
         assert set(m.sql) == {"plain", "timescaledb"}
-        # 0003 to 0008, 0010, 0011 and 0013 to 0016 are shared files: plain tables in both modes.
+        # 0003 to 0008 and 0010 to 0016 are shared files: plain tables in both modes.
         if m.label in SHARED_LABELS:
             assert m.sql["plain"] == m.sql["timescaledb"]
         else:
@@ -307,26 +309,10 @@ async def test_the_writer_path_works_after_migrate(conn: asyncpg.Connection, mod
         assert {r["part"] for r in placed} == {partition_name(partition_day(r.started_at)) for r in results}
 
 
-async def _compressed_history_before(conn: asyncpg.Connection, mode: str, version: int) -> datetime:
-    """Migrate to just before ``version``, add two probes 5 and 6 days old, compressed in TimescaleDB; now."""
-    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < version])
-    now = datetime.now(UTC)
-    old = [now - timedelta(days=d) for d in (5, 6)]
-    await ensure_partitions(conn, mode, partition_day(old[-1]), partition_day(now))
-    for at in old:
-        await conn.execute(
-            "INSERT INTO probe_results (id, started_at, region, router, model, prompt, methodology, ok)"
-            " VALUES (gen_random_uuid(), $1, 'eu', 'sim', 'm/a', 'short', 'm1', true)",
-            at,
-        )
-    if mode == "timescaledb":
-        assert await compress_old(conn, mode, timedelta(days=3), now=now) >= 1
-    return now
-
-
 @pytest.mark.db
 async def test_probe_cost_is_added_to_a_database_with_compressed_history(conn: asyncpg.Connection, mode: str) -> None:
-    now = await _compressed_history_before(conn, mode, 14)  # written by a version without the cost columns
+    await compressed_history_before(conn, mode, 14, rows=2)  # written by a version without the cost columns
+    now = datetime.now(UTC)
     up_to_cost = [m for m in load_migrations() if m.version <= 14]
     assert (await migrate(conn, mode=mode, migrations=up_to_cost)).applied == ["0014_probe_cost"]
     costs = await conn.fetch("SELECT cost_usd, cached_input_tokens FROM probe_results")
@@ -366,7 +352,8 @@ async def test_reported_cost_columns_are_added_to_a_day_already_counted(conn: as
 async def test_reasoning_tokens_are_added_to_a_database_with_compressed_history(
     conn: asyncpg.Connection, mode: str
 ) -> None:
-    now = await _compressed_history_before(conn, mode, 15)
+    await compressed_history_before(conn, mode, 15, rows=2)
+    now = datetime.now(UTC)
     up_to_reasoning = [m for m in load_migrations() if m.version <= 15]
     assert (await migrate(conn, mode=mode, migrations=up_to_reasoning)).applied == ["0015_reasoning_tokens"]
     counts = await conn.fetch("SELECT reasoning_tokens FROM probe_results")
@@ -396,22 +383,30 @@ async def test_ensure_schema_wraps_migrate(conn: asyncpg.Connection, db_mode: st
     assert await write_batch(conn, [probe_result()]) == 1
 
 
-@pytest.mark.db
-async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncpg.Connection, mode: str) -> None:
-    """0011 on a database that already holds probes (compressed, in TimescaleDB mode): the old rows
-    read back with the new columns NULL, and the writer stores new rows beside them, in their chunk."""
-    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < 11])
+async def compressed_history_before(conn: asyncpg.Connection, mode: str, version: int, *, rows: int) -> datetime:
+    """The schema before ``version``, holding ``rows`` probes of five days ago, compressed in TimescaleDB
+    mode (as the release before ``version`` left them); their day."""
+    await migrate(conn, mode=mode, migrations=[m for m in load_migrations() if m.version < version])
     now = datetime.now(UTC)
     old_day = now - timedelta(days=5)
     await PartitionCache().ensure_for(conn, mode, [old_day, now])
     await conn.execute(
         "INSERT INTO probe_results (id, started_at, region, router, model, prompt, methodology, ok)"
         " SELECT gen_random_uuid(), $1::timestamptz + i * interval '1 minute', 'eu', 'r', 'm', 'p', 'm1', true"
-        " FROM generate_series(1, 50) AS i",
+        " FROM generate_series(1, $2) AS i",
         old_day,
+        rows,
     )
     compressed = await compress_old(conn, mode, timedelta(days=3), now=now)
     assert compressed == (1 if mode == "timescaledb" else 0)
+    return old_day
+
+
+@pytest.mark.db
+async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncpg.Connection, mode: str) -> None:
+    """0011 on a database that already holds probes (compressed, in TimescaleDB mode): the old rows
+    read back with the new columns NULL, and the writer stores new rows beside them, in their chunk."""
+    old_day = await compressed_history_before(conn, mode, 11, rows=50)
 
     report = await migrate(conn, mode=mode)
     assert report.applied == [m.label for m in load_migrations() if m.version >= 11]
@@ -421,3 +416,24 @@ async def test_router_dialect_columns_reach_old_and_compressed_rows(conn: asyncp
     assert await write_batch(conn, [late]) == 1
     row = await conn.fetchrow("SELECT dialect, attempts, fallbacks FROM probe_results WHERE id = $1", late.id)
     assert tuple(row) == ("litellm", 2, 0)
+
+
+@pytest.mark.db
+async def test_prompt_tiers_reach_old_compressed_rows_and_the_rollup_key(conn: asyncpg.Connection, mode: str) -> None:
+    """0012 on a database holding probes (compressed, in TimescaleDB mode) and hourly rows: the old
+    rows read as tier 100, new rows of another tier are stored beside them in their chunk, and the
+    rollup's key tells the tiers of one series-hour apart."""
+    old_day = await compressed_history_before(conn, mode, 12, rows=20)
+
+    assert (await migrate(conn, mode=mode)).applied[0] == "0012_prompt_tiers"
+    assert await conn.fetchval("SELECT count(*) FROM probe_results WHERE tier = '100'") == 20
+    late = probe_result(started_at=old_day + timedelta(seconds=30), prompt="long", tier="10k")
+    assert await write_batch(conn, [late]) == 1
+    assert await conn.fetchval("SELECT tier FROM probe_results WHERE id = $1", late.id) == "10k"
+    key = await conn.fetchval(
+        "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i"
+        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = 'probe_hist_hourly'::regclass AND i.indisprimary"
+    )
+    assert key == ["bucket", "router", "model", "provider", "region", "prompt", "methodology", "tier"]

@@ -191,7 +191,7 @@ async def test_model_json_is_the_listing_entry_with_every_window(seeded, aiohttp
     assert body["routers"] == [ROUTER] and body["window"] == "7d" and body["state"] == "operational"
     assert list(body["windows"]) == list(WINDOWS)
     week = body["windows"]["7d"]
-    assert set(week["breakdown"]) == {"provider", "region"}
+    assert set(week["breakdown"]) == {"provider", "region", "tier"}
     providers = week["breakdown"]["provider"]
     assert {"Alpha", "Beta"} <= set(providers)
     assert sum(c["samples"]["attempted"] for c in providers.values()) == week["samples"]["attempted"]
@@ -288,6 +288,7 @@ async def test_model_page_charts_profile_shares_and_snippets(seeded, pool, aioht
             hour.window_start,
         )
     assert counts.attempts == probed - BUDGET_EXHAUSTED, "they are not attempts"
+    assert "percentiles over ok probes of the 100-token prompt tier" in page, "the figures say which tier"
 
     # The time-of-day profile: 24 bars, each hour's seeded TTFT (within the histogram's resolution).
     bars = [a for t, a in tags if t == "rect" and "data-hour" in a]

@@ -137,7 +137,7 @@ def key_of(row: asyncpg.Record, key: CellKey) -> bool:
 
 async def exact_rows(conn: asyncpg.Connection, start: datetime) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT router, model, provider, region, ttft_ms, ttfat_ms, output_tps FROM probe_results"
+        "SELECT router, model, provider, region, tier, ttft_ms, ttfat_ms, output_tps FROM probe_results"
         " WHERE started_at >= $1 AND ok AND NOT prober_overloaded",
         start,
     )
@@ -157,8 +157,9 @@ async def test_percentiles_match_numpy_within_one_percent(conn: asyncpg.Connecti
     for name, seconds in WINDOWS.items():
         rows = await exact_rows(conn, window_start(now, seconds))
         cells = stats[name]
-        # 3 models, 5 (model, provider) and 4 (model, region) cells, all with data in every window.
-        assert len(cells) == 3 + 5 + 4
+        # 3 models, 5 (model, provider), 4 (model, region) and 3 (model, tier) cells (every
+        # probe of one tier), all with data in every window.
+        assert len(cells) == 3 + 5 + 4 + 3
         for key, cell in cells.items():
             mine = [r for r in rows if key_of(r, key)]
             assert cell.counts.ok == len(mine), (name, key)
@@ -176,7 +177,7 @@ async def test_percentiles_match_numpy_within_one_percent(conn: asyncpg.Connecti
                 if ci is not None:
                     assert ci[0] <= exact <= ci[1], (name, key, column, q, ci, exact)
                 checked += 1
-    assert checked == len(WINDOWS) * 12 * 5
+    assert checked == len(WINDOWS) * 15 * 5
     print(f"worst relative error over {checked} percentiles: {worst:.5f}")
 
 
@@ -321,8 +322,9 @@ async def test_aggregator_publishes_intervals_and_breakdowns(db_dsn: str) -> Non
     lo, hi = body["ci95"]["ttft_p50_ms"]
     assert lo <= body["ttft_p50_ms"] <= hi
     assert sum(body["errors_by_class"].values()) == body["samples"]["failed"]
-    assert set(body["breakdown"]) == {"provider", "region"}
+    assert set(body["breakdown"]) == {"provider", "region", "tier"}
     assert set(body["breakdown"]["provider"]) == {"P1", "P2"}
+    assert set(body["breakdown"]["tier"]) == {"100"}, "every probe of a hand-written short prompt"
     assert sum(c["samples"]["ok"] for c in body["breakdown"]["region"].values()) == body["samples"]["ok"]
     assert stats.window_start == floor_hour(snap.updated_at) - timedelta(hours=168)
     empty = snap.stats["7d"][("r", "m/configured-only")].as_json()

@@ -323,6 +323,7 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
         and f'$0.10/M input tokens · via <span class="router">{ROUTER}' in nano
     )
     assert f"#{OPEN_ID} Down" in page and f"#{CLOSED_ID} Degraded" in page and f"#{MAINTENANCE_ID} Down" in page
+    assert "p50 = median over the last 7d, of the 100-token prompt tier." in page, "the figures say which tier"
 
     again = await client.get("/status", headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status == 304 and await again.read() == b""

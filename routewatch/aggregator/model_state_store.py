@@ -35,6 +35,7 @@ from routewatch.aggregator.model_state import (
 )
 from routewatch.aggregator.rollup import RefreshReport
 from routewatch.config import MaintenanceWindow, SLOConfig
+from routewatch.config.tiers import DEFAULT_TIER
 from routewatch.results.probe_result import NOT_ROUTER_FAULTS
 from routewatch.storage import model_state_queries as queries
 from routewatch.storage.connection import Conn
@@ -101,7 +102,10 @@ class RecentProbes:
     saw).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, headline_tier: str = DEFAULT_TIER) -> None:
+        """Only probes of ``headline_tier`` carry their TTFT into the status: a longer prompt's
+        first token is slower by design, and slo.ttft_p95_ms is a target for the headline's."""
+        self._headline_tier = headline_tier
         self._by_model: dict[str, list[Observation]] = {}
         self._ids: set[int] = set()
         self._since: datetime | None = None
@@ -152,11 +156,12 @@ class RecentProbes:
             if key in self._ids:
                 continue
             self._ids.add(key)
+            ttft = r["ttft_ms"] if r["tier"] == self._headline_tier else None
             obs = Observation(
                 r["model"],
                 r["started_at"],
                 r["ok"],
-                r["ttft_ms"],
+                ttft,
                 r["prober_overloaded"],
                 key,
                 r["attempts"],
@@ -195,16 +200,18 @@ class StatusTracker:
         *,
         refresh_s: float = 0.0,
         notify_targets: Sequence[str] = (),
+        headline_tier: str = DEFAULT_TIER,
     ) -> None:
         """``interval_s`` is the probe schedule interval; ``refresh_s`` the aggregator's.
         ``notify_targets``: the notification targets every incident open and close is
-        queued for, with the incident itself (``storage.outbox_queries``)."""
+        queued for, with the incident itself (``storage.outbox_queries``). ``headline_tier``:
+        the prompt tier whose TTFT is judged against ``slo.ttft_p95_ms`` (see RecentProbes)."""
         self._refresh_s = refresh_s
         self._notify_targets = tuple(notify_targets)
         self.reconfigure(slo, interval_s, maintenance)
         self._statuses: dict[str, ModelStatus] | None = None  # None: load from the table first
         self._book = IncidentBook()
-        self.recent = RecentProbes()
+        self.recent = RecentProbes(headline_tier)
 
     def reconfigure(self, slo: SLOConfig, interval_s: float, maintenance: Sequence[MaintenanceWindow] = ()) -> None:
         """Judge with these targets, probe interval and maintenance windows from the next evaluation on."""

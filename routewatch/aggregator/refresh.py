@@ -37,6 +37,7 @@ from routewatch.aggregator.rollup import CellKey, RefreshReport, floor_hour, ref
 from routewatch.aggregator.sliding import SlidingWindows
 from routewatch.aggregator.stats import CellStats, ModelStats, WindowCounts
 from routewatch.config import MaintenanceWindow, SLOConfig
+from routewatch.config.tiers import DEFAULT_TIER
 from routewatch.storage import catalog_queries, hist_queries
 from routewatch.storage.catalog_queries import CatalogRow
 from routewatch.storage.clock import db_now
@@ -99,9 +100,15 @@ def _empty(key: SeriesKey) -> WindowCounts:
 
 
 def _window_stats(
-    name: str, now: datetime, seconds: float, cells: Mapping[CellKey, CellStats], models: Sequence[SeriesKey]
+    name: str,
+    now: datetime,
+    seconds: float,
+    cells: Mapping[CellKey, CellStats],
+    models: Sequence[SeriesKey],
+    headline_tier: str,
 ) -> dict[SeriesKey, ModelStats]:
-    """Each of ``models``' published stats over one window, from that window's cells."""
+    """Each of ``models``' published stats over one window, from that window's cells
+    (the model cells are of ``headline_tier``, see ``rollup.cell_keys``)."""
     start = window_start(now, seconds)
     breakdowns: dict[SeriesKey, dict[str, dict[str, CellStats]]] = {}
     for cell_key, slice_ in cells.items():
@@ -121,6 +128,7 @@ def _window_stats(
             cell.counts if cell is not None else _empty(key),
             cell=cell,
             breakdown=breakdowns.get(key, {}),
+            tier=headline_tier,
         )
     return out
 
@@ -156,6 +164,7 @@ class Aggregator:
         probe_interval_s: float | None = None,
         maintenance: Sequence[MaintenanceWindow] = (),
         max_providers: int = DEFAULT_MAX_PROVIDERS,
+        headline_tier: str = DEFAULT_TIER,
         clock: Callable[[], datetime] | None = None,
         notify_targets: Sequence[str] = (),
         reads: ReadPools | None = None,
@@ -170,7 +179,8 @@ class Aggregator:
         refreshing process also evaluates model status, incidents and daily
         uptime (``model_state_store``); every process publishes them as ``status``.
         ``max_providers``: named providers per model at most, the rest counted
-        as ``other`` (``provider_cap``). ``clock`` gives each refresh's time
+        as ``other`` (``provider_cap``). ``headline_tier``: the prompt tier the model's headline
+        figures come from (``rollup.cell_keys``). ``clock`` gives each refresh's time
         instead of the database's clock (a benchmark pins it). ``notify_targets``: the
         notification targets each incident open and close is queued for. ``reads``: where
         a standby reads (a read replica's pool while it answers, see ``storage.read_pools``);
@@ -194,11 +204,17 @@ class Aggregator:
             if probe_interval_s is None:
                 raise ValueError("status needs the probe schedule interval (probe_interval_s) with slo")
             self._status = StatusTracker(
-                slo, probe_interval_s, maintenance, refresh_s=interval_s, notify_targets=notify_targets
+                slo,
+                probe_interval_s,
+                maintenance,
+                refresh_s=interval_s,
+                notify_targets=notify_targets,
+                headline_tier=headline_tier,
             )
         self._max_providers = max_providers
         self._clock = clock
-        self._sliding = SlidingWindows(self._windows, max_providers)
+        self._headline_tier = headline_tier
+        self._sliding = SlidingWindows(self._windows, max_providers, headline_tier)
         self._led_last = False  # whether the previous refresh was the leader's
         self._pruned_hour: datetime | None = None  # the hour probe_hist_changes was last pruned in
         # Without a budget, today's spend is still read for the API and /metrics.
@@ -311,6 +327,7 @@ class Aggregator:
                     retention=self._retention,
                     known=self._sliding.known_hour(),
                     max_providers=self._max_providers,
+                    headline_tier=self._headline_tier,
                     label_hours=max((window_hours(s) for s in self._windows.values()), default=1),
                 )
                 now = report.now
@@ -334,7 +351,7 @@ class Aggregator:
             catalog = {(row.router, row.model): row for row in await catalog_queries.read_catalog(conn, seen)}
         laps.lap("windows")
         stats = {
-            name: _window_stats(name, now, seconds, cells.get(name, {}), seen)
+            name: _window_stats(name, now, seconds, cells.get(name, {}), seen, self._headline_tier)
             for name, seconds in self._windows.items()
         }
         laps.lap("snapshot")

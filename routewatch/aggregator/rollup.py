@@ -1,7 +1,7 @@
 """Hourly histogram rollups: incremental refresh and window merges.
 
 ``probe_hist_hourly`` (migration 0003) holds, per UTC hour and series
-(router, model, provider, region, prompt, methodology), the counts and the
+(router, model, provider, region, prompt, methodology, tier), the counts and the
 mergeable log-bucket histograms (``sketch.Histogram``) of TTFT, TTFAT and
 output tokens/s. Two steps use it:
 
@@ -70,6 +70,7 @@ from routewatch.aggregator.provider_cap import (
 )
 from routewatch.aggregator.sketch import Histogram, QuantileTable, bucket_indices, grouped_histograms, quantile_table
 from routewatch.aggregator.stats import CellStats, RetryStats, WindowCounts
+from routewatch.config.tiers import DEFAULT_TIER
 from routewatch.results.probe_result import NOT_ROUTER_FAULTS
 from routewatch.storage import hist_queries, ingest_log, percentile_queries
 from routewatch.storage.clock import db_now
@@ -110,7 +111,7 @@ REPORT_BATCHES = 20_000
 BATCH_PIECE = 10_000
 
 # Breakdown dimensions of window_stats keys.
-BREAKDOWNS = ("provider", "region")
+BREAKDOWNS = ("provider", "region", "tier")
 
 # Keys of window_stats: (router, model) or (router, model, dimension, value).
 CellKey = tuple[str, ...]
@@ -198,6 +199,7 @@ async def refresh_hist(
     chunk_rows: float = CHUNK_ROWS,
     report_rows: float = REPORT_ROWS,
     report_batches: float = REPORT_BATCHES,
+    headline_tier: str = DEFAULT_TIER,
 ) -> RefreshReport:
     """Take every batch not yet in probe_hist_hourly into it; report what changed.
 
@@ -235,12 +237,24 @@ async def refresh_hist(
     ``report_batches`` (``batches_omitted`` otherwise). ``math.inf`` for all three reads every
     recomputed hour into one list and reports every row and batch, as the
     refresh did before it was bounded (kept for the benchmark to compare).
+
+    The SQL-readable percentiles (``probe_percentiles_hourly``) written with
+    the rows are of ``headline_tier``'s rows only, as the API's headline is.
     """
     if not chunk_rows >= 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     async with hist_queries.refresh_transaction(conn):
         report = await _refresh(
-            conn, retention, now, known, max_providers, label_hours, chunk_rows, report_rows, report_batches
+            conn,
+            retention,
+            now,
+            known,
+            max_providers,
+            label_hours,
+            chunk_rows,
+            report_rows,
+            report_batches,
+            headline_tier,
         )
     log.debug("hist refresh: %s", report)
     for router, model in report.capped:  # committed: the "other" rows now in the table keep it to once
@@ -266,6 +280,7 @@ async def _refresh(
     chunk_rows: float,
     report_rows: float,
     report_batches: float,
+    headline_tier: str,
 ) -> RefreshReport:
     if now is None:
         now = await db_now(conn)
@@ -289,7 +304,7 @@ async def _refresh(
     cap.admit(await _first_seen(conn, hours, new_raw, max_providers))
     # Any earlier hour: recomputed whole, a bounded number of raw rows at a time.
     keep = math.inf if len(hours) <= REPORT_HOURS else report_rows
-    redone = await _recompute(conn, hours, cap.label, chunk_rows, keep)
+    redone = await _recompute(conn, hours, cap.label, chunk_rows, keep, headline_tier)
 
     delta = {series_key(h): h for h in _hourly_rows(new_raw, cap.label)}
     if known is not None and known.generation == generation_before and known.hour == current:
@@ -316,8 +331,9 @@ async def _refresh(
     # The percentiles of every model whose rows changed, from all its rows of the hour.
     models = {(h.router, h.model) for h in changed}
     model_rows = [h for h in now_rows if (h.router, h.model) in models]
-    await percentile_queries.replace_models(conn, current, models, percentile_rows(model_rows), PERCENTILE_COLUMNS)
-    await _backfill_percentiles(conn)
+    records = percentile_rows(of_tier(model_rows, headline_tier))
+    await percentile_queries.replace_models(conn, current, models, records, PERCENTILE_COLUMNS)
+    await _backfill_percentiles(conn, headline_tier)
 
     await ingest_log.mark_taken(conn, now)
     return RefreshReport(
@@ -418,6 +434,7 @@ class _Recomputed:
     """What :func:`_recompute` did; ``written``/``replaced`` None once more than ``keep`` in all."""
 
     keep: float
+    headline_tier: str  # the tier of the percentiles written with the rows
     raw_rows: int = 0
     series_hours: int = 0
     written: list[HourRow] | None = field(default_factory=list)
@@ -425,7 +442,12 @@ class _Recomputed:
 
 
 async def _recompute(
-    conn: Conn, hours: Sequence[datetime], provider_of: ProviderOf, chunk_rows: float, keep: float
+    conn: Conn,
+    hours: Sequence[datetime],
+    provider_of: ProviderOf,
+    chunk_rows: float,
+    keep: float,
+    headline_tier: str,
 ) -> _Recomputed:
     """Recompute ``hours`` whole from the raw rows, holding at most ``chunk_rows`` of them at once.
 
@@ -436,7 +458,7 @@ async def _recompute(
     while they are at most ``keep`` rows in all. An infinite ``chunk_rows``
     reads each run as one unordered list.
     """
-    done = _Recomputed(keep)
+    done = _Recomputed(keep, headline_tier)
     for start, end in _hour_ranges(hours):
         partial: dict[datetime, dict[HourKey, HourRow]] = {}  # per hour, per series: the rows so far
         written_to = start  # the hours before it are written
@@ -492,11 +514,18 @@ async def _write_hours(
         else:  # too many to report: the report says so instead
             done.replaced = done.written = None
     await hist_queries.copy_rows(conn, [encode_row(h) for h in rows])
-    await percentile_queries.replace_hours(conn, hours, percentile_rows(rows), PERCENTILE_COLUMNS)
+    records = percentile_rows(of_tier(rows, done.headline_tier))
+    await percentile_queries.replace_hours(conn, hours, records, PERCENTILE_COLUMNS)
     done.series_hours += len(rows)
 
 
-async def _backfill_percentiles(conn: Conn) -> None:
+def of_tier(rows: Iterable[HourRow], tier: str) -> list[HourRow]:
+    """The rows of prompt tier ``tier``: probe_percentiles_hourly holds the headline tier's
+    figures, so that Grafana's lines and the model page's profile are the API's headline."""
+    return [h for h in rows if h.tier == tier]
+
+
+async def _backfill_percentiles(conn: Conn, headline_tier: str) -> None:
     """Compute the percentiles of up to :data:`BACKFILL_HOURS` hours stored before their table existed.
 
     Newest first, from the hourly rows as this transaction sees them (what
@@ -508,7 +537,9 @@ async def _backfill_percentiles(conn: Conn) -> None:
     oldest = newest - (BACKFILL_HOURS - 1) * HOUR
     rows = [decode_row(r) for r in await hist_queries.rows_between(conn, oldest, newest + HOUR)]
     hours = [oldest + i * HOUR for i in range(BACKFILL_HOURS)]
-    await percentile_queries.replace_hours(conn, hours, percentile_rows(rows), PERCENTILE_COLUMNS)
+    await percentile_queries.replace_hours(
+        conn, hours, percentile_rows(of_tier(rows, headline_tier)), PERCENTILE_COLUMNS
+    )
     next_hour = await percentile_queries.hist_hour_at_or_before(conn, oldest - HOUR)
     await percentile_queries.set_backfill_cursor(conn, next_hour)
 
@@ -542,13 +573,13 @@ async def _label_cap(
     return LabelCap(limit, stored)
 
 
-# (bucket, router, model, provider, region, prompt, methodology): HourRow's leading fields.
-HourKey = tuple[datetime, str, str, str, str, str, str]
+# (bucket, router, model, provider, region, prompt, methodology, tier): HourRow's leading fields.
+HourKey = tuple[datetime, str, str, str, str, str, str, str]
 
 
 def series_key(h: HourRow) -> HourKey:
-    """(bucket, router, model, provider, region, prompt, methodology): one probe_hist_hourly row's key."""
-    return (h.bucket, h.router, h.model, h.provider, h.region, h.prompt, h.methodology)
+    """(bucket, router, model, provider, region, prompt, methodology, tier): one probe_hist_hourly row's key."""
+    return (h.bucket, h.router, h.model, h.provider, h.region, h.prompt, h.methodology, h.tier)
 
 
 def encode_row(h: HourRow) -> tuple[Any, ...]:
@@ -608,6 +639,7 @@ def combine(a: HourRow, b: HourRow, sign: int = 1) -> HourRow:
         a.region,
         a.prompt,
         a.methodology,
+        a.tier,
         a.attempts + sign * b.attempts,
         a.ok + sign * b.ok,
         a.rate_limited + sign * b.rate_limited,
@@ -665,7 +697,16 @@ def _hourly_rows(raw: Sequence[asyncpg.Record], provider_of: ProviderOf = _uncap
     group = np.empty(n, dtype=np.int64)
     for i, r in enumerate(raw):
         provider = provider_of(r["router"], r["model"], r["provider"])
-        key: HourKey = (r["bucket"], r["router"], r["model"], provider, r["region"], r["prompt"], r["methodology"])
+        key: HourKey = (
+            r["bucket"],
+            r["router"],
+            r["model"],
+            provider,
+            r["region"],
+            r["prompt"],
+            r["methodology"],
+            r["tier"],
+        )
         g = index.get(key)
         if g is None:
             g = index[key] = len(keys)
@@ -764,6 +805,7 @@ class HourRow:
     region: str
     prompt: str
     methodology: str
+    tier: str  # the prompt's input-length tier (migration 0012)
     attempts: int
     ok: int
     rate_limited: int
@@ -802,6 +844,7 @@ def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
         r["region"],
         r["prompt"],
         r["methodology"],
+        r["tier"],
         r["attempts"],
         r["ok"],
         r["rate_limited"],
@@ -824,12 +867,21 @@ def decode_row(r: asyncpg.Record | Mapping[str, Any]) -> HourRow:
     )
 
 
-def cell_keys(router: str, model: str, provider: str, region: str) -> list[CellKey]:
-    """The window_stats keys one series-hour contributes to; a stored ``''`` provider is ``unknown``."""
+def cell_keys(h: HourRow, headline_tier: str) -> list[CellKey]:
+    """The window_stats keys one series-hour contributes to; a stored ``''`` provider is ``unknown``.
+
+    Every row counts in its tier's cell. Only rows of ``headline_tier`` count
+    in the model's headline cell and its provider and region cells, so a
+    10k-token prompt's slower first token never raises the headline TTFT.
+    """
+    tier_cell: CellKey = (h.router, h.model, BREAKDOWNS[2], h.tier)
+    if h.tier != headline_tier:
+        return [tier_cell]
     return [
-        (router, model),
-        (router, model, BREAKDOWNS[0], provider_label(provider)),
-        (router, model, BREAKDOWNS[1], region),
+        (h.router, h.model),
+        (h.router, h.model, BREAKDOWNS[0], provider_label(h.provider)),
+        (h.router, h.model, BREAKDOWNS[1], h.region),
+        tier_cell,
     ]
 
 
@@ -976,11 +1028,13 @@ async def window_stats(
     windows: Mapping[str, float],
     now: datetime,
     max_providers: int = DEFAULT_MAX_PROVIDERS,
+    headline_tier: str = DEFAULT_TIER,
 ) -> dict[str, dict[CellKey, CellStats]]:
     """Stats per window (name -> seconds) per key, merged from probe_hist_hourly.
 
-    Keys: ``(router, model)``, ``(router, model, "provider", p)`` and
-    ``(router, model, "region", r)``; a key appears in a window only when it
+    Keys: ``(router, model)``, ``(router, model, "provider", p)``,
+    ``(router, model, "region", r)`` (those three of ``headline_tier`` alone) and
+    ``(router, model, "tier", t)``; a key appears in a window only when it
     has rows there. Windows are hour-aligned (see the module docstring) and
     include the current partial hour as last refreshed by :func:`refresh_hist`:
     call that first. The hourly rows of the longest window are read once.
@@ -995,7 +1049,7 @@ async def window_stats(
     by_key: dict[CellKey, list[HourRow]] = defaultdict(list)
     for r in rows:
         h = decode_row(r)
-        for key in cell_keys(h.router, h.model, h.provider, h.region):
+        for key in cell_keys(h, headline_tier):
             by_key[key].append(h)
     return {
         name: cells_stats(

@@ -81,6 +81,7 @@ from routewatch.aggregator.rollup import (
 from routewatch.aggregator.sketch import Histogram
 from routewatch.aggregator.stats import CellStats
 from routewatch.aggregator.window_arrays import WindowArrays
+from routewatch.config.tiers import DEFAULT_TIER
 from routewatch.storage import hist_queries
 from routewatch.storage.connection import Conn
 
@@ -153,9 +154,16 @@ def _same_sums(a: HourRow, b: HourRow) -> bool:
 class SlidingWindows:
     """Per window and cell, the sum of the window's complete hours (see the module docstring)."""
 
-    def __init__(self, windows: Mapping[str, float], max_providers: int = DEFAULT_MAX_PROVIDERS) -> None:
+    def __init__(
+        self,
+        windows: Mapping[str, float],
+        max_providers: int = DEFAULT_MAX_PROVIDERS,
+        headline_tier: str = DEFAULT_TIER,
+    ) -> None:
         """``windows``: name -> length in seconds, hour-aligned like ``rollup.window_start``;
-        ``max_providers``: named provider cells per model at most (``provider_cap.cap_cells``)."""
+        ``max_providers``: named provider cells per model at most (``provider_cap.cap_cells``);
+        ``headline_tier``: the prompt tier of the model cells (``rollup.cell_keys``)."""
+        self._headline_tier = headline_tier
         self._lengths = {name: window_hours(seconds) for name, seconds in windows.items()}
         self._longest = max(self._lengths.values(), default=1)
         self._keep = min(RECENT_HOURS, self._longest)
@@ -175,7 +183,7 @@ class SlidingWindows:
         # figures are computed once (see rollup.cells_stats).
         self._aliases: dict[str, set[CellKey]] = {}
         # Per window, the sums plus the current hour as arrays over all cells: what stats() reads.
-        self._arrays = WindowArrays(max_providers)
+        self._arrays = WindowArrays(max_providers, headline_tier)
         self.rebuilds = 0  # how often the sums were read from the table whole
         self.follows = 0  # how often they followed the table without a rebuild
 
@@ -359,7 +367,7 @@ class SlidingWindows:
         """stats() merged from the rows, provider cells capped (``provider_cap.cap_cells``)."""
         current_by_key: dict[CellKey, list[HourRow]] = {}
         for h in self._now_rows:
-            for key in cell_keys(h.router, h.model, h.provider, h.region):
+            for key in cell_keys(h, self._headline_tier):
                 current_by_key.setdefault(key, []).append(h)
         per_window: list[dict[CellKey, Sequence[HourRow]]] = []
         for name, sums in self._sums.items():
@@ -383,7 +391,7 @@ class SlidingWindows:
         for name in windows:
             sums = self._sums[name]
             for h in rows:
-                for key in cell_keys(h.router, h.model, h.provider, h.region):
+                for key in cell_keys(h, self._headline_tier):
                     acc = sums.get(key)
                     if acc is not None:
                         sums[key] = combine(acc, h, sign)
@@ -396,7 +404,7 @@ class SlidingWindows:
 
     def _spans(self, rows: Iterable[HourRow]) -> None:
         for h in rows:
-            for key in cell_keys(h.router, h.model, h.provider, h.region):
+            for key in cell_keys(h, self._headline_tier):
                 self._cells.setdefault(key, _CellHours()).put(h.bucket, h.first, h.last)
 
     def _settle(self, touched: set[tuple[str, CellKey]], current: datetime) -> None:
@@ -430,7 +438,7 @@ class SlidingWindows:
             touched |= self._apply([h for h in old if h.bucket >= start], -1, [name])
             touched |= self._apply([h for h in new if h.bucket >= start], +1, [name])
         for h in old:
-            for key in cell_keys(h.router, h.model, h.provider, h.region):
+            for key in cell_keys(h, self._headline_tier):
                 if key in self._cells:
                     self._cells[key].drop(h.bucket)
         self._spans(new)
@@ -504,7 +512,7 @@ class SlidingWindows:
                 by_key: dict[CellKey, list[HourRow]] = {}
                 for h in rows:
                     if h.bucket >= start:
-                        for key in cell_keys(h.router, h.model, h.provider, h.region):
+                        for key in cell_keys(h, self._headline_tier):
                             by_key.setdefault(key, []).append(h)
                 sums = self._sums[name]
                 for key, hours in by_key.items():

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from routewatch.config.tiers import DEFAULT_TIER
 from routewatch.results.probe_result import NOT_ROUTER_FAULTS
 
 # Below this many ok probes a percentile is too noisy to publish unmarked:
@@ -182,8 +183,10 @@ class ModelStats:
     counts: WindowCounts
     # From the rollups: intervals and failure classes (None: not computed).
     cell: CellStats | None = None
-    # dimension ("provider", "region") -> value -> that slice of this model.
+    # dimension ("provider", "region", "tier") -> value -> that slice of this model.
     breakdown: Mapping[str, Mapping[str, CellStats]] = field(default_factory=dict)
+    # The prompt tier the figures (and the provider and region slices) are of: the headline tier.
+    tier: str = DEFAULT_TIER
 
     @property
     def error_rate(self) -> float | None:
@@ -197,7 +200,7 @@ class ModelStats:
         return error_rate(c.attempts - c.rate_limited, c.ok)
 
     def as_json(self, *, breakdown: bool = False) -> dict[str, Any]:
-        """The JSON object the API serves; ``breakdown`` adds the per provider/region cells."""
+        """The JSON object the API serves; ``breakdown`` adds the per provider/region/tier cells."""
         c = self.counts
         out: dict[str, Any] = {
             "model": self.model,
@@ -206,6 +209,7 @@ class ModelStats:
             "window_start": self.window_start.isoformat(),
             "window_end": self.window_end.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "tier": self.tier,
             **_figures(c),
         }
         cell = self.cell if self.cell is not None else CellStats(c)

@@ -56,6 +56,7 @@ from routewatch.aggregator.rollup import (
 )
 from routewatch.aggregator.sketch import MAX_INDEX, MIN_INDEX, Histogram, quantiles_of_layout
 from routewatch.aggregator.stats import CellStats, WindowCounts
+from routewatch.config.tiers import DEFAULT_TIER
 
 # Buckets of room on each side of a cell's span (about 60% of the value each
 # way): new probes of the current hour mostly land inside it, so slots seldom
@@ -120,9 +121,11 @@ class _Window:
 class WindowArrays:
     """Per window, the totals of every cell kept as arrays (see the module docstring)."""
 
-    def __init__(self, max_providers: int) -> None:
-        """``max_providers``: named provider cells per model at most (``provider_cap.cap_cells``)."""
+    def __init__(self, max_providers: int, headline_tier: str = DEFAULT_TIER) -> None:
+        """``max_providers``: named provider cells per model at most (``provider_cap.cap_cells``);
+        ``headline_tier``: the prompt tier of the model cells (``rollup.cell_keys``)."""
         self._max_providers = max_providers
+        self._headline_tier = headline_tier
         self._windows: dict[str, _Window] = {}
         self._rowsets: dict[tuple[int, ...], int] = {}  # indices of current rows -> row set id
         self.rows: tuple[HourRow, ...] | None = None  # the current hour's rows the totals hold; None: none
@@ -142,7 +145,7 @@ class WindowArrays:
         self._rowsets = {}
         current: dict[CellKey, list[int]] = {}
         for i, h in enumerate(rows):
-            for key in cell_keys(h.router, h.model, h.provider, h.region):
+            for key in cell_keys(h, self._headline_tier):
                 current.setdefault(key, []).append(i)
         windows = {}
         for name, window_sums in sums.items():

@@ -7,7 +7,6 @@ all compute the same figures.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -69,13 +68,8 @@ def probe_cost_usd(
 
 
 def estimate_input_tokens(prompt: PromptConfig) -> int:
-    """Rough prompt size: 4 characters a token plus 4 tokens of framing per message."""
-    return estimate_chat_tokens([m.content for m in prompt.messages])
-
-
-def estimate_chat_tokens(contents: Sequence[str]) -> int:
-    """Rough size of chat messages with these contents: 4 characters a token plus 4 of framing each."""
-    return math.ceil(sum(len(c) for c in contents) / 4) + 4 * len(contents)
+    """Rough prompt size: its tier's, or 4 characters a token plus 4 tokens of framing per message."""
+    return prompt.input_tokens()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,12 @@ from pydantic_core import PydanticCustomError
 
 from routewatch.config.dialects import GENERIC_FACTS, parse_source
 from routewatch.config.durations import parse_duration
+from routewatch.config.tiers import (
+    canonical_tier,
+    estimate_chat_tokens,
+    nearest_standard_tier,
+    parse_tier,
+)
 
 SIMULATOR = "simulator"
 """The ``base_url`` that selects routewatch's built-in router simulator."""
@@ -486,11 +492,36 @@ class Message(_Section):
     content: Prose
 
 
+def _tier(value: object) -> str:
+    return canonical_tier(value)
+
+
+Tier = Annotated[str, BeforeValidator(_tier)]
+
+# The chat of a generated prompt that names no messages: an answer as long as the
+# built-in short prompt's, so that tiers differ in their input alone.
+TIER_INSTRUCTION = "Ignore the random words above. Count from 1 to 40 in words, separated by spaces."
+# Room the probe's nonce tag ("[probe 0123456789abcdef]") takes in a generated prompt.
+NONCE_TAG = "[probe " + "0" * 16 + "]"
+
+
 class PromptConfig(_Section):
-    """A canary prompt; the probe adds a fresh nonce so no cache can answer it."""
+    """A canary prompt; the probe adds a fresh nonce so no cache can answer it.
+
+    With ``tier`` the probe generates the prompt at that input size: nonce-seeded
+    words, then the last user message (see docs/prompt-tiers.md).
+    """
 
     name: Name = Field(description="label stored with every probe")
-    messages: list[Message] = Field(description="the chat, ending with a user message")
+    tier: Tier | None = Field(
+        None,
+        description="generate the prompt at about this many input tokens: 100, 1k, 10k (50 to 200k); "
+        "default none (the messages as written, in the standard tier nearest their size)",
+    )
+    messages: list[Message] = Field(
+        description="the chat, ending with a user message; with tier, the instruction after the generated "
+        "words (default: count from 1 to 40)"
+    )
     max_tokens: int = Field(128, ge=1, le=32768, description="answer length cap; default 128")
     min_output_tokens: int = Field(
         32, ge=1, description="answer length asked for, so tok/s means something; default 32"
@@ -513,6 +544,46 @@ class PromptConfig(_Section):
         if max_tokens is not None and value > max_tokens:
             raise ValueError(f"must not exceed max_tokens ({max_tokens})")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_instruction(cls, data: object) -> object:
+        # A generated prompt may leave its chat out: it then asks what the short prompt asks.
+        if isinstance(data, dict) and data.get("tier") is not None and "messages" not in data:
+            return {**data, "messages": [{"role": "user", "content": TIER_INSTRUCTION}]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_tier_room(self) -> PromptConfig:
+        if self.tier is None:
+            return self
+        written = self.written_tokens()
+        if written > parse_tier(self.tier):
+            raise _problems(
+                [
+                    (
+                        ("tier",),
+                        f"the messages alone are about {written} tokens, more than tier {self.tier}: "
+                        "raise the tier or shorten the messages",
+                    )
+                ]
+            )
+        return self
+
+    def written_tokens(self) -> int:
+        """Estimated input tokens of the messages as written (with the nonce tag a tier adds)."""
+        contents = [m.content for m in self.messages]
+        if self.tier is not None:
+            contents[-1] = f"{NONCE_TAG}\n\n{contents[-1]}"
+        return estimate_chat_tokens(contents)
+
+    def input_tokens(self) -> int:
+        """Estimated input tokens of one probe: the tier's size, or the written messages'."""
+        return parse_tier(self.tier) if self.tier is not None else self.written_tokens()
+
+    def tier_label(self) -> str:
+        """The tier this prompt's probes are stored and published under."""
+        return self.tier if self.tier is not None else nearest_standard_tier(self.written_tokens())
 
 
 class ScheduleConfig(_Section):
@@ -740,9 +811,10 @@ class MetricsConfig(_Section):
         None,
         description="which of aggregator.windows get gauges; default the shortest (the first to show a change)",
     )
-    breakdowns: list[Literal["provider", "region"]] = Field(
+    breakdowns: list[Literal["provider", "region", "tier"]] = Field(
         default_factory=list,
-        description="also export the per-provider and/or per-region gauges (9 per window and value each); default none",
+        description="also export the per-provider, per-region and/or per-prompt-tier gauges "
+        "(9 per window and value each); default none",
     )
 
     @field_validator("windows", "breakdowns")
@@ -776,6 +848,11 @@ class AggregatorConfig(_Section):
     )
     max_providers_per_model: int = Field(
         5, ge=1, description="distinct providers published per model, the rest counted as 'other'; default 5"
+    )
+    headline_tier: Tier | None = Field(
+        None,
+        description="the prompt tier the headline figures (listing, status page, badges) are computed "
+        "from, one of the prompts' tiers; default the smallest of them",
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="what GET /metrics exports; default the shortest window, per model"
@@ -1011,6 +1088,30 @@ class Config(_Section):
         if stray:
             raise _problems(stray)
         return windows
+
+    @model_validator(mode="after")
+    def _check_headline_tier(self) -> Config:
+        chosen = self.aggregator.headline_tier
+        tiers = self.prompt_tiers()
+        if chosen is not None and chosen not in tiers:
+            raise _problems(
+                [
+                    (
+                        ("aggregator", "headline_tier"),
+                        f"no prompt is at tier {chosen} (the prompts' tiers: {', '.join(tiers)}): "
+                        "the headline would never have a figure",
+                    )
+                ]
+            )
+        return self
+
+    def prompt_tiers(self) -> list[str]:
+        """The prompts' tiers, each once, smallest first."""
+        return sorted({p.tier_label() for p in self.prompts}, key=parse_tier)
+
+    def headline_tier(self) -> str:
+        """The tier of the headline figures: ``aggregator.headline_tier``, or the prompts' smallest."""
+        return self.aggregator.headline_tier or self.prompt_tiers()[0]
 
     @model_validator(mode="after")
     def _check_discover_prompts(self) -> Config:

@@ -24,7 +24,7 @@ class ConfigSummary:
     series: int  # router x model x prompt, each probed once per interval
     interval: float  # seconds between probes of one series
     probes_per_day: float
-    input_tokens_per_day: float  # ceil(chars / 4) + 4 per message, per prompt
+    input_tokens_per_day: float  # per prompt: its tier's size, or ceil(chars / 4) + 4 per message
     output_tokens_per_day: float  # max_tokens per probe: an upper bound
     cost_per_day_usd: float | None  # priced models only; None without any price
     priced_models: int
@@ -76,6 +76,7 @@ def format_summary(config: Config, path: str | Path) -> str:
         f"  {_count(s.routers, 'router')}, {_count(s.models, 'model')}, "
         f"{_count(s.prompts, 'prompt')} → {_count(s.series, 'series', 'series')}",
         f"  {s.probes_per_day:,.0f} probes/day at one every {format_seconds(s.interval)} per series",
+        f"  prompt tiers: {_tiers(config)}; headline figures from tier {config.headline_tier()}",
         f"  ≤ {_tokens(s.output_tokens_per_day)} output tokens/day, "
         f"~{_tokens(s.input_tokens_per_day)} input tokens/day",
     ]
@@ -136,3 +137,13 @@ def _tokens(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g}{suffix}"
     return f"{n:.0f}"
+
+
+def _tiers(config: Config) -> str:
+    """Each prompt tier with its prompts' names (the first few): ``100 (short), 1k (long)``."""
+    parts = []
+    for tier in config.prompt_tiers():
+        names = [p.name for p in config.prompts if p.tier_label() == tier]
+        more = f" and {len(names) - LISTED:,} more" if len(names) > LISTED else ""
+        parts.append(f"{tier} ({', '.join(names[:LISTED])}{more})")
+    return ", ".join(parts)

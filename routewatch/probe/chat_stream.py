@@ -495,6 +495,7 @@ async def run(
         router=target.router,
         model=target.model,
         prompt=canary.name,
+        tier=canary.tier,
         methodology=METHODOLOGY_VERSION,
         ok=error_class is None,
         error_class=error_class,

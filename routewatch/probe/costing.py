@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from routewatch.config.costs import estimate_chat_tokens, probe_cost_usd
+from routewatch.config.costs import probe_cost_usd
 from routewatch.probe.target import Canary, Target
 from routewatch.results.probe_result import ProbeResult
 
@@ -23,6 +23,6 @@ def with_cost(result: ProbeResult, target: Target, canary: Canary) -> ProbeResul
         return dataclasses.replace(result, cost_usd=0.0)
     input_tokens = result.input_tokens
     if input_tokens is None:
-        input_tokens = estimate_chat_tokens([m["content"] for m in canary.messages])
+        input_tokens = canary.input_tokens()
     cost = probe_cost_usd(target.price, input_tokens, result.output_tokens, result.cached_input_tokens)
     return dataclasses.replace(result, cost_usd=cost)

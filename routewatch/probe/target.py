@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routewatch.config.model import Price, ReasoningConfig
+from routewatch.config.tiers import DEFAULT_TIER, estimate_chat_tokens
+from routewatch.probe.tier_prompt import tier_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +34,20 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Canary:
-    """A prompt as configured: messages, token limits and its name."""
+    """A prompt as configured: messages, token limits, its name and its input-length tier."""
 
     name: str
     messages: Sequence[Mapping[str, str]]
     max_tokens: int
     min_output_tokens: int
+    tier: str = DEFAULT_TIER  # the label its probes are stored under
+    tier_tokens: int | None = None  # generate the prompt at this many input tokens; None: as written
+
+    def input_tokens(self) -> int:
+        """Estimated input tokens of one probe (its cost when the router reports no usage)."""
+        if self.tier_tokens is not None:
+            return self.tier_tokens
+        return estimate_chat_tokens([m["content"] for m in self.messages])
 
 
 def new_nonce() -> str:
@@ -51,14 +61,18 @@ def request_body(
     """The streaming chat-completions body for one probe.
 
     The nonce goes at the start of the last user message, where prefix
-    caches cannot reuse anything after it. ``budget_fields`` (a reasoning
-    model's output budget, ``reasoning.OutputBudget.fields``) replace
-    ``max_tokens`` and ``temperature``: reasoning models sample as they must,
-    and OpenAI's refuse a temperature.
+    caches cannot reuse anything after it; a tier prompt's generated words
+    follow it (``tier_prompt``). ``budget_fields`` (a reasoning model's
+    output budget, ``reasoning.OutputBudget.fields``) replace ``max_tokens``
+    and ``temperature``: reasoning models sample as they must, and OpenAI's
+    refuse a temperature.
     """
-    messages = [dict(m) for m in canary.messages]
-    last = messages[-1]
-    last["content"] = f"[probe {nonce}] {last['content']}"
+    if canary.tier_tokens is not None:
+        messages = tier_messages(canary.messages, canary.tier_tokens, nonce)
+    else:
+        messages = [dict(m) for m in canary.messages]
+        last = messages[-1]
+        last["content"] = f"[probe {nonce}] {last['content']}"
     body: dict[str, Any] = {"model": model, "messages": messages}
     if budget_fields is None:
         body.update({"max_tokens": canary.max_tokens, "temperature": 0})

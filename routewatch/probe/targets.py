@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from routewatch.config import SIMULATOR, Config, RouterConfig
 from routewatch.config.costs import ListedPrices, model_price
 from routewatch.config.settings import ENV_ROUTER_URL
+from routewatch.config.tiers import parse_tier
 from routewatch.probe.scheduler import Series
 from routewatch.probe.target import Canary, Target
 
@@ -81,7 +82,14 @@ def plan(
     series: list[Series] = []
     routers: list[RouterPlan] = []
     canaries = [
-        Canary(p.name, [{"role": m.role, "content": m.content} for m in p.messages], p.max_tokens, p.min_output_tokens)
+        Canary(
+            p.name,
+            [{"role": m.role, "content": m.content} for m in p.messages],
+            p.max_tokens,
+            p.min_output_tokens,
+            p.tier_label(),
+            None if p.tier is None else parse_tier(p.tier),
+        )
         for p in config.prompts
     ]
     for router in config.routers:

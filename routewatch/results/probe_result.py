@@ -83,6 +83,9 @@ class ProbeResult:
     fallbacks: int | None = None  # of those, calls to a fallback deployment or model
     router_request_id: str | None = None  # the router's own id, when it differs from request_id
     reported_cost_usd: float | None = None  # the cost the router reported for the request
+    # The prompt's input-length tier ("100", "1k", "10k"; config/tiers.py). The default is
+    # the tier of rows written before tiers existed: every prompt then was short.
+    tier: str = "100"
     # Of input_tokens, those the router says it served from its prompt cache.
     cached_input_tokens: int | None = None
     # USD, from the tokens and the model's price when measured (None: no price); see config/costs.py.

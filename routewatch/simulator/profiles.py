@@ -51,6 +51,8 @@ class ModelProfile:
     """Median of the lognormal time to first token, in ms."""
     ttft_sigma: float = 0.3
     """Shape of the lognormal TTFT (standard deviation of its log)."""
+    ttft_ms_per_1k_input: float = 0.0
+    """Prefill time: added to the TTFT median per 1,000 prompt tokens, so a longer prompt answers later."""
     tokens_per_s: float = 50.0
     """Token rate after the first token; the gap between tokens is constant."""
     output_tokens: int = 64
@@ -106,6 +108,7 @@ class ModelProfile:
         require(isinstance(self.provider, str) and bool(self.provider), "provider must be a non-empty string")
         require(self.ttft_median_ms > 0, "ttft_median_ms must be > 0")
         require(self.ttft_sigma >= 0, "ttft_sigma must be >= 0")
+        require(self.ttft_ms_per_1k_input >= 0, "ttft_ms_per_1k_input must be >= 0")
         require(self.tokens_per_s > 0, "tokens_per_s must be > 0")
         require(self.output_tokens >= 0, "output_tokens must be >= 0")
         require(self.reasoning_tokens >= 0, "reasoning_tokens must be >= 0")
@@ -144,9 +147,13 @@ class ModelProfile:
         """Model name the chunks carry."""
         return self.served_model or self.model
 
-    def draw_ttft_ms(self, rng: random.Random) -> float:
-        """One TTFT sample in ms; its median is `ttft_median_ms`."""
-        return rng.lognormvariate(math.log(self.ttft_median_ms), self.ttft_sigma)
+    def ttft_median_for(self, prompt_tokens: int) -> float:
+        """The TTFT median of a request of ``prompt_tokens``: `ttft_median_ms` plus the prefill time."""
+        return self.ttft_median_ms + self.ttft_ms_per_1k_input * max(prompt_tokens, 0) / 1000
+
+    def draw_ttft_ms(self, rng: random.Random, prompt_tokens: int = 0) -> float:
+        """One TTFT sample in ms; its median is ``ttft_median_for(prompt_tokens)``."""
+        return rng.lognormvariate(math.log(self.ttft_median_for(prompt_tokens)), self.ttft_sigma)
 
     def draw_fault(self, rng: random.Random) -> str | None:
         """The fault kind for one request, or None."""
@@ -167,6 +174,7 @@ DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
         model="openai/gpt-4.1-nano",
         provider="OpenAI",
         ttft_median_ms=350,
+        ttft_ms_per_1k_input=20,
         ttft_sigma=0.35,
         tokens_per_s=90,
         output_tokens=56,
@@ -178,6 +186,7 @@ DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
         model="anthropic/claude-haiku-4.5",
         provider="Anthropic",
         ttft_median_ms=600,
+        ttft_ms_per_1k_input=30,
         tokens_per_s=70,
         output_tokens=56,
         error_rate=0.01,
@@ -187,6 +196,7 @@ DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
         model="google/gemini-2.5-flash",
         provider="Google AI Studio",
         ttft_median_ms=450,
+        ttft_ms_per_1k_input=25,
         tokens_per_s=120,
         output_tokens=64,
         error_rate=0.02,
@@ -197,6 +207,7 @@ DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
         model="meta-llama/llama-3.3-70b-instruct",
         provider="DeepInfra",
         ttft_median_ms=900,
+        ttft_ms_per_1k_input=60,
         ttft_sigma=0.45,
         tokens_per_s=35,
         output_tokens=48,
@@ -209,6 +220,7 @@ DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
         model="deepseek/deepseek-r1",
         provider="DeepSeek",
         ttft_median_ms=1500,
+        ttft_ms_per_1k_input=40,
         ttft_sigma=0.4,
         tokens_per_s=30,
         output_tokens=48,

@@ -132,12 +132,12 @@ async def _serve(request: web.Request, record: ServedRequest) -> web.StreamRespo
     record.cached_prompt_tokens = min(profile.cached_prompt_tokens, record.prompt_tokens)
     rng = request.app[RNG]
     fault = profile.draw_fault(rng)
-    ttft_ms = profile.draw_ttft_ms(rng)
+    ttft_ms = profile.draw_ttft_ms(rng, record.prompt_tokens)
     if not chat.stream and fault not in HTTP_FAULTS and fault not in WHOLE_FAULTS:
         fault = None  # a stream-only fault has no effect on a whole answer, so none was injected
     record.fault = fault
     record.drawn_ttft_ms = ttft_ms
-    routing = route(profile, rng)
+    routing = route(profile, rng, record.prompt_tokens)
     plan = make_plan(
         profile,
         fault=fault,

@@ -31,11 +31,13 @@ class Routing:
         return sum(self.failed_ms)
 
 
-def route(profile: ModelProfile, rng: random.Random) -> Routing:
-    """The calls the router makes for one request.
+def route(profile: ModelProfile, rng: random.Random, prompt_tokens: int = 0) -> Routing:
+    """The calls the router makes for one request of ``prompt_tokens``.
 
     Draws nothing when the profile has no upstream failures, so that a
     seeded simulator serves the same TTFTs with or without this feature.
+    A failed call without ``upstream_failure_ms`` takes a first token's time,
+    prefill of the prompt included.
     """
     if profile.upstream_failure_rate <= 0:
         return Routing(provider=profile.provider, attempts=1, fallbacks=0)
@@ -48,7 +50,7 @@ def route(profile: ModelProfile, rng: random.Random) -> Routing:
             fallbacks = int(i > profile.router_retries)  # past the retries: the fallback answered
             return Routing(provider=provider, attempts=i + 1, fallbacks=fallbacks, failed_ms=failed)
         took_ms = profile.upstream_failure_ms
-        failed.append(took_ms if took_ms is not None else profile.draw_ttft_ms(rng))
+        failed.append(took_ms if took_ms is not None else profile.draw_ttft_ms(rng, prompt_tokens))
     return Routing(
         provider=upstreams[-1],
         attempts=len(failed),

@@ -53,6 +53,7 @@ HIST_COLUMNS = (
     "region",
     "prompt",
     "methodology",
+    "tier",
     "attempts",
     "ok",
     "rate_limited",
@@ -83,6 +84,7 @@ RAW_COLUMNS = (
     "region",
     "prompt",
     "methodology",
+    "tier",
     "ok",
     "prober_overloaded",
     "error_class",
@@ -111,8 +113,9 @@ _ROWS_OF_HOUR = f"SELECT {_HIST_LIST} FROM {PROBE_HIST_HOURLY} WHERE bucket = $1
 _ROWS_OF_HOURS = f"SELECT {_HIST_LIST} FROM {PROBE_HIST_HOURLY} WHERE bucket = ANY($1::timestamptz[])"
 _DELETE_HOURS = f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket = ANY($1::timestamptz[]) RETURNING {_HIST_LIST}"
 _DELETE_SERIES = (
-    f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket = $1 AND (router, model, provider, region, prompt, methodology)"
-    " IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]))"
+    f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket = $1"
+    " AND (router, model, provider, region, prompt, methodology, tier)"
+    " IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]))"
 )
 _STORED_PROVIDERS = f"SELECT DISTINCT router, model, provider FROM {PROBE_HIST_HOURLY} WHERE bucket >= $1"
 _DROP_HOURS = f"DELETE FROM {PROBE_HIST_HOURLY} WHERE bucket = ANY($1::timestamptz[])"
@@ -253,8 +256,9 @@ async def drop_hours(conn: Conn, hours: Sequence[datetime]) -> None:
     await conn.execute(_DROP_HOURS, hours)
 
 
-async def delete_series(conn: Conn, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str]]) -> None:
-    """Delete the rows of ``hour`` whose (router, model, provider, region, prompt, methodology) is in ``series``."""
+async def delete_series(conn: Conn, hour: datetime, series: Iterable[tuple[str, str, str, str, str, str, str]]) -> None:
+    """Delete the rows of ``hour`` whose (router, model, provider, region, prompt, methodology, tier)
+    is in ``series``."""
     columns = [list(col) for col in zip(*series, strict=True)]
     if columns:
         await conn.execute(_DELETE_SERIES, hour, *columns)

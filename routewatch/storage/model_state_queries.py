@@ -38,7 +38,7 @@ INCIDENT_COLUMNS = ("id", "start", "end", "worst_state", "models", "suppressed",
 UPTIME_COLUMNS = ("model", "day", "operational_s", "degraded_s", "down_s", "unknown_s")
 
 _RECENT_PROBES = f"""
-SELECT id, model, started_at, ok, ttft_ms, prober_overloaded, attempts, error_class
+SELECT id, model, started_at, ok, ttft_ms, prober_overloaded, attempts, error_class, tier
 FROM {PROBE_RESULTS}
 WHERE started_at > $1
 """
@@ -88,7 +88,7 @@ _UPTIME_SINCE = f"SELECT {', '.join(UPTIME_COLUMNS)} FROM {UPTIME_DAILY} WHERE d
 
 
 async def recent_probes(conn: Conn, since: datetime) -> list[asyncpg.Record]:
-    """The probes started after ``since``: id, model, started_at, ok, ttft_ms, prober_overloaded, attempts."""
+    """The probes started after ``since``: id, model, started_at, ok, ttft_ms, prober_overloaded, attempts, tier."""
     return await conn.fetch(_RECENT_PROBES, since)
 
 

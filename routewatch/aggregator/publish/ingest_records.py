@@ -5,9 +5,10 @@ result (``routewatch.delivery.spool.encode_result``): every field of
 ``ProbeResult`` by name, ``id`` as a UUID string and ``started_at`` as an
 ISO-8601 time with its offset. Here each field is checked for its type, the
 labels the prober sets itself (router, model, prompt, methodology, region) must
-be storable text, ``ok`` must agree with ``error_class``, and ``started_at``
-must fall inside the time the database keeps (a far-off date would otherwise
-make the server create a partition for it). Then the result goes through
+be storable text, ``tier`` a tier's label as ``config.tiers`` writes it, ``ok``
+must agree with ``error_class``, and ``started_at`` must fall inside the time
+the database keeps (a far-off date would otherwise make the server create a
+partition for it). Then the result goes through
 ``router_values.storable``, the very normalisation a local prober applies to
 whatever a router sent, so a pushed result can hold nothing a local one could
 not.
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from routewatch.config.tiers import canonical_tier
 from routewatch.probe.router_values import MAX_LABEL_CHARS, storable, valid_text
 from routewatch.results.probe_result import ERROR_CLASSES, ProbeResult
 
@@ -81,6 +83,17 @@ def _label(name: str, value: str) -> str:
     return value
 
 
+def _tier(value: str) -> str:
+    # A tier is a series dimension: only the labels a prober can produce are stored.
+    try:
+        label = canonical_tier(value)
+    except ValueError as exc:
+        raise RecordRejected(f"tier: {exc}") from None
+    if label != value:
+        raise RecordRejected(f"tier {_describe(value)} is not written as a label ({label!r})")
+    return label
+
+
 def _started_at(value: str, oldest: datetime, now: datetime) -> datetime:
     try:
         when = datetime.fromisoformat(value)
@@ -123,6 +136,8 @@ def read_record(raw: object, region: str, *, oldest: datetime, now: datetime) ->
     except ValueError:
         raise RecordRejected(f"id {_describe(values['id'])} is not a UUID") from None
     values["started_at"] = _started_at(values["started_at"], oldest, now)
+    if "tier" in values:
+        values["tier"] = _tier(values["tier"])
     error_class = values.get("error_class")
     if error_class is not None and error_class not in ERROR_CLASSES:
         raise RecordRejected(f"error_class {_describe(error_class)} is not one of {', '.join(ERROR_CLASSES)}")

@@ -10,7 +10,7 @@ status report and reuses it for every scrape until the next refresh.
 What is exported is chosen by :class:`MetricsExport` (``aggregator.metrics``
 in probes.yaml). Per (router, model) and exported window there are 12 gauges
 (:data:`MODEL_GAUGES`); each exported breakdown adds 9 per window and per
-provider or region value (:data:`SLICE_GAUGES`); ``routewatch_model_state``
+provider, region or prompt tier value (:data:`SLICE_GAUGES`); ``routewatch_model_state``
 has 4 per model id. The default (the shortest window, no breakdown) is
 therefore 12 series per (router, model) and 4 per model id.
 """
@@ -38,7 +38,7 @@ __all__ = [
     "render_stats",
 ]
 
-BREAKDOWNS = ("provider", "region")
+BREAKDOWNS = ("provider", "region", "tier")
 """The breakdowns /metrics can export, in the order their families are written."""
 
 
@@ -155,6 +155,7 @@ _LEVELS: dict[str | None, tuple[str, str]] = {
     None: ("routewatch_", ""),
     "provider": ("routewatch_provider_", ", per upstream provider the router reported"),
     "region": ("routewatch_region_", ", per region of the prober that measured"),
+    "tier": ("routewatch_tier_", ", per prompt input-length tier (every tier; the others are the headline tier's)"),
 }
 
 

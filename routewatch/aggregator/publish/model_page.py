@@ -119,9 +119,12 @@ def _summary(route: RoutePage) -> str:
         if route.input_price is not None
         else ""
     )
+    # Every window's figures are of the headline tier: say which, as a 10k prompt's TTFT is not a 100's.
+    tier = next(iter(route.stats.values())).tier if route.stats else None
+    of_tier = f" of the {esc(tier)}-token prompt tier" if tier is not None else ""
     return (
         f'{price}<div class="table-wrap"><table class="summary"><caption class="muted">Via {esc(route.router)};'
-        " percentiles over ok probes</caption>"
+        f" percentiles over ok probes{of_tier}</caption>"
         '<thead><tr><th scope="col">window</th><th scope="col">p50 TTFT</th><th scope="col">p95 TTFT</th>'
         '<th scope="col">p50 TTFAT</th><th scope="col">p95 TTFAT</th>'
         '<th scope="col">p50 output</th><th scope="col">error rate</th><th scope="col">probes</th></tr></thead>'

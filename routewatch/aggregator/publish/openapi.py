@@ -174,12 +174,20 @@ def _model_stats(*, every_breakdown: bool = False) -> Schema:
         "window_start": DATE_TIME,
         "window_end": DATE_TIME,
         "updated_at": DATE_TIME,
+        "tier": {
+            "type": "string",
+            "minLength": 1,
+            "description": "the prompt input-length tier the figures are of (aggregator.headline_tier; "
+            "default the prompts' smallest), e.g. '100', '1k'; null figures when the model has no probe of "
+            "that tier in the window; every tier's figures are in breakdown.tier",
+        },
         **_figures(),
         "breakdown": {
             "type": "object",
             "description": "only with by=: the model's cells for that one dimension, keyed by value. "
             "Providers: at most aggregator.max_providers_per_model names, then 'other' "
-            "(every provider past them) and 'unknown' (the router named no provider)",
+            "(every provider past them) and 'unknown' (the router named no provider). Provider and "
+            "region cells are of the headline tier (see tier); tier cells hold every tier, keyed by its label",
             "properties": {
                 **{
                     dim: {"type": "object", "additionalProperties": _ref("Cell"), "propertyNames": {"minLength": 1}}
@@ -245,6 +253,12 @@ def _ingest_record() -> Schema:
         **props["region"],
         **label,
         "description": "optional: the token's region is used; a record naming another region is rejected",
+    }
+    props["tier"] = {
+        **props["tier"],
+        "pattern": "^[1-9][0-9]*k?$",
+        "description": "optional, default '100': the prompt's input-length tier as a label ('100', '1k', '10k'; "
+        "thousands written with k)",
     }
     props["error_class"] = {"type": ["string", "null"], "enum": [*ERROR_CLASSES, None]}
     props["started_at"] = {
@@ -851,7 +865,7 @@ def _paths() -> dict[str, Schema]:
                     _query(
                         "by",
                         {"type": "string", "enum": [*BREAKDOWNS, "served_model"]},
-                        "add the per-provider, per-region or per-served-model cells as breakdown.<by>",
+                        "add the per-provider, per-region, per-prompt-tier or per-served-model cells as breakdown.<by>",
                     ),
                     _p("IfNoneMatch"),
                 ],

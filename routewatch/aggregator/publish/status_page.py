@@ -162,8 +162,9 @@ def time_html(value: datetime | None) -> str:
 
 def _models_section(view: StatusView) -> str:
     window = f" over the last {esc(view.window)}" if view.window else ""
+    tier = f", of the {esc(view.tier)}-token prompt tier" if view.tier else ""
     intro = (
-        f'<p class="note">p50 = median{window}. TTFT: time to the first token of any kind; TTFAT: to the'
+        f'<p class="note">p50 = median{window}{tier}. TTFT: time to the first token of any kind; TTFAT: to the'
         " first token of the answer (later than TTFT by a reasoning model's reasoning). Bars: one per UTC day, the last"
         f" {UPTIME_DAYS} days, oldest on the left;"
         " hover a bar for its figures.</p>"

@@ -143,6 +143,7 @@ class StatusView:
     open: tuple[Incident, ...]
     recent: tuple[Incident, ...]
     budget_note: str | None = None  # while the daily budget has paused series
+    tier: str | None = None  # the prompt tier the p50s are of (the headline tier); None without figures
 
 
 def day_level(uptime: DayUptime | None) -> str:
@@ -248,7 +249,16 @@ def build_view(
         open=report.open,
         recent=report.recent,
         budget_note=budget_note,
+        tier=_headline_tier(snapshot),
     )
+
+
+def _headline_tier(snapshot: Snapshot | None) -> str | None:
+    """The tier every published model figure is of, or None without any."""
+    for per_model in snapshot.stats.values() if snapshot is not None else ():
+        for stats in per_model.values():
+            return stats.tier
+    return None
 
 
 def view_json(view: StatusView) -> dict[str, Any]:
