@@ -303,6 +303,17 @@ class ApiState:
             raise ApiError(503, "stats not computed yet", headers={"Retry-After": "5"})
         return snap
 
+    def bodies(self, snap: Snapshot) -> dict[Hashable, Body]:
+        """The cached bodies of ``snap`` (and of the status read with it)."""
+        return self.cache.generation(snap, self.aggregator.status)
+
+    def store_read(self, snap: Snapshot, key: Hashable, raw_path: str, payload: Any) -> Body:
+        """``payload``, read from the database for ``snap``, as a body: cached under ``key``
+        unless a refresh landed during the read (then served, but filed under no snapshot)."""
+        if self.aggregator.snapshot is snap:
+            return self.cache.store(self.bodies(snap), key, raw_path, payload)
+        return make_body(payload)
+
     def respond(self, request: web.Request, body: Body) -> web.Response:
         """``body`` with ETag/304/Cache-Control/gzip, cacheable for one refresh interval."""
         return cached_response(
@@ -345,7 +356,7 @@ async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models[?provider=][&state=]: every model with its catalog-window stats."""
     api = request.app[API]
     snap = api.snapshot()
-    bodies = api.cache.generation(snap, api.aggregator.status)
+    bodies = api.bodies(snap)
     query = _query(request, ("provider", "state"))
     state = _choice(query, "state", STATES, None)
     provider = query.get("provider")
@@ -428,35 +439,32 @@ def _providers(labels: Iterable[str]) -> list[str | None]:
 @cached_read
 async def model_stats(request: web.Request) -> web.Response:
     """GET /v1/models/{id}/stats?window=7d[&by=provider|region|served_model][&router=name]: one model, one window."""
-    api = request.app[API]
-    snap = api.snapshot()
-    bodies = api.cache.generation(snap, api.aggregator.status)
-    model = request.match_info["id"]
-    query = _query(request, ("window", "router", "by"))
+    api, snap, model, query = _model_request(request, ("window", "router", "by"))
     window, router = _resolve(api, snap, model, query)
     by = _choice(query, "by", (*BREAKDOWNS, SERVED_MODEL), None)
     key = ("stats", router, model, window, by)
+    bodies = api.bodies(snap)
     if by == SERVED_MODEL and bodies.get(key) is None:
         payload = snap.stats[window][(router, model)].as_json()
         payload["breakdown"] = {SERVED_MODEL: await _read_served(api.reads, snap.stats[window][(router, model)])}
-        if api.aggregator.snapshot is snap:
-            body = api.cache.store(bodies, key, request.raw_path, payload)
-        else:  # a refresh landed during the read: serve it, but file nothing under the new snapshot
-            body = make_body(payload)
-        return api.respond(request, body)
+        return api.respond(request, api.store_read(snap, key, request.raw_path, payload))
     body = api.cache.get_or_store(bodies, key, request.raw_path, lambda: _stats_json(snap, router, model, window, by))
     return api.respond(request, body)
+
+
+def _model_request(request: web.Request, allowed: tuple[str, ...]) -> tuple[ApiState, Snapshot, str, dict[str, str]]:
+    """What a handler of ``/v1/models/{id}...`` starts from: the state, the snapshot, the model id
+    and the query (a 400 for a parameter not in ``allowed``)."""
+    api = request.app[API]
+    return api, api.snapshot(), request.match_info["id"], _query(request, allowed)
 
 
 @cached_read
 async def model_detail(request: web.Request) -> web.Response:
     """GET /v1/models/{id}[?router=name]: one model as the listing shows it, plus every window in full."""
-    api = request.app[API]
-    snap = api.snapshot()
-    bodies = api.cache.generation(snap, api.aggregator.status)
-    model = request.match_info["id"]
-    query = _query(request, ("router",))
+    api, snap, model, query = _model_request(request, ("router",))
     _, router = _resolve(api, snap, model, query)
+    bodies = api.bodies(snap)
     key = ("model", router, model)
     body = api.cache.get_or_store(bodies, key, request.raw_path, lambda: _detail_json(api, snap, router, model))
     return api.respond(request, body)
@@ -517,16 +525,11 @@ async def model_series(request: web.Request) -> web.Response:
     api = request.app[API]
     snap = api.snapshot()
     series = _series_query(api, snap, request.match_info["id"], request)
-    known = api.cache.generation(snap, api.aggregator.status).get(series)
+    known = api.bodies(snap).get(series)
     if known is not None:
-        body = api.cache.link(api.cache.generation(snap, api.aggregator.status), request.raw_path, known)
+        body = api.cache.link(api.bodies(snap), request.raw_path, known)
     else:
-        payload = await _read_series(api.reads, series)
-        if api.aggregator.snapshot is snap:
-            bodies = api.cache.generation(snap, api.aggregator.status)
-            body = api.cache.store(bodies, series, request.raw_path, payload)
-        else:  # a refresh landed during the read: serve it, but file nothing under the new snapshot
-            body = make_body(payload)
+        body = api.store_read(snap, series, request.raw_path, await _read_series(api.reads, series))
     return api.respond(request, body)
 
 
