@@ -191,6 +191,9 @@ DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
         output_tokens=56,
         error_rate=0.01,
         faults={"http_500": 0.6, "stream_error": 0.4},
+        # The example probes.yaml's prices: the cost this router reports agrees with the computed one.
+        input_usd_per_1m=1.0,
+        output_usd_per_1m=5.0,
     ),
     ModelProfile(
         model="google/gemini-2.5-flash",
@@ -202,6 +205,8 @@ DEFAULT_PROFILES: tuple[ModelProfile, ...] = (
         error_rate=0.02,
         faults={"http_500": 0.5, "empty": 0.5},
         include_usage=False,  # probes must count tokens themselves
+        input_usd_per_1m=0.3,
+        output_usd_per_1m=2.5,
     ),
     ModelProfile(
         model="meta-llama/llama-3.3-70b-instruct",
