@@ -58,8 +58,8 @@ async def test_every_change_is_listed_once_for_a_reader_that_has_not_seen_it(
         await hist_queries.bump_hist_generation(conn)
     await conn.copy_records_to_table(
         "probe_hist_hourly",
-        records=[(hour(5), "r", "m", "p", "eu", "short", "v1", 1, 1, 0, 0, 1, 1, b"", b"", b"")],
-        columns=[*hist_queries.HIST_COLUMNS[:11], "input_tokens", "output_tokens", "ttft", "ttfat", "tps"],
+        records=[(hour(5), "r", "m", "p", "eu", "short", "v1", "100", 1, 1, 0, 0, 1, 1, b"", b"", b"")],
+        columns=[*hist_queries.HIST_COLUMNS[:12], "input_tokens", "output_tokens", "ttft", "ttfat", "tps"],
     )
     assert await since(conn, start) == [hour(0), hour(1), hour(5)]
     after_inserts = await where(conn)

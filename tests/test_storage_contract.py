@@ -88,6 +88,8 @@ def every_field_set(at: datetime) -> ProbeResult:
         reported_cost_usd=4.4e-06,
         cached_input_tokens=2**31 - 1,
         cost_usd=1e-9,
+        tier="200k",
+        reasoning_tokens=INT4_MAX,
     )
 
 
