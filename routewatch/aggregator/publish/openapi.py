@@ -490,6 +490,12 @@ def _status_page() -> Schema:
             "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
             "stats_updated_at": {**DATE_TIME_OR_NULL, "description": "time of the p50 figures"},
             "window": {"type": ["string", "null"], "description": "window of the p50 figures; null without stats"},
+            "tier": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "description": "the prompt tier the p50 figures are of (aggregator.headline_tier, by default the "
+                "prompts' smallest): only that tier's probes count in them; null without stats",
+            },
             "overall": state,
             "models": {"type": "array", "items": model},
             "incidents": _incidents(),
