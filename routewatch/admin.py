@@ -190,7 +190,7 @@ class LocalAdmin:
         if self._aggregator is not None:
             self._aggregator.set_configured([(r.name, m) for r in new.routers for m in r.models])
             self._aggregator.set_status_rules(new.slo, new.schedule.interval, new.maintenance)
-            self._aggregator.budget.configure(new.budget.usd_per_day, 86400 / new.schedule.interval)
+            self._aggregator.budget.configure(new.budget.usd_per_day, 86400 / new.schedule.interval, new)
         self._config = new
         self._series = series
 
