@@ -357,7 +357,7 @@ def _cost_ratio(plan: AlertPlan) -> Alert:
         f"or\nmin by (router, model) (routewatch_cost_reported_ratio) < {low}",
         for_s=plan.cost_ratio_for_s,
         severity="ticket",
-        summary=Template(("The cost ", *route, " reports is far from the cost routewatch computes")),
+        summary=Template((*route, ": the router's reported cost is far from the computed one")),
         description=Template(
             (
                 "Today the router's reported cost of the probes of ",
