@@ -14,6 +14,11 @@ dearest first (by their measured cost rate: mean cost per probe today
 × probes per day) until the rate of those still probed fits within the
 budget. Pauses last until the UTC day turns (a new day has no rows) or the
 budget is raised above the day's spend.
+
+Every check also carries the cost plan per day (``BudgetReport.planned_usd_per_day``),
+made by a :data:`Planner` from the configuration and what the model catalog says the
+routers list, re-made every :data:`PLAN_REREAD_S` and after a reload: the figure each
+prober logs, for the API and /metrics. Every process makes it from the same rows.
 """
 
 from __future__ import annotations
