@@ -11,8 +11,10 @@ timeouts and loop-lag limit, and the status rules (SLO, maintenance windows)
 are swapped in without stopping anything, and the stats list the configured
 models from the next refresh on. What is bound to objects built at start (the
 region stamped by the prober, its concurrency limit and connection pool, the
-API listener and prices, the aggregator's windows and refresh, storage)
-is reported as needing a restart. Without a probe schedule (``routewatch
+API listener and prices, the aggregator's windows, refresh and headline
+tier, storage) is reported as needing a restart; so is a change of the
+effective headline tier that comes from the prompts alone (a smaller tier
+added while ``aggregator.headline_tier`` is unset). Without a probe schedule (``routewatch
 serve``) nothing is applied and every change waits for a restart. In
 ``routewatch run`` the probes run in prober workers (:class:`LiveProbes`):
 a reload applies the aggregator's part here and tells each worker to re-read
@@ -188,7 +190,7 @@ class LocalAdmin:
         if self._aggregator is not None:
             self._aggregator.set_configured([(r.name, m) for r in new.routers for m in r.models])
             self._aggregator.set_status_rules(new.slo, new.schedule.interval, new.maintenance)
-            self._aggregator.budget.configure(new.budget.usd_per_day, 86400 / new.schedule.interval)
+            self._aggregator.budget.configure(new.budget.usd_per_day, 86400 / new.schedule.interval, new)
         self._config = new
         self._series = series
 
@@ -231,7 +233,19 @@ def live_changes(old: Config, new: Config, old_series: Sequence[Series], new_ser
 
 def restart_changes(started: Config, new: Config) -> list[str]:
     """What differs from the configuration the process started with and only a restart applies."""
-    return [f"{label}: changed" for label, value in _AT_START if value(started) != value(new)]
+    changes = [f"{label}: changed" for label, value in _AT_START if value(started) != value(new)]
+    return changes + headline_tier_change(started, new)
+
+
+def headline_tier_change(old: Config, new: Config) -> list[str]:
+    """The headline tier's change as one line, or none: the aggregator's rollup and snapshot are built
+    with it at start. Named whether ``aggregator.headline_tier`` changed or, unset, the prompts'
+    smallest tier moved (a prompt of a smaller tier added), which ``aggregator: changed`` would miss."""
+    before, after = old.headline_tier(), new.headline_tier()
+    if before == after:
+        return []
+    implicit = "" if new.aggregator.headline_tier is not None else " (the prompts' smallest tier)"
+    return [f"aggregator.headline_tier: {before} -> {after}{implicit}"]
 
 
 def describe_changes(old: Config, new: Config, old_series: Sequence[Series], new_series: Sequence[Series]) -> list[str]:
@@ -241,4 +255,4 @@ def describe_changes(old: Config, new: Config, old_series: Sequence[Series], new
     changes = [f"probe series added: {key}" for key in sorted(after - before)]
     changes += [f"probe series removed: {key}" for key in sorted(before - after)]
     changes += [f"{name}: changed" for name in type(old).model_fields if getattr(old, name) != getattr(new, name)]
-    return changes
+    return changes + headline_tier_change(old, new)

@@ -45,12 +45,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from routewatch.config import Config, RouterConfig
+from routewatch.config.costs import plan_costs
 from routewatch.config.model import Price
 from routewatch.probe.model_listing import Listing, ListingError, read_listing
 from routewatch.probe.model_selection import select_models
 from routewatch.probe.targets import RouterPlan
 from routewatch.results.probe_result import ProbeResult
 from routewatch.storage import catalog_queries
+from routewatch.storage.connection import Conn
 from routewatch.storage.errors import DATABASE_ERRORS
 
 log = logging.getLogger("routewatch.discovery")
@@ -140,17 +142,9 @@ class ModelDiscovery:
             return
         try:
             async with self._pool.acquire() as conn:
-                for router in discovering(self._config):
-                    assert router.discover is not None
-                    listed = await catalog_queries.listed_models(conn, router.name)
-                    chosen = select_models(listed, router.discover, router.models).models
-                    if chosen:
-                        self.discovered[router.name] = chosen
-                    self.prices[router.name] = {
-                        m: Price(input=p[0], output=p[1], cached_input=p[2])
-                        for m in (*router.models, *chosen)
-                        if (p := listed.get(m)) is not None
-                    }
+                discovered, prices = await catalog_selection(conn, self._config)
+            self.discovered.update(discovered)
+            self.prices.update(prices)
         except DATABASE_ERRORS as exc:
             log.warning(
                 "model catalog not read at start (%s); discovered models wait for the first list", type(exc).__name__
@@ -266,6 +260,35 @@ class ModelDiscovery:
         except DATABASE_ERRORS as exc:
             # The probes follow the list all the same; the catalog catches up at the next read.
             log.warning("model list of router %s not recorded in the catalog: %s", name, type(exc).__name__)
+
+
+async def catalog_selection(
+    conn: Conn, config: Config
+) -> tuple[dict[str, tuple[str, ...]], dict[str, dict[str, Price]]]:
+    """What the catalog says each discovering router of ``config`` lists now: the models to probe
+    besides the configured ones (routers with none left out), and the listed prices of the models
+    probed, configured or discovered; as a prober's discovery would choose them from the lists."""
+    discovered: dict[str, tuple[str, ...]] = {}
+    prices: dict[str, dict[str, Price]] = {}
+    for router in discovering(config):
+        assert router.discover is not None
+        listed = await catalog_queries.listed_models(conn, router.name)
+        chosen = select_models(listed, router.discover, router.models).models
+        if chosen:
+            discovered[router.name] = chosen
+        prices[router.name] = {
+            m: Price(input=p[0], output=p[1], cached_input=p[2])
+            for m in (*router.models, *chosen)
+            if (p := listed.get(m)) is not None
+        }
+    return discovered, prices
+
+
+async def catalog_cost_plan(conn: Conn, config: Config) -> float | None:
+    """``config``'s planned USD per day with the models and prices the catalog has the routers list
+    (``config.costs.plan_costs``), the figure each prober logs; None when no model has a price."""
+    discovered, prices = await catalog_selection(conn, config)
+    return plan_costs(config, prices, discovered).usd_per_day
 
 
 def listed_prices(listing: Listing, models: Sequence[str], before: Mapping[str, Price]) -> dict[str, Price]:

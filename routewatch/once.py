@@ -55,19 +55,20 @@ def _ms(value: float | None) -> str:
 def results_table(results: list[ProbeResult]) -> Table:
     """The results of one round as a table that fits 80 columns.
 
-    Model ids wrap rather than being cut; the probe's router and prompt go on the
+    Model ids wrap rather than being cut; the probe's router, prompt and prompt
+    tier (its input size: the figures of two tiers are not comparable) go on the
     line below its model, and what a router said about a failure goes under the
     table (``result_notes``), where it has the whole width.
     """
     table = Table(title="routewatch once", title_justify="left")
-    table.add_column("model\nrouter · prompt", overflow="fold", ratio=1, min_width=16)
+    table.add_column("model\nrouter · prompt · tier", overflow="fold", ratio=1, min_width=16)
     for name in ("TTFT\nms", "TTFAT\nms", "tok/s", "tokens"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("result", overflow="fold")
     for r in results:
         probe = _plain(r.model, "bold")
         probe.append("\n")
-        probe.append_text(_plain(f"{r.router} · {r.prompt}", "dim"))
+        probe.append_text(_plain(f"{r.router} · {r.prompt} · tier {r.tier}", "dim"))
         tokens = "—" if r.output_tokens is None else f"{'~' if r.tokens_estimated else ''}{r.output_tokens}"
         tps = "—" if r.output_tps is None else f"{r.output_tps:.1f}"
         outcome = Text("ok", style="green") if r.ok else _plain(r.error_class or "failed", "red")

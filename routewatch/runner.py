@@ -74,6 +74,7 @@ from routewatch.config.settings import (
     process_environment,
 )
 from routewatch.delivery.spooled import SpoolInUse
+from routewatch.model_discovery import catalog_cost_plan
 from routewatch.notify.sender import OutboxSender, notification_session
 from routewatch.notify.targets import Target, resolve_targets
 from routewatch.parts import (
@@ -427,7 +428,9 @@ def _aggregator(config: Config, reads: ReadPools, leadership: Leadership) -> Agg
         headline_tier=config.headline_tier(),
         notify_targets=[t.name for t in config.notifications.targets],
         reads=reads,
-        budget=BudgetKeeper(config.budget.usd_per_day, 86400 / config.schedule.interval),
+        budget=BudgetKeeper(
+            config.budget.usd_per_day, 86400 / config.schedule.interval, config=config, planner=catalog_cost_plan
+        ),
     )
 
 

@@ -181,6 +181,64 @@ async def test_reload_swaps_the_scheduled_series_and_interval(simulator: Running
     assert len(results) == len(simulator.ground_truth.records)
 
 
+def tier_config(base_url: str, prompts: list[dict[str, object]], **aggregator: str) -> str:
+    """One model probed with ``prompts``; ``aggregator`` e.g. ``headline_tier="100"``."""
+    return config_text(
+        [router_entry("sim", base_url, [KEEP])],
+        prompts,
+        region="test",
+        schedule={"interval": "10s", "jitter": "1s", "concurrency": 8},
+        timeouts=LOOPBACK_TIMEOUTS,
+        api={"host": "127.0.0.1", "port": 8321},
+        **({"aggregator": aggregator} if aggregator else {}),
+    )
+
+
+LONG = {"name": "long", "tier": "1k", "max_tokens": 16}
+
+
+@pytest.mark.system
+async def test_reload_names_the_headline_tier_when_it_moves(simulator: RunningSimulator, tmp_path: Path) -> None:
+    """The aggregator keeps its headline tier until a restart: a reload says so when the effective tier
+    changes, whether the file names it or a smaller prompt tier moved the default."""
+    path = tmp_path / "probes.yaml"
+    path.write_text(tier_config(simulator.base_url, [LONG]))
+    config = load_config(path)
+    assert config.headline_tier() == "1k"
+    async with new_session(8) as session:
+        run = Probing(config, path, Prober(session, config.timeouts, "test", 8))
+        serving = LocalAdmin(config, path, plan(config, {})[0])  # routewatch serve: no probe schedule
+        try:
+            # Implicit: a short prompt (tier 100) moves the default headline tier from 1k to 100.
+            path.write_text(tier_config(simulator.base_url, [prompt_entry(), LONG]))
+            report = await run.admin.reload_config()
+            assert report["applied"] is True and report["restart_required"] is True, report
+            assert report["changes"][-1] == (
+                "aggregator.headline_tier: 1k -> 100 (the prompts' smallest tier) (restart required)"
+            )
+            assert report["message"].endswith("; 1 take effect at the next restart")
+            assert "aggregator: changed (restart required)" not in report["changes"]
+            assert (await serving.reload_config())["changes"][-1] == (
+                "aggregator.headline_tier: 1k -> 100 (the prompts' smallest tier)"
+            )
+
+            # Explicit, back to the tier it started with: nothing waits for a restart any more.
+            path.write_text(tier_config(simulator.base_url, [prompt_entry(), LONG], headline_tier="1k"))
+            report = await run.admin.reload_config()
+            assert [c for c in report["changes"] if "restart" in c] == ["aggregator: changed (restart required)"]
+
+            # Explicit, another tier than at start: the line names both.
+            path.write_text(tier_config(simulator.base_url, [prompt_entry(), LONG], headline_tier="100"))
+            report = await run.admin.reload_config()
+            assert report["restart_required"] is True
+            assert report["changes"][-2:] == [
+                "aggregator: changed (restart required)",
+                "aggregator.headline_tier: 1k -> 100 (restart required)",
+            ]
+        finally:
+            await run.schedule.stop(limit_s=5)
+
+
 @pytest.mark.system
 async def test_two_reloads_at_once_apply_the_file_once(simulator: RunningSimulator, tmp_path: Path) -> None:
     path = tmp_path / "probes.yaml"

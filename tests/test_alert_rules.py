@@ -55,6 +55,7 @@ def test_every_alert_has_routing_labels_and_a_link_to_the_drill_down() -> None:
         "RoutewatchStatsStale",
         "RoutewatchSpoolBacklogGrowing",
         "RoutewatchWriterNotStoring",
+        "RoutewatchCostReportedMismatch",
     } <= names
     for a in alerts:
         assert a["labels"]["severity"] in ("page", "ticket"), a["alert"]
@@ -245,11 +246,31 @@ def _short_model_down_hold(rule: dict[str, Any]) -> None:
         rule["for"] = "30s"
 
 
+def _cost_ratio_without_hold(rule: dict[str, Any]) -> None:
+    if rule.get("alert") == "RoutewatchCostReportedMismatch":
+        del rule["for"]
+
+
+def _cost_ratio_above_only(rule: dict[str, Any]) -> None:
+    if rule.get("alert") == "RoutewatchCostReportedMismatch":
+        rule["expr"] = rule["expr"].split("\nor\n")[0]
+
+
 @pytest.mark.system
 @pytest.mark.parametrize(
     ("mutate", "caught"),
-    [(_without_burn_guards, "case/thin"), (_short_model_down_hold, "RoutewatchModelDown: quiet on a blip")],
-    ids=["burn alerts without their minimum probes and failures", "model-down hold shorter than one failure lasts"],
+    [
+        (_without_burn_guards, "case/thin"),
+        (_short_model_down_hold, "RoutewatchModelDown: quiet on a blip"),
+        (_cost_ratio_without_hold, "RoutewatchCostReportedMismatch: quiet on a blip"),
+        (_cost_ratio_above_only, "resolves (below the band)"),
+    ],
+    ids=[
+        "burn alerts without their minimum probes and failures",
+        "model-down hold shorter than one failure lasts",
+        "cost ratio alert without its hold",
+        "cost ratio alert without the lower side of its band",
+    ],
 )
 def test_promtool_tests_fail_when_a_guard_is_removed(
     tmp_path: Path, mutate: Callable[[dict[str, Any]], None], caught: str

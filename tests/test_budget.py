@@ -14,7 +14,7 @@ import signal
 import sys
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,13 @@ from routewatch.aggregator.publish.api import create_app
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.budget_follow import FOLLOW_EVERY_S, follow_pauses
 from routewatch.config import parse_config
-from routewatch.config.costs import probe_cost_usd
+from routewatch.config.costs import plan_costs, probe_cost_usd
+from routewatch.config.model import Price
+from routewatch.model_discovery import catalog_cost_plan
 from routewatch.probe.scheduler import Prober, new_session, schedule, stop
 from routewatch.probe.targets import plan
 from routewatch.simulator import ModelProfile, start_simulator
+from routewatch.storage import catalog_queries
 from routewatch.storage.cost_queries import SeriesSpend
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import BatchWriter
@@ -301,3 +304,36 @@ async def _line_matching(proc: asyncio.subprocess.Process, printed: list[str], p
             printed.append(line)
             if m := re.search(pattern, line):
                 return m.group(1)
+
+
+@pytest.mark.db
+async def test_the_cost_plan_is_made_from_the_catalog_and_remade_after_a_reload(pool: asyncpg.Pool) -> None:
+    """The leader's plan: probes.yaml with the models the catalog has the router list (its discover globs)
+    at their listed prices, as ``plan_costs`` makes it; a configuration reloaded is planned at the next check."""
+    router = router_entry("r", models=["cfg/priced"], prices={"cfg/priced": {"input": 1, "output": 2}})
+    text = config_text(
+        [{**router, "discover": {"include": ["lst/*"]}}], [prompt_entry(max_tokens=16)], schedule={"interval": "60s"}
+    )
+    config = parse_config(text, "probes.yaml")
+    async with pool.acquire() as conn:
+        await ensure_schema(conn)
+        listed = [("lst/a", 3.0, 6.0, None), ("lst/b", None, None, None), ("other/c", 9.0, 9.0, None)]
+        await catalog_queries.record_listing(conn, "r", datetime.now(UTC), listed, complete=True)
+        keeper = BudgetKeeper(None, 1440.0, config=config, planner=catalog_cost_plan)
+        report = await keeper.check(conn, leader=True)
+        # lst/b is discovered without a price; other/c is listed but not discovered.
+        expected = plan_costs(config, {"r": {"lst/a": Price(input=3, output=6)}}, {"r": ("lst/a", "lst/b")})
+        assert [m.model for m in expected.models] == ["cfg/priced", "lst/a", "lst/b"]
+        assert report.planned_usd_per_day == pytest.approx(expected.usd_per_day)
+        assert report.planned_usd_per_day > (plan_costs(config).usd_per_day or 0.0), "the listed model adds"
+
+        # Twice the interval halves the plan, from the first check after the reload.
+        slower = parse_config(text.replace("interval: 60s", "interval: 120s"), "probes.yaml")
+        keeper.configure(None, 720.0, slower)
+        again = await keeper.check(conn, leader=True)
+        assert again.planned_usd_per_day == pytest.approx((expected.usd_per_day or 0.0) / 2)
+
+        # Without a priced model there is no plan to publish: null, as the API says.
+        unpriced = parse_config(config_text([router_entry("r", models=["cfg/free"])], [prompt_entry()]), "probes.yaml")
+        keeper.configure(None, 1440.0, unpriced)
+        assert (await keeper.check(conn, leader=True)).planned_usd_per_day is None

@@ -185,9 +185,10 @@ def test_embedded_postgres_and_the_prober_workers_die_with_a_killed_routewatch(
     assert not any(map(alive, workers)), "a prober worker outlived a SIGKILLed routewatch"
 
 
-def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
+def _once(config: Path) -> subprocess.CompletedProcess[str]:
+    """``routewatch once`` on ``config`` in a 200-column terminal; it printed no traceback."""
     proc = subprocess.run(
-        ROUTEWATCH + ["once", "--config", str(config_file)],
+        ROUTEWATCH + ["once", "--config", str(config)],
         env=_env(COLUMNS="200"),
         capture_output=True,
         text=True,
@@ -195,6 +196,11 @@ def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
         cwd=REPO,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
+    proc = _once(config_file)
     for model in (
         "openai/gpt-4.1-nano",
         "anthropic/claude-haiku-4.5",
@@ -205,6 +211,27 @@ def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
     m = re.search(r"(\d+) of (\d+) probes ok", proc.stdout)
     assert m and int(m.group(2)) == 4, proc.stdout
     assert proc.returncode == (0 if m.group(1) == m.group(2) else 2)  # 2: some probe failed
+
+
+def test_once_shows_the_prompt_tier_of_each_probe(tmp_path: Path) -> None:
+    """A short hand-written prompt (tier 100) and a generated 1k one: each row names its tier."""
+    path = tmp_path / "probes.yaml"
+    path.write_text(
+        FAST_CONFIG.replace(
+            "models: [openai/gpt-4.1-nano, anthropic/claude-haiku-4.5, google/gemini-2.5-flash, deepseek/deepseek-r1]",
+            "models: [openai/gpt-4.1-nano]",
+        ).replace(
+            '    messages: [{role: user, content: "Count from 1 to 40 in words."}]\n',
+            '    messages: [{role: user, content: "Count from 1 to 40 in words."}]\n'
+            "  - name: long\n    tier: 1k\n    max_tokens: 16\n",
+        ),
+        encoding="utf-8",
+    )
+    proc = _once(path)
+    assert "router · prompt · tier" in proc.stdout, proc.stdout
+    rows = re.findall(r"orcarouter · (\w+) · tier (\w+)", proc.stdout)
+    assert sorted(rows) == [("long", "1k"), ("short", "100")], proc.stdout
+    assert "2 of 2 probes ok" in proc.stdout, proc.stdout
 
 
 def test_real_router_without_its_key_is_a_clear_error(config_file: Path) -> None:

@@ -23,7 +23,8 @@ import pytest
 import yaml
 from hostile.harness import ROUTEWATCH, Process, clean_env, fetch_rows, strict_json
 
-from routewatch.config.costs import probe_cost_usd
+from routewatch.config import load_config
+from routewatch.config.costs import format_usd, plan_costs, probe_cost_usd
 from routewatch.config.model import Price
 from routewatch.simulator.process import SimulatorProcess
 
@@ -135,6 +136,11 @@ def test_listed_prices_cost_discovered_probes_and_reported_costs_are_compared(db
             "with the models discovered and the prices the routers list, the planned cost is $26.27/day, "
             "$14.27 (119%) over the budget of $12.00/day" in output
         ), output[-3000:]
+        # The same plan, from the file and what the catalog recorded of the simulator's list.
+        planned = plan_costs(
+            load_config(config), {"sim": {m: p for m, (p, _) in EXPECTED_PRICE.items() if p}}, {"sim": tuple(LISTED)}
+        ).usd_per_day
+        assert format_usd(planned or 0.0) == "$26.27"
 
         # The stored probes against the simulator's record of what it served and announced.
         truth = {r["request_id"]: r for r in strict_json(_get(sim.root + "/v1/ground-truth"))}
@@ -181,6 +187,8 @@ def test_listed_prices_cost_discovered_probes_and_reported_costs_are_compared(db
             assert by_model["lst/right"]["reported_vs_computed"] == pytest.approx(1.0, rel=1e-9)
             assert by_model["lst/wrong"]["reported_vs_computed"] == pytest.approx(2.0, rel=1e-9)
             assert costs["budget"]["spent_today_usd"] == pytest.approx(sum(s["reported"] for s in expected.values()))
+            # The plan the prober logged, published by the aggregator for operators (not only in a log).
+            assert costs["budget"]["planned_usd_per_day"] == pytest.approx(planned, rel=1e-9), costs["budget"]
             shown = {k: by_model["lst/wrong"][k] for k in ("usd", "reported_usd", "reported_vs_computed", "price")}
             print(f"\n/v1/costs of the model whose listed price is half the billed one: {json.dumps(shown)}")
 
@@ -191,6 +199,8 @@ def test_listed_prices_cost_discovered_probes_and_reported_costs_are_compared(db
                 computed = _sample(metrics, "routewatch_cost_today_usd", model)
                 assert computed == (None if EXPECTED_PRICE[model][0] is None else pytest.approx(sums["usd"])), model
             assert _sample(metrics, "routewatch_cost_reported_ratio", "lst/wrong") == pytest.approx(2.0, rel=1e-9)
+            gauge = re.search(r"^routewatch_budget_planned_usd_per_day (\S+)$", metrics, re.MULTILINE)
+            assert gauge and float(gauge.group(1)) == pytest.approx(planned, rel=1e-9), metrics[-2000:]
             listing = {m["id"]: m for m in strict_json(_get(api + "/v1/models"))["models"]}
             assert listing["lst/override"]["price"]["source"] == "config"
             assert listing["lst/cached"]["price"]["cached_input_usd_per_mtok"] == 0.5

@@ -187,5 +187,12 @@ async def test_the_ttft_slo_is_judged_on_the_headline_tier_alone(
     status = await (await client.get("/v1/status")).json()
     (model,) = [m for m in status["models"] if m["id"] == MODEL]
     assert model["state"] == state, model
+    # The status page's JSON twin says which tier its figures are of, as the page does.
+    twin = await client.get("/status.json")
+    assert twin.status == 200, await twin.text()
+    body = await twin.json()
+    assert body["tier"] == headline, body["tier"]
+    (row,) = [m for m in body["models"] if m["id"] == MODEL]
+    assert row["routers"][0]["ttft_p50_ms"] == pytest.approx(8000.0 if headline == "10k" else 50.0, rel=0.05)
     if state == "degraded":
         assert model["reason"].startswith("p95 TTFT 8000 ms > 5000 ms"), model["reason"]

@@ -280,6 +280,7 @@ def test_view_json_has_ninety_days_per_model_and_nulls_for_missing() -> None:
     uptime = {(NANO, TODAY): DayUptime(operational=90, down=10)}
     body = view_json(build_view(_report(_status(NANO, State.DEGRADED, "slow")), None, uptime, TODAY))
     assert body["overall"] == "degraded" and body["window"] is None and body["stats_updated_at"] is None
+    assert body["tier"] is None  # no figures, no tier
     (model,) = body["models"]
     assert model["id"] == NANO and model["state"] == "degraded" and model["reason"] == "slow"
     assert model["routers"] == [] and model["uptime_90d"] == 0.9
@@ -338,7 +339,17 @@ async def test_status_json_shape(seeded, pool, aiohttp_client) -> None:
     resp = await client.get("/status.json")
     assert resp.status == 200 and resp.content_type == "application/json"
     body = await resp.json()
-    assert set(body) == {"updated_at", "stats_updated_at", "window", "overall", "models", "incidents", "budget_note"}
+    assert set(body) == {
+        "updated_at",
+        "stats_updated_at",
+        "window",
+        "tier",
+        "overall",
+        "models",
+        "incidents",
+        "budget_note",
+    }
+    assert body["tier"] == "100", "the figures say which prompt tier they are of"
     assert body["budget_note"] is None  # no budget: nothing paused
     assert body["overall"] == "down" and body["window"] == "7d"
     models = {m["id"]: m for m in body["models"]}

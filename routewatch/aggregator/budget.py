@@ -14,15 +14,21 @@ dearest first (by their measured cost rate: mean cost per probe today
 × probes per day) until the rate of those still probed fits within the
 budget. Pauses last until the UTC day turns (a new day has no rows) or the
 budget is raised above the day's spend.
+
+Every check also carries the cost plan per day (``BudgetReport.planned_usd_per_day``),
+made by a :data:`Planner` from the configuration and what the model catalog says the
+routers list, re-made every :data:`PLAN_REREAD_S` and after a reload: the figure each
+prober logs, for the API and /metrics. Every process makes it from the same rows.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from routewatch.config import Config
 from routewatch.storage.connection import Conn
 from routewatch.storage.cost_queries import (
     Pause,
@@ -38,6 +44,12 @@ from routewatch.storage.cost_queries import (
 SPEND_DAYS = 31  # days of spend kept for the API's per-day figures
 PAST_REREAD_S = 600.0
 """Past days are re-read this often (late results from a drained spool still add to them); today at every check."""
+PLAN_REREAD_S = 60.0
+"""The cost plan is re-made this often from the catalog (the routers' lists change at ``discover.refresh``), and
+at the first check after a reload."""
+
+Planner = Callable[[Conn, Config], Awaitable[float | None]]
+"""USD per day a configuration plans with what the catalog says the routers list (``model_discovery``)."""
 
 
 def series_rate(spend: SeriesSpend, probes_per_day: float) -> float:
@@ -93,6 +105,7 @@ class BudgetReport:
     past: tuple[SeriesSpend, ...] = ()  # every series on each of the SPEND_DAYS - 1 days before today
     current: tuple[SeriesSpend, ...] = ()  # every series today
     paused: tuple[Pause, ...] = ()  # today's, dearest first
+    planned_usd_per_day: float | None = None  # the cost plan with discovered models and listed prices
 
     @property
     def spend(self) -> tuple[SeriesSpend, ...]:
@@ -131,11 +144,26 @@ class BudgetKeeper:
     # so that a check reads one row per series, not SPEND_DAYS.
     _past: tuple[SeriesSpend, ...] = field(default=(), repr=False)
     _past_key: tuple[date, float] | None = field(default=None, repr=False)  # (today, monotonic time read)
+    # The plan: of ``config`` by ``planner``; None: not planned (the report's figure stays None).
+    config: Config | None = field(default=None, repr=False)
+    planner: Planner | None = field(default=None, repr=False)
+    _planned: tuple[float, float | None] | None = field(default=None, repr=False)  # (monotonic time, USD/day)
 
-    def configure(self, budget_usd: float | None, probes_per_day: float) -> None:
-        """Use a reloaded configuration's budget and interval from the next check on."""
+    def configure(self, budget_usd: float | None, probes_per_day: float, config: Config | None = None) -> None:
+        """Use a reloaded configuration's budget and interval (and ``config``'s plan) from the next check on."""
         self.budget_usd = budget_usd
         self.probes_per_day = probes_per_day
+        if config is not None:
+            self.config = config
+            self._planned = None
+
+    async def _plan(self, conn: Conn) -> float | None:
+        """The planned USD per day, re-made every PLAN_REREAD_S."""
+        if self.planner is None or self.config is None:
+            return None
+        if self._planned is None or time.monotonic() - self._planned[0] > PLAN_REREAD_S:
+            self._planned = (time.monotonic(), await self.planner(conn, self.config))
+        return self._planned[1]
 
     async def check(self, conn: Conn, *, leader: bool) -> BudgetReport:
         """Read spend and pauses; as ``leader``, pause (or resume) series first. Returns the new report."""
@@ -158,5 +186,6 @@ class BudgetKeeper:
                 if new:
                     await add_pauses(conn, day, new)
                     paused = await read_pauses(conn, day)
-        self.report = BudgetReport(day, self.budget_usd, self._past, today, tuple(paused))
+        planned = await self._plan(conn)
+        self.report = BudgetReport(day, self.budget_usd, self._past, today, tuple(paused), planned)
         return self.report

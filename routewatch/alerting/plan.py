@@ -147,6 +147,11 @@ class AlertPlan:
     down_after: int
     up_after_s: float  # up_after ok probes, interval apart, plus twice the jitter
     deployment: Deployment
+    # The router's reported cost over routewatch's computed one: outside [low, high] for the hold,
+    # the configured or listed price is wrong (a factor of 2 is no rounding or cache-pricing slip).
+    cost_ratio_low: float = 0.5
+    cost_ratio_high: float = 2.0
+    cost_ratio_for_s: float = 3600.0
 
     @property
     def region(self) -> str:
@@ -276,4 +281,5 @@ def plan_alerts(config: Config, deployment: Deployment | None = None) -> AlertPl
         down_after=slo.down_after,
         up_after_s=slo.up_after * interval + 2 * config.schedule.jitter,
         deployment=d,
+        cost_ratio_for_s=3600 / d.scale,
     )

@@ -321,6 +321,7 @@ def alerts(plan: AlertPlan) -> list[Alert]:
             "UTC day turns, so their figures go stale. GET /v1/costs lists them.",
         )
     )
+    out.append(_cost_ratio(plan))
     writer = duration(plan.writer_window_s)
     out.append(
         _process(
@@ -337,3 +338,37 @@ def alerts(plan: AlertPlan) -> list[Alert]:
         )
     )
     return out
+
+
+def _cost_ratio(plan: AlertPlan) -> Alert:
+    """The router's reported cost far from the computed one: the price routewatch costs a model at is wrong.
+
+    Per (router, model) over every instance (each ``run`` or ``serve`` exports the same gauge), with the
+    static region of the process alerts: the cost is the model's, whichever region probed it. The gauge
+    exists only for models with a price whose router reports costs, discovered ones included, so no
+    inventory join: an unpriced model or a router that reports nothing never fires."""
+    low, high, hold = number(plan.cost_ratio_low), number(plan.cost_ratio_high), duration(plan.cost_ratio_for_s)
+    route = (Label("model"), " via ", Label("router"))
+    base = plan.deployment.grafana_url.rstrip("/")
+    link = (f"{base}/d/{DRILL_DOWN_UID}?var-router=", Label("router", query=True))
+    return Alert(
+        name="RoutewatchCostReportedMismatch",
+        expr=f"max by (router, model) (routewatch_cost_reported_ratio) > {high}\n"
+        f"or\nmin by (router, model) (routewatch_cost_reported_ratio) < {low}",
+        for_s=plan.cost_ratio_for_s,
+        severity="ticket",
+        summary=Template((*route, ": the router's reported cost is far from the computed one")),
+        description=Template(
+            (
+                "Today the router's reported cost of the probes of ",
+                *route,
+                f" has been outside {low} to {high} times the cost routewatch computes from their tokens "
+                f"and the model's price for {hold}: the price in probes.yaml, or the one the router's model "
+                "list publishes, is wrong, and so are the computed spend and the cost plan. GET /v1/costs shows "
+                "the model's price, its source and reported_vs_computed.",
+            )
+        ),
+        dashboard=Template((*link, "&var-model=", Label("model", query=True))),
+        per_route=False,
+        region=plan.region,
+    )

@@ -15,6 +15,7 @@ spell, firing at the end of the bad spell and resolved after it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -269,6 +270,8 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
         ph = _phases(plan, alert)
         groups.append(_phase_group(plan, alert, ph, [(_selector(metric, proc), _gauge_phases(ph, good, bad))], proc))
 
+    groups.extend(_cost_ratio_groups(plan, by_name["RoutewatchCostReportedMismatch"], route, proc))
+
     stale = by_name["RoutewatchStatsStale"]
     ph = _phases(plan, stale)
     refresh = plan.refresh_s
@@ -288,6 +291,23 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
         )
     )
     groups.append(_backlog_group(plan, by_name["RoutewatchSpoolBacklogGrowing"], proc))
+    return groups
+
+
+def _cost_ratio_groups(plan: AlertPlan, alert: Alert, route: Labels, proc: Labels) -> list[_Group]:
+    """The reported-vs-computed ratio too high, then too low: quiet on a one-sample blip, fires on a long
+    spell, resolves; exported alike by two instances (a leader and a standby), it fires once."""
+    model = {"router": route["router"], "model": route["model"]}
+    groups = []
+    for side, bad in (("above", 2 * plan.cost_ratio_high), ("below", plan.cost_ratio_low / 2)):
+        ph = _phases(plan, alert)
+        values = _gauge_phases(ph, 1.0, bad)
+        series = [
+            (_selector("routewatch_cost_reported_ratio", {**proc, "instance": instance, **model}), values)
+            for instance in (proc["instance"], "routewatch-standby:8321")
+        ]
+        group = _phase_group(plan, alert, ph, series, model)
+        groups.append(dataclasses.replace(group, name=f"{group.name} ({side} the band)"))
     return groups
 
 

@@ -130,6 +130,7 @@ def costs_json(
         "day": report.day.isoformat(),
         "budget": {
             "usd_per_day": report.budget_usd,
+            "planned_usd_per_day": report.planned_usd_per_day,
             "spent_today_usd": report.spent_today_usd,
             "paused": [
                 {"router": p.router, "model": p.model, "prompt": p.prompt, "usd_per_day": p.usd_per_day}

@@ -39,7 +39,8 @@ Families (labels in braces; every stat is over one window, e.g. "1h"):
   ``routewatch_read_replica_lag_seconds`` (how far its replay is behind the
   primary; absent while it cannot be reached), ``routewatch_read_replica_switches_total``.
 * spend and budget (``routewatch/aggregator/budget.py``), once read: ``routewatch_budget_spend_today_usd``,
-  ``routewatch_budget_usd_per_day`` (absent without a budget), ``routewatch_budget_series_paused``,
+  ``routewatch_budget_usd_per_day`` (absent without a budget), ``routewatch_budget_planned_usd_per_day``
+  (absent without a priced model), ``routewatch_budget_series_paused``,
   ``routewatch_budget_paused{router, model, prompt}`` (1 per paused series),
   and, per (router, model) probed today (bounded by the models probed, like the stats families),
   ``routewatch_cost_today_usd`` (computed; priced models), ``routewatch_cost_reported_today_usd``
@@ -269,6 +270,13 @@ def _budget_families(report: BudgetReport) -> Iterator[Metric]:
     if report.budget_usd is not None:
         yield GaugeMetricFamily(
             "routewatch_budget_usd_per_day", "budget.usd_per_day from probes.yaml", value=report.budget_usd
+        )
+    if report.planned_usd_per_day is not None:
+        yield GaugeMetricFamily(
+            "routewatch_budget_planned_usd_per_day",
+            "USD per day probes.yaml plans with the models the routers list (discover) and their listed prices, "
+            "every answer max_tokens long; absent when no model has a price",
+            value=report.planned_usd_per_day,
         )
     yield GaugeMetricFamily(
         "routewatch_budget_series_paused",

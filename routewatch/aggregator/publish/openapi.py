@@ -332,6 +332,12 @@ def _costs() -> Schema:
     budget = _object(
         {
             "usd_per_day": {**NUMBER_OR_NULL, "description": "budget.usd_per_day; null: no budget"},
+            "planned_usd_per_day": {
+                **NUMBER_OR_NULL,
+                "description": "what probes.yaml plans per day with the models the routers list (discover) and "
+                "their listed prices, every answer max_tokens long (the figure each prober logs); re-made every "
+                "minute from the model catalog; null: no model has a price",
+            },
             "spent_today_usd": {**usd, "description": "billed: the routers' reported costs where given, else computed"},
             "paused": {"type": "array", "items": pause, "description": "series paused until the UTC day turns"},
             "note": {"type": ["string", "null"], "description": "what the status page says while series are paused"},
@@ -490,6 +496,12 @@ def _status_page() -> Schema:
             "updated_at": {**DATE_TIME_OR_NULL, "description": "status evaluation time"},
             "stats_updated_at": {**DATE_TIME_OR_NULL, "description": "time of the p50 figures"},
             "window": {"type": ["string", "null"], "description": "window of the p50 figures; null without stats"},
+            "tier": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "description": "the prompt tier the p50 figures are of (aggregator.headline_tier, by default the "
+                "prompts' smallest): only that tier's probes count in them; null without stats",
+            },
             "overall": state,
             "models": {"type": "array", "items": model},
             "incidents": _incidents(),

@@ -270,6 +270,7 @@ def view_json(view: StatusView) -> dict[str, Any]:
           "updated_at": "2025-06-01T12:00:00+00:00",   # status evaluation time
           "stats_updated_at": "2025-06-01T12:00:00+00:00",  # time of the p50 figures
           "window": "7d",                               # window of the p50 figures
+          "tier": "100",                                # prompt tier of the p50 figures (the headline tier)
           "overall": "operational" | "degraded" | "down" | "unknown",
           "models": [{
             "id": "openai/gpt-4.1-nano",
@@ -303,6 +304,7 @@ def view_json(view: StatusView) -> dict[str, Any]:
         "updated_at": _iso(view.updated_at),
         "stats_updated_at": _iso(view.stats_updated_at),
         "window": view.window,
+        "tier": view.tier,
         "overall": view.overall.value,
         "models": [_model_json(row) for row in view.models],
         "incidents": {
