@@ -35,7 +35,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -142,7 +142,8 @@ def make_view(n_models: int, seed: int = 15) -> StatusView:
         )
         for k in range(10)
     )
-    overall = State.DOWN if any(r.state is State.DOWN for r in rows) else State.OPERATIONAL
+    found = {r.state for r in rows}
+    overall = next((s for s in (State.DOWN, State.DEGRADED, State.UNKNOWN) if s in found), State.OPERATIONAL)
     return StatusView(NOW, NOW, "7d", overall, tuple(rows), open_, recent, tier="100")
 
 

@@ -38,6 +38,7 @@ from status_seed import (
     seed_status,
     status_app,
 )
+from uptime_strips import strip_levels
 
 from routewatch.aggregator.model_state import UPTIME_DAYS
 
@@ -97,7 +98,12 @@ async def test_status_page_in_headless_chromium_without_javascript(
     assert dom.find("p", "updated").text.startswith(f"Updated {datetime.now(UTC):%Y-%m-%d}")
 
     rows = {row.find("a", "name").text: row for row in dom.find_all("li", "model")}
-    assert list(rows) == list(MODELS)  # EVIL's id shown literally, as text
+    # Grouped by state, the down model first; EVIL's id shown literally, as text.
+    assert list(rows) == [BROKEN, EVIL, NANO] and set(rows) == set(MODELS)
+    groups = [(h.attrs["id"], h.text) for h in dom.find_all("h3")]
+    assert groups == [("g-down", "Down (1)"), ("g-operational", "Operational (2)")]
+    assert dom.find("p", "counts").text == "3 models: 1 down · 2 operational"
+    assert [a.attrs["href"] for a in dom.find("p", "counts").find_all("a")] == ["#g-down", "#g-operational"]
     states = {name: row.find("span", "state").text for name, row in rows.items()}
     assert states == {EVIL: "Operational", NANO: "Operational", BROKEN: "Down"}
     ttft = rows[NANO].find("b", "ttft").text
@@ -112,21 +118,25 @@ async def test_status_page_in_headless_chromium_without_javascript(
     assert rows[NANO].find("b", "errors").text == "0.00%" and rows[BROKEN].find("b", "errors").text == "100.00%"
     first_day = (datetime.now(UTC).date() - timedelta(days=max(PAST_LEVELS) - 1)).isoformat()
     for name, row in rows.items():
-        uptime = row.find("span", "uptime").text
+        uptime = row.find("p", "uptime").text
         # Five whole days of rows and minutes of today: never "over 90 days".
         assert re.fullmatch(rf"\d+\.\d\d% uptime since {first_day} \(5 d of data\)", uptime), (name, uptime)
         assert row.find("a", "name").attrs["href"].startswith("/status/models/")
 
-    today = datetime.now(UTC).date()
-    for name, row in rows.items():
-        bars = row.find("ol", "bars").find_all("li", "bar")
-        assert len(bars) == UPTIME_DAYS, name
-        for ago, level in PAST_LEVELS.items():
-            bar = bars[-1 - ago]
-            day = (today - timedelta(days=ago)).isoformat()
-            assert f"l-{level}" in bar.classes, (name, ago)
-            assert bar.attrs["title"].startswith(f"{day}: ") and bar.attrs["aria-label"] == bar.attrs["title"]
-        assert "mostly unknown" in bars[-4].attrs["title"] and bars[-7].attrs["title"].endswith(": no data")
+    # One SVG strip per model: each seeded day at its level, the days before them unknown (no data).
+    strips = strip_levels(dom_markup)
+    assert len(strips) == len(rows)
+    for (name, row), levels in zip(rows.items(), strips, strict=True):
+        assert len(levels) == UPTIME_DAYS, name
+        assert {ago: levels[-1 - ago] for ago in PAST_LEVELS} == PAST_LEVELS, name
+        assert levels[: UPTIME_DAYS - 6] == ["unknown"] * (UPTIME_DAYS - 6), name
+        svg = row.find("svg", "strip")
+        assert svg.attrs["role"] == "img" and not row.find_all("li", "bar")  # the per-day bars are the model page's
+        # Its text alternative counts the days drawn at each level (today: up, or major for the down model).
+        names = {"up": "up", "minor": "minor", "partial": "partial", "major": "major", "unknown": "no data or unknown"}
+        counts = ", ".join(f"{levels.count(level)} {text}" for level, text in names.items() if level in levels)
+        assert svg.find("title").text == f"Uptime of {name}, 90 days: {counts}"
+        assert levels.count("unknown") == UPTIME_DAYS - 5 and levels[-1] == ("major" if name == BROKEN else "up")
 
     sections = {s.find("h2").text: s for s in dom.find_all("section") if s.find_all("h2")}
     (open_incident,) = sections["Open incidents"].find_all("li", "incident")
