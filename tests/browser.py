@@ -237,6 +237,7 @@ class Loaded:
     markup: str  # the DOM, serialised
     png: bytes  # screenshot of the viewport
     content_width: float  # CSS px; wider than the viewport means a horizontal scroll bar
+    image_names: tuple[str, ...] = ()  # what a screen reader announces for each image (role img), in order
 
 
 async def load(
@@ -268,5 +269,11 @@ async def load(
         clip = {"x": 0, "y": 0, "width": width, "height": float(size["height"]), "scale": 1}
         area = {"captureBeyondViewport": True, "clip": clip}
     shot = await devtools.call("Page.captureScreenshot", session, format="png", **area)
+    tree = await devtools.call("Accessibility.getFullAXTree", session)
     await devtools.call("Target.closeTarget", targetId=target)
-    return Loaded(markup, base64.b64decode(shot["data"]), float(metrics["cssContentSize"]["width"]))
+    images = tuple(
+        str(node.get("name", {}).get("value", ""))
+        for node in tree["nodes"]
+        if node.get("role", {}).get("value") in ("image", "img") and not node.get("ignored")
+    )
+    return Loaded(markup, base64.b64decode(shot["data"]), float(metrics["cssContentSize"]["width"]), images)

@@ -125,7 +125,7 @@ async def test_status_page_in_headless_chromium_without_javascript(
 
     # One SVG strip per model: each seeded day at its level, the days before them unknown (no data).
     strips = strip_levels(dom_markup)
-    assert len(strips) == len(rows)
+    assert len(strips) == len(rows) == len(page.image_names)  # the patterns' hidden SVG is no image
     for (name, row), levels in zip(rows.items(), strips, strict=True):
         assert len(levels) == UPTIME_DAYS, name
         assert {ago: levels[-1 - ago] for ago in PAST_LEVELS} == PAST_LEVELS, name
@@ -136,6 +136,8 @@ async def test_status_page_in_headless_chromium_without_javascript(
         names = {"up": "up", "minor": "minor", "partial": "partial", "major": "major", "unknown": "no data or unknown"}
         counts = ", ".join(f"{levels.count(level)} {text}" for level, text in names.items() if level in levels)
         assert svg.find("title").text == f"Uptime of {name}, 90 days: {counts}"
+        # And that is what a screen reader announces for the strip (chromium's accessibility tree).
+        assert f"Uptime of {name}, 90 days: {counts}" in page.image_names, page.image_names
         assert levels.count("unknown") == UPTIME_DAYS - 5 and levels[-1] == ("major" if name == BROKEN else "up")
 
     sections = {s.find("h2").text: s for s in dom.find_all("section") if s.find_all("h2")}
