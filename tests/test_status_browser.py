@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from browser import ARTIFACTS, BROWSER_TIMEOUT_S, chromium_binary, headless_chromium, load, parse_dom
+from png_pixels import pixels
 from status_seed import (
     BROKEN,
     CLOSED_ID,
@@ -45,6 +46,24 @@ from routewatch.aggregator.model_state import UPTIME_DAYS
 pytestmark = pytest.mark.system
 
 SCREENSHOT = ARTIFACTS / "status-page.png"
+# The page's colours (status_page.CSS, uptime_strip.DEFS): levels, the unknown stripes, the gap between days.
+COLOURS = {
+    "up": (0x2D, 0xA4, 0x4E),
+    "minor": (0x9B, 0xD3, 0x5A),
+    "partial": (0xD4, 0xA7, 0x2C),
+    "major": (0xCF, 0x22, 0x2E),
+    "stripe-light": (0xD5, 0xDB, 0xE1),
+    "stripe-dark": (0xAA, 0xB3, 0xBD),
+    "gap": (0xFF, 0xFF, 0xFF),
+}
+STRIPES = ("stripe-light", "stripe-dark")
+
+
+def _nearest(px: tuple[int, int, int]) -> str:
+    """The page colour closest to ``px``."""
+    return min(COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLOURS[c], px, strict=True)))
+
+
 SCREENSHOT_NARROW = ARTIFACTS / "status-page-narrow.png"
 
 
@@ -84,7 +103,7 @@ async def test_status_page_in_headless_chromium_without_javascript(
         # The switch works: a page's own script does not run (a data: URL, nothing leaves the machine).
         probe = await load(devtools, "data:text/html,<title>off</title><script>document.title='on'</script>")
         assert parse_dom(probe.markup).find("title").text == "off", "chromium ran a script despite scriptEnabled=false"
-        page = await load(devtools, page_url)
+        page = await load(devtools, page_url, shoot="svg.strip")
         narrow = await load(devtools, page_url, width=360, height=740)
     dom_markup, png = page.markup, page.png
     dom = parse_dom(dom_markup)
@@ -139,6 +158,19 @@ async def test_status_page_in_headless_chromium_without_javascript(
         # And that is what a screen reader announces for the strip (chromium's accessibility tree).
         assert f"Uptime of {name}, 90 days: {counts}" in page.image_names, page.image_names
         assert levels.count("unknown") == UPTIME_DAYS - 5 and levels[-1] == ("major" if name == BROKEN else "up")
+
+    # What the strips look like: each day's middle drawn in its level's colour, unknown days in the two greys
+    # of their stripes (both seen along the unknown run), and a gap between days.
+    assert len(page.element_pngs) == len(strips)
+    for (name, _), levels, strip_png in zip(rows.items(), strips, page.element_pngs, strict=True):
+        drawn = pixels(strip_png)
+        middle = drawn[len(drawn) // 2]
+        day_px = len(middle) / UPTIME_DAYS
+        seen = [_nearest(middle[int((d + 0.4) * day_px)]) for d in range(UPTIME_DAYS)]
+        assert [("unknown" if c in STRIPES else c) for c in seen] == levels, name
+        inside = [_nearest(middle[int((d + f) * day_px)]) for d in range(80) for f in (0.15, 0.3, 0.45, 0.6, 0.75)]
+        assert all(inside.count(stripe) > len(inside) / 6 for stripe in STRIPES), (name, inside)
+        assert "gap" in {_nearest(middle[int((d + 0.95) * day_px)]) for d in range(UPTIME_DAYS)}, name
 
     sections = {s.find("h2").text: s for s in dom.find_all("section") if s.find_all("h2")}
     (open_incident,) = sections["Open incidents"].find_all("li", "incident")
