@@ -516,3 +516,20 @@ async def test_a_refresh_publishes_a_new_page(seeded, pool, aiohttp_client) -> N
     second = await client.get("/status.json")
     assert second.headers["ETag"] != first.headers["ETag"]
     assert (await second.json())["updated_at"] > (await first.json())["updated_at"]
+
+
+@pytest.mark.unit
+def test_no_models_yet_says_so_without_a_count_line() -> None:
+    page = render_status_page(build_view(_report(), None, {}, TODAY))
+    assert '<p class="muted">No models are monitored yet.</p>' in page
+    assert 'class="counts"' not in page and '<svg class="strip"' not in page and "<h3" not in page
+
+
+@pytest.mark.unit
+def test_a_retired_model_keeps_its_mark_and_its_strip() -> None:
+    view = build_view(_report(_status(NANO, State.UNKNOWN, "not listed")), None, {}, TODAY)
+    page = render_status_page(replace(view, models=(replace(view.models[0], retired=True),)))
+    (row,) = _rows(page)
+    head = row.split("</div>", 1)[0]
+    assert f'>{NANO}</a> <span class="retired"' in head and 'class="state s-unknown">Unknown<' in head
+    assert strip_levels(row) == [["unknown"] * UPTIME_DAYS]
