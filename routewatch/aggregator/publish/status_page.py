@@ -42,6 +42,7 @@ from routewatch.aggregator.publish.uptime_strip import DEFS, STRIP_CSS, uptime_s
 __all__ = [
     "BANNERS",
     "CSS",
+    "GROUP_ORDER",
     "bar_text",
     "document",
     "esc",
