@@ -16,6 +16,11 @@ taken from a ``git archive`` of that commit into a temporary directory and
 imported from there, so both are measured in the same run and the table
 gives ratios.
 
+With ``--browser``, each page is also loaded twice from a file into
+headless chromium (tests/browser.py: scripts off, a 360 px phone viewport)
+and its DOM node count, layout and style time and the time to its load
+event and first screenshot are read from the DevTools Performance domain.
+
     python bench/status_page.py --quick   # 100 and 1,250 models, 3 repeats
     python bench/status_page.py           # 100, 1,250 and 2,500 models, 7 repeats
 """
@@ -23,6 +28,7 @@ gives ratios.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import importlib.util
 import io
@@ -201,6 +207,51 @@ def measure_json(view: StatusView, repeats: int) -> dict[str, Any]:
     }
 
 
+async def _browser_load(devtools: Any, url: str) -> dict[str, float]:
+    """Load ``url`` in a 360 px phone viewport: wall time to the load event and a screenshot, DOM nodes,
+    layout and style-recalculation time."""
+    target = (await devtools.call("Target.createTarget", url="about:blank"))["targetId"]
+    session = (await devtools.call("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
+    await devtools.call(
+        "Emulation.setDeviceMetricsOverride", session, width=360, height=740, deviceScaleFactor=1, mobile=True
+    )
+    await devtools.call("Page.enable", session)
+    await devtools.call("Performance.enable", session)
+    t0 = time.perf_counter()
+    await devtools.call("Page.navigate", session, url=url)
+    await devtools.event("Page.loadEventFired", session)
+    await devtools.call("Page.captureScreenshot", session, format="png")
+    wall = time.perf_counter() - t0
+    metrics = {m["name"]: m["value"] for m in (await devtools.call("Performance.getMetrics", session))["metrics"]}
+    await devtools.call("Target.closeTarget", targetId=target)
+    return {
+        "load_and_paint_ms": round(wall * 1e3),
+        "dom_nodes": int(metrics["Nodes"]),
+        "layout_ms": round(metrics["LayoutDuration"] * 1e3),
+        "style_ms": round(metrics["RecalcStyleDuration"] * 1e3),
+    }
+
+
+def browser_loads(pages: dict[str, str], rounds: int = 2) -> dict[str, dict[str, float]]:
+    """Each page (name -> HTML) loaded ``rounds`` times in headless chromium; the last round's figures."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from browser import headless_chromium  # the tests' driver: scripts off, loopback only
+
+    out: dict[str, dict[str, float]] = {}
+
+    async def run(where: Path) -> None:
+        async with headless_chromium("chromium") as devtools:
+            for _ in range(rounds):  # the first round warms the browser up
+                for name, html in pages.items():
+                    path = where / f"{name}.html"
+                    path.write_text(html, encoding="utf-8")
+                    out[name] = await _browser_load(devtools, path.as_uri())
+
+    with tempfile.TemporaryDirectory(prefix="status-page-browser-") as tmp:
+        asyncio.run(run(Path(tmp)))
+    return out
+
+
 def _kb(n: int) -> str:
     return f"{n / 1024:,.1f}"
 
@@ -212,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, nargs="+", help="sizes (default 100 1250 2500; 100 1250 with --quick)")
     parser.add_argument("--base", default=BASE, help=f"the commit whose page is the baseline (default {BASE})")
     parser.add_argument("--json", type=Path, help="where to write results")
+    parser.add_argument("--browser", action="store_true", help="also load each page in headless chromium")
     args = parser.parse_args(argv)
     sizes: list[int] = args.models or ([100, 1250] if args.quick else [100, 1250, 2500])
     repeats = 3 if args.quick else 7
@@ -225,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
             view = make_view(n)
             old = measure(base.render_status_page, view, repeats)
             new = measure(status_page.render_status_page, view, repeats)
-            results.append({"models": n, "base": old, "new": new, "status_json": measure_json(view, repeats)})
+            result = {"models": n, "base": old, "new": new, "status_json": measure_json(view, repeats)}
+            if args.browser:
+                pages = {"base": base.render_status_page(view), "new": status_page.render_status_page(view)}
+                result["browser"] = browser_loads(pages)
+            results.append(result)
             print(f"measured {n} models", file=sys.stderr, flush=True)
 
     lines = [["models", "page", "KB", "gzip KB", "render ms", "gzip ms", "B/model", "bars KB", "figures KB", "rest KB"]]
@@ -264,6 +320,24 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     print_table(ratio_lines, left=1)
+    if args.browser:
+        print()
+        lines = [["models", "page", "DOM nodes", "load+paint ms", "layout ms", "style ms"]]
+        for r in results:
+            for name in ("base", "new"):
+                b = r["browser"][name]
+                lines.append(
+                    [
+                        f"{r['models']:,}",
+                        name,
+                        f"{b['dom_nodes']:,}",
+                        f"{b['load_and_paint_ms']:,}",
+                        f"{b['layout_ms']:,}",
+                        f"{b['style_ms']:,}",
+                    ]
+                )
+        print("headless chromium, 360 px viewport, scripts off (second load)")
+        print_table(lines, left=2)
     write_results(
         json_path,
         {**result_header("status_page", args.quick, info), "base": args.base, "repeats": repeats, "sizes": results},
