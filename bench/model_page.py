@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import statistics
 import sys
 import time
@@ -207,9 +206,11 @@ async def measure(dsn: str, models: list[str], sample: list[str], log: Callable[
                     }
                 )
                 log(f"{model}: {pages[-1]}")
-            async with http.get(base + "/status") as resp:
+            # The plain body, then the gzip one the server sends (not a gzip of the gzip).
+            async with http.get(base + "/status", headers={"Accept-Encoding": "identity"}) as resp:
                 status_page = await resp.read()
-            status_gzip = gzip.compress(status_page)
+            async with http.get(base + "/status", headers={"Accept-Encoding": "gzip"}) as resp:
+                status_gzip = await resp.read()
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -237,14 +237,23 @@ class Loaded:
     markup: str  # the DOM, serialised
     png: bytes  # screenshot of the viewport
     content_width: float  # CSS px; wider than the viewport means a horizontal scroll bar
+    image_names: tuple[str, ...] = ()  # what a screen reader announces for each image (role img), in order
+    element_pngs: tuple[bytes, ...] = ()  # a screenshot of each element matching load()'s ``shoot``
 
 
 async def load(
-    devtools: DevTools, url: str, width: int = 1280, height: int = 1600, *, full_page: bool = False
+    devtools: DevTools,
+    url: str,
+    width: int = 1280,
+    height: int = 1600,
+    *,
+    full_page: bool = False,
+    shoot: str | None = None,
 ) -> Loaded:
     """Open ``url`` in a new tab with a ``width`` x ``height`` viewport and wait for its load event.
 
-    The screenshot is of the viewport, or with ``full_page`` of the whole page, top to bottom.
+    The screenshot is of the viewport, or with ``full_page`` of the whole page, top to bottom;
+    with ``shoot`` (a CSS selector), also one of each matching element, in document order.
     """
     target = (await devtools.call("Target.createTarget", url="about:blank"))["targetId"]
     session = (await devtools.call("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
@@ -268,5 +277,27 @@ async def load(
         clip = {"x": 0, "y": 0, "width": width, "height": float(size["height"]), "scale": 1}
         area = {"captureBeyondViewport": True, "clip": clip}
     shot = await devtools.call("Page.captureScreenshot", session, format="png", **area)
+    tree = await devtools.call("Accessibility.getFullAXTree", session)
+    elements = await _element_shots(devtools, session, root, shoot) if shoot else ()
     await devtools.call("Target.closeTarget", targetId=target)
-    return Loaded(markup, base64.b64decode(shot["data"]), float(metrics["cssContentSize"]["width"]))
+    images = tuple(
+        str(node.get("name", {}).get("value", ""))
+        for node in tree["nodes"]
+        if node.get("role", {}).get("value") in ("image", "img") and not node.get("ignored")
+    )
+    return Loaded(markup, base64.b64decode(shot["data"]), float(metrics["cssContentSize"]["width"]), images, elements)
+
+
+async def _element_shots(devtools: DevTools, session: str, root: int, selector: str) -> tuple[bytes, ...]:
+    """A PNG of each element matching ``selector`` (its border box), through the DOM domain: no script runs."""
+    found = (await devtools.call("DOM.querySelectorAll", session, nodeId=root, selector=selector))["nodeIds"]
+    shots = []
+    for node in found:
+        quad = (await devtools.call("DOM.getBoxModel", session, nodeId=node))["model"]["border"]
+        xs, ys = quad[0::2], quad[1::2]
+        clip = {"x": min(xs), "y": min(ys), "width": max(xs) - min(xs), "height": max(ys) - min(ys), "scale": 1}
+        shot = await devtools.call(
+            "Page.captureScreenshot", session, format="png", clip=clip, captureBeyondViewport=True
+        )
+        shots.append(base64.b64decode(shot["data"]))
+    return tuple(shots)

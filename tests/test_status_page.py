@@ -30,6 +30,7 @@ from status_seed import (
     seed_status,
     status_app,
 )
+from uptime_strips import strip_levels, strip_titles
 
 from routewatch.aggregator.model_state import (
     UPTIME_DAYS,
@@ -76,8 +77,9 @@ def _report(*models: ModelStatus, open_: tuple[Incident, ...] = (), recent: tupl
     return StatusReport(T0, tuple(models), open_, recent)
 
 
-def _bars_per_model(page: str) -> list[int]:
-    return [chunk.count('class="bar ') for chunk in page.split('<li class="model">')[1:]]
+def _rows(page: str) -> list[str]:
+    """The markup of each model's row, in page order."""
+    return page.split('<li class="model">')[1:]
 
 
 # ---------------------------------------------------------------- day levels
@@ -178,7 +180,8 @@ def test_every_name_is_escaped_in_text_and_attributes() -> None:
     assert "<img" not in page and "<b>boom" not in page
     assert "x/&lt;img src=x onerror=alert(1)&gt;&quot;&#x27;&amp;amp;" in page  # name, in text and attributes
     assert "&lt;b&gt;boom&lt;/b&gt; &amp; &quot;quoted&quot;" in page
-    assert 'aria-label="Daily uptime of x/&lt;img src=x onerror=alert(1)&gt;&quot;&#x27;&amp;amp;, 90 days"' in page
+    title = "Uptime of x/&lt;img src=x onerror=alert(1)&gt;&quot;&#x27;&amp;amp;, 90 days: 1 up, 89 no data or unknown"
+    assert strip_titles(page) == [title]
     # No attribute value is left open by a quote in a name: every tag is well formed.
     assert not re.search(r'="[^"]*<', page)
 
@@ -190,12 +193,11 @@ def test_router_names_are_escaped_and_shown_with_their_figures() -> None:
     row = replace(view.models[0], routes=(RouteFigures("r<1>", 412.0, 85.2, 0.1, ttfat_p50_ms=1650.0),))
     page = render_status_page(replace(view, models=(row,)))
     assert 'via <span class="router">r&lt;1&gt;</span>' in page
-    assert '<b class="ttft">412 ms</b>' in page and '<b class="tps">85.2 tok/s</b>' in page
-    # A reasoning model: its answer starts well after its first (reasoning) token, and the labels say so.
-    assert (
-        'p50 <abbr title="time to first answer token: for a reasoning model, after its reasoning">TTFAT</abbr>' in page
-    )
-    assert '<b class="ttfat">1,650 ms</b>' in page
+    assert 'TTFT <b class="ttft">412 ms</b>' in page and '<b class="tps">85.2 tok/s</b>' in page
+    # A reasoning model: its answer starts well after its first (reasoning) token; the intro says what each means,
+    # once for the whole page.
+    assert page.count('<abbr title="time to first answer token: for a reasoning model, after its reasoning">') == 1
+    assert 'TTFAT <b class="ttfat">1,650 ms</b>' in page
     assert "$0.10/M input tokens" in page
 
 
@@ -220,22 +222,87 @@ def test_missing_numbers_are_dashes_never_none() -> None:
 
 
 @pytest.mark.unit
-def test_unknown_days_are_grey_and_listed_in_the_legend_never_up() -> None:
+def test_unknown_days_are_striped_and_listed_in_the_legend_never_up() -> None:
     uptime = {
         (NANO, TODAY - timedelta(days=1)): DayUptime(operational=16400, unknown=70000),
         (NANO, TODAY): DayUptime(operational=600),
     }
     page = render_status_page(build_view(_report(_status(NANO, State.OPERATIONAL)), None, uptime, TODAY))
-    assert _bars_per_model(page) == [UPTIME_DAYS]
-    bars = re.findall(r'<li class="bar l-(\w+)" title="([^"]*)"', page)
-    assert len(bars) == UPTIME_DAYS
-    assert [level for level, _ in bars[:-2]] == ["unknown"] * (UPTIME_DAYS - 2)  # no data
-    assert bars[-2][0] == "unknown" and "mostly unknown" in bars[-2][1]
-    today = "2025-06-01 (today, so far): 100.00% up (degraded 0.00%, down 0.00%); 0.00% of the time unknown"
-    assert bars[-1] == ("up", today)
-    assert bars[0][1] == f"{TODAY - timedelta(days=UPTIME_DAYS - 1)}: no data"
+    (levels,) = strip_levels(page)
+    # No data for 88 days, then a mostly unknown day: both drawn unknown, never up; today up.
+    assert levels == ["unknown"] * (UPTIME_DAYS - 1) + ["up"]
+    assert strip_titles(page) == [f"Uptime of {NANO}, 90 days: 1 up, 89 no data or unknown"]
+    # Two runs, so two paths: the strip does not grow with the days.
+    assert page.count('<path class="l-') == 2 and 'd="M0 .5h89"' in page and 'd="M89 .5h1"' in page
     assert "no data or mostly unknown</li>" in page  # legend
-    assert ".l-unknown{background:repeating-linear-gradient" in page  # striped grey, unlike every level
+    assert ".l-unknown{background:repeating-linear-gradient" in page  # legend swatch striped grey
+    assert ".strip .l-unknown{stroke:url(#unk)}" in page and '<pattern id="unk"' in page  # the strip's stripes
+    # The per-day figures are the model page's: no per-day element or title here.
+    assert '<li class="bar' not in page and "(today, so far)" not in page
+
+
+@pytest.mark.unit
+def test_strip_draws_each_day_at_its_level_in_at_most_one_path_per_level() -> None:
+    levels = ["up", "minor", "partial", "major"]
+    # Days cycling through the levels in runs of 1 to 4 days, some with no row at all.
+    uptime = {}
+    shares = {"up": 1.0, "minor": 0.995, "partial": 0.97, "major": 0.5}
+    expected = []
+    for i in range(UPTIME_DAYS):
+        day = TODAY - timedelta(days=UPTIME_DAYS - 1 - i)
+        level = levels[(i // (1 + i % 4)) % 4] if i % 11 else "unknown"
+        expected.append(level)
+        if level != "unknown":
+            uptime[(NANO, day)] = DayUptime(operational=86400 * shares[level], down=86400 * (1 - shares[level]))
+    page = render_status_page(build_view(_report(_status(NANO, State.OPERATIONAL)), None, uptime, TODAY))
+    assert strip_levels(page) == [expected]
+    assert page.count('<path class="l-') == len(set(expected))  # one per level, however many runs
+    counts = ", ".join(f"{expected.count(lv)} {lv}" for lv in levels)
+    assert strip_titles(page) == [
+        f"Uptime of {NANO}, 90 days: {counts}, {expected.count('unknown')} no data or unknown"
+    ]
+
+
+@pytest.mark.unit
+def test_models_are_grouped_by_state_with_the_ones_in_trouble_first() -> None:
+    report = _report(
+        _status("a/up", State.OPERATIONAL),
+        _status("b/down", State.DOWN, "4 consecutive failed probes"),
+        _status("c/slow", State.DEGRADED, "slow"),
+        _status("d/up", State.OPERATIONAL),
+        _status("e/nodata", State.UNKNOWN, "no probe in the last 15m"),
+    )
+    page = render_status_page(build_view(report, None, {}, TODAY))
+    headings = re.findall(r'<h3 id="g-(\w+)">([^<]*)</h3>', page)
+    assert headings == [
+        ("down", "Down (1)"),
+        ("degraded", "Degraded (1)"),
+        ("unknown", "Unknown (1)"),
+        ("operational", "Operational (2)"),
+    ]
+    names = [re.findall(r'<a class="name" href="[^"]*">([^<]*)</a>', row)[0] for row in _rows(page)]
+    assert names == ["b/down", "c/slow", "e/nodata", "a/up", "d/up"]
+    assert (
+        '<p class="counts">5 models: <a href="#g-down">1 down</a> · <a href="#g-degraded">1 degraded</a>'
+        ' · <a href="#g-unknown">1 unknown</a> · <a href="#g-operational">2 operational</a></p>' in page
+    )
+    # Since when: for a model in trouble; an operational model's is on its page.
+    since = ["since <time" in row for row in _rows(page)]
+    assert since == [True, True, True, False, False]
+
+
+@pytest.mark.unit
+def test_the_page_stays_small_with_thousands_of_models() -> None:
+    """2,000 models, each with 90 days of data and a bad day every ninth: under 1 KB of HTML a model."""
+    statuses = [_status(f"vendor{i % 7}/model-{i:04d}", State.OPERATIONAL) for i in range(2000)]
+    uptime = {
+        (s.model, TODAY - timedelta(days=d)): DayUptime(operational=86000, down=400 if (d + i) % 9 == 0 else 0)
+        for i, s in enumerate(statuses)
+        for d in range(UPTIME_DAYS)
+    }
+    page = render_status_page(build_view(_report(*statuses), None, uptime, TODAY)).encode()
+    assert len(page) / len(statuses) < 1000, len(page)
+    assert len(strip_levels(page.decode())) == len(statuses) and all(s.model.encode() in page for s in statuses)
 
 
 @pytest.mark.unit
@@ -315,16 +382,23 @@ async def test_status_page_shows_states_figures_bars_and_incidents(seeded, pool,
     assert resp.headers["Content-Security-Policy"].startswith("default-src 'none';")  # no script could run
     page = await resp.text()
     assert BANNERS[State.DOWN] in page
-    assert _bars_per_model(page) == [UPTIME_DAYS] * len(MODELS)
+    for levels in strip_levels(page):
+        assert len(levels) == UPTIME_DAYS and {ago: levels[-1 - ago] for ago in PAST_LEVELS} == PAST_LEVELS
     assert "<script" not in page and "evil/&lt;script&gt;alert(1)&lt;/script&gt;&amp;co" in page
-    nano = page.split('<li class="model">')[2]
+    # The down model first, then the operational ones by id.
+    assert [re.findall(r'class="name" href="[^"]*">([^<]*)<', row)[0] for row in _rows(page)] == [
+        BROKEN,
+        "evil/&lt;script&gt;alert(1)&lt;/script&gt;&amp;co",
+        NANO,
+    ]
+    nano = _rows(page)[2]
     assert nano.startswith(f'<div class="model-head"><a class="name" href="/status/models/{NANO}">{NANO}</a>')
     assert (
         re.search(r'<b class="ttft">(\d+) ms</b>', nano)
         and f'$0.10/M input tokens · via <span class="router">{ROUTER}' in nano
     )
     assert f"#{OPEN_ID} Down" in page and f"#{CLOSED_ID} Degraded" in page and f"#{MAINTENANCE_ID} Down" in page
-    assert "p50 = median over the last 7d, of the 100-token prompt tier." in page, "the figures say which tier"
+    assert "Figures are medians (p50) over the last 7d, of the 100-token prompt tier." in page, "they say which tier"
 
     again = await client.get("/status", headers={"If-None-Match": resp.headers["ETag"]})
     assert again.status == 304 and await again.read() == b""
@@ -453,3 +527,20 @@ async def test_a_refresh_publishes_a_new_page(seeded, pool, aiohttp_client) -> N
     second = await client.get("/status.json")
     assert second.headers["ETag"] != first.headers["ETag"]
     assert (await second.json())["updated_at"] > (await first.json())["updated_at"]
+
+
+@pytest.mark.unit
+def test_no_models_yet_says_so_without_a_count_line() -> None:
+    page = render_status_page(build_view(_report(), None, {}, TODAY))
+    assert '<p class="muted">No models are monitored yet.</p>' in page
+    assert 'class="counts"' not in page and '<svg class="strip"' not in page and "<h3" not in page
+
+
+@pytest.mark.unit
+def test_a_retired_model_keeps_its_mark_and_its_strip() -> None:
+    view = build_view(_report(_status(NANO, State.UNKNOWN, "not listed")), None, {}, TODAY)
+    page = render_status_page(replace(view, models=(replace(view.models[0], retired=True),)))
+    (row,) = _rows(page)
+    head = row.split("</div>", 1)[0]
+    assert f'>{NANO}</a> <span class="retired"' in head and 'class="state s-unknown">Unknown<' in head
+    assert strip_levels(row) == [["unknown"] * UPTIME_DAYS]

@@ -5,11 +5,16 @@ document out. Every name that comes from configuration or data (model ids,
 router names, reasons) goes through :func:`esc` (``html.escape`` with
 ``quote=True``), in text and in attributes alike.
 
-The page reads top to bottom without scripts: the overall banner, open
-incidents, one block per model (state, reason, p50 TTFT, tok/s, router, 90
-daily uptime bars with a title and aria-label each), recent incidents, the
-legend and the last-updated time. Colour is never the only signal: states are
-written out, and unknown days are also striped.
+The page reads top to bottom without scripts: the overall banner, the count
+of models in each state (links to their groups), open incidents, the models
+grouped by state with the ones not operational first (per model its state,
+reason, p50 TTFT, TTFAT, tok/s, error rate, router, uptime with its span and
+the 90 days as one compact SVG strip, :mod:`.uptime_strip`), recent
+incidents, the legend and the last-updated time. The page must stay small
+at thousands of models, so a row carries no per-day markup: each day's
+figures are on the model's own page, whose ``<li>`` bars
+(:func:`uptime_bars`) say them on hover. Colour is never the only signal:
+states are written out, and unknown days are also striped.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from routewatch.aggregator.publish.display import (
 )
 from routewatch.aggregator.publish.model_links import model_page_path
 from routewatch.aggregator.publish.status_view import LEVELS, DayBar, ModelRow, RouteFigures, StatusView, UptimeSpan
+from routewatch.aggregator.publish.uptime_strip import DEFS, STRIP_CSS, uptime_strip
 
 __all__ = [
     "BANNERS",
     "CSS",
+    "GROUP_ORDER",
     "bar_text",
     "document",
     "esc",
@@ -69,7 +76,7 @@ h1{font-size:1.6rem;margin:0}
 h2{font-size:1.2rem;margin:2rem 0 .75rem}
 h3{font-size:1rem;margin:1rem 0 .5rem}
 header{display:flex;flex-wrap:wrap;justify-content:space-between;align-items:baseline;gap:.5rem}
-.updated,.note,.reason,.muted{color:var(--muted)}
+.updated,.note,.reason,.muted,p.uptime{color:var(--muted)}
 .updated{margin:0;font-size:.9rem}
 .banner{margin:1rem 0;padding:1rem 1.25rem;border-radius:6px;font-size:1.15rem;font-weight:600;
 border:1px solid transparent}
@@ -88,7 +95,8 @@ a.name{color:inherit}
 background:currentColor}
 .state.s-operational{color:#1a7f37}.state.s-degraded{color:#9a6700}
 .state.s-down{color:#cf222e}.state.s-unknown{color:#59636e}
-.reason,.figures{margin:.15rem 0;font-size:.9rem;overflow-wrap:anywhere}
+.reason,.figures,p.uptime{margin:.15rem 0;font-size:.9rem;overflow-wrap:anywhere}
+.counts{margin:.5rem 0;font-weight:600}
 .bars{display:flex;gap:1px;list-style:none;margin:.5rem 0 .2rem;padding:0;height:32px}
 .bar{flex:1 1 0;min-width:0;border-radius:1px}
 .l-up{background:var(--up)}.l-minor{background:var(--minor)}
@@ -119,13 +127,14 @@ def render_status_page(view: StatusView) -> str:
             _header(view),
             f'<section class="banner s-{view.overall.value}" role="status">{esc(BANNERS[view.overall])}</section>',
             f'<p class="note budget" role="note">{esc(view.budget_note)}</p>' if view.budget_note else "",
+            _counts(view),
             _incident_section("open-h", "Open incidents", view.open, view, "No open incidents."),
             _models_section(view),
             _incident_section("recent-h", "Recent incidents", view.recent, view, "No incidents recently."),
             _footer(view),
         ]
     )
-    return document("Model status", body)
+    return document("Model status", DEFS + body, STRIP_CSS)
 
 
 def render_message_page(heading: str, message: str) -> str:
@@ -164,16 +173,51 @@ def _models_section(view: StatusView) -> str:
     window = f" over the last {esc(view.window)}" if view.window else ""
     tier = f", of the {esc(view.tier)}-token prompt tier" if view.tier else ""
     intro = (
-        f'<p class="note">p50 = median{window}{tier}. TTFT: time to the first token of any kind; TTFAT: to the'
-        " first token of the answer (later than TTFT by a reasoning model's reasoning). Bars: one per UTC day, the last"
-        f" {UPTIME_DAYS} days, oldest on the left;"
-        " hover a bar for its figures.</p>"
+        f'<p class="note">Figures are medians (p50){window}{tier}. {_TTFT}: time to the first token of any kind;'
+        f" {_TTFAT}: to the first token of the answer (later than TTFT by a reasoning model's reasoning)."
+        f" The strip: the last {UPTIME_DAYS} UTC days, oldest on the left, today on the right;"
+        " each day's figures are on the model's page (follow its name).</p>"
     )
     if not view.models:
-        rows = '<p class="muted">No models are monitored yet.</p>'
-    else:
-        rows = '<ul class="models">' + "".join(_model(row) for row in view.models) + "</ul>"
-    return f'<section aria-labelledby="models-h"><h2 id="models-h">Models</h2>{intro}{_legend()}{rows}</section>'
+        return (
+            f'<section aria-labelledby="models-h"><h2 id="models-h">Models</h2>{intro}'
+            '<p class="muted">No models are monitored yet.</p></section>'
+        )
+    groups = "".join(_group(state, rows) for state, rows in _by_state(view.models).items())
+    return f'<section aria-labelledby="models-h"><h2 id="models-h">Models</h2>{intro}{_legend()}{groups}</section>'
+
+
+# Groups in this order: what needs attention first, the (usually many) operational models last.
+GROUP_ORDER = (State.DOWN, State.DEGRADED, State.UNKNOWN, State.OPERATIONAL)
+
+
+def _by_state(rows: Iterable[ModelRow]) -> dict[State, list[ModelRow]]:
+    """``rows`` by state in :data:`GROUP_ORDER`, each in the view's order; empty states left out."""
+    groups: dict[State, list[ModelRow]] = {state: [] for state in GROUP_ORDER}
+    for row in rows:
+        groups[row.state].append(row)
+    return {state: found for state, found in groups.items() if found}
+
+
+def _counts(view: StatusView) -> str:
+    """How many models are in each state, each a link to its group; nothing without models."""
+    groups = _by_state(view.models)
+    if not groups:
+        return ""
+    links = " · ".join(
+        f'<a href="#g-{state.value}">{len(rows):,} {esc(STATE_LABELS[state].lower())}</a>'
+        for state, rows in groups.items()
+    )
+    return f'<p class="counts">{len(view.models):,} models: {links}</p>'
+
+
+def _group(state: State, rows: list[ModelRow]) -> str:
+    items = "".join(_model(row) for row in rows)
+    return (
+        f'<section class="group" aria-labelledby="g-{state.value}">'
+        f'<h3 id="g-{state.value}">{esc(STATE_LABELS[state])} ({len(rows):,})</h3>'
+        f'<ul class="models">{items}</ul></section>'
+    )
 
 
 def _legend() -> str:
@@ -186,7 +230,9 @@ def _legend() -> str:
 
 def _model(row: ModelRow) -> str:
     label = STATE_LABELS[row.state]
-    since = f' <span class="muted">since {time_html(row.since)}</span>' if row.since is not None else ""
+    # Since when matters for a model in trouble; an operational one's is on its page.
+    since = row.since if row.state is not State.OPERATIONAL else None
+    since_html = f' <span class="muted">since {time_html(since)}</span>' if since is not None else ""
     reason = f'<p class="reason">{esc(row.reason)}</p>' if row.reason else ""
     # No longer in its router's model list: not probed any more, its history kept.
     retired = ' <span class="retired" title="no longer listed by its router; not probed">retired</span>' * row.retired
@@ -195,12 +241,13 @@ def _model(row: ModelRow) -> str:
     return (
         f'<li class="model"><div class="model-head"><a class="name" href="{esc(model_page_path(row.model))}">'
         f"{esc(row.model)}</a>{retired}"
-        f'<span><span class="state s-{row.state.value}">{esc(label)}</span>{since}</span></div>'
-        f"{reason}{figures}{uptime_bars(row)}</li>"
+        f'<span><span class="state s-{row.state.value}">{esc(label)}</span>{since_html}</span></div>'
+        f"{reason}{figures}{uptime_strip(row.model, row.days)}"
+        f'<p class="uptime">{esc(uptime_text(row.uptime, row.measured))}</p></li>'
     )
 
 
-# Both first-token times, labelled with what each one means (they differ for a reasoning model).
+# Both first-token times, labelled with what each one means (they differ for a reasoning model): once, in the intro.
 _TTFT = '<abbr title="time to first token of any kind, reasoning included">TTFT</abbr>'
 _TTFAT = '<abbr title="time to first answer token: for a reasoning model, after its reasoning">TTFAT</abbr>'
 
@@ -208,15 +255,14 @@ _TTFAT = '<abbr title="time to first answer token: for a reasoning model, after 
 def _figures(route: RouteFigures | None) -> str:
     if route is None:
         return (
-            f'<p class="figures">p50 {_TTFT} <b class="ttft">{MISSING}</b>'
-            f' · p50 {_TTFAT} <b class="ttfat">{MISSING}</b> · p50 output <b class="tps">{MISSING}</b>'
-            f' · errors <b class="errors">{MISSING}</b></p>'
+            f'<p class="figures">TTFT <b class="ttft">{MISSING}</b> · TTFAT <b class="ttfat">{MISSING}</b>'
+            f' · output <b class="tps">{MISSING}</b> · errors <b class="errors">{MISSING}</b></p>'
         )
     price = f" · {esc(format_price(route.input_price))}/M input tokens" if route.input_price is not None else ""
     return (
-        f'<p class="figures">p50 {_TTFT} <b class="ttft">{esc(format_ttft(route.ttft_p50_ms))}</b>'
-        f' · p50 {_TTFAT} <b class="ttfat">{esc(format_ttft(route.ttfat_p50_ms))}</b>'
-        f' · p50 output <b class="tps">{esc(format_tps(route.tps_p50))}</b>'
+        f'<p class="figures">TTFT <b class="ttft">{esc(format_ttft(route.ttft_p50_ms))}</b>'
+        f' · TTFAT <b class="ttfat">{esc(format_ttft(route.ttfat_p50_ms))}</b>'
+        f' · output <b class="tps">{esc(format_tps(route.tps_p50))}</b>'
         f' · errors <b class="errors">{esc(format_error_rate(route.error_rate))}</b>{price}'
         f' · via <span class="router">{esc(route.router)}</span></p>'
     )
