@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 
 import asyncpg
 import pytest
-from hostile.harness import alive, wait_until
+from hostile.harness import alive, routewatch_once, wait_until
 
 from routewatch.aggregator.publish.server import HEAD_TIMEOUT_S
 from routewatch.storage.leadership import LEADER_LOCK_KEY
@@ -185,22 +185,8 @@ def test_embedded_postgres_and_the_prober_workers_die_with_a_killed_routewatch(
     assert not any(map(alive, workers)), "a prober worker outlived a SIGKILLed routewatch"
 
 
-def _once(config: Path) -> subprocess.CompletedProcess[str]:
-    """``routewatch once`` on ``config`` in a 200-column terminal; it printed no traceback."""
-    proc = subprocess.run(
-        ROUTEWATCH + ["once", "--config", str(config)],
-        env=_env(COLUMNS="200"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
 def test_once_prints_a_table_of_every_model(config_file: Path) -> None:
-    proc = _once(config_file)
+    proc = routewatch_once(config_file)
     for model in (
         "openai/gpt-4.1-nano",
         "anthropic/claude-haiku-4.5",
@@ -227,7 +213,7 @@ def test_once_shows_the_prompt_tier_of_each_probe(tmp_path: Path) -> None:
         ),
         encoding="utf-8",
     )
-    proc = _once(path)
+    proc = routewatch_once(path)
     assert "router · prompt · tier" in proc.stdout, proc.stdout
     rows = re.findall(r"orcarouter · (\w+) · tier (\w+)", proc.stdout)
     assert sorted(rows) == [("long", "1k"), ("short", "100")], proc.stdout

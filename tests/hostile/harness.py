@@ -50,6 +50,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def routewatch_once(config: Path) -> subprocess.CompletedProcess[str]:
+    """``routewatch once`` on ``config`` in a 200-column terminal; it printed no traceback."""
+    proc = subprocess.run(
+        ROUTEWATCH + ["once", "--config", str(config)],
+        env=clean_env(COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    return proc
+
+
 # ---------------------------------------------------------------- secrets
 
 
