@@ -3,6 +3,9 @@
 A task sleeps for a fixed tick and records how late it woke up. A probe
 taken while the loop was late measured the prober, not the model; each
 probe stores the worst lag seen during its life so such rows can be flagged.
+A stall still under way counts too: a probe that ends in the same loop pass
+as the stall that delayed its last token would otherwise never see it, as the
+late tick is only recorded once the sampling task gets its turn.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class LoopLagMonitor:
         self._tick = tick_s
         self._samples: deque[tuple[int, float]] = deque(maxlen=_HISTORY)
         self._task: asyncio.Task[None] | None = None
+        self._sleep_from_ns: int | None = None  # when the pending tick's sleep began
 
     def start(self) -> None:
         """Start sampling on the running loop."""
@@ -36,14 +40,27 @@ class LoopLagMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._sleep_from_ns = None
 
     async def _run(self) -> None:
         while True:
             before = time.perf_counter_ns()
+            self._sleep_from_ns = before
             await asyncio.sleep(self._tick)
             now = time.perf_counter_ns()
-            lag_ms = max(0.0, (now - before) / 1e6 - self._tick * 1e3)
-            self._samples.append((now, lag_ms))
+            self._samples.append((now, self._late_ms(before, now)))
+
+    def _late_ms(self, sleep_from_ns: int, now_ns: int) -> float:
+        return max(0.0, (now_ns - sleep_from_ns) / 1e6 - self._tick * 1e3)
+
+    def _pending_ms(self, t_ns: int) -> float | None:
+        """How late the tick still waited for already is, counted from ``t_ns`` at
+        the earliest; None when it is not late (or none is pending)."""
+        if self._sleep_from_ns is None:
+            return None
+        due_ns = max(self._sleep_from_ns + round(self._tick * 1e9), t_ns)
+        late_ns = time.perf_counter_ns() - due_ns
+        return late_ns / 1e6 if late_ns > 0 else None
 
     @property
     def latest_ms(self) -> float | None:
@@ -51,8 +68,9 @@ class LoopLagMonitor:
         return self._samples[-1][1] if self._samples else None
 
     def worst_since(self, t_ns: int) -> float | None:
-        """Worst lag (ms) of samples taken at or after ``t_ns``; None if none yet."""
-        worst: float | None = None
+        """Worst lag (ms) since ``t_ns``: the samples taken at or after it and how
+        late the pending tick already is; None if there is neither yet."""
+        worst = self._pending_ms(t_ns)
         for t, lag in reversed(self._samples):
             if t < t_ns:
                 break
