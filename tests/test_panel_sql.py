@@ -236,3 +236,39 @@ async def test_the_fleet_table_is_the_catalog_as_last_published(seeded: tuple[as
     assert len(rows) == 6, "every (router, model) once"
     assert {r["as_of"] for r in rows} == {now - timedelta(minutes=10)}, "the newest snapshot"
     assert {r["model"]: r["state"] for r in rows} == {"m/a": "down", "m/b": "degraded", "m/c": "operational"}
+
+
+async def test_errors_by_class_are_shares_of_attempts_without_spent_reasoning_budgets(
+    conn: asyncpg.Connection, mode: str
+) -> None:
+    """A probe whose output budget ran out while reasoning is no attempt: it has no line of its own either."""
+    await migrate(conn, mode=mode)
+    now = await conn.fetchval("SELECT now()")
+    classes = [None] * 10 + ["timeout_ttft"] * 3 + ["http_5xx"] + ["budget_exhausted"] * 4
+    rows = [
+        probe_result(
+            started_at=now - timedelta(minutes=30) + timedelta(seconds=i),
+            router="r1",
+            model="m/reasoner",
+            provider="P1",
+            region="eu",
+            error_class=cls,
+            ttft_ms=None if cls else 200.0,
+        )
+        for i, cls in enumerate(classes)
+    ]
+    assert await store(conn, mode, rows) == len(rows)
+    await refresh_hist(conn, now=now)
+    tr = TimeRange(now - timedelta(hours=2), now, timedelta(hours=1))
+    drill = next(d.render() for d in all_dashboards() if d.uid == "routewatch-model")
+    panel = next(q for q in sql_queries(drill) if "Error rate by class" in q.where)
+    options = await variable_options(drill, lambda s: _first_column(conn, s), tr)
+    found = await conn.fetch(expand(panel.sql, selections(drill, options)["all"], tr))
+    shares: dict[str, float] = {}
+    for r in found:
+        shares[r["metric"]] = shares.get(r["metric"], 0.0) + r["value"]
+    # 14 attempts: 10 answered, 3 timed out, one 5xx; the 4 spent budgets are not among them.
+    assert shares == {"timeout_ttft": pytest.approx(3 / 14), "http_5xx": pytest.approx(1 / 14)}
+    spent = next(q for q in sql_queries(drill) if "Out of output budget" in q.where)
+    counted = await conn.fetch(expand(spent.sql, selections(drill, options)["all"], tr))
+    assert sum(r["value"] for r in counted) == 4 and {r["metric"] for r in counted} == {"r1 eu"}

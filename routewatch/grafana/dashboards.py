@@ -275,11 +275,20 @@ def model_drilldown() -> Dashboard:
             Panel(
                 "Error rate by class",
                 "What kind of failure is it: timeouts, 429s, 5xx, broken streams? Failed probes of each class / "
-                "attempted, stacked, for the chosen providers and regions.",
+                "attempted, stacked, for the chosen providers and regions. A reasoning model's spent output budget is not an "
+                "attempt and has no line here (see \"Out of output budget\").",
                 "timeseries",
                 "percentunit",
                 (Sql(q.ERRORS_BY_CLASS),),
                 stacked=True,
+            ),
+            Panel(
+                "Out of output budget",
+                "Is the reasoning budget too small? Probes that spent their whole output budget reasoning, per "
+                "router and region: not attempts and not the router's fault; raise routers[].reasoning.budget_tokens.",
+                "timeseries",
+                "short",
+                (Sql(q.BUDGET_EXHAUSTED),),
             ),
             Panel(
                 "Error rate by provider",

@@ -13,6 +13,7 @@ multi-value and "All" selections all make valid SQL.
 from __future__ import annotations
 
 from routewatch.aggregator.hour_percentiles import TTFT_HEATMAP_BOUNDS_MS
+from routewatch.results.probe_result import NOT_ROUTER_FAULTS
 from routewatch.storage.tables import INCIDENTS, MODEL_STATUS, PROBE_PERCENTILES_HOURLY, PROBE_RESULTS, STATS_HISTORY
 
 P = PROBE_PERCENTILES_HOURLY
@@ -127,6 +128,9 @@ GROUP BY 1, 2
 ORDER BY 1, 2
 """
 
+# The rollup's errors also count the classes that are not attempts (an output budget spent reasoning):
+# as a share of attempts they would be a share of something they are not part of.
+_NOT_ATTEMPTS = ", ".join(f"'{cls}'" for cls in NOT_ROUTER_FAULTS)
 ERRORS_BY_CLASS = f"""
 WITH hours AS (
     SELECT bucket, attempts, errors FROM {P}
@@ -138,6 +142,17 @@ SELECT totals.t AS "time", e.key AS metric, sum(e.value::int)::float8 / nullif(m
 FROM hours
 CROSS JOIN LATERAL jsonb_each_text(hours.errors) AS e(key, value)
 JOIN totals ON totals.t = $__timeGroup(hours.bucket, $__interval)
+WHERE e.key NOT IN ({_NOT_ATTEMPTS})
+GROUP BY 1, 2
+ORDER BY 1, 2
+"""
+
+# Those probes, counted: a reasoning model whose output budget is too small for its reasoning.
+BUDGET_EXHAUSTED = f"""
+SELECT $__timeGroupAlias(bucket, $__interval), router || ' ' || region AS metric,
+       sum(coalesce((errors ->> 'budget_exhausted')::int, 0)) AS value
+FROM {P}
+WHERE scope = 'series' AND $__timeFilter(bucket) AND {ONE_MODEL} AND {ROUTERS} AND {PROVIDERS} AND {REGIONS}
 GROUP BY 1, 2
 ORDER BY 1, 2
 """
