@@ -275,8 +275,8 @@ def model_drilldown() -> Dashboard:
             Panel(
                 "Error rate by class",
                 "What kind of failure is it: timeouts, 429s, 5xx, broken streams? Failed probes of each class / "
-                "attempted, stacked, for the chosen providers and regions. A reasoning model's spent output budget is not an "
-                "attempt and has no line here (see \"Out of output budget\").",
+                "attempted, stacked, for the chosen providers and regions. A reasoning model's spent output budget "
+                'is not an attempt and has no line here (see "Out of output budget").',
                 "timeseries",
                 "percentunit",
                 (Sql(q.ERRORS_BY_CLASS),),
