@@ -321,6 +321,20 @@ def test_incident_opens_extends_tracks_worst_and_closes() -> None:
     assert book.open is None
 
 
+def test_a_model_no_longer_monitored_neither_holds_an_incident_open_nor_opens_one() -> None:
+    book = IncidentBook()
+    book.update([t(MODEL, OP, DOWN, 1), t(OTHER, OP, DEG, 1)], T0 + timedelta(minutes=1), [], {MODEL, OTHER})
+    assert (
+        book.update([t(OTHER, DEG, OP, 2), t(MODEL, DOWN, UNK, 2)], T0 + timedelta(minutes=2), [], {MODEL, OTHER}) == []
+    )
+    (closed,) = book.update([], T0 + timedelta(minutes=3), [], {OTHER})  # MODEL left the configuration
+    assert closed.end == T0 + timedelta(minutes=3) and closed.models == {MODEL, OTHER}
+    assert book.update([t(MODEL, UNK, DOWN, 4)], T0 + timedelta(minutes=4), [], {OTHER}) == []
+    assert book.open is None
+    (reopened,) = book.update([t(OTHER, OP, DOWN, 5)], T0 + timedelta(minutes=5), [], {OTHER})
+    assert reopened.models == {OTHER}
+
+
 def test_unknown_opens_no_incident() -> None:
     book = IncidentBook()
     assert book.update([t(MODEL, OP, UNK, 1)], T0 + timedelta(minutes=1), []) == []

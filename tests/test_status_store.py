@@ -16,6 +16,7 @@ from routewatch.aggregator.refresh import Aggregator
 from routewatch.aggregator.rollup import refresh_hist
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.catalog_queries import record_listing
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import write_batch
 
@@ -211,3 +212,58 @@ async def test_the_leader_reads_only_the_new_batches_and_judges_as_if_it_had_rea
         assert _counters(expected)[BROKEN] == ("operational", 2, 0, False)
     finally:
         await conn.close()
+
+
+async def test_an_incident_closes_once_its_bad_model_is_neither_configured_nor_listed_nor_probed(
+    db_dsn: str,
+) -> None:
+    """Unknown keeps an incident open (nobody knows it recovered), unless nobody will ever know.
+
+    The refresh time is pinned (the aggregator's ``clock``) so that the 17 minutes after which
+    the removed model's probes have left the status window need not be waited for.
+    """
+    gone = "t/discovered"  # found by a router's model list, then retired from it
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+    try:
+        start = datetime.now(UTC)
+        async with pool.acquire() as conn:
+            await ensure_schema(conn)
+            earlier = [start - timedelta(seconds=s) for s in (50, 40, 30)]
+            await write_batch(conn, [_probe(m, False, t) for t in earlier for m in (BROKEN, gone)])
+            await record_listing(conn, "sim", start, [(gone, None, None, None)], complete=True)
+        clock = [start]
+        aggregator = Aggregator(
+            pool, WINDOWS, CONFIGURED, 10.0, slo=SLO, probe_interval_s=INTERVAL, clock=lambda: clock[0]
+        )
+
+        async def refresh_at(minutes: float) -> list[asyncpg.Record]:
+            clock[0] = start + timedelta(minutes=minutes)
+            await aggregator.refresh()
+            async with pool.acquire() as conn:
+                return await conn.fetch("SELECT * FROM incidents ORDER BY id")
+
+        (opened,) = await refresh_at(0)
+        assert sorted(opened["models"]) == sorted([gone, BROKEN]) and opened["end"] is None
+
+        # Twenty minutes on, no probe of either is left in the status window: both are unknown,
+        # and both are still meant to be probed (configured; listed), so the incident stays open.
+        (still,) = await refresh_at(20)
+        async with pool.acquire() as conn:
+            states = await _states(conn)
+        assert states[BROKEN] == "unknown" and states[gone] == "unknown"
+        assert still["end"] is None
+
+        # The router's list drops one: the other still holds the incident open.
+        async with pool.acquire() as conn:
+            await record_listing(conn, "sim", start + timedelta(minutes=21), [], complete=True)
+        (held,) = await refresh_at(21)
+        assert held["end"] is None
+
+        # BROKEN leaves the configuration: nobody will learn that either recovered.
+        aggregator.set_configured([("sim", FINE), ("sim", SILENT)])
+        (closed,) = await refresh_at(22)
+        assert closed["end"] == start + timedelta(minutes=22)
+        assert sorted(closed["models"]) == sorted([gone, BROKEN]) and closed["worst_state"] == "down"
+        assert aggregator.status is not None and aggregator.status.open == ()
+    finally:
+        await pool.close()

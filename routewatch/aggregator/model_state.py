@@ -367,7 +367,9 @@ class IncidentBook:
     At most one incident is open: a model going degraded or down (from any
     state) opens one, or joins the one already open. It closes when all of its
     models are operational again; a model that went unknown keeps it open,
-    since nobody knows that it recovered.
+    since nobody knows that it recovered. A model that is no longer monitored
+    (removed from the configuration, retired by its router) stops counting:
+    nobody ever will know, and the incident would otherwise stay open for good.
 
     Maintenance does not hide anything: an incident whose models were all
     inside a window covering them is recorded with ``suppressed=True``. If a
@@ -377,6 +379,7 @@ class IncidentBook:
 
     incidents: list[Incident] = field(default_factory=list)  # oldest first; the last may be open
     states: dict[str, State] = field(default_factory=dict)  # each model's latest state seen
+    monitored: frozenset[str] | None = None  # the models still probed, as of the last update; None: all
 
     @property
     def open(self) -> Incident | None:
@@ -390,13 +393,18 @@ class IncidentBook:
         transitions: Iterable[Transition],
         now: datetime,
         maintenance: Sequence[MaintenanceWindow],
+        monitored: Iterable[str] | None = None,
     ) -> list[Incident]:
         """Apply ``transitions`` (in time order), then check maintenance at ``now``.
 
+        ``monitored``: the models still probed; the open incident closes at
+        ``now`` once those of its models are all operational, even when others
+        are not monitored any more (None: every model is monitored).
         Returns the incidents opened, changed or closed, in their final form,
         for the caller to store.
         """
         _check_aware(now, "now")
+        self.monitored = None if monitored is None else frozenset(monitored)
         touched: dict[int, Incident] = {}
         for t in sorted(transitions, key=lambda t: (t.at, t.model)):
             self.states[t.model] = t.new
@@ -410,10 +418,24 @@ class IncidentBook:
         )
         if current is not None and current.suppressed and still_bad:
             touched[current.id] = self._replace_open(suppressed=False)
+        # The last model holding it open has left monitoring.
+        current = self.open
+        if current is not None and self._settled(current):
+            touched[current.id] = self._replace_open(end=now)
         return sorted(touched.values(), key=lambda i: i.id)
+
+    def _settled(self, incident: Incident) -> bool:
+        """Every model of ``incident`` that is still monitored is operational."""
+        return all(
+            self.states.get(m) == State.OPERATIONAL
+            for m in incident.models
+            if self.monitored is None or m in self.monitored
+        )
 
     def _apply(self, t: Transition, maintenance: Sequence[MaintenanceWindow]) -> Incident | None:
         current = self.open
+        if t.new in _BAD and self.monitored is not None and t.model not in self.monitored:
+            return None  # not monitored: its state is published, but it pages no one
         if t.new in _BAD:
             covered = _covered(t.model, t.at, maintenance)
             if current is None:
@@ -427,12 +449,7 @@ class IncidentBook:
                 models=current.models | {t.model},
                 suppressed=current.suppressed and covered,
             )
-        if (
-            t.new == State.OPERATIONAL
-            and current is not None
-            and t.model in current.models
-            and all(self.states.get(m) == State.OPERATIONAL for m in current.models)
-        ):
+        if t.new == State.OPERATIONAL and current is not None and t.model in current.models and self._settled(current):
             return self._replace_open(end=t.at)
         return None
 

@@ -228,12 +228,20 @@ class StatusTracker:
         self.recent.forget()
 
     async def evaluate(
-        self, conn: Conn, models: Iterable[str], now: datetime, report: RefreshReport | None = None
+        self,
+        conn: Conn,
+        models: Iterable[str],
+        now: datetime,
+        report: RefreshReport | None = None,
+        monitored: Iterable[str] | None = None,
     ) -> None:
         """Advance every model (``models`` and any seen in the window) to ``now`` and persist.
 
         ``report``: the rollup refresh that has just run on ``conn``; with it
         only the probes of the batches it took in are read (:class:`RecentProbes`).
+        ``monitored``: the models meant to be probed (configured, or listed by
+        their router); with those probed in the recent window, the only ones that
+        open incidents or hold one open. None: every model.
         """
         slo, interval, maintenance = self._slo, self._interval, self._maintenance  # one set per evaluation
         try:
@@ -244,7 +252,10 @@ class StatusTracker:
             probes = await self.recent.update(conn, since, now, report)
             everyone = set(models) | set(probes)
             new, transitions = evaluate_grouped(self._statuses, everyone, probes, now, slo, interval)
-            changed = self._book.update(transitions, now, maintenance)
+            # A model still being probed is monitored, whatever the configuration here says
+            # (a regional prober's discovered models reach this database, not its catalog).
+            watched = None if monitored is None else set(monitored) | set(probes)
+            changed = self._book.update(transitions, now, maintenance, watched)
             uptime = self._elapsed(new, now)
             await _save(conn, new, changed, uptime, now, self._notify_targets)
         except BaseException:

@@ -356,7 +356,11 @@ class Aggregator:
         }
         laps.lap("snapshot")
         if self._status is not None:
-            await self._refresh_status(now, [model for _, model in seen], report)
+            # Configured, or found by discovery and still listed (the status engine adds those probed lately).
+            monitored = {model for _, model in self._configured} | {
+                key[1] for key, row in catalog.items() if row.retired_at is None
+            }
+            await self._refresh_status(now, [model for _, model in seen], report, monitored)
             laps.lap("status")
         # Before the snapshot: the bodies cached for it carry this spend.
         async with self._pool.acquire() as conn:
@@ -389,12 +393,14 @@ class Aggregator:
             await hist_queries.prune_changes(conn, KEEP_CHANGES)
             self._pruned_hour = hour
 
-    async def _refresh_status(self, now: datetime, models: list[str], report: RefreshReport | None) -> None:
+    async def _refresh_status(
+        self, now: datetime, models: list[str], report: RefreshReport | None, monitored: set[str]
+    ) -> None:
         """Leader: evaluate and store the status; everyone: read back what is stored."""
         assert self._status is not None
         if self.role == "leader":
             async with self._pool.acquire() as conn:
-                await self._status.evaluate(conn, models, now, report)
+                await self._status.evaluate(conn, models, now, report, monitored)
                 self.status = await read_report(conn)
             return
         self._status.forget()  # a later leadership starts from the tables
