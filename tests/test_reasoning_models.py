@@ -545,18 +545,19 @@ async def test_a_reasoning_probe_longer_than_the_interval_skips_slots_without_ov
     scheduler = AsyncIOScheduler()
     schedule = PhasedSchedule(scheduler, lab.prober, [series], interval_s, 128)
     scheduler.start()
-    queued: list[int] = []
+    seen: list[tuple[int, int]] = []  # (in flight, queued) every 50 ms
     try:
         await schedule.apply(Ownership.everything(range(128)))
         for _ in range(44):  # 2.2 s
             await asyncio.sleep(0.05)
-            queued.append(lab.prober.queued)
+            seen.append((lab.prober.in_flight, lab.prober.queued))
     finally:
         await schedule.stop(2.0)
     truth = lab.sim.ground_truth.records
     assert 3 <= len(truth) <= 6, "about 2.2 s / 0.45 s; a probe per slot would make 11"
     assert lab.prober.results == Counter(ok=len(truth)), "every probe had its reasoning deadlines"
-    assert set(queued) == {0}, "no probe waits for another: the skipped slots are not queued"
+    assert max(n for n, _ in seen) == 1, "one probe of the series in the prober at a time"
+    assert {q for _, q in seen} == {0}, "no probe waits for another: the skipped slots are not queued"
     for earlier, later in zip(truth, truth[1:]):
         assert later.received_ns >= earlier.token_times_ns[-1], "two probes of one series overlapped"
         # The next probe starts at the first slot after the last ended (plus the scheduler's wake-up).
