@@ -233,8 +233,9 @@ async def _phased_schedule(config: Config, series: list[Series], prober: Prober)
     try:
         yield schedule
     finally:
-        # A reload may have changed the timeouts; a probe in flight may still run on the old ones.
-        await schedule.stop(max(config.timeouts.total, prober.timeouts.total) + 1)
+        # A reload may have changed the timeouts; a probe in flight may still run on the old ones,
+        # and a reasoning model's on its router's longer deadlines.
+        await schedule.stop(max(config.longest_probe_s(), prober.timeouts.total, prober.longest_s) + 1)
 
 
 class _Replanner:

@@ -482,8 +482,9 @@ def _prober_workers(opts: RunOptions, database: Database, simulator: RunningSimu
     def worker_argv(index: int) -> list[str]:
         return [*argv, "--spool-dir", str(opts.data_dir / WORKER_SPOOL.format(index)), "--worker", str(index)]
 
-    # Handing over, the probes in flight (a reload may lengthen their limit), the writer, and slack.
-    stop_limit_s = HANDOVER_LEAD_S + opts.config.timeouts.total + 1 + WRITER_CLOSE_S + 5
+    # Handing over, the probes in flight (a reasoning model's may run to its router's longer deadline;
+    # a reload may lengthen their limit), the writer, and slack.
+    stop_limit_s = HANDOVER_LEAD_S + opts.config.longest_probe_s() + 1 + WRITER_CLOSE_S + 5
     # The children need the router keys the configuration names, whatever their variables are called.
     env = {**process_environment(), ENV_DATABASE_URL: database.dsn}
     return ProberWorkers(opts.workers, worker_argv, env, stop_limit_s=stop_limit_s)

@@ -172,6 +172,7 @@ def test_format_summary() -> None:
         "  28,800 probes/day at one every 30 s per series\n"
         "  prompt tiers: 100 (short), 1k (long); headline figures from tier 100\n"
         "  ≤ 2.53M output tokens/day, ~14.6M input tokens/day\n"
+        "  reasoning models' deadlines: first token 188 s, total 248 s (others: first token 60 s, total 120 s)\n"
         "  ≤ $8.10/day (prices for 3 of 5 models)\n"
         "  dearest: anthropic/claude-haiku-4.5 $5.46, google/gemini-2.5-flash $2.15, openai/gpt-4.1-nano $0.50\n"
         "  no price for 2 models: meta-llama/llama-3.3-70b-instruct, deepseek/deepseek-r1"

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from factories import MINIMAL_CONFIG, probe_result
 
-from routewatch.config import ConfigError, ReasoningConfig, TimeoutsConfig, parse_config
+from routewatch.config import (
+    REASONING_SLOW_TPS,
+    ConfigError,
+    Deadlines,
+    ReasoningConfig,
+    ReasoningTimeoutsConfig,
+    TimeoutsConfig,
+    format_summary,
+    parse_config,
+)
+from routewatch.probe import chat_stream
 from routewatch.probe.reasoning import (
     OPENAI,
     OPENROUTER,
@@ -19,7 +34,8 @@ from routewatch.probe.reasoning import (
     request_style,
     shows_reasoning,
 )
-from routewatch.probe.scheduler import Prober, Series, new_session
+from routewatch.probe.scheduler import PhasedSchedule, Prober, Series, new_session
+from routewatch.probe.slots import Ownership
 from routewatch.probe.target import Canary, Target, request_body
 from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
@@ -39,7 +55,7 @@ def _with_router_lines(lines: str) -> str:
 @pytest.mark.unit
 def test_every_router_detects_reasoning_models_unless_told_otherwise() -> None:
     assert parse_config(MINIMAL_CONFIG, "probes.yaml").routers[0].reasoning == ReasoningConfig(
-        budget_tokens=2048, effort=None, models=[], detect=True, request="auto"
+        budget_tokens=2048, effort=None, models=[], detect=True, request="auto", timeouts=ReasoningTimeoutsConfig()
     )
     lines = "    reasoning:\n      budget_tokens: 4096\n      effort: low\n      models: ['openai/o*']\n"
     settings = parse_config(_with_router_lines(lines), "probes.yaml").routers[0].reasoning
@@ -63,7 +79,7 @@ def test_every_router_detects_reasoning_models_unless_told_otherwise() -> None:
         (
             "    reasoning:\n      budget: 10\n",
             'probes.yaml:5: routers[0].reasoning.budget: unknown field "budget" '
-            "(allowed: budget_tokens, effort, models, detect, request)",
+            "(allowed: budget_tokens, effort, models, detect, request, timeouts)",
         ),
         (
             "    reasoning:\n      request: anthropic\n",
@@ -72,12 +88,41 @@ def test_every_router_detects_reasoning_models_unless_told_otherwise() -> None:
         (
             "    reasoning: 4096\n",
             "probes.yaml:4: routers[0].reasoning: expected a mapping of fields "
-            "(budget_tokens, effort, models, detect, request), got a number",
+            "(budget_tokens, effort, models, detect, request, timeouts), got a number",
         ),
         (
             "    reasoning:\n      budget_tokens: 200000\n      detect: maybe\n",
             "probes.yaml:5: routers[0].reasoning.budget_tokens: Input should be less than or equal to 131072\n"
             "probes.yaml:6: routers[0].reasoning.detect: Input should be a valid boolean, unable to interpret input",
+        ),
+        # reasoning.timeouts: like timeouts', none past its total, and none shorter than the ordinary one
+        (
+            "    reasoning:\n      timeouts:\n        first_token: 300s\n        total: 200s\n",
+            "probes.yaml:6: routers[0].reasoning.timeouts.first_token: 300 s exceeds total (200 s)",
+        ),
+        (
+            # The default first_token (188 s) is past a total set too short: pointed at the section.
+            "    reasoning:\n      timeouts:\n        total: 150s\n",
+            "probes.yaml:5: routers[0].reasoning.timeouts.first_token: 188 s (the default: timeouts.first_token "
+            "+ budget_tokens at 16 tok/s) exceeds total (150 s)",
+        ),
+        (
+            "    reasoning:\n      timeouts:\n        first_token: 30s\n",
+            "probes.yaml:6: routers[0].reasoning.timeouts.first_token: 30 s is shorter than timeouts.first_token "
+            "(60 s): a reasoning model's deadlines add room to the ordinary ones",
+        ),
+        (
+            "    reasoning:\n      timeouts:\n        idle: 10m\n",
+            "probes.yaml:6: routers[0].reasoning.timeouts.idle: 600 s exceeds total (248 s)",
+        ),
+        (
+            "    reasoning:\n      timeouts:\n        first_token: 0s\n",
+            "probes.yaml:6: routers[0].reasoning.timeouts.first_token: must be longer than 0 s",
+        ),
+        (
+            "    reasoning:\n      timeouts:\n        headers: 5m\n",
+            'probes.yaml:6: routers[0].reasoning.timeouts.headers: unknown field "headers" '
+            "(allowed: first_token, idle, total)",
         ),
     ],
 )
@@ -85,6 +130,57 @@ def test_a_bad_reasoning_setting_names_file_line_and_field(lines: str, message: 
     with pytest.raises(ConfigError) as excinfo:
         parse_config(_with_router_lines(lines), "probes.yaml")
     assert str(excinfo.value) == message
+
+
+# ---------------------------------------------------------------- deadlines in probes.yaml
+
+
+@pytest.mark.unit
+def test_reasoning_deadlines_default_to_the_ordinary_ones_plus_the_budget_reasoned_slowly() -> None:
+    config = parse_config(MINIMAL_CONFIG, "probes.yaml")
+    # 2048 tokens at 16 tok/s: 128 s of silence on top of first_token (60 s) and total (120 s).
+    assert REASONING_SLOW_TPS == 16
+    assert config.routers[0].reasoning.deadlines(config.timeouts) == Deadlines(5, 30, 188, 30, 248)
+    assert config.longest_probe_s() == 248
+    lines = "    reasoning:\n      budget_tokens: 4096\n"
+    text = _with_router_lines(lines) + "timeouts:\n  headers: 20s\n  first_token: 10s\n  idle: 5s\n  total: 20s\n"
+    config = parse_config(text, "probes.yaml")
+    assert config.routers[0].reasoning.deadlines(config.timeouts) == Deadlines(5, 20, 266, 5, 276)
+
+
+@pytest.mark.unit
+def test_reasoning_deadlines_set_in_the_file_replace_the_defaults_one_by_one() -> None:
+    lines = "    reasoning:\n      timeouts:\n        first_token: 200s\n        idle: 45s\n"
+    config = parse_config(_with_router_lines(lines), "probes.yaml")
+    assert config.routers[0].reasoning.deadlines(config.timeouts) == Deadlines(5, 30, 200, 45, 248)
+    lines = "    reasoning:\n      timeouts: {total: 10m}\n"
+    config = parse_config(_with_router_lines(lines), "probes.yaml")
+    assert config.routers[0].reasoning.deadlines(config.timeouts) == Deadlines(5, 30, 188, 30, 600)
+    assert config.longest_probe_s() == 600
+
+
+@pytest.mark.unit
+def test_a_router_that_never_sends_a_budget_adds_no_longer_probe() -> None:
+    lines = "    reasoning:\n      detect: false\n      timeouts: {total: 10m}\n"
+    config = parse_config(_with_router_lines(lines), "probes.yaml")
+    assert config.longest_probe_s() == 120, "no glob and no detection: no probe gets the reasoning deadlines"
+
+
+@pytest.mark.unit
+def test_check_config_shows_the_reasoning_deadlines_per_router_when_they_differ() -> None:
+    summary = format_summary(parse_config(MINIMAL_CONFIG, "probes.yaml"), "probes.yaml")
+    assert (
+        "  reasoning models' deadlines: first token 188 s, total 248 s (others: first token 60 s, total 120 s)"
+        in summary.splitlines()
+    )
+    second = "  - name: slow\n    base_url: simulator\n    models: [o/think]\n"
+    second += "    reasoning: {budget_tokens: 512, timeouts: {idle: 1m}}\n"
+    text = MINIMAL_CONFIG.replace("prompts:\n", second + "prompts:\n", 1)
+    summary = format_summary(parse_config(text, "probes.yaml"), "probes.yaml")
+    assert (
+        "  reasoning models' deadlines: orcarouter: first token 188 s, total 248 s; "
+        "slow: first token 92 s, idle 60 s, total 152 s (others: first token 60 s, total 120 s)"
+    ) in summary.splitlines()
 
 
 # ---------------------------------------------------------------- the budget, pure
@@ -211,6 +307,7 @@ def _thinker(model: str, **overrides: Any) -> ModelProfile:
 class Lab:
     sim: RunningSimulator
     prober: Prober
+    prober_session: aiohttp.ClientSession
 
     def truth(self, result: ProbeResult) -> ServedRequest:
         return next(r for r in self.sim.ground_truth.records if r.request_id == result.request_id)
@@ -231,7 +328,7 @@ async def lab() -> AsyncIterator[Lab]:
     )
     try:
         async with new_session(4) as session:
-            yield Lab(sim, Prober(session, TimeoutsConfig(), "test", 4))
+            yield Lab(sim, Prober(session, TimeoutsConfig(), "test", 4), session)
     finally:
         await sim.close()
 
@@ -350,3 +447,118 @@ async def test_a_plain_model_keeps_its_max_tokens(lab: Lab) -> None:
 @pytest.mark.unit
 def test_usage_reasoning_zero_is_no_sign_of_reasoning() -> None:
     assert not shows_reasoning(probe_result(reasoning_tokens=0))
+
+
+# ---------------------------------------------------------------- deadlines against the simulator
+
+# Deadlines in fractions of a second, so that a silence of a few hundred milliseconds tells them apart.
+# The simulator reasons at 1000 tok/s: N hidden reasoning tokens are N ms of silence before the answer.
+ORDINARY = TimeoutsConfig(connect=1, headers=1, first_token=0.25, idle=0.25, total=1.0)
+REASONING_DEADLINES = {"first_token": 0.9, "total": 1.5}
+
+
+@pytest.fixture
+async def timed_lab() -> AsyncIterator[Lab]:
+    sim = await start_simulator(
+        [
+            _thinker("t/quiet", reasoning_hidden=True, reasoning_tokens=400),  # 0.44 s of silence
+            _thinker("t/mute", reasoning_hidden=True, reasoning_tokens=1500),  # 1.54 s: past every deadline
+            _thinker("t/long", reasoning_tokens=1200),  # streamed, 1.26 s in all: past the ordinary total
+            _thinker("t/plain", reasoning_tokens=0, ttft_median_ms=500),  # no reasoning, slow to start
+        ]
+    )
+    try:
+        async with new_session(4) as session:
+            yield Lab(sim, Prober(session, ORDINARY, "test", 4), session)
+    finally:
+        await sim.close()
+
+
+def _named(lab: Lab, model: str) -> Series:
+    """A series whose model a reasoning.models glob names: the budget, and the deadlines, from its first probe."""
+    return lab.series(model, models=["t/*"], budget_tokens=2048, timeouts=REASONING_DEADLINES)
+
+
+@pytest.mark.system
+@pytest.mark.alone  # TTFT is compared to the simulator's to 25 ms
+async def test_a_silent_reasoner_within_its_reasoning_deadline_is_measured_ok(timed_lab: Lab) -> None:
+    lab = timed_lab
+    series = _named(lab, "t/quiet")
+    result = await lab.prober.probe(series)
+    assert (result.ok, result.error_class) == (True, None)
+    truth = lab.truth(result)
+    assert truth.injected_ttft_ms is not None and truth.injected_ttft_ms > 1000 * ORDINARY.first_token
+    assert result.ttft_ms is not None and result.ttft_ms == result.ttfat_ms
+    # The probe's TTFT is the simulator's: its drawn TTFT plus the silence of 400 reasoning tokens.
+    assert result.ttft_ms == pytest.approx(truth.injected_ttft_ms, abs=25)
+    assert result.reasoning_tokens == 400 and truth.max_tokens_asked == CANARY.max_tokens + 2048
+    assert (lab.prober.route_attempts[("sim", "t/quiet")], lab.prober.route_failures[("sim", "t/quiet")]) == (1, 0)
+    assert lab.prober.longest_s == REASONING_DEADLINES["total"]
+    print(f"\nsilent reasoner: TTFT {result.ttft_ms:.1f} ms, simulator {truth.injected_ttft_ms:.1f} ms")
+
+    # The same request under the ordinary deadlines, as every probe had before: a router failure of ours.
+    budget = lab.prober.reasoning.budget(series.target, CANARY.max_tokens)
+    assert budget is not None
+    old = await chat_stream.run(lab.prober_session, series.target, CANARY, ORDINARY, region="test", budget=budget)
+    assert (old.ok, old.error_class, old.error_detail) == (False, "timeout_ttft", "no first token within its limit")
+
+
+@pytest.mark.system
+async def test_a_reasoner_silent_past_its_reasoning_deadline_is_still_a_router_failure(timed_lab: Lab) -> None:
+    lab = timed_lab
+    started = time.monotonic()
+    result = await lab.prober.probe(_named(lab, "t/mute"))
+    waited = time.monotonic() - started
+    assert (result.ok, result.error_class, result.ttft_ms) == (False, "timeout_ttft", None)
+    # It waited for the reasoning deadline, not the ordinary one, and not to the total.
+    assert REASONING_DEADLINES["first_token"] <= waited < REASONING_DEADLINES["total"]
+    assert (lab.prober.route_attempts[("sim", "t/mute")], lab.prober.route_failures[("sim", "t/mute")]) == (1, 1)
+
+
+@pytest.mark.system
+async def test_a_streamed_reasoner_may_run_past_the_ordinary_total_to_its_own(timed_lab: Lab) -> None:
+    lab = timed_lab
+    result = await lab.prober.probe(_named(lab, "t/long"))
+    assert (result.ok, result.error_class, result.reasoning_tokens) == (True, None, 1200)
+    assert result.e2e_ms is not None and result.e2e_ms > 1000 * ORDINARY.total
+
+
+@pytest.mark.system
+async def test_a_model_sent_no_budget_keeps_the_ordinary_deadlines(timed_lab: Lab) -> None:
+    lab = timed_lab
+    # Its router has reasoning deadlines, but the model has never reasoned: no budget, so no more time.
+    series = lab.series("t/plain", budget_tokens=2048, timeouts=REASONING_DEADLINES)
+    result = await lab.prober.probe(series)
+    assert (result.ok, result.error_class) == (False, "timeout_ttft")
+    assert lab.prober.longest_s == ORDINARY.total
+
+
+@pytest.mark.system
+async def test_a_reasoning_probe_longer_than_the_interval_skips_slots_without_overlap_or_a_queue(
+    timed_lab: Lab,
+) -> None:
+    """The slot schedule under a probe that outlasts its interval: one probe of the series at a time,
+    the slots it covers skipped (not queued, not made up in a burst), the next owned slot probed."""
+    lab = timed_lab
+    interval_s = 0.2
+    series = _named(lab, "t/quiet")  # about 0.45 s a probe: two slots and more each
+    scheduler = AsyncIOScheduler()
+    schedule = PhasedSchedule(scheduler, lab.prober, [series], interval_s, 128)
+    scheduler.start()
+    seen: list[tuple[int, int]] = []  # (in flight, queued) every 50 ms
+    try:
+        await schedule.apply(Ownership.everything(range(128)))
+        for _ in range(44):  # 2.2 s
+            await asyncio.sleep(0.05)
+            seen.append((lab.prober.in_flight, lab.prober.queued))
+    finally:
+        await schedule.stop(2.0)
+    truth = lab.sim.ground_truth.records
+    assert 3 <= len(truth) <= 6, "about 2.2 s / 0.45 s; a probe per slot would make 11"
+    assert lab.prober.results == Counter(ok=len(truth)), "every probe had its reasoning deadlines"
+    assert max(n for n, _ in seen) == 1, "one probe of the series in the prober at a time"
+    assert {q for _, q in seen} == {0}, "no probe waits for another: the skipped slots are not queued"
+    for earlier, later in zip(truth, truth[1:]):
+        assert later.received_ns >= earlier.token_times_ns[-1], "two probes of one series overlapped"
+        # The next probe starts at the first slot after the last ended (plus the scheduler's wake-up).
+        assert (later.received_ns - earlier.token_times_ns[-1]) / 1e9 < interval_s + 0.1

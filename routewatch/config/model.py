@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
@@ -298,6 +298,59 @@ class DiscoverConfig(_Section):
     )
 
 
+REASONING_SLOW_TPS = 16
+"""Tokens per second the default reasoning deadlines allow for: ``budget_tokens`` reasoned at this rate
+(slower than reasoning models are commonly served) is the silence they add to the ordinary deadlines."""
+
+
+class PhaseLimits(Protocol):
+    """Per-phase limits of a probe in seconds: ``TimeoutsConfig``, or a reasoning model's ``Deadlines``."""
+
+    @property
+    def connect(self) -> float: ...
+    @property
+    def headers(self) -> float: ...
+    @property
+    def first_token(self) -> float: ...
+    @property
+    def idle(self) -> float: ...
+    @property
+    def total(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """The per-phase limits a reasoning model's probe runs under (``ReasoningConfig.deadlines``)."""
+
+    connect: float
+    headers: float
+    first_token: float
+    idle: float
+    total: float
+
+
+class ReasoningTimeoutsConfig(_Section):
+    """A reasoning model's deadlines, in seconds; each unset one is derived from ``timeouts`` and the budget.
+
+    Only the phases reasoning lengthens: connect and headers come before the
+    model starts, so they stay the ordinary ones.
+    """
+
+    first_token: PositiveSeconds | None = Field(
+        None,
+        description="request sent to first token; default timeouts.first_token plus budget_tokens at "
+        f"{REASONING_SLOW_TPS} tok/s (60s + 128s = 188s with the defaults)",
+    )
+    idle: PositiveSeconds | None = Field(
+        None, description="longest gap between chunks once tokens flow; default timeouts.idle"
+    )
+    total: PositiveSeconds | None = Field(
+        None,
+        description=f"whole probe; default timeouts.total plus budget_tokens at {REASONING_SLOW_TPS} tok/s "
+        "(120s + 128s = 248s with the defaults)",
+    )
+
+
 class ReasoningConfig(_Section):
     """The output budget of a router's reasoning models (configured by glob, or seen reasoning)."""
 
@@ -325,10 +378,41 @@ class ReasoningConfig(_Section):
         description="how the budget is sent: openai (max_completion_tokens, reasoning_effort), openrouter "
         "(max_tokens and a reasoning object), auto (default: openrouter when the router's dialect is)",
     )
+    timeouts: ReasoningTimeoutsConfig = Field(
+        default_factory=ReasoningTimeoutsConfig,
+        description="the deadlines of a probe sent the budget (first_token, idle, total); default: the "
+        f"ordinary ones, first_token and total each plus budget_tokens at {REASONING_SLOW_TPS} tok/s",
+    )
 
     def names(self, model: str) -> bool:
         """Whether a ``models`` glob names ``model``: a reasoning model from its first probe."""
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def applies(self) -> bool:
+        """Whether any model of the router can get the budget (and so these deadlines)."""
+        return self.detect or bool(self.models)
+
+    def silence_s(self) -> float:
+        """Seconds a model reasoning ``budget_tokens`` in silence takes at the slow rate the defaults allow for."""
+        return self.budget_tokens / REASONING_SLOW_TPS
+
+    def deadlines(self, ordinary: PhaseLimits) -> Deadlines:
+        """The limits of a probe sent the budget: those set here, else ``ordinary`` with room for the reasoning.
+
+        A model that reasons without streaming it sends nothing until its
+        answer, so the first-token and total deadlines get the time of a whole
+        budget reasoned slowly; connect, headers and (unless set) idle stay as
+        they are, since reasoning happens after the headers and before the first token.
+        """
+        room = self.silence_s()
+        set_ = self.timeouts
+        return Deadlines(
+            connect=ordinary.connect,
+            headers=ordinary.headers,
+            first_token=ordinary.first_token + room if set_.first_token is None else set_.first_token,
+            idle=ordinary.idle if set_.idle is None else set_.idle,
+            total=ordinary.total + room if set_.total is None else set_.total,
+        )
 
 
 class RouterConfig(_Section):
@@ -365,7 +449,8 @@ class RouterConfig(_Section):
     )
     reasoning: ReasoningConfig = Field(
         default_factory=ReasoningConfig,
-        description="the output budget of reasoning models; default: 2048 tokens of room, detection on",
+        description="the output budget of reasoning models and their deadlines; default: 2048 tokens of room, "
+        "detection on, deadlines derived from timeouts",
     )
 
     @field_validator("base_url")
@@ -1105,6 +1190,24 @@ class Config(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_reasoning_deadlines(self) -> Config:
+        # Across sections: a reasoning deadline's default and its floor are the ordinary timeouts.
+        found: list[tuple[Loc, str]] = []
+        for i, router in enumerate(self.routers):
+            found += [
+                (("routers", i, "reasoning", "timeouts", *sub), msg)
+                for sub, msg in _deadline_problems(router.reasoning, self.timeouts)
+            ]
+        if found:
+            raise _problems(found)
+        return self
+
+    def longest_probe_s(self) -> float:
+        """The longest a probe may run: ``timeouts.total``, or a router's reasoning total when longer."""
+        reasoning = [r.reasoning.deadlines(self.timeouts).total for r in self.routers if r.reasoning.applies()]
+        return max([self.timeouts.total, *reasoning])
+
     def prompt_tiers(self) -> list[str]:
         """The prompts' tiers, each once, smallest first."""
         return sorted({p.tier_label() for p in self.prompts}, key=parse_tier)
@@ -1126,6 +1229,39 @@ class Config(_Section):
         if stray:
             raise _problems(stray)
         return self
+
+
+def _deadline_problems(settings: ReasoningConfig, ordinary: TimeoutsConfig) -> list[tuple[Loc, str]]:
+    """What is wrong with a router's reasoning deadlines: one shorter than the ordinary one, or past its total."""
+    given = {name for name in ("first_token", "idle", "total") if getattr(settings.timeouts, name) is not None}
+    resolved = settings.deadlines(ordinary)
+    found: list[tuple[Loc, str]] = []
+    for name in ("first_token", "idle", "total"):
+        seconds: float = getattr(resolved, name)
+        floor: float = getattr(ordinary, name)
+        if name in given and seconds < floor:
+            # Shorter would fail a reasoning model sooner than any other: the opposite of the point.
+            found.append(
+                (
+                    (name,),
+                    f"{format_seconds(seconds)} is shorter than timeouts.{name} ({format_seconds(floor)}): "
+                    "a reasoning model's deadlines add room to the ordinary ones",
+                )
+            )
+    for name in ("first_token", "idle"):
+        seconds = getattr(resolved, name)
+        if seconds > resolved.total:
+            default = "" if name in given else _DEADLINE_DEFAULTS[name]
+            found.append(
+                ((name,), f"{format_seconds(seconds)}{default} exceeds total ({format_seconds(resolved.total)})")
+            )
+    return found
+
+
+_DEADLINE_DEFAULTS = {
+    "first_token": f" (the default: timeouts.first_token + budget_tokens at {REASONING_SLOW_TPS} tok/s)",
+    "idle": " (the default: timeouts.idle)",
+}
 
 
 def _unique_names(names: list[str], kind: str) -> None:

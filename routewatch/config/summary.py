@@ -8,7 +8,7 @@ from pathlib import Path
 
 from routewatch.config.costs import CostPlan, estimate_input_tokens, format_usd, plan_costs
 from routewatch.config.loader import load_config
-from routewatch.config.model import Config, ConfigError, format_seconds
+from routewatch.config.model import Config, ConfigError, Deadlines, format_seconds
 
 LISTED = 5
 """At most this many model names in one line of the summary: a file may list thousands."""
@@ -80,6 +80,9 @@ def format_summary(config: Config, path: str | Path) -> str:
         f"  ≤ {_tokens(s.output_tokens_per_day)} output tokens/day, "
         f"~{_tokens(s.input_tokens_per_day)} input tokens/day",
     ]
+    deadlines = _reasoning_deadlines(config)
+    if deadlines:
+        lines.append(f"  {deadlines}")
     if s.cost_per_day_usd is None:
         lines.append("  cost unknown: no prices in the file")
     else:
@@ -147,3 +150,29 @@ def _tiers(config: Config) -> str:
         more = f" and {len(names) - LISTED:,} more" if len(names) > LISTED else ""
         parts.append(f"{tier} ({', '.join(names[:LISTED])}{more})")
     return ", ".join(parts)
+
+
+def _reasoning_deadlines(config: Config) -> str | None:
+    """The deadlines a probe sent a reasoning budget runs under, beside the others'; None if no router sends one.
+
+    One group per distinct set of deadlines, named by its routers when there are several groups.
+    """
+    groups: dict[Deadlines, list[str]] = {}
+    for router in config.routers:
+        if router.reasoning.applies():
+            groups.setdefault(router.reasoning.deadlines(config.timeouts), []).append(router.name)
+    if not groups:
+        return None
+    t = config.timeouts
+    parts = []
+    for limits, names in list(groups.items())[:LISTED]:
+        who = "" if len(groups) == 1 else f"{', '.join(names[:LISTED])}: "
+        idle = "" if limits.idle == t.idle else f", idle {format_seconds(limits.idle)}"
+        parts.append(
+            f"{who}first token {format_seconds(limits.first_token)}{idle}, total {format_seconds(limits.total)}"
+        )
+    more = f" and {len(groups) - LISTED:,} more" if len(groups) > LISTED else ""
+    return (
+        f"reasoning models' deadlines: {'; '.join(parts)}{more} "
+        f"(others: first token {format_seconds(t.first_token)}, total {format_seconds(t.total)})"
+    )

@@ -35,10 +35,11 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
+from routewatch.config.model import PhaseLimits
 from routewatch.probe import dialects
 from routewatch.probe.loop_lag import LoopLagMonitor
 from routewatch.probe.reasoning import OutputBudget
@@ -60,22 +61,11 @@ from routewatch.results.probe_result import METHODOLOGY_VERSION, ProbeResult, ne
 log = logging.getLogger(__name__)
 
 
-class Timeouts(Protocol):
-    """Per-phase limits in seconds (``routewatch.config.TimeoutsConfig`` is one).
+Timeouts = PhaseLimits
+"""Per-phase limits in seconds: ``routewatch.config.TimeoutsConfig``, or a reasoning model's ``Deadlines``.
 
-    Read-only: the probe only reads them, and the configuration model is frozen.
-    """
-
-    @property
-    def connect(self) -> float: ...
-    @property
-    def headers(self) -> float: ...
-    @property
-    def first_token(self) -> float: ...
-    @property
-    def idle(self) -> float: ...
-    @property
-    def total(self) -> float: ...
+Read-only: the probe only reads them, and the configuration model is frozen.
+"""
 
 
 # A canary answer is a few KB; past this the upstream is broken or hostile,

@@ -13,6 +13,11 @@ its stream carried reasoning deltas, its usage counted reasoning tokens, or its
 budget ran out before an answer. That knowledge lives in the prober process
 (``ReasoningModels``): a restarted prober learns it again from its first probe
 of each model, which at worst ends ``budget_exhausted`` (not a router failure).
+
+A probe sent the budget also gets its router's reasoning deadlines
+(``deadlines``): a model that hides its reasoning is silent while it reasons,
+and under the ordinary first-token deadline that silence would end
+``timeout_ttft``, a router failure of our making.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from routewatch.config.model import ReasoningConfig
+from routewatch.config.model import PhaseLimits, ReasoningConfig
 from routewatch.probe.target import Target
 from routewatch.results.probe_result import ProbeResult
 
@@ -70,6 +75,18 @@ def request_style(settings: ReasoningConfig, configured_dialect: str, detected_d
 def choose_budget(answer_tokens: int, settings: ReasoningConfig, style: str) -> OutputBudget:
     """The budget of a reasoning model asked for ``answer_tokens`` of answer: room for reasoning on top."""
     return OutputBudget(answer_tokens + settings.budget_tokens, settings.budget_tokens, settings.effort, style)
+
+
+def deadlines(target: Target, budget: OutputBudget | None, ordinary: PhaseLimits) -> PhaseLimits:
+    """The limits ``target``'s probe runs under: its router's reasoning deadlines exactly when it is sent a budget.
+
+    A model that reasons without streaming it is silent for as long as it
+    reasons, so the room given to its output needs matching room in time; a
+    model sent no budget keeps the ordinary deadlines, whatever its router says.
+    """
+    if budget is None or target.reasoning is None:
+        return ordinary
+    return target.reasoning.deadlines(ordinary)
 
 
 def shows_reasoning(result: ProbeResult) -> bool:

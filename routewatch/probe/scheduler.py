@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from routewatch.probe import chat_stream
 from routewatch.probe.costing import with_cost
 from routewatch.probe.loop_lag import LoopLagMonitor
-from routewatch.probe.reasoning import ReasoningModels
+from routewatch.probe.reasoning import ReasoningModels, deadlines
 from routewatch.probe.slots import (
     Ownership,
     SharedClock,
@@ -96,6 +96,9 @@ class Prober:
     ) -> None:
         self._session = session
         self._timeouts = timeouts
+        # The longest total deadline of any probe started (a reasoning model's may be longer than
+        # timeouts.total): how long a shutdown may have to wait for one still in flight.
+        self.longest_s = timeouts.total
         self._region = region
         self._sem = asyncio.Semaphore(concurrency)
         self._sink = sink
@@ -142,15 +145,18 @@ class Prober:
                 queued = False
                 self.running += 1
                 try:
+                    budget = self.reasoning.budget(series.target, series.canary.max_tokens)
+                    limits = deadlines(series.target, budget, self._timeouts)
+                    self.longest_s = max(self.longest_s, limits.total)
                     result = await chat_stream.run(
                         self._session,
                         series.target,
                         series.canary,
-                        self._timeouts,
+                        limits,
                         region=self._region,
                         lag=self.lag,
                         max_lag_ms=self._max_lag_ms,
-                        budget=self.reasoning.budget(series.target, series.canary.max_tokens),
+                        budget=budget,
                     )
                     result = with_cost(result, series.target, series.canary)
                 finally:
