@@ -274,11 +274,14 @@ async def test_a_model_going_down_pages_in_time_with_its_labels_and_link_and_res
         with (
             _process(run_args, tmp_path / "run.log", env) as run,
             _process(am_args, tmp_path / "am.log") as am,
-            _process(prom_args, tmp_path / "prom.log") as prom,
+            contextlib.ExitStack() as later,
         ):
             async with aiohttp.ClientSession() as session:
                 await _ready(session, f"http://127.0.0.1:{api_port}/readyz", run, tmp_path / "run.log")
                 await _ready(session, f"http://127.0.0.1:{am_port}/-/ready", am, tmp_path / "am.log")
+                # Prometheus starts once routewatch answers: started beside it, it scraped a port nobody
+                # listened on yet (seconds, on a loaded machine) and RoutewatchScrapeFailing rightly paged.
+                prom = later.enter_context(_process(prom_args, tmp_path / "prom.log"))
                 await _ready(session, f"{prometheus}/-/ready", prom, tmp_path / "prom.log")
 
                 async def scraped() -> bool:

@@ -246,7 +246,10 @@ def alerts(plan: AlertPlan) -> list[Alert]:
         _per_route(
             plan,
             "RoutewatchNoFreshProbes",
-            f"{CONFIGURED} unless on (router, model, region)\n"
+            # A route counts only once the inventory held it a whole window ago: before that (Prometheus just
+            # started, or the route is new) the window is not all watched, and without the offset the alert
+            # paged after the hold alone, not the window plus the hold its description promises.
+            f"{CONFIGURED} offset {fresh} unless on (router, model, region)\n"
             f"(sum by (router, model, region) (increase(routewatch_route_probes_total[{fresh}])) > 0)\n"
             # A route the daily budget paused is silent on purpose: RoutewatchBudgetPausedSeries says so.
             "unless on (router, model)\n(max by (router, model) (routewatch_budget_paused) == 1)",

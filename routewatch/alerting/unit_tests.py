@@ -258,6 +258,7 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
 
     groups.append(_silence_group(plan, by_name["RoutewatchNoFreshProbes"], route))
     groups.append(_paused_group(plan, by_name["RoutewatchNoFreshProbes"], route))
+    groups.append(_silent_from_start_group(plan, by_name["RoutewatchNoFreshProbes"], route))
     groups.append(_writer_group(plan, by_name["RoutewatchWriterNotStoring"], proc))
 
     simple: list[tuple[str, str, float, float]] = [
@@ -331,6 +332,30 @@ def _silence_group(plan: AlertPlan, alert: Alert, route: Labels) -> _Group:
             _Check(ok + 2, alert.name, ()),
             _Check(start_quiet + quiet - 1, alert.name, (route,)),
             _Check(end - 1, alert.name, ()),
+        ),
+        plan.interval_s,
+    )
+
+
+def _silent_from_start_group(plan: AlertPlan, alert: Alert, route: Labels) -> _Group:
+    """Prometheus and the prober start together and no probe completes: quiet until the window and the hold
+    have both passed since the start (a window Prometheus has not watched whole is no evidence), then fires."""
+    step = plan.interval_s
+    per = float(plan.probes_per_interval)
+    hold = _steps(alert.for_s, step)
+    both = _steps(plan.fresh_window_s + alert.for_s, step)
+    end = both + 3
+    others = [
+        (_selector("routewatch_route_probes_total", other), counter((per, end))) for other in _other_routes(plan, route)
+    ]
+    return _Group(
+        f"{alert.name}: silent from Prometheus's start, quiet for the window plus the hold, then fires",
+        tuple(others),
+        (
+            # Past the hold alone: the rule without its offset fired here.
+            _Check(min(hold + 2, both - 1), alert.name, ()),
+            _Check(both - 1, alert.name, ()),
+            _Check(end - 1, alert.name, (route,)),
         ),
         plan.interval_s,
     )
