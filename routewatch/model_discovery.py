@@ -103,6 +103,11 @@ class ModelDiscovery:
         """The configuration discovery follows (the probe schedule's)."""
         return self._config
 
+    @property
+    def catalog_push(self) -> CatalogPusher | None:
+        """What sends the list reads to the central catalog (a prober without a database); else None."""
+        return self._catalog_push
+
     async def start(self) -> None:
         """Probe what the catalog has as listed, then read every list now and on its schedule."""
         await self._seed()
@@ -397,3 +402,13 @@ def discovery_families(discovery: ModelDiscovery) -> Iterator[Metric]:
     yield models
     yield capped
     yield last
+    pusher = discovery.catalog_push
+    if pusher is not None:  # a pushing prober: its reads as the central catalog took them
+        pushes = CounterMetricFamily(
+            "routewatch_discovery_catalog_pushes",
+            "Model list reads sent to the central server's catalog, by outcome (recorded or failed)",
+            labels=["router", "outcome"],
+        )
+        for (router, outcome), n in sorted(pusher.outcomes.items()):
+            pushes.add_metric([router, outcome], n)
+        yield pushes

@@ -11,6 +11,7 @@ central API, and the listed price is what central ``/v1/costs`` uses.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import signal
 import urllib.request
@@ -98,6 +99,7 @@ def test_a_pushing_probers_list_is_recorded_retired_and_priced_centrally(
             tmp_path / "prober.log",
         )
         prober.wait_for(r"routewatch probe is running", timeout=60)
+        prober_metrics = prober.wait_for(r"metrics:\s+(http://\S+/metrics)", timeout=10).group(1)
 
         def catalog() -> dict[str, dict[str, Any]]:
             rows = fetch_rows(db_dsn, "SELECT * FROM model_catalog WHERE router = 'sim'")
@@ -132,6 +134,15 @@ def test_a_pushing_probers_list_is_recorded_retired_and_priced_centrally(
         assert entry is not None
         assert entry["price"]["source"] == "listing"
         assert (entry["price"]["input_usd_per_mtok"], entry["price"]["output_usd_per_mtok"]) == (2.5, 10.0)
+
+        # The prober's /metrics counts the reads the central catalog recorded, and no failure.
+        with urllib.request.urlopen(prober_metrics, timeout=10) as resp:
+            text = resp.read().decode()
+        recorded = re.search(
+            r'routewatch_discovery_catalog_pushes_total\{outcome="recorded",router="sim"\} (\S+)', text
+        )
+        assert recorded and float(recorded.group(1)) >= 2, text[-2000:]
+        assert 'routewatch_discovery_catalog_pushes_total{outcome="failed"' not in text
     finally:
         codes = []
         if prober is not None:

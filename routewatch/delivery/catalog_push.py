@@ -21,6 +21,7 @@ import asyncio
 import io
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -93,6 +94,7 @@ class CatalogPusher:
         self._failing: set[str] = set()  # routers whose last send failed (logged once until one succeeds)
         self.sent = 0  # lists the central server recorded
         self.failed = 0  # sends that did not get a 200
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (router, "recorded" | "failed") -> sends
 
     def __repr__(self) -> str:
         return f"CatalogPusher({self._url!r}, token from ${self._token_env})"
@@ -148,6 +150,7 @@ class CatalogPusher:
             return
         if status == 200:
             self.sent += 1
+            self.outcomes[(router, "recorded")] += 1
             if router in self._failing:
                 self._failing.discard(router)
                 log.info("model list of router %s recorded by the central catalog again", router)
@@ -168,6 +171,7 @@ class CatalogPusher:
 
     def _failed(self, router: str, reason: str) -> None:
         self.failed += 1
+        self.outcomes[(router, "failed")] += 1
         if router in self._failing:
             log.debug("model list of router %s not recorded centrally: %s", router, reason)
             return
