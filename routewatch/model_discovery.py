@@ -14,9 +14,11 @@ never twice (its shard has one holder).
 With a database, each complete list is recorded in ``model_catalog``
 (``storage/catalog_queries.py``), whose writes are ordered by the time each
 list was read, so that processes writing in any order agree on when a model
-was retired. At start the catalog's listed models are probed until the first
-list is read, so that a restart while the router's list is failing keeps the
-probes going.
+was retired. A prober that pushes its results sends each read to the central
+server instead (``delivery/catalog_push.py``), which records it the same
+way. At start the catalog's listed models are probed until the first list is
+read, so that a restart while the router's list is failing keeps the probes
+going.
 
 The prices a list publishes (OpenRouter's ``pricing``) are kept for the
 models probed, configured or discovered, and cost their probes where
@@ -47,6 +49,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from routewatch.config import Config, RouterConfig
 from routewatch.config.costs import plan_costs
 from routewatch.config.model import Price
+from routewatch.delivery.catalog_push import CatalogPusher
 from routewatch.probe.model_listing import Listing, ListingError, read_listing
 from routewatch.probe.model_selection import select_models
 from routewatch.probe.targets import RouterPlan
@@ -77,13 +80,16 @@ class ModelDiscovery:
         session: aiohttp.ClientSession,
         apply: Apply,
         pool: asyncpg.Pool | None = None,
+        catalog_push: CatalogPusher | None = None,
     ) -> None:
-        """``apply`` is awaited after the set of some router changed (it re-plans the probe schedule)."""
+        """``apply`` is awaited after the set of some router changed (it re-plans the probe schedule).
+        ``pool``: the database the catalog is recorded in; else ``catalog_push`` sends it to the central server."""
         self._config = config
         self._routers = {r.name: r for r in routers}
         self._session = session
         self._apply = apply
         self._pool = pool
+        self._catalog_push = catalog_push
         self._scheduler = AsyncIOScheduler()
         self.discovered: dict[str, tuple[str, ...]] = {}  # router -> models probed besides the configured ones
         self.prices: dict[str, dict[str, Price]] = {}  # router -> model probed -> its listed price
@@ -96,6 +102,11 @@ class ModelDiscovery:
     def config(self) -> Config:
         """The configuration discovery follows (the probe schedule's)."""
         return self._config
+
+    @property
+    def catalog_push(self) -> CatalogPusher | None:
+        """What sends the list reads to the central catalog (a prober without a database); else None."""
+        return self._catalog_push
 
     async def start(self) -> None:
         """Probe what the catalog has as listed, then read every list now and on its schedule."""
@@ -246,12 +257,17 @@ class ModelDiscovery:
             )
 
     async def _record(self, name: str, seen: datetime, listing: Listing, keep: Sequence[str]) -> None:
-        if self._pool is None:
+        if self._pool is None and self._catalog_push is None:
             return
         listed = [
             (model, price.input, price.output, price.cached_input) if price else (model, None, None, None)
             for model, price in listing.models.items()
         ]
+        if self._pool is None:
+            assert self._catalog_push is not None
+            # In the background: neither this read's re-plan nor result delivery waits for the central server.
+            self._catalog_push.submit(name, seen, listed, complete=not listing.truncated, keep=keep)
+            return
         try:
             async with self._pool.acquire() as conn:
                 await catalog_queries.record_listing(
@@ -336,14 +352,19 @@ async def discover_once(
 
 @asynccontextmanager
 async def running_discovery(
-    config: Config, routers: Sequence[RouterPlan], apply: Apply, pool: asyncpg.Pool | None
+    config: Config,
+    routers: Sequence[RouterPlan],
+    apply: Apply,
+    pool: asyncpg.Pool | None,
+    catalog_push: CatalogPusher | None = None,
 ) -> AsyncIterator[ModelDiscovery]:
-    """Discovery running while open (reading nothing if no router discovers).
+    """Discovery running while open (reading nothing if no router discovers); each read recorded in
+    ``pool``'s catalog, else sent by ``catalog_push`` (a prober that pushes its results).
 
     Its own HTTP client: a list read never takes a connection the probes' pool has room for.
     """
     async with aiohttp.ClientSession() as session:
-        discovery = ModelDiscovery(config, routers, session, apply, pool)
+        discovery = ModelDiscovery(config, routers, session, apply, pool, catalog_push)
         await discovery.start()
         try:
             yield discovery
@@ -381,3 +402,13 @@ def discovery_families(discovery: ModelDiscovery) -> Iterator[Metric]:
     yield models
     yield capped
     yield last
+    pusher = discovery.catalog_push
+    if pusher is not None:  # a pushing prober: its reads as the central catalog took them
+        pushes = CounterMetricFamily(
+            "routewatch_discovery_catalog_pushes",
+            "Model list reads sent to the central server's catalog, by outcome (recorded or failed)",
+            labels=["router", "outcome"],
+        )
+        for (router, outcome), n in sorted(pusher.outcomes.items()):
+            pushes.add_metric([router, outcome], n)
+        yield pushes

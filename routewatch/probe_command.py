@@ -70,7 +70,7 @@ from routewatch.probe.slots import Ownership
 from routewatch.probe.targets import RouterPlan, TargetError, plan
 from routewatch.prober_metrics import ProberParts, metrics_endpoint
 from routewatch.shard_coordinator import ShardCoordinator, holding_shards
-from routewatch.sinks import DatabaseTarget, needs_database, result_sink
+from routewatch.sinks import DatabaseTarget, catalog_pusher, needs_database, result_sink
 from routewatch.storage import shard_leases
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.housekeeping import PartitionCache
@@ -193,9 +193,11 @@ async def _probe(
                 "budget pauses", supervisor.running("budget pauses", partial(follow_pauses, pool, prober))
             )
         replan = _Replanner(opts, settings, schedule)
+        # A pushing prober's list reads reach the central catalog on a client of their own.
+        pusher = await stack.start("catalog push", catalog_pusher(config, settings)) if pool is None else None
         discovery = await stack.start(
             "discovery",
-            running_discovery(config, routers, replan, pool),
+            running_discovery(config, routers, replan, pool, pusher),
         )
         prober.on_result = discovery.note_result
         status = partial(report_status, prober, writer, lag, stop)

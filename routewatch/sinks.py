@@ -13,8 +13,10 @@ Both spool every result first and replay the spool after an outage or a crash.
 
 On the central server, :func:`ingest_receiver` builds what the ingest
 endpoint needs from ``api.ingest_tokens``: each region's token, read from
-the variable its entry names, and the same store the batch writer uses.
-:func:`ingest_tokens` checks the tokens before anything starts.
+the variable its entry names, and the same store the batch writer uses
+(and, for ``POST /v1/ingest/catalog``, the catalog's ``record_listing``).
+:func:`ingest_tokens` checks the tokens before anything starts. A pushing
+prober's model list reads go the other way through :func:`catalog_pusher`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -33,9 +35,12 @@ from pydantic import SecretStr
 from routewatch.aggregator.publish.ingest import IngestReceiver, IngestTokens
 from routewatch.config import Config, StorageConfig
 from routewatch.config.settings import ENV_ADMIN_TOKEN, Settings
+from routewatch.delivery.catalog_push import CatalogPusher, catalog_url
 from routewatch.delivery.push import push_writer
 from routewatch.delivery.spooled import SpooledDelivery
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage import catalog_queries
+from routewatch.storage.catalog_queries import ListedModel
 from routewatch.storage.connection import Conn
 from routewatch.storage.housekeeping import PartitionCache
 from routewatch.storage.writer import BatchWriter, Prepare, store_results
@@ -192,4 +197,38 @@ def ingest_receiver(
     if not tokens:
         return None
     store = partial(store_results, database.pool, prepare=_partition_prepare(database))
-    return IngestReceiver(IngestTokens(tokens), store, retention)
+    routers = {r.name: tuple(r.models) for r in config.routers}
+    return IngestReceiver(
+        IngestTokens(tokens),
+        store,
+        retention,
+        catalog_store=partial(record_pushed_listing, database.pool),
+        routers=routers,
+    )
+
+
+async def record_pushed_listing(
+    pool: asyncpg.Pool, router: str, seen: datetime, listed: list[ListedModel], complete: bool, keep: list[str]
+) -> int:
+    """A pushed list read into the catalog, as a prober with a database records its own."""
+    async with pool.acquire() as conn:
+        return await catalog_queries.record_listing(conn, router, seen, listed, complete=complete, keep=keep)
+
+
+@asynccontextmanager
+async def catalog_pusher(config: Config, settings: Settings) -> AsyncIterator[CatalogPusher | None]:
+    """The sender of a pushing prober's model lists to ``{ingest.url}/catalog``; None without ``ingest``."""
+    if config.ingest is None:
+        yield None
+        return
+    pusher = CatalogPusher(
+        catalog_url(config.ingest.url),
+        push_token(config, settings),
+        token_env=config.ingest.token_env,
+        ca_file=_ca_file(config),
+    )
+    await pusher.open()
+    try:
+        yield pusher
+    finally:
+        await pusher.close()

@@ -42,6 +42,7 @@ from routewatch.config import SLOConfig, load_config
 from routewatch.probe.targets import plan
 from routewatch.results.probe_result import ProbeResult
 from routewatch.simulator import ModelProfile, RunningSimulator, start_simulator
+from routewatch.sinks import record_pushed_listing
 from routewatch.storage.schema import ensure_schema
 from routewatch.storage.writer import store_results, write_batch
 
@@ -780,6 +781,11 @@ def _schemathesis_run(base_url: str, fixed_id: str, max_examples: int) -> dict[t
             names = re.findall(r"{(\w+)}", operation.path)  # id, model_id: a model id either way
             if names:  # also with a model that exists, to reach the 200s
                 run(operation.as_strategy(generation_mode=mode, path_parameters=dict.fromkeys(names, fixed_id)))
+            if operation.path == "/v1/ingest/catalog" and mode == schemathesis.GenerationMode.POSITIVE:
+                # A list read now, of a router the server configures: no generated time is that recent.
+                now = datetime.now(UTC).isoformat()
+                body = {"router": "sim", "seen": now, "complete": False, "models": [{"id": fixed_id}]}
+                run(operation.as_strategy(generation_mode=mode, body=body))
     return seen
 
 
@@ -796,7 +802,11 @@ async def test_schemathesis_against_a_running_server(
     assert seeded.aggregator.status_enabled and seeded.aggregator.status is not None
     # The admin token doubles as a region's ingest token: schemathesis sends one token to every operation.
     ingest = IngestReceiver(
-        IngestTokens({"test": SecretStr(TOKEN)}), partial(store_results, seeded.pool), timedelta(days=90)
+        IngestTokens({"test": SecretStr(TOKEN)}),
+        partial(store_results, seeded.pool),
+        timedelta(days=90),
+        catalog_store=partial(record_pushed_listing, seeded.pool),
+        routers={"sim": (FAST,)},
     )
     app = create_app(seeded.aggregator, admin=admin, admin_token=SecretStr(TOKEN), prices=PRICES, ingest=ingest)
     runner = web.AppRunner(app, access_log=None)

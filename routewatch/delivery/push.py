@@ -75,6 +75,17 @@ def _clip(text: str) -> str:
     return flat if len(flat) <= _CLIP else flat[:_CLIP] + "..."
 
 
+def central_session(ca_file: Path | None, timeout: aiohttp.ClientTimeout, *, connections: int) -> aiohttp.ClientSession:
+    """An HTTP client for the central server: certificates always verified, against ``ca_file``, else the
+    system's authorities; at most ``connections`` at once."""
+    tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections, ssl=tls),
+        timeout=timeout,
+        headers={"User-Agent": "routewatch-prober"},
+    )
+
+
 def _error_message(body: bytes) -> str:
     """The ``error.message`` of a JSON error body, or the start of whatever the body is."""
     try:
@@ -142,13 +153,7 @@ class IngestDestination:
 
     async def open(self) -> None:
         """Create the HTTP client: one connection, reused between batches."""
-        # Certificates are always verified: against ca_file, else the system's authorities.
-        tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=self._ca_file) if self._ca_file else True
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1, ssl=tls),
-            timeout=self._timeout,
-            headers={"User-Agent": "routewatch-prober"},
-        )
+        self._session = central_session(self._ca_file, self._timeout, connections=1)
 
     async def close(self) -> None:
         """Close the HTTP client."""

@@ -10,6 +10,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -203,6 +204,13 @@ class Process:
         self._log.close()
         self.exit_code = self.proc.returncode
         return self.exit_code
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server started later on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> float:

@@ -31,6 +31,10 @@ Rules, and why:
   results exactly as local ones. A database outage is a ``503`` with
   Retry-After: the prober keeps the batch in its spool and sends it again.
 * ``200`` means committed: the prober may forget the batch.
+
+``POST /v1/ingest/catalog`` (``ingest_catalog.py``) takes a pushing prober's
+model list reads with the same tokens, the same body reading and its own
+limits.
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from routewatch.aggregator.publish.http_errors import JSON_TYPE, ApiError, dumps, errors_as_json
+from routewatch.aggregator.publish.ingest_catalog import (
+    CATALOG_PATH,
+    MAX_CATALOG_BODY_BYTES,
+    CatalogStore,
+    ingest_catalog,
+)
 from routewatch.aggregator.publish.ingest_records import RecordRejected, read_record, record_id
 from routewatch.aggregator.publish.keys import AGGREGATOR
 from routewatch.results.probe_result import ProbeResult
@@ -121,6 +131,11 @@ class IngestReceiver:
     retention: timedelta  # results older than this are refused: the database would drop them anyway
     max_body_bytes: int = MAX_BODY_BYTES
     max_results: int = MAX_RESULTS
+    # POST /v1/ingest/catalog: records a pushed model list; None answers 403 there.
+    catalog_store: CatalogStore | None = None
+    # The routers this server's probes.yaml configures (as at start), each with its configured models.
+    routers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    max_catalog_bytes: int = MAX_CATALOG_BODY_BYTES
     _refused: int = field(default=0, repr=False)
     _refused_logged_at: float = field(default=float("-inf"), repr=False)
 
@@ -164,19 +179,17 @@ def _too_large(message: str) -> ApiError:
     return ApiError(413, message, "body", headers={"Connection": "close"})
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, hint: str = "send fewer results at once") -> bytes:
     """The request body, at most ``limit`` bytes (else a 413), arriving within BODY_TIMEOUT_S (else a 408)."""
     if request.content_length is not None and request.content_length > limit:
-        raise _too_large(
-            f"the request body is {request.content_length} bytes; at most {limit} are taken: send fewer results at once"
-        )
+        raise _too_large(f"the request body is {request.content_length} bytes; at most {limit} are taken: {hint}")
     body = bytearray()
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             while chunk := await request.content.read(_READ_CHUNK):
                 body += chunk
                 if len(body) > limit:
-                    raise _too_large(f"the request body is over {limit} bytes: send fewer results at once")
+                    raise _too_large(f"the request body is over {limit} bytes: {hint}")
     except TimeoutError:
         raise ApiError(
             408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", "body", headers={"Connection": "close"}
@@ -262,6 +275,20 @@ async def ingest(request: web.Request) -> web.Response:
     return web.Response(body=dumps(report), headers={"Content-Type": JSON_TYPE, "Cache-Control": "no-store"})
 
 
+@errors_as_json
+async def ingest_catalog_route(request: web.Request) -> web.Response:
+    """POST /v1/ingest/catalog: record a region's read of a router's model list in the catalog."""
+    receiver = request.app.get(INGEST)
+    if receiver is None or not len(receiver.tokens) or receiver.catalog_store is None:
+        raise ApiError(403, "ingest is disabled on this server: its probes.yaml sets no api.ingest_tokens")
+    region = _authenticate(request, receiver)
+    if request.query:
+        name = next(iter(request.query))
+        raise ApiError(400, f"unknown query parameter {name[:80]!r}; known here: none", name[:80])
+    body = await _read_body(request, receiver.max_catalog_bytes, "the model list is larger than this server takes")
+    return await ingest_catalog(region, body, receiver.catalog_store, dict(receiver.routers), receiver.retention)
+
+
 def _budget_paused(request: web.Request) -> dict[str, Any] | None:
     """Today's paused series, for a pushing prober to skip (it reads no database); None before the first read."""
     report = request.app[AGGREGATOR].budget.report
@@ -271,7 +298,9 @@ def _budget_paused(request: web.Request) -> dict[str, Any] | None:
 
 
 def setup_ingest_route(app: web.Application, receiver: IngestReceiver | None) -> None:
-    """Register ``POST /v1/ingest``; without a receiver (no tokens configured) it answers 403."""
+    """Register ``POST /v1/ingest`` and ``POST /v1/ingest/catalog``; without a receiver (no tokens
+    configured) they answer 403."""
     if receiver is not None:
         app[INGEST] = receiver
     app.router.add_post(INGEST_PATH, ingest)
+    app.router.add_post(CATALOG_PATH, ingest_catalog_route)

@@ -22,6 +22,7 @@ from routewatch.aggregator.budget import SPEND_DAYS
 from routewatch.aggregator.model_state import UPTIME_DAYS, State
 from routewatch.aggregator.model_state_store import INCIDENT_LIST_MAX, RECENT_INCIDENTS
 from routewatch.aggregator.publish.ingest import MAX_BODY_BYTES, MAX_RESULTS
+from routewatch.aggregator.publish.ingest_catalog import MAX_CATALOG_BODY_BYTES, MAX_CATALOG_MODELS, MAX_KEEP
 from routewatch.aggregator.publish.ingest_records import OPTIONAL_FIELDS
 from routewatch.aggregator.publish.metrics import METRICS_CONTENT_TYPE
 from routewatch.aggregator.publish.public_routes import DEFAULT_INCIDENT_LIMIT, HTML, INCIDENT_STATES, SVG
@@ -349,6 +350,50 @@ def _costs() -> Schema:
             "budget": budget,
             "routers": {"type": "array", "items": router_day, "description": "per router and day, newest first"},
             "models": {"type": "array", "items": row, "description": "per model, router and day, newest first"},
+        }
+    )
+
+
+def _catalog_push() -> Schema:
+    price: Schema = {"type": "number", "description": "USD per 1M tokens, 0 to 100,000; a bad one is refused"}
+    model = _object(
+        {"id": {"type": "string"}, "input": price, "output": price, "cached_input": price},
+        optional=("input", "output", "cached_input"),
+    )
+    return _object(
+        {
+            "router": {"type": "string", "description": "a router this server's probes.yaml configures"},
+            "seen": {"type": "string", "format": "date-time", "description": "when the list was read (with offset)"},
+            "complete": {
+                "type": "boolean",
+                "description": "false for a truncated read: its models are recorded, none is retired",
+            },
+            "models": {"type": "array", "minItems": 1, "maxItems": MAX_CATALOG_MODELS, "items": model},
+            "keep": {
+                "type": "array",
+                "maxItems": MAX_KEEP,
+                "items": {"type": "string"},
+                "description": "models configured by hand on the prober: never retired",
+            },
+        },
+        optional=("keep",),
+    )
+
+
+def _catalog_report() -> Schema:
+    count: Schema = {"type": "integer", "minimum": 0}
+    return _object(
+        {
+            "region": {"type": "string", "description": "the region of the token"},
+            "router": {"type": "string"},
+            "complete": {"type": "boolean"},
+            "models": {**count, "description": "models recorded as listed"},
+            "retired": {**count, "description": "models this read retired"},
+            "prices_refused": {
+                "type": "array",
+                "description": "models recorded without a listed price, with the field refused and why",
+                "items": _object({"field": {"type": "string"}, "id": {"type": "string"}, "reason": {"type": "string"}}),
+            },
         }
     )
 
@@ -708,6 +753,8 @@ def _schemas() -> dict[str, Schema]:
         ),
         "IngestRecord": _ingest_record(),
         "IngestReport": _ingest_report(),
+        "CatalogPush": _catalog_push(),
+        "CatalogReport": _catalog_report(),
         "ProbeRun": _object(
             {
                 "model": {"type": "string"},
@@ -968,6 +1015,31 @@ def _paths() -> dict[str, Schema]:
                     "408": _json("Error", "the request body did not arrive in time"),
                     "413": _json("Error", "too many results or bytes in one request; error.message names the limit"),
                     "503": _json("Error", "the database is unavailable (Retry-After): send the batch again"),
+                },
+            }
+        },
+        "/v1/ingest/catalog": {
+            "post": {
+                "operationId": "ingestCatalog",
+                "summary": "Record a pushing prober's read of a router's model list in the catalog",
+                "description": (
+                    "The bearer token is a region's ingest token. The list is recorded as a prober with a database "
+                    "records its own: ordered by seen (the newest read wins, whichever region made it); a complete "
+                    "list retires the models it lacks. A 400 names the field that is wrong; a bad price is refused "
+                    f"for its model only. At most {MAX_CATALOG_MODELS} models and {MAX_CATALOG_BODY_BYTES} bytes "
+                    "(413 beyond)."
+                ),
+                "security": [{"ingestAuth": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CatalogPush")}},
+                },
+                "responses": {
+                    **_std(_json("CatalogReport", "the list is recorded"), "400", "401"),
+                    "403": _json("Error", "ingest is disabled: the server's probes.yaml sets no api.ingest_tokens"),
+                    "408": _json("Error", "the request body did not arrive in time"),
+                    "413": _json("Error", "too many models or bytes; error.message names the limit"),
+                    "503": _json("Error", "the database is unavailable (Retry-After)"),
                 },
             }
         },
