@@ -33,9 +33,9 @@ from routewatch.delivery.push import (
     CONNECT_TIMEOUT_S,
     MAX_ANSWER_BYTES,
     REQUEST_TIMEOUT_S,
-    _clip,
-    _error_message,
+    central_error_message,
     central_session,
+    clip_line,
 )
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class CatalogPusher:
             status, answer = await self._post(body)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             reason = f"no answer within {self._timeout.total:g} s" if isinstance(exc, TimeoutError) else None
-            self._failed(router, reason or _clip(f"{type(exc).__name__}: {exc}"))
+            self._failed(router, reason or clip_line(f"{type(exc).__name__}: {exc}"))
             return
         if status == 200:
             self.sent += 1
@@ -160,7 +160,7 @@ class CatalogPusher:
         elif 300 <= status < 400:
             reason = f"HTTP {status}: a redirect, not followed"
         else:
-            reason = f"HTTP {status}: {_error_message(answer)}"
+            reason = f"HTTP {status}: {central_error_message(answer)}"
         self._failed(router, reason)
 
     async def _post(self, body: bytes) -> tuple[int, bytes]:

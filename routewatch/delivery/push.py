@@ -68,7 +68,7 @@ class IngestUnavailable(Exception):
         self.reason = reason
 
 
-def _clip(text: str) -> str:
+def clip_line(text: str) -> str:
     """``text`` as one printable ASCII line of at most _CLIP characters (the server is not trusted to be tidy)."""
     flat = text.encode("ascii", "backslashreplace").decode("ascii")
     flat = "".join(c if c.isprintable() else "?" for c in flat)
@@ -86,15 +86,15 @@ def central_session(ca_file: Path | None, timeout: aiohttp.ClientTimeout, *, con
     )
 
 
-def _error_message(body: bytes) -> str:
+def central_error_message(body: bytes) -> str:
     """The ``error.message`` of a JSON error body, or the start of whatever the body is."""
     try:
         message = json.loads(body)["error"]["message"]
         if isinstance(message, str):
-            return _clip(message)
+            return clip_line(message)
     except (ValueError, KeyError, TypeError):
         pass
-    return _clip(body[:_CLIP].decode("utf-8", "replace"))
+    return clip_line(body[:_CLIP].decode("utf-8", "replace"))
 
 
 def encode_batch(results: list[ProbeResult]) -> tuple[bytes, list[ProbeResult], list[Rejected]]:
@@ -168,7 +168,7 @@ class IngestDestination:
         if isinstance(exc, TimeoutError):
             return f"no answer within {self._timeout.total:g} s"
         if isinstance(exc, aiohttp.ClientError | OSError):
-            return _clip(f"{type(exc).__name__}: {exc}")
+            return clip_line(f"{type(exc).__name__}: {exc}")
         return None
 
     async def deliver(self, results: list[ProbeResult], count_stored: Callable[[int], None]) -> list[Rejected]:
@@ -193,21 +193,21 @@ class IngestDestination:
             return self._report(results, answer, count_stored)
         if status == 413:
             if len(results) == 1:
-                return [(results[0], f"too large for the central server: {_error_message(answer)}")]
+                return [(results[0], f"too large for the central server: {central_error_message(answer)}")]
             half = len(results) // 2
             rejected: list[Rejected] = []
             for part in (results[:half], results[half:]):
                 rejected += await self._post(part, encode_batch(part)[0], count_stored)
             return rejected
         if status == 400:
-            reason = f"the central server could not read the batch: {_error_message(answer)}"
+            reason = f"the central server could not read the batch: {central_error_message(answer)}"
             return [(r, reason) for r in results]
         if status in (401, 403):
-            self._refused(status, _error_message(answer))
+            self._refused(status, central_error_message(answer))
             raise IngestUnavailable(f"HTTP {status}: the central server refuses this prober's token")
         if 300 <= status < 400:
             raise IngestUnavailable(f"HTTP {status}: a redirect, not followed; set ingest.url to the final address")
-        raise IngestUnavailable(f"HTTP {status}: {_error_message(answer)}")
+        raise IngestUnavailable(f"HTTP {status}: {central_error_message(answer)}")
 
     def _report(self, results: list[ProbeResult], answer: bytes, count_stored: Callable[[int], None]) -> list[Rejected]:
         """The rejected results of a 200 answer; an answer that is not an ingest report is an outage."""
@@ -215,7 +215,7 @@ class IngestDestination:
             report = json.loads(answer)
             stored = _count(report["stored"], len(results))
             entries: list[Any] = report["rejected"]
-            reasons = {_count(e["index"], len(results) - 1): _clip(str(e["reason"])) for e in entries}
+            reasons = {_count(e["index"], len(results) - 1): clip_line(str(e["reason"])) for e in entries}
             region = str(report["region"])
         except (ValueError, KeyError, TypeError, IndexError):
             raise IngestUnavailable("HTTP 200 with an answer that is not an ingest report") from None
