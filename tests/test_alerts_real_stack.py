@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from hostile.harness import free_port
 from prometheus_tools import tool
 from promql_panels import dashboard_files, load, panel_queries, substitute
 
@@ -70,12 +70,6 @@ slo: {{down_after: 3, up_after: 2, window: 10s, min_samples: 3}}
 api: {{host: 127.0.0.1, port: {port}}}
 aggregator: {{refresh: 500ms, windows: [1h], metrics: {{breakdowns: [provider, region]}}}}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -213,7 +207,7 @@ async def test_a_model_going_down_pages_in_time_with_its_labels_and_link_and_res
     receiver = Receiver()
     hook = web.Application()
     hook.router.add_post("/hook", receiver.handle)
-    api_port, prom_port, am_port = _free_port(), _free_port(), _free_port()
+    api_port, prom_port, am_port = free_port(), free_port(), free_port()
 
     async with _serve(_switchable_simulator(down)) as sim_url, _serve(hook) as hook_url:
         config_text = _config(sim_url + "/v1", api_port)

@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import asyncpg
 import pytest
 from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
 from ground_truth import served, simulator_process
+from hostile.harness import free_port
 
 from routewatch.postgres.local_server import LocalPostgres
 from routewatch.simulator.process import SimulatorProcess
@@ -60,12 +60,6 @@ def config(base_url: str) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     # Under /tmp and world-traversable: as root the server runs as another user.
@@ -78,7 +72,7 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture
 def database(workdir: Path) -> Iterator[LocalPostgres]:
     bin_dir = os.environ.get("ROUTEWATCH_TEST_PG_BIN")
-    pg = LocalPostgres(workdir / "db", bin_dir=Path(bin_dir) if bin_dir else None, port=_free_port())
+    pg = LocalPostgres(workdir / "db", bin_dir=Path(bin_dir) if bin_dir else None, port=free_port())
     pg.start()
     yield pg
     pg.stop()

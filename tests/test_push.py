@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from factories import config_text, probe_result
+from hostile.harness import free_port
 from ingest_support import EU_TOKEN, MODEL, US_TOKEN, Central, central_parts
 from writer_support import until
 
@@ -41,19 +41,13 @@ from routewatch.sinks import push_sink
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     """An aiohttp app on a fixed loopback port that can be stopped and started again; over TLS with ``tls``."""
 
     def __init__(self, app: Callable[[], web.Application], tls: ssl.SSLContext | None = None) -> None:
         self._app = app
         self._tls = tls
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/v1/ingest"
         self._runner: web.AppRunner | None = None
 

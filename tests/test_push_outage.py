@@ -11,7 +11,6 @@ import asyncio
 import json
 import secrets
 import signal
-import socket
 import sys
 import time
 import urllib.error
@@ -23,7 +22,7 @@ import asyncpg
 import pytest
 from factories import LOOPBACK_API, config_text, prompt_entry, router_entry
 from ground_truth import served, simulator_process
-from hostile.harness import Answer, LeakFinder, Process, clean_env, dump_database, http, scan_tree
+from hostile.harness import Answer, LeakFinder, Process, clean_env, dump_database, free_port, http, scan_tree
 
 from routewatch.simulator.process import SimulatorProcess
 
@@ -65,12 +64,6 @@ class Tokens:
         return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
     with simulator_process(tmp_path, PROFILES) as sim:
@@ -82,7 +75,7 @@ class Setup:
 
     def __init__(self, root: Path, simulator_url: str, dsn: str) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}"
         routers = [router_entry("sim", simulator_url, MODELS)]
         prompts = [prompt_entry(max_tokens=32, min_output_tokens=8)]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hostile.harness import free_port
 
 from routewatch.aggregator.publish.server import bind_listeners
 from routewatch.config import load_config
@@ -346,12 +347,6 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _main_thread_released(data_dir: Path, port: int, children: set[int]) -> None:
     """The run lock can be taken, the API port bound, and no child process is left."""
     lock = FileLock(data_dir / RUN_LOCK)
@@ -372,7 +367,7 @@ def test_a_failed_start_stops_the_embedded_server_and_frees_the_lock_and_port(
     children = _child_pids()
     path = tmp_path / "probes.yaml"
     path.write_text(CONFIG)
-    port = _free_port()
+    port = free_port()
     opts = RunOptions(
         config=load_config(path),
         config_path=str(path),
@@ -397,7 +392,7 @@ def test_a_database_that_refuses_frees_the_lock_and_port(
         settings = Settings()
         path = tmp_path / "probes.yaml"
         path.write_text(CONFIG)
-        port = _free_port()
+        port = free_port()
         opts = RunOptions(
             config=load_config(path), config_path=str(path), data_dir=data_dir, host="127.0.0.1", port=port
         )
