@@ -41,3 +41,24 @@ async def test_a_quiet_loop_reports_little_lag_and_a_stall_before_the_probe_does
     # The stall ended before the probe began: it is not the probe's.
     assert worst is not None and worst < 45.0, worst
     assert earlier is not None and earlier >= 45.0, earlier
+
+
+async def test_two_stalls_in_a_row_add_up_where_the_worst_sees_one() -> None:
+    lag = LoopLagMonitor(tick_s=0.002)
+    lag.start()
+    await asyncio.sleep(0.02)
+    start = time.perf_counter_ns()
+    time.sleep(0.03)
+    await asyncio.sleep(0)  # one pass: the late tick runs, the next is due 2 ms on
+    await asyncio.sleep(0.003)
+    time.sleep(0.03)
+    end = time.perf_counter_ns()
+    await asyncio.sleep(0.01)
+    blocked = lag.blocked_ms_between(start, end)
+    worst = lag.worst_since(start)
+    await lag.stop()
+    assert worst is not None and worst >= 28.0, worst
+    # Each stall counts, less at most a tick: the sum, where the worst is one of them.
+    assert blocked >= 2 * (30.0 - 2.0), blocked
+    assert blocked <= (end - start) / 1e6 + 0.1, (blocked, "never more than the span")
+    assert worst < blocked - 20.0, (worst, blocked)

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.system, pytest.mark.alone]
 N_PROBES = 200
 MAX_LAG_MS = 25.0
 TICK_MS = 1.0  # the loop-lag monitor's tick here: a stall shows as its length minus up to one tick
-TRANSIT_MS = 2.0  # loopback transit and the reading task's turn, on an idle loop
+TRANSIT_MS = 1.0  # loopback transit, kernel to kernel
 PROFILES_YAML = """
 - model: acc/steady
   provider: Steady
@@ -76,7 +76,7 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
     lag.start()
     async with new_session(N_PROBES) as session:
         # Started within one second, as a scheduler with jitter would.
-        async def staggered(i: int) -> tuple[int, chat_stream.ProbeResult]:
+        async def staggered(i: int) -> tuple[StreamMarks, chat_stream.ProbeResult]:
             await asyncio.sleep(i / N_PROBES)
             marks: list[StreamMarks] = []
             r = await chat_stream.run(
@@ -89,7 +89,7 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
                 max_lag_ms=MAX_LAG_MS,
                 on_marks=marks.append,
             )
-            return marks[0].t0, r
+            return marks[0], r
 
         runs = await asyncio.gather(*(staggered(i) for i in range(N_PROBES)))
     await lag.stop()
@@ -99,21 +99,23 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
     ttft_err, tps_err = [], []
     unexplained: list[tuple[float, float, float]] = []
     flagged = 0
-    for t0, r in runs:
+    for m, r in runs:
         assert r.ok, r.error_detail
         sent = truth[r.request_id]
         times = sent["token_times_ns"]
         assert r.output_tokens == sent["output_tokens"] and r.chunks == len(times)
-        err = r.ttft_ms - (times[0] - t0) / 1e6
+        err = r.ttft_ms - (times[0] - m.t0) / 1e6
         # Bytes cannot be read before they were sent.
         assert err > -0.5, (err, r.request_id)
-        # Every probe, flagged or not, stores the worst loop lag of its life, and
-        # that lag accounts for its error: a stall of S ms shows as at least S
-        # minus one tick, plus loopback transit. This is what makes a stored row
-        # trustworthy on a busy machine, where some error is unavoidable.
+        # The loop-lag monitor accounts for the error: from the simulator's send to the
+        # probe's stamp, the loop was either blocked (a due tick waited: the monitor saw it)
+        # or in one of at most three passes (the one running when the bytes arrived, the
+        # one reading the socket, the one resuming the probe's task), each busy for less
+        # than a tick before the next tick fell due, which the monitor cannot see.
+        blocked = lag.blocked_ms_between(times[0], m.token_times[0])
         assert r.loop_lag_ms is not None
-        if err > r.loop_lag_ms + TICK_MS + TRANSIT_MS:
-            unexplained.append((err, r.loop_lag_ms, r.ttft_ms))
+        if err > blocked + 3 * TICK_MS + TRANSIT_MS:
+            unexplained.append((err, blocked, r.loop_lag_ms))
         if r.prober_overloaded:
             # The prober flags a probe whose loop lagged past the limit; stats leave it out.
             flagged += 1
@@ -121,7 +123,7 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
         ttft_err.append(err)
         true_tps = (len(times) - 1) / ((times[-1] - times[0]) / 1e9)
         tps_err.append(abs(r.output_tps - true_tps) / true_tps)
-    assert not unexplained, f"TTFT errors beyond the probe's own loop lag (error, lag, ttft ms): {unexplained[:5]}"
+    assert not unexplained, f"TTFT errors the loop's stalls do not explain (error, blocked, worst lag ms): {unexplained[:5]}"
     ttft_err.sort()
     tps_err.sort()
     print(

@@ -78,6 +78,26 @@ class LoopLagMonitor:
                 worst = lag
         return worst
 
+    def blocked_ms_between(self, start_ns: int, end_ns: int) -> float:
+        """How long (ms), within ``[start_ns, end_ns]``, a tick that was due went unrun.
+
+        Each late tick stands for a span, from when it was due to when it ran,
+        during which the loop ran nothing new; the spans are added up, so two
+        stalls in a row count twice where ``worst_since`` sees only the larger.
+        A busy stretch shorter than a tick before the next one falls due is
+        not seen.
+        """
+        spans: list[tuple[int, int]] = []
+        if self._sleep_from_ns is not None:
+            due = self._sleep_from_ns + round(self._tick * 1e9)
+            spans.append((due, time.perf_counter_ns()))
+        for fired, lag in reversed(self._samples):
+            if fired < start_ns:
+                break
+            spans.append((fired - round(lag * 1e6), fired))
+        blocked = sum(max(0, min(b, end_ns) - max(a, start_ns)) for a, b in spans)
+        return blocked / 1e6
+
     def samples_since(self, t_ns: int) -> list[float]:
         """Every lag sample (ms) taken at or after ``t_ns``, oldest first."""
         return [lag for t, lag in self._samples if t >= t_ns]
