@@ -123,7 +123,9 @@ async def test_200_concurrent_probes_match_the_injected_truth(simulator_url: str
         ttft_err.append(err)
         true_tps = (len(times) - 1) / ((times[-1] - times[0]) / 1e9)
         tps_err.append(abs(r.output_tps - true_tps) / true_tps)
-    assert not unexplained, f"TTFT errors the loop's stalls do not explain (error, blocked, worst lag ms): {unexplained[:5]}"
+    assert not unexplained, (
+        f"TTFT errors the loop's stalls do not explain (error, blocked, worst lag ms): {unexplained[:5]}"
+    )
     ttft_err.sort()
     tps_err.sort()
     print(
