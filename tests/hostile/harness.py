@@ -224,6 +224,16 @@ def wait_until(check: Callable[[], object], timeout: float, what: str | Callable
     return time.monotonic() - start
 
 
+async def wait_until_async(check: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> float:
+    """``wait_until`` for a test whose servers share its event loop: polls without blocking the loop."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie does not)."""
     try:
