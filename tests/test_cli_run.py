@@ -217,7 +217,10 @@ def test_once_shows_the_prompt_tier_of_each_probe(tmp_path: Path) -> None:
     assert "router · prompt · tier" in proc.stdout, proc.stdout
     rows = re.findall(r"orcarouter · (\w+) · tier (\w+)", proc.stdout)
     assert sorted(rows) == [("long", "1k"), ("short", "100")], proc.stdout
-    assert "2 of 2 probes ok" in proc.stdout, proc.stdout
+    # The simulated model fails 8% of its requests: either probe may, and once says so.
+    m = re.search(r"(\d+) of 2 probes ok", proc.stdout)
+    assert m, proc.stdout
+    assert proc.returncode == (0 if m.group(1) == "2" else 2), proc.stdout
 
 
 def test_real_router_without_its_key_is_a_clear_error(config_file: Path) -> None:
