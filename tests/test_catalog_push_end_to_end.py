@@ -113,9 +113,12 @@ def test_a_pushing_probers_list_is_recorded_retired_and_priced_centrally(
             found = [e for e in _get(api, "/v1/models")["models"] if (e["router"], e["id"]) == ("sim", name)]
             return found[0] if found else None
 
-        # The pushed results make the models published; the catalog says they are listed.
-        wait_until(lambda: model("disc/m2") is not None, 30, "the central API publishes disc/m2")
-        assert model("disc/m2")["retired"] is False  # type: ignore[index]
+        # The pushed results make the models published; the catalog says they are listed. Each
+        # series has its own phase in the 2 s interval, so each is waited for: one published
+        # says nothing about when another's first probe arrives.
+        for name in DISCOVERED:
+            wait_until(lambda name=name: model(name) is not None, 30, f"the central API publishes {name}")
+            assert model(name)["retired"] is False  # type: ignore[index]
 
         # The simulator stops listing disc/m2: retired in the central catalog and API.
         _control(simulator, "DELETE", "/v1/simulator/models/disc/m2")
