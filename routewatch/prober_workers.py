@@ -47,12 +47,27 @@ from typing import Any
 from routewatch.config import Config
 from routewatch.postgres.watch import RestartPolicy
 from routewatch.probe.scheduler import Series
+from routewatch.storage.shard_leases import HANDOVER_LEAD_S
 
 log = logging.getLogger("routewatch")
 
 START_TIMEOUT_S = 60.0  # a worker not ready by then failed to start
 FINAL_REPORT_S = 1.0  # how long to wait for an exited worker's last line on its pipe
 _PR_SET_PDEATHSIG = 1
+WRITER_CLOSE_S = 10.0  # what a prober's writer takes at most to store what it holds at exit
+
+
+def prober_stop_limit_s(config: Config) -> float:
+    """The longest a ``routewatch probe`` on ``config`` takes from SIGTERM to its exit.
+
+    It hands its shards over (``HANDOVER_LEAD_S`` ahead), lets its probes in flight run to
+    their deadline (a reasoning model's router may give a longer one; the extra second covers a
+    probe started just before the stop), stores what its writer holds, and has some slack.
+    ``run`` kills a worker still running after this long; an orchestrator's grace period
+    (Kubernetes' ``terminationGracePeriodSeconds``, compose's ``stop_grace_period``) shorter
+    than it kills probes in flight and may leave the spool undelivered.
+    """
+    return HANDOVER_LEAD_S + config.longest_probe_s() + 1 + WRITER_CLOSE_S + 5
 
 
 class WorkerFailed(Exception):

@@ -94,14 +94,13 @@ from routewatch.probe.redact import redact_dsn
 from routewatch.probe.scheduler import Series
 from routewatch.probe.targets import RouterPlan, plan, uses_simulator
 from routewatch.prober_metrics import gathering
-from routewatch.prober_workers import ProberWorkers, WorkersGaveUp
+from routewatch.prober_workers import ProberWorkers, WorkersGaveUp, prober_stop_limit_s
 from routewatch.simulator import DEFAULT_PROFILES, RunningSimulator, start_simulator
 from routewatch.sinks import DatabaseTarget, IngestSetupError, database_sink, ingest_receiver, ingest_tokens
 from routewatch.storage.housekeeping import PartitionCache, maintenance_loop
 from routewatch.storage.leadership import Leadership
 from routewatch.storage.read_pools import ReadPools
 from routewatch.storage.session_name import session_settings
-from routewatch.storage.shard_leases import HANDOVER_LEAD_S
 from routewatch.supervision import Supervisor, dsn_secrets
 
 log = logging.getLogger("routewatch")
@@ -113,7 +112,6 @@ SIMULATOR_PENDING = "http://127.0.0.1:0/v1"
 RUN_LOCK = "run.lock"  # in the data directory: one `routewatch run` per spool
 WORKER_SPOOL = "spool-worker-{}"  # in the data directory: prober worker i's own spool
 LEGACY_SPOOL = "spool"  # where a run that probed in its own process kept its spool
-WRITER_CLOSE_S = 10.0  # what a worker's writer takes at most to store what it holds at exit
 
 # What serve() starts, in order (the last, "running", is everything started).
 # `serve` reaches the steps up to "api"; `run` all of them. The prober workers
@@ -482,12 +480,9 @@ def _prober_workers(opts: RunOptions, database: Database, simulator: RunningSimu
     def worker_argv(index: int) -> list[str]:
         return [*argv, "--spool-dir", str(opts.data_dir / WORKER_SPOOL.format(index)), "--worker", str(index)]
 
-    # Handing over, the probes in flight (a reasoning model's may run to its router's longer deadline;
-    # a reload may lengthen their limit), the writer, and slack.
-    stop_limit_s = HANDOVER_LEAD_S + opts.config.longest_probe_s() + 1 + WRITER_CLOSE_S + 5
     # The children need the router keys the configuration names, whatever their variables are called.
     env = {**process_environment(), ENV_DATABASE_URL: database.dsn}
-    return ProberWorkers(opts.workers, worker_argv, env, stop_limit_s=stop_limit_s)
+    return ProberWorkers(opts.workers, worker_argv, env, stop_limit_s=prober_stop_limit_s(opts.config))
 
 
 @asynccontextmanager

@@ -21,7 +21,9 @@ import yaml
 
 from routewatch.alerting import GRAFANA_FILE, RULES_FILE, Deployment, plan_alerts, render_files
 from routewatch.config import Config, load_config
+from routewatch.config.durations import parse_duration
 from routewatch.config.loader import parse_config
+from routewatch.prober_workers import prober_stop_limit_s
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -536,3 +538,26 @@ def test_a_probers_spool_volume_outgrows_its_spool_limit_before_the_kubelet_evic
         (data,) = (v for v in template["spec"]["volumes"] if v["name"] == "data")
         size = _mebibytes(data["emptyDir"]["sizeLimit"])
         assert size >= 1.25 * spool_limit_mib, f"{name}: a full spool ({spool_limit_mib} MiB) would get the pod evicted"
+
+
+# Docker's stop timeout when a service names none: SIGKILL this long after SIGTERM.
+COMPOSE_DEFAULT_STOP_GRACE = "10s"
+
+
+@pytest.mark.unit
+def test_a_stopped_prober_is_given_the_time_to_finish_its_probes_and_store_them() -> None:
+    """SIGTERM, the grace period, then SIGKILL: a grace shorter than the prober's own stop loses the
+    probes in flight, and on Kubernetes the spool undelivered (an emptyDir goes with the pod)."""
+    (configmap,) = _of_kind("ConfigMap")
+    needed = prober_stop_limit_s(parse_config(configmap["data"]["probes.yaml"], "probes.yaml"))
+    probers = {name: t for name, t in _pod_templates().items() if name.startswith("routewatch-probe-")}
+    assert len(probers) == 2
+    for name, template in probers.items():
+        grace = template["spec"].get("terminationGracePeriodSeconds", 30)  # Kubernetes' default
+        assert grace >= needed, f"{name}: {grace} s of grace, the prober may take {needed:g} s to stop"
+    needed = prober_stop_limit_s(load_config(STACK_CONFIG))
+    stack_probers = {name: s for name, s in _compose()["services"].items() if s.get("command", [])[:1] == ["probe"]}
+    assert len(stack_probers) == 2
+    for name, service in stack_probers.items():
+        grace_s = parse_duration(service.get("stop_grace_period", COMPOSE_DEFAULT_STOP_GRACE))
+        assert grace_s >= needed, f"{name}: {grace_s:g} s of grace, the prober may take {needed:g} s to stop"
