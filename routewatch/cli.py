@@ -15,6 +15,7 @@ from routewatch.config.dialects import DIALECTS
 from routewatch.config.settings import ENV_API_PORT, ENV_CONFIG, ENV_DATA_DIR, Settings, SettingsError, load_settings
 from routewatch.parts import DatabaseUnavailable
 from routewatch.postgres.local_server import LocalPostgresError, default_data_dir
+from routewatch.probe.scheduler import SkippedSlotWarnings
 from routewatch.probe.targets import TargetError
 from routewatch.prober_workers import WorkerFailed
 from routewatch.runner import DataDirInUse
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("apscheduler", "aiohttp.access"):  # a line per probe otherwise
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # A slow probe's skipped slots are counted in /metrics, not warned about one line each.
+        logging.getLogger("apscheduler.scheduler").addFilter(SkippedSlotWarnings())
         logging.getLogger("asyncpg.pool").addFilter(_OneLine())
     try:
         if args.command == "check-config":

@@ -69,6 +69,7 @@ PROBER_FAMILIES = {
     "routewatch_probes_overloaded",
     "routewatch_probes_in_flight",
     "routewatch_probes_queued",
+    "routewatch_probe_slots_skipped",
     "routewatch_probe_concurrency_limit",
     "routewatch_results_stored",
     "routewatch_results_pending",
@@ -275,6 +276,9 @@ async def test_metrics_publish_the_snapshot_and_the_probers_health(
             assert s.get("routewatch_route_probe_failures_total", router="sim", model="test/flaky", region=REGION)
             assert s.get("routewatch_probes_in_flight") == 0 and s.get("routewatch_probes_queued") == 0
             assert s.get("routewatch_probe_concurrency_limit") == 8
+            # Probed one by one here, not on a schedule: no slot skipped, for either reason.
+            for reason in ("budget_paused", "previous_probe_running"):
+                assert s.get("routewatch_probe_slots_skipped_total", reason=reason) == 0, reason
             assert s.get("routewatch_results_stored_total") == len(results)
             assert s.get("routewatch_results_pending") == writer.backlog
             assert s.get("routewatch_results_dropped_total") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from routewatch.probe.reasoning import (
     request_style,
     shows_reasoning,
 )
-from routewatch.probe.scheduler import PhasedSchedule, Prober, Series, new_session
+from routewatch.probe.scheduler import PhasedSchedule, Prober, Series, SkippedSlotWarnings, new_session
 from routewatch.probe.slots import Ownership
 from routewatch.probe.target import Canary, Target, request_body
 from routewatch.results.probe_result import ProbeResult
@@ -535,10 +536,12 @@ async def test_a_model_sent_no_budget_keeps_the_ordinary_deadlines(timed_lab: La
 
 @pytest.mark.system
 async def test_a_reasoning_probe_longer_than_the_interval_skips_slots_without_overlap_or_a_queue(
-    timed_lab: Lab,
+    timed_lab: Lab, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The slot schedule under a probe that outlasts its interval: one probe of the series at a time,
-    the slots it covers skipped (not queued, not made up in a burst), the next owned slot probed."""
+    the slots it covers skipped (not queued, not made up in a burst) and counted, the next owned slot
+    probed."""
+    caplog.set_level(logging.WARNING, logger="apscheduler.scheduler")
     lab = timed_lab
     interval_s = 0.2
     series = _named(lab, "t/quiet")  # about 0.45 s a probe: two slots and more each
@@ -562,3 +565,14 @@ async def test_a_reasoning_probe_longer_than_the_interval_skips_slots_without_ov
         assert later.received_ns >= earlier.token_times_ns[-1], "two probes of one series overlapped"
         # The next probe starts at the first slot after the last ended (plus the scheduler's wake-up).
         assert (later.received_ns - earlier.token_times_ns[-1]) / 1e9 < interval_s + 0.1
+    # Each skipped slot is counted (routewatch_probe_slots_skipped_total), and APScheduler's warning
+    # for it, one line a slot, is what the command line's log filter drops: nothing else.
+    skipped = lab.prober.still_running_skipped
+    print(f"{len(truth)} probes, {skipped} slots skipped")
+    assert 9 <= len(truth) + skipped <= 14, (
+        "2.2 s of 0.2 s slots (and those of the last probe's end): each probed or skipped"
+    )
+    warnings = [r for r in caplog.records if r.name == "apscheduler.scheduler"]
+    dropped = [r for r in warnings if not SkippedSlotWarnings().filter(r)]
+    assert len(dropped) == skipped, [r.getMessage() for r in warnings]
+    assert all("skipped: maximum number of running instances" in r.getMessage() for r in dropped)

@@ -495,6 +495,17 @@ def health() -> Dashboard:
                 _increase("routewatch_probes_overloaded_total", "overloaded"),
             ),
             _live(
+                "Skipped slots",
+                "Which scheduled probes were not sent? Slots skipped per interval because the series' last probe "
+                "was still running (a slow reasoning model) or the daily budget paused it.",
+                "short",
+                PromQL(
+                    "sum by (instance, worker, reason)"
+                    f" (increase(routewatch_probe_slots_skipped_total{{{_PROCESS}}}[$__rate_interval]))",
+                    f"{_WHO} {{{{reason}}}}",
+                ),
+            ),
+            _live(
                 "Results waiting to be stored",
                 "Is the writer keeping up? Results accepted but not yet confirmed in the database.",
                 "short",

@@ -6,6 +6,7 @@ monitor into a :class:`ProberHealth` at each scrape, on its own event loop,
 and serves :func:`prober_families` on its own ``/metrics``. Families:
 ``routewatch_probes_total{result}``, ``routewatch_probes_overloaded_total``,
 ``routewatch_probes_in_flight``, ``routewatch_probes_queued``,
+``routewatch_probe_slots_skipped_total{reason}``,
 ``routewatch_probe_concurrency_limit``, ``routewatch_results_stored_total``,
 ``routewatch_results_pending``, ``routewatch_results_dropped_total``,
 ``routewatch_results_rejected_total``, ``routewatch_results_unspooled_total``,
@@ -60,6 +61,9 @@ class ProberHealth:
     loop_lag_max_s: float | None  # the worst sample of the last LAG_MAX_WINDOW_S
     tasks: int  # asyncio tasks alive in the prober's event loop (a leak shows as growth)
     region: str = ""  # the prober's region, a label of the per-route counters
+    # Scheduled slots not probed, by reason: "budget_paused" (the daily budget paused the series) or
+    # "previous_probe_running" (the series' last probe, a reasoning model's say, was still running).
+    skipped: Mapping[str, int] = field(default_factory=dict)
     # (router, model) -> (probes, failed probes), overloaded ones left out
     routes: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
@@ -94,6 +98,7 @@ def read_prober_health(prober: Prober, writer: SpooledDelivery, lag: LoopLagMoni
         loop_lag_max_s=_seconds(lag.recent_max(LAG_MAX_WINDOW_S)) if lag is not None else None,
         tasks=len(asyncio.all_tasks()),
         region=prober.region,
+        skipped={"budget_paused": prober.budget_skipped, "previous_probe_running": prober.still_running_skipped},
         routes={route: (n, prober.route_failures[route]) for route, n in prober.route_attempts.items()},
     )
 
@@ -123,6 +128,15 @@ def prober_families(health: ProberHealth) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "routewatch_probes_queued", "Probes due and waiting for a concurrency slot", value=health.queued
     )
+    skipped = CounterMetricFamily(
+        "routewatch_probe_slots_skipped",
+        "Scheduled probe slots not probed, by reason: budget_paused, or previous_probe_running "
+        "(the series' last probe outlasted its interval)",
+        labels=["reason"],
+    )
+    for reason, count in sorted(health.skipped.items()):
+        skipped.add_metric([reason], float(count))
+    yield skipped
     yield GaugeMetricFamily(
         "routewatch_probe_concurrency_limit", "At most this many probes run at once", value=health.concurrency
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
@@ -49,6 +50,23 @@ from routewatch.probe.target import Canary, Target
 from routewatch.results.probe_result import NOT_ROUTER_FAULTS, ProbeResult
 
 log = logging.getLogger(__name__)
+
+# How APScheduler words its warning for a run it skips because the job's previous run is still going.
+_STILL_RUNNING_WARNING = 'Execution of job "%s" skipped: maximum number of running instances'
+
+
+class SkippedSlotWarnings(logging.Filter):
+    """Drops APScheduler's warning for each slot a series skips while its previous probe runs.
+
+    A reasoning probe may run for several intervals, and each slot it covers would log a line:
+    :class:`PhasedSchedule` counts those slots instead (``routewatch_probe_slots_skipped_total``).
+    For the ``apscheduler.scheduler`` logger; every other record passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the skipped-slot warning only."""
+        return not (isinstance(record.msg, str) and record.msg.startswith(_STILL_RUNNING_WARNING))
+
 
 Sink = Callable[[ProbeResult], Awaitable[None]]
 
@@ -125,6 +143,8 @@ class Prober:
         # Series keys (Series.key) the daily budget paused: their scheduled probes are skipped.
         self.paused: frozenset[str] = frozenset()
         self.budget_skipped = 0  # scheduled probes skipped for the budget, since start
+        # Slots skipped because the series' previous probe was still running (PhasedSchedule counts them).
+        self.still_running_skipped = 0
         # The models seen reasoning in this process: their probes get the reasoning output budget.
         self.reasoning = ReasoningModels()
 
@@ -452,6 +472,12 @@ class PhasedSchedule:
         self.ownership = Ownership()
         self.stopped = False
         self.not_owned = 0  # slots that fired but were not this process's (an ownership that ended)
+        scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+
+    def _skipped(self, event: JobSubmissionEvent) -> None:
+        # A slot came while the series' previous probe still ran (max_instances=1): it is not probed.
+        if event.job_id in self._entries:
+            self._prober.still_running_skipped += 1
 
     def _retime(self, interval_s: float) -> None:
         self.interval_s = interval_s
