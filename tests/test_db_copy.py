@@ -155,11 +155,22 @@ async def _rows(dsn: str) -> tuple[dict[str, list[tuple[Any, ...]]], list[tuple[
         await conn.close()
 
 
-async def _published(dsn: str) -> dict[str, Any]:
-    """What a fresh leader would publish: the stats (less when computed) and the model status."""
+async def _db_now(dsn: str) -> datetime:
+    conn = await asyncpg.connect(dsn)
+    try:
+        now: datetime = await conn.fetchval("SELECT now()")
+        return now
+    finally:
+        await conn.close()
+
+
+async def _published(dsn: str, at: datetime) -> dict[str, Any]:
+    """What a fresh leader refreshing at ``at`` would publish: the stats (less when computed) and the model
+    status. Source and target are compared at one ``at``: a window starts at the hour before ``at``'s, so
+    two refreshes on the database's clock a second apart, either side of an hour, count different probes."""
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
-        snap = await Aggregator(pool, WINDOWS, CONFIGURED, REFRESH_S).refresh()
+        snap = await Aggregator(pool, WINDOWS, CONFIGURED, REFRESH_S, clock=lambda: at).refresh()
     finally:
         await pool.close()
     figures: dict[str, Any] = {}
@@ -223,15 +234,16 @@ async def test_a_database_copied_into_a_new_one_row_for_row_and_the_same_stats_a
     assert await _rows(target_dsn) == before
 
     # The target's first refresh takes in the probes the source had not rolled up, once; so does the source's.
-    published = await _published(target_dsn)
-    assert published == await _published(db_dsn)
+    at = await _db_now(db_dsn)
+    published = await _published(target_dsn, at)
+    assert published == await _published(db_dsn, at)
     assert published["1h sim/openai/gpt-4.1-nano"]["samples"]["attempted"] > 29
     assert await _rows(target_dsn) == await _rows(db_dsn)
 
     again = _copy(db_dsn, "--to", target_dsn, "--batch-rows", "50")
     assert again.returncode == 0, again.stdout + again.stderr
     assert await _rows(target_dsn) == await _rows(db_dsn), "a rerun changed what it should have kept"
-    assert await _published(target_dsn) == published
+    assert await _published(target_dsn, at) == published
 
 
 async def test_an_interrupted_copy_is_completed_by_running_it_again(db_dsn: str, target_dsn: str) -> None:
@@ -255,7 +267,8 @@ async def test_an_interrupted_copy_is_completed_by_running_it_again(db_dsn: str,
     done = _copy(db_dsn, "--to", target_dsn, "--batch-rows", str(BATCH_ROWS))
     assert done.returncode == 0, done.stdout + done.stderr
     assert await _rows(target_dsn) == await _rows(db_dsn)
-    assert await _published(target_dsn) == await _published(db_dsn)
+    at = await _db_now(db_dsn)
+    assert await _published(target_dsn, at) == await _published(db_dsn, at)
 
 
 async def test_a_target_with_probes_from_elsewhere_is_refused_unless_merging(db_dsn: str, target_dsn: str) -> None:
