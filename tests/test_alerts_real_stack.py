@@ -319,20 +319,18 @@ async def test_a_model_going_down_pages_in_time_with_its_labels_and_link_and_res
                 )
                 assert burn[1]["labels"]["severity"] == "page" and burn[1]["labels"]["router"] == "sim"
 
-                # Recover while the page is firing, as Prometheus and the receiver last saw it: the resolve
-                # promise is about a firing page. An unknown spell meanwhile (a prober late on a loaded
-                # machine) resolves it and re-arms it; recovering before it fires again would leave
-                # nothing to resolve.
-                async def paging() -> bool:
-                    sent = [
-                        a["status"] for _, a in receiver.received if a["labels"]["alertname"] == "RoutewatchModelDown"
-                    ]
-                    firing = f'ALERTS{{alertname="RoutewatchModelDown",alertstate="firing",model="{DOWN}"}}'
+                # Recover while both pages are firing, as Prometheus and the receiver last saw them: the
+                # resolve promises are about firing pages. An unknown spell meanwhile (a prober late on a
+                # loaded machine) resolves them and re-arms them; recovering before they fire again would
+                # leave nothing to resolve.
+                async def paging(name: str) -> bool:
+                    sent = [a["status"] for _, a in receiver.received if a["labels"]["alertname"] == name]
+                    firing = f'ALERTS{{alertname="{name}",alertstate="firing",model="{DOWN}"}}'
                     return bool(sent) and sent[-1] == "firing" and bool(await _query(session, prometheus, firing))
 
                 deadline = time.monotonic() + promise + 30
-                while not await paging():
-                    assert time.monotonic() < deadline, "RoutewatchModelDown did not fire again after a pause"
+                while not (await paging("RoutewatchModelDown") and await paging("RoutewatchErrorBudgetBurn1h")):
+                    assert time.monotonic() < deadline, "the pages did not fire again after a pause"
                     await asyncio.sleep(0.1)
                 down.clear()
                 recovered = time.monotonic()
