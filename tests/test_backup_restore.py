@@ -11,7 +11,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -56,11 +56,15 @@ async def restore_dsn(pg_server: PgServer) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def _published(dsn: str) -> dict[str, dict[str, Any]]:
-    """What the API would serve for each series and window, less the times it was computed at."""
+async def _published(dsn: str, at: datetime) -> dict[str, dict[str, Any]]:
+    """What the API would serve at ``at`` for each series and window, less the times it was computed at.
+
+    Both databases are read as of one instant: a window starts at a whole hour, so an hour turning
+    between the two reads would move the 1h window by an hour and change its figures.
+    """
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
-        snap = await Aggregator(pool, WINDOWS, SERIES, 10.0).refresh()
+        snap = await Aggregator(pool, WINDOWS, SERIES, 10.0, clock=lambda: at).refresh()
     finally:
         await pool.close()
     figures = {}
@@ -94,7 +98,7 @@ async def test_dump_and_restore_serves_the_same_stats(
         assert await write_batch(conn, results) == len(results)
     finally:
         await conn.close()
-    before = await _published(db_dsn)  # also fills the rollups, history and status tables
+    before = await _published(db_dsn, now)  # also fills the rollups, history and status tables
     assert before["7d r/m/a"]["samples"]["attempted"] == 60
     assert before["7d r/m/b"]["samples"]["failed"] == 7
 
@@ -117,5 +121,5 @@ async def test_dump_and_restore_serves_the_same_stats(
     finally:
         await target.close()
 
-    after = await _published(restore_dsn)
+    after = await _published(restore_dsn, now)
     assert after == before
