@@ -21,6 +21,7 @@ from routewatch.shard_coordinator import ShardCoordinator
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.migrate import migrate
 from routewatch.storage.shard_leases import SHARDS
+from routewatch.storage.tables import SHARD_MEMBERS
 
 pytestmark = pytest.mark.db
 
@@ -74,7 +75,7 @@ def assert_partition(a: ShardCoordinator, b: ShardCoordinator, start: int, end: 
 
 
 async def test_shards_go_and_come_back_with_every_slot_owned_once(
-    coordinator: Callable[..., ShardCoordinator],
+    coordinator: Callable[..., ShardCoordinator], conn: asyncpg.Connection
 ) -> None:
     a, b = coordinator(), coordinator()
     await a.join()
@@ -93,7 +94,9 @@ async def test_shards_go_and_come_back_with_every_slot_owned_once(
     # b leaves: everything it holds goes back to a from b's own hand-over point, while a
     # still holds what it gave up to the first point. a beats while b waits for its point.
     leaving = asyncio.create_task(b.leave())
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(10):  # b's leave has committed (one transaction: its row goes, its leases offered)
+        while await conn.fetchval(f"SELECT count(*) FROM {SHARD_MEMBERS} WHERE member = $1", b.member):
+            await asyncio.sleep(0.02)
     await a.beat()
     assert a.last is not None and len(a.last.leases) == SHARDS
     back = {s: spans(a)[s] for s in given}
