@@ -273,7 +273,7 @@ async def test_routewatch_run_with_two_prober_processes_obeys_the_leaders_pauses
                         await asyncio.sleep(0.2)
                 # Each worker reads the pauses every FOLLOW_EVERY_S on its own: wait until both have.
                 following = r"worker-(\d) WARNING \S+: budget: 1 series paused for the rest of the day"
-                workers: set[str] = set()
+                workers = {m.group(1) for line in printed if (m := re.search(following, line))}
                 while len(workers) < 2:
                     workers.add(await _line_matching(proc, printed, following, 2 * FOLLOW_EVERY_S + 10))
                 counts = _served(sim.ground_truth.records)
