@@ -276,6 +276,9 @@ async def test_routewatch_run_with_two_prober_processes_obeys_the_leaders_pauses
                 workers = {m.group(1) for line in printed if (m := re.search(following, line))}
                 while len(workers) < 2:
                     workers.add(await _line_matching(proc, printed, following, 2 * FOLLOW_EVERY_S + 10))
+                # A probe of the dear series its worker started just before taking the pause in sends its
+                # request within timeouts.connect, or fails: let it arrive before the count begins.
+                await asyncio.sleep(float(LOOPBACK_TIMEOUTS["connect"].removesuffix("s")))
                 counts = _served(sim.ground_truth.records)
                 await asyncio.sleep(4.0)
                 after = _served(sim.ground_truth.records)
