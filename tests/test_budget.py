@@ -271,7 +271,14 @@ async def test_routewatch_run_with_two_prober_processes_obeys_the_leaders_pauses
                 async with asyncio.timeout(60):
                     while not (await costs())["budget"]["paused"]:
                         await asyncio.sleep(0.2)
-                await asyncio.sleep(FOLLOW_EVERY_S + 1)  # every worker has read the pauses by then
+                # Each worker reads the pauses every FOLLOW_EVERY_S on its own: wait until both have.
+                following = r"worker-(\d) WARNING \S+: budget: 1 series paused for the rest of the day"
+                workers = {m.group(1) for line in printed if (m := re.search(following, line))}
+                while len(workers) < 2:
+                    workers.add(await _line_matching(proc, printed, following, 2 * FOLLOW_EVERY_S + 10))
+                # A probe of the dear series its worker started just before taking the pause in sends its
+                # request within timeouts.connect, or fails: let it arrive before the count begins.
+                await asyncio.sleep(float(LOOPBACK_TIMEOUTS["connect"].removesuffix("s")))
                 counts = _served(sim.ground_truth.records)
                 await asyncio.sleep(4.0)
                 after = _served(sim.ground_truth.records)
@@ -294,9 +301,11 @@ async def test_routewatch_run_with_two_prober_processes_obeys_the_leaders_pauses
     assert "by 2 prober process" in "".join(printed)
 
 
-async def _line_matching(proc: asyncio.subprocess.Process, printed: list[str], pattern: str) -> str:
+async def _line_matching(
+    proc: asyncio.subprocess.Process, printed: list[str], pattern: str, timeout_s: float = 90
+) -> str:
     assert proc.stdout is not None
-    async with asyncio.timeout(90):
+    async with asyncio.timeout(timeout_s):
         while True:
             line = (await proc.stdout.readline()).decode(errors="replace")
             if not line:

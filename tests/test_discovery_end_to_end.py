@@ -131,6 +131,13 @@ class Stack:
             body = resp.read()
         return strict_json(body) if path != "/status" else body.decode()
 
+    def scheduled(self) -> int | None:
+        """Series with a job in either worker (run's /metrics); None unless both workers answered its scrape."""
+        metrics = _text(self.api + "/metrics")
+        found = re.findall(r'routewatch_probe_series_scheduled\{[^}]*worker="(\d+)"[^}]*\} ([0-9.e+]+)', metrics)
+        by_worker = {worker: float(n) for worker, n in found}
+        return int(sum(by_worker.values())) if len(by_worker) == 2 else None
+
     def listed(self, model: str) -> dict[str, Any] | None:
         for entry in self.get("/v1/models")["models"]:
             if (entry["router"], entry["id"]) == ("sim", model):
@@ -215,7 +222,8 @@ def test_discovered_models_are_probed_retired_brought_back_and_survive_a_malform
     gone = "disc/m7"
     stack.control("DELETE", f"/v1/simulator/models/{gone}")
     wait_until("disc/m7 is retired in the catalog", lambda: (stack.catalog(gone) or {}).get("retired_at"))
-    time.sleep(REFRESH_S + 0.5)  # the other prober's next read
+    # The prober that retired it may not be the one probing it: wait until neither schedules it.
+    wait_until("no worker schedules disc/m7", lambda: stack.scheduled() == 1 + len(DISCOVERED) - 1)
     mark = time.perf_counter_ns()
     time.sleep(2 * INTERVAL_S)
     assert stack.requests_of(gone, after_ns=mark) == []
@@ -288,7 +296,8 @@ def test_a_restart_while_the_list_is_malformed_keeps_probing_the_models_found_be
         "both workers applied the reload",
         lambda: len(re.findall(r"worker-\d INFO routewatch: config reload of", stack.run.output())) >= 2,
     )
-    time.sleep(REFRESH_S + 0.5)  # the list read the reload asks for
+    # The reload re-plans with the models found so far; the excluded ones go at the list read it asks for.
+    wait_until("no worker schedules the excluded models", lambda: stack.scheduled() == 1 + len(DISCOVERED[4:]))
     mark = time.perf_counter_ns()
     time.sleep(INTERVAL_S + 1)
     assert not any(stack.requests_of(m, after_ns=mark) for m in DISCOVERED[:4]), "excluded models still probed"

@@ -235,10 +235,12 @@ async def test_each_open_and_close_is_queued_once_per_target_with_the_incident(c
 # ---------------------------------------------------------------- the sender
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _refusing_socket() -> socket.socket:
+    """Bound, never listening: connections to its port are refused for as long as it is open, and no
+    server started meanwhile can take the port (as one could a port bound and closed again)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 async def _deliver_all(sender: OutboxSender, pool: asyncpg.Pool, deadline_s: float) -> None:
@@ -268,6 +270,7 @@ async def test_flaky_receivers_get_every_transition_once_per_key(
         }
     )
     runner, base = await start_receiver(receiver)
+    refuser = _refusing_socket()
     env = {
         "FLAKY_URL": f"{base}/flaky",
         "FLAKY_SECRET": SECRET,
@@ -277,7 +280,7 @@ async def test_flaky_receivers_get_every_transition_once_per_key(
         "GRAFANA_URL": f"{base}/grafana",
         "GRAFANA_TOKEN": GRAFANA_TOKEN,
         "GONE_URL": f"{base}/gone",
-        "REFUSED_URL": f"http://127.0.0.1:{_closed_port()}/hook",
+        "REFUSED_URL": f"http://127.0.0.1:{refuser.getsockname()[1]}/hook",
     }
     configs = [
         NotificationTarget(name="flaky", kind="webhook", url_env="FLAKY_URL", secret_env="FLAKY_SECRET"),
@@ -302,6 +305,7 @@ async def test_flaky_receivers_get_every_transition_once_per_key(
             dump = json.dumps([dict(r) for r in rows], default=str)
     finally:
         await runner.cleanup()
+        refuser.close()
 
     by_target = {t: [r for r in rows if r["target"] == t] for t in targets}
     # Every transition delivered to every target that can take it, in order, and acknowledged once per key.

@@ -15,12 +15,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from routewatch.config import TimeoutsConfig
 from routewatch.probe.scheduler import PhasedSchedule, Prober, Series, new_session
-from routewatch.probe.slots import Tenure
+from routewatch.probe.slots import Tenure, interval_us, phase_us, slot_at_or_before, slot_time
 from routewatch.probe.target import Canary, Target
 from routewatch.shard_coordinator import ShardCoordinator
 from routewatch.storage.errors import DATABASE_ERRORS
 from routewatch.storage.migrate import migrate
 from routewatch.storage.shard_leases import SHARDS
+from routewatch.storage.tables import SHARD_MEMBERS
 
 pytestmark = pytest.mark.db
 
@@ -74,7 +75,7 @@ def assert_partition(a: ShardCoordinator, b: ShardCoordinator, start: int, end: 
 
 
 async def test_shards_go_and_come_back_with_every_slot_owned_once(
-    coordinator: Callable[..., ShardCoordinator],
+    coordinator: Callable[..., ShardCoordinator], conn: asyncpg.Connection
 ) -> None:
     a, b = coordinator(), coordinator()
     await a.join()
@@ -93,7 +94,9 @@ async def test_shards_go_and_come_back_with_every_slot_owned_once(
     # b leaves: everything it holds goes back to a from b's own hand-over point, while a
     # still holds what it gave up to the first point. a beats while b waits for its point.
     leaving = asyncio.create_task(b.leave())
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(10):  # b's leave has committed (one transaction: its row goes, its leases offered)
+        while await conn.fetchval(f"SELECT count(*) FROM {SHARD_MEMBERS} WHERE member = $1", b.member):
+            await asyncio.sleep(0.02)
     await a.beat()
     assert a.last is not None and len(a.last.leases) == SHARDS
     back = {s: spans(a)[s] for s in given}
@@ -102,6 +105,37 @@ async def test_shards_go_and_come_back_with_every_slot_owned_once(
     assert len(second_point) == 1 and second_point.pop() > point
     await leaving
     assert_partition(a, b, t0, max(t.start_us for two in back.values() for t in two) + SEC)
+
+
+async def test_a_series_added_after_its_slot_passed_is_first_probed_at_its_next_slot(
+    coordinator: Callable[..., ShardCoordinator],
+) -> None:
+    """A shard just taken over has the slots of its known series that passed since its tenure began
+    probed at once. A series added since (a model just discovered) missed none of them: its first probe
+    is at its next slot, so the first probes of new models stay spread over the interval, not bunched
+    at the moment the list read ends."""
+    a = coordinator()
+    await a.join()
+    schedule = a._schedule
+    began = min(t.start_us for spans in schedule.ownership.tenures.values() for t in spans)
+    await asyncio.sleep(0.5)  # a quarter of the interval of slots passes inside the tenure
+    now = schedule.clock.now_us()
+    interval = interval_us(2.0)
+    canary = schedule.series[0].canary
+    new = [Series(Target("sim", "http://127.0.0.1:9/v1", f"new/m{i}"), canary) for i in range(100)]
+
+    def last_slot(key: str) -> int:
+        phase = phase_us(key, interval)
+        return slot_time(slot_at_or_before(now, phase, interval), phase, interval)
+
+    passed = [s for s in new if last_slot(s.key) > began]
+    assert passed, "no new series had a slot since the tenure began"
+    await schedule.replace([*schedule.series, *new], 2.0)
+    for s in passed:
+        job = schedule._scheduler.get_job(s.key)
+        assert job is not None, s.key
+        due = schedule.clock.from_local(job.next_run_time)
+        assert due > now and (due - phase_us(s.key, interval)) % interval == 0, (s.key, due - now)
 
 
 class Partition:

@@ -513,7 +513,7 @@ class PhasedSchedule:
         whose URL, headers or message changed is probed with them from its
         next slot. A series removed loses its job (a probe of it in flight
         finishes and reaches the sink); a new one gets a job if its shard is
-        owned. A new interval moves every phase (a phase is taken modulo the
+        owned, and is first probed at its next slot. A new interval moves every phase (a phase is taken modulo the
         interval), so every job is made anew: each series may see one gap
         shorter or longer than either interval.
         """
@@ -534,7 +534,16 @@ class PhasedSchedule:
                 self._retime(interval_s)
                 for entry in self._entries.values():
                     entry.last = None  # slot numbers of the old grid mean nothing on the new one
+            known = set(self._entries)
             self._plan(series)
+            # A series added now (a model just discovered, or reloaded in) missed no slot: the
+            # catch-up in _add_job is for slots of known series that passed before their shard
+            # came to this process. Catching up new ones would probe at once every new model whose
+            # slot passed during a slow list read: a burst, not first probes spread over the interval.
+            now = self.clock.now_us()
+            for key, entry in self._entries.items():
+                if key not in known:
+                    entry.last = slot_at_or_before(now, entry.phase, self._interval)
         await self.apply(self.ownership)
 
     @property
