@@ -168,10 +168,13 @@ class Process:
         """The first match of ``pattern`` in the output; AssertionError when it exits or time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = re.search(pattern, self.output())
+            exited = self.proc.poll() is not None  # before reading: then the text read is all there is
+            text = self.output()
+            # Complete lines only while it runs: a line still being written would match cut short (a port, a pid).
+            m = re.search(pattern, text if exited else text[: text.rfind("\n") + 1])
             if m:
                 return m
-            if self.proc.poll() is not None:
+            if exited:
                 raise AssertionError(
                     f"exited with {self.proc.returncode} before printing {pattern!r}:\n" + self.output()[-4000:]
                 )
