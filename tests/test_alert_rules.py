@@ -56,6 +56,7 @@ def test_every_alert_has_routing_labels_and_a_link_to_the_drill_down() -> None:
         "RoutewatchStatsStale",
         "RoutewatchSpoolBacklogGrowing",
         "RoutewatchWriterNotStoring",
+        "RoutewatchProberOverloaded",
         "RoutewatchCostReportedMismatch",
     } <= names
     for a in alerts:
@@ -263,6 +264,12 @@ def _silence_judged_before_its_window(rule: dict[str, Any]) -> None:
         assert "offset" not in rule["expr"]
 
 
+def _overload_on_any_flagged_probe(rule: dict[str, Any]) -> None:
+    if rule.get("alert") == "RoutewatchProberOverloaded":
+        rule["expr"] = re.sub(r"> [0-9.]+$", "> 0", rule["expr"])
+        assert rule["expr"].endswith("> 0")
+
+
 @pytest.mark.system
 @pytest.mark.parametrize(
     ("mutate", "caught"),
@@ -272,6 +279,7 @@ def _silence_judged_before_its_window(rule: dict[str, Any]) -> None:
         (_cost_ratio_without_hold, "RoutewatchCostReportedMismatch: quiet on a blip"),
         (_cost_ratio_above_only, "resolves (below the band)"),
         (_silence_judged_before_its_window, "RoutewatchNoFreshProbes: silent from Prometheus's start"),
+        (_overload_on_any_flagged_probe, "RoutewatchProberOverloaded: quiet with a few probes flagged"),
     ],
     ids=[
         "burn alerts without their minimum probes and failures",
@@ -279,6 +287,7 @@ def _silence_judged_before_its_window(rule: dict[str, Any]) -> None:
         "cost ratio alert without its hold",
         "cost ratio alert without the lower side of its band",
         "silence alert judging a window Prometheus has not watched whole",
+        "overload alert firing on any flagged probe",
     ],
 )
 def test_promtool_tests_fail_when_a_guard_is_removed(

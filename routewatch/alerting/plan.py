@@ -143,6 +143,8 @@ class AlertPlan:
     spool_for_s: float
     writer_window_s: float
     writer_for_s: float
+    overload_window_s: float
+    overload_for_s: float
     scrape_for_s: float
     down_after: int
     up_after_s: float  # up_after ok probes, interval apart, plus twice the jitter
@@ -152,6 +154,8 @@ class AlertPlan:
     cost_ratio_low: float = 0.5
     cost_ratio_high: float = 2.0
     cost_ratio_for_s: float = 3600.0
+    # Above this share of a process's probes flagged prober_overloaded, its figures are starved.
+    overload_ratio: float = 0.5
 
     @property
     def region(self) -> str:
@@ -277,6 +281,8 @@ def plan_alerts(config: Config, deployment: Deployment | None = None) -> AlertPl
         spool_for_s=300 / d.scale,
         writer_window_s=max(600 / d.scale, 5 * interval),
         writer_for_s=300 / d.scale,
+        overload_window_s=max(600 / d.scale, 5 * interval),
+        overload_for_s=300 / d.scale,
         scrape_for_s=120 / d.scale,
         down_after=slo.down_after,
         up_after_s=slo.up_after * interval + 2 * config.schedule.jitter,

@@ -340,6 +340,24 @@ def alerts(plan: AlertPlan) -> list[Alert]:
             "results pile up in the spool.",
         )
     )
+    overload = duration(plan.overload_window_s)
+    share = number(plan.overload_ratio)
+    percent = f"{plan.overload_ratio:.0%}"
+    out.append(
+        _process(
+            plan,
+            "RoutewatchProberOverloaded",
+            f"sum without (result) (increase(routewatch_probes_overloaded_total[{overload}]))\n"
+            f"/ sum without (result) (increase(routewatch_probes_total[{overload}])) > {share}",
+            plan.overload_for_s,
+            "ticket",
+            "routewatch's prober is too busy to measure",
+            f"Over {percent} of the probes this process completed in the last {overload} were flagged "
+            "prober_overloaded (its event loop lagged past schedule.max_loop_lag): they are left out of every "
+            "figure, so its models' figures thin out and RoutewatchNoFreshProbes may page for them although it "
+            "runs. Give it more CPU, or fewer series per process (more prober processes).",
+        )
+    )
     return out
 
 

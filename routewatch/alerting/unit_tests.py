@@ -260,6 +260,7 @@ def _other_groups(plan: AlertPlan, by_name: Mapping[str, Alert]) -> list[_Group]
     groups.append(_paused_group(plan, by_name["RoutewatchNoFreshProbes"], route))
     groups.append(_silent_from_start_group(plan, by_name["RoutewatchNoFreshProbes"], route))
     groups.append(_writer_group(plan, by_name["RoutewatchWriterNotStoring"], proc))
+    groups.append(_overload_group(plan, by_name["RoutewatchProberOverloaded"], proc))
 
     simple: list[tuple[str, str, float, float]] = [
         ("RoutewatchScrapeFailing", "up", 1, 0),
@@ -390,12 +391,16 @@ def _other_routes(plan: AlertPlan, route: Labels) -> list[dict[str, str]]:
     return [other for other in everyone if other != route]
 
 
+def _calm_and_bad(plan: AlertPlan, window_s: float, alert: Alert) -> tuple[int, int]:
+    """Samples of a calm spell (the rule's window clears) and of a bad one (it fills the window and outlasts
+    the hold, with some to spare), for a process alert over a ``window_s`` range."""
+    window = _steps(window_s, plan.interval_s)
+    return window + 2, window + _steps(alert.for_s, plan.interval_s) + 4
+
+
 def _writer_group(plan: AlertPlan, alert: Alert, proc: Labels) -> _Group:
     """Probes complete all along; stored results stall for one sample (quiet), then for long (fires), then resume."""
-    step = plan.interval_s
-    window = _steps(plan.writer_window_s, step)
-    stall = window + _steps(alert.for_s, step) + 4
-    ok = window + 2
+    ok, stall = _calm_and_bad(plan, plan.writer_window_s, alert)
     stored = counter((1.0, ok), (0.0, 2), (1.0, ok), (0.0, stall), (1.0, ok + 2))
     end = 3 * ok + 2 + stall + 2
     probes = _selector("routewatch_probes_total", {**proc, "result": "ok"})
@@ -415,12 +420,30 @@ def _writer_group(plan: AlertPlan, alert: Alert, proc: Labels) -> _Group:
     )
 
 
+def _overload_group(plan: AlertPlan, alert: Alert, proc: Labels) -> _Group:
+    """Probes complete all along; two samples' flagged (quiet), then all for long (fires), then none (resolves)."""
+    calm, busy = _calm_and_bad(plan, plan.overload_window_s, alert)
+    flagged = counter((0.0, calm), (1.0, 2), (0.0, calm), (1.0, busy), (0.0, calm + 2))
+    end = 3 * calm + 4 + busy
+    return _Group(
+        f"{alert.name}: quiet with a few probes flagged, fires when most are for long, resolves when none are",
+        (
+            (_selector("routewatch_probes_total", {**proc, "result": "ok"}), counter((1.0, end))),
+            (_selector("routewatch_probes_overloaded_total", proc), flagged),
+        ),
+        (
+            # A hold after the blip, while it is still in the window: a rule that took it for overload fires here.
+            _Check(calm + 2 + _steps(alert.for_s, plan.interval_s) + 1, alert.name, ()),
+            _Check(2 * calm + 2 + busy - 1, alert.name, (proc,)),
+            _Check(end - 1, alert.name, ()),
+        ),
+        plan.interval_s,
+    )
+
+
 def _backlog_group(plan: AlertPlan, alert: Alert, proc: Labels) -> _Group:
     """A backlog that drains (quiet), then one that grows for long (fires), then drains (resolves)."""
-    step = plan.interval_s
-    window = _steps(plan.pending_window_s, step)
-    grow = window + _steps(alert.for_s, step) + 4
-    calm = window + 2
+    calm, grow = _calm_and_bad(plan, plan.pending_window_s, alert)
     # Pending goes up and back to 0 within a window: normal batching.
     spikes = gauge(*([(5, 1), (0, 1)] * (calm // 2)))
     drained = calm // 2 * 2
