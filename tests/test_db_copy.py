@@ -28,6 +28,7 @@ from table_rows import every_row
 from routewatch.aggregator.refresh import Aggregator
 from routewatch.config import SLOConfig
 from routewatch.results.probe_result import ProbeResult
+from routewatch.storage.clock import db_now
 from routewatch.storage.database_copy import NOT_COPIED, CopyError, copy_database
 from routewatch.storage.housekeeping import PartitionCache, compress_old
 from routewatch.storage.migrate import migrate
@@ -158,8 +159,7 @@ async def _rows(dsn: str) -> tuple[dict[str, list[tuple[Any, ...]]], list[tuple[
 async def _db_now(dsn: str) -> datetime:
     conn = await asyncpg.connect(dsn)
     try:
-        now: datetime = await conn.fetchval("SELECT now()")
-        return now
+        return await db_now(conn)
     finally:
         await conn.close()
 

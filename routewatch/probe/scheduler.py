@@ -513,9 +513,10 @@ class PhasedSchedule:
         whose URL, headers or message changed is probed with them from its
         next slot. A series removed loses its job (a probe of it in flight
         finishes and reaches the sink); a new one gets a job if its shard is
-        owned, and is first probed at its next slot. A new interval moves every phase (a phase is taken modulo the
-        interval), so every job is made anew: each series may see one gap
-        shorter or longer than either interval.
+        owned, and is first probed at its next slot. A new interval moves
+        every phase (a phase is taken modulo the interval), so every job is
+        made anew: each series may see one gap shorter or longer than either
+        interval.
         """
         async with self._applying:
             if self.stopped:
