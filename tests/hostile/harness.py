@@ -209,9 +209,36 @@ class Process:
         return self.exit_code
 
 
+# Where free_port() draws from: below the kernel's ephemeral range, up to this many ports.
+_NAMED_PORTS = 20_000
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for bind(0) and outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for a server started later on it)."""
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server started later on it).
+
+    Drawn at random below the kernel's ephemeral range: a port bind(0) just gave out and released
+    is one the next bind(0) anywhere on the machine may get, before the server meant for it binds
+    (another test's server took Alertmanager's that way). Ports outside the range are only ever
+    taken by name, so only another free_port() could pick the same one.
+    """
+    low = _ephemeral_low()
+    if low > 1024 + 1000:
+        for port in secrets.SystemRandom().sample(range(max(1024, low - _NAMED_PORTS), low), 50):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as s:  # no range to draw from (or all 50 taken): the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
